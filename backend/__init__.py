@@ -1,0 +1,1 @@
+"""The Atelier daemon: transport -> jobs -> pipelines -> models."""

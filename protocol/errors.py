@@ -1,0 +1,46 @@
+"""Error codes and the exception that carries them.
+
+Codes are stable strings: clients branch on them, so never rename one.
+"""
+
+from __future__ import annotations
+
+
+class ErrorCode:
+    BAD_MESSAGE = "bad_message"          # not JSON, not an object, truncated frame
+    UNKNOWN_TYPE = "unknown_type"        # a "type" the receiver does not know
+    INVALID_FIELD = "invalid_field"      # wrong type or value out of range
+    LIMIT_EXCEEDED = "limit_exceeded"    # size, steps, batch, queue length ...
+    UNSUPPORTED_VERSION = "unsupported_version"
+    NOT_READY = "not_ready"              # message before the handshake
+    UNKNOWN_JOB = "unknown_job"
+    UNKNOWN_UPLOAD = "unknown_upload"
+    QUEUE_FULL = "queue_full"
+    MODEL_NOT_FOUND = "model_not_found"
+    MODEL_LOAD_FAILED = "model_load_failed"
+    OUT_OF_MEMORY = "out_of_memory"
+    JOB_FAILED = "job_failed"
+    UNSUPPORTED = "unsupported"          # the loaded model or server cannot do this
+    INTERNAL = "internal"
+
+    ALL = frozenset(
+        v for k, v in vars().items() if k.isupper() and isinstance(v, str)
+    )
+
+
+class ProtocolError(Exception):
+    """A message or frame that breaks the protocol, or a request that breaks a limit.
+
+    ``field`` is a dotted path into the offending message (``"job.width"``),
+    or ``None`` when the problem is not tied to one field.
+    """
+
+    def __init__(self, code: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        where = f" [{self.field}]" if self.field else ""
+        return f"{self.code}{where}: {self.message}"

@@ -1,0 +1,256 @@
+"""Every message of protocol v1, defined once.
+
+Text frames carry one JSON object each with a ``"type"`` field naming the
+record below. Images never travel inside JSON: a record refers to them by
+upload id (client -> daemon) or by index (daemon -> client), and the pixels
+follow as binary frames (see ``frames.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Optional
+
+from .schema import spec
+
+PROTOCOL_VERSION = 1
+
+JobKind = Literal["txt2img", "img2img", "inpaint", "make_seamless"]
+Tiling = Literal["none", "x", "y", "both"]
+SchedulerName = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm"]
+OutputFormat = Literal["raw", "png"]
+DepthConvention = Literal["distance", "normalized"]
+
+SCHEDULERS: tuple[str, ...] = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm")
+TILINGS: tuple[str, ...] = ("none", "x", "y", "both")
+
+
+# ---------------------------------------------------------------- requests
+
+@dataclass(frozen=True)
+class DepthInput:
+    """A depth map for depth-conditioned generation.
+
+    ``upload`` names a FLOAT32 (or GRAY8) image uploaded before the job.
+    ``convention``: "distance" = distance from the camera (near is small);
+    "normalized" = already 0..1 with near = 1, far = 0.
+    Pixels whose value is >= ``background_at`` (distance) or <= ``background_at``
+    (normalized) have no geometry and are treated as farthest.
+    ``estimate``: ignore ``upload`` and estimate depth from the init image on the daemon.
+    """
+    upload: Optional[str] = None
+    convention: DepthConvention = "distance"
+    background_at: Optional[float] = None
+    estimate: bool = False
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """Which depth model conditions the job and how strongly."""
+    model: Optional[str] = None     # ControlNet id/path; None = the daemon's default for the family
+    scale: float = spec(1.0, min=0.0, max=2.0)
+    start: float = spec(0.0, min=0.0, max=1.0)
+    end: float = spec(1.0, min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One generation job. Same request + same seed -> same pixels."""
+    kind: JobKind = "txt2img"
+    prompt: str = spec("", max_len=4000)
+    negative_prompt: str = spec("", max_len=4000)
+    model: Optional[str] = None          # None = the daemon's current model
+    width: int = spec(512, min=8)
+    height: int = spec(512, min=8)
+    steps: int = spec(20, min=1)
+    guidance: float = spec(7.0, min=0.0, max=50.0)
+    seed: Optional[int] = spec(None, min=0, max=2**32 - 1)   # None = random; the result says which
+    scheduler: SchedulerName = "euler_a"
+    batch_size: int = spec(1, min=1)
+    strength: float = spec(0.75, min=0.0, max=1.0)   # img2img / inpaint / make_seamless
+    init_image: Optional[str] = None     # upload id of an RGBA8/PNG image
+    mask: Optional[str] = None           # upload id of a GRAY8 mask, 255 = repaint
+    mask_grow: int = spec(0, min=0, max=256)      # pixels
+    mask_feather: int = spec(0, min=0, max=256)   # pixels
+    context_padding: int = spec(32, min=0, max=4096)  # pixels of context around the mask
+    tiling: Tiling = "none"
+    seam_width: int = spec(64, min=8, max=1024)   # make_seamless: band width in pixels
+    depth: Optional[DepthInput] = None
+    control: Optional[ControlSettings] = None
+    preview_every: int = spec(0, min=0, max=1000)  # 0 = no previews
+    output_format: OutputFormat = "raw"
+
+
+# ------------------------------------------------------- client -> daemon
+
+@dataclass(frozen=True)
+class Hello:
+    type: ClassVar[str] = "hello"
+    protocol: int
+    client: str = spec("", max_len=200)
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Queue a job. ``ref`` is the client's own tag, echoed in ``accepted`` and errors."""
+    type: ClassVar[str] = "submit"
+    job: GenerateRequest
+    ref: str = spec("", max_len=100)
+
+
+@dataclass(frozen=True)
+class Cancel:
+    type: ClassVar[str] = "cancel"
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """Ask again for a job's outcome (after a reconnect); subscribes to a running job."""
+    type: ClassVar[str] = "fetch"
+    job_id: str
+
+
+@dataclass(frozen=True)
+class ListModels:
+    type: ClassVar[str] = "list_models"
+
+
+@dataclass(frozen=True)
+class LoadModel:
+    type: ClassVar[str] = "load_model"
+    model: str = spec(max_len=4096)
+
+
+@dataclass(frozen=True)
+class GetStatus:
+    type: ClassVar[str] = "get_status"
+
+
+# ------------------------------------------------------- daemon -> client
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int
+    max_pixels: int          # width * height of one image
+    max_side: int
+    max_batch: int
+    max_steps: int
+    max_queue: int
+    max_uploads: int         # pending uploads per connection
+
+
+@dataclass(frozen=True)
+class Welcome:
+    type: ClassVar[str] = "welcome"
+    protocol: int
+    server: str
+    capabilities: list[str]
+    device: str
+    model: Optional[str]
+    limits: Limits
+
+
+@dataclass(frozen=True)
+class Accepted:
+    type: ClassVar[str] = "accepted"
+    job_id: str
+    ref: str
+    position: int            # 0 = running next
+
+
+@dataclass(frozen=True)
+class Started:
+    type: ClassVar[str] = "started"
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``preview`` true: a PREVIEW binary frame for this job and step follows."""
+    type: ClassVar[str] = "progress"
+    job_id: str
+    step: int
+    total: int
+    preview: bool = False
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    index: int
+    width: int
+    height: int
+    format: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """Sent after the job's RESULT binary frames, so all pixels are in when it arrives.
+
+    ``params`` is the request as actually run (seed resolved, sizes settled);
+    ``tiling`` is the tiling actually applied.
+    """
+    type: ClassVar[str] = "result"
+    job_id: str
+    images: list[ImageInfo]
+    params: GenerateRequest
+    tiling: Tiling
+    model: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    type: ClassVar[str] = "cancelled"
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Error:
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    field: Optional[str] = None
+    job_id: Optional[str] = None
+    ref: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str                # what to pass as ``model``
+    source: str              # "tiny", "diffusers", "single_file", "hf_cache"
+    family: str              # "sd15", "sdxl", "sd2_depth", "controlnet", "unknown"
+    path: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Models:
+    type: ClassVar[str] = "models"
+    models: list[ModelInfo]
+    current: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    type: ClassVar[str] = "model_loaded"
+    model: str
+    family: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Status:
+    type: ClassVar[str] = "status"
+    queue_length: int
+    running: Optional[str]
+    device: str
+    model: Optional[str]
+    memory_allocated: int = 0   # bytes on the device, 0 where unknown
+    memory_total: int = 0
+
+
+CLIENT_MESSAGES = (Hello, Submit, Cancel, Fetch, ListModels, LoadModel, GetStatus)
+SERVER_MESSAGES = (Welcome, Accepted, Started, Progress, Result, Cancelled, Error, Models,
+                   ModelLoaded, Status)
+MESSAGE_TYPES: dict[str, type] = {cls.type: cls for cls in CLIENT_MESSAGES + SERVER_MESSAGES}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import struct
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ErrorCode, ProtocolError
 
@@ -60,7 +60,7 @@ class ImageFrame:
     width: int
     height: int
     id: str          # 32 lowercase hex digits
-    data: bytes
+    data: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         check_payload(self.format, self.width, self.height, len(self.data))

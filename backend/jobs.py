@@ -1,0 +1,278 @@
+"""The job layer: one queue, one worker thread that owns the device, results kept until fetched.
+
+The event loop never runs model code. The worker reports back through
+``loop.call_soon_threadsafe``; subscribers are plain callables run on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Union
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.frames import FORMAT_NAMES, ImageFrame, new_id
+from protocol.messages import (Cancelled, Error, GenerateRequest, ImageInfo, Progress, Result,
+                               Started)
+
+from .generation import Generator, JobCancelled, Pixels
+from .outputs import preview_frame, result_frame
+
+log = logging.getLogger("atelier.jobs")
+
+Subscriber = Callable[[Union[ImageFrame, Any]], None]
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class Job:
+    id: str
+    request: GenerateRequest
+    uploads: Mapping[str, ImageFrame]
+    state: JobState = JobState.QUEUED
+    subscribers: list[Subscriber] = field(default_factory=list)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    outcome: list[Any] = field(default_factory=list)   # what a late fetch replays
+    outcome_bytes: int = 0
+    finished_at: float = 0.0
+
+
+@dataclass
+class _Task:
+    """Non-job work that must run on the device thread (loading a model)."""
+    fn: Callable[[], Any]
+    future: "asyncio.Future[Any]"
+
+
+class JobManager:
+    def __init__(self, generator: Generator, loop: asyncio.AbstractEventLoop, *,
+                 max_queue: int = 32, keep_results_s: float = 3600.0,
+                 keep_results_bytes: int = 1024 * 1024 * 1024):
+        self._generator = generator
+        self._loop = loop
+        self._max_queue = max_queue
+        self._keep_s = keep_results_s
+        self._keep_bytes = keep_results_bytes
+        self._jobs: dict[str, Job] = {}
+        self._finished: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._queue: collections.deque[Union[Job, _Task]] = collections.deque()
+        self._cond = threading.Condition()
+        self._running: Optional[Job] = None
+        self._stopping = False
+        self._worker = threading.Thread(target=self._work, name="atelier-worker", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------ loop side
+    @property
+    def queue_length(self) -> int:
+        with self._cond:
+            return sum(isinstance(item, Job) for item in self._queue)
+
+    @property
+    def running_id(self) -> Optional[str]:
+        job = self._running
+        return job.id if job else None
+
+    def submit(self, request: GenerateRequest, uploads: Mapping[str, ImageFrame],
+               subscriber: Subscriber) -> tuple[Job, int]:
+        with self._cond:
+            waiting = sum(isinstance(item, Job) for item in self._queue)
+            if waiting >= self._max_queue:
+                raise ProtocolError(ErrorCode.QUEUE_FULL,
+                                    f"the queue holds {waiting} jobs, the limit is "
+                                    f"{self._max_queue}; try again when one finishes")
+            job = Job(new_id(), request, dict(uploads), subscribers=[subscriber])
+            self._jobs[job.id] = job
+            self._queue.append(job)
+            self._cond.notify()
+            position = waiting + (1 if self._running else 0)
+        return job, position
+
+    def cancel(self, job_id: str) -> None:
+        """Remove a queued job or stop a running one within one step."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job with id {job_id}", "job_id")
+            if job.state == JobState.QUEUED:
+                self._queue.remove(job)
+                self._finish(job, JobState.CANCELLED, [Cancelled(job_id=job.id)])
+                return
+            if job.state == JobState.RUNNING:
+                job.cancel.set()
+        # a finished job: nothing to stop, its outcome was delivered already
+
+    def fetch(self, job_id: str, subscriber: Subscriber) -> None:
+        """Replay a finished job's outcome, or subscribe to a queued or running one."""
+        self._expire()
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_JOB,
+                                    f"no job with id {job_id} (finished results are kept "
+                                    f"{self._keep_s:g} s)", "job_id")
+            if job.state in (JobState.QUEUED, JobState.RUNNING):
+                if subscriber not in job.subscribers:
+                    job.subscribers.append(subscriber)
+                return
+            outcome = list(job.outcome)
+        for item in outcome:
+            subscriber(item)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """A connection went away: its jobs keep running, their results are kept."""
+        with self._cond:
+            for job in self._jobs.values():
+                if subscriber in job.subscribers:
+                    job.subscribers.remove(subscriber)
+
+    def run_on_worker(self, fn: Callable[[], Any]) -> "asyncio.Future[Any]":
+        future = self._loop.create_future()
+        with self._cond:
+            self._queue.append(_Task(fn, future))
+            self._cond.notify()
+        return future
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            if self._running:
+                self._running.cancel.set()
+            self._cond.notify()
+        self._worker.join(timeout=30)
+
+    # ------------------------------------------------------------ worker side
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                item = self._queue.popleft()
+                if isinstance(item, Job):
+                    item.state = JobState.RUNNING
+                    self._running = item
+            if isinstance(item, _Task):
+                self._run_task(item)
+            else:
+                self._run_job(item)
+
+    def _run_task(self, task: _Task) -> None:
+        try:
+            value = task.fn()
+        except BaseException as exc:  # handed to the awaiting coroutine, which reports it
+            self._loop.call_soon_threadsafe(_set_exception, task.future, exc)
+        else:
+            self._loop.call_soon_threadsafe(_set_result, task.future, value)
+
+    def _run_job(self, job: Job) -> None:
+        self._post(job, Started(job_id=job.id))
+        started = time.perf_counter()
+
+        def progress(step: int, total: int, preview: Optional[Pixels]) -> None:
+            self._post(job, Progress(job_id=job.id, step=step, total=total,
+                                     preview=preview is not None))
+            if preview is not None:
+                self._post(job, preview_frame(job.id, step, preview))
+
+        try:
+            output = self._generator.generate(job.request, job.uploads, progress,
+                                              job.cancel.is_set)
+            frames = [result_frame(job.id, i, image, output.params, output.model)
+                      for i, image in enumerate(output.images)]
+        except JobCancelled:
+            self._finish(job, JobState.CANCELLED, [Cancelled(job_id=job.id)])
+            return
+        except ProtocolError as exc:
+            self._finish(job, JobState.FAILED, [Error(code=exc.code, message=exc.message,
+                                                      field=exc.field, job_id=job.id)])
+            return
+        except Exception as exc:  # one failing job must not take the daemon down
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            self._finish(job, JobState.FAILED, [_failure(job.id, exc)])
+            return
+        result = Result(
+            job_id=job.id,
+            images=[ImageInfo(index=f.index, width=f.width, height=f.height,
+                              format=FORMAT_NAMES[f.format], seed=img.seed)
+                    for f, img in zip(frames, output.images)],
+            params=output.params, tiling=output.tiling, model=output.model,
+            seconds=round(time.perf_counter() - started, 4))
+        self._finish(job, JobState.DONE, [*frames, result])
+
+    def _finish(self, job: Job, state: JobState, outcome: list[Any]) -> None:
+        with self._cond:
+            job.state = state
+            job.outcome = outcome
+            job.outcome_bytes = sum(len(o.data) for o in outcome if isinstance(o, ImageFrame))
+            job.finished_at = time.monotonic()
+            job.uploads = {}
+            self._finished[job.id] = job
+            if self._running is job:
+                self._running = None
+        self._post_many(job, outcome)
+        self._expire()
+
+    def _expire(self) -> None:
+        with self._cond:
+            now = time.monotonic()
+            kept = sum(j.outcome_bytes for j in self._finished.values())
+            while self._finished:
+                oldest = next(iter(self._finished.values()))
+                if now - oldest.finished_at < self._keep_s and kept <= self._keep_bytes:
+                    break
+                kept -= oldest.outcome_bytes
+                del self._finished[oldest.id]
+                del self._jobs[oldest.id]
+
+    def _post(self, job: Job, item: Any) -> None:
+        self._loop.call_soon_threadsafe(self._deliver, job, [item])
+
+    def _post_many(self, job: Job, items: list[Any]) -> None:
+        self._loop.call_soon_threadsafe(self._deliver, job, items)
+
+    def _deliver(self, job: Job, items: list[Any]) -> None:
+        with self._cond:
+            subscribers = list(job.subscribers)
+        for subscriber in subscribers:
+            for item in items:
+                subscriber(item)
+
+
+def _failure(job_id: str, exc: Exception) -> Error:
+    if _is_out_of_memory(exc):
+        return Error(code=ErrorCode.OUT_OF_MEMORY,
+                     message=f"the device ran out of memory for this job ({exc}); try a smaller "
+                             "size or batch", job_id=job_id)
+    return Error(code=ErrorCode.JOB_FAILED, message=f"{type(exc).__name__}: {exc}", job_id=job_id)
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    import torch  # the job layer only needs torch to recognise its OOM error
+
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _set_result(future: "asyncio.Future[Any]", value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _set_exception(future: "asyncio.Future[Any]", exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

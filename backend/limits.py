@@ -1,0 +1,56 @@
+"""The daemon's limits, checked before a job is queued and advertised in ``welcome``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import GenerateRequest, Limits
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_message_bytes: int = 256 * 1024 * 1024
+    max_side: int = 2048
+    max_pixels: int = 2048 * 2048
+    max_batch: int = 8
+    max_steps: int = 150
+    max_queue: int = 32
+    max_uploads: int = 16
+    max_upload_bytes: int = 512 * 1024 * 1024   # pending uploads of one connection
+
+    def advertised(self) -> Limits:
+        return Limits(max_message_bytes=self.max_message_bytes, max_pixels=self.max_pixels,
+                      max_side=self.max_side, max_batch=self.max_batch,
+                      max_steps=self.max_steps, max_queue=self.max_queue,
+                      max_uploads=self.max_uploads)
+
+    def check_request(self, job: GenerateRequest) -> None:
+        """Size, steps and batch limits; raises ProtocolError naming the field and limit."""
+        for name in ("width", "height"):
+            value = getattr(job, name)
+            if value % 8:
+                raise ProtocolError(ErrorCode.INVALID_FIELD,
+                                    f"{name} must be a multiple of 8, got {value}", f"job.{name}")
+            if value > self.max_side:
+                raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                    f"{name} {value} is over the limit of {self.max_side}",
+                                    f"job.{name}")
+        if job.width * job.height > self.max_pixels:
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                f"{job.width}x{job.height} is over the limit of "
+                                f"{self.max_pixels} pixels", "job.width")
+        if job.steps > self.max_steps:
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                f"steps {job.steps} is over the limit of {self.max_steps}",
+                                "job.steps")
+        if job.batch_size > self.max_batch:
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                f"batch_size {job.batch_size} is over the limit of "
+                                f"{self.max_batch}", "job.batch_size")
+
+    def check_frame(self, width: int, height: int) -> None:
+        if width > self.max_side * 4 or height > self.max_side * 4:
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                f"uploaded image {width}x{height} is over the limit of "
+                                f"{self.max_side * 4} pixels a side", "frame")

@@ -1,0 +1,61 @@
+"""Turning generated pixels into result frames: raw RGBA8, or PNG with the parameters inside."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image, PngImagePlugin
+
+from protocol.frames import FrameKind, ImageFrame, PixelFormat
+from protocol.messages import GenerateRequest
+from protocol.schema import to_dict
+
+from .generation import GeneratedImage, Pixels
+
+PNG_PARAMETERS_KEY = "parameters"        # the key A1111 and many tools read
+PNG_ATELIER_KEY = "atelier"              # the full request as JSON
+
+
+def a1111_parameters(params: GenerateRequest, seed: int, model: str) -> str:
+    """The one-paragraph settings text A1111 writes, so other tools can read ours."""
+    lines = [params.prompt]
+    if params.negative_prompt:
+        lines.append(f"Negative prompt: {params.negative_prompt}")
+    lines.append(f"Steps: {params.steps}, Sampler: {params.scheduler}, CFG scale: {params.guidance}, "
+                 f"Seed: {seed}, Size: {params.width}x{params.height}, Model: {model}"
+                 + (f", Denoising strength: {params.strength}" if params.kind != "txt2img" else "")
+                 + (f", Tiling: {params.tiling}" if params.tiling != "none" else ""))
+    return "\n".join(lines)
+
+
+def encode_png(pixels: Pixels, text: dict[str, str] | None = None) -> bytes:
+    image = Image.frombytes("RGBA", (pixels.width, pixels.height), pixels.rgba)
+    info = PngImagePlugin.PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
+    out = io.BytesIO()
+    image.save(out, format="PNG", pnginfo=info, compress_level=1)
+    return out.getvalue()
+
+
+def png_text(params: GenerateRequest, seed: int, model: str) -> dict[str, str]:
+    exact = to_dict(params)
+    exact["seed"] = seed
+    return {PNG_PARAMETERS_KEY: a1111_parameters(params, seed, model),
+            PNG_ATELIER_KEY: json.dumps({"model": model, "request": exact}, sort_keys=True)}
+
+
+def result_frame(job_id: str, index: int, image: GeneratedImage, params: GenerateRequest,
+                 model: str) -> ImageFrame:
+    px = image.pixels
+    if params.output_format == "png":
+        data = encode_png(px, png_text(params, image.seed, model))
+        return ImageFrame(FrameKind.RESULT, PixelFormat.PNG, index, px.width, px.height, job_id, data)
+    return ImageFrame(FrameKind.RESULT, PixelFormat.RGBA8, index, px.width, px.height, job_id,
+                      px.rgba)
+
+
+def preview_frame(job_id: str, step: int, pixels: Pixels) -> ImageFrame:
+    return ImageFrame(FrameKind.PREVIEW, PixelFormat.RGBA8, step, pixels.width, pixels.height,
+                      job_id, pixels.rgba)

@@ -1,0 +1,377 @@
+"""``atelier``: serve, generate, demo, models list|pull, tiny."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import io
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from protocol.client import AtelierClient, ClientError, default_url, make_upload, DEFAULT_PORT
+from protocol.errors import ProtocolError
+from protocol.events import JobDone, PreviewImage
+from protocol.frames import ImageFrame, PixelFormat
+from protocol.messages import SCHEDULERS, TILINGS, Cancelled, DepthInput, GenerateRequest, Progress
+
+from .limits import ServerLimits
+from .server import ServerConfig, is_loopback
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.run(args)
+    except (ClientError, ProtocolError, FileNotFoundError, ValueError) as exc:
+        print(f"atelier: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# ------------------------------------------------------------------- parser
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atelier", description="Atelier diffusion daemon and tools")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    _daemon_options(serve)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; others need a token)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--token", default=os.environ.get("ATELIER_TOKEN"),
+                       help="token clients must send (env ATELIER_TOKEN); generated for "
+                            "non-loopback hosts when not given")
+    serve.add_argument("--allow-origin", action="append", default=[],
+                       help="browser origin allowed to connect (repeatable; none by default)")
+    serve.add_argument("-v", "--verbose", action="store_true")
+    serve.set_defaults(run=_serve)
+
+    gen = sub.add_parser("generate", help="send a job to a daemon (or run one in-process)")
+    _daemon_options(gen)
+    _request_options(gen)
+    gen.add_argument("--url", help=f"daemon address (default {default_url()}; when nothing "
+                                   "answers there, a daemon is started in-process)")
+    gen.add_argument("--token", default=os.environ.get("ATELIER_TOKEN"))
+    gen.add_argument("--out", type=Path, default=Path("out"), help="folder for the PNGs")
+    gen.set_defaults(run=_generate)
+
+    demo = sub.add_parser("demo", help="txt2img, img2img and inpaint round trip through the "
+                                       "real protocol on an in-process daemon")
+    _daemon_options(demo)
+    demo.add_argument("--out", type=Path, default=Path("out/demo"))
+    demo.add_argument("--size", type=int, default=128)
+    demo.add_argument("--steps", type=int, default=8)
+    demo.set_defaults(run=_demo)
+
+    models = sub.add_parser("models", help="list local models or pull one from the hub")
+    msub = models.add_subparsers(required=True, metavar="ACTION")
+    ls = msub.add_parser("list", help="models available locally")
+    ls.add_argument("--models-dir", action="append", type=Path, default=[],
+                    help="an A1111/ComfyUI models folder or a folder of checkpoints (repeatable)")
+    ls.add_argument("--home", type=Path, default=None)
+    ls.set_defaults(run=_models_list)
+    pull = msub.add_parser("pull", help="download a model from the Hugging Face hub into its cache")
+    pull.add_argument("model_id")
+    pull.add_argument("--revision", default=None)
+    pull.set_defaults(run=_models_pull)
+
+    tiny = sub.add_parser("tiny", help="build the random-weight tiny model (it draws noise)")
+    tiny.add_argument("dest", type=Path, nargs="?", default=None)
+    tiny.add_argument("--home", type=Path, default=None)
+    tiny.set_defaults(run=_tiny)
+    return p
+
+
+def _daemon_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny",
+                   help="'tiny', a Hugging Face id in the local cache, a diffusers folder or a "
+                        ".safetensors checkpoint (default tiny)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
+    p.add_argument("--models-dir", action="append", type=Path, default=[],
+                   help="an A1111/ComfyUI models folder or a folder of checkpoints (repeatable)")
+    p.add_argument("--home", type=Path, default=None,
+                   help="Atelier's own folder (default $ATELIER_HOME or ~/.cache/atelier)")
+
+
+def _request_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", default=None, choices=["txt2img", "img2img", "inpaint", "make_seamless"],
+                   help="default: txt2img, img2img with --init, inpaint with --mask")
+    p.add_argument("--prompt", "-p", default="")
+    p.add_argument("--negative", default="")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--scheduler", default="euler_a", choices=SCHEDULERS)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--strength", type=float, default=0.75)
+    p.add_argument("--init", type=Path, help="init image (img2img / inpaint / make_seamless)")
+    p.add_argument("--mask", type=Path, help="mask image, white = repaint")
+    p.add_argument("--grow", type=int, default=0, help="grow the mask by N pixels")
+    p.add_argument("--feather", type=int, default=0, help="feather the mask edge by N pixels")
+    p.add_argument("--tiling", default="none", choices=TILINGS)
+    p.add_argument("--depth", type=Path, help="depth map: .npy float32 (distance) or an image "
+                                              "(normalised, white = near)")
+    p.add_argument("--preview-every", type=int, default=0)
+    p.add_argument("--format", default="raw", choices=["raw", "png"],
+                   help="how results travel (raw RGBA on loopback is cheapest)")
+
+
+# ------------------------------------------------------------------- daemon
+def _home(args: argparse.Namespace) -> Path:
+    if args.home is not None:
+        return args.home
+    return Path(os.environ.get("ATELIER_HOME", Path.home() / ".cache" / "atelier"))
+
+
+def _build_daemon(args: argparse.Namespace, config: ServerConfig):
+    from .app import create_daemon  # imports torch/diffusers: only when a daemon is wanted
+
+    return create_daemon(config, model=args.model, device=args.device, dtype=args.dtype,
+                         home=_home(args), models_dirs=list(args.models_dir))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    token = args.token
+    if not is_loopback(args.host) and not token:
+        token = secrets.token_urlsafe(24)
+        print(f"Listening on {args.host} needs a token; generated one for this run:\n  {token}\n"
+              "Give it to clients (or set ATELIER_TOKEN before starting).", flush=True)
+    config = ServerConfig(host=args.host, port=args.port, token=token,
+                          allowed_origins=tuple(args.allow_origin))
+    daemon = _build_daemon(args, config)
+
+    async def run() -> None:
+        port = await daemon.start()
+        print(f"Atelier daemon ready on ws://{args.host}:{port}/ "
+              f"(model {daemon.models.current_name()}, device {daemon.models.device})", flush=True)
+        try:
+            await asyncio.Future()
+        finally:
+            await daemon.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+class _InProcess:
+    """A daemon in this process when no daemon answers."""
+
+    def __init__(self, args: argparse.Namespace):
+        from .server import DaemonThread
+
+        print(f"starting an in-process daemon on model {args.model} ...", file=sys.stderr)
+        self.thread = DaemonThread(_build_daemon(args, ServerConfig(port=0))).start()
+
+    def close(self) -> None:
+        self.thread.stop()
+
+
+def _connect(url: Optional[str], token: Optional[str], args: argparse.Namespace):
+    """A connected client, and the in-process daemon it uses when no URL was given."""
+    local = None
+    if url is None:
+        probe = AtelierClient(default_url(), token=token, reconnect=False, connect_timeout=1.0,
+                              client_name="atelier-cli")
+        probe.start()
+        try:
+            probe.wait_connected(timeout=2.0)
+            return probe, None
+        except ClientError:
+            probe.close()
+        local = _InProcess(args)
+        url = local.thread.url
+    client = AtelierClient(url, token=token, reconnect=False, client_name="atelier-cli").start()
+    client.wait_connected(timeout=10.0)
+    return client, local
+
+
+# ------------------------------------------------------------------- generate
+def _read_image(path: Path, mode: str, fmt: PixelFormat) -> ImageFrame:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert(mode)
+        return make_upload(fmt, im.width, im.height, im.tobytes())
+
+
+def _read_depth(path: Path) -> tuple[ImageFrame, DepthInput]:
+    if path.suffix.lower() == ".npy":
+        import numpy as np
+
+        depth = np.load(path).astype("<f4")
+        if depth.ndim != 2:
+            raise ValueError(f"{path}: a depth map must be 2-D, got shape {depth.shape}")
+        frame = make_upload(PixelFormat.FLOAT32, depth.shape[1], depth.shape[0], depth.tobytes())
+        return frame, DepthInput(upload=frame.id, convention="distance", background_at=1e9)
+    frame = _read_image(path, "L", PixelFormat.GRAY8)
+    return frame, DepthInput(upload=frame.id, convention="normalized")
+
+
+def request_from_args(args: argparse.Namespace) -> tuple[GenerateRequest, list[ImageFrame]]:
+    uploads: list[ImageFrame] = []
+    fields: dict[str, Any] = {}
+    if args.init:
+        init = _read_image(args.init, "RGBA", PixelFormat.RGBA8)
+        uploads.append(init)
+        fields.update(init_image=init.id, width=init.width, height=init.height)
+    if args.mask:
+        mask = _read_image(args.mask, "L", PixelFormat.GRAY8)
+        uploads.append(mask)
+        fields["mask"] = mask.id
+    if args.depth:
+        frame, depth = _read_depth(args.depth)
+        uploads.append(frame)
+        fields["depth"] = depth
+    kind = args.kind or ("inpaint" if args.mask else "img2img" if args.init else "txt2img")
+    if args.width:
+        fields["width"] = args.width
+    if args.height:
+        fields["height"] = args.height
+    job = GenerateRequest(kind=kind, prompt=args.prompt, negative_prompt=args.negative,
+                          steps=args.steps, guidance=args.guidance, seed=args.seed,
+                          scheduler=args.scheduler, batch_size=args.batch,
+                          strength=args.strength, mask_grow=args.grow,
+                          mask_feather=args.feather, tiling=args.tiling,
+                          preview_every=args.preview_every, output_format=args.format,
+                          **fields)
+    return job, uploads
+
+
+class ProgressBar:
+    def __init__(self, label: str, stream=sys.stderr):
+        self.label = label
+        self.stream = stream
+
+    def __call__(self, event: Any) -> None:
+        if isinstance(event, Progress):
+            width = 30
+            filled = width * event.step // max(event.total, 1)
+            self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                              f"{event.step}/{event.total}")
+            self.stream.flush()
+
+    def done(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def write_results(done: JobDone, out: Path, stem: str) -> list[Path]:
+    """PNG files with the generation parameters in their text chunks."""
+    from .generation import Pixels
+    from .outputs import encode_png, png_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    params = done.result.params
+    for info, frame in zip(done.result.images, done.images):
+        path = out / f"{stem}-{info.seed}-{info.index}.png"
+        if frame.format == PixelFormat.PNG:
+            path.write_bytes(frame.data)  # the daemon embedded the parameters already
+        else:
+            pixels = Pixels(frame.width, frame.height, frame.data)
+            path.write_bytes(encode_png(pixels, png_text(params, info.seed, done.result.model)))
+        written.append(path)
+    return written
+
+
+def run_and_write(client: AtelierClient, job: GenerateRequest, uploads: list[ImageFrame],
+                  out: Path, stem: str) -> list[Path]:
+    bar = ProgressBar(job.kind)
+    outcome = client.run_job(job, uploads, on_event=bar)
+    bar.done()
+    if isinstance(outcome, Cancelled):
+        raise ClientError(f"job {outcome.job_id} was cancelled")
+    return write_results(outcome, out, stem)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    job, uploads = request_from_args(args)
+    client, local = _connect(args.url, args.token, args)
+    try:
+        for path in run_and_write(client, job, uploads, args.out, job.kind):
+            print(path)
+    finally:
+        client.close()
+        if local:
+            local.close()
+    return 0
+
+
+# ------------------------------------------------------------------- demo
+def _demo(args: argparse.Namespace) -> int:
+    """The main job: the three pipelines through the real protocol, images written to --out."""
+    from PIL import Image
+
+    size, steps = args.size, args.steps
+    local = _InProcess(args)
+    client = AtelierClient(local.thread.url, client_name="atelier-demo", reconnect=False).start()
+    try:
+        client.wait_connected()
+        welcome = client.welcome
+        print(f"daemon: model {welcome.model} on {welcome.device}")
+        if welcome.model == "tiny":
+            print("note: the tiny model has random weights; its images are noise by design")
+        common = dict(prompt="a mossy stone wall, seamless texture", width=size, height=size,
+                      steps=steps, seed=1234, preview_every=max(1, steps // 4))
+        started = time.perf_counter()
+        [first] = run_and_write(client, GenerateRequest(kind="txt2img", **common), [], args.out,
+                                "txt2img")
+        with Image.open(first) as im:
+            init = make_upload(PixelFormat.RGBA8, im.width, im.height, im.convert("RGBA").tobytes())
+        [second] = run_and_write(client, GenerateRequest(kind="img2img", init_image=init.id,
+                                                         strength=0.6, **common),
+                                 [init], args.out, "img2img")
+        mask_image = Image.new("L", (size, size), 0)
+        mask_image.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+        mask = make_upload(PixelFormat.GRAY8, size, size, mask_image.tobytes())
+        init = make_upload(PixelFormat.RGBA8, size, size, init.data)
+        [third] = run_and_write(client, GenerateRequest(kind="inpaint", init_image=init.id,
+                                                        mask=mask.id, mask_feather=4,
+                                                        strength=1.0, **common),
+                                [init, mask], args.out, "inpaint")
+        for path in (first, second, third):
+            print(path)
+        print(f"three jobs in {time.perf_counter() - started:.2f} s")
+    finally:
+        client.close()
+        local.close()
+    return 0
+
+
+# ------------------------------------------------------------------- models
+def _models_list(args: argparse.Namespace) -> int:
+    from .app import list_models
+
+    for info in list_models(home=_home(args), models_dirs=list(args.models_dir)):
+        print(f"{info.name}\t{info.family}\t{info.source}\t{info.path or ''}")
+    return 0
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    from .models.hub import pull
+
+    path = pull(args.model_id, revision=args.revision)
+    print(f"{args.model_id} is in the cache at {path}; use it with --model {args.model_id}")
+    return 0
+
+
+def _tiny(args: argparse.Namespace) -> int:
+    from .models.tiny import build_tiny_model
+
+    dest = args.dest or _home(args) / "models" / "tiny"
+    print(build_tiny_model(dest))
+    return 0

@@ -1,0 +1,148 @@
+"""Model families: which architecture a folder or checkpoint holds, and which
+diffusers pipeline class serves each job kind for it.
+
+Family names are the strings of ``protocol.messages.ModelInfo.family``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+from diffusers import (
+    ControlNetModel,
+    DiffusionPipeline,
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionDepth2ImgPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
+    StableDiffusionXLControlNetPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
+
+SD15 = "sd15"
+SD15_INPAINT = "sd15_inpaint"
+SD2 = "sd2"
+SD2_DEPTH = "sd2_depth"
+SD2_INPAINT = "sd2_inpaint"
+SDXL = "sdxl"
+SDXL_INPAINT = "sdxl_inpaint"
+SDXL_REFINER = "sdxl_refiner"
+CONTROLNET = "controlnet"
+UNKNOWN = "unknown"
+
+# Pipeline kinds the store hands out. "depth" is SD2-depth's own depth-conditioned img2img.
+TXT2IMG, IMG2IMG, INPAINT, DEPTH = "txt2img", "img2img", "inpaint", "depth"
+PIPELINE_KINDS = (TXT2IMG, IMG2IMG, INPAINT, DEPTH)
+
+_SD15_CLASSES = {TXT2IMG: StableDiffusionPipeline, IMG2IMG: StableDiffusionImg2ImgPipeline,
+                 INPAINT: StableDiffusionInpaintPipeline}
+_SD15_CONTROL = {TXT2IMG: StableDiffusionControlNetPipeline,
+                 IMG2IMG: StableDiffusionControlNetImg2ImgPipeline,
+                 INPAINT: StableDiffusionControlNetInpaintPipeline}
+_SDXL_CLASSES = {TXT2IMG: StableDiffusionXLPipeline, IMG2IMG: StableDiffusionXLImg2ImgPipeline,
+                 INPAINT: StableDiffusionXLInpaintPipeline}
+_SDXL_CONTROL = {TXT2IMG: StableDiffusionXLControlNetPipeline,
+                 IMG2IMG: StableDiffusionXLControlNetImg2ImgPipeline,
+                 INPAINT: StableDiffusionXLControlNetInpaintPipeline}
+
+# family -> (plain pipelines by kind, ControlNet pipelines by kind)
+_PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[DiffusionPipeline]]]] = {
+    SD15: (_SD15_CLASSES, _SD15_CONTROL),
+    SD2: (_SD15_CLASSES, _SD15_CONTROL),
+    # An inpaint UNet (9 input channels) only runs in the inpaint pipelines.
+    SD15_INPAINT: ({INPAINT: StableDiffusionInpaintPipeline},
+                   {INPAINT: StableDiffusionControlNetInpaintPipeline}),
+    SD2_INPAINT: ({INPAINT: StableDiffusionInpaintPipeline},
+                  {INPAINT: StableDiffusionControlNetInpaintPipeline}),
+    SDXL: (_SDXL_CLASSES, _SDXL_CONTROL),
+    SDXL_INPAINT: ({INPAINT: StableDiffusionXLInpaintPipeline},
+                   {INPAINT: StableDiffusionXLControlNetInpaintPipeline}),
+    SD2_DEPTH: ({DEPTH: StableDiffusionDepth2ImgPipeline}, {}),
+}
+
+# The pipeline class a family's base model is loaded as.
+BASE_KIND = {SD15: TXT2IMG, SD2: TXT2IMG, SDXL: TXT2IMG, SD15_INPAINT: INPAINT,
+             SD2_INPAINT: INPAINT, SDXL_INPAINT: INPAINT, SD2_DEPTH: DEPTH}
+
+
+def pipeline_class(family: str, kind: str, controlnet: bool = False) -> Optional[type[DiffusionPipeline]]:
+    """The pipeline class for ``kind`` on ``family`` (with a ControlNet if asked), or None."""
+    plain, control = _PIPELINES.get(family, ({}, {}))
+    return (control if controlnet else plain).get(kind)
+
+
+def kinds_of(family: str, controlnet: bool = False) -> tuple[str, ...]:
+    plain, control = _PIPELINES.get(family, ({}, {}))
+    return tuple(control if controlnet else plain)
+
+
+def base_class(family: str) -> type[DiffusionPipeline]:
+    cls = pipeline_class(family, BASE_KIND[family])
+    assert cls is not None
+    return cls
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text("utf-8"))
+
+
+def family_of_folder(folder: Path) -> str:
+    """Family of a diffusers folder: a pipeline (model_index.json) or a ControlNet (config.json)."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        config = folder / "config.json"
+        if config.is_file() and _read_json(config).get("_class_name") == ControlNetModel.__name__:
+            return CONTROLNET
+        return UNKNOWN
+    class_name = str(_read_json(index).get("_class_name", ""))
+    unet_config = folder / "unet" / "config.json"
+    unet = _read_json(unet_config) if unet_config.is_file() else {}
+    in_channels = unet.get("in_channels", 4)
+    if "Depth2Img" in class_name or in_channels == 5:
+        return SD2_DEPTH
+    if "XL" in class_name:
+        if unet.get("addition_embed_type") == "text_time" and not (folder / "text_encoder").is_dir():
+            return SDXL_REFINER
+        return SDXL_INPAINT if in_channels == 9 else SDXL
+    if class_name.startswith("StableDiffusion") or (class_name == "DiffusionPipeline" and unet):
+        # SD2.x text encoders are OpenCLIP-H (1024 wide); SD1.x use CLIP-L (768).
+        sd2 = unet.get("cross_attention_dim") == 1024
+        if in_channels == 9:
+            return SD2_INPAINT if sd2 else SD15_INPAINT
+        return SD2 if sd2 else SD15
+    return UNKNOWN
+
+
+# Key prefixes of original (LDM / A1111 / ComfyUI) single-file checkpoints.
+LDM_UNET = "model.diffusion_model."
+LDM_CONV_IN = LDM_UNET + "input_blocks.0.0.weight"
+
+
+def family_of_checkpoint_keys(keys: Iterable[str], conv_in_shape: Optional[tuple[int, ...]]) -> str:
+    """Family of an original-layout checkpoint from its tensor names and the UNet's first
+    conv weight shape (out, in, kh, kw); ``in`` is 4 plain, 5 depth, 9 inpaint."""
+    keys = list(keys)
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if has("control_model.") or has("controlnet_cond_embedding.") or has("input_hint_block."):
+        return CONTROLNET
+    if conv_in_shape is None:
+        return UNKNOWN
+    in_channels = conv_in_shape[1]
+    if has("conditioner.embedders.1."):
+        return SDXL_INPAINT if in_channels == 9 else SDXL
+    if has("conditioner.embedders.0."):
+        return SDXL_REFINER
+    if has("cond_stage_model.model.") or has("cond_stage_model.transformer.resblocks"):
+        return {5: SD2_DEPTH, 9: SD2_INPAINT}.get(in_channels, SD2)
+    if has("cond_stage_model.transformer."):
+        return {9: SD15_INPAINT}.get(in_channels, SD15)
+    return UNKNOWN

@@ -1,0 +1,194 @@
+"""The model layer's front door: which model is loaded, and pipelines built on it.
+
+Public API (everything the job and pipeline layers need):
+
+    store = ModelStore(device="cpu", dtype=torch.float32, home=atelier_home(),
+                       search_dirs=[Path("~/sd/models/Stable-diffusion")], hf_cache=None)
+    model = store.load("tiny")        # LoadedModel; loading the current name again is free
+    store.current                      # LoadedModel | None
+    pipe = store.pipeline("img2img")   # kind: "txt2img" | "img2img" | "inpaint" | "depth"
+    pipe = store.pipeline("txt2img", controlnet=None)   # None: no ControlNet;
+    #   a name (HF id, folder, .safetensors, "tiny-controlnet") -> ControlNet pipeline;
+    #   store.default_controlnet() names the family's default depth ControlNet
+    cn = store.controlnet("tiny-controlnet")            # ControlNetModel, cached by name
+    store.available()                  # list[protocol.messages.ModelInfo]
+    store.memory()                     # (allocated, total) bytes on the device
+    store.release()                    # drop the current model and its ControlNets
+
+    model.name, model.family, model.source, model.pipe (the base pipeline),
+    model.device, model.dtype, model.pipeline(kind, controlnet_model=None), model.release()
+
+Pipelines of every kind share the base pipeline's component objects (``from_pipe``), so
+switching kinds costs no load and no memory. Model names are resolved by
+``sources.resolve`` (built-in tiny models, paths, files in ``search_dirs``, Hugging Face
+ids in the local cache) and never reach the network.
+
+Threading: call ``load``/``pipeline``/``controlnet``/``release`` from the one worker
+thread that owns the device; ``available`` only reads the disk and is safe anywhere.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from diffusers import ControlNetModel, DiffusionPipeline
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import ModelInfo
+
+from . import families
+from .catalog import list_models
+from .device import device_memory, free_device_cache
+from .loader import load_controlnet, load_pipeline
+from .sources import ModelSource, hf_cache_dir, resolve
+
+# The depth ControlNet each family uses when a job names none.
+DEFAULT_CONTROLNETS = {
+    families.SD15: "lllyasviel/control_v11f1p_sd15_depth",
+    families.SDXL: "diffusers/controlnet-depth-sdxl-1.0",
+}
+TINY_DEFAULT_CONTROLNETS = {"tiny": "tiny-controlnet", "tiny-sdxl": "tiny-sdxl-controlnet"}
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """One loaded base pipeline plus the other kinds built from it on demand."""
+    name: str
+    family: str
+    source: ModelSource
+    pipe: DiffusionPipeline
+    device: str
+    dtype: torch.dtype
+    _variants: dict[tuple[str, Optional[ControlNetModel]], DiffusionPipeline] = field(
+        default_factory=dict, repr=False)
+    _released: bool = field(default=False, repr=False)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return families.kinds_of(self.family)
+
+    def pipeline(self, kind: str, controlnet_model: Optional[ControlNetModel] = None) -> DiffusionPipeline:
+        """The pipeline for ``kind`` sharing this model's components (cached)."""
+        if self._released:
+            raise RuntimeError(f"model {self.name} was released")
+        key = (kind, controlnet_model)
+        if key in self._variants:
+            return self._variants[key]
+        cls = families.pipeline_class(self.family, kind, controlnet=controlnet_model is not None)
+        if cls is None:
+            runs = ", ".join(families.kinds_of(self.family, controlnet_model is not None)) or "nothing"
+            what = "with a ControlNet " if controlnet_model is not None else ""
+            raise ProtocolError(ErrorCode.UNSUPPORTED,
+                                f"model {self.name} ({self.family}) cannot run {kind} {what}"
+                                f"(it runs: {runs})", field="kind")
+        if type(self.pipe) is cls:
+            pipe = self.pipe
+        else:
+            extra = {"controlnet": controlnet_model} if controlnet_model is not None else {}
+            # from_pipe casts every shared module to its torch_dtype (fp32 by default): pass ours.
+            pipe = cls.from_pipe(self.pipe, torch_dtype=self.dtype, **extra)
+            pipe.set_progress_bar_config(disable=True)
+        self._variants[key] = pipe
+        return pipe
+
+    def release(self) -> None:
+        """Drop every reference this object holds to weights and free the device cache."""
+        self._variants.clear()
+        self.pipe = None  # type: ignore[assignment]
+        self._released = True
+        gc.collect()
+        free_device_cache(self.device)
+
+
+class ModelStore:
+    """Owns the loaded model (one at a time: one device) and the ControlNets used with it."""
+
+    def __init__(self, device: str, dtype: torch.dtype, home: Path, search_dirs: list[Path],
+                 hf_cache: Optional[Path] = None):
+        self.device = device
+        self.dtype = dtype
+        self.home = Path(home).expanduser()
+        self.search_dirs = [Path(d).expanduser() for d in search_dirs]
+        self.hf_cache = Path(hf_cache) if hf_cache is not None else hf_cache_dir(os.environ)
+        self._current: Optional[LoadedModel] = None
+        self._controlnets: dict[str, ControlNetModel] = {}
+
+    @property
+    def current(self) -> Optional[LoadedModel]:
+        return self._current
+
+    def resolve(self, name: str) -> ModelSource:
+        return resolve(name, self.home, self.search_dirs, self.hf_cache)
+
+    def load(self, name: str) -> LoadedModel:
+        """Make ``name`` the current model. The previous model is released first, so
+        two models never sit on the device together."""
+        source = self.resolve(name)
+        if self._current is not None and self._current.source == source:
+            return self._current
+        self.release()
+        pipe, family = load_pipeline(source, self.dtype, self.hf_cache)
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        self._current = LoadedModel(name=name, family=family, source=source, pipe=pipe,
+                                    device=self.device, dtype=self.dtype)
+        return self._current
+
+    def _require_current(self) -> LoadedModel:
+        if self._current is None:
+            raise ProtocolError(ErrorCode.NOT_READY, "no model is loaded", field="model")
+        return self._current
+
+    def default_controlnet(self) -> str:
+        """The depth ControlNet the current model uses when a job names none."""
+        model = self._require_current()
+        name = TINY_DEFAULT_CONTROLNETS.get(model.name) or DEFAULT_CONTROLNETS.get(model.family)
+        if name is None:
+            raise ProtocolError(ErrorCode.UNSUPPORTED,
+                                f"model {model.name} ({model.family}) has no depth ControlNet",
+                                field="control.model")
+        return name
+
+    def controlnet(self, name: str) -> ControlNetModel:
+        """Load (once) the ControlNet ``name`` for the current model."""
+        model = self._require_current()
+        if name in self._controlnets:
+            return self._controlnets[name]
+        try:
+            source = self.resolve(name)
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, exc.message, field="control.model") from exc
+        controlnet = load_controlnet(source, self.dtype)
+        unet_width = model.pipe.unet.config.cross_attention_dim
+        if controlnet.config.cross_attention_dim != unet_width:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED,
+                f"ControlNet {name} is for text embeddings of width "
+                f"{controlnet.config.cross_attention_dim}, model {model.name} uses {unet_width}",
+                field="control.model")
+        controlnet.to(self.device)
+        self._controlnets[name] = controlnet
+        return controlnet
+
+    def pipeline(self, kind: str, controlnet: Optional[str] = None) -> DiffusionPipeline:
+        """The current model's pipeline for ``kind``, with the named ControlNet if given."""
+        model = self._require_current()
+        return model.pipeline(kind, self.controlnet(controlnet) if controlnet else None)
+
+    def release(self) -> None:
+        """Unload the current model and its ControlNets."""
+        self._controlnets.clear()
+        if self._current is not None:
+            self._current.release()
+            self._current = None
+
+    def available(self) -> list[ModelInfo]:
+        return list_models(self.home, self.search_dirs, self.hf_cache)
+
+    def memory(self) -> tuple[int, int]:
+        return device_memory(self.device)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import io
-import json
 import logging
 import os
 import secrets
@@ -54,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
                             "non-loopback hosts when not given")
     serve.add_argument("--allow-origin", action="append", default=[],
                        help="browser origin allowed to connect (repeatable; none by default)")
+    defaults = ServerLimits()
+    serve.add_argument("--max-side", type=int, default=defaults.max_side)
+    serve.add_argument("--max-batch", type=int, default=defaults.max_batch)
+    serve.add_argument("--max-steps", type=int, default=defaults.max_steps)
+    serve.add_argument("--max-queue", type=int, default=defaults.max_queue)
+    serve.add_argument("--max-message-mb", type=float,
+                       default=defaults.max_message_bytes / 2 ** 20)
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(run=_serve)
 
@@ -150,8 +154,12 @@ def _serve(args: argparse.Namespace) -> int:
         token = secrets.token_urlsafe(24)
         print(f"Listening on {args.host} needs a token; generated one for this run:\n  {token}\n"
               "Give it to clients (or set ATELIER_TOKEN before starting).", flush=True)
+    limits = ServerLimits(max_side=args.max_side, max_pixels=args.max_side ** 2,
+                          max_batch=args.max_batch, max_steps=args.max_steps,
+                          max_queue=args.max_queue,
+                          max_message_bytes=int(args.max_message_mb * 2 ** 20))
     config = ServerConfig(host=args.host, port=args.port, token=token,
-                          allowed_origins=tuple(args.allow_origin))
+                          allowed_origins=tuple(args.allow_origin), limits=limits)
     daemon = _build_daemon(args, config)
 
     async def run() -> None:

@@ -1,0 +1,50 @@
+"""The composition root: a model store, a generator on top of it, and the daemon serving both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from protocol.messages import ModelInfo
+
+from .models.catalog import list_models as _catalog
+from .models.device import pick_device, pick_dtype
+from .models.sources import hf_cache_dir
+from .models.store import ModelStore
+from .pipelines.generator import DiffusionGenerator
+from .server import Daemon, ServerConfig
+
+
+class StoreService:
+    """What the transport asks of the model layer, answered by a ModelStore."""
+
+    def __init__(self, store: ModelStore):
+        self.store = store
+        self.device = store.device
+
+    def current_name(self) -> Optional[str]:
+        current = self.store.current
+        return current.name if current else None
+
+    def available(self) -> list[ModelInfo]:
+        return self.store.available()
+
+    def load(self, name: str) -> tuple[str, str]:
+        model = self.store.load(name)
+        return model.name, model.family
+
+    def memory(self) -> tuple[int, int]:
+        return self.store.memory()
+
+
+def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",
+                  dtype: str = "auto", home: Path, models_dirs: list[Path]) -> Daemon:
+    """Load ``model`` (a clear error if it is not on this machine) and wire the layers."""
+    chosen = pick_device(device)
+    store = ModelStore(chosen, pick_dtype(chosen, dtype), home, models_dirs)
+    store.load(model)
+    return Daemon(config, StoreService(store), DiffusionGenerator(store))
+
+
+def list_models(*, home: Path, models_dirs: list[Path]) -> list[ModelInfo]:
+    return _catalog(home, models_dirs, hf_cache_dir())

@@ -1,0 +1,140 @@
+"""Seamless tiling: convolutions that wrap around on chosen axes, for one job only.
+
+A texture tiles when the network treats the image as a torus on the tiled axes.
+Attention, group norm and nearest upsampling already commute with a circular roll,
+so the only thing that has to change is the padding of every ``Conv2d``: circular on
+the tiled axes, zeros on the others. ``padding_mode="circular"`` cannot mix the two,
+and setting it would mutate modules that other pipeline kinds share (they are the same
+objects after ``from_pipe``). ``wrapped_convolutions`` instead, for the length of a
+``with`` block, sets each conv's built-in padding to zero and pads its input itself in a
+forward pre-hook; on exit (also on an exception or a cancel) it removes the hooks and
+puts back the exact padding objects it found.
+
+The worker runs one job at a time, so no other job can call the modules while a block
+is active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import TILINGS
+
+
+@dataclass(frozen=True)
+class TileAxes:
+    """Which image axes wrap around: x = left/right edges, y = top/bottom edges."""
+    x: bool
+    y: bool
+
+    @property
+    def any(self) -> bool:
+        return self.x or self.y
+
+    @property
+    def name(self) -> str:
+        return {(False, False): "none", (True, False): "x", (False, True): "y",
+                (True, True): "both"}[(self.x, self.y)]
+
+
+def tile_axes(tiling: str) -> TileAxes:
+    """Parse the request's ``tiling`` field."""
+    if tiling not in TILINGS:
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            f"tiling {tiling!r} is not one of {', '.join(TILINGS)}", "job.tiling")
+    return TileAxes(x=tiling in ("x", "both"), y=tiling in ("y", "both"))
+
+
+def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) that the conv would add itself."""
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return (0, 0, 0, 0)
+        # "same": torch puts the odd extra pixel on the right/bottom.
+        total_y, total_x = (d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size))
+        return (total_x // 2, total_x - total_x // 2, total_y // 2, total_y - total_y // 2)
+    pad_y, pad_x = conv.padding
+    return (pad_x, pad_x, pad_y, pad_y)
+
+
+class _AxisPadding:
+    """Forward pre-hook: pad the conv input circularly on wrapped axes, zeros elsewhere."""
+
+    def __init__(self, padding: tuple[int, int, int, int], axes: TileAxes):
+        self.left, self.right, self.top, self.bottom = padding
+        self.axes = axes
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x, *rest = args
+        x = F.pad(x, (self.left, self.right, 0, 0),
+                  mode="circular" if self.axes.x else "constant")
+        x = F.pad(x, (0, 0, self.top, self.bottom),
+                  mode="circular" if self.axes.y else "constant")
+        return (x, *rest)
+
+
+def _padded_convs(modules: Iterable[Optional[nn.Module]]) -> list[nn.Conv2d]:
+    seen: set[int] = set()
+    convs = []
+    for root in modules:
+        if root is None:
+            continue
+        for module in root.modules():
+            # Convs with another padding_mode pad on their own; they are left as they are.
+            if (isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
+                    and any(_explicit_padding(module)) and id(module) not in seen):
+                seen.add(id(module))
+                convs.append(module)
+    return convs
+
+
+@contextlib.contextmanager
+def wrapped_convolutions(modules: Iterable[Optional[nn.Module]],
+                         axes: TileAxes) -> Iterator[int]:
+    """Make every padded Conv2d under ``modules`` wrap on ``axes`` inside the block.
+
+    Yields how many convolutions were changed (0 when ``axes`` is none). ``None``
+    entries are skipped so callers can pass optional components as they are.
+    """
+    if not axes.any:
+        yield 0
+        return
+    with contextlib.ExitStack() as restore:
+        convs = _padded_convs(modules)
+        for conv in convs:
+            original = conv.padding
+            hook = conv.register_forward_pre_hook(_AxisPadding(_explicit_padding(conv), axes))
+            restore.callback(hook.remove)
+            restore.callback(setattr, conv, "padding", original)
+            conv.padding = (0, 0)
+        yield len(convs)
+
+
+def wrap_aware_tiled_decode(vae: nn.Module, latents: torch.Tensor, axes: TileAxes) -> torch.Tensor:
+    """Decode with diffusers' tiled VAE decode without losing the wrap.
+
+    Tiled decode cuts the latent into tiles and decodes each on its own, so circular
+    convolutions would wrap every tile onto itself. Instead the latent is extended
+    circularly on the wrapped axes by half a tile, decoded with plain (zero padded)
+    convolutions, and the extension is cut away: the wrap edge then lies inside the
+    decoded area and is blended like any interior tile boundary. Call it outside
+    ``wrapped_convolutions`` for the VAE.
+    """
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    # Half a tile of context keeps the wrap edge clear of a tile's zero-padded border.
+    margin = max(1, vae.tile_latent_min_size // 2)
+    pad_x = min(margin, latents.shape[-1]) if axes.x else 0
+    pad_y = min(margin, latents.shape[-2]) if axes.y else 0
+    extended = F.pad(latents, (pad_x, pad_x, pad_y, pad_y), mode="circular") \
+        if (pad_x or pad_y) else latents
+    image = vae.tiled_decode(extended, return_dict=False)[0]
+    height, width = latents.shape[-2] * scale, latents.shape[-1] * scale
+    top, left = pad_y * scale, pad_x * scale
+    return image[..., top:top + height, left:left + width]

@@ -1,0 +1,132 @@
+"""Everything that touches Krita's API, behind a few small methods.
+
+The controller reads and writes documents only through ``KritaDocument``;
+pixel buffers cross this boundary as ``bytes`` in Krita's own BGRA order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from krita import Krita
+from PyQt5.QtCore import QByteArray
+
+from .geometry import Bounds, Extent
+from .jobs import JobRefused
+
+SETTINGS_GROUP = "atelier_krita"
+
+
+class KritaDocument:
+    """One open Krita document, as the plugin sees it."""
+
+    def __init__(self, document: Any):
+        self._doc = document
+
+    @property
+    def native(self) -> Any:
+        return self._doc
+
+    def same_as(self, other: "KritaDocument") -> bool:
+        return self._doc == other._doc
+
+    @property
+    def extent(self) -> Extent:
+        return Extent(self._doc.width(), self._doc.height())
+
+    def format_problem(self) -> Optional[str]:
+        """Why the plugin cannot work on this document, None when it can."""
+        model, depth = self._doc.colorModel(), self._doc.colorDepth()
+        if model == "RGBA" and depth == "U8":
+            return None
+        return (f"this document is {model} {depth}; Atelier works on RGBA 8-bit documents. "
+                "Convert it with Image > Convert Image Color Space... (RGB/Alpha, "
+                "8-bit integer/channel), or work on a copy")
+
+    def selection_bounds(self) -> Optional[Bounds]:
+        selection = self._doc.selection()
+        if selection is None or selection.width() <= 0 or selection.height() <= 0:
+            return None
+        return Bounds(selection.x(), selection.y(), selection.width(), selection.height())
+
+    def selection_mask(self, region: Bounds) -> bytes:
+        """One byte a pixel of the selection inside ``region`` (0 where nothing is selected)."""
+        selection = self._doc.selection()
+        if selection is None:
+            return bytes(region.width * region.height)
+        return bytes(selection.pixelData(region.x, region.y, region.width, region.height))
+
+    def read_canvas(self, region: Bounds) -> bytes:
+        """BGRA of what the painter sees (all visible layers merged) inside ``region``."""
+        self._doc.waitForDone()
+        return bytes(self._doc.pixelData(region.x, region.y, region.width, region.height))
+
+    def paint_layer_names(self) -> list[str]:
+        names: list[str] = []
+
+        def walk(node: Any) -> None:
+            for child in node.childNodes():
+                if child.type() == "paintlayer":
+                    names.append(child.name())
+                walk(child)
+
+        walk(self._doc.rootNode())
+        return names
+
+    def read_layer(self, name: str, region: Bounds) -> bytes:
+        """BGRA of one layer's own pixels inside ``region`` (transparent where it is empty)."""
+        node = self._doc.nodeByName(name)
+        if node is None:
+            raise JobRefused(f"there is no layer named '{name}' to use as depth")
+        return bytes(node.pixelData(region.x, region.y, region.width, region.height))
+
+    def anchor(self) -> Any:
+        """The node new layers go above: the active one, else the topmost."""
+        node = self._doc.activeNode()
+        if node is None or node.parentNode() is None:
+            children = self._doc.rootNode().childNodes()
+            node = children[-1] if children else None
+        return node
+
+    def add_layer(self, name: str, bgra: bytes, region: Bounds, above: Any) -> Any:
+        node = self._doc.createNode(name, "paintlayer")
+        parent = self._parent_of(above)
+        placed = above if above is not None and self._alive(above) else None
+        parent.addChildNode(node, placed)
+        self.write_layer(node, bgra, region)
+        return node
+
+    def write_layer(self, node: Any, bgra: bytes, region: Bounds) -> None:
+        node.setPixelData(QByteArray(bgra), region.x, region.y, region.width, region.height)
+        self._doc.refreshProjection()
+
+    def rename_layer(self, node: Any, name: str) -> None:
+        node.setName(name)
+
+    def remove_layer(self, node: Any) -> None:
+        if self._alive(node):
+            node.remove()
+            self._doc.refreshProjection()
+
+    def _alive(self, node: Any) -> bool:
+        return node is not None and self._doc.nodeByUniqueID(node.uniqueId()) is not None
+
+    def _parent_of(self, node: Any) -> Any:
+        if node is not None and self._alive(node):
+            parent = node.parentNode()
+            if parent is not None:
+                return parent
+        return self._doc.rootNode()
+
+
+def active_document() -> Optional[KritaDocument]:
+    document = Krita.instance().activeDocument()
+    return KritaDocument(document) if document is not None else None
+
+
+def read_setting(key: str, default: str) -> str:
+    return Krita.instance().readSetting(SETTINGS_GROUP, key, default)
+
+
+def write_setting(key: str, value: str) -> None:
+    Krita.instance().writeSetting(SETTINGS_GROUP, key, value)

@@ -1,0 +1,195 @@
+"""What the painter asked for, and the daemon request that does it.
+
+``plan_job`` decides the geometry (which canvas region, at which model size,
+with which inputs) from the mode, the settings and the selection;
+``build_request`` turns a plan plus upload ids into a ``GenerateRequest``.
+Both are pure functions of their arguments, so they are tested without Krita.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from .geometry import Bounds, Extent, ResolutionRange, context_region, default_padding, fit_extent
+from .protocol.messages import TILINGS, ControlSettings, DepthInput, GenerateRequest
+
+
+class Mode(str, enum.Enum):
+    GENERATE = "generate"
+    FILL = "fill"
+    REFINE = "refine"
+    DEPTH = "depth"
+    SEAMLESS = "seamless"
+
+    @property
+    def label(self) -> str:
+        return {"generate": "Generate", "fill": "Fill", "refine": "Refine", "depth": "Depth",
+                "seamless": "Seamless"}[self.value]
+
+
+class JobRefused(Exception):
+    """A job cannot start; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The docker's fields: everything the painter chooses for a job."""
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: Optional[str] = None          # None = the daemon's current model
+    strength: float = 0.6                # refine and seamless; fill always repaints fully
+    seed: Optional[int] = None           # None = a new random seed each run
+    batch_size: int = 1
+    steps: int = 20
+    guidance: float = 7.0
+    tiling: str = "none"                 # seamless axes: none, x, y, both
+    mask_grow: int = 8
+    mask_feather: int = 8
+    depth_layer: Optional[str] = None    # None = estimate depth on the daemon
+    depth_scale: float = 1.0
+    seam_width: int = 64
+    previews: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tiling not in TILINGS:
+            raise ValueError(f"seamless axes must be one of {', '.join(TILINGS)}, "
+                             f"got {self.tiling!r}")
+
+    def with_seed(self, seed: Optional[int]) -> "JobSettings":
+        return replace(self, seed=seed)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Where a job reads from and writes to, and what it sends."""
+    mode: Mode
+    region: Bounds            # document pixels read and covered by the result
+    model_extent: Extent      # the size the daemon generates at
+    kind: str                 # protocol JobKind
+    send_image: bool          # the canvas region goes up as init image
+    send_mask: bool           # the selection (grown, feathered) goes up as mask
+    send_depth: bool          # a depth layer goes up
+    clip_to_selection: bool   # result alpha = selection mask, so nothing outside changes
+    tiling: str
+
+    @property
+    def scaled(self) -> bool:
+        return self.region.extent != self.model_extent
+
+
+# Fill sends at least this much canvas around the selection (pixels at model scale).
+MIN_CONTEXT = 32
+
+
+def selection_reach(settings: JobSettings) -> int:
+    """How far beyond the selection's bounds a grown and feathered mask can reach."""
+    return settings.mask_grow + settings.mask_feather
+
+
+def plan_job(mode: Mode, settings: JobSettings, canvas: Extent, selection: Optional[Bounds],
+             resolution: ResolutionRange) -> JobPlan:
+    """The geometry of a job; JobRefused with the reason when it cannot run."""
+    if canvas.is_empty:
+        raise JobRefused("the document has no pixels")
+    if selection is not None:
+        selection = selection.clamped(canvas)
+        if selection.is_empty:
+            selection = None
+    whole = Bounds.of(canvas)
+    tiling = settings.tiling
+    if mode is Mode.FILL:
+        if selection is None:
+            raise JobRefused("Fill needs a selection: select the area to repaint first")
+        reach = selection.expanded(selection_reach(settings)).clamped(canvas)
+        region = context_region(reach, canvas, padding=default_padding(reach, MIN_CONTEXT),
+                                min_size=resolution.min_side)
+        return _plan(mode, region, resolution, "inpaint", image=True, mask=True, clip=True,
+                     tiling="none")
+    if mode is Mode.SEAMLESS:
+        # A tileable texture is the whole canvas (what Krita's wrap-around mode repeats).
+        axes = tiling if tiling != "none" else "both"
+        return _plan(mode, whole, resolution, "make_seamless", image=True, tiling=axes)
+    region = selection or whole
+    if mode is Mode.GENERATE:
+        return _plan(mode, region, resolution, "txt2img", tiling=tiling)
+    if mode is Mode.REFINE:
+        if selection is not None:  # the result is clipped to the grown, feathered selection
+            region = selection.expanded(selection_reach(settings)).clamped(canvas)
+        return _plan(mode, region, resolution, "img2img", image=True,
+                     clip=selection is not None, tiling=tiling)
+    if mode is Mode.DEPTH:
+        estimate = settings.depth_layer is None
+        return _plan(mode, region, resolution, "txt2img", image=estimate, depth=not estimate,
+                     tiling=tiling)
+    raise JobRefused(f"unknown mode {mode!r}")
+
+
+def _plan(mode: Mode, region: Bounds, resolution: ResolutionRange, kind: str, *,
+          image: bool = False, mask: bool = False, depth: bool = False, clip: bool = False,
+          tiling: str = "none") -> JobPlan:
+    return JobPlan(mode, region, fit_extent(region.extent, resolution), kind, image, mask,
+                   depth, clip, tiling)
+
+
+@dataclass(frozen=True)
+class UploadIds:
+    image: Optional[str] = None
+    mask: Optional[str] = None
+    depth: Optional[str] = None
+
+
+def build_request(plan: JobPlan, settings: JobSettings, uploads: UploadIds) -> GenerateRequest:
+    """The daemon request for a plan whose inputs went up under ``uploads``."""
+    for needed, given, what in ((plan.send_image, uploads.image, "init image"),
+                                (plan.send_mask, uploads.mask, "mask"),
+                                (plan.send_depth, uploads.depth, "depth map")):
+        if needed and not given:
+            raise ValueError(f"a {plan.mode.value} job needs its {what} uploaded first")
+    size = plan.model_extent
+    depth = control = None
+    if plan.mode is Mode.DEPTH:
+        if plan.send_depth:
+            depth = DepthInput(upload=uploads.depth, convention="normalized")
+        else:
+            depth = DepthInput(estimate=True)
+        control = ControlSettings(scale=settings.depth_scale)
+    strength = settings.strength
+    if plan.mode is Mode.FILL:
+        strength = 1.0
+    return GenerateRequest(
+        kind=plan.kind,  # type: ignore[arg-type]
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        model=settings.model or None,
+        width=size.width,
+        height=size.height,
+        steps=settings.steps,
+        guidance=settings.guidance,
+        seed=settings.seed,
+        batch_size=settings.batch_size,
+        strength=strength,
+        init_image=uploads.image if plan.send_image else None,
+        mask=uploads.mask if plan.send_mask else None,
+        # The plugin grows and feathers the mask itself (it needs the same mask as the
+        # result layer's alpha), and the region it sends is already the context.
+        mask_grow=0,
+        mask_feather=0,
+        context_padding=min(4096, size.longest),
+        tiling=plan.tiling,  # type: ignore[arg-type]
+        seam_width=max(8, min(1024, round(settings.seam_width * size.longest
+                                          / max(1, plan.region.extent.longest)))),
+        depth=depth,
+        control=control,
+        preview_every=1 if settings.previews else 0,
+        output_format="raw",
+    )
+
+
+def layer_name(prompt: str, seed: int, limit: int = 40) -> str:
+    """A result layer's name: the prompt (shortened) and the seed that made it."""
+    text = " ".join(prompt.split()) or "untitled"
+    if len(text) > limit:
+        text = text[:limit - 1].rstrip() + "\u2026"
+    return f"{text} [seed {seed}]"

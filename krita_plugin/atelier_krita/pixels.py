@@ -1,0 +1,153 @@
+"""Pixel buffers in pure Python: channel order, masks, alpha.
+
+Krita hands out BGRA 8-bit (``Document.pixelData``, ``Node.pixelData``) and
+one byte a pixel for selections; the protocol speaks RGBA8 and GRAY8. No numpy
+(Krita's official builds lack it), so every operation works on whole ``bytes``
+objects through slicing, ``map`` and ``accumulate``, which run in C, rather
+than through Python loops over pixels.
+"""
+
+from __future__ import annotations
+
+from itertools import accumulate
+from operator import sub
+
+from .geometry import Extent
+
+
+def swap_red_blue(data: bytes) -> bytes:
+    """BGRA <-> RGBA (the same swap both ways)."""
+    if len(data) % 4:
+        raise ValueError(f"{len(data)} bytes is not a whole number of 4-byte pixels")
+    out = bytearray(data)
+    out[0::4] = data[2::4]
+    out[2::4] = data[0::4]
+    return bytes(out)
+
+
+bgra_to_rgba = swap_red_blue
+rgba_to_bgra = swap_red_blue
+
+
+def check_size(data: bytes, extent: Extent, channels: int, what: str = "image") -> None:
+    expected = extent.pixels * channels
+    if len(data) != expected:
+        raise ValueError(f"{what} of {extent} with {channels} channel(s) needs {expected} bytes, "
+                         f"got {len(data)}")
+
+
+def luminance(bgra: bytes) -> bytes:
+    """One grey byte a pixel from BGRA (Rec. 601 weights); transparent pixels read 0."""
+    if len(bgra) % 4:
+        raise ValueError(f"{len(bgra)} bytes is not a whole number of 4-byte pixels")
+    return bytes(map(_grey, bgra[2::4], bgra[1::4], bgra[0::4], bgra[3::4]))
+
+
+def _grey(r: int, g: int, b: int, a: int) -> int:
+    return ((r * 77 + g * 150 + b * 29 + 128) >> 8) * a // 255
+
+
+def alpha(rgba: bytes) -> bytes:
+    return rgba[3::4]
+
+
+def with_alpha(rgba: bytes, mask: bytes) -> bytes:
+    """``rgba`` with its alpha multiplied by ``mask`` (one byte a pixel)."""
+    if len(rgba) != 4 * len(mask):
+        raise ValueError(f"mask of {len(mask)} pixels does not match an image of "
+                         f"{len(rgba) // 4} pixels")
+    out = bytearray(rgba)
+    old = rgba[3::4]
+    if old.count(255) == len(old):
+        out[3::4] = mask
+    else:
+        out[3::4] = bytes(map(_times, old, mask))
+    return bytes(out)
+
+
+def _times(a: int, b: int) -> int:
+    return (a * b + 127) // 255
+
+
+def transpose(data: bytes, extent: Extent) -> bytes:
+    """A one-byte-a-pixel image flipped over its diagonal (its extent becomes h x w)."""
+    w = extent.width
+    return b"".join(data[x::w] for x in range(w))
+
+
+def is_empty_mask(mask: bytes) -> bool:
+    return mask.count(0) == len(mask)
+
+
+def _rows_max(data: bytes, extent: Extent, radius: int) -> bytes:
+    """Each pixel becomes the maximum of its row within ``radius`` pixels."""
+    w, h = extent.width, extent.height
+    pad = bytes(radius)
+    stride = w + 2 * radius
+    # Padding every row with zeros keeps windows from reaching into the next row.
+    buf = b"".join(pad + data[y * w:(y + 1) * w] + pad for y in range(h))
+    window = 2 * radius + 1
+    span = 1
+    while span * 2 <= window:  # max over [i, i + 2 span) from [i, i + span), doubling
+        buf = bytes(map(max, buf, buf[span:] + bytes(span)))
+        span *= 2
+    if span < window:
+        rest = window - span
+        buf = bytes(map(max, buf, buf[rest:] + bytes(rest)))
+    return b"".join(buf[y * stride:y * stride + w] for y in range(h))
+
+
+def grow(mask: bytes, extent: Extent, radius: int) -> bytes:
+    """Dilate a one-byte-a-pixel mask by ``radius`` pixels (a square structuring element)."""
+    check_size(mask, extent, 1, "mask")
+    if radius <= 0 or extent.is_empty:
+        return bytes(mask)
+    rows = _rows_max(mask, extent, radius)
+    flipped = Extent(extent.height, extent.width)
+    cols = _rows_max(transpose(rows, extent), flipped, radius)
+    return transpose(cols, flipped)
+
+
+def _rows_box(data: bytes, extent: Extent, radius: int) -> bytes:
+    """Each pixel becomes the mean of its row within ``radius`` pixels (edges repeated)."""
+    w, h = extent.width, extent.height
+    window = 2 * radius + 1
+    stride = w + 2 * radius
+    rows = []
+    for y in range(h):
+        row = data[y * w:(y + 1) * w]
+        rows.append(row[:1] * radius + row + row[-1:] * radius)
+    sums = [0, *accumulate(b"".join(rows))]
+    half = window // 2
+    means = bytes(map(lambda s: (s + half) // window, map(sub, sums[window:], sums[:-window])))
+    # means[i] covers padded pixels i .. i + 2r; row y's outputs start at y * stride.
+    return b"".join(means[y * stride:y * stride + w] for y in range(h))
+
+
+def feather(mask: bytes, extent: Extent, radius: int) -> bytes:
+    """Soften a mask's edge with a box blur of ``radius`` pixels (a ramp 2r+1 wide)."""
+    check_size(mask, extent, 1, "mask")
+    if radius <= 0 or extent.is_empty:
+        return bytes(mask)
+    rows = _rows_box(mask, extent, radius)
+    flipped = Extent(extent.height, extent.width)
+    cols = _rows_box(transpose(rows, extent), flipped, radius)
+    return transpose(cols, flipped)
+
+
+def grow_and_feather(mask: bytes, extent: Extent, grow_by: int, feather_by: int) -> bytes:
+    return feather(grow(mask, extent, grow_by), extent, feather_by)
+
+
+def mask_bounds(mask: bytes, extent: Extent) -> tuple[int, int, int, int] | None:
+    """(x, y, width, height) of the non-zero pixels, None for an empty mask."""
+    check_size(mask, extent, 1, "mask")
+    w, h = extent.width, extent.height
+    zero_row = bytes(w)
+    rows = [y for y in range(h) if mask[y * w:(y + 1) * w] != zero_row]
+    if not rows:
+        return None
+    zero_col = bytes(h)
+    flipped = transpose(mask, extent)
+    cols = [x for x in range(w) if flipped[x * h:(x + 1) * h] != zero_col]
+    return cols[0], rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1

@@ -1,0 +1,47 @@
+"""Resampling and decoding through QImage (PyQt5 ships with every Krita build)."""
+
+from __future__ import annotations
+
+from PyQt5.QtCore import Qt
+from PyQt5.QtGui import QImage
+
+from .geometry import Extent
+from .pixels import check_size
+
+_FORMATS = {4: QImage.Format_RGBA8888, 1: QImage.Format_Grayscale8}
+
+
+def _image(data: bytes, extent: Extent, channels: int) -> QImage:
+    check_size(data, extent, channels)
+    return QImage(data, extent.width, extent.height, extent.width * channels, _FORMATS[channels])
+
+
+def _bytes(image: QImage, channels: int) -> bytes:
+    image = image.convertToFormat(_FORMATS[channels])
+    width, height, stride = image.width(), image.height(), image.bytesPerLine()
+    bits = image.constBits()
+    bits.setsize(stride * height)
+    raw = bits.asstring()
+    row = width * channels
+    if stride == row:
+        return raw
+    return b"".join(raw[y * stride:y * stride + row] for y in range(height))
+
+
+def resample(data: bytes, source: Extent, target: Extent, channels: int) -> bytes:
+    """RGBA8 (channels=4) or GRAY8 (channels=1) pixels scaled to ``target`` (smooth)."""
+    if source == target:
+        check_size(data, source, channels)
+        return bytes(data)
+    image = _image(data, source, channels)
+    scaled = image.scaled(target.width, target.height, Qt.IgnoreAspectRatio,
+                          Qt.SmoothTransformation)
+    return _bytes(scaled, channels)
+
+
+def decode_png_rgba(png: bytes) -> tuple[bytes, Extent]:
+    """RGBA8 pixels of a PNG file."""
+    image = QImage.fromData(png, "PNG")
+    if image.isNull():
+        raise ValueError("the daemon sent a PNG that Qt cannot read")
+    return _bytes(image, 4), Extent(image.width(), image.height())

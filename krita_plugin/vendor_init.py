@@ -1,0 +1,1 @@
+"""Third-party packages vendored into the plugin at build time (see krita_plugin/build.py)."""

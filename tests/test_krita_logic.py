@@ -1,0 +1,298 @@
+"""The Krita plugin's logic that needs no Krita: pixels, masks, geometry, requests, build."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "krita_plugin"))
+
+from atelier_krita.geometry import (Bounds, Extent, ResolutionRange, context_region,  # noqa: E402
+                                    default_padding, fit_extent, range_for_family)
+from atelier_krita.history import History, HistoryEntry  # noqa: E402
+from atelier_krita.jobs import (JobRefused, JobSettings, Mode, UploadIds,  # noqa: E402
+                                build_request, layer_name, plan_job)
+from atelier_krita.pixels import (bgra_to_rgba, feather, grow, grow_and_feather,  # noqa: E402
+                                  luminance, mask_bounds, rgba_to_bgra, transpose, with_alpha)
+from atelier_krita.protocol.schema import validate  # noqa: E402
+
+
+def square_mask(extent: Extent, box: Bounds) -> bytes:
+    rows = []
+    for y in range(extent.height):
+        inside = box.y <= y < box.bottom
+        rows.append(bytes(255 if inside and box.x <= x < box.right else 0
+                          for x in range(extent.width)))
+    return b"".join(rows)
+
+
+# ------------------------------------------------------------------ pixels
+def test_bgra_rgba_swap_moves_red_and_blue_only():
+    bgra = bytes([10, 20, 30, 40, 1, 2, 3, 4])
+    rgba = bgra_to_rgba(bgra)
+    assert rgba == bytes([30, 20, 10, 40, 3, 2, 1, 4])
+    assert rgba_to_bgra(rgba) == bgra
+
+
+def test_swap_rejects_partial_pixels():
+    with pytest.raises(ValueError, match="4-byte pixels"):
+        bgra_to_rgba(b"\x00" * 6)
+
+
+def test_luminance_weights_channels_and_alpha():
+    # BGRA: pure red, pure green, white, white but transparent
+    grey = luminance(bytes([0, 0, 255, 255, 0, 255, 0, 255, 255, 255, 255, 255, 255, 255, 255, 0]))
+    assert grey[0] == 77 and grey[1] == 149 and grey[2] == 255 and grey[3] == 0
+
+
+def test_transpose_flips_over_the_diagonal():
+    data = bytes(range(6))            # 3 wide, 2 high
+    assert transpose(data, Extent(3, 2)) == bytes([0, 3, 1, 4, 2, 5])
+
+
+def test_grow_dilates_by_radius_in_every_direction():
+    extent = Extent(20, 15)
+    mask = square_mask(extent, Bounds(8, 6, 3, 2))
+    grown = grow(mask, extent, 2)
+    assert mask_bounds(grown, extent) == (6, 4, 7, 6)
+    assert set(grown) == {0, 255}
+    assert grow(mask, extent, 0) == mask
+
+
+@pytest.mark.parametrize("radius", [1, 3, 4, 7])
+def test_grow_matches_a_direct_max_filter(radius):
+    extent = Extent(13, 9)
+    mask = bytes((x * 7 + y * 13) % 256 if (x + y) % 5 == 0 else 0
+                 for y in range(9) for x in range(13))
+    expected = bytes(
+        max(mask[yy * 13 + xx]
+            for yy in range(max(0, y - radius), min(9, y + radius + 1))
+            for xx in range(max(0, x - radius), min(13, x + radius + 1)))
+        for y in range(9) for x in range(13))
+    assert grow(mask, extent, radius) == expected
+
+
+def test_grow_does_not_leak_across_row_ends():
+    extent = Extent(10, 3)
+    mask = bytearray(30)
+    mask[9] = 255  # last pixel of row 0
+    grown = grow(bytes(mask), extent, 1)
+    assert grown[19] == 255 and grown[18] == 255    # below it and diagonally
+    assert grown[10] == 0 and grown[20] == 0        # the next rows' starts stay clear
+
+
+def test_feather_ramps_the_edge_and_keeps_the_inside():
+    extent = Extent(30, 30)
+    mask = square_mask(extent, Bounds(10, 10, 10, 10))
+    soft = feather(mask, extent, 3)
+    row = soft[15 * 30:16 * 30]
+    assert row[15] == 255 and row[0] == 0 and row[29] == 0
+    assert 0 < row[9] < row[10] < row[12] <= 255    # a ramp across the old edge
+    assert list(row[7:15]) == sorted(row[7:15])
+    assert soft[5 * 30 + 15] == 0                    # well outside stays untouched
+
+
+def test_feather_keeps_a_full_mask_full_at_the_image_border():
+    extent = Extent(8, 6)
+    full = b"\xff" * 48
+    assert feather(full, extent, 3) == full          # edges repeat, no darkening
+
+
+def test_grow_and_feather_reach_bounds():
+    extent = Extent(40, 40)
+    mask = square_mask(extent, Bounds(15, 15, 5, 5))
+    soft = grow_and_feather(mask, extent, 4, 3)
+    assert mask_bounds(soft, extent) == (15 - 7, 15 - 7, 5 + 14, 5 + 14)
+
+
+def test_with_alpha_multiplies_or_replaces():
+    rgba = bytes([1, 2, 3, 255, 4, 5, 6, 255])
+    assert with_alpha(rgba, bytes([0, 128])) == bytes([1, 2, 3, 0, 4, 5, 6, 128])
+    half = bytes([1, 2, 3, 128, 4, 5, 6, 255])
+    assert with_alpha(half, bytes([255, 128]))[3::4] == bytes([128, 128])
+    with pytest.raises(ValueError, match="does not match"):
+        with_alpha(rgba, b"\x00")
+
+
+# ------------------------------------------------------------------ geometry
+def test_fit_extent_scales_4k_down_to_the_range_in_multiples_of_8():
+    fitted = fit_extent(Extent(3840, 2160), ResolutionRange(512, 1024))
+    assert fitted == Extent(1024, 576)
+
+
+def test_fit_extent_rounds_odd_sizes_and_scales_small_ones_up():
+    assert fit_extent(Extent(203, 157), ResolutionRange(64, 96)) == Extent(96, 72)
+    fitted = fit_extent(Extent(101, 33), ResolutionRange(512, 768))
+    assert fitted.longest == 512 and fitted.height % 8 == 0
+    assert abs(fitted.width / fitted.height - 101 / 33) < 0.2
+
+
+def test_fit_extent_never_passes_max_side():
+    for width in range(1, 400, 7):
+        fitted = fit_extent(Extent(width, 301), ResolutionRange(64, 100))
+        assert fitted.longest <= 96 and fitted.width % 8 == 0 and fitted.height % 8 == 0
+
+
+def test_resolution_range_capped_by_daemon_limit():
+    assert range_for_family("sdxl").capped(768) == ResolutionRange(768, 768)
+    assert range_for_family("sd15") == ResolutionRange(512, 768)
+    with pytest.raises(ValueError):
+        ResolutionRange(600, 500)
+
+
+def test_context_region_pads_and_stays_in_canvas():
+    canvas = Extent(200, 150)
+    region = context_region(Bounds(10, 20, 30, 20), canvas, padding=16)
+    assert region == Bounds(0, 4, 56, 52)
+    # min_size widens around the selection and shifts back inside the canvas
+    region = context_region(Bounds(180, 130, 10, 10), canvas, padding=4, min_size=64)
+    assert region == Bounds(136, 86, 64, 64)
+    # a canvas smaller than min_size is taken whole
+    assert context_region(Bounds(5, 5, 4, 4), Extent(40, 30), padding=2, min_size=64) == \
+        Bounds(0, 0, 40, 30)
+
+
+def test_context_region_contains_the_selection():
+    canvas = Extent(300, 200)
+    for sel in (Bounds(0, 0, 10, 10), Bounds(290, 190, 10, 10), Bounds(100, 50, 80, 120)):
+        region = context_region(sel, canvas, padding=default_padding(sel), min_size=128)
+        assert region.x <= sel.x and region.y <= sel.y
+        assert region.right >= sel.right and region.bottom >= sel.bottom
+        assert region.right <= canvas.width and region.bottom <= canvas.height
+
+
+def test_bounds_clamp_and_relative():
+    assert Bounds(-5, -5, 20, 20).clamped(Extent(10, 10)) == Bounds(0, 0, 10, 10)
+    assert Bounds(50, 50, 5, 5).clamped(Extent(10, 10)).is_empty
+    assert Bounds(12, 7, 3, 3).relative_to(Bounds(10, 5, 10, 10)) == Bounds(2, 2, 3, 3)
+
+
+# ------------------------------------------------------------------ plans and requests
+CANVAS = Extent(203, 157)
+SMALL = ResolutionRange(32, 96)
+
+
+def test_generate_without_selection_covers_the_canvas():
+    plan = plan_job(Mode.GENERATE, JobSettings(), CANVAS, None, SMALL)
+    assert plan.region == Bounds(0, 0, 203, 157)
+    assert plan.model_extent == Extent(96, 72) and plan.scaled
+    assert (plan.kind, plan.send_image, plan.send_mask, plan.clip_to_selection) == \
+        ("txt2img", False, False, False)
+
+
+def test_generate_with_selection_covers_its_bounds():
+    plan = plan_job(Mode.GENERATE, JobSettings(), CANVAS, Bounds(20, 30, 40, 24), SMALL)
+    assert plan.region == Bounds(20, 30, 40, 24)
+    assert plan.model_extent == Extent(40, 24)
+
+
+def test_fill_needs_a_selection():
+    with pytest.raises(JobRefused, match="needs a selection"):
+        plan_job(Mode.FILL, JobSettings(), CANVAS, None, SMALL)
+    with pytest.raises(JobRefused, match="needs a selection"):
+        plan_job(Mode.FILL, JobSettings(), CANVAS, Bounds(500, 500, 10, 10), SMALL)
+
+
+def test_fill_sends_context_around_the_grown_selection():
+    settings = JobSettings(mask_grow=4, mask_feather=2)
+    selection = Bounds(80, 60, 30, 20)
+    plan = plan_job(Mode.FILL, settings, CANVAS, selection, ResolutionRange(64, 512))
+    reach = selection.expanded(6)
+    assert plan.region.x < reach.x and plan.region.right > reach.right
+    assert plan.region.width >= 64 and plan.region.height >= 64
+    assert (plan.kind, plan.send_image, plan.send_mask, plan.clip_to_selection) == \
+        ("inpaint", True, True, True)
+
+
+def test_seamless_is_the_whole_canvas_and_defaults_to_both_axes():
+    plan = plan_job(Mode.SEAMLESS, JobSettings(), CANVAS, Bounds(1, 1, 5, 5), SMALL)
+    assert plan.region == Bounds.of(CANVAS) and plan.kind == "make_seamless"
+    assert plan.tiling == "both"
+    assert plan_job(Mode.SEAMLESS, JobSettings(tiling="x"), CANVAS, None, SMALL).tiling == "x"
+
+
+def test_refine_with_selection_clips_without_sending_a_mask():
+    plan = plan_job(Mode.REFINE, JobSettings(mask_grow=2, mask_feather=1), CANVAS,
+                    Bounds(10, 10, 20, 20), SMALL)
+    assert plan.region == Bounds(7, 7, 26, 26)
+    assert plan.kind == "img2img" and plan.send_image and not plan.send_mask
+    assert plan.clip_to_selection
+
+
+def test_build_request_for_each_mode_validates():
+    settings = JobSettings(prompt="a red fox", seed=7, steps=4, batch_size=2,
+                           depth_layer="depth", strength=0.4)
+    ids = UploadIds(image="a" * 32, mask="b" * 32, depth="c" * 32)
+    for mode in Mode:
+        plan = plan_job(mode, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL)
+        request = build_request(plan, settings, ids)
+        validate(request, "job")
+        assert (request.width, request.height) == (plan.model_extent.width,
+                                                   plan.model_extent.height)
+        assert request.seed == 7 and request.batch_size == 2 and request.prompt == "a red fox"
+        assert (request.init_image is not None) == plan.send_image
+        assert (request.mask is not None) == plan.send_mask
+    fill = build_request(plan_job(Mode.FILL, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL),
+                         settings, ids)
+    assert fill.strength == 1.0 and fill.mask_grow == 0 and fill.mask_feather == 0
+    depth = build_request(plan_job(Mode.DEPTH, settings, CANVAS, None, SMALL), settings, ids)
+    assert depth.depth is not None and depth.depth.upload == "c" * 32
+    assert depth.depth.convention == "normalized" and depth.control is not None
+    estimate = JobSettings(depth_layer=None)
+    plan = plan_job(Mode.DEPTH, estimate, CANVAS, None, SMALL)
+    request = build_request(plan, estimate, UploadIds(image="a" * 32))
+    assert request.depth is not None and request.depth.estimate and request.init_image
+
+
+def test_build_request_wants_its_uploads():
+    plan = plan_job(Mode.FILL, JobSettings(), CANVAS, Bounds(5, 5, 9, 9), SMALL)
+    with pytest.raises(ValueError, match="mask uploaded"):
+        build_request(plan, JobSettings(), UploadIds(image="a" * 32))
+
+
+def test_settings_reject_unknown_axes():
+    with pytest.raises(ValueError, match="seamless axes"):
+        JobSettings(tiling="diagonal")
+
+
+def test_layer_name_has_prompt_and_seed():
+    assert layer_name("  a   red fox ", 42) == "a red fox [seed 42]"
+    long = layer_name("x" * 100, 1)
+    assert len(long) < 60 and long.endswith("[seed 1]")
+    assert layer_name("", 3) == "untitled [seed 3]"
+
+
+def test_history_keeps_newest_first_up_to_its_limit():
+    history = History(limit=2)
+    for seed in (1, 2, 3):
+        history.add(HistoryEntry(Mode.GENERATE, JobSettings(prompt="p", seed=seed),
+                                 Bounds(0, 0, 8, 8), "done", (seed,)))
+    assert len(history) == 2 and [e.settings.seed for e in history] == [3, 2]
+    assert "seed 3" in history[0].summary()
+
+
+# ------------------------------------------------------------------ packaging
+def test_build_makes_an_importable_zip(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "krita_plugin" / "build.py"),
+                          "--out", str(tmp_path)], capture_output=True, text=True, check=True)
+    zip_path = Path(out.stdout.strip())
+    with zipfile.ZipFile(zip_path) as archive:
+        names = set(archive.namelist())
+        desktop = archive.read("atelier_krita.desktop").decode()
+        archive.extractall(tmp_path / "x")
+    assert "ServiceTypes=Krita/PythonPlugin" in desktop and "X-KDE-Library=atelier_krita" in desktop
+    assert "atelier_krita/" in names          # Krita's importer looks for the folder entry
+    assert "atelier_krita/protocol/client.py" in names
+    assert "atelier_krita/protocol/_vendor/websockets/sync/client.py" in names
+    assert not any(name.endswith(".so") or "__pycache__" in name for name in names)
+    # The extracted plugin imports its protocol and the vendored websockets, not the installed one.
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); "
+             "from atelier_krita.protocol import _websocket; print(_websocket.connect.__module__)")
+    result = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "x")],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "atelier_krita.protocol._vendor.websockets.sync.client"

@@ -1,0 +1,351 @@
+"""Everything that reads or writes Blender data. The rest of the add-on goes through here.
+
+Functions take Blender objects and plain values; pixel and projection maths
+live in ``pixels`` and ``projection`` so they can be tested without Blender.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import bpy
+import numpy as np
+
+from . import pixels, projection
+
+PROJECTION_UV_NAME = "Atelier Projection"
+MAX_UV_MAPS = 8          # Blender's limit per mesh
+DEPTH_SLOT = "atelier_depth_"
+COLOR_SLOT = "atelier_color_"
+
+
+class HostError(Exception):
+    """Blender cannot do what was asked (no camera, no mesh, UV maps full ...)."""
+
+
+# ---------------------------------------------------------------- images
+
+def new_image(name: str, width: int, height: int) -> bpy.types.Image:
+    """A new 8-bit sRGB image datablock; Blender makes the name unique if taken."""
+    image = bpy.data.images.new(name, width=width, height=height, alpha=True, float_buffer=False)
+    image.colorspace_settings.name = "sRGB"
+    return image
+
+
+def _is_linear(image: bpy.types.Image) -> bool:
+    return bool(image.is_float) and image.colorspace_settings.name != "Non-Color"
+
+
+def write_rgba8(image: bpy.types.Image, data: bytes, width: int, height: int) -> None:
+    """Put RGBA8 top-first pixels into ``image``, resizing it if needed."""
+    if tuple(image.size) != (width, height):
+        image.scale(width, height)
+    image.pixels.foreach_set(pixels.rgba8_to_blender(data, width, height,
+                                                     linear=_is_linear(image)))
+    image.update()
+
+
+def _float_pixels(image: bpy.types.Image) -> np.ndarray:
+    width, height = image.size
+    buf = np.empty(width * height * 4, dtype=np.float32)
+    image.pixels.foreach_get(buf)
+    return buf
+
+
+def read_rgba8(image: bpy.types.Image) -> bytes:
+    """The image as RGBA8 top-first bytes (sRGB-encoded if it holds linear floats)."""
+    width, height = image.size
+    return pixels.blender_to_rgba8(_float_pixels(image), width, height, linear=_is_linear(image))
+
+
+def remove_images(names: Iterable[str]) -> None:
+    for name in names:
+        image = bpy.data.images.get(name)
+        if image is not None:
+            bpy.data.images.remove(image)
+
+
+def show_image(image: bpy.types.Image) -> None:
+    """Show ``image`` in every open Image Editor (none exist in background mode)."""
+    for window in bpy.context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type == "IMAGE_EDITOR":
+                area.spaces.active.image = image
+
+
+def redraw(status: Optional[str]) -> None:
+    """Redraw the add-on's panels and put ``status`` in the status bar (None clears it)."""
+    for window in bpy.context.window_manager.windows:
+        window.workspace.status_text_set(status)
+        for area in window.screen.areas:
+            if area.type in {"VIEW_3D", "IMAGE_EDITOR", "PREFERENCES"}:
+                area.tag_redraw()
+
+
+# ---------------------------------------------------------------- rendering
+
+@dataclass(frozen=True)
+class Capture:
+    """A render from the scene camera: RGBA8 colour and FLOAT32 distances, top row first."""
+    width: int
+    height: int
+    color: Optional[bytes]
+    depth: Optional[bytes]
+
+
+@contextlib.contextmanager
+def _restored(target: Any, **values: Any) -> Iterator[None]:
+    """Set attributes for the duration of the block and put the old values back."""
+    old = {name: getattr(target, name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(target, name, value)
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(target, name, value)
+
+
+def require_camera(scene: bpy.types.Scene) -> bpy.types.Object:
+    if scene.camera is None:
+        raise HostError("the scene has no active camera; add one or make one active")
+    return scene.camera
+
+
+def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width: int,
+                  height: int, *, color: bool, depth: bool,
+                  only: Optional[Sequence[bpy.types.Object]] = None) -> Capture:
+    """Render the scene camera at ``width`` x ``height``; the scene is left as it was.
+
+    ``only``: objects to keep; every other object is hidden from this render
+    (depth of the selected objects). Colour goes through the scene's view
+    transform (what the artist sees); depth is the Z pass (distance from the
+    camera, 1e10 where nothing was hit).
+    """
+    require_camera(scene)
+    hidden = [] if only is None else [o for o in scene.objects
+                                      if o not in only and not o.hide_render
+                                      and o.type not in {"CAMERA", "LIGHT"}]
+    with tempfile.TemporaryDirectory(prefix="atelier_render_") as folder, contextlib.ExitStack() as stack:
+        render = scene.render
+        stack.enter_context(_restored(render, resolution_x=width, resolution_y=height,
+                                      resolution_percentage=100, use_border=False))
+        if depth:
+            stack.enter_context(_restored(view_layer, use_pass_z=True))
+        if not color and render.engine == "CYCLES":
+            # Depth alone needs one sample, and no denoiser (Debian's build has none).
+            stack.enter_context(_restored(scene.cycles, samples=1, use_denoising=False))
+        for obj in hidden:
+            stack.enter_context(_restored(obj, hide_render=True))
+        stack.enter_context(_restored(scene, use_nodes=True))
+        stack.enter_context(_output_nodes(scene, view_layer, folder, color=color, depth=depth))
+        bpy.ops.render.render(write_still=False, scene=scene.name, layer=view_layer.name)
+        color_bytes = depth_bytes = None
+        if color:
+            color_bytes = read_rgba8_file(_written(folder, COLOR_SLOT))
+        if depth:
+            depth_bytes = _read_depth_file(_written(folder, DEPTH_SLOT), width, height)
+    return Capture(width, height, color_bytes, depth_bytes)
+
+
+@contextlib.contextmanager
+def _output_nodes(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, folder: str, *,
+                  color: bool, depth: bool) -> Iterator[None]:
+    """Compositor File Output nodes writing colour (PNG) and depth (32-bit EXR) to ``folder``.
+
+    Render Result pixels are empty in background mode, so files are the one
+    way to read a render that works with and without a window. Every node
+    added (including the defaults Blender creates with the tree) is removed.
+    """
+    tree = scene.node_tree
+    before = {node.name for node in tree.nodes}
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    layers.scene = scene
+    layers.layer = view_layer.name
+    try:
+        if color:
+            out = tree.nodes.new("CompositorNodeOutputFile")
+            out.base_path = folder
+            out.format.file_format = "PNG"
+            out.format.color_mode = "RGBA"
+            out.format.color_depth = "8"
+            out.file_slots[0].path = COLOR_SLOT
+            tree.links.new(layers.outputs["Image"], out.inputs[0])
+        if depth:
+            out = tree.nodes.new("CompositorNodeOutputFile")
+            out.base_path = folder
+            out.format.file_format = "OPEN_EXR"
+            out.format.color_depth = "32"
+            out.file_slots[0].path = DEPTH_SLOT
+            tree.links.new(layers.outputs["Depth"], out.inputs[0])
+        yield
+    finally:
+        for node in [n for n in tree.nodes if n.name not in before]:
+            tree.nodes.remove(node)
+
+
+def _written(folder: str, slot: str) -> str:
+    found = sorted(glob.glob(os.path.join(folder, slot + "*")))
+    if not found:
+        raise HostError(f"the render wrote no '{slot}' file; is the compositor disabled "
+                        "for this render?")
+    return found[0]
+
+
+@contextlib.contextmanager
+def _loaded(path: str) -> Iterator[bpy.types.Image]:
+    image = bpy.data.images.load(path, check_existing=False)
+    try:
+        yield image
+    finally:
+        bpy.data.images.remove(image)
+
+
+def read_rgba8_file(path: str) -> bytes:
+    with _loaded(path) as image:
+        return read_rgba8(image)
+
+
+def _read_depth_file(path: str, width: int, height: int) -> bytes:
+    with _loaded(path) as image:
+        image.colorspace_settings.name = "Non-Color"
+        if tuple(image.size) != (width, height):
+            raise HostError(f"depth render is {tuple(image.size)}, expected {(width, height)}")
+        return pixels.blender_channel_to_float32(_float_pixels(image), width, height)
+
+
+# ---------------------------------------------------------------- materials
+
+def new_image_material(name: str, image: bpy.types.Image,
+                       uv_map: Optional[str] = None) -> bpy.types.Material:
+    """Image Texture -> Principled BSDF Base Color; ``uv_map`` picks the UVs (else active)."""
+    material = bpy.data.materials.new(name)
+    material.use_nodes = True
+    tree = material.node_tree
+    bsdf = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
+    tex = tree.nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    tex.location = (bsdf.location.x - 350, bsdf.location.y)
+    tree.links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    if uv_map is not None:
+        tex.extension = "CLIP"   # outside the projected frame: no repeats
+        uv = tree.nodes.new("ShaderNodeUVMap")
+        uv.uv_map = uv_map
+        uv.location = (tex.location.x - 250, tex.location.y)
+        tree.links.new(uv.outputs["UV"], tex.inputs["Vector"])
+    return material
+
+
+def assign_material(obj: bpy.types.Object, material: bpy.types.Material, *,
+                    replace: bool, faces: Optional[np.ndarray] = None) -> int:
+    """Put ``material`` on ``obj``; returns the slot index.
+
+    ``replace`` False (the default everywhere) adds a new slot, so the old
+    material stays on the object; True swaps the active slot's material.
+    ``faces``: a boolean mask of polygons that get the new slot (all if None).
+    """
+    mesh = obj.data
+    if replace and len(obj.material_slots) > 0:
+        slot = obj.active_material_index
+        obj.material_slots[slot].material = material
+        return slot
+    if faces is not None and len(mesh.materials) == 0:
+        # Faces left out must keep looking as they did: give them an empty first slot.
+        mesh.materials.append(None)
+    mesh.materials.append(material)
+    slot = len(mesh.materials) - 1
+    count = len(mesh.polygons)
+    indices = np.empty(count, dtype=np.int32)
+    mesh.polygons.foreach_get("material_index", indices)
+    chosen = np.ones(count, dtype=bool) if faces is None else np.asarray(faces, dtype=bool)
+    indices[chosen] = slot
+    mesh.polygons.foreach_set("material_index", indices)
+    mesh.update()
+    obj.active_material_index = slot
+    return slot
+
+
+# ---------------------------------------------------------------- projection
+
+def camera_matrices(scene: bpy.types.Scene, depsgraph: Any, width: int,
+                    height: int) -> tuple[list[list[float]], list[list[float]]]:
+    """(view, projection) of the scene camera for an image of ``width`` x ``height``."""
+    camera = require_camera(scene)
+    view = camera.matrix_world.inverted()
+    proj = camera.calc_matrix_camera(depsgraph, x=width, y=height)
+    return [list(row) for row in view], [list(row) for row in proj]
+
+
+def _mesh_arrays(obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """World-space vertex positions, face centres, face normals, and loop vertex indices."""
+    mesh = obj.data
+    world = np.array(obj.matrix_world, dtype=np.float64)
+    normal_matrix = np.linalg.inv(world[:3, :3]).T
+    co = np.empty(len(mesh.vertices) * 3, dtype=np.float64)
+    mesh.vertices.foreach_get("co", co)
+    centers = np.empty(len(mesh.polygons) * 3, dtype=np.float64)
+    mesh.polygons.foreach_get("center", centers)
+    normals = np.empty(len(mesh.polygons) * 3, dtype=np.float64)
+    mesh.polygons.foreach_get("normal", normals)
+    loops = np.empty(len(mesh.loops), dtype=np.int64)
+    mesh.loops.foreach_get("vertex_index", loops)
+
+    def to_world(points: np.ndarray) -> np.ndarray:
+        pts = points.reshape(-1, 3)
+        return pts @ world[:3, :3].T + world[:3, 3]
+
+    world_normals = normals.reshape(-1, 3) @ normal_matrix.T
+    return to_world(co), to_world(centers), world_normals, loops
+
+
+def add_projection_uvs(obj: bpy.types.Object, view: Sequence[Sequence[float]],
+                       proj: Sequence[Sequence[float]]) -> str:
+    """A new UV map holding every vertex's position in the camera image; returns its name."""
+    mesh = obj.data
+    if len(mesh.uv_layers) >= MAX_UV_MAPS:
+        raise HostError(f"'{obj.name}' already has {MAX_UV_MAPS} UV maps, Blender's limit; "
+                        "remove one to project onto it")
+    vertices, _, _, loops = _mesh_arrays(obj)
+    uvd = projection.project_to_uv(vertices, view, proj)
+    layer = mesh.uv_layers.new(name=PROJECTION_UV_NAME, do_init=False)
+    layer.data.foreach_set("uv", uvd[loops, :2].astype(np.float32).reshape(-1))
+    return layer.name
+
+
+def visible_faces(scene: bpy.types.Scene, depsgraph: Any, obj: bpy.types.Object,
+                  view: Sequence[Sequence[float]],
+                  proj: Sequence[Sequence[float]]) -> np.ndarray:
+    """Boolean per polygon: faces the camera, inside its frame, and not hidden behind anything.
+
+    Occlusion is a ray cast from the camera to each candidate face centre
+    through the whole scene as the viewport shows it.
+    """
+    camera = require_camera(scene)
+    _, centers, normals, _ = _mesh_arrays(obj)
+    cam_world = np.array(camera.matrix_world, dtype=np.float64)
+    origin = cam_world[:3, 3]
+    forward = -cam_world[:3, 2]
+    ortho = camera.data.type == "ORTHO"
+    candidates = projection.faces_toward_camera(centers, normals, origin, forward, ortho)
+    candidates &= projection.inside_frame(projection.project_to_uv(centers, view, proj))
+    hits = np.full(len(centers), np.inf)
+    dists = np.zeros(len(centers))
+    for i in np.flatnonzero(candidates):
+        if ortho:
+            start = centers[i] - forward * (np.dot(centers[i] - origin, forward))
+        else:
+            start = origin
+        ray = centers[i] - start
+        dists[i] = float(np.linalg.norm(ray))
+        if dists[i] <= 0.0:
+            continue
+        found, location, *_ = scene.ray_cast(depsgraph, tuple(start), tuple(ray / dists[i]),
+                                             distance=dists[i] * 1.01)
+        if found:
+            hits[i] = float(np.linalg.norm(np.array(location) - start))
+    return candidates & projection.unoccluded(hits, dists)

@@ -1,0 +1,261 @@
+"""Operators: what the panel's buttons do. Each gathers inputs on the main thread,
+sends one job and returns at once; results arrive through the session's pump."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, IntProperty, StringProperty
+
+from . import host, settings
+from .addon import current_session, ensure_timer
+from .properties import ADDON_ID
+from .protocol import GenerateRequest, PixelFormat, ProtocolError
+from .protocol.client import ClientError, make_upload
+from .runtime import Job, Session
+
+
+def _session(context: bpy.types.Context) -> Session:
+    session = current_session()
+    if session is None:
+        raise ClientError("the Atelier add-on is not registered")
+    prefs = context.preferences.addons[ADDON_ID].preferences
+    session.connect(prefs.host, prefs.port, prefs.token)
+    return session
+
+
+def _record_history(scene_name: str, images: list[Any]) -> None:
+    scene = bpy.data.scenes.get(scene_name)
+    if scene is None:
+        return
+    history = scene.atelier.history
+    for image in images:
+        record = image[settings.RECORD_KEY]
+        item = history.add()
+        for key in settings.HISTORY_FIELDS:
+            setattr(item, key, record[key])
+        item.image_name = image.name
+    scene.atelier.history_index = len(history) - 1
+
+
+class _SendsJobs:
+    """Shared by the operators that start a generation."""
+
+    def send(self, context: bpy.types.Context, label: str, request: GenerateRequest,
+             uploads: list, then: Optional[Callable[[Job, list[Any]], None]] = None) -> set[str]:
+        session = _session(context)
+        reason = session.unreachable_reason()
+        if reason is not None:
+            self.report({"ERROR"}, reason)
+            return {"CANCELLED"}
+        scene_name = context.scene.name
+
+        def finish(job: Job, images: list[Any]) -> None:
+            _record_history(scene_name, images)
+            if then is not None:
+                then(job, images)
+
+        session.submit(Job(label, request, tuple(uploads), scene_name, finish))
+        ensure_timer()
+        self.report({"INFO"}, f"{label}: sent to the Atelier daemon")
+        return {"FINISHED"}
+
+    def report_failure(self, exc: Exception) -> set[str]:
+        self.report({"ERROR"}, str(exc))
+        return {"CANCELLED"}
+
+
+class ATELIER_OT_generate(bpy.types.Operator, _SendsJobs):
+    """Generate a texture from the prompt into a new image"""
+    bl_idname = "atelier.generate"
+    bl_label = "Generate Texture"
+
+    apply_to_object: BoolProperty(name="Apply to Active Object", default=False,
+                                  options={"SKIP_SAVE"})
+    replace_material: BoolProperty(
+        name="Replace Material", default=False, options={"SKIP_SAVE"},
+        description="Replace the active material instead of adding a new material slot")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        props = context.scene.atelier
+        target = None
+        if self.apply_to_object or props.apply_to_object:
+            obj = context.active_object
+            if obj is None or obj.type != "MESH":
+                self.report({"ERROR"}, "select a mesh object to apply the texture to")
+                return {"CANCELLED"}
+            target = obj.name
+        try:
+            request = settings.build_request(settings.settings_from(props))
+            replace = self.replace_material
+
+            def apply(job: Job, images: list[Any]) -> None:
+                obj = bpy.data.objects.get(target) if target else None
+                if obj is not None and images:
+                    material = host.new_image_material(images[0].name, images[0])
+                    host.assign_material(obj, material, replace=replace)
+
+            return self.send(context, "Generate", request, [], apply if target else None)
+        except (ProtocolError, ClientError) as exc:
+            return self.report_failure(exc)
+
+
+class ATELIER_OT_render_to_image(bpy.types.Operator, _SendsJobs):
+    """Render the scene from the active camera and use it as the init image (img2img)"""
+    bl_idname = "atelier.render_to_image"
+    bl_label = "Render to Image"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        props = context.scene.atelier
+        try:
+            panel = settings.settings_from(props)
+            capture = host.render_camera(context.scene, context.view_layer, panel.width,
+                                         panel.height, color=True, depth=props.use_depth)
+            init = make_upload(PixelFormat.RGBA8, capture.width, capture.height, capture.color)
+            uploads = [init]
+            depth_id = None
+            if capture.depth is not None:
+                depth = make_upload(PixelFormat.FLOAT32, capture.width, capture.height,
+                                    capture.depth)
+                uploads.append(depth)
+                depth_id = depth.id
+            request = settings.build_request(panel, kind="img2img", init_image=init.id,
+                                             depth_upload=depth_id)
+            return self.send(context, "Render to Image", request, uploads)
+        except (ProtocolError, ClientError, host.HostError) as exc:
+            return self.report_failure(exc)
+
+
+class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
+    """Generate from the active camera's depth of the selected objects and project the
+    result onto their faces that see the camera"""
+    bl_idname = "atelier.project_texture"
+    bl_label = "Project Texture"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        scene = context.scene
+        targets = [o for o in context.selected_objects if o.type == "MESH"]
+        if not targets:
+            self.report({"ERROR"}, "select the mesh objects to project onto")
+            return {"CANCELLED"}
+        try:
+            panel = settings.settings_from(scene.atelier)
+            width, height = panel.width, panel.height
+            capture = host.render_camera(scene, context.view_layer, width, height,
+                                         color=False, depth=True, only=targets)
+            depsgraph = context.evaluated_depsgraph_get()
+            view, proj = host.camera_matrices(scene, depsgraph, width, height)
+            # Visibility as the scene is now, matching the depth just rendered.
+            faces = {o.name: host.visible_faces(scene, depsgraph, o, view, proj) for o in targets}
+            depth = make_upload(PixelFormat.FLOAT32, width, height, capture.depth)
+            request = settings.build_request(panel, depth_upload=depth.id)
+        except (ProtocolError, ClientError, host.HostError) as exc:
+            return self.report_failure(exc)
+
+        def project(job: Job, images: list[Any]) -> None:
+            _project(images[0], faces, view, proj)
+
+        return self.send(context, "Project Texture", request, [depth], project)
+
+
+def _project(image: Any, faces: dict[str, np.ndarray], view: list, proj: list) -> None:
+    for name, mask in faces.items():
+        obj = bpy.data.objects.get(name)
+        if obj is None:
+            continue
+        if len(obj.data.polygons) != len(mask):
+            raise host.HostError(f"'{name}' changed while the texture was generated; "
+                                 "project again")
+        uv_name = host.add_projection_uvs(obj, view, proj)
+        material = host.new_image_material(image.name, image, uv_map=uv_name)
+        host.assign_material(obj, material, replace=False, faces=mask)
+
+
+class ATELIER_OT_cancel(bpy.types.Operator):
+    """Stop the running Atelier jobs; nothing they made so far is kept"""
+    bl_idname = "atelier.cancel"
+    bl_label = "Cancel"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        session = current_session()
+        if session is None or not session.active_jobs:
+            self.report({"INFO"}, "no Atelier job is running")
+            return {"CANCELLED"}
+        session.cancel_all()
+        return {"FINISHED"}
+
+
+class ATELIER_OT_test_connection(bpy.types.Operator):
+    """Connect to the Atelier daemon and show its device, model and queue"""
+    bl_idname = "atelier.test_connection"
+    bl_label = "Test Connection"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        try:
+            session = _session(context)
+            if not session.connection_ok and not session.active_jobs:
+                session.close_client()      # retry now rather than after the backoff
+                session = _session(context)
+            session.request_status()
+        except ClientError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        ensure_timer()
+        reason = session.unreachable_reason()
+        if reason is not None:
+            self.report({"ERROR"}, reason)
+            return {"CANCELLED"}
+        self.report({"INFO"}, session.connection_text)
+        return {"FINISHED"}
+
+
+class ATELIER_OT_recall(bpy.types.Operator):
+    """Put the settings of a history entry back in the panel"""
+    bl_idname = "atelier.recall"
+    bl_label = "Recall Settings"
+
+    index: IntProperty(default=-1, options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        props = context.scene.atelier
+        index = self.index if self.index >= 0 else props.history_index
+        if not 0 <= index < len(props.history):
+            self.report({"ERROR"}, "no history entry selected")
+            return {"CANCELLED"}
+        item = props.history[index]
+        record = {key: getattr(item, key) for key in settings.HISTORY_FIELDS}
+        recalled = settings.settings_from_record(record, settings.settings_from(props))
+        for key, value in dataclasses.asdict(recalled).items():
+            setattr(props, key, value)
+        return {"FINISHED"}
+
+
+class ATELIER_OT_apply_image(bpy.types.Operator):
+    """Put an image on the active object's material (a new material slot unless replacing)"""
+    bl_idname = "atelier.apply_image"
+    bl_label = "Apply to Active Object"
+
+    image: StringProperty(name="Image", options={"SKIP_SAVE"})
+    replace_material: BoolProperty(name="Replace Material", default=False,
+                                   options={"SKIP_SAVE"})
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        name = self.image
+        if not name and context.space_data is not None and context.space_data.type == "IMAGE_EDITOR":
+            name = context.space_data.image.name if context.space_data.image else ""
+        image = bpy.data.images.get(name)
+        obj = context.active_object
+        if image is None or obj is None or obj.type != "MESH":
+            self.report({"ERROR"}, "needs an image and an active mesh object")
+            return {"CANCELLED"}
+        material = host.new_image_material(image.name, image)
+        host.assign_material(obj, material, replace=self.replace_material)
+        return {"FINISHED"}
+
+
+CLASSES = (ATELIER_OT_generate, ATELIER_OT_render_to_image, ATELIER_OT_project_texture,
+           ATELIER_OT_cancel, ATELIER_OT_test_connection, ATELIER_OT_recall,
+           ATELIER_OT_apply_image)

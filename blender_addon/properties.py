@@ -1,0 +1,117 @@
+"""Blender properties: add-on preferences, the panel's settings, and the history list."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty,
+                       IntProperty, PointerProperty, StringProperty)
+
+from .protocol.client import DEFAULT_PORT
+from .protocol.messages import SCHEDULERS
+
+ADDON_ID = __package__   # "atelier_blender", or "bl_ext.<repo>.atelier_blender" as an extension
+
+SCHEDULER_ITEMS = [(name, name, f"{name} scheduler") for name in SCHEDULERS]
+TILING_ITEMS = [
+    ("none", "Off", "Ordinary, non-repeating image"),
+    ("x", "X", "Wraps left to right"),
+    ("y", "Y", "Wraps top to bottom"),
+    ("both", "Both", "Tiles in both directions"),
+]
+
+
+class AtelierPreferences(bpy.types.AddonPreferences):
+    bl_idname = ADDON_ID
+
+    host: StringProperty(name="Host", default="127.0.0.1",
+                         description="Address of the machine running 'atelier serve'")
+    port: IntProperty(name="Port", default=DEFAULT_PORT, min=1, max=65535)
+    token: StringProperty(name="Token", subtype="PASSWORD", default="",
+                          description="Access token, if the daemon was started with one")
+
+    def draw(self, context: bpy.types.Context) -> None:
+        from .addon import current_session  # the session lives as long as the add-on
+        layout = self.layout
+        row = layout.row()
+        row.prop(self, "host")
+        row.prop(self, "port")
+        layout.prop(self, "token")
+        layout.operator("atelier.test_connection", icon="LINKED")
+        session = current_session()
+        if session is not None:
+            icon = "CHECKMARK" if session.connection_ok else "INFO"
+            for line in _wrap(session.connection_text):
+                layout.label(text=line, icon=icon)
+                icon = "BLANK1"
+
+
+def _wrap(text: str, width: int = 90) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+class AtelierHistoryItem(bpy.types.PropertyGroup):
+    """One finished result, enough to regenerate it."""
+    prompt: StringProperty()
+    negative_prompt: StringProperty()
+    model: StringProperty()
+    kind: StringProperty()
+    width: IntProperty()
+    height: IntProperty()
+    steps: IntProperty()
+    guidance: FloatProperty()
+    seed: IntProperty(min=0)
+    scheduler: StringProperty()
+    strength: FloatProperty()
+    tiling: StringProperty()
+    image_name: StringProperty()
+
+
+class AtelierSettings(bpy.types.PropertyGroup):
+    prompt: StringProperty(name="Prompt", default="")
+    negative_prompt: StringProperty(name="Negative", default="")
+    model: StringProperty(name="Model", default="",
+                          description="Model name or path on the daemon; empty = the loaded one")
+    width: IntProperty(name="Width", default=512, min=64, max=4096, step=64)
+    height: IntProperty(name="Height", default=512, min=64, max=4096, step=64)
+    steps: IntProperty(name="Steps", default=20, min=1, max=150)
+    guidance: FloatProperty(name="Guidance", default=7.0, min=0.0, max=50.0)
+    seed: IntProperty(name="Seed", default=0, min=0)
+    random_seed: BoolProperty(name="Random", default=True,
+                              description="Let the daemon pick a new seed each time")
+    scheduler: EnumProperty(name="Scheduler", items=SCHEDULER_ITEMS, default="euler_a")
+    strength: FloatProperty(name="Strength", default=0.75, min=0.0, max=1.0,
+                            description="How much img2img may change the render")
+    tiling: EnumProperty(name="Seamless", items=TILING_ITEMS, default="none")
+    batch_size: IntProperty(name="Batch", default=1, min=1, max=8)
+    preview_every: IntProperty(name="Preview Every", default=1, min=0, max=50,
+                               description="Show a preview every N steps (0 = none)")
+    control_scale: FloatProperty(name="Depth Strength", default=1.0, min=0.0, max=2.0)
+    use_depth: BoolProperty(name="Use Depth", default=False,
+                            description="Condition Render to Image on the scene's depth")
+    apply_to_object: BoolProperty(name="Apply to Active Object", default=False,
+                                  description="Put the generated texture on the active "
+                                              "object's material (in a new material slot)")
+    history: CollectionProperty(type=AtelierHistoryItem)
+    history_index: IntProperty(default=0)
+
+
+CLASSES = (AtelierPreferences, AtelierHistoryItem, AtelierSettings)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.atelier = PointerProperty(type=AtelierSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.atelier
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,322 @@
+"""The add-on's live side: one protocol client, the jobs in flight, and the event pump.
+
+Network I/O runs on the client's background threads; :meth:`Session.pump`
+runs on Blender's main thread (from a ``bpy.app.timers`` callback, or from a
+test driving it with :meth:`Session.pump_until_idle`) and is the only place
+where daemon events turn into Blender data.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import bpy
+
+from . import host, settings
+from .protocol import GenerateRequest, ImageFrame
+from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
+from .protocol.events import Connected, Disconnected, JobDone, PreviewImage
+from .protocol.messages import (Accepted, Cancelled, Error, Models, ModelLoaded, Progress,
+                                Started, Status)
+
+CLIENT_NAME = "atelier-blender"
+ACTIVE_INTERVAL = 0.1   # seconds between pumps while a job runs
+IDLE_INTERVAL = 0.5
+
+
+class JobState(enum.Enum):
+    WAITING = "waiting for the daemon"      # not sent yet: no connection so far
+    SENT = "sent"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass
+class Job:
+    """One generation the add-on asked for, and the datablocks it made so far.
+
+    ``finish`` runs on the main thread with the result images, once all
+    pixels are in (apply a material, project onto objects ...).
+    """
+    label: str
+    request: GenerateRequest
+    uploads: Sequence[ImageFrame]
+    scene_name: str
+    finish: Optional[Callable[["Job", list[Any]], None]] = None
+    ref: str = ""
+    job_id: Optional[str] = None
+    state: JobState = JobState.WAITING
+    step: int = 0
+    total: int = 0
+    message: str = ""
+    cancel_requested: bool = False
+    image_names: list[str] = field(default_factory=list)   # made by this job, in batch order
+
+    @property
+    def progress_text(self) -> str:
+        if self.state == JobState.RUNNING and self.total:
+            return f"{self.label}: step {self.step}/{self.total}"
+        return f"{self.label}: {self.message or self.state.value}"
+
+
+class Session:
+    """The add-on's connection to one daemon and the jobs sent through it."""
+
+    def __init__(self) -> None:
+        self._client: Optional[AtelierClient] = None
+        self._address: Optional[tuple[str, str]] = None
+        self.jobs: list[Job] = []
+        self.connection_text = "not connected"
+        self.connection_ok = False
+        self.status: Optional[Status] = None
+        self.models: list[str] = []
+        self.last_failure: Optional[str] = None
+        self._on_connect: list[Callable[[AtelierClient], Any]] = []
+
+    # ------------------------------------------------------------ connection
+    def connect(self, host_name: str, port: int, token: str) -> AtelierClient:
+        """The client for this address, started (re)connecting in the background."""
+        url = default_url(host_name, port)
+        address = (url, token)
+        if self._client is None or self._address != address:
+            self.close_client()
+            self._client = AtelierClient(url, token=token or None, client_name=CLIENT_NAME,
+                                         reconnect=True, connect_timeout=5.0).start()
+            self._address = address
+            self.connection_text = f"connecting to {url} ..."
+            self.connection_ok = False
+        return self._client
+
+    def close_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+        self._address = None
+
+    def unreachable_reason(self) -> Optional[str]:
+        """Why the last connection attempt failed, while not connected; else None."""
+        if self._client is None or self.connection_ok:
+            return None
+        return self.last_failure
+
+    def request_status(self) -> None:
+        """Ask for device, model and queue; the answer lands in ``status``."""
+        self._send_when_connected(lambda c: (c.get_status(), c.list_models()))
+
+    def _send_when_connected(self, send: Callable[[AtelierClient], Any]) -> None:
+        client = self._require_client()
+        if client.connected:
+            send(client)
+        else:
+            self._on_connect.append(send)
+
+    def _require_client(self) -> AtelierClient:
+        if self._client is None:
+            raise ClientError("no daemon address set; connect first")
+        return self._client
+
+    # ------------------------------------------------------------ jobs
+    @property
+    def active_jobs(self) -> list[Job]:
+        return [job for job in self.jobs if not job.state.finished]
+
+    def submit(self, job: Job) -> Job:
+        client = self._require_client()
+        self.jobs.append(job)
+        if client.connected:
+            self._send_job(client, job)
+        return job
+
+    def _send_job(self, client: AtelierClient, job: Job) -> None:
+        job.ref = client.submit(job.request, job.uploads)
+        job.state = JobState.SENT
+
+    def cancel(self, job: Job) -> None:
+        """Ask the daemon to stop ``job``; its datablocks go when the daemon confirms."""
+        job.cancel_requested = True
+        if job.state == JobState.WAITING:
+            self._end(job, JobState.CANCELLED, "cancelled")
+        elif job.job_id is not None and self._client is not None and self._client.connected:
+            self._client.cancel(job.job_id)
+
+    def cancel_all(self) -> None:
+        for job in self.active_jobs:
+            self.cancel(job)
+
+    def _end(self, job: Job, state: JobState, message: str, keep_images: bool = False) -> None:
+        job.state = state
+        job.message = message
+        if state != JobState.DONE and not keep_images:
+            host.remove_images(job.image_names)
+            job.image_names.clear()
+
+    # ------------------------------------------------------------ pump
+    def pump(self) -> bool:
+        """Handle every event waiting from the daemon; True while jobs are active."""
+        if self._client is None:
+            return False
+        changed = False
+        while True:
+            try:
+                event = self._client.events.get_nowait()
+            except queue.Empty:
+                break
+            self._handle(event)
+            changed = True
+        if changed:
+            active = self.active_jobs
+            host.redraw(active[-1].progress_text if active else None)
+        return bool(self.active_jobs)
+
+    def pump_until_idle(self, timeout: float, until: Optional[Callable[[], bool]] = None) -> None:
+        """Pump until no job is active (or ``until`` says so); for scripts and tests.
+
+        Background Blender runs no timers, so this drives the same code path
+        the timer does. TimeoutError if it takes longer than ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            active = self.pump()
+            if (until() if until is not None else not active):
+                return
+            if time.monotonic() > deadline:
+                states = ", ".join(job.progress_text for job in self.active_jobs)
+                raise TimeoutError(f"Atelier jobs still active after {timeout:g} s: {states}")
+            time.sleep(0.02)
+
+    def _job_for(self, job_id: Optional[str] = None, ref: Optional[str] = None) -> Optional[Job]:
+        for job in self.jobs:
+            if (job_id is not None and job.job_id == job_id) or (ref and job.ref == ref):
+                return job
+        return None
+
+    def _handle(self, event: Any) -> None:
+        client = self._client
+        assert client is not None
+        if isinstance(event, Connected):
+            welcome = event.welcome
+            self.connection_ok = True
+            self.last_failure = None
+            self.connection_text = (f"connected to {client.url}: {welcome.server} on "
+                                    f"{welcome.device}, model {welcome.model or 'none loaded'}")
+            for job in self.jobs:
+                if job.state == JobState.WAITING:
+                    self._send_job(client, job)
+            pending, self._on_connect = self._on_connect, []
+            for send in pending:
+                send(client)
+        elif isinstance(event, Disconnected):
+            self.connection_ok = False
+            self.connection_text = self.last_failure = not_running_message(event.reason)
+            for job in self.active_jobs:
+                # Jobs the daemon never acknowledged are lost with the connection;
+                # acknowledged ones are fetched again after a reconnect.
+                if job.job_id is None or not event.will_retry:
+                    self._end(job, JobState.FAILED, self.last_failure)
+        elif isinstance(event, Accepted):
+            job = self._job_for(ref=event.ref)
+            if job is not None:
+                job.job_id = event.job_id
+                job.state = JobState.QUEUED
+                job.message = f"queued at position {event.position}"
+                if job.cancel_requested:
+                    client.cancel(event.job_id)
+        elif isinstance(event, Started):
+            job = self._job_for(event.job_id)
+            if job is not None and not job.state.finished:
+                job.state = JobState.RUNNING
+        elif isinstance(event, Progress):
+            job = self._job_for(event.job_id)
+            if job is not None and not job.state.finished:
+                job.state = JobState.RUNNING
+                job.step, job.total = event.step, event.total
+        elif isinstance(event, PreviewImage):
+            job = self._job_for(event.job_id)
+            if job is not None and not job.state.finished and not job.cancel_requested:
+                self._show_preview(job, event.image)
+        elif isinstance(event, JobDone):
+            job = self._job_for(event.job_id)
+            if job is not None and not job.state.finished:
+                if job.cancel_requested:
+                    self._end(job, JobState.CANCELLED, "cancelled")
+                else:
+                    self._deliver(job, event)
+        elif isinstance(event, Cancelled):
+            job = self._job_for(event.job_id)
+            if job is not None and not job.state.finished:
+                self._end(job, JobState.CANCELLED, "cancelled")
+        elif isinstance(event, Error):
+            job = self._job_for(event.job_id, event.ref)
+            text = f"daemon: {event.message}" + (f" [{event.field}]" if event.field else "")
+            if job is not None and not job.state.finished:
+                self._end(job, JobState.FAILED, text)
+            else:
+                self.connection_text = text
+        elif isinstance(event, Status):
+            self.status = event
+            self.connection_text = (f"connected to {client.url}: {event.device}, model "
+                                    f"{event.model or 'none loaded'}, {event.queue_length} "
+                                    "job(s) queued" + (", one running" if event.running else ""))
+        elif isinstance(event, Models):
+            self.models = [m.name for m in event.models]
+        elif isinstance(event, ModelLoaded):
+            self.connection_text = f"model {event.model} loaded in {event.seconds:.1f} s"
+
+    def _show_preview(self, job: Job, frame: ImageFrame) -> None:
+        if not job.image_names:
+            seed = job.request.seed if job.request.seed is not None else 0
+            name = settings.image_name(job.request.prompt, seed) + " (preview)"
+            image = host.new_image(name, frame.width, frame.height)
+            job.image_names.append(image.name)
+            host.show_image(image)
+        image = bpy.data.images[job.image_names[0]]
+        host.write_rgba8(image, frame.data, frame.width, frame.height)
+
+    def _deliver(self, job: Job, done: JobDone) -> None:
+        result = done.result
+        seeds = {info.index: info.seed for info in result.images}
+        images = []
+        try:
+            for frame in done.images:
+                seed = seeds.get(frame.index, result.params.seed or 0)
+                name = settings.image_name(result.params.prompt, seed, frame.index,
+                                           len(done.images))
+                if frame.index < len(job.image_names):
+                    image = bpy.data.images[job.image_names[frame.index]]
+                    image.name = name
+                else:
+                    image = host.new_image(name, frame.width, frame.height)
+                    job.image_names.append(image.name)
+                host.write_rgba8(image, frame.data, frame.width, frame.height)
+                image[settings.RECORD_KEY] = settings.result_record(result, frame.index, seed)
+                images.append(image)
+            if images:
+                host.show_image(images[0])
+            if job.finish is not None:
+                job.finish(job, images)
+        except host.HostError as exc:
+            # The pixels are complete; only the step after them failed.
+            self._end(job, JobState.FAILED, str(exc), keep_images=True)
+            return
+        except Exception as exc:  # noqa: BLE001  a bug must not stop the pump's timer
+            traceback.print_exc()
+            self._end(job, JobState.FAILED, f"{type(exc).__name__}: {exc}", keep_images=True)
+            return
+        self._end(job, JobState.DONE, f"done in {result.seconds:.1f} s")
+
+
+def not_running_message(reason: str) -> str:
+    """The report for an unreachable daemon, always with the command that starts one."""
+    return reason if START_HINT in reason else f"{reason}; {START_HINT}"

@@ -1,0 +1,128 @@
+"""Panel settings as plain data, and the requests built from them. No Blender needed.
+
+The add-on's PropertyGroup is copied into :class:`PanelSettings` at the start
+of an operator; everything after that works on plain values, so request
+building, parameter records and history recall are testable without Blender.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from .protocol import GenerateRequest, validate
+from .protocol.messages import ControlSettings, DepthInput, Result
+
+# Cycles and EEVEE write this into the Z pass where no geometry was hit (1e10);
+# anything at or past it is background for the daemon.
+BACKGROUND_DEPTH = 1e9
+RECORD_KEY = "atelier"  # custom property group on images made by the add-on
+NAME_LIMIT = 63         # Blender ID names are at most 63 bytes
+# What the history list keeps of each result: enough to regenerate it.
+HISTORY_FIELDS = ("prompt", "negative_prompt", "model", "kind", "width", "height", "steps",
+                  "guidance", "seed", "scheduler", "strength", "tiling")
+
+
+@dataclass(frozen=True)
+class PanelSettings:
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""                 # "" = the daemon's current model
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    guidance: float = 7.0
+    seed: int = 0
+    random_seed: bool = True
+    scheduler: str = "euler_a"
+    strength: float = 0.75
+    tiling: str = "none"
+    batch_size: int = 1
+    preview_every: int = 1
+    control_scale: float = 1.0
+
+
+def settings_from(source: Any) -> PanelSettings:
+    """Copy the matching attributes of a PropertyGroup (or any object) into PanelSettings."""
+    values = {f.name: getattr(source, f.name) for f in dataclasses.fields(PanelSettings)
+              if hasattr(source, f.name)}
+    return PanelSettings(**values)
+
+
+def build_request(settings: PanelSettings, *, kind: str = "txt2img",
+                  init_image: Optional[str] = None, depth_upload: Optional[str] = None,
+                  width: Optional[int] = None, height: Optional[int] = None) -> GenerateRequest:
+    """The GenerateRequest for the panel settings; ProtocolError names a bad field.
+
+    ``depth_upload`` is the id of a FLOAT32 upload holding distances from the
+    camera (a Blender Z pass); it turns on depth conditioning.
+    """
+    depth = control = None
+    if depth_upload is not None:
+        depth = DepthInput(upload=depth_upload, convention="distance",
+                           background_at=BACKGROUND_DEPTH)
+        control = ControlSettings(scale=settings.control_scale)
+    request = GenerateRequest(
+        kind=kind,  # type: ignore[arg-type]
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        model=settings.model or None,
+        width=width if width is not None else settings.width,
+        height=height if height is not None else settings.height,
+        steps=settings.steps,
+        guidance=settings.guidance,
+        seed=None if settings.random_seed else settings.seed,
+        scheduler=settings.scheduler,  # type: ignore[arg-type]
+        batch_size=settings.batch_size,
+        strength=settings.strength,
+        init_image=init_image,
+        tiling=settings.tiling,  # type: ignore[arg-type]
+        depth=depth,
+        control=control,
+        preview_every=settings.preview_every,
+        output_format="raw",
+    )
+    validate(request, "job")
+    return request
+
+
+def image_name(prompt: str, seed: int, index: int = 0, batch_size: int = 1) -> str:
+    """A datablock name that says what made the image: first words of the prompt + seed."""
+    words = re.sub(r"\s+", " ", prompt).strip() or "untitled"
+    suffix = f" {seed}" + (f" #{index + 1}" if batch_size > 1 else "")
+    room = NAME_LIMIT - len(suffix)
+    while len(words.encode("utf-8")) > room:
+        words = words[:-1]
+    return words.rstrip() + suffix
+
+
+def result_record(result: Result, index: int, seed: int) -> dict[str, Any]:
+    """What to store on a result image so it can be regenerated (IDProperty-friendly)."""
+    params = result.params
+    return {
+        "prompt": params.prompt,
+        "negative_prompt": params.negative_prompt,
+        "model": result.model,
+        "kind": params.kind,
+        "width": params.width,
+        "height": params.height,
+        "steps": params.steps,
+        "guidance": params.guidance,
+        "seed": seed,
+        "scheduler": params.scheduler,
+        "strength": params.strength,
+        "tiling": result.tiling,
+        "batch_index": index,
+        "job_id": result.job_id,
+    }
+
+
+def settings_from_record(record: Mapping[str, Any], base: PanelSettings) -> PanelSettings:
+    """Panel settings that regenerate a recorded image: same prompt, seed, size, model."""
+    known = {f.name for f in dataclasses.fields(PanelSettings)}
+    values = {k: record[k] for k in record.keys() if k in known}
+    values["random_seed"] = False
+    values["batch_size"] = 1
+    return dataclasses.replace(base, **values)

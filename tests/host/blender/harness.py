@@ -1,0 +1,129 @@
+"""Helpers for scenario scripts that run inside real Blender (binary or ``bpy`` module).
+
+Run by tests/test_blender_host.py as
+    blender -b --factory-startup --python-exit-code 1 --python scenarios.py -- ARGS
+    python scenarios.py -- ARGS          (the bpy wheel)
+Any exception fails the process; scenarios assert on Blender datablocks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from types import ModuleType
+from typing import Any
+
+import addon_utils
+import bpy
+import mathutils
+
+ADDON = "atelier_blender"
+
+
+def parse_args() -> argparse.Namespace:
+    argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--zip", required=True)
+    parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/")
+    parser.add_argument("--scenario", required=True)
+    return parser.parse_args(argv)
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc
+
+
+def install_and_enable(zip_path: str, url: str) -> ModuleType:
+    """Install the built zip like Preferences > Add-ons > Install, enable it, point it at ``url``."""
+    result = bpy.ops.preferences.addon_install(filepath=zip_path, overwrite=True)
+    assert result == {"FINISHED"}, f"addon_install returned {result}"
+    module = addon_utils.enable(ADDON, default_set=True, handle_error=_reraise)
+    assert module is not None, "addon_utils.enable returned None"
+    assert module.__file__ is not None and "addons" in module.__file__, module.__file__
+    # The add-on must use its own vendored websockets, not one from the host's Python.
+    assert f"{ADDON}.protocol._vendor.websockets" in sys.modules, "vendored websockets not used"
+    hostport = url.split("//", 1)[1].rstrip("/")
+    host, port = hostport.rsplit(":", 1)
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.host, prefs.port = host, int(port)
+    return module
+
+
+def disable() -> None:
+    addon_utils.disable(ADDON, default_set=True, handle_error=_reraise)
+
+
+def session(module: ModuleType) -> Any:
+    found = module.addon.current_session()
+    assert found is not None, "add-on enabled but it holds no session"
+    return found
+
+
+def empty_scene() -> bpy.types.Scene:
+    """Factory scene without its objects; Cycles on the CPU, quick settings."""
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = 4
+    scene.cycles.use_denoising = False
+    return scene
+
+
+def add_camera(scene: bpy.types.Scene, location: tuple[float, float, float],
+               look_along: str = "+Y") -> bpy.types.Object:
+    """A perspective camera at ``location`` looking along +Y (90 degrees about X)."""
+    data = bpy.data.cameras.new("Cam")
+    cam = bpy.data.objects.new("Cam", data)
+    scene.collection.objects.link(cam)
+    cam.location = location
+    assert look_along == "+Y"
+    cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
+    scene.camera = cam
+    return cam
+
+
+def add_cube(scene: bpy.types.Scene, name: str, location: tuple[float, float, float],
+             size: float = 2.0) -> bpy.types.Object:
+    import bmesh
+    mesh = bpy.data.meshes.new(name)
+    bm = bmesh.new()
+    bmesh.ops.create_cube(bm, size=size)
+    bm.to_mesh(mesh)
+    bm.free()
+    obj = bpy.data.objects.new(name, mesh)
+    scene.collection.objects.link(obj)
+    obj.location = location
+    return obj
+
+
+def add_grid(scene: bpy.types.Scene, name: str, location: tuple[float, float, float],
+             size: float, cuts: int) -> bpy.types.Object:
+    """A square grid of ``cuts`` x ``cuts`` faces in the XZ plane facing -Y (the camera)."""
+    import bmesh
+    mesh = bpy.data.meshes.new(name)
+    bm = bmesh.new()
+    bmesh.ops.create_grid(bm, x_segments=cuts, y_segments=cuts, size=size / 2)
+    bmesh.ops.rotate(bm, verts=bm.verts, cent=(0, 0, 0),
+                     matrix=mathutils.Matrix.Rotation(math.pi / 2, 3, "X"))
+    bm.to_mesh(mesh)
+    bm.free()
+    obj = bpy.data.objects.new(name, mesh)
+    scene.collection.objects.link(obj)
+    obj.location = location
+    return obj
+
+
+def select_only(objects: list[bpy.types.Object]) -> None:
+    for obj in bpy.context.scene.objects:
+        obj.select_set(obj in objects)
+    bpy.context.view_layer.objects.active = objects[0] if objects else None
+
+
+def settings(scene: bpy.types.Scene, **values: Any) -> Any:
+    props = scene.atelier
+    for key, value in values.items():
+        setattr(props, key, value)
+    return props

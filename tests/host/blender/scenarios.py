@@ -1,0 +1,329 @@
+"""Scenarios run inside real Blender against a real Atelier daemon (see harness.py).
+
+Each scenario installs the built add-on zip, runs its operators on a small
+scene, pumps the add-on's event loop the way its timer does, and asserts on
+the datablocks that result.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402
+
+import harness  # noqa: E402
+
+JOB_TIMEOUT = 180.0
+SIZE = 64
+
+
+def image_rows(image: bpy.types.Image) -> np.ndarray:
+    """Blender pixels as (height, width, 4) floats, Blender's order: bottom row first."""
+    width, height = image.size
+    buf = np.empty(width * height * 4, dtype=np.float32)
+    image.pixels.foreach_get(buf)
+    return buf.reshape(height, width, 4)
+
+
+def depth_upload(job) -> np.ndarray:
+    """The FLOAT32 depth the add-on sent with ``job``, top row first."""
+    assert job.request.depth is not None, "job was sent without depth"
+    frame = next(f for f in job.uploads if f.id == job.request.depth.upload)
+    assert frame.format.name == "FLOAT32", frame.format
+    return np.frombuffer(frame.data, dtype="<f4").reshape(frame.height, frame.width)
+
+
+def new_datablocks(before: dict[str, set[str]]) -> dict[str, set[str]]:
+    return {kind: {x.name for x in getattr(bpy.data, kind)} - names
+            for kind, names in before.items()}
+
+
+def snapshot() -> dict[str, set[str]]:
+    return {kind: {x.name for x in getattr(bpy.data, kind)}
+            for kind in ("images", "materials", "meshes")}
+
+
+def last_job(session):
+    assert session.jobs, "no job was made"
+    return session.jobs[-1]
+
+
+# ------------------------------------------------------------------ scenarios
+
+def scenario_generate(module, url: str) -> None:
+    """Test connection, txt2img batch into new images, apply to object, records, history."""
+    session = harness.session(module)
+    assert bpy.ops.atelier.test_connection() == {"FINISHED"}
+    session.pump_until_idle(30, until=lambda: session.status is not None)
+    assert session.status.model, session.connection_text
+    assert session.status.device in session.connection_text
+    assert "tiny" in session.connection_text, session.connection_text
+
+    scene = harness.empty_scene()
+    target = harness.add_cube(scene, "Target", (0, 0, 0))
+    user_mat = bpy.data.materials.new("UserPaint")
+    target.data.materials.append(user_mat)
+    harness.select_only([target])
+    harness.settings(scene, prompt="red brick wall", seed=1234, random_seed=False, steps=4,
+                     width=SIZE, height=SIZE, batch_size=2, tiling="both", preview_every=1)
+    before = snapshot()
+    assert bpy.ops.atelier.generate(apply_to_object=True) == {"FINISHED"}
+    session.pump_until_idle(JOB_TIMEOUT)
+    job = last_job(session)
+    assert job.state.name == "DONE", job.progress_text
+    assert job.total == 4, "no progress arrived"
+
+    made = new_datablocks(before)
+    assert len(made["images"]) == 2, made
+    assert made["images"] == set(job.image_names), (made, job.image_names)
+    images = [bpy.data.images[name] for name in job.image_names]
+    for index, image in enumerate(images):
+        assert tuple(image.size) == (SIZE, SIZE), tuple(image.size)
+        record = image["atelier"]
+        assert record["prompt"] == "red brick wall" and record["tiling"] == "both"
+        assert record["batch_index"] == index and record["steps"] == 4
+        assert image.name.startswith("red brick wall ") and str(record["seed"]) in image.name
+        assert np.ptp(image_rows(image)[..., :3]) > 0.05, "image pixels are flat"
+
+    # Same request + seed straight through the protocol client: the same pixels, and the
+    # frame's top row is the image's top row (Blender stores rows bottom first).
+    client = module.protocol.client.AtelierClient(url, client_name="scenario").start()
+    try:
+        client.wait_connected(30)
+        done = client.run_job(job.request, timeout=JOB_TIMEOUT)
+    finally:
+        client.close()
+    for frame, image in zip(done.images, images):
+        expected = np.frombuffer(frame.data, dtype=np.uint8).reshape(SIZE, SIZE, 4) / 255.0
+        got = image_rows(image)[::-1]
+        assert np.abs(got - expected).max() < 1.5 / 255, np.abs(got - expected).max()
+
+    # Applied without overwriting: the user's material keeps its slot, a new slot holds ours.
+    slots = [slot.material for slot in target.material_slots]
+    assert slots[0] == user_mat and len(slots) == 2, slots
+    ours = slots[1]
+    tex = next(n for n in ours.node_tree.nodes if n.type == "TEX_IMAGE")
+    assert tex.image == images[0]
+    assert any(link.from_node == tex and link.to_node.type == "BSDF_PRINCIPLED"
+               and link.to_socket.name == "Base Color" for link in ours.node_tree.links)
+    assert {p.material_index for p in target.data.polygons} == {1}
+
+    # History: recall puts the first image's settings back.
+    history = scene.atelier.history
+    assert len(history) == 2 and history[0].image_name == images[0].name
+    harness.settings(scene, prompt="something else", random_seed=True, batch_size=3)
+    assert bpy.ops.atelier.recall(index=0) == {"FINISHED"}
+    props = scene.atelier
+    assert props.prompt == "red brick wall" and not props.random_seed
+    assert props.seed == images[0]["atelier"]["seed"] and props.batch_size == 1
+
+    # The daemon's own error for a bad request reaches the job (and the panel) as text.
+    harness.settings(scene, model="no-such-model")
+    before = snapshot()
+    assert bpy.ops.atelier.generate() == {"FINISHED"}
+    session.pump_until_idle(JOB_TIMEOUT)
+    job = last_job(session)
+    assert job.state.name == "FAILED" and "no-such-model" in job.message, job.message
+    assert job.message.startswith("daemon:"), job.message
+    assert new_datablocks(before)["images"] == set()
+
+    # Disabling stops the pump timer and closes the connection.
+    timer = module.addon._tick
+    harness.disable()
+    assert not bpy.app.timers.is_registered(timer)
+    assert module.addon.current_session() is None
+
+
+def scenario_render(module, url: str) -> None:
+    """Render to image: the camera's render goes up as init image, its Z pass as depth."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    harness.add_camera(scene, (0.0, -5.0, 0.0))
+    cube = harness.add_cube(scene, "Cube", (0, 0, 0))
+    mat = bpy.data.materials.new("White")
+    mat.diffuse_color = (1, 1, 1, 1)
+    cube.data.materials.append(mat)
+    scene.world = bpy.data.worlds.new("Dark")
+    scene.world.color = (0.0, 0.0, 0.0)
+    light = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", "SUN"))
+    scene.collection.objects.link(light)
+    light.rotation_euler = (math.pi / 2, 0, 0)   # shining along +Y onto the cube's front
+    res_before = (scene.render.resolution_x, scene.render.resolution_y, scene.use_nodes)
+    harness.settings(scene, prompt="stone block", steps=4, width=SIZE, height=SIZE,
+                     strength=0.6, use_depth=True, random_seed=False, seed=7)
+    before = snapshot()
+    assert bpy.ops.atelier.render_to_image() == {"FINISHED"}
+    job = last_job(session)
+
+    # The scene is as it was: resolution, compositor, passes.
+    assert (scene.render.resolution_x, scene.render.resolution_y, scene.use_nodes) == res_before
+    assert not bpy.context.view_layer.use_pass_z
+    assert scene.node_tree is None or all(n.type != "OUTPUT_FILE" for n in scene.node_tree.nodes)
+
+    assert job.request.kind == "img2img" and job.request.strength == 0.6
+    init = next(f for f in job.uploads if f.id == job.request.init_image)
+    rgba = np.frombuffer(init.data, dtype=np.uint8).reshape(SIZE, SIZE, 4)
+    centre, corner = rgba[SIZE // 2, SIZE // 2, :3].astype(int), rgba[1, 1, :3].astype(int)
+    assert centre.sum() > corner.sum() + 60, (centre, corner)   # lit cube on a black world
+    depth = depth_upload(job)
+    assert abs(float(depth[SIZE // 2, SIZE // 2]) - 4.0) < 0.05, depth[SIZE // 2, SIZE // 2]
+    assert float(depth[0, 0]) >= job.request.depth.background_at, depth[0, 0]
+    assert job.request.depth.convention == "distance"
+
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert job.state.name == "DONE", job.progress_text
+    made = new_datablocks(before)
+    assert made["images"] == set(job.image_names) and len(made["images"]) == 1, made
+    image = bpy.data.images[job.image_names[0]]
+    assert tuple(image.size) == (SIZE, SIZE)
+    assert image["atelier"]["kind"] == "img2img" and image["atelier"]["seed"] == 7
+
+
+def _ray_hits_box(origin: np.ndarray, target: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bool:
+    """Slab test: does the segment origin->target pass through the box before target?"""
+    d = target - origin
+    t0, t1 = 0.0, 0.999
+    for axis in range(3):
+        if abs(d[axis]) < 1e-12:
+            if not lo[axis] <= origin[axis] <= hi[axis]:
+                return False
+            continue
+        a, b = (lo[axis] - origin[axis]) / d[axis], (hi[axis] - origin[axis]) / d[axis]
+        t0, t1 = max(t0, min(a, b)), min(t1, max(a, b))
+    return t0 <= t1
+
+
+def scenario_project(module, url: str) -> None:
+    """Project texture: depth of the selected objects only, UVs from the camera, material on
+    the faces that see the camera and nothing else."""
+    from bpy_extras.object_utils import world_to_camera_view
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    scene.render.resolution_x = scene.render.resolution_y = SIZE
+    cam = harness.add_camera(scene, (0.0, -10.0, 0.0))
+    front = harness.add_cube(scene, "Front", (0, 0, 0))           # faces y = -1 .. 1
+    paint = bpy.data.materials.new("Paint")
+    front.data.materials.append(paint)
+    back = harness.add_grid(scene, "Back", (0, 3, 0), size=8, cuts=8)   # wall behind, 1x1 faces
+    other = harness.add_cube(scene, "Other", (2.5, -2, -2.5), size=1.0)  # not selected
+    harness.select_only([front, back])
+    harness.settings(scene, prompt="mossy stones", steps=4, width=SIZE, height=SIZE,
+                     random_seed=False, seed=3)
+    before = snapshot()
+    assert bpy.ops.atelier.project_texture() == {"FINISHED"}
+    job = last_job(session)
+
+    depth = depth_upload(job)
+    assert abs(float(depth[SIZE // 2, SIZE // 2]) - 9.0) < 0.05, depth[SIZE // 2, SIZE // 2]
+    assert float(depth[0, 0]) >= 1e9, depth[0, 0]     # past the wall's edge: background
+    u, v, _ = world_to_camera_view(scene, cam, other.location)
+    row, col = int((1 - v) * SIZE), int(u * SIZE)
+    assert float(depth[row, col]) > 12.5, depth[row, col]    # "Other" is not in the depth
+    assert job.request.control is not None
+
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert job.state.name == "DONE", job.progress_text
+    made = new_datablocks(before)
+    assert made["images"] == set(job.image_names) and len(made["images"]) == 1, made
+    assert len(made["materials"]) == 2, made   # one per projected object
+    image = bpy.data.images[job.image_names[0]]
+    assert len(other.material_slots) == 0 and len(other.data.uv_layers) == 0
+
+    origin = np.array(cam.location)
+    boxes = [(np.array(o.location) - s / 2, np.array(o.location) + s / 2)
+             for o, s in ((front, 2.0), (other, 1.0))]
+    for obj in (front, back):
+        uv_layer = obj.data.uv_layers.get("Atelier Projection")
+        assert uv_layer is not None, [l.name for l in obj.data.uv_layers]
+        new_slot = len(obj.material_slots) - 1
+        ours = obj.material_slots[new_slot].material
+        uv_node = next(n for n in ours.node_tree.nodes if n.type == "UVMAP")
+        assert uv_node.uv_map == uv_layer.name
+        assert next(n for n in ours.node_tree.nodes if n.type == "TEX_IMAGE").image == image
+        for loop in obj.data.loops[:16]:
+            world = obj.matrix_world @ obj.data.vertices[loop.vertex_index].co
+            expected = world_to_camera_view(scene, cam, world)
+            got = uv_layer.data[loop.index].uv
+            assert abs(got[0] - expected[0]) < 1e-4 and abs(got[1] - expected[1]) < 1e-4
+        for poly in obj.data.polygons:
+            centre = np.array(obj.matrix_world @ poly.center)
+            normal = np.array(obj.matrix_world.to_3x3() @ poly.normal)
+            facing = float(np.dot(centre - origin, normal)) < 0
+            hidden = any(_ray_hits_box(origin, centre, lo, hi) for lo, hi in boxes)
+            expect = facing and not hidden
+            assert (poly.material_index == new_slot) == expect, (obj.name, poly.index, centre,
+                                                                  facing, hidden)
+    # The cube: only its front face sees the camera; the rest keep the user's paint.
+    assert sorted(p.material_index for p in front.data.polygons) == [0] * 5 + [1]
+    assert front.material_slots[0].material == paint
+    # The wall had no material: an empty first slot keeps the hidden faces as they were.
+    assert back.material_slots[0].material is None
+    back_new = sum(p.material_index == 1 for p in back.data.polygons)
+    assert 0 < back_new < len(back.data.polygons), back_new
+
+
+def scenario_cancel(module, url: str) -> None:
+    """Cancel during a long job: the preview image that had arrived is gone, nothing remains."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    cube = harness.add_cube(scene, "Target", (0, 0, 0))
+    harness.select_only([cube])
+    harness.settings(scene, prompt="long job", steps=150, width=SIZE, height=SIZE,
+                     preview_every=1, apply_to_object=True)
+    before = snapshot()
+    assert bpy.ops.atelier.generate() == {"FINISHED"}
+    job = last_job(session)
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: bool(job.image_names))
+    assert job.state.name == "RUNNING", job.progress_text
+    preview = bpy.data.images[job.image_names[0]]
+    assert tuple(preview.size) == (SIZE, SIZE) and "(preview)" in preview.name
+    assert bpy.ops.atelier.cancel() == {"FINISHED"}
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert job.state.name == "CANCELLED", job.progress_text
+    assert job.step < 150
+    made = new_datablocks(before)
+    assert made == {"images": set(), "materials": set(), "meshes": set()}, made
+    assert len(cube.material_slots) == 0
+
+
+def scenario_no_daemon(module, url: str) -> None:
+    """Nothing listens at ``url``: the job fails with a message saying how to start the daemon,
+    later operators report it at once, and Blender carries on."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    harness.settings(scene, prompt="anything", steps=2, width=SIZE, height=SIZE)
+    before = snapshot()
+    assert bpy.ops.atelier.generate() == {"FINISHED"}
+    session.pump_until_idle(JOB_TIMEOUT)
+    job = last_job(session)
+    assert job.state.name == "FAILED", job.progress_text
+    assert "atelier serve" in job.message and url.rstrip("/") in job.message, job.message
+    assert not session.connection_ok and "atelier serve" in session.connection_text
+    for op in (bpy.ops.atelier.generate, bpy.ops.atelier.test_connection):
+        try:
+            op()
+        except RuntimeError as exc:   # what an ERROR report turns into for a script
+            assert "atelier serve" in str(exc), exc
+        else:
+            raise AssertionError(f"{op} reported no error with the daemon down")
+    assert new_datablocks(before) == {"images": set(), "materials": set(), "meshes": set()}
+
+
+SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items()
+             if name.startswith("scenario_")}
+
+
+def main() -> None:
+    args = harness.parse_args()
+    module = harness.install_and_enable(args.zip, args.url)
+    SCENARIOS[args.scenario](module, args.url)
+    print(f"SCENARIO {args.scenario} PASSED on Blender {bpy.app.version_string}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""``DiffusionGenerator``: runs one GenerateRequest on the store's model (the ``Generator``
+protocol of ``backend.generation``), on the worker thread that owns the device.
+
+One job goes through four steps, each in one place:
+
+1. ``plan_generation`` (plan.py) checks the request and settles seeds, sizes, the inpaint
+   mask and its context region. Pure data, no model.
+2. ``_pipeline_call`` picks the pipeline kind and builds its call's keyword arguments from
+   the plan (init images become latents here). New job kinds and conditionings (depth,
+   ControlNet) add their kind and kwargs here.
+3. ``_run`` runs the pipeline: a per-job copy carrying its own scheduler, a step callback
+   that reports progress and previews and honours cancel within one step, and
+   ``output_type="latent"``. Anything that must wrap the pipeline's modules for the
+   duration of the call (circular padding for seamless tiling) goes in ``_job_context``.
+4. ``_finish`` decodes the latents and, for inpainting, pastes the crop back into the init
+   image through the feathered mask.
+
+Batches run as one pipeline call with one ``torch.Generator`` per image, seeded
+``seed + i`` on the CPU: image i of a batch is image 0 of a job with seed ``seed + i``, and
+the noise is the same on every device.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import secrets
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.frames import ImageFrame
+from protocol.messages import GenerateRequest
+
+from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
+from ..models.store import LoadedModel, ModelStore
+from .latents import decode_rgb, encode_rgb
+from .masks import composite
+from .pixels import mask_to_tensor, resize, to_pixels
+from .plan import SEED_RANGE, GenerationLimits, GenerationPlan, ModelTraits, plan_generation
+from .previews import LatentPalette, PreviewLayout, preview_due, scaled_box
+from .schedulers import make_scheduler
+
+
+@dataclass
+class PipelineCall:
+    """Which pipeline to run and with what; ``kwargs`` go straight to its ``__call__``."""
+    kind: str                      # a kind of ``LoadedModel.pipeline``
+    kwargs: dict[str, Any]
+
+
+class DiffusionGenerator:
+    """Turns requests into images on the store's current model (or the one a job names)."""
+
+    def __init__(self, store: ModelStore, limits: GenerationLimits = GenerationLimits()):
+        self._store = store
+        self._limits = limits
+
+    def generate(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame],
+                 progress: ProgressSink, cancelled: Callable[[], bool]) -> GenerationOutput:
+        if cancelled():
+            raise JobCancelled()
+        model = self._model(job)
+        plan = plan_generation(job, uploads, self._limits, model_traits(model),
+                               fresh_seed=secrets.randbelow(SEED_RANGE))
+        call = self._pipeline_call(plan, model)
+        latents = self._run(call, plan, model, progress, cancelled)
+        if cancelled():
+            raise JobCancelled()
+        images = self._finish(latents, plan, model)
+        return GenerationOutput(
+            images=[GeneratedImage(to_pixels(image), seed) for image, seed in zip(images, plan.seeds)],
+            params=dataclasses.replace(plan.request, model=model.name),
+            tiling=plan.request.tiling,
+            model=model.name)
+
+    # ------------------------------------------------------------------ 1. the model
+    def _model(self, job: GenerateRequest) -> LoadedModel:
+        if job.model is not None:
+            return self._store.load(job.model)
+        if self._store.current is None:
+            raise ProtocolError(ErrorCode.NOT_READY, "no model is loaded; load one or name it",
+                                "job.model")
+        return self._store.current
+
+    # ------------------------------------------------------------------ 2. what to call
+    def _pipeline_call(self, plan: GenerationPlan, model: LoadedModel) -> PipelineCall:
+        job = plan.request
+        kwargs: dict[str, Any] = dict(
+            prompt=job.prompt, negative_prompt=job.negative_prompt or None,
+            num_inference_steps=job.steps, guidance_scale=job.guidance,
+            num_images_per_prompt=plan.batch_size,
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds],
+            output_type="latent")
+        vae, device = model.pipe.vae, model.pipe.device
+        if plan.kind == "txt2img":
+            kwargs.update(width=plan.work_width, height=plan.work_height)
+        elif plan.kind == "img2img":
+            assert plan.init is not None
+            init = encode_rgb(vae, plan.init[..., :3], device)
+            kwargs.update(image=init.expand(plan.batch_size, -1, -1, -1), strength=job.strength)
+        else:
+            kwargs.update(self._inpaint_inputs(plan, model), strength=job.strength,
+                          width=plan.work_width, height=plan.work_height)
+        return PipelineCall(plan.kind, kwargs)
+
+    def _inpaint_inputs(self, plan: GenerationPlan, model: LoadedModel) -> dict[str, Any]:
+        """The context crop at working size: init latents, the mask, and the masked-image
+        latents a 9-channel inpaint UNet is conditioned on."""
+        assert plan.init is not None and plan.mask is not None and plan.crop is not None
+        rows, cols = plan.crop.slices()
+        rgb = resize(np.ascontiguousarray(plan.init[rows, cols, :3]), plan.work_width, plan.work_height)
+        mask = resize(np.ascontiguousarray(plan.mask[rows, cols]), plan.work_width, plan.work_height)
+        vae, device = model.pipe.vae, model.pipe.device
+        init = encode_rgb(vae, rgb, device)
+        if model.pipe.unet.config.in_channels == 9:
+            # What diffusers would compute, encoded here without a random draw (see latents.py).
+            masked = encode_rgb(vae, np.where(mask[..., None] < 0.5, rgb, 127).astype(np.uint8), device)
+        else:
+            masked = init   # a 4-channel UNet ignores it; passing latents skips a VAE encode
+        return dict(image=init, mask_image=mask_to_tensor(mask), masked_image_latents=masked)
+
+    # ------------------------------------------------------------------ 3. run it
+    def _run(self, call: PipelineCall, plan: GenerationPlan, model: LoadedModel,
+             progress: ProgressSink, cancelled: Callable[[], bool]) -> torch.Tensor:
+        """The denoising loop; returns the final latents or raises JobCancelled."""
+        shared = model.pipeline(call.kind)
+        # A shallow copy: the same modules, but this job's own scheduler and call state
+        # (diffusers keeps ``_interrupt`` and the step count on the pipeline object).
+        pipe = copy.copy(shared)
+        pipe.scheduler = make_scheduler(plan.request.scheduler, shared.scheduler.config)
+        layout = preview_layout(plan, model.pipe.vae_scale_factor)
+        palette = LatentPalette.for_family(model.family)
+        was_cancelled = False
+
+        def on_step_end(p: DiffusionPipeline, index: int, _t: Any, tensors: dict) -> dict:
+            nonlocal was_cancelled
+            if cancelled():
+                p._interrupt = True   # diffusers' documented way to stop the loop
+                was_cancelled = True
+                return {}
+            step, total = index + 1, p.num_timesteps
+            preview = None
+            if preview_due(step, plan.request.preview_every, total):
+                preview = to_pixels(layout.render(tensors["latents"], palette))
+            progress(step, total, preview)
+            return {}
+
+        with self._job_context(plan, model):
+            result = pipe(**call.kwargs, callback_on_step_end=on_step_end,
+                          callback_on_step_end_tensor_inputs=["latents"])
+        if was_cancelled:
+            raise JobCancelled()
+        return result.images
+
+    def _job_context(self, plan: GenerationPlan, model: LoadedModel) -> ExitStack:
+        """What wraps the model's modules for the duration of this job's call (nothing
+        yet; seamless tiling enters its circular padding here)."""
+        return ExitStack()
+
+    # ------------------------------------------------------------------ 4. pixels out
+    def _finish(self, latents: torch.Tensor, plan: GenerationPlan, model: LoadedModel) -> list[np.ndarray]:
+        """Decoded images at the output size: RGB, or RGBA pasted into the init image."""
+        decoded = decode_rgb(model.pipe.vae, latents)
+        if plan.kind != "inpaint":
+            return [resize(image, plan.width, plan.height) for image in decoded]
+        assert plan.init is not None and plan.mask is not None and plan.crop is not None
+        crop = plan.crop
+        return [composite(plan.init, resize(image, crop.width, crop.height),
+                          plan.mask[crop.slices()], crop) for image in decoded]
+
+
+def model_traits(model: LoadedModel) -> ModelTraits:
+    sample = model.pipe.unet.config.sample_size
+    side = sample if isinstance(sample, int) else max(sample)
+    return ModelTraits(native_side=side * model.pipe.vae_scale_factor)
+
+
+def preview_layout(plan: GenerationPlan, scale: int) -> PreviewLayout:
+    """Previews show the whole output at latent resolution (output size / VAE scale)."""
+    width, height = max(1, plan.width // scale), max(1, plan.height // scale)
+    if plan.kind != "inpaint":
+        return PreviewLayout((width, height))
+    assert plan.init is not None and plan.crop is not None
+    background = resize(np.ascontiguousarray(plan.init[..., :3]), width, height)
+    return PreviewLayout((width, height), background,
+                         scaled_box(plan.crop, 1 / scale, width, height))

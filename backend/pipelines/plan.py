@@ -1,0 +1,208 @@
+"""A generation request -> a checked, fully resolved plan; a pure function of the data.
+
+``plan_generation`` validates the request against the limits and its uploads, picks the
+seeds, settles the output and working sizes and, for inpainting, prepares the mask and
+the context region. Nothing here touches a model, so every rule is testable on its own,
+and the same request with the same seed always gives the same plan.
+
+Sizes: ``width`` x ``height`` is the output size for every kind. For img2img and inpaint
+the init image (and mask) are resampled to it when they differ; clients send the init
+image's own size to keep it (that is what the CLI does), and then an inpaint result is
+byte-identical to the init image wherever the grown and feathered mask is zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Optional
+
+import numpy as np
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.frames import ImageFrame
+from protocol.messages import GenerateRequest
+from protocol.schema import validate
+
+from .masks import Box, context_box, mask_bounds, prepare_mask
+from .pixels import frame_to_gray, frame_to_rgba, resize
+from .schedulers import step_limit
+
+PipelineKind = Literal["txt2img", "img2img", "inpaint"]
+SEED_RANGE = 2 ** 32          # seeds are 32-bit, as in the protocol; seed + i wraps around
+SIZE_MULTIPLE = 8             # pixel sizes the VAE maps to whole latents
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    """The daemon's limits on one job (the server passes its own)."""
+    max_side: int = 2048
+    max_pixels: int = 2048 * 2048
+    max_batch: int = 8
+    max_steps: int = 150
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What planning needs to know of the loaded model."""
+    native_side: int = 512    # the square side it was trained at (UNet sample size x VAE scale)
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """Everything a pipeline run needs, resolved. ``request`` is the request as run."""
+    kind: PipelineKind
+    request: GenerateRequest
+    seeds: tuple[int, ...]                 # one per batch item: seed, seed + 1, ...
+    width: int                             # output size
+    height: int
+    work_width: int                        # size the pipeline runs at
+    work_height: int
+    denoise_steps: int                     # sampler steps that run (steps x strength for img2img)
+    crop: Optional[Box] = None             # inpaint: the context region of the init image
+    init: Optional[np.ndarray] = field(default=None, compare=False, repr=False)  # (H, W, 4) uint8
+    mask: Optional[np.ndarray] = field(default=None, compare=False, repr=False)  # (H, W) float32
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.seeds)
+
+
+def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
+                    limits: GenerationLimits, traits: ModelTraits, fresh_seed: int) -> GenerationPlan:
+    """Check ``job`` and resolve it. ``fresh_seed`` is used when the job has no seed.
+
+    Raises ProtocolError naming the field (``job.width``, ``job.mask`` ...) and the limit."""
+    validate(job, "job")
+    kind = _pipeline_kind(job)
+    _check_numbers(job, limits)
+    seed = job.seed if job.seed is not None else fresh_seed % SEED_RANGE
+    seeds = tuple((seed + i) % SEED_RANGE for i in range(job.batch_size))
+    settled = dataclasses.replace(job, seed=seed)
+    common = dict(request=settled, seeds=seeds, width=job.width, height=job.height)
+    if kind == "txt2img":
+        _refuse(job, "init_image", kind)
+        _refuse(job, "mask", kind)
+        return GenerationPlan(kind=kind, work_width=job.width, work_height=job.height,
+                              denoise_steps=job.steps, **common)
+
+    denoise_steps = _denoise_steps(job)
+    init = _read_init(job, uploads)
+    if kind == "img2img":
+        _refuse(job, "mask", kind)
+        return GenerationPlan(kind=kind, work_width=job.width, work_height=job.height,
+                              denoise_steps=denoise_steps,
+                              init=resize(init, job.width, job.height), **common)
+
+    mask = _read_mask(job, uploads, init.shape[1], init.shape[0])
+    init, mask = resize(init, job.width, job.height), resize(mask, job.width, job.height)
+    bounds = mask_bounds(mask)
+    if bounds is None:
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            "the mask is empty (no pixel above 0): nothing to repaint", "job.mask")
+    crop = context_box(bounds, job.context_padding, job.width, job.height, SIZE_MULTIPLE)
+    work_width, work_height = working_size(crop.width, crop.height, traits.native_side, limits)
+    return GenerationPlan(kind=kind, work_width=work_width, work_height=work_height,
+                          denoise_steps=denoise_steps, crop=crop, init=init, mask=mask, **common)
+
+
+def working_size(width: int, height: int, native_side: int,
+                 limits: GenerationLimits) -> tuple[int, int]:
+    """The size to inpaint a ``width`` x ``height`` context region at: scaled up (aspect kept)
+    until it covers the model's native area, so small masks get the detail the model can give,
+    but never past the limits; multiples of 8."""
+    area = width * height
+    scale = max(1.0, math.sqrt(native_side * native_side / area))
+    scale = min(scale, math.sqrt(limits.max_pixels / area), limits.max_side / max(width, height))
+    if scale <= 1.0:
+        return width, height
+    return (max(width, _floor_multiple(width * scale)), max(height, _floor_multiple(height * scale)))
+
+
+def _floor_multiple(value: float) -> int:
+    return int(value // SIZE_MULTIPLE) * SIZE_MULTIPLE
+
+
+def _pipeline_kind(job: GenerateRequest) -> PipelineKind:
+    if job.kind not in ("txt2img", "img2img", "inpaint"):
+        raise ProtocolError(ErrorCode.UNSUPPORTED,
+                            f"kind '{job.kind}' is not supported by this daemon yet", "job.kind")
+    if job.depth is not None:
+        raise ProtocolError(ErrorCode.UNSUPPORTED, "depth conditioning is not supported yet",
+                            "job.depth")
+    if job.control is not None:
+        raise ProtocolError(ErrorCode.UNSUPPORTED, "control settings are not supported yet",
+                            "job.control")
+    return job.kind  # type: ignore[return-value]
+
+
+def _check_numbers(job: GenerateRequest, limits: GenerationLimits) -> None:
+    for name in ("width", "height"):
+        value = getattr(job, name)
+        if value % SIZE_MULTIPLE:
+            raise ProtocolError(ErrorCode.INVALID_FIELD,
+                                f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value}",
+                                f"job.{name}")
+        if value > limits.max_side:
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                f"{name} {value} is over the limit of {limits.max_side} (max_side)",
+                                f"job.{name}")
+    if job.width * job.height > limits.max_pixels:
+        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                            f"{job.width}x{job.height} = {job.width * job.height} pixels is over "
+                            f"the limit of {limits.max_pixels} (max_pixels)", "job.width")
+    if job.batch_size > limits.max_batch:
+        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                            f"batch_size {job.batch_size} is over the limit of {limits.max_batch} "
+                            "(max_batch)", "job.batch_size")
+    if job.steps > limits.max_steps:
+        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                            f"steps {job.steps} is over the limit of {limits.max_steps} (max_steps)",
+                            "job.steps")
+    sampler_limit = step_limit(job.scheduler)
+    if sampler_limit is not None and job.steps > sampler_limit:
+        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                            f"steps {job.steps} is over the {job.scheduler} scheduler's limit of "
+                            f"{sampler_limit}", "job.steps")
+
+
+def _denoise_steps(job: GenerateRequest) -> int:
+    """Steps img2img/inpaint run: diffusers skips the first (1 - strength) of the schedule."""
+    steps = min(int(job.steps * job.strength), job.steps)
+    if steps < 1:
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            f"strength {job.strength} of {job.steps} steps runs no step; "
+                            f"strength must be at least {1 / job.steps:.4g}", "job.strength")
+    return steps
+
+
+def _refuse(job: GenerateRequest, name: str, kind: str) -> None:
+    if getattr(job, name) is not None:
+        hint = "; use kind 'inpaint'" if name == "mask" else ""
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"{kind} takes no {name}{hint}", f"job.{name}")
+
+
+def _upload(job: GenerateRequest, uploads: Mapping[str, ImageFrame], name: str) -> ImageFrame:
+    upload_id = getattr(job, name)
+    if upload_id is None:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} needs {name}", f"job.{name}")
+    frame = uploads.get(upload_id)
+    if frame is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
+                            f"{name} '{upload_id}' is not among this job's uploads", f"job.{name}")
+    return frame
+
+
+def _read_init(job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> np.ndarray:
+    return frame_to_rgba(_upload(job, uploads, "init_image"), "job.init_image")
+
+
+def _read_mask(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
+               width: int, height: int) -> np.ndarray:
+    frame = _upload(job, uploads, "mask")
+    if (frame.width, frame.height) != (width, height):
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            f"the mask is {frame.width}x{frame.height} but init_image is "
+                            f"{width}x{height}; they must match", "job.mask")
+    return prepare_mask(frame_to_gray(frame, "job.mask"), job.mask_grow, job.mask_feather)

@@ -1,19 +1,19 @@
-"""The model layer on the tiny models: building, loading, sharing between pipeline kinds."""
+"""The model layer on the tiny models: building, loading, sharing between pipeline
+kinds, ControlNets, SDXL and SD2-depth shapes, device and dtype choice."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
-
-# Model tests never reach the network; huggingface_hub reads this once at import.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from PIL import Image
 
 from backend.models import tiny
+from backend.models.device import device_memory, pick_device, pick_dtype
 from backend.models.store import ModelStore
+from protocol.errors import ErrorCode, ProtocolError
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
@@ -26,7 +26,7 @@ def home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("atelier-home")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def store(home) -> ModelStore:
     return ModelStore("cpu", torch.float32, home, search_dirs=[], hf_cache=home / "no-hf-cache")
 
@@ -38,27 +38,28 @@ def test_tiny_build_is_deterministic_safetensors(tmp_path):
     assert digests == _tree_digest(second)
     assert "unet/diffusion_pytorch_model.safetensors" in digests
     assert "text_encoder/model.safetensors" in digests
+    assert "tokenizer/vocab.json" in digests and "tokenizer/merges.txt" in digests
     assert not any(name.endswith((".bin", ".ckpt")) for name in digests)
     assert "produces noise" in (first / tiny.MARKER_FILE).read_text().lower()
 
 
 def test_tiny_tokenizer_is_handmade_and_sd_length(store):
-    model = store.load("tiny")
-    tokenizer = model.pipe.tokenizer
+    tokenizer = store.load("tiny").pipe.tokenizer
     assert tokenizer.model_max_length == 77
     ids = tokenizer("a photo of a seamless stone wall").input_ids
-    # whole-word merges exist for these words: 7 words + start and end tokens
+    # every word has a whole-word merge: 7 words + start and end tokens
     assert len(ids) == 9
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a photo of a seamless stone wall"
 
 
 def test_load_tiny_is_cached_and_built_under_home(store, home):
     model = store.load("tiny")
     assert store.load("tiny") is model
     assert store.current is model
-    assert model.family == "sd15"
+    assert model.family == "sd15" and model.source.kind == "tiny"
+    assert model.source.path == home / "models" / "tiny"
     assert (home / "models" / "tiny" / tiny.MARKER_FILE).is_file()
-    assert model.source.kind == "tiny"
 
 
 def test_pipeline_kinds_share_components(store):
@@ -66,18 +67,96 @@ def test_pipeline_kinds_share_components(store):
     base = store.pipeline("txt2img")
     img2img = store.pipeline("img2img")
     inpaint = store.pipeline("inpaint")
+    assert base is model.pipe
     assert type(img2img).__name__ == "StableDiffusionImg2ImgPipeline"
     assert type(inpaint).__name__ == "StableDiffusionInpaintPipeline"
     for pipe in (img2img, inpaint):
         for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             assert getattr(pipe, name) is getattr(base, name), name
     assert store.pipeline("img2img") is img2img
-    assert base is model.pipe
+    with pytest.raises(ProtocolError) as err:
+        store.pipeline("depth")
+    assert err.value.code == ErrorCode.UNSUPPORTED and err.value.field == "kind"
+    assert "txt2img, img2img, inpaint" in err.value.message
 
 
-def test_tiny_txt2img_runs_64px(store):
+def test_tiny_txt2img_and_img2img_run_64px(store):
     store.load("tiny")
-    pipe = store.pipeline("txt2img")
-    image = pipe("a red cat", height=64, width=64, num_inference_steps=4,
-                 generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+    image = store.pipeline("txt2img")(
+        "a red cat", height=64, width=64, num_inference_steps=4,
+        generator=torch.Generator().manual_seed(3), output_type="np").images[0]
     assert image.shape == (64, 64, 3)
+    again = store.pipeline("img2img")(
+        "a red cat", image=Image.new("RGB", (64, 64), "gray"), strength=0.5,
+        num_inference_steps=4, generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+    assert again.shape == (64, 64, 3)
+
+
+def test_controlnet_pipeline_shares_the_base_and_checks_the_family(store):
+    model = store.load("tiny")
+    assert store.default_controlnet() == "tiny-controlnet"
+    pipe = store.pipeline("txt2img", controlnet="tiny-controlnet")
+    assert type(pipe).__name__ == "StableDiffusionControlNetPipeline"
+    assert pipe.unet is model.pipe.unet and pipe.vae is model.pipe.vae
+    assert pipe.controlnet is store.controlnet("tiny-controlnet")
+    assert store.pipeline("txt2img", controlnet="tiny-controlnet") is pipe
+    out = pipe("a stone wall", image=Image.new("RGB", (64, 64), "white"), height=64, width=64,
+               num_inference_steps=2, output_type="np").images[0]
+    assert out.shape == (64, 64, 3)
+    with pytest.raises(ProtocolError) as err:
+        store.controlnet("tiny-sdxl-controlnet")   # built for the SDXL UNet's 64-wide text embeddings
+    assert err.value.code == ErrorCode.UNSUPPORTED and err.value.field == "control.model"
+
+
+def test_tiny_sdxl_loads_and_shares_across_kinds(store):
+    model = store.load("tiny-sdxl")
+    assert model.family == "sdxl"
+    assert type(model.pipe).__name__ == "StableDiffusionXLPipeline"
+    assert model.pipe.tokenizer_2.pad_token == "!"
+    inpaint = store.pipeline("inpaint")
+    assert type(inpaint).__name__ == "StableDiffusionXLInpaintPipeline"
+    assert inpaint.text_encoder_2 is model.pipe.text_encoder_2 and inpaint.unet is model.pipe.unet
+    image = model.pipe("a cat", height=64, width=64, num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+
+
+def test_tiny_depth_runs_from_a_given_depth_map(store):
+    model = store.load("tiny-depth")
+    assert model.family == "sd2_depth" and model.pipe.unet.config.in_channels == 5
+    assert model.kinds == ("depth",)
+    image = store.pipeline("depth")(
+        "a house", image=Image.new("RGB", (64, 64), "gray"), depth_map=torch.rand(1, 64, 64),
+        strength=0.8, num_inference_steps=4, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+
+
+def test_loading_another_model_releases_the_previous(store):
+    first = store.load("tiny")
+    store.pipeline("img2img")
+    second = store.load("tiny-depth")
+    assert store.current is second and first.pipe is None
+    with pytest.raises(RuntimeError, match="released"):
+        first.pipeline("img2img")
+
+
+def test_unknown_name_is_a_clear_model_not_found(store):
+    with pytest.raises(ProtocolError) as err:
+        store.load("no-such-model")
+    assert err.value.code == ErrorCode.MODEL_NOT_FOUND and err.value.field == "model"
+    assert "no model named 'no-such-model'" in err.value.message
+
+
+def test_device_and_dtype_choice():
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("auto") in ("cuda", "mps", "cpu")
+    assert pick_dtype("cpu") == torch.float32
+    assert pick_dtype("cuda") == torch.float16
+    assert pick_dtype("cuda", "bf16") == torch.bfloat16
+    with pytest.raises(ProtocolError) as err:
+        pick_dtype("cpu", "fp16")
+    assert err.value.field == "dtype" and "use fp32" in err.value.message
+    with pytest.raises(ProtocolError) as err:
+        pick_device("tpu")
+    assert err.value.field == "device" and "auto, cuda, mps, cpu" in err.value.message
+    allocated, total = device_memory("cpu")
+    assert 0 < allocated < total

@@ -48,7 +48,7 @@ def _folder_models(root: Path) -> list[ModelInfo]:
     return infos
 
 
-def _hf_cache_models(hf_cache: Path) -> list[ModelInfo]:
+def hf_cache_models(hf_cache: Path) -> list[ModelInfo]:
     if not hf_cache.is_dir():
         return []
     infos = []
@@ -69,5 +69,5 @@ def list_models(home: Path, search_dirs: list[Path], hf_cache: Path) -> list[Mod
     for root in search_dirs:
         if root.is_dir():
             infos.extend(_folder_models(root))
-    infos.extend(_hf_cache_models(hf_cache))
+    infos.extend(hf_cache_models(hf_cache))
     return infos

@@ -17,15 +17,15 @@ from protocol.errors import ErrorCode, ProtocolError
 
 from . import families
 from .single_file import load_single_file, load_single_file_controlnet
-from .sources import ModelSource
+from .sources import ModelSource, ensure_tiny, variant_of
 
 
 def _weights_variant(folder: Path) -> Optional[str]:
-    """"fp16" when a folder holds only ``*.fp16.safetensors`` weights (a variant-only pull)."""
+    """The variant ("fp16") whose weights a variant pull left in ``folder``; diffusers falls
+    back to plain weights for components that have no variant file."""
     weights = list(folder.glob("*/*.safetensors")) + list(folder.glob("*.safetensors"))
-    if weights and all(w.name.endswith(".fp16.safetensors") for w in weights):
-        return "fp16"
-    return None
+    variants = {variant_of(w.name) for w in weights} - {None}
+    return variants.pop() if len(variants) == 1 else None
 
 
 def _sd_extras(family: str) -> dict:
@@ -57,11 +57,14 @@ def load_folder_pipeline(folder: Path, dtype: torch.dtype) -> tuple[DiffusionPip
     return pipe, family
 
 
-def load_pipeline(source: ModelSource, dtype: torch.dtype, hf_cache: Path) -> tuple[DiffusionPipeline, str]:
-    """Load ``source`` to (pipeline on the CPU, family). ``hf_cache`` is searched for the
-    CLIP tokenizer files single-file checkpoints need."""
+def load_pipeline(source: ModelSource, dtype: torch.dtype, home: Path,
+                  hf_cache: Path) -> tuple[DiffusionPipeline, str]:
+    """Load ``source`` to (pipeline on the CPU, family). ``home`` (``$ATELIER_HOME``) and
+    ``hf_cache`` are searched for the CLIP tokenizer files single-file checkpoints need."""
     if source.kind == "single_file":
-        return load_single_file(source.path, dtype, hf_cache=hf_cache)
+        # Checkpoints exported from the tiny model are described by the tiny folder's configs.
+        tiny_config = ensure_tiny("tiny", home / "models")
+        return load_single_file(source.path, dtype, home, hf_cache, tiny_config=tiny_config)
     return load_folder_pipeline(source.path, dtype)
 
 

@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Mapping, Optional
 
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import LocalEntryNotFoundError
-
 from protocol.errors import ErrorCode, ProtocolError
 
 from . import tiny
@@ -83,12 +80,28 @@ def ensure_tiny(name: str, models_dir: Path) -> Path:
     return folder
 
 
-def hf_snapshot(repo_id: str, hf_cache: Path) -> Optional[Path]:
-    """The cached snapshot folder of ``repo_id`` (main revision), or None; never downloads."""
-    try:
-        return Path(snapshot_download(repo_id, cache_dir=str(hf_cache), local_files_only=True))
-    except LocalEntryNotFoundError:
-        return None
+def hf_repo_folder(repo_id: str, hf_cache: Path) -> Path:
+    """The cache folder of a model repo (the hub cache's documented layout)."""
+    return hf_cache / ("models--" + repo_id.replace("/", "--"))
+
+
+def hf_snapshot(repo_id: str, hf_cache: Path, revision: str = "main") -> Optional[Path]:
+    """The cached snapshot folder of ``repo_id`` at ``revision``, or None; never downloads.
+
+    Read from ``refs/<revision>`` directly: ``snapshot_download(local_files_only=True)``
+    refuses snapshots that hold only the files Atelier chose to pull."""
+    repo = hf_repo_folder(repo_id, hf_cache)
+    ref = repo / "refs" / revision
+    commit = ref.read_text("utf-8").strip() if ref.is_file() else revision
+    snapshot = repo / "snapshots" / commit
+    return snapshot if snapshot.is_dir() else None
+
+
+def variant_of(filename: str) -> Optional[str]:
+    """The weights variant in a diffusers file name: "fp16" for ``model.fp16.safetensors``
+    and ``model.fp16-00001-of-00002.safetensors``, None for ``model.safetensors``."""
+    m = re.fullmatch(r"[^.]+\.(\w+)(?:-\d+-of-\d+)?\.safetensors", filename)
+    return m.group(1) if m else None
 
 
 # ----------------------------------------------------------------- resolution

@@ -132,7 +132,7 @@ class ModelStore:
         if self._current is not None and self._current.source == source:
             return self._current
         self.release()
-        pipe, family = load_pipeline(source, self.dtype, self.hf_cache)
+        pipe, family = load_pipeline(source, self.dtype, self.home, self.hf_cache)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         self._current = LoadedModel(name=name, family=family, source=source, pipe=pipe,

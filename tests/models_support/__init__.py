@@ -1,1 +1,38 @@
-"""Helpers shared by the model-layer tests."""
+"""Helpers shared by the model-layer tests: a fake Hugging Face cache layout, a
+header-only checkpoint writer and a loopback stand-in for the hub (fake_hub.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+
+
+def put_in_hf_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Path:
+    """Lay ``folder`` out as the hub cache does: content-addressed blobs, a snapshot of
+    symlinks to them and ``refs/main`` naming the commit. Returns the snapshot folder."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snapshot / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def write_shaped_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]]) -> Path:
+    """A safetensors file with the given tensor names and shapes (zeros): enough for
+    code that reads only the header, at a few bytes per tensor where shapes are small."""
+    save_file({name: torch.zeros(shape) for name, shape in shapes.items()}, str(path))
+    return path

@@ -276,9 +276,8 @@ class Session:
 
     def _show_preview(self, job: Job, frame: ImageFrame) -> None:
         if not job.image_names:
-            seed = job.request.seed if job.request.seed is not None else 0
-            name = settings.image_name(job.request.prompt, seed) + " (preview)"
-            image = host.new_image(name, frame.width, frame.height)
+            image = host.new_image(settings.preview_name(job.request.prompt), frame.width,
+                                   frame.height)
             job.image_names.append(image.name)
             host.show_image(image)
         image = bpy.data.images[job.image_names[0]]
@@ -296,6 +295,7 @@ class Session:
                 if frame.index < len(job.image_names):
                     image = bpy.data.images[job.image_names[frame.index]]
                     image.name = name
+                    job.image_names[frame.index] = image.name   # Blender may add ".001"
                 else:
                     image = host.new_image(name, frame.width, frame.height)
                     job.image_names.append(image.name)

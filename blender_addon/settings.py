@@ -90,8 +90,16 @@ def build_request(settings: PanelSettings, *, kind: str = "txt2img",
 
 def image_name(prompt: str, seed: int, index: int = 0, batch_size: int = 1) -> str:
     """A datablock name that says what made the image: first words of the prompt + seed."""
+    return _named(prompt, f" {seed}" + (f" #{index + 1}" if batch_size > 1 else ""))
+
+
+def preview_name(prompt: str) -> str:
+    """The name of an image that shows a job's previews until its result arrives."""
+    return _named(prompt, " (preview)")
+
+
+def _named(prompt: str, suffix: str) -> str:
     words = re.sub(r"\s+", " ", prompt).strip() or "untitled"
-    suffix = f" {seed}" + (f" #{index + 1}" if batch_size > 1 else "")
     room = NAME_LIMIT - len(suffix)
     while len(words.encode("utf-8")) > room:
         words = words[:-1]

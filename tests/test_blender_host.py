@@ -1,0 +1,93 @@
+"""The Blender add-on inside real Blender, against a real daemon on the tiny model.
+
+Each case builds the add-on zip once, then starts Blender with a scenario from
+tests/host/blender/scenarios.py: install the zip through
+``preferences.addon_install`` into a throwaway BLENDER_USER_SCRIPTS, enable it,
+run operators, assert on datablocks. Two Blenders:
+
+- ``blender-3.4``: Debian's ``blender`` binary (``--background --factory-startup``);
+- ``bpy-4.2``: the ``bpy`` wheel in its own Python 3.11 venv; found through
+  ``ATELIER_BPY_PYTHON``, else ``.venv-bpy/bin/python`` in the repository (what
+  scripts/setup-bpy.sh makes), else ``/work/venv-bpy/bin/python``.
+
+A missing Blender skips these tests on a workstation, and fails them under CI
+(environment variable ``CI`` set), where both must be installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from blender_addon import build
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIOS = REPO / "tests" / "host" / "blender" / "scenarios.py"
+RUN_TIMEOUT = 300
+NEEDS_DAEMON = ("generate", "render", "project", "cancel")
+
+
+def _bpy_python() -> Optional[str]:
+    for candidate in (os.environ.get("ATELIER_BPY_PYTHON"), REPO / ".venv-bpy" / "bin" / "python",
+                      Path("/work/venv-bpy/bin/python")):
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    return None
+
+
+def _host_command(host: str) -> list[str]:
+    """The command that runs the scenario script in ``host``; fails or skips if it is missing."""
+    if host == "blender-3.4":
+        blender = shutil.which("blender")
+        if blender is not None:
+            return [blender, "--background", "--factory-startup", "--python-exit-code", "1",
+                    "--python", str(SCENARIOS)]
+        missing = "Debian's blender is not installed (apt-get install blender python3-numpy)"
+    else:
+        python = _bpy_python()
+        if python is not None:
+            return [python, str(SCENARIOS)]
+        missing = ("no Python with the bpy 4.2 wheel (run scripts/setup-bpy.sh, or set "
+                   "ATELIER_BPY_PYTHON)")
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the Blender host tests: {missing}")
+    pytest.skip(missing)
+
+
+@pytest.fixture(scope="session")
+def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build.build(tmp_path_factory.mktemp("addon-zip"))
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"ws://127.0.0.1:{port}/"   # nothing listens once the socket is closed
+
+
+@pytest.mark.parametrize("host", ["blender-3.4", "bpy-4.2"])
+@pytest.mark.parametrize("scenario", [*NEEDS_DAEMON, "no_daemon"])
+def test_blender_scenario(host: str, scenario: str, addon_zip: Path, tmp_path: Path,
+                          request: pytest.FixtureRequest) -> None:
+    command = _host_command(host)
+    url = (request.getfixturevalue("daemon").url if scenario in NEEDS_DAEMON
+           else _closed_port_url())
+    user_scripts = tmp_path / "user-scripts"
+    user_scripts.mkdir()
+    env = {**os.environ, "BLENDER_USER_SCRIPTS": str(user_scripts),
+           "BLENDER_USER_CONFIG": str(tmp_path / "user-config")}
+    env.pop("PYTHONPATH", None)   # the add-on must work from its zip alone
+    proc = subprocess.run([*command, "--", "--zip", str(addon_zip), "--url", url,
+                           "--scenario", scenario],
+                          cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{host} {scenario} failed (exit {proc.returncode}):\n{output}"
+    assert f"SCENARIO {scenario} PASSED" in output, output

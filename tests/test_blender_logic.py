@@ -1,0 +1,260 @@
+"""The Blender add-on's logic that needs no Blender: pixel layouts, colour, requests,
+records, projection maths, and the build."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blender_addon import build, pixels, projection, settings
+from blender_addon.protocol import ProtocolError
+from blender_addon.protocol.messages import GenerateRequest, ImageInfo, Result
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------ pixels
+
+def _frame(width: int, height: int) -> bytes:
+    """RGBA8 rows top first where each pixel encodes its own (x, y)."""
+    rows = np.zeros((height, width, 4), dtype=np.uint8)
+    rows[..., 0] = np.arange(width)[None, :] * 10
+    rows[..., 1] = np.arange(height)[:, None] * 20
+    rows[..., 2] = 7
+    rows[..., 3] = 255
+    return rows.tobytes()
+
+
+def test_frame_to_blender_flips_rows_and_scales() -> None:
+    out = pixels.rgba8_to_blender(_frame(3, 2), 3, 2).reshape(2, 3, 4)
+    # Blender's first row is the image's bottom row (y = 1 in the frame).
+    assert out[0, 2].tolist() == pytest.approx([20 / 255, 20 / 255, 7 / 255, 1.0])
+    assert out[1, 0].tolist() == pytest.approx([0.0, 0.0, 7 / 255, 1.0])
+    assert out.dtype == np.float32
+
+
+def test_blender_to_frame_round_trips_byte_images() -> None:
+    data = _frame(5, 4)
+    assert pixels.blender_to_rgba8(pixels.rgba8_to_blender(data, 5, 4), 5, 4) == data
+
+
+def test_linear_images_round_trip_through_srgb() -> None:
+    data = _frame(6, 3)
+    linear = pixels.rgba8_to_blender(data, 6, 3, linear=True)
+    # Mid grey 128 is about 0.216 in linear light; alpha is never converted.
+    grey = pixels.rgba8_to_blender(bytes([128, 128, 128, 128]), 1, 1, linear=True)
+    assert grey[:3] == pytest.approx([0.2158] * 3, abs=1e-3)
+    assert grey[3] == pytest.approx(128 / 255)
+    assert pixels.blender_to_rgba8(linear, 6, 3, linear=True) == data
+
+
+def test_srgb_transfer_is_inverse_and_clips() -> None:
+    v = np.linspace(0, 1, 101, dtype=np.float32)
+    assert pixels.linear_to_srgb(pixels.srgb_to_linear(v)) == pytest.approx(v, abs=1e-5)
+    assert pixels.linear_to_srgb(np.array([-1.0, 2.0])).tolist() == pytest.approx([0.0, 1.0])
+
+
+def test_out_of_range_floats_clip_to_bytes() -> None:
+    flat = np.array([-0.5, 0.5, 1.7, 1.0], dtype=np.float32)
+    assert pixels.blender_to_rgba8(flat, 1, 1) == bytes([0, 128, 255, 255])
+
+
+def test_depth_channel_goes_top_first_little_endian() -> None:
+    # A 2x2 Z pass in Blender order (bottom row first), depth in every colour channel.
+    bottom, top = [1.0, 2.0], [3.0, 1e10]
+    flat = np.array([[d, d, d, 1.0] for d in bottom + top], dtype=np.float32)
+    data = pixels.blender_channel_to_float32(flat, 2, 2)
+    assert pixels.float32_rows(data, 2, 2).tolist() == [[3.0, 1e10], [1.0, 2.0]]
+    assert np.frombuffer(data, dtype="<f4")[0] == 3.0
+
+
+@pytest.mark.parametrize("call", [
+    lambda: pixels.rgba8_to_blender(b"\0" * 15, 2, 2),
+    lambda: pixels.blender_to_rgba8(np.zeros(15), 2, 2),
+    lambda: pixels.blender_channel_to_float32(np.zeros(12), 2, 2),
+])
+def test_wrong_sizes_name_the_expected_count(call) -> None:
+    with pytest.raises(ValueError, match="2x2 needs 16"):
+        call()
+
+
+# ------------------------------------------------------------------ requests
+
+def test_request_from_panel_settings() -> None:
+    panel = settings.PanelSettings(prompt="brick", negative_prompt="blurry", model="tiny",
+                                   width=64, height=128, steps=5, guidance=4.5, seed=42,
+                                   random_seed=False, scheduler="ddim", tiling="x",
+                                   batch_size=2, preview_every=2)
+    request = settings.build_request(panel)
+    assert isinstance(request, GenerateRequest)
+    assert (request.kind, request.prompt, request.negative_prompt, request.model) == \
+        ("txt2img", "brick", "blurry", "tiny")
+    assert (request.width, request.height, request.steps, request.guidance) == (64, 128, 5, 4.5)
+    assert (request.seed, request.scheduler, request.tiling, request.batch_size) == \
+        (42, "ddim", "x", 2)
+    assert request.depth is None and request.control is None and request.init_image is None
+    assert request.preview_every == 2 and request.output_format == "raw"
+
+
+def test_random_seed_and_empty_model_leave_the_choice_to_the_daemon() -> None:
+    request = settings.build_request(settings.PanelSettings(seed=9, random_seed=True, model=""))
+    assert request.seed is None and request.model is None
+
+
+def test_img2img_with_depth_sets_init_depth_and_control() -> None:
+    panel = settings.PanelSettings(strength=0.4, control_scale=0.8)
+    request = settings.build_request(panel, kind="img2img", init_image="a" * 32,
+                                     depth_upload="b" * 32)
+    assert request.kind == "img2img" and request.init_image == "a" * 32
+    assert request.strength == 0.4
+    assert request.depth.upload == "b" * 32 and request.depth.convention == "distance"
+    assert request.depth.background_at == settings.BACKGROUND_DEPTH
+    assert request.control.scale == 0.8
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"scheduler": "plms"}, "job.scheduler"),
+    ({"guidance": 80.0}, "job.guidance"),
+    ({"tiling": "diagonal"}, "job.tiling"),
+    ({"seed": 2 ** 33, "random_seed": False}, "job.seed"),
+])
+def test_bad_settings_raise_protocol_error_naming_the_field(change, field) -> None:
+    with pytest.raises(ProtocolError) as info:
+        settings.build_request(settings.PanelSettings(**change))
+    assert info.value.field == field
+
+
+def test_settings_from_copies_matching_attributes() -> None:
+    class Props:   # what a Blender PropertyGroup looks like to this function
+        prompt, steps, use_depth = "x", 3, True
+    copied = settings.settings_from(Props())
+    assert copied.prompt == "x" and copied.steps == 3 and copied.width == 512
+
+
+# ------------------------------------------------------------------ names and records
+
+def test_image_names_say_prompt_and_seed_and_fit_blender() -> None:
+    assert settings.image_name("  red   brick\nwall ", 12) == "red brick wall 12"
+    assert settings.image_name("", 3) == "untitled 3"
+    assert settings.image_name("x", 5, index=1, batch_size=4) == "x 5 #2"
+    assert settings.preview_name(" moss ") == "moss (preview)"
+    long = settings.image_name("é" * 100, 4294967295)
+    assert len(long.encode("utf-8")) <= settings.NAME_LIMIT and long.endswith(" 4294967295")
+
+
+def _result() -> Result:
+    params = GenerateRequest(prompt="moss", negative_prompt="n", width=64, height=64, steps=4,
+                             guidance=3.0, seed=100, scheduler="euler", batch_size=2,
+                             tiling="both")
+    return Result(job_id="j" * 32, images=[ImageInfo(0, 64, 64, "rgba8", 100),
+                                           ImageInfo(1, 64, 64, "rgba8", 101)],
+                  params=params, tiling="both", model="tiny", seconds=0.5)
+
+
+def test_result_record_and_recall_regenerate_that_image() -> None:
+    record = settings.result_record(_result(), 1, 101)
+    assert record["seed"] == 101 and record["model"] == "tiny" and record["batch_index"] == 1
+    assert all(isinstance(v, (str, int, float)) for v in record.values())  # IDProperty-safe
+    base = settings.PanelSettings(prompt="other", random_seed=True, batch_size=4, steps=30)
+    recalled = settings.settings_from_record(record, base)
+    assert (recalled.prompt, recalled.seed, recalled.random_seed, recalled.batch_size) == \
+        ("moss", 101, False, 1)
+    assert (recalled.steps, recalled.tiling, recalled.model, recalled.scheduler) == \
+        (4, "both", "tiny", "euler")
+    again = settings.build_request(recalled)
+    assert (again.seed, again.prompt, again.width, again.guidance) == (101, "moss", 64, 3.0)
+    assert set(settings.HISTORY_FIELDS) <= set(record)
+
+
+# ------------------------------------------------------------------ projection maths
+
+def _look_along_y(distance: float) -> tuple[np.ndarray, np.ndarray]:
+    """View and projection matrices of a camera at (0, -distance, 0) looking along +Y
+    with a 90 degree field of view and a square image."""
+    world = np.array([[1, 0, 0, 0], [0, 0, -1, -distance], [0, 1, 0, 0], [0, 0, 0, 1]],
+                     dtype=float)  # camera -Z = world +Y, camera +Y = world +Z
+    near, far = 0.1, 100.0
+    proj = np.array([[1, 0, 0, 0], [0, 1, 0, 0],
+                     [0, 0, -(far + near) / (far - near), -2 * far * near / (far - near)],
+                     [0, 0, -1, 0]])
+    return np.linalg.inv(world), proj
+
+
+def test_projection_maps_points_to_image_corners_and_depth() -> None:
+    view, proj = _look_along_y(5.0)
+    pts = np.array([[0, 0, 0], [5, 0, 5], [-5, 0, -5], [2.5, 5, 0]])
+    uvd = projection.project_to_uv(pts, view, proj)
+    assert uvd[0].tolist() == pytest.approx([0.5, 0.5, 5.0])
+    assert uvd[1].tolist() == pytest.approx([1.0, 1.0, 5.0])      # top right
+    assert uvd[2].tolist() == pytest.approx([0.0, 0.0, 5.0])      # bottom left
+    assert uvd[3].tolist() == pytest.approx([0.625, 0.5, 10.0])   # farther: nearer the centre
+    assert projection.inside_frame(uvd).tolist() == [True, True, True, True]
+    behind = projection.project_to_uv(np.array([[0, -10, 0]]), view, proj)
+    assert not projection.inside_frame(behind)[0]
+
+
+def test_facing_test_for_perspective_and_orthographic_cameras() -> None:
+    centers = np.array([[0, -1, 0], [0, 1, 0], [1, 0, 0], [3, -1, 0]])
+    normals = np.array([[0, -1, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]])
+    origin, forward = (0, -5, 0), (0, 1, 0)
+    persp = projection.faces_toward_camera(centers, normals, origin, forward, False)
+    # A side face off to the right is seen edge-on in ortho but from behind in perspective.
+    assert persp.tolist() == [True, False, False, False]
+    ortho = projection.faces_toward_camera(centers, normals, origin, forward, True)
+    assert ortho.tolist() == [True, False, False, False]
+    left_side = projection.faces_toward_camera(np.array([[-3, -1, 0]]), np.array([[1, 0, 0]]),
+                                               origin, forward, False)
+    assert left_side.tolist() == [True]   # perspective sees the inner side of a face to the left
+
+
+def test_occlusion_compares_first_hit_with_face_distance() -> None:
+    hits = np.array([5.0, 4.9999, 3.0, np.inf])
+    faces = np.array([5.0, 5.0, 5.0, 5.0])
+    assert projection.unoccluded(hits, faces).tolist() == [True, True, False, True]
+
+
+# ------------------------------------------------------------------ build
+
+def test_build_zip_vendors_protocol_and_websockets(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "blender_addon.build", "--out", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    target = Path(out.stdout.strip())
+    names = set(zipfile.ZipFile(target).namelist())
+    pkg = build.PACKAGE
+    for required in ("__init__.py", "blender_manifest.toml", "host.py", "protocol/client.py",
+                     "protocol/_vendor/__init__.py", "protocol/_vendor/websockets/__init__.py",
+                     "protocol/_vendor/websockets/sync/client.py",
+                     "protocol/_vendor/websockets/LICENSE"):
+        assert f"{pkg}/{required}" in names, required
+    assert not any(n.endswith((".so", ".pyc")) or "__pycache__" in n for n in names)
+    assert f"{pkg}/build.py" not in names
+    assert all(n.startswith(f"{pkg}/") for n in names)
+    # Same sources, same bytes.
+    again = build.build(tmp_path / "again")
+    assert again.read_bytes() == target.read_bytes()
+
+
+def test_zip_imports_its_vendored_websockets_without_blender(tmp_path: Path) -> None:
+    target = build.build(tmp_path)
+    zipfile.ZipFile(target).extractall(tmp_path / "x")
+    code = ("import sys; sys.path.insert(0, '.'); from atelier_blender.protocol import _websocket as w; "
+            "print(w.connect.__module__)")
+    out = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path / "x",
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "atelier_blender.protocol._vendor.websockets.sync.client"
+
+
+def test_manifest_and_bl_info_agree() -> None:
+    import tomllib
+    manifest = tomllib.loads((REPO / "blender_addon" / "blender_manifest.toml").read_text())
+    version = ".".join(map(str, build.addon_version()))
+    assert manifest["id"] == build.PACKAGE and manifest["version"] == version
+    tree = ast.parse((REPO / "blender_addon" / "__init__.py").read_text())
+    info = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign))
+    assert info["blender"] == (3, 4, 0) and manifest["blender_version_min"] == "4.2.0"

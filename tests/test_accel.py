@@ -1,0 +1,153 @@
+"""The speed levers change how the arithmetic runs, never the pixels (within float tolerance).
+
+Real tiny pipelines loaded through the model store; one copy plain, one accelerated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+
+from backend.models.store import ModelStore
+from backend.pipelines.accel import (CHANNELS_LAST, CPU_OFFLOAD, FUSE_QKV, PROMPT_CACHE, SDPA,
+                                     VAE_TILING, AccelOptions, Acceleration, apply_accel)
+from backend.pipelines.tiling import tile_axes, wrapped_convolutions
+
+TOLERANCE = 1e-4          # on pixels in [0, 1]; the levers reorder float sums, nothing more
+SIZE, STEPS, BATCH = 64, 3, 2
+PROMPT, NEGATIVE = "a red brick wall", "blurry"
+
+EAGER_LEVERS = AccelOptions(sdpa=True, channels_last=True, fuse_qkv=True, prompt_cache_size=4)
+
+
+def _store(home: Path, model: str = "tiny") -> ModelStore:
+    store = ModelStore("cpu", torch.float32, home, [])
+    store.load(model)
+    return store
+
+
+def _generate(store: ModelStore, accel: Optional[Acceleration], tiling: str = "none",
+              kind: str = "txt2img", seed: int = 7) -> np.ndarray:
+    pipe = store.pipeline(kind)
+    if accel is None:
+        prompt = {"prompt": PROMPT, "negative_prompt": NEGATIVE}
+    else:
+        prompt = accel.prompt_kwargs(pipe, PROMPT, NEGATIVE, guidance=True)
+    extra = {}
+    if kind == "img2img":
+        extra = {"image": torch.full((1, 3, SIZE, SIZE), 0.25), "strength": 0.6}
+    else:
+        extra = {"height": SIZE, "width": SIZE}
+    with wrapped_convolutions([pipe.unet, pipe.vae], tile_axes(tiling)):
+        out = pipe(**prompt, **extra, num_inference_steps=STEPS, guidance_scale=7.0,
+                   num_images_per_prompt=BATCH, output_type="np",
+                   generator=torch.Generator().manual_seed(seed))
+    return out.images
+
+
+@pytest.fixture(scope="module")
+def plain(atelier_home: Path) -> ModelStore:
+    return _store(atelier_home)
+
+
+@pytest.fixture(scope="module")
+def accelerated(atelier_home: Path) -> tuple[ModelStore, Acceleration]:
+    store = _store(atelier_home)
+    return store, apply_accel(store.current.pipe, EAGER_LEVERS, model_name="tiny")
+
+
+@pytest.mark.parametrize("tiling", ["none", "both"])
+def test_levers_give_the_plain_pixels(plain, accelerated, tiling):
+    store, accel = accelerated
+    assert set(accel.applied) >= {SDPA, FUSE_QKV, CHANNELS_LAST, PROMPT_CACHE}
+    unet = store.current.pipe.unet
+    assert all(m.fused_projections for m in unet.modules() if isinstance(m, Attention))
+    assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+    expected = _generate(plain, None, tiling)
+    got = _generate(store, accel, tiling)
+    assert got.shape == (BATCH, SIZE, SIZE, 3)
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
+    # the comparison means something: another seed gives other pixels
+    assert np.abs(_generate(store, accel, tiling, seed=8) - expected).max() > 0.05
+
+
+def test_tiling_still_wraps_with_levers_on(accelerated):
+    store, accel = accelerated
+    untiled = _generate(store, accel, "none")
+    tiled = _generate(store, accel, "both")
+    assert np.abs(untiled - tiled).max() > 0.01
+
+
+def test_other_pipeline_kinds_share_the_levers(plain, accelerated):
+    store, accel = accelerated
+    img2img = store.pipeline("img2img")
+    assert img2img.unet is store.current.pipe.unet
+    np.testing.assert_allclose(_generate(store, accel, kind="img2img"),
+                               _generate(plain, None, kind="img2img"), atol=TOLERANCE, rtol=0)
+
+
+def test_compiled_modules_match_plain_as_tiling_switches(plain, atelier_home):
+    # The "eager" backend runs dynamo's graph capture and guards without a C++ toolchain;
+    # the GPU default (inductor) changes the kernels, not the capture being tested here.
+    store = _store(atelier_home)
+    options = AccelOptions(fuse_qkv=True, compile_unet=True, compile_vae_decode=True,
+                           compile_backend="eager")
+    accel = apply_accel(store.current.pipe, options, model_name="tiny")
+    assert {"compile_unet", "compile_vae_decode"} <= set(accel.applied)
+    for tiling in ("none", "both", "none"):
+        np.testing.assert_allclose(_generate(store, accel, tiling), _generate(plain, None, tiling),
+                                   atol=TOLERANCE, rtol=0, err_msg=f"tiling={tiling}")
+
+
+def test_prompt_cache_reuses_and_evicts(accelerated):
+    store, _ = accelerated
+    accel = apply_accel(store.current.pipe, AccelOptions(sdpa=False, prompt_cache_size=2), "tiny")
+    cache = accel.prompt_cache
+    pipe = store.pipeline("txt2img")
+    first = accel.prompt_kwargs(pipe, "a cat", None, guidance=True)
+    again = accel.prompt_kwargs(pipe, "a cat", None, guidance=True)
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert again["prompt_embeds"] is first["prompt_embeds"]
+    assert set(first) == {"prompt_embeds", "negative_prompt_embeds"}
+    # a different negative prompt or guidance setting is a different entry
+    other = accel.prompt_kwargs(pipe, "a cat", "a dog", guidance=True)
+    assert not torch.equal(other["negative_prompt_embeds"], first["negative_prompt_embeds"])
+    assert set(accel.prompt_kwargs(pipe, "a cat", None, guidance=False)) == {"prompt_embeds"}
+    assert len(cache) == 2 and cache.misses == 3
+    accel.prompt_kwargs(pipe, "a cat", None, guidance=True)   # evicted: encoded again
+    assert cache.misses == 4
+
+
+def test_prompt_cache_on_sdxl_gives_the_plain_pixels(atelier_home):
+    plain_store, fast_store = _store(atelier_home, "tiny-sdxl"), _store(atelier_home, "tiny-sdxl")
+    accel = apply_accel(fast_store.current.pipe, EAGER_LEVERS, model_name="tiny-sdxl")
+    kwargs = accel.prompt_kwargs(fast_store.current.pipe, PROMPT, NEGATIVE, guidance=True)
+    assert {"pooled_prompt_embeds", "negative_pooled_prompt_embeds"} <= set(kwargs)
+    np.testing.assert_allclose(_generate(fast_store, accel), _generate(plain_store, None),
+                               atol=TOLERANCE, rtol=0)
+
+
+def test_plain_options_change_nothing_and_gpu_levers_say_why_not(atelier_home):
+    store = _store(atelier_home)
+    assert apply_accel(store.current.pipe, AccelOptions.plain(), "tiny").applied == ()
+    cpu = AccelOptions.for_device("cpu")
+    assert not (cpu.compile_unet or cpu.channels_last or cpu.cpu_offload)
+    gpu = AccelOptions.for_device("cuda")
+    assert gpu.compile_unet and gpu.channels_last and gpu.fuse_qkv
+    low = AccelOptions.for_device("cuda", low_memory=True)
+    assert low.cpu_offload and low.vae_tiling and not (low.fuse_qkv or low.compile_unet)
+
+    accel = apply_accel(store.current.pipe, AccelOptions(cpu_offload=True, vae_tiling=True), "tiny")
+    assert "GPU" in accel.skipped[CPU_OFFLOAD]
+    assert VAE_TILING in accel.applied and store.current.pipe.vae.use_tiling
+
+
+def test_bad_cache_size_is_refused():
+    with pytest.raises(ValueError, match="prompt_cache_size"):
+        AccelOptions(prompt_cache_size=-1)

@@ -25,9 +25,12 @@ from protocol.frames import ImageFrame
 from protocol.messages import GenerateRequest
 from protocol.schema import validate
 
+from .control import check_control
+from .depth import depth_for_job
 from .masks import Box, context_box, mask_bounds, prepare_mask
 from .pixels import frame_to_gray, frame_to_rgba, resize
 from .schedulers import step_limit
+from .seamless import roll_image, seamless_inputs, seamless_tiling
 
 PipelineKind = Literal["txt2img", "img2img", "inpaint"]
 SEED_RANGE = 2 ** 32          # seeds are 32-bit, as in the protocol; seed + i wraps around
@@ -63,6 +66,10 @@ class GenerationPlan:
     crop: Optional[Box] = None             # inpaint: the context region of the init image
     init: Optional[np.ndarray] = field(default=None, compare=False, repr=False)  # (H, W, 4) uint8
     mask: Optional[np.ndarray] = field(default=None, compare=False, repr=False)  # (H, W) float32
+    tiling: str = "none"                   # the tiling applied (make_seamless picks one)
+    offset: tuple[int, int] = (0, 0)       # make_seamless: (dx, dy) the init was rolled by
+    # depth nearness at the output size (near = 1); None without depth or when estimated
+    depth: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -80,7 +87,9 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
     seed = job.seed if job.seed is not None else fresh_seed % SEED_RANGE
     seeds = tuple((seed + i) % SEED_RANGE for i in range(job.batch_size))
     settled = dataclasses.replace(job, seed=seed)
-    common = dict(request=settled, seeds=seeds, width=job.width, height=job.height)
+    tiling = seamless_tiling(job.tiling) if job.kind == "make_seamless" else job.tiling
+    common = dict(request=settled, seeds=seeds, width=job.width, height=job.height,
+                  tiling=tiling, depth=_read_depth(job, uploads))
     if kind == "txt2img":
         _refuse(job, "init_image", kind)
         _refuse(job, "mask", kind)
@@ -95,16 +104,30 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                               denoise_steps=denoise_steps,
                               init=resize(init, job.width, job.height), **common)
 
-    mask = _read_mask(job, uploads, init.shape[1], init.shape[0])
-    init, mask = resize(init, job.width, job.height), resize(mask, job.width, job.height)
+    offset = (0, 0)
+    if job.kind == "make_seamless":
+        _refuse(job, "mask", job.kind)
+        init, mask, offset = seamless_inputs(resize(init, job.width, job.height), tiling,
+                                             job.seam_width, job.mask_grow, job.mask_feather)
+        if common["depth"] is not None:
+            common["depth"] = roll_image(common["depth"], offset)
+    else:
+        mask = _read_mask(job, uploads, init.shape[1], init.shape[0])
+        init, mask = resize(init, job.width, job.height), resize(mask, job.width, job.height)
     bounds = mask_bounds(mask)
     if bounds is None:
         raise ProtocolError(ErrorCode.INVALID_FIELD,
                             "the mask is empty (no pixel above 0): nothing to repaint", "job.mask")
     crop = context_box(bounds, job.context_padding, job.width, job.height, SIZE_MULTIPLE)
+    # A tiled axis wraps around the whole image, so the context spans all of it.
+    if tiling in ("x", "both"):
+        crop = Box(0, crop.y, job.width, crop.height)
+    if tiling in ("y", "both"):
+        crop = Box(crop.x, 0, crop.width, job.height)
     work_width, work_height = working_size(crop.width, crop.height, traits.native_side, limits)
     return GenerationPlan(kind=kind, work_width=work_width, work_height=work_height,
-                          denoise_steps=denoise_steps, crop=crop, init=init, mask=mask, **common)
+                          denoise_steps=denoise_steps, crop=crop, init=init, mask=mask,
+                          offset=offset, **common)
 
 
 def working_size(width: int, height: int, native_side: int,
@@ -125,15 +148,12 @@ def _floor_multiple(value: float) -> int:
 
 
 def _pipeline_kind(job: GenerateRequest) -> PipelineKind:
+    """make_seamless is an inpaint of the seams of the offset texture."""
+    if job.kind == "make_seamless":
+        return "inpaint"
     if job.kind not in ("txt2img", "img2img", "inpaint"):
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             f"kind '{job.kind}' is not supported by this daemon yet", "job.kind")
-    if job.depth is not None:
-        raise ProtocolError(ErrorCode.UNSUPPORTED, "depth conditioning is not supported yet",
-                            "job.depth")
-    if job.control is not None:
-        raise ProtocolError(ErrorCode.UNSUPPORTED, "control settings are not supported yet",
-                            "job.control")
     return job.kind  # type: ignore[return-value]
 
 
@@ -183,15 +203,38 @@ def _refuse(job: GenerateRequest, name: str, kind: str) -> None:
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{kind} takes no {name}{hint}", f"job.{name}")
 
 
-def _upload(job: GenerateRequest, uploads: Mapping[str, ImageFrame], name: str) -> ImageFrame:
-    upload_id = getattr(job, name)
+def _upload(job: GenerateRequest, uploads: Mapping[str, ImageFrame], name: str,
+            upload_id: Optional[str] = None, field: Optional[str] = None) -> ImageFrame:
+    """The frame ``job.<name>`` (or ``upload_id``, reported as ``field``) refers to."""
+    field = field or f"job.{name}"
+    upload_id = upload_id or getattr(job, name)
     if upload_id is None:
-        raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} needs {name}", f"job.{name}")
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} needs {name}", field)
     frame = uploads.get(upload_id)
     if frame is None:
         raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
-                            f"{name} '{upload_id}' is not among this job's uploads", f"job.{name}")
+                            f"{name} '{upload_id}' is not among this job's uploads", field)
     return frame
+
+
+def _read_depth(job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> Optional[np.ndarray]:
+    """The uploaded depth map as nearness at the output size; None without one, or when
+    the daemon is to estimate it (that needs a model, so the generator does it)."""
+    check_control(job.control, job.depth is not None)
+    if job.depth is None:
+        return None
+    if job.depth.estimate:
+        if job.init_image is None:
+            raise ProtocolError(ErrorCode.INVALID_FIELD,
+                                "depth estimation works on the init image; this job has none",
+                                "job.depth.estimate")
+        return None
+    if job.depth.upload is None:
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            "depth needs an upload (a float32 depth map) or estimate=true",
+                            "job.depth.upload")
+    frame = _upload(job, uploads, "depth map", job.depth.upload, "job.depth.upload")
+    return depth_for_job(frame, job.depth, job.width, job.height)
 
 
 def _read_init(job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> np.ndarray:

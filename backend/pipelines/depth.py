@@ -1,0 +1,171 @@
+"""Depth maps: uploads -> the "nearness" map depth models want, and estimation from RGB.
+
+Every depth model Atelier drives (ControlNet depth for SD1.5/SDXL, SD2-depth) was trained
+on the output of MiDaS-style estimators: relative inverse depth, near = bright, far = dark.
+``nearness`` turns what a host sends into exactly that: an ``(H, W)`` float32 array in
+[0, 1], rows top first like every frame, near = 1, background = 0.
+
+- "distance" uploads (a renderer's Z pass, Blender's 1e10 for empty background) are
+  inverted (1 / distance, the disparity an estimator would report) and stretched over the
+  foreground's own min/max, so the object's relief uses the whole range however far away
+  it is. When the map has background, the foreground is stretched to
+  [FOREGROUND_FLOOR, 1] instead of [0, 1], so even the farthest surface stays apart from
+  the empty background and the silhouette survives.
+- "normalized" uploads are already near = 1, far = 0 and are only clipped to [0, 1].
+- Background (no geometry): non-finite values; for "distance" also values >= ``background_at``
+  and values <= 0 (no distance); for "normalized" values <= ``background_at``. Background -> 0.
+
+Normalisation happens at the upload's own resolution, before resampling, so the huge
+background numbers never blend into the foreground.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.frames import FORMAT_NAMES, ImageFrame, PixelFormat
+from protocol.messages import DepthInput
+
+from .pixels import resize
+
+FOREGROUND_FLOOR = 0.1
+DEPTH_MODEL_ENV = "ATELIER_DEPTH_MODEL"
+# Depth estimators looked for in the local Hugging Face cache, in this order.
+KNOWN_DEPTH_MODELS = (
+    "depth-anything/Depth-Anything-V2-Small-hf",
+    "LiheYoung/depth-anything-small-hf",
+    "Intel/dpt-hybrid-midas",
+    "Intel/dpt-large",
+)
+
+
+def frame_depth_values(frame: ImageFrame, field: str) -> np.ndarray:
+    """A FLOAT32 or GRAY8 upload as ``(H, W)`` float32 (GRAY8 scaled to 0..1)."""
+    if frame.format == PixelFormat.FLOAT32:
+        return np.frombuffer(frame.data, "<f4").reshape(frame.height, frame.width).astype(np.float32)
+    if frame.format == PixelFormat.GRAY8:
+        return np.frombuffer(frame.data, np.uint8).reshape(frame.height, frame.width) \
+            .astype(np.float32) / 255.0
+    name = FORMAT_NAMES.get(PixelFormat(frame.format), str(frame.format))
+    raise ProtocolError(ErrorCode.INVALID_FIELD, f"a depth map must be float32 or gray8, not {name}",
+                        field)
+
+
+def background_mask(values: np.ndarray, depth: DepthInput) -> np.ndarray:
+    """True where the map has no geometry."""
+    with np.errstate(invalid="ignore"):
+        background = ~np.isfinite(values)
+        if depth.convention == "distance":
+            background |= values <= 0
+            if depth.background_at is not None:
+                background |= values >= depth.background_at
+        elif depth.background_at is not None:
+            background |= values <= depth.background_at
+    return background
+
+
+def nearness(values: np.ndarray, depth: DepthInput) -> np.ndarray:
+    """Raw depth values -> near = 1, background = 0, float32, same size."""
+    background = background_mask(values, depth)
+    out = np.zeros(values.shape, np.float32)
+    if background.all():
+        return out
+    foreground = values[~background].astype(np.float64)
+    if depth.convention == "normalized":
+        out[~background] = np.clip(foreground, 0.0, 1.0)
+        return out
+    disparity = 1.0 / foreground
+    low, high = disparity.min(), disparity.max()
+    floor = FOREGROUND_FLOOR if background.any() else 0.0
+    if high > low:
+        out[~background] = floor + (1.0 - floor) * (disparity - low) / (high - low)
+    else:
+        out[~background] = 1.0      # one flat surface facing the camera
+    return out
+
+
+def depth_for_job(frame: ImageFrame, depth: DepthInput, width: int, height: int,
+                  field: str = "job.depth.upload") -> np.ndarray:
+    """The upload as a nearness map at ``width`` x ``height``."""
+    return resize(nearness(frame_depth_values(frame, field), depth), width, height)
+
+
+def control_tensor(near: np.ndarray) -> torch.Tensor:
+    """Nearness ``(H, W)`` -> ``(1, 3, H, W)`` in [0, 1]: a ControlNet's conditioning image."""
+    grey = torch.from_numpy(np.ascontiguousarray(near, dtype=np.float32))
+    return grey[None, None].expand(1, 3, *grey.shape).contiguous()
+
+
+def depth2img_tensor(near: np.ndarray) -> torch.Tensor:
+    """Nearness ``(H, W)`` -> ``(1, H, W)``, SD2-depth's ``depth_map`` (it rescales it itself)."""
+    if float(near.max()) <= float(near.min()):
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            "the depth map is flat (one value everywhere); SD2-depth needs some "
+                            "variation in depth", "job.depth")
+    return torch.from_numpy(np.ascontiguousarray(near, dtype=np.float32))[None]
+
+
+# ------------------------------------------------------------------ estimation
+
+def find_depth_model(environ: Mapping[str, str], hf_cache: Optional[Path]) -> Path:
+    """The local folder of a depth estimator: ``$ATELIER_DEPTH_MODEL`` or a known model
+    in the Hugging Face cache. ProtocolError(MODEL_NOT_FOUND) saying how to get one."""
+    configured = environ.get(DEPTH_MODEL_ENV)
+    if configured:
+        folder = Path(configured).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
+                                f"{DEPTH_MODEL_ENV}={configured} is not a transformers model "
+                                "folder (no config.json)", "job.depth.estimate")
+        return folder
+    if hf_cache is not None:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+        for repo_id in KNOWN_DEPTH_MODELS:
+            try:
+                return Path(snapshot_download(repo_id, cache_dir=str(hf_cache),
+                                              local_files_only=True))
+            except LocalEntryNotFoundError:
+                continue    # not in the cache: try the next known model
+    raise ProtocolError(
+        ErrorCode.MODEL_NOT_FOUND,
+        "depth estimation needs a depth model on this machine and none was found. Download "
+        f"one once, e.g. `huggingface-cli download {KNOWN_DEPTH_MODELS[0]}`, or point "
+        f"{DEPTH_MODEL_ENV} at a local DPT / Depth Anything folder; or send a depth map "
+        "instead of estimate=true", "job.depth.estimate")
+
+
+class DepthEstimator:
+    """A transformers depth model (DPT, Depth Anything) loaded once from a local folder."""
+
+    def __init__(self, folder: Path, device: str = "cpu"):
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+        self.folder = Path(folder)
+        self.device = device
+        try:
+            self.processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+            self.model = AutoModelForDepthEstimation.from_pretrained(
+                str(folder), local_files_only=True).to(device).eval()
+        except (OSError, ValueError) as exc:
+            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                                f"depth model {folder} does not load: {exc}",
+                                "job.depth.estimate") from exc
+
+    def estimate(self, rgb: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 -> nearness ``(H, W)``: these models predict relative inverse
+        depth (near = large), stretched here to [0, 1]."""
+        inputs = self.processor(images=rgb, return_tensors="pt").to(self.device)
+        with torch.no_grad():
+            predicted = self.model(**inputs).predicted_depth
+        predicted = torch.nn.functional.interpolate(
+            predicted[:, None].float(), size=rgb.shape[:2], mode="bicubic", align_corners=False)
+        values = predicted[0, 0].cpu().numpy()
+        low, high = values.min(), values.max()
+        if high <= low:
+            return np.zeros(values.shape, np.float32)
+        return ((values - low) / (high - low)).astype(np.float32)

@@ -144,11 +144,14 @@ def test_real_sd15_single_file_without_tokenizer_says_what_is_missing(home, tmp_
         "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (1, 1),
     })
     store = _store(home, [], tmp_path / "empty-cache")
+    serving = store.load("tiny")
     with pytest.raises(ProtocolError) as err:
         store.load(str(ckpt))
     assert err.value.code == ErrorCode.MODEL_LOAD_FAILED
     assert "vocab.json" in err.value.message and "merges.txt" in err.value.message
     assert "atelier models pull openai/clip-vit-large-patch14" in err.value.message
+    # found out from the header alone, so the model in service stays loaded
+    assert store.current is serving and serving.pipe is not None
 
 
 def test_checkpoint_family_detection():

@@ -91,6 +91,17 @@ def base_class(family: str) -> type[DiffusionPipeline]:
     return cls
 
 
+def pipeline_extras(family: str) -> dict:
+    """Keyword arguments for loading a family's base pipeline without its optional extras."""
+    if family in (SD15, SD15_INPAINT, SD2, SD2_INPAINT):
+        # SD1.x/2.x repos list a safety checker; Atelier, like A1111 and ComfyUI, does not run it.
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    if family == SD2_DEPTH:
+        # Jobs bring their depth maps; the DPT depth estimator is not loaded.
+        return {"depth_estimator": None, "feature_extractor": None}
+    return {}
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text("utf-8"))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline
@@ -126,9 +126,11 @@ def config_folder(path: Path, family: str, conv_in: Optional[tuple[int, ...]],
         f"{_unet_width(shipped)}; it is not a standard {family} checkpoint", field="model")
 
 
-def load_single_file(path: Path, dtype: torch.dtype, home: Path, hf_cache: Path,
-                     tiny_config: Optional[Path] = None) -> tuple[DiffusionPipeline, str]:
-    """Load an original-layout ``.safetensors`` checkpoint; returns (pipeline, family)."""
+def prepare_single_file(path: Path, dtype: torch.dtype, home: Path, hf_cache: Path,
+                        tiny_config: Optional[Path] = None
+                        ) -> tuple[str, Callable[[], DiffusionPipeline]]:
+    """Check an original-layout ``.safetensors`` checkpoint (family, config folder,
+    tokenizer) from its header; returns (family, a function loading the pipeline)."""
     try:
         keys, conv_in = _header(path)
     except (SafetensorError, OSError) as exc:
@@ -136,17 +138,19 @@ def load_single_file(path: Path, dtype: torch.dtype, home: Path, hf_cache: Path,
                             f"{path} is not a readable safetensors file: {exc}", field="model") from exc
     family = families.family_of_checkpoint_keys(keys, conv_in)
     config = config_folder(path, family, conv_in, tiny_config)
+    tokenizers = _tokenizers(config, family, home, hf_cache)
     cls = families.base_class(family)
-    extras = {"safety_checker": None, "requires_safety_checker": False} \
-        if family in (families.SD15, families.SD15_INPAINT) else {}
-    try:
-        pipe = cls.from_single_file(
-            str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
-            **_tokenizers(config, family, home, hf_cache), **extras)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
-                            f"could not load {path.name} as {family}: {exc}", field="model") from exc
-    return pipe, family
+
+    def load() -> DiffusionPipeline:
+        try:
+            return cls.from_single_file(
+                str(path), config=str(config), local_files_only=True, torch_dtype=dtype,
+                **tokenizers, **families.pipeline_extras(family))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                                f"could not load {path.name} as {family}: {exc}", field="model") from exc
+
+    return family, load
 
 
 def load_single_file_controlnet(path: Path, dtype: torch.dtype) -> ControlNetModel:

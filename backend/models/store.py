@@ -44,7 +44,7 @@ from protocol.messages import ModelInfo
 from . import families
 from .catalog import list_models
 from .device import device_memory, free_device_cache
-from .loader import load_controlnet, load_pipeline
+from .loader import load_controlnet, prepare_pipeline
 from .sources import ModelSource, hf_cache_dir, resolve
 
 # The depth ControlNet each family uses when a job names none.
@@ -126,16 +126,20 @@ class ModelStore:
         return resolve(name, self.home, self.search_dirs, self.hf_cache)
 
     def load(self, name: str) -> LoadedModel:
-        """Make ``name`` the current model. The previous model is released first, so
-        two models never sit on the device together."""
+        """Make ``name`` the current model. The previous model is released before the new
+        weights are read, so two models never sit on the device together."""
         source = self.resolve(name)
-        if self._current is not None and self._current.source == source:
-            return self._current
+        current = self._current
+        if current is not None and (current.source.kind, current.source.path) == (source.kind, source.path):
+            return current
+        # Everything checkable without weights is checked while the old model still serves;
+        # a failure after this point leaves no model loaded.
+        prepared = prepare_pipeline(source, self.dtype, self.home, self.hf_cache)
         self.release()
-        pipe, family = load_pipeline(source, self.dtype, self.home, self.hf_cache)
+        pipe = prepared.load()
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
-        self._current = LoadedModel(name=name, family=family, source=source, pipe=pipe,
+        self._current = LoadedModel(name=name, family=prepared.family, source=source, pipe=pipe,
                                     device=self.device, dtype=self.dtype)
         return self._current
 

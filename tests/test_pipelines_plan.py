@@ -13,7 +13,7 @@ from backend.pipelines.plan import (GenerationLimits, ModelTraits, plan_generati
 from backend.pipelines.previews import LatentPalette, PreviewLayout, preview_due
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
-from protocol.messages import ControlSettings, GenerateRequest
+from protocol.messages import GenerateRequest
 
 LIMITS = GenerationLimits(max_side=256, max_pixels=128 * 128, max_batch=4, max_steps=30)
 TRAITS = ModelTraits(native_side=64)
@@ -53,8 +53,6 @@ def refused(job: GenerateRequest, *uploads: ImageFrame, limits: GenerationLimits
     ({"batch_size": 5}, ErrorCode.LIMIT_EXCEEDED, "job.batch_size", "4"),
     ({"steps": 31}, ErrorCode.LIMIT_EXCEEDED, "job.steps", "30"),
     ({"steps": 20, "seed": -1}, ErrorCode.INVALID_FIELD, "job.seed", ""),
-    ({"kind": "make_seamless"}, ErrorCode.UNSUPPORTED, "job.kind", "make_seamless"),
-    ({"control": ControlSettings()}, ErrorCode.UNSUPPORTED, "job.control", "control"),
     ({"init_image": "ab" * 16}, ErrorCode.INVALID_FIELD, "job.init_image", "txt2img"),
 ])
 def test_bad_requests_name_the_field_and_the_limit(changes, code, field, words):

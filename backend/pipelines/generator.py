@@ -27,7 +27,7 @@ import dataclasses
 import secrets
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -140,15 +140,15 @@ class DiffusionGenerator:
 
         def on_step_end(p: DiffusionPipeline, index: int, _t: Any, tensors: dict) -> dict:
             nonlocal was_cancelled
-            if cancelled():
-                p._interrupt = True   # diffusers' documented way to stop the loop
-                was_cancelled = True
-                return {}
             step, total = index + 1, p.num_timesteps
             preview = None
             if preview_due(step, plan.request.preview_every, total):
                 preview = to_pixels(layout.render(tensors["latents"], palette))
             progress(step, total, preview)
+            if cancelled():
+                # diffusers' documented way to stop: the remaining steps are skipped
+                p._interrupt = True
+                was_cancelled = True
             return {}
 
         with self._job_context(plan, model):

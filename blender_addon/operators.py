@@ -15,7 +15,9 @@ from .addon import current_session, ensure_timer
 from .properties import ADDON_ID
 from .protocol import GenerateRequest, PixelFormat, ProtocolError
 from .protocol.client import ClientError, make_upload
-from .runtime import Job, Session
+from .runtime import Job, JobState, Session
+
+WATCH_INTERVAL = 0.25  # seconds between checks of a job a button started
 
 
 def _session(context: bpy.types.Context) -> Session:
@@ -23,6 +25,11 @@ def _session(context: bpy.types.Context) -> Session:
     if session is None:
         raise ClientError("the Atelier add-on is not registered")
     prefs = context.preferences.addons[ADDON_ID].preferences
+    # Blender 4.2+ lets users forbid network access; a daemon on this machine is not "online".
+    if not settings.is_loopback(prefs.host) and not getattr(bpy.app, "online_access", True):
+        raise ClientError(f"Blender's online access is off (Preferences > System > Network), "
+                          f"so Atelier will not connect to {prefs.host}; use a daemon on this "
+                          "machine (127.0.0.1) or allow online access")
     session.connect(prefs.host, prefs.port, prefs.token)
     return session
 
@@ -66,6 +73,31 @@ class _SendsJobs:
     def report_failure(self, exc: Exception) -> set[str]:
         self.report({"ERROR"}, str(exc))
         return {"CANCELLED"}
+
+    # From a button (a window exists): stay modal, without blocking anything, until the
+    # job ends, so the daemon's answer becomes this operator's report in the status bar.
+    def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
+        result = self.execute(context)
+        session = current_session()
+        if result != {"FINISHED"} or context.window is None or session is None:
+            return result
+        self._job = session.jobs[-1]
+        self._timer = context.window_manager.event_timer_add(WATCH_INTERVAL,
+                                                             window=context.window)
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: bpy.types.Context, event: Any) -> set[str]:
+        job = self._job
+        if event.type != "TIMER" or not job.state.finished:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        if job.state == JobState.FAILED:
+            self.report({"ERROR"}, job.message)
+            return {"CANCELLED"}
+        self.report({"WARNING"} if job.state == JobState.CANCELLED else {"INFO"},
+                    job.progress_text)
+        return {"FINISHED"}
 
 
 class ATELIER_OT_generate(bpy.types.Operator, _SendsJobs):

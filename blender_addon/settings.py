@@ -44,6 +44,12 @@ class PanelSettings:
     control_scale: float = 1.0
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses of this machine (no network leaves it)."""
+    name = host.strip().strip("[]").lower()
+    return name in ("localhost", "::1") or name.startswith("127.")
+
+
 def settings_from(source: Any) -> PanelSettings:
     """Copy the matching attributes of a PropertyGroup (or any object) into PanelSettings."""
     values = {f.name: getattr(source, f.name) for f in dataclasses.fields(PanelSettings)

@@ -30,7 +30,7 @@ from blender_addon import build
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "tests" / "host" / "blender" / "scenarios.py"
 RUN_TIMEOUT = 300
-NEEDS_DAEMON = ("generate", "render", "project", "cancel")
+NEEDS_DAEMON = ("generate", "render", "project", "cancel", "extension")
 
 
 def _bpy_python() -> Optional[str]:
@@ -72,8 +72,12 @@ def _closed_port_url() -> str:
     return f"ws://127.0.0.1:{port}/"   # nothing listens once the socket is closed
 
 
-@pytest.mark.parametrize("host", ["blender-3.4", "bpy-4.2"])
-@pytest.mark.parametrize("scenario", [*NEEDS_DAEMON, "no_daemon"])
+CASES = [(host, scenario) for host in ("blender-3.4", "bpy-4.2")
+         for scenario in ("generate", "render", "project", "cancel", "no_daemon", "ui")
+         ] + [("bpy-4.2", "extension")]   # extensions exist from Blender 4.2 on
+
+
+@pytest.mark.parametrize("host, scenario", CASES)
 def test_blender_scenario(host: str, scenario: str, addon_zip: Path, tmp_path: Path,
                           request: pytest.FixtureRequest) -> None:
     command = _host_command(host)
@@ -81,11 +85,15 @@ def test_blender_scenario(host: str, scenario: str, addon_zip: Path, tmp_path: P
            else _closed_port_url())
     user_scripts = tmp_path / "user-scripts"
     user_scripts.mkdir()
-    env = {**os.environ, "BLENDER_USER_SCRIPTS": str(user_scripts),
-           "BLENDER_USER_CONFIG": str(tmp_path / "user-config")}
+    # Everything Blender writes for a user stays in this test's folder.
+    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user-resources"),
+           "BLENDER_USER_SCRIPTS": str(user_scripts),
+           "BLENDER_USER_CONFIG": str(tmp_path / "user-config"),
+           "BLENDER_USER_EXTENSIONS": str(tmp_path / "user-extensions")}
     env.pop("PYTHONPATH", None)   # the add-on must work from its zip alone
     proc = subprocess.run([*command, "--", "--zip", str(addon_zip), "--url", url,
-                           "--scenario", scenario],
+                           "--scenario", scenario,
+                           "--install", "extension" if scenario == "extension" else "legacy"],
                           cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT)
     output = proc.stdout + proc.stderr

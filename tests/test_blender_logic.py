@@ -137,6 +137,13 @@ def test_settings_from_copies_matching_attributes() -> None:
     assert copied.prompt == "x" and copied.steps == 3 and copied.width == 512
 
 
+@pytest.mark.parametrize("host, local", [("127.0.0.1", True), ("localhost", True),
+                                         ("[::1]", True), ("127.4.0.1", True),
+                                         ("192.168.1.5", False), ("gpu-box", False)])
+def test_loopback_addresses(host: str, local: bool) -> None:
+    assert settings.is_loopback(host) is local
+
+
 # ------------------------------------------------------------------ names and records
 
 def test_image_names_say_prompt_and_seed_and_fit_blender() -> None:

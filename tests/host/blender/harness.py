@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from types import ModuleType
 from typing import Any
@@ -18,7 +19,7 @@ import addon_utils
 import bpy
 import mathutils
 
-ADDON = "atelier_blender"
+ADDON = "atelier_blender"   # the extension install changes it to its bl_ext name
 
 
 def parse_args() -> argparse.Namespace:
@@ -27,6 +28,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--zip", required=True)
     parser.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/")
     parser.add_argument("--scenario", required=True)
+    parser.add_argument("--install", choices=("legacy", "extension"), default="legacy",
+                        help="Preferences > Add-ons > Install, or as a 4.2+ extension")
     return parser.parse_args(argv)
 
 
@@ -34,13 +37,29 @@ def _reraise(exc: BaseException) -> None:
     raise exc
 
 
-def install_and_enable(zip_path: str, url: str) -> ModuleType:
-    """Install the built zip like Preferences > Add-ons > Install, enable it, point it at ``url``."""
-    result = bpy.ops.preferences.addon_install(filepath=zip_path, overwrite=True)
-    assert result == {"FINISHED"}, f"addon_install returned {result}"
-    module = addon_utils.enable(ADDON, default_set=True, handle_error=_reraise)
-    assert module is not None, "addon_utils.enable returned None"
-    assert module.__file__ is not None and "addons" in module.__file__, module.__file__
+def install_and_enable(zip_path: str, url: str, how: str = "legacy") -> ModuleType:
+    """Install the built zip the way a user does, enable it, point it at ``url``.
+
+    ``legacy``: Preferences > Add-ons > Install (every Blender); ``extension``:
+    Install from Disk into the user extensions repository (Blender 4.2+), which
+    reads ``blender_manifest.toml``.
+    """
+    global ADDON
+    if how == "legacy":
+        result = bpy.ops.preferences.addon_install(filepath=zip_path, overwrite=True)
+        assert result == {"FINISHED"}, f"addon_install returned {result}"
+        module = addon_utils.enable(ADDON, default_set=True, handle_error=_reraise)
+        assert module is not None, "addon_utils.enable returned None"
+    else:
+        assert bpy.app.version >= (4, 2, 0), bpy.app.version_string
+        result = bpy.ops.extensions.package_install_files(
+            filepath=zip_path, repo="user_default", enable_on_install=True)
+        assert result == {"FINISHED"}, f"package_install_files returned {result}"
+        ADDON = "bl_ext.user_default.atelier_blender"
+        assert ADDON in bpy.context.preferences.addons.keys(), "extension not enabled"
+        module = sys.modules[ADDON]
+    root = os.environ["BLENDER_USER_SCRIPTS" if how == "legacy" else "BLENDER_USER_EXTENSIONS"]
+    assert module.__file__ is not None and module.__file__.startswith(root), module.__file__
     # The add-on must use its own vendored websockets, not one from the host's Python.
     assert f"{ADDON}.protocol._vendor.websockets" in sys.modules, "vendored websockets not used"
     hostport = url.split("//", 1)[1].rstrip("/")

@@ -315,13 +315,120 @@ def scenario_no_daemon(module, url: str) -> None:
     assert new_datablocks(before) == {"images": set(), "materials": set(), "meshes": set()}
 
 
+def scenario_extension(module, url: str) -> None:
+    """Installed from disk as a Blender 4.2+ extension (bl_ext.*): one image end to end."""
+    assert module.__name__.startswith("bl_ext."), module.__name__
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    harness.settings(scene, prompt="blue tiles", steps=2, width=SIZE, height=SIZE,
+                     random_seed=False, seed=5)
+    assert bpy.ops.atelier.generate() == {"FINISHED"}
+    session.pump_until_idle(JOB_TIMEOUT)
+    job = last_job(session)
+    assert job.state.name == "DONE", job.progress_text
+    image = bpy.data.images[job.image_names[0]]
+    assert image.name == "blue tiles 5" and tuple(image.size) == (SIZE, SIZE)
+
+
+class RecordingLayout:
+    """Stands in for UILayout where Blender draws no UI (background mode): checks that
+    every property, operator, list and icon a panel names exists, as drawing would."""
+
+    ICONS = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+        self.enabled = True
+
+    def _sub(self, *args, **kwargs) -> "RecordingLayout":
+        return RecordingLayout(self.log)
+
+    row = column = box = _sub
+
+    def _icon(self, icon: str) -> None:
+        assert icon in self.ICONS, f"unknown icon {icon!r}"
+
+    def prop(self, data, name: str, icon: str = "NONE", **kwargs) -> None:
+        assert name in data.bl_rna.properties, f"{data} has no property {name!r}"
+        self._icon(icon)
+        self.log.append(("prop", name))
+
+    def label(self, text: str = "", icon: str = "NONE") -> None:
+        self._icon(icon)
+        self.log.append(("label", text))
+
+    def operator(self, idname: str, icon: str = "NONE", **kwargs) -> None:
+        category, name = idname.split(".")
+        assert hasattr(getattr(bpy.ops, category), name), f"no operator {idname}"
+        self._icon(icon)
+        self.log.append(("operator", idname))
+
+    def template_list(self, list_type: str, list_id: str, data, prop: str, active_data,
+                      active_prop: str, **kwargs) -> None:
+        assert hasattr(bpy.types, list_type), f"no UIList {list_type}"
+        assert prop in data.bl_rna.properties and active_prop in active_data.bl_rna.properties
+        self.log.append(("list", prop))
+
+
+class Stand:
+    """``self`` for a draw method: our layout, everything else from ``target``."""
+
+    def __init__(self, layout: RecordingLayout, target=None) -> None:
+        self.layout = layout
+        self._target = target
+
+    def __getattr__(self, name: str):
+        return getattr(self._target, name)
+
+
+def scenario_ui(module, url: str) -> None:
+    """The panels, history list and preferences draw what exists, in both editors."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    props = scene.atelier
+    item = props.history.add()
+    item.prompt, item.seed = "old prompt", 3
+    drawn = {}
+    for panel in ("VIEW3D_PT_atelier", "IMAGE_PT_atelier", "VIEW3D_PT_atelier_history",
+                  "IMAGE_PT_atelier_history"):
+        cls = getattr(bpy.types, panel)
+        log = []
+        cls.draw(Stand(RecordingLayout(log)), bpy.context)
+        drawn[panel] = log
+    assert drawn["VIEW3D_PT_atelier"] == drawn["IMAGE_PT_atelier"]
+    names = {entry[1] for entry in drawn["VIEW3D_PT_atelier"]}
+    for expected in ("prompt", "negative_prompt", "model", "width", "height", "steps",
+                     "guidance", "seed", "random_seed", "scheduler", "strength", "tiling",
+                     "batch_size", "atelier.generate", "atelier.render_to_image",
+                     "atelier.project_texture"):
+        assert expected in names, expected
+    assert ("list", "history") in drawn["IMAGE_PT_atelier_history"]
+    # A history row and the preferences (with the connection state) draw too.
+    log = []
+    bpy.types.ATELIER_UL_history.draw_item(None, bpy.context, RecordingLayout(log), props,
+                                           item, 0, props, "history_index")
+    assert log == [("label", "old prompt  ·  seed 3")]
+    prefs = bpy.context.preferences.addons[harness.ADDON].preferences
+    log = []
+    type(prefs).draw(Stand(RecordingLayout(log), prefs), bpy.context)
+    assert ("operator", "atelier.test_connection") in log
+    assert ("label", "not connected") in log, log
+    # While a job runs the panel shows its progress and a Cancel button.
+    assert bpy.ops.atelier.generate() == {"FINISHED"}
+    log = []
+    bpy.types.VIEW3D_PT_atelier.draw(Stand(RecordingLayout(log)),
+                                     bpy.context)
+    assert ("operator", "atelier.cancel") in log
+    session.pump_until_idle(JOB_TIMEOUT)
+
+
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items()
              if name.startswith("scenario_")}
 
 
 def main() -> None:
     args = harness.parse_args()
-    module = harness.install_and_enable(args.zip, args.url)
+    module = harness.install_and_enable(args.zip, args.url, args.install)
     SCENARIOS[args.scenario](module, args.url)
     print(f"SCENARIO {args.scenario} PASSED on Blender {bpy.app.version_string}")
 

@@ -335,10 +335,26 @@ def test_bad_request_is_a_protocol_error_before_any_work(generator, store):
     assert calls.count == 0
 
 
-def test_sdxl_family_runs_with_its_own_preview_palette(atelier_home):
+@pytest.fixture(scope="module")
+def sdxl_generator(atelier_home: Path) -> DiffusionGenerator:
     sdxl_store = _store(atelier_home)
     sdxl_store.load("tiny-sdxl")
+    return DiffusionGenerator(sdxl_store)
+
+
+@pytest.mark.parametrize("kind", ["txt2img", "img2img", "inpaint"])
+def test_sdxl_family_runs_each_kind(sdxl_generator, kind):
+    init = upload_rgba(seed=12)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[8:24, 32:56] = 255
+    mask_frame = upload_mask(mask)
+    extra = {"img2img": dict(init_image=init.id),
+             "inpaint": dict(init_image=init.id, mask=mask_frame.id, strength=1.0)}.get(kind, {})
     recorder = Recorder()
-    output = run(DiffusionGenerator(sdxl_store), txt2img(steps=2, preview_every=1), recorder=recorder)
+    output = run(sdxl_generator, txt2img(kind=kind, steps=3, preview_every=1, **extra),
+                 init, mask_frame, recorder=recorder)
     assert output.model == "tiny-sdxl" and output.images[0].pixels.width == SIZE
-    assert [step for step, _ in recorder.previews] == [1]
+    total = recorder.steps[-1][1]         # img2img runs steps x strength
+    assert [step for step, _ in recorder.previews] == list(range(1, total))
+    if kind == "inpaint":
+        unchanged_outside(arrays(output)[0], pixels_to_array(Pixels(SIZE, SIZE, init.data)), mask, 0)

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from backend.models import families
-from backend.models.ldm_keys import export_sd15_single_file
+from backend.models.ldm_keys import export_controlnet_single_file, export_sd15_single_file
 from backend.models.single_file import CONFIGS
 from backend.models.sources import ensure_tiny
 from backend.models.store import ModelStore
@@ -74,6 +74,23 @@ def test_single_file_loads_with_the_same_weights_as_the_folder(home, a1111):
     image = store.pipeline("img2img")("a cat", image=torch.zeros(1, 3, 64, 64), strength=0.5,
                                       num_inference_steps=2, output_type="np").images[0]
     assert image.shape == (64, 64, 3)
+
+
+def test_single_file_controlnet_loads_with_the_same_weights(home, tmp_path):
+    store = _store(home, [tmp_path], home / "no-cache")
+    store.load("tiny")
+    folder = store.controlnet("tiny-controlnet")
+    export_controlnet_single_file(folder, tmp_path / "control_depth.safetensors")
+    with safe_open(str(tmp_path / "control_depth.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert {"control_model.input_hint_block.14.weight", "control_model.zero_convs.0.0.weight",
+            "control_model.middle_block_out.0.weight"} <= keys
+    assert {(m.name, m.family) for m in store.available()} >= {("control_depth.safetensors", "controlnet")}
+    single = store.controlnet("control_depth.safetensors")
+    expected, loaded = folder.state_dict(), single.state_dict()
+    assert loaded.keys() == expected.keys()
+    assert [k for k in expected if not torch.equal(loaded[k], expected[k])] == []
+    assert store.pipeline("txt2img", controlnet="control_depth.safetensors").controlnet is single
 
 
 def test_pickle_checkpoints_are_refused_unopened(home, tmp_path):

@@ -13,11 +13,12 @@ import re
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextModel
 
 UNET_PREFIX = "model.diffusion_model."
+CONTROLNET_PREFIX = "control_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer."
 
@@ -110,11 +111,38 @@ def text_state_dict_to_ldm(text_encoder: CLIPTextModel) -> dict[str, torch.Tenso
     return out
 
 
+def controlnet_key(key: str, layers_per_block: int, hint_blocks: int) -> str:
+    """The original name of one diffusers ControlNet tensor name."""
+    if m := re.fullmatch(r"controlnet_cond_embedding\.conv_in\.(.+)", key):
+        return f"input_hint_block.0.{m[1]}"
+    if m := re.fullmatch(r"controlnet_cond_embedding\.blocks\.(\d+)\.(.+)", key):
+        return f"input_hint_block.{2 * (int(m[1]) + 1)}.{m[2]}"
+    if m := re.fullmatch(r"controlnet_cond_embedding\.conv_out\.(.+)", key):
+        return f"input_hint_block.{2 * (hint_blocks + 1)}.{m[1]}"
+    if m := re.fullmatch(r"controlnet_down_blocks\.(\d+)\.(.+)", key):
+        return f"zero_convs.{m[1]}.0.{m[2]}"
+    if m := re.fullmatch(r"controlnet_mid_block\.(.+)", key):
+        return f"middle_block_out.0.{m[1]}"
+    return unet_key(key, layers_per_block, up_has_attention=[])
+
+
+def export_controlnet_single_file(controlnet: ControlNetModel, dest: Path) -> Path:
+    """Write a ControlNet as one original-layout (``control_model.*``) checkpoint."""
+    hint_blocks = len(controlnet.controlnet_cond_embedding.blocks)
+    tensors = {CONTROLNET_PREFIX + controlnet_key(k, controlnet.config.layers_per_block, hint_blocks): v
+               for k, v in controlnet.state_dict().items()}
+    return _save(tensors, dest)
+
+
+def _save(tensors: dict[str, torch.Tensor], dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest),
+              metadata={"format": "pt", "atelier": "exported from a diffusers model"})
+    return dest
+
+
 def export_sd15_single_file(pipe: StableDiffusionPipeline, dest: Path) -> Path:
     """Write ``pipe``'s UNet, VAE and text encoder as one original-layout checkpoint."""
     tensors = {**unet_state_dict_to_ldm(pipe.unet), **vae_state_dict_to_ldm(pipe.vae),
                **text_state_dict_to_ldm(pipe.text_encoder)}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest),
-              metadata={"format": "pt", "atelier": "exported from a diffusers pipeline"})
-    return dest
+    return _save(tensors, dest)

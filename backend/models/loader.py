@@ -71,10 +71,11 @@ def prepare_pipeline(source: ModelSource, dtype: torch.dtype, home: Path,
     return _prepare_folder(source.path, dtype)
 
 
-def load_controlnet(source: ModelSource, dtype: torch.dtype) -> ControlNetModel:
+def load_controlnet(source: ModelSource, dtype: torch.dtype, home: Path) -> ControlNetModel:
     """Load a ControlNet from a diffusers folder, a cache snapshot or a single file."""
     if source.kind == "single_file":
-        return load_single_file_controlnet(source.path, dtype)
+        tiny_config = ensure_tiny("tiny-controlnet", home / "models")
+        return load_single_file_controlnet(source.path, dtype, tiny_config=tiny_config)
     if families.family_of_folder(source.path) != families.CONTROLNET:
         raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
                             f"{source.name} ({source.path}) is not a ControlNet model",

@@ -153,8 +153,10 @@ def prepare_single_file(path: Path, dtype: torch.dtype, home: Path, hf_cache: Pa
     return family, load
 
 
-def load_single_file_controlnet(path: Path, dtype: torch.dtype) -> ControlNetModel:
-    """Load a single-file ControlNet (original ``control_model.*`` or diffusers keys)."""
+def load_single_file_controlnet(path: Path, dtype: torch.dtype,
+                                tiny_config: Optional[Path] = None) -> ControlNetModel:
+    """Load a single-file SD1.x ControlNet (original ``control_model.*`` keys); one whose
+    cross-attention matches the tiny ControlNet folder ``tiny_config`` uses that config."""
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
@@ -163,15 +165,18 @@ def load_single_file_controlnet(path: Path, dtype: torch.dtype) -> ControlNetMod
     except (SafetensorError, OSError) as exc:
         raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"{path} is not a readable safetensors file: "
                             f"{exc}", field="control.model") from exc
+    configs = {width: CONFIGS / name for width, name in CONTROLNET_CONFIGS.items()}
+    if tiny_config is not None:
+        tiny_width = json.loads((tiny_config / "config.json").read_text("utf-8"))["cross_attention_dim"]
+        configs.setdefault(tiny_width, tiny_config)
     width = context[1] if context else None
-    if families.family_of_checkpoint_keys(keys, None) != families.CONTROLNET or width not in CONTROLNET_CONFIGS:
+    if families.family_of_checkpoint_keys(keys, None) != families.CONTROLNET or width not in configs:
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             f"{path.name} is not an SD1.x ControlNet checkpoint; other ControlNets load "
                             f"from a diffusers folder or Hugging Face id", field="control.model")
     try:
         return ControlNetModel.from_single_file(
-            str(path), config=str(CONFIGS / CONTROLNET_CONFIGS[width]), local_files_only=True,
-            torch_dtype=dtype)
+            str(path), config=str(configs[width]), local_files_only=True, torch_dtype=dtype)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"could not load ControlNet {path.name}: {exc}",
                             field="control.model") from exc

@@ -167,7 +167,7 @@ class ModelStore:
             source = self.resolve(name)
         except ProtocolError as exc:
             raise ProtocolError(exc.code, exc.message, field="control.model") from exc
-        controlnet = load_controlnet(source, self.dtype)
+        controlnet = load_controlnet(source, self.dtype, self.home)
         unet_width = model.pipe.unet.config.cross_attention_dim
         if controlnet.config.cross_attention_dim != unet_width:
             raise ProtocolError(

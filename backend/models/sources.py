@@ -24,6 +24,7 @@ SINGLE_FILE_SUFFIX = ".safetensors"
 # owner/name as the hub spells repo ids
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
+
 @dataclass(frozen=True)
 class TinyModel:
     """A built-in test model, built into ``$ATELIER_HOME/models/<name>`` on first use."""

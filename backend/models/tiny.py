@@ -160,16 +160,21 @@ def _sd_scheduler() -> PNDMScheduler:
 
 
 def _save_atomically(dest: Path, write: Callable[[Path], None]) -> Path:
-    """Build into a sibling temp folder and rename, so a crash never leaves half a model."""
+    """Build into a sibling temp folder and rename, so a crash never leaves half a model
+    and two processes building the same model at once both end up with a whole one."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".building-", dir=dest.parent))
     try:
         write(tmp)
         (tmp / MARKER_FILE).write_text(MARKER_TEXT, "utf-8")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        if dest.exists() and not (dest / MARKER_FILE).is_file():
+            shutil.rmtree(dest)      # an unfinished folder from an older layout or a crash
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not (dest / MARKER_FILE).is_file():   # not another builder winning the race
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -1,0 +1,349 @@
+"""Generation speed and memory: stock diffusers vs Atelier direct vs Atelier end to end.
+
+    # CPU smoke run on the tiny model (seconds)
+    python -m benchmarks.generation --model tiny --steps 4 --batch 1 2 --json out/gen.json
+    # full-size random-weight architectures on a GPU (nothing downloaded)
+    python -m benchmarks.generation --family sd15 --device cuda --json out/sd15.json
+    python -m benchmarks.generation --family sdxl --device cuda --low-memory --json out/sdxl.json
+    # a real local model (diffusers folder, or a .safetensors file for the Atelier paths)
+    python -m benchmarks.generation --model /models/sd15 --device cuda
+
+One run measures, side by side, for each batch size: (a) ``stock``: a diffusers pipeline
+called directly; (b) ``atelier``: Atelier's generator called directly with the levers of
+``backend.pipelines.accel``; (c) ``daemon``: the same through the daemon and protocol
+(submit -> last result byte at the client); then, where the code for them is present,
+``atelier+tiling``, ``atelier+depth`` and ``atelier-lowmem``. Figures: seconds per image,
+sampler it/s, time to first preview, peak GPU memory (resident memory on the CPU), load
+time, the first call (which includes any compilation) and the share of the hardware floor:
+the job's counted FLOPs at the device's measured matmul rate, over the measured time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from backend.models.device import pick_device, pick_dtype
+from backend.pipelines.accel import AccelOptions
+from protocol.client import make_upload
+from protocol.frames import ImageFrame, PixelFormat
+from protocol.messages import ControlSettings, DepthInput, GenerateRequest
+
+from . import random_models
+from .hardware import (WorkCount, count_flops, matmul_tflops, peak_gpu_mb, reset_peak_memory,
+                       rss_mb)
+from .measure import format_table, machine, write_json
+from .runners import AtelierRunner, CallTiming, DaemonRunner, StockRunner, job_request
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+TINY_SIDE = 64
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: Optional[str]          # "tiny", a path, or None: random weights of ``family``
+    family: str
+    device: str
+    dtype: torch.dtype
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    batches: tuple[int, ...]
+    repeats: int
+    warmup: int
+    preview_every: int
+    low_memory: bool
+    extras: bool                  # tiling and depth rows
+    compile: Optional[bool]
+    count_flops: bool
+    home: Path
+
+    def describe(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(dtype=str(self.dtype).replace("torch.", ""), home=str(self.home),
+                   batches=list(self.batches))
+        return out
+
+
+@dataclass(frozen=True)
+class ModelUnderTest:
+    name: str                     # what the model store loads
+    folder: Optional[Path]        # a diffusers folder the stock pipeline can load
+    controlnet: Optional[str]     # depth ControlNet for the depth row; None = store default
+    description: str
+
+
+def prepare_model(s: Settings) -> ModelUnderTest:
+    if s.model == "tiny":
+        from backend.models.store import ModelStore
+
+        folder = ModelStore(s.device, s.dtype, s.home, []).resolve("tiny").path
+        return ModelUnderTest("tiny", folder, None, "tiny random-weight SD1.5-shaped model")
+    if s.model is not None:
+        path = Path(s.model).expanduser()
+        return ModelUnderTest(str(path), path if path.is_dir() else None, None,
+                              f"local model {path}")
+    dtype_name = str(s.dtype).replace("torch.", "")
+    bench_dir = s.home / "benchmark-models"
+    folder = random_models.random_pipeline_folder(
+        s.family, bench_dir / f"{s.family}-random-{dtype_name}", s.dtype, s.device)
+    controlnet = None
+    if s.family in random_models.CONTROLNET_CONFIGS:
+        controlnet = str(random_models.random_controlnet_folder(
+            s.family, bench_dir / f"{s.family}-controlnet-random-{dtype_name}", s.dtype, s.device))
+    return ModelUnderTest(str(folder), folder, controlnet,
+                          f"full-size {s.family} architecture, random weights from "
+                          f"backend/models/configs/{s.family}")
+
+
+# ------------------------------------------------------------------------ rows
+
+def _row(path: str, batch: int, timings: list[CallTiming], first_call_s: Optional[float],
+         load_s: Optional[float], device: str, **extra: Any) -> dict[str, Any]:
+    total = statistics.median(t.total_s for t in timings)
+    rates = [t.it_per_s for t in timings if t.it_per_s is not None]
+    previews = [t.first_preview_s for t in timings if t.first_preview_s is not None]
+    return {"path": path, "batch": batch, "status": "ok", "repeats": len(timings),
+            "s_per_batch": total, "s_per_image": total / batch,
+            "it_per_s": statistics.median(rates) if rates else None,
+            "first_preview_s": statistics.median(previews) if previews else None,
+            "peak_gpu_mb": peak_gpu_mb(device), "rss_mb": rss_mb(),
+            "load_s": load_s, "first_call_s": first_call_s, **extra}
+
+
+def _measure(path: str, run: Callable[[GenerateRequest], CallTiming], job: GenerateRequest,
+             s: Settings, load_s: Optional[float], **extra: Any) -> dict[str, Any]:
+    reset_peak_memory(s.device)
+    first = None
+    for i in range(s.warmup):
+        timing = run(job)
+        first = timing.total_s if i == 0 else first
+    timings = [run(job) for _ in range(s.repeats)]
+    return _row(path, job.batch_size, timings, first, load_s, s.device, **extra)
+
+
+def _skipped(path: str, batch: int, reason: str) -> dict[str, Any]:
+    return {"path": path, "batch": batch, "status": "skipped", "reason": reason}
+
+
+def _depth_upload(width: int, height: int) -> ImageFrame:
+    """A plausible depth map: a tilted plane with a bump, normalised (near = 1)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    depth = 0.3 + 0.4 * y / height + 0.3 * np.exp(-((x - width / 2) ** 2 + (y - height / 2) ** 2)
+                                                  / (0.1 * width * height))
+    return make_upload(PixelFormat.FLOAT32, width, height,
+                       np.clip(depth, 0, 1).astype("<f4").tobytes())
+
+
+def _try(path: str, batch: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Rows for optional features: their failure is reported, not fatal to the run."""
+    try:
+        return measure()
+    except Exception as exc:  # reported in the row: which feature, and why
+        print(f"{path} (batch {batch}) did not run:\n{traceback.format_exc()}", file=sys.stderr)
+        return _skipped(path, batch, f"{type(exc).__name__}: {exc}")
+
+
+def run_benchmark(s: Settings) -> dict[str, Any]:
+    model = prepare_model(s)
+    rows: list[dict[str, Any]] = []
+    work: dict[int, WorkCount] = {}
+    jobs = {b: job_request(s.width, s.height, s.steps, s.guidance, b, s.preview_every)
+            for b in s.batches}
+
+    # (a) stock diffusers; also counts the work, on the unmodified modules
+    if model.folder is None:
+        rows += [_skipped("stock", b, "the stock path loads diffusers folders only")
+                 for b in s.batches]
+    else:
+        stock = StockRunner(model.folder, s.device, s.dtype)
+        for b, job in jobs.items():
+            if s.count_flops:
+                work[b] = count_flops(lambda steps, job=job: stock.call(job, steps))
+            rows.append(_measure("stock", stock, job, s, stock.load_s))
+        stock.close()
+        _free(s.device)
+
+    # (b) Atelier direct, (c) through the daemon, then the optional features
+    options = AccelOptions.for_device(s.device, compile=s.compile)
+    atelier = AtelierRunner(model.name, s.device, s.dtype, s.home, options)
+    levers = atelier.accel.report()
+    for b, job in jobs.items():
+        rows.append(_measure("atelier", atelier, job, s, atelier.load_s, levers=levers))
+    daemon = DaemonRunner(atelier)
+    try:
+        for b, job in jobs.items():
+            rows.append(_measure("daemon", daemon, job, s, None))
+    finally:
+        daemon.close()
+    if s.extras:
+        for b in s.batches:
+            tiled = job_request(s.width, s.height, s.steps, s.guidance, b, s.preview_every,
+                                tiling="both")
+            rows.append(_try("atelier+tiling", b,
+                             lambda: _measure("atelier+tiling", atelier, tiled, s, None)))
+            depth = _depth_upload(s.width, s.height)
+            conditioned = job_request(
+                s.width, s.height, s.steps, s.guidance, b, s.preview_every,
+                depth=DepthInput(upload=depth.id, convention="normalized"),
+                control=ControlSettings(model=model.controlnet))
+            rows.append(_try("atelier+depth", b, lambda: _measure(
+                "atelier+depth", lambda job: atelier(job, {depth.id: depth}), conditioned, s,
+                None)))
+    atelier.close()
+    _free(s.device)
+
+    if s.low_memory:
+        low = AtelierRunner(model.name, s.device, s.dtype, s.home,
+                            AccelOptions.for_device(s.device, low_memory=True))
+        low_levers = low.accel.report()
+        for b, job in jobs.items():
+            rows.append(_measure("atelier-lowmem", low, job, s, low.load_s, levers=low_levers))
+        low.close()
+        _free(s.device)
+
+    tflops = matmul_tflops(s.device, s.dtype)
+    for row in rows:
+        count = work.get(row["batch"])
+        if row["status"] == "ok" and count is not None and row["path"] in PLAIN_WORK_PATHS:
+            row["floor_share"] = count.total(s.steps) / (tflops * 1e12) / row["s_per_batch"]
+    return {"benchmark": "generation", "machine": machine(), "settings": s.describe(),
+            "model": model.description,
+            "hardware": {"matmul_tflops": tflops, "dtype": str(s.dtype)},
+            "work": {str(b): {"fixed_flop": w.fixed, "per_step_flop": w.per_step,
+                              "total_flop": w.total(s.steps)} for b, w in work.items()},
+            "rows": rows, "summary": summarise(rows, s.batches)}
+
+
+# Paths whose arithmetic is the counted job's (tiling adds no FLOPs worth counting;
+# depth adds a ControlNet, which the count does not include).
+PLAIN_WORK_PATHS = ("stock", "atelier", "daemon", "atelier+tiling", "atelier-lowmem")
+
+
+def _free(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def summarise(rows: list[dict[str, Any]], batches: tuple[int, ...]) -> dict[str, Any]:
+    """Ratios between rows of the same batch size: speed-ups and overheads."""
+    out: dict[str, Any] = {}
+    for b in batches:
+        by_path = {r["path"]: r for r in rows if r["batch"] == b and r["status"] == "ok"}
+
+        def ratio(num: str, den: str) -> Optional[float]:
+            if num in by_path and den in by_path:
+                return by_path[num]["s_per_batch"] / by_path[den]["s_per_batch"]
+            return None
+
+        def overhead(path: str, base: str = "atelier") -> Optional[float]:
+            r = ratio(path, base)
+            return None if r is None else (r - 1.0) * 100
+
+        out[str(b)] = {
+            "speedup_atelier_vs_stock": ratio("stock", "atelier"),
+            "speedup_daemon_vs_stock": ratio("stock", "daemon"),
+            # the daemon's extra time (transport, queue, result frames) as a share of it
+            "protocol_share_pct": None if ratio("daemon", "atelier") is None
+            else (1 - 1 / ratio("daemon", "atelier")) * 100,
+            "tiling_overhead_pct": overhead("atelier+tiling"),
+            "depth_overhead_pct": overhead("atelier+depth"),
+            "lowmem_overhead_pct": overhead("atelier-lowmem"),
+        }
+    return out
+
+
+# ------------------------------------------------------------------------ output
+
+def print_report(report: dict[str, Any]) -> None:
+    s = report["settings"]
+    print(f"# {report['model']}: {s['width']}x{s['height']}, {s['steps']} steps, guidance "
+          f"{s['guidance']}, {s['dtype']} on {s['device']} "
+          f"({report['machine'].get('gpu') or str(report['machine']['cpu_count']) + ' CPU cores'}),"
+          f" matmul {report['hardware']['matmul_tflops']:.3g} TFLOP/s measured")
+    memory = "peak GPU MB" if s["device"].startswith("cuda") else "RSS MB"
+    table = []
+    for r in report["rows"]:
+        if r["status"] != "ok":
+            table.append([r["path"], r["batch"], None, None, None, None, None, None, None,
+                          "skipped: " + r["reason"][:60]])
+            continue
+        share = r.get("floor_share")
+        table.append([r["path"], r["batch"], r["s_per_image"], r["it_per_s"], r["first_preview_s"],
+                      r["peak_gpu_mb"] if s["device"].startswith("cuda") else r["rss_mb"],
+                      r["load_s"], r["first_call_s"],
+                      None if share is None else f"{share * 100:.1f}%", ""])
+    print(format_table(["path", "batch", "s/image", "it/s", "1st preview s", memory, "load s",
+                        "1st call s", "floor", "note"], table))
+    for b, summary in report["summary"].items():
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in summary.items() if v is not None)
+        print(f"batch {b}: {shown}")
+
+
+def parse_args(argv: list[str] | None) -> tuple[Settings, Optional[Path]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help='"tiny", or a local model path; default: random weights '
+                                   "of --family")
+    p.add_argument("--family", choices=random_models.FAMILIES, default="sd15")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    p.add_argument("--size", type=int, nargs="+", metavar="PX",
+                   help="width [height]; default: the model's native size (64 for tiny)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--preview-every", type=int, default=1)
+    p.add_argument("--low-memory", action="store_true", help="add the low-memory (8 GB) rows")
+    p.add_argument("--no-extras", action="store_true", help="skip the tiling and depth rows")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None,
+                   help="torch.compile UNet and VAE decoder (default: on for cuda only)")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
+    p.add_argument("--home", type=Path, default=Path(os.environ.get(
+        "ATELIER_HOME", Path.home() / ".cache" / "atelier")),
+                   help="where tiny and random-weight benchmark models are kept")
+    p.add_argument("--json", type=Path, help="write the report here")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    dtype = pick_dtype(device) if args.dtype == "auto" else DTYPES[args.dtype]
+    if args.size:
+        width, height = args.size[0], args.size[-1]
+    elif args.model == "tiny":
+        width = height = TINY_SIDE
+    else:
+        width = height = 1024 if args.family == "sdxl" and args.model is None else 512
+    return Settings(model=args.model, family=args.family, device=device, dtype=dtype,
+                    width=width, height=height, steps=args.steps, guidance=args.guidance,
+                    batches=tuple(args.batch), repeats=args.repeats, warmup=args.warmup,
+                    preview_every=args.preview_every, low_memory=args.low_memory,
+                    extras=not args.no_extras, compile=args.compile,
+                    count_flops=not args.no_flops, home=args.home.expanduser()), args.json
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, json_path = parse_args(argv)
+    report = run_benchmark(settings)
+    print_report(report)
+    if json_path:
+        write_json(json_path, report)
+        print(f"wrote {json_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

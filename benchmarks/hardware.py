@@ -1,0 +1,81 @@
+"""The machine side of a benchmark: synchronising, memory readings, the arithmetic a job
+does (counted, not assumed) and the arithmetic rate the device reaches on large matmuls."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gpu_mb(device: str) -> Optional[float]:
+    """Peak memory torch allocated on the GPU since the last reset; None off the GPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return None
+
+
+def rss_mb() -> Optional[float]:
+    """This process's resident memory now (Linux), the CPU stand-in for device memory."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return None
+
+
+def matmul_tflops(device: str, dtype: torch.dtype, size: Optional[int] = None,
+                  repeats: int = 10) -> float:
+    """Measured dense matmul rate (TFLOP/s): the practical ceiling the floor is set by."""
+    size = size or (8192 if device.startswith("cuda") else 1024)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    return 2 * size**3 * repeats / seconds / 1e12
+
+
+@dataclass(frozen=True)
+class WorkCount:
+    """FLOPs of one pipeline call: ``fixed`` (text encoders, VAE decode) + ``per_step`` x steps."""
+    fixed: float
+    per_step: float
+
+    def total(self, steps: int) -> float:
+        return self.fixed + self.per_step * steps
+
+
+def count_flops(run: Callable[[int], object]) -> WorkCount:
+    """Count matmul/conv/attention FLOPs of ``run(steps)`` at 1 and 2 steps.
+
+    Attention is forced onto the math kernel while counting so it decomposes into
+    counted matmuls (the fused CPU kernel is invisible to the counter); the count is the
+    same arithmetic whichever kernel runs it."""
+    counts = []
+    for steps in (1, 2):
+        with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+            run(steps)
+        counts.append(counter.get_total_flops())
+    per_step = counts[1] - counts[0]
+    return WorkCount(fixed=counts[0] - per_step, per_step=per_step)

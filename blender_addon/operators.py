@@ -54,10 +54,7 @@ class _SendsJobs:
     def send(self, context: bpy.types.Context, label: str, request: GenerateRequest,
              uploads: list, then: Optional[Callable[[Job, list[Any]], None]] = None) -> set[str]:
         session = _session(context)
-        reason = session.unreachable_reason()
-        if reason is not None:
-            self.report({"ERROR"}, reason)
-            return {"CANCELLED"}
+        session.retry_now()
         scene_name = context.scene.name
 
         def finish(job: Job, images: list[Any]) -> None:
@@ -228,18 +225,12 @@ class ATELIER_OT_test_connection(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         try:
             session = _session(context)
-            if not session.connection_ok and not session.active_jobs:
-                session.close_client()      # retry now rather than after the backoff
-                session = _session(context)
+            session.retry_now()
             session.request_status()
         except ClientError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         ensure_timer()
-        reason = session.unreachable_reason()
-        if reason is not None:
-            self.report({"ERROR"}, reason)
-            return {"CANCELLED"}
         self.report({"INFO"}, session.connection_text)
         return {"FINISHED"}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import queue
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -89,27 +90,40 @@ class Session:
     def connect(self, host_name: str, port: int, token: str) -> AtelierClient:
         """The client for this address, started (re)connecting in the background."""
         url = default_url(host_name, port)
-        address = (url, token)
-        if self._client is None or self._address != address:
+        if self._client is None or self._address != (url, token):
             self.close_client()
-            self._client = AtelierClient(url, token=token or None, client_name=CLIENT_NAME,
-                                         reconnect=True, connect_timeout=5.0).start()
-            self._address = address
-            self.connection_text = f"connecting to {url} ..."
-            self.connection_ok = False
+            self._start(url, token)
+        assert self._client is not None
         return self._client
 
+    def _start(self, url: str, token: str) -> None:
+        self._client = AtelierClient(url, token=token or None, client_name=CLIENT_NAME,
+                                     reconnect=True, connect_timeout=5.0).start()
+        self._address = (url, token)
+        self.connection_text = f"connecting to {url} ..."
+        self.connection_ok = False
+        self.last_failure = None
+
+    def retry_now(self) -> None:
+        """After a failed attempt, try again now instead of after the client's backoff
+        (the user just asked for something, perhaps having started the daemon)."""
+        if self.last_failure is None or self._address is None:
+            return
+        if any(job.job_id is not None for job in self.active_jobs):
+            return   # the client fetches these again itself once it is back
+        url, token = self._address
+        self.close_client()
+        self._start(url, token)
+
     def close_client(self) -> None:
+        """Drop the client; it shuts down on a thread of its own, since closing joins its
+        threads (up to the connect timeout) and Blender's main thread must not wait."""
         if self._client is not None:
-            self._client.close()
+            threading.Thread(target=self._client.close, name="atelier-close",
+                             daemon=True).start()
         self._client = None
         self._address = None
-
-    def unreachable_reason(self) -> Optional[str]:
-        """Why the last connection attempt failed, while not connected; else None."""
-        if self._client is None or self.connection_ok:
-            return None
-        return self.last_failure
+        self.connection_ok = False
 
     def request_status(self) -> None:
         """Ask for device, model and queue; the answer lands in ``status``."""

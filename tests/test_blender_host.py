@@ -21,7 +21,7 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import pytest
 
@@ -29,6 +29,7 @@ from blender_addon import build
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "tests" / "host" / "blender" / "scenarios.py"
+WINDOW = REPO / "tests" / "host" / "blender" / "window.py"
 RUN_TIMEOUT = 300
 NEEDS_DAEMON = ("generate", "render", "project", "cancel", "extension")
 
@@ -55,9 +56,13 @@ def _host_command(host: str) -> list[str]:
             return [python, str(SCENARIOS)]
         missing = ("no Python with the bpy 4.2 wheel (run scripts/setup-bpy.sh, or set "
                    "ATELIER_BPY_PYTHON)")
+    _missing(missing)
+
+
+def _missing(what: str) -> NoReturn:
     if os.environ.get("CI"):
-        pytest.fail(f"CI must run the Blender host tests: {missing}")
-    pytest.skip(missing)
+        pytest.fail(f"CI must run the Blender host tests: {what}")
+    pytest.skip(what)
 
 
 @pytest.fixture(scope="session")
@@ -83,19 +88,32 @@ def test_blender_scenario(host: str, scenario: str, addon_zip: Path, tmp_path: P
     command = _host_command(host)
     url = (request.getfixturevalue("daemon").url if scenario in NEEDS_DAEMON
            else _closed_port_url())
-    user_scripts = tmp_path / "user-scripts"
-    user_scripts.mkdir()
-    # Everything Blender writes for a user stays in this test's folder.
-    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user-resources"),
-           "BLENDER_USER_SCRIPTS": str(user_scripts),
-           "BLENDER_USER_CONFIG": str(tmp_path / "user-config"),
-           "BLENDER_USER_EXTENSIONS": str(tmp_path / "user-extensions")}
-    env.pop("PYTHONPATH", None)   # the add-on must work from its zip alone
-    proc = subprocess.run([*command, "--", "--zip", str(addon_zip), "--url", url,
-                           "--scenario", scenario,
-                           "--install", "extension" if scenario == "extension" else "legacy"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT)
+    proc = _run([*command, "--", "--zip", str(addon_zip), "--url", url, "--scenario", scenario,
+                 "--install", "extension" if scenario == "extension" else "legacy"], tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{host} {scenario} failed (exit {proc.returncode}):\n{output}"
     assert f"SCENARIO {scenario} PASSED" in output, output
+
+
+def test_blender_window_reports_and_timers(addon_zip: Path, tmp_path: Path, daemon) -> None:
+    """Blender 3.4 with a window under Xvfb: buttons report the daemon's answers and results
+    arrive through the add-on's own timer (no test pumping)."""
+    blender, xvfb = shutil.which("blender"), shutil.which("xvfb-run")
+    if blender is None or xvfb is None:
+        _missing("blender and xvfb-run are needed (apt-get install blender xvfb)")
+    proc = _run([xvfb, "-a", blender, "--factory-startup", "--python", str(WINDOW), "--",
+                 "--zip", str(addon_zip), "--url", daemon.url, "--scenario", "window"], tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"window scenario failed (exit {proc.returncode}):\n{output}"
+    assert "SCENARIO window PASSED" in output, output
+
+
+def _run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    # Everything Blender writes for a user stays in this test's folder.
+    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user-resources"),
+           "BLENDER_USER_SCRIPTS": str(tmp_path / "user-scripts"),
+           "BLENDER_USER_CONFIG": str(tmp_path / "user-config"),
+           "BLENDER_USER_EXTENSIONS": str(tmp_path / "user-extensions")}
+    env.pop("PYTHONPATH", None)   # the add-on must work from its zip alone
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import sys
 import time
 from pathlib import Path
@@ -166,8 +167,12 @@ def _serve(args: argparse.Namespace) -> int:
         port = await daemon.start()
         print(f"Atelier daemon ready on ws://{args.host}:{port}/ "
               f"(model {daemon.models.current_name()}, device {daemon.models.device})", flush=True)
+        loop = asyncio.get_running_loop()
+        stopping = loop.create_future()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: stopping.done() or stopping.set_result(None))
         try:
-            await asyncio.Future()
+            await stopping
         finally:
             await daemon.stop()
 

@@ -116,8 +116,9 @@ class Daemon:
             return connection.respond(HTTPStatus.FORBIDDEN,
                                       f"origin {origin} is not allowed (see --allow-origin)\n")
         if is_loopback(self.config.host):
-            host = (request.headers.get("Host") or "").rsplit(":", 1)[0]
-            if host and not is_loopback(host):
+            hosts = request.headers.get_all("Host")
+            host = hosts[0].rsplit(":", 1)[0] if len(hosts) == 1 else ""
+            if not is_loopback(host):
                 # DNS rebinding: a foreign name that resolves to 127.0.0.1.
                 return connection.respond(HTTPStatus.FORBIDDEN, f"host {host} is not allowed\n")
         if self.config.token:

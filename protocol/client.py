@@ -204,22 +204,25 @@ class AtelierClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def _open(self):
-        conn = ws.connect(self.url, additional_headers=self._headers(), proxy=None,
-                          open_timeout=self.connect_timeout, max_size=self.max_message_bytes,
-                          compression=None)
+    def _handshake(self, conn) -> Any:
         conn.send(encode_message(Hello(protocol=PROTOCOL_VERSION, client=self.client_name)))
         first = decode_message(conn.recv(timeout=self.connect_timeout), SERVER_MESSAGES)
         if isinstance(first, Error):
-            conn.close()
             raise ClientError(f"the daemon refused the handshake: {first.message}")
-        return conn, first
+        return first
 
     def _read_loop(self) -> None:
         delay = 0.25
         while not self._closing.is_set():
             try:
-                conn, welcome = self._open()
+                with ws.connect(self.url, additional_headers=self._headers(), proxy=None,
+                                open_timeout=self.connect_timeout,
+                                max_size=self.max_message_bytes, compression=None) as conn:
+                    self._session(conn, self._handshake(conn))
+                    delay = 0.25
+                    if self._closing.is_set():
+                        break
+                    reason = "the daemon closed the connection"
             except ws.InvalidStatus as exc:
                 status = exc.response.status_code
                 reason = {401: "the daemon wants a token (set one in the connection settings)",
@@ -231,43 +234,41 @@ class AtelierClient:
                 self._fail(str(exc), retry=False)
                 return
             except (OSError, ws.WebSocketException, ProtocolError, TimeoutError) as exc:
-                if not self._fail(f"cannot reach the Atelier daemon at {self.url} ({exc}); "
-                                  f"{START_HINT}", retry=self.reconnect):
-                    return
-                self._closing.wait(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.25
-            self._conn = conn
-            self.welcome = welcome
-            self._connected.set()
-            self._emit(Connected(welcome))
-            with self._lock:
-                resume = sorted(self._pending_jobs)
-            for job_id in resume:  # outcomes that finished while we were away
-                self._outbox.put(encode_message(Fetch(job_id=job_id)))
-            reason = self._receive(conn)
+                reason = (f"cannot reach the Atelier daemon at {self.url} ({exc}); "
+                          f"{START_HINT}")
+            if not self._fail(reason, retry=self.reconnect):
+                return
+            self._closing.wait(delay)
+            delay = min(delay * 2, 5.0)
+        self._emit(Disconnected("closed by the client", will_retry=False))
+
+    def _session(self, conn, welcome) -> None:
+        """One connected stretch: announce it, resume waiting jobs, receive until it ends."""
+        self._conn = conn
+        self.welcome = welcome
+        self._connected.set()
+        self._emit(Connected(welcome))
+        with self._lock:
+            resume = sorted(self._pending_jobs)
+        for job_id in resume:  # outcomes that finished while we were away
+            self._outbox.put(encode_message(Fetch(job_id=job_id)))
+        try:
+            self._receive(conn)
+        finally:
             self._connected.clear()
             self._conn = None
-            if self._closing.is_set():
-                break
-            if not self._fail(f"lost the connection to the daemon ({reason})", retry=self.reconnect):
-                return
-        self._emit(Disconnected("closed by the client", will_retry=False))
 
     def _fail(self, reason: str, retry: bool) -> bool:
         self._last_failure = reason
         self._emit(Disconnected(reason, will_retry=retry and not self._closing.is_set()))
         return retry
 
-    def _receive(self, conn) -> str:
+    def _receive(self, conn) -> None:
         while True:
             try:
                 data = conn.recv()
-            except ws.ConnectionClosed as exc:
-                return str(exc)
-            except OSError as exc:
-                return str(exc)
+            except (ws.ConnectionClosed, OSError):
+                return
             try:
                 if isinstance(data, bytes):
                     self._on_frame(decode_frame(data))

@@ -81,8 +81,21 @@ def daemon(atelier_home: Path) -> Iterator[DaemonProcess]:
 
 
 @pytest.fixture
-def fresh_daemon(atelier_home: Path) -> Iterator[DaemonProcess]:
+def start_daemon(atelier_home: Path) -> Iterator:
+    """Start daemons of the test's own (extra ``serve`` options allowed); stopped afterwards."""
+    started: list[DaemonProcess] = []
+
+    def start(*extra: str) -> DaemonProcess:
+        proc = DaemonProcess(atelier_home, *extra).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def fresh_daemon(start_daemon) -> DaemonProcess:
     """A daemon of the test's own, for tests that stop it or need an empty queue."""
-    proc = DaemonProcess(atelier_home).start()
-    yield proc
-    proc.stop()
+    return start_daemon()

@@ -43,6 +43,9 @@ class AtelierPreferences(bpy.types.AddonPreferences):
             for line in _wrap(session.connection_text):
                 layout.label(text=line, icon=icon)
                 icon = "BLANK1"
+            if session.models:
+                for line in _wrap("Models on the daemon: " + ", ".join(session.models)):
+                    layout.label(text=line, icon="BLANK1")
 
 
 def _wrap(text: str, width: int = 90) -> list[str]:

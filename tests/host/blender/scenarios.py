@@ -412,6 +412,16 @@ def scenario_ui(module, url: str) -> None:
     type(prefs).draw(Stand(RecordingLayout(log), prefs), bpy.context)
     assert ("operator", "atelier.test_connection") in log
     assert ("label", "not connected") in log, log
+    # Operators that cannot run here say why, as reports (a RuntimeError for a script).
+    for op, needs in ((bpy.ops.atelier.render_to_image, "no active camera"),
+                      (bpy.ops.atelier.project_texture, "select the mesh objects"),
+                      (bpy.ops.atelier.cancel, None)):
+        try:
+            result = op()
+        except RuntimeError as exc:
+            assert needs is not None and needs in str(exc), exc
+        else:
+            assert needs is None and result == {"CANCELLED"}, (op, result)
     # While a job runs the panel shows its progress and a Cancel button.
     assert bpy.ops.atelier.generate() == {"FINISHED"}
     log = []
@@ -419,6 +429,11 @@ def scenario_ui(module, url: str) -> None:
                                      bpy.context)
     assert ("operator", "atelier.cancel") in log
     session.pump_until_idle(JOB_TIMEOUT)
+    assert session.jobs[-1].state.name == "FAILED"
+    log = []
+    bpy.types.VIEW3D_PT_atelier.draw(Stand(RecordingLayout(log)), bpy.context)
+    assert ("label", session.jobs[-1].progress_text) in log and \
+        ("operator", "atelier.cancel") not in log
 
 
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items()

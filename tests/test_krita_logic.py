@@ -247,6 +247,7 @@ def test_build_request_for_each_mode_validates():
     plan = plan_job(Mode.DEPTH, estimate, CANVAS, None, SMALL)
     request = build_request(plan, estimate, UploadIds(image="a" * 32))
     assert request.depth is not None and request.depth.estimate and request.init_image
+    assert request.kind == "img2img" and request.strength == estimate.strength
 
 
 def test_build_request_wants_its_uploads():

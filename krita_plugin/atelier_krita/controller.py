@@ -93,7 +93,8 @@ class Controller:
         self.message = ""
         self.models: list[ModelInfo] = []
         self.current_model: Optional[str] = None
-        self.max_side: Optional[int] = None
+        self.max_side: Optional[int] = None      # the daemon's limit, from its welcome
+        self.size_limit: Optional[int] = None    # the painter's "max size" field
         self.sent_inputs: dict[str, ImageFrame] = {}
         self._job: Optional[_ActiveJob] = None
         self._batch: Optional[_Batch] = None
@@ -148,8 +149,9 @@ class Controller:
             name = settings.model or self.current_model
             family = next((m.family for m in self.models if m.name == name), None)
             resolution = range_for_family(family)
-        if self.max_side is not None:
-            resolution = resolution.capped(self.max_side)
+        for cap in (self.size_limit, self.max_side):
+            if cap:
+                resolution = resolution.capped(cap)
         return resolution
 
     # ------------------------------------------------------------ actions
@@ -436,7 +438,7 @@ def _missing_model(name: str) -> str:
 
 
 def _error_text(error: Error, settings: Optional[JobSettings]) -> str:
-    if error.code == ErrorCode.MODEL_NOT_FOUND:
+    if error.code == ErrorCode.MODEL_NOT_FOUND and error.field in (None, "model", "job.model"):
         name = settings.model if settings is not None and settings.model else "?"
         return _sentence(_missing_model(name)) + f" ({error.message})"
     where = f" [{error.field}]" if error.field else ""

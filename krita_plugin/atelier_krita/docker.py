@@ -6,6 +6,7 @@ how the tests drive it); ``AtelierDocker`` puts it into Krita's docker frame.
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional
 
 from krita import DockWidget
@@ -16,7 +17,6 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
 
 from . import host
 from .controller import ConnectionSettings, Controller
-from .geometry import ResolutionRange
 from .jobs import JobSettings, Mode
 from .protocol.messages import TILINGS
 
@@ -32,7 +32,8 @@ class AtelierPanel(QWidget):
         super().__init__(parent)
         self.controller = controller
         self._remember = remember
-        controller.on_change = self.refresh
+        # Weak, so the controller does not keep a closed panel (and its Qt objects) alive.
+        controller.on_change = _weak_call(self.refresh)
         self._build()
         self.timer = QTimer(self)
         self.timer.setInterval(PUMP_INTERVAL_MS)
@@ -185,9 +186,7 @@ class AtelierPanel(QWidget):
         self.controller.connect(connection)
 
     def run(self, mode: Mode) -> bool:
-        side = self.max_side_spin.value()
-        self.controller.resolution_override = (
-            ResolutionRange(min(512, side), side) if side else None)
+        self.controller.size_limit = self.max_side_spin.value() or None
         return self.controller.start(mode, self.settings())
 
     def recall_selected(self) -> None:
@@ -230,6 +229,17 @@ class AtelierPanel(QWidget):
         if entries != [self.history_list.item(i).text() for i in range(self.history_list.count())]:
             self.history_list.clear()
             self.history_list.addItems(entries)
+
+
+def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        target = ref()
+        if target is not None:
+            target()
+
+    return call
 
 
 def _spin(low: int, high: int, value: int, parent: QWidget) -> QSpinBox:

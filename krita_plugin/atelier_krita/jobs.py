@@ -120,9 +120,9 @@ def plan_job(mode: Mode, settings: JobSettings, canvas: Extent, selection: Optio
         return _plan(mode, region, resolution, "img2img", image=True,
                      clip=selection is not None, tiling=tiling)
     if mode is Mode.DEPTH:
-        estimate = settings.depth_layer is None
-        return _plan(mode, region, resolution, "txt2img", image=estimate, depth=not estimate,
-                     tiling=tiling)
+        if settings.depth_layer is None:  # depth estimated from the canvas: repaint it at strength
+            return _plan(mode, region, resolution, "img2img", image=True, tiling=tiling)
+        return _plan(mode, region, resolution, "txt2img", depth=True, tiling=tiling)
     raise JobRefused(f"unknown mode {mode!r}")
 
 

@@ -1,0 +1,212 @@
+"""The Krita plugin inside real Krita (kritarunner, offscreen) against a real daemon.
+
+One kritarunner process installs the built zip with Krita's own importer and runs
+every scenario in tests/host/krita/atelier_scenarios.py through the plugin's docker
+panel and controller; it writes what it saw to a JSON file, judged here. Without
+Krita the tests skip, except under CI (env CI set), where a missing Krita fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIOS = REPO / "tests" / "host" / "krita"
+WIDTH, HEIGHT = 203, 157
+PREVIEW = "[Atelier preview]"
+ORIGINAL_LAYERS = ("Background", "colour", "square", "depth", "depth_rows")
+
+
+def kritarunner() -> str:
+    path = shutil.which("kritarunner")
+    if path is None:
+        message = ("kritarunner not found: the Krita plugin's host tests need Debian's krita "
+                   "package (apt-get install -y krita python3-pyqt5)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def krita(daemon: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    runner = kritarunner()
+    root = tmp_path_factory.mktemp("krita")
+    built = subprocess.run([sys.executable, str(REPO / "krita_plugin" / "build.py"),
+                            "--out", str(root / "dist")], capture_output=True, text=True,
+                           check=True)
+    zip_path = built.stdout.strip()
+    home = root / "home"
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PYTHON", "VIRTUAL_ENV", "XDG_"))}
+    env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"),
+               XDG_CONFIG_HOME=str(home / "config"), XDG_CACHE_HOME=str(home / "cache"),
+               QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS), PYTHONDONTWRITEBYTECODE="1")
+    results = root / "results.json"
+    dead_url = f"ws://127.0.0.1:{free_port()}/"
+    proc = subprocess.run([runner, "-s", "atelier_scenarios", str(results), zip_path,
+                           daemon.url, dead_url], env=env, cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    log = (proc.stdout + proc.stderr)[-4000:]
+    if not results.exists():
+        pytest.fail(f"kritarunner wrote no results; its output ended with:\n{log}")
+    data = json.loads(results.read_text())
+    data["_log"] = log
+    return data
+
+
+def scenario(krita: dict[str, Any], name: str) -> dict[str, Any]:
+    record = krita.get(name)
+    assert record is not None, f"scenario {name} did not run; log:\n{krita['_log']}"
+    assert record["ok"], f"scenario {name} failed inside Krita:\n{record.get('error')}"
+    return record
+
+
+def only_new(record: dict[str, Any]) -> dict[str, Any]:
+    assert record.get("started", True), record["message"]
+    assert len(record["new"]) == 1, (record["new"], record["message"])
+    return record["new"][0]
+
+
+def test_plugin_installs_from_the_zip_with_its_own_websocket_client(krita):
+    setup = scenario(krita, "setup")
+    assert setup["imported"] == "atelier_krita"
+    assert "/pykrita/atelier_krita/" in setup["package"]
+    # Krita's Python has no websockets: the vendored copy inside the zip is what runs.
+    assert setup["websocket_module"] == "atelier_krita.protocol._vendor.websockets.sync.client"
+
+
+def test_docker_connects_and_lists_models_and_layers(krita):
+    connect = scenario(krita, "connect")
+    assert connect["status"].startswith("connected to ws://127.0.0.1:")
+    assert connect["models"], "the daemon listed no models"
+    assert set(connect["models"]) <= set(connect["model_combo"])
+    assert {"depth", "depth_rows", "colour"} <= set(connect["depth_combo"])
+
+
+def test_generate_button_adds_a_canvas_sized_layer_named_after_prompt_and_seed(krita):
+    record = scenario(krita, "generate_canvas")
+    layer = only_new(record)
+    assert layer["type"] == "paintlayer"
+    assert layer["bounds"] == [0, 0, WIDTH, HEIGHT]     # 96x72 at the model, placed back exactly
+    assert layer["name"] == "a lighthouse at dusk [seed 1234]"
+    assert record["history_rows"] >= 1 and "seed 1234" in record["history"][0]
+
+
+def test_generate_fills_exactly_the_selection_bounds(krita):
+    layer = only_new(scenario(krita, "generate_selection"))
+    assert layer["bounds"] == [31, 40, 61, 45]
+
+
+def test_fill_is_transparent_outside_the_selection_and_leaves_layers_alone(krita):
+    record = scenario(krita, "fill")
+    layer = only_new(record)
+    before, after = record["originals"]
+    assert before == after and set(ORIGINAL_LAYERS) <= set(after)
+    pixels = base64.b64decode(record["pixels"])
+    selection = base64.b64decode(record["selection"])
+    alpha = pixels[3::4]
+    # Disc of radius 22 at (100, 75); grow 4 and feather 3 work on squares, so the mask
+    # reaches 7 pixels along the axes and 7 * sqrt(2) along the diagonals.
+    reach = 22 + 7 * 2 ** 0.5 + 1
+    outside = [i for i in range(WIDTH * HEIGHT)
+               if (i % WIDTH - 100) ** 2 + (i // WIDTH - 75) ** 2 > reach ** 2]
+    assert outside and all(alpha[i] == 0 for i in outside)
+    inside = [i for i, value in enumerate(selection) if value == 255]
+    assert inside and all(alpha[i] == 255 for i in inside)
+    assert layer["bounds"] == [100 - 29, 75 - 29, 59, 59]
+    # The context went up with the mask, at one size.
+    assert record["sent"]["image"] == record["sent"]["mask"]
+
+
+def test_refine_covers_the_canvas(krita):
+    layer = only_new(scenario(krita, "refine"))
+    assert layer["bounds"] == [0, 0, WIDTH, HEIGHT]
+    assert layer["name"] == "oil painting [seed 5]"
+
+
+def test_depth_layer_pixels_reach_the_daemon_and_steer_the_result(krita):
+    record = scenario(krita, "depth")
+    across, down = record["depth"], record["depth_rows"]
+    for outcome in (across, down):
+        layer = only_new(outcome)
+        assert layer["bounds"] == [20, 30, 64, 48]
+        assert outcome["uploaded_size"] == [64, 48]
+    # The painted layer is opaque grey: its luminance is its grey value, sent unscaled.
+    for outcome in (across, down):
+        grey = base64.b64decode(outcome["layer_pixels"])[0::4]
+        assert base64.b64decode(outcome["uploaded"]) == grey
+    # Same prompt and seed, different depth: the daemon used the depth map.
+    assert across["pixels"] != down["pixels"]
+
+
+def test_depth_estimate_without_an_estimator_reports_the_daemons_reason(krita):
+    record = scenario(krita, "depth_estimate")
+    assert record["started"] and record["new"] == []
+    # The test daemon has no local depth-estimation model: the daemon says so and the
+    # plugin shows it (a daemon with one makes a layer instead).
+    assert record["message"].startswith("The daemon answered") and "depth" in record["message"]
+
+
+def test_seamless_texture_covers_the_canvas(krita):
+    layer = only_new(scenario(krita, "seamless"))
+    assert layer["bounds"] == [0, 0, WIDTH, HEIGHT]
+
+
+def test_batch_preview_switches_results_and_apply_keeps_one(krita):
+    record = scenario(krita, "batch")
+    assert record["count"] == 2
+    (preview,) = record["layers"]
+    assert preview["name"].startswith(PREVIEW) and "1/2" in preview["name"]
+    (second,) = record["second"]
+    assert "2/2" in second["name"] and second["sha"] != preview["sha"]
+    assert record["apply_enabled"]
+    (applied,) = record["applied"]
+    assert not applied["name"].startswith(PREVIEW) and applied["name"].startswith("two moons")
+    assert applied["sha"] == second["sha"]              # the result that was shown is kept
+
+
+def test_cancel_leaves_no_stray_layers(krita):
+    record = scenario(krita, "cancel")
+    assert record["started"]
+    assert record["after"] == []
+    assert record["message"] == "cancelled" and record["history_outcome"] == "cancelled"
+
+
+def test_refusals_explain_themselves(krita):
+    record = scenario(krita, "refusals")
+    started, message = record["fill_without_selection"]
+    assert not started and "needs a selection" in message
+    started, message = record["missing_model"]
+    assert not started and "no model named 'no-such-model'" in message
+    started, message = record["sixteen_bit"]
+    assert not started and "RGBA U16" in message and "8-bit" in message
+    assert record["new"] == []
+
+
+def test_stopped_daemon_gives_a_message_and_no_layers(krita):
+    record = scenario(krita, "dead_daemon")
+    assert "atelier serve" in record["status"]
+    assert not record["started"] and "atelier serve" in record["message"]
+    assert record["new"] == []
+
+
+def test_no_preview_layer_is_left_behind(krita):
+    stack = scenario(krita, "final")["stack"]
+    assert not [layer for layer in stack if layer["name"].startswith(PREVIEW)]

@@ -127,7 +127,7 @@ def accelerate_loaded(model: LoadedModel, options: AccelOptions) -> Acceleration
     applied = getattr(model, "accel", None)
     if isinstance(applied, Acceleration):
         return applied
-    return apply_accel(model.pipe, options, model_name=model.name)
+    return apply_accel(model.pipe, options, model_name=model.name, device=model.device)
 
 
 class AtelierRunner:

@@ -15,7 +15,7 @@ from diffusers.models.attention_processor import Attention
 
 from backend.models.store import ModelStore
 from backend.pipelines.accel import (CHANNELS_LAST, CPU_OFFLOAD, FUSE_QKV, PROMPT_CACHE, SDPA,
-                                     VAE_TILING, AccelOptions, Acceleration, apply_accel)
+                                     VAE_TILING, AccelOptions, Acceleration, apply_accel, warm_up)
 from backend.pipelines.tiling import tile_axes, wrapped_convolutions
 
 TOLERANCE = 1e-4          # on pixels in [0, 1]; the levers reorder float sums, nothing more
@@ -92,23 +92,37 @@ def test_other_pipeline_kinds_share_the_levers(plain, accelerated):
                                _generate(plain, None, kind="img2img"), atol=TOLERANCE, rtol=0)
 
 
-def test_compiled_modules_match_plain_as_tiling_switches(plain, atelier_home):
-    # The "eager" backend runs dynamo's graph capture and guards without a C++ toolchain;
-    # the GPU default (inductor) changes the kernels, not the capture being tested here.
+def test_compiled_modules_warm_up_and_match_plain_as_tiling_switches(plain, atelier_home):
+    # A counting backend (torch.compile's documented custom-backend hook) runs dynamo's
+    # graph capture and guards, and shows when a graph is compiled; the GPU default
+    # (inductor) changes the kernels, not the capture tested here.
+    compiled: list[int] = []
+
+    def counting_backend(graph, example_inputs):
+        compiled.append(len(graph.graph.nodes))
+        return graph.forward
+
     store = _store(atelier_home)
     options = AccelOptions(fuse_qkv=True, compile_unet=True, compile_vae_decode=True,
-                           compile_backend="eager")
+                           compile_backend=counting_backend)
     accel = apply_accel(store.current.pipe, options, model_name="tiny")
     assert {"compile_unet", "compile_vae_decode"} <= set(accel.applied)
-    for tiling in ("none", "both", "none"):   # back to a graph compiled before
+    assert warm_up(store.current.pipe, accel, SIZE, SIZE, tilings=("none", "both")) == 2
+    after_warm_up = len(compiled)
+    assert after_warm_up > 0
+    for tiling in ("none", "both", "none"):
         np.testing.assert_allclose(_generate(store, accel, tiling, steps=2, batch=1),
                                    _generate(plain, None, tiling, steps=2, batch=1),
                                    atol=TOLERANCE, rtol=0, err_msg=f"tiling={tiling}")
+    assert len(compiled) == after_warm_up   # jobs reuse the graphs compiled at load
+    assert warm_up(plain.current.pipe, apply_accel(plain.current.pipe, AccelOptions.plain(),
+                                                   model_name="tiny"), SIZE, SIZE) == 0
 
 
 def test_prompt_cache_reuses_and_evicts(accelerated):
     store, _ = accelerated
-    accel = apply_accel(store.current.pipe, AccelOptions(sdpa=False, prompt_cache_size=2), "tiny")
+    accel = apply_accel(store.current.pipe, AccelOptions(sdpa=False, prompt_cache_size=2),
+                        model_name="tiny")
     cache = accel.prompt_cache
     pipe = store.pipeline("txt2img")
     first = accel.prompt_kwargs(pipe, "a cat", None, guidance=True)
@@ -136,7 +150,7 @@ def test_prompt_cache_on_sdxl_gives_the_plain_pixels(atelier_home):
 
 def test_plain_options_change_nothing_and_gpu_levers_say_why_not(atelier_home):
     store = _store(atelier_home)
-    assert apply_accel(store.current.pipe, AccelOptions.plain(), "tiny").applied == ()
+    assert apply_accel(store.current.pipe, AccelOptions.plain(), model_name="tiny").applied == ()
     cpu = AccelOptions.for_device("cpu")
     assert not (cpu.compile_unet or cpu.channels_last or cpu.cpu_offload)
     gpu = AccelOptions.for_device("cuda")
@@ -144,7 +158,8 @@ def test_plain_options_change_nothing_and_gpu_levers_say_why_not(atelier_home):
     low = AccelOptions.for_device("cuda", low_memory=True)
     assert low.cpu_offload and low.vae_tiling and not (low.fuse_qkv or low.compile_unet)
 
-    accel = apply_accel(store.current.pipe, AccelOptions(cpu_offload=True, vae_tiling=True), "tiny")
+    accel = apply_accel(store.current.pipe, AccelOptions(cpu_offload=True, vae_tiling=True),
+                        model_name="tiny", device="cpu")
     assert "GPU" in accel.skipped[CPU_OFFLOAD]
     assert VAE_TILING in accel.applied and store.current.pipe.vae.use_tiling
 

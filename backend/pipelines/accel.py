@@ -9,10 +9,12 @@ The levers act on the shared component modules (UNet, VAE), so every pipeline ki
 built from the base pipeline with ``from_pipe`` inherits them, and compiled modules are
 compiled in place (``nn.Module.compile``), so they stay the objects ``from_pipe`` shares.
 
-    accel = apply_accel(pipe, AccelOptions.for_device("cuda"), model_name="sdxl-base")
+    accel = apply_accel(pipe, AccelOptions.for_device("cuda"), model_name="sdxl-base",
+                        device="cuda")
     accel.applied            # ("sdpa", "channels_last", "fuse_qkv", ...)
     accel.skipped            # {"cpu_offload": "needs a GPU", ...}
-    kwargs = accel.prompt_kwargs(pipe, prompt, negative_prompt, guidance=True)
+    kwargs = accel.prompt_kwargs(pipe, prompt, negative_prompt,
+                                 guidance=classifier_free_guidance(pipe, guidance_scale))
     pipe(**kwargs, ...)      # instead of prompt=/negative_prompt=
 """
 
@@ -23,7 +25,7 @@ import dataclasses
 import importlib.util
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 from diffusers import DiffusionPipeline
@@ -52,7 +54,7 @@ class AccelOptions:
     compile_unet: bool = False        # torch.compile the UNet in place
     compile_vae_decode: bool = False  # torch.compile the VAE decoder in place
     compile_mode: str = "default"     # torch.compile mode ("max-autotune-no-cudagraphs", ...)
-    compile_backend: str = "inductor"
+    compile_backend: Union[str, Callable[..., Any]] = "inductor"   # any torch.compile backend
     cpu_offload: bool = False         # low memory: components on the GPU only while they run
     vae_tiling: bool = False          # low memory: decode large images tile by tile
     attention_slicing: bool = False   # low memory: attention in slices (slower with SDPA)
@@ -183,17 +185,19 @@ def _modules(pipe: DiffusionPipeline, *names: str) -> list[tuple[str, nn.Module]
     return found
 
 
-def apply_accel(pipe: DiffusionPipeline, options: AccelOptions, model_name: str) -> Acceleration:
-    """Apply ``options`` to ``pipe`` (already on its device, as the model store leaves it).
+def apply_accel(pipe: DiffusionPipeline, options: AccelOptions, *, model_name: str,
+                device: Optional[str] = None) -> Acceleration:
+    """Apply ``options`` to a freshly loaded ``pipe`` and leave it ready on ``device``
+    (default: where it is). Call once per loaded model, on the worker thread, before the
+    first job; for CPU offload pass the pipeline still on the CPU, so the whole model
+    never has to fit on the GPU at once.
 
-    Call once per loaded model, on the worker thread, before the first job. Levers that
-    cannot apply here (no GPU, no ``accelerate``, no attention in a module) are listed in
-    ``skipped`` with the reason instead of failing the load."""
+    Levers that cannot apply here (no GPU, no ``accelerate``, no attention in a module)
+    are listed in ``skipped`` with the reason instead of failing the load."""
+    device = device or str(pipe.device)
     applied: list[str] = []
     skipped: dict[str, str] = {}
-    on_gpu = pipe.device.type == "cuda"
-    denoisers = _modules(pipe, "unet", "controlnet")
-    convnets = _modules(pipe, "unet", "vae", "controlnet")
+    _place(pipe, options, device, applied, skipped)
 
     if options.sdpa:
         if not hasattr(nn.functional, "scaled_dot_product_attention"):
@@ -215,7 +219,7 @@ def apply_accel(pipe: DiffusionPipeline, options: AccelOptions, model_name: str)
             skipped[FUSE_QKV] = "no module with attention to fuse"
 
     if options.channels_last:
-        for _, module in convnets:
+        for _, module in _modules(pipe, "unet", "vae", "controlnet"):
             module.to(memory_format=torch.channels_last)
         applied.append(CHANNELS_LAST)
 
@@ -231,18 +235,8 @@ def apply_accel(pipe: DiffusionPipeline, options: AccelOptions, model_name: str)
         else:
             skipped[VAE_TILING] = "this VAE cannot decode in tiles"
 
-    if options.cpu_offload:
-        if not on_gpu:
-            skipped[CPU_OFFLOAD] = f"needs a GPU (the pipeline is on {pipe.device.type})"
-        elif importlib.util.find_spec("accelerate") is None:
-            skipped[CPU_OFFLOAD] = "needs the accelerate package (pip install accelerate)"
-        else:
-            gpu = pipe.device
-            pipe.enable_model_cpu_offload(device=gpu)
-            applied.append(CPU_OFFLOAD)
-
     if options.compile_unet or options.compile_vae_decode:
-        _compile(pipe, options, denoisers, applied, skipped)
+        _compile(pipe, options, applied, skipped)
 
     cache = PromptCache(model_name, options.prompt_cache_size) if options.prompt_cache_size else None
     if cache is not None:
@@ -250,12 +244,57 @@ def apply_accel(pipe: DiffusionPipeline, options: AccelOptions, model_name: str)
     return Acceleration(options, tuple(applied), skipped, cache)
 
 
+def _place(pipe: DiffusionPipeline, options: AccelOptions, device: str, applied: list[str],
+           skipped: dict[str, str]) -> None:
+    """Model CPU offload when asked and possible, else every module on ``device``."""
+    if options.cpu_offload:
+        if not device.startswith("cuda"):
+            skipped[CPU_OFFLOAD] = f"needs a GPU (the model runs on {device})"
+        elif importlib.util.find_spec("accelerate") is None:
+            skipped[CPU_OFFLOAD] = "needs the accelerate package (pip install accelerate)"
+        else:
+            pipe.enable_model_cpu_offload(device=device)
+            applied.append(CPU_OFFLOAD)
+            return
+    if str(pipe.device) != device:
+        pipe.to(device)
+
+
+def classifier_free_guidance(pipe: DiffusionPipeline, guidance_scale: float) -> bool:
+    """Whether ``pipe`` will run classifier-free guidance at ``guidance_scale`` (the rule
+    of the diffusers SD/SDXL pipelines; guidance-distilled UNets embed it instead)."""
+    unet = getattr(pipe, "unet", None)
+    distilled = unet is not None and getattr(unet.config, "time_cond_proj_dim", None) is not None
+    return guidance_scale > 1 and not distilled
+
+
+def warm_up(pipe: DiffusionPipeline, accel: Acceleration, width: int, height: int,
+            batches: tuple[int, ...] = (1,), tilings: tuple[str, ...] = ("none",)) -> int:
+    """Run two-step jobs so compiled modules compile at model load, not in the first
+    user's job: one per batch size and tiling mode the daemon expects to serve
+    (``tiling.tile_axes`` names). Returns the number of warm-up calls; 0 when nothing
+    was compiled."""
+    from .tiling import tile_axes, wrapped_convolutions
+
+    if not {COMPILE_UNET, COMPILE_VAE_DECODE} & set(accel.applied):
+        return 0
+    calls = 0
+    for tiling in tilings:
+        for batch in batches:
+            with wrapped_convolutions([getattr(pipe, "unet", None), getattr(pipe, "vae", None)],
+                                      tile_axes(tiling)), torch.no_grad():
+                latents = pipe(prompt="", num_inference_steps=2, width=width, height=height,
+                               num_images_per_prompt=batch, output_type="latent").images
+                pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
+            calls += 1
+    return calls
+
+
 def _has_attention(module: nn.Module) -> bool:
     return bool(getattr(module, "attn_processors", None))
 
 
-def _compile(pipe: DiffusionPipeline, options: AccelOptions,
-             denoisers: list[tuple[str, nn.Module]], applied: list[str],
+def _compile(pipe: DiffusionPipeline, options: AccelOptions, applied: list[str],
              skipped: dict[str, str]) -> None:
     # In place, so the module objects from_pipe shares between pipeline kinds stay the same.
     # The tiling hooks (tiling.wrapped_convolutions) are guarded by dynamo: switching
@@ -267,7 +306,7 @@ def _compile(pipe: DiffusionPipeline, options: AccelOptions,
         if options.cpu_offload and CPU_OFFLOAD in applied:
             skipped[COMPILE_UNET] = "not combined with CPU offload (it moves weights every job)"
         else:
-            for _, module in denoisers:
+            for _, module in _modules(pipe, "unet", "controlnet"):
                 module.compile(**settings)
             applied.append(COMPILE_UNET)
     if options.compile_vae_decode:

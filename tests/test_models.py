@@ -80,6 +80,17 @@ def test_pipeline_kinds_share_components(store):
     assert "txt2img, img2img, inpaint" in err.value.message
 
 
+def test_switching_kinds_keeps_the_store_dtype(home):
+    # from_pipe casts the shared modules to fp32 unless told otherwise: a half-precision
+    # model on a GPU would silently double its memory on the first img2img job.
+    store = ModelStore("cpu", torch.bfloat16, home, search_dirs=[], hf_cache=home / "no-hf-cache")
+    model = store.load("tiny")
+    assert model.pipe.unet.dtype == torch.bfloat16
+    store.pipeline("img2img")
+    store.pipeline("inpaint")
+    assert model.pipe.unet.dtype == torch.bfloat16 and model.pipe.vae.dtype == torch.bfloat16
+
+
 def test_tiny_txt2img_and_img2img_run_64px(store):
     store.load("tiny")
     image = store.pipeline("txt2img")(

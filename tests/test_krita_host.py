@@ -109,6 +109,15 @@ def test_generate_button_adds_a_canvas_sized_layer_named_after_prompt_and_seed(k
     assert record["history_rows"] >= 1 and "seed 1234" in record["history"][0]
 
 
+def test_history_recalls_and_reruns_a_job_to_the_same_pixels(krita):
+    record = scenario(krita, "rerun")
+    assert record["recalled"] == "a lighthouse at dusk"
+    again = only_new(record)
+    (first,) = record["first"]
+    assert again["name"] == first["name"] and again["bounds"] == first["bounds"]
+    assert again["sha"] == first["sha"]        # same request and seed: same pixels
+
+
 def test_generate_fills_exactly_the_selection_bounds(krita):
     layer = only_new(scenario(krita, "generate_selection"))
     assert layer["bounds"] == [31, 40, 61, 45]

@@ -79,6 +79,24 @@ def is_empty_mask(mask: bytes) -> bool:
     return mask.count(0) == len(mask)
 
 
+# Bytes widened to 16-bit lanes of one Python int, so a whole image's per-pixel maximum
+# is a handful of big-integer operations (which run in C) instead of a call per pixel.
+def _to_lanes(data: bytes) -> int:
+    wide = bytearray(2 * len(data))
+    wide[0::2] = data
+    return int.from_bytes(wide, "little")
+
+
+def _from_lanes(value: int, count: int) -> bytes:
+    return value.to_bytes(2 * count, "little")[0::2]
+
+
+def _lanes_max(a: int, b: int, low: int, guard: int) -> int:
+    # (a + 256 - b) never borrows from the next lane; bit 8 stays set exactly where a >= b.
+    a_wins = ((((a | guard) - b) & guard) >> 8) * 255
+    return (a & a_wins) | (b & (a_wins ^ low))
+
+
 def _rows_max(data: bytes, extent: Extent, radius: int) -> bytes:
     """Each pixel becomes the maximum of its row within ``radius`` pixels."""
     w, h = extent.width, extent.height
@@ -86,15 +104,19 @@ def _rows_max(data: bytes, extent: Extent, radius: int) -> bytes:
     stride = w + 2 * radius
     # Padding every row with zeros keeps windows from reaching into the next row.
     buf = b"".join(pad + data[y * w:(y + 1) * w] + pad for y in range(h))
+    count = len(buf)
+    low = int.from_bytes(b"\xff\x00" * count, "little")
+    guard = int.from_bytes(b"\x00\x01" * count, "little")
+    lanes = _to_lanes(buf)
     window = 2 * radius + 1
     span = 1
     while span * 2 <= window:  # max over [i, i + 2 span) from [i, i + span), doubling
-        buf = bytes(map(max, buf, buf[span:] + bytes(span)))
+        lanes = _lanes_max(lanes, lanes >> (16 * span), low, guard)
         span *= 2
     if span < window:
-        rest = window - span
-        buf = bytes(map(max, buf, buf[rest:] + bytes(rest)))
-    return b"".join(buf[y * stride:y * stride + w] for y in range(h))
+        lanes = _lanes_max(lanes, lanes >> (16 * (window - span)), low, guard)
+    out = _from_lanes(lanes, count)
+    return b"".join(out[y * stride:y * stride + w] for y in range(h))
 
 
 def grow(mask: bytes, extent: Extent, radius: int) -> bytes:

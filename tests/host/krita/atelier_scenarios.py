@@ -261,6 +261,20 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
 
     run.scenario("generate_canvas", generate_canvas)
 
+    def rerun_from_history() -> dict[str, Any]:
+        before = layer_stack(doc)
+        panel.refresh()
+        panel.history_list.setCurrentRow(0)
+        panel.prompt_edit.setPlainText("something else")
+        panel.recall_button.click()                      # fields back to the job's settings
+        recalled = panel.prompt_edit.toPlainText()
+        panel.rerun_button.click()
+        pump_until(controller, lambda: not controller.busy, "the re-run")
+        return {"recalled": recalled, "message": controller.message, "new": new_layers(before),
+                "first": run.results["generate_canvas"].get("new", [])}
+
+    run.scenario("rerun", rerun_from_history)
+
     def generate_selection() -> dict[str, Any]:
         select_rect(doc, 31, 40, 61, 45)
         return run_job(Mode.GENERATE, base)

@@ -349,3 +349,44 @@ def visible_faces(scene: bpy.types.Scene, depsgraph: Any, obj: bpy.types.Object,
         if found:
             hits[i] = float(np.linalg.norm(np.array(location) - start))
     return candidates & projection.unoccluded(hits, dists)
+
+
+def own_uv_map(obj: bpy.types.Object) -> Optional[str]:
+    """The UV map the object renders with, other than a projection map; None if it has none."""
+    layers = [layer for layer in obj.data.uv_layers
+              if not layer.name.startswith(PROJECTION_UV_NAME)]
+    for layer in layers:
+        if layer.active_render:
+            return layer.name
+    return layers[0].name if layers else None
+
+
+def bake_projection(obj: bpy.types.Object, image: bpy.types.Image, projection_uv: str,
+                    faces: np.ndarray, name: str) -> bpy.types.Image:
+    """A new image in the object's own UV layout holding the projected ``image`` on
+    ``faces`` (transparent elsewhere); the object and its materials are not changed."""
+    target_uv = own_uv_map(obj)
+    if target_uv is None:
+        raise HostError(f"'{obj.name}' has no UV map of its own to bake the projection into")
+    mesh = obj.data
+    mesh.calc_loop_triangles()
+    count = len(mesh.loop_triangles)
+    loops = np.empty(count * 3, dtype=np.int64)
+    mesh.loop_triangles.foreach_get("loops", loops)
+    polys = np.empty(count, dtype=np.int64)
+    mesh.loop_triangles.foreach_get("polygon_index", polys)
+    chosen = loops.reshape(-1, 3)[np.asarray(faces, dtype=bool)[polys]]
+
+    def uvs(layer_name: str) -> np.ndarray:
+        flat = np.empty(len(mesh.loops) * 2, dtype=np.float64)
+        mesh.uv_layers[layer_name].data.foreach_get("uv", flat)
+        return flat.reshape(-1, 2)[chosen]
+
+    width, height = image.size
+    source = _float_pixels(image).reshape(height, width, 4)
+    baked = projection.bake_triangles(uvs(target_uv), uvs(projection_uv), source[..., :3],
+                                      width, height)
+    result = new_image(name, width, height)
+    result.pixels.foreach_set(baked.astype(np.float32).reshape(-1))
+    result.update()
+    return result

@@ -164,6 +164,10 @@ class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
     bl_idname = "atelier.project_texture"
     bl_label = "Project Texture"
 
+    bake: BoolProperty(name="Bake to UVs", default=False, options={"SKIP_SAVE"},
+                       description="Also bake the projection into each object's own UV "
+                                   "layout as a new image")
+
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene = context.scene
         targets = [o for o in context.selected_objects if o.type == "MESH"]
@@ -184,13 +188,16 @@ class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
         except (ProtocolError, ClientError, host.HostError) as exc:
             return self.report_failure(exc)
 
+        bake = self.bake or scene.atelier.bake_projection
+
         def project(job: Job, images: list[Any]) -> None:
-            _project(images[0], faces, view, proj)
+            _project(job, images[0], faces, view, proj, bake)
 
         return self.send(context, "Project Texture", request, [depth], project)
 
 
-def _project(image: Any, faces: dict[str, np.ndarray], view: list, proj: list) -> None:
+def _project(job: Job, image: Any, faces: dict[str, np.ndarray], view: list, proj: list,
+             bake: bool) -> None:
     for name, mask in faces.items():
         obj = bpy.data.objects.get(name)
         if obj is None:
@@ -201,6 +208,10 @@ def _project(image: Any, faces: dict[str, np.ndarray], view: list, proj: list) -
         uv_name = host.add_projection_uvs(obj, view, proj)
         material = host.new_image_material(image.name, image, uv_map=uv_name)
         host.assign_material(obj, material, replace=False, faces=mask)
+        if bake:
+            baked = host.bake_projection(obj, image, uv_name, mask, f"{image.name} {name}")
+            baked[settings.RECORD_KEY] = {**image[settings.RECORD_KEY].to_dict(), "baked_for": name}
+            job.image_names.append(baked.name)
 
 
 class ATELIER_OT_cancel(bpy.types.Operator):

@@ -41,7 +41,9 @@ def _draw_actions(layout: bpy.types.UILayout, props: bpy.types.PropertyGroup) ->
     row = col.row(align=True)
     row.operator("atelier.render_to_image", icon="RENDER_STILL")
     row.prop(props, "use_depth", text="", icon="MOD_DISPLACE")
-    col.operator("atelier.project_texture", icon="MOD_UVPROJECT")
+    row = col.row(align=True)
+    row.operator("atelier.project_texture", icon="MOD_UVPROJECT")
+    row.prop(props, "bake_projection", text="", icon="RENDER_RESULT")
     col.prop(props, "control_scale", slider=True)
 
 

@@ -101,6 +101,9 @@ class AtelierSettings(bpy.types.PropertyGroup):
     apply_to_object: BoolProperty(name="Apply to Active Object", default=False,
                                   description="Put the generated texture on the active "
                                               "object's material (in a new material slot)")
+    bake_projection: BoolProperty(name="Bake to UVs", default=False,
+                                  description="Project Texture also bakes the projection into "
+                                              "each object's own UV layout as a new image")
     history: CollectionProperty(type=AtelierHistoryItem)
     history_index: IntProperty(default=0)
 

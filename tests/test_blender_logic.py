@@ -226,6 +226,40 @@ def test_occlusion_compares_first_hit_with_face_distance() -> None:
     assert projection.unoccluded(hits, faces).tolist() == [True, True, False, True]
 
 
+def test_bilinear_sampling_hits_texel_centres_and_clamps() -> None:
+    image = np.arange(2 * 4, dtype=np.float32).reshape(2, 4, 1)   # row 0 at v = 0
+    uv = np.array([[0.125, 0.25], [0.25, 0.25], [0.125, 0.75], [-1.0, 2.0]])
+    assert projection.sample_bilinear(image, uv)[:, 0].tolist() == \
+        pytest.approx([0.0, 0.5, 4.0, 4.0])
+
+
+def test_bake_copies_a_projected_square_into_another_layout() -> None:
+    # Source: 8x8 image whose texel (row, col) holds row * 8 + col.
+    source = np.arange(64, dtype=np.float32).reshape(8, 8, 1)
+    # Target: the left half of a 16x8 texture; source: the whole projected image.
+    tgt_square = np.array([[0, 0], [0.5, 0], [0.5, 1], [0, 1]])
+    src_square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]])
+    tris = [(0, 1, 2), (0, 2, 3)]
+    baked = projection.bake_triangles(tgt_square[tris], src_square[tris], source, 16, 8,
+                                      padding=2)
+    assert baked.shape == (8, 16, 2)
+    # Texel centres line up one to one: the left half is the source, unchanged.
+    assert baked[:, :8, 0] == pytest.approx(source[..., 0])
+    assert baked[:, :8, 1].min() == 1.0
+    # Padding: two more columns covered with the edge's values; beyond them nothing.
+    assert baked[:, 8:10, 1].min() == 1.0 and baked[:, 8, 0] == pytest.approx(source[:, 7, 0])
+    assert baked[:, 10:, 1].max() == 0.0 and baked[:, 10:, 0].max() == 0.0
+
+
+def test_bake_skips_degenerate_and_offscreen_triangles() -> None:
+    source = np.ones((4, 4, 1), dtype=np.float32)
+    flat = np.array([[[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]]])           # zero area
+    away = np.array([[[2.0, 2.0], [3.0, 2.0], [2.0, 3.0]]])           # outside 0..1
+    for tri in (flat, away):
+        baked = projection.bake_triangles(tri, tri, source, 8, 8, padding=0)
+        assert baked[..., 1].max() == 0.0
+
+
 # ------------------------------------------------------------------ build
 
 def test_build_zip_vendors_protocol_and_websockets(tmp_path: Path) -> None:

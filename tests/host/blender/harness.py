@@ -109,7 +109,8 @@ def add_cube(scene: bpy.types.Scene, name: str, location: tuple[float, float, fl
     import bmesh
     mesh = bpy.data.meshes.new(name)
     bm = bmesh.new()
-    bmesh.ops.create_cube(bm, size=size)
+    bm.loops.layers.uv.new("UVMap")
+    bmesh.ops.create_cube(bm, size=size, calc_uvs=True)
     bm.to_mesh(mesh)
     bm.free()
     obj = bpy.data.objects.new(name, mesh)
@@ -124,7 +125,8 @@ def add_grid(scene: bpy.types.Scene, name: str, location: tuple[float, float, fl
     import bmesh
     mesh = bpy.data.meshes.new(name)
     bm = bmesh.new()
-    bmesh.ops.create_grid(bm, x_segments=cuts, y_segments=cuts, size=size / 2)
+    bm.loops.layers.uv.new("UVMap")
+    bmesh.ops.create_grid(bm, x_segments=cuts, y_segments=cuts, size=size / 2, calc_uvs=True)
     bmesh.ops.rotate(bm, verts=bm.verts, cent=(0, 0, 0),
                      matrix=mathutils.Matrix.Rotation(math.pi / 2, 3, "X"))
     bm.to_mesh(mesh)

@@ -198,6 +198,46 @@ def _ray_hits_box(origin: np.ndarray, target: np.ndarray, lo: np.ndarray, hi: np
     return t0 <= t1
 
 
+def _bilinear(rows: np.ndarray, u: float, v: float) -> np.ndarray:
+    h, w = rows.shape[:2]
+    x, y = min(max(u * w - 0.5, 0), w - 1), min(max(v * h - 0.5, 0), h - 1)
+    x0, y0 = int(x), int(y)
+    x1, y1 = min(x0 + 1, w - 1), min(y0 + 1, h - 1)
+    fx, fy = x - x0, y - y0
+    top = rows[y0, x0] * (1 - fx) + rows[y0, x1] * fx
+    return top * (1 - fy) + (rows[y1, x0] * (1 - fx) + rows[y1, x1] * fx) * fy
+
+
+def _check_bake(scene, cam, obj, baked, source, new_slot: int, check_hidden: bool) -> None:
+    """At the texel nearest each triangle's centre in the object's own UVs: faces that got
+    the projection hold the generated image as the camera saw that point; others are empty."""
+    from bpy_extras.object_utils import world_to_camera_view
+    from mathutils import Vector
+    from mathutils.geometry import barycentric_transform
+    mesh = obj.data
+    assert tuple(baked.size) == tuple(source.size)
+    w, h = baked.size
+    got, src = image_rows(baked), image_rows(source)
+    own = mesh.uv_layers["UVMap"]
+    mesh.calc_loop_triangles()
+    for tri in mesh.loop_triangles:
+        uvs = [own.data[i].uv.to_3d() for i in tri.loops]
+        corners = [obj.matrix_world @ mesh.vertices[mesh.loops[i].vertex_index].co
+                   for i in tri.loops]
+        centre = (uvs[0] + uvs[1] + uvs[2]) / 3
+        col, row = int(centre.x * w), int(centre.y * h)
+        texel = Vector(((col + 0.5) / w, (row + 0.5) / h, 0.0))
+        if mesh.polygons[tri.polygon_index].material_index == new_slot:
+            world = barycentric_transform(texel, *uvs, *corners)
+            u, v, _ = world_to_camera_view(scene, cam, world)
+            expected = _bilinear(src, u, v)[:3]
+            assert got[row, col, 3] == 1.0, (obj.name, tri.index)
+            assert np.abs(got[row, col, :3] - expected).max() < 2.5 / 255, \
+                (obj.name, tri.index, got[row, col], expected)
+        elif check_hidden:
+            assert got[row, col, 3] == 0.0, (obj.name, tri.index, got[row, col])
+
+
 def scenario_project(module, url: str) -> None:
     """Project texture: depth of the selected objects only, UVs from the camera, material on
     the faces that see the camera and nothing else."""
@@ -215,7 +255,7 @@ def scenario_project(module, url: str) -> None:
     harness.settings(scene, prompt="mossy stones", steps=4, width=SIZE, height=SIZE,
                      random_seed=False, seed=3)
     before = snapshot()
-    assert bpy.ops.atelier.project_texture() == {"FINISHED"}
+    assert bpy.ops.atelier.project_texture(bake=True) == {"FINISHED"}
     job = last_job(session)
 
     depth = depth_upload(job)
@@ -229,10 +269,13 @@ def scenario_project(module, url: str) -> None:
     session.pump_until_idle(JOB_TIMEOUT)
     assert job.state.name == "DONE", job.progress_text
     made = new_datablocks(before)
-    assert made["images"] == set(job.image_names) and len(made["images"]) == 1, made
+    # The generated image, and one bake per object into its own UV layout.
+    assert made["images"] == set(job.image_names) and len(made["images"]) == 3, made
     assert len(made["materials"]) == 2, made   # one per projected object
     image = bpy.data.images[job.image_names[0]]
-    assert len(other.material_slots) == 0 and len(other.data.uv_layers) == 0
+    baked = {bpy.data.images[n]["atelier"]["baked_for"]: bpy.data.images[n]
+             for n in job.image_names[1:]}
+    assert len(other.material_slots) == 0 and len(other.data.uv_layers) == 1   # its own
 
     origin = np.array(cam.location)
     boxes = [(np.array(o.location) - s / 2, np.array(o.location) + s / 2)
@@ -258,6 +301,8 @@ def scenario_project(module, url: str) -> None:
             expect = facing and not hidden
             assert (poly.material_index == new_slot) == expect, (obj.name, poly.index, centre,
                                                                   facing, hidden)
+        _check_bake(scene, cam, obj, baked[obj.name], image, new_slot,
+                    check_hidden=obj is front)
     # The cube: only its front face sees the camera; the rest keep the user's paint.
     assert sorted(p.material_index for p in front.data.polygons) == [0] * 5 + [1]
     assert front.material_slots[0].material == paint

@@ -97,3 +97,14 @@ def test_composite_keeps_bytes_where_the_mask_is_zero():
     assert np.all(out[6:10, 6:10, 3] == 255)                 # repainted pixels are opaque
     expected = np.rint(base[5, 5, :3] + (generated[1, 1].astype(np.float32) - base[5, 5, :3]) * 0.5)
     assert np.array_equal(out[5, 5, :3], expected.astype(np.uint8))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_prepare_mask_on_the_mask_region_equals_the_whole_image(seed):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((60, 70), np.uint8)
+    y, x = rng.integers(0, 60), rng.integers(0, 70)
+    mask[y:y + rng.integers(1, 20), x:x + rng.integers(1, 20)] = rng.integers(1, 256)
+    grow, feather = int(rng.integers(0, 10)), int(rng.integers(0, 12))
+    assert np.array_equal(prepare_mask(mask, grow, feather),
+                          feather_mask(grow_mask(mask, grow), feather))

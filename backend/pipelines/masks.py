@@ -59,8 +59,22 @@ def feather_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def prepare_mask(mask: np.ndarray, grow: int, feather: int) -> np.ndarray:
-    """A GRAY8 mask grown then feathered, as float32 in [0, 1]."""
-    return feather_mask(grow_mask(mask, grow), feather)
+    """A GRAY8 mask grown then feathered, as float32 in [0, 1].
+
+    Only the part of the image the grown and feathered mask can reach is processed (the
+    rest stays 0), which keeps a small selection on a large canvas cheap."""
+    out = np.zeros(mask.shape, np.float32)
+    bounds = mask_bounds(mask)
+    if bounds is None:
+        return out
+    # One spare pixel so that the edge the blur replicates is a zero, as in the full image.
+    reach = grow + math.ceil(feather / 2) + 1
+    height, width = mask.shape
+    region = Box(max(0, bounds.x - reach), max(0, bounds.y - reach), 0, 0)
+    region = Box(region.x, region.y, min(width, bounds.right + reach) - region.x,
+                 min(height, bounds.bottom + reach) - region.y)
+    out[region.slices()] = feather_mask(grow_mask(mask[region.slices()], grow), feather)
+    return out
 
 
 def mask_bounds(mask: np.ndarray) -> Optional[Box]:
@@ -121,12 +135,25 @@ def _max_filter(values: np.ndarray, radius: int, axis: int) -> np.ndarray:
 
 
 def _box_blur(values: np.ndarray, radius: int, axis: int) -> np.ndarray:
-    """Mean over ``[i - radius, i + radius]`` along ``axis``, the border replicated."""
+    """Mean over ``[i - radius, i + radius]`` along ``axis``, the border replicated.
+
+    Differences of a running sum; the running sum starts with a 0, so that window i is
+    ``sums[i + window] - sums[i]``. Sums are float64: a window of zeros gives exactly 0."""
     if radius <= 0:
         return values
-    moved = np.moveaxis(values, axis, 0).astype(np.float64)
-    n, window = moved.shape[0], 2 * radius + 1
-    padded = np.concatenate([np.repeat(moved[:1], radius, 0), moved, np.repeat(moved[-1:], radius, 0)])
-    sums = np.concatenate([np.zeros((1,) + moved.shape[1:]), np.cumsum(padded, axis=0)])
-    result = (sums[window:window + n] - sums[:n]) / window
-    return np.moveaxis(result, 0, axis).astype(np.float32)
+    n, window = values.shape[axis], 2 * radius + 1
+    widths = [(0, 0)] * values.ndim
+    widths[axis] = (radius + 1, radius)
+    padded = np.pad(values.astype(np.float64), widths, mode="edge")
+    padded[_along(axis, values.ndim, slice(0, 1))] = 0.0
+    sums = np.cumsum(padded, axis=axis)
+    windows = sums[_along(axis, values.ndim, slice(window, window + n))] \
+        - sums[_along(axis, values.ndim, slice(0, n))]
+    return (windows / window).astype(np.float32)
+
+
+def _along(axis: int, ndim: int, part: slice) -> tuple[slice, ...]:
+    """An index taking ``part`` along ``axis`` and everything along the others."""
+    index = [slice(None)] * ndim
+    index[axis] = part
+    return tuple(index)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
+from diffusers import ControlNetModel
 
+from backend.generation import GenerationOutput
+from backend.models.store import ModelStore
 from backend.pipelines.depth import (
     FOREGROUND_FLOOR,
     control_tensor,
@@ -12,9 +18,10 @@ from backend.pipelines.depth import (
     find_depth_model,
     nearness,
 )
+from backend.pipelines.generator import DiffusionGenerator
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
-from protocol.messages import DepthInput
+from protocol.messages import ControlSettings, DepthInput, GenerateRequest
 
 BLENDER_BACKGROUND = 1e10
 
@@ -103,7 +110,6 @@ def test_estimation_without_a_local_depth_model_says_how_to_get_one(tmp_path):
 
 def _tiny_dpt(folder):
     """A random-weight DPT small enough to build in a test, saved like a downloaded one."""
-    import torch
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
     torch.manual_seed(0)
     config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
@@ -123,3 +129,189 @@ def test_estimator_from_a_local_folder_gives_a_nearness_map(tmp_path):
     near = DepthEstimator(folder).estimate(rgb)
     assert near.shape == (40, 56) and near.dtype == np.float32
     assert near.min() == 0.0 and near.max() == 1.0
+
+
+# ------------------------------------------------------- through the generator
+
+SIZE = 64
+JOB = dict(prompt="a stone wall", width=SIZE, height=SIZE, steps=3, seed=11, scheduler="euler")
+
+
+def _store(home, name: str) -> ModelStore:
+    store = ModelStore("cpu", torch.float32, home, search_dirs=[], hf_cache=home / "no-hf-cache")
+    store.load(name)
+    return store
+
+
+def _live_controlnet(store: ModelStore, tiny_name: str, dest):
+    """The built-in tiny ControlNet with its zero-initialised output convolutions given
+    random weights: a fresh ControlNet adds exactly nothing, which would make every
+    "the depth has an effect" assertion vacuous."""
+    controlnet = ControlNetModel.from_pretrained(str(store.resolve(tiny_name).path))
+    generator = torch.Generator().manual_seed(5)
+    zero_initialised = [controlnet.controlnet_cond_embedding.conv_out,
+                        *controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+    with torch.no_grad():
+        for conv in zero_initialised:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.3)
+    controlnet.save_pretrained(dest, safe_serialization=True)
+    return str(dest)
+
+
+@pytest.fixture(scope="module")
+def sd15(atelier_home, tmp_path_factory):
+    store = _store(atelier_home, "tiny")
+    folder = _live_controlnet(store, "tiny-controlnet", tmp_path_factory.mktemp("cn") / "sd15")
+    return store, DiffusionGenerator(store), folder
+
+
+def _run(generator: DiffusionGenerator, job: GenerateRequest, *uploads: ImageFrame) -> GenerationOutput:
+    return generator.generate(job, {u.id: u for u in uploads}, lambda *a: None, lambda: False)
+
+
+def _image(output: GenerationOutput, index: int = 0) -> np.ndarray:
+    pixels = output.images[index].pixels
+    return np.frombuffer(pixels.rgba, np.uint8).reshape(pixels.height, pixels.width, 4)
+
+
+def _near_top_depth() -> ImageFrame:
+    """Something near in the top quarter, a far wall below, empty background at the bottom."""
+    distance = np.full((40, 24), 20.0, np.float32)
+    distance[:10] = 5.0
+    distance[-8:] = BLENDER_BACKGROUND
+    return float_frame(distance)
+
+
+def _rgba_upload(seed: int = 0) -> ImageFrame:
+    pixels = np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    return ImageFrame(FrameKind.UPLOAD, PixelFormat.RGBA8, 0, SIZE, SIZE, new_id(), pixels.tobytes())
+
+
+def test_depth_reaches_the_controlnet_upright_and_normalised(sd15):
+    store, generator, folder = sd15
+    depth = _near_top_depth()
+    seen: list[torch.Tensor] = []
+    embedding = store.controlnet(folder).controlnet_cond_embedding
+    hook = embedding.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    try:
+        _run(generator, GenerateRequest(**JOB, depth=DepthInput(upload=depth.id, background_at=1e9),
+                                        control=ControlSettings(model=folder)), depth)
+    finally:
+        hook.remove()
+    cond = seen[0]
+    assert cond.shape[1:] == (3, SIZE, SIZE)
+    # 40 rows -> 64: the near quarter is rows 0-15, the far wall 16-50, background 51-63
+    assert torch.all(cond[:, :, :14] == 1.0)
+    assert torch.allclose(cond[:, :, 20:46], torch.tensor(FOREGROUND_FLOOR))
+    assert torch.all(cond[:, :, 53:] == 0.0)
+
+
+def test_control_scale_zero_is_no_control_and_scale_one_is_not(sd15):
+    _, generator, folder = sd15
+    depth = _near_top_depth()
+    plain = _image(_run(generator, GenerateRequest(**JOB)))
+
+    def with_scale(scale: float) -> np.ndarray:
+        job = GenerateRequest(**JOB, depth=DepthInput(upload=depth.id),
+                              control=ControlSettings(model=folder, scale=scale))
+        return _image(_run(generator, job, depth))
+
+    assert np.array_equal(with_scale(0.0), plain)
+    assert np.abs(with_scale(1.0).astype(int) - plain).mean() > 1.0
+
+
+def test_guidance_window_limits_the_control_to_its_steps(sd15):
+    _, generator, folder = sd15
+    depth = _near_top_depth()
+
+    def window(start: float, end: float) -> np.ndarray:
+        job = GenerateRequest(**JOB, depth=DepthInput(upload=depth.id),
+                              control=ControlSettings(model=folder, start=start, end=end))
+        return _image(_run(generator, job, depth))
+
+    plain = _image(_run(generator, GenerateRequest(**JOB)))
+    full, late = window(0.0, 1.0), window(0.5, 1.0)
+    assert not np.array_equal(late, full) and not np.array_equal(late, plain)
+
+
+def test_depth_with_inpaint_keeps_unmasked_pixels_and_img2img_runs(sd15):
+    _, generator, folder = sd15
+    depth, init = _near_top_depth(), _rgba_upload()
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[20:44, 8:40] = 255
+    mask_frame = ImageFrame(FrameKind.UPLOAD, PixelFormat.GRAY8, 0, SIZE, SIZE, new_id(), mask.tobytes())
+    control = ControlSettings(model=folder)
+    out = _run(generator, GenerateRequest(**JOB, kind="inpaint", init_image=init.id,
+                                          mask=mask_frame.id, depth=DepthInput(upload=depth.id),
+                                          control=control), init, mask_frame, depth)
+    before = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)
+    after = _image(out)
+    assert np.array_equal(after[mask == 0], before[mask == 0])
+    assert not np.array_equal(after[mask == 255], before[mask == 255])
+
+    img2img = GenerateRequest(**JOB, kind="img2img", init_image=init.id, strength=0.6)
+    plain = _image(_run(generator, img2img, init))
+    conditioned = _image(_run(generator, dataclasses.replace(
+        img2img, depth=DepthInput(upload=depth.id), control=control), init, depth))
+    assert np.abs(conditioned.astype(int) - plain).mean() > 1.0
+
+
+def test_control_settings_are_checked_before_any_model_runs(sd15):
+    _, generator, _ = sd15
+    depth = _near_top_depth()
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, GenerateRequest(**JOB, control=ControlSettings()))
+    assert err.value.field == "job.control"
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, GenerateRequest(**JOB, depth=DepthInput(upload=depth.id),
+                                        control=ControlSettings(start=0.8, end=0.2)), depth)
+    assert err.value.field == "job.control.end" and "before" in err.value.message
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, GenerateRequest(**JOB, depth=DepthInput(estimate=True)))
+    assert err.value.field == "job.depth.estimate"
+
+
+def test_sd2_depth_model_gets_the_map_as_its_fifth_unet_channel(atelier_home):
+    store = _store(atelier_home, "tiny-depth")
+    generator = DiffusionGenerator(store)
+    depth = _near_top_depth()
+    seen: list[torch.Tensor] = []
+    hook = store.current.pipe.unet.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
+    try:
+        out = _run(generator, GenerateRequest(**JOB, depth=DepthInput(upload=depth.id)), depth)
+    finally:
+        hook.remove()
+    assert len(out.images) == 1
+    depth_channel = seen[0][:, 4]             # (batch, h, w) at latent size, scaled to [-1, 1]
+    assert depth_channel.shape[-2:] == (SIZE // 8, SIZE // 8)
+    assert depth_channel[:, 0].min() > 0.9 and depth_channel[:, -1].max() < -0.9
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, GenerateRequest(**JOB, depth=DepthInput(upload=depth.id),
+                                        control=ControlSettings(model="tiny-controlnet")), depth)
+    assert err.value.field == "job.control.model"
+
+
+def test_sdxl_controlnet_depth_runs(atelier_home, tmp_path):
+    store = _store(atelier_home, "tiny-sdxl")
+    folder = _live_controlnet(store, "tiny-sdxl-controlnet", tmp_path / "sdxl-cn")
+    generator = DiffusionGenerator(store)
+    depth = _near_top_depth()
+    plain = _image(_run(generator, GenerateRequest(**JOB)))
+    conditioned = _image(_run(generator, GenerateRequest(
+        **JOB, depth=DepthInput(upload=depth.id), control=ControlSettings(model=folder)), depth))
+    assert np.abs(conditioned.astype(int) - plain).mean() > 1.0
+
+
+def test_estimated_depth_from_a_local_model_conditions_the_job(sd15, tmp_path, monkeypatch):
+    store, _, folder = sd15
+    init = _rgba_upload(3)
+    job = GenerateRequest(**JOB, kind="img2img", init_image=init.id,
+                          depth=DepthInput(estimate=True), control=ControlSettings(model=folder))
+    with pytest.raises(ProtocolError) as err:
+        _run(DiffusionGenerator(store), job, init)
+    assert err.value.code == ErrorCode.MODEL_NOT_FOUND
+    monkeypatch.setenv("ATELIER_DEPTH_MODEL", str(_tiny_dpt(tmp_path / "dpt")))
+    estimated = _image(_run(DiffusionGenerator(store), job, init))
+    plain = _image(_run(DiffusionGenerator(store), dataclasses.replace(job, depth=None, control=None), init))
+    assert np.abs(estimated.astype(int) - plain).mean() > 1.0

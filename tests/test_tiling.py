@@ -9,33 +9,37 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-from backend.generation import JobCancelled
-from backend.models.tiny import build_tiny_model
+from backend.generation import GenerationOutput, JobCancelled
+from backend.models.store import ModelStore
+from backend.pipelines.generator import DiffusionGenerator
+from backend.pipelines.seamless import seam_score
 from backend.pipelines.tiling import (
     TileAxes,
+    decode_wrapped,
+    decodes_in_tiles,
     tile_axes,
-    wrap_aware_tiled_decode,
     wrapped_convolutions,
 )
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import GenerateRequest
 
 WIDTH, HEIGHT = 96, 64      # not square, so a mix-up of the axes shows
 
 
+def _store(home: Path) -> ModelStore:
+    """A fresh store: loading "tiny" in it gives new module objects, as after a restart."""
+    store = ModelStore("cpu", torch.float32, home, search_dirs=[], hf_cache=home / "no-hf-cache")
+    store.load("tiny")
+    return store
+
+
+def _load(home: Path) -> StableDiffusionPipeline:
+    return _store(home).current.pipe
+
+
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiling") / "tiny")
-
-
-def _load(folder: Path) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_folder) -> StableDiffusionPipeline:
-    return _load(tiny_folder)
+def pipe(atelier_home) -> StableDiffusionPipeline:
+    return _load(atelier_home)
 
 
 def _noise(pipe: StableDiffusionPipeline, seed: int = 7) -> torch.Tensor:
@@ -73,10 +77,10 @@ def test_rolled_noise_gives_rolled_image_exactly_on_tiled_axes_only(pipe, tiling
             assert error > 0.05, f"tiling={tiling}: dim {dim} wraps but should not ({error})"
 
 
-def test_untiled_job_after_tiled_job_matches_fresh_model(tiny_folder, pipe):
+def test_untiled_job_after_tiled_job_matches_fresh_model(atelier_home, pipe):
     _generate(pipe, _noise(pipe), "both")
     after_tiled = _generate(pipe, _noise(pipe), "none")
-    fresh = _generate(_load(tiny_folder), _noise(pipe), "none")
+    fresh = _generate(_load(atelier_home), _noise(pipe), "none")
     assert torch.equal(after_tiled, fresh)
 
 
@@ -85,7 +89,7 @@ def _conv_paddings(pipe: StableDiffusionPipeline) -> list:
             if isinstance(m, torch.nn.Conv2d)]
 
 
-def test_cancelled_tiled_job_leaves_modules_as_they_were(tiny_folder, pipe):
+def test_cancelled_tiled_job_leaves_modules_as_they_were(atelier_home, pipe):
     before = _conv_paddings(pipe)
 
     def cancel(pipeline, step, timestep, kwargs):
@@ -94,7 +98,7 @@ def test_cancelled_tiled_job_leaves_modules_as_they_were(tiny_folder, pipe):
     with pytest.raises(JobCancelled):
         _generate(pipe, _noise(pipe), "x", callback_on_step_end=cancel)
     assert _conv_paddings(pipe) == before
-    fresh = _generate(_load(tiny_folder), _noise(pipe), "none")
+    fresh = _generate(_load(atelier_home), _noise(pipe), "none")
     assert torch.equal(_generate(pipe, _noise(pipe), "none"), fresh)
 
 
@@ -143,14 +147,13 @@ def _periodic_latent(height: int, width: int, seed: int) -> torch.Tensor:
 
 
 def _seam_x(image: torch.Tensor) -> float:
-    from backend.pipelines.seamless import seam_score
     rgb = ((image[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     rgba = torch.cat([rgb, torch.full_like(rgb[..., :1], 255)], dim=-1)
     return seam_score(rgba.numpy().tobytes(), rgba.shape[1], rgba.shape[0], "x")
 
 
-def test_tiled_vae_decode_keeps_the_wrap(tiny_folder):
-    vae = AutoencoderKL.from_pretrained(str(tiny_folder / "vae"))
+def test_tiled_vae_decode_keeps_the_wrap(atelier_home):
+    vae = AutoencoderKL.from_pretrained(str(_store(atelier_home).resolve("tiny").path / "vae"))
     latent_size = 3 * vae.tile_latent_min_size     # three tiles wide: tiled decode kicks in
     axes = TileAxes(x=True, y=False)
     scores: dict[str, list[float]] = {"whole": [], "wrap_aware": [], "naive": []}
@@ -158,10 +161,15 @@ def test_tiled_vae_decode_keeps_the_wrap(tiny_folder):
     for seed in range(4):
         latent = _periodic_latent(latent_size, latent_size, seed)
         with torch.no_grad():
+            vae.disable_tiling()
             with wrapped_convolutions([vae], axes):
                 whole = vae.decode(latent).sample
                 naive = vae.tiled_decode(latent).sample
-            wrap_aware = wrap_aware_tiled_decode(vae, latent, axes)
+            vae.enable_tiling()
+            assert decodes_in_tiles(vae, latent)
+            wrap_aware = decode_wrapped(vae, latent, axes,
+                                        lambda z: vae.decode(z).sample.permute(0, 2, 3, 1))
+            wrap_aware = wrap_aware.permute(0, 3, 1, 2)
         assert wrap_aware.shape == whole.shape
         for name, image in (("whole", whole), ("wrap_aware", wrap_aware), ("naive", naive)):
             scores[name].append(_seam_x(image))
@@ -171,3 +179,27 @@ def test_tiled_vae_decode_keeps_the_wrap(tiny_folder):
     assert mean["wrap_aware"] < 1.2, mean
     # Circular convs inside each tile wrap every tile onto itself: a visible seam.
     assert mean["naive"] > 2.0, mean
+
+
+# ------------------------------------------------------- through the generator
+
+def _job(generator: DiffusionGenerator, tiling: str, kind: str = "txt2img") -> GenerationOutput:
+    job = GenerateRequest(prompt="a brick wall", width=WIDTH, height=HEIGHT, steps=3, seed=5,
+                          tiling=tiling, batch_size=2)
+    return generator.generate(job, {}, lambda *a: None, lambda: False)
+
+
+def _pixels(output: GenerationOutput) -> list[bytes]:
+    return [image.pixels.rgba for image in output.images]
+
+
+def test_generator_reports_tiling_and_untiled_jobs_after_tiled_ones_match_a_fresh_model(atelier_home):
+    generator = DiffusionGenerator(_store(atelier_home))
+    tiled = _job(generator, "x")
+    assert tiled.tiling == "x" and tiled.params.tiling == "x"
+    after = _job(generator, "none")
+    assert after.tiling == "none"
+    fresh = _job(DiffusionGenerator(_store(atelier_home)), "none")
+    assert _pixels(after) == _pixels(fresh)
+    assert _pixels(tiled) != _pixels(fresh)
+

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import secrets
-from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ContextManager, Mapping, Optional
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import ControlNetModel, DiffusionPipeline
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import ImageFrame
@@ -39,12 +39,16 @@ from protocol.messages import GenerateRequest
 
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
 from ..models.store import LoadedModel, ModelStore
+from .control import condition_on_depth
+from .depth import DepthEstimator, find_depth_model
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
 from .pixels import mask_to_tensor, resize, to_pixels
 from .plan import SEED_RANGE, GenerationLimits, GenerationPlan, ModelTraits, plan_generation
 from .previews import LatentPalette, PreviewLayout, preview_due, scaled_box
 from .schedulers import make_scheduler
+from .seamless import roll_image
+from .tiling import decode_wrapped, tile_axes, wrapped_convolutions
 
 
 @dataclass
@@ -52,6 +56,7 @@ class PipelineCall:
     """Which pipeline to run and with what; ``kwargs`` go straight to its ``__call__``."""
     kind: str                      # a kind of ``LoadedModel.pipeline``
     kwargs: dict[str, Any]
+    controlnet: Optional[ControlNetModel] = None
 
 
 class DiffusionGenerator:
@@ -60,6 +65,7 @@ class DiffusionGenerator:
     def __init__(self, store: ModelStore, limits: GenerationLimits = GenerationLimits()):
         self._store = store
         self._limits = limits
+        self._depth_estimator: Optional[DepthEstimator] = None   # loaded on first use
 
     def generate(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                  progress: ProgressSink, cancelled: Callable[[], bool]) -> GenerationOutput:
@@ -76,7 +82,7 @@ class DiffusionGenerator:
         return GenerationOutput(
             images=[GeneratedImage(to_pixels(image), seed) for image, seed in zip(images, plan.seeds)],
             params=dataclasses.replace(plan.request, model=model.name),
-            tiling=plan.request.tiling,
+            tiling=plan.tiling,
             model=model.name)
 
     # ------------------------------------------------------------------ 1. the model
@@ -107,15 +113,37 @@ class DiffusionGenerator:
         else:
             kwargs.update(self._inpaint_inputs(plan, model), strength=job.strength,
                           width=plan.work_width, height=plan.work_height)
-        return PipelineCall(plan.kind, kwargs)
+        call = PipelineCall(plan.kind, kwargs)
+        if job.depth is not None:
+            call = self._condition_on_depth(call, plan, model)
+        return call
+
+    def _condition_on_depth(self, call: PipelineCall, plan: GenerationPlan,
+                            model: LoadedModel) -> PipelineCall:
+        """A depth ControlNet, or SD2-depth's own depth input (control.py)."""
+        job = plan.request
+        near = plan.depth if plan.depth is not None else self._estimate_depth(plan)
+        init_rgb = None if plan.init is None else work_region(plan, plan.init[..., :3])
+        conditioned = condition_on_depth(call.kind, call.kwargs, work_region(plan, near),
+                                         model.family, job.control, init_rgb, job.strength)
+        controlnet = None
+        if conditioned.uses_controlnet:
+            controlnet = self._store.controlnet(conditioned.controlnet
+                                                or self._store.default_controlnet())
+        return PipelineCall(conditioned.kind, conditioned.kwargs, controlnet)
+
+    def _estimate_depth(self, plan: GenerationPlan) -> np.ndarray:
+        assert plan.init is not None    # the plan refuses estimation without an init image
+        if self._depth_estimator is None:
+            folder = find_depth_model(os.environ, self._store.hf_cache)
+            self._depth_estimator = DepthEstimator(folder, self._store.device)
+        return self._depth_estimator.estimate(plan.init[..., :3])
 
     def _inpaint_inputs(self, plan: GenerationPlan, model: LoadedModel) -> dict[str, Any]:
         """The context crop at working size: init latents, the mask, and the masked-image
         latents a 9-channel inpaint UNet is conditioned on."""
         assert plan.init is not None and plan.mask is not None and plan.crop is not None
-        rows, cols = plan.crop.slices()
-        rgb = resize(np.ascontiguousarray(plan.init[rows, cols, :3]), plan.work_width, plan.work_height)
-        mask = resize(np.ascontiguousarray(plan.mask[rows, cols]), plan.work_width, plan.work_height)
+        rgb, mask = work_region(plan, plan.init[..., :3]), work_region(plan, plan.mask)
         vae, device = model.pipe.vae, model.pipe.device
         init = encode_rgb(vae, rgb, device)
         if model.pipe.unet.config.in_channels == 9:
@@ -129,7 +157,7 @@ class DiffusionGenerator:
     def _run(self, call: PipelineCall, plan: GenerationPlan, model: LoadedModel,
              progress: ProgressSink, cancelled: Callable[[], bool]) -> torch.Tensor:
         """The denoising loop; returns the final latents or raises JobCancelled."""
-        shared = model.pipeline(call.kind)
+        shared = model.pipeline(call.kind, call.controlnet)
         # A shallow copy: the same modules, but this job's own scheduler and call state
         # (diffusers keeps ``_interrupt`` and the step count on the pipeline object).
         pipe = copy.copy(shared)
@@ -151,28 +179,41 @@ class DiffusionGenerator:
                 was_cancelled = True
             return {}
 
-        with self._job_context(plan, model):
+        with self._job_context(plan, pipe):
             result = pipe(**call.kwargs, callback_on_step_end=on_step_end,
                           callback_on_step_end_tensor_inputs=["latents"])
         if was_cancelled:
             raise JobCancelled()
         return result.images
 
-    def _job_context(self, plan: GenerationPlan, model: LoadedModel) -> ExitStack:
-        """What wraps the model's modules for the duration of this job's call (nothing
-        yet; seamless tiling enters its circular padding here)."""
-        return ExitStack()
+    def _job_context(self, plan: GenerationPlan, pipe: DiffusionPipeline) -> ContextManager:
+        """What wraps the model's modules for the duration of this job's call: seamless
+        tiling's circular padding (tiling.py), undone when the call ends however it ends."""
+        modules = [pipe.unet, pipe.vae, getattr(pipe, "controlnet", None)]
+        return wrapped_convolutions(modules, tile_axes(plan.tiling))
 
     # ------------------------------------------------------------------ 4. pixels out
     def _finish(self, latents: torch.Tensor, plan: GenerationPlan, model: LoadedModel) -> list[np.ndarray]:
         """Decoded images at the output size: RGB, or RGBA pasted into the init image."""
-        decoded = decode_rgb(model.pipe.vae, latents)
+        vae = model.pipe.vae
+        decoded = decode_wrapped(vae, latents, tile_axes(plan.tiling),
+                                 lambda z: decode_rgb(vae, z))
         if plan.kind != "inpaint":
             return [resize(image, plan.width, plan.height) for image in decoded]
         assert plan.init is not None and plan.mask is not None and plan.crop is not None
         crop = plan.crop
-        return [composite(plan.init, resize(image, crop.width, crop.height),
-                          plan.mask[crop.slices()], crop) for image in decoded]
+        back = (-plan.offset[0], -plan.offset[1])   # make_seamless rolls the texture back
+        return [roll_image(composite(plan.init, resize(image, crop.width, crop.height),
+                                     plan.mask[crop.slices()], crop), back)
+                for image in decoded]
+
+
+def work_region(plan: GenerationPlan, image: np.ndarray) -> np.ndarray:
+    """An output-size array as the pipeline sees it: the inpaint context crop (if any)
+    at the working size."""
+    if plan.crop is not None:
+        image = np.ascontiguousarray(image[plan.crop.slices()])
+    return resize(image, plan.work_width, plan.work_height)
 
 
 def model_traits(model: LoadedModel) -> ModelTraits:

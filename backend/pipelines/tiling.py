@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,8 @@ from torch import nn
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import TILINGS
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,24 +119,36 @@ def wrapped_convolutions(modules: Iterable[Optional[nn.Module]],
         yield len(convs)
 
 
-def wrap_aware_tiled_decode(vae: nn.Module, latents: torch.Tensor, axes: TileAxes) -> torch.Tensor:
-    """Decode with diffusers' tiled VAE decode without losing the wrap.
+def decodes_in_tiles(vae: nn.Module, latents: torch.Tensor) -> bool:
+    """Whether diffusers' ``AutoencoderKL.decode`` will decode ``latents`` tile by tile
+    (the same test it makes: tiling enabled and a side over one tile)."""
+    return bool(getattr(vae, "use_tiling", False)) and \
+        max(latents.shape[-2:]) > vae.tile_latent_min_size
 
-    Tiled decode cuts the latent into tiles and decodes each on its own, so circular
-    convolutions would wrap every tile onto itself. Instead the latent is extended
-    circularly on the wrapped axes by half a tile, decoded with plain (zero padded)
-    convolutions, and the extension is cut away: the wrap edge then lies inside the
-    decoded area and is blended like any interior tile boundary. Call it outside
-    ``wrapped_convolutions`` for the VAE.
+
+def decode_wrapped(vae: nn.Module, latents: torch.Tensor, axes: TileAxes,
+                   decode: Callable[[torch.Tensor], T]) -> T:
+    """``decode(latents)`` (``(B, C, h, w)`` -> ``(B, H, W, ...)`` images) wrapping on ``axes``.
+
+    A whole-image decode runs with the VAE's convolutions wrapped. A tiled decode
+    (``vae.enable_tiling()``, for images too large to decode at once) cannot: tiles are
+    decoded one by one, so circular convolutions would wrap every tile onto itself.
+    Instead the latent is extended circularly on the wrapped axes by half a tile, decoded
+    with plain convolutions, and the extension is cut off the pixels: the wrap edge then
+    lies inside the decoded area and is blended like any boundary between tiles.
     """
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    if not axes.any:
+        return decode(latents)
+    if not decodes_in_tiles(vae, latents):
+        with wrapped_convolutions([vae], axes):
+            return decode(latents)
+    height, width = latents.shape[-2:]
     # Half a tile of context keeps the wrap edge clear of a tile's zero-padded border.
     margin = max(1, vae.tile_latent_min_size // 2)
-    pad_x = min(margin, latents.shape[-1]) if axes.x else 0
-    pad_y = min(margin, latents.shape[-2]) if axes.y else 0
-    extended = F.pad(latents, (pad_x, pad_x, pad_y, pad_y), mode="circular") \
-        if (pad_x or pad_y) else latents
-    image = vae.tiled_decode(extended, return_dict=False)[0]
-    height, width = latents.shape[-2] * scale, latents.shape[-1] * scale
-    top, left = pad_y * scale, pad_x * scale
-    return image[..., top:top + height, left:left + width]
+    pad_x = min(margin, width) if axes.x else 0
+    pad_y = min(margin, height) if axes.y else 0
+    images = decode(F.pad(latents, (pad_x, pad_x, pad_y, pad_y), mode="circular"))
+    scale_y = images.shape[1] // (height + 2 * pad_y)
+    scale_x = images.shape[2] // (width + 2 * pad_x)
+    top, left = pad_y * scale_y, pad_x * scale_x
+    return images[:, top:top + height * scale_y, left:left + width * scale_x]

@@ -78,6 +78,11 @@ def show_image(image: bpy.types.Image) -> None:
                 area.spaces.active.image = image
 
 
+def push_undo(message: str) -> None:
+    """Make what a timer just created one undo step (timers push none by themselves)."""
+    bpy.ops.ed.undo_push(message=message)
+
+
 def redraw(status: Optional[str]) -> None:
     """Redraw the add-on's panels and put ``status`` in the status bar (None clears it)."""
     for window in bpy.context.window_manager.windows:

@@ -217,76 +217,103 @@ class Session:
         return None
 
     def _handle(self, event: Any) -> None:
-        client = self._client
-        assert client is not None
-        if isinstance(event, Connected):
-            welcome = event.welcome
-            self.connection_ok = True
-            self.last_failure = None
-            self.connection_text = (f"connected to {client.url}: {welcome.server} on "
-                                    f"{welcome.device}, model {welcome.model or 'none loaded'}")
-            for job in self.jobs:
-                if job.state == JobState.WAITING:
-                    self._send_job(client, job)
-            pending, self._on_connect = self._on_connect, []
-            for send in pending:
-                send(client)
-        elif isinstance(event, Disconnected):
-            self.connection_ok = False
-            self.connection_text = self.last_failure = not_running_message(event.reason)
-            for job in self.active_jobs:
-                # Jobs the daemon never acknowledged are lost with the connection;
-                # acknowledged ones are fetched again after a reconnect.
-                if job.job_id is None or not event.will_retry:
-                    self._end(job, JobState.FAILED, self.last_failure)
-        elif isinstance(event, Accepted):
-            job = self._job_for(ref=event.ref)
-            if job is not None:
-                job.job_id = event.job_id
-                job.state = JobState.QUEUED
-                job.message = f"queued at position {event.position}"
-                if job.cancel_requested:
-                    client.cancel(event.job_id)
-        elif isinstance(event, Started):
-            job = self._job_for(event.job_id)
-            if job is not None and not job.state.finished:
-                job.state = JobState.RUNNING
-        elif isinstance(event, Progress):
-            job = self._job_for(event.job_id)
-            if job is not None and not job.state.finished:
-                job.state = JobState.RUNNING
-                job.step, job.total = event.step, event.total
-        elif isinstance(event, PreviewImage):
-            job = self._job_for(event.job_id)
-            if job is not None and not job.state.finished and not job.cancel_requested:
-                self._show_preview(job, event.image)
-        elif isinstance(event, JobDone):
-            job = self._job_for(event.job_id)
-            if job is not None and not job.state.finished:
-                if job.cancel_requested:
-                    self._end(job, JobState.CANCELLED, "cancelled")
-                else:
-                    self._deliver(job, event)
-        elif isinstance(event, Cancelled):
-            job = self._job_for(event.job_id)
-            if job is not None and not job.state.finished:
-                self._end(job, JobState.CANCELLED, "cancelled")
-        elif isinstance(event, Error):
-            job = self._job_for(event.job_id, event.ref)
-            text = f"daemon: {event.message}" + (f" [{event.field}]" if event.field else "")
-            if job is not None and not job.state.finished:
-                self._end(job, JobState.FAILED, text)
-            else:
-                self.connection_text = text
-        elif isinstance(event, Status):
-            self.status = event
-            self.connection_text = (f"connected to {client.url}: {event.device}, model "
-                                    f"{event.model or 'none loaded'}, {event.queue_length} "
-                                    "job(s) queued" + (", one running" if event.running else ""))
-        elif isinstance(event, Models):
-            self.models = [m.name for m in event.models]
-        elif isinstance(event, ModelLoaded):
-            self.connection_text = f"model {event.model} loaded in {event.seconds:.1f} s"
+        handler = self._HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _connected(self, event: Connected) -> None:
+        client = self._require_client()
+        welcome = event.welcome
+        self.connection_ok = True
+        self.last_failure = None
+        self.connection_text = (f"connected to {client.url}: {welcome.server} on "
+                                f"{welcome.device}, model {welcome.model or 'none loaded'}")
+        for job in self.jobs:
+            if job.state == JobState.WAITING:
+                self._send_job(client, job)
+        pending, self._on_connect = self._on_connect, []
+        for send in pending:
+            send(client)
+
+    def _disconnected(self, event: Disconnected) -> None:
+        self.connection_ok = False
+        self.connection_text = self.last_failure = not_running_message(event.reason)
+        for job in self.active_jobs:
+            # Jobs the daemon never acknowledged are lost with the connection;
+            # acknowledged ones are fetched again after a reconnect.
+            if job.job_id is None or not event.will_retry:
+                self._end(job, JobState.FAILED, self.last_failure)
+
+    def _accepted(self, event: Accepted) -> None:
+        job = self._job_for(ref=event.ref)
+        if job is None:
+            return
+        job.job_id = event.job_id
+        job.state = JobState.QUEUED
+        job.message = f"queued at position {event.position}"
+        if job.cancel_requested:
+            self._require_client().cancel(event.job_id)
+
+    def _live_job(self, job_id: Optional[str]) -> Optional[Job]:
+        job = self._job_for(job_id)
+        return job if job is not None and not job.state.finished else None
+
+    def _started(self, event: Started) -> None:
+        job = self._live_job(event.job_id)
+        if job is not None:
+            job.state = JobState.RUNNING
+
+    def _progress(self, event: Progress) -> None:
+        job = self._live_job(event.job_id)
+        if job is not None:
+            job.state = JobState.RUNNING
+            job.step, job.total = event.step, event.total
+
+    def _preview(self, event: PreviewImage) -> None:
+        job = self._live_job(event.job_id)
+        if job is not None and not job.cancel_requested:
+            self._show_preview(job, event.image)
+
+    def _done(self, event: JobDone) -> None:
+        job = self._live_job(event.job_id)
+        if job is None:
+            return
+        if job.cancel_requested:   # finished before the cancel arrived: drop it all the same
+            self._end(job, JobState.CANCELLED, "cancelled")
+        else:
+            self._deliver(job, event)
+
+    def _cancelled(self, event: Cancelled) -> None:
+        job = self._live_job(event.job_id)
+        if job is not None:
+            self._end(job, JobState.CANCELLED, "cancelled")
+
+    def _error(self, event: Error) -> None:
+        job = self._job_for(event.job_id, event.ref)
+        text = f"daemon: {event.message}" + (f" [{event.field}]" if event.field else "")
+        if job is not None and not job.state.finished:
+            self._end(job, JobState.FAILED, text)
+        else:
+            self.connection_text = text
+
+    def _status(self, event: Status) -> None:
+        self.status = event
+        self.connection_text = (f"connected to {self._require_client().url}: {event.device}, "
+                                f"model {event.model or 'none loaded'}, {event.queue_length} "
+                                "job(s) queued" + (", one running" if event.running else ""))
+
+    def _models(self, event: Models) -> None:
+        self.models = [m.name for m in event.models]
+
+    def _model_loaded(self, event: ModelLoaded) -> None:
+        self.connection_text = f"model {event.model} loaded in {event.seconds:.1f} s"
+
+    _HANDLERS: dict[type, Callable[["Session", Any], None]] = {
+        Connected: _connected, Disconnected: _disconnected, Accepted: _accepted,
+        Started: _started, Progress: _progress, PreviewImage: _preview, JobDone: _done,
+        Cancelled: _cancelled, Error: _error, Status: _status, Models: _models,
+        ModelLoaded: _model_loaded,
+    }
 
     def _show_preview(self, job: Job, frame: ImageFrame) -> None:
         if not job.image_names:
@@ -329,6 +356,7 @@ class Session:
             self._end(job, JobState.FAILED, f"{type(exc).__name__}: {exc}", keep_images=True)
             return
         self._end(job, JobState.DONE, f"done in {result.seconds:.1f} s")
+        host.push_undo(f"Atelier: {job.label}")
 
 
 def not_running_message(reason: str) -> str:

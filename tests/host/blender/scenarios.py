@@ -72,6 +72,7 @@ def scenario_generate(module, url: str) -> None:
     harness.settings(scene, prompt="red brick wall", seed=1234, random_seed=False, steps=4,
                      width=SIZE, height=SIZE, batch_size=2, tiling="both", preview_every=1)
     before = snapshot()
+    bpy.ops.ed.undo_push(message="scene ready")   # what loading a file gives in the UI
     assert bpy.ops.atelier.generate(apply_to_object=True) == {"FINISHED"}
     session.pump_until_idle(JOB_TIMEOUT)
     job = last_job(session)
@@ -112,6 +113,16 @@ def scenario_generate(module, url: str) -> None:
     assert any(link.from_node == tex and link.to_node.type == "BSDF_PRINCIPLED"
                and link.to_socket.name == "Base Color" for link in ours.node_tree.links)
     assert {p.material_index for p in target.data.polygons} == {1}
+
+    # The result is one undo step: undo takes images, material and slot away, redo restores.
+    names = [image.name for image in images]
+    assert bpy.ops.ed.undo() == {"FINISHED"}
+    assert not any(name in bpy.data.images for name in names)
+    assert len(bpy.data.objects["Target"].material_slots) == 1
+    assert bpy.ops.ed.redo() == {"FINISHED"}
+    target, scene = bpy.data.objects["Target"], bpy.context.scene
+    images = [bpy.data.images[name] for name in names]
+    assert len(target.material_slots) == 2 and target.material_slots[1].material is not None
 
     # History: recall puts the first image's settings back.
     history = scene.atelier.history

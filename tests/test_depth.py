@@ -19,6 +19,7 @@ from backend.pipelines.depth import (
     nearness,
 )
 from backend.pipelines.generator import DiffusionGenerator
+from backend.pipelines.tiling import TileAxes, wrapped_convolutions
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
 from protocol.messages import ControlSettings, DepthInput, GenerateRequest
@@ -315,3 +316,29 @@ def test_estimated_depth_from_a_local_model_conditions_the_job(sd15, tmp_path, m
     estimated = _image(_run(DiffusionGenerator(store), job, init))
     plain = _image(_run(DiffusionGenerator(store), dataclasses.replace(job, depth=None, control=None), init))
     assert np.abs(estimated.astype(int) - plain).mean() > 1.0
+
+
+def test_tiling_wraps_the_controlnet_too(sd15):
+    """Rolled noise and a rolled depth map give the rolled image only when the ControlNet's
+    convolutions wrap along with the UNet's and the VAE's."""
+    store, _, folder = sd15
+    pipe = store.pipeline("txt2img", folder)
+    width, height = 96, 64
+    noise = torch.randn(1, 4, height // 8, width // 8, generator=torch.Generator().manual_seed(2))
+    distance = np.tile(np.linspace(5, 30, width, dtype=np.float32), (height, 1))
+    distance[20:40, 30:50] = 3.0
+    depth = control_tensor(nearness(distance, DepthInput()))
+    k = 2                               # latent pixels; the tiny UNet downsamples once
+
+    def generate(latents: torch.Tensor, image: torch.Tensor, modules: list) -> torch.Tensor:
+        with wrapped_convolutions(modules, TileAxes(x=True, y=False)):
+            return pipe("a stone wall", latents=latents, image=image, num_inference_steps=2,
+                        width=width, height=height, output_type="pt").images
+
+    def roll_error(modules: list) -> float:
+        image = generate(noise, depth, modules)
+        rolled = generate(torch.roll(noise, k, dims=3), torch.roll(depth, 8 * k, dims=3), modules)
+        return (torch.roll(image, 8 * k, dims=3) - rolled).abs().max().item()
+
+    assert roll_error([pipe.unet, pipe.vae, pipe.controlnet]) < 1e-4
+    assert roll_error([pipe.unet, pipe.vae]) > 1e-2

@@ -123,6 +123,25 @@ def test_same_padding_wraps_too():
     assert conv.padding == "same"
 
 
+def test_compiled_modules_follow_the_block_in_and_out():
+    """accel.py compiles the UNet in place; dynamo must see the hooks and the padding
+    change, so a compiled module wraps inside the block and stops wrapping after it."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.SiLU(),
+                              torch.nn.Conv2d(4, 2, 3, padding=1))
+    image = torch.randn(1, 2, 8, 12)
+    axes = TileAxes(x=True, y=False)
+    plain = net(image)
+    with wrapped_convolutions([net], axes):
+        wrapped = net(image)
+    net.compile(backend="eager")
+    assert torch.allclose(net(image), plain, atol=1e-6)
+    with wrapped_convolutions([net], axes):
+        assert torch.allclose(net(image), wrapped, atol=1e-6)
+    assert torch.allclose(net(image), plain, atol=1e-6)
+    assert not torch.allclose(wrapped, plain, atol=1e-3)
+
+
 def test_unknown_tiling_names_the_field():
     with pytest.raises(ProtocolError) as err:
         tile_axes("diagonal")

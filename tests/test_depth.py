@@ -20,7 +20,9 @@ from backend.pipelines.depth import (
 )
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.tiling import TileAxes, wrapped_convolutions
+from protocol.client import AtelierClient, make_upload
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.events import JobDone
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
 from protocol.messages import ControlSettings, DepthInput, GenerateRequest
 
@@ -342,3 +344,18 @@ def test_tiling_wraps_the_controlnet_too(sd15):
 
     assert roll_error([pipe.unet, pipe.vae, pipe.controlnet]) < 1e-4
     assert roll_error([pipe.unet, pipe.vae]) > 1e-2
+
+
+def test_depth_job_over_the_daemon(daemon):
+    """A float32 depth upload crosses the real websocket and conditions a tiled job with
+    the tiny model's default ControlNet."""
+    distance = _near_top_depth()
+    depth = make_upload(PixelFormat.FLOAT32, distance.width, distance.height, distance.data)
+    job = GenerateRequest(**JOB, tiling="y", depth=DepthInput(upload=depth.id, background_at=1e9),
+                          control=ControlSettings(scale=0.8, start=0.0, end=0.9))
+    with AtelierClient(daemon.url, client_name="test_depth") as client:
+        client.wait_connected()
+        done = client.run_job(job, [depth], timeout=120)
+    assert isinstance(done, JobDone), done
+    assert done.result.tiling == "y" and done.result.params.depth == job.depth
+    assert (done.images[0].width, done.images[0].height) == (SIZE, SIZE)

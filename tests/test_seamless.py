@@ -10,7 +10,9 @@ from backend.generation import GenerationOutput
 from backend.models.store import ModelStore
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.seamless import half_offset, roll_image, seam_band, seam_score
+from protocol.client import AtelierClient, make_upload
 from protocol.errors import ProtocolError
+from protocol.events import JobDone
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
 from protocol.messages import GenerateRequest
 
@@ -134,3 +136,19 @@ def test_seam_band_is_a_cross_centred_on_the_old_edges():
     rolled = roll_image(image, offset)
     assert rolled[4, 4] == image[0, 9] and rolled[4, 5] == image[0, 0]
     assert rolled[3, 5] == image[7, 0]
+
+
+def test_make_seamless_over_the_daemon(daemon):
+    _, rgba = _texture_upload()
+    upload = make_upload(PixelFormat.RGBA8, SIZE, SIZE, rgba.tobytes())
+    job = GenerateRequest(kind="make_seamless", prompt="stone texture", width=SIZE, height=SIZE,
+                          steps=3, seed=1, init_image=upload.id, tiling="y", seam_width=SEAM)
+    with AtelierClient(daemon.url, client_name="test_seamless") as client:
+        client.wait_connected()
+        done = client.run_job(job, [upload], timeout=120)
+    assert isinstance(done, JobDone), done
+    assert done.result.tiling == "y"
+    after = np.frombuffer(done.images[0].data, np.uint8).reshape(SIZE, SIZE, 4)
+    middle = slice(SEAM // 2, SIZE - SEAM // 2)
+    assert np.array_equal(after[middle], rgba[middle])
+    assert _edge_difference(after, "y") < 0.5 * _edge_difference(rgba, "y")

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 Matrix = Sequence[Sequence[float]]
+RASTER_BATCH = 1 << 20   # candidate texels the baker tests in one vectorised step
 
 
 def project_to_uv(points: np.ndarray, view: Matrix, projection: Matrix) -> np.ndarray:
@@ -83,43 +84,52 @@ def bake_triangles(target_uv: np.ndarray, source_uv: np.ndarray, source: np.ndar
     empty background at UV seams).
     """
     src = np.asarray(source, dtype=np.float32)
-    channels = src.shape[2]
-    out = np.zeros((height, width, channels), dtype=np.float32)
+    out = np.zeros((height, width, src.shape[2]), dtype=np.float32)
     covered = np.zeros((height, width), dtype=bool)
-    tgt = np.asarray(target_uv, dtype=np.float64) * (width, height)   # texel units
-    srcuv = np.asarray(source_uv, dtype=np.float64)
-    for tri, suv in zip(tgt, srcuv):
-        lo = np.maximum(np.floor(tri.min(axis=0) - 0.5), 0).astype(int)
-        hi = np.minimum(np.ceil(tri.max(axis=0) - 0.5), (width - 1, height - 1)).astype(int)
-        if np.any(hi < lo):
-            continue
-        xs, ys = np.meshgrid(np.arange(lo[0], hi[0] + 1) + 0.5, np.arange(lo[1], hi[1] + 1) + 0.5)
-        weights = _barycentric(tri, xs.ravel(), ys.ravel())
-        if weights is None:
-            continue   # degenerate in the target layout: covers no texel
-        inside = np.all(weights >= -1e-9, axis=1)
-        if not inside.any():
-            continue
-        w = weights[inside]
-        uv = w @ suv
-        cols = (xs.ravel()[inside] - 0.5).astype(int)
-        rows = (ys.ravel()[inside] - 0.5).astype(int)
-        out[rows, cols] = sample_bilinear(src, uv)
-        covered[rows, cols] = True
+    tgt = np.asarray(target_uv, dtype=np.float64).reshape(-1, 3, 2) * (width, height)
+    suv = np.asarray(source_uv, dtype=np.float64).reshape(-1, 3, 2)
+    # Texel i has its centre at i + 0.5: a triangle's candidate texels lie in [lo, hi].
+    lo = np.maximum(np.ceil(tgt.min(axis=1) - 0.5), 0).astype(np.int64)
+    hi = np.minimum(np.floor(tgt.max(axis=1) - 0.5), (width - 1, height - 1)).astype(np.int64)
+    extent = (hi - lo + 1).max(axis=1)
+    keep = np.all(hi >= lo, axis=1)
+    # Triangles of similar size are rasterised together over a square of candidates.
+    tile = (2 ** np.ceil(np.log2(np.maximum(extent, 1)))).astype(np.int64)
+    for size in np.unique(tile[keep]):
+        group = np.flatnonzero(keep & (tile == size))
+        chunk = max(1, RASTER_BATCH // int(size * size))
+        for first in range(0, len(group), chunk):
+            ids = group[first:first + chunk]
+            rows, cols, uv = _rasterize(tgt[ids], suv[ids], lo[ids], hi[ids], int(size))
+            out[rows, cols] = sample_bilinear(src, uv)
+            covered[rows, cols] = True
     out, covered = _dilate(out, covered, padding)
     return np.concatenate([out, covered[..., None].astype(np.float32)], axis=2)
 
 
-def _barycentric(tri: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray | None:
-    a, b, c = tri
-    m = np.array([[b[0] - a[0], c[0] - a[0]], [b[1] - a[1], c[1] - a[1]]])
-    det = np.linalg.det(m)
-    if abs(det) < 1e-12:
-        return None
-    inv = np.linalg.inv(m)
-    rel = np.stack([xs - a[0], ys - a[1]])
-    l2, l3 = inv @ rel
-    return np.stack([1.0 - l2 - l3, l2, l3], axis=1)
+def _rasterize(tri: np.ndarray, suv: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+               size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Texels (rows, cols) whose centres lie in each triangle, and their source UVs."""
+    count = len(tri)
+    offsets = np.arange(size)
+    cols = np.broadcast_to(lo[:, 0, None, None] + offsets[None, None, :], (count, size, size))
+    rows = np.broadcast_to(lo[:, 1, None, None] + offsets[None, :, None], (count, size, size))
+    cols, rows = cols.reshape(count, -1), rows.reshape(count, -1)
+    a, e1, e2 = tri[:, 0], tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    ok = np.abs(det) > 1e-12                 # degenerate triangles cover no texel
+    safe = np.where(ok, det, 1.0)[:, None]
+    px = cols + 0.5 - a[:, 0, None]
+    py = rows + 0.5 - a[:, 1, None]
+    l2 = (px * e2[:, 1, None] - py * e2[:, 0, None]) / safe
+    l3 = (py * e1[:, 0, None] - px * e1[:, 1, None]) / safe
+    l1 = 1.0 - l2 - l3
+    eps = -1e-9
+    inside = ((l1 >= eps) & (l2 >= eps) & (l3 >= eps) & ok[:, None]
+              & (cols <= hi[:, 0, None]) & (rows <= hi[:, 1, None]))
+    t, k = np.nonzero(inside)
+    uv = l1[t, k, None] * suv[t, 0] + l2[t, k, None] * suv[t, 1] + l3[t, k, None] * suv[t, 2]
+    return rows[t, k], cols[t, k], uv
 
 
 def sample_bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:

@@ -251,6 +251,18 @@ def test_bake_copies_a_projected_square_into_another_layout() -> None:
     assert baked[:, 10:, 1].max() == 0.0 and baked[:, 10:, 0].max() == 0.0
 
 
+def test_bake_of_a_dense_mesh_onto_its_own_layout_reproduces_the_image() -> None:
+    # 24 x 24 quads (1152 triangles, all the same small size) mapped onto themselves.
+    n = 24
+    grid = np.stack(np.meshgrid(np.linspace(0, 1, n + 1), np.linspace(0, 1, n + 1)), axis=-1)
+    quads = np.stack([grid[:-1, :-1], grid[:-1, 1:], grid[1:, 1:], grid[1:, :-1]], axis=2)
+    tris = np.concatenate([quads[:, :, [0, 1, 2]], quads[:, :, [0, 2, 3]]]).reshape(-1, 3, 2)
+    source = np.random.default_rng(1).random((48, 48, 3)).astype(np.float32)
+    baked = projection.bake_triangles(tris, tris, source, 48, 48)
+    assert baked[..., 3].min() == 1.0
+    assert np.abs(baked[..., :3] - source).max() < 1e-5
+
+
 def test_bake_skips_degenerate_and_offscreen_triangles() -> None:
     source = np.ones((4, 4, 1), dtype=np.float32)
     flat = np.array([[[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]]])           # zero area

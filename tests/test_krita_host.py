@@ -1,14 +1,17 @@
-"""The Krita plugin inside real Krita (kritarunner, offscreen) against a real daemon.
+"""The Krita plugin inside real Krita against a real daemon on the tiny model.
 
-One kritarunner process installs the built zip with Krita's own importer and runs
-every scenario in tests/host/krita/atelier_scenarios.py through the plugin's docker
-panel and controller; it writes what it saw to a JSON file, judged here. Without
+One kritarunner process (offscreen) installs the built zip with Krita's own importer
+and runs every scenario in tests/host/krita/atelier_scenarios.py through the plugin's
+docker panel and controller; it writes what it saw to a JSON file, judged here. One
+run of the full application under Xvfb checks that Krita loads the docker from the
+zip and that it works there with its own timer (tests/host/krita/app_probe). Without
 Krita the tests skip, except under CI (env CI set), where a missing Krita fails.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import shutil
@@ -44,20 +47,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def krita(daemon: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    runner = kritarunner()
-    root = tmp_path_factory.mktemp("krita")
-    built = subprocess.run([sys.executable, str(REPO / "krita_plugin" / "build.py"),
-                            "--out", str(root / "dist")], capture_output=True, text=True,
-                           check=True)
-    zip_path = built.stdout.strip()
-    home = root / "home"
+def isolated_env(home: Path, **extra: str) -> dict[str, str]:
+    """Krita's environment with its config, data and cache in ``home`` only."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("PYTHON", "VIRTUAL_ENV", "XDG_"))}
     env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"),
                XDG_CONFIG_HOME=str(home / "config"), XDG_CACHE_HOME=str(home / "cache"),
-               QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS), PYTHONDONTWRITEBYTECODE="1")
+               PYTHONDONTWRITEBYTECODE="1", **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def plugin_zip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("krita-dist")
+    built = subprocess.run([sys.executable, str(REPO / "krita_plugin" / "build.py"),
+                            "--out", str(out)], capture_output=True, text=True, check=True)
+    return built.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def krita(daemon: Any, plugin_zip: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    runner = kritarunner()
+    root = tmp_path_factory.mktemp("krita")
+    zip_path = plugin_zip
+    env = isolated_env(root / "home", QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS))
     results = root / "results.json"
     dead_url = f"ws://127.0.0.1:{free_port()}/"
     proc = subprocess.run([runner, "-s", "atelier_scenarios", str(results), zip_path,
@@ -173,6 +186,10 @@ def test_depth_estimate_without_an_estimator_reports_the_daemons_reason(krita):
     assert record["message"].startswith("The daemon answered") and "depth" in record["message"]
 
 
+def test_daemon_is_left_on_its_first_model(krita):
+    assert scenario(krita, "restore_model")["current"] == "tiny"
+
+
 def test_seamless_texture_covers_the_canvas(krita):
     layer = only_new(scenario(krita, "seamless"))
     assert layer["bounds"] == [0, 0, WIDTH, HEIGHT]
@@ -219,3 +236,66 @@ def test_stopped_daemon_gives_a_message_and_no_layers(krita):
 def test_no_preview_layer_is_left_behind(krita):
     stack = scenario(krita, "final")["stack"]
     assert not [layer for layer in stack if layer["name"].startswith(PREVIEW)]
+
+
+# ---------------------------------------------------------------- the full application
+APP_PROBE = SCENARIOS / "app_probe"
+KRITA_IMPORTER = Path("/usr/share/krita/pykrita/plugin_importer/plugin_importer.py")
+
+
+def needs(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} not found: the Krita application test needs krita and xvfb"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def import_plugin_zip(zip_path: str, resources: Path) -> list[str]:
+    """Install the zip with Krita's own importer (what Tools > Scripts > Import Python
+    Plugin from File runs), loaded from Krita's installation."""
+    if not KRITA_IMPORTER.is_file():
+        pytest.fail(f"Krita's plugin importer is not at {KRITA_IMPORTER}")
+    spec = importlib.util.spec_from_file_location("krita_plugin_importer", KRITA_IMPORTER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    resources.mkdir(parents=True, exist_ok=True)
+    imported = module.PluginImporter(zip_path, str(resources), lambda plugin: True).import_all()
+    return [plugin["name"] for plugin in imported]
+
+
+def test_docker_in_the_krita_application_generates_above_the_active_layer(
+        daemon, plugin_zip, tmp_path):
+    needs("krita")
+    xvfb_run = needs("xvfb-run")
+    home = tmp_path / "home"
+    pykrita = home / "data" / "krita" / "pykrita"
+    assert import_plugin_zip(plugin_zip, home / "data" / "krita") == ["atelier_krita"]
+    shutil.copytree(APP_PROBE / "atelier_app_probe", pykrita / "atelier_app_probe")
+    shutil.copy(APP_PROBE / "atelier_app_probe.desktop", pykrita)
+    (home / "config").mkdir(parents=True)
+    # Plugins enabled and the docker's connection settings, as the settings dialogs write them.
+    (home / "config" / "kritarc").write_text(
+        "[python]\nenable_atelier_krita=true\nenable_atelier_app_probe=true\n\n"
+        f"[atelier_krita]\nhost=127.0.0.1\nport={daemon.port}\n")
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([xvfb_run, "-a", "krita", "--nosplash"],
+                          env=isolated_env(home, ATELIER_PROBE_OUT=str(out)), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    if not out.exists():
+        pytest.fail("Krita wrote no probe results; its output ended with:\n"
+                    + (proc.stdout + proc.stderr)[-4000:])
+    probe = json.loads(out.read_text())
+    assert probe["ok"], probe.get("error")
+    assert probe["found"], f"no Atelier docker among {probe['dockers']}"
+    assert probe["status"].startswith(f"connected to {daemon.url} (")
+    assert probe["modes"] == ["Depth", "Fill", "Generate", "Refine", "Seamless"]
+    # The docker's own timer brought the result in, directly above the active layer.
+    assert probe["active"] == "bottom" and probe["started"], probe["message_at_start"]
+    assert probe["message"] == "Generate: done, seed 5"
+    assert probe["layers"] == ["Background", "bottom", "probe [seed 5]", "top"]
+    assert probe["history_rows"] == 1
+    # Edit > Undo takes the plugin's layer away again.
+    assert probe["after_undo"] == ["Background", "bottom", "top"]

@@ -11,7 +11,7 @@ import queue
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .geometry import Bounds, Extent, ResolutionRange, range_for_family
+from .geometry import Extent, ResolutionRange, range_for_family
 from .history import History, HistoryEntry
 from .host import KritaDocument
 from .jobs import JobPlan, JobRefused, JobSettings, Mode, UploadIds, build_request, layer_name, plan_job
@@ -20,8 +20,8 @@ from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.errors import ErrorCode, ProtocolError
 from .protocol.events import Connected, Disconnected, JobDone, PreviewImage
 from .protocol.frames import ImageFrame, PixelFormat
-from .protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, ModelInfo, ModelLoaded,
-                                Models, Progress, Started)
+from .protocol.messages import (Accepted, Cancelled, Error, ModelInfo, ModelLoaded, Models,
+                                Progress, Started)
 from .protocol.schema import validate
 from .qt_pixels import decode_png_rgba, resample
 
@@ -445,4 +445,4 @@ def _error_text(error: Error, settings: Optional[JobSettings]) -> str:
     return f"The daemon answered {error.code}{where}: {error.message}"
 
 
-__all__ = ["Controller", "ConnectionSettings", "PREVIEW_LAYER", "Bounds", "GenerateRequest"]
+__all__ = ["Controller", "ConnectionSettings", "PREVIEW_LAYER"]

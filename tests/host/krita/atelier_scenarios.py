@@ -376,6 +376,14 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
 
     run.scenario("depth_estimate", depth_estimate)
 
+    def restore_model() -> dict[str, Any]:
+        # The daemon is shared with other tests: leave it on the model it started with.
+        controller.client.load_model("tiny")
+        pump_until(controller, lambda: controller.current_model == "tiny", "loading tiny")
+        return {"current": controller.current_model}
+
+    run.scenario("restore_model", restore_model)
+
     def refusals() -> dict[str, Any]:
         before = layer_stack(doc)
         out: dict[str, Any] = {}

@@ -213,7 +213,7 @@ def inpaint_generator(atelier_home: Path, store: ModelStore, tmp_path_factory) -
     """The tiny model with a 9-channel (inpaint) UNet, saved as a diffusers folder and
     loaded by path through the real loader, which sees an inpaint model."""
     folder = tmp_path_factory.mktemp("inpaint-model") / "tiny-inpaint"
-    shutil.copytree(Path(atelier_home) / "models" / "tiny", folder)
+    shutil.copytree(store.load("tiny").source.path, folder)
     config = json.loads((folder / "unet" / "config.json").read_text())
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config({**config, "in_channels": 9})

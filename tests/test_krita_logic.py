@@ -18,7 +18,8 @@ from atelier_krita.history import History, HistoryEntry  # noqa: E402
 from atelier_krita.jobs import (JobRefused, JobSettings, Mode, UploadIds,  # noqa: E402
                                 build_request, layer_name, plan_job)
 from atelier_krita.pixels import (bgra_to_rgba, feather, grow, grow_and_feather,  # noqa: E402
-                                  luminance, mask_bounds, rgba_to_bgra, transpose, with_alpha)
+                                  luminance, mask_bounds, rgb_to_rgba, rgba_to_bgra, transpose,
+                                  with_alpha)
 from atelier_krita.protocol.schema import validate  # noqa: E402
 
 
@@ -37,6 +38,10 @@ def test_bgra_rgba_swap_moves_red_and_blue_only():
     rgba = bgra_to_rgba(bgra)
     assert rgba == bytes([30, 20, 10, 40, 3, 2, 1, 4])
     assert rgba_to_bgra(rgba) == bgra
+
+
+def test_rgb_becomes_opaque_rgba():
+    assert rgb_to_rgba(bytes([1, 2, 3, 4, 5, 6])) == bytes([1, 2, 3, 255, 4, 5, 6, 255])
 
 
 def test_swap_rejects_partial_pixels():

@@ -15,7 +15,8 @@ from .geometry import Extent, ResolutionRange, range_for_family
 from .history import History, HistoryEntry
 from .host import KritaDocument
 from .jobs import JobPlan, JobRefused, JobSettings, Mode, UploadIds, build_request, layer_name, plan_job
-from .pixels import bgra_to_rgba, grow_and_feather, is_empty_mask, luminance, rgba_to_bgra, with_alpha
+from .pixels import (bgra_to_rgba, grow_and_feather, is_empty_mask, luminance, rgb_to_rgba,
+                     rgba_to_bgra, with_alpha)
 from .protocol.client import START_HINT, AtelierClient, ClientError, default_url, make_upload
 from .protocol.errors import ErrorCode, ProtocolError
 from .protocol.events import Connected, Disconnected, JobDone, PreviewImage
@@ -289,7 +290,13 @@ class Controller:
             except queue.Empty:
                 break
             handled += 1
-            self._handle(event)
+            try:
+                self._handle(event)
+            except (ProtocolError, ValueError) as exc:
+                # An answer the plugin cannot use ends its job with the reason shown.
+                reason = f"Could not use the daemon's answer: {exc}"
+                self._end_job(reason)
+                self.message = reason
         if handled:
             self._changed()
         return handled
@@ -381,6 +388,8 @@ class Controller:
             rgba, extent = decode_png_rgba(frame.data)
         elif frame.format == PixelFormat.RGBA8:
             rgba, extent = frame.data, Extent(frame.width, frame.height)
+        elif frame.format == PixelFormat.RGB8:
+            rgba, extent = rgb_to_rgba(frame.data), Extent(frame.width, frame.height)
         else:
             raise ProtocolError(ErrorCode.BAD_MESSAGE,
                                 f"a result image in format {frame.format.name} is not a picture",

@@ -29,6 +29,16 @@ bgra_to_rgba = swap_red_blue
 rgba_to_bgra = swap_red_blue
 
 
+def rgb_to_rgba(rgb: bytes) -> bytes:
+    """RGB8 -> RGBA8, opaque."""
+    if len(rgb) % 3:
+        raise ValueError(f"{len(rgb)} bytes is not a whole number of 3-byte pixels")
+    count = len(rgb) // 3
+    out = bytearray(b"\xff" * (4 * count))
+    out[0::4], out[1::4], out[2::4] = rgb[0::3], rgb[1::3], rgb[2::3]
+    return bytes(out)
+
+
 def check_size(data: bytes, extent: Extent, channels: int, what: str = "image") -> None:
     expected = extent.pixels * channels
     if len(data) != expected:

@@ -186,8 +186,11 @@ def test_depth_estimate_without_an_estimator_reports_the_daemons_reason(krita):
     assert record["message"].startswith("The daemon answered") and "depth" in record["message"]
 
 
-def test_daemon_is_left_on_its_first_model(krita):
-    assert scenario(krita, "restore_model")["current"] == "tiny"
+def test_load_button_switches_the_daemons_model_back(krita):
+    record = scenario(krita, "restore_model")
+    assert record["after_depth"] == "tiny-depth"        # a job's model stays loaded
+    assert record["loading"] == "tiny"
+    assert record["current"] == "tiny" and record["message"].startswith("model tiny loaded")
 
 
 def test_seamless_texture_covers_the_canvas(krita):

@@ -94,6 +94,7 @@ class Controller:
         self.message = ""
         self.models: list[ModelInfo] = []
         self.current_model: Optional[str] = None
+        self.loading_model: Optional[str] = None
         self.max_side: Optional[int] = None      # the daemon's limit, from its welcome
         self.size_limit: Optional[int] = None    # the painter's "max size" field
         self.sent_inputs: dict[str, ImageFrame] = {}
@@ -227,6 +228,19 @@ class Controller:
                                            resample(grey, region.extent, size, 1))
         return uploads, clip
 
+    def load_model(self, name: str) -> bool:
+        """Ask the daemon to load ``name`` now (jobs naming a model also load it)."""
+        if self.client is None or not self.connected:
+            self.message = (f"The Atelier daemon is not running or not reachable at "
+                            f"{self.connection.url}; {START_HINT}")
+            self._changed()
+            return False
+        self.client.load_model(name)
+        self.loading_model = name
+        self.message = f"loading model {name}\u2026"
+        self._changed()
+        return True
+
     def cancel(self) -> None:
         job = self._job
         if job is None:
@@ -322,8 +336,11 @@ class Controller:
             self.current_model = event.current
         elif isinstance(event, ModelLoaded):
             self.current_model = event.model
+            self.loading_model = None
+            self.message = f"model {event.model} loaded ({event.family}, {event.seconds:.1f} s)"
         elif job is None or not _belongs_to(event, job):
             if isinstance(event, Error) and not event.job_id:
+                self.loading_model = None
                 self.message = _error_text(event, None)
         elif isinstance(event, Accepted):
             job.job_id = event.job_id
@@ -379,6 +396,7 @@ class Controller:
             self.select_result(0)
             text = f"{job.mode.label}: {len(images)} results; pick one and press Apply"
         self._job = None
+        self.current_model = done.result.model   # a job's model stays loaded after it
         self.message = text
         self.history.add(HistoryEntry(job.mode, job.settings.with_seed(seeds[0]), region, "done",
                                       tuple(seeds), done.result.seconds))

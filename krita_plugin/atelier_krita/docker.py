@@ -69,6 +69,11 @@ class AtelierPanel(QWidget):
         self.negative_edit = QLineEdit(self)
         self.negative_edit.setPlaceholderText("what to avoid")
         self.model_combo = QComboBox(self)
+        self.load_button = QPushButton("Load", self)
+        self.load_button.clicked.connect(self.load_chosen_model)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.load_button)
         self.strength_spin = _dspin(0.0, 1.0, 0.6, 0.05, self)
         self.seed_spin = _spin(-1, 2**31 - 1, -1, self)
         self.seed_spin.setSpecialValueText("random")
@@ -86,7 +91,7 @@ class AtelierPanel(QWidget):
         self.previews_check = QCheckBox("show step previews", self)
         self.previews_check.setChecked(True)
         for label, widget in (("Prompt", self.prompt_edit), ("Negative", self.negative_edit),
-                              ("Model", self.model_combo), ("Strength", self.strength_spin),
+                              ("Model", model_row), ("Strength", self.strength_spin),
                               ("Seed", self.seed_spin), ("Batch", self.batch_spin),
                               ("Steps", self.steps_spin), ("Guidance", self.guidance_spin),
                               ("Seamless axes", self.tiling_combo), ("Grow", self.grow_spin),
@@ -184,6 +189,11 @@ class AtelierPanel(QWidget):
         if self._remember is not None:
             self._remember(connection)
         self.controller.connect(connection)
+
+    def load_chosen_model(self) -> None:
+        name = self.settings().model
+        if name:
+            self.controller.load_model(name)
 
     def run(self, mode: Mode) -> bool:
         self.controller.size_limit = self.max_side_spin.value() or None

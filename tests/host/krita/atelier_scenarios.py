@@ -117,6 +117,13 @@ def make_document() -> Any:
     return doc
 
 
+def _choose_text(combo: Any, text: str) -> None:
+    index = combo.findText(text)
+    if index < 0:
+        raise LookupError(f"no {text!r} among the combo box's items")
+    combo.setCurrentIndex(index)
+
+
 def select_rect(doc: Any, x: int, y: int, w: int, h: int) -> None:
     selection = Selection()
     selection.select(x, y, w, h, 255)
@@ -378,9 +385,14 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
 
     def restore_model() -> dict[str, Any]:
         # The daemon is shared with other tests: leave it on the model it started with.
-        controller.client.load_model("tiny")
-        pump_until(controller, lambda: controller.current_model == "tiny", "loading tiny")
-        return {"current": controller.current_model}
+        after_depth = controller.current_model
+        _choose_text(panel.model_combo, "tiny")
+        panel.load_button.click()
+        loading = controller.loading_model
+        pump_until(controller, lambda: controller.loading_model is None, "loading tiny")
+        _choose_text(panel.model_combo, "(daemon's current model)")
+        return {"after_depth": after_depth, "loading": loading,
+                "current": controller.current_model, "message": controller.message}
 
     run.scenario("restore_model", restore_model)
 

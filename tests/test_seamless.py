@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from backend.generation import GenerationOutput
 from backend.models.store import ModelStore
 from backend.pipelines.generator import DiffusionGenerator
+from backend.pipelines.plan import GenerationLimits, ModelTraits, plan_generation
 from backend.pipelines.seamless import half_offset, roll_image, seam_band, seam_score
 from protocol.client import AtelierClient, make_upload
 from protocol.errors import ProtocolError
@@ -152,3 +155,26 @@ def test_make_seamless_over_the_daemon(daemon):
     middle = slice(SEAM // 2, SIZE - SEAM // 2)
     assert np.array_equal(after[middle], rgba[middle])
     assert _edge_difference(after, "y") < 0.5 * _edge_difference(rgba, "y")
+
+
+def test_make_seamless_params_state_the_tiling_run_and_inpaint_context_spans_tiled_axes():
+    upload, _ = _texture_upload()
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[30:34, 30:34] = 255
+    mask_frame = ImageFrame(FrameKind.UPLOAD, PixelFormat.GRAY8, 0, SIZE, SIZE, new_id(), mask.tobytes())
+    uploads = {upload.id: upload, mask_frame.id: mask_frame}
+    inpaint = GenerateRequest(kind="inpaint", width=SIZE, height=SIZE, seed=1, init_image=upload.id,
+                              mask=mask_frame.id, context_padding=8)
+
+    def plan(job: GenerateRequest):
+        return plan_generation(job, uploads, GenerationLimits(), ModelTraits(native_side=SIZE), 0)
+
+    assert plan(inpaint).crop.width < SIZE
+    tiled = plan(dataclasses.replace(inpaint, tiling="x")).crop
+    assert (tiled.x, tiled.width) == (0, SIZE) and tiled.height < SIZE
+    seamless = plan(dataclasses.replace(inpaint, kind="make_seamless", mask=None, seam_width=SEAM))
+    assert seamless.tiling == "both" and seamless.request.tiling == "both"
+    assert seamless.offset == (SIZE // 2, SIZE // 2)
+    with pytest.raises(ProtocolError) as err:
+        plan(dataclasses.replace(inpaint, kind="make_seamless"))
+    assert err.value.field == "job.mask"

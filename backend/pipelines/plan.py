@@ -9,6 +9,10 @@ Sizes: ``width`` x ``height`` is the output size for every kind. For img2img and
 the init image (and mask) are resampled to it when they differ; clients send the init
 image's own size to keep it (that is what the CLI does), and then an inpaint result is
 byte-identical to the init image wherever the grown and feathered mask is zero.
+
+Depth uploads become a nearness map at the output size (depth.py). make_seamless plans as
+an inpaint of the texture rolled by half (seamless.py), with the tiling it applies; on a
+tiled axis the inpaint context spans the whole image, since that axis wraps around.
 """
 
 from __future__ import annotations
@@ -86,8 +90,8 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
     _check_numbers(job, limits)
     seed = job.seed if job.seed is not None else fresh_seed % SEED_RANGE
     seeds = tuple((seed + i) % SEED_RANGE for i in range(job.batch_size))
-    settled = dataclasses.replace(job, seed=seed)
     tiling = seamless_tiling(job.tiling) if job.kind == "make_seamless" else job.tiling
+    settled = dataclasses.replace(job, seed=seed, tiling=tiling)
     common = dict(request=settled, seeds=seeds, width=job.width, height=job.height,
                   tiling=tiling, depth=_read_depth(job, uploads))
     if kind == "txt2img":

@@ -11,7 +11,13 @@ forward pre-hook; on exit (also on an exception or a cancel) it removes the hook
 puts back the exact padding objects it found.
 
 The worker runs one job at a time, so no other job can call the modules while a block
-is active.
+is active. Compiled modules (``nn.Module.compile``) follow too: dynamo guards on the hooks
+and the padding, so it recompiles once per mode and keeps both graphs.
+
+Not wrapped: the VAE encoder's downsamplers pad one zero column/row on the right/bottom
+by hand before a conv without padding, so encoding an init image is circular except for
+that last column/row at each level. Only the init latents of img2img/inpaint see it; the
+denoising and the decode wrap exactly.
 """
 
 from __future__ import annotations

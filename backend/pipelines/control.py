@@ -22,10 +22,9 @@ import torch
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ControlSettings
 
+from ..models.families import DEPTH as DEPTH2IMG_KIND
+from ..models.families import SD2_DEPTH
 from .depth import control_tensor, depth2img_tensor
-
-SD2_DEPTH = "sd2_depth"       # models.families.SD2_DEPTH; the family that takes depth_map
-DEPTH2IMG_KIND = "depth"      # the store's pipeline kind for it
 
 
 @dataclass(frozen=True)
@@ -34,19 +33,6 @@ class ConditionedCall:
     controlnet: Optional[str]       # ControlNet name; None = the store's default for the family
     uses_controlnet: bool
     kwargs: dict[str, Any]
-
-
-def check_control(control: Optional[ControlSettings], has_depth: bool) -> None:
-    """Request-level rules, checked while planning (no model needed)."""
-    if control is None:
-        return
-    if not has_depth:
-        raise ProtocolError(ErrorCode.INVALID_FIELD,
-                            "control settings need a depth map (job.depth)", "job.control")
-    if control.start > control.end:
-        raise ProtocolError(ErrorCode.INVALID_FIELD,
-                            f"control.end {control.end} is before control.start {control.start}",
-                            "job.control.end")
 
 
 def pixels_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FORMAT_NAMES, ImageFrame, PixelFormat
-from protocol.messages import DepthInput
+from protocol.messages import ControlSettings, DepthInput
 
 from .pixels import resize
 
@@ -42,6 +42,19 @@ KNOWN_DEPTH_MODELS = (
     "Intel/dpt-hybrid-midas",
     "Intel/dpt-large",
 )
+
+
+def check_control(control: Optional[ControlSettings], has_depth: bool) -> None:
+    """Request-level rules, checked while planning (no model needed)."""
+    if control is None:
+        return
+    if not has_depth:
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            "control settings need a depth map (job.depth)", "job.control")
+    if control.start > control.end:
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            f"control.end {control.end} is before control.start {control.start}",
+                            "job.control.end")
 
 
 def frame_depth_values(frame: ImageFrame, field: str) -> np.ndarray:

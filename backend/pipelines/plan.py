@@ -29,8 +29,7 @@ from protocol.frames import ImageFrame
 from protocol.messages import GenerateRequest
 from protocol.schema import validate
 
-from .control import check_control
-from .depth import depth_for_job
+from .depth import check_control, depth_for_job
 from .masks import Box, context_box, mask_bounds, prepare_mask
 from .pixels import frame_to_gray, frame_to_rgba, resize
 from .schedulers import step_limit

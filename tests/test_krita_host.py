@@ -198,6 +198,13 @@ def test_seamless_texture_covers_the_canvas(krita):
     assert layer["bounds"] == [0, 0, WIDTH, HEIGHT]
 
 
+def test_4k_canvas_goes_to_the_model_size_and_comes_back_exactly(krita):
+    record = scenario(krita, "large_canvas")
+    assert record["started"], record["message"]
+    assert record["sent"] == {"image": [96, 56]}          # 3840x2160 in the 32..96 range
+    assert [bounds for _, *bounds in record["new"]] == [[0, 0, 3840, 2160]]
+
+
 def test_batch_preview_switches_results_and_apply_keeps_one(krita):
     record = scenario(krita, "batch")
     assert record["count"] == 2

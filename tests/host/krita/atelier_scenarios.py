@@ -317,6 +317,47 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
 
     run.scenario("seamless", seamless)
 
+    def large_canvas() -> dict[str, Any]:
+        """A 4k document: scaled down to the model and back onto the exact canvas, with
+        the Qt-thread time the plugin spends on it measured."""
+        width, height = 3840, 2160
+        big = Krita.instance().createDocument(width, height, "4k", "RGBA", "U8", "", 72.0)
+        layer = big.createNode("pattern", "paintlayer")
+        big.rootNode().addChildNode(layer, None)
+        row = bytes(range(256)) * (width * 4 // 256)
+        layer.setPixelData(row * height, 0, 0, width, height)
+        big.refreshProjection()
+        big.waitForDone()
+        known = {node.uniqueId().toString() for node in big.rootNode().childNodes()}
+        worker = Controller(lambda: KritaDocument(big), connection=controller.connection,
+                            resolution=ResolutionRange(32, 96))
+        worker.connect()
+        pump_until(worker, lambda: worker.connected, "the 4k connection")
+        started = time.perf_counter()
+        ok = worker.start(Mode.REFINE, JobSettings(prompt="4k", steps=2, seed=8, strength=0.5,
+                                                   previews=False))
+        start_s = time.perf_counter() - started
+        pump_s = 0.0
+        deadline = time.monotonic() + WAIT_S
+        while ok and worker.busy and time.monotonic() < deadline:
+            QCoreApplication.processEvents()
+            tick = time.perf_counter()
+            worker.pump()
+            pump_s += time.perf_counter() - tick
+            time.sleep(0.01)
+        sent = {role: [f.width, f.height] for role, f in worker.sent_inputs.items()}
+        new = [node for node in big.rootNode().childNodes()
+               if node.uniqueId().toString() not in known]
+        out = {"started": ok, "message": worker.message, "sent": sent,
+               "new": [[n.name(), n.bounds().x(), n.bounds().y(), n.bounds().width(),
+                        n.bounds().height()] for n in new],
+               "start_s": round(start_s, 3), "result_s": round(pump_s, 3)}
+        worker.close()
+        big.close()
+        return out
+
+    run.scenario("large_canvas", large_canvas)
+
     def batch() -> dict[str, Any]:
         clear_selection(doc)
         before = layer_stack(doc)

@@ -87,7 +87,7 @@ def build(out_dir: Path, websockets: str | None = None) -> Path:
         entries.append((f"{vendor}/websockets/LICENSE", ws_licence))
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(zipfile.ZipInfo(f"{vendor}/__init__.py", ZIP_DATE),
-                         '"""Third-party packages shipped with the add-on (built, not edited)."""\n')
+                         '"""Third-party packages shipped with the add-on (built)."""\n')
         for name, path in entries:
             info = zipfile.ZipInfo(name, ZIP_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED

@@ -136,7 +136,8 @@ def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
     hidden = [] if only is None else [o for o in scene.objects
                                       if o not in only and not o.hide_render
                                       and o.type not in {"CAMERA", "LIGHT"}]
-    with tempfile.TemporaryDirectory(prefix="atelier_render_") as folder, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory(prefix="atelier_render_") as folder, \
+            contextlib.ExitStack() as stack:
         render = scene.render
         stack.enter_context(_restored(render, resolution_x=width, resolution_y=height,
                                       resolution_percentage=100, use_border=False))

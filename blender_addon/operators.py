@@ -1,6 +1,7 @@
 """Operators: what the panel's buttons do. Each gathers inputs on the main thread,
 sends one job and returns at once; results arrive through the session's pump."""
 
+# Keep: without it the bpy 4.2 module (seen with 4.2.23) segfaults at interpreter exit.
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,10 @@ class _SendsJobs:
 
     def send(self, context: bpy.types.Context, label: str, request: GenerateRequest,
              uploads: list, then: Optional[Callable[[Job, list[Any]], None]] = None) -> set[str]:
-        session = _session(context)
+        try:
+            session = _session(context)
+        except ClientError as exc:
+            return self.report_failure(exc)
         session.retry_now()
         scene_name = context.scene.name
 
@@ -210,7 +214,8 @@ def _project(job: Job, image: Any, faces: dict[str, np.ndarray], view: list, pro
         host.assign_material(obj, material, replace=False, faces=mask)
         if bake:
             baked = host.bake_projection(obj, image, uv_name, mask, f"{image.name} {name}")
-            baked[settings.RECORD_KEY] = {**image[settings.RECORD_KEY].to_dict(), "baked_for": name}
+            record = image[settings.RECORD_KEY].to_dict()
+            baked[settings.RECORD_KEY] = {**record, "baked_for": name}
             job.image_names.append(baked.name)
 
 
@@ -250,6 +255,7 @@ class ATELIER_OT_recall(bpy.types.Operator):
     """Put the settings of a history entry back in the panel"""
     bl_idname = "atelier.recall"
     bl_label = "Recall Settings"
+    bl_options = {"REGISTER", "UNDO"}
 
     index: IntProperty(default=-1, options={"SKIP_SAVE"})
 
@@ -270,7 +276,8 @@ class ATELIER_OT_recall(bpy.types.Operator):
 class ATELIER_OT_apply_image(bpy.types.Operator):
     """Put an image on the active object's material (a new material slot unless replacing)"""
     bl_idname = "atelier.apply_image"
-    bl_label = "Apply to Active Object"
+    bl_label = "Apply Image to Active Object"
+    bl_options = {"REGISTER", "UNDO"}
 
     image: StringProperty(name="Image", options={"SKIP_SAVE"})
     replace_material: BoolProperty(name="Replace Material", default=False,
@@ -278,8 +285,9 @@ class ATELIER_OT_apply_image(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         name = self.image
-        if not name and context.space_data is not None and context.space_data.type == "IMAGE_EDITOR":
-            name = context.space_data.image.name if context.space_data.image else ""
+        space = context.space_data
+        if not name and space is not None and space.type == "IMAGE_EDITOR" and space.image:
+            name = space.image.name
         image = bpy.data.images.get(name)
         obj = context.active_object
         if image is None or obj is None or obj.type != "MESH":

@@ -33,10 +33,13 @@ def _draw_settings(layout: bpy.types.UILayout, props: bpy.types.PropertyGroup) -
     layout.prop(props, "batch_size")
 
 
-def _draw_actions(layout: bpy.types.UILayout, props: bpy.types.PropertyGroup) -> None:
+def _draw_actions(layout: bpy.types.UILayout, props: bpy.types.PropertyGroup,
+                  image_editor: bool) -> None:
     col = layout.column(align=True)
     col.operator("atelier.generate", icon="TEXTURE")
     col.prop(props, "apply_to_object")
+    if image_editor:   # the image shown there, onto the active object
+        col.operator("atelier.apply_image", icon="MATERIAL")
     col = layout.column(align=True)
     row = col.row(align=True)
     row.operator("atelier.render_to_image", icon="RENDER_STILL")
@@ -80,7 +83,7 @@ class _AtelierPanel:
     def draw(self, context: bpy.types.Context) -> None:
         props = context.scene.atelier
         _draw_settings(self.layout, props)
-        _draw_actions(self.layout, props)
+        _draw_actions(self.layout, props, self.bl_space_type == "IMAGE_EDITOR")
         _draw_jobs(self.layout)
 
 

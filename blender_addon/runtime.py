@@ -28,6 +28,7 @@ from .protocol.messages import (Accepted, Cancelled, Error, Models, ModelLoaded,
 CLIENT_NAME = "atelier-blender"
 ACTIVE_INTERVAL = 0.1   # seconds between pumps while a job runs
 IDLE_INTERVAL = 0.5
+KEEP_FINISHED = 20      # finished jobs kept for the panel
 
 
 class JobState(enum.Enum):
@@ -49,7 +50,8 @@ class Job:
     """One generation the add-on asked for, and the datablocks it made so far.
 
     ``finish`` runs on the main thread with the result images, once all
-    pixels are in (apply a material, project onto objects ...).
+    pixels are in (apply a material, project onto objects ...). ``uploads``
+    (what was sent: render, depth) are kept until the job ends.
     """
     label: str
     request: GenerateRequest
@@ -148,6 +150,9 @@ class Session:
 
     def submit(self, job: Job) -> Job:
         client = self._require_client()
+        finished = [j for j in self.jobs if j.state.finished]
+        for old in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+            self.jobs.remove(old)
         self.jobs.append(job)
         if client.connected:
             self._send_job(client, job)
@@ -172,9 +177,12 @@ class Session:
     def _end(self, job: Job, state: JobState, message: str, keep_images: bool = False) -> None:
         job.state = state
         job.message = message
+        job.uploads = ()   # renders and depth maps can be large; the daemon has them now
         if state != JobState.DONE and not keep_images:
             host.remove_images(job.image_names)
             job.image_names.clear()
+        if job.image_names:
+            host.push_undo(f"Atelier: {job.label}")
 
     # ------------------------------------------------------------ pump
     def pump(self) -> bool:
@@ -356,7 +364,6 @@ class Session:
             self._end(job, JobState.FAILED, f"{type(exc).__name__}: {exc}", keep_images=True)
             return
         self._end(job, JobState.DONE, f"done in {result.seconds:.1f} s")
-        host.push_undo(f"Atelier: {job.label}")
 
 
 def not_running_message(reason: str) -> str:

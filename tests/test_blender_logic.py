@@ -296,7 +296,8 @@ def test_build_zip_vendors_protocol_and_websockets(tmp_path: Path) -> None:
 def test_zip_imports_its_vendored_websockets_without_blender(tmp_path: Path) -> None:
     target = build.build(tmp_path)
     zipfile.ZipFile(target).extractall(tmp_path / "x")
-    code = ("import sys; sys.path.insert(0, '.'); from atelier_blender.protocol import _websocket as w; "
+    code = ("import sys; sys.path.insert(0, '.'); "
+            "from atelier_blender.protocol import _websocket as w; "
             "print(w.connect.__module__)")
     out = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path / "x",
                          capture_output=True, text=True, check=True)

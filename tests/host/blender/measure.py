@@ -1,6 +1,7 @@
 """What the add-on costs on Blender's main thread, measured inside real Blender.
 
-    blender -b --factory-startup --python tests/host/blender/measure.py -- --zip Z --url U --scenario measure
+    blender -b --factory-startup --python tests/host/blender/measure.py -- \
+        --zip Z --url U --scenario measure
     python tests/host/blender/measure.py -- --zip Z --url U --scenario measure   (bpy wheel)
 
 Prints one line per operation: the median of several runs, in milliseconds.
@@ -36,7 +37,7 @@ def median_ms(fn, runs: int = RUNS) -> float:
 def main() -> None:
     args = harness.parse_args()
     module = harness.install_and_enable(args.zip, args.url)
-    host, projection = module.host, module.projection
+    host = module.host
     rng = np.random.default_rng(0)
     print(f"Blender {bpy.app.version_string}")
     for side in (512, 1024, 2048):
@@ -49,7 +50,7 @@ def main() -> None:
         bpy.data.images.remove(image)
 
     scene = harness.empty_scene()
-    cam = harness.add_camera(scene, (0.0, -10.0, 0.0))
+    harness.add_camera(scene, (0.0, -10.0, 0.0))
     grid = harness.add_grid(scene, "Grid", (0, 0, 0), size=6, cuts=100)   # 10,000 faces
     harness.add_cube(scene, "Cube", (0, -3, 0))
     for side in (512, 1024):

@@ -124,6 +124,16 @@ def scenario_generate(module, url: str) -> None:
     images = [bpy.data.images[name] for name in names]
     assert len(target.material_slots) == 2 and target.material_slots[1].material is not None
 
+    # Asked to replace: the active slot's material changes, no slot is added, and the
+    # replaced material still exists.
+    replaced = target.material_slots[1].material.name
+    bpy.context.view_layer.objects.active = target
+    assert bpy.ops.atelier.apply_image(image=names[1], replace_material=True) == {"FINISHED"}
+    assert len(target.material_slots) == 2 and replaced in bpy.data.materials
+    tex = next(n for n in target.material_slots[1].material.node_tree.nodes
+               if n.type == "TEX_IMAGE")
+    assert tex.image.name == names[1]
+
     # History: recall puts the first image's settings back.
     history = scene.atelier.history
     assert len(history) == 2 and history[0].image_name == images[0].name
@@ -448,9 +458,10 @@ def scenario_ui(module, url: str) -> None:
                   "IMAGE_PT_atelier_history"):
         cls = getattr(bpy.types, panel)
         log = []
-        cls.draw(Stand(RecordingLayout(log)), bpy.context)
+        cls.draw(Stand(RecordingLayout(log), cls), bpy.context)
         drawn[panel] = log
-    assert drawn["VIEW3D_PT_atelier"] == drawn["IMAGE_PT_atelier"]
+    image_only = [e for e in drawn["IMAGE_PT_atelier"] if e not in drawn["VIEW3D_PT_atelier"]]
+    assert image_only == [("operator", "atelier.apply_image")], image_only
     names = {entry[1] for entry in drawn["VIEW3D_PT_atelier"]}
     for expected in ("prompt", "negative_prompt", "model", "width", "height", "steps",
                      "guidance", "seed", "random_seed", "scheduler", "strength", "tiling",
@@ -481,13 +492,13 @@ def scenario_ui(module, url: str) -> None:
     # While a job runs the panel shows its progress and a Cancel button.
     assert bpy.ops.atelier.generate() == {"FINISHED"}
     log = []
-    bpy.types.VIEW3D_PT_atelier.draw(Stand(RecordingLayout(log)),
-                                     bpy.context)
+    view3d = bpy.types.VIEW3D_PT_atelier
+    view3d.draw(Stand(RecordingLayout(log), view3d), bpy.context)
     assert ("operator", "atelier.cancel") in log
     session.pump_until_idle(JOB_TIMEOUT)
     assert session.jobs[-1].state.name == "FAILED"
     log = []
-    bpy.types.VIEW3D_PT_atelier.draw(Stand(RecordingLayout(log)), bpy.context)
+    view3d.draw(Stand(RecordingLayout(log), view3d), bpy.context)
     assert ("label", session.jobs[-1].progress_text) in log and \
         ("operator", "atelier.cancel") not in log
 

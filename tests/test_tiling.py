@@ -18,6 +18,7 @@ from backend.pipelines.tiling import (
     decode_wrapped,
     decodes_in_tiles,
     tile_axes,
+    whole_image_vae,
     wrapped_convolutions,
 )
 from protocol.errors import ErrorCode, ProtocolError
@@ -198,6 +199,12 @@ def test_tiled_vae_decode_keeps_the_wrap(atelier_home):
     assert mean["wrap_aware"] < 1.2, mean
     # Circular convs inside each tile wrap every tile onto itself: a visible seam.
     assert mean["naive"] > 2.0, mean
+    # So a job never wraps the VAE's convolutions when it will encode in tiles.
+    side = vae.tile_sample_min_size
+    assert whole_image_vae(vae, side, side) is vae
+    assert whole_image_vae(vae, side + 8, side) is None
+    vae.disable_tiling()
+    assert whole_image_vae(vae, 4 * side, side) is vae
 
 
 # ------------------------------------------------------- through the generator

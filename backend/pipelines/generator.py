@@ -48,7 +48,7 @@ from .plan import SEED_RANGE, GenerationLimits, GenerationPlan, ModelTraits, pla
 from .previews import LatentPalette, PreviewLayout, preview_due, scaled_box
 from .schedulers import make_scheduler
 from .seamless import roll_image
-from .tiling import decode_wrapped, tile_axes, wrapped_convolutions
+from .tiling import decode_wrapped, tile_axes, whole_image_vae, wrapped_convolutions
 
 
 @dataclass
@@ -74,7 +74,10 @@ class DiffusionGenerator:
         model = self._model(job)
         plan = plan_generation(job, uploads, self._limits, model_traits(model),
                                fresh_seed=secrets.randbelow(SEED_RANGE))
-        call = self._pipeline_call(plan, model)
+        # Init images are encoded here: on a tiled axis their edges wrap as well.
+        vae = whole_image_vae(model.pipe.vae, plan.work_width, plan.work_height)
+        with wrapped_convolutions([vae], tile_axes(plan.tiling)):
+            call = self._pipeline_call(plan, model)
         latents = self._run(call, plan, model, progress, cancelled)
         if cancelled():
             raise JobCancelled()
@@ -189,7 +192,8 @@ class DiffusionGenerator:
     def _job_context(self, plan: GenerationPlan, pipe: DiffusionPipeline) -> ContextManager:
         """What wraps the model's modules for the duration of this job's call: seamless
         tiling's circular padding (tiling.py), undone when the call ends however it ends."""
-        modules = [pipe.unet, pipe.vae, getattr(pipe, "controlnet", None)]
+        vae = whole_image_vae(pipe.vae, plan.work_width, plan.work_height)
+        modules = [pipe.unet, vae, getattr(pipe, "controlnet", None)]
         return wrapped_convolutions(modules, tile_axes(plan.tiling))
 
     # ------------------------------------------------------------------ 4. pixels out

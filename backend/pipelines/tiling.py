@@ -125,6 +125,15 @@ def wrapped_convolutions(modules: Iterable[Optional[nn.Module]],
         yield len(convs)
 
 
+def whole_image_vae(vae: nn.Module, width: int, height: int) -> Optional[nn.Module]:
+    """``vae`` when it encodes a ``width`` x ``height`` image in one piece, so its
+    convolutions may wrap; None when diffusers will encode it tile by tile
+    (``enable_tiling`` and a side over one tile), where wrapping would fold every tile
+    onto itself. Decoding keeps the wrap in both cases through ``decode_wrapped``."""
+    tiled = bool(getattr(vae, "use_tiling", False)) and max(width, height) > vae.tile_sample_min_size
+    return None if tiled else vae
+
+
 def decodes_in_tiles(vae: nn.Module, latents: torch.Tensor) -> bool:
     """Whether diffusers' ``AutoencoderKL.decode`` will decode ``latents`` tile by tile
     (the same test it makes: tiling enabled and a side over one tile)."""

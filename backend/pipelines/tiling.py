@@ -1,8 +1,9 @@
 """Seamless tiling: convolutions that wrap around on chosen axes, for one job only.
 
 A texture tiles when the network treats the image as a torus on the tiled axes.
-Attention, group norm and nearest upsampling already commute with a circular roll,
-so the only thing that has to change is the padding of every ``Conv2d``: circular on
+Attention, group norm and nearest upsampling already commute with a circular roll (and
+strided convolutions with rolls by their stride), so the only thing that has to change
+is the padding of every ``Conv2d``: circular on
 the tiled axes, zeros on the others. ``padding_mode="circular"`` cannot mix the two,
 and setting it would mutate modules that other pipeline kinds share (they are the same
 objects after ``from_pipe``). ``wrapped_convolutions`` instead, for the length of a

@@ -25,7 +25,7 @@ import os
 import statistics
 import sys
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,8 +39,8 @@ from protocol.frames import ImageFrame, PixelFormat
 from protocol.messages import ControlSettings, DepthInput, GenerateRequest
 
 from . import random_models
-from .hardware import (WorkCount, count_flops, matmul_tflops, peak_gpu_mb, reset_peak_memory,
-                       rss_mb)
+from .hardware import (WorkCount, allocated_bytes, count_flops, matmul_tflops, peak_bytes,
+                       reset_peak_memory, rss_mb)
 from .measure import format_table, machine, write_json
 from .runners import AtelierRunner, CallTiming, DaemonRunner, StockRunner, job_request
 
@@ -108,28 +108,41 @@ def prepare_model(s: Settings) -> ModelUnderTest:
 
 # ------------------------------------------------------------------------ rows
 
-def _row(path: str, batch: int, timings: list[CallTiming], first_call_s: Optional[float],
-         load_s: Optional[float], device: str, **extra: Any) -> dict[str, Any]:
-    total = statistics.median(t.total_s for t in timings)
-    rates = [t.it_per_s for t in timings if t.it_per_s is not None]
-    previews = [t.first_preview_s for t in timings if t.first_preview_s is not None]
-    return {"path": path, "batch": batch, "status": "ok", "repeats": len(timings),
-            "s_per_batch": total, "s_per_image": total / batch,
+@dataclass
+class Case:
+    """One row: a path at one batch size, run repeatedly."""
+    path: str
+    batch: int
+    run: Callable[[], CallTiming]
+    load_s: Optional[float]
+    resident_bytes: int                    # device memory its model holds between jobs
+    extra: dict[str, Any] = field(default_factory=dict)
+    first_call_s: Optional[float] = None
+    timings: list[CallTiming] = field(default_factory=list)
+    job_peak_bytes: int = 0                # most device memory one call added on top
+
+
+def _time_call(case: Case, device: str) -> CallTiming:
+    reset_peak_memory(device)
+    before = allocated_bytes(device)
+    timing = case.run()
+    case.job_peak_bytes = max(case.job_peak_bytes, peak_bytes(device) - before)
+    return timing
+
+
+def _row(case: Case, device: str) -> dict[str, Any]:
+    totals = [t.total_s for t in case.timings]
+    rates = [t.it_per_s for t in case.timings if t.it_per_s is not None]
+    previews = [t.first_preview_s for t in case.timings if t.first_preview_s is not None]
+    peak = (case.resident_bytes + case.job_peak_bytes) / 2**20 if device.startswith("cuda") else None
+    return {"path": case.path, "batch": case.batch, "status": "ok", "repeats": len(totals),
+            "s_per_batch": statistics.median(totals),
+            "s_per_image": statistics.median(totals) / case.batch,
+            "s_per_image_min": min(totals) / case.batch,
             "it_per_s": statistics.median(rates) if rates else None,
             "first_preview_s": statistics.median(previews) if previews else None,
-            "peak_gpu_mb": peak_gpu_mb(device), "rss_mb": rss_mb(),
-            "load_s": load_s, "first_call_s": first_call_s, **extra}
-
-
-def _measure(path: str, run: Callable[[GenerateRequest], CallTiming], job: GenerateRequest,
-             s: Settings, load_s: Optional[float], **extra: Any) -> dict[str, Any]:
-    reset_peak_memory(s.device)
-    first = None
-    for i in range(s.warmup):
-        timing = run(job)
-        first = timing.total_s if i == 0 else first
-    timings = [run(job) for _ in range(s.repeats)]
-    return _row(path, job.batch_size, timings, first, load_s, s.device, **extra)
+            "peak_gpu_mb": peak, "rss_mb": rss_mb(),
+            "load_s": case.load_s, "first_call_s": case.first_call_s, **case.extra}
 
 
 def _skipped(path: str, batch: int, reason: str) -> dict[str, Any]:
@@ -145,71 +158,94 @@ def _depth_upload(width: int, height: int) -> ImageFrame:
                        np.clip(depth, 0, 1).astype("<f4").tobytes())
 
 
-def _try(path: str, batch: int, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Rows for optional features: their failure is reported, not fatal to the run."""
-    try:
-        return measure()
-    except Exception as exc:  # reported in the row: which feature, and why
-        print(f"{path} (batch {batch}) did not run:\n{traceback.format_exc()}", file=sys.stderr)
-        return _skipped(path, batch, f"{type(exc).__name__}: {exc}")
+def _loaded(device: str, load: Callable[[], Any]) -> tuple[Any, int]:
+    """``load()`` and the device memory it left allocated."""
+    before = allocated_bytes(device)
+    runner = load()
+    return runner, max(0, allocated_bytes(device) - before)
 
 
-def run_benchmark(s: Settings) -> dict[str, Any]:
-    model = prepare_model(s)
-    rows: list[dict[str, Any]] = []
-    work: dict[int, WorkCount] = {}
+def _cases(s: Settings, model: ModelUnderTest, work: dict[int, WorkCount],
+           closers: list[Callable[[], None]]) -> list[Case]:
+    """Load every path's model once and list the rows to run."""
     jobs = {b: job_request(s.width, s.height, s.steps, s.guidance, b, s.preview_every)
             for b in s.batches}
-
-    # (a) stock diffusers; also counts the work, on the unmodified modules
-    if model.folder is None:
-        rows += [_skipped("stock", b, "the stock path loads diffusers folders only")
-                 for b in s.batches]
-    else:
-        stock = StockRunner(model.folder, s.device, s.dtype)
+    cases: list[Case] = []
+    if model.folder is not None:
+        stock, resident = _loaded(s.device, lambda: StockRunner(model.folder, s.device, s.dtype))
+        closers.append(stock.close)
         for b, job in jobs.items():
-            if s.count_flops:
+            if s.count_flops:   # on the unmodified modules
                 work[b] = count_flops(lambda steps, job=job: stock.call(job, steps))
-            rows.append(_measure("stock", stock, job, s, stock.load_s))
-        stock.close()
-        _free(s.device)
+            cases.append(Case("stock", b, lambda job=job: stock(job), stock.load_s, resident))
 
-    # (b) Atelier direct, (c) through the daemon, then the optional features
     options = AccelOptions.for_device(s.device, compile=s.compile)
-    atelier = AtelierRunner(model.name, s.device, s.dtype, s.home, options)
-    levers = atelier.accel.report()
-    for b, job in jobs.items():
-        rows.append(_measure("atelier", atelier, job, s, atelier.load_s, levers=levers))
+    atelier, resident = _loaded(s.device, lambda: AtelierRunner(
+        model.name, s.device, s.dtype, s.home, options))
+    closers.append(atelier.close)
     daemon = DaemonRunner(atelier)
-    try:
-        for b, job in jobs.items():
-            rows.append(_measure("daemon", daemon, job, s, None))
-    finally:
-        daemon.close()
+    closers.append(daemon.close)
+    levers = {"levers": atelier.accel.report()}
+    for b, job in jobs.items():
+        cases.append(Case("atelier", b, lambda job=job: atelier(job), atelier.load_s, resident,
+                          levers))
+        cases.append(Case("daemon", b, lambda job=job: daemon(job), None, resident))
     if s.extras:
+        depth = _depth_upload(s.width, s.height)
         for b in s.batches:
             tiled = job_request(s.width, s.height, s.steps, s.guidance, b, s.preview_every,
                                 tiling="both")
-            rows.append(_try("atelier+tiling", b,
-                             lambda: _measure("atelier+tiling", atelier, tiled, s, None)))
-            depth = _depth_upload(s.width, s.height)
             conditioned = job_request(
                 s.width, s.height, s.steps, s.guidance, b, s.preview_every,
                 depth=DepthInput(upload=depth.id, convention="normalized"),
                 control=ControlSettings(model=model.controlnet))
-            rows.append(_try("atelier+depth", b, lambda: _measure(
-                "atelier+depth", lambda job: atelier(job, {depth.id: depth}), conditioned, s,
-                None)))
-    atelier.close()
-    _free(s.device)
-
+            cases.append(Case("atelier+tiling", b, lambda job=tiled: atelier(job), None, resident))
+            cases.append(Case("atelier+depth", b,
+                              lambda job=conditioned: atelier(job, {depth.id: depth}), None,
+                              resident))
     if s.low_memory:
-        low = AtelierRunner(model.name, s.device, s.dtype, s.home,
-                            AccelOptions.for_device(s.device, low_memory=True))
-        low_levers = low.accel.report()
+        low_options = AccelOptions.for_device(s.device, low_memory=True)
+        low, low_resident = _loaded(s.device, lambda: AtelierRunner(
+            model.name, s.device, s.dtype, s.home, low_options))
+        closers.append(low.close)
         for b, job in jobs.items():
-            rows.append(_measure("atelier-lowmem", low, job, s, low.load_s, levers=low_levers))
-        low.close()
+            cases.append(Case("atelier-lowmem", b, lambda job=job: low(job), low.load_s,
+                              low_resident, {"levers": low.accel.report()}))
+    return cases
+
+
+def run_benchmark(s: Settings) -> dict[str, Any]:
+    """Warm every row up, then run the repetitions round-robin over the rows, so a burst
+    of load from elsewhere on the machine falls on all paths alike."""
+    model = prepare_model(s)
+    work: dict[int, WorkCount] = {}
+    closers: list[Callable[[], None]] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        cases = _cases(s, model, work, closers)
+        if model.folder is None:
+            rows += [_skipped("stock", b, "the stock path loads diffusers folders only")
+                     for b in s.batches]
+        running = []
+        for case in cases:
+            try:
+                for i in range(s.warmup):
+                    timing = _time_call(case, s.device)
+                    case.first_call_s = timing.total_s if i == 0 else case.first_call_s
+                running.append(case)
+            except Exception as exc:  # an optional feature that cannot run here: say why
+                if case.path in CORE_PATHS:
+                    raise
+                print(f"{case.path} (batch {case.batch}) did not run:\n"
+                      f"{traceback.format_exc()}", file=sys.stderr)
+                rows.append(_skipped(case.path, case.batch, f"{type(exc).__name__}: {exc}"))
+        for _ in range(s.repeats):
+            for case in running:
+                case.timings.append(_time_call(case, s.device))
+        rows += [_row(case, s.device) for case in running]
+    finally:
+        for close in reversed(closers):
+            close()
         _free(s.device)
 
     tflops = matmul_tflops(s.device, s.dtype)
@@ -217,6 +253,7 @@ def run_benchmark(s: Settings) -> dict[str, Any]:
         count = work.get(row["batch"])
         if row["status"] == "ok" and count is not None and row["path"] in PLAIN_WORK_PATHS:
             row["floor_share"] = count.total(s.steps) / (tflops * 1e12) / row["s_per_batch"]
+    rows.sort(key=lambda r: (r["batch"], ROW_ORDER.index(r["path"])))
     return {"benchmark": "generation", "machine": machine(), "settings": s.describe(),
             "model": model.description,
             "hardware": {"matmul_tflops": tflops, "dtype": str(s.dtype)},
@@ -225,6 +262,8 @@ def run_benchmark(s: Settings) -> dict[str, Any]:
             "rows": rows, "summary": summarise(rows, s.batches)}
 
 
+CORE_PATHS = ("stock", "atelier", "daemon")
+ROW_ORDER = ("stock", "atelier", "daemon", "atelier+tiling", "atelier+depth", "atelier-lowmem")
 # Paths whose arithmetic is the counted job's (tiling adds no FLOPs worth counting;
 # depth adds a ControlNet, which the count does not include).
 PLAIN_WORK_PATHS = ("stock", "atelier", "daemon", "atelier+tiling", "atelier-lowmem")
@@ -278,16 +317,17 @@ def print_report(report: dict[str, Any]) -> None:
     table = []
     for r in report["rows"]:
         if r["status"] != "ok":
-            table.append([r["path"], r["batch"], None, None, None, None, None, None, None,
+            table.append([r["path"], r["batch"], None, None, None, None, None, None, None, None,
                           "skipped: " + r["reason"][:60]])
             continue
         share = r.get("floor_share")
-        table.append([r["path"], r["batch"], r["s_per_image"], r["it_per_s"], r["first_preview_s"],
+        table.append([r["path"], r["batch"], r["s_per_image"], r["s_per_image_min"],
+                      r["it_per_s"], r["first_preview_s"],
                       r["peak_gpu_mb"] if s["device"].startswith("cuda") else r["rss_mb"],
                       r["load_s"], r["first_call_s"],
                       None if share is None else f"{share * 100:.1f}%", ""])
-    print(format_table(["path", "batch", "s/image", "it/s", "1st preview s", memory, "load s",
-                        "1st call s", "floor", "note"], table))
+    print(format_table(["path", "batch", "s/image", "best s/image", "it/s", "1st preview s",
+                        memory, "load s", "1st call s", "floor", "note"], table))
     for b, summary in report["summary"].items():
         shown = ", ".join(f"{k} {v:.3g}" for k, v in summary.items() if v is not None)
         print(f"batch {b}: {shown}")

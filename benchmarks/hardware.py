@@ -23,11 +23,14 @@ def reset_peak_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def peak_gpu_mb(device: str) -> Optional[float]:
-    """Peak memory torch allocated on the GPU since the last reset; None off the GPU."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return None
+def allocated_bytes(device: str) -> int:
+    """Device memory torch holds now; 0 off the GPU."""
+    return torch.cuda.memory_allocated() if device.startswith("cuda") else 0
+
+
+def peak_bytes(device: str) -> int:
+    """Most device memory torch held since the last reset; 0 off the GPU."""
+    return torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
 
 
 def rss_mb() -> Optional[float]:

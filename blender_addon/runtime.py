@@ -36,6 +36,7 @@ class JobState(enum.Enum):
     SENT = "sent"
     QUEUED = "queued"
     RUNNING = "running"
+    RECONNECTING = "connection lost; resumes when the daemon is back"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -165,10 +166,11 @@ class Session:
     def cancel(self, job: Job) -> None:
         """Ask the daemon to stop ``job``; its datablocks go when the daemon confirms."""
         job.cancel_requested = True
-        if job.state == JobState.WAITING:
-            self._end(job, JobState.CANCELLED, "cancelled")
-        elif job.job_id is not None and self._client is not None and self._client.connected:
+        if job.job_id is not None and self._client is not None and self._client.connected:
             self._client.cancel(job.job_id)
+        elif job.state in (JobState.WAITING, JobState.RECONNECTING):
+            # Nobody to tell: drop it here; a late result for it is ignored.
+            self._end(job, JobState.CANCELLED, "cancelled")
 
     def cancel_all(self) -> None:
         for job in self.active_jobs:
@@ -251,6 +253,9 @@ class Session:
             # acknowledged ones are fetched again after a reconnect.
             if job.job_id is None or not event.will_retry:
                 self._end(job, JobState.FAILED, self.last_failure)
+            else:
+                job.state = JobState.RECONNECTING
+                job.message = f"{JobState.RECONNECTING.value} ({self.last_failure})"
 
     def _accepted(self, event: Accepted) -> None:
         job = self._job_for(ref=event.ref)

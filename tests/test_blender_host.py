@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -108,12 +109,40 @@ def test_blender_window_reports_and_timers(addon_zip: Path, tmp_path: Path, daem
     assert "SCENARIO window PASSED" in output, output
 
 
-def _run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+@pytest.mark.parametrize("host", ["blender-3.4", "bpy-4.2"])
+def test_blender_daemon_stopped_mid_job(host: str, addon_zip: Path, tmp_path: Path,
+                                        fresh_daemon) -> None:
+    """The daemon is stopped while Blender waits for a job: a message, no crash, and
+    Cancel cleans up (see scenario_daemon_stops)."""
+    command = _host_command(host)
+    signal = tmp_path / "stop-daemon"
+    proc = subprocess.Popen([*command, "--", "--zip", str(addon_zip), "--url", fresh_daemon.url,
+                             "--scenario", "daemon_stops"], cwd=tmp_path,
+                            env=_env(tmp_path, ATELIER_SIGNAL_FILE=str(signal)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while not signal.exists() and proc.poll() is None:
+            time.sleep(0.05)   # waiting for the scenario's cue, not timing anything
+        fresh_daemon.stop()
+        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert signal.exists(), f"the scenario ended before asking to stop the daemon:\n{output}"
+    assert proc.returncode == 0, f"{host} daemon_stops failed (exit {proc.returncode}):\n{output}"
+    assert "SCENARIO daemon_stops PASSED" in output, output
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     # Everything Blender writes for a user stays in this test's folder.
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user-resources"),
            "BLENDER_USER_SCRIPTS": str(tmp_path / "user-scripts"),
            "BLENDER_USER_CONFIG": str(tmp_path / "user-config"),
-           "BLENDER_USER_EXTENSIONS": str(tmp_path / "user-extensions")}
+           "BLENDER_USER_EXTENSIONS": str(tmp_path / "user-extensions"), **extra}
     env.pop("PYTHONPATH", None)   # the add-on must work from its zip alone
-    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT)
+    return env
+
+
+def _run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT)

@@ -358,6 +358,27 @@ def scenario_cancel(module, url: str) -> None:
     assert len(cube.material_slots) == 0
 
 
+def scenario_daemon_stops(module, url: str) -> None:
+    """The daemon goes away mid-job (the test stops it when told through the file named by
+    ATELIER_SIGNAL_FILE): the job says so and waits to resume; Cancel then leaves nothing."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    harness.settings(scene, prompt="interrupted", steps=150, width=SIZE, height=SIZE,
+                     preview_every=1)
+    before = snapshot()
+    assert bpy.ops.atelier.generate() == {"FINISHED"}
+    job = last_job(session)
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: bool(job.image_names))
+    with open(os.environ["ATELIER_SIGNAL_FILE"], "w") as signal:
+        signal.write("stop the daemon now")
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: job.state.name == "RECONNECTING")
+    assert not session.connection_ok and "atelier serve" in job.message, job.message
+    assert job.image_names and job.image_names[0] in bpy.data.images   # kept: may resume
+    assert bpy.ops.atelier.cancel() == {"FINISHED"}
+    assert job.state.name == "CANCELLED" and not session.active_jobs
+    assert new_datablocks(before) == {"images": set(), "materials": set(), "meshes": set()}
+
+
 def scenario_no_daemon(module, url: str) -> None:
     """Nothing listens at ``url``: each job fails with a message saying how to start the
     daemon, nothing is left behind, every click tries again, and Blender carries on."""

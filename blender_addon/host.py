@@ -140,7 +140,8 @@ def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
             contextlib.ExitStack() as stack:
         render = scene.render
         stack.enter_context(_restored(render, resolution_x=width, resolution_y=height,
-                                      resolution_percentage=100, use_border=False))
+                                      resolution_percentage=100, use_border=False,
+                                      use_compositing=True))
         if depth:
             stack.enter_context(_restored(view_layer, use_pass_z=True))
         if not color and render.engine == "CYCLES":
@@ -198,8 +199,7 @@ def _output_nodes(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, folde
 def _written(folder: str, slot: str) -> str:
     found = sorted(glob.glob(os.path.join(folder, slot + "*")))
     if not found:
-        raise HostError(f"the render wrote no '{slot}' file; is the compositor disabled "
-                        "for this render?")
+        raise HostError(f"the render wrote no '{slot}' file (was the render cancelled?)")
     return found[0]
 
 

@@ -174,7 +174,9 @@ def scenario_render(module, url: str) -> None:
     light = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", "SUN"))
     scene.collection.objects.link(light)
     light.rotation_euler = (math.pi / 2, 0, 0)   # shining along +Y onto the cube's front
-    res_before = (scene.render.resolution_x, scene.render.resolution_y, scene.use_nodes)
+    scene.render.use_compositing = False    # the add-on must render its passes anyway
+    res_before = (scene.render.resolution_x, scene.render.resolution_y, scene.use_nodes,
+                  scene.render.use_compositing)
     harness.settings(scene, prompt="stone block", steps=4, width=SIZE, height=SIZE,
                      strength=0.6, use_depth=True, random_seed=False, seed=7)
     before = snapshot()
@@ -182,7 +184,8 @@ def scenario_render(module, url: str) -> None:
     job = last_job(session)
 
     # The scene is as it was: resolution, compositor, passes.
-    assert (scene.render.resolution_x, scene.render.resolution_y, scene.use_nodes) == res_before
+    assert (scene.render.resolution_x, scene.render.resolution_y, scene.use_nodes,
+            scene.render.use_compositing) == res_before
     assert not bpy.context.view_layer.use_pass_z
     assert scene.node_tree is None or all(n.type != "OUTPUT_FILE" for n in scene.node_tree.nodes)
 

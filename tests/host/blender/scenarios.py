@@ -223,6 +223,8 @@ def _ray_hits_box(origin: np.ndarray, target: np.ndarray, lo: np.ndarray, hi: np
 
 
 def _bilinear(rows: np.ndarray, u: float, v: float) -> np.ndarray:
+    """Texel-centred bilinear lookup, written out here so the check does not lean on the
+    add-on's own sampler."""
     h, w = rows.shape[:2]
     x, y = min(max(u * w - 0.5, 0), w - 1), min(max(v * h - 0.5, 0), h - 1)
     x0, y0 = int(x), int(y)

@@ -278,30 +278,33 @@ def _free(device: str) -> None:
 
 
 def summarise(rows: list[dict[str, Any]], batches: tuple[int, ...]) -> dict[str, Any]:
-    """Ratios between rows of the same batch size: speed-ups and overheads."""
+    """Ratios between rows of the same batch size, from the medians and from the best
+    repetitions (``..._best``; steadier on a machine shared with other work)."""
     out: dict[str, Any] = {}
     for b in batches:
         by_path = {r["path"]: r for r in rows if r["batch"] == b and r["status"] == "ok"}
+        figures: dict[str, Optional[float]] = {}
+        for suffix, key in (("", "s_per_image"), ("_best", "s_per_image_min")):
+            def ratio(num: str, den: str) -> Optional[float]:
+                if num in by_path and den in by_path:
+                    return by_path[num][key] / by_path[den][key]
+                return None
 
-        def ratio(num: str, den: str) -> Optional[float]:
-            if num in by_path and den in by_path:
-                return by_path[num]["s_per_batch"] / by_path[den]["s_per_batch"]
-            return None
+            def overhead(path: str) -> Optional[float]:
+                r = ratio(path, "atelier")
+                return None if r is None else (r - 1.0) * 100
 
-        def overhead(path: str, base: str = "atelier") -> Optional[float]:
-            r = ratio(path, base)
-            return None if r is None else (r - 1.0) * 100
-
-        out[str(b)] = {
-            "speedup_atelier_vs_stock": ratio("stock", "atelier"),
-            "speedup_daemon_vs_stock": ratio("stock", "daemon"),
-            # the daemon's extra time (transport, queue, result frames) as a share of it
-            "protocol_share_pct": None if ratio("daemon", "atelier") is None
-            else (1 - 1 / ratio("daemon", "atelier")) * 100,
-            "tiling_overhead_pct": overhead("atelier+tiling"),
-            "depth_overhead_pct": overhead("atelier+depth"),
-            "lowmem_overhead_pct": overhead("atelier-lowmem"),
-        }
+            daemon = ratio("daemon", "atelier")
+            figures.update({
+                f"speedup_atelier_vs_stock{suffix}": ratio("stock", "atelier"),
+                f"speedup_daemon_vs_stock{suffix}": ratio("stock", "daemon"),
+                # the daemon's extra time (transport, queue, result frames) as a share of it
+                f"protocol_share_pct{suffix}": None if daemon is None else (1 - 1 / daemon) * 100,
+                f"tiling_overhead_pct{suffix}": overhead("atelier+tiling"),
+                f"depth_overhead_pct{suffix}": overhead("atelier+depth"),
+                f"lowmem_overhead_pct{suffix}": overhead("atelier-lowmem"),
+            })
+        out[str(b)] = figures
     return out
 
 

@@ -53,6 +53,7 @@ def test_generation_benchmark_smoke(tmp_path: Path, atelier_home: Path):
         summary = report["summary"][batch]
         assert _positive(summary["speedup_atelier_vs_stock"])
         assert _positive(summary["speedup_daemon_vs_stock"])
+        assert _positive(summary["speedup_atelier_vs_stock_best"])
 
 
 def test_protocol_cost_benchmark_smoke(tmp_path: Path):

@@ -92,13 +92,18 @@ def steps(module, url: str) -> Iterator[float]:
     assert error_lines and str(prefs.port) in error_lines[-1], reports
     assert job.state.name == "FAILED"
 
-    # 2. The daemon: the image arrives through the add-on's own timer, reported on the way out.
+    # 2. The daemon: the image arrives through the add-on's own timer, is shown in the
+    # Image Editor, and is reported on the way out.
+    window = bpy.context.window_manager.windows[0]
+    editor = next(a for a in window.screen.areas if a.type == "PROPERTIES")
+    editor.type = "IMAGE_EDITOR"
     prefs.port = daemon_port
     assert _click(bpy.ops.atelier.generate) == {"RUNNING_MODAL"}
     job = session.jobs[-1]
     yield from _wait(lambda: job.state.finished, "the generation")
     assert job.state.name == "DONE", job.progress_text
     assert bpy.data.images["window test 11"].size[:] == (64, 64)
+    assert editor.spaces.active.image == bpy.data.images["window test 11"]
     yield from _wait(lambda: "Generate: done" in _reports(), "the done report")
     print("SCENARIO window PASSED on Blender", bpy.app.version_string)
 

@@ -23,7 +23,7 @@ from .protocol import GenerateRequest, ImageFrame
 from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.events import Connected, Disconnected, JobDone, PreviewImage
 from .protocol.messages import (Accepted, Cancelled, Error, Models, ModelLoaded, Progress,
-                                Started, Status)
+                                Result, Started, Status)
 
 CLIENT_NAME = "atelier-blender"
 ACTIVE_INTERVAL = 0.1   # seconds between pumps while a job runs
@@ -67,6 +67,7 @@ class Job:
     message: str = ""
     cancel_requested: bool = False
     image_names: list[str] = field(default_factory=list)   # made by this job, in batch order
+    result: Optional[Result] = None   # the daemon's account of what it ran
 
     @property
     def progress_text(self) -> str:
@@ -338,7 +339,7 @@ class Session:
         host.write_rgba8(image, frame.data, frame.width, frame.height)
 
     def _deliver(self, job: Job, done: JobDone) -> None:
-        result = done.result
+        result = job.result = done.result
         seeds = {info.index: info.seed for info in result.images}
         images = []
         try:

@@ -201,6 +201,10 @@ def scenario_render(module, url: str) -> None:
 
     session.pump_until_idle(JOB_TIMEOUT)
     assert job.state.name == "DONE", job.progress_text
+    # The daemon ran the job with that very depth upload and init image.
+    ran = job.result.params
+    assert ran.depth.upload == job.request.depth.upload and ran.depth.convention == "distance"
+    assert ran.init_image == init.id and ran.control is not None
     made = new_datablocks(before)
     assert made["images"] == set(job.image_names) and len(made["images"]) == 1, made
     image = bpy.data.images[job.image_names[0]]
@@ -294,6 +298,7 @@ def scenario_project(module, url: str) -> None:
 
     session.pump_until_idle(JOB_TIMEOUT)
     assert job.state.name == "DONE", job.progress_text
+    assert job.result.params.depth.upload == job.request.depth.upload
     made = new_datablocks(before)
     # The generated image, and one bake per object into its own UV layout.
     assert made["images"] == set(job.image_names) and len(made["images"]) == 3, made

@@ -19,7 +19,8 @@ import addon_utils
 import bpy
 import mathutils
 
-ADDON = "atelier_blender"   # the extension install changes it to its bl_ext name
+ADDON = "atelier_blender"
+EXTENSION = "bl_ext.user_default.atelier_blender"   # the same, installed as an extension
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,7 +45,6 @@ def install_and_enable(zip_path: str, url: str, how: str = "legacy") -> ModuleTy
     Install from Disk into the user extensions repository (Blender 4.2+), which
     reads ``blender_manifest.toml``.
     """
-    global ADDON
     if how == "legacy":
         result = bpy.ops.preferences.addon_install(filepath=zip_path, overwrite=True)
         assert result == {"FINISHED"}, f"addon_install returned {result}"
@@ -55,22 +55,26 @@ def install_and_enable(zip_path: str, url: str, how: str = "legacy") -> ModuleTy
         result = bpy.ops.extensions.package_install_files(
             filepath=zip_path, repo="user_default", enable_on_install=True)
         assert result == {"FINISHED"}, f"package_install_files returned {result}"
-        ADDON = "bl_ext.user_default.atelier_blender"
-        assert ADDON in bpy.context.preferences.addons.keys(), "extension not enabled"
-        module = sys.modules[ADDON]
+        assert EXTENSION in bpy.context.preferences.addons.keys(), "extension not enabled"
+        module = sys.modules[EXTENSION]
     root = os.environ["BLENDER_USER_SCRIPTS" if how == "legacy" else "BLENDER_USER_EXTENSIONS"]
     assert module.__file__ is not None and module.__file__.startswith(root), module.__file__
     # The add-on must use its own vendored websockets, not one from the host's Python.
-    assert f"{ADDON}.protocol._vendor.websockets" in sys.modules, "vendored websockets not used"
+    name = module.__name__
+    assert f"{name}.protocol._vendor.websockets" in sys.modules, "vendored websockets not used"
     hostport = url.split("//", 1)[1].rstrip("/")
     host, port = hostport.rsplit(":", 1)
-    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs = preferences(module)
     prefs.host, prefs.port = host, int(port)
     return module
 
 
-def disable() -> None:
-    addon_utils.disable(ADDON, default_set=True, handle_error=_reraise)
+def preferences(module: ModuleType) -> Any:
+    return bpy.context.preferences.addons[module.__name__].preferences
+
+
+def disable(module: ModuleType) -> None:
+    addon_utils.disable(module.__name__, default_set=True, handle_error=_reraise)
 
 
 def session(module: ModuleType) -> Any:
@@ -91,14 +95,12 @@ def empty_scene() -> bpy.types.Scene:
     return scene
 
 
-def add_camera(scene: bpy.types.Scene, location: tuple[float, float, float],
-               look_along: str = "+Y") -> bpy.types.Object:
-    """A perspective camera at ``location`` looking along +Y (90 degrees about X)."""
+def add_camera(scene: bpy.types.Scene, location: tuple[float, float, float]) -> bpy.types.Object:
+    """A perspective camera (50 mm lens, 36 mm sensor) at ``location`` looking along +Y."""
     data = bpy.data.cameras.new("Cam")
     cam = bpy.data.objects.new("Cam", data)
     scene.collection.objects.link(cam)
     cam.location = location
-    assert look_along == "+Y"
     cam.rotation_euler = (math.pi / 2, 0.0, 0.0)
     scene.camera = cam
     return cam

@@ -155,7 +155,7 @@ def scenario_generate(module, url: str) -> None:
 
     # Disabling stops the pump timer and closes the connection.
     timer = module.addon._tick
-    harness.disable()
+    harness.disable(module)
     assert not bpy.app.timers.is_registered(timer)
     assert module.addon.current_session() is None
 
@@ -505,7 +505,7 @@ def scenario_ui(module, url: str) -> None:
     bpy.types.ATELIER_UL_history.draw_item(None, bpy.context, RecordingLayout(log), props,
                                            item, 0, props, "history_index")
     assert log == [("label", "old prompt  ·  seed 3")]
-    prefs = bpy.context.preferences.addons[harness.ADDON].preferences
+    prefs = harness.preferences(module)
     log = []
     type(prefs).draw(Stand(RecordingLayout(log), prefs), bpy.context)
     assert ("operator", "atelier.test_connection") in log

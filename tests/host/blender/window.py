@@ -76,7 +76,7 @@ def _wait(condition, what: str) -> Iterator[float]:
 
 def steps(module, url: str) -> Iterator[float]:
     session = harness.session(module)
-    prefs = bpy.context.preferences.addons[harness.ADDON].preferences
+    prefs = harness.preferences(module)
     scene = harness.empty_scene()
     harness.settings(scene, prompt="window test", steps=2, width=64, height=64,
                      random_seed=False, seed=11)

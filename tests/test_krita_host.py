@@ -66,8 +66,14 @@ def plugin_zip(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="module")
-def krita(daemon: Any, plugin_zip: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    runner = kritarunner()
+def runner() -> str:
+    return kritarunner()
+
+
+# ``runner`` comes first so a missing Krita skips (or fails) before a daemon starts.
+@pytest.fixture(scope="module")
+def krita(runner: str, daemon: Any, plugin_zip: str,
+          tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("krita")
     zip_path = plugin_zip
     env = isolated_env(root / "home", QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS))
@@ -276,10 +282,14 @@ def import_plugin_zip(zip_path: str, resources: Path) -> list[str]:
     return [plugin["name"] for plugin in imported]
 
 
-def test_docker_in_the_krita_application_generates_above_the_active_layer(
-        daemon, plugin_zip, tmp_path):
+@pytest.fixture
+def xvfb_run() -> str:
     needs("krita")
-    xvfb_run = needs("xvfb-run")
+    return needs("xvfb-run")
+
+
+def test_docker_in_the_krita_application_generates_above_the_active_layer(
+        xvfb_run, daemon, plugin_zip, tmp_path):
     home = tmp_path / "home"
     pykrita = home / "data" / "krita" / "pykrita"
     assert import_plugin_zip(plugin_zip, home / "data" / "krita") == ["atelier_krita"]

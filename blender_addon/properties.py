@@ -7,6 +7,7 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        IntProperty, PointerProperty, StringProperty)
 
 from .protocol.client import DEFAULT_PORT
+from .settings import MAX_BATCH, SEED_MAX
 from .protocol.messages import SCHEDULERS
 
 ADDON_ID = __package__   # "atelier_blender", or "bl_ext.<repo>.atelier_blender" as an extension
@@ -85,14 +86,14 @@ class AtelierSettings(bpy.types.PropertyGroup):
     height: IntProperty(name="Height", default=512, min=64, max=4096, step=64)
     steps: IntProperty(name="Steps", default=20, min=1, max=150)
     guidance: FloatProperty(name="Guidance", default=7.0, min=0.0, max=50.0)
-    seed: IntProperty(name="Seed", default=0, min=0)
+    seed: IntProperty(name="Seed", default=0, min=0, max=SEED_MAX)
     random_seed: BoolProperty(name="Random", default=True,
-                              description="Let the daemon pick a new seed each time")
+                              description="A new seed each time")
     scheduler: EnumProperty(name="Scheduler", items=SCHEDULER_ITEMS, default="euler_a")
     strength: FloatProperty(name="Strength", default=0.75, min=0.0, max=1.0,
                             description="How much img2img may change the render")
     tiling: EnumProperty(name="Seamless", items=TILING_ITEMS, default="none")
-    batch_size: IntProperty(name="Batch", default=1, min=1, max=8)
+    batch_size: IntProperty(name="Batch", default=1, min=1, max=MAX_BATCH)
     preview_every: IntProperty(name="Preview Every", default=1, min=0, max=50,
                                description="Show a preview every N steps (0 = none)")
     control_scale: FloatProperty(name="Depth Strength", default=1.0, min=0.0, max=2.0)

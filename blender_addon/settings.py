@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import secrets
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
-from .protocol import GenerateRequest, validate
+from .protocol import ErrorCode, GenerateRequest, ProtocolError, validate
 from .protocol.messages import ControlSettings, DepthInput, Result
 
 # Cycles and EEVEE write this into the Z pass where no geometry was hit (1e10);
@@ -20,6 +21,10 @@ from .protocol.messages import ControlSettings, DepthInput, Result
 BACKGROUND_DEPTH = 1e9
 RECORD_KEY = "atelier"  # custom property group on images made by the add-on
 NAME_LIMIT = 63         # Blender ID names are at most 63 bytes
+MAX_BATCH = 8           # images per job from the panel
+# Blender's integer properties are signed 32-bit. Seeds stay low enough that every image
+# of a batch (seed + index, as the daemon numbers them) still fits one.
+SEED_MAX = 2 ** 31 - 1 - MAX_BATCH
 # What the history list keeps of each result: enough to regenerate it.
 HISTORY_FIELDS = ("prompt", "negative_prompt", "model", "kind", "width", "height", "steps",
                   "guidance", "seed", "scheduler", "strength", "tiling")
@@ -59,12 +64,22 @@ def settings_from(source: Any) -> PanelSettings:
 
 def build_request(settings: PanelSettings, *, kind: str = "txt2img",
                   init_image: Optional[str] = None, depth_upload: Optional[str] = None,
-                  width: Optional[int] = None, height: Optional[int] = None) -> GenerateRequest:
+                  width: Optional[int] = None, height: Optional[int] = None,
+                  pick_seed: Callable[[int], int] = secrets.randbelow) -> GenerateRequest:
     """The GenerateRequest for the panel settings; ProtocolError names a bad field.
 
     ``depth_upload`` is the id of a FLOAT32 upload holding distances from the
-    camera (a Blender Z pass); it turns on depth conditioning.
+    camera (a Blender Z pass); it turns on depth conditioning. A "random" seed
+    is drawn here with ``pick_seed(n)`` (0 <= seed < n), so that it fits Blender.
     """
+    if settings.random_seed:
+        seed = pick_seed(SEED_MAX + 1)
+    elif settings.seed > SEED_MAX:
+        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                            f"must be at most {SEED_MAX} in Blender, got {settings.seed}",
+                            "job.seed")
+    else:
+        seed = settings.seed
     depth = control = None
     if depth_upload is not None:
         depth = DepthInput(upload=depth_upload, convention="distance",
@@ -79,7 +94,7 @@ def build_request(settings: PanelSettings, *, kind: str = "txt2img",
         height=height if height is not None else settings.height,
         steps=settings.steps,
         guidance=settings.guidance,
-        seed=None if settings.random_seed else settings.seed,
+        seed=seed,
         scheduler=settings.scheduler,  # type: ignore[arg-type]
         batch_size=settings.batch_size,
         strength=settings.strength,

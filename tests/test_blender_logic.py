@@ -102,9 +102,26 @@ def test_request_from_panel_settings() -> None:
     assert request.preview_every == 2 and request.output_format == "raw"
 
 
-def test_random_seed_and_empty_model_leave_the_choice_to_the_daemon() -> None:
-    request = settings.build_request(settings.PanelSettings(seed=9, random_seed=True, model=""))
-    assert request.seed is None and request.model is None
+def test_random_seeds_fit_blender_ints_for_every_batch_image() -> None:
+    asked = []
+
+    def pick(limit: int) -> int:
+        asked.append(limit)
+        return limit - 1   # the largest seed it may draw
+    request = settings.build_request(
+        settings.PanelSettings(seed=9, random_seed=True, batch_size=8, model=""), pick_seed=pick)
+    assert asked == [settings.SEED_MAX + 1] and request.seed == settings.SEED_MAX
+    assert request.seed + request.batch_size - 1 <= 2 ** 31 - 1
+    assert request.model is None    # empty: the daemon's current model
+    drawn = {settings.build_request(settings.PanelSettings()).seed for _ in range(20)}
+    assert len(drawn) > 1 and all(0 <= s <= settings.SEED_MAX for s in drawn)
+
+
+def test_fixed_seed_above_blenders_range_is_refused() -> None:
+    with pytest.raises(ProtocolError) as info:
+        settings.build_request(settings.PanelSettings(seed=settings.SEED_MAX + 1,
+                                                      random_seed=False))
+    assert info.value.field == "job.seed" and str(settings.SEED_MAX) in info.value.message
 
 
 def test_img2img_with_depth_sets_init_depth_and_control() -> None:

@@ -417,13 +417,16 @@ def scenario_extension(module, url: str) -> None:
     session = harness.session(module)
     scene = harness.empty_scene()
     harness.settings(scene, prompt="blue tiles", steps=2, width=SIZE, height=SIZE,
-                     random_seed=False, seed=5)
+                     random_seed=True, seed=5)
     assert bpy.ops.atelier.generate() == {"FINISHED"}
-    session.pump_until_idle(JOB_TIMEOUT)
     job = last_job(session)
+    assert 0 <= job.request.seed <= module.settings.SEED_MAX   # "random": drawn per job
+    session.pump_until_idle(JOB_TIMEOUT)
     assert job.state.name == "DONE", job.progress_text
+    seed = job.result.images[0].seed
     image = bpy.data.images[job.image_names[0]]
-    assert image.name == "blue tiles 5" and tuple(image.size) == (SIZE, SIZE)
+    assert image.name == f"blue tiles {seed}" and tuple(image.size) == (SIZE, SIZE)
+    assert image["atelier"]["seed"] == seed and scene.atelier.history[-1].seed == seed
 
 
 class RecordingLayout:

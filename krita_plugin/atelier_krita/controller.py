@@ -8,6 +8,7 @@ in a loop) drains them and touches the document. Nothing here blocks.
 from __future__ import annotations
 
 import queue
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -115,7 +116,9 @@ class Controller:
     def disconnect(self) -> None:
         client, self.client = self.client, None
         if client is not None:
-            client.close()
+            # close() joins the client's threads, which can sit in a connect timeout:
+            # never on Qt's thread.
+            threading.Thread(target=client.close, name="atelier-close", daemon=True).start()
         self.connected = False
         if self._job is not None:
             self._end_job(f"disconnected from the daemon; the job at {self._job.plan.region} "

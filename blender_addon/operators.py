@@ -11,7 +11,7 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, IntProperty, StringProperty
 
-from . import host, settings
+from . import capture, host, settings
 from .addon import current_session, ensure_timer
 from .properties import ADDON_ID
 from .protocol import GenerateRequest, PixelFormat, ProtocolError
@@ -145,14 +145,13 @@ class ATELIER_OT_render_to_image(bpy.types.Operator, _SendsJobs):
         props = context.scene.atelier
         try:
             panel = settings.settings_from(props)
-            capture = host.render_camera(context.scene, context.view_layer, panel.width,
+            shot = capture.render_camera(context.scene, context.view_layer, panel.width,
                                          panel.height, color=True, depth=props.use_depth)
-            init = make_upload(PixelFormat.RGBA8, capture.width, capture.height, capture.color)
+            init = make_upload(PixelFormat.RGBA8, shot.width, shot.height, shot.color)
             uploads = [init]
             depth_id = None
-            if capture.depth is not None:
-                depth = make_upload(PixelFormat.FLOAT32, capture.width, capture.height,
-                                    capture.depth)
+            if shot.depth is not None:
+                depth = make_upload(PixelFormat.FLOAT32, shot.width, shot.height, shot.depth)
                 uploads.append(depth)
                 depth_id = depth.id
             request = settings.build_request(panel, kind="img2img", init_image=init.id,
@@ -181,13 +180,13 @@ class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
         try:
             panel = settings.settings_from(scene.atelier)
             width, height = panel.width, panel.height
-            capture = host.render_camera(scene, context.view_layer, width, height,
+            shot = capture.render_camera(scene, context.view_layer, width, height,
                                          color=False, depth=True, only=targets)
             depsgraph = context.evaluated_depsgraph_get()
             view, proj = host.camera_matrices(scene, depsgraph, width, height)
             # Visibility as the scene is now, matching the depth just rendered.
             faces = {o.name: host.visible_faces(scene, depsgraph, o, view, proj) for o in targets}
-            depth = make_upload(PixelFormat.FLOAT32, width, height, capture.depth)
+            depth = make_upload(PixelFormat.FLOAT32, width, height, shot.depth)
             request = settings.build_request(panel, depth_upload=depth.id)
         except (ProtocolError, ClientError, host.HostError) as exc:
             return self.report_failure(exc)

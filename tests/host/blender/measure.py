@@ -37,7 +37,7 @@ def median_ms(fn, runs: int = RUNS) -> float:
 def main() -> None:
     args = harness.parse_args()
     module = harness.install_and_enable(args.zip, args.url)
-    host = module.host
+    host, capture = module.host, module.capture
     rng = np.random.default_rng(0)
     print(f"Blender {bpy.app.version_string}")
     for side in (512, 1024, 2048):
@@ -54,8 +54,8 @@ def main() -> None:
     grid = harness.add_grid(scene, "Grid", (0, 0, 0), size=6, cuts=100)   # 10,000 faces
     harness.add_cube(scene, "Cube", (0, -3, 0))
     for side in (512, 1024):
-        depth = median_ms(lambda: host.render_camera(scene, bpy.context.view_layer, side, side,
-                                                     color=False, depth=True), runs=3)
+        depth = median_ms(lambda: capture.render_camera(
+            scene, bpy.context.view_layer, side, side, color=False, depth=True), runs=3)
         print(f"depth render {side}x{side} (Cycles, 1 sample): {depth:.0f} ms")
     depsgraph = bpy.context.evaluated_depsgraph_get()
     view, proj = host.camera_matrices(scene, depsgraph, 512, 512)

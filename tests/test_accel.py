@@ -15,7 +15,8 @@ from diffusers.models.attention_processor import Attention
 
 from backend.models.store import ModelStore
 from backend.pipelines.accel import (CHANNELS_LAST, CPU_OFFLOAD, FUSE_QKV, PROMPT_CACHE, SDPA,
-                                     VAE_TILING, AccelOptions, Acceleration, apply_accel, warm_up)
+                                     VAE_TILING, AccelOptions, Acceleration,
+                                     accelerate_controlnet, apply_accel, warm_up)
 from backend.pipelines.tiling import tile_axes, wrapped_convolutions
 
 TOLERANCE = 1e-4          # on pixels in [0, 1]; the levers reorder float sums, nothing more
@@ -117,6 +118,25 @@ def test_compiled_modules_warm_up_and_match_plain_as_tiling_switches(plain, atel
     assert len(compiled) == after_warm_up   # jobs reuse the graphs compiled at load
     assert warm_up(plain.current.pipe, apply_accel(plain.current.pipe, AccelOptions.plain(),
                                                    model_name="tiny"), SIZE, SIZE) == 0
+
+
+def test_controlnet_levers_give_the_plain_pixels(plain, accelerated):
+    store, accel = accelerated
+    controlnet = store.controlnet("tiny-controlnet")
+    assert accelerate_controlnet(controlnet, EAGER_LEVERS) == (SDPA, CHANNELS_LAST)
+    assert controlnet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    depth = torch.linspace(0, 1, SIZE).repeat(1, 3, SIZE, 1)
+
+    def run(s: ModelStore, prompt: dict) -> np.ndarray:
+        pipe = s.pipeline("txt2img", controlnet="tiny-controlnet")
+        return pipe(**prompt, image=depth, height=SIZE, width=SIZE, num_inference_steps=2,
+                    guidance_scale=7.0, output_type="np",
+                    generator=torch.Generator().manual_seed(3)).images
+
+    fast_pipe = store.pipeline("txt2img", controlnet="tiny-controlnet")
+    got = run(store, accel.prompt_kwargs(fast_pipe, PROMPT, NEGATIVE, guidance=True))
+    expected = run(plain, {"prompt": PROMPT, "negative_prompt": NEGATIVE})
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0)
 
 
 def test_prompt_cache_reuses_and_evicts(accelerated):

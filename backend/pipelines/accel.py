@@ -244,6 +244,24 @@ def apply_accel(pipe: DiffusionPipeline, options: AccelOptions, *, model_name: s
     return Acceleration(options, tuple(applied), skipped, cache)
 
 
+def accelerate_controlnet(controlnet: nn.Module, options: AccelOptions) -> tuple[str, ...]:
+    """The module levers for a ControlNet the store loads on demand, after the base model:
+    SDPA, channels_last and compilation, as the UNet got them. Returns what was applied.
+    (A ControlNet runs next to the UNet at every step, so leaving it plain would hand its
+    share of the work back to the slow path.)"""
+    applied = []
+    if options.sdpa and hasattr(controlnet, "set_attn_processor"):
+        controlnet.set_attn_processor(AttnProcessor2_0())
+        applied.append(SDPA)
+    if options.channels_last:
+        controlnet.to(memory_format=torch.channels_last)
+        applied.append(CHANNELS_LAST)
+    if options.compile_unet and not options.cpu_offload:
+        controlnet.compile(**_compile_settings(options))
+        applied.append(COMPILE_UNET)
+    return tuple(applied)
+
+
 def _place(pipe: DiffusionPipeline, options: AccelOptions, device: str, applied: list[str],
            skipped: dict[str, str]) -> None:
     """Model CPU offload when asked and possible, else every module on ``device``."""
@@ -294,14 +312,18 @@ def _has_attention(module: nn.Module) -> bool:
     return bool(getattr(module, "attn_processors", None))
 
 
+def _compile_settings(options: AccelOptions) -> dict[str, Any]:
+    if options.compile_backend == "inductor":
+        return {"mode": options.compile_mode, "backend": options.compile_backend}
+    return {"backend": options.compile_backend}   # modes are inductor's
+
+
 def _compile(pipe: DiffusionPipeline, options: AccelOptions, applied: list[str],
              skipped: dict[str, str]) -> None:
     # In place, so the module objects from_pipe shares between pipeline kinds stay the same.
     # The tiling hooks (tiling.wrapped_convolutions) are guarded by dynamo: switching
     # tiling on and off gives two cached graphs, not a recompilation per job.
-    settings = {"mode": options.compile_mode, "backend": options.compile_backend}
-    if options.compile_backend != "inductor":
-        settings.pop("mode")
+    settings = _compile_settings(options)
     if options.compile_unet:
         if options.cpu_offload and CPU_OFFLOAD in applied:
             skipped[COMPILE_UNET] = "not combined with CPU offload (it moves weights every job)"

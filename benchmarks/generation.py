@@ -53,7 +53,8 @@ class Settings:
     model: Optional[str]          # "tiny", a path, or None: random weights of ``family``
     family: str
     device: str
-    dtype: torch.dtype
+    dtype: torch.dtype            # stock's, and Atelier's unless atelier_dtype says otherwise
+    atelier_dtype: torch.dtype
     width: int
     height: int
     steps: int
@@ -70,7 +71,8 @@ class Settings:
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(dtype=str(self.dtype).replace("torch.", ""), home=str(self.home),
+        out.update(dtype=str(self.dtype).replace("torch.", ""),
+                   atelier_dtype=str(self.atelier_dtype).replace("torch.", ""), home=str(self.home),
                    batches=list(self.batches))
         return out
 
@@ -181,7 +183,7 @@ def _cases(s: Settings, model: ModelUnderTest, work: dict[int, WorkCount],
 
     options = AccelOptions.for_device(s.device, compile=s.compile)
     atelier, resident = _loaded(s.device, lambda: AtelierRunner(
-        model.name, s.device, s.dtype, s.home, options))
+        model.name, s.device, s.atelier_dtype, s.home, options))
     closers.append(atelier.close)
     daemon = DaemonRunner(atelier)
     closers.append(daemon.close)
@@ -206,7 +208,7 @@ def _cases(s: Settings, model: ModelUnderTest, work: dict[int, WorkCount],
     if s.low_memory:
         low_options = AccelOptions.for_device(s.device, low_memory=True)
         low, low_resident = _loaded(s.device, lambda: AtelierRunner(
-            model.name, s.device, s.dtype, s.home, low_options))
+            model.name, s.device, s.atelier_dtype, s.home, low_options))
         closers.append(low.close)
         for b, job in jobs.items():
             cases.append(Case("atelier-lowmem", b, lambda job=job: low(job), low.load_s,
@@ -313,7 +315,7 @@ def summarise(rows: list[dict[str, Any]], batches: tuple[int, ...]) -> dict[str,
 def print_report(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(f"# {report['model']}: {s['width']}x{s['height']}, {s['steps']} steps, guidance "
-          f"{s['guidance']}, {s['dtype']} on {s['device']} "
+          f"{s['guidance']}, {s['dtype']} (Atelier {s['atelier_dtype']}) on {s['device']} "
           f"({report['machine'].get('gpu') or str(report['machine']['cpu_count']) + ' CPU cores'}),"
           f" matmul {report['hardware']['matmul_tflops']:.3g} TFLOP/s measured")
     memory = "peak GPU MB" if s["device"].startswith("cuda") else "RSS MB"
@@ -343,6 +345,9 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Optional[Path]]:
     p.add_argument("--family", choices=random_models.FAMILIES, default="sd15")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    p.add_argument("--atelier-dtype", choices=list(DTYPES),
+                   help="run the Atelier paths in another dtype than stock (e.g. bf16 on an "
+                        "H100: no per-job fp32 upcast of the VAE, which fp16 needs)")
     p.add_argument("--size", type=int, nargs="+", metavar="PX",
                    help="width [height]; default: the model's native size (64 for tiny)")
     p.add_argument("--steps", type=int, default=30)
@@ -370,7 +375,9 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Optional[Path]]:
         width = height = TINY_SIDE
     else:
         width = height = 1024 if args.family == "sdxl" and args.model is None else 512
+    atelier_dtype = DTYPES[args.atelier_dtype] if args.atelier_dtype else dtype
     return Settings(model=args.model, family=args.family, device=device, dtype=dtype,
+                    atelier_dtype=atelier_dtype,
                     width=width, height=height, steps=args.steps, guidance=args.guidance,
                     batches=tuple(args.batch), repeats=args.repeats, warmup=args.warmup,
                     preview_every=args.preview_every, low_memory=args.low_memory,

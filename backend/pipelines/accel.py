@@ -47,7 +47,8 @@ PROMPT_CACHE = "prompt_cache"
 @dataclass(frozen=True)
 class AccelOptions:
     """Which levers to pull. The defaults change nothing but the attention kernel;
-    ``for_device`` gives the measured choice for a device."""
+    ``for_device`` gives the intended choice for a device (for GPUs from published
+    measurements; benchmarks/generation.py measures each on the machine at hand)."""
     sdpa: bool = True                 # torch's scaled_dot_product_attention (flash / mem-efficient)
     channels_last: bool = False       # NHWC memory layout for UNet and VAE convolutions
     fuse_qkv: bool = False            # one matmul for q, k and v (k and v for cross-attention)
@@ -85,7 +86,11 @@ class AccelOptions:
                    cpu_offload=low_memory and gpu, vae_tiling=low_memory)
 
     def describe(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The options as plain JSON-able data (a custom compile backend by its name)."""
+        out = dataclasses.asdict(self)
+        if not isinstance(self.compile_backend, str):
+            out["compile_backend"] = getattr(self.compile_backend, "__name__", repr(self.compile_backend))
+        return out
 
 
 class PromptCache:

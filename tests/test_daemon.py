@@ -266,7 +266,7 @@ def test_limits_get_clear_errors_and_the_daemon_serves_on(client, fields, code, 
 
 
 def raw_connection(url: str, **kw):
-    conn = connect(url, proxy=None, legacy=True, **kw)
+    conn = connect(url, proxy=None, **kw)
     conn.send(encode_message(Hello(protocol=1, client="raw")))
     assert json.loads(conn.recv(timeout=10))["type"] == "welcome"
     return conn
@@ -279,7 +279,7 @@ def recv_error(conn) -> dict:
 
 
 def test_malformed_input_gets_errors_on_a_connection_that_keeps_working(daemon):
-    conn = connect(daemon.url, proxy=None, legacy=True)
+    conn = connect(daemon.url, proxy=None)
     conn.send('{"type":"get_status"}')
     assert recv_error(conn)["code"] == "not_ready"
     conn.send(encode_message(Hello(protocol=1, client="raw")))
@@ -310,7 +310,7 @@ def test_malformed_input_gets_errors_on_a_connection_that_keeps_working(daemon):
 
 
 def test_wrong_protocol_version_is_refused_clearly(daemon):
-    conn = connect(daemon.url, proxy=None, legacy=True)
+    conn = connect(daemon.url, proxy=None)
     conn.send(encode_message(Hello(protocol=99, client="future")))
     err = recv_error(conn)
     assert err["code"] == "unsupported_version" and "1" in err["message"]

@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     ls.set_defaults(run=_models_list)
     pull = msub.add_parser("pull", help="download a model from the Hugging Face hub into its cache")
     pull.add_argument("model_id")
-    pull.add_argument("--revision", default=None)
+    pull.add_argument("--revision", default="main")
+    pull.add_argument("--variant", default=None, choices=["fp16"],
+                      help="prefer half-precision weight files where the repo has them")
     pull.set_defaults(run=_models_pull)
 
     tiny = sub.add_parser("tiny", help="build the random-weight tiny model (it draws noise)")
@@ -377,8 +379,17 @@ def _models_list(args: argparse.Namespace) -> int:
 def _models_pull(args: argparse.Namespace) -> int:
     from .models.hub import pull
 
-    path = pull(args.model_id, revision=args.revision)
-    print(f"{args.model_id} is in the cache at {path}; use it with --model {args.model_id}")
+    def progress(name: str, done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done / 2 ** 20:,.1f}/{total / 2 ** 20:,.1f} MiB  {name[-40:]:<40}")
+        sys.stderr.flush()
+
+    result = pull(args.model_id, progress, revision=args.revision, variant=args.variant)
+    sys.stderr.write("\n")
+    print(f"{args.model_id}: {len(result.files)} files, {result.bytes / 2 ** 20:,.1f} MiB in "
+          f"{result.path}\nuse it with: atelier serve --model {args.model_id}")
     return 0
 
 

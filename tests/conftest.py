@@ -16,6 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 # No test may reach the network: the hub client stays offline unless a test says otherwise.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tiny models gain nothing from a second thread, and daemons, Blender and Krita run beside
+# pytest: one torch thread each (set before anything imports torch; subprocesses inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 class DaemonProcess:

@@ -123,3 +123,34 @@ def test_select_files_prefers_variants_and_refuses_pickle_only_components():
         hub.select_files("a/b", ["model_index.json", "unet/config.json",
                                  "unet/diffusion_pytorch_model.bin"])
     assert err.value.code == ErrorCode.MODEL_NOT_FOUND and "unet has no .safetensors" in err.value.message
+
+
+def test_cli_pull_shows_progress_and_the_daemon_then_serves_the_model(home, tmp_path):
+    """`atelier models pull` end to end, then `atelier models list` finds it offline."""
+    cache = tmp_path / "hub-cache"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HUB_CACHE=str(cache), HF_HUB_DISABLE_TELEMETRY="1", HF_TOKEN="")
+    with FakeHub("atelier-test/tiny-sd", home / "models" / "tiny") as fake:
+        env["HF_ENDPOINT"] = fake.url
+        pulled = subprocess.run([sys.executable, "-m", "backend", "models", "pull",
+                                 "atelier-test/tiny-sd"], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=300)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "MiB" in pulled.stderr and "#" in pulled.stderr          # the progress bar
+    assert f"snapshots/{COMMIT}" in pulled.stdout
+    env.update(HF_HUB_OFFLINE="1")
+    env.pop("HF_ENDPOINT")
+    listed = subprocess.run([sys.executable, "-m", "backend", "models", "list", "--home",
+                             str(home)], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "atelier-test/tiny-sd" in listed.stdout
+
+
+def test_cli_pull_without_the_hub_fails_clearly(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_HUB_CACHE=str(tmp_path), HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN="")
+    pulled = subprocess.run([sys.executable, "-m", "backend", "models", "pull", "some/model"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert pulled.returncode == 2
+    assert "some/model" in pulled.stderr

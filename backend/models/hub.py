@@ -124,6 +124,12 @@ def pull(model_id: str, progress: Optional[PullProgress] = None, *, variant: Opt
     except HfHubHTTPError as exc:
         raise ProtocolError(ErrorCode.MODEL_NOT_FOUND, f"pulling {model_id} failed: {exc}",
                             field="model") from exc
+    except Exception as exc:
+        # Transport errors come from whichever HTTP library this hub client version uses.
+        where = endpoint or os.environ.get("HF_ENDPOINT") or "the Hugging Face hub"
+        raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
+                            f"cannot pull {model_id} from {where}: {type(exc).__name__}: {exc}",
+                            field="model") from exc
     repo = hf_repo_folder(model_id, cache)
     if revision != commit:
         # Point the branch at this commit, as a snapshot download does, so loading by id finds it.

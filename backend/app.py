@@ -43,7 +43,7 @@ def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",
     chosen = pick_device(device)
     store = ModelStore(chosen, pick_dtype(chosen, dtype), home, models_dirs)
     store.load(model)
-    return Daemon(config, StoreService(store), DiffusionGenerator(store))
+    return Daemon(config, StoreService(store), DiffusionGenerator(store, config.limits))
 
 
 def list_models(*, home: Path, models_dirs: list[Path]) -> list[ModelInfo]:

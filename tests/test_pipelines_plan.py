@@ -8,14 +8,15 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from backend.pipelines.plan import (GenerationLimits, ModelTraits, plan_generation,
+from backend.limits import ServerLimits
+from backend.pipelines.plan import (ModelTraits, plan_generation,
                                     working_size)
 from backend.pipelines.previews import LatentPalette, PreviewLayout, preview_due
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
 from protocol.messages import GenerateRequest
 
-LIMITS = GenerationLimits(max_side=256, max_pixels=128 * 128, max_batch=4, max_steps=30)
+LIMITS = ServerLimits(max_side=256, max_pixels=128 * 128, max_batch=4, max_steps=30)
 TRAITS = ModelTraits(native_side=64)
 
 
@@ -33,11 +34,11 @@ def gray(mask: np.ndarray) -> ImageFrame:
     return frame(PixelFormat.GRAY8, mask.shape[1], mask.shape[0], mask.astype(np.uint8).tobytes())
 
 
-def plan(job: GenerateRequest, *uploads: ImageFrame, limits: GenerationLimits = LIMITS):
+def plan(job: GenerateRequest, *uploads: ImageFrame, limits: ServerLimits = LIMITS):
     return plan_generation(job, {u.id: u for u in uploads}, limits, TRAITS, fresh_seed=1234)
 
 
-def refused(job: GenerateRequest, *uploads: ImageFrame, limits: GenerationLimits = LIMITS) -> ProtocolError:
+def refused(job: GenerateRequest, *uploads: ImageFrame, limits: ServerLimits = LIMITS) -> ProtocolError:
     with pytest.raises(ProtocolError) as info:
         plan(job, *uploads, limits=limits)
     return info.value
@@ -63,7 +64,7 @@ def test_bad_requests_name_the_field_and_the_limit(changes, code, field, words):
 
 def test_lcm_has_its_own_step_limit():
     error = refused(GenerateRequest(width=64, height=64, steps=60, scheduler="lcm"),
-                    limits=GenerationLimits(max_steps=100))
+                    limits=ServerLimits(max_steps=100))
     assert (error.code, error.field) == (ErrorCode.LIMIT_EXCEEDED, "job.steps")
     assert "lcm" in error.message and "50" in error.message
 
@@ -175,7 +176,7 @@ def test_inpaint_context_region_is_cropped_and_scaled_to_the_model():
 
 
 def test_working_size_never_passes_the_limits():
-    limits = GenerationLimits(max_side=512, max_pixels=256 * 256)
+    limits = ServerLimits(max_side=512, max_pixels=256 * 256)
     assert working_size(16, 16, 1024, limits) == (256, 256)
     assert working_size(64, 16, 1024, limits) == (512, 128)
     assert working_size(200, 200, 64, limits) == (200, 200)

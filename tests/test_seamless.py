@@ -11,7 +11,8 @@ import torch
 from backend.generation import GenerationOutput
 from backend.models.store import ModelStore
 from backend.pipelines.generator import DiffusionGenerator
-from backend.pipelines.plan import GenerationLimits, ModelTraits, plan_generation
+from backend.limits import ServerLimits
+from backend.pipelines.plan import ModelTraits, plan_generation
 from backend.pipelines.seamless import half_offset, roll_image, seam_band, seam_score
 from protocol.client import AtelierClient, make_upload
 from protocol.errors import ProtocolError
@@ -167,7 +168,7 @@ def test_make_seamless_params_state_the_tiling_run_and_inpaint_context_spans_til
                               mask=mask_frame.id, context_padding=8)
 
     def plan(job: GenerateRequest):
-        return plan_generation(job, uploads, GenerationLimits(), ModelTraits(native_side=SIZE), 0)
+        return plan_generation(job, uploads, ServerLimits(), ModelTraits(native_side=SIZE), 0)
 
     assert plan(inpaint).crop.width < SIZE
     tiled = plan(dataclasses.replace(inpaint, tiling="x")).crop

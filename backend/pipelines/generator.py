@@ -37,6 +37,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import ImageFrame
 from protocol.messages import GenerateRequest
 
+from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
 from ..models.store import LoadedModel, ModelStore
 from .control import condition_on_depth
@@ -44,7 +45,7 @@ from .depth import DepthEstimator, find_depth_model
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
 from .pixels import mask_to_tensor, resize, to_pixels
-from .plan import SEED_RANGE, GenerationLimits, GenerationPlan, ModelTraits, plan_generation
+from .plan import SEED_RANGE, GenerationPlan, ModelTraits, plan_generation
 from .previews import LatentPalette, PreviewLayout, preview_due, scaled_box
 from .schedulers import make_scheduler
 from .seamless import roll_image
@@ -62,7 +63,7 @@ class PipelineCall:
 class DiffusionGenerator:
     """Turns requests into images on the store's current model (or the one a job names)."""
 
-    def __init__(self, store: ModelStore, limits: GenerationLimits = GenerationLimits()):
+    def __init__(self, store: ModelStore, limits: ServerLimits = ServerLimits()):
         self._store = store
         self._limits = limits
         self._depth_estimator: Optional[DepthEstimator] = None   # loaded on first use

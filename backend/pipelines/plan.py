@@ -29,6 +29,7 @@ from protocol.frames import ImageFrame
 from protocol.messages import GenerateRequest
 from protocol.schema import validate
 
+from ..limits import ServerLimits
 from .depth import check_control, depth_for_job
 from .masks import Box, context_box, mask_bounds, prepare_mask
 from .pixels import frame_to_gray, frame_to_rgba, resize
@@ -38,15 +39,6 @@ from .seamless import roll_image, seamless_inputs, seamless_tiling
 PipelineKind = Literal["txt2img", "img2img", "inpaint"]
 SEED_RANGE = 2 ** 32          # seeds are 32-bit, as in the protocol; seed + i wraps around
 SIZE_MULTIPLE = 8             # pixel sizes the VAE maps to whole latents
-
-
-@dataclass(frozen=True)
-class GenerationLimits:
-    """The daemon's limits on one job (the server passes its own)."""
-    max_side: int = 2048
-    max_pixels: int = 2048 * 2048
-    max_batch: int = 8
-    max_steps: int = 150
 
 
 @dataclass(frozen=True)
@@ -80,7 +72,7 @@ class GenerationPlan:
 
 
 def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
-                    limits: GenerationLimits, traits: ModelTraits, fresh_seed: int) -> GenerationPlan:
+                    limits: ServerLimits, traits: ModelTraits, fresh_seed: int) -> GenerationPlan:
     """Check ``job`` and resolve it. ``fresh_seed`` is used when the job has no seed.
 
     Raises ProtocolError naming the field (``job.width``, ``job.mask`` ...) and the limit."""
@@ -134,7 +126,7 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
 
 
 def working_size(width: int, height: int, native_side: int,
-                 limits: GenerationLimits) -> tuple[int, int]:
+                 limits: ServerLimits) -> tuple[int, int]:
     """The size to inpaint a ``width`` x ``height`` context region at: scaled up (aspect kept)
     until it covers the model's native area, so small masks get the detail the model can give,
     but never past the limits; multiples of 8."""
@@ -160,29 +152,8 @@ def _pipeline_kind(job: GenerateRequest) -> PipelineKind:
     return job.kind  # type: ignore[return-value]
 
 
-def _check_numbers(job: GenerateRequest, limits: GenerationLimits) -> None:
-    for name in ("width", "height"):
-        value = getattr(job, name)
-        if value % SIZE_MULTIPLE:
-            raise ProtocolError(ErrorCode.INVALID_FIELD,
-                                f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value}",
-                                f"job.{name}")
-        if value > limits.max_side:
-            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
-                                f"{name} {value} is over the limit of {limits.max_side} (max_side)",
-                                f"job.{name}")
-    if job.width * job.height > limits.max_pixels:
-        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
-                            f"{job.width}x{job.height} = {job.width * job.height} pixels is over "
-                            f"the limit of {limits.max_pixels} (max_pixels)", "job.width")
-    if job.batch_size > limits.max_batch:
-        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
-                            f"batch_size {job.batch_size} is over the limit of {limits.max_batch} "
-                            "(max_batch)", "job.batch_size")
-    if job.steps > limits.max_steps:
-        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
-                            f"steps {job.steps} is over the limit of {limits.max_steps} (max_steps)",
-                            "job.steps")
+def _check_numbers(job: GenerateRequest, limits: ServerLimits) -> None:
+    limits.check_request(job)
     sampler_limit = step_limit(job.scheduler)
     if sampler_limit is not None and job.steps > sampler_limit:
         raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,

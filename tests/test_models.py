@@ -171,3 +171,15 @@ def test_device_and_dtype_choice():
     assert err.value.field == "device" and "auto, cuda, mps, cpu" in err.value.message
     allocated, total = device_memory("cpu")
     assert 0 < allocated < total
+
+
+def test_tiny_controlnet_is_not_a_no_op(tmp_path):
+    """Its zero-initialised output convolutions get weights, so depth changes the picture."""
+    from diffusers import ControlNetModel
+
+
+    unet = tiny.build_tiny_model(tmp_path / "tiny")
+    controlnet = ControlNetModel.from_pretrained(str(tiny.build_tiny_controlnet(tmp_path / "cn", unet)))
+    for conv in (controlnet.controlnet_cond_embedding.conv_out, controlnet.controlnet_mid_block,
+                 *controlnet.controlnet_down_blocks):
+        assert conv.weight.abs().max() > 0.1

@@ -214,9 +214,21 @@ def build_tiny_controlnet(dest: Path, unet_folder: Path) -> Path:
         # Fresh weights rather than a copy of the UNet's, so the control branch is not a no-op twin.
         controlnet = ControlNetModel.from_unet(
             unet, conditioning_embedding_out_channels=(8, 8, 16, 16), load_weights_from_unet=False)
+        _randomise_zero_convolutions(controlnet)
         controlnet.save_pretrained(out, safe_serialization=True)
 
     return _save_atomically(dest, write)
+
+
+def _randomise_zero_convolutions(controlnet: ControlNetModel) -> None:
+    """A new ControlNet's output convolutions start at zero, so it adds nothing to the UNet;
+    a tiny one must have an effect for depth tests to mean anything."""
+    zeroed = [controlnet.controlnet_cond_embedding.conv_out, *controlnet.controlnet_down_blocks,
+              controlnet.controlnet_mid_block]
+    with torch.no_grad():
+        for conv in zeroed:
+            conv.weight.normal_(0.0, 0.3)
+            conv.bias.normal_(0.0, 0.3)
 
 
 def build_tiny_sdxl_model(dest: Path) -> Path:

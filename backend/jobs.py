@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import enum
 import logging
 import threading
@@ -21,7 +22,7 @@ from protocol.frames import FORMAT_NAMES, ImageFrame, new_id
 from protocol.messages import (Cancelled, Error, GenerateRequest, ImageInfo, Progress, Result,
                                Started)
 
-from .generation import Generator, JobCancelled, Pixels
+from .generation import GenerationOutput, Generator, JobCancelled, Pixels
 from .outputs import preview_frame, result_frame
 
 log = logging.getLogger("atelier.jobs")
@@ -72,6 +73,7 @@ class JobManager:
         self._cond = threading.Condition()
         self._running: Optional[Job] = None
         self._stopping = False
+        self._encoder = concurrent.futures.ThreadPoolExecutor(1, "atelier-encoder")
         self._worker = threading.Thread(target=self._work, name="atelier-worker", daemon=True)
         self._worker.start()
 
@@ -153,6 +155,7 @@ class JobManager:
                 self._running.cancel.set()
             self._cond.notify()
         self._worker.join(timeout=30)
+        self._encoder.shutdown(wait=True)
 
     # ------------------------------------------------------------ worker side
     def _work(self) -> None:
@@ -192,8 +195,6 @@ class JobManager:
         try:
             output = self._generator.generate(job.request, job.uploads, progress,
                                               job.cancel.is_set)
-            frames = [result_frame(job.id, i, image, output.params, output.model)
-                      for i, image in enumerate(output.images)]
         except JobCancelled:
             self._finish(job, JobState.CANCELLED, [Cancelled(job_id=job.id)])
             return
@@ -202,8 +203,21 @@ class JobManager:
                                                       field=exc.field, job_id=job.id)])
             return
         except Exception as exc:  # one failing job must not take the daemon down
-            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            self._finish(job, JobState.FAILED, [_failure(job.id, exc)])
+            self._fail(job, exc)
+            return
+        # Encoding (PNG can take longer than a fast GPU's job) runs beside the next job's
+        # sampling; one encoder thread keeps results in submission order.
+        with self._cond:
+            if self._running is job:
+                self._running = None
+        self._encoder.submit(self._deliver_output, job, output, started)
+
+    def _deliver_output(self, job: Job, output: GenerationOutput, started: float) -> None:
+        try:
+            frames = [result_frame(job.id, i, image, output.params, output.model)
+                      for i, image in enumerate(output.images)]
+        except Exception as exc:
+            self._fail(job, exc)
             return
         result = Result(
             job_id=job.id,
@@ -213,6 +227,10 @@ class JobManager:
             params=output.params, tiling=output.tiling, model=output.model,
             seconds=round(time.perf_counter() - started, 4))
         self._finish(job, JobState.DONE, [*frames, result])
+
+    def _fail(self, job: Job, exc: Exception) -> None:
+        log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+        self._finish(job, JobState.FAILED, [_failure(job.id, exc)])
 
     def _finish(self, job: Job, state: JobState, outcome: list[Any]) -> None:
         with self._cond:

@@ -7,6 +7,7 @@ from typing import Optional
 
 from protocol.messages import ModelInfo
 
+from .models.accel import AccelOptions
 from .models.catalog import list_models as _catalog
 from .models.device import pick_device, pick_dtype
 from .models.sources import hf_cache_dir
@@ -38,10 +39,12 @@ class StoreService:
 
 
 def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",
-                  dtype: str = "auto", home: Path, models_dirs: list[Path]) -> Daemon:
+                  dtype: str = "auto", home: Path, models_dirs: list[Path],
+                  low_memory: bool = False) -> Daemon:
     """Load ``model`` (a clear error if it is not on this machine) and wire the layers."""
     chosen = pick_device(device)
-    store = ModelStore(chosen, pick_dtype(chosen, dtype), home, models_dirs)
+    store = ModelStore(chosen, pick_dtype(chosen, dtype), home, models_dirs,
+                       accel=AccelOptions.for_device(chosen, low_memory=low_memory))
     store.load(model)
     return Daemon(config, StoreService(store), DiffusionGenerator(store, config.limits))
 

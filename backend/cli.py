@@ -106,6 +106,8 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
                         ".safetensors checkpoint (default tiny)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
     p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
+    p.add_argument("--low-memory", action="store_true",
+                   help="for 8 GB cards: model CPU offload and tiled VAE decode (slower)")
     p.add_argument("--models-dir", action="append", type=Path, default=[],
                    help="an A1111/ComfyUI models folder or a folder of checkpoints (repeatable)")
     p.add_argument("--home", type=Path, default=None,
@@ -148,7 +150,8 @@ def _build_daemon(args: argparse.Namespace, config: ServerConfig):
     from .app import create_daemon  # imports torch/diffusers: only when a daemon is wanted
 
     return create_daemon(config, model=args.model, device=args.device, dtype=args.dtype,
-                         home=_home(args), models_dirs=list(args.models_dir))
+                         home=_home(args), models_dirs=list(args.models_dir),
+                         low_memory=args.low_memory)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@
 
 One run measures, side by side, for each batch size: (a) ``stock``: a diffusers pipeline
 called directly; (b) ``atelier``: Atelier's generator called directly with the levers of
-``backend.pipelines.accel``; (c) ``daemon``: the same through the daemon and protocol
+``backend.models.accel``; (c) ``daemon``: the same through the daemon and protocol
 (submit -> last result byte at the client); then, where the code for them is present,
 ``atelier+tiling``, ``atelier+depth`` and ``atelier-lowmem``. Figures: seconds per image,
 sampler it/s, time to first preview, peak GPU memory (resident memory on the CPU), load
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from backend.models.device import pick_device, pick_dtype
-from backend.pipelines.accel import AccelOptions
+from backend.models.accel import AccelOptions
 from protocol.client import make_upload
 from protocol.frames import ImageFrame, PixelFormat
 from protocol.messages import ControlSettings, DepthInput, GenerateRequest

@@ -3,7 +3,7 @@
 - ``StockRunner``: a plain diffusers pipeline loaded with ``from_pretrained`` and called
   directly, default attention, the same sampler (Euler) and sizes;
 - ``AtelierRunner``: Atelier's model store and ``DiffusionGenerator`` called directly, with
-  the speed levers of ``backend.pipelines.accel``;
+  the speed levers of ``backend.models.accel``;
 - ``DaemonRunner``: the same store and generator behind the real daemon, driven through
   the real client over loopback (submit -> last result byte at the client).
 
@@ -24,8 +24,8 @@ from diffusers import DiffusionPipeline, EulerDiscreteScheduler
 
 from backend.app import StoreService
 from backend.generation import Pixels
-from backend.models.store import LoadedModel, ModelStore
-from backend.pipelines.accel import AccelOptions, Acceleration, apply_accel
+from backend.models.store import ModelStore
+from backend.models.accel import AccelOptions
 from backend.pipelines.generator import DiffusionGenerator
 from backend.server import Daemon, DaemonThread, ServerConfig
 from protocol.client import AtelierClient
@@ -121,25 +121,16 @@ class StockRunner:
         self.pipe = None
 
 
-def accelerate_loaded(model: LoadedModel, options: AccelOptions) -> Acceleration:
-    """The model's levers: those the store applied at load when it does, else applied here
-    exactly as the store's load would (one call, right after loading)."""
-    applied = getattr(model, "accel", None)
-    if isinstance(applied, Acceleration):
-        return applied
-    return apply_accel(model.pipe, options, model_name=model.name, device=model.device)
-
-
 class AtelierRunner:
     """Atelier's model store and generator, called directly on this thread."""
 
     def __init__(self, model: str, device: str, dtype: torch.dtype, home: Path,
                  options: AccelOptions):
         self.device = device
-        self.store = ModelStore(device, dtype, home, [])
+        self.store = ModelStore(device, dtype, home, [], accel=options)
         started = time.perf_counter()
         loaded = self.store.load(model)
-        self.accel = accelerate_loaded(loaded, options)
+        self.accel = loaded.accel
         synchronize(device)
         self.load_s = time.perf_counter() - started
         self.generator = DiffusionGenerator(self.store)

@@ -14,7 +14,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from backend.models.store import ModelStore
-from backend.pipelines.accel import (CHANNELS_LAST, CPU_OFFLOAD, FUSE_QKV, PROMPT_CACHE, SDPA,
+from backend.models.accel import (CHANNELS_LAST, CPU_OFFLOAD, FUSE_QKV, PROMPT_CACHE, SDPA,
                                      VAE_TILING, AccelOptions, Acceleration,
                                      accelerate_controlnet, apply_accel, warm_up)
 from backend.pipelines.tiling import tile_axes, wrapped_convolutions

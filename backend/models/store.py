@@ -42,6 +42,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ModelInfo
 
 from . import families
+from .accel import AccelOptions, Acceleration, accelerate_controlnet, apply_accel, warm_up
 from .catalog import list_models
 from .device import device_memory, free_device_cache
 from .loader import load_controlnet, prepare_pipeline
@@ -64,6 +65,7 @@ class LoadedModel:
     pipe: DiffusionPipeline
     device: str
     dtype: torch.dtype
+    accel: Acceleration
     _variants: dict[tuple[str, Optional[ControlNetModel]], DiffusionPipeline] = field(
         default_factory=dict, repr=False)
     _released: bool = field(default=False, repr=False)
@@ -109,8 +111,9 @@ class ModelStore:
     """Owns the loaded model (one at a time: one device) and the ControlNets used with it."""
 
     def __init__(self, device: str, dtype: torch.dtype, home: Path, search_dirs: list[Path],
-                 hf_cache: Optional[Path] = None):
+                 hf_cache: Optional[Path] = None, accel: Optional[AccelOptions] = None):
         self.device = device
+        self.accel = accel or AccelOptions.plain()   # speed levers applied at each load
         self.dtype = dtype
         self.home = Path(home).expanduser()
         self.search_dirs = [Path(d).expanduser() for d in search_dirs]
@@ -137,10 +140,14 @@ class ModelStore:
         prepared = prepare_pipeline(source, self.dtype, self.home, self.hf_cache)
         self.release()
         pipe = prepared.load()
-        pipe.to(self.device)
+        accel = apply_accel(pipe, self.accel, model_name=name, device=self.device)
         pipe.set_progress_bar_config(disable=True)
+        if hasattr(pipe, "unet"):
+            # Compiled modules compile here rather than in the first user's job.
+            side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+            warm_up(pipe, accel, side, side, tilings=("none", "both"))
         self._current = LoadedModel(name=name, family=prepared.family, source=source, pipe=pipe,
-                                    device=self.device, dtype=self.dtype)
+                                    device=self.device, dtype=self.dtype, accel=accel)
         return self._current
 
     def _require_current(self) -> LoadedModel:
@@ -176,6 +183,7 @@ class ModelStore:
                 f"{controlnet.config.cross_attention_dim}, model {model.name} uses {unet_width}",
                 field="control.model")
         controlnet.to(self.device)
+        accelerate_controlnet(controlnet, self.accel)
         self._controlnets[name] = controlnet
         return controlnet
 

@@ -39,6 +39,7 @@ from protocol.messages import GenerateRequest
 
 from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
+from ..models.accel import classifier_free_guidance
 from ..models.store import LoadedModel, ModelStore
 from .control import condition_on_depth
 from .depth import DepthEstimator, find_depth_model
@@ -102,7 +103,8 @@ class DiffusionGenerator:
     def _pipeline_call(self, plan: GenerationPlan, model: LoadedModel) -> PipelineCall:
         job = plan.request
         kwargs: dict[str, Any] = dict(
-            prompt=job.prompt, negative_prompt=job.negative_prompt or None,
+            **model.accel.prompt_kwargs(model.pipe, job.prompt, job.negative_prompt or None,
+                                        classifier_free_guidance(model.pipe, job.guidance)),
             num_inference_steps=job.steps, guidance_scale=job.guidance,
             num_images_per_prompt=plan.batch_size,
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds],

@@ -297,7 +297,8 @@ def warm_up(pipe: DiffusionPipeline, accel: Acceleration, width: int, height: in
     user's job: one per batch size and tiling mode the daemon expects to serve
     (``tiling.tile_axes`` names). Returns the number of warm-up calls; 0 when nothing
     was compiled."""
-    from .tiling import tile_axes, wrapped_convolutions
+    # Warm-up runs the tiled variants a job will use, so it needs the pipeline layer's tiling.
+    from ..pipelines.tiling import tile_axes, wrapped_convolutions
 
     if not {COMPILE_UNET, COMPILE_VAE_DECODE} & set(accel.applied):
         return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from itertools import accumulate
 from operator import sub
+from typing import Callable
 
 from .geometry import Extent
 
@@ -129,15 +130,21 @@ def _rows_max(data: bytes, extent: Extent, radius: int) -> bytes:
     return b"".join(out[y * stride:y * stride + w] for y in range(h))
 
 
-def grow(mask: bytes, extent: Extent, radius: int) -> bytes:
-    """Dilate a one-byte-a-pixel mask by ``radius`` pixels (a square structuring element)."""
+def _separable(mask: bytes, extent: Extent, radius: int,
+               along_rows: Callable[[bytes, Extent, int], bytes]) -> bytes:
+    """Apply a row filter along the rows, then (transposed) along the columns."""
     check_size(mask, extent, 1, "mask")
     if radius <= 0 or extent.is_empty:
         return bytes(mask)
-    rows = _rows_max(mask, extent, radius)
+    rows = along_rows(mask, extent, radius)
     flipped = Extent(extent.height, extent.width)
-    cols = _rows_max(transpose(rows, extent), flipped, radius)
+    cols = along_rows(transpose(rows, extent), flipped, radius)
     return transpose(cols, flipped)
+
+
+def grow(mask: bytes, extent: Extent, radius: int) -> bytes:
+    """Dilate a one-byte-a-pixel mask by ``radius`` pixels (a square structuring element)."""
+    return _separable(mask, extent, radius, _rows_max)
 
 
 def _rows_box(data: bytes, extent: Extent, radius: int) -> bytes:
@@ -158,13 +165,7 @@ def _rows_box(data: bytes, extent: Extent, radius: int) -> bytes:
 
 def feather(mask: bytes, extent: Extent, radius: int) -> bytes:
     """Soften a mask's edge with a box blur of ``radius`` pixels (a ramp 2r+1 wide)."""
-    check_size(mask, extent, 1, "mask")
-    if radius <= 0 or extent.is_empty:
-        return bytes(mask)
-    rows = _rows_box(mask, extent, radius)
-    flipped = Extent(extent.height, extent.width)
-    cols = _rows_box(transpose(rows, extent), flipped, radius)
-    return transpose(cols, flipped)
+    return _separable(mask, extent, radius, _rows_box)
 
 
 def grow_and_feather(mask: bytes, extent: Extent, grow_by: int, feather_by: int) -> bytes:

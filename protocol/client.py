@@ -81,10 +81,7 @@ class AtelierClient:
         self._outbox.put(None)
         conn = self._conn
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # closing a dead socket: nothing left to report
-                pass
+            conn.close()  # a no-op on a connection that is already closed
         for thread in (self._reader, self._writer):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=5)

@@ -147,7 +147,14 @@ def _home(args: argparse.Namespace) -> Path:
 
 
 def _build_daemon(args: argparse.Namespace, config: ServerConfig):
+    from diffusers.utils import logging as diffusers_logging
+
     from .app import create_daemon  # imports torch/diffusers: only when a daemon is wanted
+
+    # diffusers warns on every pipeline kind built from the shared components (a dtype
+    # cast of nothing); our own log says what matters.
+    if not getattr(args, "verbose", False):
+        diffusers_logging.set_verbosity_error()
 
     return create_daemon(config, model=args.model, device=args.device, dtype=args.dtype,
                          home=_home(args), models_dirs=list(args.models_dir),

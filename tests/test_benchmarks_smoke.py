@@ -71,3 +71,16 @@ def test_protocol_cost_benchmark_smoke(tmp_path: Path):
             assert row["png_encode_ms"] is None
         else:
             assert 0 < row["payload_bytes"] < size * size * 4 and _positive(row["png_encode_ms"])
+
+
+def test_seam_benchmark_smoke(tmp_path: Path, atelier_home: Path):
+    from benchmarks import seams
+
+    out = tmp_path / "seams.json"
+    assert seams.main(["--model", "tiny", "--size", "64", "--steps", "2", "--seeds", "1",
+                       "--device", "cpu", "--home", str(atelier_home), "--json", str(out)]) == 0
+    report = json.loads(out.read_text("utf-8"))
+    assert report["model"] == "tiny"
+    for tiling in ("none", "both"):
+        for axis in ("x", "y"):
+            assert _positive(report["mean"][tiling][axis])

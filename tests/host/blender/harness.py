@@ -113,12 +113,7 @@ def add_cube(scene: bpy.types.Scene, name: str, location: tuple[float, float, fl
     bm = bmesh.new()
     bm.loops.layers.uv.new("UVMap")
     bmesh.ops.create_cube(bm, size=size, calc_uvs=True)
-    bm.to_mesh(mesh)
-    bm.free()
-    obj = bpy.data.objects.new(name, mesh)
-    scene.collection.objects.link(obj)
-    obj.location = location
-    return obj
+    return _link_object(scene, name, mesh, bm, location)
 
 
 def add_grid(scene: bpy.types.Scene, name: str, location: tuple[float, float, float],
@@ -131,6 +126,12 @@ def add_grid(scene: bpy.types.Scene, name: str, location: tuple[float, float, fl
     bmesh.ops.create_grid(bm, x_segments=cuts, y_segments=cuts, size=size / 2, calc_uvs=True)
     bmesh.ops.rotate(bm, verts=bm.verts, cent=(0, 0, 0),
                      matrix=mathutils.Matrix.Rotation(math.pi / 2, 3, "X"))
+    return _link_object(scene, name, mesh, bm, location)
+
+
+def _link_object(scene: bpy.types.Scene, name: str, mesh: bpy.types.Mesh, bm,
+                 location: tuple[float, float, float]) -> bpy.types.Object:
+    """Write ``bm`` into ``mesh`` and place it in ``scene`` as a new object."""
     bm.to_mesh(mesh)
     bm.free()
     obj = bpy.data.objects.new(name, mesh)

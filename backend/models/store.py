@@ -107,6 +107,12 @@ class LoadedModel:
         free_device_cache(self.device)
 
 
+def native_side(pipe: DiffusionPipeline) -> int:
+    """The square image side the model was trained at (UNet sample size x VAE scale)."""
+    sample = pipe.unet.config.sample_size
+    return (sample if isinstance(sample, int) else max(sample)) * pipe.vae_scale_factor
+
+
 class ModelStore:
     """Owns the loaded model (one at a time: one device) and the ControlNets used with it."""
 
@@ -144,7 +150,7 @@ class ModelStore:
         pipe.set_progress_bar_config(disable=True)
         if hasattr(pipe, "unet"):
             # Compiled modules compile here rather than in the first user's job.
-            side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+            side = native_side(pipe)
             warm_up(pipe, accel, side, side, tilings=("none", "both"))
         self._current = LoadedModel(name=name, family=prepared.family, source=source, pipe=pipe,
                                     device=self.device, dtype=self.dtype, accel=accel)

@@ -40,7 +40,7 @@ from protocol.messages import GenerateRequest
 from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
 from ..models.accel import classifier_free_guidance
-from ..models.store import LoadedModel, ModelStore
+from ..models.store import LoadedModel, ModelStore, native_side
 from .control import condition_on_depth
 from .depth import DepthEstimator, find_depth_model
 from .latents import decode_rgb, encode_rgb
@@ -224,9 +224,7 @@ def work_region(plan: GenerationPlan, image: np.ndarray) -> np.ndarray:
 
 
 def model_traits(model: LoadedModel) -> ModelTraits:
-    sample = model.pipe.unet.config.sample_size
-    side = sample if isinstance(sample, int) else max(sample)
-    return ModelTraits(native_side=side * model.pipe.vae_scale_factor)
+    return ModelTraits(native_side=native_side(model.pipe))
 
 
 def preview_layout(plan: GenerationPlan, scale: int) -> PreviewLayout:

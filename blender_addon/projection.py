@@ -9,12 +9,80 @@ the host adapter with ray casts.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import numpy as np
 
 Matrix = Sequence[Sequence[float]]
 RASTER_BATCH = 1 << 20   # candidate texels the baker tests in one vectorised step
+# The 3D Viewport frames its view like a camera with a 36 mm sensor at zoom 2
+# (Blender's CAMERA_PARAM_ZOOM_INIT_PERSP), i.e. a 72 mm sensor, fitted to the
+# region's longer side.
+VIEWPORT_SENSOR = 72.0
+# A camera cannot start clipping at 0 or behind itself; an orthographic view can
+# (it clips from -clip_end/2 to +clip_end/2 around its origin).
+MIN_CLIP_START = 1e-4
+
+
+@dataclass(frozen=True)
+class ViewCamera:
+    """Camera settings that see what a 3D Viewport region shows, in an image of another size.
+
+    ``sensor_fit`` names the image side that spans ``sensor_size`` (perspective)
+    or ``ortho_scale`` (orthographic), as Blender's camera data fields do.
+    """
+    matrix_world: tuple[tuple[float, ...], ...]
+    orthographic: bool
+    lens: float
+    sensor_fit: Literal["HORIZONTAL", "VERTICAL"]
+    sensor_size: float
+    ortho_scale: float
+    clip_start: float
+    clip_end: float
+
+
+def camera_for_view(view_matrix: Matrix, *, orthographic: bool, lens: float,
+                    clip_start: float, clip_end: float, view_distance: float,
+                    region_size: tuple[int, int], image_size: tuple[int, int]) -> ViewCamera:
+    """The camera that frames a viewport's view (``RegionView3D.view_matrix``, the
+    space's lens and clip range, the region's pixel size) in an image of ``image_size``.
+
+    The image keeps the region's centre and covers all of the region: where the
+    aspects differ it shows more than the region along one side.
+    """
+    view = np.asarray(view_matrix, dtype=np.float64).reshape(4, 4)
+    if lens <= 0.0:
+        raise ValueError(f"viewport lens must be positive, got {lens}")
+    if not 0.0 <= clip_start < clip_end:
+        raise ValueError(f"viewport clip range must satisfy 0 <= start < end, "
+                         f"got {clip_start}..{clip_end}")
+    (rw, rh), (iw, ih) = region_size, image_size
+    if min(rw, rh, iw, ih) <= 0:
+        raise ValueError(f"region {region_size} and image {image_size} need positive sizes")
+    if abs(np.linalg.det(view[:3, :3])) < 1e-12:
+        raise ValueError("viewport view matrix is singular")
+    world = np.linalg.inv(view)
+    # What the region shows along its longer side, in sensor millimetres
+    # (perspective) or scene units (orthographic, Blender's ED_view3d ortho scale).
+    longer = VIEWPORT_SENSOR * (view_distance / lens if orthographic else 1.0)
+    region_x = longer * min(1.0, rw / rh)
+    region_y = longer * min(1.0, rh / rw)
+    # A wider image than the region matches heights (and shows more at the sides).
+    fit, extent = (("VERTICAL", region_y) if iw / ih >= rw / rh else ("HORIZONTAL", region_x))
+    if orthographic:
+        # Move back by half the range so the camera clips from 0 where the view clips
+        # from -clip_end/2; an orthographic image does not change along the view axis.
+        half = clip_end / 2.0
+        world = world @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, half], [0, 0, 0, 1.0]])
+        clip_start, clip_end = MIN_CLIP_START, clip_end
+    else:
+        clip_start = max(clip_start, MIN_CLIP_START)
+    return ViewCamera(matrix_world=tuple(tuple(float(x) for x in row) for row in world),
+                      orthographic=orthographic, lens=float(lens), sensor_fit=fit,
+                      sensor_size=float(extent) if not orthographic else VIEWPORT_SENSOR / 2,
+                      ortho_scale=float(extent) if orthographic else 1.0,
+                      clip_start=float(clip_start), clip_end=float(clip_end))
 
 
 def project_to_uv(points: np.ndarray, view: Matrix, projection: Matrix) -> np.ndarray:

@@ -329,3 +329,83 @@ def test_manifest_and_bl_info_agree() -> None:
     tree = ast.parse((REPO / "blender_addon" / "__init__.py").read_text())
     info = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign))
     assert info["blender"] == (3, 4, 0) and manifest["blender_version_min"] == "4.2.0"
+
+
+# ------------------------------------------------------------------ cameras from a viewport view
+
+def _view_from(world: np.ndarray) -> list[list[float]]:
+    return np.linalg.inv(world).tolist()
+
+
+def _turned_camera() -> np.ndarray:
+    """A camera at (1, -8, 2) looking along +Y, turned 30 degrees about world Z."""
+    turn = np.radians(30.0)
+    rot_z = np.array([[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0],
+                      [0, 0, 1]])
+    look_y = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float)
+    world = np.eye(4)
+    world[:3, :3] = rot_z @ look_y
+    world[:3, 3] = (1, -8, 2)
+    return world
+
+
+def test_view_camera_sits_where_the_view_looks_from() -> None:
+    world = _turned_camera()
+    cam = projection.camera_for_view(_view_from(world), orthographic=False, lens=50.0,
+                                     clip_start=0.01, clip_end=1000.0, view_distance=8.0,
+                                     region_size=(400, 400), image_size=(64, 64))
+    assert np.allclose(np.array(cam.matrix_world), world)
+    assert (cam.orthographic, cam.lens, cam.clip_start, cam.clip_end) == (False, 50.0, 0.01,
+                                                                          1000.0)
+    # The viewport frames like a 36 mm sensor at zoom 2: 72 mm across the square region.
+    assert cam.sensor_size == pytest.approx(projection.VIEWPORT_SENSOR)
+
+
+@pytest.mark.parametrize("region, image, fit, size", [
+    ((400, 200), (64, 64), "HORIZONTAL", 72.0),   # square image of a wide view: same width
+    ((200, 400), (64, 64), "VERTICAL", 72.0),     # of a tall view: same height
+    ((400, 200), (96, 32), "VERTICAL", 36.0),     # wider than the view: same height
+    ((200, 400), (32, 96), "HORIZONTAL", 36.0),   # taller than the view: same width
+])
+def test_view_camera_covers_the_whole_region(region, image, fit, size) -> None:
+    cam = projection.camera_for_view(_view_from(_turned_camera()), orthographic=False,
+                                     lens=35.0, clip_start=0.1, clip_end=100.0,
+                                     view_distance=5.0, region_size=region, image_size=image)
+    assert (cam.sensor_fit, cam.sensor_size) == (fit, pytest.approx(size))
+    # Half-extents at unit distance: the image's are never smaller than the region's.
+    longer = 72.0 / 35.0 / 2
+    region_half = np.array(region) / max(region) * longer
+    fitted = size / 35.0 / 2
+    aspect = image[0] / image[1]
+    image_half = np.array([fitted, fitted / aspect] if fit == "HORIZONTAL"
+                          else [fitted * aspect, fitted])
+    assert np.all(image_half >= region_half - 1e-12)
+    assert np.any(np.isclose(image_half, region_half))
+
+
+def test_orthographic_view_camera_moves_back_to_clip_from_zero() -> None:
+    world = _turned_camera()
+    cam = projection.camera_for_view(_view_from(world), orthographic=True, lens=50.0,
+                                     clip_start=0.01, clip_end=200.0, view_distance=10.0,
+                                     region_size=(300, 300), image_size=(64, 64))
+    moved = np.array(cam.matrix_world)
+    assert np.allclose(moved[:3, :3], world[:3, :3])
+    # Back along the view axis (camera +Z) by half the range: the view clips at +-100.
+    assert np.allclose(moved[:3, 3], world[:3, 3] + world[:3, 2] * 100.0)
+    assert (cam.clip_start, cam.clip_end) == (projection.MIN_CLIP_START, 200.0)
+    assert cam.ortho_scale == pytest.approx(10.0 * 72.0 / 50.0)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"lens": 0.0}, "lens"), ({"clip_end": 0.001}, "clip range"),
+    ({"region_size": (0, 10)}, "positive sizes"),
+    ({"view_matrix": np.zeros((4, 4)).tolist()}, "singular"),
+])
+def test_unusable_views_are_refused_naming_the_problem(change, words) -> None:
+    args = dict(view_matrix=_view_from(_turned_camera()), orthographic=False, lens=50.0,
+                clip_start=0.01, clip_end=100.0, view_distance=5.0, region_size=(100, 100),
+                image_size=(64, 64))
+    args.update(change)
+    view = args.pop("view_matrix")
+    with pytest.raises(ValueError, match=words):
+        projection.camera_for_view(view, **args)

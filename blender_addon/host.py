@@ -7,9 +7,11 @@ live in ``pixels`` and ``projection`` so they can be tested without Blender.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence
+import contextlib
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import bpy
+import mathutils
 import numpy as np
 
 from . import pixels, projection
@@ -90,6 +92,70 @@ def require_camera(scene: bpy.types.Scene) -> bpy.types.Object:
     if scene.camera is None:
         raise HostError("the scene has no active camera; add one or make one active")
     return scene.camera
+
+
+# ---------------------------------------------------------------- viewport cameras
+
+def viewport_camera(context: bpy.types.Context, width: int,
+                    height: int) -> Optional[projection.ViewCamera]:
+    """The camera that frames the invoking 3D Viewport's view in a ``width`` x ``height``
+    image; None when the viewport looks through the scene camera already."""
+    space = context.space_data
+    if space is None or space.type != "VIEW_3D":
+        raise HostError("'From: View' needs a 3D Viewport; use it from the 3D Viewport's "
+                        "sidebar or choose 'From: Camera'")
+    area = context.area
+    region = context.region
+    view = context.region_data
+    if region is None or region.type != "WINDOW" or view is None:
+        # From the sidebar: the area's main view (the top-right one in quad view).
+        view = space.region_3d
+        region = next((r for r in area.regions if r.type == "WINDOW"), None) if area else None
+        if region is None:
+            raise HostError("the 3D Viewport has no view region to take the view from")
+    if view.view_perspective == "CAMERA":
+        return None
+    try:
+        return projection.camera_for_view(
+            [list(row) for row in view.view_matrix], orthographic=not view.is_perspective,
+            lens=space.lens, clip_start=space.clip_start, clip_end=space.clip_end,
+            view_distance=view.view_distance, region_size=(region.width, region.height),
+            image_size=(width, height))
+    except ValueError as exc:
+        raise HostError(f"cannot make a camera from this view: {exc}") from exc
+
+
+@contextlib.contextmanager
+def temporary_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer,
+                     settings: Optional[projection.ViewCamera]) -> Iterator[None]:
+    """Make a camera with ``settings`` the scene camera for the block; afterwards the
+    camera object and its data are gone and the scene camera is the one before.
+    None: leave the scene camera as it is."""
+    if settings is None:
+        yield
+        return
+    previous = scene.camera
+    data = bpy.data.cameras.new("Atelier View")
+    camera = None
+    try:
+        data.type = "ORTHO" if settings.orthographic else "PERSP"
+        data.lens = settings.lens
+        data.sensor_fit = settings.sensor_fit
+        data.sensor_width = data.sensor_height = settings.sensor_size
+        data.ortho_scale = settings.ortho_scale
+        data.clip_start, data.clip_end = settings.clip_start, settings.clip_end
+        camera = bpy.data.objects.new("Atelier View", data)
+        camera.matrix_world = mathutils.Matrix(settings.matrix_world)
+        scene.collection.objects.link(camera)
+        scene.camera = camera
+        view_layer.update()
+        yield
+    finally:
+        scene.camera = previous
+        if camera is not None:
+            bpy.data.objects.remove(camera)
+        bpy.data.cameras.remove(data)
+        view_layer.update()
 
 
 # ---------------------------------------------------------------- materials

@@ -4,12 +4,13 @@ sends one job and returns at once; results arrive through the session's pump."""
 # Keep: without it the bpy 4.2 module (seen with 4.2.23) segfaults at interpreter exit.
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable, Optional
 
 import bpy
 import numpy as np
-from bpy.props import BoolProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import capture, host, settings
 from .addon import current_session, ensure_timer
@@ -19,6 +20,26 @@ from .protocol.client import ClientError, make_upload
 from .runtime import Job, JobState, Session
 
 WATCH_INTERVAL = 0.25  # seconds between checks of a job a button started
+SOURCE_ITEMS = (("CAMERA", "Camera", "The scene's active camera"),
+                ("VIEW", "View", "The 3D Viewport's current view (through a temporary camera)"))
+
+
+def _source_property() -> Any:
+    return EnumProperty(name="From", items=SOURCE_ITEMS, default="CAMERA",
+                        options={"SKIP_SAVE"},
+                        description="Where to see the scene from; when not given, the "
+                                    "panel's 'From' setting")
+
+
+def _seen_from(operator: bpy.types.Operator, context: bpy.types.Context, width: int,
+               height: int) -> contextlib.AbstractContextManager:
+    """For the block, the scene camera is what the operator's ``source`` names (the
+    panel's setting when the caller gave none): the scene's own camera, or a temporary
+    one matching the invoking 3D Viewport's view."""
+    source = (operator.source if operator.properties.is_property_set("source")
+              else context.scene.atelier.capture_source)
+    view = host.viewport_camera(context, width, height) if source == "VIEW" else None
+    return host.temporary_camera(context.scene, context.view_layer, view)
 
 
 def _session(context: bpy.types.Context) -> Session:
@@ -137,16 +158,20 @@ class ATELIER_OT_generate(bpy.types.Operator, _SendsJobs):
 
 
 class ATELIER_OT_render_to_image(bpy.types.Operator, _SendsJobs):
-    """Render the scene from the active camera and use it as the init image (img2img)"""
+    """Render the scene from the active camera or the 3D Viewport's view and use it as the
+    init image (img2img)"""
     bl_idname = "atelier.render_to_image"
     bl_label = "Render to Image"
+
+    source: _source_property()
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         props = context.scene.atelier
         try:
             panel = settings.settings_from(props)
-            shot = capture.render_camera(context.scene, context.view_layer, panel.width,
-                                         panel.height, color=True, depth=props.use_depth)
+            with _seen_from(self, context, panel.width, panel.height):
+                shot = capture.render_camera(context.scene, context.view_layer, panel.width,
+                                             panel.height, color=True, depth=props.use_depth)
             init = make_upload(PixelFormat.RGBA8, shot.width, shot.height, shot.color)
             uploads = [init]
             depth_id = None
@@ -162,14 +187,15 @@ class ATELIER_OT_render_to_image(bpy.types.Operator, _SendsJobs):
 
 
 class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
-    """Generate from the active camera's depth of the selected objects and project the
-    result onto their faces that see the camera"""
+    """Generate from the depth of the selected objects seen from the active camera or the
+    3D Viewport's view, and project the result onto their faces that see it"""
     bl_idname = "atelier.project_texture"
     bl_label = "Project Texture"
 
     bake: BoolProperty(name="Bake to UVs", default=False, options={"SKIP_SAVE"},
                        description="Also bake the projection into each object's own UV "
                                    "layout as a new image")
+    source: _source_property()
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         scene = context.scene
@@ -180,12 +206,14 @@ class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
         try:
             panel = settings.settings_from(scene.atelier)
             width, height = panel.width, panel.height
-            shot = capture.render_camera(scene, context.view_layer, width, height,
-                                         color=False, depth=True, only=targets)
-            depsgraph = context.evaluated_depsgraph_get()
-            view, proj = host.camera_matrices(scene, depsgraph, width, height)
-            # Visibility as the scene is now, matching the depth just rendered.
-            faces = {o.name: host.visible_faces(scene, depsgraph, o, view, proj) for o in targets}
+            with _seen_from(self, context, width, height):
+                shot = capture.render_camera(scene, context.view_layer, width, height,
+                                             color=False, depth=True, only=targets)
+                depsgraph = context.evaluated_depsgraph_get()
+                view, proj = host.camera_matrices(scene, depsgraph, width, height)
+                # Visibility as the scene is now, matching the depth just rendered.
+                faces = {o.name: host.visible_faces(scene, depsgraph, o, view, proj)
+                         for o in targets}
             depth = make_upload(PixelFormat.FLOAT32, width, height, shot.depth)
             request = settings.build_request(panel, depth_upload=depth.id)
         except (ProtocolError, ClientError, host.HostError) as exc:

@@ -42,7 +42,10 @@ def _draw_actions(layout: bpy.types.UILayout, props: bpy.types.PropertyGroup,
         col.operator("atelier.apply_image", icon="MATERIAL")
     col = layout.column(align=True)
     row = col.row(align=True)
-    row.operator("atelier.render_to_image", icon="RENDER_STILL")
+    row.label(text="From:")
+    row.prop(props, "capture_source", expand=True)
+    row = col.row(align=True)
+    row.operator("atelier.render_to_image", icon="RENDER_STILL")   # "From" as the panel says
     row.prop(props, "use_depth", text="", icon="MOD_DISPLACE")
     row = col.row(align=True)
     row.operator("atelier.project_texture", icon="MOD_UVPROJECT")

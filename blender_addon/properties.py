@@ -105,6 +105,12 @@ class AtelierSettings(bpy.types.PropertyGroup):
     bake_projection: BoolProperty(name="Bake to UVs", default=False,
                                   description="Project Texture also bakes the projection into "
                                               "each object's own UV layout as a new image")
+    capture_source: EnumProperty(
+        name="From", default="CAMERA",
+        items=(("CAMERA", "Camera", "Render to Image and Project Texture see through the "
+                                    "scene's active camera"),
+               ("VIEW", "View", "Render to Image and Project Texture see what the 3D "
+                                "Viewport shows")))
     history: CollectionProperty(type=AtelierHistoryItem)
     history_index: IntProperty(default=0)
 

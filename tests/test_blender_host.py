@@ -99,14 +99,26 @@ def test_blender_scenario(host: str, scenario: str, addon_zip: Path, tmp_path: P
 def test_blender_window_reports_and_timers(addon_zip: Path, tmp_path: Path, daemon) -> None:
     """Blender 3.4 with a window under Xvfb: buttons report the daemon's answers and results
     arrive through the add-on's own timer (no test pumping)."""
+    _run_window("window", addon_zip, tmp_path, daemon.url)
+
+
+def _run_window(scenario: str, addon_zip: Path, tmp_path: Path, url: str) -> None:
+    """Run a scenario of tests/host/blender/window.py in Blender 3.4 with a window."""
     blender, xvfb = shutil.which("blender"), shutil.which("xvfb-run")
     if blender is None or xvfb is None:
         _missing("blender and xvfb-run are needed (apt-get install blender xvfb)")
     proc = _run([xvfb, "-a", blender, "--factory-startup", "--python", str(WINDOW), "--",
-                 "--zip", str(addon_zip), "--url", daemon.url, "--scenario", "window"], tmp_path)
+                 "--zip", str(addon_zip), "--url", url, "--scenario", scenario], tmp_path)
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"window scenario failed (exit {proc.returncode}):\n{output}"
-    assert "SCENARIO window PASSED" in output, output
+    assert proc.returncode == 0, f"{scenario} scenario failed (exit {proc.returncode}):\n{output}"
+    assert f"SCENARIO {scenario} PASSED" in output, output
+
+
+def test_blender_window_projects_from_the_view(addon_zip: Path, tmp_path: Path, daemon) -> None:
+    """Blender 3.4 with a window under Xvfb: Project Texture and Render to Image from the
+    3D Viewport's view (set to a known matrix); the projection UVs are where the viewport
+    draws the vertices, and the temporary camera leaves nothing behind."""
+    _run_window("view", addon_zip, tmp_path, daemon.url)
 
 
 @pytest.mark.parametrize("host", ["blender-3.4", "bpy-4.2"])

@@ -4,7 +4,10 @@ Nothing here pumps the add-on: results must arrive through its own
 ``bpy.app.timers`` callback while Blender's event loop runs, and the
 buttons' modal watchers must turn the daemon's answer into reports.
 
-    xvfb-run -a blender --factory-startup --python window.py -- --zip Z --url U --scenario window
+    xvfb-run -a blender --factory-startup --python window.py -- --zip Z --url U --scenario S
+
+``window``: reports and timers; ``view``: Project Texture and Render to Image from the
+3D Viewport's view.
 
 Blender's exit code does not follow a script that runs inside the event loop,
 so this exits with ``os._exit``: 0 when every step passed, 1 otherwise.
@@ -22,6 +25,8 @@ from typing import Iterator
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bpy  # noqa: E402
+import mathutils  # noqa: E402
+import numpy as np  # noqa: E402
 
 import harness  # noqa: E402
 
@@ -47,10 +52,10 @@ def _ui_context() -> dict:
     return {"window": window, "area": area, "region": region}
 
 
-def _click(operator) -> set:
+def _click(operator, **properties) -> set:
     """Run an operator the way a button does (INVOKE_DEFAULT, with a window)."""
     with bpy.context.temp_override(**_ui_context()):
-        return operator("INVOKE_DEFAULT")
+        return operator("INVOKE_DEFAULT", **properties)
 
 
 def _reports() -> str:
@@ -108,10 +113,142 @@ def steps(module, url: str) -> Iterator[float]:
     print("SCENARIO window PASSED on Blender", bpy.app.version_string)
 
 
+def _cameras() -> tuple[set, set]:
+    return ({c.name for c in bpy.data.cameras},
+            {o.name for o in bpy.data.objects if o.type == "CAMERA"})
+
+
+def _viewport_uv(points: np.ndarray, region, rv3d, image: tuple[int, int]) -> np.ndarray:
+    """Where the viewport itself draws ``points`` (its own perspective matrix), as UVs of an
+    image of size ``image`` that shares the region's centre and covers all of it."""
+    persp = np.array(rv3d.perspective_matrix, dtype=np.float64)
+    clip = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ persp.T
+    region_uv = (clip[:, :2] / clip[:, 3:4] + 1.0) / 2.0
+    region_aspect, image_aspect = region.width / region.height, image[0] / image[1]
+    scale = np.array([min(1.0, region_aspect / image_aspect),
+                      min(1.0, image_aspect / region_aspect)])
+    return 0.5 + (region_uv - 0.5) * scale
+
+
+def _init_pixels(job) -> np.ndarray:
+    frame = next(f for f in job.uploads if f.id == job.request.init_image)
+    return np.frombuffer(frame.data, dtype=np.uint8).astype(int)
+
+
+def view_steps(module, url: str) -> Iterator[float]:
+    """Project Texture and Render to Image from the 3D Viewport's view, not the camera."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    size = 64
+    harness.settings(scene, prompt="view test", steps=2, width=size, height=size,
+                     random_seed=False, seed=5, capture_source="VIEW")
+    cam = harness.add_camera(scene, (0.0, -10.0, 0.0))
+    cube = harness.add_cube(scene, "Front", (0.0, 0.0, 0.0))
+    sun = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", "SUN"))
+    sun.data.energy = 5.0
+    # From behind the viewer's left shoulder: every face the camera or the view sees is lit.
+    sun.rotation_euler = mathutils.Vector((-0.3, 1.0, -0.5)).to_track_quat("-Z", "Y").to_euler()
+    scene.collection.objects.link(sun)   # lit, so the cube stands out from the world
+    harness.select_only([cube])
+    context = _ui_context()
+    region = context["region"]
+    space = context["area"].spaces.active
+    rv3d = space.region_3d
+    # A view from the upper right, unlike the camera: a 35 mm lens at (6, -6, 4) aimed at
+    # the cube.
+    rv3d.view_perspective = "PERSP"
+    space.lens = 35.0
+    eye = mathutils.Vector((6.0, -6.0, 4.0))
+    turn = (-eye).to_track_quat("-Z", "Y").to_matrix().to_4x4()
+    view = (mathutils.Matrix.Translation(eye) @ turn).inverted()
+    rv3d.view_matrix = view
+    context["area"].tag_redraw()
+    for _ in range(5):   # let the viewport draw, so its perspective matrix is this view's
+        yield 0.1
+    assert np.allclose(np.array(rv3d.view_matrix), np.array(view), atol=1e-5)
+    cameras_before = _cameras()
+
+    assert _click(bpy.ops.atelier.project_texture, source="VIEW") == {"RUNNING_MODAL"}
+    job = session.jobs[-1]
+    assert _cameras() == cameras_before, "the temporary camera is still there"
+    assert scene.camera == cam
+    yield from _wait(lambda: job.state.finished, "the projection")
+    assert job.state.name == "DONE", job.progress_text
+    uv_layer = cube.data.uv_layers["Atelier Projection"]
+    world = np.array([list(cube.matrix_world @ cube.data.vertices[loop.vertex_index].co)
+                      for loop in cube.data.loops])
+    got = np.array([list(uv_layer.data[loop.index].uv) for loop in cube.data.loops])
+    expected = _viewport_uv(world, region, rv3d, (size, size))
+    assert np.abs(got - expected).max() < 1e-4, (got, expected, region.width, region.height)
+    # From the scene camera (straight on) the cube's UVs would be another picture.
+    from bpy_extras.object_utils import world_to_camera_view
+    from_camera = np.array([list(world_to_camera_view(scene, cam, mathutils.Vector(p)))[:2]
+                            for p in world])
+    assert np.abs(from_camera - expected).max() > 0.05
+    # Three faces of the cube look at the viewer up and to the right; those get the material.
+    slots = np.array([p.material_index for p in cube.data.polygons])
+    assert int(np.count_nonzero(slots == len(cube.material_slots) - 1)) == 3, slots
+    yield from _wait(lambda: "Project Texture: done" in _reports(), "the done report")
+
+    # The same view, orthographic: the camera's scale must match what the viewport shows.
+    rv3d.view_perspective = "ORTHO"
+    context["area"].tag_redraw()
+    for _ in range(5):
+        yield 0.1
+    assert _click(bpy.ops.atelier.project_texture, source="VIEW") == {"RUNNING_MODAL"}
+    job = session.jobs[-1]
+    assert _cameras() == cameras_before and scene.camera == cam
+    yield from _wait(lambda: job.state.finished, "the orthographic projection")
+    assert job.state.name == "DONE", job.progress_text
+    uv_layer = cube.data.uv_layers[-1]
+    assert uv_layer.name != "Atelier Projection", uv_layer.name   # a second map
+    got = np.array([list(uv_layer.data[loop.index].uv) for loop in cube.data.loops])
+    ortho_expected = _viewport_uv(world, region, rv3d, (size, size))
+    assert np.abs(got - ortho_expected).max() < 1e-4, (got, ortho_expected)
+    assert np.abs(ortho_expected - expected).max() > 0.01   # it is another picture
+    slots = np.array([p.material_index for p in cube.data.polygons])
+    assert int(np.count_nonzero(slots == len(cube.material_slots) - 1)) == 3, slots
+
+    # No source given, as from the panel's button: the panel's "From: View" applies.
+    assert _click(bpy.ops.atelier.render_to_image) == {"RUNNING_MODAL"}
+    job = session.jobs[-1]
+    seen = [_init_pixels(job)]   # the job lets go of its uploads once sent
+    assert _cameras() == cameras_before and scene.camera == cam
+    yield from _wait(lambda: job.state.finished, "the render to image")
+    assert job.state.name == "DONE", job.progress_text
+    # Given explicitly, the source wins over the panel: the camera's render is another picture.
+    assert _click(bpy.ops.atelier.render_to_image, source="CAMERA") == {"RUNNING_MODAL"}
+    from_cam = session.jobs[-1]
+    seen.append(_init_pixels(from_cam))
+    yield from _wait(lambda: from_cam.state.finished, "the render from the camera")
+    # Where the lit cube covers the image: a square straight on, a hexagon from the view.
+    covers = [np.abs(p.reshape(size, size, 4)[..., :3] - p[:3]).max(axis=2) > 40 for p in seen]
+    differ = int(np.count_nonzero(covers[0] ^ covers[1]))
+    print("cube pixels from view / camera / differing:", covers[0].sum(), covers[1].sum(), differ)
+    assert differ > size * size // 20, differ
+
+    # A failure while the temporary camera exists still removes it.
+    with bpy.context.temp_override(**_ui_context()):
+        settings = module.host.viewport_camera(bpy.context, size, size)
+    # From the sidebar (where the panel's buttons are) it is the same view.
+    sidebar = next(r for r in context["area"].regions if r.type == "UI")
+    with bpy.context.temp_override(window=context["window"], area=context["area"],
+                                   region=sidebar):
+        assert module.host.viewport_camera(bpy.context, size, size) == settings
+    try:
+        with module.host.temporary_camera(scene, bpy.context.view_layer, settings):
+            assert scene.camera != cam and len(_cameras()[0]) == len(cameras_before[0]) + 1
+            raise RuntimeError("failing inside the block")
+    except RuntimeError:
+        pass
+    assert _cameras() == cameras_before and scene.camera == cam
+    print("SCENARIO view PASSED on Blender", bpy.app.version_string)
+
+
 def main() -> None:
     args = harness.parse_args()
     module = harness.install_and_enable(args.zip, args.url)
-    running = steps(module, args.url)
+    running = {"window": steps, "view": view_steps}[args.scenario](module, args.url)
 
     def tick() -> float | None:
         try:

@@ -26,6 +26,7 @@ from diffusers import (
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
+    T2IAdapter,
 )
 
 SD15 = "sd15"
@@ -37,6 +38,9 @@ SDXL = "sdxl"
 SDXL_INPAINT = "sdxl_inpaint"
 SDXL_REFINER = "sdxl_refiner"
 CONTROLNET = "controlnet"
+T2I_ADAPTER = "t2i_adapter"
+# Families of the models that condition a base model on depth (``ControlSettings.model``).
+DEPTH_CONDITIONERS = (CONTROLNET, T2I_ADAPTER)
 UNKNOWN = "unknown"
 
 # Pipeline kinds the store hands out. "depth" is SD2-depth's own depth-conditioned img2img.
@@ -107,13 +111,14 @@ def _read_json(path: Path) -> dict:
 
 
 def family_of_folder(folder: Path) -> str:
-    """Family of a diffusers folder: a pipeline (model_index.json) or a ControlNet (config.json)."""
+    """Family of a diffusers folder: a pipeline (model_index.json), or a ControlNet or
+    T2I-Adapter (config.json)."""
     index = folder / "model_index.json"
     if not index.is_file():
         config = folder / "config.json"
-        if config.is_file() and _read_json(config).get("_class_name") == ControlNetModel.__name__:
-            return CONTROLNET
-        return UNKNOWN
+        class_name = _read_json(config).get("_class_name") if config.is_file() else None
+        return {ControlNetModel.__name__: CONTROLNET,
+                T2IAdapter.__name__: T2I_ADAPTER}.get(str(class_name), UNKNOWN)
     class_name = str(_read_json(index).get("_class_name", ""))
     unet_config = folder / "unet" / "config.json"
     unet = _read_json(unet_config) if unet_config.is_file() else {}

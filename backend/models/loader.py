@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from diffusers import ControlNetModel, DiffusionPipeline
+from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
 
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -87,4 +87,33 @@ def load_controlnet(source: ModelSource, dtype: torch.dtype, home: Path) -> Cont
     except (OSError, ValueError) as exc:
         raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
                             f"could not load ControlNet {source.path}: {exc}",
+                            field="control.model") from exc
+
+
+def conditioner_family(source: ModelSource) -> str:
+    """Which kind of depth conditioner ``source`` holds: ``families.CONTROLNET`` or
+    ``families.T2I_ADAPTER``; anything else is refused, naming the field."""
+    if source.kind == "single_file":
+        return families.CONTROLNET     # single files are read as ControlNets (single_file.py)
+    family = families.family_of_folder(source.path)
+    if family not in families.DEPTH_CONDITIONERS:
+        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                            f"{source.name} ({source.path}) is neither a ControlNet nor a "
+                            f"T2I-Adapter (it holds: {family})", field="control.model")
+    return family
+
+
+def load_adapter(source: ModelSource, dtype: torch.dtype) -> T2IAdapter:
+    """Load a T2I-Adapter from a diffusers folder or a cache snapshot."""
+    if conditioner_family(source) != families.T2I_ADAPTER:
+        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                            f"{source.name} ({source.path}) is not a T2I-Adapter",
+                            field="control.model")
+    try:
+        return T2IAdapter.from_pretrained(
+            str(source.path), torch_dtype=dtype, local_files_only=True, use_safetensors=True,
+            variant=_weights_variant(source.path))
+    except (OSError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                            f"could not load T2I-Adapter {source.path}: {exc}",
                             field="control.model") from exc

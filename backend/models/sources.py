@@ -37,6 +37,10 @@ def _controlnet_for(base: str) -> Callable[[Path, Path], Path]:
     return lambda dest, models_dir: tiny.build_tiny_controlnet(dest, ensure_tiny(base, models_dir))
 
 
+def _adapter_for(base: str) -> Callable[[Path, Path], Path]:
+    return lambda dest, models_dir: tiny.build_tiny_adapter(dest, ensure_tiny(base, models_dir))
+
+
 TINY_MODELS: dict[str, TinyModel] = {
     "tiny": TinyModel("tiny", lambda d, _: tiny.build_tiny_model(d), "sd15"),
     "tiny-sdxl": TinyModel("tiny-sdxl", lambda d, _: tiny.build_tiny_sdxl_model(d), "sdxl"),
@@ -44,6 +48,8 @@ TINY_MODELS: dict[str, TinyModel] = {
     "tiny-controlnet": TinyModel("tiny-controlnet", _controlnet_for("tiny"), "controlnet"),
     "tiny-sdxl-controlnet": TinyModel("tiny-sdxl-controlnet", _controlnet_for("tiny-sdxl"),
                                       "controlnet"),
+    "tiny-adapter": TinyModel("tiny-adapter", _adapter_for("tiny"), "t2i_adapter"),
+    "tiny-sdxl-adapter": TinyModel("tiny-sdxl-adapter", _adapter_for("tiny-sdxl"), "t2i_adapter"),
 }
 
 

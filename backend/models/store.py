@@ -11,9 +11,11 @@ Public API (everything the job and pipeline layers need):
     #   a name (HF id, folder, .safetensors, "tiny-controlnet") -> ControlNet pipeline;
     #   store.default_controlnet() names the family's default depth ControlNet
     cn = store.controlnet("tiny-controlnet")            # ControlNetModel, cached by name
+    store.conditioner_family("tiny-adapter")            # "controlnet" | "t2i_adapter"
+    adapter = store.adapter("tiny-adapter")             # T2IAdapter, cached by name
     store.available()                  # list[protocol.messages.ModelInfo]
     store.memory()                     # (allocated, total) bytes on the device
-    store.release()                    # drop the current model and its ControlNets
+    store.release()                    # drop the current model, its ControlNets and adapters
 
     model.name, model.family, model.source, model.pipe (the base pipeline),
     model.device, model.dtype, model.pipeline(kind, controlnet_model=None), model.release()
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from diffusers import ControlNetModel, DiffusionPipeline
+from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ModelInfo
@@ -45,7 +47,7 @@ from . import families
 from .accel import AccelOptions, Acceleration, accelerate_controlnet, apply_accel, warm_up
 from .catalog import list_models
 from .device import device_memory, free_device_cache
-from .loader import load_controlnet, prepare_pipeline
+from .loader import conditioner_family, load_adapter, load_controlnet, prepare_pipeline
 from .sources import ModelSource, hf_cache_dir, resolve
 
 # The depth ControlNet each family uses when a job names none.
@@ -114,7 +116,8 @@ def native_side(pipe: DiffusionPipeline) -> int:
 
 
 class ModelStore:
-    """Owns the loaded model (one at a time: one device) and the ControlNets used with it."""
+    """Owns the loaded model (one at a time: one device) and the ControlNets and
+    T2I-Adapters used with it."""
 
     def __init__(self, device: str, dtype: torch.dtype, home: Path, search_dirs: list[Path],
                  hf_cache: Optional[Path] = None, accel: Optional[AccelOptions] = None):
@@ -126,6 +129,7 @@ class ModelStore:
         self.hf_cache = Path(hf_cache) if hf_cache is not None else hf_cache_dir(os.environ)
         self._current: Optional[LoadedModel] = None
         self._controlnets: dict[str, ControlNetModel] = {}
+        self._adapters: dict[str, T2IAdapter] = {}
 
     @property
     def current(self) -> Optional[LoadedModel]:
@@ -162,7 +166,7 @@ class ModelStore:
         return self._current
 
     def default_controlnet(self) -> str:
-        """The depth ControlNet the current model uses when a job names none."""
+        """The depth conditioner (a ControlNet) the current model uses when a job names none."""
         model = self._require_current()
         name = TINY_DEFAULT_CONTROLNETS.get(model.name) or DEFAULT_CONTROLNETS.get(model.family)
         if name is None:
@@ -171,16 +175,27 @@ class ModelStore:
                                 field="control.model")
         return name
 
+    def _resolve_control(self, name: str) -> ModelSource:
+        try:
+            return self.resolve(name)
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, exc.message, field="control.model") from exc
+
+    def conditioner_family(self, name: str) -> str:
+        """Whether ``name`` is a ControlNet or a T2I-Adapter (``families.CONTROLNET`` /
+        ``families.T2I_ADAPTER``); reads only its config."""
+        if name in self._controlnets:
+            return families.CONTROLNET
+        if name in self._adapters:
+            return families.T2I_ADAPTER
+        return conditioner_family(self._resolve_control(name))
+
     def controlnet(self, name: str) -> ControlNetModel:
         """Load (once) the ControlNet ``name`` for the current model."""
         model = self._require_current()
         if name in self._controlnets:
             return self._controlnets[name]
-        try:
-            source = self.resolve(name)
-        except ProtocolError as exc:
-            raise ProtocolError(exc.code, exc.message, field="control.model") from exc
-        controlnet = load_controlnet(source, self.dtype, self.home)
+        controlnet = load_controlnet(self._resolve_control(name), self.dtype, self.home)
         unet_width = model.pipe.unet.config.cross_attention_dim
         if controlnet.config.cross_attention_dim != unet_width:
             raise ProtocolError(
@@ -193,14 +208,24 @@ class ModelStore:
         self._controlnets[name] = controlnet
         return controlnet
 
+    def adapter(self, name: str) -> T2IAdapter:
+        """Load (once) the T2I-Adapter ``name``. It runs once per job, so it gets none of
+        the speed levers; whether it fits the model's UNet is checked when it first runs."""
+        self._require_current()
+        if name not in self._adapters:
+            adapter = load_adapter(self._resolve_control(name), self.dtype)
+            self._adapters[name] = adapter.to(self.device)
+        return self._adapters[name]
+
     def pipeline(self, kind: str, controlnet: Optional[str] = None) -> DiffusionPipeline:
         """The current model's pipeline for ``kind``, with the named ControlNet if given."""
         model = self._require_current()
         return model.pipeline(kind, self.controlnet(controlnet) if controlnet else None)
 
     def release(self) -> None:
-        """Unload the current model and its ControlNets."""
+        """Unload the current model, its ControlNets and its adapters."""
         self._controlnets.clear()
+        self._adapters.clear()
         if self._current is not None:
             self._current.release()
             self._current = None

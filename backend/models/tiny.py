@@ -1,7 +1,7 @@
 """Miniature random-weight Stable Diffusion pipelines, built by our own code.
 
 They have the real architectures (UNet with cross-attention, AutoencoderKL,
-CLIP text encoders, ControlNet) at a width of 32-64 channels, so every code
+CLIP text encoders, ControlNet, T2I-Adapter) at a width of 32-64 channels, so every code
 path a real model takes is taken, in well under a second per 64x64 job on a
 CPU. The weights are random: the pictures are noise.
 
@@ -27,6 +27,7 @@ from diffusers import (
     StableDiffusionDepth2ImgPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
+    T2IAdapter,
     UNet2DConditionModel,
 )
 from transformers import (
@@ -216,6 +217,29 @@ def build_tiny_controlnet(dest: Path, unet_folder: Path) -> Path:
             unet, conditioning_embedding_out_channels=(8, 8, 16, 16), load_weights_from_unet=False)
         _randomise_zero_convolutions(controlnet)
         controlnet.save_pretrained(out, safe_serialization=True)
+
+    return _save_atomically(dest, write)
+
+
+def build_tiny_adapter(dest: Path, unet_folder: Path) -> Path:
+    """Write a tiny depth ``T2IAdapter`` matching the tiny UNet in ``unet_folder``.
+
+    The tiny UNets (a plain down block with a downsampler, then a cross-attention block)
+    take their adapter residuals at 1/2 and 1/2 of the latent size, the layout of SDXL's
+    adapters (``full_adapter_xl``: 1/16 of the image, no further downsampling here).
+    """
+    unet_folder = Path(unet_folder)
+    if (unet_folder / "unet" / "config.json").exists():
+        unet_folder = unet_folder / "unet"
+    config = UNet2DConditionModel.load_config(str(unet_folder))
+    if tuple(config["down_block_types"]) != ("DownBlock2D", "CrossAttnDownBlock2D"):
+        raise ValueError(f"{unet_folder} is not a tiny UNet: {config['down_block_types']}")
+
+    def write(out: Path) -> None:
+        torch.manual_seed(SEED + 4)
+        adapter = T2IAdapter(in_channels=3, channels=list(config["block_out_channels"]),
+                             num_res_blocks=1, downscale_factor=16, adapter_type="full_adapter_xl")
+        adapter.save_pretrained(out, safe_serialization=True)
 
     return _save_atomically(dest, write)
 

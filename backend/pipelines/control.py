@@ -1,4 +1,5 @@
-"""Depth conditioning of one pipeline call: a depth ControlNet (SD1.5, SDXL) or SD2-depth.
+"""Depth conditioning of one pipeline call: a depth ControlNet (SD1.5, SDXL) or SD2-depth
+(a T2I-Adapter leaves the call as it is: adapter.py).
 
 ``condition_on_depth`` takes the plain call a job would make (its kind and keyword
 arguments) and returns the depth-conditioned one. It is a function of data alone, like
@@ -30,8 +31,7 @@ from .depth import control_tensor, depth2img_tensor
 @dataclass(frozen=True)
 class ConditionedCall:
     kind: str                       # pipeline kind for the model store
-    controlnet: Optional[str]       # ControlNet name; None = the store's default for the family
-    uses_controlnet: bool
+    uses_controlnet: bool           # the caller picks the ControlNet (the store's default or named)
     kwargs: dict[str, Any]
 
 
@@ -64,7 +64,7 @@ def condition_on_depth(kind: str, kwargs: dict[str, Any], near: np.ndarray, fami
         assert init_rgb is not None
         kwargs["image"] = pixels_tensor(init_rgb)
         kwargs.pop("masked_image_latents", None)
-    return ConditionedCall(kind, settings.model, True, kwargs)
+    return ConditionedCall(kind, True, kwargs)
 
 
 def _depth2img(kind: str, kwargs: dict[str, Any], near: np.ndarray,
@@ -86,4 +86,4 @@ def _depth2img(kind: str, kwargs: dict[str, Any], near: np.ndarray,
         kwargs.pop(name, None)    # the pipeline reads the size off ``image``
     kwargs.update(image=pixels_tensor(init_rgb), depth_map=depth2img_tensor(near),
                   strength=strength)
-    return ConditionedCall(DEPTH2IMG_KIND, None, False, kwargs)
+    return ConditionedCall(DEPTH2IMG_KIND, False, kwargs)

@@ -11,7 +11,8 @@ One job goes through four steps, each in one place:
 3. ``_run`` runs the pipeline: a per-job copy carrying its own scheduler, a step callback
    that reports progress and previews and honours cancel within one step, and
    ``output_type="latent"``. Anything that must wrap the pipeline's modules for the
-   duration of the call (circular padding for seamless tiling) goes in ``_job_context``.
+   duration of the call (circular padding for seamless tiling, a T2I-Adapter's residuals)
+   goes in ``_job_context``.
 4. ``_finish`` decodes the latents and, for inpainting, pastes the crop back into the init
    image through the feathered mask.
 
@@ -22,12 +23,13 @@ the noise is the same on every device.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -35,14 +37,16 @@ from diffusers import ControlNetModel, DiffusionPipeline
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import ImageFrame
-from protocol.messages import GenerateRequest
+from protocol.messages import ControlSettings, GenerateRequest
 
 from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
 from ..models.accel import classifier_free_guidance
+from ..models.families import SD2_DEPTH, T2I_ADAPTER
 from ..models.store import LoadedModel, ModelStore, native_side
+from .adapter import AdapterGuide, adapter_guide, adapter_residuals
 from .control import condition_on_depth
-from .depth import DepthEstimator, find_depth_model
+from .depth import DepthEstimator, control_tensor, find_depth_model
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
 from .pixels import mask_to_tensor, resize, to_pixels
@@ -59,6 +63,7 @@ class PipelineCall:
     kind: str                      # a kind of ``LoadedModel.pipeline``
     kwargs: dict[str, Any]
     controlnet: Optional[ControlNetModel] = None
+    adapter: Optional[AdapterGuide] = None   # T2I-Adapter features added inside the UNet
 
 
 class DiffusionGenerator:
@@ -126,16 +131,23 @@ class DiffusionGenerator:
 
     def _condition_on_depth(self, call: PipelineCall, plan: GenerationPlan,
                             model: LoadedModel) -> PipelineCall:
-        """A depth ControlNet, or SD2-depth's own depth input (control.py)."""
+        """A depth ControlNet or T2I-Adapter, or SD2-depth's own depth input (control.py,
+        adapter.py)."""
         job = plan.request
-        near = plan.depth if plan.depth is not None else self._estimate_depth(plan)
+        settings = job.control or ControlSettings()
+        near = work_region(plan, plan.depth if plan.depth is not None else self._estimate_depth(plan))
+        name = None
+        if model.family != SD2_DEPTH:
+            name = settings.model or self._store.default_controlnet()
+            if self._store.conditioner_family(name) == T2I_ADAPTER:
+                guide = adapter_guide(self._store.adapter(name), control_tensor(near),
+                                      model.pipe.unet, model.pipe.vae_scale_factor, settings,
+                                      tile_axes(plan.tiling), name)
+                return dataclasses.replace(call, adapter=guide)
         init_rgb = None if plan.init is None else work_region(plan, plan.init[..., :3])
-        conditioned = condition_on_depth(call.kind, call.kwargs, work_region(plan, near),
-                                         model.family, job.control, init_rgb, job.strength)
-        controlnet = None
-        if conditioned.uses_controlnet:
-            controlnet = self._store.controlnet(conditioned.controlnet
-                                                or self._store.default_controlnet())
+        conditioned = condition_on_depth(call.kind, call.kwargs, near, model.family,
+                                         job.control, init_rgb, job.strength)
+        controlnet = self._store.controlnet(name) if conditioned.uses_controlnet and name else None
         return PipelineCall(conditioned.kind, conditioned.kwargs, controlnet)
 
     def _estimate_depth(self, plan: GenerationPlan) -> np.ndarray:
@@ -171,10 +183,12 @@ class DiffusionGenerator:
         layout = preview_layout(plan, model.pipe.vae_scale_factor)
         palette = LatentPalette.for_family(model.family)
         was_cancelled = False
+        steps_done = 0
 
         def on_step_end(p: DiffusionPipeline, index: int, _t: Any, tensors: dict) -> dict:
-            nonlocal was_cancelled
+            nonlocal was_cancelled, steps_done
             step, total = index + 1, p.num_timesteps
+            steps_done = step
             preview = None
             if preview_due(step, plan.request.preview_every, total):
                 preview = to_pixels(layout.render(tensors["latents"], palette))
@@ -185,19 +199,29 @@ class DiffusionGenerator:
                 was_cancelled = True
             return {}
 
-        with self._job_context(plan, pipe):
+        with self._job_context(plan, pipe, call.adapter, lambda: (steps_done, pipe.num_timesteps)):
             result = pipe(**call.kwargs, callback_on_step_end=on_step_end,
                           callback_on_step_end_tensor_inputs=["latents"])
         if was_cancelled:
             raise JobCancelled()
         return result.images
 
-    def _job_context(self, plan: GenerationPlan, pipe: DiffusionPipeline) -> ContextManager:
+    @staticmethod
+    @contextlib.contextmanager
+    def _job_context(plan: GenerationPlan, pipe: DiffusionPipeline,
+                     adapter: Optional[AdapterGuide],
+                     position: Callable[[], tuple[int, int]]) -> Iterator[None]:
         """What wraps the model's modules for the duration of this job's call: seamless
-        tiling's circular padding (tiling.py), undone when the call ends however it ends."""
+        tiling's circular padding (tiling.py) and a T2I-Adapter's residuals (adapter.py),
+        undone when the call ends however it ends."""
         vae = whole_image_vae(pipe.vae, plan.work_width, plan.work_height)
         modules = [pipe.unet, vae, getattr(pipe, "controlnet", None)]
-        return wrapped_convolutions(modules, tile_axes(plan.tiling))
+        with wrapped_convolutions(modules, tile_axes(plan.tiling)):
+            if adapter is None:
+                yield
+            else:
+                with adapter_residuals(pipe.unet, adapter, position):
+                    yield
 
     # ------------------------------------------------------------------ 4. pixels out
     def _finish(self, latents: torch.Tensor, plan: GenerationPlan, model: LoadedModel) -> list[np.ndarray]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 from protocol.messages import ModelInfo
 
@@ -40,11 +40,14 @@ class StoreService:
 
 def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",
                   dtype: str = "auto", home: Path, models_dirs: list[Path],
-                  low_memory: bool = False) -> Daemon:
-    """Load ``model`` (a clear error if it is not on this machine) and wire the layers."""
+                  low_memory: bool = False,
+                  depth_controls: Optional[Mapping[str, str]] = None) -> Daemon:
+    """Load ``model`` (a clear error if it is not on this machine) and wire the layers.
+    ``depth_controls``: family -> the depth ControlNet or T2I-Adapter used when a job names none."""
     chosen = pick_device(device)
     store = ModelStore(chosen, pick_dtype(chosen, dtype), home, models_dirs,
-                       accel=AccelOptions.for_device(chosen, low_memory=low_memory))
+                       accel=AccelOptions.for_device(chosen, low_memory=low_memory),
+                       depth_controls=depth_controls)
     store.load(model)
     return Daemon(config, StoreService(store), DiffusionGenerator(store, config.limits))
 

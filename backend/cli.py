@@ -108,10 +108,22 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
     p.add_argument("--low-memory", action="store_true",
                    help="for 8 GB cards: model CPU offload and tiled VAE decode (slower)")
+    p.add_argument("--depth-control", action="append", default=[], metavar="FAMILY=NAME",
+                   type=_family_and_name,
+                   help="the depth ControlNet or T2I-Adapter jobs of a model family use when "
+                        "they name none, e.g. sd15=TencentARC/t2iadapter_depth_sd15v2 "
+                        "(an adapter runs once per job, a ControlNet at every step; repeatable)")
     p.add_argument("--models-dir", action="append", type=Path, default=[],
                    help="an A1111/ComfyUI models folder or a folder of checkpoints (repeatable)")
     p.add_argument("--home", type=Path, default=None,
                    help="Atelier's own folder (default $ATELIER_HOME or ~/.cache/atelier)")
+
+
+def _family_and_name(text: str) -> tuple[str, str]:
+    family, sep, name = text.partition("=")
+    if not sep or not family or not name:
+        raise argparse.ArgumentTypeError(f"expected FAMILY=NAME (e.g. sdxl=some/adapter), got {text!r}")
+    return family, name
 
 
 def _request_options(p: argparse.ArgumentParser) -> None:
@@ -158,7 +170,7 @@ def _build_daemon(args: argparse.Namespace, config: ServerConfig):
 
     return create_daemon(config, model=args.model, device=args.device, dtype=args.dtype,
                          home=_home(args), models_dirs=list(args.models_dir),
-                         low_memory=args.low_memory)
+                         low_memory=args.low_memory, depth_controls=dict(args.depth_control))
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ class DepthInput:
 @dataclass(frozen=True)
 class ControlSettings:
     """Which depth model conditions the job and how strongly."""
-    model: Optional[str] = None     # ControlNet id/path; None = the daemon's default for the family
+    model: Optional[str] = None     # ControlNet or T2I-Adapter id/path; None = the daemon's choice
     scale: float = spec(1.0, min=0.0, max=2.0)
     start: float = spec(0.0, min=0.0, max=1.0)
     end: float = spec(1.0, min=0.0, max=1.0)
@@ -220,7 +220,7 @@ class Error:
 class ModelInfo:
     name: str                # what to pass as ``model``
     source: str              # "tiny", "diffusers", "single_file", "hf_cache"
-    family: str              # "sd15", "sdxl", "sd2_depth", "controlnet", "unknown"
+    family: str              # "sd15", "sdxl", "sd2_depth", "controlnet", "t2i_adapter", "unknown"
     path: Optional[str] = None
 
 

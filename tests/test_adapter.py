@@ -275,3 +275,28 @@ def test_adapter_depth_job_over_the_daemon(daemon):
         assert err.value.field == "control.model", err.value
         again = client.run_job(job, [depth], timeout=120)
         assert isinstance(again, JobDone), again
+
+
+def test_daemon_told_to_use_an_adapter_uses_it_for_jobs_that_name_none(daemon, start_daemon):
+    """``serve --depth-control sd15=tiny-adapter``: a depth job naming no model gives the
+    pixels of the same job naming the adapter on a default daemon, not its ControlNet's."""
+    depth_frame = _depth_frame()
+    depth = make_upload(PixelFormat.FLOAT32, SIZE, SIZE, depth_frame.data)
+    job = GenerateRequest(**JOB, depth=DepthInput(upload=depth.id, convention="normalized"))
+
+    def pixels(url: str, request: GenerateRequest) -> bytes:
+        with AtelierClient(url, client_name="test_adapter") as client:
+            client.wait_connected()
+            done = client.run_job(request, [depth], timeout=120)
+            assert isinstance(done, JobDone), done
+            return done.images[0].data
+
+    chosen = start_daemon("--depth-control", "sd15=tiny-adapter")
+    named = dataclasses.replace(job, control=ControlSettings(model="tiny-adapter"))
+    assert pixels(chosen.url, job) == pixels(daemon.url, named)
+    assert pixels(daemon.url, job) != pixels(daemon.url, named)   # the default is the ControlNet
+
+
+def test_depth_controls_for_unknown_families_are_refused(atelier_home):
+    with pytest.raises(ValueError, match="sd9"):
+        ModelStore("cpu", torch.float32, atelier_home, [], depth_controls={"sd9": "x"})

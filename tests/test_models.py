@@ -105,7 +105,7 @@ def test_tiny_txt2img_and_img2img_run_64px(store):
 
 def test_controlnet_pipeline_shares_the_base_and_checks_the_family(store):
     model = store.load("tiny")
-    assert store.default_controlnet() == "tiny-controlnet"
+    assert store.default_depth_control() == "tiny-controlnet"
     pipe = store.pipeline("txt2img", controlnet="tiny-controlnet")
     assert type(pipe).__name__ == "StableDiffusionControlNetPipeline"
     assert pipe.unet is model.pipe.unet and pipe.vae is model.pipe.vae

@@ -9,7 +9,7 @@ Public API (everything the job and pipeline layers need):
     pipe = store.pipeline("img2img")   # kind: "txt2img" | "img2img" | "inpaint" | "depth"
     pipe = store.pipeline("txt2img", controlnet=None)   # None: no ControlNet;
     #   a name (HF id, folder, .safetensors, "tiny-controlnet") -> ControlNet pipeline;
-    #   store.default_controlnet() names the family's default depth ControlNet
+    #   store.default_depth_control() names what a depth job uses when it names none
     cn = store.controlnet("tiny-controlnet")            # ControlNetModel, cached by name
     store.conditioner_family("tiny-adapter")            # "controlnet" | "t2i_adapter"
     adapter = store.adapter("tiny-adapter")             # T2IAdapter, cached by name
@@ -35,7 +35,7 @@ import gc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
@@ -120,7 +120,8 @@ class ModelStore:
     T2I-Adapters used with it."""
 
     def __init__(self, device: str, dtype: torch.dtype, home: Path, search_dirs: list[Path],
-                 hf_cache: Optional[Path] = None, accel: Optional[AccelOptions] = None):
+                 hf_cache: Optional[Path] = None, accel: Optional[AccelOptions] = None,
+                 depth_controls: Optional[Mapping[str, str]] = None):
         self.device = device
         self.accel = accel or AccelOptions.plain()   # speed levers applied at each load
         self.dtype = dtype
@@ -128,6 +129,12 @@ class ModelStore:
         self.search_dirs = [Path(d).expanduser() for d in search_dirs]
         self.hf_cache = Path(hf_cache) if hf_cache is not None else hf_cache_dir(os.environ)
         self._current: Optional[LoadedModel] = None
+        unknown = set(depth_controls or {}) - set(families.BASE_KIND)
+        if unknown:
+            raise ValueError(f"depth controls for unknown model families {sorted(unknown)}; "
+                             f"families: {', '.join(families.BASE_KIND)}")
+        # family -> the depth ControlNet or T2I-Adapter the daemon was told to use
+        self.depth_controls = dict(depth_controls or {})
         self._controlnets: dict[str, ControlNetModel] = {}
         self._adapters: dict[str, T2IAdapter] = {}
 
@@ -165,14 +172,16 @@ class ModelStore:
             raise ProtocolError(ErrorCode.NOT_READY, "no model is loaded", field="model")
         return self._current
 
-    def default_controlnet(self) -> str:
-        """The depth conditioner (a ControlNet) the current model uses when a job names none."""
+    def default_depth_control(self) -> str:
+        """The depth ControlNet or T2I-Adapter the current model uses when a job names none:
+        the daemon's choice for the family (``depth_controls``), else the family's default."""
         model = self._require_current()
-        name = TINY_DEFAULT_CONTROLNETS.get(model.name) or DEFAULT_CONTROLNETS.get(model.family)
+        name = (self.depth_controls.get(model.family) or TINY_DEFAULT_CONTROLNETS.get(model.name)
+                or DEFAULT_CONTROLNETS.get(model.family))
         if name is None:
             raise ProtocolError(ErrorCode.UNSUPPORTED,
-                                f"model {model.name} ({model.family}) has no depth ControlNet",
-                                field="control.model")
+                                f"model {model.name} ({model.family}) has no depth ControlNet "
+                                f"or T2I-Adapter", field="control.model")
         return name
 
     def _resolve_control(self, name: str) -> ModelSource:

@@ -138,7 +138,7 @@ class DiffusionGenerator:
         near = work_region(plan, plan.depth if plan.depth is not None else self._estimate_depth(plan))
         name = None
         if model.family != SD2_DEPTH:
-            name = settings.model or self._store.default_controlnet()
+            name = settings.model or self._store.default_depth_control()
             if self._store.conditioner_family(name) == T2I_ADAPTER:
                 guide = adapter_guide(self._store.adapter(name), control_tensor(near),
                                       model.pipe.unet, model.pipe.vae_scale_factor, settings,

@@ -147,6 +147,9 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=Path, help="depth map: .npy float32 (distance) or an image "
                                               "(normalised, white = near)")
     p.add_argument("--preview-every", type=int, default=0)
+    p.add_argument("--cache-interval", type=int, default=1,
+                   help="run the whole UNet every N-th step only, reusing its deep features "
+                        "in between (faster, slightly different images; default 1 = off)")
     p.add_argument("--format", default="raw", choices=["raw", "png"],
                    help="how results travel (raw RGBA on loopback is cheapest)")
 
@@ -284,6 +287,7 @@ def request_from_args(args: argparse.Namespace) -> tuple[GenerateRequest, list[I
                           strength=args.strength, mask_grow=args.grow,
                           mask_feather=args.feather, tiling=args.tiling,
                           preview_every=args.preview_every, output_format=args.format,
+                          cache_interval=args.cache_interval,
                           **fields)
     return job, uploads
 

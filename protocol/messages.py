@@ -79,6 +79,9 @@ class GenerateRequest:
     control: Optional[ControlSettings] = None
     preview_every: int = spec(0, min=0, max=1000)  # 0 = no previews
     output_format: OutputFormat = "raw"
+    # 1 = the whole UNet every step; N = every N-th step, the others reuse its deep
+    # features (faster, slightly different images: an opt-in quality trade)
+    cache_interval: int = spec(1, min=1, max=10)
 
 
 # ------------------------------------------------------- client -> daemon

@@ -54,6 +54,7 @@ from .plan import SEED_RANGE, GenerationPlan, ModelTraits, plan_generation
 from .previews import LatentPalette, PreviewLayout, preview_due, scaled_box
 from .schedulers import make_scheduler
 from .seamless import roll_image
+from .step_cache import StepCachedUNet
 from .tiling import decode_wrapped, tile_axes, whole_image_vae, wrapped_convolutions
 
 
@@ -180,10 +181,18 @@ class DiffusionGenerator:
         # (diffusers keeps ``_interrupt`` and the step count on the pipeline object).
         pipe = copy.copy(shared)
         pipe.scheduler = make_scheduler(plan.request.scheduler, shared.scheduler.config)
+        steps_done = 0
+
+        def position() -> tuple[int, int]:
+            """(steps done, steps in all), for what changes from step to step."""
+            return steps_done, pipe.num_timesteps
+
+        if plan.request.cache_interval > 1:
+            # On this job's copy only: the shared pipeline keeps the plain UNet.
+            pipe.unet = StepCachedUNet(shared.unet, plan.request.cache_interval, position)
         layout = preview_layout(plan, model.pipe.vae_scale_factor)
         palette = LatentPalette.for_family(model.family)
         was_cancelled = False
-        steps_done = 0
 
         def on_step_end(p: DiffusionPipeline, index: int, _t: Any, tensors: dict) -> dict:
             nonlocal was_cancelled, steps_done
@@ -199,7 +208,7 @@ class DiffusionGenerator:
                 was_cancelled = True
             return {}
 
-        with self._job_context(plan, pipe, call.adapter, lambda: (steps_done, pipe.num_timesteps)):
+        with self._job_context(plan, pipe, call.adapter, position):
             result = pipe(**call.kwargs, callback_on_step_end=on_step_end,
                           callback_on_step_end_tensor_inputs=["latents"])
         if was_cancelled:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
@@ -19,6 +19,9 @@ from protocol.errors import ErrorCode, ProtocolError
 from . import families
 from .single_file import load_single_file_controlnet, prepare_single_file
 from .sources import ModelSource, ensure_tiny, variant_of
+
+
+M = TypeVar("M", ControlNetModel, T2IAdapter)
 
 
 def _weights_variant(folder: Path) -> Optional[str]:
@@ -76,18 +79,7 @@ def load_controlnet(source: ModelSource, dtype: torch.dtype, home: Path) -> Cont
     if source.kind == "single_file":
         tiny_config = ensure_tiny("tiny-controlnet", home / "models")
         return load_single_file_controlnet(source.path, dtype, tiny_config=tiny_config)
-    if families.family_of_folder(source.path) != families.CONTROLNET:
-        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
-                            f"{source.name} ({source.path}) is not a ControlNet model",
-                            field="control.model")
-    try:
-        return ControlNetModel.from_pretrained(
-            str(source.path), torch_dtype=dtype, local_files_only=True, use_safetensors=True,
-            variant=_weights_variant(source.path))
-    except (OSError, ValueError) as exc:
-        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
-                            f"could not load ControlNet {source.path}: {exc}",
-                            field="control.model") from exc
+    return _load_conditioner(ControlNetModel, families.CONTROLNET, "ControlNet", source, dtype)
 
 
 def conditioner_family(source: ModelSource) -> str:
@@ -105,15 +97,22 @@ def conditioner_family(source: ModelSource) -> str:
 
 def load_adapter(source: ModelSource, dtype: torch.dtype) -> T2IAdapter:
     """Load a T2I-Adapter from a diffusers folder or a cache snapshot."""
-    if conditioner_family(source) != families.T2I_ADAPTER:
+    return _load_conditioner(T2IAdapter, families.T2I_ADAPTER, "T2I-Adapter", source, dtype)
+
+
+def _load_conditioner(cls: type[M], family: str, what: str, source: ModelSource,
+                      dtype: torch.dtype) -> M:
+    """One diffusers model folder of ``family`` (a ControlNet or an adapter), or an error
+    naming ``control.model``."""
+    if source.kind == "single_file" or families.family_of_folder(source.path) != family:
         raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
-                            f"{source.name} ({source.path}) is not a T2I-Adapter",
+                            f"{source.name} ({source.path}) is not a {what} model",
                             field="control.model")
     try:
-        return T2IAdapter.from_pretrained(
+        return cls.from_pretrained(
             str(source.path), torch_dtype=dtype, local_files_only=True, use_safetensors=True,
             variant=_weights_variant(source.path))
     except (OSError, ValueError) as exc:
         raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
-                            f"could not load T2I-Adapter {source.path}: {exc}",
+                            f"could not load {what} {source.path}: {exc}",
                             field="control.model") from exc

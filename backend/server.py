@@ -36,7 +36,7 @@ log = logging.getLogger("atelier.server")
 
 SERVER_NAME = "atelier/0.1"
 CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "tiling", "depth", "control",
-                "previews", "png", "raw", "fetch", "cancel"]
+                "t2i_adapter", "step_cache", "previews", "png", "raw", "fetch", "cancel"]
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 

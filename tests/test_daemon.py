@@ -43,7 +43,7 @@ def random_rgba(w: int, h: int, seed: int = 0) -> bytes:
 def test_welcome_announces_model_device_and_limits(client):
     welcome = client.welcome
     assert welcome.model == "tiny" and welcome.device == "cpu"
-    assert {"txt2img", "img2img", "inpaint"} <= set(welcome.capabilities)
+    assert {"txt2img", "img2img", "inpaint", "t2i_adapter", "step_cache"} <= set(welcome.capabilities)
     assert welcome.limits.max_side >= 512
 
 

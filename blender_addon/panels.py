@@ -22,6 +22,7 @@ def _draw_settings(layout: bpy.types.UILayout, props: bpy.types.PropertyGroup) -
     row = layout.row(align=True)
     row.prop(props, "steps")
     row.prop(props, "guidance")
+    layout.prop(props, "cache_interval")   # speed against quality; its tooltip says how
     row = layout.row(align=True)
     sub = row.row(align=True)
     sub.enabled = not props.random_seed

@@ -7,7 +7,7 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        IntProperty, PointerProperty, StringProperty)
 
 from .protocol.client import DEFAULT_PORT
-from .settings import MAX_BATCH, SEED_MAX
+from .settings import CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, MAX_BATCH, SEED_MAX
 from .protocol.messages import SCHEDULERS
 
 ADDON_ID = __package__   # "atelier_blender", or "bl_ext.<repo>.atelier_blender" as an extension
@@ -74,6 +74,7 @@ class AtelierHistoryItem(bpy.types.PropertyGroup):
     scheduler: StringProperty()
     strength: FloatProperty()
     tiling: StringProperty()
+    cache_interval: IntProperty(default=1, min=1, max=CACHE_INTERVAL_MAX)
     image_name: StringProperty()
 
 
@@ -85,6 +86,8 @@ class AtelierSettings(bpy.types.PropertyGroup):
     width: IntProperty(name="Width", default=512, min=64, max=4096, step=64)
     height: IntProperty(name="Height", default=512, min=64, max=4096, step=64)
     steps: IntProperty(name="Steps", default=20, min=1, max=150)
+    cache_interval: IntProperty(name="Step Cache", default=1, min=1, max=CACHE_INTERVAL_MAX,
+                                description=CACHE_INTERVAL_HELP)
     guidance: FloatProperty(name="Guidance", default=7.0, min=0.0, max=50.0)
     seed: IntProperty(name="Seed", default=0, min=0, max=SEED_MAX)
     random_seed: BoolProperty(name="Random", default=True,

@@ -27,7 +27,14 @@ MAX_BATCH = 8           # images per job from the panel
 SEED_MAX = 2 ** 31 - 1 - MAX_BATCH
 # What the history list keeps of each result: enough to regenerate it.
 HISTORY_FIELDS = ("prompt", "negative_prompt", "model", "kind", "width", "height", "steps",
-                  "guidance", "seed", "scheduler", "strength", "tiling")
+                  "guidance", "seed", "scheduler", "strength", "tiling", "cache_interval")
+# Step caching (GenerateRequest.cache_interval): 1 = the whole UNet at every step.
+CACHE_INTERVAL_MAX = next(f.metadata["max"] for f in dataclasses.fields(GenerateRequest)
+                          if f.name == "cache_interval")
+CACHE_INTERVAL_HELP = ("Speed against quality. 1 runs the whole model at every step (full "
+                       "quality); N runs it only every N-th step and reuses its deep features "
+                       "in between: faster (about 1.5x at 2, 1.9x at 3), and the images "
+                       "differ a little from uncached ones")
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class PanelSettings:
     batch_size: int = 1
     preview_every: int = 1
     control_scale: float = 1.0
+    cache_interval: int = 1         # step caching; 1 = off (full quality)
 
 
 def is_loopback(host: str) -> bool:
@@ -104,6 +112,7 @@ def build_request(settings: PanelSettings, *, kind: str = "txt2img",
         control=control,
         preview_every=settings.preview_every,
         output_format="raw",
+        cache_interval=settings.cache_interval,
     )
     validate(request, "job")
     return request
@@ -143,6 +152,7 @@ def result_record(result: Result, index: int, seed: int) -> dict[str, Any]:
         "scheduler": params.scheduler,
         "strength": params.strength,
         "tiling": result.tiling,
+        "cache_interval": params.cache_interval,
         "batch_index": index,
         "job_id": result.job_id,
     }

@@ -100,6 +100,16 @@ def test_request_from_panel_settings() -> None:
         (42, "ddim", "x", 2)
     assert request.depth is None and request.control is None and request.init_image is None
     assert request.preview_every == 2 and request.output_format == "raw"
+    assert request.cache_interval == 1   # step caching stays off unless asked for
+
+
+def test_step_cache_setting_reaches_the_request() -> None:
+    panel = settings.PanelSettings(steps=12, cache_interval=3)
+    request = settings.build_request(panel, kind="img2img", init_image="a" * 32,
+                                     depth_upload="b" * 32)
+    assert request.cache_interval == 3 and request.steps == 12
+    assert settings.CACHE_INTERVAL_MAX == 10    # the protocol's own limit
+    assert "faster" in settings.CACHE_INTERVAL_HELP and "differ" in settings.CACHE_INTERVAL_HELP
 
 
 def test_random_seeds_fit_blender_ints_for_every_batch_image() -> None:
@@ -140,6 +150,8 @@ def test_img2img_with_depth_sets_init_depth_and_control() -> None:
     ({"guidance": 80.0}, "job.guidance"),
     ({"tiling": "diagonal"}, "job.tiling"),
     ({"seed": 2 ** 33, "random_seed": False}, "job.seed"),
+    ({"cache_interval": 0}, "job.cache_interval"),
+    ({"cache_interval": 11}, "job.cache_interval"),
 ])
 def test_bad_settings_raise_protocol_error_naming_the_field(change, field) -> None:
     with pytest.raises(ProtocolError) as info:
@@ -175,7 +187,7 @@ def test_image_names_say_prompt_and_seed_and_fit_blender() -> None:
 def _result() -> Result:
     params = GenerateRequest(prompt="moss", negative_prompt="n", width=64, height=64, steps=4,
                              guidance=3.0, seed=100, scheduler="euler", batch_size=2,
-                             tiling="both")
+                             tiling="both", cache_interval=2)
     return Result(job_id="j" * 32, images=[ImageInfo(0, 64, 64, "rgba8", 100),
                                            ImageInfo(1, 64, 64, "rgba8", 101)],
                   params=params, tiling="both", model="tiny", seconds=0.5)
@@ -191,8 +203,10 @@ def test_result_record_and_recall_regenerate_that_image() -> None:
         ("moss", 101, False, 1)
     assert (recalled.steps, recalled.tiling, recalled.model, recalled.scheduler) == \
         (4, "both", "tiny", "euler")
+    assert record["cache_interval"] == 2 and recalled.cache_interval == 2
     again = settings.build_request(recalled)
     assert (again.seed, again.prompt, again.width, again.guidance) == (101, "moss", 64, 3.0)
+    assert again.cache_interval == 2    # the same step caching, so the same pixels
     assert set(settings.HISTORY_FIELDS) <= set(record)
 
 

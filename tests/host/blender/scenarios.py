@@ -70,7 +70,8 @@ def scenario_generate(module, url: str) -> None:
     target.data.materials.append(user_mat)
     harness.select_only([target])
     harness.settings(scene, prompt="red brick wall", seed=1234, random_seed=False, steps=4,
-                     width=SIZE, height=SIZE, batch_size=2, tiling="both", preview_every=1)
+                     width=SIZE, height=SIZE, batch_size=2, tiling="both", preview_every=1,
+                     cache_interval=2)
     before = snapshot()
     bpy.ops.ed.undo_push(message="scene ready")   # what loading a file gives in the UI
     assert bpy.ops.atelier.generate(apply_to_object=True) == {"FINISHED"}
@@ -78,6 +79,8 @@ def scenario_generate(module, url: str) -> None:
     job = last_job(session)
     assert job.state.name == "DONE", job.progress_text
     assert job.total == 4, "no progress arrived"
+    # The panel's Step Cache went into the request, and the daemon ran it that way.
+    assert job.request.cache_interval == 2 and job.result.params.cache_interval == 2
 
     made = new_datablocks(before)
     assert len(made["images"]) == 2, made
@@ -88,6 +91,7 @@ def scenario_generate(module, url: str) -> None:
         record = image["atelier"]
         assert record["prompt"] == "red brick wall" and record["tiling"] == "both"
         assert record["batch_index"] == index and record["steps"] == 4
+        assert record["cache_interval"] == 2
         assert image.name.startswith("red brick wall ") and str(record["seed"]) in image.name
         assert np.ptp(image_rows(image)[..., :3]) > 0.05, "image pixels are flat"
 
@@ -137,10 +141,13 @@ def scenario_generate(module, url: str) -> None:
     # History: recall puts the first image's settings back.
     history = scene.atelier.history
     assert len(history) == 2 and history[0].image_name == images[0].name
-    harness.settings(scene, prompt="something else", random_seed=True, batch_size=3)
+    assert history[0].cache_interval == 2
+    harness.settings(scene, prompt="something else", random_seed=True, batch_size=3,
+                     cache_interval=1)
     assert bpy.ops.atelier.recall(index=0) == {"FINISHED"}
     props = scene.atelier
     assert props.prompt == "red brick wall" and not props.random_seed
+    assert props.cache_interval == 2
     assert props.seed == images[0]["atelier"]["seed"] and props.batch_size == 1
 
     # The daemon's own error for a bad request reaches the job (and the panel) as text.
@@ -498,11 +505,16 @@ def scenario_ui(module, url: str) -> None:
     assert image_only == [("operator", "atelier.apply_image")], image_only
     names = {entry[1] for entry in drawn["VIEW3D_PT_atelier"]}
     for expected in ("prompt", "negative_prompt", "model", "width", "height", "steps",
-                     "guidance", "seed", "random_seed", "scheduler", "strength", "tiling",
-                     "batch_size", "atelier.generate", "atelier.render_to_image",
+                     "guidance", "cache_interval", "seed", "random_seed", "scheduler",
+                     "strength", "tiling", "batch_size", "atelier.generate", "atelier.render_to_image",
                      "atelier.project_texture"):
         assert expected in names, expected
     assert ("list", "history") in drawn["IMAGE_PT_atelier_history"]
+    # Step caching: off by default, limited as the protocol limits it, tooltip says the trade.
+    cache = props.bl_rna.properties["cache_interval"]
+    assert (props.cache_interval, cache.hard_min, cache.hard_max) == (1, 1, 10)
+    assert cache.name == "Step Cache" and "faster" in cache.description
+    assert "differ" in cache.description, cache.description
     # A history row and the preferences (with the connection state) draw too.
     log = []
     bpy.types.ATELIER_UL_history.draw_item(None, bpy.context, RecordingLayout(log), props,

@@ -15,8 +15,9 @@ sys.path.insert(0, str(REPO / "krita_plugin"))
 from atelier_krita.geometry import (Bounds, Extent, ResolutionRange, context_region,  # noqa: E402
                                     default_padding, fit_extent, range_for_family)
 from atelier_krita.history import History, HistoryEntry  # noqa: E402
-from atelier_krita.jobs import (JobRefused, JobSettings, Mode, UploadIds,  # noqa: E402
-                                build_request, layer_name, plan_job)
+from atelier_krita.jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX,  # noqa: E402
+                                JobRefused, JobSettings, Mode, UploadIds, build_request,
+                                layer_name, plan_job)
 from atelier_krita.pixels import (bgra_to_rgba, feather, grow, grow_and_feather,  # noqa: E402
                                   luminance, mask_bounds, rgb_to_rgba, rgba_to_bgra, transpose,
                                   with_alpha)
@@ -253,6 +254,26 @@ def test_build_request_for_each_mode_validates():
     request = build_request(plan, estimate, UploadIds(image="a" * 32))
     assert request.depth is not None and request.depth.estimate and request.init_image
     assert request.kind == "img2img" and request.strength == estimate.strength
+    assert request.cache_interval == 1      # step caching stays off unless asked for
+
+
+def test_step_cache_reaches_the_request_in_every_mode():
+    settings = JobSettings(prompt="a red fox", seed=7, steps=9, depth_layer="depth",
+                           cache_interval=3)
+    ids = UploadIds(image="a" * 32, mask="b" * 32, depth="c" * 32)
+    for mode in Mode:
+        plan = plan_job(mode, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL)
+        request = build_request(plan, settings, ids)
+        validate(request, "job")
+        assert request.cache_interval == 3 and request.steps == 9, mode
+    assert CACHE_INTERVAL_MAX == 10       # the protocol's own limit
+    assert "faster" in CACHE_INTERVAL_HELP and "differ" in CACHE_INTERVAL_HELP
+
+
+@pytest.mark.parametrize("interval", [0, 11])
+def test_settings_reject_a_step_cache_out_of_range(interval):
+    with pytest.raises(ValueError, match="step cache"):
+        JobSettings(cache_interval=interval)
 
 
 def test_build_request_wants_its_uploads():

@@ -17,7 +17,7 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
 
 from . import host
 from .controller import ConnectionSettings, Controller
-from .jobs import JobSettings, Mode
+from .jobs import CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, JobSettings, Mode
 from .protocol.messages import TILINGS
 
 PUMP_INTERVAL_MS = 30
@@ -79,6 +79,9 @@ class AtelierPanel(QWidget):
         self.seed_spin.setSpecialValueText("random")
         self.batch_spin = _spin(1, 16, 1, self)
         self.steps_spin = _spin(1, 150, 20, self)
+        self.cache_spin = _spin(1, CACHE_INTERVAL_MAX, 1, self)
+        self.cache_spin.setSpecialValueText("off (full quality)")
+        self.cache_spin.setToolTip(CACHE_INTERVAL_HELP)
         self.guidance_spin = _dspin(0.0, 30.0, 7.0, 0.5, self)
         self.tiling_combo = QComboBox(self)
         self.tiling_combo.addItems(TILINGS)
@@ -93,7 +96,8 @@ class AtelierPanel(QWidget):
         for label, widget in (("Prompt", self.prompt_edit), ("Negative", self.negative_edit),
                               ("Model", model_row), ("Strength", self.strength_spin),
                               ("Seed", self.seed_spin), ("Batch", self.batch_spin),
-                              ("Steps", self.steps_spin), ("Guidance", self.guidance_spin),
+                              ("Steps", self.steps_spin), ("Step cache", self.cache_spin),
+                              ("Guidance", self.guidance_spin),
                               ("Seamless axes", self.tiling_combo), ("Grow", self.grow_spin),
                               ("Feather", self.feather_spin), ("Depth layer", self.depth_combo),
                               ("Max size", self.max_side_spin), ("", self.previews_check)):
@@ -165,6 +169,7 @@ class AtelierPanel(QWidget):
             mask_feather=self.feather_spin.value(),
             depth_layer=None if depth in ("", ESTIMATE_DEPTH) else depth,
             previews=self.previews_check.isChecked(),
+            cache_interval=self.cache_spin.value(),
         )
 
     def show_settings(self, settings: JobSettings) -> None:
@@ -181,6 +186,7 @@ class AtelierPanel(QWidget):
         self.feather_spin.setValue(settings.mask_feather)
         _choose(self.depth_combo, settings.depth_layer or ESTIMATE_DEPTH)
         self.previews_check.setChecked(settings.previews)
+        self.cache_spin.setValue(settings.cache_interval)
 
     # ------------------------------------------------------------ actions
     def reconnect(self) -> None:

@@ -9,7 +9,7 @@ Both are pure functions of their arguments, so they are tested without Krita.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 from .geometry import Bounds, Extent, ResolutionRange, context_region, default_padding, fit_extent
@@ -33,6 +33,15 @@ class JobRefused(Exception):
     """A job cannot start; the message says why and what to do."""
 
 
+# Step caching (GenerateRequest.cache_interval): 1 = the whole UNet at every step.
+CACHE_INTERVAL_MAX = next(f.metadata["max"] for f in fields(GenerateRequest)
+                          if f.name == "cache_interval")
+CACHE_INTERVAL_HELP = ("Speed against quality. Off runs the whole model at every step (full "
+                       "quality). N runs it only every N-th step and reuses its deep features "
+                       "in between: faster (about 1.5x at 2, 1.9x at 3), and the images "
+                       "differ a little from uncached ones.")
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """The docker's fields: everything the painter chooses for a job."""
@@ -51,11 +60,15 @@ class JobSettings:
     depth_scale: float = 1.0
     seam_width: int = 64
     previews: bool = True
+    cache_interval: int = 1              # step caching; 1 = off (full quality)
 
     def __post_init__(self) -> None:
         if self.tiling not in TILINGS:
             raise ValueError(f"seamless axes must be one of {', '.join(TILINGS)}, "
                              f"got {self.tiling!r}")
+        if not 1 <= self.cache_interval <= CACHE_INTERVAL_MAX:
+            raise ValueError(f"step cache must be 1 (off) to {CACHE_INTERVAL_MAX}, "
+                             f"got {self.cache_interval!r}")
 
     def with_seed(self, seed: Optional[int]) -> "JobSettings":
         return replace(self, seed=seed)
@@ -184,6 +197,7 @@ def build_request(plan: JobPlan, settings: JobSettings, uploads: UploadIds) -> G
         control=control,
         preview_every=1 if settings.previews else 0,
         output_format="raw",
+        cache_interval=settings.cache_interval,
     )
 
 

@@ -137,6 +137,20 @@ def test_history_recalls_and_reruns_a_job_to_the_same_pixels(krita):
     assert again["sha"] == first["sha"]        # same request and seed: same pixels
 
 
+def test_step_cache_field_reaches_the_request_history_and_recall(krita):
+    record = scenario(krita, "step_cache")
+    field = record["field"]
+    assert (field["min"], field["max"], field["value"]) == (1, 10, 1)   # off unless asked for
+    assert field["text"] == "off (full quality)"
+    assert "faster" in field["tooltip"] and "differ" in field["tooltip"]
+    assert record["sent"] == 2 and record["sent_steps"] == 3
+    assert record["history"] == 2 and record["recalled"] == 2 and record["reset"] == 1
+    layer = only_new(record)
+    (first,) = record["first"]            # the same job with the whole UNet at every step
+    assert layer["name"] == first["name"] and layer["bounds"] == first["bounds"]
+    assert layer["sha"] != first["sha"]   # the daemon cached steps: the pixels differ a little
+
+
 def test_generate_fills_exactly_the_selection_bounds(krita):
     layer = only_new(scenario(krita, "generate_selection"))
     assert layer["bounds"] == [31, 40, 61, 45]

@@ -22,8 +22,8 @@ from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.errors import ErrorCode, ProtocolError
 from .protocol.events import Connected, Disconnected, JobDone, PreviewImage
 from .protocol.frames import ImageFrame, PixelFormat
-from .protocol.messages import (Accepted, Cancelled, Error, ModelInfo, ModelLoaded, Models,
-                                Progress, Started)
+from .protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, ModelInfo,
+                                ModelLoaded, Models, Progress, Started)
 from .protocol.schema import validate
 from .qt_pixels import decode_png_rgba, resample
 
@@ -99,6 +99,7 @@ class Controller:
         self.max_side: Optional[int] = None      # the daemon's limit, from its welcome
         self.size_limit: Optional[int] = None    # the painter's "max size" field
         self.sent_inputs: dict[str, ImageFrame] = {}
+        self.sent_request: Optional[GenerateRequest] = None   # the last job submitted
         self._job: Optional[_ActiveJob] = None
         self._batch: Optional[_Batch] = None
 
@@ -203,6 +204,7 @@ class Controller:
         except ClientError as exc:
             raise JobRefused(str(exc)) from None
         self.sent_inputs = uploads
+        self.sent_request = request
         self._job = _ActiveJob(ref, mode, settings, plan, document, document.anchor(), clip,
                                total=settings.steps)
 

@@ -282,6 +282,35 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
 
     run.scenario("rerun", rerun_from_history)
 
+    def step_cache() -> dict[str, Any]:
+        """The docker's Step cache field, set like a painter would, through Generate."""
+        clear_selection(doc)
+        spin = panel.cache_spin
+        field = {"min": spin.minimum(), "max": spin.maximum(), "value": spin.value(),
+                 "text": spin.text(), "tooltip": spin.toolTip()}
+        before = layer_stack(doc)
+        panel.show_settings(base)
+        panel.max_side_spin.setValue(96)
+        spin.setValue(2)
+        panel.mode_buttons[Mode.GENERATE].click()
+        pump_until(controller, lambda: not controller.busy, "generate with step caching")
+        sent = controller.sent_request
+        entry = controller.history[0]
+        spin.setValue(1)
+        panel.refresh()
+        panel.history_list.setCurrentRow(0)
+        panel.recall_button.click()
+        recalled = spin.value()
+        panel.show_settings(base)        # later scenarios start from the defaults again
+        return {"field": field, "message": controller.message, "new": new_layers(before),
+                "sent": sent.cache_interval if sent is not None else None,
+                "sent_steps": sent.steps if sent is not None else None,
+                "history": entry.settings.cache_interval, "recalled": recalled,
+                "reset": spin.value(),
+                "first": run.results["generate_canvas"].get("new", [])}
+
+    run.scenario("step_cache", step_cache)
+
     def generate_selection() -> dict[str, Any]:
         select_rect(doc, 31, 40, 61, 45)
         return run_job(Mode.GENERATE, base)

@@ -46,6 +46,8 @@ from .runners import AtelierRunner, CallTiming, DaemonRunner, StockRunner, job_r
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 TINY_SIDE = 64
+# Built-in tiny models the benchmark can run (CPU smoke runs and rehearsals), by shape.
+TINY_MODELS = {"tiny": "SD1.5", "tiny-sdxl": "SDXL"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Settings:
     compile: Optional[bool]
     count_flops: bool
     home: Path
+    rows: Optional[tuple[str, ...]] = None   # run only these paths; None: every row that applies
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
@@ -86,11 +89,12 @@ class ModelUnderTest:
 
 
 def prepare_model(s: Settings) -> ModelUnderTest:
-    if s.model == "tiny":
+    if s.model in TINY_MODELS:
         from backend.models.store import ModelStore
 
-        folder = ModelStore(s.device, s.dtype, s.home, []).resolve("tiny").path
-        return ModelUnderTest("tiny", folder, None, "tiny random-weight SD1.5-shaped model")
+        folder = ModelStore(s.device, s.dtype, s.home, []).resolve(s.model).path
+        return ModelUnderTest(s.model, folder, None,
+                              f"tiny random-weight {TINY_MODELS[s.model]}-shaped model")
     if s.model is not None:
         path = Path(s.model).expanduser()
         return ModelUnderTest(str(path), path if path.is_dir() else None, None,
@@ -225,6 +229,8 @@ def run_benchmark(s: Settings) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     try:
         cases = _cases(s, model, work, closers)
+        if s.rows is not None:
+            cases = [case for case in cases if case.path in s.rows]
         if model.folder is None:
             rows += [_skipped("stock", b, "the stock path loads diffusers folders only")
                      for b in s.batches]
@@ -340,8 +346,8 @@ def print_report(report: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> tuple[Settings, Optional[Path]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help='"tiny", or a local model path; default: random weights '
-                                   "of --family")
+    p.add_argument("--model", help='"tiny" or "tiny-sdxl", or a local model path; default: '
+                                   "random weights of --family")
     p.add_argument("--family", choices=random_models.FAMILIES, default="sd15")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu", "mps"])
     p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
@@ -366,12 +372,15 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Optional[Path]]:
         "ATELIER_HOME", Path.home() / ".cache" / "atelier")),
                    help="where tiny and random-weight benchmark models are kept")
     p.add_argument("--json", type=Path, help="write the report here")
+    p.add_argument("--rows", nargs="+", metavar="PATH", choices=ROW_ORDER,
+                   help="run only these rows (e.g. stock atelier daemon atelier+tiling), to "
+                        "fit a time budget; models are still loaded as the options say")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     dtype = pick_dtype(device) if args.dtype == "auto" else DTYPES[args.dtype]
     if args.size:
         width, height = args.size[0], args.size[-1]
-    elif args.model == "tiny":
+    elif args.model in TINY_MODELS:
         width = height = TINY_SIDE
     else:
         width = height = 1024 if args.family == "sdxl" and args.model is None else 512
@@ -382,7 +391,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Optional[Path]]:
                     batches=tuple(args.batch), repeats=args.repeats, warmup=args.warmup,
                     preview_every=args.preview_every, low_memory=args.low_memory,
                     extras=not args.no_extras, compile=args.compile,
-                    count_flops=not args.no_flops, home=args.home.expanduser()), args.json
+                    count_flops=not args.no_flops, home=args.home.expanduser(),
+                    rows=tuple(args.rows) if args.rows else None), args.json
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,3 +84,88 @@ def test_seam_benchmark_smoke(tmp_path: Path, atelier_home: Path):
     for tiling in ("none", "both"):
         for axis in ("x", "y"):
             assert _positive(report["mean"][tiling][axis])
+
+
+# ------------------------------------------------------------------ device run rehearsal
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE_RUN = REPO / "benchmarks" / "device_run.sh"
+PROBE = "atelier_device_probe"
+
+
+def _probe_wheel(folder: Path) -> Path:
+    """A one-module wheel, built here: the install step runs offline, as on the device."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    info = f"{PROBE}-1.0.dist-info"
+    files = {f"{PROBE}.py": "VALUE = 1\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {PROBE}\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: atelier-tests\n"
+                              "Root-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{info}/RECORD"])
+    wheel = folder / f"{PROBE}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def _device_run(tmp_path: Path, home: Path, **env: str):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    settings = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(out),
+                "BENCH_HOME": str(home), "WHEELS": str(_probe_wheel(tmp_path / "wheels").parent),
+                "SITE": str(tmp_path / "site"), "OMP_NUM_THREADS": "1", **env}
+    done = subprocess.run(["bash", str(DEVICE_RUN)], cwd=tmp_path, env=settings, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    steps = {}
+    for line in (out / "steps.txt").read_text("utf-8").splitlines():
+        name, status, *_ = line.split("\t")
+        steps[name] = status
+    return done, out, steps
+
+
+def test_device_run_rehearsal(tmp_path: Path, atelier_home: Path):
+    """The GPU session's one command, rehearsed on the CPU with the tiny models: wheels
+    installed offline, every step run under its limit, reports and a summary written."""
+    done, out, steps = _device_run(tmp_path, atelier_home)
+    assert done.returncode == 0, done.stdout
+    assert (tmp_path / "site" / f"{PROBE}.py").is_file()      # the wheels folder was installed
+    assert steps == {name: "ok" for name in ("setup", "protocol", "sd15-b1", "sdxl-b1-eager",
+                                             "sd15-b4", "sdxl-b1")}, done.stdout
+    # at most 8 files come back from the device
+    assert len(list(out.iterdir())) <= 8
+    log = (out / "device_run.log").read_text("utf-8")
+    assert "imports ok" in log and "=== summary" in log and "sd15-b1.json" in done.stdout
+
+    protocol = json.loads((out / "protocol.json").read_text("utf-8"))
+    assert protocol["rows"] and all(_positive(r["protocol_ms"]) for r in protocol["rows"])
+    expected = {"sd15-b1.json": ({"stock", "atelier", "daemon", "atelier+tiling"}, 1, "SD1.5"),
+                "sdxl-b1-eager.json": ({"stock", "atelier", "daemon", "atelier+tiling",
+                                        "atelier-lowmem"}, 1, "SDXL"),
+                "sd15-b4.json": ({"stock", "atelier", "daemon"}, 4, "SD1.5"),
+                "sdxl-b1.json": ({"stock", "atelier", "daemon", "atelier+tiling"}, 1, "SDXL")}
+    for name, (paths, batch, shape) in expected.items():
+        report = json.loads((out / name).read_text("utf-8"))
+        assert shape in report["model"], (name, report["model"])
+        assert {r["path"] for r in report["rows"]} == paths, name      # --rows kept to these
+        for row in report["rows"]:
+            assert row["status"] == "ok" and row["batch"] == batch, (name, row)
+            for key in ("s_per_image", "it_per_s", "first_call_s"):
+                assert _positive(row[key]), (name, row["path"], key)
+        assert _positive(report["summary"][str(batch)]["speedup_atelier_vs_stock"])
+
+
+def test_device_run_out_of_budget(tmp_path: Path, atelier_home: Path):
+    """No time left: every step is skipped and says so, the run still summarises, and it
+    reports failure."""
+    done, out, steps = _device_run(tmp_path, atelier_home, BUDGET_S="0", INSTALL="0")
+    assert done.returncode != 0
+    assert steps.pop("setup") == "ok"
+    assert set(steps.values()) == {"skipped"}, steps
+    assert "protocol" in steps and "sdxl-b1-eager" in steps
+    assert "=== summary" in done.stdout and not list(out.glob("*.json"))

@@ -193,7 +193,8 @@ main() {
 
     core_step sdxl-b1-eager 0 "$MIN_GEN" sdxl-b1-eager.json \
         "$PYTHON" "${GEN[@]}" "${SDXL[@]}" --batch 1 --repeats "$SDXL_REPEATS" --no-compile \
-        --low-memory --rows stock atelier daemon atelier+tiling atelier-lowmem \
+        --low-memory --rows stock atelier daemon atelier+tiling atelier+adapter atelier+cache3 \
+        atelier-lowmem \
         --json "$OUT/sdxl-b1-eager.json"
     local sdxl_status=$STATUS sdxl_took=$TOOK
     [ "$STATUS" = ok ] || failed=1

@@ -21,6 +21,7 @@ the job's counted FLOPs at the device's measured matmul rate, over the measured 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -66,7 +67,7 @@ class Settings:
     warmup: int
     preview_every: int
     low_memory: bool
-    extras: bool                  # tiling and depth rows
+    extras: bool                  # tiling, depth (ControlNet, adapter) and step-cache rows
     compile: Optional[bool]
     count_flops: bool
     home: Path
@@ -85,6 +86,7 @@ class ModelUnderTest:
     name: str                     # what the model store loads
     folder: Optional[Path]        # a diffusers folder the stock pipeline can load
     controlnet: Optional[str]     # depth ControlNet for the depth row; None = store default
+    adapter: Optional[str]        # depth T2I-Adapter for the adapter row; None = no such row
     description: str
 
 
@@ -93,11 +95,11 @@ def prepare_model(s: Settings) -> ModelUnderTest:
         from backend.models.store import ModelStore
 
         folder = ModelStore(s.device, s.dtype, s.home, []).resolve(s.model).path
-        return ModelUnderTest(s.model, folder, None,
+        return ModelUnderTest(s.model, folder, None, f"{s.model}-adapter",
                               f"tiny random-weight {TINY_MODELS[s.model]}-shaped model")
     if s.model is not None:
         path = Path(s.model).expanduser()
-        return ModelUnderTest(str(path), path if path.is_dir() else None, None,
+        return ModelUnderTest(str(path), path if path.is_dir() else None, None, None,
                               f"local model {path}")
     dtype_name = str(s.dtype).replace("torch.", "")
     bench_dir = s.home / "benchmark-models"
@@ -107,7 +109,9 @@ def prepare_model(s: Settings) -> ModelUnderTest:
     if s.family in random_models.CONTROLNET_CONFIGS:
         controlnet = str(random_models.random_controlnet_folder(
             s.family, bench_dir / f"{s.family}-controlnet-random-{dtype_name}", s.dtype, s.device))
-    return ModelUnderTest(str(folder), folder, controlnet,
+    adapter = str(random_models.random_adapter_folder(
+        s.family, bench_dir / f"{s.family}-adapter-random-{dtype_name}", s.dtype, s.device))
+    return ModelUnderTest(str(folder), folder, controlnet, adapter,
                           f"full-size {s.family} architecture, random weights from "
                           f"backend/models/configs/{s.family}")
 
@@ -209,6 +213,15 @@ def _cases(s: Settings, model: ModelUnderTest, work: dict[int, WorkCount],
             cases.append(Case("atelier+depth", b,
                               lambda job=conditioned: atelier(job, {depth.id: depth}), None,
                               resident))
+            if model.adapter is not None:
+                adapted = dataclasses.replace(conditioned, control=ControlSettings(model=model.adapter))
+                cases.append(Case("atelier+adapter", b,
+                                  lambda job=adapted: atelier(job, {depth.id: depth}), None,
+                                  resident))
+            for interval in CACHE_INTERVALS:
+                cached = dataclasses.replace(jobs[b], cache_interval=interval)
+                cases.append(Case(f"atelier+cache{interval}", b,
+                                  lambda job=cached: atelier(job), None, resident))
     if s.low_memory:
         low_options = AccelOptions.for_device(s.device, low_memory=True)
         low, low_resident = _loaded(s.device, lambda: AtelierRunner(
@@ -271,7 +284,9 @@ def run_benchmark(s: Settings) -> dict[str, Any]:
 
 
 CORE_PATHS = ("stock", "atelier", "daemon")
-ROW_ORDER = ("stock", "atelier", "daemon", "atelier+tiling", "atelier+depth", "atelier-lowmem")
+CACHE_INTERVALS = (2, 3)         # step-caching rows (GenerateRequest.cache_interval)
+ROW_ORDER = ("stock", "atelier", "daemon", "atelier+tiling", "atelier+depth", "atelier+adapter",
+             *(f"atelier+cache{n}" for n in CACHE_INTERVALS), "atelier-lowmem")
 # Paths whose arithmetic is the counted job's (tiling adds no FLOPs worth counting;
 # depth adds a ControlNet, which the count does not include).
 PLAIN_WORK_PATHS = ("stock", "atelier", "daemon", "atelier+tiling", "atelier-lowmem")
@@ -310,6 +325,9 @@ def summarise(rows: list[dict[str, Any]], batches: tuple[int, ...]) -> dict[str,
                 f"protocol_share_pct{suffix}": None if daemon is None else (1 - 1 / daemon) * 100,
                 f"tiling_overhead_pct{suffix}": overhead("atelier+tiling"),
                 f"depth_overhead_pct{suffix}": overhead("atelier+depth"),
+                f"adapter_overhead_pct{suffix}": overhead("atelier+adapter"),
+                **{f"speedup_cache{n}_vs_atelier{suffix}": ratio("atelier", f"atelier+cache{n}")
+                   for n in CACHE_INTERVALS},
                 f"lowmem_overhead_pct{suffix}": overhead("atelier-lowmem"),
             })
         out[str(b)] = figures
@@ -363,7 +381,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Optional[Path]]:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--preview-every", type=int, default=1)
     p.add_argument("--low-memory", action="store_true", help="add the low-memory (8 GB) rows")
-    p.add_argument("--no-extras", action="store_true", help="skip the tiling and depth rows")
+    p.add_argument("--no-extras", action="store_true", help="skip the tiling, depth, adapter and step-cache rows")
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="torch.compile UNet and VAE decoder (default: on for cuda only)")
     p.add_argument("--no-compile", dest="compile", action="store_false")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionPipeline,
-                       StableDiffusionXLPipeline, UNet2DConditionModel)
+                       StableDiffusionXLPipeline, T2IAdapter, UNet2DConditionModel)
 from diffusers import schedulers as diffusers_schedulers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -29,6 +29,13 @@ CONFIGS = Path(tiny.__file__).resolve().parent / "configs"
 FAMILIES = ("sd15", "sdxl")
 # The depth ControlNet config shipped per family (SDXL has none in the repo yet).
 CONTROLNET_CONFIGS = {"sd15": "controlnet_sd15"}
+# The published depth T2I-Adapters' architectures (TencentARC's SD1.5 and SDXL adapters).
+ADAPTER_CONFIGS = {
+    "sd15": dict(channels=[320, 640, 1280, 1280], num_res_blocks=2, downscale_factor=8,
+                 adapter_type="full_adapter"),
+    "sdxl": dict(channels=[320, 640, 1280, 1280], num_res_blocks=2, downscale_factor=16,
+                 adapter_type="full_adapter_xl"),
+}
 COMPLETE = "BENCHMARK_RANDOM_MODEL.txt"
 NOTE = "Random weights from backend/models/configs, for benchmarks only. Produces noise.\n"
 
@@ -118,5 +125,19 @@ def random_controlnet_folder(family: str, dest: Path, dtype: torch.dtype, device
         with torch.device(device):
             controlnet = ControlNetModel.from_config(ControlNetModel.load_config(configs))
         controlnet.to(dtype=dtype).save_pretrained(out, safe_serialization=True)
+
+    return _write_once(dest, write)
+
+
+def random_adapter_folder(family: str, dest: Path, dtype: torch.dtype, device: str) -> Path:
+    """A diffusers folder of ``family``'s full-size depth T2I-Adapter with random weights."""
+    if family not in ADAPTER_CONFIGS:
+        raise FileNotFoundError(f"no T2I-Adapter architecture for {family}")
+
+    def write(out: Path) -> None:
+        torch.manual_seed(2)
+        with torch.device(device):
+            adapter = T2IAdapter(in_channels=3, **ADAPTER_CONFIGS[family])
+        adapter.to(dtype=dtype).save_pretrained(out, safe_serialization=True)
 
     return _write_once(dest, write)

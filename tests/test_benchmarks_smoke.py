@@ -49,11 +49,16 @@ def test_generation_benchmark_smoke(tmp_path: Path, atelier_home: Path):
     for path in ("atelier+tiling", "atelier+depth"):
         row = rows[(path, 1)]
         assert row["status"] == "ok" or row["reason"], row
+    # the tiny model has a tiny adapter, and step caching needs nothing: these rows run
+    for path in ("atelier+adapter", "atelier+cache2", "atelier+cache3"):
+        assert rows[(path, 1)]["status"] == "ok", rows[(path, 1)]
     for batch in ("1", "2"):
         summary = report["summary"][batch]
         assert _positive(summary["speedup_atelier_vs_stock"])
         assert _positive(summary["speedup_daemon_vs_stock"])
         assert _positive(summary["speedup_atelier_vs_stock_best"])
+        assert summary["adapter_overhead_pct"] is not None
+        assert _positive(summary["speedup_cache2_vs_atelier"])
 
 
 def test_protocol_cost_benchmark_smoke(tmp_path: Path):
@@ -146,7 +151,8 @@ def test_device_run_rehearsal(tmp_path: Path, atelier_home: Path):
     assert protocol["rows"] and all(_positive(r["protocol_ms"]) for r in protocol["rows"])
     expected = {"sd15-b1.json": ({"stock", "atelier", "daemon", "atelier+tiling"}, 1, "SD1.5"),
                 "sdxl-b1-eager.json": ({"stock", "atelier", "daemon", "atelier+tiling",
-                                        "atelier-lowmem"}, 1, "SDXL"),
+                                        "atelier+adapter", "atelier+cache3", "atelier-lowmem"},
+                                       1, "SDXL"),
                 "sd15-b4.json": ({"stock", "atelier", "daemon"}, 4, "SD1.5"),
                 "sdxl-b1.json": ({"stock", "atelier", "daemon", "atelier+tiling"}, 1, "SDXL")}
     for name, (paths, batch, shape) in expected.items():

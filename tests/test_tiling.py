@@ -90,15 +90,22 @@ def _conv_paddings(pipe: StableDiffusionPipeline) -> list:
             if isinstance(m, torch.nn.Conv2d)]
 
 
-def test_cancelled_tiled_job_leaves_modules_as_they_were(atelier_home, pipe):
-    before = _conv_paddings(pipe)
+def _conv_settings(pipe: StableDiffusionPipeline) -> list:
+    return [(m.padding, m.padding_mode, len(m._forward_pre_hooks))
+            for root in (pipe.unet, pipe.vae) for m in root.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+@pytest.mark.parametrize("tiling", ["x", "both"])     # a hook per conv / the conv's own mode
+def test_cancelled_tiled_job_leaves_modules_as_they_were(atelier_home, pipe, tiling):
+    before = _conv_settings(pipe)
 
     def cancel(pipeline, step, timestep, kwargs):
+        assert _conv_settings(pipe) != before      # wrapped while the job runs
         raise JobCancelled()
 
     with pytest.raises(JobCancelled):
-        _generate(pipe, _noise(pipe), "x", callback_on_step_end=cancel)
-    assert _conv_paddings(pipe) == before
+        _generate(pipe, _noise(pipe), tiling, callback_on_step_end=cancel)
+    assert _conv_settings(pipe) == before
     fresh = _generate(_load(atelier_home), _noise(pipe), "none")
     assert torch.equal(_generate(pipe, _noise(pipe), "none"), fresh)
 
@@ -107,9 +114,12 @@ def test_block_counts_each_padded_conv_once_and_none_changes_nothing(pipe):
     padded = sum(1 for p in _conv_paddings(pipe) if p != (0, 0))
     with wrapped_convolutions([pipe.unet, pipe.vae, None], tile_axes("none")) as changed:
         assert changed == 0
+    before = _conv_paddings(pipe)
     with wrapped_convolutions([pipe.unet, pipe.vae, pipe.unet], tile_axes("y")) as changed:
         assert changed == padded
-        assert all(p == (0, 0) for p in _conv_paddings(pipe))
+        # the wrapped axis is padded by the hook; the conv still zero-pads the other itself
+        assert _conv_paddings(pipe) == [(0, x) for _, x in before]
+    assert _conv_paddings(pipe) == before
 
 
 def test_same_padding_wraps_too():

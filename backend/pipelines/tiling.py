@@ -4,12 +4,12 @@ A texture tiles when the network treats the image as a torus on the tiled axes.
 Attention, group norm and nearest upsampling already commute with a circular roll (and
 strided convolutions with rolls by their stride), so the only thing that has to change
 is the padding of every ``Conv2d``: circular on
-the tiled axes, zeros on the others. ``padding_mode="circular"`` cannot mix the two,
-and setting it would mutate modules that other pipeline kinds share (they are the same
-objects after ``from_pipe``). ``wrapped_convolutions`` instead, for the length of a
-``with`` block, sets each conv's built-in padding to zero and pads its input itself in a
-forward pre-hook; on exit (also on an exception or a cancel) it removes the hooks and
-puts back the exact padding objects it found.
+the tiled axes, zeros on the others. The convs are shared by every pipeline kind (the same
+objects after ``from_pipe``), so ``wrapped_convolutions`` changes them only for the length
+of a ``with`` block. Tiled on both axes, each conv's own ``padding_mode`` becomes
+"circular". On one axis (which ``padding_mode`` cannot mix with zeros), a forward pre-hook
+pads that axis circularly and the conv keeps zero-padding the other itself. On exit (also
+on an exception or a cancel) the hooks go and the exact padding settings come back.
 
 The worker runs one job at a time, so no other job can call the modules while a block
 is active. Compiled modules (``nn.Module.compile``) follow too: dynamo guards on the hooks
@@ -74,18 +74,28 @@ def _explicit_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
 
 
 class _AxisPadding:
-    """Forward pre-hook: pad the conv input circularly on wrapped axes, zeros elsewhere."""
+    """Forward pre-hook: pad the conv input circularly on the wrapped axes, in one copy.
+    The conv keeps padding the other axis with zeros itself (``native_padding``)."""
 
     def __init__(self, padding: tuple[int, int, int, int], axes: TileAxes):
-        self.left, self.right, self.top, self.bottom = padding
-        self.axes = axes
+        left, right, top, bottom = padding
+        self.circular = (left if axes.x else 0, right if axes.x else 0,
+                         top if axes.y else 0, bottom if axes.y else 0)
+        self.zeros = (0 if axes.x else left, 0 if axes.x else right,
+                      0 if axes.y else top, 0 if axes.y else bottom)
+
+    @property
+    def native_padding(self) -> Optional[tuple[int, int]]:
+        """The (y, x) padding the conv can still add itself, or None when the zeros are
+        uneven (``padding="same"`` with an even kernel) and must be padded here too."""
+        left, right, top, bottom = self.zeros
+        return (top, left) if (left, top) == (right, bottom) else None
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x, *rest = args
-        x = F.pad(x, (self.left, self.right, 0, 0),
-                  mode="circular" if self.axes.x else "constant")
-        x = F.pad(x, (0, 0, self.top, self.bottom),
-                  mode="circular" if self.axes.y else "constant")
+        x = F.pad(x, self.circular, mode="circular")
+        if self.native_padding is None:
+            x = F.pad(x, self.zeros)
         return (x, *rest)
 
 
@@ -118,11 +128,17 @@ def wrapped_convolutions(modules: Iterable[Optional[nn.Module]],
     with contextlib.ExitStack() as restore:
         convs = _padded_convs(modules)
         for conv in convs:
+            if axes.x and axes.y:
+                # Wrapped on both axes: the conv's own circular mode pads in one copy, no hook.
+                restore.callback(setattr, conv, "padding_mode", conv.padding_mode)
+                conv.padding_mode = "circular"
+                continue
             original = conv.padding
-            hook = conv.register_forward_pre_hook(_AxisPadding(_explicit_padding(conv), axes))
+            padding = _AxisPadding(_explicit_padding(conv), axes)
+            hook = conv.register_forward_pre_hook(padding)
             restore.callback(hook.remove)
             restore.callback(setattr, conv, "padding", original)
-            conv.padding = (0, 0)
+            conv.padding = padding.native_padding or (0, 0)
         yield len(convs)
 
 

@@ -25,7 +25,8 @@ def a1111_parameters(params: GenerateRequest, seed: int, model: str) -> str:
     lines.append(f"Steps: {params.steps}, Sampler: {params.scheduler}, CFG scale: {params.guidance}, "
                  f"Seed: {seed}, Size: {params.width}x{params.height}, Model: {model}"
                  + (f", Denoising strength: {params.strength}" if params.kind != "txt2img" else "")
-                 + (f", Tiling: {params.tiling}" if params.tiling != "none" else ""))
+                 + (f", Tiling: {params.tiling}" if params.tiling != "none" else "")
+                 + (f", Step cache: {params.cache_interval}" if params.cache_interval > 1 else ""))
     return "\n".join(lines)
 
 

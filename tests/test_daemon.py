@@ -95,11 +95,11 @@ def test_png_output_carries_parameters(client):
 
     from PIL import Image
 
-    done = run(client, seed=9, output_format="png")
+    done = run(client, seed=9, output_format="png", cache_interval=2)
     assert done.images[0].format == PixelFormat.PNG
     with Image.open(io.BytesIO(done.images[0].data)) as im:
         assert im.size == (64, 64)
-        assert "Seed: 9" in im.text["parameters"]
+        assert "Seed: 9" in im.text["parameters"] and "Step cache: 2" in im.text["parameters"]
         assert json.loads(im.text["atelier"])["request"]["seed"] == 9
 
 

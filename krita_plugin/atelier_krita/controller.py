@@ -3,6 +3,15 @@
 Runs on Qt's thread only. The protocol client does all network I/O on its own
 threads and queues events; ``pump`` (called by the docker's timer, or by a test
 in a loop) drains them and touches the document. Nothing here blocks.
+
+Undo: adding or removing a layer is a step in Krita's undo history, writing a
+layer's pixels or renaming it is not. So a job adds at most one layer, the first
+time it has something to show (a step preview, a batch, or its result), and
+that same layer then shows every later step, whichever batch result the painter
+picks, and finally the result that is kept, under its final name. One Edit > Undo
+after Apply (or after a single result) takes the whole job back, and browsing a
+batch leaves nothing in the history. Only a preview that is thrown away (Discard,
+Cancel, an error) is removed, which is a second step.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .geometry import Extent, ResolutionRange, range_for_family
+from .geometry import Bounds, Extent, ResolutionRange, range_for_family
 from .history import History, HistoryEntry
 from .host import KritaDocument
 from .jobs import JobPlan, JobRefused, JobSettings, Mode, UploadIds, build_request, layer_name, plan_job
@@ -272,20 +281,24 @@ class Controller:
             raise IndexError(f"result {index} of a batch of {len(batch.images)}")
         batch.index = index
         bgra, seed = batch.images[index]
-        batch.document.write_layer(batch.layer, bgra, batch.plan.region)
-        batch.document.rename_layer(batch.layer, _preview_name(index, len(batch.images), seed))
+        batch.layer = _show(batch.document, batch.layer,
+                            _preview_name(index, len(batch.images), seed), bgra,
+                            batch.plan.region, batch.anchor)
         self._changed()
 
     def apply_result(self) -> Any:
-        """Keep the shown batch result as a layer of its own; returns the new layer."""
+        """Keep the shown batch result as a layer of its own; returns that layer.
+
+        The preview layer itself becomes the result (renamed, its pixels left as
+        shown), so Apply adds no step of its own to the undo history.
+        """
         batch = self._batch
         if batch is None:
             return None
         bgra, seed = batch.images[batch.index]
         self._batch = None
-        batch.document.remove_layer(batch.layer)
-        node = batch.document.add_layer(layer_name(batch.settings.prompt, seed), bgra,
-                                        batch.plan.region, batch.anchor)
+        node = _show(batch.document, batch.layer, layer_name(batch.settings.prompt, seed), bgra,
+                     batch.plan.region, batch.anchor)
         self.message = f"applied result {batch.index + 1} (seed {seed})"
         self._changed()
         return node
@@ -369,11 +382,8 @@ class Controller:
 
     def _show_preview(self, job: _ActiveJob, frame: ImageFrame) -> None:
         bgra = self._to_layer_pixels(job.plan, job.clip, frame)
-        if job.preview_layer is None:
-            job.preview_layer = job.document.add_layer(PREVIEW_LAYER, bgra, job.plan.region,
-                                                       job.anchor)
-        else:
-            job.document.write_layer(job.preview_layer, bgra, job.plan.region)
+        job.preview_layer = _show(job.document, job.preview_layer, PREVIEW_LAYER, bgra,
+                                  job.plan.region, job.anchor)
 
     def _finish(self, job: _ActiveJob, done: JobDone) -> None:
         if job.cancel_requested:  # finished before the cancel reached the daemon
@@ -386,16 +396,14 @@ class Controller:
             self._end_job("the daemon finished the job without images")
             return
         document, region = job.document, job.plan.region
+        # The step previews' layer (if any) goes on to show the result.
+        layer, job.preview_layer = job.preview_layer, None
         if len(images) == 1:
-            self._drop_preview(job)
             bgra, seed = images[0]
-            document.add_layer(layer_name(job.settings.prompt, seed), bgra, region, job.anchor)
+            _show(document, layer, layer_name(job.settings.prompt, seed), bgra, region,
+                  job.anchor)
             text = f"{job.mode.label}: done, seed {seed}"
         else:
-            layer = job.preview_layer
-            if layer is None:
-                layer = document.add_layer(PREVIEW_LAYER, images[0][0], region, job.anchor)
-            job.preview_layer = None
             self._batch = _Batch(job.mode, job.settings, job.plan, document, job.anchor, layer,
                                  images)
             self.select_result(0)
@@ -443,6 +451,18 @@ class Controller:
     def close(self) -> None:
         self.discard_results()
         self.disconnect()
+
+
+def _show(document: KritaDocument, layer: Any, name: str, bgra: bytes, region: Bounds,
+          anchor: Any) -> Any:
+    """``bgra`` shown in ``layer`` under ``name``, without a step in the undo history;
+    in a new layer above ``anchor`` (one step) when there is none yet, or the painter
+    deleted it or undid its adding. Returns the layer that shows it."""
+    if layer is not None and document.has_layer(layer):
+        document.write_layer(layer, bgra, region)
+        document.rename_layer(layer, name)
+        return layer
+    return document.add_layer(name, bgra, region, anchor)
 
 
 def _belongs_to(event: Any, job: _ActiveJob) -> bool:

@@ -89,6 +89,7 @@ class KritaDocument:
         return node
 
     def add_layer(self, name: str, bgra: bytes, region: Bounds, above: Any) -> Any:
+        """A new paint layer above ``above``: one step in Krita's undo history."""
         node = self._doc.createNode(name, "paintlayer")
         parent = self._parent_of(above)
         placed = above if above is not None and self._alive(above) else None
@@ -97,16 +98,24 @@ class KritaDocument:
         return node
 
     def write_layer(self, node: Any, bgra: bytes, region: Bounds) -> None:
+        """Replace ``region`` of ``node``'s pixels; not a step in the undo history."""
         node.setPixelData(QByteArray(bgra), region.x, region.y, region.width, region.height)
         self._doc.refreshProjection()
 
     def rename_layer(self, node: Any, name: str) -> None:
+        """Not a step in the undo history."""
         node.setName(name)
 
     def remove_layer(self, node: Any) -> None:
+        """Take ``node`` out of the document: one step in Krita's undo history."""
         if self._alive(node):
             node.remove()
             self._doc.refreshProjection()
+
+    def has_layer(self, node: Any) -> bool:
+        """Whether ``node`` is in the document (the painter may have deleted it, or
+        undone the step that added it)."""
+        return self._alive(node)
 
     def _alive(self, node: Any) -> bool:
         return node is not None and self._doc.nodeByUniqueID(node.uniqueId()) is not None

@@ -296,14 +296,18 @@ def import_plugin_zip(zip_path: str, resources: Path) -> list[str]:
     return [plugin["name"] for plugin in imported]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def xvfb_run() -> str:
     needs("krita")
     return needs("xvfb-run")
 
 
-def test_docker_in_the_krita_application_generates_above_the_active_layer(
-        xvfb_run, daemon, plugin_zip, tmp_path):
+@pytest.fixture(scope="module")
+def app_probe(xvfb_run, daemon, plugin_zip,
+              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One start of the whole application under Xvfb with the plugin installed from the
+    zip; the probe plugin drives the docker and writes what it saw."""
+    tmp_path = tmp_path_factory.mktemp("krita-app")
     home = tmp_path / "home"
     pykrita = home / "data" / "krita" / "pykrita"
     assert import_plugin_zip(plugin_zip, home / "data" / "krita") == ["atelier_krita"]
@@ -323,6 +327,11 @@ def test_docker_in_the_krita_application_generates_above_the_active_layer(
                     + (proc.stdout + proc.stderr)[-4000:])
     probe = json.loads(out.read_text())
     assert probe["ok"], probe.get("error")
+    return probe
+
+
+def test_docker_in_the_krita_application_generates_above_the_active_layer(app_probe, daemon):
+    probe = app_probe
     assert probe["found"], f"no Atelier docker among {probe['dockers']}"
     assert probe["status"].startswith(f"connected to {daemon.url} (")
     assert probe["modes"] == ["Depth", "Fill", "Generate", "Refine", "Seamless"]
@@ -333,3 +342,52 @@ def test_docker_in_the_krita_application_generates_above_the_active_layer(
     assert probe["history_rows"] == 1
     # Edit > Undo takes the plugin's layer away again.
     assert probe["after_undo"] == ["Background", "bottom", "top"]
+
+
+def names(stack: dict[str, Any]) -> list[str]:
+    return [name for name, _ in stack["layers"]]
+
+
+def test_one_undo_takes_back_an_applied_batch_result_after_browsing(app_probe):
+    """Generate a batch (with step previews), flip between the results, Apply: one
+    Edit > Undo gives back exactly the canvas from before the batch, with no preview
+    layer, and browsing left nothing else in the undo history."""
+    probe = app_probe
+    assert probe["batch_active"] == "bottom"
+    assert probe["batch_started"], probe["batch_message_at_start"]
+    assert probe["batch_size"] == 2, probe["batch_message"]
+    before, shown, applied = probe["before_batch"], probe["before_apply"], probe["after_apply"]
+    assert names(before) == ["Background", "bottom", "top", "marker"]
+    browsed = probe["browsed"]
+    assert [names(stack) for stack in browsed] == [
+        ["Background", "bottom", f"{PREVIEW} {n}/2 seed {seed}", "top", "marker"]
+        for n, seed in ((2, 22), (1, 21), (2, 22))]
+    assert browsed[0]["canvas"] != browsed[1]["canvas"]          # two different results
+    assert shown == browsed[2]
+    # Apply keeps the shown result as an ordinary layer, above the active one.
+    assert probe["apply_message"] == "applied result 2 (seed 22)"
+    assert names(applied) == ["Background", "bottom", "two moons [seed 22]", "top", "marker"]
+    assert applied["layers"][2][1] == shown["layers"][2][1]
+    assert applied["canvas"] == shown["canvas"] != before["canvas"]
+    # One Edit > Undo: the canvas from before the batch, layer for layer, pixel for pixel.
+    assert probe["after_apply_undo"] == before
+    # The next Edit > Undo takes back the painter's own step before the batch: nothing
+    # from the batch (its preview layer, the results browsed) is left in the history.
+    assert probe["after_second_undo"] == probe["before_marker"]
+    assert names(probe["before_marker"]) == ["Background", "bottom", "top"]
+    # Edit > Redo twice: the marker, then the applied result, as they were.
+    assert probe["after_redo"] == applied
+
+
+def test_one_undo_takes_back_a_single_result_shown_with_step_previews(app_probe):
+    probe = app_probe
+    assert probe["single_started"]
+    assert probe["single_message"] == "Generate: done, seed 31"
+    before, after = probe["before_single"], probe["after_single"]
+    # Redo left the re-added batch result active: the new one goes right above it.
+    assert probe["single_active"] == "two moons [seed 22]"
+    assert names(after) == ["Background", "bottom", "two moons [seed 22]",
+                            "two moons [seed 31]", "top", "marker"]
+    assert probe["after_single_undo"] == before
+    # No step preview is left in the history either: the next undo is the batch's.
+    assert probe["after_single_second_undo"] == probe["before_batch"]

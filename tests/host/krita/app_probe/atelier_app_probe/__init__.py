@@ -1,16 +1,19 @@
 """Test-only Krita plugin: once the main window exists, find the Atelier docker, wait
 until it reports its connection, open a document, make its lower layer the active one,
-press the docker's Generate button and let the docker's own timer bring the result in;
-then write what it saw to $ATELIER_PROBE_OUT and quit Krita.
-Used by tests/test_krita_host.py with the full application under Xvfb."""
+press the docker's Generate button and let the docker's own timer bring the result in,
+then undo it with Edit > Undo. Then a batch: generate two results with step previews,
+flip between them with the docker's Result box, Apply, and press Edit > Undo (and
+Redo) to see what one step takes back. Writes what it saw to $ATELIER_PROBE_OUT and
+quits Krita. Used by tests/test_krita_host.py with the full application under Xvfb."""
 
+import hashlib
 import json
 import os
 import time
 import traceback
 
 from krita import Extension, Krita
-from PyQt5.QtCore import QTimer
+from PyQt5.QtCore import QCoreApplication, QTimer
 
 DOCKER_ID = "atelier_krita_docker"
 WAIT_S = 60.0
@@ -106,9 +109,114 @@ class AtelierAppProbe(Extension):
             Krita.instance().action("edit_undo").trigger()
             self._document.waitForDone()
             self._out["after_undo"] = [n.name() for n in self._document.rootNode().childNodes()]
+            self._start_batch(panel)
+            return
         except Exception:
             self._out = {"ok": False, "error": traceback.format_exc()}
         self._finish()
+
+    # ------------------------------------------------------------ batch, Apply, Undo
+    def _stack(self):
+        """Every top-level layer (name and pixels) and the merged canvas, as the painter
+        would compare them."""
+        document = self._document
+        document.refreshProjection()
+        document.waitForDone()
+        width, height = document.width(), document.height()
+        return {"layers": [[n.name(), _sha(n.pixelData(0, 0, width, height))]
+                           for n in document.rootNode().childNodes()],
+                "canvas": _sha(document.pixelData(0, 0, width, height))}
+
+    def _start_batch(self, panel):
+        document = self._document
+        width, height = document.width(), document.height()
+        bottom = document.nodeByName("bottom")
+        bottom.setPixelData(bytes((40, 90, 160, 255)) * (width * height), 0, 0, width, height)
+        self._out["before_marker"] = self._stack()
+        # One undoable step of the painter's own just before the batch: Edit > Undo after
+        # undoing Apply must take exactly this back.
+        marker = document.createNode("marker", "paintlayer")
+        document.rootNode().addChildNode(marker, None)
+        marker.setPixelData(bytes((0, 0, 255, 128)) * (8 * 8), 4, 4, 8, 8)
+        document.setActiveNode(bottom)
+        self._out["batch_active"] = document.activeNode().name()
+        self._out["before_batch"] = self._stack()
+        panel.prompt_edit.setPlainText("two moons")
+        panel.steps_spin.setValue(2)
+        panel.seed_spin.setValue(21)
+        panel.batch_spin.setValue(2)
+        panel.previews_check.setChecked(True)     # the preview layer shows the steps first
+        button = next(b for b in panel.mode_buttons.values() if b.text() == "Generate")
+        button.click()
+        self._out["batch_started"] = panel.controller.busy
+        self._out["batch_message_at_start"] = panel.controller.message
+        self._started = time.monotonic()
+        QTimer.singleShot(100, lambda: self._browse(panel))
+
+    def _browse(self, panel):
+        try:
+            controller = panel.controller
+            if controller.busy and time.monotonic() - self._started < WAIT_S:
+                QTimer.singleShot(100, lambda: self._browse(panel))
+                return
+            self._out["batch_message"] = controller.message
+            self._out["batch_size"] = controller.batch_size
+            shown = []
+            for value in (2, 1, 2):                   # the painter flips between results
+                panel.result_spin.setValue(value)
+                shown.append(self._stack())
+            self._out["browsed"] = shown
+            self._out["before_apply"] = self._stack()
+            panel.apply_button.click()
+            self._out["apply_message"] = controller.message
+            self._out["after_apply"] = self._stack()
+            self._edit("edit_undo")
+            self._out["after_apply_undo"] = self._stack()
+            self._edit("edit_undo")
+            self._out["after_second_undo"] = self._stack()
+            self._edit("edit_redo")
+            self._edit("edit_redo")
+            self._out["after_redo"] = self._stack()
+            self._start_single(panel)
+            return
+        except Exception:
+            self._out = {"ok": False, "error": traceback.format_exc()}
+        self._finish()
+
+    # ------------------------------------------------------------ one result, step previews
+    def _start_single(self, panel):
+        self._out["before_single"] = self._stack()
+        self._out["single_active"] = self._document.activeNode().name()
+        panel.seed_spin.setValue(31)
+        panel.batch_spin.setValue(1)
+        panel.previews_check.setChecked(True)
+        button = next(b for b in panel.mode_buttons.values() if b.text() == "Generate")
+        button.click()
+        self._out["single_started"] = panel.controller.busy
+        self._started = time.monotonic()
+        QTimer.singleShot(100, lambda: self._single_done(panel))
+
+    def _single_done(self, panel):
+        try:
+            if panel.controller.busy and time.monotonic() - self._started < WAIT_S:
+                QTimer.singleShot(100, lambda: self._single_done(panel))
+                return
+            self._out["single_message"] = panel.controller.message
+            self._out["after_single"] = self._stack()
+            self._edit("edit_undo")
+            self._out["after_single_undo"] = self._stack()
+            self._edit("edit_undo")
+            self._out["after_single_second_undo"] = self._stack()
+        except Exception:
+            self._out = {"ok": False, "error": traceback.format_exc()}
+        self._finish()
+
+    def _edit(self, action):
+        """Edit > Undo or Redo, as the painter presses it, and let Krita settle."""
+        Krita.instance().action(action).trigger()
+        self._document.waitForDone()
+        QCoreApplication.processEvents()
+        self._document.waitForDone()
 
     def _finish(self):
         with open(os.environ["ATELIER_PROBE_OUT"], "w") as handle:
@@ -116,6 +224,10 @@ class AtelierAppProbe(Extension):
         for document in Krita.instance().documents():
             document.setModified(False)
         Krita.instance().action("file_quit").trigger()
+
+
+def _sha(data):
+    return hashlib.sha256(bytes(data)).hexdigest()
 
 
 Krita.instance().addExtension(AtelierAppProbe(Krita.instance()))

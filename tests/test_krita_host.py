@@ -238,6 +238,16 @@ def test_batch_preview_switches_results_and_apply_keeps_one(krita):
     assert applied["sha"] == second["sha"]              # the result that was shown is kept
 
 
+def test_a_deleted_preview_layer_comes_back_for_the_next_pick(krita):
+    record = scenario(krita, "batch_layer_deleted")
+    assert record["deleted"] == []
+    (picked,) = record["picked"]
+    assert picked["name"].startswith(f"{PREVIEW} 2/2 seed ")
+    (applied,) = record["applied"]
+    assert applied["id"] == picked["id"] == record["returned"]
+    assert applied["name"].startswith("three suns [seed ") and applied["sha"] == picked["sha"]
+
+
 def test_cancel_leaves_no_stray_layers(krita):
     record = scenario(krita, "cancel")
     assert record["started"]

@@ -405,6 +405,26 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
 
     run.scenario("batch", batch)
 
+    def batch_layer_deleted() -> dict[str, Any]:
+        """The painter deletes the preview layer while picking: the next pick shows in a
+        new one, and Apply keeps that."""
+        clear_selection(doc)
+        before = layer_stack(doc)
+        controller.start(Mode.GENERATE, JobSettings(prompt="three suns", steps=2, seed=41,
+                                                    batch_size=2, previews=False))
+        pump_until(controller, lambda: not controller.busy, "the batch job")
+        (shown,) = new_layers(before)
+        node_by_id(doc, shown["id"]).remove()
+        out: dict[str, Any] = {"deleted": new_layers(before)}
+        controller.select_result(1)
+        out["picked"] = new_layers(before)
+        applied = controller.apply_result()
+        out["applied"] = new_layers(before)
+        out["returned"] = applied.uniqueId().toString() if applied is not None else None
+        return out
+
+    run.scenario("batch_layer_deleted", batch_layer_deleted)
+
     def cancel() -> dict[str, Any]:
         clear_selection(doc)
         before = layer_stack(doc)

@@ -16,11 +16,13 @@ from atelier_krita.geometry import (Bounds, Extent, ResolutionRange, context_reg
                                     default_padding, fit_extent, range_for_family)
 from atelier_krita.history import History, HistoryEntry  # noqa: E402
 from atelier_krita.jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX,  # noqa: E402
-                                JobRefused, JobSettings, Mode, UploadIds, build_request,
+                                DEPTH_MODEL_DEFAULT, DEPTH_MODEL_HELP, JobRefused, JobSettings,
+                                Mode, UploadIds, build_request, depth_model_choices,
                                 layer_name, plan_job)
 from atelier_krita.pixels import (bgra_to_rgba, feather, grow, grow_and_feather,  # noqa: E402
                                   luminance, mask_bounds, rgb_to_rgba, rgba_to_bgra, transpose,
                                   with_alpha)
+from atelier_krita.protocol.messages import ModelInfo  # noqa: E402
 from atelier_krita.protocol.schema import validate  # noqa: E402
 
 
@@ -268,6 +270,63 @@ def test_step_cache_reaches_the_request_in_every_mode():
         assert request.cache_interval == 3 and request.steps == 9, mode
     assert CACHE_INTERVAL_MAX == 10       # the protocol's own limit
     assert "faster" in CACHE_INTERVAL_HELP and "differ" in CACHE_INTERVAL_HELP
+
+
+def test_depth_model_reaches_control_model_of_depth_jobs_only():
+    ids = UploadIds(image="a" * 32, mask="b" * 32, depth="c" * 32)
+    for layer in ("depth", None):          # a depth layer, or depth estimated on the daemon
+        default = JobSettings(prompt="a canyon", seed=7, depth_layer=layer)
+        assert default.depth_model is None
+        plan = plan_job(Mode.DEPTH, default, CANVAS, None, SMALL)
+        request = build_request(plan, default, ids)
+        validate(request, "job")
+        assert request.control is not None and request.control.model is None   # daemon's choice
+        chosen = JobSettings(prompt="a canyon", seed=7, depth_layer=layer,
+                             depth_model="tiny-adapter", depth_scale=0.8)
+        request = build_request(plan, chosen, ids)
+        validate(request, "job")
+        assert request.control is not None
+        assert (request.control.model, request.control.scale) == ("tiny-adapter", 0.8)
+    empty = JobSettings(depth_layer="depth", depth_model="")   # an empty name is the default
+    request = build_request(plan_job(Mode.DEPTH, empty, CANVAS, None, SMALL), empty, ids)
+    assert request.control is not None and request.control.model is None
+    chosen = JobSettings(depth_layer="depth", depth_model="tiny-controlnet")
+    for mode in Mode:
+        if mode is not Mode.DEPTH:          # no depth, no conditioning model
+            request = build_request(plan_job(mode, chosen, CANVAS, Bounds(40, 40, 50, 40), SMALL),
+                                    chosen, ids)
+            assert request.control is None and request.depth is None, mode
+    # History keeps whole settings; the seed the daemon used replaces only the seed.
+    assert chosen.with_seed(5).depth_model == "tiny-controlnet"
+
+
+DAEMON_MODELS = [ModelInfo("tiny", "tiny", "sd15"), ModelInfo("tiny-depth", "tiny", "sd2_depth"),
+                 ModelInfo("tiny-controlnet", "tiny", "controlnet"),
+                 ModelInfo("tiny-adapter", "tiny", "t2i_adapter"),
+                 ModelInfo("tiny-adapter", "hf_cache", "t2i_adapter"),
+                 ModelInfo("odd", "diffusers", "unknown")]
+
+
+def test_depth_model_choices_offer_the_daemons_conditioners_with_their_kind():
+    assert depth_model_choices(DAEMON_MODELS) == [
+        (DEPTH_MODEL_DEFAULT, None),
+        ("tiny-controlnet (ControlNet)", "tiny-controlnet"),
+        ("tiny-adapter (T2I-Adapter: fast)", "tiny-adapter")]
+    assert depth_model_choices(DAEMON_MODELS, "tiny-adapter") == depth_model_choices(DAEMON_MODELS)
+    assert depth_model_choices([]) == [(DEPTH_MODEL_DEFAULT, None)]
+    assert DEPTH_MODEL_DEFAULT == "Daemon default"
+    assert "once per job" in DEPTH_MODEL_HELP and "every step" in DEPTH_MODEL_HELP
+
+
+def test_a_depth_model_the_daemon_no_longer_lists_stays_chosen_and_marked():
+    assert depth_model_choices(DAEMON_MODELS, "gone-adapter")[-1] == \
+        ("gone-adapter (not listed by the daemon)", "gone-adapter")
+    # Base models are no depth models: one named stays marked too.
+    assert depth_model_choices(DAEMON_MODELS, "tiny")[-1] == \
+        ("tiny (not listed by the daemon)", "tiny")
+    # Before the daemon answers, nothing is known to be missing.
+    assert depth_model_choices([], "tiny-adapter") == [(DEPTH_MODEL_DEFAULT, None),
+                                                        ("tiny-adapter", "tiny-adapter")]
 
 
 @pytest.mark.parametrize("interval", [0, 11])

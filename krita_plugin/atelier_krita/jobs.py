@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields, replace
-from typing import Optional
+from typing import Iterable, Optional
 
 from .geometry import Bounds, Extent, ResolutionRange, context_region, default_padding, fit_extent
-from .protocol.messages import TILINGS, ControlSettings, DepthInput, GenerateRequest
+from .protocol.messages import TILINGS, ControlSettings, DepthInput, GenerateRequest, ModelInfo
 
 
 class Mode(str, enum.Enum):
@@ -41,6 +41,34 @@ CACHE_INTERVAL_HELP = ("Speed against quality. Off runs the whole model at every
                        "in between: faster (about 1.5x at 2, 1.9x at 3), and the images "
                        "differ a little from uncached ones.")
 
+# Depth conditioning (ControlSettings.model): which depth ControlNet or T2I-Adapter steers
+# a depth job. The daemon lists them in its models reply under these families.
+DEPTH_MODEL_DEFAULT = "Daemon default"
+DEPTH_MODEL_KINDS = {"t2i_adapter": "T2I-Adapter: fast", "controlnet": "ControlNet"}
+DEPTH_MODEL_HELP = ("Which model makes Depth jobs follow the depth map. A T2I-Adapter runs "
+                    "once per job: it adds next to no time. A ControlNet runs at every step: "
+                    "a job takes about half as long again. Daemon default: the one the "
+                    "daemon uses for the model (atelier serve --depth-control).")
+DEPTH_MODEL_UNLISTED = "not listed by the daemon"
+
+
+def depth_model_choices(models: Iterable[ModelInfo],
+                        chosen: Optional[str] = None) -> list[tuple[str, Optional[str]]]:
+    """The Depth model field's entries as (label, name): the daemon's default (name None),
+    then every ControlNet and T2I-Adapter in ``models`` in the daemon's order, labelled with
+    its kind. A ``chosen`` name that ``models`` lacks (the daemon stopped listing it, or a
+    recalled job used it) stays as an entry of its own, marked as unlisted when the daemon's
+    list is known, so the field still shows what a job would send."""
+    models = list(models)
+    choices: list[tuple[str, Optional[str]]] = [(DEPTH_MODEL_DEFAULT, None)]
+    for info in models:
+        kind = DEPTH_MODEL_KINDS.get(info.family)
+        if kind is not None and all(name != info.name for _, name in choices):
+            choices.append((f"{info.name} ({kind})", info.name))
+    if chosen and all(name != chosen for _, name in choices):
+        choices.append((f"{chosen} ({DEPTH_MODEL_UNLISTED})" if models else chosen, chosen))
+    return choices
+
 
 @dataclass(frozen=True)
 class JobSettings:
@@ -58,6 +86,7 @@ class JobSettings:
     mask_feather: int = 8
     depth_layer: Optional[str] = None    # None = estimate depth on the daemon
     depth_scale: float = 1.0
+    depth_model: Optional[str] = None    # ControlNet or T2I-Adapter; None = the daemon's default
     seam_width: int = 64
     previews: bool = True
     cache_interval: int = 1              # step caching; 1 = off (full quality)
@@ -167,7 +196,7 @@ def build_request(plan: JobPlan, settings: JobSettings, uploads: UploadIds) -> G
             depth = DepthInput(upload=uploads.depth, convention="normalized")
         else:
             depth = DepthInput(estimate=True)
-        control = ControlSettings(scale=settings.depth_scale)
+        control = ControlSettings(model=settings.depth_model or None, scale=settings.depth_scale)
     strength = settings.strength
     if plan.mode is Mode.FILL:
         strength = 1.0

@@ -24,7 +24,8 @@ from typing import Any, Callable, Optional
 from .geometry import Bounds, Extent, ResolutionRange, range_for_family
 from .history import History, HistoryEntry
 from .host import KritaDocument
-from .jobs import JobPlan, JobRefused, JobSettings, Mode, UploadIds, build_request, layer_name, plan_job
+from .jobs import (DEPTH_MODEL_DEFAULT, DEPTH_MODEL_KINDS, JobPlan, JobRefused, JobSettings, Mode,
+                   UploadIds, build_request, layer_name, plan_job)
 from .pixels import (bgra_to_rgba, grow_and_feather, is_empty_mask, luminance, rgb_to_rgba,
                      rgba_to_bgra, with_alpha)
 from .protocol.client import START_HINT, AtelierClient, ClientError, default_url, make_upload
@@ -191,6 +192,11 @@ class Controller:
                              f"{self.connection.url}; {START_HINT}")
         if settings.model and self.models and settings.model not in {m.name for m in self.models}:
             raise JobRefused(_missing_model(settings.model))
+        if mode is Mode.DEPTH and settings.depth_model and self.models and \
+                settings.depth_model not in {m.name for m in self.models
+                                             if m.family in DEPTH_MODEL_KINDS}:
+            raise JobRefused(f"the daemon lists no depth model named '{settings.depth_model}': "
+                             f"pick one under Depth model, or {DEPTH_MODEL_DEFAULT}")
         document = self.document()
         if document is None:
             raise JobRefused("open or create a document first")
@@ -493,6 +499,11 @@ def _error_text(error: Error, settings: Optional[JobSettings]) -> str:
     if error.code == ErrorCode.MODEL_NOT_FOUND and error.field in (None, "model", "job.model"):
         name = settings.model if settings is not None and settings.model else "?"
         return _sentence(_missing_model(name)) + f" ({error.message})"
+    if error.field in ("control.model", "job.control.model"):
+        name = settings.depth_model if settings is not None and settings.depth_model else None
+        which = f"depth model '{name}'" if name else f"depth model ({DEPTH_MODEL_DEFAULT})"
+        return (f"The daemon answered {error.code} for the {which}: "
+                f"{error.message.rstrip('.')}. Pick another under Depth model")
     where = f" [{error.field}]" if error.field else ""
     return f"The daemon answered {error.code}{where}: {error.message}"
 

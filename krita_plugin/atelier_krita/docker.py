@@ -17,7 +17,8 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
 
 from . import host
 from .controller import ConnectionSettings, Controller
-from .jobs import CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, JobSettings, Mode
+from .jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP, JobSettings, Mode,
+                   depth_model_choices)
 from .protocol.messages import TILINGS
 
 PUMP_INTERVAL_MS = 30
@@ -88,6 +89,9 @@ class AtelierPanel(QWidget):
         self.grow_spin = _spin(0, 256, 8, self)
         self.feather_spin = _spin(0, 256, 8, self)
         self.depth_combo = QComboBox(self)
+        # Labels say each model's kind; the item data is the name a job sends (None: default).
+        self.depth_model_combo = QComboBox(self)
+        self.depth_model_combo.setToolTip(DEPTH_MODEL_HELP)
         self.max_side_spin = _spin(0, 4096, 0, self)
         self.max_side_spin.setSpecialValueText("model's own")
         self.max_side_spin.setSingleStep(64)
@@ -100,6 +104,7 @@ class AtelierPanel(QWidget):
                               ("Guidance", self.guidance_spin),
                               ("Seamless axes", self.tiling_combo), ("Grow", self.grow_spin),
                               ("Feather", self.feather_spin), ("Depth layer", self.depth_combo),
+                              ("Depth model", self.depth_model_combo),
                               ("Max size", self.max_side_spin), ("", self.previews_check)):
             form.addRow(label, widget)
         layout.addLayout(form)
@@ -168,6 +173,7 @@ class AtelierPanel(QWidget):
             mask_grow=self.grow_spin.value(),
             mask_feather=self.feather_spin.value(),
             depth_layer=None if depth in ("", ESTIMATE_DEPTH) else depth,
+            depth_model=self.depth_model_combo.currentData() or None,
             previews=self.previews_check.isChecked(),
             cache_interval=self.cache_spin.value(),
         )
@@ -185,6 +191,9 @@ class AtelierPanel(QWidget):
         self.grow_spin.setValue(settings.mask_grow)
         self.feather_spin.setValue(settings.mask_feather)
         _choose(self.depth_combo, settings.depth_layer or ESTIMATE_DEPTH)
+        _fill_choices(self.depth_model_combo,
+                      depth_model_choices(self.controller.models, settings.depth_model),
+                      settings.depth_model)
         self.previews_check.setChecked(settings.previews)
         self.cache_spin.setValue(settings.cache_interval)
 
@@ -241,6 +250,8 @@ class AtelierPanel(QWidget):
         document = c.document()
         layers = document.paint_layer_names() if document is not None else []
         _fill(self.depth_combo, [ESTIMATE_DEPTH] + layers)
+        chosen = self.depth_model_combo.currentData()
+        _fill_choices(self.depth_model_combo, depth_model_choices(c.models, chosen), chosen)
         entries = [entry.summary() for entry in c.history]
         if entries != [self.history_list.item(i).text() for i in range(self.history_list.count())]:
             self.history_list.clear()
@@ -282,6 +293,20 @@ def _fill(combo: QComboBox, items: list[str]) -> None:
     combo.clear()
     combo.addItems(items)
     _choose(combo, chosen)
+    combo.blockSignals(False)
+
+
+def _fill_choices(combo: QComboBox, choices: list[tuple[str, Optional[str]]],
+                  chosen: Optional[str]) -> None:
+    """Show (label, data) ``choices`` with the one whose data is ``chosen`` selected; the
+    items are rebuilt only when they changed."""
+    current = [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())]
+    combo.blockSignals(True)
+    if choices != current:
+        combo.clear()
+        for label, data in choices:
+            combo.addItem(label, data)
+    combo.setCurrentIndex(max(combo.findData(chosen), 0) if chosen else 0)
     combo.blockSignals(False)
 
 

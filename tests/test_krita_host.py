@@ -151,6 +151,43 @@ def test_step_cache_field_reaches_the_request_history_and_recall(krita):
     assert layer["sha"] != first["sha"]   # the daemon cached steps: the pixels differ a little
 
 
+def test_depth_model_field_sends_the_chosen_adapter_and_survives_its_removal(krita):
+    record = scenario(krita, "depth_model")
+    items = record["items"]
+    assert items[0] == ["Daemon default", None] and record["initial"] == "Daemon default"
+    # The daemon's conditioners only (no base models), each labelled with its kind.
+    assert ["tiny-adapter (T2I-Adapter: fast)", "tiny-adapter"] in items
+    assert ["tiny-controlnet (ControlNet)", "tiny-controlnet"] in items
+    assert all(label.endswith(("(ControlNet)", "(T2I-Adapter: fast)")) for label, _ in items[1:])
+    assert not {"tiny", "tiny-depth"} & {name for _, name in items}
+    assert "once per job" in record["tooltip"] and "every step" in record["tooltip"]
+    # The Depth button sent the adapter's name, and the job finished with its layer.
+    assert record["sent"] == "tiny-adapter" and record["sent_depth"]
+    assert record["message"] == "Depth: done, seed 1234"
+    layer = only_new(record)
+    assert layer["bounds"] == [20, 30, 64, 48] and layer["name"] == "a lighthouse at dusk [seed 1234]"
+    assert record["history"] == ["done", "tiny-adapter"]
+    assert record["recalled"] == ["tiny-adapter (T2I-Adapter: fast)", "tiny-adapter"]
+    # No longer listed: the field keeps the choice, says so, and a Depth job is refused
+    # with the reason while other modes still run.
+    unlisted = record["unlisted"]
+    assert unlisted["current"] == "tiny-adapter (not listed by the daemon)"
+    assert unlisted["settings"] == "tiny-adapter"
+    assert ["tiny-controlnet (ControlNet)", "tiny-controlnet"] in unlisted["items"]
+    assert not unlisted["started"] and unlisted["new"] == []
+    assert "no depth model named 'tiny-adapter'" in unlisted["message"]
+    assert "Depth model" in unlisted["message"]
+    assert len(only_new(unlisted["generate"])["bounds"]) == 4
+    assert record["relisted"] == "tiny-adapter (T2I-Adapter: fast)"
+    # An SD2-depth model takes no conditioning model: the daemon's reason points at the field.
+    refused = record["refused_by_daemon"]
+    assert refused["started"] and refused["new"] == []
+    assert refused["message"].startswith("The daemon answered unsupported for the depth "
+                                         "model 'tiny-adapter': an SD2-depth model")
+    assert refused["message"].endswith("Pick another under Depth model")
+    assert record["reset"] == ["Daemon default", None]
+
+
 def test_generate_fills_exactly_the_selection_bounds(krita):
     layer = only_new(scenario(krita, "generate_selection"))
     assert layer["bounds"] == [31, 40, 61, 45]

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from typing import Any, Callable
 from urllib.parse import urlparse
 
@@ -444,6 +445,58 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
                 "history_outcome": controller.history[0].outcome}
 
     run.scenario("cancel", cancel)
+
+    def depth_model() -> dict[str, Any]:
+        """The docker's Depth model field, picked like a painter would, through Depth; then
+        History's Recall, and the daemon no longer listing the chosen model."""
+        combo = panel.depth_model_combo
+        panel.show_settings(base)
+        panel.refresh()
+
+        def items() -> list[list[Any]]:
+            return [[combo.itemText(i), combo.itemData(i)] for i in range(combo.count())]
+
+        out: dict[str, Any] = {"items": items(), "tooltip": combo.toolTip(),
+                               "initial": combo.currentText()}
+        select_rect(doc, 20, 30, 64, 48)
+        before = layer_stack(doc)
+        _choose_text(panel.model_combo, "tiny")      # the SD1.5 model the tiny adapter is for
+        _choose_text(panel.depth_combo, "depth")
+        _choose_text(combo, "tiny-adapter (T2I-Adapter: fast)")
+        panel.mode_buttons[Mode.DEPTH].click()
+        pump_until(controller, lambda: not controller.busy, "the depth job with an adapter")
+        sent = controller.sent_request
+        out.update(message=controller.message, new=new_layers(before),
+                   sent=sent.control.model if sent is not None and sent.control else "no control",
+                   sent_depth=sent.depth.upload is not None if sent and sent.depth else False,
+                   history=[controller.history[0].outcome, controller.history[0].settings.depth_model])
+        _choose_text(combo, "Daemon default")
+        panel.refresh()
+        panel.history_list.setCurrentRow(0)
+        panel.recall_button.click()
+        out["recalled"] = [combo.currentText(), panel.settings().depth_model]
+        # The daemon stops listing the adapter (as after a restart without it).
+        listed = controller.models
+        controller.models = [m for m in listed if m.name != "tiny-adapter"]
+        panel.refresh()
+        out["unlisted"] = {"items": items(), "current": combo.currentText(),
+                           "settings": panel.settings().depth_model}
+        before = layer_stack(doc)
+        out["unlisted"]["started"] = controller.start(Mode.DEPTH, panel.settings())
+        out["unlisted"]["message"] = controller.message
+        out["unlisted"]["new"] = new_layers(before)
+        out["unlisted"]["generate"] = run_job(Mode.GENERATE, replace(panel.settings(), steps=2))
+        controller.models = listed
+        panel.refresh()
+        out["relisted"] = combo.currentText()
+        # A depth model the daemon cannot use with the job's model: its answer names the field.
+        out["refused_by_daemon"] = run_job(Mode.DEPTH, replace(panel.settings(), steps=2,
+                                                               model="tiny-depth"))
+        panel.show_settings(base)        # later scenarios start from the defaults again
+        out["reset"] = [combo.currentText(), panel.settings().depth_model]
+        return out
+
+    run.scenario("depth_model", depth_model)
 
     # The depth jobs load the tiny SD2-depth model, which then stays the daemon's current one.
     def depth() -> dict[str, Any]:

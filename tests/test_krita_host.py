@@ -115,7 +115,11 @@ def test_docker_connects_and_lists_models_and_layers(krita):
     connect = scenario(krita, "connect")
     assert connect["status"].startswith("connected to ws://127.0.0.1:")
     assert connect["models"], "the daemon listed no models"
-    assert set(connect["models"]) <= set(connect["model_combo"])
+    # every model a job can run on; the ControlNets and adapters only in the Depth model field
+    conditioners = set(connect["conditioners"])
+    assert {"tiny-adapter", "tiny-controlnet"} <= conditioners
+    assert set(connect["models"]) - conditioners <= set(connect["model_combo"])
+    assert not conditioners & set(connect["model_combo"])
     assert {"depth", "depth_rows", "colour"} <= set(connect["depth_combo"])
 
 

@@ -17,7 +17,8 @@ from atelier_krita.geometry import (Bounds, Extent, ResolutionRange, context_reg
 from atelier_krita.history import History, HistoryEntry  # noqa: E402
 from atelier_krita.jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX,  # noqa: E402
                                 DEPTH_MODEL_DEFAULT, DEPTH_MODEL_HELP, JobRefused, JobSettings,
-                                Mode, UploadIds, build_request, depth_model_choices,
+                                Mode, UploadIds, base_model_names, build_request,
+                                depth_model_choices,
                                 layer_name, plan_job)
 from atelier_krita.pixels import (bgra_to_rgba, feather, grow, grow_and_feather,  # noqa: E402
                                   luminance, mask_bounds, rgb_to_rgba, rgba_to_bgra, transpose,
@@ -305,6 +306,10 @@ DAEMON_MODELS = [ModelInfo("tiny", "tiny", "sd15"), ModelInfo("tiny-depth", "tin
                  ModelInfo("tiny-adapter", "tiny", "t2i_adapter"),
                  ModelInfo("tiny-adapter", "hf_cache", "t2i_adapter"),
                  ModelInfo("odd", "diffusers", "unknown")]
+
+
+def test_the_model_field_offers_what_jobs_run_on_not_the_conditioners():
+    assert base_model_names(DAEMON_MODELS) == ["tiny", "tiny-depth", "odd"]
 
 
 def test_depth_model_choices_offer_the_daemons_conditioners_with_their_kind():

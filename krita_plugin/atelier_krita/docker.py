@@ -18,7 +18,7 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
 from . import host
 from .controller import ConnectionSettings, Controller
 from .jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP, JobSettings, Mode,
-                   depth_model_choices)
+                   base_model_names, depth_model_choices)
 from .protocol.messages import TILINGS
 
 PUMP_INTERVAL_MS = 30
@@ -246,7 +246,7 @@ class AtelierPanel(QWidget):
         self.result_spin.setMaximum(max(count, 1))
         self.result_spin.setValue(c.batch_index + 1)
         self.result_spin.blockSignals(False)
-        _fill(self.model_combo, [DAEMON_MODEL] + [m.name for m in c.models])
+        _fill(self.model_combo, [DAEMON_MODEL] + base_model_names(c.models))
         document = c.document()
         layers = document.paint_layer_names() if document is not None else []
         _fill(self.depth_combo, [ESTIMATE_DEPTH] + layers)

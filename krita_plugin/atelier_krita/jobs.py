@@ -52,6 +52,12 @@ DEPTH_MODEL_HELP = ("Which model makes Depth jobs follow the depth map. A T2I-Ad
 DEPTH_MODEL_UNLISTED = "not listed by the daemon"
 
 
+def base_model_names(models: Iterable[ModelInfo]) -> list[str]:
+    """The models a job can run on: everything the daemon lists but its ControlNets and
+    T2I-Adapters, which only condition another model (the Depth model field offers them)."""
+    return [info.name for info in models if info.family not in DEPTH_MODEL_KINDS]
+
+
 def depth_model_choices(models: Iterable[ModelInfo],
                         chosen: Optional[str] = None) -> list[tuple[str, Optional[str]]]:
     """The Depth model field's entries as (label, name): the daemon's default (name None),

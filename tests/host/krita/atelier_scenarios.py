@@ -246,6 +246,8 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
         panel.refresh()
         return {"status": controller.connection_text,
                 "models": [m.name for m in controller.models],
+                "conditioners": [m.name for m in controller.models
+                                 if m.family in ("controlnet", "t2i_adapter")],
                 "model_combo": [panel.model_combo.itemText(i)
                                 for i in range(panel.model_combo.count())],
                 "depth_combo": [panel.depth_combo.itemText(i)

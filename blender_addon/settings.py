@@ -11,10 +11,10 @@ import dataclasses
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from .protocol import ErrorCode, GenerateRequest, ProtocolError, validate
-from .protocol.messages import ControlSettings, DepthInput, Result
+from .protocol.messages import ControlSettings, DepthInput, ModelInfo, Result
 
 # Cycles and EEVEE write this into the Z pass where no geometry was hit (1e10);
 # anything at or past it is background for the daemon.
@@ -28,6 +28,9 @@ SEED_MAX = 2 ** 31 - 1 - MAX_BATCH
 # What the history list keeps of each result: enough to regenerate it.
 HISTORY_FIELDS = ("prompt", "negative_prompt", "model", "kind", "width", "height", "steps",
                   "guidance", "seed", "scheduler", "strength", "tiling", "cache_interval")
+# Recorded only for depth-conditioned results ("" = the daemon's default depth model), so
+# recalling an image made without depth leaves the panel's depth choice as it is.
+DEPTH_FIELDS = ("control_model",)
 # Step caching (GenerateRequest.cache_interval): 1 = the whole UNet at every step.
 CACHE_INTERVAL_MAX = next(f.metadata["max"] for f in dataclasses.fields(GenerateRequest)
                           if f.name == "cache_interval")
@@ -35,6 +38,16 @@ CACHE_INTERVAL_HELP = ("Speed against quality. 1 runs the whole model at every s
                        "quality); N runs it only every N-th step and reuses its deep features "
                        "in between: faster (about 1.5x at 2, 1.9x at 3), and the images "
                        "differ a little from uncached ones")
+# The daemon's depth conditioners (ModelInfo.family) and how the Depth Model menu names them.
+CONDITIONER_KINDS = {
+    "t2i_adapter": ("T2I-Adapter: fast", "T2I-Adapter: runs once per job, next to no extra time"),
+    "controlnet": ("ControlNet", "ControlNet: runs at every step, about 50-65% more time"),
+}
+DEPTH_MODEL_DEFAULT = "DEFAULT"   # the menu's identifier for "Daemon default" (model None)
+DEPTH_MODEL_HELP = ("Which model conditions depth jobs (Project Texture, Render to Image with "
+                    "Use Depth). A T2I-Adapter runs once per job and costs next to no time; a "
+                    "ControlNet runs at every step, about 50-65% more time. Daemon default: "
+                    "what the daemon was started with (atelier serve --depth-control)")
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class PanelSettings:
     preview_every: int = 1
     control_scale: float = 1.0
     cache_interval: int = 1         # step caching; 1 = off (full quality)
+    control_model: str = ""         # depth ControlNet / T2I-Adapter; "" = the daemon's default
 
 
 def is_loopback(host: str) -> bool:
@@ -92,7 +106,8 @@ def build_request(settings: PanelSettings, *, kind: str = "txt2img",
     if depth_upload is not None:
         depth = DepthInput(upload=depth_upload, convention="distance",
                            background_at=BACKGROUND_DEPTH)
-        control = ControlSettings(scale=settings.control_scale)
+        control = ControlSettings(model=settings.control_model or None,
+                                  scale=settings.control_scale)
     request = GenerateRequest(
         kind=kind,  # type: ignore[arg-type]
         prompt=settings.prompt,
@@ -139,7 +154,7 @@ def _named(prompt: str, suffix: str) -> str:
 def result_record(result: Result, index: int, seed: int) -> dict[str, Any]:
     """What to store on a result image so it can be regenerated (IDProperty-friendly)."""
     params = result.params
-    return {
+    record = {
         "prompt": params.prompt,
         "negative_prompt": params.negative_prompt,
         "model": result.model,
@@ -156,6 +171,9 @@ def result_record(result: Result, index: int, seed: int) -> dict[str, Any]:
         "batch_index": index,
         "job_id": result.job_id,
     }
+    if params.control is not None:   # depth-conditioned: which conditioner ran it
+        record["control_model"] = params.control.model or ""
+    return record
 
 
 def settings_from_record(record: Mapping[str, Any], base: PanelSettings) -> PanelSettings:
@@ -165,3 +183,68 @@ def settings_from_record(record: Mapping[str, Any], base: PanelSettings) -> Pane
     values["random_seed"] = False
     values["batch_size"] = 1
     return dataclasses.replace(base, **values)
+
+
+def depth_conditioners(models: Iterable[ModelInfo]) -> list[tuple[str, str]]:
+    """(name, family) of the depth ControlNets and T2I-Adapters among the daemon's models,
+    in the daemon's order."""
+    return [(m.name, m.family) for m in models if m.family in CONDITIONER_KINDS]
+
+
+EnumItem = tuple[str, str, str, int]
+
+
+class DepthModelMenu:
+    """The items of the panel's Depth Model dropdown (a Blender dynamic enum).
+
+    Items are ``(identifier, label, description, number)``. The chosen name itself is kept
+    elsewhere (a string property); the dropdown shows and sets it through the numbers, and
+    each name keeps its number for as long as the add-on runs, so a list that changes
+    between drawing the menu and picking from it cannot pick the wrong model. A chosen
+    name the daemon does not list (no longer there, or no list yet) stays in the menu, so
+    it is shown rather than lost. Blender keeps pointers into the strings of the list it
+    was given, not references: the last two lists stay referenced here (the last one is
+    handed out again while nothing changed), or Blender would read freed memory.
+    """
+
+    def __init__(self) -> None:
+        self._numbers: dict[str, int] = {"": 0}   # "" = Daemon default
+        self._names: dict[int, str] = {0: ""}
+        self.items: list[EnumItem] = []
+        self._previous: list[EnumItem] = []   # a menu drawn from it may still be open
+
+    def number(self, name: str) -> int:
+        if name not in self._numbers:
+            number = len(self._numbers)
+            self._numbers[name] = number
+            self._names[number] = name
+        return self._numbers[name]
+
+    def name(self, number: int) -> Optional[str]:
+        """The model name of item ``number`` ("" for Daemon default); None if unknown."""
+        return self._names.get(number)
+
+    def build(self, conditioners: Iterable[tuple[str, str]], chosen: str,
+              listed_now: bool = True) -> list[EnumItem]:
+        """Daemon default, ``conditioners`` (name, family), and ``chosen`` if they lack it;
+        ``listed_now`` False: no list from the daemon yet (not connected)."""
+        items = [(DEPTH_MODEL_DEFAULT, "Daemon default",
+                  "The daemon's own depth model (atelier serve --depth-control, else its "
+                  "default ControlNet)", 0)]
+        listed = set()
+        for name, family in conditioners:
+            if name in listed or family not in CONDITIONER_KINDS:
+                continue
+            listed.add(name)
+            kind, description = CONDITIONER_KINDS[family]
+            items.append((name, f"{name} ({kind})", description, self.number(name)))
+        if chosen and chosen not in listed and listed_now:
+            items.append((chosen, f"{chosen} (not listed by the daemon)",
+                          "Chosen before, but the daemon does not list it now: a depth job "
+                          "with it may fail", self.number(chosen)))
+        elif chosen and chosen not in listed:
+            items.append((chosen, chosen, "Not checked yet: the daemon's depth models are "
+                          "listed once connected (refresh button)", self.number(chosen)))
+        if items != self.items:
+            self._previous, self.items = self.items, items
+        return self.items

@@ -4,6 +4,7 @@ records, projection maths, and the build."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import subprocess
 import sys
 import zipfile
@@ -14,7 +15,8 @@ import pytest
 
 from blender_addon import build, pixels, projection, settings
 from blender_addon.protocol import ProtocolError
-from blender_addon.protocol.messages import GenerateRequest, ImageInfo, Result
+from blender_addon.protocol.messages import (ControlSettings, DepthInput, GenerateRequest,
+                                             ImageInfo, ModelInfo, Result)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,6 +147,70 @@ def test_img2img_with_depth_sets_init_depth_and_control() -> None:
     assert request.control.scale == 0.8
 
 
+def test_depth_model_setting_names_the_conditioner_of_depth_jobs() -> None:
+    # Default: no name, the daemon picks (its --depth-control, else its default ControlNet).
+    assert settings.PanelSettings().control_model == ""
+    request = settings.build_request(settings.PanelSettings(), depth_upload="b" * 32)
+    assert request.control.model is None
+    chosen = settings.PanelSettings(control_model="tiny-adapter", control_scale=0.5)
+    for request in (settings.build_request(chosen, depth_upload="b" * 32),
+                    settings.build_request(chosen, kind="img2img", init_image="a" * 32,
+                                           depth_upload="b" * 32)):
+        assert request.control.model == "tiny-adapter" and request.control.scale == 0.5
+    # Without depth there is nothing to condition: no control settings at all.
+    assert settings.build_request(chosen).control is None
+
+    class Props:   # the panel's string property is copied like the others
+        control_model = "tiny-controlnet"
+    assert settings.settings_from(Props()).control_model == "tiny-controlnet"
+
+
+def _models() -> list[ModelInfo]:
+    return [ModelInfo("tiny", "tiny", "sd15"), ModelInfo("tiny-adapter", "tiny", "t2i_adapter"),
+            ModelInfo("tiny-depth", "tiny", "sd2_depth"),
+            ModelInfo("tiny-controlnet", "tiny", "controlnet"),
+            ModelInfo("dpt", "hf_cache", "unknown")]
+
+
+def test_depth_model_menu_offers_default_and_the_daemons_conditioners() -> None:
+    conditioners = settings.depth_conditioners(_models())
+    assert conditioners == [("tiny-adapter", "t2i_adapter"), ("tiny-controlnet", "controlnet")]
+    menu = settings.DepthModelMenu()
+    items = menu.build(conditioners, "")
+    assert [(i[0], i[1]) for i in items] == [
+        (settings.DEPTH_MODEL_DEFAULT, "Daemon default"),
+        ("tiny-adapter", "tiny-adapter (T2I-Adapter: fast)"),
+        ("tiny-controlnet", "tiny-controlnet (ControlNet)")]
+    assert "once per job" in items[1][2] and "every step" in items[2][2]
+    assert "once per job" in settings.DEPTH_MODEL_HELP
+    assert "every step" in settings.DEPTH_MODEL_HELP
+    numbers = [i[3] for i in items]
+    assert len(set(numbers)) == 3 and numbers[0] == 0
+    assert [menu.name(n) for n in numbers] == ["", "tiny-adapter", "tiny-controlnet"]
+    assert menu.name(999) is None
+    # Unchanged lists are handed out again as the same object: Blender keeps pointers into
+    # the strings of the list it got, so that list must stay alive.
+    assert menu.build(list(conditioners), "tiny-adapter") is items is menu.items
+
+
+def test_depth_model_menu_copes_with_no_daemon_and_a_vanished_name() -> None:
+    menu = settings.DepthModelMenu()
+    assert [i[0] for i in menu.build([], "")] == [settings.DEPTH_MODEL_DEFAULT]
+    adapter = menu.build([("tiny-adapter", "t2i_adapter")], "")[1][3]
+    # Chosen, then no longer listed (or not connected yet): shown, marked, same number.
+    items = menu.build([("tiny-controlnet", "controlnet")], "tiny-adapter")
+    assert items[-1][:2] == ("tiny-adapter", "tiny-adapter (not listed by the daemon)")
+    assert items[-1][3] == adapter == menu.number("tiny-adapter")
+    assert len({i[3] for i in items}) == len(items)
+    items = menu.build([], "gone")
+    assert [i[0] for i in items] == [settings.DEPTH_MODEL_DEFAULT, "gone"]
+    assert menu.name(items[1][3]) == "gone"
+    # No list from the daemon yet (not connected): the chosen name is shown as it is.
+    items = menu.build([], "tiny-adapter", listed_now=False)
+    assert items[-1][:2] == ("tiny-adapter", "tiny-adapter") and items[-1][3] == adapter
+    assert "connected" in items[-1][2]
+
+
 @pytest.mark.parametrize("change, field", [
     ({"scheduler": "plms"}, "job.scheduler"),
     ({"guidance": 80.0}, "job.guidance"),
@@ -208,6 +274,23 @@ def test_result_record_and_recall_regenerate_that_image() -> None:
     assert (again.seed, again.prompt, again.width, again.guidance) == (101, "moss", 64, 3.0)
     assert again.cache_interval == 2    # the same step caching, so the same pixels
     assert set(settings.HISTORY_FIELDS) <= set(record)
+
+
+def test_depth_model_is_recorded_and_recalled_for_depth_results_only() -> None:
+    depth = DepthInput(upload="b" * 32, convention="distance", background_at=1e9)
+    for model, recorded in (("tiny-adapter", "tiny-adapter"), (None, "")):
+        result = dataclasses.replace(_result(), params=dataclasses.replace(
+            _result().params, depth=depth, control=ControlSettings(model=model)))
+        record = settings.result_record(result, 0, 100)
+        assert record["control_model"] == recorded
+        assert set(settings.DEPTH_FIELDS) <= set(record)
+        base = settings.PanelSettings(control_model="tiny-controlnet")
+        assert settings.settings_from_record(record, base).control_model == recorded
+    # A result made without depth says nothing about it; recalling it keeps the panel's.
+    record = settings.result_record(_result(), 0, 100)
+    assert "control_model" not in record
+    base = settings.PanelSettings(control_model="tiny-controlnet")
+    assert settings.settings_from_record(record, base).control_model == "tiny-controlnet"
 
 
 # ------------------------------------------------------------------ projection maths

@@ -66,6 +66,10 @@ def _record_history(scene_name: str, images: list[Any]) -> None:
         item = history.add()
         for key in settings.HISTORY_FIELDS:
             setattr(item, key, record[key])
+        item.depth = all(key in record for key in settings.DEPTH_FIELDS)
+        if item.depth:
+            for key in settings.DEPTH_FIELDS:
+                setattr(item, key, record[key])
         item.image_name = image.name
     scene.atelier.history_index = len(history) - 1
 
@@ -261,7 +265,7 @@ class ATELIER_OT_cancel(bpy.types.Operator):
 
 
 class ATELIER_OT_test_connection(bpy.types.Operator):
-    """Connect to the Atelier daemon and show its device, model and queue"""
+    """Connect to the Atelier daemon, show its device, model and queue, list its depth models"""
     bl_idname = "atelier.test_connection"
     bl_label = "Test Connection"
 
@@ -293,7 +297,8 @@ class ATELIER_OT_recall(bpy.types.Operator):
             self.report({"ERROR"}, "no history entry selected")
             return {"CANCELLED"}
         item = props.history[index]
-        record = {key: getattr(item, key) for key in settings.HISTORY_FIELDS}
+        record = {key: getattr(item, key) for key in settings.HISTORY_FIELDS
+                  + (settings.DEPTH_FIELDS if item.depth else ())}
         recalled = settings.settings_from_record(record, settings.settings_from(props))
         for key, value in dataclasses.asdict(recalled).items():
             setattr(props, key, value)

@@ -52,6 +52,9 @@ def _draw_actions(layout: bpy.types.UILayout, props: bpy.types.PropertyGroup,
     row.operator("atelier.project_texture", icon="MOD_UVPROJECT")
     row.prop(props, "bake_projection", text="", icon="RENDER_RESULT")
     col.prop(props, "control_scale", slider=True)
+    row = col.row(align=True)
+    row.prop(props, "depth_model")   # its tooltip says what an adapter and a ControlNet cost
+    row.operator("atelier.test_connection", text="", icon="FILE_REFRESH")
 
 
 def _draw_jobs(layout: bpy.types.UILayout) -> None:

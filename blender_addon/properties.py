@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty,
                        IntProperty, PointerProperty, StringProperty)
 
 from .protocol.client import DEFAULT_PORT
-from .settings import CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, MAX_BATCH, SEED_MAX
+from .settings import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP, MAX_BATCH,
+                       SEED_MAX, DepthModelMenu)
 from .protocol.messages import SCHEDULERS
 
 ADDON_ID = __package__   # "atelier_blender", or "bl_ext.<repo>.atelier_blender" as an extension
@@ -19,6 +22,30 @@ TILING_ITEMS = [
     ("y", "Y", "Wraps top to bottom"),
     ("both", "Both", "Tiles in both directions"),
 ]
+
+# The Depth Model dropdown: the daemon's depth ControlNets and T2I-Adapters, as last listed.
+# One menu for the add-on's lifetime: it holds the item list Blender draws from (Blender
+# keeps only pointers to those strings) and gives each name a fixed item number.
+DEPTH_MODEL_MENU = DepthModelMenu()
+
+
+def depth_model_items(props: "AtelierSettings", context: Optional[bpy.types.Context]) -> list:
+    from .addon import current_session   # the session lives as long as the add-on
+    session = current_session()
+    if session is None:
+        return DEPTH_MODEL_MENU.build([], props.control_model, listed_now=False)
+    return DEPTH_MODEL_MENU.build(session.conditioners, props.control_model,
+                                  listed_now=session.models_listed)
+
+
+def _get_depth_model(props: "AtelierSettings") -> int:
+    return DEPTH_MODEL_MENU.number(props.control_model)
+
+
+def _set_depth_model(props: "AtelierSettings", number: int) -> None:
+    name = DEPTH_MODEL_MENU.name(number)
+    if name is not None:
+        props.control_model = name
 
 
 class AtelierPreferences(bpy.types.AddonPreferences):
@@ -75,6 +102,8 @@ class AtelierHistoryItem(bpy.types.PropertyGroup):
     strength: FloatProperty()
     tiling: StringProperty()
     cache_interval: IntProperty(default=1, min=1, max=CACHE_INTERVAL_MAX)
+    depth: BoolProperty()             # made with depth conditioning: control_model applies
+    control_model: StringProperty()   # "" = the daemon's default depth model
     image_name: StringProperty()
 
 
@@ -100,6 +129,14 @@ class AtelierSettings(bpy.types.PropertyGroup):
     preview_every: IntProperty(name="Preview Every", default=1, min=0, max=50,
                                description="Show a preview every N steps (0 = none)")
     control_scale: FloatProperty(name="Depth Strength", default=1.0, min=0.0, max=2.0)
+    # The chosen depth model's name ("" = Daemon default): kept as a string, so a name the
+    # daemon no longer lists survives; the dropdown below shows and sets it.
+    control_model: StringProperty(name="Depth Model Name", default="",
+                                  description="Name of the depth ControlNet or T2I-Adapter "
+                                              "on the daemon; empty = the daemon's default")
+    depth_model: EnumProperty(name="Depth Model", description=DEPTH_MODEL_HELP,
+                              items=depth_model_items, get=_get_depth_model,
+                              set=_set_depth_model, options=set())
     use_depth: BoolProperty(name="Use Depth", default=False,
                             description="Condition Render to Image on the scene's depth")
     apply_to_object: BoolProperty(name="Apply to Active Object", default=False,

@@ -87,6 +87,8 @@ class Session:
         self.connection_ok = False
         self.status: Optional[Status] = None
         self.models: list[str] = []
+        self.conditioners: list[tuple[str, str]] = []   # depth models: (name, family)
+        self.models_listed = False   # whether ``models`` and ``conditioners`` came from it
         self.last_failure: Optional[str] = None
         self._on_connect: list[Callable[[AtelierClient], Any]] = []
 
@@ -95,6 +97,9 @@ class Session:
         """The client for this address, started (re)connecting in the background."""
         url = default_url(host_name, port)
         if self._client is None or self._address != (url, token):
+            if self._address is not None and self._address != (url, token):
+                self.models, self.conditioners = [], []   # another daemon's lists
+                self.models_listed = False
             self.close_client()
             self._start(url, token)
         assert self._client is not None
@@ -245,6 +250,10 @@ class Session:
         pending, self._on_connect = self._on_connect, []
         for send in pending:
             send(client)
+        try:
+            client.list_models()   # fills the panel's Depth Model menu
+        except ClientError:
+            pass                   # gone again already; its Disconnected event follows
 
     def _disconnected(self, event: Disconnected) -> None:
         self.connection_ok = False
@@ -318,6 +327,8 @@ class Session:
 
     def _models(self, event: Models) -> None:
         self.models = [m.name for m in event.models]
+        self.conditioners = settings.depth_conditioners(event.models)
+        self.models_listed = True
 
     def _model_loaded(self, event: ModelLoaded) -> None:
         self.connection_text = f"model {event.model} loaded in {event.seconds:.1f} s"

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "tests" / "host" / "blender" / "scenarios.py"
 WINDOW = REPO / "tests" / "host" / "blender" / "window.py"
 RUN_TIMEOUT = 300
-NEEDS_DAEMON = ("generate", "render", "project", "cancel", "extension")
+NEEDS_DAEMON = ("generate", "render", "project", "depth_model", "cancel", "extension")
 
 
 def _bpy_python() -> Optional[str]:
@@ -79,7 +79,8 @@ def _closed_port_url() -> str:
 
 
 CASES = [(host, scenario) for host in ("blender-3.4", "bpy-4.2")
-         for scenario in ("generate", "render", "project", "cancel", "no_daemon", "ui")
+         for scenario in ("generate", "render", "project", "depth_model", "cancel", "no_daemon",
+                          "ui")
          ] + [("bpy-4.2", "extension")]   # extensions exist from Blender 4.2 on
 
 

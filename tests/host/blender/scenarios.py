@@ -278,6 +278,13 @@ def _check_bake(scene, cam, obj, baked, source, new_slot: int, check_hidden: boo
 def scenario_project(module, url: str) -> None:
     """Project texture: depth of the selected objects only, UVs from the camera, material on
     the faces that see the camera and nothing else."""
+    job = project_and_check(module)
+    assert job.request.control.model is None   # nothing chosen: the daemon's default
+
+
+def project_and_check(module):
+    """Project Texture onto a cube and a wall behind it with the panel as it is, and check
+    the depth sent, the UVs, which faces got the projection, and the bakes; the job."""
     from bpy_extras.object_utils import world_to_camera_view
     session = harness.session(module)
     scene = harness.empty_scene()
@@ -348,6 +355,86 @@ def scenario_project(module, url: str) -> None:
     assert back.material_slots[0].material is None
     back_new = sum(p.material_index == 1 for p in back.data.polygons)
     assert 0 < back_new < len(back.data.polygons), back_new
+    return job
+
+
+def depth_model_ids(module, props) -> list[str]:
+    """What the Depth Model dropdown offers, as Blender gets it from the add-on."""
+    return [item[0] for item in module.properties.depth_model_items(props, bpy.context)]
+
+
+def scenario_depth_model(module, url: str) -> None:
+    """The Depth Model dropdown lists the daemon's ControlNets and T2I-Adapters once
+    connected; the one picked conditions Project Texture, is recorded and recalled, and a
+    name the daemon does not list leaves the panel drawable."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    props = scene.atelier
+    item_name = bpy.types.UILayout.enum_item_name
+    # Not connected yet: only the daemon's default, chosen.
+    assert depth_model_ids(module, props) == ["DEFAULT"] and props.depth_model == "DEFAULT"
+    assert props.control_model == ""
+    assert item_name(props, "depth_model", "DEFAULT") == "Daemon default"
+    props.control_model = "tiny-adapter"   # saved with a file, say: shown, not yet checked
+    assert props.depth_model == "tiny-adapter"
+    assert item_name(props, "depth_model", "tiny-adapter") == "tiny-adapter"
+    props.depth_model = "DEFAULT"
+    assert props.control_model == ""
+    prop = props.bl_rna.properties["depth_model"]
+    assert prop.name == "Depth Model"
+    assert "once per job" in prop.description and "every step" in prop.description
+
+    assert bpy.ops.atelier.test_connection() == {"FINISHED"}
+    session.pump_until_idle(30, until=lambda: bool(session.conditioners))
+    offered = depth_model_ids(module, props)
+    assert offered[0] == "DEFAULT" and {"tiny-adapter", "tiny-controlnet"} <= set(offered)
+    assert "tiny" not in offered and "tiny-depth" not in offered, offered   # not conditioners
+    # Blender itself sees these items, with their kind in the label.
+    assert item_name(props, "depth_model", "tiny-adapter") == "tiny-adapter (T2I-Adapter: fast)"
+    assert item_name(props, "depth_model", "tiny-controlnet") == "tiny-controlnet (ControlNet)"
+    assert item_name(props, "depth_model", "tiny") == ""
+    # The panel draws it next to Depth Strength.
+    log = []
+    view3d = bpy.types.VIEW3D_PT_atelier
+    view3d.draw(Stand(RecordingLayout(log), view3d), bpy.context)
+    at = log.index(("prop", "control_scale"))
+    assert log[at + 1] == ("prop", "depth_model"), log[at:at + 3]
+
+    props.depth_model = "tiny-adapter"   # what picking it from the dropdown does
+    assert props.control_model == "tiny-adapter" and props.depth_model == "tiny-adapter"
+    job = project_and_check(module)
+    assert job.request.control.model == "tiny-adapter", job.request.control
+    assert job.state.name == "DONE" and job.result.params.control.model == "tiny-adapter"
+    image = bpy.data.images[job.image_names[0]]
+    assert image["atelier"]["control_model"] == "tiny-adapter"
+    entry = props.history[-1]
+    assert entry.depth and entry.control_model == "tiny-adapter"
+
+    # Recall puts the adapter back; a result made without depth leaves the choice alone.
+    props.depth_model = "DEFAULT"
+    assert props.control_model == ""
+    assert bpy.ops.atelier.recall(index=len(props.history) - 1) == {"FINISHED"}
+    assert props.depth_model == "tiny-adapter"
+    props.depth_model = "tiny-controlnet"
+    values = {key: getattr(props.history[-1], key) for key in module.settings.HISTORY_FIELDS}
+    plain = props.history.add()   # (adding may move the others: no older item references)
+    for key, value in values.items():
+        setattr(plain, key, value)
+    plain.depth = False
+    assert bpy.ops.atelier.recall(index=len(props.history) - 1) == {"FINISHED"}
+    assert props.control_model == "tiny-controlnet"
+
+    # A name the daemon no longer lists: shown as such, the panel still draws, and the
+    # request still names it (the daemon answers for it).
+    props.control_model = "gone-adapter"
+    assert props.depth_model == "gone-adapter"
+    assert item_name(props, "depth_model", "gone-adapter") == \
+        "gone-adapter (not listed by the daemon)"
+    view3d.draw(Stand(RecordingLayout([]), view3d), bpy.context)
+    assert module.settings.build_request(module.settings.settings_from(props),
+                                         depth_upload="d" * 32).control.model == "gone-adapter"
+    props.depth_model = "DEFAULT"
+    assert props.control_model == "" and "gone-adapter" not in depth_model_ids(module, props)
 
 
 def scenario_cancel(module, url: str) -> None:
@@ -507,7 +594,7 @@ def scenario_ui(module, url: str) -> None:
     for expected in ("prompt", "negative_prompt", "model", "width", "height", "steps",
                      "guidance", "cache_interval", "seed", "random_seed", "scheduler",
                      "strength", "tiling", "batch_size", "atelier.generate", "atelier.render_to_image",
-                     "atelier.project_texture"):
+                     "atelier.project_texture", "control_scale", "depth_model"):
         assert expected in names, expected
     assert ("list", "history") in drawn["IMAGE_PT_atelier_history"]
     # Step caching: off by default, limited as the protocol limits it, tooltip says the trade.

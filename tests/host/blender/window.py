@@ -110,6 +110,24 @@ def steps(module, url: str) -> Iterator[float]:
     assert bpy.data.images["window test 11"].size[:] == (64, 64)
     assert editor.spaces.active.image == bpy.data.images["window test 11"]
     yield from _wait(lambda: "Generate: done" in _reports(), "the done report")
+
+    # 3. The Depth Model dropdown opened as a menu: Blender draws every item's label from
+    # the item list the add-on keeps alive, now holding the daemon's conditioners (listed
+    # on connecting, without asking).
+    yield from _wait(lambda: session.conditioners, "the daemon's depth models")
+    menu = module.properties.DEPTH_MODEL_MENU
+    built, real_build = [], menu.build
+    menu.build = lambda *args, **kw: built.append(args) or real_build(*args, **kw)
+    try:
+        with bpy.context.temp_override(**_ui_context()):
+            result = bpy.ops.wm.context_menu_enum(data_path="scene.atelier.depth_model")
+        assert result == {"FINISHED"}, result
+        for wait in _wait(lambda: built, "the menu to draw"):
+            _ui_context()["area"].tag_redraw()
+            yield wait
+    finally:
+        menu.build = real_build
+    assert built and {"tiny-adapter", "tiny-controlnet"} <= {i[0] for i in menu.items}, built
     print("SCENARIO window PASSED on Blender", bpy.app.version_string)
 
 

@@ -91,29 +91,36 @@ class AtelierAppProbe(Extension):
         panel.max_side_spin.setValue(64)
         panel.previews_check.setChecked(False)
         self._out["active"] = document.activeNode().name()
+        self._run_job(panel, "", self._first_done)
+
+    def _run_job(self, panel, prefix, then):
+        """Press Generate, then ``then(panel)`` once the job has ended (or WAIT_S passed);
+        an exception on the way ends the probe with its traceback."""
         button = next(b for b in panel.mode_buttons.values() if b.text() == "Generate")
         button.click()
-        self._out["started"] = panel.controller.busy
-        self._out["message_at_start"] = panel.controller.message
+        self._out[prefix + "started"] = panel.controller.busy
+        self._out[prefix + "message_at_start"] = panel.controller.message
         self._started = time.monotonic()
-        QTimer.singleShot(100, lambda: self._wait_for_result(panel))
+        QTimer.singleShot(100, lambda: self._when_idle(panel, then))
 
-    def _wait_for_result(self, panel):
-        try:
-            if panel.controller.busy and time.monotonic() - self._started < WAIT_S:
-                QTimer.singleShot(100, lambda: self._wait_for_result(panel))
-                return
-            self._out["message"] = panel.controller.message
-            self._out["layers"] = [n.name() for n in self._document.rootNode().childNodes()]
-            self._out["history_rows"] = panel.history_list.count()
-            Krita.instance().action("edit_undo").trigger()
-            self._document.waitForDone()
-            self._out["after_undo"] = [n.name() for n in self._document.rootNode().childNodes()]
-            self._start_batch(panel)
+    def _when_idle(self, panel, then):
+        if panel.controller.busy and time.monotonic() - self._started < WAIT_S:
+            QTimer.singleShot(100, lambda: self._when_idle(panel, then))
             return
+        try:
+            then(panel)
         except Exception:
             self._out = {"ok": False, "error": traceback.format_exc()}
-        self._finish()
+            self._finish()
+
+    def _first_done(self, panel):
+        self._out["message"] = panel.controller.message
+        self._out["layers"] = [n.name() for n in self._document.rootNode().childNodes()]
+        self._out["history_rows"] = panel.history_list.count()
+        Krita.instance().action("edit_undo").trigger()
+        self._document.waitForDone()
+        self._out["after_undo"] = [n.name() for n in self._document.rootNode().childNodes()]
+        self._start_batch(panel)
 
     # ------------------------------------------------------------ batch, Apply, Undo
     def _stack(self):
@@ -146,42 +153,29 @@ class AtelierAppProbe(Extension):
         panel.seed_spin.setValue(21)
         panel.batch_spin.setValue(2)
         panel.previews_check.setChecked(True)     # the preview layer shows the steps first
-        button = next(b for b in panel.mode_buttons.values() if b.text() == "Generate")
-        button.click()
-        self._out["batch_started"] = panel.controller.busy
-        self._out["batch_message_at_start"] = panel.controller.message
-        self._started = time.monotonic()
-        QTimer.singleShot(100, lambda: self._browse(panel))
+        self._run_job(panel, "batch_", self._browse)
 
     def _browse(self, panel):
-        try:
-            controller = panel.controller
-            if controller.busy and time.monotonic() - self._started < WAIT_S:
-                QTimer.singleShot(100, lambda: self._browse(panel))
-                return
-            self._out["batch_message"] = controller.message
-            self._out["batch_size"] = controller.batch_size
-            shown = []
-            for value in (2, 1, 2):                   # the painter flips between results
-                panel.result_spin.setValue(value)
-                shown.append(self._stack())
-            self._out["browsed"] = shown
-            self._out["before_apply"] = self._stack()
-            panel.apply_button.click()
-            self._out["apply_message"] = controller.message
-            self._out["after_apply"] = self._stack()
-            self._edit("edit_undo")
-            self._out["after_apply_undo"] = self._stack()
-            self._edit("edit_undo")
-            self._out["after_second_undo"] = self._stack()
-            self._edit("edit_redo")
-            self._edit("edit_redo")
-            self._out["after_redo"] = self._stack()
-            self._start_single(panel)
-            return
-        except Exception:
-            self._out = {"ok": False, "error": traceback.format_exc()}
-        self._finish()
+        controller = panel.controller
+        self._out["batch_message"] = controller.message
+        self._out["batch_size"] = controller.batch_size
+        shown = []
+        for value in (2, 1, 2):                   # the painter flips between results
+            panel.result_spin.setValue(value)
+            shown.append(self._stack())
+        self._out["browsed"] = shown
+        self._out["before_apply"] = self._stack()
+        panel.apply_button.click()
+        self._out["apply_message"] = controller.message
+        self._out["after_apply"] = self._stack()
+        self._edit("edit_undo")
+        self._out["after_apply_undo"] = self._stack()
+        self._edit("edit_undo")
+        self._out["after_second_undo"] = self._stack()
+        self._edit("edit_redo")
+        self._edit("edit_redo")
+        self._out["after_redo"] = self._stack()
+        self._start_single(panel)
 
     # ------------------------------------------------------------ one result, step previews
     def _start_single(self, panel):
@@ -190,25 +184,15 @@ class AtelierAppProbe(Extension):
         panel.seed_spin.setValue(31)
         panel.batch_spin.setValue(1)
         panel.previews_check.setChecked(True)
-        button = next(b for b in panel.mode_buttons.values() if b.text() == "Generate")
-        button.click()
-        self._out["single_started"] = panel.controller.busy
-        self._started = time.monotonic()
-        QTimer.singleShot(100, lambda: self._single_done(panel))
+        self._run_job(panel, "single_", self._single_done)
 
     def _single_done(self, panel):
-        try:
-            if panel.controller.busy and time.monotonic() - self._started < WAIT_S:
-                QTimer.singleShot(100, lambda: self._single_done(panel))
-                return
-            self._out["single_message"] = panel.controller.message
-            self._out["after_single"] = self._stack()
-            self._edit("edit_undo")
-            self._out["after_single_undo"] = self._stack()
-            self._edit("edit_undo")
-            self._out["after_single_second_undo"] = self._stack()
-        except Exception:
-            self._out = {"ok": False, "error": traceback.format_exc()}
+        self._out["single_message"] = panel.controller.message
+        self._out["after_single"] = self._stack()
+        self._edit("edit_undo")
+        self._out["after_single_undo"] = self._stack()
+        self._edit("edit_undo")
+        self._out["after_single_second_undo"] = self._stack()
         self._finish()
 
     def _edit(self, action):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from .protocol import ErrorCode, GenerateRequest, ProtocolError, validate
-from .protocol.messages import ControlSettings, DepthInput, ModelInfo, Result
+from .protocol.messages import CACHE_INTERVAL_MAX, ControlSettings, DepthInput, ModelInfo, Result
 
 # Cycles and EEVEE write this into the Z pass where no geometry was hit (1e10);
 # anything at or past it is background for the daemon.
@@ -32,8 +32,6 @@ HISTORY_FIELDS = ("prompt", "negative_prompt", "model", "kind", "width", "height
 # recalling an image made without depth leaves the panel's depth choice as it is.
 DEPTH_FIELDS = ("control_model",)
 # Step caching (GenerateRequest.cache_interval): 1 = the whole UNet at every step.
-CACHE_INTERVAL_MAX = next(f.metadata["max"] for f in dataclasses.fields(GenerateRequest)
-                          if f.name == "cache_interval")
 CACHE_INTERVAL_HELP = ("Speed against quality. 1 runs the whole model at every step (full "
                        "quality); N runs it only every N-th step and reuses its deep features "
                        "in between: faster (about 1.5x at 2, 1.9x at 3), and the images "

@@ -23,6 +23,7 @@ DepthConvention = Literal["distance", "normalized"]
 
 SCHEDULERS: tuple[str, ...] = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm")
 TILINGS: tuple[str, ...] = ("none", "x", "y", "both")
+CACHE_INTERVAL_MAX = 10     # GenerateRequest.cache_interval: the whole UNet at least every 10th step
 
 
 # ---------------------------------------------------------------- requests
@@ -81,7 +82,7 @@ class GenerateRequest:
     output_format: OutputFormat = "raw"
     # 1 = the whole UNet every step; N = every N-th step, the others reuse its deep
     # features (faster, slightly different images: an opt-in quality trade)
-    cache_interval: int = spec(1, min=1, max=10)
+    cache_interval: int = spec(1, min=1, max=CACHE_INTERVAL_MAX)
 
 
 # ------------------------------------------------------- client -> daemon

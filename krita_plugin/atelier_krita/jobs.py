@@ -9,11 +9,12 @@ Both are pure functions of their arguments, so they are tested without Krita.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional
 
 from .geometry import Bounds, Extent, ResolutionRange, context_region, default_padding, fit_extent
-from .protocol.messages import TILINGS, ControlSettings, DepthInput, GenerateRequest, ModelInfo
+from .protocol.messages import (CACHE_INTERVAL_MAX, TILINGS, ControlSettings, DepthInput,
+                                GenerateRequest, ModelInfo)
 
 
 class Mode(str, enum.Enum):
@@ -34,8 +35,6 @@ class JobRefused(Exception):
 
 
 # Step caching (GenerateRequest.cache_interval): 1 = the whole UNet at every step.
-CACHE_INTERVAL_MAX = next(f.metadata["max"] for f in fields(GenerateRequest)
-                          if f.name == "cache_interval")
 CACHE_INTERVAL_HELP = ("Speed against quality. Off runs the whole model at every step (full "
                        "quality). N runs it only every N-th step and reuses its deep features "
                        "in between: faster (about 1.5x at 2, 1.9x at 3), and the images "

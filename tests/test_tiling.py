@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
+from diffusers.models.downsampling import Downsample2D
 
 from backend.generation import GenerationOutput, JobCancelled
 from backend.models.store import ModelStore
@@ -112,11 +113,14 @@ def test_cancelled_tiled_job_leaves_modules_as_they_were(atelier_home, pipe, til
 
 def test_block_counts_each_padded_conv_once_and_none_changes_nothing(pipe):
     padded = sum(1 for p in _conv_paddings(pipe) if p != (0, 0))
+    # The VAE encoder's downsamplers pad by hand before an unpadded conv: wrapped by a hook.
+    hand_padded = sum(1 for m in pipe.vae.modules() if isinstance(m, Downsample2D) and m.padding == 0)
+    assert hand_padded > 0
     with wrapped_convolutions([pipe.unet, pipe.vae, None], tile_axes("none")) as changed:
         assert changed == 0
     before = _conv_paddings(pipe)
     with wrapped_convolutions([pipe.unet, pipe.vae, pipe.unet], tile_axes("y")) as changed:
-        assert changed == padded
+        assert changed == padded + hand_padded
         # the wrapped axis is padded by the hook; the conv still zero-pads the other itself
         assert _conv_paddings(pipe) == [(0, x) for _, x in before]
     assert _conv_paddings(pipe) == before
@@ -216,6 +220,27 @@ def test_tiled_vae_decode_keeps_the_wrap(atelier_home):
     vae.disable_tiling()
     assert whole_image_vae(vae, 4 * side, side) is vae
 
+
+@pytest.mark.parametrize("tiling", ["x", "y", "both"])
+def test_vae_encoding_of_a_rolled_image_is_the_rolled_latent_on_tiled_axes(pipe, tiling):
+    """The encoder's hand-padded downsamplers wrap too, so an init image's latent tiles."""
+    vae, axes = pipe.vae, tile_axes(tiling)
+    image = torch.rand(1, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    before = _conv_settings(pipe)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        with wrapped_convolutions([vae], axes), torch.no_grad():
+            return vae.encode(x).latent_dist.mean
+
+    latent = encode(image)
+    for wraps, dim in ((axes.x, 3), (axes.y, 2)):
+        rolled = encode(torch.roll(image, 2 * pipe.vae_scale_factor, dims=dim))
+        error = (torch.roll(latent, 2, dims=dim) - rolled).abs().max().item()
+        if wraps:
+            assert error < 1e-4, f"tiling={tiling}: roll on dim {dim} off by {error}"
+        else:
+            assert error > 1e-3, f"tiling={tiling}: dim {dim} wraps but should not ({error})"
+    assert _conv_settings(pipe) == before    # hooks gone after the block
 
 # ------------------------------------------------------- through the generator
 

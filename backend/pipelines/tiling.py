@@ -15,10 +15,10 @@ The worker runs one job at a time, so no other job can call the modules while a 
 is active. Compiled modules (``nn.Module.compile``) follow too: dynamo guards on the hooks
 and the padding, so it recompiles once per mode and keeps both graphs.
 
-Not wrapped: the VAE encoder's downsamplers pad one zero column/row on the right/bottom
-by hand before a conv without padding, so encoding an init image is circular except for
-that last column/row at each level. Only the init latents of img2img/inpaint see it; the
-denoising and the decode wrap exactly.
+The VAE encoder's downsamplers (diffusers' ``Downsample2D`` with ``padding=0``) pad one
+zero column and row on the right/bottom by hand before a conv without padding. A pre-hook
+on that conv puts the first column/row there instead on the wrapped axes, which is
+circular padding, so encoding an init image wraps exactly too.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.downsampling import Downsample2D
 from torch import nn
 
 from protocol.errors import ErrorCode, ProtocolError
@@ -99,6 +100,36 @@ class _AxisPadding:
         return (x, *rest)
 
 
+class _WrapHandPadding:
+    """Forward pre-hook for the conv of a ``Downsample2D`` that zero-pads (0, 1, 0, 1) by
+    hand: the padded last column/row becomes a copy of the first on the wrapped axes,
+    which is what circular padding of (0, 1) gives."""
+
+    def __init__(self, axes: TileAxes):
+        self.axes = axes
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x, *rest = args
+        if self.axes.x:
+            x = torch.cat([x[..., :-1], x[..., :1]], dim=-1)
+        if self.axes.y:
+            x = torch.cat([x[..., :-1, :], x[..., :1, :]], dim=-2)
+        return (x, *rest)
+
+
+def _hand_padded_convs(modules: Iterable[Optional[nn.Module]]) -> list[nn.Conv2d]:
+    """The convs of downsamplers that pad their input themselves before an unpadded conv."""
+    found: dict[int, nn.Conv2d] = {}
+    for root in modules:
+        if root is None:
+            continue
+        for module in root.modules():
+            if isinstance(module, Downsample2D) and module.use_conv and module.padding == 0 \
+                    and isinstance(module.conv, nn.Conv2d):
+                found.setdefault(id(module.conv), module.conv)
+    return list(found.values())
+
+
 def _padded_convs(modules: Iterable[Optional[nn.Module]]) -> list[nn.Conv2d]:
     seen: set[int] = set()
     convs = []
@@ -119,13 +150,18 @@ def wrapped_convolutions(modules: Iterable[Optional[nn.Module]],
                          axes: TileAxes) -> Iterator[int]:
     """Make every padded Conv2d under ``modules`` wrap on ``axes`` inside the block.
 
-    Yields how many convolutions were changed (0 when ``axes`` is none). ``None``
-    entries are skipped so callers can pass optional components as they are.
+    Yields how many convolutions were changed (0 when ``axes`` is none), counting the
+    hand-padded downsamplers' convs. ``None`` entries are skipped so callers can pass
+    optional components as they are.
     """
     if not axes.any:
         yield 0
         return
+    modules = list(modules)
     with contextlib.ExitStack() as restore:
+        hand_padded = _hand_padded_convs(modules)
+        for conv in hand_padded:
+            restore.callback(conv.register_forward_pre_hook(_WrapHandPadding(axes)).remove)
         convs = _padded_convs(modules)
         for conv in convs:
             if axes.x and axes.y:
@@ -139,7 +175,7 @@ def wrapped_convolutions(modules: Iterable[Optional[nn.Module]],
             restore.callback(hook.remove)
             restore.callback(setattr, conv, "padding", original)
             conv.padding = padding.native_padding or (0, 0)
-        yield len(convs)
+        yield len(convs) + len(hand_padded)
 
 
 def whole_image_vae(vae: nn.Module, width: int, height: int) -> Optional[nn.Module]:

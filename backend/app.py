@@ -40,13 +40,14 @@ class StoreService:
 
 def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",
                   dtype: str = "auto", home: Path, models_dirs: list[Path],
-                  low_memory: bool = False,
+                  low_memory: bool = False, compile: str = "auto",
                   depth_controls: Optional[Mapping[str, str]] = None) -> Daemon:
     """Load ``model`` (a clear error if it is not on this machine) and wire the layers.
-    ``depth_controls``: family -> the depth ControlNet or T2I-Adapter used when a job names none."""
+    ``compile``: a ``compile_modes.CHOICES`` entry. ``depth_controls``: family -> the depth
+    ControlNet or T2I-Adapter used when a job names none."""
     chosen = pick_device(device)
     store = ModelStore(chosen, pick_dtype(chosen, dtype), home, models_dirs,
-                       accel=AccelOptions.for_device(chosen, low_memory=low_memory),
+                       accel=AccelOptions.for_choice(chosen, compile, low_memory=low_memory),
                        depth_controls=depth_controls)
     store.load(model)
     return Daemon(config, StoreService(store), DiffusionGenerator(store, config.limits))

@@ -20,6 +20,7 @@ from protocol.frames import ImageFrame, PixelFormat
 from protocol.messages import SCHEDULERS, TILINGS, Cancelled, DepthInput, GenerateRequest, Progress
 
 from .limits import ServerLimits
+from .models import compile_modes
 from .server import ServerConfig, is_loopback
 
 
@@ -108,6 +109,10 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
     p.add_argument("--low-memory", action="store_true",
                    help="for 8 GB cards: model CPU offload and tiled VAE decode (slower)")
+    p.add_argument("--compile", default=compile_modes.AUTO, choices=compile_modes.CHOICES,
+                   help="torch.compile of UNet and VAE decoder: auto (on CUDA GPUs), off, or an "
+                        "inductor mode on any device; reduce-overhead adds CUDA graphs "
+                        "(default auto)")
     p.add_argument("--depth-control", action="append", default=[], metavar="FAMILY=NAME",
                    type=_family_and_name,
                    help="the depth ControlNet or T2I-Adapter jobs of a model family use when "
@@ -173,7 +178,8 @@ def _build_daemon(args: argparse.Namespace, config: ServerConfig):
 
     return create_daemon(config, model=args.model, device=args.device, dtype=args.dtype,
                          home=_home(args), models_dirs=list(args.models_dir),
-                         low_memory=args.low_memory, depth_controls=dict(args.depth_control))
+                         low_memory=args.low_memory, compile=args.compile,
+                         depth_controls=dict(args.depth_control))
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -190,6 +190,28 @@ def test_bad_cache_size_is_refused():
         AccelOptions(prompt_cache_size=-1)
 
 
+def test_serve_compile_choices_map_to_the_levers():
+    from backend.cli import _parser
+    from backend.models.accel import _compile_settings
+
+    assert not AccelOptions.for_choice("cpu").compile_unet            # auto: GPUs only
+    auto = AccelOptions.for_choice("cuda")
+    assert auto.compile_unet and auto.compile_vae_decode and auto.compile_mode == "default"
+    assert not AccelOptions.for_choice("cuda", "off").compile_unet
+    graphs = AccelOptions.for_choice("cpu", "reduce-overhead")          # a mode: any device
+    assert graphs.compile_unet and graphs.compile_vae_decode
+    assert _compile_settings(graphs) == {"mode": "reduce-overhead", "backend": "inductor"}
+    low = AccelOptions.for_choice("cuda", "max-autotune", low_memory=True)
+    assert low.cpu_offload and not low.compile_unet                     # offload moves weights
+    with pytest.raises(ValueError, match="compile_mode 'fastest'"):
+        AccelOptions(compile_mode="fastest")
+
+    assert _parser().parse_args(["serve"]).compile == "auto"
+    assert _parser().parse_args(["serve", "--compile", "reduce-overhead"]).compile == "reduce-overhead"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--compile", "fastest"])
+
+
 def test_compiled_unet_gives_the_plain_pixels_with_an_adapter_and_step_caching(atelier_home):
     """The per-job additions (a T2I-Adapter's forward pre-hook, the step cache's wrapper
     and its hook on the last up block) go through dynamo's capture of the compiled UNet

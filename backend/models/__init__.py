@@ -9,6 +9,7 @@ network except ``hub.pull``.
     catalog.py      what is on this machine (list of protocol ModelInfo)
     hub.py          `atelier models pull` / `list`: download into and list the HF cache
     device.py       device and dtype choice, memory figures
+    compile_modes.py  the torch.compile choices of `serve --compile` (torch-free)
     tiny.py         random-weight miniature models for tests and demos
     ldm_keys.py     diffusers -> original (LDM) key names, to export single files
 """

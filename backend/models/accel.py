@@ -32,6 +32,8 @@ from diffusers import DiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
+from .compile_modes import AUTO, COMPILE_MODES, OFF
+
 # Lever names, as they appear in ``Acceleration.applied`` / ``skipped`` and benchmark reports.
 SDPA = "sdpa"
 CHANNELS_LAST = "channels_last"
@@ -62,6 +64,8 @@ class AccelOptions:
     prompt_cache_size: int = 16       # text-encoder outputs kept per model; 0 turns it off
 
     def __post_init__(self) -> None:
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
         if self.prompt_cache_size < 0:
             raise ValueError(f"prompt_cache_size must be 0 or more, got {self.prompt_cache_size}")
 
@@ -72,7 +76,7 @@ class AccelOptions:
 
     @classmethod
     def for_device(cls, device: str, low_memory: bool = False,
-                   compile: Optional[bool] = None) -> "AccelOptions":
+                   compile: Optional[bool] = None, compile_mode: str = "default") -> "AccelOptions":
         """The default levers for ``device``. On a GPU: SDPA, channels_last, fused QKV and
         (unless ``compile`` is False) compiled UNet and VAE decoder. On the CPU: SDPA and
         fused QKV only; compiling for the CPU is opt-in (``compile=True``).
@@ -82,8 +86,17 @@ class AccelOptions:
         compiled = gpu if compile is None else compile
         return cls(sdpa=True, channels_last=gpu and not low_memory,
                    fuse_qkv=not low_memory, compile_unet=compiled and not low_memory,
-                   compile_vae_decode=compiled and not low_memory,
+                   compile_vae_decode=compiled and not low_memory, compile_mode=compile_mode,
                    cpu_offload=low_memory and gpu, vae_tiling=low_memory)
+
+    @classmethod
+    def for_choice(cls, device: str, choice: str = AUTO, low_memory: bool = False) -> "AccelOptions":
+        """``for_device`` from a ``serve --compile`` choice (``compile_modes.CHOICES``)."""
+        if choice == AUTO:
+            return cls.for_device(device, low_memory)
+        if choice == OFF:
+            return cls.for_device(device, low_memory, compile=False)
+        return cls.for_device(device, low_memory, compile=True, compile_mode=choice)
 
     def describe(self) -> dict[str, Any]:
         """The options as plain JSON-able data (a custom compile backend by its name)."""

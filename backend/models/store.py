@@ -32,7 +32,9 @@ thread that owns the device; ``available`` only reads the disk and is safe anywh
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
@@ -49,6 +51,8 @@ from .catalog import list_models
 from .device import device_memory, free_device_cache
 from .loader import conditioner_family, load_adapter, load_controlnet, prepare_pipeline
 from .sources import ModelSource, hf_cache_dir, resolve
+
+log = logging.getLogger("atelier.models")
 
 # The depth ControlNet each family uses when a job names none.
 DEFAULT_CONTROLNETS = {
@@ -156,6 +160,7 @@ class ModelStore:
         # a failure after this point leaves no model loaded.
         prepared = prepare_pipeline(source, self.dtype, self.home, self.hf_cache)
         self.release()
+        started = time.perf_counter()
         pipe = prepared.load()
         accel = apply_accel(pipe, self.accel, model_name=name, device=self.device)
         pipe.set_progress_bar_config(disable=True)
@@ -163,6 +168,9 @@ class ModelStore:
             # Compiled modules compile here rather than in the first user's job.
             side = native_side(pipe)
             warm_up(pipe, accel, side, side, tilings=("none", "both"))
+        log.info("loaded %s (%s) on %s in %.1f s; levers %s (compile mode %s); skipped %s",
+                 name, prepared.family, self.device, time.perf_counter() - started,
+                 ", ".join(accel.applied) or "none", self.accel.compile_mode, accel.skipped or "none")
         self._current = LoadedModel(name=name, family=prepared.family, source=source, pipe=pipe,
                                     device=self.device, dtype=self.dtype, accel=accel)
         return self._current

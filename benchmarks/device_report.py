@@ -71,6 +71,8 @@ def _generation_lines(report: dict[str, Any]) -> list[str]:
     s = report.get("settings", {})
     gpu = report.get("machine", {}).get("gpu") or "no GPU"
     compiled = {None: "compile default", True: "compiled", False: "not compiled"}[s.get("compile")]
+    if s.get("compile_mode", "default") != "default":
+        compiled += f" (mode {s['compile_mode']})"
     lines = [f"{report.get('model', '?')}: {s.get('width')}x{s.get('height')}, {s.get('steps')} "
              f"steps, {s.get('dtype')} (Atelier {s.get('atelier_dtype')}), {compiled}, "
              f"{s.get('device')} ({gpu}), matmul "

@@ -13,6 +13,8 @@
 #             sd15-b1.json        SD1.5 512 px batch 1, compiled: stock, atelier, daemon, tiling
 #             sdxl-b1-eager.json  SDXL 1024 px batch 1, not compiled, with the low-memory row
 #   if time   sd15-b1-eager.json  (only if sd15-b1 failed) the same not compiled
+#             sd15-b1-graphs.json SD1.5 batch 1 compiled with CUDA graphs (--compile-mode
+#                                 reduce-overhead): stock, atelier, daemon
 #             sd15-b4.json        SD1.5 batch 4, compiled
 #             sdxl-b1.json        SDXL batch 1 compiled, when the SD1.5 compile time predicts
 #                                 it fits
@@ -44,10 +46,12 @@ if [ "$DEVICE" = cpu ]; then     # rehearsal: the same flow, tiny model, seconds
     SD15=(--model tiny); SDXL=(--model tiny-sdxl)
     PROTOCOL=(--sizes 64 128 --repeats 1 --warmup 1)
     MIN_PROTOCOL=5; MIN_GEN=5
+    GRAPHS=(--no-compile --compile-mode reduce-overhead)   # the flow only: no CUDA graphs on a CPU
 else
     STEPS=${STEPS:-30}; REPEATS=${REPEATS:-3}
     SD15=(--family sd15); SDXL=(--family sdxl)
     PROTOCOL=()                  # 512, 1024 and 2048 px, 15 repetitions at 512
+    GRAPHS=(--compile --compile-mode reduce-overhead)
     MIN_PROTOCOL=15; MIN_GEN=60   # protocol_cost takes ~10 s; less than a minute fits no model
 fi
 SDXL_REPEATS=$(( REPEATS > 2 ? 2 : REPEATS ))   # SDXL rows take seconds each
@@ -204,9 +208,14 @@ main() {
         optional_step sd15-b1-eager "$MIN_GEN" sd15-b1-eager.json \
             "$PYTHON" "${GEN[@]}" "${SD15[@]}" --batch 1 --repeats "$REPEATS" --no-compile \
             --rows stock atelier daemon atelier+tiling --json "$OUT/sd15-b1-eager.json"
+        skip_step sd15-b1-graphs "sd15-b1 did not finish compiled"
         skip_step sd15-b4 "sd15-b1 did not finish compiled"
         skip_step sdxl-b1 "sd15-b1 did not finish compiled"
     else
+        # Another compile mode compiles from scratch: about the compiled batch-1 step's time.
+        optional_step sd15-b1-graphs "$sd15_took" sd15-b1-graphs.json \
+            "$PYTHON" "${GEN[@]}" "${SD15[@]}" --batch 1 --repeats "$REPEATS" "${GRAPHS[@]}" \
+            --rows stock atelier daemon --json "$OUT/sd15-b1-graphs.json"
         # Batch 4 compiles again (new shapes) while the batch-1 graphs come from the cache:
         # about the batch-1 step's time.
         optional_step sd15-b4 "$sd15_took" sd15-b4.json \

@@ -35,6 +35,7 @@ import torch
 
 from backend.models.device import pick_device, pick_dtype
 from backend.models.accel import AccelOptions
+from backend.models.compile_modes import COMPILE_MODES
 from protocol.client import make_upload
 from protocol.frames import ImageFrame, PixelFormat
 from protocol.messages import ControlSettings, DepthInput, GenerateRequest
@@ -72,6 +73,7 @@ class Settings:
     count_flops: bool
     home: Path
     rows: Optional[tuple[str, ...]] = None   # run only these paths; None: every row that applies
+    compile_mode: str = "default"            # inductor mode when compiling (reduce-overhead: CUDA graphs)
 
     def describe(self) -> dict[str, Any]:
         out = asdict(self)
@@ -189,7 +191,7 @@ def _cases(s: Settings, model: ModelUnderTest, work: dict[int, WorkCount],
                 work[b] = count_flops(lambda steps, job=job: stock.call(job, steps))
             cases.append(Case("stock", b, lambda job=job: stock(job), stock.load_s, resident))
 
-    options = AccelOptions.for_device(s.device, compile=s.compile)
+    options = AccelOptions.for_device(s.device, compile=s.compile, compile_mode=s.compile_mode)
     atelier, resident = _loaded(s.device, lambda: AtelierRunner(
         model.name, s.device, s.atelier_dtype, s.home, options))
     closers.append(atelier.close)
@@ -341,7 +343,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"# {report['model']}: {s['width']}x{s['height']}, {s['steps']} steps, guidance "
           f"{s['guidance']}, {s['dtype']} (Atelier {s['atelier_dtype']}) on {s['device']} "
           f"({report['machine'].get('gpu') or str(report['machine']['cpu_count']) + ' CPU cores'}),"
-          f" matmul {report['hardware']['matmul_tflops']:.3g} TFLOP/s measured")
+          f" matmul {report['hardware']['matmul_tflops']:.3g} TFLOP/s measured, compile "
+          f"{ {None: 'on GPUs', True: 'on', False: 'off'}[s['compile']]} (mode {s['compile_mode']})")
     memory = "peak GPU MB" if s["device"].startswith("cuda") else "RSS MB"
     table = []
     for r in report["rows"]:
@@ -385,6 +388,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Optional[Path]]:
     p.add_argument("--compile", dest="compile", action="store_true", default=None,
                    help="torch.compile UNet and VAE decoder (default: on for cuda only)")
     p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                   help="inductor mode when compiling (reduce-overhead adds CUDA graphs)")
     p.add_argument("--no-flops", action="store_true", help="skip counting FLOPs")
     p.add_argument("--home", type=Path, default=Path(os.environ.get(
         "ATELIER_HOME", Path.home() / ".cache" / "atelier")),
@@ -410,7 +415,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, Optional[Path]]:
                     preview_every=args.preview_every, low_memory=args.low_memory,
                     extras=not args.no_extras, compile=args.compile,
                     count_flops=not args.no_flops, home=args.home.expanduser(),
-                    rows=tuple(args.rows) if args.rows else None), args.json
+                    rows=tuple(args.rows) if args.rows else None,
+                    compile_mode=args.compile_mode), args.json
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,7 +141,7 @@ def test_device_run_rehearsal(tmp_path: Path, atelier_home: Path):
     assert done.returncode == 0, done.stdout
     assert (tmp_path / "site" / f"{PROBE}.py").is_file()      # the wheels folder was installed
     assert steps == {name: "ok" for name in ("setup", "protocol", "sd15-b1", "sdxl-b1-eager",
-                                             "sd15-b4", "sdxl-b1")}, done.stdout
+                                             "sd15-b1-graphs", "sd15-b4", "sdxl-b1")}, done.stdout
     # at most 8 files come back from the device
     assert len(list(out.iterdir())) <= 8
     log = (out / "device_run.log").read_text("utf-8")
@@ -153,6 +153,7 @@ def test_device_run_rehearsal(tmp_path: Path, atelier_home: Path):
                 "sdxl-b1-eager.json": ({"stock", "atelier", "daemon", "atelier+tiling",
                                         "atelier+adapter", "atelier+cache3", "atelier-lowmem"},
                                        1, "SDXL"),
+                "sd15-b1-graphs.json": ({"stock", "atelier", "daemon"}, 1, "SD1.5"),
                 "sd15-b4.json": ({"stock", "atelier", "daemon"}, 4, "SD1.5"),
                 "sdxl-b1.json": ({"stock", "atelier", "daemon", "atelier+tiling"}, 1, "SDXL")}
     for name, (paths, batch, shape) in expected.items():
@@ -164,6 +165,9 @@ def test_device_run_rehearsal(tmp_path: Path, atelier_home: Path):
             for key in ("s_per_image", "it_per_s", "first_call_s"):
                 assert _positive(row[key]), (name, row["path"], key)
         assert _positive(report["summary"][str(batch)]["speedup_atelier_vs_stock"])
+    graphs = json.loads((out / "sd15-b1-graphs.json").read_text("utf-8"))
+    assert graphs["settings"]["compile_mode"] == "reduce-overhead"
+    assert "mode reduce-overhead" in done.stdout          # the summary says which run it was
 
 
 def test_device_run_out_of_budget(tmp_path: Path, atelier_home: Path):

@@ -300,3 +300,50 @@ def test_daemon_told_to_use_an_adapter_uses_it_for_jobs_that_name_none(daemon, s
 def test_depth_controls_for_unknown_families_are_refused(atelier_home):
     with pytest.raises(ValueError, match="sd9"):
         ModelStore("cpu", torch.float32, atelier_home, [], depth_controls={"sd9": "x"})
+
+
+def _cache_as(store: ModelStore, hf_cache: Path, repo_id: str, local: str) -> None:
+    """Put the tiny conditioner ``local`` into ``hf_cache`` as if pulled as ``repo_id``."""
+    import shutil
+
+    from backend.models.sources import hf_repo_folder
+
+    repo = hf_repo_folder(repo_id, hf_cache)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(store.resolve(local).path, repo / "snapshots" / ("0" * 40))
+
+
+def test_default_depth_control_is_the_first_family_default_on_this_machine(atelier_home, tmp_path):
+    """A model named by path (not the built-in tiny) uses the family's defaults: the
+    ControlNet when it was pulled, else the T2I-Adapter, else a clear error saying how to
+    get either; a depth job naming nothing then runs on what was found."""
+    from backend.models.store import DEFAULT_DEPTH_CONTROLS
+
+    cache = tmp_path / "hf"
+    store = ModelStore("cpu", torch.float32, atelier_home, [], hf_cache=cache)
+    store.load(str(store.resolve("tiny").path))           # family sd15, not "tiny"
+    controlnet, adapter = DEFAULT_DEPTH_CONTROLS["sd15"]
+    depth = _depth_frame()
+    job = GenerateRequest(**JOB, depth=DepthInput(upload=depth.id, convention="normalized"))
+
+    with pytest.raises(ProtocolError) as err:
+        store.default_depth_control()
+    assert err.value.code == ErrorCode.MODEL_NOT_FOUND and err.value.field == "control.model"
+    assert f"atelier models pull {controlnet}" in err.value.message
+    assert f"atelier models pull {adapter}" in err.value.message
+    generator = DiffusionGenerator(store)
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, job, depth)                            # the job fails the same way
+    assert err.value.field == "control.model"
+
+    _cache_as(store, cache, adapter, "tiny-adapter")
+    assert store.default_depth_control() == adapter
+    by_default = _image(_run(generator, job, depth))
+    named = dataclasses.replace(job, control=ControlSettings(model="tiny-adapter"))
+    assert np.array_equal(by_default, _image(_run(generator, named, depth)))
+
+    _cache_as(store, cache, controlnet, "tiny-controlnet")
+    assert store.default_depth_control() == controlnet       # preferred once present
+    store.depth_controls["sd15"] = adapter                     # the daemon's choice wins
+    assert store.default_depth_control() == adapter

@@ -13,6 +13,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from backend.generation import GenerationOutput
+from backend.models.deep_tap import DeepFeatureTap, install_deep_tap
 from backend.models.store import ModelStore
 from backend.pipelines.adapter import residual_shapes
 from backend.pipelines.generator import DiffusionGenerator
@@ -39,9 +40,12 @@ def _sd_shaped_unet() -> UNet2DConditionModel:
         attention_head_dim=8, norm_num_groups=32).eval()
 
 
-def _tiny_unet(atelier_home, name: str) -> UNet2DConditionModel:
+def _tiny_unet(atelier_home, name: str) -> tuple[UNet2DConditionModel, DeepFeatureTap]:
+    """A tiny model's UNet and the tap the store installed on it."""
     store = ModelStore("cpu", torch.float32, atelier_home, [], hf_cache=atelier_home / "no-hf")
-    return store.load(name).pipe.unet
+    model = store.load(name)
+    assert model.deep_tap is not None
+    return model.pipe.unet, model.deep_tap
 
 
 def _inputs(unet: UNet2DConditionModel, batch: int = 2) -> dict:
@@ -78,9 +82,13 @@ def _residuals(unet: UNet2DConditionModel, inputs: dict) -> dict:
 def test_the_shallow_path_is_the_unets_own_arithmetic(atelier_home, which, conditioning):
     """A cached step at the same inputs as the full step before it must give the full
     step's output: then the cut is exactly the UNet's forward, only shorter."""
-    unet = _sd_shaped_unet() if which == "sd-shaped" else _tiny_unet(atelier_home, which)
+    if which == "sd-shaped":
+        unet = _sd_shaped_unet()
+        tap = install_deep_tap(unet)
+    else:
+        unet, tap = _tiny_unet(atelier_home, which)
     step = 0
-    cached = StepCachedUNet(unet, 2, lambda: (step, 10))
+    cached = StepCachedUNet(unet, 2, lambda: (step, 10), tap)
     inputs = _inputs(unet)
     if conditioning == "controlnet":
         inputs.update(_residuals(unet, inputs))
@@ -108,12 +116,19 @@ def test_the_shallow_path_is_the_unets_own_arithmetic(atelier_home, which, condi
 
 
 def test_attributes_fall_through_to_the_unet(atelier_home):
-    unet = _tiny_unet(atelier_home, "tiny")
-    cached = StepCachedUNet(unet, 3, lambda: (0, 1))
+    unet, tap = _tiny_unet(atelier_home, "tiny")
+    cached = StepCachedUNet(unet, 3, lambda: (0, 1), tap)
     assert cached.config is unet.config and cached.dtype == unet.dtype
     assert cached.conv_in is unet.conv_in
     with pytest.raises(ValueError, match="2 or more"):
-        StepCachedUNet(unet, 1, lambda: (0, 1))
+        StepCachedUNet(unet, 1, lambda: (0, 1), tap)
+
+
+def test_a_unet_without_the_tap_is_refused_on_the_first_full_step():
+    unet = _sd_shaped_unet()
+    cached = StepCachedUNet(unet, 2, lambda: (0, 10), DeepFeatureTap())   # not installed
+    with torch.no_grad(), pytest.raises(RuntimeError, match="install_deep_tap"):
+        cached(**_inputs(unet))
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +170,8 @@ def test_jobs_run_the_deep_blocks_every_nth_step_only(tiny, interval):
     # the shared pipelines keep the plain UNet
     assert type(store.pipeline("txt2img").unet) is UNet2DConditionModel
     assert store.pipeline("txt2img").unet is unet
+    # and no deep features are held once a job is over
+    assert store.current.deep_tap is not None and store.current.deep_tap.last is None
 
 
 def test_cached_jobs_still_wrap_when_tiled(tiny):
@@ -174,7 +191,8 @@ def test_cached_jobs_still_wrap_when_tiled(tiny):
             return {}
 
         job_pipe = pipe.__class__.from_pipe(pipe)
-        job_pipe.unet = StepCachedUNet(pipe.unet, 2, lambda: (steps_done, job_pipe.num_timesteps))
+        job_pipe.unet = StepCachedUNet(pipe.unet, 2, lambda: (steps_done, job_pipe.num_timesteps),
+                                       store.current.deep_tap)
         with wrapped_convolutions([pipe.unet, pipe.vae], TileAxes(x=True, y=False)):
             images = job_pipe("a stone wall", latents=latents, num_inference_steps=4, width=width,
                               height=height, output_type="pt", callback_on_step_end=count).images

@@ -21,6 +21,7 @@ compiled in place (``nn.Module.compile``), so they stay the objects ``from_pipe`
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import importlib.util
 import inspect
@@ -310,18 +311,25 @@ def warm_up(pipe: DiffusionPipeline, accel: Acceleration, width: int, height: in
     user's job: one per batch size and tiling mode the daemon expects to serve
     (``tiling.tile_axes`` names). Returns the number of warm-up calls; 0 when nothing
     was compiled."""
-    # Warm-up runs the tiled variants a job will use, so it needs the pipeline layer's tiling.
+    # Warm-up runs the UNet as jobs do (the pipeline layer's per-job UNet view) and the
+    # tiled variants a job will use (its tiling).
+    from ..pipelines.job_unet import JobUNet
     from ..pipelines.tiling import tile_axes, wrapped_convolutions
 
     if not {COMPILE_UNET, COMPILE_VAE_DECODE} & set(accel.applied):
         return 0
+    # A copy of the pipeline that calls the UNet through a job's view of it, as jobs do.
+    warm = copy.copy(pipe)
+    if isinstance(getattr(pipe, "unet", None), nn.Module):
+        warm.unet = JobUNet(pipe.unet)
     calls = 0
     for tiling in tilings:
         for batch in batches:
             with wrapped_convolutions([getattr(pipe, "unet", None), getattr(pipe, "vae", None)],
                                       tile_axes(tiling)), torch.no_grad():
-                latents = pipe(prompt="", num_inference_steps=2, width=width, height=height,
-                               num_images_per_prompt=batch, output_type="latent").images
+                latents = warm(prompt="", num_inference_steps=2, width=width, height=height,
+                               guidance_scale=7.0, num_images_per_prompt=batch,
+                               output_type="latent").images
                 pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
             calls += 1
     return calls

@@ -48,6 +48,7 @@ from protocol.messages import ModelInfo
 from . import families
 from .accel import AccelOptions, Acceleration, accelerate_controlnet, apply_accel, warm_up
 from .catalog import list_models
+from .deep_tap import DeepFeatureTap, install_deep_tap
 from .device import device_memory, free_device_cache
 from .loader import conditioner_family, load_adapter, load_controlnet, prepare_pipeline
 from .sources import ModelSource, hf_cache_dir, resolve
@@ -75,6 +76,7 @@ class LoadedModel:
     device: str
     dtype: torch.dtype
     accel: Acceleration
+    deep_tap: Optional[DeepFeatureTap] = None   # what step caching reads (deep_tap.py)
     _variants: dict[tuple[str, Optional[ControlNetModel]], DiffusionPipeline] = field(
         default_factory=dict, repr=False)
     _released: bool = field(default=False, repr=False)
@@ -167,15 +169,19 @@ class ModelStore:
         pipe = prepared.load()
         accel = apply_accel(pipe, self.accel, model_name=name, device=self.device)
         pipe.set_progress_bar_config(disable=True)
+        deep_tap = None
         if hasattr(pipe, "unet"):
+            deep_tap = install_deep_tap(pipe.unet)   # before warm-up: part of every compiled graph
             # Compiled modules compile here rather than in the first user's job.
             side = native_side(pipe)
             warm_up(pipe, accel, side, side, tilings=("none", "both"))
+            deep_tap.clear()
         log.info("loaded %s (%s) on %s in %.1f s; levers %s (compile mode %s); skipped %s",
                  name, prepared.family, self.device, time.perf_counter() - started,
                  ", ".join(accel.applied) or "none", self.accel.compile_mode, accel.skipped or "none")
         self._current = LoadedModel(name=name, family=prepared.family, source=source, pipe=pipe,
-                                    device=self.device, dtype=self.dtype, accel=accel)
+                                    device=self.device, dtype=self.dtype, accel=accel,
+                                    deep_tap=deep_tap)
         return self._current
 
     def _require_current(self) -> LoadedModel:

@@ -8,7 +8,10 @@ so depth conditioning costs one small forward per job instead of one per step.
 diffusers' adapter pipelines cover txt2img only. The plain txt2img, img2img and inpaint
 pipelines do not pass adapter residuals, so ``adapter_residuals`` adds them to each UNet
 call through a forward pre-hook (torch's hook API) for the duration of one job's call;
-the worker runs one job at a time, and the hook is removed however the call ends.
+the worker runs one job at a time, and the hook is removed however the call ends. The
+generator hooks the job's view of the UNet (job_unet.py), not the shared, possibly
+compiled UNet: which steps are conditioned is then decided in Python, and a compiled UNet
+sees the residuals as one more input (one new graph, not one per step).
 
     guide = adapter_guide(adapter, control_tensor(near), unet, settings, axes)
     with adapter_residuals(unet, guide, position=lambda: (steps_done, pipe.num_timesteps)):

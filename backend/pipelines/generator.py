@@ -54,6 +54,7 @@ from .plan import SEED_RANGE, GenerationPlan, ModelTraits, plan_generation
 from .previews import LatentPalette, PreviewLayout, preview_due, scaled_box
 from .schedulers import make_scheduler
 from .seamless import roll_image
+from .job_unet import JobUNet
 from .step_cache import StepCachedUNet
 from .tiling import decode_wrapped, tile_axes, whole_image_vae, wrapped_convolutions
 
@@ -187,9 +188,15 @@ class DiffusionGenerator:
             """(steps done, steps in all), for what changes from step to step."""
             return steps_done, pipe.num_timesteps
 
+        # On this job's copy only: the shared pipeline keeps the plain UNet.
         if plan.request.cache_interval > 1:
-            # On this job's copy only: the shared pipeline keeps the plain UNet.
-            pipe.unet = StepCachedUNet(shared.unet, plan.request.cache_interval, position)
+            if model.deep_tap is None:
+                raise ProtocolError(ErrorCode.UNSUPPORTED, f"model {model.name} has no UNet to "
+                                    "cache steps of", field="job.cache_interval")
+            pipe.unet = StepCachedUNet(shared.unet, plan.request.cache_interval, position,
+                                       model.deep_tap)
+        else:
+            pipe.unet = JobUNet(shared.unet)
         layout = preview_layout(plan, model.pipe.vae_scale_factor)
         palette = LatentPalette.for_family(model.family)
         was_cancelled = False
@@ -208,9 +215,13 @@ class DiffusionGenerator:
                 was_cancelled = True
             return {}
 
-        with self._job_context(plan, pipe, call.adapter, position):
-            result = pipe(**call.kwargs, callback_on_step_end=on_step_end,
-                          callback_on_step_end_tensor_inputs=["latents"])
+        try:
+            with self._job_context(plan, pipe, call.adapter, position):
+                result = pipe(**call.kwargs, callback_on_step_end=on_step_end,
+                              callback_on_step_end_tensor_inputs=["latents"])
+        finally:
+            if model.deep_tap is not None:
+                model.deep_tap.clear()    # the last step's deep features: not kept between jobs
         if was_cancelled:
             raise JobCancelled()
         return result.images

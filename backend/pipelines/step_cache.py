@@ -10,8 +10,11 @@ uncached ones: a quality trade the user opts into per job (``GenerateRequest.cac
 
 ``StepCachedUNet`` wraps one job's UNet (the generator sets it on its per-job copy of the
 pipeline), so the pipelines call it as they would call the UNet, and the shared model is
-never changed. A full step is the UNet's own forward; a forward pre-hook on the last up
-block, there only during that call, keeps its input.
+never changed. A full step is the UNet's own forward; what entered the last up block comes
+from a ``DeepFeatureTap``, a forward pre-hook the store puts on that block once, when the
+model loads. Being there for every call and before the compile warm-up, it is part of the
+compiled graphs every job runs, so a cached job's full steps need no graph of their own
+(a hook added per job would make dynamo compile a new variant on first use).
 """
 
 from __future__ import annotations
@@ -21,49 +24,44 @@ from typing import Any, Callable, Optional
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-from torch import nn
+
+from ..models.deep_tap import DeepFeatureTap
+from .job_unet import JobUNet
 
 
-class StepCachedUNet(nn.Module):
-    """Quacks like the wrapped ``UNet2DConditionModel`` (attributes fall through to it);
-    ``forward`` runs the whole UNet on every ``interval``-th step and the shallow path on
-    the others. ``position`` says (steps done, steps in all) at the time of the call."""
+class StepCachedUNet(JobUNet):
+    """A ``JobUNet`` whose ``forward`` runs the whole UNet on every ``interval``-th step and
+    the shallow path on the others. ``position`` says (steps done, steps in all) at the
+    time of the call; ``tap`` is the ``DeepFeatureTap`` installed on ``unet``."""
 
     def __init__(self, unet: UNet2DConditionModel, interval: int,
-                 position: Callable[[], tuple[int, int]]):
-        super().__init__()
+                 position: Callable[[], tuple[int, int]], tap: DeepFeatureTap):
+        super().__init__(unet)
         if interval < 2:
             raise ValueError(f"a cache interval must be 2 or more to cache anything, got {interval}")
-        self.unet = unet
         self.interval = interval
         self._position = position
+        self._tap = tap
         self._deep: Optional[torch.Tensor] = None    # the last up block's input, last full step
         self.full_steps = 0                           # calls that ran the whole UNet
         self.cached_steps = 0                         # calls that reused the deep features
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["unet"], name)
-
-    def forward(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor,
-                **kwargs: Any) -> Any:
+    def forward(self, sample: torch.Tensor, timestep: Any,
+                encoder_hidden_states: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
         step, _ = self._position()
         cached = self._deep is not None and self._deep.shape[0] == sample.shape[0]
         if step % self.interval == 0 or not cached or _has_masks(kwargs):
             return self._full(sample, timestep, encoder_hidden_states, **kwargs)
         return self._shallow(sample, timestep, encoder_hidden_states, **kwargs)
 
-    def _full(self, *args: Any, **kwargs: Any) -> Any:
-        def keep(_module: nn.Module, _args: tuple, block_kwargs: dict) -> None:
-            self._deep = block_kwargs["hidden_states"]
-
-        handle = self.unet.up_blocks[-1].register_forward_pre_hook(keep, with_kwargs=True)
-        try:
-            out = self.unet(*args, **kwargs)
-        finally:
-            handle.remove()
+    def _full(self, sample: torch.Tensor, timestep: Any,
+              encoder_hidden_states: Optional[torch.Tensor], **kwargs: Any) -> Any:
+        self._tap.clear()
+        out = self.call_unet(sample, timestep, encoder_hidden_states, **kwargs)
+        if self._tap.last is None:
+            raise RuntimeError("the UNet's deep-feature tap saw no call: it is not installed "
+                               "on this UNet's last up block (install_deep_tap)")
+        self._deep = self._tap.last
         self.full_steps += 1
         return out
 

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 from protocol.client import AtelierClient, ClientError, default_url, make_upload, DEFAULT_PORT
 from protocol.errors import ProtocolError
-from protocol.events import JobDone, PreviewImage
+from protocol.events import JobDone
 from protocol.frames import ImageFrame, PixelFormat
 from protocol.messages import SCHEDULERS, TILINGS, Cancelled, DepthInput, GenerateRequest, Progress
 

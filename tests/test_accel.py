@@ -262,3 +262,21 @@ def test_compiled_unet_gives_the_plain_pixels_with_an_adapter_and_step_caching(a
         else:
             assert len(compiled) == before, job        # graphs compiled earlier
         assert np.abs(got - expected).max() <= 1, job        # 8-bit pixels: rounding at most
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])    # integer and float timesteps
+def test_the_jobs_view_of_the_unet_changes_no_pixel(plain, sampler):
+    """Jobs call the UNet through ``JobUNet`` (float32 timesteps of their own): exactly the
+    latents of calling the UNet itself."""
+    from backend.pipelines.schedulers import make_scheduler
+
+    pipe = copy.copy(plain.pipeline("txt2img"))
+
+    def latents() -> torch.Tensor:
+        pipe.scheduler = make_scheduler(sampler, plain.current.pipe.scheduler.config)
+        return pipe(PROMPT, height=SIZE, width=SIZE, num_inference_steps=3, output_type="latent",
+                    generator=torch.Generator().manual_seed(5)).images
+
+    direct = latents()
+    pipe.unet = JobUNet(plain.current.pipe.unet)
+    assert torch.equal(latents(), direct)

@@ -120,6 +120,12 @@ def test_attributes_fall_through_to_the_unet(atelier_home):
     cached = StepCachedUNet(unet, 3, lambda: (0, 1), tap)
     assert cached.config is unet.config and cached.dtype == unet.dtype
     assert cached.conv_in is unet.conv_in
+    # private state stays the UNet's own: accelerate looks for its offload hook this way
+    unet._hf_hook = object()
+    try:
+        assert not hasattr(cached, "_hf_hook")
+    finally:
+        del unet._hf_hook
     with pytest.raises(ValueError, match="2 or more"):
         StepCachedUNet(unet, 1, lambda: (0, 1), tap)
 

@@ -41,7 +41,7 @@ from protocol.messages import ControlSettings, GenerateRequest
 
 from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
-from ..models.accel import classifier_free_guidance
+from ..models.accel import COMPILE_UNET, classifier_free_guidance
 from ..models.families import SD2_DEPTH, T2I_ADAPTER
 from ..models.store import LoadedModel, ModelStore, native_side
 from .adapter import AdapterGuide, adapter_guide, adapter_residuals
@@ -195,8 +195,8 @@ class DiffusionGenerator:
                                     "cache steps of", field="job.cache_interval")
             pipe.unet = StepCachedUNet(shared.unet, plan.request.cache_interval, position,
                                        model.deep_tap)
-        else:
-            pipe.unet = JobUNet(shared.unet)
+        elif COMPILE_UNET in model.accel.applied:
+            pipe.unet = JobUNet(shared.unet)    # keeps per-job state out of the compiled graphs
         layout = preview_layout(plan, model.pipe.vae_scale_factor)
         palette = LatentPalette.for_family(model.family)
         was_cancelled = False

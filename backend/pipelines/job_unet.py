@@ -1,8 +1,8 @@
 """One job's view of the shared UNet: what the pipelines call instead of the model's UNet.
 
-The generator gives each job's copy of the pipeline a ``JobUNet`` around the shared
-(possibly compiled) UNet. Everything that varies per job and per step happens here, outside
-the compiled graphs, so dynamo never guards on it:
+Where the UNet is compiled, the generator gives each job's copy of the pipeline a
+``JobUNet`` around it. Everything that varies per job and per step then happens here,
+outside the compiled graphs, so dynamo never guards on it:
 
 - timesteps reach the UNet as float32 tensors of their own whatever the sampler (DDIM and DPM-Solver step on
   integers, Euler on floats), so every sampler runs the graph warmed up at load. The UNet
@@ -11,7 +11,9 @@ the compiled graphs, so dynamo never guards on it:
   is decided in Python rather than traced into the graph once per step;
 - step caching (step_cache.py) is a ``JobUNet`` that skips the deep blocks on some steps.
 
-Attributes other than ``forward`` fall through to the UNet (``config``, ``dtype``, ...).
+Public attributes fall through to the UNet (``config``, ``dtype``, ...); private ones do
+not, so code that probes modules for its own private state (accelerate's offload hooks,
+``_hf_hook``) sees the wrapper as a module of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class JobUNet(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name.startswith("_"):
+                raise
             return getattr(self._modules["unet"], name)
 
     def forward(self, sample: torch.Tensor, timestep: Any,

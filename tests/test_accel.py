@@ -280,3 +280,41 @@ def test_the_jobs_view_of_the_unet_changes_no_pixel(plain, sampler):
     direct = latents()
     pipe.unet = JobUNet(plain.current.pipe.unet)
     assert torch.equal(latents(), direct)
+
+
+def test_every_kind_of_job_runs_under_model_cpu_offload(atelier_home):
+    """``--low-memory``'s model CPU offload: diffusers' accelerate hooks on the shared
+    modules, which diffusers arms again on each job's copy of the pipeline after every call.
+    Every kind of job (step caching's UNet view included) runs under them and gives the
+    pixels it gives without. The execution device is the CPU here, so nothing moves, but
+    the hooks run as on a GPU."""
+    from backend.pipelines.generator import DiffusionGenerator
+    from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
+    from protocol.messages import ControlSettings, DepthInput, GenerateRequest
+
+    plain, low = _store(atelier_home), _store(atelier_home)
+    low.current.pipe.enable_model_cpu_offload(device="cpu")
+    assert low.current.pipe._all_hooks
+
+    def upload(fmt: PixelFormat, data: bytes) -> ImageFrame:
+        return ImageFrame(FrameKind.UPLOAD, fmt, 0, SIZE, SIZE, new_id(), data)
+
+    depth = upload(PixelFormat.FLOAT32, np.tile(np.linspace(0, 1, SIZE, dtype="<f4"), (SIZE, 1)).tobytes())
+    init = upload(PixelFormat.RGBA8, bytes([90, 120, 60, 255]) * SIZE * SIZE)
+    square = np.zeros((SIZE, SIZE), np.uint8)
+    square[16:48, 16:48] = 255
+    mask = upload(PixelFormat.GRAY8, square.tobytes())
+    uploads = {frame.id: frame for frame in (depth, init, mask)}
+    near = DepthInput(upload=depth.id, convention="normalized")
+    base = GenerateRequest(prompt=PROMPT, width=SIZE, height=SIZE, steps=4, seed=3, scheduler="euler")
+    jobs = [base, dataclasses.replace(base, cache_interval=2, tiling="both"),
+            dataclasses.replace(base, depth=near, control=ControlSettings(model="tiny-adapter")),
+            dataclasses.replace(base, depth=near),                           # the ControlNet
+            dataclasses.replace(base, kind="img2img", init_image=init.id, strength=0.6),
+            dataclasses.replace(base, kind="inpaint", init_image=init.id, mask=mask.id,
+                                cache_interval=2),
+            base]
+    for job in jobs:
+        images = [DiffusionGenerator(store).generate(job, uploads, lambda *a: None, lambda: False)
+                  .images[0].pixels.rgba for store in (low, plain)]
+        assert images[0] == images[1], job

@@ -47,6 +47,7 @@ from ..models.store import LoadedModel, ModelStore, native_side
 from .adapter import AdapterGuide, adapter_guide, adapter_residuals
 from .control import condition_on_depth
 from .depth import DepthEstimator, control_tensor, find_depth_model
+from .job_unet import JobUNet
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
 from .pixels import mask_to_tensor, resize, to_pixels
@@ -54,7 +55,6 @@ from .plan import SEED_RANGE, GenerationPlan, ModelTraits, plan_generation
 from .previews import LatentPalette, PreviewLayout, preview_due, scaled_box
 from .schedulers import make_scheduler
 from .seamless import roll_image
-from .job_unet import JobUNet
 from .step_cache import StepCachedUNet
 from .tiling import decode_wrapped, tile_axes, whole_image_vae, wrapped_convolutions
 

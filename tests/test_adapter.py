@@ -23,6 +23,7 @@ from backend.models.store import ModelStore
 from backend.pipelines.adapter import adapter_guide, adapter_residuals, residual_shapes
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.tiling import TileAxes, wrapped_convolutions
+from models_support import put_in_hf_cache
 from protocol.client import AtelierClient, make_upload
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.events import JobDone
@@ -302,18 +303,6 @@ def test_depth_controls_for_unknown_families_are_refused(atelier_home):
         ModelStore("cpu", torch.float32, atelier_home, [], depth_controls={"sd9": "x"})
 
 
-def _cache_as(store: ModelStore, hf_cache: Path, repo_id: str, local: str) -> None:
-    """Put the tiny conditioner ``local`` into ``hf_cache`` as if pulled as ``repo_id``."""
-    import shutil
-
-    from backend.models.sources import hf_repo_folder
-
-    repo = hf_repo_folder(repo_id, hf_cache)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text("0" * 40)
-    shutil.copytree(store.resolve(local).path, repo / "snapshots" / ("0" * 40))
-
-
 def test_default_depth_control_is_the_first_family_default_on_this_machine(atelier_home, tmp_path):
     """A model named by path (not the built-in tiny) uses the family's defaults: the
     ControlNet when it was pulled, else the T2I-Adapter, else a clear error saying how to
@@ -337,13 +326,13 @@ def test_default_depth_control_is_the_first_family_default_on_this_machine(ateli
         _run(generator, job, depth)                            # the job fails the same way
     assert err.value.field == "control.model"
 
-    _cache_as(store, cache, adapter, "tiny-adapter")
+    put_in_hf_cache(cache, adapter, store.resolve("tiny-adapter").path)
     assert store.default_depth_control() == adapter
     by_default = _image(_run(generator, job, depth))
     named = dataclasses.replace(job, control=ControlSettings(model="tiny-adapter"))
     assert np.array_equal(by_default, _image(_run(generator, named, depth)))
 
-    _cache_as(store, cache, controlnet, "tiny-controlnet")
+    put_in_hf_cache(cache, controlnet, store.resolve("tiny-controlnet").path)
     assert store.default_depth_control() == controlnet       # preferred once present
     store.depth_controls["sd15"] = adapter                     # the daemon's choice wins
     assert store.default_depth_control() == adapter

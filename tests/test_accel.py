@@ -318,3 +318,28 @@ def test_every_kind_of_job_runs_under_model_cpu_offload(atelier_home):
         images = [DiffusionGenerator(store).generate(job, uploads, lambda *a: None, lambda: False)
                   .images[0].pixels.rgba for store in (low, plain)]
         assert images[0] == images[1], job
+
+
+def test_fp16_jobs_decode_with_the_vae_graph_compiled_at_load(atelier_home):
+    """In fp16 (the GPU default) the SD VAE decodes in fp32 (``force_upcast``); the
+    warm-up decodes the way jobs do, so their first decode compiles nothing either."""
+    from backend.pipelines.generator import DiffusionGenerator
+    from protocol.messages import GenerateRequest
+
+    compiled: list[int] = []
+
+    def counting_backend(graph, example_inputs):
+        compiled.append(len(graph.graph.nodes))
+        return graph.forward
+
+    options = AccelOptions(compile_unet=True, compile_vae_decode=True,
+                           compile_backend=counting_backend)
+    store = ModelStore("cpu", torch.float16, atelier_home, [], accel=options)
+    assert store.load("tiny").pipe.vae.config.force_upcast
+    after_load = len(compiled)
+    assert after_load > 0
+    for tiling in ("none", "both"):
+        job = GenerateRequest(prompt=PROMPT, width=SIZE, height=SIZE, steps=2, seed=1, tiling=tiling)
+        out = DiffusionGenerator(store).generate(job, {}, lambda *a: None, lambda: False)
+        assert len(out.images) == 1
+    assert len(compiled) == after_load

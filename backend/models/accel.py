@@ -311,9 +311,11 @@ def warm_up(pipe: DiffusionPipeline, accel: Acceleration, width: int, height: in
     user's job: one per batch size and tiling mode the daemon expects to serve
     (``tiling.tile_axes`` names). Returns the number of warm-up calls; 0 when nothing
     was compiled."""
-    # Warm-up runs the UNet as jobs do (the pipeline layer's per-job UNet view) and the
+    # Warm-up runs the UNet and the VAE decoder as jobs do, so it uses the pipeline layer's
+    # per-job UNet view, its decode (which runs fp16 VAEs that need it in fp32) and the
     # tiled variants a job will use (its tiling).
     from ..pipelines.job_unet import JobUNet
+    from ..pipelines.latents import decode_rgb
     from ..pipelines.tiling import tile_axes, wrapped_convolutions
 
     if not {COMPILE_UNET, COMPILE_VAE_DECODE} & set(accel.applied):
@@ -330,7 +332,7 @@ def warm_up(pipe: DiffusionPipeline, accel: Acceleration, width: int, height: in
                 latents = warm(prompt="", num_inference_steps=2, width=width, height=height,
                                guidance_scale=7.0, num_images_per_prompt=batch,
                                output_type="latent").images
-                pipe.vae.decode(latents / pipe.vae.config.scaling_factor)
+                decode_rgb(pipe.vae, latents)
             calls += 1
     return calls
 

@@ -205,6 +205,11 @@ def test_serve_compile_choices_map_to_the_levers():
     graphs = AccelOptions.for_choice("cpu", "reduce-overhead")          # a mode: any device
     assert graphs.compile_unet and graphs.compile_vae_decode
     assert _compile_settings(graphs) == {"mode": "reduce-overhead", "backend": "inductor"}
+    # the VAE decoder, once per job, gets the mode without CUDA graphs
+    assert _compile_settings(graphs, graphs=False) == {"mode": "default", "backend": "inductor"}
+    autotuned = AccelOptions.for_choice("cuda", "max-autotune")
+    assert _compile_settings(autotuned, graphs=False)["mode"] == "max-autotune-no-cudagraphs"
+    assert _compile_settings(auto, graphs=False)["mode"] == "default"
     low = AccelOptions.for_choice("cuda", "max-autotune", low_memory=True)
     assert low.cpu_offload and not low.compile_unet                     # offload moves weights
     with pytest.raises(ValueError, match="compile_mode 'fastest'"):

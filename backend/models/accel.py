@@ -341,10 +341,20 @@ def _has_attention(module: nn.Module) -> bool:
     return bool(getattr(module, "attn_processors", None))
 
 
-def _compile_settings(options: AccelOptions) -> dict[str, Any]:
-    if options.compile_backend == "inductor":
-        return {"mode": options.compile_mode, "backend": options.compile_backend}
-    return {"backend": options.compile_backend}   # modes are inductor's
+# The same inductor mode without CUDA graphs, for the VAE decoder.
+_WITHOUT_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+
+
+def _compile_settings(options: AccelOptions, graphs: bool = True) -> dict[str, Any]:
+    """``torch.compile`` arguments. ``graphs=False`` drops CUDA graphs from the mode: the
+    VAE decoder runs once per job, where launch costs are nothing next to its arithmetic,
+    and its weights change dtype for every fp16 decode (``latents._full_precision``),
+    which would make CUDA graphs record again each job."""
+    if options.compile_backend != "inductor":
+        return {"backend": options.compile_backend}   # modes are inductor's
+    mode = options.compile_mode if graphs else _WITHOUT_GRAPHS.get(options.compile_mode,
+                                                                   options.compile_mode)
+    return {"mode": mode, "backend": options.compile_backend}
 
 
 def _compile(pipe: DiffusionPipeline, options: AccelOptions, applied: list[str],
@@ -368,5 +378,5 @@ def _compile(pipe: DiffusionPipeline, options: AccelOptions, applied: list[str],
         elif options.cpu_offload and CPU_OFFLOAD in applied:
             skipped[COMPILE_VAE_DECODE] = "not combined with CPU offload"
         else:
-            decoder.compile(**settings)
+            decoder.compile(**_compile_settings(options, graphs=False))
             applied.append(COMPILE_VAE_DECODE)

@@ -6,7 +6,8 @@ Torch-free, so the command line can offer them without importing torch.
   elsewhere.
 - ``off``: never compile (eager PyTorch; starts fastest, for debugging a broken toolchain).
 - an inductor mode: compile on any device with that mode. ``reduce-overhead`` adds CUDA
-  graphs, which remove the per-kernel launch cost that dominates small batches on fast GPUs;
+  graphs to the UNet (and ControlNet), which remove the per-kernel launch cost that dominates
+  small batches on fast GPUs; the VAE decoder gets the mode without graphs;
   ``max-autotune`` also searches matmul/conv kernels (a much longer first load).
 """
 

@@ -61,7 +61,9 @@ class StepCachedUNet(JobUNet):
         if self._tap.last is None:
             raise RuntimeError("the UNet's deep-feature tap saw no call: it is not installed "
                                "on this UNet's last up block (install_deep_tap)")
-        self._deep = self._tap.last
+        # A copy: under CUDA graphs (``--compile reduce-overhead``) the tapped tensor lives in
+        # the graphs' memory pool, which later calls may reuse before the cached steps read it.
+        self._deep = self._tap.last.clone()
         self.full_steps += 1
         return out
 

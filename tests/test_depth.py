@@ -133,6 +133,15 @@ def test_estimator_from_a_local_folder_gives_a_nearness_map(tmp_path):
     assert near.shape == (40, 56) and near.dtype == np.float32
     assert near.min() == 0.0 and near.max() == 1.0
 
+    # In the model's half precision (as on a GPU), waiting in CPU memory between estimates
+    # (low-memory mode): the same map within half precision's rounding.
+    half = DepthEstimator(folder, "cpu", torch.bfloat16, keep_on_device=False)
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    near_half = half.estimate(rgb)
+    assert near_half.dtype == np.float32
+    assert np.corrcoef(near.ravel(), near_half.ravel())[0, 1] > 0.98
+    assert {p.device.type for p in half.model.parameters()} == {"cpu"}
+
 
 # ------------------------------------------------------- through the generator
 

@@ -154,27 +154,40 @@ def find_depth_model(environ: Mapping[str, str], hf_cache: Optional[Path]) -> Pa
 
 
 class DepthEstimator:
-    """A transformers depth model (DPT, Depth Anything) loaded once from a local folder."""
+    """A transformers depth model (DPT, Depth Anything) loaded once from a local folder,
+    in ``dtype`` (half precision on a GPU halves its memory). With ``keep_on_device``
+    False (low-memory mode) it waits in CPU memory and visits ``device`` only while it
+    estimates."""
 
-    def __init__(self, folder: Path, device: str = "cpu"):
+    def __init__(self, folder: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 keep_on_device: bool = True):
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
         self.folder = Path(folder)
         self.device = device
+        self.dtype = dtype
+        self.keep_on_device = keep_on_device
         try:
             self.processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
-            self.model = AutoModelForDepthEstimation.from_pretrained(
-                str(folder), local_files_only=True).to(device).eval()
+            model = AutoModelForDepthEstimation.from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
                                 f"depth model {folder} does not load: {exc}",
                                 "job.depth.estimate") from exc
+        self.model = model.to(device=device if keep_on_device else "cpu", dtype=dtype).eval()
 
     def estimate(self, rgb: np.ndarray) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> nearness ``(H, W)``: these models predict relative inverse
         depth (near = large), stretched here to [0, 1]."""
         inputs = self.processor(images=rgb, return_tensors="pt").to(self.device)
-        with torch.no_grad():
-            predicted = self.model(**inputs).predicted_depth
+        pixels = inputs["pixel_values"].to(self.dtype)
+        if not self.keep_on_device:
+            self.model.to(self.device)
+        try:
+            with torch.no_grad():
+                predicted = self.model(pixel_values=pixels).predicted_depth
+        finally:
+            if not self.keep_on_device:
+                self.model.to("cpu")
         predicted = torch.nn.functional.interpolate(
             predicted[:, None].float(), size=rgb.shape[:2], mode="bicubic", align_corners=False)
         values = predicted[0, 0].cpu().numpy()

@@ -41,7 +41,7 @@ from protocol.messages import ControlSettings, GenerateRequest
 
 from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
-from ..models.accel import COMPILE_UNET, classifier_free_guidance
+from ..models.accel import COMPILE_UNET, CPU_OFFLOAD, classifier_free_guidance
 from ..models.families import SD2_DEPTH, T2I_ADAPTER
 from ..models.store import LoadedModel, ModelStore, native_side
 from .adapter import AdapterGuide, adapter_guide, adapter_residuals
@@ -137,7 +137,7 @@ class DiffusionGenerator:
         adapter.py)."""
         job = plan.request
         settings = job.control or ControlSettings()
-        near = work_region(plan, plan.depth if plan.depth is not None else self._estimate_depth(plan))
+        near = work_region(plan, plan.depth if plan.depth is not None else self._estimate_depth(plan, model))
         name = None
         if model.family != SD2_DEPTH:
             name = settings.model or self._store.default_depth_control()
@@ -152,11 +152,14 @@ class DiffusionGenerator:
         controlnet = self._store.controlnet(name) if conditioned.uses_controlnet and name else None
         return PipelineCall(conditioned.kind, conditioned.kwargs, controlnet)
 
-    def _estimate_depth(self, plan: GenerationPlan) -> np.ndarray:
+    def _estimate_depth(self, plan: GenerationPlan, model: LoadedModel) -> np.ndarray:
         assert plan.init is not None    # the plan refuses estimation without an init image
         if self._depth_estimator is None:
             folder = find_depth_model(os.environ, self._store.hf_cache)
-            self._depth_estimator = DepthEstimator(folder, self._store.device)
+            # In low-memory mode it leaves the GPU between estimates, as the model's parts do.
+            self._depth_estimator = DepthEstimator(
+                folder, self._store.device, model.dtype,
+                keep_on_device=CPU_OFFLOAD not in model.accel.applied)
         return self._depth_estimator.estimate(plan.init[..., :3])
 
     def _inpaint_inputs(self, plan: GenerationPlan, model: LoadedModel) -> dict[str, Any]:

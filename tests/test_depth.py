@@ -143,6 +143,25 @@ def test_estimator_from_a_local_folder_gives_a_nearness_map(tmp_path):
     assert {p.device.type for p in half.model.parameters()} == {"cpu"}
 
 
+def test_an_estimator_that_overflows_in_fp16_falls_back_to_fp32(tmp_path):
+    """A processor whose normalisation gives inputs beyond fp16's range (65504) makes the
+    fp16 run infinite; the estimator runs again in fp32, and stays there."""
+    from transformers import DPTImageProcessor
+
+    from backend.pipelines.depth import DepthEstimator
+    folder = _tiny_dpt(tmp_path / "dpt")
+    DPTImageProcessor(size={"height": 32, "width": 32},
+                      image_std=[1e-6] * 3).save_pretrained(folder)
+    rgb = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    estimator = DepthEstimator(folder, "cpu", torch.float16)
+    near = estimator.estimate(rgb)
+    assert np.isfinite(near).all() and near.min() == 0.0 and near.max() == 1.0
+    assert estimator.dtype == torch.float32
+    assert {p.dtype for p in estimator.model.parameters()} == {torch.float32}
+    # the weights were rounded to fp16 once: close to the fp32 estimator's map, not equal
+    np.testing.assert_allclose(near, DepthEstimator(folder).estimate(rgb), atol=2e-3)
+
+
 # ------------------------------------------------------- through the generator
 
 SIZE = 64

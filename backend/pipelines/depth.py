@@ -178,16 +178,13 @@ class DepthEstimator:
     def estimate(self, rgb: np.ndarray) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> nearness ``(H, W)``: these models predict relative inverse
         depth (near = large), stretched here to [0, 1]."""
-        inputs = self.processor(images=rgb, return_tensors="pt").to(self.device)
-        pixels = inputs["pixel_values"].to(self.dtype)
-        if not self.keep_on_device:
-            self.model.to(self.device)
-        try:
-            with torch.no_grad():
-                predicted = self.model(pixel_values=pixels).predicted_depth
-        finally:
-            if not self.keep_on_device:
-                self.model.to("cpu")
+        pixels = self.processor(images=rgb, return_tensors="pt")["pixel_values"]
+        predicted = self._predict(pixels)
+        if self.dtype == torch.float16 and not torch.isfinite(predicted).all():
+            # Some estimators overflow in fp16: from now on this one runs in fp32.
+            self.dtype = torch.float32
+            self.model.to(dtype=torch.float32)
+            predicted = self._predict(pixels)
         predicted = torch.nn.functional.interpolate(
             predicted[:, None].float(), size=rgb.shape[:2], mode="bicubic", align_corners=False)
         values = predicted[0, 0].cpu().numpy()
@@ -195,3 +192,13 @@ class DepthEstimator:
         if high <= low:
             return np.zeros(values.shape, np.float32)
         return ((values - low) / (high - low)).astype(np.float32)
+
+    def _predict(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not self.keep_on_device:
+            self.model.to(self.device)
+        try:
+            with torch.no_grad():
+                return self.model(pixel_values=pixels.to(self.device, self.dtype)).predicted_depth
+        finally:
+            if not self.keep_on_device:
+                self.model.to("cpu")

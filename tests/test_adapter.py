@@ -336,3 +336,25 @@ def test_default_depth_control_is_the_first_family_default_on_this_machine(ateli
     assert store.default_depth_control() == controlnet       # preferred once present
     store.depth_controls["sd15"] = adapter                     # the daemon's choice wins
     assert store.default_depth_control() == adapter
+
+
+def test_low_memory_sdxl_prefers_the_depth_adapter(atelier_home, tmp_path):
+    """SDXL's depth ControlNet and UNet do not fit an 8 GB card together: in low-memory
+    mode an SDXL model's default is the adapter when both are on the machine. SD1.5's
+    ControlNet fits, so it stays first there."""
+    from backend.models.accel import AccelOptions
+    from backend.models.store import DEFAULT_DEPTH_CONTROLS
+
+    cache = tmp_path / "hf"
+    for family, tiny in (("sdxl", "tiny-sdxl"), ("sd15", "tiny")):
+        controlnet, adapter = DEFAULT_DEPTH_CONTROLS[family]
+        for low_memory, expected in ((False, controlnet), (True, adapter if family == "sdxl" else controlnet)):
+            # the options of a daemon on a GPU (offload itself is skipped on this CPU)
+            store = ModelStore("cpu", torch.float32, atelier_home, [], hf_cache=cache,
+                               accel=AccelOptions.for_device("cuda", low_memory, compile=False))
+            if not (cache / ("models--" + adapter.replace("/", "--"))).exists():
+                put_in_hf_cache(cache, adapter, store.resolve(f"{tiny}-adapter").path)
+                put_in_hf_cache(cache, controlnet, store.resolve(f"{tiny}-controlnet").path)
+            store.load(str(store.resolve(tiny).path))
+            assert store.current.family == family
+            assert store.default_depth_control() == expected, (family, low_memory)

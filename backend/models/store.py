@@ -63,6 +63,10 @@ DEFAULT_DEPTH_CONTROLS = {
     families.SDXL: ("diffusers/controlnet-depth-sdxl-1.0",
                     "TencentARC/t2i-adapter-depth-midas-sdxl-1.0"),
 }
+# Families whose default depth ControlNet does not fit beside the UNet on an 8 GB card: in
+# low-memory mode their adapter comes first. (SDXL: ControlNet 2.5 GB + UNet 5.1 GB in
+# fp16, both on the GPU at every step; the adapter is 0.15 GB and runs once.)
+ADAPTER_FIRST_IN_LOW_MEMORY = frozenset({families.SDXL})
 TINY_DEFAULT_CONTROLNETS = {"tiny": "tiny-controlnet", "tiny-sdxl": "tiny-sdxl-controlnet"}
 
 
@@ -192,8 +196,9 @@ class ModelStore:
     def default_depth_control(self) -> str:
         """The depth ControlNet or T2I-Adapter the current model uses when a job names none:
         the daemon's choice for the family (``depth_controls``), else the first of the
-        family's defaults (``DEFAULT_DEPTH_CONTROLS``) that is on this machine. When none
-        is, the error says how to get one."""
+        family's defaults (``DEFAULT_DEPTH_CONTROLS``, the adapter first in low-memory mode
+        where ``ADAPTER_FIRST_IN_LOW_MEMORY``) that is on this machine. When none is, the
+        error says how to get one."""
         model = self._require_current()
         chosen = self.depth_controls.get(model.family) or TINY_DEFAULT_CONTROLNETS.get(model.name)
         if chosen:
@@ -203,10 +208,12 @@ class ModelStore:
             raise ProtocolError(ErrorCode.UNSUPPORTED,
                                 f"model {model.name} ({model.family}) has no depth ControlNet "
                                 f"or T2I-Adapter", field="control.model")
+        controlnet, adapter = candidates
+        if self.accel.cpu_offload and model.family in ADAPTER_FIRST_IN_LOW_MEMORY:
+            candidates = (adapter, controlnet)
         for name in candidates:
             if self._is_local(name):
                 return name
-        controlnet, adapter = candidates
         raise ProtocolError(
             ErrorCode.MODEL_NOT_FOUND,
             f"depth jobs on {model.family} models need a depth ControlNet or T2I-Adapter and "

@@ -49,8 +49,9 @@ def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",
     store = ModelStore(chosen, pick_dtype(chosen, dtype), home, models_dirs,
                        accel=AccelOptions.for_choice(chosen, compile, low_memory=low_memory),
                        depth_controls=depth_controls)
+    generator = DiffusionGenerator(store, config.limits)   # first: it warms up what loads
     store.load(model)
-    return Daemon(config, StoreService(store), DiffusionGenerator(store, config.limits))
+    return Daemon(config, StoreService(store), generator)
 
 
 def list_models(*, home: Path, models_dirs: list[Path]) -> list[ModelInfo]:

@@ -128,12 +128,12 @@ class AtelierRunner:
                  options: AccelOptions):
         self.device = device
         self.store = ModelStore(device, dtype, home, [], accel=options)
+        self.generator = DiffusionGenerator(self.store)   # before the load, which it warms up
         started = time.perf_counter()
         loaded = self.store.load(model)
         self.accel = loaded.accel
         synchronize(device)
         self.load_s = time.perf_counter() - started
-        self.generator = DiffusionGenerator(self.store)
 
     def __call__(self, job: GenerateRequest,
                  uploads: Mapping[str, ImageFrame] | None = None) -> CallTiming:

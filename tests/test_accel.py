@@ -18,7 +18,7 @@ from diffusers.models.attention_processor import Attention
 from backend.models.store import ModelStore
 from backend.models.accel import (CHANNELS_LAST, CPU_OFFLOAD, FUSE_QKV, PROMPT_CACHE, SDPA,
                                      VAE_TILING, AccelOptions, Acceleration,
-                                     accelerate_controlnet, apply_accel, warm_up)
+                                     accelerate_controlnet, apply_accel)
 from backend.pipelines.job_unet import JobUNet
 from backend.pipelines.tiling import tile_axes, wrapped_convolutions
 
@@ -102,18 +102,20 @@ def test_compiled_modules_warm_up_and_match_plain_as_tiling_switches(plain, atel
     # A counting backend (torch.compile's documented custom-backend hook) runs dynamo's
     # graph capture and guards, and shows when a graph is compiled; the GPU default
     # (inductor) changes the kernels, not the capture tested here.
+    from backend.pipelines.generator import DiffusionGenerator
+
     compiled: list[int] = []
 
     def counting_backend(graph, example_inputs):
         compiled.append(len(graph.graph.nodes))
         return graph.forward
 
-    store = _store(atelier_home)
     options = AccelOptions(fuse_qkv=True, compile_unet=True, compile_vae_decode=True,
                            compile_backend=counting_backend)
-    accel = apply_accel(store.current.pipe, options, model_name="tiny")
+    store = ModelStore("cpu", torch.float32, atelier_home, [], accel=options)
+    generator = DiffusionGenerator(store)
+    accel = store.load("tiny").accel                  # the load runs the warm-up jobs
     assert {"compile_unet", "compile_vae_decode"} <= set(accel.applied)
-    assert warm_up(store.current.pipe, accel, SIZE, SIZE, tilings=("none", "both")) == 2
     after_warm_up = len(compiled)
     assert after_warm_up > 0
     for tiling in ("none", "both", "none"):
@@ -121,8 +123,8 @@ def test_compiled_modules_warm_up_and_match_plain_as_tiling_switches(plain, atel
                                    _generate(plain, None, tiling, steps=2, batch=1),
                                    atol=TOLERANCE, rtol=0, err_msg=f"tiling={tiling}")
     assert len(compiled) == after_warm_up   # jobs reuse the graphs compiled at load
-    assert warm_up(plain.current.pipe, apply_accel(plain.current.pipe, AccelOptions.plain(),
-                                                   model_name="tiny"), SIZE, SIZE) == 0
+    assert generator.warm_up(store.current) == 2                  # untiled and tiled
+    assert DiffusionGenerator(plain).warm_up(plain.current) == 0   # nothing compiled
 
 
 def test_controlnet_levers_give_the_plain_pixels(plain, accelerated):
@@ -238,6 +240,7 @@ def test_compiled_unet_gives_the_plain_pixels_with_an_adapter_and_step_caching(a
 
     options = AccelOptions(fuse_qkv=True, compile_unet=True, compile_backend=counting_backend)
     fast = ModelStore("cpu", torch.float32, atelier_home, [], accel=options)
+    DiffusionGenerator(fast)          # serving the store, it warms up what the store loads
     fast.load("tiny")
     slow = ModelStore("cpu", torch.float32, atelier_home, [])
     slow.load("tiny")
@@ -340,6 +343,7 @@ def test_fp16_jobs_decode_with_the_vae_graph_compiled_at_load(atelier_home):
     options = AccelOptions(compile_unet=True, compile_vae_decode=True,
                            compile_backend=counting_backend)
     store = ModelStore("cpu", torch.float16, atelier_home, [], accel=options)
+    DiffusionGenerator(store)
     assert store.load("tiny").pipe.vae.config.force_upcast
     after_load = len(compiled)
     assert after_load > 0

@@ -23,7 +23,7 @@ from backend.pipelines.masks import prepare_mask
 from backend.pipelines.pixels import pixels_to_array
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
-from protocol.messages import SCHEDULERS, GenerateRequest
+from protocol.messages import SCHEDULERS, DepthInput, GenerateRequest
 
 SIZE = 64
 
@@ -209,9 +209,9 @@ def test_inpaint_with_a_soft_gray_mask_blends(generator):
 
 
 @pytest.fixture(scope="module")
-def inpaint_generator(atelier_home: Path, store: ModelStore, tmp_path_factory) -> DiffusionGenerator:
-    """The tiny model with a 9-channel (inpaint) UNet, saved as a diffusers folder and
-    loaded by path through the real loader, which sees an inpaint model."""
+def inpaint_folder(store: ModelStore, tmp_path_factory) -> Path:
+    """The tiny model with a 9-channel (inpaint) UNet, saved as a diffusers folder; the
+    real loader, given its path, sees an inpaint model."""
     folder = tmp_path_factory.mktemp("inpaint-model") / "tiny-inpaint"
     shutil.copytree(store.load("tiny").source.path, folder)
     config = json.loads((folder / "unet" / "config.json").read_text())
@@ -219,8 +219,13 @@ def inpaint_generator(atelier_home: Path, store: ModelStore, tmp_path_factory) -
     unet = UNet2DConditionModel.from_config({**config, "in_channels": 9})
     shutil.rmtree(folder / "unet")
     unet.save_pretrained(folder / "unet", safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def inpaint_generator(atelier_home: Path, inpaint_folder: Path) -> DiffusionGenerator:
     inpaint_store = _store(atelier_home)
-    model = inpaint_store.load(str(folder))
+    model = inpaint_store.load(str(inpaint_folder))
     assert model.family == "sd15_inpaint" and model.pipe.unet.config.in_channels == 9
     return DiffusionGenerator(inpaint_store)
 
@@ -239,6 +244,46 @@ def test_nine_channel_inpaint_model(inpaint_generator):
     with pytest.raises(ProtocolError) as info:
         run(inpaint_generator, txt2img())
     assert info.value.code == ErrorCode.UNSUPPORTED
+
+
+
+@pytest.mark.parametrize("which", ["inpaint", "tiny-depth"])
+def test_compiled_inpaint_and_depth_models_warm_up_with_jobs_of_their_kind(atelier_home,
+                                                                          inpaint_folder, which):
+    """An inpainting model and SD2-depth only run their own kind of job. A compiled one
+    warms up with such jobs at load (txt2img warm-up calls made their load fail), and a
+    user's job of that kind then compiles nothing new."""
+    from backend.models.accel import AccelOptions
+
+    compiled: list[int] = []
+
+    def counting_backend(graph, example_inputs):
+        compiled.append(len(graph.graph.nodes))
+        return graph.forward
+
+    options = AccelOptions(compile_unet=True, compile_vae_decode=True,
+                           compile_backend=counting_backend)
+    compiled_store = ModelStore("cpu", torch.float32, atelier_home, [],
+                                hf_cache=atelier_home / "no-hf-cache", accel=options)
+    generator = DiffusionGenerator(compiled_store)
+    model = compiled_store.load(str(inpaint_folder) if which == "inpaint" else which)
+    assert model.family == ("sd15_inpaint" if which == "inpaint" else "sd2_depth")
+    after_load = len(compiled)
+    assert after_load > 0
+    init = upload_rgba(seed=4)
+    if which == "inpaint":
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        mask[8:40, 8:56] = 255
+        mask_frame = upload_mask(mask)
+        job = txt2img(kind="inpaint", init_image=init.id, mask=mask_frame.id, strength=1.0)
+        uploads = (init, mask_frame)
+    else:
+        depth = ImageFrame(FrameKind.UPLOAD, PixelFormat.GRAY8, 0, SIZE, SIZE, new_id(),
+                           bytes(range(SIZE)) * SIZE)
+        job = txt2img(depth=DepthInput(upload=depth.id, convention="normalized"))
+        uploads = (depth,)
+    assert len(run(generator, job, *uploads).images) == 1
+    assert len(compiled) == after_load
 
 
 # ------------------------------------------------------------------ progress, previews, cancel

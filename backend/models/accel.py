@@ -21,7 +21,6 @@ compiled in place (``nn.Module.compile``), so they stay the objects ``from_pipe`
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
 import importlib.util
 import inspect
@@ -303,38 +302,6 @@ def classifier_free_guidance(pipe: DiffusionPipeline, guidance_scale: float) -> 
     unet = getattr(pipe, "unet", None)
     distilled = unet is not None and getattr(unet.config, "time_cond_proj_dim", None) is not None
     return guidance_scale > 1 and not distilled
-
-
-def warm_up(pipe: DiffusionPipeline, accel: Acceleration, width: int, height: int,
-            batches: tuple[int, ...] = (1,), tilings: tuple[str, ...] = ("none",)) -> int:
-    """Run two-step jobs so compiled modules compile at model load, not in the first
-    user's job: one per batch size and tiling mode the daemon expects to serve
-    (``tiling.tile_axes`` names). Returns the number of warm-up calls; 0 when nothing
-    was compiled."""
-    # Warm-up runs the UNet and the VAE decoder as jobs do, so it uses the pipeline layer's
-    # per-job UNet view, its decode (which runs fp16 VAEs that need it in fp32) and the
-    # tiled variants a job will use (its tiling).
-    from ..pipelines.job_unet import JobUNet
-    from ..pipelines.latents import decode_rgb
-    from ..pipelines.tiling import tile_axes, wrapped_convolutions
-
-    if not {COMPILE_UNET, COMPILE_VAE_DECODE} & set(accel.applied):
-        return 0
-    # A copy of the pipeline that calls the UNet through a job's view of it, as jobs do.
-    warm = copy.copy(pipe)
-    if isinstance(getattr(pipe, "unet", None), nn.Module):
-        warm.unet = JobUNet(pipe.unet)
-    calls = 0
-    for tiling in tilings:
-        for batch in batches:
-            with wrapped_convolutions([getattr(pipe, "unet", None), getattr(pipe, "vae", None)],
-                                      tile_axes(tiling)), torch.no_grad():
-                latents = warm(prompt="", num_inference_steps=2, width=width, height=height,
-                               guidance_scale=7.0, num_images_per_prompt=batch,
-                               output_type="latent").images
-                decode_rgb(pipe.vae, latents)
-            calls += 1
-    return calls
 
 
 def _has_attention(module: nn.Module) -> bool:

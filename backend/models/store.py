@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
@@ -46,7 +46,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ModelInfo
 
 from . import families
-from .accel import AccelOptions, Acceleration, accelerate_controlnet, apply_accel, warm_up
+from .accel import AccelOptions, Acceleration, accelerate_controlnet, apply_accel
 from .catalog import list_models
 from .deep_tap import DeepFeatureTap, install_deep_tap
 from .device import device_memory, free_device_cache
@@ -150,6 +150,9 @@ class ModelStore:
         self.depth_controls = dict(depth_controls or {})
         self._controlnets: dict[str, ControlNetModel] = {}
         self._adapters: dict[str, T2IAdapter] = {}
+        # Run on each newly loaded model before ``load`` returns; the generator serving this
+        # store sets it to run its warm-up jobs (``DiffusionGenerator.warm_up``).
+        self.warm_up: Optional[Callable[[LoadedModel], object]] = None
 
     @property
     def current(self) -> Optional[LoadedModel]:
@@ -173,19 +176,21 @@ class ModelStore:
         pipe = prepared.load()
         accel = apply_accel(pipe, self.accel, model_name=name, device=self.device)
         pipe.set_progress_bar_config(disable=True)
-        deep_tap = None
-        if hasattr(pipe, "unet"):
-            deep_tap = install_deep_tap(pipe.unet)   # before warm-up: part of every compiled graph
-            # Compiled modules compile here rather than in the first user's job.
-            side = native_side(pipe)
-            warm_up(pipe, accel, side, side, tilings=("none", "both"))
-            deep_tap.clear()
-        log.info("loaded %s (%s) on %s in %.1f s; levers %s (compile mode %s); skipped %s",
-                 name, prepared.family, self.device, time.perf_counter() - started,
-                 ", ".join(accel.applied) or "none", self.accel.compile_mode, accel.skipped or "none")
+        # Before warm-up, so that it is part of every compiled graph.
+        deep_tap = install_deep_tap(pipe.unet) if hasattr(pipe, "unet") else None
         self._current = LoadedModel(name=name, family=prepared.family, source=source, pipe=pipe,
                                     device=self.device, dtype=self.dtype, accel=accel,
                                     deep_tap=deep_tap)
+        if self.warm_up is not None:
+            # Compiled modules compile here rather than in the first user's job.
+            try:
+                self.warm_up(self._current)
+            except BaseException:
+                self.release()
+                raise
+        log.info("loaded %s (%s) on %s in %.1f s; levers %s (compile mode %s); skipped %s",
+                 name, prepared.family, self.device, time.perf_counter() - started,
+                 ", ".join(accel.applied) or "none", self.accel.compile_mode, accel.skipped or "none")
         return self._current
 
     def _require_current(self) -> LoadedModel:

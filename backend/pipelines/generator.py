@@ -41,7 +41,7 @@ from protocol.messages import ControlSettings, GenerateRequest
 
 from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
-from ..models.accel import COMPILE_UNET, CPU_OFFLOAD, classifier_free_guidance
+from ..models.accel import COMPILE_UNET, COMPILE_VAE_DECODE, CPU_OFFLOAD, classifier_free_guidance
 from ..models.families import SD2_DEPTH, T2I_ADAPTER
 from ..models.store import LoadedModel, ModelStore, native_side
 from .adapter import AdapterGuide, adapter_guide, adapter_residuals
@@ -57,6 +57,7 @@ from .schedulers import make_scheduler
 from .seamless import roll_image
 from .step_cache import StepCachedUNet
 from .tiling import decode_wrapped, tile_axes, whole_image_vae, wrapped_convolutions
+from .warm_up import warm_up_jobs
 
 
 @dataclass
@@ -75,6 +76,18 @@ class DiffusionGenerator:
         self._store = store
         self._limits = limits
         self._depth_estimator: Optional[DepthEstimator] = None   # loaded on first use
+        store.warm_up = self.warm_up     # models loaded from now on warm up through our jobs
+
+    def warm_up(self, model: LoadedModel) -> int:
+        """Run ``model``'s warm-up jobs (warm_up.py) when it has compiled modules, so they
+        compile now and not in the first user's job. Returns how many jobs ran."""
+        if not {COMPILE_UNET, COMPILE_VAE_DECODE} & set(model.accel.applied):
+            return 0
+        side = min(native_side(model.pipe), self._limits.max_side) // 64 * 64
+        jobs = warm_up_jobs(model.family, side)
+        for job, uploads in jobs:
+            self.generate(job, uploads, lambda *_: None, lambda: False)
+        return len(jobs)
 
     def generate(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                  progress: ProgressSink, cancelled: Callable[[], bool]) -> GenerationOutput:

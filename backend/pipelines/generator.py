@@ -16,6 +16,9 @@ One job goes through four steps, each in one place:
 4. ``_finish`` decodes the latents and, for inpainting, pastes the crop back into the init
    image through the feathered mask.
 
+A generator also warms up each model its store loads (``warm_up``, warm_up.py): where
+modules are compiled, it runs two-step jobs of the model's kind through these same steps.
+
 Batches run as one pipeline call with one ``torch.Generator`` per image, seeded
 ``seed + i`` on the CPU: image i of a batch is image 0 of a job with seed ``seed + i``, and
 the noise is the same on every device.

@@ -21,6 +21,7 @@ from backend.models.accel import (CHANNELS_LAST, CPU_OFFLOAD, FUSE_QKV, PROMPT_C
                                      accelerate_controlnet, apply_accel)
 from backend.pipelines.job_unet import JobUNet
 from backend.pipelines.tiling import tile_axes, wrapped_convolutions
+from models_support import CompileCounter
 
 TOLERANCE = 1e-4          # on pixels in [0, 1]; the levers reorder float sums, nothing more
 SIZE, STEPS, BATCH = 64, 3, 2
@@ -99,19 +100,11 @@ def test_other_pipeline_kinds_share_the_levers(plain, accelerated):
 
 
 def test_compiled_modules_warm_up_and_match_plain_as_tiling_switches(plain, atelier_home):
-    # A counting backend (torch.compile's documented custom-backend hook) runs dynamo's
-    # graph capture and guards, and shows when a graph is compiled; the GPU default
-    # (inductor) changes the kernels, not the capture tested here.
     from backend.pipelines.generator import DiffusionGenerator
 
-    compiled: list[int] = []
-
-    def counting_backend(graph, example_inputs):
-        compiled.append(len(graph.graph.nodes))
-        return graph.forward
-
+    compiled = CompileCounter()      # dynamo's capture and guards; shows each compile
     options = AccelOptions(fuse_qkv=True, compile_unet=True, compile_vae_decode=True,
-                           compile_backend=counting_backend)
+                           compile_backend=compiled)
     store = ModelStore("cpu", torch.float32, atelier_home, [], accel=options)
     generator = DiffusionGenerator(store)
     accel = store.load("tiny").accel                  # the load runs the warm-up jobs
@@ -232,13 +225,8 @@ def test_compiled_unet_gives_the_plain_pixels_with_an_adapter_and_step_caching(a
     from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
     from protocol.messages import ControlSettings, DepthInput, GenerateRequest
 
-    compiled: list[int] = []
-
-    def counting_backend(graph, example_inputs):
-        compiled.append(len(graph.graph.nodes))
-        return graph.forward
-
-    options = AccelOptions(fuse_qkv=True, compile_unet=True, compile_backend=counting_backend)
+    compiled = CompileCounter()
+    options = AccelOptions(fuse_qkv=True, compile_unet=True, compile_backend=compiled)
     fast = ModelStore("cpu", torch.float32, atelier_home, [], accel=options)
     DiffusionGenerator(fast)          # serving the store, it warms up what the store loads
     fast.load("tiny")
@@ -334,14 +322,9 @@ def test_fp16_jobs_decode_with_the_vae_graph_compiled_at_load(atelier_home):
     from backend.pipelines.generator import DiffusionGenerator
     from protocol.messages import GenerateRequest
 
-    compiled: list[int] = []
-
-    def counting_backend(graph, example_inputs):
-        compiled.append(len(graph.graph.nodes))
-        return graph.forward
-
+    compiled = CompileCounter()
     options = AccelOptions(compile_unet=True, compile_vae_decode=True,
-                           compile_backend=counting_backend)
+                           compile_backend=compiled)
     store = ModelStore("cpu", torch.float16, atelier_home, [], accel=options)
     DiffusionGenerator(store)
     assert store.load("tiny").pipe.vae.config.force_upcast

@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from protocol import (ErrorCode, FrameKind, ImageFrame, JobDone, PixelFormat, PreviewImage,
-                      ProtocolError, decode_frame, encode_frame, encode_message, new_id)
+                      ProtocolError, encode_frame, encode_message, new_id)
 from protocol.client import AtelierClient, ClientError, make_upload
 from protocol.events import Connected, Disconnected
 from protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, Hello, Models,

@@ -21,6 +21,7 @@ from backend.models.store import ModelStore
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.masks import prepare_mask
 from backend.pipelines.pixels import pixels_to_array
+from models_support import CompileCounter
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
 from protocol.messages import SCHEDULERS, DepthInput, GenerateRequest
@@ -255,14 +256,9 @@ def test_compiled_inpaint_and_depth_models_warm_up_with_jobs_of_their_kind(ateli
     user's job of that kind then compiles nothing new."""
     from backend.models.accel import AccelOptions
 
-    compiled: list[int] = []
-
-    def counting_backend(graph, example_inputs):
-        compiled.append(len(graph.graph.nodes))
-        return graph.forward
-
+    compiled = CompileCounter()
     options = AccelOptions(compile_unet=True, compile_vae_decode=True,
-                           compile_backend=counting_backend)
+                           compile_backend=compiled)
     compiled_store = ModelStore("cpu", torch.float32, atelier_home, [],
                                 hf_cache=atelier_home / "no-hf-cache", accel=options)
     generator = DiffusionGenerator(compiled_store)

@@ -1,5 +1,6 @@
 """Helpers shared by the model-layer tests: a fake Hugging Face cache layout, a
-header-only checkpoint writer and a loopback stand-in for the hub (fake_hub.py)."""
+header-only checkpoint writer, a compile backend that counts graphs and a loopback
+stand-in for the hub (fake_hub.py)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,20 @@ def write_shaped_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]]) -> P
     code that reads only the header, at a few bytes per tensor where shapes are small."""
     save_file({name: torch.zeros(shape) for name, shape in shapes.items()}, str(path))
     return path
+
+
+class CompileCounter:
+    """A ``torch.compile`` backend (the documented custom-backend hook) that runs dynamo's
+    graph capture and guards and counts the graphs it is handed; they run uncompiled. The
+    GPU default (inductor) changes the kernels, not the capture and guards tested with it.
+    ``len()`` is the number of graphs compiled so far."""
+
+    def __init__(self) -> None:
+        self.graphs: list[int] = []     # node count of each graph
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        self.graphs.append(len(graph.graph.nodes))
+        return graph.forward
+
+    def __len__(self) -> int:
+        return len(self.graphs)

@@ -117,32 +117,30 @@ class _WrapHandPadding:
         return (x, *rest)
 
 
-def _hand_padded_convs(modules: Iterable[Optional[nn.Module]]) -> list[nn.Conv2d]:
-    """The convs of downsamplers that pad their input themselves before an unpadded conv."""
-    found: dict[int, nn.Conv2d] = {}
+def _submodules(modules: Iterable[Optional[nn.Module]]) -> Iterator[nn.Module]:
+    """Every module under ``modules`` once (shared ones too), skipping None entries."""
+    seen: set[int] = set()
     for root in modules:
         if root is None:
             continue
         for module in root.modules():
-            if isinstance(module, Downsample2D) and module.use_conv and module.padding == 0 \
-                    and isinstance(module.conv, nn.Conv2d):
-                found.setdefault(id(module.conv), module.conv)
-    return list(found.values())
+            if id(module) not in seen:
+                seen.add(id(module))
+                yield module
+
+
+def _hand_padded_convs(modules: Iterable[Optional[nn.Module]]) -> list[nn.Conv2d]:
+    """The convs of downsamplers that pad their input themselves before an unpadded conv."""
+    return [module.conv for module in _submodules(modules)
+            if isinstance(module, Downsample2D) and module.use_conv and module.padding == 0
+            and isinstance(module.conv, nn.Conv2d)]
 
 
 def _padded_convs(modules: Iterable[Optional[nn.Module]]) -> list[nn.Conv2d]:
-    seen: set[int] = set()
-    convs = []
-    for root in modules:
-        if root is None:
-            continue
-        for module in root.modules():
-            # Convs with another padding_mode pad on their own; they are left as they are.
-            if (isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
-                    and any(_explicit_padding(module)) and id(module) not in seen):
-                seen.add(id(module))
-                convs.append(module)
-    return convs
+    # Convs with another padding_mode pad on their own; they are left as they are.
+    return [module for module in _submodules(modules)
+            if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros"
+            and any(_explicit_padding(module))]
 
 
 @contextlib.contextmanager

@@ -21,11 +21,20 @@ class ErrorCode:
     OUT_OF_MEMORY = "out_of_memory"
     JOB_FAILED = "job_failed"
     UNSUPPORTED = "unsupported"          # the loaded model or server cannot do this
+    JOB_FINISHED = "job_finished"        # cancel of a job that already ended: nothing to stop
+    SHUTTING_DOWN = "shutting_down"      # the daemon is stopping: a queued job will not run
     INTERNAL = "internal"
 
     ALL = frozenset(
         v for k, v in vars().items() if k.isupper() and isinstance(v, str)
     )
+
+
+class CloseCode:
+    """Websocket close codes the daemon uses (besides the standard ones websockets sends,
+    such as 1009 for a message over ``limits.max_message_bytes``)."""
+    GOING_AWAY = 1001        # the daemon shuts down
+    OUTBOX_FULL = 4001       # the client did not read: its unsent data passed max_outbox_bytes
 
 
 class ProtocolError(Exception):

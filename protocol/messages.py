@@ -24,6 +24,8 @@ DepthConvention = Literal["distance", "normalized"]
 SCHEDULERS: tuple[str, ...] = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm")
 TILINGS: tuple[str, ...] = ("none", "x", "y", "both")
 CACHE_INTERVAL_MAX = 10     # GenerateRequest.cache_interval: the whole UNet at least every 10th step
+MODEL_NAME_MAX = 1024       # characters of a model name (job.model, control.model, load_model)
+CLIENT_KEY_LENGTH = 32      # hex digits of the secret that proves who owns a job
 
 
 # ---------------------------------------------------------------- requests
@@ -48,7 +50,8 @@ class DepthInput:
 @dataclass(frozen=True)
 class ControlSettings:
     """Which depth model conditions the job and how strongly."""
-    model: Optional[str] = None     # ControlNet or T2I-Adapter id/path; None = the daemon's choice
+    # ControlNet or T2I-Adapter id/path; None = the daemon's choice
+    model: Optional[str] = spec(None, max_len=MODEL_NAME_MAX)
     scale: float = spec(1.0, min=0.0, max=2.0)
     start: float = spec(0.0, min=0.0, max=1.0)
     end: float = spec(1.0, min=0.0, max=1.0)
@@ -60,7 +63,7 @@ class GenerateRequest:
     kind: JobKind = "txt2img"
     prompt: str = spec("", max_len=4000)
     negative_prompt: str = spec("", max_len=4000)
-    model: Optional[str] = None          # None = the daemon's current model
+    model: Optional[str] = spec(None, max_len=MODEL_NAME_MAX)   # None = the daemon's default model
     width: int = spec(512, min=8)
     height: int = spec(512, min=8)
     steps: int = spec(20, min=1)
@@ -89,9 +92,12 @@ class GenerateRequest:
 
 @dataclass(frozen=True)
 class Hello:
+    """``client_key``: the key a previous ``welcome`` gave this client, to own its jobs again
+    after a reconnect (or a daemon restart); absent = a new identity."""
     type: ClassVar[str] = "hello"
     protocol: int
     client: str = spec("", max_len=200)
+    client_key: Optional[str] = spec(None, max_len=CLIENT_KEY_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,7 @@ class ListModels:
 @dataclass(frozen=True)
 class LoadModel:
     type: ClassVar[str] = "load_model"
-    model: str = spec(max_len=4096)
+    model: str = spec(max_len=MODEL_NAME_MAX)
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,11 @@ class Limits:
     max_batch: int
     max_steps: int
     max_queue: int
-    max_uploads: int         # pending uploads per connection
+    max_uploads: int         # uploads waiting for a submit, per connection
+    max_upload_bytes: int = 0        # bytes of one client's uploads: waiting ones + queued jobs'
+    max_total_upload_bytes: int = 0  # the same, all clients together
+    max_connections: int = 0         # open websocket connections; more get HTTP 503
+    max_outbox_bytes: int = 0        # unsent bytes to one connection before it is closed
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,7 @@ class Welcome:
     device: str
     model: Optional[str]
     limits: Limits
+    client_key: Optional[str] = None   # send it in ``hello`` when reconnecting
 
 
 @dataclass(frozen=True)
@@ -229,10 +240,18 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ModelProblem:
+    """Something in a model folder that looks like a model but cannot be read as one."""
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Models:
     type: ClassVar[str] = "models"
     models: list[ModelInfo]
     current: Optional[str] = None
+    problems: list[ModelProblem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -244,14 +263,23 @@ class ModelLoaded:
 
 
 @dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+@dataclass(frozen=True)
 class Status:
+    """Other clients' jobs show only as counts: ``queue_length`` and ``busy``."""
     type: ClassVar[str] = "status"
-    queue_length: int
-    running: Optional[str]
+    queue_length: int              # queued jobs of all clients
+    running: Optional[str]         # the running job's id when it is this client's
     device: str
     model: Optional[str]
     memory_allocated: int = 0   # bytes on the device, 0 where unknown
     memory_total: int = 0
+    busy: bool = False             # a job (anyone's) is running
+    jobs: list[JobStatus] = field(default_factory=list)   # this client's jobs the daemon knows
 
 
 CLIENT_MESSAGES = (Hello, Submit, Cancel, Fetch, ListModels, LoadModel, GetStatus)

@@ -24,6 +24,8 @@ class StoreService:
         self.device = store.device
 
     def current_name(self) -> Optional[str]:
+        """The default model: what a job naming no model runs on (jobs that name one
+        leave it as it is)."""
         current = self.store.current
         return current.name if current else None
 
@@ -36,6 +38,10 @@ class StoreService:
 
     def memory(self) -> tuple[int, int]:
         return self.store.memory()
+
+    def after_out_of_memory(self) -> None:
+        """For the job layer to call, on the worker, after a job ran out of device memory."""
+        self.store.after_out_of_memory()
 
 
 def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",

@@ -1,52 +1,72 @@
-"""The model layer's front door: which model is loaded, and pipelines built on it.
+"""The model layer's front door: which models are loaded, and pipelines built on them.
 
 Public API (everything the job and pipeline layers need):
 
     store = ModelStore(device="cpu", dtype=torch.float32, home=atelier_home(),
-                       search_dirs=[Path("~/sd/models/Stable-diffusion")], hf_cache=None)
-    model = store.load("tiny")        # LoadedModel; loading the current name again is free
-    store.current                      # LoadedModel | None
-    pipe = store.pipeline("img2img")   # kind: "txt2img" | "img2img" | "inpaint" | "depth"
+                       search_dirs=[Path("~/sd/models/Stable-diffusion")], hf_cache=None,
+                       resident_bytes=8 * 1024**3)   # what parked models may hold, see below
+    model = store.load("tiny")         # LoadedModel, now the default and the active model;
+    #                                    loading the default again is free
+    model = store.use("tiny-sdxl")     # the active model for one job; the default stays
+    model = store.use_default()        # the default made active again (a job naming none)
+    store.current                      # the default LoadedModel | None (what status reports)
+    store.active                       # the LoadedModel on the device | None
+    store.resident()                   # names of the resident models, least recent first
+    store.weight_loads                 # how many times model weights were read from disk
+    pipe = store.pipeline("img2img")   # the active model's; kind: "txt2img" | "img2img" |
+    #                                    "inpaint" | "depth"
     pipe = store.pipeline("txt2img", controlnet=None)   # None: no ControlNet;
     #   a name (HF id, folder, .safetensors, "tiny-controlnet") -> ControlNet pipeline;
     #   store.default_depth_control() names what a depth job uses when it names none
-    cn = store.controlnet("tiny-controlnet")            # ControlNetModel, cached by name
+    cn = store.controlnet("tiny-controlnet")            # ControlNetModel, cached per model
     store.conditioner_family("tiny-adapter")            # "controlnet" | "t2i_adapter"
-    adapter = store.adapter("tiny-adapter")             # T2IAdapter, cached by name
+    adapter = store.adapter("tiny-adapter")             # T2IAdapter, cached per model
     store.available()                  # list[protocol.messages.ModelInfo]
     store.memory()                     # (allocated, total) bytes on the device
-    store.release()                    # drop the current model, its ControlNets and adapters
+    store.after_out_of_memory()        # after a job ran out of memory: free the cache
+    store.release()                    # release every model, its ControlNets and adapters
 
     model.name, model.family, model.source, model.pipe (the base pipeline),
-    model.device, model.dtype, model.pipeline(kind, controlnet_model=None), model.release()
+    model.device, model.dtype, model.pipeline(kind, controlnet_model=None),
+    model.controlnets, model.adapters, model.nbytes(), model.released, model.release()
+
+Loading and switching: ``load``/``use`` read a new model's weights onto the CPU while the
+active model still serves, and only then park that one and place the new one on the
+device; a model that fails to load (``model_load_failed``, naming it) leaves the previous
+one serving. Recently used models stay resident, parked in CPU RAM (on the CPU simply
+kept), so switching back reads nothing; beyond ``resident_bytes`` (parameter and buffer
+bytes, the active model included) the least recently used are released. The active one
+always stays; in low-memory mode (CPU offload) it is the only one kept.
 
 Pipelines of every kind share the base pipeline's component objects (``from_pipe``), so
 switching kinds costs no load and no memory. Model names are resolved by
 ``sources.resolve`` (built-in tiny models, paths, files in ``search_dirs``, Hugging Face
 ids in the local cache) and never reach the network.
 
-Threading: call ``load``/``pipeline``/``controlnet``/``release`` from the one worker
-thread that owns the device; ``available`` only reads the disk and is safe anywhere.
+Threading: call ``load``/``use``/``use_default``/``pipeline``/``controlnet``/``release``
+from the one worker thread that owns the device; ``available`` only reads the disk and is
+safe anywhere.
 """
-
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, TypeVar
 
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
+from torch import nn
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ModelInfo
 
 from . import families
-from .accel import AccelOptions, Acceleration, accelerate_controlnet, apply_accel
+from .accel import CPU_OFFLOAD, AccelOptions, Acceleration, accelerate_controlnet, apply_accel
 from .catalog import list_models
 from .deep_tap import DeepFeatureTap, install_deep_tap
 from .device import device_memory, free_device_cache
@@ -81,6 +101,10 @@ class LoadedModel:
     dtype: torch.dtype
     accel: Acceleration
     deep_tap: Optional[DeepFeatureTap] = None   # what step caching reads (deep_tap.py)
+    # The ControlNets and T2I-Adapters loaded for this model, by name: each was checked
+    # against this model's UNet, and each moves with it (parked, on the device, released).
+    controlnets: dict[str, ControlNetModel] = field(default_factory=dict, repr=False)
+    adapters: dict[str, T2IAdapter] = field(default_factory=dict, repr=False)
     _variants: dict[tuple[str, Optional[ControlNetModel]], DiffusionPipeline] = field(
         default_factory=dict, repr=False)
     _released: bool = field(default=False, repr=False)
@@ -113,9 +137,43 @@ class LoadedModel:
         self._variants[key] = pipe
         return pipe
 
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    @property
+    def offloaded(self) -> bool:
+        """Whether diffusers' model CPU offload hooks place this model's modules (they
+        move each to the GPU while it runs, so the model as a whole never moves)."""
+        return CPU_OFFLOAD in self.accel.applied
+
+    def modules(self) -> list[nn.Module]:
+        """Every module holding this model's weights: the pipeline's, its ControlNets'
+        and its adapters'."""
+        own = [m for m in self.pipe.components.values() if isinstance(m, nn.Module)]
+        return own + list(self.controlnets.values()) + list(self.adapters.values())
+
+    def nbytes(self) -> int:
+        """Bytes of parameters and buffers, each tensor counted once (kinds share them)."""
+        tensors = {id(t): t for m in self.modules() for t in (*m.parameters(), *m.buffers())}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def move_to(self, device: str) -> None:
+        """Move the model to ``device`` (parking on the CPU, or back to the GPU). The
+        pipeline's own modules of an offloaded model stay where its hooks put them."""
+        if self._released:
+            raise RuntimeError(f"model {self.name} was released")
+        modules = self.modules()
+        if self.offloaded:
+            modules = list(self.controlnets.values()) + list(self.adapters.values())
+        for module in modules:
+            module.to(device)
+
     def release(self) -> None:
         """Drop every reference this object holds to weights and free the device cache."""
         self._variants.clear()
+        self.controlnets.clear()
+        self.adapters.clear()
         self.pipe = None  # type: ignore[assignment]
         self._released = True
         gc.collect()
@@ -128,83 +186,212 @@ def native_side(pipe: DiffusionPipeline) -> int:
     return (sample if isinstance(sample, int) else max(sample)) * pipe.vae_scale_factor
 
 
+DEFAULT_RESIDENT_BYTES = 8 * 1024 ** 3
+ModelKey = tuple[str, Path]     # (source kind, source path): one model however it is named
+
+
 class ModelStore:
-    """Owns the loaded model (one at a time: one device) and the ControlNets and
-    T2I-Adapters used with it."""
+    """Owns the loaded models and the ControlNets and T2I-Adapters used with each.
+
+    One model at a time is *active*: on the device, running the job at hand. The *default*
+    model is the one a job naming no model runs on; ``load`` sets it, ``use`` does not.
+    Recently used models stay *resident* (parked in CPU RAM on a GPU, simply kept on the
+    CPU) while together they fit in ``resident_bytes``, so switching back reads no weights."""
 
     def __init__(self, device: str, dtype: torch.dtype, home: Path, search_dirs: list[Path],
                  hf_cache: Optional[Path] = None, accel: Optional[AccelOptions] = None,
-                 depth_controls: Optional[Mapping[str, str]] = None):
+                 depth_controls: Optional[Mapping[str, str]] = None,
+                 resident_bytes: int = DEFAULT_RESIDENT_BYTES):
+        if resident_bytes < 0:
+            raise ValueError(f"resident_bytes must be 0 or more, got {resident_bytes}")
         self.device = device
         self.accel = accel or AccelOptions.plain()   # speed levers applied at each load
         self.dtype = dtype
         self.home = Path(home).expanduser()
         self.search_dirs = [Path(d).expanduser() for d in search_dirs]
         self.hf_cache = Path(hf_cache) if hf_cache is not None else hf_cache_dir(os.environ)
-        self._current: Optional[LoadedModel] = None
+        # Parameter and buffer bytes the resident models may hold together; the active
+        # model stays even when it alone is larger.
+        self.resident_bytes = resident_bytes
+        # Least recently used first; the active model, when there is one, is last.
+        self._resident: collections.OrderedDict[ModelKey, LoadedModel] = collections.OrderedDict()
+        self._active: Optional[LoadedModel] = None
+        self._default: Optional[LoadedModel] = None
+        self._weight_loads = 0
         unknown = set(depth_controls or {}) - set(families.BASE_KIND)
         if unknown:
             raise ValueError(f"depth controls for unknown model families {sorted(unknown)}; "
                              f"families: {', '.join(families.BASE_KIND)}")
         # family -> the depth ControlNet or T2I-Adapter the daemon was told to use
         self.depth_controls = dict(depth_controls or {})
-        self._controlnets: dict[str, ControlNetModel] = {}
-        self._adapters: dict[str, T2IAdapter] = {}
         # Run on each newly loaded model before ``load`` returns; the generator serving this
         # store sets it to run its warm-up jobs (``DiffusionGenerator.warm_up``).
         self.warm_up: Optional[Callable[[LoadedModel], object]] = None
 
     @property
     def current(self) -> Optional[LoadedModel]:
-        return self._current
+        """The default model: what a job naming no model runs on. It may be parked, or
+        released after other models pushed it out of the budget (``use_default`` brings
+        it back); its ``name`` is always what the daemon reports."""
+        return self._default
+
+    @property
+    def active(self) -> Optional[LoadedModel]:
+        """The model on the device: the one the last ``load``/``use``/``use_default`` chose."""
+        return self._active
+
+    @property
+    def weight_loads(self) -> int:
+        """How many times this store read a model's weights from disk."""
+        return self._weight_loads
+
+    def resident(self) -> list[str]:
+        """Names of the resident models, least recently used first."""
+        return [model.name for model in self._resident.values()]
 
     def resolve(self, name: str) -> ModelSource:
         return resolve(name, self.home, self.search_dirs, self.hf_cache)
 
     def load(self, name: str) -> LoadedModel:
-        """Make ``name`` the current model. The previous model is released before the new
-        weights are read, so two models never sit on the device together."""
+        """Make ``name`` the default model and the active one (``use``, then remember it
+        as the default). Loading the default again is free. When it fails, the default
+        and the active model stay as they were."""
+        model = self.use(name)
+        self._default = model
+        return model
+
+    def use(self, name: str) -> LoadedModel:
+        """Make ``name`` the active model for the job at hand, leaving the default as it
+        is: a resident model moves back to the device, any other is read from disk.
+
+        The new weights are read onto the CPU while the active model still serves; only
+        then is that one parked and the new one placed on the device and warmed up. If
+        any of this fails, the new model is dropped and the previous one is active again.
+        Failures are ``model_load_failed`` naming ``name``; the ProtocolErrors that
+        resolving and checking the model raise (model_not_found, unsupported, ...) pass
+        through unchanged."""
         source = self.resolve(name)
-        current = self._current
-        if current is not None and (current.source.kind, current.source.path) == (source.kind, source.path):
-            return current
-        # Everything checkable without weights is checked while the old model still serves;
-        # a failure after this point leaves no model loaded.
-        prepared = prepare_pipeline(source, self.dtype, self.home, self.hf_cache)
-        self.release()
+        resident = self._resident.get(_key(source))
+        if resident is not None:
+            return self._activate(resident)
+        return self._load_new(name, source)
+
+    def use_default(self) -> LoadedModel:
+        """Make the default model the active one, reading it again if it was evicted."""
+        default = self._require(self._default)
+        if default.released:
+            self._default = self.use(default.name)
+            return self._default
+        return self._activate(default)
+
+    def _activate(self, model: LoadedModel) -> LoadedModel:
+        """Make the resident ``model`` the active one."""
+        if model is self._active:
+            return model
+
+        def bring_up() -> LoadedModel:
+            self._unpark(model)
+            return model
+
+        return self._switch(model.name, bring_up, give_up=lambda: self._park(model))
+
+    def _load_new(self, name: str, source: ModelSource) -> LoadedModel:
+        prepared = _failing_as_load_error(
+            name, lambda: prepare_pipeline(source, self.dtype, self.home, self.hf_cache),
+            keep_protocol_errors=True)
         started = time.perf_counter()
-        pipe = prepared.load()
+        pipe = _failing_as_load_error(name, prepared.load)   # onto the CPU
+        self._weight_loads += 1
+        model = self._switch(name, lambda: self._set_up(name, source, prepared.family, pipe),
+                             give_up=lambda: _evacuate(pipe, self.device))
+        log.info("loaded %s (%s) on %s in %.1f s; levers %s (compile mode %s); skipped %s; "
+                 "resident: %s", name, prepared.family, self.device,
+                 time.perf_counter() - started, ", ".join(model.accel.applied) or "none",
+                 self.accel.compile_mode, model.accel.skipped or "none",
+                 ", ".join(self.resident()))
+        return model
+
+    def _set_up(self, name: str, source: ModelSource, family: str,
+                pipe: DiffusionPipeline) -> LoadedModel:
+        """Place freshly read weights on the device, apply the speed levers and warm up."""
         accel = apply_accel(pipe, self.accel, model_name=name, device=self.device)
         pipe.set_progress_bar_config(disable=True)
         # Before warm-up, so that it is part of every compiled graph.
         deep_tap = install_deep_tap(pipe.unet) if hasattr(pipe, "unet") else None
-        self._current = LoadedModel(name=name, family=prepared.family, source=source, pipe=pipe,
-                                    device=self.device, dtype=self.dtype, accel=accel,
-                                    deep_tap=deep_tap)
+        model = LoadedModel(name=name, family=family, source=source, pipe=pipe,
+                            device=self.device, dtype=self.dtype, accel=accel, deep_tap=deep_tap)
+        self._active = model    # the warm-up jobs' pipelines and ControlNets are this model's
         if self.warm_up is not None:
             # Compiled modules compile here rather than in the first user's job.
-            try:
-                self.warm_up(self._current)
-            except BaseException:
-                self.release()
-                raise
-        log.info("loaded %s (%s) on %s in %.1f s; levers %s (compile mode %s); skipped %s",
-                 name, prepared.family, self.device, time.perf_counter() - started,
-                 ", ".join(accel.applied) or "none", self.accel.compile_mode, accel.skipped or "none")
-        return self._current
+            self.warm_up(model)
+        return model
 
-    def _require_current(self) -> LoadedModel:
-        if self._current is None:
+    def _switch(self, name: str, bring_up: Callable[[], LoadedModel],
+                give_up: Callable[[], None]) -> LoadedModel:
+        """Park the active model and ``bring_up`` the next one, then keep what fits the
+        budget. If parking or bringing up fails: ``give_up`` on the next model, put the
+        previous one back on the device, and raise model_load_failed naming ``name``."""
+        previous = self._active
+        try:
+            if previous is not None:
+                self._park(previous)
+            self._active = None
+            model = bring_up()
+        except BaseException as exc:
+            self._active = None
+            give_up()
+            if previous is not None:
+                self._unpark(previous)
+                self._active = previous
+            if isinstance(exc, Exception):
+                raise _load_error(name, exc) from exc
+            raise
+        key = _key(model.source)
+        self._resident[key] = model
+        self._resident.move_to_end(key)
+        self._active = model
+        self._evict_beyond_budget()
+        return model
+
+    def _park(self, model: LoadedModel) -> None:
+        """Take ``model`` off the device into CPU RAM (on the CPU it simply stays)."""
+        if self.device != "cpu":
+            model.move_to("cpu")
+
+    def _unpark(self, model: LoadedModel) -> None:
+        if self.device != "cpu":
+            model.move_to(self.device)
+
+    def _evict_beyond_budget(self) -> None:
+        """Release least recently used models until the resident ones fit the budget; the
+        active one always stays. In low-memory mode (CPU offload) only the active one
+        stays: that mode is for machines short of memory, and offloaded models already
+        trade speed for it."""
+        budget = 0 if self.accel.cpu_offload else self.resident_bytes
+        sizes = {key: model.nbytes() for key, model in self._resident.items()}
+        while len(self._resident) > 1 and sum(sizes.values()) > budget:
+            key, oldest = next(iter(self._resident.items()))
+            log.info("released %s: resident models hold %.2f GB, the budget is %.2f GB",
+                     oldest.name, sum(sizes.values()) / 1e9, budget / 1e9)
+            del self._resident[key], sizes[key]
+            oldest.release()
+
+    @staticmethod
+    def _require(model: Optional[LoadedModel]) -> LoadedModel:
+        if model is None:
             raise ProtocolError(ErrorCode.NOT_READY, "no model is loaded", field="model")
-        return self._current
+        return model
+
+    def _require_active(self) -> LoadedModel:
+        return self._require(self._active)
 
     def default_depth_control(self) -> str:
-        """The depth ControlNet or T2I-Adapter the current model uses when a job names none:
+        """The depth ControlNet or T2I-Adapter the active model uses when a job names none:
         the daemon's choice for the family (``depth_controls``), else the first of the
         family's defaults (``DEFAULT_DEPTH_CONTROLS``, the adapter first in low-memory mode
         where ``ADAPTER_FIRST_IN_LOW_MEMORY``) that is on this machine. When none is, the
         error says how to get one."""
-        model = self._require_current()
+        model = self._require_active()
         chosen = self.depth_controls.get(model.family) or TINY_DEFAULT_CONTROLNETS.get(model.name)
         if chosen:
             return chosen
@@ -244,17 +431,18 @@ class ModelStore:
     def conditioner_family(self, name: str) -> str:
         """Whether ``name`` is a ControlNet or a T2I-Adapter (``families.CONTROLNET`` /
         ``families.T2I_ADAPTER``); reads only its config."""
-        if name in self._controlnets:
+        model = self._active
+        if model is not None and name in model.controlnets:
             return families.CONTROLNET
-        if name in self._adapters:
+        if model is not None and name in model.adapters:
             return families.T2I_ADAPTER
         return conditioner_family(self._resolve_control(name))
 
     def controlnet(self, name: str) -> ControlNetModel:
-        """Load (once) the ControlNet ``name`` for the current model."""
-        model = self._require_current()
-        if name in self._controlnets:
-            return self._controlnets[name]
+        """Load (once per model) the ControlNet ``name`` for the active model."""
+        model = self._require_active()
+        if name in model.controlnets:
+            return model.controlnets[name]
         controlnet = load_controlnet(self._resolve_control(name), self.dtype, self.home)
         unet_width = model.pipe.unet.config.cross_attention_dim
         if controlnet.config.cross_attention_dim != unet_width:
@@ -265,33 +453,76 @@ class ModelStore:
                 field="control.model")
         controlnet.to(self.device)
         accelerate_controlnet(controlnet, self.accel)
-        self._controlnets[name] = controlnet
+        model.controlnets[name] = controlnet
         return controlnet
 
     def adapter(self, name: str) -> T2IAdapter:
-        """Load (once) the T2I-Adapter ``name``. It runs once per job, so it gets none of
-        the speed levers; whether it fits the model's UNet is checked when it first runs."""
-        self._require_current()
-        if name not in self._adapters:
+        """Load (once per model) the T2I-Adapter ``name`` for the active model. It runs
+        once per job, so it gets none of the speed levers; whether it fits the model's
+        UNet is checked when it first runs."""
+        model = self._require_active()
+        if name not in model.adapters:
             adapter = load_adapter(self._resolve_control(name), self.dtype)
-            self._adapters[name] = adapter.to(self.device)
-        return self._adapters[name]
+            model.adapters[name] = adapter.to(self.device)
+        return model.adapters[name]
 
     def pipeline(self, kind: str, controlnet: Optional[str] = None) -> DiffusionPipeline:
-        """The current model's pipeline for ``kind``, with the named ControlNet if given."""
-        model = self._require_current()
+        """The active model's pipeline for ``kind``, with the named ControlNet if given."""
+        model = self._require_active()
         return model.pipeline(kind, self.controlnet(controlnet) if controlnet else None)
 
     def release(self) -> None:
-        """Unload the current model, its ControlNets and its adapters."""
-        self._controlnets.clear()
-        self._adapters.clear()
-        if self._current is not None:
-            self._current.release()
-            self._current = None
+        """Release every resident model with its ControlNets and adapters; afterwards
+        there is no default model until the next ``load``."""
+        self._active = self._default = None
+        while self._resident:
+            _, model = self._resident.popitem(last=False)
+            model.release()
+
+    def after_out_of_memory(self) -> None:
+        """After a job ran out of device memory: collect what it left unreferenced and
+        give the device's cached blocks back, so the next job starts from the memory the
+        resident models really use."""
+        gc.collect()
+        free_device_cache(self.device)
 
     def available(self) -> list[ModelInfo]:
         return list_models(self.home, self.search_dirs, self.hf_cache)
 
     def memory(self) -> tuple[int, int]:
         return device_memory(self.device)
+
+
+def _key(source: ModelSource) -> ModelKey:
+    return source.kind, source.path
+
+
+T = TypeVar("T")
+
+
+def _failing_as_load_error(name: str, step: Callable[[], T], *,
+                           keep_protocol_errors: bool = False) -> T:
+    """``step()``, its failures raised as model_load_failed naming ``name`` (ProtocolErrors
+    unchanged when ``keep_protocol_errors``)."""
+    try:
+        return step()
+    except Exception as exc:
+        if keep_protocol_errors and isinstance(exc, ProtocolError):
+            raise
+        raise _load_error(name, exc) from exc
+
+
+def _load_error(name: str, exc: Exception) -> ProtocolError:
+    detail = exc.message if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}"
+    return ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"could not load {name}: {detail}",
+                         field="model")
+
+
+def _evacuate(pipe: DiffusionPipeline, device: str) -> None:
+    """Move a model that failed to come up off the device at once: the exception on its
+    way to the caller still holds references to it."""
+    for module in pipe.components.values():
+        if isinstance(module, nn.Module):
+            module.to("cpu")
+    gc.collect()
+    free_device_cache(device)

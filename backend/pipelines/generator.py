@@ -73,7 +73,7 @@ class PipelineCall:
 
 
 class DiffusionGenerator:
-    """Turns requests into images on the store's current model (or the one a job names)."""
+    """Turns requests into images on the store's default model (or the one a job names)."""
 
     def __init__(self, store: ModelStore, limits: ServerLimits = ServerLimits()):
         self._store = store
@@ -89,14 +89,20 @@ class DiffusionGenerator:
         side = min(native_side(model.pipe), self._limits.max_side) // 64 * 64
         jobs = warm_up_jobs(model.family, side)
         for job, uploads in jobs:
-            self.generate(job, uploads, lambda *_: None, lambda: False)
+            # On ``model`` itself: it is neither the default nor resident yet (store.use).
+            self._generate_on(model, job, uploads, lambda *_: None, lambda: False)
         return len(jobs)
 
     def generate(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                  progress: ProgressSink, cancelled: Callable[[], bool]) -> GenerationOutput:
         if cancelled():
             raise JobCancelled()
-        model = self._model(job)
+        return self._generate_on(self._model(job), job, uploads, progress, cancelled)
+
+    def _generate_on(self, model: LoadedModel, job: GenerateRequest,
+                     uploads: Mapping[str, ImageFrame], progress: ProgressSink,
+                     cancelled: Callable[[], bool]) -> GenerationOutput:
+        """``job`` on ``model``, which the store has made its active model."""
         plan = plan_generation(job, uploads, self._limits, model_traits(model),
                                fresh_seed=secrets.randbelow(SEED_RANGE))
         # Init images are encoded here: on a tiled axis their edges wrap as well.
@@ -115,12 +121,14 @@ class DiffusionGenerator:
 
     # ------------------------------------------------------------------ 1. the model
     def _model(self, job: GenerateRequest) -> LoadedModel:
+        """The model ``job`` names, else the store's default. A named model leaves the
+        default, which other clients' jobs run on, as it is."""
         if job.model is not None:
-            return self._store.load(job.model)
+            return self._store.use(job.model)
         if self._store.current is None:
             raise ProtocolError(ErrorCode.NOT_READY, "no model is loaded; load one or name it",
                                 "job.model")
-        return self._store.current
+        return self._store.use_default()
 
     # ------------------------------------------------------------------ 2. what to call
     def _pipeline_call(self, plan: GenerationPlan, model: LoadedModel) -> PipelineCall:

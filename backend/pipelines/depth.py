@@ -125,9 +125,29 @@ def depth2img_tensor(near: np.ndarray) -> torch.Tensor:
 
 # ------------------------------------------------------------------ estimation
 
+_GET_ONE = (f"download one that ships .safetensors weights once, e.g. `huggingface-cli download "
+            f"{KNOWN_DEPTH_MODELS[0]}`, or point {DEPTH_MODEL_ENV} at a local DPT / Depth "
+            f"Anything folder with .safetensors weights; or send a depth map instead of "
+            f"estimate=true")
+
+
+def has_safetensors(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors"))
+
+
+def require_safetensors(folder: Path) -> None:
+    """Refuse a depth model folder without ``.safetensors`` weights: its ``.bin`` weights
+    would be unpickled, and unpickling can run arbitrary code."""
+    if not has_safetensors(folder):
+        raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
+                            f"the depth model {folder} has no .safetensors weights and Atelier "
+                            f"never unpickles .bin weights; {_GET_ONE}", "job.depth.estimate")
+
+
 def find_depth_model(environ: Mapping[str, str], hf_cache: Optional[Path]) -> Path:
-    """The local folder of a depth estimator: ``$ATELIER_DEPTH_MODEL`` or a known model
-    in the Hugging Face cache. ProtocolError(MODEL_NOT_FOUND) saying how to get one."""
+    """The local folder of a depth estimator with safetensors weights: ``$ATELIER_DEPTH_MODEL``
+    or a known model in the Hugging Face cache. ProtocolError(MODEL_NOT_FOUND) saying how
+    to get one."""
     configured = environ.get(DEPTH_MODEL_ENV)
     if configured:
         folder = Path(configured).expanduser()
@@ -135,22 +155,27 @@ def find_depth_model(environ: Mapping[str, str], hf_cache: Optional[Path]) -> Pa
             raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
                                 f"{DEPTH_MODEL_ENV}={configured} is not a transformers model "
                                 "folder (no config.json)", "job.depth.estimate")
+        require_safetensors(folder)
         return folder
+    pickle_only: list[str] = []
     if hf_cache is not None:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
         for repo_id in KNOWN_DEPTH_MODELS:
             try:
-                return Path(snapshot_download(repo_id, cache_dir=str(hf_cache),
-                                              local_files_only=True))
+                folder = Path(snapshot_download(repo_id, cache_dir=str(hf_cache),
+                                                local_files_only=True))
             except LocalEntryNotFoundError:
                 continue    # not in the cache: try the next known model
+            if has_safetensors(folder):
+                return folder
+            pickle_only.append(repo_id)
+    skipped = (f" ({', '.join(pickle_only)} is cached with .bin weights only, which Atelier "
+               f"never unpickles)" if pickle_only else "")
     raise ProtocolError(
         ErrorCode.MODEL_NOT_FOUND,
-        "depth estimation needs a depth model on this machine and none was found. Download "
-        f"one once, e.g. `huggingface-cli download {KNOWN_DEPTH_MODELS[0]}`, or point "
-        f"{DEPTH_MODEL_ENV} at a local DPT / Depth Anything folder; or send a depth map "
-        "instead of estimate=true", "job.depth.estimate")
+        f"depth estimation needs a depth model on this machine and none was found{skipped}. "
+        f"To get one, {_GET_ONE}", "job.depth.estimate")
 
 
 class DepthEstimator:
@@ -166,9 +191,11 @@ class DepthEstimator:
         self.device = device
         self.dtype = dtype
         self.keep_on_device = keep_on_device
+        require_safetensors(self.folder)
         try:
             self.processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
-            model = AutoModelForDepthEstimation.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModelForDepthEstimation.from_pretrained(
+                str(folder), local_files_only=True, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
                                 f"depth model {folder} does not load: {exc}",

@@ -8,9 +8,9 @@ from typing import Mapping, Optional
 from protocol.messages import ModelInfo
 
 from .models.accel import AccelOptions
-from .models.catalog import list_models as _catalog
+from .models.catalog import Catalog, list_models as _catalog
 from .models.device import pick_device, pick_dtype
-from .models.sources import hf_cache_dir
+from .models.sources import hf_cache_dir, operator_paths
 from .models.store import ModelStore
 from .pipelines.generator import DiffusionGenerator
 from .server import Daemon, ServerConfig
@@ -50,15 +50,18 @@ def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",
                   depth_controls: Optional[Mapping[str, str]] = None) -> Daemon:
     """Load ``model`` (a clear error if it is not on this machine) and wire the layers.
     ``compile``: a ``compile_modes.CHOICES`` entry. ``depth_controls``: family -> the depth
-    ControlNet or T2I-Adapter used when a job names none."""
+    ControlNet or T2I-Adapter used when a job names none. Those of ``model`` and the
+    ``depth_controls`` that are paths stay loadable by clients though they lie outside the
+    model roots: the operator named them."""
     chosen = pick_device(device)
     store = ModelStore(chosen, pick_dtype(chosen, dtype), home, models_dirs,
                        accel=AccelOptions.for_choice(chosen, compile, low_memory=low_memory),
-                       depth_controls=depth_controls)
+                       depth_controls=depth_controls,
+                       allowed_paths=operator_paths([model, *(depth_controls or {}).values()]))
     generator = DiffusionGenerator(store, config.limits)   # first: it warms up what loads
     store.load(model)
     return Daemon(config, StoreService(store), generator)
 
 
-def list_models(*, home: Path, models_dirs: list[Path]) -> list[ModelInfo]:
+def list_models(*, home: Path, models_dirs: list[Path]) -> Catalog:
     return _catalog(home, models_dirs, hf_cache_dir())

@@ -60,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=defaults.max_queue)
     serve.add_argument("--max-message-mb", type=float,
                        default=defaults.max_message_bytes / 2 ** 20)
+    serve.add_argument("--max-upload-mb", type=float,
+                       default=defaults.max_upload_bytes / 2 ** 20,
+                       help="upload MiB held for one client: waiting uploads and its queued jobs'")
+    serve.add_argument("--max-total-upload-mb", type=float,
+                       default=defaults.max_total_upload_bytes / 2 ** 20,
+                       help="the same for all clients together")
+    serve.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    serve.add_argument("--max-outbox-mb", type=float,
+                       default=defaults.max_outbox_bytes / 2 ** 20,
+                       help="unsent MiB to one client before it is disconnected")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(run=_serve)
 
@@ -182,6 +192,11 @@ def _build_daemon(args: argparse.Namespace, config: ServerConfig):
                          depth_controls=dict(args.depth_control))
 
 
+def ws_url(host: str, port: int) -> str:
+    """The address clients connect to; an IPv6 literal goes in brackets (RFC 3986)."""
+    return f"ws://[{host}]:{port}/" if ":" in host else f"ws://{host}:{port}/"
+
+
 def _serve(args: argparse.Namespace) -> int:
     token = args.token
     if not is_loopback(args.host) and not token:
@@ -191,14 +206,19 @@ def _serve(args: argparse.Namespace) -> int:
     limits = ServerLimits(max_side=args.max_side, max_pixels=args.max_side ** 2,
                           max_batch=args.max_batch, max_steps=args.max_steps,
                           max_queue=args.max_queue,
-                          max_message_bytes=int(args.max_message_mb * 2 ** 20))
+                          max_message_bytes=int(args.max_message_mb * 2 ** 20),
+                          max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
+                          max_total_upload_bytes=int(args.max_total_upload_mb * 2 ** 20),
+                          max_connections=args.max_connections,
+                          max_outbox_bytes=int(args.max_outbox_mb * 2 ** 20))
     config = ServerConfig(host=args.host, port=args.port, token=token,
-                          allowed_origins=tuple(args.allow_origin), limits=limits)
+                          allowed_origins=tuple(args.allow_origin), limits=limits,
+                          spool_dir=_home(args) / "spool")
     daemon = _build_daemon(args, config)
 
     async def run() -> None:
         port = await daemon.start()
-        print(f"Atelier daemon ready on ws://{args.host}:{port}/ "
+        print(f"Atelier daemon ready on {ws_url(args.host, port)} "
               f"(model {daemon.models.current_name()}, device {daemon.models.device})", flush=True)
         loop = asyncio.get_running_loop()
         stopping = loop.create_future()
@@ -403,8 +423,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _models_list(args: argparse.Namespace) -> int:
     from .app import list_models
 
-    for info in list_models(home=_home(args), models_dirs=list(args.models_dir)):
+    catalog = list_models(home=_home(args), models_dirs=list(args.models_dir))
+    for info in catalog.models:
         print(f"{info.name}\t{info.family}\t{info.source}\t{info.path or ''}")
+    for problem in catalog.problems:
+        print(f"atelier: skipped {problem.path}: {problem.message}", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,8 +169,10 @@ SIZE = 64
 JOB = dict(prompt="a stone wall", width=SIZE, height=SIZE, steps=3, seed=11, scheduler="euler")
 
 
-def _store(home, name: str) -> ModelStore:
-    store = ModelStore("cpu", torch.float32, home, search_dirs=[], hf_cache=home / "no-hf-cache")
+def _store(home, name: str, *models_dirs: Path) -> ModelStore:
+    """A store serving ``name``; ControlNets the test saves go in ``models_dirs``."""
+    store = ModelStore("cpu", torch.float32, home, search_dirs=list(models_dirs),
+                       hf_cache=home / "no-hf-cache")
     store.load(name)
     return store
 
@@ -191,8 +194,9 @@ def _live_controlnet(store: ModelStore, tiny_name: str, dest):
 
 @pytest.fixture(scope="module")
 def sd15(atelier_home, tmp_path_factory):
-    store = _store(atelier_home, "tiny")
-    folder = _live_controlnet(store, "tiny-controlnet", tmp_path_factory.mktemp("cn") / "sd15")
+    models_dir = tmp_path_factory.mktemp("cn")
+    store = _store(atelier_home, "tiny", models_dir)
+    folder = _live_controlnet(store, "tiny-controlnet", models_dir / "sd15")
     return store, DiffusionGenerator(store), folder
 
 
@@ -324,7 +328,7 @@ def test_sd2_depth_model_gets_the_map_as_its_fifth_unet_channel(atelier_home):
 
 
 def test_sdxl_controlnet_depth_runs(atelier_home, tmp_path):
-    store = _store(atelier_home, "tiny-sdxl")
+    store = _store(atelier_home, "tiny-sdxl", tmp_path)
     folder = _live_controlnet(store, "tiny-sdxl-controlnet", tmp_path / "sdxl-cn")
     generator = DiffusionGenerator(store)
     depth = _near_top_depth()

@@ -85,7 +85,7 @@ def test_pull_fetches_only_what_a_pipeline_loads_and_it_then_loads_offline(home,
     assert model.source.kind == "hf_cache" and model.family == "sd15"
     reference = ModelStore("cpu", torch.float32, home, [], hf_cache=cache).load("tiny")
     assert torch.equal(model.pipe.unet.conv_in.weight, reference.pipe.unet.conv_in.weight)
-    assert [m.name for m in hub.list_local(cache)] == ["atelier-test/tiny-sd"]
+    assert [m.name for m in hub.list_local(cache).models] == ["atelier-test/tiny-sd"]
 
 
 def test_pull_of_the_clip_repo_fetches_only_the_tokenizer(home, tmp_path):
@@ -102,7 +102,7 @@ def test_pull_of_the_clip_repo_fetches_only_the_tokenizer(home, tmp_path):
     assert downloaded == {"vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"}
     found = find_clip_tokenizer(home, cache)
     assert found is not None and (found / "vocab.json").is_file()
-    assert hub.list_local(cache) == []     # a tokenizer is not a model to list
+    assert hub.list_local(cache).models == []     # a tokenizer is not a model to list
 
 
 def test_select_files_prefers_variants_and_refuses_pickle_only_components():

@@ -140,14 +140,18 @@ def test_listing_finds_a1111_and_comfyui_style_folders(home, a1111, tmp_path):
     (comfy / "broken.safetensors").write_bytes(b"not a safetensors file")
     (comfy / "old.ckpt").write_bytes(b"never read")
     store = _store(home, [a1111, comfy], home / "no-cache")
-    listed = {(m.name, m.source, m.family) for m in store.available()}
+    catalog = store.catalog()
+    listed = {(m.name, m.source, m.family) for m in catalog.models}
     assert ("tiny", "tiny", "sd15") in listed
     assert ("tiny-ldm.safetensors", "single_file", "sd15") in listed
     assert ("sub/copy.safetensors", "single_file", "sd15") in listed
     assert ("tiny-diffusers", "diffusers", "sd15") in listed
     assert ("comfy.safetensors", "single_file", "sd15") in listed
-    assert ("broken.safetensors", "single_file", "unknown") in listed
+    # not a safetensors file: skipped and reported, not listed
+    assert [(p.path, "header" in p.message) for p in catalog.problems] == [
+        (str(comfy / "broken.safetensors"), True)]
     names = {name for name, _, _ in listed}
+    assert "broken.safetensors" not in names
     assert "old.ckpt" not in names
     assert not any(n.startswith("tiny-diffusers/") for n in names)   # component weights
     # listed names load as they are
@@ -160,7 +164,7 @@ def test_real_sd15_single_file_without_tokenizer_says_what_is_missing(home, tmp_
         "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
         "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (1, 1),
     })
-    store = _store(home, [], tmp_path / "empty-cache")
+    store = _store(home, [tmp_path], tmp_path / "empty-cache")
     serving = store.load("tiny")
     with pytest.raises(ProtocolError) as err:
         store.load(str(ckpt))

@@ -1,18 +1,43 @@
 """What models are on this machine: the built-in tiny models, diffusers folders and
 ``.safetensors`` checkpoints in the configured model folders (an A1111
 ``models/Stable-diffusion`` or ComfyUI ``models/checkpoints`` folder, say), and
-diffusers pipelines or ControlNets in the Hugging Face cache. Reads only files."""
+diffusers pipelines or ControlNets in the Hugging Face cache. Reads only files.
+
+An entry that looks like a model but cannot be read as one (a broken config, a file
+that is not safetensors, a link leading outside the model roots) is skipped and
+reported as a ``ModelProblem``; one broken entry never hides the others."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
-from protocol.messages import ModelInfo
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import ModelInfo, ModelProblem
 
 from . import families
 from .single_file import checkpoint_family
-from .sources import SINGLE_FILE_SUFFIX, TINY_MODELS, hf_snapshot
+from .sources import SINGLE_FILE_SUFFIX, TINY_MODELS, ModelRoots, hf_snapshot
+
+
+@dataclass
+class Catalog:
+    """The models found, and the entries that could not be read (``ModelProblem``)."""
+    models: list[ModelInfo] = field(default_factory=list)
+    problems: list[ModelProblem] = field(default_factory=list)
+
+    def extend(self, other: "Catalog") -> None:
+        self.models.extend(other.models)
+        self.problems.extend(other.problems)
+
+    def add(self, path: Path, describe: Callable[..., ModelInfo], *args: object) -> None:
+        """Add the model ``describe(*args)`` returns, or the problem it raises about ``path``."""
+        try:
+            self.models.append(describe(*args))
+        except ProtocolError as exc:
+            self.problems.append(ModelProblem(path=str(path), message=exc.message))
 
 
 def _tiny_models(models_dir: Path) -> list[ModelInfo]:
@@ -29,45 +54,77 @@ def _is_diffusers_folder(folder: Path) -> bool:
         (folder / "config.json").is_file() and any(folder.glob("*.safetensors")))
 
 
-def _folder_models(root: Path) -> list[ModelInfo]:
+_OUTSIDE = ("it links outside the model folders, Atelier's home and the Hugging Face cache, "
+            "where Atelier loads nothing from")
+
+
+def _single_file(root: Path, path: Path, roots: ModelRoots) -> ModelInfo:
+    if not roots.holds(path):
+        # Loading it would be refused, so listing it would only mislead.
+        raise ProtocolError(ErrorCode.MODEL_NOT_FOUND, _OUTSIDE)
+    return ModelInfo(name=path.relative_to(root).as_posix(), source="single_file",
+                     family=checkpoint_family(path), path=str(path))
+
+
+def _diffusers_folder(root: Path, folder: Path) -> ModelInfo:
+    return ModelInfo(name=folder.relative_to(root).as_posix(), source="diffusers",
+                     family=families.family_of_folder(folder), path=str(folder))
+
+
+def _folder_models(root: Path, roots: ModelRoots) -> Catalog:
     """Models under ``root``; names are paths relative to it, which ``resolve`` accepts."""
-    infos = []
-    for current, dirs, files in os.walk(root):
+    found = Catalog()
+
+    def unreadable(exc: OSError) -> None:
+        found.problems.append(ModelProblem(path=str(exc.filename),
+                                           message=f"cannot be read: {exc.strerror}"))
+
+    for current, dirs, files in os.walk(root, onerror=unreadable):
         here = Path(current)
         dirs.sort()
         if here != root and _is_diffusers_folder(here):
             dirs.clear()   # its component weights are not separate models
-            infos.append(ModelInfo(name=here.relative_to(root).as_posix(), source="diffusers",
-                                   family=families.family_of_folder(here), path=str(here)))
+            found.add(here, _diffusers_folder, root, here)
             continue
         for file in sorted(files):
             if file.lower().endswith(SINGLE_FILE_SUFFIX):
                 path = here / file
-                infos.append(ModelInfo(name=path.relative_to(root).as_posix(), source="single_file",
-                                       family=checkpoint_family(path), path=str(path)))
-    return infos
+                found.add(path, _single_file, root, path, roots)
+    return found
 
 
-def hf_cache_models(hf_cache: Path) -> list[ModelInfo]:
+def hf_cache_models(hf_cache: Path) -> Catalog:
+    """Diffusers pipelines, ControlNets and adapters in the Hugging Face cache (other repos,
+    a tokenizer say, are left out)."""
+    found = Catalog()
     if not hf_cache.is_dir():
-        return []
-    infos = []
+        return found
+    cache = ModelRoots(folders=(hf_cache.resolve(),))
     for entry in sorted(hf_cache.glob("models--*")):
         repo_id = entry.name[len("models--"):].replace("--", "/")
         snapshot = hf_snapshot(repo_id, hf_cache)
         if snapshot is None:
             continue
-        family = families.family_of_folder(snapshot)
-        if family != families.UNKNOWN:   # tokenizer-only and other non-pipeline repos
-            infos.append(ModelInfo(name=repo_id, source="hf_cache", family=family,
-                                   path=str(snapshot)))
-    return infos
+        if not cache.holds(snapshot):
+            found.problems.append(ModelProblem(path=str(snapshot), message=_OUTSIDE))
+            continue
+        try:
+            family = families.family_of_folder(snapshot)
+        except ProtocolError as exc:
+            found.problems.append(ModelProblem(path=str(snapshot), message=exc.message))
+            continue
+        if family != families.UNKNOWN:
+            found.models.append(ModelInfo(name=repo_id, source="hf_cache", family=family,
+                                          path=str(snapshot)))
+    return found
 
 
-def list_models(home: Path, search_dirs: list[Path], hf_cache: Path) -> list[ModelInfo]:
-    infos = _tiny_models(home / "models")
+def list_models(home: Path, search_dirs: Sequence[Path], hf_cache: Path) -> Catalog:
+    """Every model a client can name, and the problems met while looking."""
+    roots = ModelRoots.of(home, search_dirs, hf_cache)
+    found = Catalog(models=_tiny_models(home / "models"))
     for root in search_dirs:
         if root.is_dir():
-            infos.extend(_folder_models(root))
-    infos.extend(hf_cache_models(hf_cache))
-    return infos
+            found.extend(_folder_models(root, roots))
+    found.extend(hf_cache_models(hf_cache))
+    return found

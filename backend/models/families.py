@@ -29,6 +29,8 @@ from diffusers import (
     T2IAdapter,
 )
 
+from protocol.errors import ErrorCode, ProtocolError
+
 SD15 = "sd15"
 SD15_INPAINT = "sd15_inpaint"
 SD2 = "sd2"
@@ -107,12 +109,25 @@ def pipeline_extras(family: str) -> dict:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text("utf-8"))
+    """A config file of a model folder; ProtocolError(MODEL_LOAD_FAILED) naming it when
+    it is not a JSON object."""
+    where = f"{path.parent.name}/{path.name}"
+    try:
+        value = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:    # ValueError: bad JSON or bad UTF-8
+        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"{where} cannot be read as JSON: {exc}",
+                            field="model") from exc
+    if not isinstance(value, dict):
+        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                            f"{where} holds a JSON {type(value).__name__}, not an object",
+                            field="model")
+    return value
 
 
 def family_of_folder(folder: Path) -> str:
     """Family of a diffusers folder: a pipeline (model_index.json), or a ControlNet or
-    T2I-Adapter (config.json)."""
+    T2I-Adapter (config.json). A config that is not a JSON object is a ProtocolError
+    (MODEL_LOAD_FAILED), so a broken folder fails alike wherever it is named."""
     index = folder / "model_index.json"
     if not index.is_file():
         config = folder / "config.json"

@@ -19,9 +19,8 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, Reposit
 from huggingface_hub.hf_api import RepoFile
 
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import ModelInfo
 
-from .catalog import hf_cache_models
+from .catalog import Catalog, hf_cache_models
 from .single_file import TOKENIZER_REPOS
 from .sources import hf_cache_dir, hf_repo_folder, variant_of
 
@@ -138,6 +137,7 @@ def pull(model_id: str, progress: Optional[PullProgress] = None, *, variant: Opt
     return PullResult(model_id=model_id, path=repo / "snapshots" / commit, files=files, bytes=total)
 
 
-def list_local(hf_cache: Optional[Path] = None) -> list[ModelInfo]:
-    """Diffusers pipelines and ControlNets in the HF cache."""
+def list_local(hf_cache: Optional[Path] = None) -> Catalog:
+    """Diffusers pipelines and ControlNets in the HF cache, and the cached repos that
+    could not be read."""
     return hf_cache_models(Path(hf_cache) if hf_cache is not None else hf_cache_dir(os.environ))

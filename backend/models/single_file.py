@@ -23,7 +23,7 @@ from transformers import CLIPTokenizer
 from protocol.errors import ErrorCode, ProtocolError
 
 from . import families
-from .sources import hf_snapshot
+from .sources import check_safetensors_file, hf_snapshot
 
 CONFIGS = Path(__file__).parent / "configs"
 CONFIG_FOLDERS = {families.SD15: "sd15", families.SD15_INPAINT: "sd15_inpaint",
@@ -42,21 +42,29 @@ TOKENIZER_REPOS = (
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
-def _header(path: Path) -> tuple[list[str], Optional[tuple[int, ...]]]:
-    """Tensor names and the UNet conv_in shape, read from the header only."""
-    with safe_open(str(path), framework="pt") as f:
-        keys = list(f.keys())
-        conv_in = (tuple(f.get_slice(families.LDM_CONV_IN).get_shape())
-                   if families.LDM_CONV_IN in keys else None)
+def _unreadable(path: Path, exc: Exception, field: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                         f"{path.name} is not a readable safetensors file: {exc}", field=field)
+
+
+def _header(path: Path, field: str = "model") -> tuple[list[str], Optional[tuple[int, ...]]]:
+    """Tensor names and the UNet conv_in shape, read from the header only; ProtocolError
+    (MODEL_LOAD_FAILED) for anything that is not a readable safetensors file."""
+    check_safetensors_file(path, field)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            conv_in = (tuple(f.get_slice(families.LDM_CONV_IN).get_shape())
+                       if families.LDM_CONV_IN in keys else None)
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(path, exc, field) from exc
     return keys, conv_in
 
 
 def checkpoint_family(path: Path) -> str:
-    """The family of a ``.safetensors`` checkpoint; "unknown" for unreadable files."""
-    try:
-        keys, conv_in = _header(path)
-    except (SafetensorError, OSError):
-        return families.UNKNOWN
+    """The family of a ``.safetensors`` checkpoint ("unknown" when its tensor names match
+    none); ProtocolError(MODEL_LOAD_FAILED) when it is not a readable safetensors file."""
+    keys, conv_in = _header(path)
     return families.family_of_checkpoint_keys(keys, conv_in)
 
 
@@ -131,11 +139,7 @@ def prepare_single_file(path: Path, dtype: torch.dtype, home: Path, hf_cache: Pa
                         ) -> tuple[str, Callable[[], DiffusionPipeline]]:
     """Check an original-layout ``.safetensors`` checkpoint (family, config folder,
     tokenizer) from its header; returns (family, a function loading the pipeline)."""
-    try:
-        keys, conv_in = _header(path)
-    except (SafetensorError, OSError) as exc:
-        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
-                            f"{path} is not a readable safetensors file: {exc}", field="model") from exc
+    keys, conv_in = _header(path)
     family = families.family_of_checkpoint_keys(keys, conv_in)
     config = config_folder(path, family, conv_in, tiny_config)
     tokenizers = _tokenizers(config, family, home, hf_cache)
@@ -157,14 +161,14 @@ def load_single_file_controlnet(path: Path, dtype: torch.dtype,
                                 tiny_config: Optional[Path] = None) -> ControlNetModel:
     """Load a single-file SD1.x ControlNet (original ``control_model.*`` keys); one whose
     cross-attention matches the tiny ControlNet folder ``tiny_config`` uses that config."""
+    check_safetensors_file(path, field="control.model")
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
             context = next((tuple(f.get_slice(k).get_shape()) for k in keys
                             if k.endswith("attn2.to_k.weight")), None)
     except (SafetensorError, OSError) as exc:
-        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED, f"{path} is not a readable safetensors file: "
-                            f"{exc}", field="control.model") from exc
+        raise _unreadable(path, exc, "control.model") from exc
     configs = {width: CONFIGS / name for width, name in CONTROLNET_CONFIGS.items()}
     if tiny_config is not None:
         tiny_width = json.loads((tiny_config / "config.json").read_text("utf-8"))["cross_attention_dim"]

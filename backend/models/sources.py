@@ -1,17 +1,22 @@
 """Where a model name points: the tiny test models, a local diffusers folder, a
 single-file checkpoint, or a Hugging Face id in the local cache.
 
-Resolution never touches the network. Pickle checkpoints (.ckpt/.pt/.bin/.pth)
-are refused here, before anything could unpickle them.
+Resolution never touches the network and never leaves the model roots: the model
+folders, Atelier's home, the Hugging Face cache, and the paths the operator gave the
+daemon. Anything else gets the same not-found answer as a name that does not exist, so
+a client cannot probe the file system. Pickle checkpoints (.ckpt/.pt/.bin/.pth) are
+refused here, before anything could unpickle them; ``check_safetensors_file`` guards
+every single file before safetensors opens it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Optional
+from typing import Callable, Iterable, Iterator, Literal, Mapping, Optional, Sequence
 
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -111,6 +116,140 @@ def variant_of(filename: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
+# ----------------------------------------------------------------- confinement
+
+NOT_FOUND_NAME_CHARS = 100     # how much of a client's model name an error echoes
+SAFETENSORS_MIN_BYTES = 8      # the header length field alone
+SAFETENSORS_MAX_HEADER = 100 * 2 ** 20   # what the safetensors format itself allows
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _expanded(path: Path) -> Optional[Path]:
+    """``path`` with ``~`` expanded, or None for an unknown ``~user``."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return None
+
+
+def _real(path: Path) -> Optional[Path]:
+    """``path`` made absolute with every symlink resolved, or None when the OS cannot say
+    (a name too long, a symlink loop, a NUL byte)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _stat(path: Path) -> Optional[os.stat_result]:
+    try:
+        return path.stat()
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class ModelRoots:
+    """Where a client may name models from: anything inside ``folders`` (the model folders,
+    Atelier's home, the Hugging Face cache), and exactly the ``allowed`` paths the operator
+    named on the daemon's command line. All paths are held resolved; the order of
+    ``folders`` is the order relative names are looked up in."""
+    folders: tuple[Path, ...]
+    allowed: tuple[Path, ...] = ()
+
+    @classmethod
+    def of(cls, home: Path, search_dirs: Sequence[Path], hf_cache: Path,
+           allowed_paths: Sequence[Path] = ()) -> "ModelRoots":
+        folders = [_real(Path(d).expanduser()) for d in (*search_dirs, home, hf_cache)]
+        allowed = [_real(Path(p).expanduser()) for p in allowed_paths]
+        return cls(tuple(dict.fromkeys(f for f in folders if f is not None)),
+                   tuple(p for p in allowed if p is not None))
+
+    def inside_folders(self, real: Path) -> bool:
+        return any(real.is_relative_to(folder) for folder in self.folders)
+
+    def holds(self, path: Path) -> bool:
+        """Whether ``path``, symlinks resolved, lies inside one of the folders."""
+        real = _real(path)
+        return real is not None and self.inside_folders(real)
+
+    def candidates(self, name: str) -> Iterator[Path]:
+        """The resolved paths ``name`` may mean, all admitted, most specific first: an
+        allowed path (also as the daemon's working directory reads it), an absolute path
+        inside a folder, else ``name`` inside each folder."""
+        as_path = _expanded(Path(name))
+        real = _real(as_path) if as_path is not None else None
+        if real is not None and real in self.allowed:
+            yield real
+            return
+        if as_path is None or as_path.is_absolute():
+            if real is not None and self.inside_folders(real):
+                yield real
+            return
+        for folder in self.folders:
+            real = _real(folder / as_path)
+            if real is not None and self.inside_folders(real):
+                yield real
+
+
+def operator_paths(names: Iterable[str]) -> list[Path]:
+    """Those of ``names`` (given on the daemon's command line) that are existing paths,
+    resolved: the ``allowed_paths`` a daemon passes to ``resolve``."""
+    paths = []
+    for name in names:
+        if name in TINY_MODELS:
+            continue
+        as_path = _expanded(Path(name))
+        real = _real(as_path) if as_path is not None else None
+        if real is not None and _stat(real) is not None:
+            paths.append(real)
+    return paths
+
+
+def _load_failed(path: Path, problem: str, field: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                         f"{path.name} is not a usable safetensors file: {problem}", field=field)
+
+
+def check_safetensors_file(path: Path, field: str = "model") -> None:
+    """Refuse, before safetensors or diffusers open it, a ``.safetensors`` path that is not a
+    regular file (opening a FIFO blocks the whole process: safetensors holds the GIL) or
+    whose header length field is impossible. ProtocolError(MODEL_LOAD_FAILED) naming the
+    problem otherwise."""
+    info = _stat(path)
+    if info is None:
+        raise _load_failed(path, "it cannot be read", field)
+    if not stat.S_ISREG(info.st_mode):
+        raise _load_failed(path, "it is not a regular file", field)
+    try:
+        # Non-blocking, and checked again on the open file: it may have been swapped.
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise _load_failed(path, f"it cannot be opened ({exc.strerror})", field) from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _load_failed(path, "it is not a regular file", field)
+        if info.st_size < SAFETENSORS_MIN_BYTES:
+            raise _load_failed(path, f"it is {info.st_size} bytes long, shorter than the "
+                                     f"{SAFETENSORS_MIN_BYTES}-byte header length", field)
+        header = int.from_bytes(os.read(fd, SAFETENSORS_MIN_BYTES), "little")
+    finally:
+        os.close(fd)
+    body = info.st_size - SAFETENSORS_MIN_BYTES
+    if header > min(SAFETENSORS_MAX_HEADER, body):
+        raise _load_failed(path, f"its header claims {header} bytes, more than the "
+                                 f"{min(SAFETENSORS_MAX_HEADER, body)} it can hold (a truncated "
+                                 f"or foreign file)", field)
+
+
+def _check_folder_weights(folder: Path) -> None:
+    """Every safetensors file of a diffusers folder (its own and its components') is a
+    regular file with a plausible header, so that loading it cannot hang."""
+    for weights in sorted([*folder.glob("*.safetensors"), *folder.glob("*/*.safetensors")]):
+        check_safetensors_file(weights)
+
+
 # ----------------------------------------------------------------- resolution
 
 def refuse_pickle(path: Path) -> None:
@@ -123,51 +262,69 @@ def refuse_pickle(path: Path) -> None:
             field="model")
 
 
-def _local_source(name: str, path: Path) -> ModelSource:
-    refuse_pickle(path)
-    if path.is_dir():
-        if (path / "model_index.json").is_file() or (path / "config.json").is_file():
-            return ModelSource(name, "diffusers", path.resolve())
+def _shown(name: str) -> str:
+    """A client's model name as errors echo it: bounded."""
+    return name if len(name) <= NOT_FOUND_NAME_CHARS else name[:NOT_FOUND_NAME_CHARS] + "..."
+
+
+def _not_found(name: str) -> ProtocolError:
+    # One sentence whatever the reason (missing, outside the roots, not a model, not a
+    # regular file), and no paths: a client must not learn what exists on this machine.
+    return ProtocolError(
+        ErrorCode.MODEL_NOT_FOUND,
+        f"no model named {_shown(name)!r} in the model folders or the Hugging Face cache "
+        f"(built-in: {', '.join(TINY_MODELS)}); see `atelier models list`", field="model")
+
+
+def _local_source(name: str, real: Path) -> Optional[ModelSource]:
+    """The model at ``real`` (resolved and admitted by the roots), or None when nothing
+    loadable is there."""
+    refuse_pickle(Path(name))
+    refuse_pickle(real)
+    info = _stat(real)
+    if info is None:
+        return None
+    if stat.S_ISDIR(info.st_mode):
+        if not ((real / "model_index.json").is_file() or (real / "config.json").is_file()):
+            return None
+        # The folder loader hands these files to diffusers as they are.
+        _check_folder_weights(real)
+        return ModelSource(name, "diffusers", real)
+    if stat.S_ISREG(info.st_mode) and SINGLE_FILE_SUFFIX in (Path(name).suffix.lower(),
+                                                             real.suffix.lower()):
+        return ModelSource(name, "single_file", real)
+    return None
+
+
+def _cached_source(name: str, hf_cache: Path, roots: ModelRoots) -> ModelSource:
+    snapshot = hf_snapshot(name, hf_cache)
+    real = _real(snapshot) if snapshot is not None else None
+    if real is None or not roots.inside_folders(real):
         raise ProtocolError(
             ErrorCode.MODEL_NOT_FOUND,
-            f"{path} is a folder but not a diffusers model (no model_index.json or config.json)",
-            field="model")
-    if path.suffix.lower() == SINGLE_FILE_SUFFIX:
-        return ModelSource(name, "single_file", path.resolve())
-    raise ProtocolError(
-        ErrorCode.MODEL_NOT_FOUND,
-        f"{path} is not a model Atelier can load: expected a diffusers folder or a "
-        f"{SINGLE_FILE_SUFFIX} checkpoint", field="model")
+            f"{_shown(name)} is not in the local cache; fetch it with: atelier models pull "
+            f"{_shown(name)}", field="model")
+    _check_folder_weights(real)
+    return ModelSource(name, "hf_cache", real)
 
 
-def resolve(name: str, home: Path, search_dirs: list[Path], hf_cache: Path) -> ModelSource:
-    """Turn a model name into a source, in this order: a built-in tiny model; an existing
-    path; a file or folder name inside one of ``search_dirs``; a Hugging Face id in the cache.
-    Raises ProtocolError(MODEL_NOT_FOUND / MODEL_LOAD_FAILED, field="model")."""
+def resolve(name: str, home: Path, search_dirs: Sequence[Path], hf_cache: Path, *,
+            allowed_paths: Sequence[Path] = ()) -> ModelSource:
+    """Turn a model name into a source, in this order: a built-in tiny model; one of
+    ``allowed_paths`` (paths the operator gave the daemon); an absolute path inside the
+    roots (``search_dirs``, ``home``, ``hf_cache``) or a relative one inside each root in
+    turn; a Hugging Face id in the cache. Symlinks are resolved before the roots are
+    checked. Raises ProtocolError(MODEL_NOT_FOUND / MODEL_LOAD_FAILED, field="model");
+    everything not found, outside the roots or not a model gets the same not-found."""
     if not name or not name.strip():
         raise ProtocolError(ErrorCode.MODEL_NOT_FOUND, "empty model name", field="model")
     if name in TINY_MODELS:
         return ModelSource(name, "tiny", ensure_tiny(name, home / "models"))
-    as_path = Path(name).expanduser()
-    if as_path.exists():
-        return _local_source(name, as_path)
-    if not as_path.is_absolute():
-        for folder in search_dirs:
-            candidate = folder / name
-            if candidate.exists():
-                return _local_source(name, candidate)
-    refuse_pickle(as_path)   # a pickle name that does not exist is still refused by name
+    roots = ModelRoots.of(home, search_dirs, hf_cache, allowed_paths)
+    for real in roots.candidates(name):
+        source = _local_source(name, real)
+        if source is not None:
+            return source
     if _HF_ID.match(name):
-        snapshot = hf_snapshot(name, hf_cache)
-        if snapshot is None:
-            raise ProtocolError(
-                ErrorCode.MODEL_NOT_FOUND,
-                f"{name} is not in the local cache ({hf_cache}); fetch it with: "
-                f"atelier models pull {name}", field="model")
-        return ModelSource(name, "hf_cache", snapshot)
-    where = ", ".join(str(d) for d in search_dirs) or "no model folders configured"
-    raise ProtocolError(
-        ErrorCode.MODEL_NOT_FOUND,
-        f"no model named {name!r}: not a built-in ({', '.join(TINY_MODELS)}), not an existing "
-        f"path, not in the model folders ({where}) and not a Hugging Face id (owner/name)",
-        field="model")
+        return _cached_source(name, hf_cache, roots)
+    raise _not_found(name)

@@ -56,7 +56,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, TypeVar
+from typing import Callable, Mapping, Optional, Sequence, TypeVar
 
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
@@ -67,7 +67,7 @@ from protocol.messages import ModelInfo
 
 from . import families
 from .accel import CPU_OFFLOAD, AccelOptions, Acceleration, accelerate_controlnet, apply_accel
-from .catalog import list_models
+from .catalog import Catalog, list_models
 from .deep_tap import DeepFeatureTap, install_deep_tap
 from .device import device_memory, free_device_cache
 from .loader import conditioner_family, load_adapter, load_controlnet, prepare_pipeline
@@ -201,7 +201,8 @@ class ModelStore:
     def __init__(self, device: str, dtype: torch.dtype, home: Path, search_dirs: list[Path],
                  hf_cache: Optional[Path] = None, accel: Optional[AccelOptions] = None,
                  depth_controls: Optional[Mapping[str, str]] = None,
-                 resident_bytes: int = DEFAULT_RESIDENT_BYTES):
+                 resident_bytes: int = DEFAULT_RESIDENT_BYTES,
+                 allowed_paths: Sequence[Path] = ()):
         if resident_bytes < 0:
             raise ValueError(f"resident_bytes must be 0 or more, got {resident_bytes}")
         self.device = device
@@ -210,6 +211,8 @@ class ModelStore:
         self.home = Path(home).expanduser()
         self.search_dirs = [Path(d).expanduser() for d in search_dirs]
         self.hf_cache = Path(hf_cache) if hf_cache is not None else hf_cache_dir(os.environ)
+        # Paths the operator named (``serve --model PATH``): loadable though outside the roots.
+        self.allowed_paths = tuple(Path(p).expanduser() for p in allowed_paths)
         # Parameter and buffer bytes the resident models may hold together; the active
         # model stays even when it alone is larger.
         self.resident_bytes = resident_bytes
@@ -250,7 +253,8 @@ class ModelStore:
         return [model.name for model in self._resident.values()]
 
     def resolve(self, name: str) -> ModelSource:
-        return resolve(name, self.home, self.search_dirs, self.hf_cache)
+        return resolve(name, self.home, self.search_dirs, self.hf_cache,
+                       allowed_paths=self.allowed_paths)
 
     def load(self, name: str) -> LoadedModel:
         """Make ``name`` the default model and the active one (``use``, then remember it
@@ -487,6 +491,10 @@ class ModelStore:
         free_device_cache(self.device)
 
     def available(self) -> list[ModelInfo]:
+        return self.catalog().models
+
+    def catalog(self) -> Catalog:
+        """The models a client can name, and the entries that could not be read."""
         return list_models(self.home, self.search_dirs, self.hf_cache)
 
     def memory(self) -> tuple[int, int]:

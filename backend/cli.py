@@ -60,16 +60,6 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=defaults.max_queue)
     serve.add_argument("--max-message-mb", type=float,
                        default=defaults.max_message_bytes / 2 ** 20)
-    serve.add_argument("--max-upload-mb", type=float,
-                       default=defaults.max_upload_bytes / 2 ** 20,
-                       help="upload MiB held for one client: waiting uploads and its queued jobs'")
-    serve.add_argument("--max-total-upload-mb", type=float,
-                       default=defaults.max_total_upload_bytes / 2 ** 20,
-                       help="the same for all clients together")
-    serve.add_argument("--max-connections", type=int, default=defaults.max_connections)
-    serve.add_argument("--max-outbox-mb", type=float,
-                       default=defaults.max_outbox_bytes / 2 ** 20,
-                       help="unsent MiB to one client before it is disconnected")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(run=_serve)
 
@@ -206,14 +196,9 @@ def _serve(args: argparse.Namespace) -> int:
     limits = ServerLimits(max_side=args.max_side, max_pixels=args.max_side ** 2,
                           max_batch=args.max_batch, max_steps=args.max_steps,
                           max_queue=args.max_queue,
-                          max_message_bytes=int(args.max_message_mb * 2 ** 20),
-                          max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
-                          max_total_upload_bytes=int(args.max_total_upload_mb * 2 ** 20),
-                          max_connections=args.max_connections,
-                          max_outbox_bytes=int(args.max_outbox_mb * 2 ** 20))
+                          max_message_bytes=int(args.max_message_mb * 2 ** 20))
     config = ServerConfig(host=args.host, port=args.port, token=token,
-                          allowed_origins=tuple(args.allow_origin), limits=limits,
-                          spool_dir=_home(args) / "spool")
+                          allowed_origins=tuple(args.allow_origin), limits=limits)
     daemon = _build_daemon(args, config)
 
     async def run() -> None:

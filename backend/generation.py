@@ -40,6 +40,11 @@ ProgressSink = Callable[[int, int, Optional[Pixels]], None]
 
 
 class Generator(Protocol):
+    def check(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> None:
+        """Check what needs no model (sizes, uploads, masks) before the job is queued:
+        ProtocolError naming the field. Runs on a thread of its own, beside the worker."""
+        ...
+
     def generate(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                  progress: ProgressSink, cancelled: Callable[[], bool]) -> GenerationOutput:
         """Run one job on the worker thread. Raise ProtocolError for bad input (with the

@@ -10,6 +10,7 @@ import asyncio
 import collections
 import concurrent.futures
 import enum
+import hmac
 import logging
 import threading
 import time
@@ -19,11 +20,13 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FORMAT_NAMES, ImageFrame, new_id
-from protocol.messages import (Cancelled, Error, GenerateRequest, ImageInfo, Progress, Result,
-                               Started)
+from protocol.messages import (Cancelled, Error, GenerateRequest, ImageInfo, JobStatus, Progress,
+                               Result, Started)
 
 from .generation import GenerationOutput, Generator, JobCancelled, Pixels
 from .outputs import preview_frame, result_frame
+from .spool import OutcomeSpool
+from .uploads import Hold
 
 log = logging.getLogger("atelier.jobs")
 
@@ -43,12 +46,23 @@ class Job:
     id: str
     request: GenerateRequest
     uploads: Mapping[str, ImageFrame]
+    owner: str                         # the submitting client's key; only it may fetch or cancel
+    holds: list[Hold] = field(default_factory=list)   # upload bytes, given back when it ends
     state: JobState = JobState.QUEUED
     subscribers: list[Subscriber] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
     outcome: list[Any] = field(default_factory=list)   # what a late fetch replays
     outcome_bytes: int = 0
     finished_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class OwnStatus:
+    """What ``get_status`` may tell one client: others' jobs only as counts."""
+    queue_length: int
+    busy: bool
+    running: Optional[str]
+    jobs: list[JobStatus]
 
 
 @dataclass
@@ -59,11 +73,19 @@ class _Task:
 
 
 class JobManager:
+    """``spool``: where finished outcomes are also kept on disk, so that a restarted daemon
+    can still hand them to their owners. ``after_out_of_memory`` runs on the worker after a
+    job failed for lack of device memory (it frees the device's cache)."""
+
     def __init__(self, generator: Generator, loop: asyncio.AbstractEventLoop, *,
                  max_queue: int = 32, keep_results_s: float = 3600.0,
-                 keep_results_bytes: int = 1024 * 1024 * 1024):
+                 keep_results_bytes: int = 1024 * 1024 * 1024,
+                 spool: Optional[OutcomeSpool] = None,
+                 after_out_of_memory: Callable[[], None] = lambda: None):
         self._generator = generator
         self._loop = loop
+        self._spool = spool
+        self._after_out_of_memory = after_out_of_memory
         self._max_queue = max_queue
         self._keep_s = keep_results_s
         self._keep_bytes = keep_results_bytes
@@ -88,51 +110,89 @@ class JobManager:
         job = self._running
         return job.id if job else None
 
-    def submit(self, request: GenerateRequest, uploads: Mapping[str, ImageFrame],
-               subscriber: Subscriber) -> tuple[Job, int]:
+    def status_for(self, owner: str) -> OwnStatus:
         with self._cond:
+            waiting = sum(isinstance(item, Job) for item in self._queue)
+            running = self._running
+            mine = [JobStatus(job_id=job.id, state=job.state.value)
+                    for job in self._jobs.values() if _same_owner(job.owner, owner)]
+        return OwnStatus(queue_length=waiting, busy=running is not None,
+                         running=running.id if running and _same_owner(running.owner, owner)
+                         else None, jobs=mine)
+
+    def submit(self, request: GenerateRequest, uploads: Mapping[str, ImageFrame],
+               subscriber: Subscriber, owner: str, holds: list[Hold] = ()) -> tuple[Job, int]:
+        with self._cond:
+            if self._stopping:
+                raise ProtocolError(ErrorCode.SHUTTING_DOWN,
+                                    "the daemon is shutting down and takes no new jobs")
             waiting = sum(isinstance(item, Job) for item in self._queue)
             if waiting >= self._max_queue:
                 raise ProtocolError(ErrorCode.QUEUE_FULL,
                                     f"the queue holds {waiting} jobs, the limit is "
                                     f"{self._max_queue}; try again when one finishes")
-            job = Job(new_id(), request, dict(uploads), subscribers=[subscriber])
+            job = Job(new_id(), request, dict(uploads), owner, list(holds),
+                      subscribers=[subscriber])
             self._jobs[job.id] = job
             self._queue.append(job)
             self._cond.notify()
             position = waiting + (1 if self._running else 0)
         return job, position
 
-    def cancel(self, job_id: str) -> None:
-        """Remove a queued job or stop a running one within one step."""
-        with self._cond:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise ProtocolError(ErrorCode.UNKNOWN_JOB, f"no job with id {job_id}", "job_id")
-            if job.state == JobState.QUEUED:
-                self._queue.remove(job)
-                self._finish(job, JobState.CANCELLED, [Cancelled(job_id=job.id)])
-                return
-            if job.state == JobState.RUNNING:
-                job.cancel.set()
-        # a finished job: nothing to stop, its outcome was delivered already
+    def _owned(self, job_id: str, owner: str) -> Optional[Job]:
+        """The job, if it is in memory and ``owner``'s (call with the lock held)."""
+        job = self._jobs.get(job_id)
+        return job if job is not None and _same_owner(job.owner, owner) else None
 
-    def fetch(self, job_id: str, subscriber: Subscriber) -> None:
-        """Replay a finished job's outcome, or subscribe to a queued or running one."""
+    def cancel(self, job_id: str, owner: str, subscriber: Subscriber) -> None:
+        """Remove a queued job or stop a running one within one step; ``subscriber`` gets
+        the ``cancelled``. A job that already ended answers JOB_FINISHED (or ``cancelled``
+        again when that is how it ended). Jobs of other clients are unknown here."""
         self._expire()
         with self._cond:
-            job = self._jobs.get(job_id)
-            if job is None:
-                raise ProtocolError(ErrorCode.UNKNOWN_JOB,
-                                    f"no job with id {job_id} (finished results are kept "
-                                    f"{self._keep_s:g} s)", "job_id")
-            if job.state in (JobState.QUEUED, JobState.RUNNING):
+            job = self._owned(job_id, owner)
+            if job is not None and job.state in (JobState.QUEUED, JobState.RUNNING):
+                if subscriber not in job.subscribers:
+                    job.subscribers.append(subscriber)
+                if job.state == JobState.QUEUED:
+                    self._queue.remove(job)
+                    self._finish(job, JobState.CANCELLED, [Cancelled(job_id=job.id)])
+                else:
+                    job.cancel.set()
+                return
+            outcome = list(job.outcome) if job is not None else None
+        if outcome is None:
+            outcome = self._spooled(job_id, owner)
+        if len(outcome) == 1 and isinstance(outcome[0], Cancelled):
+            subscriber(outcome[0])
+            return
+        raise ProtocolError(ErrorCode.JOB_FINISHED,
+                            f"job {job_id} has already finished: nothing to cancel; its "
+                            "outcome can be fetched", "job_id")
+
+    def fetch(self, job_id: str, owner: str, subscriber: Subscriber) -> None:
+        """Replay a finished job's outcome (from memory, or from the spool after a restart),
+        or subscribe to a queued or running one. Jobs of other clients are unknown here."""
+        self._expire()
+        with self._cond:
+            job = self._owned(job_id, owner)
+            if job is not None and job.state in (JobState.QUEUED, JobState.RUNNING):
                 if subscriber not in job.subscribers:
                     job.subscribers.append(subscriber)
                 return
-            outcome = list(job.outcome)
+            outcome = list(job.outcome) if job is not None else None
+        if outcome is None:
+            outcome = self._spooled(job_id, owner)
         for item in outcome:
             subscriber(item)
+
+    def _spooled(self, job_id: str, owner: str) -> list[Any]:
+        outcome = self._spool.get(job_id, owner) if self._spool is not None else None
+        if outcome is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_JOB,
+                                f"no job with id {job_id} of this client (finished results are "
+                                f"kept {self._keep_s:g} s)", "job_id")
+        return outcome
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """A connection went away: its jobs keep running, their results are kept."""
@@ -148,13 +208,26 @@ class JobManager:
             self._cond.notify()
         return future
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking work: queued jobs end with SHUTTING_DOWN (their owners are told, and
+        the outcome is spooled like any other), queued tasks fail, the running job is
+        cancelled. Waits at most ``timeout`` s for the worker (a model load cannot be
+        interrupted; the worker thread is a daemon thread and ends with the process)."""
         with self._cond:
             self._stopping = True
+            queued, self._queue = list(self._queue), collections.deque()
             if self._running:
                 self._running.cancel.set()
             self._cond.notify()
-        self._worker.join(timeout=30)
+        for item in queued:
+            if isinstance(item, Job):
+                self._finish(item, JobState.FAILED, [Error(
+                    code=ErrorCode.SHUTTING_DOWN, job_id=item.id,
+                    message="the daemon was stopped before this job ran; submit it again")])
+            else:
+                self._loop.call_soon_threadsafe(_set_exception, item.future, ProtocolError(
+                    ErrorCode.SHUTTING_DOWN, "the daemon is shutting down"))
+        self._worker.join(timeout=timeout)
         self._encoder.shutdown(wait=True)
 
     # ------------------------------------------------------------ worker side
@@ -200,10 +273,17 @@ class JobManager:
             return
         except ProtocolError as exc:
             self._finish(job, JobState.FAILED, [Error(code=exc.code, message=exc.message,
-                                                      field=exc.field, job_id=job.id)])
+                                                      field=_in_job(exc.field), job_id=job.id)])
             return
         except Exception as exc:  # one failing job must not take the daemon down
-            self._fail(job, exc)
+            failure = self._failure_of(job, exc)
+        else:
+            failure = None
+        if failure is not None:
+            # Out of the except block, the traceback no longer holds the job's tensors.
+            if failure.code == ErrorCode.OUT_OF_MEMORY:
+                self._free_device_memory(job)
+            self._finish(job, JobState.FAILED, [failure])
             return
         # Encoding (PNG can take longer than a fast GPU's job) runs beside the next job's
         # sampling; one encoder thread keeps results in submission order.
@@ -217,7 +297,7 @@ class JobManager:
             frames = [result_frame(job.id, i, image, output.params, output.model)
                       for i, image in enumerate(output.images)]
         except Exception as exc:
-            self._fail(job, exc)
+            self._finish(job, JobState.FAILED, [self._failure_of(job, exc)])
             return
         result = Result(
             job_id=job.id,
@@ -228,9 +308,15 @@ class JobManager:
             seconds=round(time.perf_counter() - started, 4))
         self._finish(job, JobState.DONE, [*frames, result])
 
-    def _fail(self, job: Job, exc: Exception) -> None:
+    def _failure_of(self, job: Job, exc: Exception) -> Error:
         log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-        self._finish(job, JobState.FAILED, [_failure(job.id, exc)])
+        return _failure(job.id, exc)
+
+    def _free_device_memory(self, job: Job) -> None:
+        try:
+            self._after_out_of_memory()
+        except Exception:
+            log.exception("freeing device memory after job %s failed", job.id)
 
     def _finish(self, job: Job, state: JobState, outcome: list[Any]) -> None:
         with self._cond:
@@ -239,11 +325,26 @@ class JobManager:
             job.outcome_bytes = sum(len(o.data) for o in outcome if isinstance(o, ImageFrame))
             job.finished_at = time.monotonic()
             job.uploads = {}
+            holds, job.holds = job.holds, []
             self._finished[job.id] = job
             if self._running is job:
                 self._running = None
+        for hold in holds:
+            hold.release()
         self._post_many(job, outcome)
+        if self._spool is not None:
+            try:
+                self._encoder.submit(self._keep_on_disk, job, outcome)
+            except RuntimeError:     # the encoder was shut down: stopping, write it here
+                self._keep_on_disk(job, outcome)
         self._expire()
+
+    def _keep_on_disk(self, job: Job, outcome: list[Any]) -> None:
+        assert self._spool is not None
+        try:
+            self._spool.put(job.id, job.owner, outcome)
+        except Exception:   # the outcome stays in memory; only a restart would lose it
+            log.exception("could not spool the outcome of job %s", job.id)
 
     def _expire(self) -> None:
         with self._cond:
@@ -269,6 +370,17 @@ class JobManager:
         for subscriber in subscribers:
             for item in items:
                 subscriber(item)
+
+
+def _same_owner(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def _in_job(field_path: Optional[str]) -> Optional[str]:
+    """Error fields of a job are paths in the submit message: ``job.<field>``."""
+    if field_path is None or field_path == "job" or field_path.startswith("job."):
+        return field_path
+    return f"job.{field_path}"
 
 
 def _failure(job_id: str, exc: Exception) -> Error:

@@ -16,14 +16,25 @@ class ServerLimits:
     max_batch: int = 8
     max_steps: int = 150
     max_queue: int = 32
-    max_uploads: int = 16
-    max_upload_bytes: int = 512 * 1024 * 1024   # pending uploads of one connection
+    max_uploads: int = 16                       # uploads waiting for a submit, per connection
+    # Upload bytes held for a client: its waiting uploads plus those of its queued and
+    # running jobs; and the same for all clients together.
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_total_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    max_connections: int = 64
+    # Messages and previews waiting to be sent to one connection (result images are shared
+    # with the daemon's kept results and count only their headers). Previews are dropped
+    # past a quarter of it; past all of it the connection is closed (CloseCode.OUTBOX_FULL).
+    max_outbox_bytes: int = 16 * 1024 * 1024
 
     def advertised(self) -> Limits:
         return Limits(max_message_bytes=self.max_message_bytes, max_pixels=self.max_pixels,
                       max_side=self.max_side, max_batch=self.max_batch,
                       max_steps=self.max_steps, max_queue=self.max_queue,
-                      max_uploads=self.max_uploads)
+                      max_uploads=self.max_uploads, max_upload_bytes=self.max_upload_bytes,
+                      max_total_upload_bytes=self.max_total_upload_bytes,
+                      max_connections=self.max_connections,
+                      max_outbox_bytes=self.max_outbox_bytes)
 
     def check_request(self, job: GenerateRequest) -> None:
         """Size, steps and batch limits; raises ProtocolError naming the field and limit."""

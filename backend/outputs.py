@@ -17,13 +17,21 @@ PNG_PARAMETERS_KEY = "parameters"        # the key A1111 and many tools read
 PNG_ATELIER_KEY = "atelier"              # the full request as JSON
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks as spaces. In A1111's text a line may start a new
+    part ("Negative prompt: ...", the settings line), so a prompt's own line breaks would
+    forge one. CLIP's tokenizer reads any whitespace run as one space, so the prompt
+    means the same to the model; the ``atelier`` chunk keeps the exact text."""
+    return " ".join(text.splitlines())
+
+
 def a1111_parameters(params: GenerateRequest, seed: int, model: str) -> str:
     """The one-paragraph settings text A1111 writes, so other tools can read ours."""
-    lines = [params.prompt]
+    lines = [one_line(params.prompt)]
     if params.negative_prompt:
-        lines.append(f"Negative prompt: {params.negative_prompt}")
+        lines.append(f"Negative prompt: {one_line(params.negative_prompt)}")
     lines.append(f"Steps: {params.steps}, Sampler: {params.scheduler}, CFG scale: {params.guidance}, "
-                 f"Seed: {seed}, Size: {params.width}x{params.height}, Model: {model}"
+                 f"Seed: {seed}, Size: {params.width}x{params.height}, Model: {one_line(model)}"
                  + (f", Denoising strength: {params.strength}" if params.kind != "txt2img" else "")
                  + (f", Tiling: {params.tiling}" if params.tiling != "none" else "")
                  + (f", Step cache: {params.cache_interval}" if params.cache_interval > 1 else ""))

@@ -11,26 +11,35 @@ import collections
 import hmac
 import ipaddress
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Optional, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from protocol.codec import decode_message, encode_message
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.frames import FrameKind, ImageFrame, decode_frame, encode_frame
-from protocol.messages import (CLIENT_MESSAGES, PROTOCOL_VERSION, Accepted, Cancel, Error, Fetch,
-                               GenerateRequest, GetStatus, Hello, ListModels, LoadModel, ModelInfo,
+from protocol.codec import decode_message
+from protocol.errors import CloseCode, ErrorCode, ProtocolError
+from protocol.frames import FrameKind, ImageFrame, decode_frame
+from protocol.messages import (CLIENT_KEY_LENGTH, CLIENT_MESSAGES, PROTOCOL_VERSION, Accepted,
+                               Cancel, Error, Fetch, GetStatus, Hello, ListModels, LoadModel,
                                ModelLoaded, Models, Status, Submit, Welcome)
+from protocol.schema import shorten
 
 from .generation import Generator
 from .jobs import JobManager
 from .limits import ServerLimits
+from .outbox import Outbox, OutboxFull
+from .spool import OutcomeSpool
+from .uploads import Hold, UploadBudget
+
+if TYPE_CHECKING:
+    from .models.catalog import Catalog
 
 log = logging.getLogger("atelier.server")
 
@@ -38,6 +47,8 @@ SERVER_NAME = "atelier/0.1"
 CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "tiling", "depth", "control",
                 "t2i_adapter", "step_cache", "previews", "png", "raw", "fetch", "cancel"]
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+ERROR_MESSAGE_MAX = 1000     # characters of an error's message; client input is never echoed whole
+ERROR_FIELD_MAX = 200
 
 
 class ModelService(Protocol):
@@ -45,9 +56,10 @@ class ModelService(Protocol):
     device: str
 
     def current_name(self) -> Optional[str]: ...
-    def available(self) -> list[ModelInfo]: ...
+    def catalog(self) -> "Catalog": ...     # the models found, and what could not be read
     def load(self, name: str) -> tuple[str, str]: ...        # (name, family), on the worker
     def memory(self) -> tuple[int, int]: ...                  # (allocated, total) bytes
+    def after_out_of_memory(self) -> None: ...                # on the worker
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,8 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     limits: ServerLimits = field(default_factory=ServerLimits)
     keep_results_s: float = 3600.0
+    keep_results_bytes: int = 1024 * 1024 * 1024
+    spool_dir: Optional[Path] = None     # finished outcomes on disk (survive a restart)
 
 
 def is_loopback(host: str) -> bool:
@@ -69,6 +83,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_of(header: str) -> str:
+    """The host part of a Host header: ``[::1]:7861`` -> ``[::1]``, ``localhost`` -> itself."""
+    if header.startswith("["):
+        end = header.find("]")
+        return header[:end + 1] if end > 0 else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def bearer_token(header: str) -> str:
+    """The token of ``Authorization: Bearer TOKEN`` (the scheme is case-insensitive)."""
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 class Daemon:
     def __init__(self, config: ServerConfig, models: ModelService, generator: Generator):
         if not is_loopback(config.host) and not config.token:
@@ -77,29 +105,45 @@ class Daemon:
         self.models = models
         self.generator = generator
         self.jobs: Optional[JobManager] = None
+        self.uploads = UploadBudget(config.limits.max_upload_bytes,
+                                    config.limits.max_total_upload_bytes)
         self.port: Optional[int] = None
+        self.sessions: set[Session] = set()
         self._server = None
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
+        spool = OutcomeSpool(self.config.spool_dir, keep_s=self.config.keep_results_s,
+                             keep_bytes=self.config.keep_results_bytes) \
+            if self.config.spool_dir is not None else None
         self.jobs = JobManager(self.generator, loop, max_queue=self.config.limits.max_queue,
-                               keep_results_s=self.config.keep_results_s)
+                               keep_results_s=self.config.keep_results_s,
+                               keep_results_bytes=self.config.keep_results_bytes, spool=spool,
+                               after_out_of_memory=self.models.after_out_of_memory)
         self._server = await serve(
             self._handle, self.config.host, self.config.port,
             process_request=self._check_request,
             max_size=self.config.limits.max_message_bytes, compression=None,
             ping_interval=20, ping_timeout=60)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("Atelier daemon on ws://%s:%d/ (device %s)", self.config.host, self.port,
+        log.info("Atelier daemon on %s (device %s)", ws_url(self.config.host, self.port),
                  self.models.device)
         return self.port
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    async def stop(self, flush_s: float = 2.0) -> None:
+        """Queued jobs end with SHUTTING_DOWN and their clients are told (for up to
+        ``flush_s``), then every connection closes with GOING_AWAY."""
         if self.jobs is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.jobs.stop)
+            await asyncio.sleep(0)       # the worker's last posts run before the flush
+            deadline = time.monotonic() + flush_s
+            while any(s.outbox.pending_bytes for s in self.sessions) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        if self._server is not None:
+            self._server.close(close_connections=False)
+            for session in list(self.sessions):
+                await session.close(CloseCode.GOING_AWAY, "the daemon is shutting down")
+            await self._server.wait_closed()
 
     async def serve_forever(self) -> None:
         await self.start()
@@ -110,76 +154,149 @@ class Daemon:
 
     # ----------------------------------------------------------- HTTP upgrade
     def _check_request(self, connection: ServerConnection, request: Request) -> Optional[Response]:
-        origin = request.headers.get("Origin")
-        if origin is not None and origin not in self.config.allowed_origins:
+        origins = request.headers.get_all("Origin")
+        if origins and (len(origins) > 1 or origins[0] not in self.config.allowed_origins):
             # A web page in a browser must not drive a daemon on localhost.
+            shown = shorten(", ".join(origins), 200)
             return connection.respond(HTTPStatus.FORBIDDEN,
-                                      f"origin {origin} is not allowed (see --allow-origin)\n")
+                                      f"origin {shown} is not allowed (see --allow-origin)\n")
         if is_loopback(self.config.host):
             hosts = request.headers.get_all("Host")
-            host = hosts[0].rsplit(":", 1)[0] if len(hosts) == 1 else ""
+            host = host_of(hosts[0]) if len(hosts) == 1 else ""
             if not is_loopback(host):
                 # DNS rebinding: a foreign name that resolves to 127.0.0.1.
-                return connection.respond(HTTPStatus.FORBIDDEN, f"host {host} is not allowed\n")
+                return connection.respond(HTTPStatus.FORBIDDEN,
+                                          f"host {shorten(host, 200)} is not allowed\n")
         if self.config.token:
-            auth = request.headers.get("Authorization") or ""
-            given = auth[7:] if auth.startswith("Bearer ") else ""
+            auths = request.headers.get_all("Authorization")
+            given = bearer_token(auths[0]) if len(auths) == 1 else ""
             if not given:
                 return connection.respond(HTTPStatus.UNAUTHORIZED, "a token is required\n")
             if not hmac.compare_digest(given.encode(), self.config.token.encode()):
                 return connection.respond(HTTPStatus.FORBIDDEN, "wrong token\n")
+        if len(self.sessions) >= self.config.limits.max_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                      f"{len(self.sessions)} clients are connected, the limit "
+                                      f"is {self.config.limits.max_connections}\n")
         return None
 
     async def _handle(self, connection: ServerConnection) -> None:
         session = Session(self, connection)
+        self.sessions.add(session)
         try:
             await session.run()
         finally:
+            self.sessions.discard(session)
+            session.drop_uploads()
             assert self.jobs is not None
             self.jobs.unsubscribe(session.deliver)
 
 
+@dataclass
+class PendingUpload:
+    frame: ImageFrame
+    hold: Hold
+
+
 class Session:
-    """One client connection: handshake state, pending uploads, an ordered outbox."""
+    """One client connection: its identity (client key), handshake state, pending uploads
+    and a bounded outbox. Every message goes through one error boundary; slow work
+    (checking a submit, loading or listing models) runs in tasks, so the reader keeps
+    reading (a ``cancel`` is handled while a ``load_model`` is in flight)."""
 
     def __init__(self, daemon: Daemon, connection: ServerConnection):
         self.daemon = daemon
         self.connection = connection
         self.limits = daemon.config.limits
         self.ready = False
-        self.uploads: collections.OrderedDict[str, ImageFrame] = collections.OrderedDict()
-        self.outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.client_key = ""
+        self.uploads: collections.OrderedDict[str, PendingUpload] = collections.OrderedDict()
+        self.outbox = Outbox(self.limits.max_outbox_bytes)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._submits = asyncio.Lock()     # submits are accepted in the order they came
+
+    @property
+    def jobs(self) -> JobManager:
+        assert self.daemon.jobs is not None
+        return self.daemon.jobs
 
     def deliver(self, item: Any) -> None:
-        """Called on the event loop by the job layer."""
-        self.outbox.put_nowait(item)
+        """Queue ``item`` for this client (called on the event loop, also by the job
+        layer). A client that does not read is disconnected once its outbox is full."""
+        try:
+            self.outbox.put(item)
+        except OutboxFull as exc:
+            log.warning("closing a connection that does not read: %s", exc)
+            self._spawn(self.close(CloseCode.OUTBOX_FULL, "outbox full: the client does not read"))
+
+    def _error(self, exc: ProtocolError, ref: Optional[str] = None,
+               job_id: Optional[str] = None) -> None:
+        """``exc`` as an error message, bounded; ``ref``/``job_id``: the request it answers."""
+        self.deliver(Error(code=exc.code, message=shorten(exc.message, ERROR_MESSAGE_MAX),
+                           field=shorten(exc.field, ERROR_FIELD_MAX) if exc.field else None,
+                           ref=ref if ref is not None else exc.ref,
+                           # a job's own outcome stands: this error is not that job's end
+                           job_id=None if exc.code == ErrorCode.JOB_FINISHED else job_id))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.outbox.close()
+        await self.connection.close(code, reason)
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop())
         try:
             async for data in self.connection:
-                try:
-                    if isinstance(data, bytes):
-                        self._on_frame(data)
-                    else:
-                        await self._on_text(data)
-                except ProtocolError as exc:
-                    self.deliver(Error(code=exc.code, message=exc.message, field=exc.field))
+                self._guarded(self._on_data, data)
         except ConnectionClosed:
             pass  # the client went away; its jobs and results stay with the job layer
         finally:
             sender.cancel()
+            for task in list(self._tasks):
+                task.cancel()
+
+    def _guarded(self, handle: Callable[..., Any], *args: Any, **where: Optional[str]) -> None:
+        """The error boundary: a ProtocolError becomes its documented error; anything else
+        an ``internal`` error and a log line. The connection goes on either way."""
+        try:
+            handle(*args)
+        except ProtocolError as exc:
+            self._error(exc, **where)
+        except Exception as exc:
+            log.exception("internal error handling a message")
+            self._error(ProtocolError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"),
+                        **where)
+
+    def _spawn(self, work: Awaitable[None], **where: Optional[str]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except ProtocolError as exc:
+                self._error(exc, **where)
+            except (asyncio.CancelledError, ConnectionClosed):
+                raise
+            except Exception as exc:
+                log.exception("internal error handling a message")
+                self._error(ProtocolError(ErrorCode.INTERNAL,
+                                          f"internal error: {type(exc).__name__}"), **where)
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _send_loop(self) -> None:
         while True:
-            item = await self.outbox.get()
-            payload = encode_frame(item) if isinstance(item, ImageFrame) else encode_message(item)
             try:
+                payload = await self.outbox.get()
                 await self.connection.send(payload)
-            except ConnectionClosed:
+            except (ConnectionClosed, OutboxFull):
                 return
 
     # ----------------------------------------------------------- incoming
+    def _on_data(self, data: Any) -> None:
+        if isinstance(data, bytes):
+            self._on_frame(data)
+        else:
+            self._on_text(data)
+
     def _on_frame(self, data: bytes) -> None:
         frame = decode_frame(data)
         if not self.ready:
@@ -189,91 +306,148 @@ class Session:
                                 f"clients may only send upload frames, got {frame.kind.name}",
                                 "frame.kind")
         self.limits.check_frame(frame.width, frame.height)
+        replaced = self.uploads.pop(frame.id, None)
+        if replaced is not None:          # a reused upload id: the newer image replaces it
+            replaced.hold.release()
         if len(self.uploads) >= self.limits.max_uploads:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
                                 f"{len(self.uploads)} uploads are waiting for a job; the limit "
                                 f"is {self.limits.max_uploads}", "frame")
-        pending = sum(len(f.data) for f in self.uploads.values())
-        if pending + len(frame.data) > self.limits.max_upload_bytes:
-            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
-                                f"pending uploads would take {pending + len(frame.data)} bytes; "
-                                f"the limit is {self.limits.max_upload_bytes}", "frame")
-        self.uploads[frame.id] = frame
+        hold = self.daemon.uploads.hold(self.client_key, len(frame.data))
+        self.uploads[frame.id] = PendingUpload(frame, hold)
 
-    async def _on_text(self, text: str) -> None:
+    def drop_uploads(self) -> None:
+        for pending in self.uploads.values():
+            pending.hold.release()
+        self.uploads.clear()
+
+    def _on_text(self, text: str) -> None:
         message = decode_message(text, CLIENT_MESSAGES)
         if isinstance(message, Hello):
             self._hello(message)
             return
         if not self.ready:
             raise ProtocolError(ErrorCode.NOT_READY, "send hello before anything else")
-        jobs = self.daemon.jobs
-        assert jobs is not None
         if isinstance(message, Submit):
-            self._submit(message)
+            self._guarded(self._queue_submit, message, ref=message.ref)
         elif isinstance(message, Cancel):
-            jobs.cancel(message.job_id)
+            self._guarded(self.jobs.cancel, message.job_id, self.client_key, self.deliver,
+                          job_id=_job_of(message.job_id))
         elif isinstance(message, Fetch):
-            jobs.fetch(message.job_id, self.deliver)
+            self._guarded(self.jobs.fetch, message.job_id, self.client_key, self.deliver,
+                          job_id=_job_of(message.job_id))
         elif isinstance(message, ListModels):
-            models = self.daemon.models
-            listed = await asyncio.get_running_loop().run_in_executor(None, models.available)
-            self.deliver(Models(models=listed, current=models.current_name()))
+            self._spawn(self._list_models())
         elif isinstance(message, LoadModel):
-            await self._load_model(message.model)
+            self._spawn(self._load_model(message.model))
         elif isinstance(message, GetStatus):
-            allocated, total = self.daemon.models.memory()
-            self.deliver(Status(queue_length=jobs.queue_length, running=jobs.running_id,
-                                device=self.daemon.models.device,
-                                model=self.daemon.models.current_name(),
-                                memory_allocated=allocated, memory_total=total))
+            self._status()
 
     def _hello(self, hello: Hello) -> None:
         if hello.protocol != PROTOCOL_VERSION:
             raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION,
                                 f"this daemon speaks protocol {PROTOCOL_VERSION}, the client "
                                 f"asked for {hello.protocol}", "protocol")
+        if self.ready:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "hello was already sent on this "
+                                "connection", "type")
+        if hello.client_key is not None and not _is_key(hello.client_key):
+            raise ProtocolError(ErrorCode.INVALID_FIELD,
+                                f"client_key must be {CLIENT_KEY_LENGTH} lowercase hex digits "
+                                "(the one a welcome gave)", "client_key")
+        self.client_key = hello.client_key or secrets.token_hex(CLIENT_KEY_LENGTH // 2)
         self.ready = True
         models = self.daemon.models
         self.deliver(Welcome(protocol=PROTOCOL_VERSION, server=SERVER_NAME,
                              capabilities=list(CAPABILITIES), device=models.device,
-                             model=models.current_name(), limits=self.limits.advertised()))
+                             model=models.current_name(), limits=self.limits.advertised(),
+                             client_key=self.client_key))
 
-    def _submit(self, submit: Submit) -> None:
-        try:
-            self.limits.check_request(submit.job)
-            uploads = self._take_uploads(submit.job)
-            job, position = self.daemon.jobs.submit(submit.job, uploads, self.deliver)
-        except ProtocolError as exc:
-            self.deliver(Error(code=exc.code, message=exc.message, field=exc.field,
-                               ref=submit.ref))
-            return
-        self.deliver(Accepted(job_id=job.id, ref=submit.ref, position=position))
+    def _queue_submit(self, submit: Submit) -> None:
+        # Its uploads are taken now, before any later frame could reuse their ids.
+        taken = self._take_uploads(submit)
+        self._spawn(self._submit(submit, taken), ref=submit.ref)
 
-    def _take_uploads(self, job: GenerateRequest) -> dict[str, ImageFrame]:
+    def _take_uploads(self, submit: Submit) -> list[tuple[str, Optional[PendingUpload]]]:
+        """The pending uploads ``submit`` names, removed from the connection's pending ones
+        (each id once, even when it names one twice), with the field that named each."""
+        job = submit.job
         wanted = {"job.init_image": job.init_image, "job.mask": job.mask,
                   "job.depth.upload": job.depth.upload if job.depth else None}
+        taken: dict[str, tuple[str, Optional[PendingUpload]]] = {}
         for where, upload_id in wanted.items():
-            if upload_id is not None and upload_id not in self.uploads:
-                raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
-                                    f"no upload with id {upload_id} on this connection "
-                                    "(send the image frame before the submit)", where)
-        return {uid: self.uploads.pop(uid) for uid in wanted.values() if uid is not None}
+            if upload_id is not None and upload_id not in taken:
+                taken[upload_id] = (where, self.uploads.pop(upload_id, None))
+        return [(uid, pending) for uid, (where, pending) in taken.items()] if all(
+            p is not None for _, p in taken.values()) else self._release_and_fail(taken)
+
+    def _release_and_fail(self, taken: dict[str, tuple[str, Optional[PendingUpload]]]) -> Any:
+        """A submit naming an upload this connection does not have: the ones it did name
+        are let go too (a rejected submit holds nothing)."""
+        missing = ""
+        for upload_id, (where, pending) in taken.items():
+            if pending is None:
+                missing = missing or where
+                continue
+            pending.hold.release()
+        upload_id = next(uid for uid, (where, _) in taken.items() if where == missing)
+        raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
+                            f"no upload with id {shorten(upload_id)} on this connection (send "
+                            "the image frame before the submit)", missing)
+
+    async def _submit(self, submit: Submit, taken: list[tuple[str, Optional[PendingUpload]]]) -> None:
+        pending = [p for _, p in taken if p is not None]
+        holds = [p.hold for p in pending]
+        try:
+            async with self._submits:
+                uploads = {uid: p.frame for uid, p in taken if p is not None}
+                self.limits.check_request(submit.job)
+                # What needs no model is checked now, off the event loop (images decode).
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.daemon.generator.check, submit.job, uploads)
+                job, position = self.jobs.submit(submit.job, uploads, self.deliver,
+                                                  self.client_key, holds)
+        except BaseException:
+            for hold in holds:
+                hold.release()
+            raise
+        self.deliver(Accepted(job_id=job.id, ref=submit.ref, position=position))
+
+    async def _list_models(self) -> None:
+        models = self.daemon.models
+        catalog = await asyncio.get_running_loop().run_in_executor(None, models.catalog)
+        self.deliver(Models(models=catalog.models, current=models.current_name(),
+                            problems=catalog.problems))
+
+    def _status(self) -> None:
+        mine = self.jobs.status_for(self.client_key)
+        allocated, total = self.daemon.models.memory()
+        self.deliver(Status(queue_length=mine.queue_length, running=mine.running,
+                            busy=mine.busy, jobs=mine.jobs, device=self.daemon.models.device,
+                            model=self.daemon.models.current_name(),
+                            memory_allocated=allocated, memory_total=total))
 
     async def _load_model(self, name: str) -> None:
-        jobs = self.daemon.jobs
-        assert jobs is not None
         started = time.perf_counter()
-        try:
-            loaded_name, family = await jobs.run_on_worker(lambda: self.daemon.models.load(name))
-        except ProtocolError:
-            raise
-        except Exception as exc:
-            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
-                                f"could not load {name}: {type(exc).__name__}: {exc}",
-                                "model") from exc
+        loaded_name, family = await self.jobs.run_on_worker(lambda: self.daemon.models.load(name))
         self.deliver(ModelLoaded(model=loaded_name, family=family,
                                  seconds=round(time.perf_counter() - started, 3)))
+
+
+def _is_key(text: str) -> bool:
+    return len(text) == CLIENT_KEY_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+def _job_of(job_id: str) -> Optional[str]:
+    """A job id to put on an error about it: only a well-formed one (never raw input)."""
+    return job_id if _is_key(job_id) else None
+
+
+def ws_url(host: str, port: int) -> str:
+    """``ws://HOST:PORT/``, with an IPv6 literal in brackets."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"ws://{host}:{port}/"
 
 
 class DaemonThread:
@@ -288,7 +462,8 @@ class DaemonThread:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.daemon.config.host}:{self.daemon.port}/"
+        assert self.daemon.port is not None
+        return ws_url(self.daemon.config.host, self.daemon.port)
 
     def start(self, timeout: float = 30.0) -> "DaemonThread":
         self._thread.start()

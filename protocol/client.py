@@ -33,6 +33,8 @@ class ClientError(Exception):
 
 
 def default_url(host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"      # an IPv6 literal
     return f"ws://{host}:{port}/"
 
 
@@ -42,13 +44,19 @@ def make_upload(fmt: PixelFormat, width: int, height: int, data: bytes) -> Image
 
 
 class AtelierClient:
+    """``client_key``: the secret that owns this client's jobs, from an earlier
+    ``welcome`` (a host may keep it to fetch results after it restarts); None = take the
+    one the daemon gives. Either way it is kept across reconnects (``self.client_key``)."""
+
     def __init__(self, url: str | None = None, *, token: str | None = None,
                  client_name: str = "atelier-client",
                  on_event: Callable[[Any], None] | None = None,
                  reconnect: bool = True, connect_timeout: float = 5.0,
-                 max_message_bytes: int = 512 * 1024 * 1024):
+                 max_message_bytes: int = 512 * 1024 * 1024,
+                 client_key: str | None = None):
         self.url = url or default_url()
         self.token = token
+        self.client_key = client_key
         self.client_name = client_name
         self.reconnect = reconnect
         self.connect_timeout = connect_timeout
@@ -202,10 +210,13 @@ class AtelierClient:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _handshake(self, conn) -> Any:
-        conn.send(encode_message(Hello(protocol=PROTOCOL_VERSION, client=self.client_name)))
+        conn.send(encode_message(Hello(protocol=PROTOCOL_VERSION, client=self.client_name,
+                                       client_key=self.client_key)))
         first = decode_message(conn.recv(timeout=self.connect_timeout), SERVER_MESSAGES)
         if isinstance(first, Error):
             raise ClientError(f"the daemon refused the handshake: {first.message}")
+        if getattr(first, "client_key", None):
+            self.client_key = first.client_key
         return first
 
     def _read_loop(self) -> None:
@@ -223,10 +234,14 @@ class AtelierClient:
             except ws.InvalidStatus as exc:
                 status = exc.response.status_code
                 reason = {401: "the daemon wants a token (set one in the connection settings)",
-                          403: "the daemon refused this connection (wrong token or origin)"
+                          403: "the daemon refused this connection (wrong token or origin)",
+                          503: "the daemon has as many clients as it takes; retrying"
                           }.get(status, f"the daemon answered HTTP {status}")
-                self._fail(reason, retry=False)
-                return
+                if not self._fail(reason, retry=status == 503 and self.reconnect):
+                    return
+                self._closing.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
             except ClientError as exc:
                 self._fail(str(exc), retry=False)
                 return

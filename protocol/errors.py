@@ -44,11 +44,13 @@ class ProtocolError(Exception):
     or ``None`` when the problem is not tied to one field.
     """
 
-    def __init__(self, code: str, message: str, field: str | None = None):
+    def __init__(self, code: str, message: str, field: str | None = None,
+                 ref: str | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        self.ref = ref     # the client's ``ref`` of the message that failed, where it had one
 
     def __str__(self) -> str:
         where = f" [{self.field}]" if self.field else ""

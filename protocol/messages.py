@@ -26,6 +26,7 @@ TILINGS: tuple[str, ...] = ("none", "x", "y", "both")
 CACHE_INTERVAL_MAX = 10     # GenerateRequest.cache_interval: the whole UNet at least every 10th step
 MODEL_NAME_MAX = 1024       # characters of a model name (job.model, control.model, load_model)
 CLIENT_KEY_LENGTH = 32      # hex digits of the secret that proves who owns a job
+JOB_ID_LENGTH = 32          # hex digits of a job id (and an upload id)
 
 
 # ---------------------------------------------------------------- requests
@@ -111,14 +112,14 @@ class Submit:
 @dataclass(frozen=True)
 class Cancel:
     type: ClassVar[str] = "cancel"
-    job_id: str
+    job_id: str = spec(max_len=JOB_ID_LENGTH)
 
 
 @dataclass(frozen=True)
 class Fetch:
     """Ask again for a job's outcome (after a reconnect); subscribes to a running job."""
     type: ClassVar[str] = "fetch"
-    job_id: str
+    job_id: str = spec(max_len=JOB_ID_LENGTH)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from typing import Any, Literal, Union
 from .errors import ErrorCode, ProtocolError
 
 _NoneType = type(None)
+INT_LIMIT = 2 ** 63           # integers outside +-INT_LIMIT are refused (no field needs more)
+ECHO_MAX = 64                 # characters of a client's name or value quoted in an error
 
 
 def spec(default: Any = dataclasses.MISSING, *, min: float | None = None,
@@ -67,8 +69,8 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields) - {"type"})
     if unknown:
-        where = _join(path, unknown[0])
-        raise ProtocolError(ErrorCode.INVALID_FIELD, f"unknown field '{unknown[0]}'", where)
+        name = shorten(unknown[0])
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"unknown field '{name}'", _join(path, name))
     kwargs = {}
     for name, f in fields.items():
         where = _join(path, name)
@@ -113,7 +115,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if value not in choices:
             listed = ", ".join(repr(c) for c in choices)
             raise ProtocolError(ErrorCode.INVALID_FIELD,
-                                f"must be one of {listed}, got {value!r}", where)
+                                f"must be one of {listed}, got {shorten(repr(value))}", where)
         return value
     if origin in (list, tuple):
         if not isinstance(value, list):
@@ -124,7 +126,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ProtocolError(ErrorCode.INVALID_FIELD, f"expected an object, got {_kind(value)}", where)
         _, item = typing.get_args(tp)
-        return {str(k): _convert(item, v, _join(where, str(k))) for k, v in value.items()}
+        return {str(k): _convert(item, v, _join(where, shorten(str(k)))) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is Any:
@@ -136,18 +138,38 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ProtocolError(ErrorCode.INVALID_FIELD, f"expected an integer, got {_kind(value)}", where)
+        _check_int_range(value, where)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ProtocolError(ErrorCode.INVALID_FIELD, f"expected a number, got {_kind(value)}", where)
+        if isinstance(value, int):
+            _check_int_range(value, where)
         if value != value or value in (float("inf"), float("-inf")):
             raise ProtocolError(ErrorCode.INVALID_FIELD, "must be a finite number", where)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ProtocolError(ErrorCode.INVALID_FIELD, f"expected a string, got {_kind(value)}", where)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON allows "\ud800"; a lone surrogate is no text and fails wherever it is used.
+            raise ProtocolError(ErrorCode.INVALID_FIELD,
+                                "is not valid Unicode text (a lone surrogate)", where) from None
         return value
     raise TypeError(f"schema cannot handle type {tp!r} at {where}")
+
+
+def _check_int_range(value: int, where: str) -> None:
+    if not -INT_LIMIT < value < INT_LIMIT:
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            f"integer out of range (more than {len(str(INT_LIMIT))} digits)", where)
+
+
+def shorten(text: str, limit: int = ECHO_MAX) -> str:
+    """``text`` cut to ``limit`` characters, for quoting client input in an error."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_bounds(f: dataclasses.Field, value: Any, where: str) -> None:

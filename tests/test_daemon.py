@@ -207,8 +207,9 @@ def test_result_of_a_disconnected_client_can_be_fetched_by_id(daemon, client):
         gone.wait_connected()
         ref = gone.submit(GenerateRequest(**{**SMALL, "steps": 6}, seed=77))
         job_id = gone.wait_for(lambda e: isinstance(e, Accepted) and e.ref == ref, 30).job_id
-    # the submitting client is gone before the job finished; a new connection fetches it
-    with AtelierClient(daemon.url) as back:
+    # the submitting client is gone before the job finished; a new connection with the
+    # same client key fetches it
+    with AtelierClient(daemon.url, client_key=gone.client_key) as back:
         back.wait_connected()
         time.sleep(0.1)
         back.fetch(job_id)

@@ -35,10 +35,10 @@ class FailsFirst:
                                 "none", "test")
 
 
-def run_two_jobs(error: Exception) -> list[list[object]]:
+def run_two_jobs(error: Exception, after_out_of_memory=lambda: None) -> list[list[object]]:
     async def scenario() -> list[list[object]]:
         loop = asyncio.get_running_loop()
-        manager = JobManager(FailsFirst(error), loop)
+        manager = JobManager(FailsFirst(error), loop, after_out_of_memory=after_out_of_memory)
         outcomes: list[list[object]] = [[], []]
         done = [asyncio.Event(), asyncio.Event()]
 
@@ -50,7 +50,8 @@ def run_two_jobs(error: Exception) -> list[list[object]]:
             return receive
 
         for i in range(2):
-            manager.submit(GenerateRequest(width=8, height=8, steps=1), {}, subscriber(i))
+            manager.submit(GenerateRequest(width=8, height=8, steps=1), {}, subscriber(i),
+                           owner="a" * 32)
         await asyncio.wait_for(asyncio.gather(done[0].wait(), done[1].wait()), 30)
         await loop.run_in_executor(None, manager.stop)
         return outcomes
@@ -59,12 +60,21 @@ def run_two_jobs(error: Exception) -> list[list[object]]:
 
 
 def test_out_of_memory_fails_only_its_job_with_its_own_code():
-    first, second = run_two_jobs(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    freed: list[int] = []
+    first, second = run_two_jobs(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                 after_out_of_memory=lambda: freed.append(1))
     error = first[-1]
     assert isinstance(error, Error) and error.code == ErrorCode.OUT_OF_MEMORY
     assert "smaller size or batch" in error.message and error.job_id
+    assert freed == [1]          # the device cache was freed before the next job ran
     assert isinstance(second[-1], Result)
     assert any(isinstance(item, ImageFrame) for item in second)
+
+
+def test_other_failures_free_nothing():
+    freed: list[int] = []
+    run_two_jobs(ValueError("broken weights"), after_out_of_memory=lambda: freed.append(1))
+    assert freed == []
 
 
 def test_an_unexpected_exception_fails_only_its_job():

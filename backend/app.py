@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional
 
-from protocol.messages import ModelInfo
-
 from .models.accel import AccelOptions
 from .models.catalog import Catalog, list_models as _catalog
 from .models.device import pick_device, pick_dtype
 from .models.sources import hf_cache_dir, operator_paths
-from .models.store import ModelStore
+from .models.store import DEFAULT_RESIDENT_BYTES, ModelStore
 from .pipelines.generator import DiffusionGenerator
 from .server import Daemon, ServerConfig
 
@@ -29,8 +27,8 @@ class StoreService:
         current = self.store.current
         return current.name if current else None
 
-    def available(self) -> list[ModelInfo]:
-        return self.store.available()
+    def catalog(self) -> Catalog:
+        return self.store.catalog()
 
     def load(self, name: str) -> tuple[str, str]:
         model = self.store.load(name)
@@ -47,16 +45,18 @@ class StoreService:
 def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",
                   dtype: str = "auto", home: Path, models_dirs: list[Path],
                   low_memory: bool = False, compile: str = "auto",
-                  depth_controls: Optional[Mapping[str, str]] = None) -> Daemon:
+                  depth_controls: Optional[Mapping[str, str]] = None,
+                  resident_bytes: int = DEFAULT_RESIDENT_BYTES) -> Daemon:
     """Load ``model`` (a clear error if it is not on this machine) and wire the layers.
     ``compile``: a ``compile_modes.CHOICES`` entry. ``depth_controls``: family -> the depth
     ControlNet or T2I-Adapter used when a job names none. Those of ``model`` and the
     ``depth_controls`` that are paths stay loadable by clients though they lie outside the
-    model roots: the operator named them."""
+    model roots: the operator named them. ``resident_bytes``: how much of recently used
+    models stays in memory beside the active one, so switching back costs no reload."""
     chosen = pick_device(device)
     store = ModelStore(chosen, pick_dtype(chosen, dtype), home, models_dirs,
                        accel=AccelOptions.for_choice(chosen, compile, low_memory=low_memory),
-                       depth_controls=depth_controls,
+                       depth_controls=depth_controls, resident_bytes=resident_bytes,
                        allowed_paths=operator_paths([model, *(depth_controls or {}).values()]))
     generator = DiffusionGenerator(store, config.limits)   # first: it warms up what loads
     store.load(model)

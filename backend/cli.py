@@ -60,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int, default=defaults.max_queue)
     serve.add_argument("--max-message-mb", type=float,
                        default=defaults.max_message_bytes / 2 ** 20)
+    serve.add_argument("--max-upload-mb", type=float,
+                       default=defaults.max_upload_bytes / 2 ** 20,
+                       help="upload MiB held for one client: waiting uploads and its queued jobs'")
+    serve.add_argument("--max-total-upload-mb", type=float,
+                       default=defaults.max_total_upload_bytes / 2 ** 20,
+                       help="the same for all clients together")
+    serve.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    serve.add_argument("--max-outbox-mb", type=float,
+                       default=defaults.max_outbox_bytes / 2 ** 20,
+                       help="unsent MiB to one client before it is disconnected")
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(run=_serve)
 
@@ -106,6 +116,9 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
                    help="'tiny', a Hugging Face id in the local cache, a diffusers folder or a "
                         ".safetensors checkpoint (default tiny)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    p.add_argument("--resident-gb", type=float, default=8.0,
+                   help="memory for recently used models kept beside the active one, so jobs "
+                        "naming them switch without reloading (0: only the active one)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
     p.add_argument("--low-memory", action="store_true",
                    help="for 8 GB cards: model CPU offload and tiled VAE decode (slower)")
@@ -179,7 +192,8 @@ def _build_daemon(args: argparse.Namespace, config: ServerConfig):
     return create_daemon(config, model=args.model, device=args.device, dtype=args.dtype,
                          home=_home(args), models_dirs=list(args.models_dir),
                          low_memory=args.low_memory, compile=args.compile,
-                         depth_controls=dict(args.depth_control))
+                         depth_controls=dict(args.depth_control),
+                         resident_bytes=int(args.resident_gb * 2 ** 30))
 
 
 def ws_url(host: str, port: int) -> str:
@@ -196,9 +210,14 @@ def _serve(args: argparse.Namespace) -> int:
     limits = ServerLimits(max_side=args.max_side, max_pixels=args.max_side ** 2,
                           max_batch=args.max_batch, max_steps=args.max_steps,
                           max_queue=args.max_queue,
-                          max_message_bytes=int(args.max_message_mb * 2 ** 20))
+                          max_message_bytes=int(args.max_message_mb * 2 ** 20),
+                          max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
+                          max_total_upload_bytes=int(args.max_total_upload_mb * 2 ** 20),
+                          max_connections=args.max_connections,
+                          max_outbox_bytes=int(args.max_outbox_mb * 2 ** 20))
     config = ServerConfig(host=args.host, port=args.port, token=token,
-                          allowed_origins=tuple(args.allow_origin), limits=limits)
+                          allowed_origins=tuple(args.allow_origin), limits=limits,
+                          spool_dir=_home(args) / "spool")
     daemon = _build_daemon(args, config)
 
     async def run() -> None:

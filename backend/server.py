@@ -213,7 +213,8 @@ class Session:
         self.uploads: collections.OrderedDict[str, PendingUpload] = collections.OrderedDict()
         self.outbox = Outbox(self.limits.max_outbox_bytes)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._submits = asyncio.Lock()     # submits are accepted in the order they came
+        # Submits and model loads reach the worker's queue in the order they came.
+        self._in_order = asyncio.Lock()
 
     @property
     def jobs(self) -> JobManager:
@@ -399,7 +400,7 @@ class Session:
         pending = [p for _, p in taken if p is not None]
         holds = [p.hold for p in pending]
         try:
-            async with self._submits:
+            async with self._in_order:
                 uploads = {uid: p.frame for uid, p in taken if p is not None}
                 self.limits.check_request(submit.job)
                 # What needs no model is checked now, off the event loop (images decode).
@@ -429,7 +430,9 @@ class Session:
 
     async def _load_model(self, name: str) -> None:
         started = time.perf_counter()
-        loaded_name, family = await self.jobs.run_on_worker(lambda: self.daemon.models.load(name))
+        async with self._in_order:
+            loading = self.jobs.run_on_worker(lambda: self.daemon.models.load(name))
+        loaded_name, family = await loading
         self.deliver(ModelLoaded(model=loaded_name, family=family,
                                  seconds=round(time.perf_counter() - started, 3)))
 

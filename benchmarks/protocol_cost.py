@@ -33,13 +33,15 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 
 from backend.generation import GeneratedImage, GenerationOutput, Pixels, ProgressSink
+from backend.models.catalog import Catalog
 from backend.outputs import encode_png, png_text
 from backend.server import Daemon, DaemonThread, ServerConfig
 from protocol import _websocket as ws
 from protocol.client import AtelierClient
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.events import JobDone
 from protocol.frames import ImageFrame
-from protocol.messages import GenerateRequest, ModelInfo
+from protocol.messages import GenerateRequest
 
 from .measure import format_table, machine, median, time_calls, write_json
 
@@ -73,6 +75,11 @@ class PreparedImageGenerator:
     def __init__(self, images: Mapping[tuple[int, int], Pixels]):
         self._images = dict(images)
 
+    def check(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> None:
+        if (job.width, job.height) not in self._images:
+            raise ProtocolError(ErrorCode.UNSUPPORTED, f"no prepared {job.width}x{job.height} "
+                                "image", "job.width")
+
     def generate(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                  progress: ProgressSink, cancelled: Callable[[], bool]) -> GenerationOutput:
         pixels = self._images[(job.width, job.height)]
@@ -89,14 +96,17 @@ class StandInModels:
     def current_name(self) -> Optional[str]:
         return STAND_IN_NAME
 
-    def available(self) -> list[ModelInfo]:
-        return []
+    def catalog(self) -> Catalog:
+        return Catalog()
 
     def load(self, name: str) -> tuple[str, str]:
         raise RuntimeError("the protocol benchmark has no models to load")
 
     def memory(self) -> tuple[int, int]:
         return 0, 0
+
+    def after_out_of_memory(self) -> None:
+        pass
 
 
 class PlainSocketPair:

@@ -24,6 +24,7 @@ from diffusers import DiffusionPipeline, EulerDiscreteScheduler
 
 from backend.app import StoreService
 from backend.generation import Pixels
+from backend.models.sources import operator_paths
 from backend.models.store import ModelStore
 from backend.models.accel import AccelOptions
 from backend.pipelines.generator import DiffusionGenerator
@@ -127,7 +128,9 @@ class AtelierRunner:
     def __init__(self, model: str, device: str, dtype: torch.dtype, home: Path,
                  options: AccelOptions):
         self.device = device
-        self.store = ModelStore(device, dtype, home, [], accel=options)
+        # the benchmark's --model is the operator's own choice, as on serve's command line
+        self.store = ModelStore(device, dtype, home, [], accel=options,
+                                allowed_paths=operator_paths([model]))
         self.generator = DiffusionGenerator(self.store)   # before the load, which it warms up
         started = time.perf_counter()
         loaded = self.store.load(model)

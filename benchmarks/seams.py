@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from backend.models.sources import atelier_home
+from backend.models.sources import atelier_home, operator_paths
 from backend.models.store import ModelStore
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.seamless import seam_score
@@ -32,7 +32,7 @@ PROMPT = "weathered cobblestone pavement, top-down, seamless texture, high detai
 def measure(model: str, size: int, steps: int, seeds: int, device: str,
             home: Path) -> dict:
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    store = ModelStore(device, dtype, home, [])
+    store = ModelStore(device, dtype, home, [], allowed_paths=operator_paths([model]))
     store.load(model)
     generator = DiffusionGenerator(store)
     scores: dict[str, dict[str, list[float]]] = {t: {"x": [], "y": []} for t in ("none", "both")}

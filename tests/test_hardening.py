@@ -22,8 +22,9 @@ from backend.outputs import a1111_parameters
 from protocol import (ErrorCode, FrameKind, ImageFrame, JobDone, PixelFormat, encode_frame,
                       encode_message, new_id)
 from protocol.client import AtelierClient, default_url, make_upload
-from protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, Hello, ModelLoaded,
-                               Started, Status)
+from protocol.errors import ProtocolError
+from protocol.messages import (Accepted, Cancelled, ControlSettings, DepthInput, Error,
+                               GenerateRequest, Hello, ModelLoaded, Started, Status)
 
 SMALL = dict(width=64, height=64, steps=2, prompt="a brick wall")
 
@@ -211,6 +212,20 @@ def test_load_model_in_flight_does_not_stop_the_reader(fresh_daemon):
         assert isinstance(loaded, ModelLoaded) and loaded.model == "tiny-sdxl"
 
 
+def test_an_adapter_of_another_family_is_unsupported_on_one_field(daemon):
+    with AtelierClient(daemon.url) as client:
+        client.wait_connected()
+        depth = make_upload(PixelFormat.GRAY8, 64, 64, bytes(range(64)) * 64)
+        for name in ("tiny-sdxl-adapter", "/etc"):
+            job = GenerateRequest(**SMALL, depth=DepthInput(upload=depth.id, convention="normalized"),
+                                  control=ControlSettings(model=name))
+            with pytest.raises(ProtocolError) as refused:
+                client.run_job(job, [depth], timeout=120)
+            assert refused.value.field == "job.control.model"
+            assert refused.value.code == ("unsupported" if name.startswith("tiny")
+                                          else "model_not_found")
+
+
 # ------------------------------------------------------------------ clients are isolated
 def test_another_client_cannot_see_fetch_or_cancel_a_job(daemon):
     with AtelierClient(daemon.url) as owner, AtelierClient(daemon.url) as other:
@@ -273,23 +288,29 @@ def test_sigterm_with_a_full_queue_tells_the_clients_and_exits_at_once(start_dae
     proc = start_daemon()
     with AtelierClient(proc.url, reconnect=False) as client:
         client.wait_connected()
-        refs = [client.submit(GenerateRequest(**{**SMALL, "steps": 50})) for _ in range(6)]
-        client.load_model("tiny-depth")
-        ids = [client.wait_for(lambda e: isinstance(e, Accepted) and e.ref == ref, 30).job_id
-               for ref in refs]
-        client.wait_for(lambda e: isinstance(e, Started), 60)
+        refs = [client.submit(GenerateRequest(**{**SMALL, "steps": 150})) for _ in range(6)]
+        client.load_model("tiny-depth")      # queued behind the jobs
+        seen: list = []
+        ids = [client.wait_for(lambda e: isinstance(e, Accepted) and e.ref == ref, 30,
+                               seen.append).job_id for ref in refs]
+        client.wait_for(lambda e: isinstance(e, Started), 60, seen.append)
         started = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)
         proc.proc.wait(timeout=30)
         exited = time.monotonic() - started
-        ends = {}
-        while len(ends) < len(ids):
-            event = client.next_event(5)
-            if isinstance(event, (Cancelled, Error)) and getattr(event, "job_id", None):
+        ends, load_refused = {}, False
+        while len(ends) < len(ids) or not load_refused:
+            event = seen.pop(0) if seen else client.next_event(5)
+            if isinstance(event, (JobDone, Cancelled, Error)) and getattr(event, "job_id", None):
                 ends[event.job_id] = event
+            load_refused |= isinstance(event, Error) and event.code == ErrorCode.SHUTTING_DOWN \
+                and event.job_id is None
     assert exited < 10, f"exited {exited:.1f} s after SIGTERM"
-    assert isinstance(ends[ids[0]], Cancelled)
-    assert all(ends[i].code == ErrorCode.SHUTTING_DOWN for i in ids[1:])
+    kinds = [type(ends[i]).__name__ for i in ids]
+    # jobs finished before the signal, the running one cancelled, every queued one told
+    running = kinds.index("Cancelled")
+    assert set(kinds[:running]) <= {"JobDone"} and running < 3
+    assert all(ends[i].code == ErrorCode.SHUTTING_DOWN for i in ids[running + 1:])
 
 
 # ------------------------------------------------------------------ limits

@@ -225,7 +225,9 @@ def inpaint_folder(store: ModelStore, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def inpaint_generator(atelier_home: Path, inpaint_folder: Path) -> DiffusionGenerator:
-    inpaint_store = _store(atelier_home)
+    inpaint_store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[],
+                               hf_cache=atelier_home / "no-hf-cache",
+                               allowed_paths=[inpaint_folder])   # as if named on serve's command line
     model = inpaint_store.load(str(inpaint_folder))
     assert model.family == "sd15_inpaint" and model.pipe.unet.config.in_channels == 9
     return DiffusionGenerator(inpaint_store)
@@ -260,7 +262,8 @@ def test_compiled_inpaint_and_depth_models_warm_up_with_jobs_of_their_kind(ateli
     options = AccelOptions(compile_unet=True, compile_vae_decode=True,
                            compile_backend=compiled)
     compiled_store = ModelStore("cpu", torch.float32, atelier_home, [],
-                                hf_cache=atelier_home / "no-hf-cache", accel=options)
+                                hf_cache=atelier_home / "no-hf-cache", accel=options,
+                                allowed_paths=[inpaint_folder])
     generator = DiffusionGenerator(compiled_store)
     model = compiled_store.load(str(inpaint_folder) if which == "inpaint" else which)
     assert model.family == ("sd15_inpaint" if which == "inpaint" else "sd2_depth")

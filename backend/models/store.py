@@ -64,6 +64,7 @@ from torch import nn
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ModelInfo
+from protocol.schema import shorten
 
 from . import families
 from .accel import CPU_OFFLOAD, AccelOptions, Acceleration, accelerate_controlnet, apply_accel
@@ -440,7 +441,11 @@ class ModelStore:
             return families.CONTROLNET
         if model is not None and name in model.adapters:
             return families.T2I_ADAPTER
-        return conditioner_family(self._resolve_control(name))
+        source = self._resolve_control(name)
+        try:
+            return conditioner_family(source)
+        except ProtocolError as exc:    # a broken config reads as the model's; it is the control's
+            raise ProtocolError(exc.code, exc.message, field="control.model") from exc
 
     def controlnet(self, name: str) -> ControlNetModel:
         """Load (once per model) the ControlNet ``name`` for the active model."""
@@ -467,6 +472,14 @@ class ModelStore:
         model = self._require_active()
         if name not in model.adapters:
             adapter = load_adapter(self._resolve_control(name), self.dtype)
+            made_for_xl = adapter.config.adapter_type == "full_adapter_xl"
+            if made_for_xl != (model.family == families.SDXL):
+                # Feature widths can agree across families (they do for the tiny models),
+                # so the shape check when it runs would not catch this.
+                raise ProtocolError(
+                    ErrorCode.UNSUPPORTED,
+                    f"T2I-Adapter {shorten(name)} is made for {'SDXL' if made_for_xl else 'SD1.x/2.x'} "
+                    f"models; model {model.name} is {model.family}", field="control.model")
             model.adapters[name] = adapter.to(self.device)
         return model.adapters[name]
 

@@ -93,6 +93,11 @@ class DiffusionGenerator:
             self._generate_on(model, job, uploads, lambda *_: None, lambda: False)
         return len(jobs)
 
+    def check(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> None:
+        """Everything ``plan_generation`` checks, with neutral model traits (those only
+        size the inpaint working area)."""
+        plan_generation(job, uploads, self._limits, ModelTraits(), fresh_seed=0)
+
     def generate(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                  progress: ProgressSink, cancelled: Callable[[], bool]) -> GenerationOutput:
         if cancelled():

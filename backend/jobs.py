@@ -144,7 +144,7 @@ class JobManager:
         job = self._jobs.get(job_id)
         return job if job is not None and _same_owner(job.owner, owner) else None
 
-    def cancel(self, job_id: str, owner: str, subscriber: Subscriber) -> None:
+    async def cancel(self, job_id: str, owner: str, subscriber: Subscriber) -> None:
         """Remove a queued job or stop a running one within one step; ``subscriber`` gets
         the ``cancelled``. A job that already ended answers JOB_FINISHED (or ``cancelled``
         again when that is how it ended). Jobs of other clients are unknown here."""
@@ -161,8 +161,8 @@ class JobManager:
                     job.cancel.set()
                 return
             outcome = list(job.outcome) if job is not None else None
-        if outcome is None:
-            outcome = self._spooled(job_id, owner)
+        if outcome is None:     # read off the event loop: an outcome can be large
+            outcome = await self._loop.run_in_executor(None, self._spooled, job_id, owner)
         if len(outcome) == 1 and isinstance(outcome[0], Cancelled):
             subscriber(outcome[0])
             return
@@ -170,7 +170,7 @@ class JobManager:
                             f"job {job_id} has already finished: nothing to cancel; its "
                             "outcome can be fetched", "job_id")
 
-    def fetch(self, job_id: str, owner: str, subscriber: Subscriber) -> None:
+    async def fetch(self, job_id: str, owner: str, subscriber: Subscriber) -> None:
         """Replay a finished job's outcome (from memory, or from the spool after a restart),
         or subscribe to a queued or running one. Jobs of other clients are unknown here."""
         self._expire()
@@ -181,8 +181,8 @@ class JobManager:
                     job.subscribers.append(subscriber)
                 return
             outcome = list(job.outcome) if job is not None else None
-        if outcome is None:
-            outcome = self._spooled(job_id, owner)
+        if outcome is None:     # read off the event loop: an outcome can be large
+            outcome = await self._loop.run_in_executor(None, self._spooled, job_id, owner)
         for item in outcome:
             subscriber(item)
 

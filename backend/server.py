@@ -332,11 +332,11 @@ class Session:
         if isinstance(message, Submit):
             self._guarded(self._queue_submit, message, ref=message.ref)
         elif isinstance(message, Cancel):
-            self._guarded(self.jobs.cancel, message.job_id, self.client_key, self.deliver,
-                          job_id=_job_of(message.job_id))
+            self._spawn(self.jobs.cancel(message.job_id, self.client_key, self.deliver),
+                        job_id=_job_of(message.job_id))
         elif isinstance(message, Fetch):
-            self._guarded(self.jobs.fetch, message.job_id, self.client_key, self.deliver,
-                          job_id=_job_of(message.job_id))
+            self._spawn(self.jobs.fetch(message.job_id, self.client_key, self.deliver),
+                        job_id=_job_of(message.job_id))
         elif isinstance(message, ListModels):
             self._spawn(self._list_models())
         elif isinstance(message, LoadModel):

@@ -91,6 +91,9 @@ class Session:
         self.models_listed = False   # whether ``models`` and ``conditioners`` came from it
         self.last_failure: Optional[str] = None
         self._on_connect: list[Callable[[AtelierClient], Any]] = []
+        # The secret that owns this session's jobs on the daemon (PROTOCOL.md, 3); kept when the
+        # client is replaced, so jobs sent before a reconnect can still be fetched.
+        self._client_key: Optional[str] = None
 
     # ------------------------------------------------------------ connection
     def connect(self, host_name: str, port: int, token: str) -> AtelierClient:
@@ -107,7 +110,8 @@ class Session:
 
     def _start(self, url: str, token: str) -> None:
         self._client = AtelierClient(url, token=token or None, client_name=CLIENT_NAME,
-                                     reconnect=True, connect_timeout=5.0).start()
+                                     reconnect=True, connect_timeout=5.0,
+                                     client_key=self._client_key).start()
         self._address = (url, token)
         self.connection_text = f"connecting to {url} ..."
         self.connection_ok = False
@@ -128,6 +132,7 @@ class Session:
         """Drop the client; it shuts down on a thread of its own, since closing joins its
         threads (up to the connect timeout) and Blender's main thread must not wait."""
         if self._client is not None:
+            self._client_key = self._client.client_key or self._client_key
             threading.Thread(target=self._client.close, name="atelier-close",
                              daemon=True).start()
         self._client = None
@@ -323,7 +328,7 @@ class Session:
         self.status = event
         self.connection_text = (f"connected to {self._require_client().url}: {event.device}, "
                                 f"model {event.model or 'none loaded'}, {event.queue_length} "
-                                "job(s) queued" + (", one running" if event.running else ""))
+                                "job(s) queued" + (", one running" if event.busy else ""))
 
     def _models(self, event: Models) -> None:
         self.models = [m.name for m in event.models]

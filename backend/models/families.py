@@ -80,6 +80,10 @@ BASE_KIND = {SD15: TXT2IMG, SD2: TXT2IMG, SDXL: TXT2IMG, SD15_INPAINT: INPAINT,
              SD2_INPAINT: INPAINT, SDXL_INPAINT: INPAINT, SD2_DEPTH: DEPTH}
 
 
+def is_sdxl(family: str) -> bool:
+    return family in (SDXL, SDXL_INPAINT, SDXL_REFINER)
+
+
 def pipeline_class(family: str, kind: str, controlnet: bool = False) -> Optional[type[DiffusionPipeline]]:
     """The pipeline class for ``kind`` on ``family`` (with a ControlNet if asked), or None."""
     plain, control = _PIPELINES.get(family, ({}, {}))

@@ -36,6 +36,7 @@ class TinyModel:
     name: str
     build: Callable[[Path, Path], Path]   # (dest, models_dir) -> dest
     family: str
+    made_for: Optional[str] = None        # a conditioner's base family
 
 
 def _controlnet_for(base: str) -> Callable[[Path, Path], Path]:
@@ -53,8 +54,9 @@ TINY_MODELS: dict[str, TinyModel] = {
     "tiny-controlnet": TinyModel("tiny-controlnet", _controlnet_for("tiny"), "controlnet"),
     "tiny-sdxl-controlnet": TinyModel("tiny-sdxl-controlnet", _controlnet_for("tiny-sdxl"),
                                       "controlnet"),
-    "tiny-adapter": TinyModel("tiny-adapter", _adapter_for("tiny"), "t2i_adapter"),
-    "tiny-sdxl-adapter": TinyModel("tiny-sdxl-adapter", _adapter_for("tiny-sdxl"), "t2i_adapter"),
+    "tiny-adapter": TinyModel("tiny-adapter", _adapter_for("tiny"), "t2i_adapter", "sd15"),
+    "tiny-sdxl-adapter": TinyModel("tiny-sdxl-adapter", _adapter_for("tiny-sdxl"), "t2i_adapter",
+                                   "sdxl"),
 }
 
 

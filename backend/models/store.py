@@ -72,7 +72,7 @@ from .catalog import Catalog, list_models
 from .deep_tap import DeepFeatureTap, install_deep_tap
 from .device import device_memory, free_device_cache
 from .loader import conditioner_family, load_adapter, load_controlnet, prepare_pipeline
-from .sources import ModelSource, hf_cache_dir, resolve
+from .sources import TINY_MODELS, ModelSource, hf_cache_dir, resolve
 
 log = logging.getLogger("atelier.models")
 
@@ -179,6 +179,15 @@ class LoadedModel:
         self._released = True
         gc.collect()
         free_device_cache(self.device)
+
+
+def _made_for_sdxl(name: str, adapter: T2IAdapter) -> bool:
+    """SDXL's T2I-Adapters say so in their type; the built-in tiny adapters have SDXL's
+    layout for both families (the tiny UNets are shaped so), and know their base."""
+    tiny = TINY_MODELS.get(name)
+    if tiny is not None and tiny.made_for is not None:
+        return families.is_sdxl(tiny.made_for)
+    return adapter.config.adapter_type == "full_adapter_xl"
 
 
 def native_side(pipe: DiffusionPipeline) -> int:
@@ -472,8 +481,8 @@ class ModelStore:
         model = self._require_active()
         if name not in model.adapters:
             adapter = load_adapter(self._resolve_control(name), self.dtype)
-            made_for_xl = adapter.config.adapter_type == "full_adapter_xl"
-            if made_for_xl != (model.family == families.SDXL):
+            made_for_xl = _made_for_sdxl(name, adapter)
+            if made_for_xl != families.is_sdxl(model.family):
                 # Feature widths can agree across families (they do for the tiny models),
                 # so the shape check when it runs would not catch this.
                 raise ProtocolError(

@@ -112,6 +112,7 @@ class Controller:
         self.sent_request: Optional[GenerateRequest] = None   # the last job submitted
         self._job: Optional[_ActiveJob] = None
         self._batch: Optional[_Batch] = None
+        self._client_key: Optional[str] = None
 
     # ------------------------------------------------------------ connection
     def connect(self, connection: Optional[ConnectionSettings] = None) -> None:
@@ -120,13 +121,16 @@ class Controller:
             self.connection = connection
         self.disconnect()
         self.client = AtelierClient(self.connection.url, token=self.connection.token or None,
-                                    client_name=CLIENT_NAME, reconnect=True).start()
+                                    client_name=CLIENT_NAME, reconnect=True,
+                                    client_key=self._client_key).start()
         self.connection_text = f"connecting to {self.connection.url}\u2026"
         self._changed()
 
     def disconnect(self) -> None:
         client, self.client = self.client, None
         if client is not None:
+            # the secret that owns our jobs on the daemon: the next client keeps it
+            self._client_key = client.client_key or self._client_key
             # close() joins the client's threads, which can sit in a connect timeout:
             # never on Qt's thread.
             threading.Thread(target=client.close, name="atelier-close", daemon=True).start()

@@ -179,3 +179,22 @@ def test_device_run_out_of_budget(tmp_path: Path, atelier_home: Path):
     assert set(steps.values()) == {"skipped"}, steps
     assert "protocol" in steps and "sdxl-b1-eager" in steps
     assert "=== summary" in done.stdout and not list(out.glob("*.json"))
+
+
+def test_soak_smoke(tmp_path: Path, atelier_home: Path):
+    """A few hundred fuzz cases from two clients and three disconnects mid-job against a
+    daemon of its own: every figure is there, and nothing died, hung or got lost."""
+    from benchmarks import soak
+
+    out = tmp_path / "soak.json"
+    status = soak.main(["--messages", "300", "--disconnects", "3", "--clients", "2",
+                        "--home", str(atelier_home), "--json", str(out)])
+    report = json.loads(out.read_text("utf-8"))
+    figures = report["figures"]
+    assert set(soak.FAILURES) <= set(figures)
+    assert figures["messages"] == 300 and figures["disconnects"] == 3
+    assert figures["frames"] >= 300 and _positive(figures["messages_per_s"])
+    assert (figures["deaths"], figures["hangs"], figures["lost_results"]) == (0, 0, 0), report
+    assert 0 < figures["rss_start_mb"] <= figures["rss_peak_mb"]
+    assert _positive(figures["rss_end_mb"])
+    assert status == (1 if any(figures[name] for name in soak.FAILURES) else 0)

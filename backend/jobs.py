@@ -210,8 +210,8 @@ class JobManager:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop taking work: queued jobs end with SHUTTING_DOWN (their owners are told, and
-        the outcome is spooled like any other), queued tasks fail, the running job is
-        cancelled. Waits at most ``timeout`` s for the worker (a model load cannot be
+        the outcome is spooled like any other), queued tasks fail, the running job stops
+        within a step and ends with SHUTTING_DOWN too. Waits at most ``timeout`` s for the worker (a model load cannot be
         interrupted; the worker thread is a daemon thread and ends with the process)."""
         with self._cond:
             self._stopping = True
@@ -269,7 +269,12 @@ class JobManager:
             output = self._generator.generate(job.request, job.uploads, progress,
                                               job.cancel.is_set)
         except JobCancelled:
-            self._finish(job, JobState.CANCELLED, [Cancelled(job_id=job.id)])
+            if self._stopping:     # not the client's cancel: say why the job ended
+                self._finish(job, JobState.FAILED, [Error(
+                    code=ErrorCode.SHUTTING_DOWN, job_id=job.id,
+                    message="the daemon was stopped while this job ran; submit it again")])
+            else:
+                self._finish(job, JobState.CANCELLED, [Cancelled(job_id=job.id)])
             return
         except ProtocolError as exc:
             self._finish(job, JobState.FAILED, [Error(code=exc.code, message=exc.message,

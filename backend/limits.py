@@ -61,7 +61,14 @@ class ServerLimits:
                                 f"{self.max_batch}", "job.batch_size")
 
     def check_frame(self, width: int, height: int) -> None:
+        """An upload is resized to its job's size, so it may be larger than a job, up to
+        4x a side and 4x the pixels: a PNG's header claims what it decodes to, so this also
+        bounds what a small compressed file can make the daemon hold."""
         if width > self.max_side * 4 or height > self.max_side * 4:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
                                 f"uploaded image {width}x{height} is over the limit of "
                                 f"{self.max_side * 4} pixels a side", "frame")
+        if width * height > self.max_pixels * 4:
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                                f"uploaded image {width}x{height} is over the limit of "
+                                f"{self.max_pixels * 4} pixels", "frame")

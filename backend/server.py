@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import hmac
 import ipaddress
 import logging
@@ -25,7 +26,7 @@ from websockets.http11 import Request, Response
 
 from protocol.codec import decode_message
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
-from protocol.frames import FrameKind, ImageFrame, decode_frame
+from protocol.frames import FrameKind, ImageFrame, PixelFormat, decode_frame
 from protocol.messages import (CLIENT_KEY_LENGTH, CLIENT_MESSAGES, PROTOCOL_VERSION, Accepted,
                                Cancel, Error, Fetch, GetStatus, Hello, ListModels, LoadModel,
                                ModelLoaded, Models, Status, Submit, Welcome)
@@ -109,6 +110,8 @@ class Daemon:
                                     config.limits.max_total_upload_bytes)
         self.port: Optional[int] = None
         self.sessions: set[Session] = set()
+        # Submit checks decode images: one at a time, so clients cannot stack their memory.
+        self.checks = concurrent.futures.ThreadPoolExecutor(1, "atelier-check")
         self._server = None
 
     async def start(self) -> int:
@@ -144,6 +147,7 @@ class Daemon:
             for session in list(self.sessions):
                 await session.close(CloseCode.GOING_AWAY, "the daemon is shutting down")
             await self._server.wait_closed()
+        self.checks.shutdown(wait=False, cancel_futures=True)
 
     async def serve_forever(self) -> None:
         await self.start()
@@ -314,7 +318,9 @@ class Session:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
                                 f"{len(self.uploads)} uploads are waiting for a job; the limit "
                                 f"is {self.limits.max_uploads}", "frame")
-        hold = self.daemon.uploads.hold(self.client_key, len(frame.data))
+        # A PNG holds what it decodes to once a job reads it, not its compressed size.
+        decoded = frame.width * frame.height * 4 if frame.format == PixelFormat.PNG else 0
+        hold = self.daemon.uploads.hold(self.client_key, max(len(frame.data), decoded))
         self.uploads[frame.id] = PendingUpload(frame, hold)
 
     def drop_uploads(self) -> None:
@@ -405,7 +411,7 @@ class Session:
                 self.limits.check_request(submit.job)
                 # What needs no model is checked now, off the event loop (images decode).
                 await asyncio.get_running_loop().run_in_executor(
-                    None, self.daemon.generator.check, submit.job, uploads)
+                    self.daemon.checks, self.daemon.generator.check, submit.job, uploads)
                 job, position = self.jobs.submit(submit.job, uploads, self.deliver,
                                                   self.client_key, holds)
         except BaseException:

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -50,9 +51,11 @@ class DaemonProcess:
                     found.set()
 
         threading.Thread(target=read, daemon=True).start()
-        if not found.wait(timeout):
-            self.stop()
-            raise RuntimeError("daemon did not start:\n" + "".join(self.log))
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("daemon did not start:\n" + "".join(self.log))
         return self
 
     def stop(self) -> None:

@@ -234,9 +234,9 @@ def test_tiling_wraps_the_adapter_too(sd15):
 def test_an_adapter_for_another_unet_or_a_non_adapter_is_refused_by_field(sd15, tmp_path):
     store, generator = sd15
     depth = _depth_frame()
-    narrow = tmp_path / "narrow-adapter"
-    T2IAdapter(channels=[16, 16], num_res_blocks=1, downscale_factor=16,
-               adapter_type="full_adapter_xl").save_pretrained(narrow, safe_serialization=True)
+    narrow = store.home / "models" / f"narrow-adapter-{tmp_path.name}"   # inside a model root
+    T2IAdapter(channels=[16, 16], num_res_blocks=1, downscale_factor=8,
+               adapter_type="full_adapter").save_pretrained(narrow, safe_serialization=True)
     for name, words in ((str(narrow), "channels"), ("tiny", "neither a ControlNet nor a T2I-Adapter")):
         job = GenerateRequest(**JOB, depth=DepthInput(upload=depth.id, convention="normalized"),
                               control=ControlSettings(model=name))
@@ -273,7 +273,7 @@ def test_adapter_depth_job_over_the_daemon(daemon):
         wrong = dataclasses.replace(job, control=ControlSettings(model="tiny"))
         with pytest.raises(ProtocolError) as err:
             client.run_job(wrong, [depth], timeout=120)
-        assert err.value.field == "control.model", err.value
+        assert err.value.field == "job.control.model", err.value
         again = client.run_job(job, [depth], timeout=120)
         assert isinstance(again, JobDone), again
 
@@ -303,6 +303,16 @@ def test_depth_controls_for_unknown_families_are_refused(atelier_home):
         ModelStore("cpu", torch.float32, atelier_home, [], depth_controls={"sd9": "x"})
 
 
+def _sd15_type_adapter(store: ModelStore, dest: Path) -> Path:
+    """A tiny adapter of SD1.5's own type (``full_adapter``) for the tiny UNet: the built-in
+    tiny adapters have SDXL's layout, and an SD1.5 repo must hold an SD1.5 adapter."""
+    torch.manual_seed(5)
+    widths = store.current.pipe.unet.config.block_out_channels
+    T2IAdapter(channels=list(widths), num_res_blocks=1, downscale_factor=8,
+               adapter_type="full_adapter").save_pretrained(dest, safe_serialization=True)
+    return dest
+
+
 def test_default_depth_control_is_the_first_family_default_on_this_machine(atelier_home, tmp_path):
     """A model named by path (not the built-in tiny) uses the family's defaults: the
     ControlNet when it was pulled, else the T2I-Adapter, else a clear error saying how to
@@ -326,10 +336,10 @@ def test_default_depth_control_is_the_first_family_default_on_this_machine(ateli
         _run(generator, job, depth)                            # the job fails the same way
     assert err.value.field == "control.model"
 
-    put_in_hf_cache(cache, adapter, store.resolve("tiny-adapter").path)
+    put_in_hf_cache(cache, adapter, _sd15_type_adapter(store, tmp_path / "sd15-adapter"))
     assert store.default_depth_control() == adapter
     by_default = _image(_run(generator, job, depth))
-    named = dataclasses.replace(job, control=ControlSettings(model="tiny-adapter"))
+    named = dataclasses.replace(job, control=ControlSettings(model=adapter))
     assert np.array_equal(by_default, _image(_run(generator, named, depth)))
 
     put_in_hf_cache(cache, controlnet, store.resolve("tiny-controlnet").path)

@@ -284,6 +284,20 @@ def test_results_survive_a_daemon_restart(start_daemon):
         assert error.code == ErrorCode.UNKNOWN_JOB and error.job_id == lost
 
 
+def test_a_job_lost_with_a_killed_daemon_is_ended_by_the_client(start_daemon):
+    first = start_daemon()
+    with AtelierClient(first.url) as client:       # reconnects by itself
+        client.wait_connected()
+        client.submit(GenerateRequest(**{**SMALL, "steps": 150}))
+        job_id = client.wait_for(lambda e: isinstance(e, Started), 60).job_id
+        first.proc.kill()
+        first.proc.wait()
+        start_daemon("--port", str(first.port))
+        end = client.wait_for(lambda e: isinstance(e, (JobDone, Cancelled, Error))
+                              and getattr(e, "job_id", None) == job_id, 60)
+        assert isinstance(end, Error) and end.code == ErrorCode.UNKNOWN_JOB
+
+
 def test_sigterm_with_a_full_queue_tells_the_clients_and_exits_at_once(start_daemon):
     proc = start_daemon()
     with AtelierClient(proc.url, reconnect=False) as client:
@@ -307,10 +321,11 @@ def test_sigterm_with_a_full_queue_tells_the_clients_and_exits_at_once(start_dae
                 and event.job_id is None
     assert exited < 10, f"exited {exited:.1f} s after SIGTERM"
     kinds = [type(ends[i]).__name__ for i in ids]
-    # jobs finished before the signal, the running one cancelled, every queued one told
-    running = kinds.index("Cancelled")
+    # jobs finished before the signal; the running one and every queued one told why
+    running = kinds.index("Error")
     assert set(kinds[:running]) <= {"JobDone"} and running < 3
-    assert all(ends[i].code == ErrorCode.SHUTTING_DOWN for i in ids[running + 1:])
+    assert all(ends[i].code == ErrorCode.SHUTTING_DOWN for i in ids[running:])
+    assert "while this job ran" in ends[ids[running]].message
 
 
 # ------------------------------------------------------------------ limits

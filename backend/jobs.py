@@ -115,7 +115,9 @@ class JobManager:
             waiting = sum(isinstance(item, Job) for item in self._queue)
             running = self._running
             mine = [JobStatus(job_id=job.id, state=job.state.value)
-                    for job in self._jobs.values() if _same_owner(job.owner, owner)]
+                    for job in self._jobs.values()
+                    if job.state in (JobState.QUEUED, JobState.RUNNING)
+                    and _same_owner(job.owner, owner)]
         return OwnStatus(queue_length=waiting, busy=running is not None,
                          running=running.id if running and _same_owner(running.owner, owner)
                          else None, jobs=mine)

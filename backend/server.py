@@ -277,8 +277,8 @@ class Session:
                 await work
             except ProtocolError as exc:
                 self._error(exc, **where)
-            except (asyncio.CancelledError, ConnectionClosed):
-                raise
+            except ConnectionClosed:
+                return      # the client went away; its jobs go on
             except Exception as exc:
                 log.exception("internal error handling a message")
                 self._error(ProtocolError(ErrorCode.INTERNAL,
@@ -375,39 +375,37 @@ class Session:
         taken = self._take_uploads(submit)
         self._spawn(self._submit(submit, taken), ref=submit.ref)
 
-    def _take_uploads(self, submit: Submit) -> list[tuple[str, Optional[PendingUpload]]]:
-        """The pending uploads ``submit`` names, removed from the connection's pending ones
-        (each id once, even when it names one twice), with the field that named each."""
+    def _take_uploads(self, submit: Submit) -> dict[str, PendingUpload]:
+        """The pending uploads ``submit`` names (each id once, even when it names one
+        twice), removed from the connection. When one is missing, the others are let go
+        too (a refused submit holds nothing) and UNKNOWN_UPLOAD names the field."""
         job = submit.job
-        wanted = {"job.init_image": job.init_image, "job.mask": job.mask,
-                  "job.depth.upload": job.depth.upload if job.depth else None}
-        taken: dict[str, tuple[str, Optional[PendingUpload]]] = {}
-        for where, upload_id in wanted.items():
-            if upload_id is not None and upload_id not in taken:
-                taken[upload_id] = (where, self.uploads.pop(upload_id, None))
-        return [(uid, pending) for uid, (where, pending) in taken.items()] if all(
-            p is not None for _, p in taken.values()) else self._release_and_fail(taken)
-
-    def _release_and_fail(self, taken: dict[str, tuple[str, Optional[PendingUpload]]]) -> Any:
-        """A submit naming an upload this connection does not have: the ones it did name
-        are let go too (a rejected submit holds nothing)."""
-        missing = ""
-        for upload_id, (where, pending) in taken.items():
-            if pending is None:
-                missing = missing or where
+        named = {"job.init_image": job.init_image, "job.mask": job.mask,
+                 "job.depth.upload": job.depth.upload if job.depth else None}
+        taken: dict[str, PendingUpload] = {}
+        missing: Optional[tuple[str, str]] = None
+        for where, upload_id in named.items():
+            if upload_id is None or upload_id in taken:
                 continue
-            pending.hold.release()
-        upload_id = next(uid for uid, (where, _) in taken.items() if where == missing)
-        raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
-                            f"no upload with id {shorten(upload_id)} on this connection (send "
-                            "the image frame before the submit)", missing)
+            pending = self.uploads.pop(upload_id, None)
+            if pending is None:
+                missing = missing or (where, upload_id)
+            else:
+                taken[upload_id] = pending
+        if missing is not None:
+            for pending in taken.values():
+                pending.hold.release()
+            where, upload_id = missing
+            raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
+                                f"no upload with id {shorten(upload_id)} on this connection "
+                                "(send the image frame before the submit)", where)
+        return taken
 
-    async def _submit(self, submit: Submit, taken: list[tuple[str, Optional[PendingUpload]]]) -> None:
-        pending = [p for _, p in taken if p is not None]
-        holds = [p.hold for p in pending]
+    async def _submit(self, submit: Submit, taken: dict[str, PendingUpload]) -> None:
+        holds = [p.hold for p in taken.values()]
         try:
             async with self._in_order:
-                uploads = {uid: p.frame for uid, p in taken if p is not None}
+                uploads = {uid: p.frame for uid, p in taken.items()}
                 self.limits.check_request(submit.job)
                 # What needs no model is checked now, off the event loop (images decode).
                 await asyncio.get_running_loop().run_in_executor(

@@ -266,7 +266,7 @@ class ModelLoaded:
 @dataclass(frozen=True)
 class JobStatus:
     job_id: str
-    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    state: Literal["queued", "running"]
 
 
 @dataclass(frozen=True)
@@ -280,7 +280,7 @@ class Status:
     memory_allocated: int = 0   # bytes on the device, 0 where unknown
     memory_total: int = 0
     busy: bool = False             # a job (anyone's) is running
-    jobs: list[JobStatus] = field(default_factory=list)   # this client's jobs the daemon knows
+    jobs: list[JobStatus] = field(default_factory=list)   # this client's jobs not yet ended
 
 
 CLIENT_MESSAGES = (Hello, Submit, Cancel, Fetch, ListModels, LoadModel, GetStatus)

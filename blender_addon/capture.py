@@ -71,7 +71,6 @@ def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
             stack.enter_context(_restored(scene.cycles, samples=1, use_denoising=False))
         for obj in hidden:
             stack.enter_context(_restored(obj, hide_render=True))
-        stack.enter_context(_restored(scene, use_nodes=True))
         stack.enter_context(_output_nodes(scene, view_layer, folder, color=color, depth=depth))
         bpy.ops.render.render(write_still=False, scene=scene.name, layer=view_layer.name)
         color_bytes = depth_bytes = None
@@ -88,34 +87,77 @@ def _output_nodes(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, folde
     """Compositor File Output nodes writing colour (PNG) and depth (32-bit EXR) to ``folder``.
 
     Render Result pixels are empty in background mode, so files are the one
-    way to read a render that works with and without a window. Every node
-    added (including the defaults Blender creates with the tree) is removed.
+    way to read a render that works with and without a window.
     """
-    tree = scene.node_tree
-    before = {node.name for node in tree.nodes}
-    layers = tree.nodes.new("CompositorNodeRLayers")
-    layers.scene = scene
-    layers.layer = view_layer.name
-    try:
+    with _compositor(scene) as tree:
+        layers = tree.nodes.new("CompositorNodeRLayers")
+        layers.scene = scene
+        layers.layer = view_layer.name
         if color:
-            out = tree.nodes.new("CompositorNodeOutputFile")
-            out.base_path = folder
+            out, socket = _file_output(tree, folder, COLOR_SLOT, "RGBA")
             out.format.file_format = "PNG"
             out.format.color_mode = "RGBA"
             out.format.color_depth = "8"
-            out.file_slots[0].path = COLOR_SLOT
-            tree.links.new(layers.outputs["Image"], out.inputs[0])
+            tree.links.new(layers.outputs["Image"], socket)
         if depth:
-            out = tree.nodes.new("CompositorNodeOutputFile")
-            out.base_path = folder
+            out, socket = _file_output(tree, folder, DEPTH_SLOT, "FLOAT")
             out.format.file_format = "OPEN_EXR"
             out.format.color_depth = "32"
-            out.file_slots[0].path = DEPTH_SLOT
-            tree.links.new(layers.outputs["Depth"], out.inputs[0])
+            tree.links.new(layers.outputs["Depth"], socket)
+        yield
+
+
+@contextlib.contextmanager
+def _compositor(scene: bpy.types.Scene) -> Iterator[bpy.types.NodeTree]:
+    """The scene's compositor node tree, in use for the block; every node added to it
+    meanwhile (also the defaults Blender adds to a new tree) is removed afterwards.
+
+    Up to 4.5 it is ``scene.node_tree``, used while ``scene.use_nodes`` is on. Blender 5.0
+    made it a node group (``scene.compositing_node_group``, None when the scene has no
+    compositor): then a temporary group serves and is removed afterwards.
+    """
+    if hasattr(scene, "node_tree"):
+        before = {n.name for n in scene.node_tree.nodes} if scene.node_tree else set()
+        with _restored(scene, use_nodes=True), _removing_new_nodes(scene.node_tree, before):
+            yield scene.node_tree
+        return
+    if scene.compositing_node_group is not None:
+        tree = scene.compositing_node_group
+        with _removing_new_nodes(tree, {n.name for n in tree.nodes}):
+            yield tree
+        return
+    group = bpy.data.node_groups.new("Atelier Capture", "CompositorNodeTree")
+    try:
+        scene.compositing_node_group = group
+        yield group
+    finally:
+        scene.compositing_node_group = None
+        bpy.data.node_groups.remove(group)
+
+
+@contextlib.contextmanager
+def _removing_new_nodes(tree: bpy.types.NodeTree, keep: set[str]) -> Iterator[None]:
+    try:
         yield
     finally:
-        for node in [n for n in tree.nodes if n.name not in before]:
+        for node in [n for n in tree.nodes if n.name not in keep]:
             tree.nodes.remove(node)
+
+
+def _file_output(tree: bpy.types.NodeTree, folder: str, prefix: str,
+                 socket_type: str) -> tuple[bpy.types.Node, bpy.types.NodeSocket]:
+    """A File Output node writing one image file named ``prefix``... into ``folder``, and its
+    input socket; ``socket_type`` (RGBA, FLOAT) is what that input takes in Blender 5.0."""
+    out = tree.nodes.new("CompositorNodeOutputFile")
+    if hasattr(out, "file_slots"):     # up to 4.5: a base path and one slot per input
+        out.base_path = folder
+        out.file_slots[0].path = prefix
+        return out, out.inputs[0]
+    out.directory = folder             # 5.0: directory, file name, and items for inputs
+    out.file_name = prefix
+    out.format.media_type = "IMAGE"    # the default is a multilayer EXR
+    item = out.file_output_items.new(socket_type, "pass")
+    return out, out.inputs[item.name]
 
 
 def _written(folder: str, slot: str) -> str:

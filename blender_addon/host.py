@@ -164,7 +164,8 @@ def new_image_material(name: str, image: bpy.types.Image,
                        uv_map: Optional[str] = None) -> bpy.types.Material:
     """Image Texture -> Principled BSDF Base Color; ``uv_map`` picks the UVs (else active)."""
     material = bpy.data.materials.new(name)
-    material.use_nodes = True
+    if material.node_tree is None:   # before 5.0 a new material has no nodes until asked
+        material.use_nodes = True
     tree = material.node_tree
     bsdf = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
     tex = tree.nodes.new("ShaderNodeTexImage")

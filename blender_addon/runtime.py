@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import bpy
 
 from . import host, settings
-from .protocol import GenerateRequest, ImageFrame
+from .protocol import ErrorCode, GenerateRequest, ImageFrame
 from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.events import Connected, Disconnected, JobDone, PreviewImage
 from .protocol.messages import (Accepted, Cancelled, Error, Models, ModelLoaded, Progress,
@@ -29,6 +29,11 @@ CLIENT_NAME = "atelier-blender"
 ACTIVE_INTERVAL = 0.1   # seconds between pumps while a job runs
 IDLE_INTERVAL = 0.5
 KEEP_FINISHED = 20      # finished jobs kept for the panel
+# What a job says when the daemon lost it (it was killed or restarted: fetch found nothing)
+# or stopped it while shutting down.
+RESTARTED = "the daemon restarted and no longer has this job; generate again"
+SHUT_DOWN = "the daemon shut down and stopped this job; generate again"
+REFETCHING = "reconnected; asking the daemon for this job"
 
 
 class JobState(enum.Enum):
@@ -252,6 +257,8 @@ class Session:
         for job in self.jobs:
             if job.state == JobState.WAITING:
                 self._send_job(client, job)
+            elif job.state == JobState.RECONNECTING:   # the client fetches it again
+                job.state, job.message = JobState.SENT, REFETCHING
         pending, self._on_connect = self._on_connect, []
         for send in pending:
             send(client)
@@ -313,16 +320,24 @@ class Session:
 
     def _cancelled(self, event: Cancelled) -> None:
         job = self._live_job(event.job_id)
-        if job is not None:
+        if job is None:
+            return
+        if job.cancel_requested:
             self._end(job, JobState.CANCELLED, "cancelled")
+        else:   # nobody here asked: the daemon stopped it on its way down
+            self._end(job, JobState.FAILED, SHUT_DOWN)
 
     def _error(self, event: Error) -> None:
         job = self._job_for(event.job_id, event.ref)
         text = f"daemon: {event.message}" + (f" [{event.field}]" if event.field else "")
-        if job is not None and not job.state.finished:
-            self._end(job, JobState.FAILED, text)
-        else:
+        if job is None or job.state.finished:
             self.connection_text = text
+        elif job.cancel_requested:   # asked to go; the daemon's reason no longer matters
+            self._end(job, JobState.CANCELLED, "cancelled")
+        elif event.code == ErrorCode.UNKNOWN_JOB:
+            self._end(job, JobState.FAILED, RESTARTED)
+        else:
+            self._end(job, JobState.FAILED, text)
 
     def _status(self, event: Status) -> None:
         self.status = event

@@ -140,6 +140,16 @@ def _link_object(scene: bpy.types.Scene, name: str, mesh: bpy.types.Mesh, bm,
     return obj
 
 
+def compositor(scene: bpy.types.Scene) -> tuple[Any, list[str]]:
+    """What the scene's compositor is: (whether it is on up to 4.5 / its node group in 5.0,
+    the types of its nodes)."""
+    if hasattr(scene, "node_tree"):
+        tree, state = scene.node_tree, scene.use_nodes
+    else:
+        tree = state = scene.compositing_node_group
+    return state, sorted(node.type for node in tree.nodes) if tree is not None else []
+
+
 def select_only(objects: list[bpy.types.Object]) -> None:
     for obj in bpy.context.scene.objects:
         obj.select_set(obj in objects)

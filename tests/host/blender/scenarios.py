@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,6 +21,7 @@ import harness  # noqa: E402
 
 JOB_TIMEOUT = 180.0
 SIZE = 64
+RESTARTED = "the daemon restarted and no longer has this job; generate again"
 
 
 def image_rows(image: bpy.types.Image) -> np.ndarray:
@@ -462,24 +464,78 @@ def scenario_cancel(module, url: str) -> None:
     assert len(cube.material_slots) == 0
 
 
-def scenario_daemon_stops(module, url: str) -> None:
-    """The daemon is stopped mid-job (the test stops it when told through the file named by
-    ATELIER_SIGNAL_FILE): it tells the job why before it goes, so the job ends with that
-    report and leaves nothing behind."""
-    session = harness.session(module)
-    scene = harness.empty_scene()
-    harness.settings(scene, prompt="interrupted", steps=150, width=SIZE, height=SIZE,
+def ask_test(action: str) -> None:
+    """Ask the test driving this Blender to do ``action`` to the daemon (stop, kill, start
+    one on the same port) and wait until it is done; files in ATELIER_CUE_DIR carry it."""
+    folder = os.environ["ATELIER_CUE_DIR"]
+    number = len([n for n in os.listdir(folder) if not n.endswith(".done")])
+    cue = os.path.join(folder, f"{number:02d}-{action}")
+    with open(cue, "w") as handle:
+        handle.write(action)
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not os.path.exists(cue + ".done"):
+        assert time.monotonic() < deadline, f"the test did not do {action!r}"
+        time.sleep(0.05)
+
+
+def long_job(session, prompt: str):
+    """A 150-step job, once its first preview is in."""
+    harness.settings(bpy.context.scene, prompt=prompt, steps=150, width=SIZE, height=SIZE,
                      preview_every=1)
-    before = snapshot()
     assert bpy.ops.atelier.generate() == {"FINISHED"}
     job = last_job(session)
     session.pump_until_idle(JOB_TIMEOUT, until=lambda: bool(job.image_names))
-    with open(os.environ["ATELIER_SIGNAL_FILE"], "w") as signal:
-        signal.write("stop the daemon now")
+    return job
+
+
+def scenario_daemon_goes_away(module, url: str) -> None:
+    """The daemon goes away mid-job in three ways (the test does what ask_test says): no job
+    waits forever, each says what happened, and nothing half-made is left."""
+    session = harness.session(module)
+    harness.empty_scene()
+    nothing = {"images": set(), "materials": set(), "meshes": set()}
+    before = snapshot()
+
+    # Stopped (SIGTERM): the daemon stops the running job on its way down and says so
+    # (an error, or a cancel nobody here asked for).
+    job = long_job(session, "stopped")
+    ask_test("stop")
     session.pump_until_idle(JOB_TIMEOUT, until=lambda: job.state.finished)
-    assert job.state.name == "FAILED" and "stopped while this job ran" in job.message, job.message
-    assert not session.active_jobs
-    assert new_datablocks(before) == {"images": set(), "materials": set(), "meshes": set()}
+    assert job.state.name == "FAILED", job.progress_text
+    assert "shut down" in job.message or job.message.startswith("daemon:"), job.message
+    assert new_datablocks(before) == nothing
+    ask_test("start")
+
+    # Killed (SIGKILL) and started again: the new daemon does not know the jobs. The running
+    # one ends saying so; the queued one, cancelled after the reconnect, ends cancelled.
+    job = long_job(session, "restarted")
+    assert bpy.ops.atelier.generate() == {"FINISHED"}
+    queued = last_job(session)
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: queued.job_id is not None)
+    ask_test("kill")
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: job.state.name == "RECONNECTING")
+    assert not session.connection_ok and "atelier serve" in job.message, job.message
+    assert "resumes when the daemon is back" in job.progress_text, job.progress_text
+    assert job.image_names and job.image_names[0] in bpy.data.images   # kept: may resume
+    ask_test("start")
+    client = session._client
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while not client.connected:   # back, not pumped yet: the answers to its fetches wait
+        assert time.monotonic() < deadline, "the client did not reconnect"
+        time.sleep(0.05)
+    session.cancel(queued)
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert job.state.name == "FAILED" and job.message == RESTARTED, job.message
+    assert queued.state.name == "CANCELLED", queued.progress_text
+    assert new_datablocks(before) == nothing
+
+    # Killed and not back: the job waits to resume; Cancel drops it at once.
+    job = long_job(session, "interrupted")
+    ask_test("kill")
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: job.state.name == "RECONNECTING")
+    assert bpy.ops.atelier.cancel() == {"FINISHED"}
+    assert job.state.name == "CANCELLED" and not session.active_jobs
+    assert new_datablocks(before) == nothing
 
 
 def scenario_no_daemon(module, url: str) -> None:

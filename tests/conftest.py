@@ -79,6 +79,16 @@ def atelier_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("atelier-home")
 
 
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Atelier home of the test module's own, with the tiny model built in it."""
+    from backend.models.sources import ensure_tiny
+
+    home = tmp_path_factory.mktemp("atelier-home")
+    ensure_tiny("tiny", home / "models")
+    return home
+
+
 @pytest.fixture(scope="session")
 def daemon(atelier_home: Path) -> Iterator[DaemonProcess]:
     proc = DaemonProcess(atelier_home).start()

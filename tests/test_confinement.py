@@ -15,17 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
 from backend.app import create_daemon
 from backend.cli import ws_url
 from backend.models.catalog import list_models
 from backend.models.ldm_keys import export_sd15_single_file
-from backend.models.sources import ensure_tiny, resolve
+from backend.models.sources import resolve
 from backend.models.store import ModelStore
 from backend.pipelines.depth import DepthEstimator, find_depth_model
 from backend.server import ServerConfig
-from models_support import COMMIT, put_in_hf_cache, write_shaped_checkpoint
+from models_support import COMMIT, put_in_hf_cache, save_tiny_dpt, write_shaped_checkpoint
 from protocol.client import AtelierClient
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import GenerateRequest, ModelLoaded
@@ -33,13 +32,6 @@ from protocol.messages import GenerateRequest, ModelLoaded
 REPO = Path(__file__).resolve().parents[1]
 SD15_KEYS = {"model.diffusion_model.input_blocks.0.0.weight": (32, 4, 3, 3),
              "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (1, 1)}
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("atelier-home")
-    ensure_tiny("tiny", home / "models")
-    return home
 
 
 @pytest.fixture(scope="module")
@@ -254,12 +246,7 @@ def test_one_broken_model_folder_is_reported_and_the_others_listed(home, tmp_pat
 
 def _pickled_dpt(folder: Path) -> Path:
     """A depth model whose weights are only a pickle (pytorch_model.bin)."""
-    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                       intermediate_size=37, image_size=32, patch_size=8,
-                       neck_hidden_sizes=[16, 16, 16, 16], fusion_hidden_size=16,
-                       backbone_out_indices=[0, 1, 2, 3], reassemble_factors=[4, 2, 1, 0.5])
-    DPTForDepthEstimation(config).save_pretrained(folder)
-    DPTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    save_tiny_dpt(folder)
     # transformers now saves only safetensors: turn the weights into the old pickle form
     weights = folder / "model.safetensors"
     torch.save(load_file(weights), folder / "pytorch_model.bin")

@@ -25,6 +25,7 @@ from protocol.client import AtelierClient, make_upload
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.events import JobDone
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
+from models_support import save_tiny_dpt
 from protocol.messages import ControlSettings, DepthInput, GenerateRequest
 
 BLENDER_BACKGROUND = 1e10
@@ -112,22 +113,9 @@ def test_estimation_without_a_local_depth_model_says_how_to_get_one(tmp_path):
     assert err.value.code == ErrorCode.MODEL_NOT_FOUND and "config.json" in err.value.message
 
 
-def _tiny_dpt(folder):
-    """A random-weight DPT small enough to build in a test, saved like a downloaded one."""
-    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
-    torch.manual_seed(0)
-    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                       intermediate_size=37, image_size=32, patch_size=8,
-                       neck_hidden_sizes=[16, 16, 16, 16], fusion_hidden_size=16,
-                       backbone_out_indices=[0, 1, 2, 3], reassemble_factors=[4, 2, 1, 0.5])
-    DPTForDepthEstimation(config).save_pretrained(folder)
-    DPTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
-
-
 def test_estimator_from_a_local_folder_gives_a_nearness_map(tmp_path):
     from backend.pipelines.depth import DepthEstimator
-    folder = _tiny_dpt(tmp_path / "dpt")
+    folder = save_tiny_dpt(tmp_path / "dpt")
     assert find_depth_model({"ATELIER_DEPTH_MODEL": str(folder)}, None) == folder
     rgb = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     near = DepthEstimator(folder).estimate(rgb)
@@ -150,7 +138,7 @@ def test_an_estimator_that_overflows_in_fp16_falls_back_to_fp32(tmp_path):
     from transformers import DPTImageProcessor
 
     from backend.pipelines.depth import DepthEstimator
-    folder = _tiny_dpt(tmp_path / "dpt")
+    folder = save_tiny_dpt(tmp_path / "dpt")
     DPTImageProcessor(size={"height": 32, "width": 32},
                       image_std=[1e-6] * 3).save_pretrained(folder)
     rgb = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -346,7 +334,7 @@ def test_estimated_depth_from_a_local_model_conditions_the_job(sd15, tmp_path, m
     with pytest.raises(ProtocolError) as err:
         _run(DiffusionGenerator(store), job, init)
     assert err.value.code == ErrorCode.MODEL_NOT_FOUND
-    monkeypatch.setenv("ATELIER_DEPTH_MODEL", str(_tiny_dpt(tmp_path / "dpt")))
+    monkeypatch.setenv("ATELIER_DEPTH_MODEL", str(save_tiny_dpt(tmp_path / "dpt")))
     estimated = _image(_run(DiffusionGenerator(store), job, init))
     plain = _image(_run(DiffusionGenerator(store), dataclasses.replace(job, depth=None, control=None), init))
     assert np.abs(estimated.astype(int) - plain).mean() > 1.0

@@ -15,7 +15,6 @@ import torch
 
 from backend.models import hub
 from backend.models.single_file import find_clip_tokenizer
-from backend.models.sources import ensure_tiny
 from backend.models.store import ModelStore
 from models_support.fake_hub import COMMIT, FakeHub
 from protocol.errors import ErrorCode, ProtocolError
@@ -49,13 +48,6 @@ def _pull(endpoint: str, cache: Path, *model_ids: str) -> dict[str, dict]:
     assert done.returncode == 0, done.stderr
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return {r["id"]: r for r in results}
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("atelier-home")
-    ensure_tiny("tiny", home / "models")
-    return home
 
 
 def test_pull_fetches_only_what_a_pipeline_loads_and_it_then_loads_offline(home, tmp_path):

@@ -16,17 +16,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from backend.models import families
 from backend.models.ldm_keys import export_controlnet_single_file, export_sd15_single_file
 from backend.models.single_file import CONFIGS
-from backend.models.sources import ensure_tiny
 from backend.models.store import ModelStore
 from models_support import put_in_hf_cache, write_shaped_checkpoint
 from protocol.errors import ErrorCode, ProtocolError
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("atelier-home")
-    ensure_tiny("tiny", home / "models")
-    return home
 
 
 @pytest.fixture(scope="module")

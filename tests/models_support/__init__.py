@@ -54,3 +54,18 @@ class CompileCounter:
 
     def __len__(self) -> int:
         return len(self.graphs)
+
+
+def save_tiny_dpt(folder: Path) -> Path:
+    """A random-weight DPT depth estimator small enough to build in a test, saved as a
+    downloaded one is (safetensors weights, config, image processor)."""
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(0)
+    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                       intermediate_size=37, image_size=32, patch_size=8,
+                       neck_hidden_sizes=[16, 16, 16, 16], fusion_hidden_size=16,
+                       backbone_out_indices=[0, 1, 2, 3], reassemble_factors=[4, 2, 1, 0.5])
+    DPTForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

@@ -88,8 +88,8 @@ def build_request(settings: PanelSettings, *, kind: str = "txt2img",
                   pick_seed: Callable[[int], int] = secrets.randbelow) -> GenerateRequest:
     """The GenerateRequest for the panel settings; ProtocolError names a bad field.
 
-    ``depth_upload`` is the id of a FLOAT32 upload holding distances from the
-    camera (a Blender Z pass); it turns on depth conditioning. A "random" seed
+    ``depth_upload`` is the id of a FLOAT32 upload holding a Blender Z pass (depth along
+    the camera's axis, convention "z"); it turns on depth conditioning. A "random" seed
     is drawn here with ``pick_seed(n)`` (0 <= seed < n), so that it fits Blender.
     """
     if settings.random_seed:
@@ -102,7 +102,7 @@ def build_request(settings: PanelSettings, *, kind: str = "txt2img",
         seed = settings.seed
     depth = control = None
     if depth_upload is not None:
-        depth = DepthInput(upload=depth_upload, convention="distance",
+        depth = DepthInput(upload=depth_upload, convention="z",
                            background_at=BACKGROUND_DEPTH)
         control = ControlSettings(model=settings.control_model or None,
                                   scale=settings.control_scale)

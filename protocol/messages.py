@@ -19,7 +19,7 @@ JobKind = Literal["txt2img", "img2img", "inpaint", "make_seamless"]
 Tiling = Literal["none", "x", "y", "both"]
 SchedulerName = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm"]
 OutputFormat = Literal["raw", "png"]
-DepthConvention = Literal["distance", "normalized"]
+DepthConvention = Literal["z", "distance", "normalized"]
 
 SCHEDULERS: tuple[str, ...] = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm")
 TILINGS: tuple[str, ...] = ("none", "x", "y", "both")
@@ -36,9 +36,10 @@ class DepthInput:
     """A depth map for depth-conditioned generation.
 
     ``upload`` names a FLOAT32 (or GRAY8) image uploaded before the job.
-    ``convention``: "distance" = distance from the camera (near is small);
+    ``convention``: "z" = depth along the camera's viewing axis (a renderer's Z pass, e.g.
+    Blender's), "distance" = distance from the camera's centre (both: near is small);
     "normalized" = already 0..1 with near = 1, far = 0.
-    Pixels whose value is >= ``background_at`` (distance) or <= ``background_at``
+    Pixels whose value is >= ``background_at`` (z, distance) or <= ``background_at``
     (normalized) have no geometry and are treated as farthest.
     ``estimate``: ignore ``upload`` and estimate depth from the init image on the daemon.
     """

@@ -142,7 +142,7 @@ def test_img2img_with_depth_sets_init_depth_and_control() -> None:
                                      depth_upload="b" * 32)
     assert request.kind == "img2img" and request.init_image == "a" * 32
     assert request.strength == 0.4
-    assert request.depth.upload == "b" * 32 and request.depth.convention == "distance"
+    assert request.depth.upload == "b" * 32 and request.depth.convention == "z"
     assert request.depth.background_at == settings.BACKGROUND_DEPTH
     assert request.control.scale == 0.8
 

@@ -50,6 +50,19 @@ def test_distance_becomes_nearness_stretched_over_the_foreground():
     assert mid[0, 1] == pytest.approx(1 / 3)
 
 
+def test_z_depth_is_converted_like_distance():
+    """Blender's Z pass is depth along the camera's axis: sent as "z", made near = bright by
+    1 / value like a distance, with its background past background_at."""
+    from protocol import validate
+    z = np.full((4, 6), BLENDER_BACKGROUND, np.float32)
+    z[1:3, 1:5] = [[9.0, 10.0, 11.0, 12.0]] * 2
+    near = nearness(z, DepthInput(convention="z", background_at=1e9))
+    assert np.array_equal(near, nearness(z, DepthInput(convention="distance", background_at=1e9)))
+    assert near[0, 0] == 0.0 and near[1, 1] == pytest.approx(1.0)
+    assert near[1, 4] == pytest.approx(FOREGROUND_FLOOR)
+    validate(GenerateRequest(depth=DepthInput(upload="d" * 32, convention="z")), "job")
+
+
 def test_background_is_far_and_the_foreground_keeps_its_silhouette():
     distance = np.full((6, 6), BLENDER_BACKGROUND, np.float32)
     distance[2:4, 1:5] = [[9.0, 9.5, 10.0, 10.5], [9.0, 9.5, 10.0, 10.5]]

@@ -5,14 +5,15 @@ on the output of MiDaS-style estimators: relative inverse depth, near = bright, 
 ``nearness`` turns what a host sends into exactly that: an ``(H, W)`` float32 array in
 [0, 1], rows top first like every frame, near = 1, background = 0.
 
-- "distance" uploads (a renderer's Z pass, Blender's 1e10 for empty background) are
-  inverted (1 / distance, the disparity an estimator would report) and stretched over the
+- "z" uploads (depth along the camera axis: a renderer's Z pass, Blender's 1e10 for empty
+  background) and "distance" uploads (distance from the camera's centre) are treated alike:
+  inverted (1 / value, the disparity an estimator would report) and stretched over the
   foreground's own min/max, so the object's relief uses the whole range however far away
   it is. When the map has background, the foreground is stretched to
   [FOREGROUND_FLOOR, 1] instead of [0, 1], so even the farthest surface stays apart from
   the empty background and the silhouette survives.
 - "normalized" uploads are already near = 1, far = 0 and are only clipped to [0, 1].
-- Background (no geometry): non-finite values; for "distance" also values >= ``background_at``
+- Background (no geometry): non-finite values; for "z"/"distance" also values >= ``background_at``
   and values <= 0 (no distance); for "normalized" values <= ``background_at``. Background -> 0.
 
 Normalisation happens at the upload's own resolution, before resampling, so the huge
@@ -34,6 +35,7 @@ from protocol.messages import ControlSettings, DepthInput
 from .pixels import resize
 
 FOREGROUND_FLOOR = 0.1
+METRIC_CONVENTIONS = ("z", "distance")   # camera units, near is small: nearness is 1 / value
 DEPTH_MODEL_ENV = "ATELIER_DEPTH_MODEL"
 # Depth estimators looked for in the local Hugging Face cache, in this order.
 KNOWN_DEPTH_MODELS = (
@@ -73,7 +75,7 @@ def background_mask(values: np.ndarray, depth: DepthInput) -> np.ndarray:
     """True where the map has no geometry."""
     with np.errstate(invalid="ignore"):
         background = ~np.isfinite(values)
-        if depth.convention == "distance":
+        if depth.convention in METRIC_CONVENTIONS:
             background |= values <= 0
             if depth.background_at is not None:
                 background |= values >= depth.background_at

@@ -206,13 +206,16 @@ def scenario_render(module, url: str) -> None:
     depth = depth_upload(job)
     assert abs(float(depth[SIZE // 2, SIZE // 2]) - 4.0) < 0.05, depth[SIZE // 2, SIZE // 2]
     assert float(depth[0, 0]) >= job.request.depth.background_at, depth[0, 0]
-    assert job.request.depth.convention == "distance"
+    # The Z pass is depth along the camera's axis: the whole front face (y = -1) reads 4,
+    # also off-centre where its distance from the camera is about 4.15; and so it is sent.
+    assert abs(float(depth[14, 14]) - 4.0) < 0.02, depth[14, 14]
+    assert job.request.depth.convention == "z"
 
     session.pump_until_idle(JOB_TIMEOUT)
     assert job.state.name == "DONE", job.progress_text
     # The daemon ran the job with that very depth upload and init image.
     ran = job.result.params
-    assert ran.depth.upload == job.request.depth.upload and ran.depth.convention == "distance"
+    assert ran.depth.upload == job.request.depth.upload and ran.depth.convention == "z"
     assert ran.init_image == init.id and ran.control is not None
     made = new_datablocks(before)
     assert made["images"] == set(job.image_names) and len(made["images"]) == 1, made

@@ -100,6 +100,16 @@ class _SendsJobs:
         self.report({"ERROR"}, str(exc))
         return {"CANCELLED"}
 
+    def size_refused(self, panel: settings.PanelSettings) -> bool:
+        """Report and True if the daemon would refuse the panel's size (checked before
+        anything is rendered; limits known once connected, else only multiples of 8)."""
+        session = current_session()
+        problem = settings.size_problem(panel.width, panel.height,
+                                        session.limits if session is not None else None)
+        if problem is not None:
+            self.report({"ERROR"}, problem)
+        return problem is not None
+
     # From a button (a window exists): stay modal, without blocking anything, until the
     # job ends, so the daemon's answer becomes this operator's report in the status bar.
     def invoke(self, context: bpy.types.Context, event: Any) -> set[str]:
@@ -146,8 +156,11 @@ class ATELIER_OT_generate(bpy.types.Operator, _SendsJobs):
                 self.report({"ERROR"}, "select a mesh object to apply the texture to")
                 return {"CANCELLED"}
             target = obj.name
+        panel = settings.settings_from(props)
+        if self.size_refused(panel):
+            return {"CANCELLED"}
         try:
-            request = settings.build_request(settings.settings_from(props))
+            request = settings.build_request(panel)
             replace = self.replace_material
 
             def apply(job: Job, images: list[Any]) -> None:
@@ -171,8 +184,10 @@ class ATELIER_OT_render_to_image(bpy.types.Operator, _SendsJobs):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         props = context.scene.atelier
+        panel = settings.settings_from(props)
+        if self.size_refused(panel):
+            return {"CANCELLED"}
         try:
-            panel = settings.settings_from(props)
             with _seen_from(self, context, panel.width, panel.height):
                 shot = capture.render_camera(context.scene, context.view_layer, panel.width,
                                              panel.height, color=True, depth=props.use_depth)
@@ -207,8 +222,10 @@ class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
         if not targets:
             self.report({"ERROR"}, "select the mesh objects to project onto")
             return {"CANCELLED"}
+        panel = settings.settings_from(scene.atelier)
+        if self.size_refused(panel):
+            return {"CANCELLED"}
         try:
-            panel = settings.settings_from(scene.atelier)
             width, height = panel.width, panel.height
             with _seen_from(self, context, width, height):
                 shot = capture.render_camera(scene, context.view_layer, width, height,

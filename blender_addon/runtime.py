@@ -22,8 +22,8 @@ from . import host, settings
 from .protocol import ErrorCode, GenerateRequest, ImageFrame
 from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.events import Connected, Disconnected, JobDone, PreviewImage
-from .protocol.messages import (Accepted, Cancelled, Error, Models, ModelLoaded, Progress,
-                                Result, Started, Status)
+from .protocol.messages import (Accepted, Cancelled, Error, Limits, Models, ModelLoaded,
+                                Progress, Result, Started, Status)
 
 CLIENT_NAME = "atelier-blender"
 ACTIVE_INTERVAL = 0.1   # seconds between pumps while a job runs
@@ -91,6 +91,7 @@ class Session:
         self.connection_text = "not connected"
         self.connection_ok = False
         self.status: Optional[Status] = None
+        self.limits: Optional[Limits] = None   # the daemon's, from its welcome
         self.models: list[str] = []
         self.conditioners: list[tuple[str, str]] = []   # depth models: (name, family)
         self.models_listed = False   # whether ``models`` and ``conditioners`` came from it
@@ -175,6 +176,14 @@ class Session:
             self._send_job(client, job)
         return job
 
+    def _send_waiting(self, client: AtelierClient, job: Job) -> None:
+        """Send a job made before the daemon's limits were known, if they allow it."""
+        problem = settings.size_problem(job.request.width, job.request.height, self.limits)
+        if problem is not None:
+            self._end(job, JobState.FAILED, problem)
+        else:
+            self._send_job(client, job)
+
     def _send_job(self, client: AtelierClient, job: Job) -> None:
         job.ref = client.submit(job.request, job.uploads)
         job.state = JobState.SENT
@@ -254,9 +263,10 @@ class Session:
         self.last_failure = None
         self.connection_text = (f"connected to {client.url}: {welcome.server} on "
                                 f"{welcome.device}, model {welcome.model or 'none loaded'}")
+        self.limits = welcome.limits
         for job in self.jobs:
             if job.state == JobState.WAITING:
-                self._send_job(client, job)
+                self._send_waiting(client, job)
             elif job.state == JobState.RECONNECTING:   # the client fetches it again
                 job.state, job.message = JobState.SENT, REFETCHING
         pending, self._on_connect = self._on_connect, []

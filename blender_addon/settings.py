@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from .protocol import ErrorCode, GenerateRequest, ProtocolError, validate
-from .protocol.messages import CACHE_INTERVAL_MAX, ControlSettings, DepthInput, ModelInfo, Result
+from .protocol.messages import (CACHE_INTERVAL_MAX, ControlSettings, DepthInput, Limits,
+                                ModelInfo, Result)
 
 # Cycles and EEVEE write this into the Z pass where no geometry was hit (1e10);
 # anything at or past it is background for the daemon.
@@ -22,6 +23,7 @@ BACKGROUND_DEPTH = 1e9
 RECORD_KEY = "atelier"  # custom property group on images made by the add-on
 NAME_LIMIT = 63         # Blender ID names are at most 63 bytes
 MAX_BATCH = 8           # images per job from the panel
+SIZE_MULTIPLE = 8       # image sides the daemon takes (PROTOCOL.md: width, height)
 # Blender's integer properties are signed 32-bit. Seeds stay low enough that every image
 # of a batch (seed + index, as the daemon numbers them) still fits one.
 SEED_MAX = 2 ** 31 - 1 - MAX_BATCH
@@ -67,6 +69,29 @@ class PanelSettings:
     control_scale: float = 1.0
     cache_interval: int = 1         # step caching; 1 = off (full quality)
     control_model: str = ""         # depth ControlNet / T2I-Adapter; "" = the daemon's default
+
+
+def size_problem(width: int, height: int, limits: Optional[Limits]) -> Optional[str]:
+    """Why the daemon would refuse to make a ``width`` x ``height`` image, naming the panel
+    field and the limit; None if it would not. ``limits``: the daemon's (its ``welcome``),
+    None before the add-on has connected (then only the multiples of 8 are known)."""
+    sides = (("Width", width), ("Height", height))
+    for name, value in sides:
+        if value % SIZE_MULTIPLE:
+            lower = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+            choices = f"{lower} or {lower + SIZE_MULTIPLE}" if lower else f"{SIZE_MULTIPLE}"
+            return (f"{name} {value} is not a multiple of {SIZE_MULTIPLE}, which the daemon "
+                    f"needs: use {choices}")
+    if limits is None:
+        return None
+    for name, value in sides:
+        if value > limits.max_side:
+            return (f"{name} {value} is more than the daemon allows (max_side "
+                    f"{limits.max_side})")
+    if width * height > limits.max_pixels:
+        return (f"Width x Height {width} x {height} is {width * height} pixels, more than the "
+                f"daemon allows (max_pixels {limits.max_pixels})")
+    return None
 
 
 def is_loopback(host: str) -> bool:

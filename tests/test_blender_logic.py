@@ -16,7 +16,7 @@ import pytest
 from blender_addon import build, pixels, projection, settings
 from blender_addon.protocol import ProtocolError
 from blender_addon.protocol.messages import (ControlSettings, DepthInput, GenerateRequest,
-                                             ImageInfo, ModelInfo, Result)
+                                             ImageInfo, Limits, ModelInfo, Result)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -223,6 +223,31 @@ def test_bad_settings_raise_protocol_error_naming_the_field(change, field) -> No
     with pytest.raises(ProtocolError) as info:
         settings.build_request(settings.PanelSettings(**change))
     assert info.value.field == field
+
+
+def _limits(max_side: int, max_pixels: int) -> Limits:
+    return Limits(max_message_bytes=1 << 28, max_pixels=max_pixels, max_side=max_side,
+                  max_batch=8, max_steps=150, max_queue=32, max_uploads=16)
+
+
+@pytest.mark.parametrize("width, height, limits, words", [
+    (500, 512, None, "Width 500 is not a multiple of 8, which the daemon needs: use 496 or 504"),
+    (512, 4, None, "Height 4 is not a multiple of 8, which the daemon needs: use 8"),
+    (1024, 512, _limits(768, 768 * 768), "Width 1024 is more than the daemon allows "
+                                         "(max_side 768)"),
+    (768, 1024, _limits(768, 768 * 768), "Height 1024 is more than the daemon allows "
+                                         "(max_side 768)"),
+    (1024, 1024, _limits(2048, 1 << 19), "Width x Height 1024 x 1024 is 1048576 pixels, "
+                                         "more than the daemon allows (max_pixels 524288)"),
+])
+def test_sizes_the_daemon_would_refuse_name_the_field_and_limit(width, height, limits,
+                                                                 words) -> None:
+    assert settings.size_problem(width, height, limits) == words
+
+
+def test_sizes_within_the_limits_pass() -> None:
+    assert settings.size_problem(4096, 8, None) is None   # limits not known yet
+    assert settings.size_problem(768, 768, _limits(768, 768 * 768)) is None
 
 
 def test_settings_from_copies_matching_attributes() -> None:

@@ -541,6 +541,46 @@ def scenario_daemon_goes_away(module, url: str) -> None:
     assert new_datablocks(before) == nothing
 
 
+def refused(operator, **properties) -> str:
+    """The error report of an operator that must refuse to run (a RuntimeError for scripts)."""
+    try:
+        result = operator(**properties)
+    except RuntimeError as exc:
+        return str(exc)
+    raise AssertionError(f"{operator} ran: {result}")
+
+
+def scenario_sizes(module, url: str) -> None:
+    """Sizes the daemon would refuse are reported before anything is rendered or sent:
+    multiples of 8 always, the daemon's max_side once its limits are known (a job made
+    before that fails when the add-on connects, naming the limit)."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    harness.add_camera(scene, (0.0, -5.0, 0.0))
+    cube = harness.add_cube(scene, "Cube", (0, 0, 0))
+    harness.select_only([cube])
+    harness.settings(scene, prompt="sizes", steps=2, width=500, height=SIZE)
+    for operator in (bpy.ops.atelier.generate, bpy.ops.atelier.render_to_image,
+                     bpy.ops.atelier.project_texture):
+        report = refused(operator)
+        assert "Width 500 is not a multiple of 8" in report and "496 or 504" in report, report
+    assert not session.jobs
+    assert bpy.context.view_layer.use_pass_z is False   # nothing was rendered
+
+    harness.settings(scene, width=SIZE, height=4096)   # fine until the limits are known
+    assert bpy.ops.atelier.generate() == {"FINISHED"}
+    job = last_job(session)
+    session.pump_until_idle(JOB_TIMEOUT)
+    limit = session.limits.max_side
+    assert limit < 4096, limit
+    assert job.state.name == "FAILED", job.progress_text
+    assert job.message == f"Height 4096 is more than the daemon allows (max_side {limit})", \
+        job.message
+    report = refused(bpy.ops.atelier.render_to_image)
+    assert f"Height 4096 is more than the daemon allows (max_side {limit})" in report, report
+    assert len(session.jobs) == 1
+
+
 def scenario_no_daemon(module, url: str) -> None:
     """Nothing listens at ``url``: each job fails with a message saying how to start the
     daemon, nothing is left behind, every click tries again, and Blender carries on."""

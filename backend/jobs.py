@@ -48,6 +48,8 @@ class Job:
     uploads: Mapping[str, ImageFrame]
     owner: str                         # the submitting client's key; only it may fetch or cancel
     holds: list[Hold] = field(default_factory=list)   # upload bytes, given back when it ends
+    live: Optional[str] = None         # its live session: a newer job of it supersedes this one
+    superseded: bool = False
     state: JobState = JobState.QUEUED
     subscribers: list[Subscriber] = field(default_factory=list)
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -123,23 +125,41 @@ class JobManager:
                          else None, jobs=mine)
 
     def submit(self, request: GenerateRequest, uploads: Mapping[str, ImageFrame],
-               subscriber: Subscriber, owner: str, holds: list[Hold] = ()) -> tuple[Job, int]:
+               subscriber: Subscriber, owner: str, holds: list[Hold] = (),
+               live: Optional[str] = None) -> tuple[Job, int]:
+        """Queue a job of ``owner``'s. With ``live``, it first supersedes the owner's queued
+        and running jobs of that live session: the queue holds at most one of each."""
         with self._cond:
             if self._stopping:
                 raise ProtocolError(ErrorCode.SHUTTING_DOWN,
                                     "the daemon is shutting down and takes no new jobs")
+            if live is not None:
+                self._supersede(owner, live)
             waiting = sum(isinstance(item, Job) for item in self._queue)
             if waiting >= self._max_queue:
                 raise ProtocolError(ErrorCode.QUEUE_FULL,
                                     f"the queue holds {waiting} jobs, the limit is "
                                     f"{self._max_queue}; try again when one finishes")
-            job = Job(new_id(), request, dict(uploads), owner, list(holds),
+            job = Job(new_id(), request, dict(uploads), owner, list(holds), live=live,
                       subscribers=[subscriber])
             self._jobs[job.id] = job
             self._queue.append(job)
             self._cond.notify()
             position = waiting + (1 if self._running else 0)
         return job, position
+
+    def _supersede(self, owner: str, live: str) -> None:
+        """End ``owner``'s queued jobs of live session ``live`` and stop its running one
+        (call with the lock held)."""
+        for item in list(self._queue):
+            if isinstance(item, Job) and item.live == live and _same_owner(item.owner, owner):
+                self._queue.remove(item)
+                self._finish(item, JobState.CANCELLED,
+                             [Cancelled(job_id=item.id, reason="superseded")])
+        running = self._running
+        if running is not None and running.live == live and _same_owner(running.owner, owner):
+            running.superseded = True
+            running.cancel.set()
 
     def _owned(self, job_id: str, owner: str) -> Optional[Job]:
         """The job, if it is in memory and ``owner``'s (call with the lock held)."""
@@ -276,7 +296,8 @@ class JobManager:
                     code=ErrorCode.SHUTTING_DOWN, job_id=job.id,
                     message="the daemon was stopped while this job ran; submit it again")])
             else:
-                self._finish(job, JobState.CANCELLED, [Cancelled(job_id=job.id)])
+                self._finish(job, JobState.CANCELLED, [Cancelled(
+                    job_id=job.id, reason="superseded" if job.superseded else None)])
             return
         except ProtocolError as exc:
             self._finish(job, JobState.FAILED, [Error(code=exc.code, message=exc.message,

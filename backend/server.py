@@ -46,7 +46,7 @@ log = logging.getLogger("atelier.server")
 
 SERVER_NAME = "atelier/0.1"
 CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "tiling", "depth", "control",
-                "t2i_adapter", "step_cache", "previews", "png", "raw", "fetch", "cancel"]
+                "t2i_adapter", "step_cache", "previews", "png", "raw", "fetch", "cancel", "live"]
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 ERROR_MESSAGE_MAX = 1000     # characters of an error's message; client input is never echoed whole
 ERROR_FIELD_MAX = 200
@@ -411,7 +411,7 @@ class Session:
                 await asyncio.get_running_loop().run_in_executor(
                     self.daemon.checks, self.daemon.generator.check, submit.job, uploads)
                 job, position = self.jobs.submit(submit.job, uploads, self.deliver,
-                                                  self.client_key, holds)
+                                                  self.client_key, holds, live=submit.live)
         except BaseException:
             for hold in holds:
                 hold.release()

@@ -118,14 +118,15 @@ class AtelierClient:
 
     # ---------------------------------------------------------------- sending
     def submit(self, job: GenerateRequest, uploads: Sequence[ImageFrame] = (),
-               ref: str | None = None) -> str:
-        """Queue a job; returns the ``ref`` echoed in its ``Accepted`` (or ``Error``)."""
+               ref: str | None = None, live: str | None = None) -> str:
+        """Queue a job; returns the ``ref`` echoed in its ``Accepted`` (or ``Error``).
+        ``live``: a live session name; the job supersedes that session's earlier ones."""
         ref = ref or new_id()
         for frame in uploads:
             if frame.kind != FrameKind.UPLOAD:
                 raise ValueError("uploads must be made with make_upload()")
             self._send(encode_frame(frame))
-        self._send(encode_message(Submit(job=job, ref=ref)))
+        self._send(encode_message(Submit(job=job, ref=ref, live=live)))
         return ref
 
     def cancel(self, job_id: str) -> None:

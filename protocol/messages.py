@@ -27,6 +27,7 @@ CACHE_INTERVAL_MAX = 10     # GenerateRequest.cache_interval: the whole UNet at 
 MODEL_NAME_MAX = 1024       # characters of a model name (job.model, control.model, load_model)
 CLIENT_KEY_LENGTH = 32      # hex digits of the secret that proves who owns a job
 JOB_ID_LENGTH = 32          # hex digits of a job id (and an upload id)
+LIVE_NAME_MAX = 64          # characters of a live session's name (Submit.live)
 
 
 # ---------------------------------------------------------------- requests
@@ -104,10 +105,15 @@ class Hello:
 
 @dataclass(frozen=True)
 class Submit:
-    """Queue a job. ``ref`` is the client's own tag, echoed in ``accepted`` and errors."""
+    """Queue a job. ``ref`` is the client's own tag, echoed in ``accepted`` and errors.
+
+    ``live`` names a live session of this client (live painting): the job supersedes the
+    client's queued and running jobs of the same session, which end ``cancelled`` with
+    reason ``superseded`` (a running one within a step), so only the newest state runs."""
     type: ClassVar[str] = "submit"
     job: GenerateRequest
     ref: str = spec("", max_len=100)
+    live: Optional[str] = spec(None, max_len=LIVE_NAME_MAX)
 
 
 @dataclass(frozen=True)
@@ -219,8 +225,11 @@ class Result:
 
 @dataclass(frozen=True)
 class Cancelled:
+    """``reason``: absent when the client cancelled; ``superseded`` when a newer job of the
+    same live session replaced it."""
     type: ClassVar[str] = "cancelled"
     job_id: str
+    reason: Optional[Literal["superseded"]] = None
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,17 @@ live in ``pixels`` and ``projection`` so they can be tested without Blender.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import bpy
 import mathutils
 import numpy as np
 
-from . import pixels, projection
+from . import pixels, projection, settings
 
 PROJECTION_UV_NAME = "Atelier Projection"
+IMAGE_FOLDER = "atelier"   # beside the .blend: where results go as PNG files
 MAX_UV_MAPS = 8          # Blender's limit per mesh
 
 
@@ -57,6 +59,42 @@ def read_rgba8(image: bpy.types.Image) -> bytes:
     """The image as RGBA8 top-first bytes (sRGB-encoded if it holds linear floats)."""
     width, height = image.size
     return pixels.blender_to_rgba8(float_pixels(image), width, height, linear=_is_linear(image))
+
+
+def keep_images(images: Sequence[bpy.types.Image], as_files: bool) -> Optional[str]:
+    """Make results come back when the .blend is saved and opened again: each is packed
+    into the .blend, or with ``as_files`` saved as a PNG in IMAGE_FOLDER beside it. Each
+    also gets a fake user, so a result nothing uses yet is saved too. Returns a note for
+    the artist when the images went elsewhere than asked, else None."""
+    blend = bpy.data.filepath
+    notes = []
+    for image in images:
+        image.use_fake_user = True
+        if not as_files or not blend:
+            image.pack()
+            continue
+        try:
+            _save_png(image, os.path.join(os.path.dirname(blend), IMAGE_FOLDER))
+        except (OSError, RuntimeError) as exc:
+            image.pack()
+            notes.append(f"could not save '{image.name}' as a PNG ({exc}): packed it instead")
+    if as_files and not blend and images:
+        notes.append("the .blend was never saved, so the images are packed into it")
+    return "; ".join(notes) or None
+
+
+def _save_png(image: bpy.types.Image, folder: str) -> None:
+    """Save ``image`` as a new PNG file in ``folder``, referred to relative to the .blend."""
+    os.makedirs(folder, exist_ok=True)
+    stem = settings.file_stem(image.name)
+    path = os.path.join(folder, stem + ".png")
+    number = 1
+    while os.path.exists(path):   # never overwrite: another result may live there
+        number += 1
+        path = os.path.join(folder, f"{stem}-{number}.png")
+    image.filepath_raw = bpy.path.relpath(path)
+    image.file_format = "PNG"
+    image.save()
 
 
 def remove_images(names: Iterable[str]) -> None:

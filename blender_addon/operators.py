@@ -91,7 +91,9 @@ class _SendsJobs:
             if then is not None:
                 then(job, images)
 
-        session.submit(Job(label, request, tuple(uploads), scene_name, finish))
+        prefs = context.preferences.addons[ADDON_ID].preferences
+        session.submit(Job(label, request, tuple(uploads), scene_name, finish,
+                           images_as_files=prefs.image_storage == "FILES"))
         ensure_timer()
         self.report({"INFO"}, f"{label}: sent to the Atelier daemon")
         return {"FINISHED"}

@@ -9,8 +9,8 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        IntProperty, PointerProperty, StringProperty)
 
 from .protocol.client import DEFAULT_PORT
-from .settings import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP, MAX_BATCH,
-                       SEED_MAX, DepthModelMenu)
+from .settings import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP,
+                       IMAGE_STORAGE_ITEMS, MAX_BATCH, SEED_MAX, DepthModelMenu)
 from .protocol.messages import SCHEDULERS
 
 ADDON_ID = __package__   # "atelier_blender", or "bl_ext.<repo>.atelier_blender" as an extension
@@ -56,6 +56,7 @@ class AtelierPreferences(bpy.types.AddonPreferences):
     port: IntProperty(name="Port", default=DEFAULT_PORT, min=1, max=65535)
     token: StringProperty(name="Token", subtype="PASSWORD", default="",
                           description="Access token, if the daemon was started with one")
+    image_storage: EnumProperty(name="Keep Results", items=IMAGE_STORAGE_ITEMS, default="PACK")
 
     def draw(self, context: bpy.types.Context) -> None:
         from .addon import current_session  # the session lives as long as the add-on
@@ -64,6 +65,7 @@ class AtelierPreferences(bpy.types.AddonPreferences):
         row.prop(self, "host")
         row.prop(self, "port")
         layout.prop(self, "token")
+        layout.prop(self, "image_storage")
         layout.operator("atelier.test_connection", icon="LINKED")
         session = current_session()
         if session is not None:

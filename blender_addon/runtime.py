@@ -72,6 +72,7 @@ class Job:
     message: str = ""
     cancel_requested: bool = False
     image_names: list[str] = field(default_factory=list)   # made by this job, in batch order
+    images_as_files: bool = False   # results saved as PNGs beside the .blend, not packed
     result: Optional[Result] = None   # the daemon's account of what it ran
 
     @property
@@ -380,37 +381,57 @@ class Session:
         host.write_rgba8(image, frame.data, frame.width, frame.height)
 
     def _deliver(self, job: Job, done: JobDone) -> None:
-        result = job.result = done.result
-        seeds = {info.index: info.seed for info in result.images}
-        images = []
+        job.result = done.result
+        failure = None
         try:
-            for frame in done.images:
-                seed = seeds.get(frame.index, result.params.seed or 0)
-                name = settings.image_name(result.params.prompt, seed, frame.index,
-                                           len(done.images))
-                if frame.index < len(job.image_names):
-                    image = bpy.data.images[job.image_names[frame.index]]
-                    image.name = name
-                    job.image_names[frame.index] = image.name   # Blender may add ".001"
-                else:
-                    image = host.new_image(name, frame.width, frame.height)
-                    job.image_names.append(image.name)
-                host.write_rgba8(image, frame.data, frame.width, frame.height)
-                image[settings.RECORD_KEY] = settings.result_record(result, frame.index, seed)
-                images.append(image)
-            if images:
-                host.show_image(images[0])
+            images = self._write_results(job, done)
             if job.finish is not None:
                 job.finish(job, images)
-        except host.HostError as exc:
-            # The pixels are complete; only the step after them failed.
-            self._end(job, JobState.FAILED, str(exc), keep_images=True)
-            return
+        except host.HostError as exc:   # the pixels are complete; only the step after failed
+            failure = str(exc)
         except Exception as exc:  # noqa: BLE001  a bug must not stop the pump's timer
             traceback.print_exc()
-            self._end(job, JobState.FAILED, f"{type(exc).__name__}: {exc}", keep_images=True)
-            return
-        self._end(job, JobState.DONE, f"done in {result.seconds:.1f} s")
+            failure = f"{type(exc).__name__}: {exc}"
+        note = self._keep(job)
+        if failure is not None:
+            self._end(job, JobState.FAILED, failure + (f"; {note}" if note else ""),
+                      keep_images=True)
+        else:
+            self._end(job, JobState.DONE, f"done in {done.result.seconds:.1f} s"
+                      + (f"; {note}" if note else ""))
+
+    def _write_results(self, job: Job, done: JobDone) -> list[Any]:
+        """The result frames into images named after prompt and seed (the preview image
+        becomes the first), each with its parameters; shows the first."""
+        result = done.result
+        seeds = {info.index: info.seed for info in result.images}
+        images = []
+        for frame in done.images:
+            seed = seeds.get(frame.index, result.params.seed or 0)
+            name = settings.image_name(result.params.prompt, seed, frame.index,
+                                       len(done.images))
+            if frame.index < len(job.image_names):
+                image = bpy.data.images[job.image_names[frame.index]]
+                image.name = name
+                job.image_names[frame.index] = image.name   # Blender may add ".001"
+            else:
+                image = host.new_image(name, frame.width, frame.height)
+                job.image_names.append(image.name)
+            host.write_rgba8(image, frame.data, frame.width, frame.height)
+            image[settings.RECORD_KEY] = settings.result_record(result, frame.index, seed)
+            images.append(image)
+        if images:
+            host.show_image(images[0])
+        return images
+
+    def _keep(self, job: Job) -> Optional[str]:
+        """Pack or save the job's images (host.keep_images); a note for the job's line."""
+        images = [bpy.data.images[name] for name in job.image_names if name in bpy.data.images]
+        try:
+            return host.keep_images(images, job.images_as_files)
+        except RuntimeError as exc:
+            traceback.print_exc()
+            return f"could not keep the images in the .blend ({exc}); save them by hand"
 
 
 def not_running_message(reason: str) -> str:

@@ -33,6 +33,14 @@ HISTORY_FIELDS = ("prompt", "negative_prompt", "model", "kind", "width", "height
 # Recorded only for depth-conditioned results ("" = the daemon's default depth model), so
 # recalling an image made without depth leaves the panel's depth choice as it is.
 DEPTH_FIELDS = ("control_model",)
+# Where result images are kept, so they come back with the .blend (add-on preferences).
+IMAGE_STORAGE_ITEMS = (
+    ("PACK", "Packed into the .blend",
+     "Each result is packed into the .blend file as soon as it arrives"),
+    ("FILES", "PNG files beside the .blend",
+     "Each result is saved as a PNG file in an 'atelier' folder beside the .blend as soon as "
+     "it arrives (packed into the .blend while it has never been saved)"),
+)
 # Step caching (GenerateRequest.cache_interval): 1 = the whole UNet at every step.
 CACHE_INTERVAL_HELP = ("Speed against quality. 1 runs the whole model at every step (full "
                        "quality); N runs it only every N-th step and reuses its deep features "
@@ -154,6 +162,14 @@ def build_request(settings: PanelSettings, *, kind: str = "txt2img",
     )
     validate(request, "job")
     return request
+
+
+def file_stem(image_name: str) -> str:
+    """A file name (without extension) for an image datablock's name, safe on every
+    system: letters, digits and ' _-.' kept, anything else '_' (also '#', which Blender
+    reads as a frame number in image paths)."""
+    stem = re.sub(r"[^\w .-]", "_", image_name, flags=re.ASCII).strip(" .")
+    return stem or "image"
 
 
 def image_name(prompt: str, seed: int, index: int = 0, batch_size: int = 1) -> str:

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "tests" / "host" / "blender" / "scenarios.py"
 WINDOW = REPO / "tests" / "host" / "blender" / "window.py"
 RUN_TIMEOUT = 300
-NEEDS_DAEMON = ("generate", "render", "project", "depth_model", "cancel", "extension", "sizes")
+NEEDS_DAEMON = ("generate", "render", "project", "depth_model", "cancel", "extension", "sizes",
+                "keep")
 
 
 # The Pythons holding a bpy wheel, per host: the environment variable, then the venvs.
@@ -92,7 +93,7 @@ def _closed_port_url() -> str:
 
 CASES = [(host, scenario) for host in ("blender-3.4", *BPY_HOSTS)
          for scenario in ("generate", "render", "project", "depth_model", "cancel", "no_daemon",
-                          "ui", "sizes")
+                          "ui", "sizes", "keep")
          ] + [(host, "extension") for host in BPY_HOSTS]   # extensions exist from 4.2 on
 
 
@@ -179,7 +180,8 @@ def test_blender_daemon_goes_away_mid_job(host: str, addon_zip: Path, tmp_path: 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     # Everything Blender writes for a user stays in this test's folder.
-    env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp_path / "user-resources"),
+    env = {**os.environ, "ATELIER_SCENARIO_DIR": str(tmp_path),
+           "BLENDER_USER_RESOURCES": str(tmp_path / "user-resources"),
            "BLENDER_USER_SCRIPTS": str(tmp_path / "user-scripts"),
            "BLENDER_USER_CONFIG": str(tmp_path / "user-config"),
            "BLENDER_USER_EXTENSIONS": str(tmp_path / "user-extensions"), **extra}

@@ -275,6 +275,17 @@ def test_image_names_say_prompt_and_seed_and_fit_blender() -> None:
     assert len(long.encode("utf-8")) <= settings.NAME_LIMIT and long.endswith(" 4294967295")
 
 
+@pytest.mark.parametrize("name, stem", [
+    ("red brick wall 12", "red brick wall 12"),
+    ("tiles 5 #2", "tiles 5 _2"),                 # '#' would be a frame number to Blender
+    ("a/b\\c:d*e?f", "a_b_c_d_e_f"),
+    ("m\u00fcde Stra\u00dfe 3", "m_de Stra_e 3"),
+    ("...", "image"),
+])
+def test_result_file_names_are_safe_everywhere(name: str, stem: str) -> None:
+    assert settings.file_stem(name) == stem
+
+
 def _result() -> Result:
     params = GenerateRequest(prompt="moss", negative_prompt="n", width=64, height=64, steps=4,
                              guidance=3.0, seed=100, scheduler="euler", batch_size=2,

@@ -169,6 +169,76 @@ def scenario_generate(module, url: str) -> None:
     assert module.addon.current_session() is None
 
 
+def frames_for(url: str, request) -> list[np.ndarray]:
+    """What the daemon sends for ``request`` (same seed: the same pixels), as (H, W, 4)
+    floats in Blender's row order."""
+    module = sys.modules[harness.ADDON]
+    client = module.protocol.client.AtelierClient(url, client_name="scenario").start()
+    try:
+        client.wait_connected(30)
+        done = client.run_job(request, timeout=JOB_TIMEOUT)
+    finally:
+        client.close()
+    return [np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 4)[::-1] / 255.0
+            for f in done.images]
+
+
+def generate_one(session, prompt: str, seed: int):
+    harness.settings(bpy.context.scene, prompt=prompt, steps=2, width=SIZE, height=SIZE,
+                     batch_size=1, random_seed=False, seed=seed)
+    assert bpy.ops.atelier.generate() == {"FINISHED"}
+    job = last_job(session)
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert job.state.name == "DONE", job.progress_text
+    return job
+
+
+def reopen(path: str) -> None:
+    bpy.ops.wm.save_mainfile(filepath=path)
+    bpy.ops.wm.open_mainfile(filepath=path)
+
+
+def scenario_keep(module, url: str) -> None:
+    """Results come back after the .blend is saved and opened again: packed into it (the
+    default), or saved as PNGs beside it when the preferences say so (packed, and said so,
+    while the .blend was never saved)."""
+    session = harness.session(module)
+    prefs = harness.preferences(module)
+    harness.empty_scene()
+    folder = os.environ["ATELIER_SCENARIO_DIR"]
+    blend = os.path.join(folder, "kept.blend")
+
+    # The default, in a .blend not saved yet: packed as soon as it lands.
+    packed = generate_one(session, "packed", 1)
+    assert packed.message.startswith("done in") and ";" not in packed.message, packed.message
+    name = packed.image_names[0]
+    arrived = frames_for(url, packed.request)[0]
+    reopen(blend)
+    image = bpy.data.images[name]
+    assert tuple(image.size) == (SIZE, SIZE), tuple(image.size)
+    assert np.abs(image_rows(image) - arrived).max() < 0.5 / 255
+    assert image["atelier"]["seed"] == 1
+
+    # PNG files beside the .blend: written at once, found again when the .blend opens.
+    prefs.image_storage = "FILES"
+    as_file = generate_one(session, "as file", 2)
+    name = as_file.image_names[0]
+    png = os.path.join(folder, "atelier", name + ".png")
+    assert os.path.isfile(png), os.listdir(folder)
+    image = bpy.data.images[name]
+    assert image.filepath == f"//atelier/{name}.png" and image.packed_file is None
+    arrived = image_rows(image)
+    reopen(blend)
+    assert np.abs(image_rows(bpy.data.images[name]) - arrived).max() < 0.5 / 255
+
+    # PNG files asked for, but the .blend was never saved: packed, and the job says so.
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert not bpy.data.filepath and prefs.image_storage == "FILES"
+    unsaved = generate_one(session, "never saved", 3)
+    assert "never saved, so the images are packed" in unsaved.message, unsaved.message
+    assert bpy.data.images[unsaved.image_names[0]].packed_file is not None
+
+
 def scenario_render(module, url: str) -> None:
     """Render to image: the camera's render goes up as init image, its Z pass as depth."""
     session = harness.session(module)
@@ -325,6 +395,8 @@ def project_and_check(module):
     image = bpy.data.images[job.image_names[0]]
     baked = {bpy.data.images[n]["atelier"]["baked_for"]: bpy.data.images[n]
              for n in job.image_names[1:]}
+    # Packed as they landed, the bakes too: they come back with the .blend.
+    assert all(bpy.data.images[n].packed_file is not None for n in job.image_names)
     assert len(other.material_slots) == 0 and len(other.data.uv_layers) == 1   # its own
 
     origin = np.array(cam.location)

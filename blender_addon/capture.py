@@ -12,7 +12,7 @@ import glob
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional
 
 import bpy
 
@@ -24,7 +24,7 @@ COLOR_SLOT = "atelier_color_"
 
 @dataclass(frozen=True)
 class Capture:
-    """A render from the scene camera: RGBA8 colour and FLOAT32 distances, top row first."""
+    """A render from the scene camera: RGBA8 colour and FLOAT32 Z depth, top row first."""
     width: int
     height: int
     color: Optional[bytes]
@@ -46,18 +46,18 @@ def _restored(target: Any, **values: Any) -> Iterator[None]:
 
 def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width: int,
                   height: int, *, color: bool, depth: bool,
-                  only: Optional[Sequence[bpy.types.Object]] = None) -> Capture:
+                  as_viewport: bool = False) -> Capture:
     """Render the scene camera at ``width`` x ``height``; the scene is left as it was.
 
-    ``only``: objects to keep; every other object is hidden from this render
-    (depth of the selected objects). Colour goes through the scene's view
-    transform (what the artist sees); depth is the Z pass (distance from the
-    camera, 1e10 where nothing was hit).
+    ``as_viewport``: render the objects the viewport shows, and only those (also those
+    hidden from renders), so the depth holds whatever can hide a surface from the camera
+    in the add-on's ray casts. Colour goes through the scene's view transform (what the
+    artist sees); depth is the Z pass (depth along the camera's axis, 1e10 where nothing
+    was hit).
     """
     host.require_camera(scene)
-    hidden = [] if only is None else [o for o in scene.objects
-                                      if o not in only and not o.hide_render
-                                      and o.type not in {"CAMERA", "LIGHT"}]
+    shown = {o: o.visible_get(view_layer=view_layer) for o in scene.objects} \
+        if as_viewport else {}
     with tempfile.TemporaryDirectory(prefix="atelier_render_") as folder, \
             contextlib.ExitStack() as stack:
         render = scene.render
@@ -69,8 +69,9 @@ def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
         if not color and render.engine == "CYCLES":
             # Depth alone needs one sample, and no denoiser (Debian's build has none).
             stack.enter_context(_restored(scene.cycles, samples=1, use_denoising=False))
-        for obj in hidden:
-            stack.enter_context(_restored(obj, hide_render=True))
+        for obj, visible in shown.items():
+            if obj.hide_render == visible:
+                stack.enter_context(_restored(obj, hide_render=not visible))
         stack.enter_context(_output_nodes(scene, view_layer, folder, color=color, depth=depth))
         bpy.ops.render.render(write_still=False, scene=scene.name, layer=view_layer.name)
         color_bytes = depth_bytes = None

@@ -8,6 +8,7 @@ live in ``pixels`` and ``projection`` so they can be tested without Blender.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
@@ -296,37 +297,88 @@ def add_projection_uvs(obj: bpy.types.Object, view: Sequence[Sequence[float]],
 
 
 def visible_faces(scene: bpy.types.Scene, depsgraph: Any, obj: bpy.types.Object,
-                  view: Sequence[Sequence[float]],
-                  proj: Sequence[Sequence[float]]) -> np.ndarray:
-    """Boolean per polygon: faces the camera, inside its frame, and not hidden behind anything.
+                  view: Sequence[Sequence[float]], proj: Sequence[Sequence[float]],
+                  size: tuple[int, int]) -> np.ndarray:
+    """Boolean per polygon: faces the camera, its centre inside the frame, and no part of
+    it hidden behind anything, for an image of ``size`` (width, height).
 
-    Occlusion is a ray cast from the camera to each candidate face centre
-    through the whole scene as the viewport shows it.
+    A face is seen when its centre, its corners and, where it looks big in the image,
+    points inside it at most SAMPLE_SPACING_PX apart are each reached by a ray cast from
+    the camera through the scene as the viewport shows it: a face partly hidden near an
+    occluder's silhouette gets nothing, rather than the occluder's pixels.
     """
     camera = require_camera(scene)
-    _, centers, normals, _ = _mesh_arrays(obj)
+    vertices, centers, normals, loops = _mesh_arrays(obj)
     cam_world = np.array(camera.matrix_world, dtype=np.float64)
-    origin = cam_world[:3, 3]
-    forward = -cam_world[:3, 2]
+    origin, forward = cam_world[:3, 3], -cam_world[:3, 2]
     ortho = camera.data.type == "ORTHO"
-    candidates = projection.faces_toward_camera(centers, normals, origin, forward, ortho)
-    candidates &= projection.inside_frame(projection.project_to_uv(centers, view, proj))
-    hits = np.full(len(centers), np.inf)
-    dists = np.zeros(len(centers))
-    for i in np.flatnonzero(candidates):
-        if ortho:
-            start = centers[i] - forward * (np.dot(centers[i] - origin, forward))
-        else:
-            start = origin
-        ray = centers[i] - start
-        dists[i] = float(np.linalg.norm(ray))
-        if dists[i] <= 0.0:
-            continue
-        found, location, *_ = scene.ray_cast(depsgraph, tuple(start), tuple(ray / dists[i]),
+    seen = projection.faces_toward_camera(centers, normals, origin, forward, ortho)
+    seen &= projection.inside_frame(projection.project_to_uv(centers, view, proj))
+    unhidden = functools.partial(_unhidden, scene, depsgraph, origin, forward, ortho)
+    seen[seen] = unhidden(centers[seen])
+    # Corners: each vertex of a face still in question, cast once.
+    face_of_loop = _face_of_loop(obj.data)
+    asked = seen[face_of_loop]
+    corner_seen = np.ones(len(vertices), dtype=bool)
+    wanted = np.unique(loops[asked])
+    corner_seen[wanted] = unhidden(vertices[wanted])
+    seen &= projection.faces_with_nothing_hidden(
+        len(centers), face_of_loop[asked & ~corner_seen[loops]])
+    # Inside faces that cover many pixels.
+    tri_vertices, tri_faces = _loop_triangles(obj.data)
+    keep = seen[tri_faces]
+    corners = vertices[tri_vertices[keep]]
+    corners_px = projection.project_to_uv(corners.reshape(-1, 3), view, proj)[:, :2] * size
+    points, owner = projection.triangle_grid(
+        corners, projection.grid_levels(corners_px.reshape(-1, 3, 2)))
+    hidden = ~unhidden(points)
+    return seen & projection.faces_with_nothing_hidden(
+        len(centers), tri_faces[keep][owner[hidden]])
+
+
+def _unhidden(scene: bpy.types.Scene, depsgraph: Any, origin: np.ndarray, forward: np.ndarray,
+              orthographic: bool, points: np.ndarray) -> np.ndarray:
+    """Boolean (N,): a ray from the camera reaches each point before anything else
+    (False for points behind the camera)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    along = (pts - origin) @ forward
+    starts = pts - np.outer(along, forward) if orthographic else np.broadcast_to(origin, pts.shape)
+    rays = pts - starts
+    dists = np.linalg.norm(rays, axis=1)
+    ahead = (along > 0.0) & (dists > 0.0)
+    hits = np.full(len(pts), np.inf)
+    directions = rays / np.where(dists > 0.0, dists, 1.0)[:, None]
+    for i in np.flatnonzero(ahead):
+        start = tuple(starts[i])
+        found, location, *_ = scene.ray_cast(depsgraph, start, tuple(directions[i]),
                                              distance=dists[i] * 1.01)
         if found:
-            hits[i] = float(np.linalg.norm(np.array(location) - start))
-    return candidates & projection.unoccluded(hits, dists)
+            hits[i] = (mathutils.Vector(location) - mathutils.Vector(start)).length
+    return ahead & projection.unoccluded(hits, dists)
+
+
+def _face_of_loop(mesh: bpy.types.Mesh) -> np.ndarray:
+    """The polygon each loop belongs to."""
+    starts = np.empty(len(mesh.polygons), dtype=np.int64)
+    totals = np.empty(len(mesh.polygons), dtype=np.int64)
+    mesh.polygons.foreach_get("loop_start", starts)
+    mesh.polygons.foreach_get("loop_total", totals)
+    firsts = np.repeat(starts, totals)
+    offsets = np.arange(int(totals.sum())) - np.repeat(np.cumsum(totals) - totals, totals)
+    faces = np.zeros(len(mesh.loops), dtype=np.int64)
+    faces[firsts + offsets] = np.repeat(np.arange(len(starts)), totals)
+    return faces
+
+
+def _loop_triangles(mesh: bpy.types.Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh's triangulation: (vertex indices (T, 3), polygon of each triangle (T,))."""
+    mesh.calc_loop_triangles()
+    count = len(mesh.loop_triangles)
+    vertices = np.empty(count * 3, dtype=np.int64)
+    mesh.loop_triangles.foreach_get("vertices", vertices)
+    faces = np.empty(count, dtype=np.int64)
+    mesh.loop_triangles.foreach_get("polygon_index", faces)
+    return vertices.reshape(-1, 3), faces
 
 
 def own_uv_map(obj: bpy.types.Object) -> Optional[str]:

@@ -78,7 +78,10 @@ class _SendsJobs:
     """Shared by the operators that start a generation."""
 
     def send(self, context: bpy.types.Context, label: str, request: GenerateRequest,
-             uploads: list, then: Optional[Callable[[Job, list[Any]], None]] = None) -> set[str]:
+             uploads: list, then: Optional[Callable[[Job, list[Any]], None]] = None,
+             note: str = "") -> set[str]:
+        """Submit the job; ``note``: something the artist should know about it, reported now
+        (as a warning) and again in the job's line when it is done."""
         try:
             session = _session(context)
         except ClientError as exc:
@@ -93,9 +96,10 @@ class _SendsJobs:
 
         prefs = context.preferences.addons[ADDON_ID].preferences
         session.submit(Job(label, request, tuple(uploads), scene_name, finish,
-                           images_as_files=prefs.image_storage == "FILES"))
+                           images_as_files=prefs.image_storage == "FILES", note=note))
         ensure_timer()
-        self.report({"INFO"}, f"{label}: sent to the Atelier daemon")
+        self.report({"WARNING"} if note else {"INFO"},
+                    f"{label}: sent to the Atelier daemon" + (f"; {note}" if note else ""))
         return {"FINISHED"}
 
     def report_failure(self, exc: Exception) -> set[str]:
@@ -230,24 +234,31 @@ class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
         try:
             width, height = panel.width, panel.height
             with _seen_from(self, context, width, height):
-                shot = capture.render_camera(scene, context.view_layer, width, height,
-                                             color=False, depth=True, only=targets)
                 depsgraph = context.evaluated_depsgraph_get()
                 view, proj = host.camera_matrices(scene, depsgraph, width, height)
-                # Visibility as the scene is now, matching the depth just rendered.
-                faces = {o.name: host.visible_faces(scene, depsgraph, o, view, proj)
-                         for o in targets}
+                # Visibility as the scene is now, matching the depth rendered below.
+                faces = {o.name: host.visible_faces(scene, depsgraph, o, view, proj,
+                                                    (width, height)) for o in targets}
+                unseen = [name for name, mask in faces.items() if not mask.any()]
+                if len(unseen) == len(faces):
+                    self.report({"ERROR"}, settings.unseen_report(unseen, all_of_them=True))
+                    return {"CANCELLED"}
+                # Everything the viewport shows can hide the targets: all of it is in the depth.
+                shot = capture.render_camera(scene, context.view_layer, width, height,
+                                             color=False, depth=True, as_viewport=True)
             depth = make_upload(PixelFormat.FLOAT32, width, height, shot.depth)
             request = settings.build_request(panel, depth_upload=depth.id)
         except (ProtocolError, ClientError, host.HostError) as exc:
             return self.report_failure(exc)
 
         bake = self.bake or scene.atelier.bake_projection
+        seen = {name: mask for name, mask in faces.items() if name not in unseen}
 
         def project(job: Job, images: list[Any]) -> None:
-            _project(job, images[0], faces, view, proj, bake)
+            _project(job, images[0], seen, view, proj, bake)
 
-        return self.send(context, "Project Texture", request, [depth], project)
+        return self.send(context, "Project Texture", request, [depth], project,
+                         note=settings.unseen_report(unseen) if unseen else "")
 
 
 def _project(job: Job, image: Any, faces: dict[str, np.ndarray], view: list, proj: list,

@@ -2,9 +2,9 @@
 
 Blender hands over its matrices (camera world matrix, the camera's projection
 matrix for the render size) as 4x4 nested sequences; these functions turn
-world-space points into texture coordinates of the generated image and decide
-which faces point at the camera. Occlusion needs the scene and is tested by
-the host adapter with ray casts.
+world-space points into texture coordinates of the generated image, decide
+which faces point at the camera and where on a face to test whether it is seen.
+Occlusion needs the scene and is tested by the host adapter with ray casts.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ VIEWPORT_SENSOR = 72.0
 # A camera cannot start clipping at 0 or behind itself; an orthographic view can
 # (it clips from -clip_end/2 to +clip_end/2 around its origin).
 MIN_CLIP_START = 1e-4
+# Visibility is tested at each face's centre and corners, and inside faces that look big in
+# the image at points at most this many pixels apart (up to MAX_GRID steps along an edge).
+SAMPLE_SPACING_PX = 16.0
+MAX_GRID = 8
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,41 @@ def unoccluded(hit_distances: np.ndarray, face_distances: np.ndarray,
     hits = np.asarray(hit_distances, dtype=np.float64)
     faces = np.asarray(face_distances, dtype=np.float64)
     return hits >= faces * (1.0 - tolerance)
+
+
+def grid_levels(corners_px: np.ndarray, spacing: float = SAMPLE_SPACING_PX,
+                most: int = MAX_GRID) -> np.ndarray:
+    """Steps per edge (1..``most``) for sampling triangles (T, 3, 2) given in image pixels,
+    so that samples lie at most ``spacing`` pixels apart along the longest edge."""
+    px = np.asarray(corners_px, dtype=np.float64).reshape(-1, 3, 2)
+    longest = np.linalg.norm(px - np.roll(px, 1, axis=1), axis=2).max(axis=1)
+    return np.clip(np.ceil(longest / spacing), 1, most).astype(np.int64)
+
+
+def triangle_grid(corners: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points on a grid of ``levels[t]`` steps per edge over each triangle (T, 3, 3), its
+    corners left out (they are tested as vertices): (points (M, 3), triangle of each (M,))."""
+    tri = np.asarray(corners, dtype=np.float64).reshape(-1, 3, 3)
+    levels = np.asarray(levels, dtype=np.int64)
+    points, owners = [np.zeros((0, 3))], [np.zeros(0, dtype=np.int64)]
+    for k in np.unique(levels[levels >= 2]):
+        i, j = (a.ravel() for a in np.meshgrid(np.arange(k + 1), np.arange(k + 1),
+                                               indexing="ij"))
+        corner = ((i == 0) & (j == 0)) | (i == k) | (j == k)
+        keep = (i + j <= k) & ~corner
+        a, b = i[keep] / k, j[keep] / k
+        weights = np.stack([1.0 - a - b, a, b], axis=1)            # (G, 3)
+        ids = np.flatnonzero(levels == k)
+        points.append(np.einsum("gc,tcx->tgx", weights, tri[ids]).reshape(-1, 3))
+        owners.append(np.repeat(ids, len(weights)))
+    return np.concatenate(points), np.concatenate(owners)
+
+
+def faces_with_nothing_hidden(face_count: int, hidden_faces: np.ndarray) -> np.ndarray:
+    """Boolean (face_count,): True for faces none of whose samples is hidden;
+    ``hidden_faces`` holds the face of every hidden sample (repeats allowed)."""
+    hidden = np.asarray(hidden_faces, dtype=np.int64)
+    return np.bincount(hidden, minlength=face_count)[:face_count] == 0
 
 
 def bake_triangles(target_uv: np.ndarray, source_uv: np.ndarray, source: np.ndarray,

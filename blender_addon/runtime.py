@@ -73,6 +73,7 @@ class Job:
     cancel_requested: bool = False
     image_names: list[str] = field(default_factory=list)   # made by this job, in batch order
     images_as_files: bool = False   # results saved as PNGs beside the .blend, not packed
+    note: str = ""                  # told when sent, and again in the line of a done job
     result: Optional[Result] = None   # the daemon's account of what it ran
 
     @property
@@ -392,13 +393,13 @@ class Session:
         except Exception as exc:  # noqa: BLE001  a bug must not stop the pump's timer
             traceback.print_exc()
             failure = f"{type(exc).__name__}: {exc}"
-        note = self._keep(job)
+        kept = self._keep(job)
         if failure is not None:
-            self._end(job, JobState.FAILED, failure + (f"; {note}" if note else ""),
+            self._end(job, JobState.FAILED, "; ".join(filter(None, (failure, kept))),
                       keep_images=True)
         else:
-            self._end(job, JobState.DONE, f"done in {done.result.seconds:.1f} s"
-                      + (f"; {note}" if note else ""))
+            done_in = f"done in {done.result.seconds:.1f} s"
+            self._end(job, JobState.DONE, "; ".join(filter(None, (done_in, job.note, kept))))
 
     def _write_results(self, job: Job, done: JobDone) -> list[Any]:
         """The result frames into images named after prompt and seed (the preview image

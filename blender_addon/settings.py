@@ -102,6 +102,17 @@ def size_problem(width: int, height: int, limits: Optional[Limits]) -> Optional[
     return None
 
 
+def unseen_report(names: list[str], all_of_them: bool = False) -> str:
+    """What Project Texture says of selected objects of which the camera sees no face
+    (each faces away, lies outside the frame or is hidden): they get nothing."""
+    quoted = ", ".join(f"'{name}'" for name in names)
+    if all_of_them:
+        return (f"the camera sees no face of {quoted} (facing away, outside the frame or "
+                "hidden behind something): nothing to project onto")
+    left = "it was" if len(names) == 1 else "they were"
+    return f"the camera sees no face of {quoted}: left as {left}"
+
+
 def is_loopback(host: str) -> bool:
     """True for addresses of this machine (no network leaves it)."""
     name = host.strip().strip("[]").lower()

@@ -172,7 +172,8 @@ def test_blender_daemon_goes_away_mid_job(host: str, addon_zip: Path, tmp_path: 
         if proc.poll() is None:
             proc.kill()
     output = log.read_text()
-    assert proc.returncode == 0, f"{host} daemon_goes_away failed (exit {proc.returncode}):\n{output}"
+    assert proc.returncode == 0, \
+        f"{host} daemon_goes_away failed (exit {proc.returncode}):\n{output}"
     assert "SCENARIO daemon_goes_away PASSED" in output, output
     assert [name.split("-", 1)[1] for name in done] == ["stop", "start", "kill", "start",
                                                          "kill"], done

@@ -376,6 +376,38 @@ def test_occlusion_compares_first_hit_with_face_distance() -> None:
     assert projection.unoccluded(hits, faces).tolist() == [True, True, False, True]
 
 
+def test_visibility_samples_are_denser_on_faces_big_in_the_image() -> None:
+    small = [[0, 0], [10, 0], [0, 10]]                  # 14 px at most: corners suffice
+    big = [[0, 0], [100, 0], [0, 40]]                   # 100 px: steps of 16 px or less
+    huge = [[0, 0], [5000, 0], [0, 5000]]
+    assert projection.grid_levels(np.array([small, big, huge])).tolist() == [1, 7, 8]
+
+
+def test_triangle_grid_covers_the_triangle_without_its_corners() -> None:
+    tri = np.array([[[0, 0, 0], [4, 0, 0], [0, 4, 0]], [[0, 0, 1], [1, 0, 1], [0, 1, 1]]],
+                   dtype=float)
+    points, owner = projection.triangle_grid(tri, np.array([4, 1]))
+    assert set(owner.tolist()) == {0}                   # one step: corners only, none here
+    assert len(points) == 15 - 3                        # (k + 1)(k + 2) / 2 grid points
+    got = {tuple(p) for p in points[:, :2].round(6).tolist()}
+    assert (2.0, 0.0) in got and (1.0, 1.0) in got and (2.0, 2.0) in got
+    assert not {(0.0, 0.0), (4.0, 0.0), (0.0, 4.0)} & got
+    assert np.all(points[:, 0] + points[:, 1] <= 4 + 1e-9) and np.all(points >= 0)
+
+
+def test_a_face_with_one_hidden_sample_is_not_seen() -> None:
+    seen = projection.faces_with_nothing_hidden(4, np.array([2, 2, 0]))
+    assert seen.tolist() == [False, True, False, True]
+    assert projection.faces_with_nothing_hidden(2, np.zeros(0, dtype=int)).tolist() == [True,
+                                                                                        True]
+
+
+def test_unseen_objects_are_named_in_the_report() -> None:
+    assert settings.unseen_report(["Back"]) == "the camera sees no face of 'Back': left as it was"
+    assert "'A', 'B': left as they were" in settings.unseen_report(["A", "B"])
+    assert "nothing to project onto" in settings.unseen_report(["A"], all_of_them=True)
+
+
 def test_bilinear_sampling_hits_texel_centres_and_clamps() -> None:
     image = np.arange(2 * 4, dtype=np.float32).reshape(2, 4, 1)   # row 0 at v = 0
     uv = np.array([[0.125, 0.25], [0.25, 0.25], [0.125, 0.75], [-1.0, 2.0]])

@@ -359,7 +359,8 @@ def scenario_project(module, url: str) -> None:
 
 def project_and_check(module):
     """Project Texture onto a cube and a wall behind it with the panel as it is, and check
-    the depth sent, the UVs, which faces got the projection, and the bakes; the job."""
+    the depth sent, the UVs, which faces got the projection (none partly hidden), and the
+    bakes; a third selected object the camera cannot see gets nothing; the job."""
     from bpy_extras.object_utils import world_to_camera_view
     session = harness.session(module)
     scene = harness.empty_scene()
@@ -370,26 +371,29 @@ def project_and_check(module):
     front.data.materials.append(paint)
     back = harness.add_grid(scene, "Back", (0, 3, 0), size=8, cuts=8)   # wall behind, 1x1 faces
     other = harness.add_cube(scene, "Other", (2.5, -2, -2.5), size=1.0)  # not selected
-    harness.select_only([front, back])
+    hidden = harness.add_cube(scene, "Hidden", (0, 6, 0), size=1.0)      # behind the wall
+    harness.select_only([front, back, hidden])
     harness.settings(scene, prompt="mossy stones", steps=4, width=SIZE, height=SIZE,
                      random_seed=False, seed=3)
     before = snapshot()
     assert bpy.ops.atelier.project_texture(bake=True) == {"FINISHED"}
     job = last_job(session)
+    assert "'Hidden'" in job.note and "Front" not in job.note, job.note
 
     depth = depth_upload(job)
     assert abs(float(depth[SIZE // 2, SIZE // 2]) - 9.0) < 0.05, depth[SIZE // 2, SIZE // 2]
     assert float(depth[0, 0]) >= 1e9, depth[0, 0]     # past the wall's edge: background
     u, v, _ = world_to_camera_view(scene, cam, other.location)
     row, col = int((1 - v) * SIZE), int(u * SIZE)
-    assert float(depth[row, col]) > 12.5, depth[row, col]    # "Other" is not in the depth
+    # Not selected, but it hides part of the wall: it is in the depth (its front at 7.5).
+    assert abs(float(depth[row, col]) - 7.5) < 0.05, depth[row, col]
     assert job.request.control is not None
 
     session.pump_until_idle(JOB_TIMEOUT)
     assert job.state.name == "DONE", job.progress_text
     assert job.result.params.depth.upload == job.request.depth.upload
     made = new_datablocks(before)
-    # The generated image, and one bake per object into its own UV layout.
+    # The generated image, and one bake per object seen into its own UV layout.
     assert made["images"] == set(job.image_names) and len(made["images"]) == 3, made
     assert len(made["materials"]) == 2, made   # one per projected object
     image = bpy.data.images[job.image_names[0]]
@@ -398,6 +402,9 @@ def project_and_check(module):
     # Packed as they landed, the bakes too: they come back with the .blend.
     assert all(bpy.data.images[n].packed_file is not None for n in job.image_names)
     assert len(other.material_slots) == 0 and len(other.data.uv_layers) == 1   # its own
+    # Selected, but no face of it is seen: no UV map, slot, material or image.
+    assert len(hidden.material_slots) == 0 and len(hidden.data.uv_layers) == 1
+    assert "Hidden" not in baked and "'Hidden'" in job.message, job.message
 
     origin = np.array(cam.location)
     boxes = [(np.array(o.location) - s / 2, np.array(o.location) + s / 2)
@@ -419,10 +426,11 @@ def project_and_check(module):
             centre = np.array(obj.matrix_world @ poly.center)
             normal = np.array(obj.matrix_world.to_3x3() @ poly.normal)
             facing = float(np.dot(centre - origin, normal)) < 0
-            hidden = any(_ray_hits_box(origin, centre, lo, hi) for lo, hi in boxes)
-            expect = facing and not hidden
+            covered = any(_ray_hits_box(origin, point, lo, hi)
+                          for point in _face_points(obj, poly) for lo, hi in boxes)
+            expect = facing and not covered
             assert (poly.material_index == new_slot) == expect, (obj.name, poly.index, centre,
-                                                                  facing, hidden)
+                                                                  facing, covered)
         _check_bake(scene, cam, obj, baked[obj.name], image, new_slot,
                     check_hidden=obj is front)
     # The cube: only its front face sees the camera; the rest keep the user's paint.
@@ -432,7 +440,22 @@ def project_and_check(module):
     assert back.material_slots[0].material is None
     back_new = sum(p.material_index == 1 for p in back.data.polygons)
     assert 0 < back_new < len(back.data.polygons), back_new
+    # Near the cube's silhouette (x = 1.44 on the wall) the face from x = 1 to 2 shows its
+    # centre to the camera, but the cube hides its left part: it keeps its old look.
+    beside = next(p for p in back.data.polygons
+                  if np.allclose(back.matrix_world @ p.center, (1.5, 3.0, 0.5)))
+    assert beside.material_index == 0
+    assert not any(_ray_hits_box(origin, np.array(back.matrix_world @ beside.center), lo, hi)
+                   for lo, hi in boxes)
     return job
+
+
+def _face_points(obj, poly, steps: int = 10) -> list[np.ndarray]:
+    """Points all over a quad, its corners and edges included, in world space."""
+    a, b, c, d = (np.array(obj.matrix_world @ obj.data.vertices[i].co) for i in poly.vertices)
+    grid = np.linspace(0.0, 1.0, steps + 1)
+    return [(1 - t) * ((1 - s) * a + s * b) + t * ((1 - s) * d + s * c)
+            for s in grid for t in grid]
 
 
 def depth_model_ids(module, props) -> list[str]:

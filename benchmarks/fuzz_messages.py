@@ -127,6 +127,9 @@ def wrong_values(tp: Any) -> list[Any]:
         return ["not-a-choice", 1, True, [], {}, *shouted]
     if dataclasses.is_dataclass(tp):
         return [1, "x", [], True, [{}]]
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return [1, "x", True, {}, *([v] for v in wrong_values(item)[:3])]
     if tp is bool:
         return [1, 0, "true", [], {}]
     if tp is int:

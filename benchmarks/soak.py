@@ -22,15 +22,11 @@ failure figures is not zero.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -40,6 +36,7 @@ if __package__ in (None, ""):      # run as a file: the repository root is what 
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake  # noqa: E402
 
+from benchmarks.daemon_process import DaemonProcess  # noqa: E402
 from benchmarks.fuzz_messages import (SMALL_JOB, Case, FuzzConnection, Hang,  # noqa: E402
                                       RssSampler, fuzz_cases, summarize)
 from benchmarks.measure import format_table, write_json  # noqa: E402
@@ -50,50 +47,6 @@ BEFORE_HELLO = 2               # cases sent before hello on each fresh connectio
 KEEP_PROBLEMS = 5000           # problems kept for the summary (all are counted)
 CONNECT_ATTEMPTS = 20          # failed connections in a row before a fuzz client gives up
 MiB = 1024 * 1024
-
-
-# ------------------------------------------------------------------ the daemon
-class OwnDaemon:
-    """``python -m backend serve --model tiny`` on a free loopback port."""
-
-    READY = re.compile(r"ready on (ws://\S+)")
-
-    def __init__(self, home: Path):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backend", "serve", "--model", "tiny", "--port", "0",
-             "--home", str(home)], cwd=REPO, env=env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.log: deque[str] = deque(maxlen=200)
-        self.url: Optional[str] = None
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:          # drained to the end: a full pipe would block it
-            self.log.append(line)
-            match = self.READY.search(line)
-            if match and not self._ready.is_set():
-                self.url = match.group(1)
-                self._ready.set()
-        self._ready.set()
-
-    def wait_ready(self, timeout: float = 180.0) -> str:
-        if not self._ready.wait(timeout) or self.url is None:
-            self.stop()
-            raise RuntimeError("the daemon did not start:\n" + "".join(self.log))
-        return self.url
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 # ------------------------------------------------------------------ tallies
@@ -325,12 +278,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    own: Optional[OwnDaemon] = None
+    own: Optional[DaemonProcess] = None
     if args.url is None:
         home = args.home or Path(tempfile.gettempdir()) / "atelier-soak"
-        own = OwnDaemon(home)
-        url, pid = own.wait_ready(), own.proc.pid
-        alive = lambda: own.proc.poll() is None   # noqa: E731
+        offline = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        own = DaemonProcess(home, env=offline, log_lines=200).start(timeout=180)
+        assert own.proc is not None and own.url is not None
+        url, pid, proc = own.url, own.proc.pid, own.proc
+        alive = lambda: proc.poll() is None   # noqa: E731
     else:
         url, pid = args.url, args.pid
         alive = lambda: pid is None or Path(f"/proc/{pid}").exists()   # noqa: E731

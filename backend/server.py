@@ -27,9 +27,9 @@ from websockets.http11 import Request, Response
 from protocol.codec import decode_message
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, decode_frame
-from protocol.messages import (CLIENT_KEY_LENGTH, CLIENT_MESSAGES, PROTOCOL_VERSION, Accepted,
-                               Cancel, Error, Fetch, GetStatus, Hello, ListModels, LoadModel,
-                               ModelLoaded, Models, Status, Submit, Welcome)
+from protocol.messages import (CLIENT_KEY_LENGTH, CLIENT_MESSAGES, PROTOCOL_VERSION,
+                               SAMPLER_PRESETS, Accepted, Cancel, Error, Fetch, GetStatus, Hello,
+                               ListModels, LoadModel, ModelLoaded, Models, Status, Submit, Welcome)
 from protocol.schema import shorten
 
 from .generation import Generator
@@ -46,7 +46,8 @@ log = logging.getLogger("atelier.server")
 
 SERVER_NAME = "atelier/0.1"
 CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "tiling", "depth", "control",
-                "t2i_adapter", "step_cache", "previews", "png", "raw", "fetch", "cancel", "live"]
+                "t2i_adapter", "step_cache", "previews", "png", "raw", "fetch", "cancel", "live",
+                "lora", "embeddings", "sampler_presets"]
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 ERROR_MESSAGE_MAX = 1000     # characters of an error's message; client input is never echoed whole
 ERROR_FIELD_MAX = 200
@@ -368,7 +369,8 @@ class Session:
         self.deliver(Welcome(protocol=PROTOCOL_VERSION, server=SERVER_NAME,
                              capabilities=list(CAPABILITIES), device=models.device,
                              model=models.current_name(), limits=self.limits.advertised(),
-                             client_key=self.client_key))
+                             client_key=self.client_key,
+                             sampler_presets=list(SAMPLER_PRESETS)))
 
     def _queue_submit(self, submit: Submit) -> None:
         # Its uploads are taken now, before any later frame could reuse their ids.

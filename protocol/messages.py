@@ -20,6 +20,11 @@ Tiling = Literal["none", "x", "y", "both"]
 SchedulerName = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm"]
 OutputFormat = Literal["raw", "png"]
 DepthConvention = Literal["z", "distance", "normalized"]
+# Few-step sampling recipes (GenerateRequest.sampler_preset); the daemon lists the ones it
+# knows in ``welcome.sampler_presets``.
+SamplerPreset = Literal["lightning_4", "lightning_8", "lcm_4", "lcm_8", "turbo_1", "hyper_8"]
+# What a ``ModelInfo`` is, so clients can fill separate menus.
+ModelKind = Literal["checkpoint", "controlnet", "t2i_adapter", "lora", "embedding"]
 
 SCHEDULERS: tuple[str, ...] = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm")
 TILINGS: tuple[str, ...] = ("none", "x", "y", "both")
@@ -28,6 +33,10 @@ MODEL_NAME_MAX = 1024       # characters of a model name (job.model, control.mod
 CLIENT_KEY_LENGTH = 32      # hex digits of the secret that proves who owns a job
 JOB_ID_LENGTH = 32          # hex digits of a job id (and an upload id)
 LIVE_NAME_MAX = 64          # characters of a live session's name (Submit.live)
+SAMPLER_PRESETS: tuple[str, ...] = ("lightning_4", "lightning_8", "lcm_4", "lcm_8", "turbo_1",
+                                    "hyper_8")
+LORAS_MAX = 8               # LoRAs of one job (GenerateRequest.loras plus inline <lora:...> tags)
+LORA_WEIGHT_MAX = 4.0       # |LoraWeight.weight|
 
 
 # ---------------------------------------------------------------- requests
@@ -61,6 +70,14 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
+class LoraWeight:
+    """A LoRA applied to one job: ``name`` as ``list_models`` reports it (kind "lora"; a
+    ``.safetensors`` file in the model folders, named without its suffix), at ``weight``."""
+    name: str = spec(max_len=MODEL_NAME_MAX)
+    weight: float = spec(1.0, min=-LORA_WEIGHT_MAX, max=LORA_WEIGHT_MAX)
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """One generation job. Same request + same seed -> same pixels."""
     kind: JobKind = "txt2img"
@@ -89,6 +106,11 @@ class GenerateRequest:
     # 1 = the whole UNet every step; N = every N-th step, the others reuse its deep
     # features (faster, slightly different images: an opt-in quality trade)
     cache_interval: int = spec(1, min=1, max=CACHE_INTERVAL_MAX)
+    # LoRAs for this job only; A1111's inline ``<lora:name:weight>`` tags in the prompt
+    # join them (and are taken out of the prompt's text)
+    loras: list[LoraWeight] = spec(default_factory=list, max_len=LORAS_MAX)
+    # A few-step recipe that sets scheduler, steps, guidance and timestep spacing
+    sampler_preset: Optional[SamplerPreset] = None
 
 
 # ------------------------------------------------------- client -> daemon
@@ -172,6 +194,7 @@ class Welcome:
     model: Optional[str]
     limits: Limits
     client_key: Optional[str] = None   # send it in ``hello`` when reconnecting
+    sampler_presets: list[str] = field(default_factory=list)   # GenerateRequest.sampler_preset
 
 
 @dataclass(frozen=True)
@@ -248,6 +271,8 @@ class ModelInfo:
     source: str              # "tiny", "diffusers", "single_file", "hf_cache"
     family: str              # "sd15", "sdxl", "sd2_depth", "controlnet", "t2i_adapter", "unknown"
     path: Optional[str] = None
+    # what it is; for a LoRA or an embedding ``family`` is the base family it was made for
+    kind: ModelKind = "checkpoint"
 
 
 @dataclass(frozen=True)

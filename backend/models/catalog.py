@@ -18,8 +18,18 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ModelInfo, ModelProblem
 
 from . import families
+from .embeddings import in_embeddings_folder
+from .file_kinds import describe_file
+from .loras import LORA_FOLDERS
 from .single_file import checkpoint_family
 from .sources import SINGLE_FILE_SUFFIX, TINY_MODELS, ModelRoots, hf_snapshot
+
+# ModelInfo.kind of the families that are not checkpoints
+_KIND_OF_FAMILY = {families.CONTROLNET: "controlnet", families.T2I_ADAPTER: "t2i_adapter"}
+
+
+def kind_of_family(family: str) -> str:
+    return _KIND_OF_FAMILY.get(family, "checkpoint")
 
 
 @dataclass
@@ -45,7 +55,8 @@ def _tiny_models(models_dir: Path) -> list[ModelInfo]:
     for tiny in TINY_MODELS.values():
         folder = models_dir / tiny.name
         infos.append(ModelInfo(name=tiny.name, source="tiny", family=tiny.family,
-                               path=str(folder) if folder.is_dir() else None))
+                               path=str(folder) if folder.is_dir() else None,
+                               kind=kind_of_family(tiny.family)))
     return infos
 
 
@@ -62,13 +73,31 @@ def _single_file(root: Path, path: Path, roots: ModelRoots) -> ModelInfo:
     if not roots.holds(path):
         # Loading it would be refused, so listing it would only mislead.
         raise ProtocolError(ErrorCode.MODEL_NOT_FOUND, _OUTSIDE)
-    return ModelInfo(name=path.relative_to(root).as_posix(), source="single_file",
-                     family=checkpoint_family(path), path=str(path))
+    relative = path.relative_to(root).as_posix()
+    info = describe_file(path)
+    if info.kind == "lora":
+        # Named as jobs name it: without the suffix and the LoRA folder (loras.py).
+        name = relative[:-len(SINGLE_FILE_SUFFIX)]
+        first, _, rest = name.partition("/")
+        return ModelInfo(name=rest if rest and first in LORA_FOLDERS else name,
+                         source="single_file", family=info.family, path=str(path), kind="lora")
+    if info.kind == "embedding":
+        if not in_embeddings_folder(path, root):
+            raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
+                                "a textual-inversion embedding outside an 'embeddings' folder, "
+                                "where prompts do not find it")
+        # Named by its token: the word a prompt uses (embeddings.py).
+        return ModelInfo(name=path.stem, source="single_file", family=info.family,
+                         path=str(path), kind="embedding")
+    family = checkpoint_family(path)
+    return ModelInfo(name=relative, source="single_file", family=family, path=str(path),
+                     kind=kind_of_family(family))
 
 
 def _diffusers_folder(root: Path, folder: Path) -> ModelInfo:
+    family = families.family_of_folder(folder)
     return ModelInfo(name=folder.relative_to(root).as_posix(), source="diffusers",
-                     family=families.family_of_folder(folder), path=str(folder))
+                     family=family, path=str(folder), kind=kind_of_family(family))
 
 
 def _folder_models(root: Path, roots: ModelRoots) -> Catalog:
@@ -115,7 +144,7 @@ def hf_cache_models(hf_cache: Path) -> Catalog:
             continue
         if family != families.UNKNOWN:
             found.models.append(ModelInfo(name=repo_id, source="hf_cache", family=family,
-                                          path=str(snapshot)))
+                                          path=str(snapshot), kind=kind_of_family(family)))
     return found
 
 

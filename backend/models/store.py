@@ -24,11 +24,16 @@ Public API (everything the job and pipeline layers need):
     store.available()                  # list[protocol.messages.ModelInfo]
     store.memory()                     # (allocated, total) bytes on the device
     store.after_out_of_memory()        # after a job ran out of memory: free the cache
+    store.use_loras([LoraWeight("detail", 0.8)])   # exactly these LoRAs on the active model
+    #                                    for the next job ([]: its own weights; loras.py)
+    store.use_embeddings([prompt, negative])       # load the embeddings they name (embeddings.py)
     store.release()                    # release every model, its ControlNets and adapters
 
     model.name, model.family, model.source, model.pipe (the base pipeline),
     model.device, model.dtype, model.pipeline(kind, controlnet_model=None),
-    model.controlnets, model.adapters, model.nbytes(), model.released, model.release()
+    model.controlnets, model.adapters, model.nbytes(), model.released, model.release(),
+    model.prediction (v-prediction / zero terminal SNR: prediction.py), model.loras,
+    model.embeddings
 
 Loading and switching: ``load``/``use`` read a new model's weights onto the CPU while the
 active model still serves, and only then park that one and place the new one on the
@@ -63,16 +68,20 @@ from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
 from torch import nn
 
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import ModelInfo
+from protocol.messages import LoraWeight, ModelInfo
 from protocol.schema import shorten
 
 from . import families
-from .accel import CPU_OFFLOAD, AccelOptions, Acceleration, accelerate_controlnet, apply_accel
+from .accel import (CPU_OFFLOAD, FUSE_QKV, AccelOptions, Acceleration, PromptCache,
+                    accelerate_controlnet, apply_accel)
 from .catalog import Catalog, list_models
 from .deep_tap import DeepFeatureTap, install_deep_tap
 from .device import device_memory, free_device_cache
+from .embeddings import embedding_folders, find_embeddings, load_embedding, used_in
 from .loader import conditioner_family, load_adapter, load_controlnet, prepare_pipeline
-from .sources import TINY_MODELS, ModelSource, hf_cache_dir, resolve
+from .loras import LoraState, apply_loras, job_loras
+from .prediction import Prediction, prediction_of
+from .sources import TINY_MODELS, ModelRoots, ModelSource, hf_cache_dir, resolve
 
 log = logging.getLogger("atelier.models")
 
@@ -102,6 +111,9 @@ class LoadedModel:
     dtype: torch.dtype
     accel: Acceleration
     deep_tap: Optional[DeepFeatureTap] = None   # what step caching reads (deep_tap.py)
+    prediction: Prediction = field(default_factory=Prediction)   # every job's sampler gets it
+    loras: LoraState = field(default_factory=LoraState, repr=False)   # its LoRA adapters
+    embeddings: set[str] = field(default_factory=set, repr=False)    # tokens loaded into it
     # The ControlNets and T2I-Adapters loaded for this model, by name: each was checked
     # against this model's UNet, and each moves with it (parked, on the device, released).
     controlnets: dict[str, ControlNetModel] = field(default_factory=dict, repr=False)
@@ -333,7 +345,8 @@ class ModelStore:
         # Before warm-up, so that it is part of every compiled graph.
         deep_tap = install_deep_tap(pipe.unet) if hasattr(pipe, "unet") else None
         model = LoadedModel(name=name, family=family, source=source, pipe=pipe,
-                            device=self.device, dtype=self.dtype, accel=accel, deep_tap=deep_tap)
+                            device=self.device, dtype=self.dtype, accel=accel, deep_tap=deep_tap,
+                            prediction=prediction_of(source, dict(pipe.scheduler.config)))
         self._active = model    # the warm-up jobs' pipelines and ControlNets are this model's
         if self.warm_up is not None:
             # Compiled modules compile here rather than in the first user's job.
@@ -491,6 +504,34 @@ class ModelStore:
                     f"models; model {model.name} is {model.family}", field="control.model")
             model.adapters[name] = adapter.to(self.device)
         return model.adapters[name]
+
+    def _roots(self) -> ModelRoots:
+        return ModelRoots.of(self.home, self.search_dirs, self.hf_cache, self.allowed_paths)
+
+    def use_loras(self, loras: Sequence[LoraWeight]) -> None:
+        """Put exactly ``loras`` on the active model for its next job (none: the model's
+        own weights again); resolved inside the model roots, errors naming
+        ``loras[i].name`` (loras.py). Loads no model."""
+        model = self._require_active()
+        apply_loras(model.pipe, model.loras, job_loras(loras, self._roots()),
+                    model_name=model.name, model_family=model.family,
+                    fused_qkv=FUSE_QKV in model.accel.applied)
+
+    def use_embeddings(self, texts: Sequence[str]) -> None:
+        """Load into the active model the embeddings ``texts`` name that it lacks
+        (embeddings.py); the prompt cache starts afresh when one was added, since the
+        same words now encode differently."""
+        model = self._require_active()
+        folders = embedding_folders([*self.search_dirs, self.home])
+        wanted = [e for e in used_in(texts, find_embeddings(folders, self._roots()))
+                  if e.token not in model.embeddings]
+        added = False
+        for embedding in wanted:
+            added |= load_embedding(model.pipe, embedding, model.name, model.family)
+            model.embeddings.add(embedding.token)
+        cache = model.accel.prompt_cache
+        if added and cache is not None:
+            model.accel.prompt_cache = PromptCache(cache.model_name, cache.size)
 
     def pipeline(self, kind: str, controlnet: Optional[str] = None) -> DiffusionPipeline:
         """The active model's pipeline for ``kind``, with the named ControlNet if given."""

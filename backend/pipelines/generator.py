@@ -110,6 +110,10 @@ class DiffusionGenerator:
         """``job`` on ``model``, which the store has made its active model."""
         plan = plan_generation(job, uploads, self._limits, model_traits(model),
                                fresh_seed=secrets.randbelow(SEED_RANGE))
+        # Exactly this job's LoRAs (none: the model's own weights), and the embeddings its
+        # prompts name, on the model (store.py: loras.py, embeddings.py).
+        self._store.use_loras(plan.request.loras)
+        self._store.use_embeddings([plan.request.prompt, plan.request.negative_prompt])
         # Init images are encoded here: on a tiled axis their edges wrap as well.
         vae = whole_image_vae(model.pipe.vae, plan.work_width, plan.work_height)
         with wrapped_convolutions([vae], tile_axes(plan.tiling)):
@@ -138,9 +142,14 @@ class DiffusionGenerator:
     # ------------------------------------------------------------------ 2. what to call
     def _pipeline_call(self, plan: GenerationPlan, model: LoadedModel) -> PipelineCall:
         job = plan.request
+        if job.loras:
+            # A LoRA may change the text encoder: its embeddings are not the cached ones.
+            prompts = dict(prompt=job.prompt, negative_prompt=job.negative_prompt or None)
+        else:
+            prompts = model.accel.prompt_kwargs(model.pipe, job.prompt, job.negative_prompt or None,
+                                                classifier_free_guidance(model.pipe, job.guidance))
         kwargs: dict[str, Any] = dict(
-            **model.accel.prompt_kwargs(model.pipe, job.prompt, job.negative_prompt or None,
-                                        classifier_free_guidance(model.pipe, job.guidance)),
+            **prompts,
             num_inference_steps=job.steps, guidance_scale=job.guidance,
             num_images_per_prompt=plan.batch_size,
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds],
@@ -213,7 +222,11 @@ class DiffusionGenerator:
         # A shallow copy: the same modules, but this job's own scheduler and call state
         # (diffusers keeps ``_interrupt`` and the step count on the pipeline object).
         pipe = copy.copy(shared)
-        pipe.scheduler = make_scheduler(plan.request.scheduler, shared.scheduler.config)
+        # The model's prediction (v-prediction, zero terminal SNR) and the job's preset.
+        pipe.scheduler = make_scheduler(plan.request.scheduler,
+                                        {**shared.scheduler.config,
+                                         **model.prediction.scheduler_config(),
+                                         **dict(plan.scheduler_config)})
         steps_done = 0
 
         def position() -> tuple[int, int]:

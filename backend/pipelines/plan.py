@@ -13,6 +13,10 @@ byte-identical to the init image wherever the grown and feathered mask is zero.
 Depth uploads become a nearness map at the output size (depth.py). make_seamless plans as
 an inpaint of the texture rolled by half (seamless.py), with the tiling it applies; on a
 tiled axis the inpaint context spans the whole image, since that axis wraps around.
+
+Inline ``<lora:name:w>`` tags move from the prompt into ``loras`` (lora_tags.py), and a
+``sampler_preset`` settles scheduler, steps and guidance (presets.py) before anything else
+is checked, so the plan's request is the request as run.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import numpy as np
 
@@ -31,8 +35,10 @@ from protocol.schema import validate
 
 from ..limits import ServerLimits
 from .depth import check_control, depth_for_job
+from .lora_tags import settle_loras
 from .masks import Box, context_box, mask_bounds, prepare_mask
 from .pixels import frame_to_gray, frame_to_rgba, resize
+from .presets import apply_preset
 from .schedulers import step_limit
 from .seamless import roll_image, seamless_inputs, seamless_tiling
 
@@ -65,6 +71,8 @@ class GenerationPlan:
     offset: tuple[int, int] = (0, 0)       # make_seamless: (dx, dy) the init was rolled by
     # depth nearness at the output size (near = 1); None without depth or when estimated
     depth: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    # over the model's scheduler config for this job (a sampler preset's timestep spacing)
+    scheduler_config: tuple[tuple[str, Any], ...] = ()
 
     @property
     def batch_size(self) -> int:
@@ -77,6 +85,9 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
 
     Raises ProtocolError naming the field (``job.width``, ``job.mask`` ...) and the limit."""
     validate(job, "job")
+    # Inline <lora:...> tags join job.loras; a sampler preset sets scheduler, steps, guidance.
+    preset = apply_preset(settle_loras(job))
+    job = preset.request
     kind = _pipeline_kind(job)
     _check_numbers(job, limits)
     seed = job.seed if job.seed is not None else fresh_seed % SEED_RANGE
@@ -84,7 +95,8 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
     tiling = seamless_tiling(job.tiling) if job.kind == "make_seamless" else job.tiling
     settled = dataclasses.replace(job, seed=seed, tiling=tiling)
     common = dict(request=settled, seeds=seeds, width=job.width, height=job.height,
-                  tiling=tiling, depth=_read_depth(job, uploads))
+                  tiling=tiling, depth=_read_depth(job, uploads),
+                  scheduler_config=preset.scheduler_config)
     if kind == "txt2img":
         _refuse(job, "init_image", kind)
         _refuse(job, "mask", kind)

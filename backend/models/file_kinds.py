@@ -1,0 +1,139 @@
+"""What one ``.safetensors`` file holds: a checkpoint, a LoRA or a textual-inversion
+embedding, and which model family a LoRA or an embedding was made for. Reads only the
+file's header (tensor names, shapes and metadata), never its tensors.
+
+Families come from, in order: kohya's and the model spec's metadata
+(``ss_base_model_version``, ``modelspec.architecture``), names only SDXL files have
+(a second text encoder, kohya's SGM-layout UNet names), and the width of the text
+embeddings the LoRA's cross-attention or the embedding's vectors take (768 SD1.x, 1024
+SD2.x, 2048 SDXL; the built-in tiny models' 32 and 64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping, Optional
+
+from safetensors import SafetensorError, safe_open
+
+from protocol.errors import ErrorCode, ProtocolError
+
+from . import families, tiny
+from .sources import check_safetensors_file
+
+FileKind = Literal["checkpoint", "lora", "embedding"]
+
+# Width of the text embeddings a UNet's cross-attention takes -> family.
+CROSS_ATTENTION_WIDTHS = {768: families.SD15, 1024: families.SD2, 2048: families.SDXL,
+                          tiny.TEXT_HIDDEN: families.SD15, 2 * tiny.TEXT_HIDDEN: families.SDXL}
+# Width of one text-encoder token vector -> family (SDXL embeddings hold clip_l and clip_g).
+TOKEN_WIDTHS = {768: families.SD15, 1024: families.SD2, tiny.TEXT_HIDDEN: families.SD15}
+# The family a LoRA or an embedding of ``family`` fits: the base models of that family.
+BASE_FAMILY = {families.SD15: families.SD15, families.SD15_INPAINT: families.SD15,
+               families.SD2: families.SD2, families.SD2_INPAINT: families.SD2,
+               families.SD2_DEPTH: families.SD2, families.SDXL: families.SDXL,
+               families.SDXL_INPAINT: families.SDXL}
+
+_LORA_MARKS = ("lora_down", "lora_up", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.",
+               "lora_linear_layer")
+_SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks",
+               "lora_unet_middle_block")
+_EMBEDDING_KEY_SETS = ({"emb_params"}, {"clip_l", "clip_g"})
+EMBEDDING_MAX_VECTORS = 75     # what fits one CLIP prompt (77 tokens less start and end)
+
+
+@dataclass(frozen=True)
+class TensorHeader:
+    """A safetensors file's tensor shapes by name, and its metadata."""
+    shapes: Mapping[str, tuple[int, ...]]
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    kind: FileKind
+    family: str          # for a checkpoint: families.UNKNOWN (single_file.py reads it)
+
+
+def read_header(path: Path, field: str = "model") -> TensorHeader:
+    """The header of ``path``; ProtocolError(MODEL_LOAD_FAILED) naming ``field`` when it
+    is not a readable safetensors file."""
+    check_safetensors_file(path, field)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            metadata = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                            f"{path.name} is not a usable safetensors file: {exc}",
+                            field=field) from exc
+    return TensorHeader(shapes, metadata)
+
+
+def is_lora(header: TensorHeader) -> bool:
+    return any(mark in key for key in header.shapes for mark in _LORA_MARKS)
+
+
+def is_embedding(header: TensorHeader) -> bool:
+    keys = set(header.shapes)
+    if keys in _EMBEDDING_KEY_SETS:
+        return True
+    # diffusers' own format: {token: vector(s)}
+    if len(keys) == 1:
+        shape = next(iter(header.shapes.values()))
+        return len(shape) == 1 or (len(shape) == 2 and shape[0] <= EMBEDDING_MAX_VECTORS)
+    return False
+
+
+def _family_from_metadata(metadata: Mapping[str, str]) -> Optional[str]:
+    version = metadata.get("ss_base_model_version", "") + " " + \
+        metadata.get("modelspec.architecture", "")
+    version = version.lower()
+    if "xl" in version:
+        return families.SDXL
+    if "sd_v2" in version or "stable-diffusion-v2" in version:
+        return families.SD2
+    if "sd_v1" in version or "stable-diffusion-v1" in version:
+        return families.SD15
+    return None
+
+
+def lora_family(header: TensorHeader) -> str:
+    """The family a LoRA was made for, or ``families.UNKNOWN``."""
+    from_metadata = _family_from_metadata(header.metadata)
+    if from_metadata is not None:
+        return from_metadata
+    if any(mark in key for key in header.shapes for mark in _SDXL_MARKS):
+        return families.SDXL
+    for key, shape in header.shapes.items():
+        # The down projection of a cross-attention key: (rank, text width).
+        down = "lora_down" in key or "lora_A" in key or ".lora.down." in key
+        if "attn2" in key and ("to_k" in key or "to.k" in key) and down and len(shape) == 2:
+            return CROSS_ATTENTION_WIDTHS.get(shape[1], families.UNKNOWN)
+    return families.UNKNOWN
+
+
+def embedding_family(header: TensorHeader) -> str:
+    """The family a textual-inversion embedding was made for, or ``families.UNKNOWN``."""
+    if set(header.shapes) == {"clip_l", "clip_g"}:
+        return families.SDXL
+    (shape,) = list(header.shapes.values())[:1] or [()]
+    return TOKEN_WIDTHS.get(shape[-1], families.UNKNOWN) if shape else families.UNKNOWN
+
+
+def describe_file(path: Path, field: str = "model") -> FileInfo:
+    """Whether ``path`` is a LoRA, an embedding or (anything else) a checkpoint."""
+    header = read_header(path, field)
+    if is_lora(header):
+        return FileInfo("lora", lora_family(header))
+    if is_embedding(header):
+        return FileInfo("embedding", embedding_family(header))
+    return FileInfo("checkpoint", families.UNKNOWN)
+
+
+def fits(made_for: str, model_family: str) -> bool:
+    """Whether a LoRA or an embedding made for ``made_for`` fits a model of
+    ``model_family`` (unknown families are left to the loading to judge)."""
+    base = BASE_FAMILY.get(model_family)
+    return made_for == families.UNKNOWN or base is None or made_for == base

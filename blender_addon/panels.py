@@ -1,129 +1,295 @@
-"""Sidebar panels in the 3D Viewport and the Image Editor (same contents in both)."""
+"""Sidebar panels in the 3D Viewport and the Image Editor (same contents in both).
+
+"Atelier" shows the connection, the running jobs' progress and a preview of the newest
+image; its sub-panels hold the settings (Prompt, Size & Sampling, Texture & Projection,
+Advanced) and the History. What to show is decided in ``panel_view`` (no Blender needed);
+this module only draws it.
+"""
 
 from __future__ import annotations
 
-import bpy
+import time
+from typing import Optional
 
+import bpy
+from bpy.props import StringProperty
+
+from . import panel_view
 from .addon import current_session
+from .panel_view import FIELDS, SUBPANELS
 from .runtime import JobState
 
 CATEGORY = "Atelier"
 RECENT_JOBS = 3
+PREVIEW_SCALE = 7.0     # the panel's preview, in icon sizes (about 140 px at scale 1)
+HISTORY_ROWS = 4
+
+_ETA = panel_view.EtaClock()
 
 
-def _draw_settings(layout: bpy.types.UILayout, props: bpy.types.PropertyGroup) -> None:
+def _labels(panel: str) -> dict[str, str]:
+    return dict(FIELDS[panel])
+
+
+def _split(layout: bpy.types.UILayout) -> bpy.types.UILayout:
+    """A column of labelled fields: labels left, fields right (Blender's own style)."""
+    col = layout.column()
+    col.use_property_split = True
+    col.use_property_decorate = False
+    return col
+
+
+# ---------------------------------------------------------------- the main panel
+def _draw_connection(layout: bpy.types.UILayout) -> None:
+    session = current_session()
+    connected = session is not None and session.connection_ok
+    view = panel_view.connection_view(connected,
+                                      session.connection_text if session else "not connected")
     col = layout.column(align=True)
-    col.prop(props, "prompt", text="")
-    col.prop(props, "negative_prompt", text="", icon="REMOVE")
-    layout.prop(props, "model")
-    row = layout.row(align=True)
-    row.prop(props, "width")
-    row.prop(props, "height")
-    row = layout.row(align=True)
-    row.prop(props, "steps")
-    row.prop(props, "guidance")
-    layout.prop(props, "cache_interval")   # speed against quality; its tooltip says how
-    row = layout.row(align=True)
-    sub = row.row(align=True)
-    sub.enabled = not props.random_seed
-    sub.prop(props, "seed")
-    row.prop(props, "random_seed", toggle=True, icon="FILE_REFRESH")
-    layout.prop(props, "scheduler")
-    layout.prop(props, "strength", slider=True)
-    layout.row().prop(props, "tiling", expand=True)
-    layout.prop(props, "batch_size")
+    lines = panel_view.wrap(view.text)
+    icon = view.icon
+    for line in lines:
+        col.label(text=line, icon=icon)
+        icon = "BLANK1"
+    col.operator("atelier.test_connection", text=view.button,
+                 icon="LINKED" if connected else "PLUGIN")
 
 
-def _draw_actions(layout: bpy.types.UILayout, props: bpy.types.PropertyGroup,
-                  image_editor: bool) -> None:
+def _job_key(job) -> str:
+    return job.job_id or job.ref or str(id(job))
+
+
+def _draw_progress(layout: bpy.types.UILayout, job) -> None:
+    running = job.state == JobState.RUNNING
+    eta = _ETA.observe(_job_key(job), job.step, job.total, time.monotonic()) if running else None
+    view = panel_view.progress_view(job.label, job.message or job.state.value, running,
+                                    job.step, job.total, eta)
     col = layout.column(align=True)
-    col.operator("atelier.generate", icon="TEXTURE")
-    col.prop(props, "apply_to_object")
-    if image_editor:   # the image shown there, onto the active object
-        col.operator("atelier.apply_image", icon="MATERIAL")
-    col = layout.column(align=True)
-    row = col.row(align=True)
-    row.label(text="From:")
-    row.prop(props, "capture_source", expand=True)
-    row = col.row(align=True)
-    row.operator("atelier.render_to_image", icon="RENDER_STILL")   # "From" as the panel says
-    row.prop(props, "use_depth", text="", icon="MOD_DISPLACE")
-    row = col.row(align=True)
-    row.operator("atelier.project_texture", icon="MOD_UVPROJECT")
-    row.prop(props, "bake_projection", text="", icon="RENDER_RESULT")
-    col.prop(props, "control_scale", slider=True)
-    row = col.row(align=True)
-    row.prop(props, "depth_model")   # its tooltip says what an adapter and a ControlNet cost
-    row.operator("atelier.test_connection", text="", icon="FILE_REFRESH")
+    for line in panel_view.wrap(view.detail):
+        col.label(text=line)
+    if panel_view.has_progress_widget(col):   # Blender 4.0+
+        col.progress(factor=view.factor, type="BAR", text=view.text)
+    else:                                       # 3.x: a bar of characters
+        col.label(text=panel_view.text_bar(view.factor))
+        if view.left:
+            col.label(text=view.left)
 
 
 def _draw_jobs(layout: bpy.types.UILayout) -> None:
     session = current_session()
-    if session is None:
+    if session is None or not session.jobs:
         return
     active = session.active_jobs
     box = layout.box()
     for job in active:
-        box.label(text=job.progress_text, icon="SORTTIME")
+        _draw_progress(box, job)
     if active:
         box.operator("atelier.cancel", icon="CANCEL")
     for job in [j for j in session.jobs if j.state.finished][-RECENT_JOBS:]:
         icon = {JobState.DONE: "CHECKMARK", JobState.CANCELLED: "X"}.get(job.state, "ERROR")
-        box.label(text=job.progress_text, icon=icon)
-    if not session.jobs:
-        box.label(text=session.connection_text,
-                  icon="LINKED" if session.connection_ok else "UNLINKED")
+        col = box.column(align=True)
+        for line in panel_view.wrap(job.progress_text):
+            col.label(text=line, icon=icon)
+            icon = "BLANK1"
+
+
+def _preview_image(props) -> Optional[bpy.types.Image]:
+    session = current_session()
+    jobs = [(j.state in (JobState.FAILED, JobState.CANCELLED), list(j.image_names))
+            for j in (session.jobs if session is not None else [])]
+    history = [item.image_name for item in props.history]
+    name = panel_view.preview_name(jobs, history, lambda n: n in bpy.data.images)
+    return bpy.data.images[name] if name is not None else None
+
+
+def _draw_preview(layout: bpy.types.UILayout, props) -> None:
+    image = _preview_image(props)
+    if image is None:
+        return
+    col = layout.column(align=True)
+    col.template_icon(icon_value=layout.icon(image), scale=PREVIEW_SCALE)
+    op = col.operator("atelier.show_image", icon="IMAGE_DATA")
+    op.image = image.name
+
+
+def draw_main(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
+    """The "Atelier" panel itself: connection, progress, preview."""
+    _draw_connection(layout)
+    _draw_jobs(layout)
+    _draw_preview(layout, props)
+
+
+# ---------------------------------------------------------------- sub-panels
+def draw_prompt(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
+    labels = _labels("prompt")
+    col = layout.column(align=True)
+    col.label(text=labels["prompt"])
+    col.prop(props, "prompt", text="")
+    col = layout.column(align=True)
+    col.label(text=labels["negative_prompt"])
+    col.prop(props, "negative_prompt", text="")
+    _split(layout).prop(props, "model_choice", text=labels["model_choice"])
+
+
+def draw_size(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
+    labels = _labels("size")
+    col = _split(layout)
+    sizes = col.column(align=True)
+    sizes.prop(props, "width", text=labels["width"])
+    sizes.prop(props, "height", text=labels["height"])
+    session = current_session()
+    limits = session.limits if session is not None else None
+    warnings = panel_view.size_warnings(props.width, props.height,
+                                        limits.max_side if limits else None,
+                                        limits.max_pixels if limits else None)
+    if warnings:
+        box = layout.box()
+        box.alert = True
+        for warning in warnings:
+            icon = "ERROR"
+            for line in panel_view.wrap(warning):
+                box.label(text=line, icon=icon)
+                icon = "BLANK1"
+        col = _split(layout)
+    col.separator()
+    col.prop(props, "steps", text=labels["steps"])
+    col.prop(props, "guidance", text=labels["guidance"])
+    col.prop(props, "scheduler", text=labels["scheduler"])
+    col.prop(props, "random_seed", text=labels["random_seed"] + " Seed")
+    sub = col.column()
+    sub.enabled = not props.random_seed
+    sub.prop(props, "seed", text=labels["seed"])
+    col.prop(props, "batch_size", text=labels["batch_size"])
+
+
+def draw_texture(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
+    labels = _labels("texture")
+    col = layout.column(align=True)
+    col.scale_y = 1.4
+    col.operator("atelier.generate", icon="TEXTURE")
+    _split(layout).prop(props, "tiling", text=labels["tiling"])
+    layout.prop(props, "apply_to_object")
+    if image_editor:   # the image shown there, onto the active object
+        layout.operator("atelier.apply_image", icon="MATERIAL")
+
+    layout.separator()
+    row = layout.row(align=True)
+    row.label(text=labels["capture_source"] + ":")
+    row.prop(props, "capture_source", expand=True)
+    col = layout.column(align=True)
+    col.scale_y = 1.2
+    col.operator("atelier.render_to_image", icon="RENDER_STILL")   # "From" as the panel says
+    _split(layout).prop(props, "strength", text=labels["strength"], slider=True)
+    layout.prop(props, "use_depth", text="Use Depth (keep shapes)")
+
+    layout.separator()
+    col = layout.column(align=True)
+    col.scale_y = 1.2
+    col.operator("atelier.project_texture", icon="MOD_UVPROJECT")
+    layout.prop(props, "bake_projection", text="Bake to Object UVs")
+    col = layout.column(align=True)   # labels too long for a split row: full width
+    col.prop(props, "control_scale", text=labels["control_scale"], slider=True)
+    col.label(text=labels["depth_model"] + ":")
+    col.prop(props, "depth_model", text="")
+
+
+def draw_advanced(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
+    labels = _labels("advanced")
+    col = layout.column(align=True)
+    col.label(text="Faster sampling (reuse steps)")
+    col.prop(props, "cache_interval", text=labels["cache_interval"])
+    hint = panel_view.cache_hint(props.cache_interval)
+    col.label(text=hint, icon="CHECKMARK" if props.cache_interval <= 1 else "INFO")
+    col = _split(layout)
+    col.prop(props, "preview_every", text=labels["preview_every"])
+    col.prop(props, "model", text=labels["model"])
 
 
 class ATELIER_UL_history(bpy.types.UIList):
+    """Results of this scene, each with a thumbnail of its image."""
+
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname,
                   index=0, flt_flag=0):
-        layout.label(text=f"{item.prompt or '(no prompt)'}  ·  seed {item.seed}",
-                     icon="IMAGE_DATA")
+        text = panel_view.history_text(item.prompt, item.seed)
+        image = bpy.data.images.get(item.image_name) if item.image_name else None
+        if image is not None:
+            layout.label(text=text, icon_value=layout.icon(image))
+        else:
+            layout.label(text=text, icon="IMAGE_DATA")
 
 
-class _AtelierPanel:
-    bl_region_type = "UI"
-    bl_category = CATEGORY
-    bl_label = "Atelier"
+def draw_history(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
+    layout.template_list("ATELIER_UL_history", "", props, "history", props, "history_index",
+                         rows=HISTORY_ROWS)
+    row = layout.row(align=True)
+    row.operator("atelier.recall", text="Recall", icon="RECOVER_LAST")
+    if 0 <= props.history_index < len(props.history):
+        name = props.history[props.history_index].image_name
+        if name in bpy.data.images:
+            row.operator("atelier.show_image", text="Show", icon="IMAGE_DATA").image = name
+
+
+# What each panel draws, by SUBPANELS' ids ("main": the Atelier panel itself).
+DRAW = {"main": draw_main, "prompt": draw_prompt, "size": draw_size, "texture": draw_texture,
+        "advanced": draw_advanced, "history": draw_history}
+
+
+class ATELIER_OT_show_image(bpy.types.Operator):
+    """Show this image in an Image Editor (a new window holds one if none is open)"""
+    bl_idname = "atelier.show_image"
+    bl_label = "Show in Image Editor"
+
+    image: StringProperty(name="Image", options={"SKIP_SAVE"},
+                          description="Name of the image to show")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        image = bpy.data.images.get(self.image)
+        if image is None:
+            self.report({"ERROR"}, f"there is no image '{self.image}'")
+            return {"CANCELLED"}
+        editors = [area for window in context.window_manager.windows
+                   for area in window.screen.areas if area.type == "IMAGE_EDITOR"]
+        if not editors:
+            try:
+                bpy.ops.wm.window_new()
+            except RuntimeError as exc:   # no window (background mode)
+                self.report({"ERROR"}, f"cannot open an Image Editor here: {exc}")
+                return {"CANCELLED"}
+            area = context.window_manager.windows[-1].screen.areas[0]
+            area.type = "IMAGE_EDITOR"
+            editors = [area]
+        for area in editors:
+            area.spaces.active.image = image
+        return {"FINISHED"}
+
+
+# ---------------------------------------------------------------- classes
+def _panel_class(space: str, suffix: Optional[str], title: str, closed: bool) -> type:
+    prefix = {"VIEW_3D": "VIEW3D", "IMAGE_EDITOR": "IMAGE"}[space]
+    parent = f"{prefix}_PT_atelier"
+    attributes = {"bl_space_type": space, "bl_region_type": "UI", "bl_category": CATEGORY,
+                  "bl_label": title, "__module__": __name__}
+    image_editor = space == "IMAGE_EDITOR"
+    key = suffix or "main"
 
     def draw(self, context: bpy.types.Context) -> None:
-        props = context.scene.atelier
-        _draw_settings(self.layout, props)
-        _draw_actions(self.layout, props, self.bl_space_type == "IMAGE_EDITOR")
-        _draw_jobs(self.layout)
+        DRAW[key](self.layout, context.scene.atelier, image_editor)
+
+    attributes["draw"] = draw
+    if suffix is None:
+        return type(parent, (bpy.types.Panel,), attributes)
+    attributes.update(bl_parent_id=parent, bl_options={"DEFAULT_CLOSED"} if closed else set())
+    return type(f"{parent}_{suffix}", (bpy.types.Panel,), attributes)
 
 
-class _AtelierHistoryPanel:
-    bl_region_type = "UI"
-    bl_category = CATEGORY
-    bl_label = "History"
-    bl_options = {"DEFAULT_CLOSED"}
-
-    def draw(self, context: bpy.types.Context) -> None:
-        props = context.scene.atelier
-        self.layout.template_list("ATELIER_UL_history", "", props, "history", props,
-                                  "history_index", rows=4)
-        self.layout.operator("atelier.recall", icon="RECOVER_LAST")
+def _panels() -> tuple[type, ...]:
+    classes = []
+    for space in ("VIEW_3D", "IMAGE_EDITOR"):
+        classes.append(_panel_class(space, None, "Atelier", False))
+        classes.extend(_panel_class(space, suffix, title, closed)
+                       for suffix, title, closed in SUBPANELS)
+    return tuple(classes)
 
 
-class VIEW3D_PT_atelier(_AtelierPanel, bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-
-
-class IMAGE_PT_atelier(_AtelierPanel, bpy.types.Panel):
-    bl_space_type = "IMAGE_EDITOR"
-
-
-class VIEW3D_PT_atelier_history(_AtelierHistoryPanel, bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-    bl_parent_id = "VIEW3D_PT_atelier"
-
-
-class IMAGE_PT_atelier_history(_AtelierHistoryPanel, bpy.types.Panel):
-    bl_space_type = "IMAGE_EDITOR"
-    bl_parent_id = "IMAGE_PT_atelier"
-
-
-CLASSES = (ATELIER_UL_history, VIEW3D_PT_atelier, IMAGE_PT_atelier, VIEW3D_PT_atelier_history,
-           IMAGE_PT_atelier_history)
+PANELS = _panels()
+CLASSES = (ATELIER_UL_history, ATELIER_OT_show_image) + PANELS

@@ -9,8 +9,9 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        IntProperty, PointerProperty, StringProperty)
 
 from .protocol.client import DEFAULT_PORT
-from .settings import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP,
-                       IMAGE_STORAGE_ITEMS, MAX_BATCH, SEED_MAX, DepthModelMenu)
+from .panel_view import ModelMenu
+from .settings import (CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP, IMAGE_STORAGE_ITEMS, MAX_BATCH,
+                       SEED_MAX, DepthModelMenu)
 from .protocol.messages import SCHEDULERS
 
 ADDON_ID = __package__   # "atelier_blender", or "bl_ext.<repo>.atelier_blender" as an extension
@@ -53,10 +54,13 @@ class AtelierPreferences(bpy.types.AddonPreferences):
 
     host: StringProperty(name="Host", default="127.0.0.1",
                          description="Address of the machine running 'atelier serve'")
-    port: IntProperty(name="Port", default=DEFAULT_PORT, min=1, max=65535)
+    port: IntProperty(name="Port", default=DEFAULT_PORT, min=1, max=65535,
+                      description="Port 'atelier serve' listens on")
     token: StringProperty(name="Token", subtype="PASSWORD", default="",
                           description="Access token, if the daemon was started with one")
-    image_storage: EnumProperty(name="Keep Results", items=IMAGE_STORAGE_ITEMS, default="PACK")
+    image_storage: EnumProperty(name="Keep Results", items=IMAGE_STORAGE_ITEMS, default="PACK",
+                                description="Where result images are kept so they come "
+                                            "back with the .blend")
 
     def draw(self, context: bpy.types.Context) -> None:
         from .addon import current_session  # the session lives as long as the add-on
@@ -91,46 +95,106 @@ def _wrap(text: str, width: int = 90) -> list[str]:
 
 class AtelierHistoryItem(bpy.types.PropertyGroup):
     """One finished result, enough to regenerate it."""
-    prompt: StringProperty()
-    negative_prompt: StringProperty()
-    model: StringProperty()
-    kind: StringProperty()
-    width: IntProperty()
-    height: IntProperty()
-    steps: IntProperty()
-    guidance: FloatProperty()
-    seed: IntProperty(min=0)
-    scheduler: StringProperty()
-    strength: FloatProperty()
-    tiling: StringProperty()
-    cache_interval: IntProperty(default=1, min=1, max=CACHE_INTERVAL_MAX)
-    depth: BoolProperty()             # made with depth conditioning: control_model applies
-    control_model: StringProperty()   # "" = the daemon's default depth model
-    image_name: StringProperty()
+    prompt: StringProperty(name="Prompt", description="What the image was asked to show")
+    negative_prompt: StringProperty(name="Negative", description="What it was asked to avoid")
+    model: StringProperty(name="Model", description="The daemon's model that made it")
+    kind: StringProperty(name="Kind", description="txt2img, img2img or a depth job")
+    width: IntProperty(name="Width", description="Width in pixels")
+    height: IntProperty(name="Height", description="Height in pixels")
+    steps: IntProperty(name="Steps", description="Sampling steps")
+    guidance: FloatProperty(name="Guidance", description="How closely it followed the prompt")
+    seed: IntProperty(name="Seed", min=0, description="The seed that regenerates it")
+    scheduler: StringProperty(name="Scheduler", description="The sampler it used")
+    strength: FloatProperty(name="Strength", description="How much img2img changed the render")
+    tiling: StringProperty(name="Seamless", description="Which directions it tiles in")
+    cache_interval: IntProperty(name="Faster Sampling", default=1, min=1,
+                                max=CACHE_INTERVAL_MAX,
+                                description="Faster sampling it used (1 = off)")
+    depth: BoolProperty(name="Depth", description="Made with depth conditioning")
+    control_model: StringProperty(name="Depth Model",   # "" = the daemon's default
+                                  description="The depth model it used; empty = the "
+                                              "daemon's default")
+    image_name: StringProperty(name="Image", description="The image it made")
+
+
+# The Model dropdown: the daemon's models, as last listed (like the Depth Model one).
+MODEL_MENU = ModelMenu()
+
+
+def model_items(props: "AtelierSettings", context: Optional[bpy.types.Context]) -> list:
+    from .addon import current_session   # the session lives as long as the add-on
+    session = current_session()
+    if session is None:
+        return MODEL_MENU.build([], [], props.model, listed_now=False)
+    current = session.status.model if session.status is not None else ""
+    return MODEL_MENU.build(session.models, [name for name, _ in session.conditioners],
+                            props.model, listed_now=session.models_listed,
+                            current=current or "")
+
+
+def _get_model(props: "AtelierSettings") -> int:
+    return MODEL_MENU.number(props.model)
+
+
+def _set_model(props: "AtelierSettings", number: int) -> None:
+    name = MODEL_MENU.name(number)
+    if name is not None:
+        props.model = name
+
+
+FASTER_SAMPLING_HELP = (
+    "Reuse steps: faster, at a small cost in quality. 1 = off (the whole model runs at "
+    "every step, full quality). 2 reuses every other step's deep features: about 1.5x "
+    "faster; 3: about 1.9x faster. Images differ a little from ones made with 1, with "
+    "slightly less fine detail at higher values")
 
 
 class AtelierSettings(bpy.types.PropertyGroup):
-    prompt: StringProperty(name="Prompt", default="")
-    negative_prompt: StringProperty(name="Negative", default="")
-    model: StringProperty(name="Model", default="",
+    prompt: StringProperty(name="Prompt", default="",
+                           description="What the image should show, e.g. 'weathered red "
+                                       "bricks, moss in the joints'")
+    negative_prompt: StringProperty(name="Negative Prompt", default="",
+                                    description="What the image should not show, e.g. "
+                                                "'blurry, text, watermark'")
+    model: StringProperty(name="Model Name", default="",
                           description="Model name or path on the daemon; empty = the loaded one")
-    width: IntProperty(name="Width", default=512, min=64, max=4096, step=64)
-    height: IntProperty(name="Height", default=512, min=64, max=4096, step=64)
-    steps: IntProperty(name="Steps", default=20, min=1, max=150)
-    cache_interval: IntProperty(name="Step Cache", default=1, min=1, max=CACHE_INTERVAL_MAX,
-                                description=CACHE_INTERVAL_HELP)
-    guidance: FloatProperty(name="Guidance", default=7.0, min=0.0, max=50.0)
-    seed: IntProperty(name="Seed", default=0, min=0, max=SEED_MAX)
+    model_choice: EnumProperty(name="Model", items=model_items, get=_get_model, set=_set_model,
+                               options=set(),
+                               description="Which of the daemon's models makes the image. "
+                                           "The list comes from the daemon when the add-on "
+                                           "connects (Connect button)")
+    width: IntProperty(name="Width", default=512, min=64, max=4096, step=64,
+                       description="Image width in pixels; a multiple of 8")
+    height: IntProperty(name="Height", default=512, min=64, max=4096, step=64,
+                        description="Image height in pixels; a multiple of 8")
+    steps: IntProperty(name="Steps", default=20, min=1, max=150,
+                       description="Sampling steps: more is slower and usually cleaner "
+                                   "(20-30 is typical)")
+    cache_interval: IntProperty(name="Faster Sampling", default=1, min=1,
+                                max=CACHE_INTERVAL_MAX, description=FASTER_SAMPLING_HELP)
+    guidance: FloatProperty(name="Guidance", default=7.0, min=0.0, max=50.0,
+                            description="How closely the image follows the prompt: higher is "
+                                        "more literal, lower is freer (5-9 is typical)")
+    seed: IntProperty(name="Seed", default=0, min=0, max=SEED_MAX,
+                      description="The same seed and settings make the same image again")
     random_seed: BoolProperty(name="Random", default=True,
-                              description="A new seed each time")
-    scheduler: EnumProperty(name="Scheduler", items=SCHEDULER_ITEMS, default="euler_a")
+                              description="A new seed each time (off: use the Seed field)")
+    scheduler: EnumProperty(name="Scheduler", items=SCHEDULER_ITEMS, default="euler_a",
+                            description="The sampler: how noise becomes an image step by "
+                                        "step; euler_a is a good default")
     strength: FloatProperty(name="Strength", default=0.75, min=0.0, max=1.0,
-                            description="How much img2img may change the render")
-    tiling: EnumProperty(name="Seamless", items=TILING_ITEMS, default="none")
-    batch_size: IntProperty(name="Batch", default=1, min=1, max=MAX_BATCH)
-    preview_every: IntProperty(name="Preview Every", default=1, min=0, max=50,
-                               description="Show a preview every N steps (0 = none)")
-    control_scale: FloatProperty(name="Depth Strength", default=1.0, min=0.0, max=2.0)
+                            description="How much Render to Image may change the render: 0 "
+                                        "keeps it, 1 repaints it completely")
+    tiling: EnumProperty(name="Seamless", items=TILING_ITEMS, default="none",
+                         description="Make the texture repeat without visible seams")
+    batch_size: IntProperty(name="Images", default=1, min=1, max=MAX_BATCH,
+                            description="How many images one click makes (seeds follow on)")
+    preview_every: IntProperty(name="Previews", default=1, min=0, max=50,
+                               description="Show a preview every N steps while it "
+                                           "generates (0 = none)")
+    control_scale: FloatProperty(name="Depth Weight", default=1.0, min=0.0, max=2.0,
+                                 description="How strongly the scene's depth shapes the image "
+                                             "(Project Texture, Render to Image with Depth)")
     # The chosen depth model's name ("" = Daemon default): kept as a string, so a name the
     # daemon no longer lists survives; the dropdown below shows and sets it.
     control_model: StringProperty(name="Depth Model Name", default="",
@@ -140,7 +204,8 @@ class AtelierSettings(bpy.types.PropertyGroup):
                               items=depth_model_items, get=_get_depth_model,
                               set=_set_depth_model, options=set())
     use_depth: BoolProperty(name="Use Depth", default=False,
-                            description="Condition Render to Image on the scene's depth")
+                            description="Render to Image also sends the scene's depth, so "
+                                        "the new image keeps its shapes")
     apply_to_object: BoolProperty(name="Apply to Active Object", default=False,
                                   description="Put the generated texture on the active "
                                               "object's material (in a new material slot)")
@@ -149,12 +214,15 @@ class AtelierSettings(bpy.types.PropertyGroup):
                                               "each object's own UV layout as a new image")
     capture_source: EnumProperty(
         name="From", default="CAMERA",
+        description="Where Render to Image and Project Texture see the scene from",
         items=(("CAMERA", "Camera", "Render to Image and Project Texture see through the "
                                     "scene's active camera"),
                ("VIEW", "View", "Render to Image and Project Texture see what the 3D "
                                 "Viewport shows")))
-    history: CollectionProperty(type=AtelierHistoryItem)
-    history_index: IntProperty(default=0)
+    history: CollectionProperty(type=AtelierHistoryItem, name="History",
+                                description="Images made in this scene, newest last")
+    history_index: IntProperty(default=0, name="Selected",
+                               description="The history entry Recall Settings uses")
 
 
 CLASSES = (AtelierPreferences, AtelierHistoryItem, AtelierSettings)

@@ -4,11 +4,13 @@ Krita hands out BGRA 8-bit (``Document.pixelData``, ``Node.pixelData``) and
 one byte a pixel for selections; the protocol speaks RGBA8 and GRAY8. No numpy
 (Krita's official builds lack it), so every operation works on whole ``bytes``
 objects through slicing, ``map`` and ``accumulate``, which run in C, rather
-than through Python loops over pixels.
+than through Python loops over pixels. Nothing here touches Qt or Krita: the
+controller runs the heavy ones on its worker thread.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from itertools import accumulate
 from operator import sub
 from typing import Callable
@@ -130,15 +132,30 @@ def _rows_max(data: bytes, extent: Extent, radius: int) -> bytes:
     return b"".join(out[y * stride:y * stride + w] for y in range(h))
 
 
-def _separable(mask: bytes, extent: Extent, radius: int,
-               along_rows: Callable[[bytes, Extent, int], bytes]) -> bytes:
+RowFilter = Callable[[bytes, Extent, int], bytes]
+# Pixels a row filter handles in one go. The plugin runs these filters on a worker thread;
+# each C-level step (a big-integer operation, an accumulate) holds Python's GIL, and bands
+# this size keep every such step to a few milliseconds, so Qt's thread never waits long.
+BAND_PIXELS = 1 << 16
+
+
+def _in_bands(data: bytes, extent: Extent, radius: int, along_rows: RowFilter) -> bytes:
+    """``along_rows`` applied to bands of whole rows (rows are filtered independently)."""
+    w, h = extent.width, extent.height
+    per_band = max(1, BAND_PIXELS // (w + 2 * radius))
+    return b"".join(along_rows(data[top * w:min(h, top + per_band) * w],
+                               Extent(w, min(per_band, h - top)), radius)
+                    for top in range(0, h, per_band))
+
+
+def _separable(mask: bytes, extent: Extent, radius: int, along_rows: RowFilter) -> bytes:
     """Apply a row filter along the rows, then (transposed) along the columns."""
     check_size(mask, extent, 1, "mask")
     if radius <= 0 or extent.is_empty:
         return bytes(mask)
-    rows = along_rows(mask, extent, radius)
+    rows = _in_bands(mask, extent, radius, along_rows)
     flipped = Extent(extent.height, extent.width)
-    cols = along_rows(transpose(rows, extent), flipped, radius)
+    cols = _in_bands(transpose(rows, extent), flipped, radius, along_rows)
     return transpose(cols, flipped)
 
 
@@ -157,10 +174,16 @@ def _rows_box(data: bytes, extent: Extent, radius: int) -> bytes:
         row = data[y * w:(y + 1) * w]
         rows.append(row[:1] * radius + row + row[-1:] * radius)
     sums = [0, *accumulate(b"".join(rows))]
-    half = window // 2
-    means = bytes(map(lambda s: (s + half) // window, map(sub, sums[window:], sums[:-window])))
+    means = bytes(map(_rounded_means(window).__getitem__, map(sub, sums[window:], sums[:-window])))
     # means[i] covers padded pixels i .. i + 2r; row y's outputs start at y * stride.
     return b"".join(means[y * stride:y * stride + w] for y in range(h))
+
+
+@lru_cache(maxsize=8)
+def _rounded_means(window: int) -> bytes:
+    """The rounded mean of ``window`` bytes, looked up by their sum."""
+    half = window // 2
+    return bytes((total + half) // window for total in range(255 * window + 1))
 
 
 def feather(mask: bytes, extent: Extent, radius: int) -> bytes:

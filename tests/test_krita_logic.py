@@ -15,11 +15,13 @@ sys.path.insert(0, str(REPO / "krita_plugin"))
 from atelier_krita.geometry import (Bounds, Extent, ResolutionRange, context_region,  # noqa: E402
                                     default_padding, fit_extent, range_for_family)
 from atelier_krita.history import History, HistoryEntry  # noqa: E402
+from atelier_krita import pixels  # noqa: E402
 from atelier_krita.jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX,  # noqa: E402
-                                DEPTH_MODEL_DEFAULT, DEPTH_MODEL_HELP, JobRefused, JobSettings,
-                                Mode, UploadIds, base_model_names, build_request,
-                                depth_model_choices,
-                                layer_name, plan_job)
+                                DEPTH_MODEL_DEFAULT, DEPTH_MODEL_HELP, ESTIMATE_DEPTH, SEED_MAX,
+                                JobRefused, JobSettings, Mode, UploadIds, base_model_names,
+                                build_request, conditioner_family, default_depth_source,
+                                depth_model_choices, layer_name, model_family, parse_seed,
+                                plan_job)
 from atelier_krita.pixels import (bgra_to_rgba, feather, grow, grow_and_feather,  # noqa: E402
                                   luminance, mask_bounds, rgb_to_rgba, rgba_to_bgra, transpose,
                                   with_alpha)
@@ -117,6 +119,37 @@ def test_grow_and_feather_reach_bounds():
     mask = square_mask(extent, Bounds(15, 15, 5, 5))
     soft = grow_and_feather(mask, extent, 4, 3)
     assert mask_bounds(soft, extent) == (15 - 7, 15 - 7, 5 + 14, 5 + 14)
+
+
+def direct_box_mean(mask: bytes, extent: Extent, radius: int) -> bytes:
+    """A box blur computed pixel by pixel, edges repeated: what ``feather`` must equal."""
+    w, h = extent.width, extent.height
+    window = 2 * radius + 1
+
+    def at(x: int, y: int) -> int:
+        return mask[min(max(y, 0), h - 1) * w + min(max(x, 0), w - 1)]
+
+    rows = [(sum(at(x + d, y) for d in range(-radius, radius + 1)) + window // 2) // window
+            for y in range(h) for x in range(w)]
+    return bytes((sum(rows[min(max(y + d, 0), h - 1) * w + x]
+                      for d in range(-radius, radius + 1)) + window // 2) // window
+                 for y in range(h) for x in range(w))
+
+
+@pytest.mark.parametrize("band", [1, 40, 1 << 16])
+def test_mask_filters_give_the_same_pixels_in_bands_of_any_size(monkeypatch, band):
+    # The filters run on the plugin's worker thread in bands of rows, so that no single
+    # C-level step holds Python's GIL long enough to stall Qt's thread.
+    monkeypatch.setattr(pixels, "BAND_PIXELS", band)
+    extent = Extent(23, 17)
+    mask = bytes((x * 37 + y * 11) % 256 if (x * y) % 7 < 3 else 0
+                 for y in range(17) for x in range(23))
+    for radius in (1, 2, 5, 30):
+        assert feather(mask, extent, radius) == direct_box_mean(mask, extent, radius), radius
+    expected = bytes(max(mask[yy * 23 + xx] for yy in range(max(0, y - 3), min(17, y + 4))
+                         for xx in range(max(0, x - 3), min(23, x + 4)))
+                     for y in range(17) for x in range(23))
+    assert grow(mask, extent, 3) == expected
 
 
 def test_with_alpha_multiplies_or_replaces():
@@ -310,6 +343,9 @@ DAEMON_MODELS = [ModelInfo("tiny", "tiny", "sd15"), ModelInfo("tiny-depth", "tin
 
 def test_the_model_field_offers_what_jobs_run_on_not_the_conditioners():
     assert base_model_names(DAEMON_MODELS) == ["tiny", "tiny-depth", "odd"]
+    others = [ModelInfo("detail", "single_file", "sd15", kind="lora"),
+              ModelInfo("easynegative", "single_file", "sd15", kind="embedding")]
+    assert base_model_names(DAEMON_MODELS + others) == ["tiny", "tiny-depth", "odd"]
 
 
 def test_depth_model_choices_offer_the_daemons_conditioners_with_their_kind():
@@ -332,6 +368,83 @@ def test_a_depth_model_the_daemon_no_longer_lists_stays_chosen_and_marked():
     # Before the daemon answers, nothing is known to be missing.
     assert depth_model_choices([], "tiny-adapter") == [(DEPTH_MODEL_DEFAULT, None),
                                                         ("tiny-adapter", "tiny-adapter")]
+
+
+# ------------------------------------------------------------------ issue 12
+def test_seeds_are_all_32_bits_and_the_seed_field_text_is_checked():
+    assert SEED_MAX == 2**32 - 1                      # the protocol's own bound
+    assert parse_seed("") is None and parse_seed("  ") is None      # empty: random
+    assert parse_seed("2661926866") == 2661926866     # above what a QSpinBox holds
+    assert parse_seed("4294967295") == SEED_MAX and parse_seed("0") == 0
+    for text in ("4294967296", "-1", "12a", "1.5", "0x10"):
+        with pytest.raises(ValueError, match="0 to 4294967295"):
+            parse_seed(text)
+    settings = JobSettings(prompt="p", seed=2661926866)
+    request = build_request(plan_job(Mode.GENERATE, settings, CANVAS, None, SMALL), settings,
+                            UploadIds())
+    validate(request, "job")
+    assert request.seed == 2661926866
+    for seed in (-1, 2**32):
+        with pytest.raises(ValueError, match="seed"):
+            JobSettings(seed=seed)
+
+
+@pytest.mark.parametrize("name,family", [
+    ("lllyasviel/control_v11f1p_sd15_depth", "sd15"),
+    ("TencentARC/t2iadapter_depth_sd15v2", "sd15"),
+    ("controlnet/control_sd15_depth.safetensors", "sd15"),
+    ("diffusers/controlnet-depth-sdxl-1.0", "sdxl"),
+    ("TencentARC/t2i-adapter-depth-midas-sdxl-1.0", "sdxl"),
+    ("controlnet/diffusers_xl_depth_full.safetensors", "sdxl"),
+    ("thibaud/controlnet-sd21-depth-diffusers", "sd2"),
+    ("lllyasviel/sd-controlnet-depth", None),         # the name does not say
+    ("tiny-adapter", None), ("XLabs-AI/flux-controlnet-depth", None)])
+def test_conditioner_family_reads_what_the_name_says(name, family):
+    assert conditioner_family(name) == family
+
+
+FAMILY_MODELS = DAEMON_MODELS + [ModelInfo("tiny-sdxl", "tiny", "sdxl"),
+                                 ModelInfo("tiny-sdxl-adapter", "tiny", "t2i_adapter"),
+                                 ModelInfo("diffusers/controlnet-depth-sdxl-1.0", "hf_cache",
+                                           "controlnet"),
+                                 ModelInfo("lllyasviel/control_v11f1p_sd15_depth", "hf_cache",
+                                           "controlnet")]
+
+
+def names(choices):
+    return [name for _, name in choices]
+
+
+def test_depth_model_choices_are_those_made_for_the_models_family():
+    sd15 = names(depth_model_choices(FAMILY_MODELS, family="sd15"))
+    assert sd15 == [None, "tiny-controlnet", "tiny-adapter",
+                    "lllyasviel/control_v11f1p_sd15_depth"]
+    assert names(depth_model_choices(FAMILY_MODELS, family="sd15_inpaint")) == sd15
+    sdxl = names(depth_model_choices(FAMILY_MODELS, family="sdxl"))
+    assert sdxl == [None, "tiny-controlnet", "tiny-adapter", "tiny-sdxl-adapter",
+                    "diffusers/controlnet-depth-sdxl-1.0"]
+    # SD2-depth takes the depth map itself; an unknown family gets everything.
+    assert names(depth_model_choices(FAMILY_MODELS, family="sd2_depth")) == [None]
+    assert len(depth_model_choices(FAMILY_MODELS, family=None)) == 6     # all, once each
+    assert model_family(FAMILY_MODELS, "tiny-sdxl") == "sdxl"
+    assert model_family(FAMILY_MODELS, None) is None
+
+
+def test_a_chosen_depth_model_of_another_family_stays_and_says_so():
+    assert depth_model_choices(FAMILY_MODELS, "tiny-sdxl-adapter", family="sd15")[-1] == \
+        ("tiny-sdxl-adapter (made for SDXL models)", "tiny-sdxl-adapter")
+    assert depth_model_choices(FAMILY_MODELS, "tiny-adapter", family="sd2_depth")[-1] == \
+        ("tiny-adapter (SD2-depth models take none)", "tiny-adapter")
+
+
+def test_depth_source_defaults_to_what_works():
+    layers = ["Background", "sketch", "Depth pass", "depth 2"]
+    assert default_depth_source(layers, None) == "Depth pass"      # named for depth
+    assert default_depth_source(layers, "no estimator") == "Depth pass"
+    # Nothing named for depth: estimating, until the daemon said it cannot.
+    assert default_depth_source(["Background", "sketch"], None) == ESTIMATE_DEPTH
+    assert default_depth_source(["Background", "sketch"], "no estimator") == "Background"
+    assert default_depth_source([], "no estimator") == ESTIMATE_DEPTH
 
 
 @pytest.mark.parametrize("interval", [0, 11])

@@ -9,7 +9,8 @@ Both are pure functions of their arguments, so they are tested without Krita.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+import re
+from dataclasses import dataclass, fields, replace
 from typing import Iterable, Optional
 
 from .geometry import Bounds, Extent, ResolutionRange, context_region, default_padding, fit_extent
@@ -34,6 +35,26 @@ class JobRefused(Exception):
     """A job cannot start; the message says why and what to do."""
 
 
+def _request_limit(name: str, bound: str) -> int:
+    """A GenerateRequest field's bound, as the protocol defines it."""
+    return next(int(f.metadata[bound]) for f in fields(GenerateRequest) if f.name == name)
+
+
+SEED_MAX = _request_limit("seed", "max")      # seeds are 0 .. 2**32 - 1
+
+
+def parse_seed(text: str) -> Optional[int]:
+    """The Seed field's text as a seed: None (a new random seed each run) when empty;
+    ValueError when it is not a whole number from 0 to SEED_MAX."""
+    text = text.strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) > SEED_MAX:
+        raise ValueError(f"a seed is a whole number from 0 to {SEED_MAX}, or empty for a "
+                         f"random one; got {text!r}")
+    return int(text)
+
+
 # Step caching (GenerateRequest.cache_interval): 1 = the whole UNet at every step.
 CACHE_INTERVAL_HELP = ("Speed against quality. Off runs the whole model at every step (full "
                        "quality). N runs it only every N-th step and reuses its deep features "
@@ -49,30 +70,106 @@ DEPTH_MODEL_HELP = ("Which model makes Depth jobs follow the depth map. A T2I-Ad
                     "a job takes about half as long again. Daemon default: the one the "
                     "daemon uses for the model (atelier serve --depth-control).")
 DEPTH_MODEL_UNLISTED = "not listed by the daemon"
+DEPTH_MODEL_OTHER_FAMILY = "made for {family} models"
+DEPTH_MODEL_NOT_FOR_SD2_DEPTH = "SD2-depth models take none"
+DEPTH_MODEL_SD2_DEPTH = ("An SD2-depth model takes the depth map itself: it uses no depth "
+                         "model, so only Daemon default is offered.")
+
+# Base model families, as the daemon's ``models`` message names them, by what their depth
+# conditioners are made for: an inpainting or refiner model takes its base's conditioners.
+_BASE_OF_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpaint": "sd2",
+                   "sdxl": "sdxl", "sdxl_inpaint": "sdxl", "sdxl_refiner": "sdxl"}
+_FAMILY_LABELS = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL"}
+SD2_DEPTH_FAMILY = "sd2_depth"
+# The daemon does not say which family a ControlNet or T2I-Adapter is made for; their names
+# usually do (control_v11f1p_sd15_depth, controlnet-depth-sdxl-1.0, t2iadapter_depth_sd15v2,
+# controlnet-sd21-depth). A name that says nothing is offered for every family.
+_NAME_FAMILIES = (
+    ("sdxl", re.compile(r"(?<![a-z])(sd)?xl(?![a-z])")),
+    ("sd2", re.compile(r"(?<![a-z0-9])sd-?2([-_.]?[01])?(?![0-9])")),
+    ("sd15", re.compile(r"(?<![a-z0-9])(sd-?1[-_.]?5|v1[-_.]?5)(?![0-9])|control_v1[01]")))
 
 
 def base_model_names(models: Iterable[ModelInfo]) -> list[str]:
-    """The models a job can run on: everything the daemon lists but its ControlNets and
-    T2I-Adapters, which only condition another model (the Depth model field offers them)."""
-    return [info.name for info in models if info.family not in DEPTH_MODEL_KINDS]
+    """The models a job can run on: the daemon's checkpoints, not its ControlNets and
+    T2I-Adapters, which only condition another model (the Depth model field offers them),
+    nor its LoRAs and embeddings."""
+    return [info.name for info in models
+            if info.kind == "checkpoint" and info.family not in DEPTH_MODEL_KINDS]
 
 
-def depth_model_choices(models: Iterable[ModelInfo],
-                        chosen: Optional[str] = None) -> list[tuple[str, Optional[str]]]:
+def conditioner_family(name: str) -> Optional[str]:
+    """The base family ("sd15", "sd2", "sdxl") a depth conditioner's name says it is made
+    for; None when the name does not say."""
+    lowered = name.lower()
+    return next((family for family, pattern in _NAME_FAMILIES if pattern.search(lowered)), None)
+
+
+def model_family(models: Iterable[ModelInfo], name: Optional[str]) -> Optional[str]:
+    """The family the daemon lists for the model ``name``; None when it lists none."""
+    return next((info.family for info in models if name and info.name == name), None)
+
+
+def depth_model_choices(models: Iterable[ModelInfo], chosen: Optional[str] = None,
+                        family: Optional[str] = None) -> list[tuple[str, Optional[str]]]:
     """The Depth model field's entries as (label, name): the daemon's default (name None),
     then every ControlNet and T2I-Adapter in ``models`` in the daemon's order, labelled with
-    its kind. A ``chosen`` name that ``models`` lacks (the daemon stopped listing it, or a
-    recalled job used it) stays as an entry of its own, marked as unlisted when the daemon's
-    list is known, so the field still shows what a job would send."""
+    its kind, that can condition a model of ``family`` (the job's model; None: unknown,
+    all are offered; SD2-depth: none). A ``chosen`` name that is not offered (the daemon
+    stopped listing it, it is made for another family, or a recalled job used it) stays as
+    an entry of its own, marked with the reason when the daemon's list is known, so the
+    field still shows what a job would send."""
     models = list(models)
+    base = _BASE_OF_FAMILY.get(family or "")
     choices: list[tuple[str, Optional[str]]] = [(DEPTH_MODEL_DEFAULT, None)]
+    offered: set[str] = set()
     for info in models:
         kind = DEPTH_MODEL_KINDS.get(info.family)
-        if kind is not None and all(name != info.name for _, name in choices):
+        if kind is None or info.name in offered:
+            continue
+        offered.add(info.name)
+        if _fits_family(info.name, family, base):
             choices.append((f"{info.name} ({kind})", info.name))
     if chosen and all(name != chosen for _, name in choices):
-        choices.append((f"{chosen} ({DEPTH_MODEL_UNLISTED})" if models else chosen, chosen))
+        choices.append((_not_offered_label(chosen, offered, models, family), chosen))
     return choices
+
+
+def _fits_family(conditioner: str, family: Optional[str], base: Optional[str]) -> bool:
+    if family == SD2_DEPTH_FAMILY:
+        return False
+    made_for = conditioner_family(conditioner)
+    return base is None or made_for is None or made_for == base
+
+
+def _not_offered_label(chosen: str, offered: set[str], models: list[ModelInfo],
+                       family: Optional[str]) -> str:
+    if not models:
+        return chosen        # the daemon's list is not known yet
+    if chosen not in offered:
+        return f"{chosen} ({DEPTH_MODEL_UNLISTED})"
+    if family == SD2_DEPTH_FAMILY:
+        return f"{chosen} ({DEPTH_MODEL_NOT_FOR_SD2_DEPTH})"
+    label = _FAMILY_LABELS.get(conditioner_family(chosen) or "", "other")
+    return f"{chosen} ({DEPTH_MODEL_OTHER_FAMILY.format(family=label)})"
+
+
+# The Depth layer field: estimating depth needs a depth-estimation model on the daemon's
+# machine, which the daemon does not announce; it says so when a job asks for it.
+ESTIMATE_DEPTH = "(estimate from canvas)"
+
+
+def default_depth_source(layers: Iterable[str], estimate_problem: Optional[str]) -> str:
+    """What the Depth layer field starts on: a layer named for depth (it works whatever
+    the daemon has), else estimating from the canvas unless the daemon said it cannot,
+    else the first layer; ESTIMATE_DEPTH when there is nothing else."""
+    layers = list(layers)
+    named = next((name for name in layers if "depth" in name.lower()), None)
+    if named is not None:
+        return named
+    if estimate_problem is None or not layers:
+        return ESTIMATE_DEPTH
+    return layers[0]
 
 
 @dataclass(frozen=True)
@@ -97,6 +194,8 @@ class JobSettings:
     cache_interval: int = 1              # step caching; 1 = off (full quality)
 
     def __post_init__(self) -> None:
+        if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"a seed is a whole number from 0 to {SEED_MAX}, got {self.seed!r}")
         if self.tiling not in TILINGS:
             raise ValueError(f"seamless axes must be one of {', '.join(TILINGS)}, "
                              f"got {self.tiling!r}")

@@ -1,8 +1,15 @@
 """The docker's brain: turns button presses into daemon jobs and daemon events into layers.
 
 Runs on Qt's thread only. The protocol client does all network I/O on its own
-threads and queues events; ``pump`` (called by the docker's timer, or by a test
-in a loop) drains them and touches the document. Nothing here blocks.
+threads and queues events; the pixel work (masks, scaling) runs on a
+``PixelWorker`` thread. ``pump`` (called by the docker's timer, or by a test in a
+loop) drains both and touches the document. Nothing here blocks: Krita's API is
+called only with buffers that are ready to hand over.
+
+A job ends, whatever happens: with its result, when Cancel is pressed (at once,
+whether or not the daemon can be told), when the daemon reports an error or no
+longer knows it (it restarted), when its document is closed, or when the plugin
+itself fails while handling it (the reason is shown and logged).
 
 Undo: adding or removing a layer is a step in Krita's undo history, writing a
 layer's pixels or renaming it is not. So a job adds at most one layer, the first
@@ -16,29 +23,41 @@ Cancel, an error) is removed, which is a second step.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Callable, Optional
 
-from .geometry import Bounds, Extent, ResolutionRange, range_for_family
+from .geometry import Bounds, ResolutionRange, range_for_family
 from .history import History, HistoryEntry
-from .host import KritaDocument
+from .host import DocumentClosed, KritaDocument
 from .jobs import (DEPTH_MODEL_DEFAULT, DEPTH_MODEL_KINDS, JobPlan, JobRefused, JobSettings, Mode,
                    UploadIds, build_request, layer_name, plan_job)
-from .pixels import (bgra_to_rgba, grow_and_feather, is_empty_mask, luminance, rgb_to_rgba,
-                     rgba_to_bgra, with_alpha)
-from .protocol.client import START_HINT, AtelierClient, ClientError, default_url, make_upload
+from .pixels import is_empty_mask
+from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.errors import ErrorCode, ProtocolError
 from .protocol.events import Connected, Disconnected, JobDone, PreviewImage
-from .protocol.frames import ImageFrame, PixelFormat
+from .protocol.frames import ImageFrame, new_id
 from .protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, ModelInfo,
                                 ModelLoaded, Models, Progress, Started)
 from .protocol.schema import validate
-from .qt_pixels import decode_png_rgba, resample
+from .work import (CanvasRead, PixelWorker, PreparedInputs, layer_pixels, prepare_inputs,
+                   result_layers)
 
 PREVIEW_LAYER = "[Atelier preview]"
 CLIENT_NAME = "atelier-krita"
+JOB_LOST = "the daemon restarted and no longer has this job; generate again"
+SUBMIT_LOST = "the connection to the daemon broke before it took the job; generate again"
+PREVIEW_PAUSE_FACTOR = 3      # a step preview that took Krita T s to show: none for 3T s
+CANCEL_UNTOLD = (" (the daemon could not be told; whatever it still sends for the job "
+                 "is ignored)")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,19 +72,29 @@ class ConnectionSettings:
 
 
 @dataclass
+class _Work:
+    """Pixel work the worker does for a job, taken back in the order it was asked for."""
+    kind: str                     # "inputs", "preview" or "result"
+    future: "Future[Any]"
+    done: Optional[JobDone] = None
+
+
+@dataclass
 class _ActiveJob:
-    ref: str
     mode: Mode
     settings: JobSettings
     plan: JobPlan
     document: KritaDocument
     anchor: Any
-    clip: Optional[bytes]                 # region-sized alpha for the result, or None
-    job_id: Optional[str] = None
-    cancel_requested: bool = False
+    request: GenerateRequest
+    ref: Optional[str] = None            # set once submitted
+    job_id: Optional[str] = None         # set once the daemon accepted it
+    clip: Optional[bytes] = None         # region-sized alpha for the result, or None
+    connection_lost: bool = False        # the connection broke between submit and accepted
     preview_layer: Any = None
     step: int = 0
     total: int = 0
+    work: "deque[_Work]" = field(default_factory=deque)
 
 
 @dataclass
@@ -108,11 +137,16 @@ class Controller:
         self.loading_model: Optional[str] = None
         self.max_side: Optional[int] = None      # the daemon's limit, from its welcome
         self.size_limit: Optional[int] = None    # the painter's "max size" field
+        # Why this daemon cannot estimate depth (its answer to a job that asked), or None.
+        self.depth_estimate_problem: Optional[str] = None
         self.sent_inputs: dict[str, ImageFrame] = {}
         self.sent_request: Optional[GenerateRequest] = None   # the last job submitted
         self._job: Optional[_ActiveJob] = None
         self._batch: Optional[_Batch] = None
         self._client_key: Optional[str] = None
+        self._abandoned: set[str] = set()        # refs of jobs ended before the daemon took them
+        self._next_preview_at = 0.0              # time.monotonic() before which none is shown
+        self._worker = PixelWorker()
 
     # ------------------------------------------------------------ connection
     def connect(self, connection: Optional[ConnectionSettings] = None) -> None:
@@ -138,6 +172,7 @@ class Controller:
         if self._job is not None:
             self._end_job(f"disconnected from the daemon; the job at {self._job.plan.region} "
                           "was abandoned")
+        self._abandoned.clear()      # the next connection is a new client
         self.connection_text = "not connected"
         self._changed()
 
@@ -176,22 +211,23 @@ class Controller:
 
     # ------------------------------------------------------------ actions
     def start(self, mode: Mode, settings: JobSettings) -> bool:
-        """Start a job on the current document; False with ``message`` set when refused."""
+        """Start a job on the current document; False with ``message`` set when refused.
+        The job's inputs are prepared on the worker thread and sent from ``pump``."""
         try:
-            self._start(mode, settings)
+            job = self._start(mode, settings)
         except JobRefused as exc:
             self.message = _sentence(str(exc))
             self._changed()
             return False
-        self.message = f"{mode.label}: sent to the daemon"
+        self.message = (f"{mode.label}: sent to the daemon" if job.ref is not None
+                        else f"{mode.label}: preparing the canvas\u2026")
         self._changed()
         return True
 
-    def _start(self, mode: Mode, settings: JobSettings) -> None:
+    def _start(self, mode: Mode, settings: JobSettings) -> _ActiveJob:
         if self._job is not None:
             raise JobRefused("a job is still running: wait for it or press Cancel")
-        client = self.client
-        if client is None or not self.connected:
+        if self.client is None or not self.connected:
             raise JobRefused(f"the Atelier daemon is not running or not reachable at "
                              f"{self.connection.url}; {START_HINT}")
         if settings.model and self.models and settings.model not in {m.name for m in self.models}:
@@ -210,47 +246,37 @@ class Controller:
         plan = plan_job(mode, settings, document.extent, document.selection_bounds(),
                         self.resolution_for(settings))
         self.discard_results()  # an unapplied batch would show up in the canvas we read
-        uploads, clip = self._gather_inputs(document, plan, settings)
-        request = build_request(plan, settings, UploadIds(
-            image=_id(uploads.get("image")), mask=_id(uploads.get("mask")),
-            depth=_id(uploads.get("depth"))))
+        read = _read_canvas(document, plan, settings)
+        ids = UploadIds(image=new_id() if plan.send_image else None,
+                        mask=new_id() if plan.send_mask else None,
+                        depth=new_id() if plan.send_depth else None)
+        request = build_request(plan, settings, ids)
         try:
             validate(request, "job")
         except ProtocolError as exc:
             raise JobRefused(f"{exc.field}: {exc.message}") from None
-        try:
-            ref = client.submit(request, list(uploads.values()))
-        except ClientError as exc:
-            raise JobRefused(str(exc)) from None
-        self.sent_inputs = uploads
-        self.sent_request = request
-        self._job = _ActiveJob(ref, mode, settings, plan, document, document.anchor(), clip,
-                               total=settings.steps)
+        job = _ActiveJob(mode, settings, plan, document, document.anchor(), request,
+                         total=settings.steps)
+        if read.empty:      # nothing to prepare: off it goes
+            try:
+                self._submit(job, PreparedInputs({}, None))
+            except ClientError as exc:
+                raise JobRefused(str(exc)) from None
+        else:
+            job.work.append(_Work("inputs", self._worker.submit(prepare_inputs, read, plan,
+                                                                settings, ids)))
+        self._job = job
+        return job
 
-    def _gather_inputs(self, document: KritaDocument, plan: JobPlan,
-                       settings: JobSettings) -> tuple[dict[str, ImageFrame], Optional[bytes]]:
-        region, size = plan.region, plan.model_extent
-        uploads: dict[str, ImageFrame] = {}
-        clip = None
-        if plan.send_mask or plan.clip_to_selection:
-            selected = document.selection_mask(region)
-            if is_empty_mask(selected):
-                raise JobRefused("the selection is empty: select the area to work on")
-            clip = grow_and_feather(selected, region.extent, settings.mask_grow,
-                                    settings.mask_feather)
-            if plan.send_mask:
-                uploads["mask"] = make_upload(PixelFormat.GRAY8, size.width, size.height,
-                                              resample(clip, region.extent, size, 1))
-        if plan.send_image:
-            rgba = bgra_to_rgba(document.read_canvas(region))
-            uploads["image"] = make_upload(PixelFormat.RGBA8, size.width, size.height,
-                                           resample(rgba, region.extent, size, 4))
-        if plan.send_depth:
-            assert settings.depth_layer is not None
-            grey = luminance(document.read_layer(settings.depth_layer, region))
-            uploads["depth"] = make_upload(PixelFormat.GRAY8, size.width, size.height,
-                                           resample(grey, region.extent, size, 1))
-        return uploads, clip
+    def _submit(self, job: _ActiveJob, prepared: PreparedInputs) -> None:
+        client = self.client
+        if client is None:
+            raise ClientError(f"not connected to the Atelier daemon at {self.connection.url}; "
+                              f"{START_HINT}")
+        job.ref = client.submit(job.request, list(prepared.uploads.values()))
+        job.clip = prepared.clip
+        self.sent_inputs = prepared.uploads
+        self.sent_request = job.request
 
     def load_model(self, name: str) -> bool:
         """Ask the daemon to load ``name`` now (jobs naming a model also load it)."""
@@ -266,17 +292,13 @@ class Controller:
         return True
 
     def cancel(self) -> None:
+        """End the running job now. The daemon is told when it can be; a job it has not
+        taken yet is cancelled as soon as it does."""
         job = self._job
         if job is None:
             return
-        job.cancel_requested = True
-        if job.job_id is not None and self.client is not None:
-            try:
-                self.client.cancel(job.job_id)
-            except ClientError as exc:
-                self._end_job(_sentence(str(exc)))
-                return
-        self.message = "cancelling\u2026"
+        told = self._stop_on_daemon(job)
+        self._end_job("cancelled" if told else "cancelled" + CANCEL_UNTOLD, outcome="cancelled")
         self._changed()
 
     def rerun(self, index: int) -> bool:
@@ -285,7 +307,7 @@ class Controller:
 
     def select_result(self, index: int) -> None:
         batch = self._batch
-        if batch is None:
+        if batch is None or not self._batch_document_open(batch):
             return
         if not 0 <= index < len(batch.images):
             raise IndexError(f"result {index} of a batch of {len(batch.images)}")
@@ -303,7 +325,7 @@ class Controller:
         shown), so Apply adds no step of its own to the undo history.
         """
         batch = self._batch
-        if batch is None:
+        if batch is None or not self._batch_document_open(batch):
             return None
         bgra, seed = batch.images[batch.index]
         self._batch = None
@@ -319,46 +341,84 @@ class Controller:
             batch.document.remove_layer(batch.layer)
             self._changed()
 
-    # ------------------------------------------------------------ events
+    # ------------------------------------------------------------ events and work
     def pump(self, limit: int = 100) -> int:
-        """Handle up to ``limit`` queued events on this (Qt's) thread; returns how many."""
+        """Handle up to ``limit`` queued events and the pixel work that is done, on this
+        (Qt's) thread; returns how many events."""
+        handled = self._drain_events(limit)
+        collected = self._collect_work()
+        closed = self._check_documents()
+        if handled or collected or closed:
+            self._changed()
+        return handled
+
+    def _drain_events(self, limit: int) -> int:
         client = self.client
-        if client is None:
-            return 0
         handled = 0
-        while handled < limit:
+        while client is not None and handled < limit:
             try:
                 event = client.events.get_nowait()
             except queue.Empty:
                 break
             handled += 1
-            try:
-                self._handle(event)
-            except (ProtocolError, ValueError) as exc:
-                # An answer the plugin cannot use ends its job with the reason shown.
-                reason = f"Could not use the daemon's answer: {exc}"
-                self._end_job(reason)
-                self.message = reason
-        if handled:
-            self._changed()
+            self._guarded(lambda: self._handle(event), "Could not use the daemon's answer")
         return handled
 
+    def _guarded(self, action: Callable[[], None], failure: str) -> None:
+        """One error boundary per event and per finished piece of work: what goes wrong
+        ends the job it concerns, with the reason shown and logged; the docker goes on."""
+        try:
+            action()
+        except DocumentClosed as exc:
+            self._end_job(_closed_text(str(exc), self._job))
+        except (ProtocolError, ValueError, ClientError) as exc:
+            log.warning("%s: %s", failure, exc)
+            self._fail(f"{failure}: {exc}")
+        except Exception as exc:  # a bug: shown and logged with its traceback, never lost
+            log.exception("Atelier: %s", failure)
+            self._fail(f"{failure}: the Atelier plugin failed ({type(exc).__name__}: {exc}); "
+                       "the job was stopped")
+
+    def _fail(self, message: str) -> None:
+        self._end_job(message)
+        self.message = message
+
     def _handle(self, event: Any) -> None:
+        if self._handle_connection(event):
+            return
+        job = self._job
+        if isinstance(event, (Accepted, Error)) and event.ref and event.ref in self._abandoned:
+            self._abandoned.discard(event.ref)
+            if isinstance(event, Accepted):   # a job cancelled before the daemon took it
+                self._tell_cancel(event.job_id)
+        elif job is None or not _belongs_to(event, job):
+            if isinstance(event, Error) and not event.job_id and not event.ref:
+                self.loading_model = None
+                self.message = _error_text(event, None)
+        else:
+            self._handle_job_event(job, event)
+
+    def _handle_connection(self, event: Any) -> bool:
+        """Events about the connection and the models; False for anything else."""
         job = self._job
         if isinstance(event, Connected):
             self.connected = True
             welcome = event.welcome
             self.max_side = welcome.limits.max_side
             self.current_model = welcome.model
+            self.depth_estimate_problem = None   # perhaps another daemon, or it has one now
             self.connection_text = (f"connected to {self.connection.url} ({welcome.device}, "
                                     f"model {welcome.model or 'none loaded'})")
-            if self.client is not None:
-                self.client.list_models()
+            self._list_models()
+            if job is not None and job.connection_lost and job.job_id is None:
+                self._end_job(_sentence(SUBMIT_LOST))
         elif isinstance(event, Disconnected):
             self.connected = False
             self.connection_text = _sentence(event.reason)
             if job is not None and not event.will_retry:
                 self._end_job(_sentence(event.reason))
+            elif job is not None and job.ref is not None and job.job_id is None:
+                job.connection_lost = True
         elif isinstance(event, Models):
             self.models = list(event.models)
             self.current_model = event.current
@@ -366,45 +426,97 @@ class Controller:
             self.current_model = event.model
             self.loading_model = None
             self.message = f"model {event.model} loaded ({event.family}, {event.seconds:.1f} s)"
-        elif job is None or not _belongs_to(event, job):
-            if isinstance(event, Error) and not event.job_id:
-                self.loading_model = None
-                self.message = _error_text(event, None)
-        elif isinstance(event, Accepted):
+        else:
+            return False
+        return True
+
+    def _handle_job_event(self, job: _ActiveJob, event: Any) -> None:
+        if isinstance(event, Accepted):
             job.job_id = event.job_id
-            if job.cancel_requested and self.client is not None:
-                self.client.cancel(event.job_id)
-            else:
-                self.message = ("queued" if event.position else "starting") + "\u2026"
+            self.message = ("queued" if event.position else "starting") + "\u2026"
         elif isinstance(event, Started):
             self.message = f"{job.mode.label}: running"
         elif isinstance(event, Progress):
             job.step, job.total = event.step, event.total
         elif isinstance(event, PreviewImage):
-            if not job.cancel_requested:
-                self._show_preview(job, event.image)
+            self._queue_preview(job, event.image)
         elif isinstance(event, JobDone):
-            self._finish(job, event)
+            self._queue_result(job, event)
         elif isinstance(event, Cancelled):
             self._end_job("cancelled", outcome="cancelled")
         elif isinstance(event, Error):
-            self._end_job(_error_text(event, job.settings))
+            self._job_error(job, event)
 
-    def _show_preview(self, job: _ActiveJob, frame: ImageFrame) -> None:
-        bgra = self._to_layer_pixels(job.plan, job.clip, frame)
-        job.preview_layer = _show(job.document, job.preview_layer, PREVIEW_LAYER, bgra,
-                                  job.plan.region, job.anchor)
-
-    def _finish(self, job: _ActiveJob, done: JobDone) -> None:
-        if job.cancel_requested:  # finished before the cancel reached the daemon
-            self._end_job("cancelled", outcome="cancelled")
+    def _job_error(self, job: _ActiveJob, error: Error) -> None:
+        if error.code == ErrorCode.UNKNOWN_JOB:
+            self._end_job(_sentence(JOB_LOST))
             return
-        seeds = [info.seed for info in done.result.images]
-        images = [(self._to_layer_pixels(job.plan, job.clip, frame), seed)
-                  for frame, seed in zip(done.images, seeds)]
+        if error.code == ErrorCode.MODEL_NOT_FOUND and \
+                error.field in ("depth.estimate", "job.depth.estimate"):
+            self.depth_estimate_problem = error.message
+        self._end_job(_error_text(error, job.settings))
+        if error.ref:
+            self._abandoned.discard(error.ref)   # refused: there is nothing left to cancel
+
+    def _queue_preview(self, job: _ActiveJob, frame: ImageFrame) -> None:
+        # Only the newest step is worth showing: one that has not started yet is dropped.
+        if job.work and job.work[-1].kind == "preview" and job.work[-1].future.cancel():
+            job.work.pop()
+        job.work.append(_Work("preview", self._worker.submit(layer_pixels, frame,
+                                                             job.plan.region, job.clip)))
+
+    def _queue_result(self, job: _ActiveJob, done: JobDone) -> None:
+        for work in job.work:
+            if work.kind == "preview":
+                work.future.cancel()     # the result shows instead
+        job.work.append(_Work("result", self._worker.submit(result_layers, done,
+                                                            job.plan.region, job.clip), done))
+
+    def _collect_work(self) -> bool:
+        """Apply the active job's finished pixel work in the order it was asked for, but
+        at most one write into the document a pump (each makes Krita recomposite the
+        image), skipping step previews that a newer one or the result replaces, and
+        pausing step previews after a slow one."""
+        job = self._job
+        applied = False
+        while job is not None and job is self._job and job.work and job.work[0].future.done():
+            work = job.work[0]
+            stale = work.future.cancelled() or (work.kind == "preview" and _superseded(job.work))
+            if not stale and work.kind == "preview" and time.monotonic() < self._next_preview_at:
+                break
+            job.work.popleft()
+            if stale:
+                continue
+            failure = ("Could not prepare the canvas" if work.kind == "inputs"
+                       else "Could not use the daemon's answer")
+            self._guarded(lambda: self._apply(job, work), failure)
+            applied = True
+            if work.kind != "inputs":
+                break
+        return applied
+
+    def _apply(self, job: _ActiveJob, work: _Work) -> None:
+        result = work.future.result()          # raises what the worker raised
+        if work.kind == "inputs":
+            self._submit(job, result)
+            self.message = f"{job.mode.label}: sent to the daemon"
+        elif work.kind == "preview":
+            started = time.monotonic()
+            job.preview_layer = _show(job.document, job.preview_layer, PREVIEW_LAYER, result,
+                                      job.plan.region, job.anchor)
+            # Krita recomposites the whole image for every write: on a large canvas, step
+            # previews must not take most of Qt's thread.
+            now = time.monotonic()
+            self._next_preview_at = now + PREVIEW_PAUSE_FACTOR * (now - started)
+        else:
+            assert work.done is not None
+            self._finish(job, work.done, result)
+
+    def _finish(self, job: _ActiveJob, done: JobDone, images: list[tuple[bytes, int]]) -> None:
         if not images:
             self._end_job("the daemon finished the job without images")
             return
+        seeds = [seed for _, seed in images]
         document, region = job.document, job.plan.region
         # The step previews' layer (if any) goes on to show the result.
         layer, job.preview_layer = job.preview_layer, None
@@ -424,21 +536,49 @@ class Controller:
         self.history.add(HistoryEntry(job.mode, job.settings.with_seed(seeds[0]), region, "done",
                                       tuple(seeds), done.result.seconds))
 
-    def _to_layer_pixels(self, plan: JobPlan, clip: Optional[bytes], frame: ImageFrame) -> bytes:
-        if frame.format == PixelFormat.PNG:
-            rgba, extent = decode_png_rgba(frame.data)
-        elif frame.format == PixelFormat.RGBA8:
-            rgba, extent = frame.data, Extent(frame.width, frame.height)
-        elif frame.format == PixelFormat.RGB8:
-            rgba, extent = rgb_to_rgba(frame.data), Extent(frame.width, frame.height)
-        else:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE,
-                                f"a result image in format {frame.format.name} is not a picture",
-                                "frame.format")
-        rgba = resample(rgba, extent, plan.region.extent, 4)
-        if clip is not None:
-            rgba = with_alpha(rgba, clip)
-        return rgba_to_bgra(rgba)
+    def _check_documents(self) -> bool:
+        """End the job, or drop the batch, whose document the painter closed."""
+        job, batch = self._job, self._batch
+        if job is not None and not job.document.is_open():
+            self._stop_on_daemon(job)
+            self._end_job(_closed_text(f"the document '{job.document.name}' was closed", job))
+            return True
+        return batch is not None and not self._batch_document_open(batch)
+
+    def _batch_document_open(self, batch: _Batch) -> bool:
+        if batch.document.is_open():
+            return True
+        self._batch = None
+        self.message = (f"The document '{batch.document.name}' was closed with its "
+                        f"{len(batch.images)} results; they were dropped")
+        self._changed()
+        return False
+
+    def _list_models(self) -> None:
+        try:
+            if self.client is not None:
+                self.client.list_models()
+        except ClientError:
+            pass     # the connection broke again: the next Connected asks again
+
+    def _stop_on_daemon(self, job: _ActiveJob) -> bool:
+        """Tell the daemon to stop ``job``; False when it cannot be told. One it has not
+        taken yet needs no telling now: ``_end_job`` keeps its ref, and it is cancelled
+        when the daemon takes it."""
+        if job.job_id is not None:
+            return self._tell_cancel(job.job_id)
+        return job.ref is None or (self.client is not None and self.client.connected)
+
+    def _tell_cancel(self, job_id: str) -> bool:
+        """Ask the daemon to cancel ``job_id``; False when it cannot be told."""
+        client = self.client
+        if client is None:
+            return False
+        try:
+            client.cancel(job_id)
+        except ClientError:
+            return False
+        return True
 
     def _drop_preview(self, job: _ActiveJob) -> None:
         if job.preview_layer is not None:
@@ -449,6 +589,10 @@ class Controller:
         job, self._job = self._job, None
         if job is None:
             return
+        for work in job.work:
+            work.future.cancel()
+        if job.ref is not None and job.job_id is None:
+            self._abandoned.add(job.ref)      # cancel it if the daemon takes it after all
         self._drop_preview(job)
         self.message = message
         self.history.add(HistoryEntry(job.mode, job.settings, job.plan.region,
@@ -461,6 +605,23 @@ class Controller:
     def close(self) -> None:
         self.discard_results()
         self.disconnect()
+        self._worker.close()
+
+
+def _read_canvas(document: KritaDocument, plan: JobPlan, settings: JobSettings) -> CanvasRead:
+    """What a job needs from the document (Krita's API: Qt's thread; quick copies)."""
+    region = plan.region
+    selection = canvas = depth = None
+    if plan.send_mask or plan.clip_to_selection:
+        selection = document.selection_mask(region)
+        if is_empty_mask(selection):
+            raise JobRefused("the selection is empty: select the area to work on")
+    if plan.send_image:
+        canvas = document.read_canvas(region)
+    if plan.send_depth:
+        assert settings.depth_layer is not None
+        depth = document.read_layer(settings.depth_layer, region)
+    return CanvasRead(selection, canvas, depth)
 
 
 def _show(document: KritaDocument, layer: Any, name: str, bgra: bytes, region: Bounds,
@@ -475,6 +636,13 @@ def _show(document: KritaDocument, layer: Any, name: str, bgra: bytes, region: B
     return document.add_layer(name, bgra, region, anchor)
 
 
+def _superseded(work: "deque[_Work]") -> bool:
+    """Whether the step preview first in ``work`` is replaced by what follows it: the
+    result, or a newer step preview that is ready."""
+    return any(later.kind == "result" or (later.kind == "preview" and later.future.done())
+               for later in islice(work, 1, None))
+
+
 def _belongs_to(event: Any, job: _ActiveJob) -> bool:
     if isinstance(event, (Accepted, Error)) and event.ref and event.ref == job.ref:
         return True
@@ -482,12 +650,13 @@ def _belongs_to(event: Any, job: _ActiveJob) -> bool:
     return job_id is not None and job_id == job.job_id
 
 
-def _id(frame: Optional[ImageFrame]) -> Optional[str]:
-    return frame.id if frame is not None else None
-
-
 def _preview_name(index: int, count: int, seed: int) -> str:
     return f"{PREVIEW_LAYER} {index + 1}/{count} seed {seed}"
+
+
+def _closed_text(what: str, job: Optional[_ActiveJob]) -> str:
+    stopped = f"; its {job.mode.label} job was stopped" if job is not None else ""
+    return _sentence(what + stopped)
 
 
 def _sentence(text: str) -> str:

@@ -1,0 +1,109 @@
+"""The pixel work of a job, done off Qt's thread.
+
+Krita's API is called on Qt's thread only (``host.py``), and those calls are quick
+copies. What turns the copies into uploads (mask grow and feather, scaling, channel
+order, luminance) and the daemon's images into layer pixels is plain computation on
+``bytes`` and ``QImage`` (which Qt allows on any thread): ``PixelWorker`` runs it on one
+background thread, and the controller takes the results in ``pump`` on Qt's thread, in
+the order it asked for them.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional
+
+from .geometry import Bounds, Extent
+from .jobs import JobPlan, JobSettings, UploadIds
+from .pixels import bgra_to_rgba, grow_and_feather, luminance, rgb_to_rgba, rgba_to_bgra, with_alpha
+from .protocol.client import make_upload
+from .protocol.errors import ErrorCode, ProtocolError
+from .protocol.events import JobDone
+from .protocol.frames import ImageFrame, PixelFormat
+from .qt_pixels import decode_png_rgba, resample
+
+
+@dataclass(frozen=True)
+class CanvasRead:
+    """What a job read from the document on Qt's thread, region-sized: the selection (one
+    byte a pixel), the visible canvas and the depth layer (BGRA); None = not needed."""
+    selection: Optional[bytes] = None
+    canvas: Optional[bytes] = None
+    depth: Optional[bytes] = None
+
+    @property
+    def empty(self) -> bool:
+        return self.selection is None and self.canvas is None and self.depth is None
+
+
+@dataclass(frozen=True)
+class PreparedInputs:
+    uploads: dict[str, ImageFrame]     # by role: "image", "mask", "depth"
+    clip: Optional[bytes]              # region-sized alpha for the results, or None
+
+
+def prepare_inputs(read: CanvasRead, plan: JobPlan, settings: JobSettings,
+                   ids: UploadIds) -> PreparedInputs:
+    """The uploads of a job (named by ``ids``) and the alpha its results get."""
+    region, size = plan.region.extent, plan.model_extent
+    uploads: dict[str, ImageFrame] = {}
+    clip = None
+    if read.selection is not None:
+        clip = grow_and_feather(read.selection, region, settings.mask_grow, settings.mask_feather)
+        if plan.send_mask:
+            uploads["mask"] = _upload(ids.mask, PixelFormat.GRAY8, size,
+                                      resample(clip, region, size, 1))
+    if read.canvas is not None:
+        uploads["image"] = _upload(ids.image, PixelFormat.RGBA8, size,
+                                   resample(bgra_to_rgba(read.canvas), region, size, 4))
+    if read.depth is not None:
+        uploads["depth"] = _upload(ids.depth, PixelFormat.GRAY8, size,
+                                   resample(luminance(read.depth), region, size, 1))
+    return PreparedInputs(uploads, clip)
+
+
+def _upload(upload_id: Optional[str], fmt: PixelFormat, size: Extent, data: bytes) -> ImageFrame:
+    if upload_id is None:
+        raise ValueError(f"no upload id for a {fmt.name} input")
+    return replace(make_upload(fmt, size.width, size.height, data), id=upload_id)
+
+
+def layer_pixels(frame: ImageFrame, region: Bounds, clip: Optional[bytes]) -> bytes:
+    """A daemon image (a step preview or a result) as BGRA covering ``region``, its alpha
+    multiplied by ``clip``."""
+    if frame.format == PixelFormat.PNG:
+        rgba, extent = decode_png_rgba(frame.data)
+    elif frame.format == PixelFormat.RGBA8:
+        rgba, extent = frame.data, Extent(frame.width, frame.height)
+    elif frame.format == PixelFormat.RGB8:
+        rgba, extent = rgb_to_rgba(frame.data), Extent(frame.width, frame.height)
+    else:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                            f"a result image in format {frame.format.name} is not a picture",
+                            "frame.format")
+    rgba = resample(rgba, extent, region.extent, 4)
+    if clip is not None:
+        rgba = with_alpha(rgba, clip)
+    return rgba_to_bgra(rgba)
+
+
+def result_layers(done: JobDone, region: Bounds,
+                  clip: Optional[bytes]) -> list[tuple[bytes, int]]:
+    """Every image of a finished job as (BGRA covering ``region``, seed)."""
+    seeds = [info.seed for info in done.result.images]
+    return [(layer_pixels(frame, region, clip), seed) for frame, seed in zip(done.images, seeds)]
+
+
+class PixelWorker:
+    """One background thread for pixel work; ``submit`` returns a Future at once."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atelier-pixels")
+
+    def submit(self, work: Callable[..., Any], *args: Any) -> "Future[Any]":
+        return self._pool.submit(work, *args)
+
+    def close(self) -> None:
+        """Drop the work not started yet; the piece running finishes on its own."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

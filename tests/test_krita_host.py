@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,19 @@ def runner() -> str:
     return kritarunner()
 
 
+@pytest.fixture(scope="module")
+def krita_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Krita home for the kritarunner runs: Krita builds its resource database once."""
+    return tmp_path_factory.mktemp("krita-home")
+
+
 # ``runner`` comes first so a missing Krita skips (or fails) before a daemon starts.
 @pytest.fixture(scope="module")
-def krita(runner: str, daemon: Any, plugin_zip: str,
+def krita(runner: str, daemon: Any, plugin_zip: str, krita_home: Path,
           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("krita")
     zip_path = plugin_zip
-    env = isolated_env(root / "home", QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS))
+    env = isolated_env(krita_home, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS))
     results = root / "results.json"
     dead_url = f"ws://127.0.0.1:{free_port()}/"
     proc = subprocess.run([runner, "-s", "atelier_scenarios", str(results), zip_path,
@@ -319,8 +326,155 @@ def test_no_preview_layer_is_left_behind(krita):
     assert not [layer for layer in stack if layer["name"].startswith(PREVIEW)]
 
 
+# ---------------------------------------------------------------- issue 12: stuck jobs, lost settings
+STALL_LIMIT_S = 0.1          # the longest the docker may hold Qt's thread in one go
+
+
+def test_depth_source_defaults_to_a_depth_layer(krita):
+    record = scenario(krita, "fresh_panel")
+    # The document has layers named depth: one of them is what a Depth job reads, rather
+    # than estimating depth, which needs a model the daemon may not have.
+    assert record["depth_choice"] == "depth"
+    assert "(estimate from canvas)" in record["depth_items"]
+
+
+def test_docker_fits_a_laptop_screen(krita):
+    record = scenario(krita, "fresh_panel")
+    assert record["min_height"] <= 600, record
+
+
+def test_estimate_the_daemon_cannot_run_is_unavailable_with_its_reason(krita):
+    record = scenario(krita, "after_estimate_refused")
+    assert record["estimate_enabled"] is False
+    # The daemon's own reason (no depth-estimation model on its machine) is shown.
+    assert "depth" in record["estimate_tooltip"] and "model" in record["estimate_tooltip"]
+    assert "estimat" in record["field_tooltip"]
+    # Recalled settings that asked for an estimate fall back to a layer that works.
+    assert record["choice"] in ("depth", "depth_rows")
+    assert record["settings_depth_layer"] == record["choice"]
+
+
+def test_seeds_above_31_bits_survive_the_field_a_job_and_recall(krita):
+    record = scenario(krita, "seed_range")
+    big = 2661926866
+    assert record["shown"] == big and record["sent"] == big
+    assert record["message"] == f"Generate: done, seed {big}"
+    assert record["recalled"] == big and record["recalled_text"] == str(big)
+    assert record["validator"] == {"": True, "0": True, "4294967295": True,
+                                   "4294967296": False, "-1": False, "12a": False}
+    assert record["empty_is_random"]
+
+
+def test_depth_layer_list_offers_layers_added_later(krita):
+    record = scenario(krita, "depth_layers_fresh")
+    assert "late depth" not in record["before"]
+    assert "late depth" in record["opened"]
+    assert "late depth" not in record["removed"]
+
+
+def test_depth_models_are_filtered_by_the_models_family(krita):
+    record = scenario(krita, "depth_models_by_family")
+    sd15 = record["tiny"]["names"]
+    assert {"tiny-adapter", "tiny-controlnet"} <= set(sd15)
+    assert not {"tiny-sdxl-adapter", "tiny-sdxl-controlnet"} & set(sd15)
+    assert {"tiny-sdxl-adapter", "tiny-sdxl-controlnet"} <= set(record["tiny-sdxl"]["names"])
+    # SD2-depth conditions on depth itself: only the daemon's default, and the field says why.
+    assert record["tiny-depth"]["names"] == [None]
+    assert "SD2-depth" in record["tiny-depth"]["tooltip"]
+    assert record["(daemon's current model)"]["names"] == sd15    # the daemon runs tiny
+
+
+def test_a_closed_documents_job_ends_with_a_message_and_the_docker_goes_on(krita):
+    record = scenario(krita, "document_closed")
+    assert record["started"] and PREVIEW in record["layers_before_close"]
+    assert record["errors"] == []                   # nothing raised into Qt's timer
+    assert not record["busy"]
+    assert "closed" in record["message"] and "closing" in record["message"]
+    assert record["history"] == record["message"]
+    assert record["next_started"] and record["next_message"] == "Generate: done, seed 6"
+    assert record["next_new"] == ["after close [seed 6]"]
+
+
+def test_fill_and_step_previews_at_2048_keep_qt_responsive(krita):
+    record = scenario(krita, "ui_stalls")
+    print("UI-thread figures at 2048x2048:", json.dumps(
+        {mode: {k: v for k, v in record[mode].items() if k != "message"}
+         for mode in ("fill", "generate")}))
+    for mode in ("fill", "generate"):
+        job = record[mode]
+        assert job["started"] and job["message"].endswith("done, seed 12"), job
+        # The plugin's own share of every call on Qt's thread; Krita's synchronous
+        # recomposite after a layer write (printed above) comes on top of it.
+        assert job["click_own_s"] < STALL_LIMIT_S, job
+        assert job["pump_own_max_s"] < STALL_LIMIT_S, job
+    assert record["fill"]["region"][2] >= 1900       # the Fill really covered ~2048 pixels
+
+
+# ---------------------------------------------------------------- the daemon restarts mid-job
+JOB_LOST = "The daemon restarted and no longer has this job; generate again"
+
+
+@pytest.fixture
+def restart_run(runner: str, plugin_zip: str, krita_home: Path, start_daemon: Any,
+                tmp_path: Path) -> dict[str, Any]:
+    """kritarunner runs tests/host/krita/daemon_restart.py; this side kills the daemon
+    (SIGKILL) when asked, and starts another on the same port with another home."""
+    daemon = start_daemon()
+    port = daemon.port
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    results, log = tmp_path / "results.json", tmp_path / "krita.log"
+    env = isolated_env(krita_home, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS))
+    with open(log, "w") as out:
+        proc = subprocess.Popen([runner, "-s", "daemon_restart", str(results), plugin_zip,
+                                 daemon.url, str(signals)], env=env, cwd=tmp_path,
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    homes = 0
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            for request in sorted(signals.glob("*.request")):
+                daemon.proc.kill()
+                daemon.proc.wait()
+                if request.stem.endswith("restart"):
+                    homes += 1
+                    daemon = start_daemon("--port", str(port),
+                                          "--home", str(tmp_path / f"home{homes}"))
+                request.rename(request.with_suffix(".done"))
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text(errors="replace")[-4000:]
+    if not results.exists():
+        pytest.fail(f"kritarunner wrote no results; its output ended with:\n{text}")
+    data = json.loads(results.read_text())
+    data["_log"] = text
+    return data
+
+
+def test_a_restarted_daemons_lost_job_ends_and_cancel_always_ends_a_job(restart_run):
+    lost = scenario(restart_run, "restart")
+    assert lost["started"] and any(name.startswith(PREVIEW) for name in lost["during"])
+    assert lost["message"] == JOB_LOST and lost["history"] == JOB_LOST
+    assert not lost["busy"] and lost["modes_enabled"] and not lost["cancel_enabled"]
+    assert lost["canvas_untouched"] and lost["connected"]
+    # Cancel while the daemon is gone, before it answered the submit: ended at once.
+    early = scenario(restart_run, "cancel_before_accepted")
+    assert early["started"] and not early["busy_after_click"]
+    assert early["message"].startswith("cancelled") and early["history"] == "cancelled"
+    assert early["errors"] == [] and early["canvas_untouched"] and early["modes_enabled"]
+    # Cancel while a running job's daemon is gone: ended at once, its preview removed.
+    gone = scenario(restart_run, "cancel_unreachable")
+    assert gone["started"] and not gone["busy_after_click"]
+    assert gone["message"].startswith("cancelled") and "could not be told" in gone["message"]
+    assert gone["errors"] == [] and gone["canvas_untouched"] and gone["modes_enabled"]
+
+
 # ---------------------------------------------------------------- the full application
 APP_PROBE = SCENARIOS / "app_probe"
+SCREEN = (1366, 768)
 KRITA_IMPORTER = Path("/usr/share/krita/pykrita/plugin_importer/plugin_importer.py")
 
 
@@ -370,7 +524,9 @@ def app_probe(xvfb_run, daemon, plugin_zip,
         "[python]\nenable_atelier_krita=true\nenable_atelier_app_probe=true\n\n"
         f"[atelier_krita]\nhost=127.0.0.1\nport={daemon.port}\n")
     out = tmp_path / "probe.json"
-    proc = subprocess.run([xvfb_run, "-a", "krita", "--nosplash"],
+    # A 1366x768 laptop screen: the docked docker has to fit on it.
+    proc = subprocess.run([xvfb_run, "-a", "-s", f"-screen 0 {SCREEN[0]}x{SCREEN[1]}x24",
+                           "krita", "--nosplash"],
                           env=isolated_env(home, ATELIER_PROBE_OUT=str(out)), cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     if not out.exists():
@@ -378,6 +534,7 @@ def app_probe(xvfb_run, daemon, plugin_zip,
                     + (proc.stdout + proc.stderr)[-4000:])
     probe = json.loads(out.read_text())
     assert probe["ok"], probe.get("error")
+    probe["_screenshot"] = str(out) + ".png"
     return probe
 
 
@@ -393,6 +550,24 @@ def test_docker_in_the_krita_application_generates_above_the_active_layer(app_pr
     assert probe["history_rows"] == 1
     # Edit > Undo takes the plugin's layer away again.
     assert probe["after_undo"] == ["Background", "bottom", "top"]
+
+
+def inside(rect: list[int], outer: list[int]) -> bool:
+    x, y, w, h = rect
+    ox, oy, ow, oh = outer
+    return ox <= x and oy <= y and x + w <= ox + ow and y + h <= oy + oh
+
+
+def test_docked_docker_shows_its_generate_button_on_a_1366x768_screen(app_probe):
+    fit = app_probe["fit"]
+    assert fit["screen"] == [0, 0, *SCREEN]
+    assert fit["docker_visible"] and not fit["floating"]
+    assert fit["panel_min_height"] <= 600
+    assert inside(fit["docker"], fit["screen"]), fit
+    assert fit["button_shown"] and inside(fit["button"], fit["screen"]), fit
+    screenshot = Path(app_probe["_screenshot"])
+    print(f"screenshot of Krita at {SCREEN[0]}x{SCREEN[1]}: {screenshot}")
+    assert screenshot.stat().st_size > 10_000     # a real picture of the screen
 
 
 def names(stack: dict[str, Any]) -> list[str]:

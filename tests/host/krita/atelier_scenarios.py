@@ -256,6 +256,9 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
     run.scenario("connect", connect)
     if not run.results["connect"]["ok"]:
         return
+    import docker_scenarios
+    context = docker_scenarios.Context(controller, panel, doc, base)
+    run.scenario("fresh_panel", lambda: docker_scenarios.fresh_panel(context))
 
     def generate_canvas() -> dict[str, Any]:
         clear_selection(doc)
@@ -527,6 +530,8 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
                                                model="tiny-depth", previews=False))
 
     run.scenario("depth_estimate", depth_estimate)
+    run.scenario("after_estimate_refused",
+                 lambda: docker_scenarios.after_estimate_refused(context))
 
     def restore_model() -> dict[str, Any]:
         # The daemon is shared with other tests: leave it on the model it started with.
@@ -576,6 +581,9 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
         return out
 
     run.scenario("dead_daemon", dead_daemon)
+
+    for name, body in docker_scenarios.SCENARIOS.items():
+        run.scenario(name, lambda body=body: body(context))
 
     def final() -> dict[str, Any]:
         controller.discard_results()

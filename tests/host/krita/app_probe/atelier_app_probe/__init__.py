@@ -1,7 +1,9 @@
 """Test-only Krita plugin: once the main window exists, find the Atelier docker, wait
 until it reports its connection, open a document, make its lower layer the active one,
 press the docker's Generate button and let the docker's own timer bring the result in,
-then undo it with Edit > Undo. Then a batch: generate two results with step previews,
+then undo it with Edit > Undo. Before that it records where the docked docker and its
+Generate button are on the screen and saves a screenshot next to the results
+($ATELIER_PROBE_OUT.png). Then a batch: generate two results with step previews,
 flip between them with the docker's Result box, Apply, and press Edit > Undo (and
 Redo) to see what one step takes back. Writes what it saw to $ATELIER_PROBE_OUT and
 quits Krita. Used by tests/test_krita_host.py with the full application under Xvfb."""
@@ -13,7 +15,8 @@ import time
 import traceback
 
 from krita import Extension, Krita
-from PyQt5.QtCore import QCoreApplication, QTimer
+from PyQt5.QtCore import QCoreApplication, QPoint, QTimer
+from PyQt5.QtGui import QGuiApplication
 
 DOCKER_ID = "atelier_krita_docker"
 WAIT_S = 60.0
@@ -83,11 +86,32 @@ class AtelierAppProbe(Extension):
             return
         self._press_generate(panel)
 
+    def _fit(self, panel):
+        """Where the docked docker and its Generate button are on the screen."""
+        docker = self._docker()
+        screen = QGuiApplication.primaryScreen()
+        window = Krita.instance().activeWindow().qwindow()
+        # Krita filling the screen, as a window manager maximizes it (Xvfb has none).
+        window.setGeometry(screen.availableGeometry())
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        button = next(b for b in panel.mode_buttons.values() if b.text() == "Generate")
+        corner = button.mapToGlobal(QPoint(0, 0))
+        self._out["fit"] = {
+            "screen": _rect(screen.geometry()), "window": _rect(window.frameGeometry()),
+            "docker_visible": docker.isVisible(), "floating": docker.isFloating(),
+            "docker": _rect(docker.rect().translated(docker.mapToGlobal(QPoint(0, 0)))),
+            "panel_min_height": panel.minimumSizeHint().height(),
+            "button": [corner.x(), corner.y(), button.width(), button.height()],
+            "button_shown": button.isVisible() and not button.visibleRegion().isEmpty()}
+        screen.grabWindow(0).save(os.environ["ATELIER_PROBE_OUT"] + ".png", "PNG")
+
     def _press_generate(self, panel):
         document = self._document
+        self._fit(panel)
         panel.prompt_edit.setPlainText("probe")
         panel.steps_spin.setValue(2)
-        panel.seed_spin.setValue(5)
+        panel.seed_edit.setText("5")
         panel.max_side_spin.setValue(64)
         panel.previews_check.setChecked(False)
         self._out["active"] = document.activeNode().name()
@@ -150,7 +174,7 @@ class AtelierAppProbe(Extension):
         self._out["before_batch"] = self._stack()
         panel.prompt_edit.setPlainText("two moons")
         panel.steps_spin.setValue(2)
-        panel.seed_spin.setValue(21)
+        panel.seed_edit.setText("21")
         panel.batch_spin.setValue(2)
         panel.previews_check.setChecked(True)     # the preview layer shows the steps first
         self._run_job(panel, "batch_", self._browse)
@@ -181,7 +205,7 @@ class AtelierAppProbe(Extension):
     def _start_single(self, panel):
         self._out["before_single"] = self._stack()
         self._out["single_active"] = self._document.activeNode().name()
-        panel.seed_spin.setValue(31)
+        panel.seed_edit.setText("31")
         panel.batch_spin.setValue(1)
         panel.previews_check.setChecked(True)
         self._run_job(panel, "single_", self._single_done)
@@ -208,6 +232,10 @@ class AtelierAppProbe(Extension):
         for document in Krita.instance().documents():
             document.setModified(False)
         Krita.instance().action("file_quit").trigger()
+
+
+def _rect(rect):
+    return [rect.x(), rect.y(), rect.width(), rect.height()]
 
 
 def _sha(data):

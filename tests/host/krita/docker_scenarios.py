@@ -1,0 +1,305 @@
+"""Scenarios for what used to get stuck or lose settings in the docker (issue 12), run
+inside Krita by ``atelier_scenarios`` against the same daemon, panel and document.
+
+Each function returns what it saw; tests/test_krita_host.py judges it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from krita import Krita
+from PyQt5.QtCore import QCoreApplication, Qt
+from PyQt5.QtGui import QValidator
+
+from atelier_scenarios import WAIT_S, clear_selection, layer_stack, pump_until, select_rect
+
+ESTIMATE = "(estimate from canvas)"
+BIG_SEED = 2661926866              # above 2**31 - 1, what a 32-bit spin box holds
+STALL_SIDE = 2048                  # the canvas the UI-thread figures are measured on
+
+
+@dataclass
+class Context:
+    controller: Any
+    panel: Any
+    doc: Any
+    base: Any
+
+
+def combo_items(combo: Any) -> list[list[Any]]:
+    return [[combo.itemText(i), combo.itemData(i)] for i in range(combo.count())]
+
+
+def _choose(combo: Any, text: str) -> None:
+    index = combo.findText(text)
+    if index < 0:
+        raise LookupError(f"no {text!r} among {combo_items(combo)}")
+    combo.setCurrentIndex(index)
+
+
+# ---------------------------------------------------------------- a fresh docker
+def fresh_panel(ctx: Context) -> dict[str, Any]:
+    """What a painter sees first: the docker's size and the depth source it starts with."""
+    panel = ctx.panel
+    panel.refresh()
+    hint = panel.minimumSizeHint()
+    return {"min_height": hint.height(), "min_width": hint.width(),
+            "depth_choice": panel.depth_combo.currentText(),
+            "depth_items": [text for text, _ in combo_items(panel.depth_combo)]}
+
+
+def after_estimate_refused(ctx: Context) -> dict[str, Any]:
+    """After the daemon said it cannot estimate depth, the field says so and offers layers."""
+    panel = ctx.panel
+    combo = panel.depth_combo
+    panel.show_settings(ctx.base)       # depth_layer None: estimate, as recalled from History
+    panel.refresh()
+    index = combo.findText(ESTIMATE)
+    item = combo.model().item(index) if index >= 0 else None
+    return {"choice": combo.currentText(),
+            "estimate_enabled": bool(item.isEnabled()) if item is not None else None,
+            "estimate_tooltip": combo.itemData(index, Qt.ToolTipRole) if index >= 0 else None,
+            "field_tooltip": combo.toolTip(),
+            "settings_depth_layer": panel.settings().depth_layer}
+
+
+# ---------------------------------------------------------------- seeds
+def seed_range(ctx: Context) -> dict[str, Any]:
+    """Seeds above 2**31 - 1 survive the field, a job and History's Recall."""
+    from atelier_krita.jobs import Mode
+    panel, controller, doc = ctx.panel, ctx.controller, ctx.doc
+    out: dict[str, Any] = {}
+    panel.show_settings(replace(ctx.base, seed=BIG_SEED, steps=2))
+    out["shown"] = panel.settings().seed
+    clear_selection(doc)
+    panel.max_side_spin.setValue(96)
+    panel.mode_buttons[Mode.GENERATE].click()
+    pump_until(controller, lambda: not controller.busy, "the job with a large seed")
+    sent = controller.sent_request
+    out["sent"] = sent.seed if sent is not None else None
+    out["message"] = controller.message
+    panel.show_settings(ctx.base)
+    panel.refresh()
+    panel.history_list.setCurrentRow(0)
+    panel.recall_button.click()
+    out["recalled"] = panel.settings().seed
+    edit = panel.seed_edit
+    out["recalled_text"] = edit.text()
+    validator = edit.validator()
+    out["validator"] = {text: int(validator.validate(text, len(text))[0]) == QValidator.Acceptable
+                        for text in ("", "0", "4294967295", "4294967296", "-1", "12a")}
+    edit.setText("")
+    out["empty_is_random"] = panel.settings().seed is None
+    panel.show_settings(ctx.base)
+    for node in doc.rootNode().childNodes():      # leave the canvas as the others expect it
+        if node.name().endswith(f"[seed {BIG_SEED}]"):
+            node.remove()
+    return out
+
+
+# ---------------------------------------------------------------- depth fields
+def depth_layers_fresh(ctx: Context) -> dict[str, Any]:
+    """A layer added after the docker last refreshed is offered when the list opens."""
+    panel, doc = ctx.panel, ctx.doc
+    combo = panel.depth_combo
+    panel.refresh()
+    before = [text for text, _ in combo_items(combo)]
+    node = doc.createNode("late depth", "paintlayer")
+    doc.rootNode().addChildNode(node, None)
+    combo.showPopup()
+    QCoreApplication.processEvents()
+    opened = [text for text, _ in combo_items(combo)]
+    combo.hidePopup()
+    node.remove()
+    doc.waitForDone()
+    combo.showPopup()
+    QCoreApplication.processEvents()
+    removed = [text for text, _ in combo_items(combo)]
+    combo.hidePopup()
+    return {"before": before, "opened": opened, "removed": removed}
+
+
+def depth_models_by_family(ctx: Context) -> dict[str, Any]:
+    """The Depth model field offers the conditioners made for the chosen model's family."""
+    panel = ctx.panel
+    combo = panel.depth_model_combo
+    panel.show_settings(ctx.base)            # Daemon default
+    out: dict[str, Any] = {}
+    for model in ("tiny", "tiny-sdxl", "tiny-depth", "(daemon's current model)"):
+        _choose(panel.model_combo, model)
+        panel.refresh()
+        out[model] = {"names": [data for _, data in combo_items(combo)],
+                      "tooltip": combo.toolTip()}
+    _choose(panel.model_combo, "(daemon's current model)")
+    panel.refresh()
+    return out
+
+
+# ---------------------------------------------------------------- a closed document
+def document_closed(ctx: Context) -> dict[str, Any]:
+    """The painter closes the document a job works on: the job ends with a message, the
+    docker goes on working in the other documents."""
+    from atelier_krita.controller import Controller
+    from atelier_krita.geometry import ResolutionRange
+    from atelier_krita.host import KritaDocument
+    from atelier_krita.jobs import JobSettings, Mode
+    app = Krita.instance()
+    closing = app.createDocument(203, 157, "closing", "RGBA", "U8", "", 72.0)
+    current = {"doc": closing}
+    controller = Controller(lambda: KritaDocument(current["doc"]),
+                            connection=ctx.controller.connection,
+                            resolution=ResolutionRange(32, 96))
+    out: dict[str, Any] = {"errors": []}
+    try:
+        controller.connect()
+        pump_until(controller, lambda: controller.connected, "the connection")
+        out["started"] = controller.start(Mode.GENERATE, JobSettings(
+            prompt="closed", steps=40, seed=4, previews=True))
+        pump_until(controller, lambda: controller.progress[0] >= 2, "the first steps")
+        out["layers_before_close"] = [n.name() for n in closing.rootNode().childNodes()]
+        closing.close()
+        deadline = time.monotonic() + WAIT_S
+        while controller.busy and time.monotonic() < deadline:
+            QCoreApplication.processEvents()
+            try:
+                controller.pump()
+            except Exception as exc:          # what the docker's timer would have lost
+                out["errors"].append(f"{type(exc).__name__}: {exc}")
+                if len(out["errors"]) > 20:
+                    break
+            time.sleep(0.01)
+        out.update(busy=controller.busy, message=controller.message,
+                   history=controller.history[0].outcome if len(controller.history) else None)
+        # The docker goes on in another document.
+        current["doc"] = ctx.doc
+        clear_selection(ctx.doc)
+        before = {entry["id"] for entry in layer_stack(ctx.doc)}
+        out["next_started"] = controller.start(Mode.GENERATE, JobSettings(
+            prompt="after close", steps=2, seed=6, previews=False))
+        pump_until(controller, lambda: not controller.busy, "the next job")
+        out["next_message"] = controller.message
+        new = [n for n in ctx.doc.rootNode().childNodes()
+               if n.uniqueId().toString() not in before]
+        out["next_new"] = [n.name() for n in new]
+        for node in new:
+            node.remove()
+    finally:
+        controller.close()
+    return out
+
+
+# ---------------------------------------------------------------- UI-thread time
+def timed_document_class() -> type:
+    """``KritaDocument`` counting the seconds spent inside Krita's own calls, so a stall
+    splits into the plugin's share and Krita's (its synchronous recomposite of the whole
+    image after each layer write, which Krita's Python API has no way around)."""
+    from atelier_krita.host import KritaDocument
+
+    class TimedDocument(KritaDocument):
+        krita_seconds = 0.0
+
+        def _timed(self, call: Callable[..., Any], *args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return call(*args)
+            finally:
+                TimedDocument.krita_seconds += time.perf_counter() - started
+
+        def selection_mask(self, region: Any) -> bytes:
+            return self._timed(super().selection_mask, region)
+
+        def read_canvas(self, region: Any) -> bytes:
+            return self._timed(super().read_canvas, region)
+
+        def add_layer(self, *args: Any) -> Any:
+            return self._timed(super().add_layer, *args)
+
+        def write_layer(self, *args: Any) -> None:
+            self._timed(super().write_layer, *args)
+
+        def remove_layer(self, node: Any) -> None:
+            self._timed(super().remove_layer, node)
+
+    return TimedDocument
+
+
+def _timed_job(controller: Any, documents: type, mode: Any, settings: Any) -> dict[str, Any]:
+    """Run one job the way the docker's timer does, timing every call on this (Qt's)
+    thread: the button's ``start`` and each ``pump``, and Krita's share of each."""
+    def timed(call: Callable[[], Any]) -> tuple[float, float]:
+        krita = documents.krita_seconds
+        started = time.perf_counter()
+        call()
+        total = time.perf_counter() - started
+        return total, documents.krita_seconds - krita
+
+    ok = False
+
+    def click() -> None:
+        nonlocal ok
+        ok = controller.start(mode, settings)
+
+    click_s, click_krita_s = timed(click)
+    pumps: list[tuple[float, float]] = []
+    deadline = time.monotonic() + WAIT_S
+    while ok and controller.busy and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        pumps.append(timed(controller.pump))
+        time.sleep(0.005)
+    busy = [total for total, _ in pumps if total > 0.002]     # pumps that did something
+    return {"started": ok, "message": controller.message, "steps": settings.steps,
+            "click_s": round(click_s, 4), "click_own_s": round(click_s - click_krita_s, 4),
+            "pump_max_s": round(max((t for t, _ in pumps), default=0.0), 4),
+            "pump_own_max_s": round(max((t - k for t, k in pumps), default=0.0), 4),
+            "pump_krita_max_s": round(max((k for _, k in pumps), default=0.0), 4),
+            "pump_busy_mean_s": round(sum(busy) / len(busy), 4) if busy else 0.0,
+            "pump_busy_count": len(busy)}
+
+
+def ui_stalls(ctx: Context) -> dict[str, Any]:
+    """A Fill click and step previews on a 2048x2048 canvas, with the Qt-thread time of
+    each call measured."""
+    from atelier_krita.controller import Controller
+    from atelier_krita.geometry import ResolutionRange
+    from atelier_krita.jobs import JobSettings, Mode
+    side = STALL_SIDE
+    big = Krita.instance().createDocument(side, side, "stalls", "RGBA", "U8", "", 72.0)
+    layer = big.createNode("pattern", "paintlayer")
+    big.rootNode().addChildNode(layer, None)
+    row = bytes(range(256)) * (side * 4 // 256)
+    layer.setPixelData(row * side, 0, 0, side, side)
+    big.refreshProjection()
+    big.waitForDone()
+    documents = timed_document_class()
+    controller = Controller(lambda: documents(big), connection=ctx.controller.connection,
+                            resolution=ResolutionRange(64, 256))
+    out: dict[str, Any] = {}
+    try:
+        controller.connect()
+        pump_until(controller, lambda: controller.connected, "the connection")
+        settings = JobSettings(prompt="stalls", steps=4, seed=12, mask_grow=8, mask_feather=8,
+                               previews=True)
+        select_rect(big, 100, 100, 1848, 1848)
+        out["fill"] = _timed_job(controller, documents, Mode.FILL, settings)
+        region = controller.history[0].region if len(controller.history) else None
+        out["fill"]["region"] = [region.x, region.y, region.width, region.height] \
+            if region is not None else None
+        clear_selection(big)
+        out["generate"] = _timed_job(controller, documents, Mode.GENERATE, settings)
+        out["layers"] = [n.name() for n in big.rootNode().childNodes()]
+    finally:
+        controller.close()
+        big.close()
+    return out
+
+
+SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "seed_range": seed_range,
+    "depth_layers_fresh": depth_layers_fresh,
+    "depth_models_by_family": depth_models_by_family,
+    "document_closed": document_closed,
+    "ui_stalls": ui_stalls,
+}

@@ -35,7 +35,9 @@ PACKAGE = "atelier_krita"
 def plan_zip(websockets_dir: Path) -> list[tuple[str, bytes | Path]]:
     """(name in the zip, content or file on disk) for every file the plugin ships."""
     package = HERE / PACKAGE
-    entries: list[tuple[str, bytes | Path]] = [(f"{PACKAGE}.desktop", HERE / f"{PACKAGE}.desktop")]
+    entries: list[tuple[str, bytes | Path]] = [(f"{PACKAGE}.desktop", HERE / f"{PACKAGE}.desktop"),
+                                               # default shortcuts; Krita's importer installs it
+                                               (f"{PACKAGE}.action", HERE / f"{PACKAGE}.action")]
     # ``protocol`` there is the development symlink; protocol_bundle adds the real files.
     entries += [(f"{PACKAGE}/{path.relative_to(package).as_posix()}", path)
                 for path in source_files(package, (".py", ".md"), skip={"protocol"})]

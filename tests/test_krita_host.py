@@ -343,6 +343,52 @@ def test_docker_fits_a_laptop_screen(krita):
     assert record["min_height"] <= 600, record
 
 
+def test_the_docker_has_one_generate_button_and_the_mode_in_a_drop_down(krita):
+    shape = scenario(krita, "docker_shape")
+    # One primary action; the old docker's five mode buttons are gone.
+    assert not {"Fill", "Refine", "Depth", "Seamless"} & set(shape["buttons"]), shape["buttons"]
+    assert "Generate" in shape["buttons"]
+    assert shape["modes"] == ["Generate / Fill", "Refine", "Depth", "Seamless"]
+    # The button says what a click does: Generate fills a selection.
+    assert shape["labels"] == {"generate": ["Generate", "Fill selection"],
+                               "refine": ["Refine", "Refine selection"],
+                               "depth": ["Generate from depth", "Generate from depth"],
+                               "seamless": ["Make seamless", "Make seamless"]}
+    # Each mode's own fields only with it (depth here reads the "depth" layer: no strength).
+    fields = shape["fields"]
+    assert fields["generate"] == {"strength": False, "depth": False, "depth_model": False}
+    assert fields["refine"] == {"strength": True, "depth": False, "depth_model": False}
+    assert fields["seamless"]["strength"] and not fields["seamless"]["depth"]
+    assert fields["depth"]["depth"] and fields["depth"]["depth_model"]
+    assert shape["selection_kind"] == "inpaint", shape["selection_message"]
+
+
+def test_batch_results_and_history_are_thumbnails_to_click_and_double_click(krita):
+    batch = scenario(krita, "docker_shape")["batch"]
+    assert batch["count"] == 2 and batch["thumbnails"] == 2 and all(batch["icons"])
+    assert batch["shown"]
+    # Click: the second result shows in the preview layer.
+    assert batch["picked"] == 1
+    assert len(batch["layers_picked"]) == 1
+    assert batch["layers_picked"][0].startswith(f"{PREVIEW} 2/2 seed ")
+    # Double-click: it is applied, under the prompt's name.
+    assert batch["waiting_after"] == 0
+    assert len(batch["after_double_click"]) == 1
+    assert not batch["after_double_click"][0].startswith(PREVIEW)
+    history = scenario(krita, "docker_shape")["history"]
+    assert history["rows"] >= 2 and history["icon"], history
+    assert "seed" in history["tooltip"]
+
+
+def test_a_second_generate_while_a_job_runs_is_queued_and_sent_after_it(krita):
+    queue = scenario(krita, "docker_shape")["queue"]
+    assert queue["busy"] and queue["queued"] == 1, queue
+    assert queue["label"] == "1 queued" and queue["button"].startswith("Queue")
+    assert "queued" in queue["message"] and "still running" not in queue["message"]
+    assert queue["seeds"] == [[62], [61]]             # newest first: both ran, in order
+    assert len(queue["new"]) == 2, queue
+
+
 def test_estimate_the_daemon_cannot_run_is_unavailable_with_its_reason(krita):
     record = scenario(krita, "after_estimate_refused")
     assert record["estimate_enabled"] is False
@@ -542,7 +588,7 @@ def test_docker_in_the_krita_application_generates_above_the_active_layer(app_pr
     probe = app_probe
     assert probe["found"], f"no Atelier docker among {probe['dockers']}"
     assert probe["status"].startswith(f"connected to {daemon.url} (")
-    assert probe["modes"] == ["Depth", "Fill", "Generate", "Refine", "Seamless"]
+    assert probe["modes"] == ["Generate / Fill", "Refine", "Depth", "Seamless"]
     # The docker's own timer brought the result in, directly above the active layer.
     assert probe["active"] == "bottom" and probe["started"], probe["message_at_start"]
     assert probe["message"] == "Generate: done, seed 5"
@@ -563,11 +609,87 @@ def test_docked_docker_shows_its_generate_button_on_a_1366x768_screen(app_probe)
     assert fit["screen"] == [0, 0, *SCREEN]
     assert fit["docker_visible"] and not fit["floating"]
     assert fit["panel_min_height"] <= 600
+    # Krita's window stays on the screen (a docker too tall for it pushes it past the bottom).
+    assert fit["window"] == fit["screen"], fit
     assert inside(fit["docker"], fit["screen"]), fit
     assert fit["button_shown"] and inside(fit["button"], fit["screen"]), fit
-    screenshot = Path(app_probe["_screenshot"])
-    print(f"screenshot of Krita at {SCREEN[0]}x{SCREEN[1]}: {screenshot}")
-    assert screenshot.stat().st_size > 10_000     # a real picture of the screen
+    # In the least room Krita gives it: the prompt, Generate and the mode.
+    assert fit["button_text"] == "Generate" and fit["prompt_shown"] and fit["mode_shown"], fit
+    assert not fit["strength_shown"] and not fit["depth_shown"] and not fit["more_open"], fit
+    # A batch's thumbnails with Apply take the message's place: the docker keeps its size.
+    results = app_probe["results_fit"]
+    assert results["thumbnails"] == 2 and results["window"] == fit["screen"], results
+    assert results["panel_min_height"] == fit["panel_min_height"], results
+    assert results["apply_shown"] and inside(results["apply"], fit["screen"]), results
+    assert inside(results["results"], fit["screen"]), results
+    shots = [Path(app_probe["_screenshot"]), Path(app_probe["_screenshot"][:-4] + ".batch.png"),
+             Path(app_probe["_screenshot"][:-4] + ".tall.png")]
+    for shot in shots:
+        print(f"screenshot of Krita at {SCREEN[0]}x{SCREEN[1]}: {shot}")
+        assert shot.stat().st_size > 10_000     # a real picture of the screen
+    docs = os.environ.get("ATELIER_DOCS_SHOTS")
+    if docs:      # krita_plugin/docs/screenshots.py: where the docker is on each picture
+        Path(docs).mkdir(parents=True, exist_ok=True)
+        (Path(docs) / "shots.json").write_text(json.dumps({
+            "docked": [str(shots[0]), fit["docker"]], "batch": [str(shots[1]),
+                                                                results["docker"]],
+            "tall": [str(shots[2]), app_probe["tall_docker"]]}))
+
+
+def steps(record: dict[str, Any]) -> int:
+    """How many steps Edit > Undo can take back: the undo stack's index, as Krita's Undo
+    History docker shows it."""
+    assert record is not None, "Krita's Undo History docker was not found"
+    return record["index"]
+
+
+def test_a_discarded_or_cancelled_preview_leaves_no_step_in_the_undo_history(app_probe):
+    """Read from the document's undo stack (Krita's Undo History docker's model): a job's
+    preview is one step while it shows; thrown away (Discard, Cancel, a History preview),
+    the history is as before it, and the canvas too."""
+    probe = app_probe
+    before = steps(probe["undo_before_discard"])
+    assert steps(probe["undo_with_batch"]) == before + 1
+    assert steps(probe["undo_after_discard"]) == before, (probe["undo_before_discard"],
+                                                          probe["undo_after_discard"])
+    assert probe["stack_after_discard"] == probe["stack_before_discard"]
+    assert probe["cancel_previewed"]
+    before = steps(probe["undo_before_cancel"])
+    assert steps(probe["undo_with_preview"]) == before + 1
+    assert probe["cancel_message"] == "cancelled"           # through the Cancel action
+    assert steps(probe["undo_after_cancel"]) == before
+    assert probe["stack_after_cancel"] == probe["stack_before_cancel"]
+    # A History thumbnail clicked shows its results in a preview layer; Discard: no step.
+    click = probe["history_click"]
+    assert click["batch_size"] == 2 and click["thumbnails"] == 2, click
+    assert any(name.startswith(f"{PREVIEW} 1/2 seed 41") for name in click["layers"]), click
+    discard = probe["history_discard"]
+    assert steps(discard["undo_after"]) == steps(discard["undo_before"]) and discard["same_stack"]
+
+
+def test_generate_twice_through_its_shortcut_action_queues_the_second(app_probe):
+    probe = app_probe
+    assert probe["queue_busy"] and probe["queued"] == 1, probe["queue_message"]
+    assert probe["queue_label"] == "1 queued"
+    assert probe["queue_message_after"] == "Generate: done, seed 52"
+    assert probe["history_after_queue"][:2] == [[52], [51]]
+    assert names(probe["queue_after"])[-2:] == ["two moons [seed 52]", "two moons [seed 51]"]
+    # One undo step per result.
+    assert steps(probe["undo_after_queue"]) == steps(probe["undo_before_queue"]) + 2
+
+
+def test_shortcuts_are_krita_actions_that_clash_with_none_of_kritas(app_probe):
+    sys.path.insert(0, str(REPO / "krita_plugin"))
+    from atelier_krita.actions import ACTIONS, shortcut_clashes
+    shortcuts = app_probe["shortcuts"]
+    # Installed from the zip's atelier_krita.action: Krita knows them as the defaults.
+    assert shortcuts == {spec.name: spec.shortcut.replace("Escape", "Esc")
+                         for spec in ACTIONS}, shortcuts
+    taken = app_probe["taken_shortcuts"]
+    assert len(taken) > 100                 # Krita's own, every action of the window
+    assert shortcut_clashes(ACTIONS, taken) == {}
+    # The keys the issue suggested are Krita's own: quick clipping group and deselect.
+    assert {"Ctrl+Shift+G", "Ctrl+Shift+A"} <= set(taken)
 
 
 def names(stack: dict[str, Any]) -> list[str]:

@@ -500,3 +500,101 @@ def test_build_makes_an_importable_zip(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "x")],
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "atelier_krita.protocol._vendor.websockets.sync.client"
+
+
+# ------------------------------------------------------------------ the docker (issue 12)
+from atelier_krita import actions  # noqa: E402
+from atelier_krita.jobs import (QUEUE_LIMIT, Workflow, action_label, job_mode,  # noqa: E402
+                                queue_text, shown_fields, workflow_of)
+from atelier_krita.geometry import thumbnail_extent  # noqa: E402
+
+
+def test_generate_fills_a_selection_and_the_other_modes_keep_theirs():
+    assert job_mode(Workflow.GENERATE, False) is Mode.GENERATE
+    assert job_mode(Workflow.GENERATE, True) is Mode.FILL
+    for workflow, mode in ((Workflow.REFINE, Mode.REFINE), (Workflow.DEPTH, Mode.DEPTH),
+                           (Workflow.SEAMLESS, Mode.SEAMLESS)):
+        assert job_mode(workflow, False) is mode and job_mode(workflow, True) is mode
+    for mode in Mode:        # History's Recall finds the drop-down entry of every job
+        assert job_mode(workflow_of(mode), mode is Mode.FILL) is mode
+
+
+def test_the_generate_button_says_what_a_click_does():
+    assert action_label(Workflow.GENERATE, False) == "Generate"
+    assert action_label(Workflow.GENERATE, True) == "Fill selection"
+    assert action_label(Workflow.REFINE, True) == "Refine selection"
+    assert action_label(Workflow.SEAMLESS, True) == "Make seamless"
+
+
+def test_each_mode_shows_only_its_own_fields():
+    assert shown_fields(Workflow.GENERATE, estimate_depth=True) == frozenset()
+    assert shown_fields(Workflow.REFINE, estimate_depth=False) == {"strength"}
+    assert shown_fields(Workflow.SEAMLESS, estimate_depth=False) == {"strength"}
+    assert shown_fields(Workflow.DEPTH, estimate_depth=False) == {"depth"}
+    # Estimating depth repaints the canvas at strength.
+    assert shown_fields(Workflow.DEPTH, estimate_depth=True) == {"depth", "strength"}
+
+
+def test_queue_text_counts_waiting_jobs():
+    assert queue_text(0) == ""
+    assert queue_text(2) == "2 queued"
+    assert queue_text(QUEUE_LIMIT) == f"{QUEUE_LIMIT} queued (full)"
+
+
+def test_shortcut_sequences_compare_in_any_spelling():
+    assert actions.normalize("Shift+Ctrl+Enter") == actions.normalize("ctrl+shift+return")
+    assert actions.normalize("Shift+Esc") == actions.normalize("Shift+Escape")
+    clash = actions.ActionSpec("x", "X", "Ctrl+Shift+G")
+    assert actions.shortcut_clashes([clash], ["ctrl+shift+g"]) == {"x": "Ctrl+Shift+G"}
+
+
+KRITA_SHORTCUTS = Path("/usr/share/krita")
+
+
+def _krita_default_shortcuts() -> set[str]:
+    """Every default shortcut Krita's installed action files and default scheme name."""
+    import re
+    taken: set[str] = set()
+    for path in (KRITA_SHORTCUTS / "actions").glob("*.action"):
+        taken |= set(re.findall(r"<shortcut>([^<]+)</shortcut>", path.read_text()))
+    scheme = KRITA_SHORTCUTS / "shortcuts" / "krita_default.shortcuts"
+    if scheme.is_file():
+        for line in scheme.read_text().splitlines():
+            if "=" in line and not line.startswith("["):
+                taken |= {part for part in line.split("=", 1)[1].split(";") if part.strip()}
+    return {t.replace("&lt;", "<").replace("&gt;", ">") for t in taken}
+
+
+def test_default_shortcuts_clash_with_none_of_kritas_defaults():
+    if not (KRITA_SHORTCUTS / "actions").is_dir():
+        pytest.skip("Krita is not installed; tests/test_krita_host.py checks the real app")
+    taken = _krita_default_shortcuts()
+    assert {"Ctrl+Shift+G", "Ctrl+Shift+A"} <= taken     # what the issue suggested: Krita's
+    assert actions.shortcut_clashes(actions.ACTIONS, taken) == {}
+
+
+def test_the_action_file_gives_krita_the_same_default_shortcuts():
+    import xml.etree.ElementTree as ElementTree
+    root = ElementTree.parse(REPO / "krita_plugin" / "atelier_krita.action").getroot()
+    found = {action.get("name"): action.findtext("shortcut")
+             for action in root.iter("Action")}
+    assert found == {spec.name: spec.shortcut for spec in actions.ACTIONS}
+
+
+def test_history_keeps_the_newest_results_pixels_within_its_budget():
+    from atelier_krita.history import ResultImage
+    image = ResultImage(b"\x01" * 400, 7, b"\x02" * 16, Extent(2, 2))
+    history = History(limit=5, pixel_budget=1000)
+    for seed in range(4):
+        history.add(HistoryEntry(Mode.GENERATE, JobSettings(seed=seed), Bounds(0, 0, 10, 10),
+                                 "done", (seed,), images=(image, image) if seed == 0 else
+                                 (image,)))
+    kept = [entry.has_pixels for entry in history]
+    assert kept == [True, True, False, False]     # 400 + 400, then 800 would pass 1000
+    assert all(entry.images[0].thumb for entry in history)   # thumbnails stay
+
+
+def test_thumbnails_keep_the_aspect():
+    assert thumbnail_extent(Extent(2048, 1024), 96) == Extent(96, 48)
+    assert thumbnail_extent(Extent(30, 300), 96) == Extent(10, 96)
+    assert thumbnail_extent(Extent(1, 4000), 96) == Extent(1, 96)

@@ -17,8 +17,15 @@ time it has something to show (a step preview, a batch, or its result), and
 that same layer then shows every later step, whichever batch result the painter
 picks, and finally the result that is kept, under its final name. One Edit > Undo
 after Apply (or after a single result) takes the whole job back, and browsing a
-batch leaves nothing in the history. Only a preview that is thrown away (Discard,
-Cancel, an error) is removed, which is a second step.
+batch leaves nothing in the history. A preview that is thrown away (Discard,
+Cancel, an error) is taken back with Edit > Undo when adding it is still the newest
+step (``KritaDocument.take_back_layer``), so it leaves no step either; only when the
+painter did something since is it removed, which is a step of its own.
+
+Queue: Generate while a job runs prepares the next job at once (from the canvas as
+it is then, without the running job's preview) and keeps it in the plugin; it is
+sent when the running job ends, whichever way. Cancel ends the running job and
+drops the queued ones.
 """
 
 from __future__ import annotations
@@ -34,10 +41,10 @@ from itertools import islice
 from typing import Any, Callable, Optional
 
 from .geometry import Bounds, ResolutionRange, range_for_family
-from .history import History, HistoryEntry
+from .history import History, HistoryEntry, ResultImage
 from .host import DocumentClosed, KritaDocument
-from .jobs import (DEPTH_MODEL_DEFAULT, DEPTH_MODEL_KINDS, JobPlan, JobRefused, JobSettings, Mode,
-                   UploadIds, build_request, layer_name, plan_job)
+from .jobs import (DEPTH_MODEL_DEFAULT, DEPTH_MODEL_KINDS, QUEUE_LIMIT, JobPlan, JobRefused,
+                   JobSettings, Mode, UploadIds, build_request, layer_name, plan_job)
 from .pixels import is_empty_mask
 from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.errors import ErrorCode, ProtocolError
@@ -46,8 +53,8 @@ from .protocol.frames import ImageFrame, new_id
 from .protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, ModelInfo,
                                 ModelLoaded, Models, Progress, Started)
 from .protocol.schema import validate
-from .work import (CanvasRead, PixelWorker, PreparedInputs, layer_pixels, prepare_inputs,
-                   result_layers)
+from .work import (CanvasRead, PixelWorker, PreparedInputs, finished_images, layer_pixels,
+                   prepare_inputs)
 
 PREVIEW_LAYER = "[Atelier preview]"
 CLIENT_NAME = "atelier-krita"
@@ -92,6 +99,7 @@ class _ActiveJob:
     clip: Optional[bytes] = None         # region-sized alpha for the result, or None
     connection_lost: bool = False        # the connection broke between submit and accepted
     preview_layer: Any = None
+    preview_undo: Optional[str] = None   # Edit > Undo's text right after the preview was added
     step: int = 0
     total: int = 0
     work: "deque[_Work]" = field(default_factory=deque)
@@ -99,15 +107,18 @@ class _ActiveJob:
 
 @dataclass
 class _Batch:
-    """Finished results waiting in the preview layer for the painter to pick one."""
+    """Results waiting in the preview layer for the painter to pick one: a finished
+    batch, or a History entry's results shown again."""
     mode: Mode
     settings: JobSettings
-    plan: JobPlan
+    region: Bounds
     document: KritaDocument
     anchor: Any
     layer: Any
-    images: list[tuple[bytes, int]] = field(default_factory=list)   # (BGRA, seed)
+    images: list[ResultImage] = field(default_factory=list)
     index: int = 0
+    undo: Optional[str] = None            # Edit > Undo's text right after its layer was added
+    history_index: Optional[int] = None   # the History entry shown, if it is one
 
 
 class Controller:
@@ -142,6 +153,7 @@ class Controller:
         self.sent_inputs: dict[str, ImageFrame] = {}
         self.sent_request: Optional[GenerateRequest] = None   # the last job submitted
         self._job: Optional[_ActiveJob] = None
+        self._queue: "deque[_ActiveJob]" = deque()    # prepared, sent when the running job ends
         self._batch: Optional[_Batch] = None
         self._client_key: Optional[str] = None
         self._abandoned: set[str] = set()        # refs of jobs ended before the daemon took them
@@ -169,6 +181,7 @@ class Controller:
             # never on Qt's thread.
             threading.Thread(target=client.close, name="atelier-close", daemon=True).start()
         self.connected = False
+        self._drop_queue()
         if self._job is not None:
             self._end_job(f"disconnected from the daemon; the job at {self._job.plan.region} "
                           "was abandoned")
@@ -187,8 +200,21 @@ class Controller:
         return (job.step, job.total) if job is not None else (0, 0)
 
     @property
+    def queued(self) -> int:
+        """Jobs waiting in the plugin behind the running one."""
+        return len(self._queue)
+
+    @property
     def batch_size(self) -> int:
         return len(self._batch.images) if self._batch is not None else 0
+
+    @property
+    def batch_thumbnails(self) -> list[ResultImage]:
+        return list(self._batch.images) if self._batch is not None else []
+
+    @property
+    def batch_history_index(self) -> Optional[int]:
+        return self._batch.history_index if self._batch is not None else None
 
     @property
     def batch_index(self) -> int:
@@ -219,14 +245,18 @@ class Controller:
             self.message = _sentence(str(exc))
             self._changed()
             return False
-        self.message = (f"{mode.label}: sent to the daemon" if job.ref is not None
-                        else f"{mode.label}: preparing the canvas\u2026")
+        if job is not self._job:
+            self.message = f"{mode.label}: queued, {len(self._queue)} waiting"
+        else:
+            self.message = (f"{mode.label}: sent to the daemon" if job.ref is not None
+                            else f"{mode.label}: preparing the canvas\u2026")
         self._changed()
         return True
 
     def _start(self, mode: Mode, settings: JobSettings) -> _ActiveJob:
-        if self._job is not None:
-            raise JobRefused("a job is still running: wait for it or press Cancel")
+        if self._job is not None and len(self._queue) >= QUEUE_LIMIT:
+            raise JobRefused(f"{QUEUE_LIMIT} jobs are already waiting: wait for them or press "
+                             "Cancel")
         if self.client is None or not self.connected:
             raise JobRefused(f"the Atelier daemon is not running or not reachable at "
                              f"{self.connection.url}; {START_HINT}")
@@ -246,7 +276,10 @@ class Controller:
         plan = plan_job(mode, settings, document.extent, document.selection_bounds(),
                         self.resolution_for(settings))
         self.discard_results()  # an unapplied batch would show up in the canvas we read
-        read = _read_canvas(document, plan, settings)
+        running = self._job
+        hidden = (running.preview_layer,) if running is not None and \
+            running.document.same_as(document) and running.preview_layer is not None else ()
+        read = _read_canvas(document, plan, settings, hidden)
         ids = UploadIds(image=new_id() if plan.send_image else None,
                         mask=new_id() if plan.send_mask else None,
                         depth=new_id() if plan.send_depth else None)
@@ -257,16 +290,36 @@ class Controller:
             raise JobRefused(f"{exc.field}: {exc.message}") from None
         job = _ActiveJob(mode, settings, plan, document, document.anchor(), request,
                          total=settings.steps)
-        if read.empty:      # nothing to prepare: off it goes
+        if read.empty and running is None:      # nothing to prepare: off it goes
             try:
                 self._submit(job, PreparedInputs({}, None))
             except ClientError as exc:
                 raise JobRefused(str(exc)) from None
+        elif read.empty:
+            ready: "Future[Any]" = Future()
+            ready.set_result(PreparedInputs({}, None))
+            job.work.append(_Work("inputs", ready))
         else:
             job.work.append(_Work("inputs", self._worker.submit(prepare_inputs, read, plan,
                                                                 settings, ids)))
-        self._job = job
+        if running is None:
+            self._job = job
+        else:
+            self._queue.append(job)
         return job
+
+    def _start_next(self) -> None:
+        """The running job ended: the first queued one (whose document is still open)
+        goes; its inputs are sent from ``pump`` once ready."""
+        if self._queue and (self.client is None or not self.connected):
+            dropped = self._drop_queue()
+            self.message += (f"; {dropped} queued job{'s' if dropped > 1 else ''} dropped "
+                             "(not connected)")
+        while self._job is None and self._queue:
+            job = self._queue.popleft()
+            if job.document.is_open():
+                self._job = job      # its inputs are sent by the next pump
+                return
 
     def _submit(self, job: _ActiveJob, prepared: PreparedInputs) -> None:
         client = self.client
@@ -297,9 +350,19 @@ class Controller:
         job = self._job
         if job is None:
             return
+        dropped = self._drop_queue()
         told = self._stop_on_daemon(job)
         self._end_job("cancelled" if told else "cancelled" + CANCEL_UNTOLD, outcome="cancelled")
+        if dropped:
+            self.message += f"; {dropped} queued job{'s' if dropped > 1 else ''} dropped"
         self._changed()
+
+    def _drop_queue(self) -> int:
+        queued, self._queue = self._queue, deque()
+        for job in queued:
+            for work in job.work:
+                work.future.cancel()
+        return len(queued)
 
     def rerun(self, index: int) -> bool:
         entry = self.history[index]
@@ -312,11 +375,51 @@ class Controller:
         if not 0 <= index < len(batch.images):
             raise IndexError(f"result {index} of a batch of {len(batch.images)}")
         batch.index = index
-        bgra, seed = batch.images[index]
-        batch.layer = _show(batch.document, batch.layer,
-                            _preview_name(index, len(batch.images), seed), bgra,
-                            batch.plan.region, batch.anchor)
+        image = batch.images[index]
+        layer = _show(batch.document, batch.layer,
+                      _preview_name(index, len(batch.images), image.seed), image.bgra,
+                      batch.region, batch.anchor)
+        if layer is not batch.layer:
+            batch.layer, batch.undo = layer, batch.document.undo_text()
+            if batch is not self._batch:      # discarded while Krita added the layer
+                batch.document.take_back_layer(layer, batch.undo)
+                return
         self._changed()
+
+    def show_history(self, index: int) -> bool:
+        """Show History entry ``index``'s results in the preview layer of the document in
+        front, at the place they were made, to pick one and Apply it (or Discard);
+        False with ``message`` set when it has none left or there is no document."""
+        entry = self.history[index]
+        if not entry.has_pixels:
+            self.message = ("that job left no results to show" if not entry.images else
+                            "History keeps only the newest results' pixels; Run again "
+                            "makes this one again")
+            self._changed()
+            return False
+        document = self.document()
+        if document is None:
+            self.message = "open or create a document first"
+            self._changed()
+            return False
+        if self._batch is not None and self._batch.history_index == index and \
+                self._batch.document.same_as(document):
+            return True
+        self.discard_results()
+        region = entry.region.clamped(document.extent)
+        if region != entry.region:
+            self.message = (f"that result covers {entry.region}, outside this "
+                            f"{document.extent.width}x{document.extent.height} document")
+            self._changed()
+            return False
+        images = [image for image in entry.images if image.bgra]
+        self._batch = _Batch(entry.mode, entry.settings, region, document, document.anchor(),
+                             None, images, history_index=index)
+        self.select_result(0)
+        self.message = (f"History: {len(images)} result{'s' if len(images) > 1 else ''} "
+                        "shown; double-click or Apply keeps one")
+        self._changed()
+        return True
 
     def apply_result(self) -> Any:
         """Keep the shown batch result as a layer of its own; returns that layer.
@@ -327,10 +430,11 @@ class Controller:
         batch = self._batch
         if batch is None or not self._batch_document_open(batch):
             return None
-        bgra, seed = batch.images[batch.index]
+        image = batch.images[batch.index]
+        seed = image.seed
         self._batch = None
-        node = _show(batch.document, batch.layer, layer_name(batch.settings.prompt, seed), bgra,
-                     batch.plan.region, batch.anchor)
+        node = _show(batch.document, batch.layer, layer_name(batch.settings.prompt, seed),
+                     image.bgra, batch.region, batch.anchor)
         self.message = f"applied result {batch.index + 1} (seed {seed})"
         self._changed()
         return node
@@ -338,7 +442,8 @@ class Controller:
     def discard_results(self) -> None:
         batch, self._batch = self._batch, None
         if batch is not None:
-            batch.document.remove_layer(batch.layer)
+            if batch.document.is_open():
+                batch.document.take_back_layer(batch.layer, batch.undo)
             self._changed()
 
     # ------------------------------------------------------------ events and work
@@ -469,7 +574,7 @@ class Controller:
         for work in job.work:
             if work.kind == "preview":
                 work.future.cancel()     # the result shows instead
-        job.work.append(_Work("result", self._worker.submit(result_layers, done,
+        job.work.append(_Work("result", self._worker.submit(finished_images, done,
                                                             job.plan.region, job.clip), done))
 
     def _collect_work(self) -> bool:
@@ -502,8 +607,16 @@ class Controller:
             self.message = f"{job.mode.label}: sent to the daemon"
         elif work.kind == "preview":
             started = time.monotonic()
-            job.preview_layer = _show(job.document, job.preview_layer, PREVIEW_LAYER, result,
-                                      job.plan.region, job.anchor)
+            layer = _show(job.document, job.preview_layer, PREVIEW_LAYER, result,
+                          job.plan.region, job.anchor)
+            if layer is not job.preview_layer:
+                undo = job.document.undo_text()
+                if job is not self._job:
+                    # Ended (Cancel) while Krita added the layer: adding one runs Qt's
+                    # events until Krita is done, so the painter's shortcut can come first.
+                    job.document.take_back_layer(layer, undo)
+                    return
+                job.preview_layer, job.preview_undo = layer, undo
             # Krita recomposites the whole image for every write: on a large canvas, step
             # previews must not take most of Qt's thread.
             now = time.monotonic()
@@ -512,29 +625,33 @@ class Controller:
             assert work.done is not None
             self._finish(job, work.done, result)
 
-    def _finish(self, job: _ActiveJob, done: JobDone, images: list[tuple[bytes, int]]) -> None:
+    def _finish(self, job: _ActiveJob, done: JobDone, images: list[ResultImage]) -> None:
         if not images:
             self._end_job("the daemon finished the job without images")
             return
-        seeds = [seed for _, seed in images]
+        seeds = [image.seed for image in images]
         document, region = job.document, job.plan.region
         # The step previews' layer (if any) goes on to show the result.
         layer, job.preview_layer = job.preview_layer, None
         if len(images) == 1:
-            bgra, seed = images[0]
-            _show(document, layer, layer_name(job.settings.prompt, seed), bgra, region,
-                  job.anchor)
-            text = f"{job.mode.label}: done, seed {seed}"
+            _show(document, layer, layer_name(job.settings.prompt, seeds[0]), images[0].bgra,
+                  region, job.anchor)
+            text = f"{job.mode.label}: done, seed {seeds[0]}"
         else:
-            self._batch = _Batch(job.mode, job.settings, job.plan, document, job.anchor, layer,
-                                 images)
+            self._job = None            # the docker shows the batch, not the job's progress
+            self.discard_results()      # an older batch nobody picked from: History has it
+            self._batch = _Batch(job.mode, job.settings, region, document, job.anchor, layer,
+                                 list(images), undo=job.preview_undo)
             self.select_result(0)
             text = f"{job.mode.label}: {len(images)} results; pick one and press Apply"
         self._job = None
         self.current_model = done.result.model   # a job's model stays loaded after it
         self.message = text
         self.history.add(HistoryEntry(job.mode, job.settings.with_seed(seeds[0]), region, "done",
-                                      tuple(seeds), done.result.seconds))
+                                      tuple(seeds), done.result.seconds, images=tuple(images)))
+        if self._batch is not None and self._batch.history_index is not None:
+            self._batch.history_index += 1      # History's rows moved down by one
+        self._start_next()
 
     def _check_documents(self) -> bool:
         """End the job, or drop the batch, whose document the painter closed."""
@@ -582,7 +699,8 @@ class Controller:
 
     def _drop_preview(self, job: _ActiveJob) -> None:
         if job.preview_layer is not None:
-            job.document.remove_layer(job.preview_layer)
+            if job.document.is_open():
+                job.document.take_back_layer(job.preview_layer, job.preview_undo)
             job.preview_layer = None
 
     def _end_job(self, message: str, outcome: Optional[str] = None) -> None:
@@ -597,6 +715,9 @@ class Controller:
         self.message = message
         self.history.add(HistoryEntry(job.mode, job.settings, job.plan.region,
                                       outcome or message))
+        if self._batch is not None and self._batch.history_index is not None:
+            self._batch.history_index += 1
+        self._start_next()
 
     def _changed(self) -> None:
         if self.on_change is not None:
@@ -608,7 +729,8 @@ class Controller:
         self._worker.close()
 
 
-def _read_canvas(document: KritaDocument, plan: JobPlan, settings: JobSettings) -> CanvasRead:
+def _read_canvas(document: KritaDocument, plan: JobPlan, settings: JobSettings,
+                 hidden: tuple[Any, ...] = ()) -> CanvasRead:
     """What a job needs from the document (Krita's API: Qt's thread; quick copies)."""
     region = plan.region
     selection = canvas = depth = None
@@ -617,7 +739,7 @@ def _read_canvas(document: KritaDocument, plan: JobPlan, settings: JobSettings) 
         if is_empty_mask(selection):
             raise JobRefused("the selection is empty: select the area to work on")
     if plan.send_image:
-        canvas = document.read_canvas(region)
+        canvas = document.read_canvas(region, hidden)
     if plan.send_depth:
         assert settings.depth_layer is not None
         depth = document.read_layer(settings.depth_layer, region)

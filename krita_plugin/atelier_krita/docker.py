@@ -2,6 +2,9 @@
 
 ``AtelierPanel`` is a plain QWidget (usable without a Krita window, which is
 how the tests drive it); ``AtelierDocker`` puts it into Krita's docker frame.
+Shaped like krita-ai-diffusion's docker: the model and the mode (a drop-down), the
+prompt, one Generate button (what it does follows the mode and the selection), the
+rest folded away; results and History as thumbnails.
 """
 
 from __future__ import annotations
@@ -9,24 +12,27 @@ from __future__ import annotations
 import weakref
 from typing import Callable, Optional
 
-from krita import DockWidget
-from PyQt5.QtCore import Qt, QTimer
-from PyQt5.QtGui import QShowEvent
+from krita import DockWidget, Extension, Krita
+from PyQt5.QtCore import QSize, Qt, QTimer
+from PyQt5.QtGui import QColor, QFont, QIcon, QImage, QPixmap, QShowEvent
 from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame,
-                             QGridLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget,
-                             QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout,
-                             QWidget)
+                             QHBoxLayout, QLabel, QLineEdit, QListView, QListWidget,
+                             QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
+                             QSizePolicy, QSlider, QSpinBox, QStackedWidget, QToolButton,
+                             QVBoxLayout, QWidget)
 
-from . import host
+from . import actions, host
 from .controller import ConnectionSettings, Controller
 from .jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP,
                    DEPTH_MODEL_SD2_DEPTH, ESTIMATE_DEPTH, SD2_DEPTH_FAMILY, SEED_MAX,
-                   JobSettings, Mode, base_model_names, default_depth_source,
-                   depth_model_choices, model_family, parse_seed)
+                   JobSettings, Mode, Workflow, action_label, base_model_names,
+                   default_depth_source, depth_model_choices, job_mode, model_family,
+                   parse_seed, queue_text, shown_fields, workflow_of)
 from .protocol.messages import TILINGS
 from .widgets import Fold, FormScroll, MessageView, RefreshingComboBox, SeedValidator
 
 PUMP_INTERVAL_MS = 30
+SELECTION_CHECK_MS = 400   # how often the Generate button looks whether there is a selection
 DAEMON_MODEL = "(daemon's current model)"
 DEPTH_LAYER_HELP = ("What Depth jobs read as depth: a layer's brightness (near = bright), or "
                     "depth estimated from the canvas by the daemon, which needs a "
@@ -35,21 +41,27 @@ DEPTH_LAYER_HELP = ("What Depth jobs read as depth: a layer's brightness (near =
 # fit a 1366x768 screen, so the fields scroll and the rest is kept small.
 STATUS_LINES = 3
 PANEL_MARGIN = 4
-PROGRESS_HEIGHT = 8
-MODE_COLUMNS = 3           # mode buttons a row: a docker narrow enough for a laptop screen
+PANEL_SPACING = 3
+PROGRESS_HEIGHT = 6
 COMBO_MIN_CHARACTERS = 12
+MODE_CHARACTERS = 8
+PROMPT_LINES = 2           # it scrolls beyond; the docker has to fit a laptop screen
+RESULT_ICON = 30           # a batch's thumbnails, next to Apply and Discard
+THUMB_ICON = 56            # thumbnails as shown in the docker, pixels
 
 
 class AtelierPanel(QWidget):
-    """The docker's contents. Always in view: the mode buttons and Cancel, the progress
-    (or a batch's Result, Apply and Discard) and the last message. Above them scroll the
-    connection, the fields (those rarely changed folded away) and History."""
+    """The docker's contents. Always in view: Generate (with the batch size and Cancel),
+    the progress and queue, a batch's thumbnails with Apply and Discard while it waits,
+    and the last message. Above them scroll the connection, the model, the mode and its
+    own fields, the prompt, "More settings" (folded) and History."""
 
     def __init__(self, controller: Controller, parent: Optional[QWidget] = None,
                  remember: Optional[Callable[[ConnectionSettings], None]] = None):
         super().__init__(parent)
         self.controller = controller
         self._remember = remember
+        self._has_selection = False
         # Weak, so the controller does not keep a closed panel (and its Qt objects) alive.
         controller.on_change = _weak_call(self.refresh)
         self._build()
@@ -57,13 +69,17 @@ class AtelierPanel(QWidget):
         self.timer.setInterval(PUMP_INTERVAL_MS)
         self.timer.timeout.connect(controller.pump)
         self.timer.start()
+        self.selection_timer = QTimer(self)
+        self.selection_timer.setInterval(SELECTION_CHECK_MS)
+        self.selection_timer.timeout.connect(self._check_selection)
+        self.selection_timer.start()
         self.refresh()
 
     # ------------------------------------------------------------ layout
     def _build(self) -> None:
         layout = QVBoxLayout(self)
         layout.setContentsMargins(PANEL_MARGIN, PANEL_MARGIN, PANEL_MARGIN, PANEL_MARGIN)
-        layout.setSpacing(PANEL_MARGIN)
+        layout.setSpacing(PANEL_SPACING)
         scroll = FormScroll(self)
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.NoFrame)
@@ -78,7 +94,9 @@ class AtelierPanel(QWidget):
     def _build_status(self, page: QWidget) -> QHBoxLayout:
         row = QHBoxLayout()
         self.status_label = _status_label(page)
-        self.connect_button = QPushButton("Connect", page)
+        self.connect_button = QPushButton("Reconnect", page)
+        self.connect_button.setToolTip("Connect to the daemon again with the connection "
+                                       "settings (one click after restarting it)")
         self.connect_button.clicked.connect(self.reconnect)
         row.addWidget(self.status_label, 1)
         row.addWidget(self.connect_button, 0, Qt.AlignTop)
@@ -103,51 +121,75 @@ class AtelierPanel(QWidget):
         column.addLayout(self._build_fields(page))
         self.more_fold = self._build_more(page)
         column.addWidget(self.more_fold)
-        column.addLayout(self._build_history(page))
-        column.addStretch(1)
+        column.addLayout(self._build_history(page), 1)
         return page
 
     def _build_fields(self, page: QWidget) -> QFormLayout:
         form = QFormLayout()
-        form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+        form.setRowWrapPolicy(QFormLayout.DontWrapRows)
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        self.model_combo = _combo(page)
+        self.model_combo.setToolTip("The daemon's checkpoints; the job loads the one chosen")
+        self.model_combo.currentIndexChanged.connect(self._refresh_depth_models)   # its family
+        self.mode_combo = QComboBox(page)
+        for workflow in Workflow:
+            self.mode_combo.addItem(workflow.short_label, workflow.value)
+            self.mode_combo.setItemData(self.mode_combo.count() - 1, workflow.help,
+                                        Qt.ToolTipRole)
+        self.mode_combo.currentIndexChanged.connect(self._mode_changed)
         self.prompt_edit = QPlainTextEdit(page)
         self.prompt_edit.setPlaceholderText("what to paint")
-        self.prompt_edit.setMaximumHeight(70)
-        self.negative_edit = QLineEdit(page)
-        self.negative_edit.setPlaceholderText("what to avoid")
-        self.model_combo = _combo(page)
-        self.model_combo.currentIndexChanged.connect(self._refresh_depth_models)   # its family
-        self.load_button = QPushButton("Load", page)
-        self.load_button.clicked.connect(self.load_chosen_model)
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_combo, 1)
-        model_row.addWidget(self.load_button)
-        self.strength_spin = _dspin(0.0, 1.0, 0.6, 0.05, page)
-        self.seed_edit = QLineEdit(page)
-        self.seed_edit.setPlaceholderText("random")
-        self.seed_edit.setValidator(SeedValidator(self.seed_edit))
-        self.seed_edit.setToolTip(f"0 to {SEED_MAX}; empty for a new random seed each run")
-        self.batch_spin = _spin(1, 16, 1, page)
-        self.steps_spin = _spin(1, 150, 20, page)
+        self.prompt_edit.setFixedHeight(PROMPT_LINES * self.prompt_edit.fontMetrics().lineSpacing()
+                                        + 2 * int(self.prompt_edit.document().documentMargin())
+                                        + 2 * self.prompt_edit.frameWidth())
+        self.strength_slider = QSlider(Qt.Horizontal, page)
+        self.strength_slider.setRange(0, 100)
+        self.strength_slider.setValue(60)
+        self.strength_caption = QLabel("Strength", page)
+        self.strength_label = QLabel("60%", page)
+        self.strength_label.setMinimumWidth(self.strength_label.fontMetrics()
+                                            .horizontalAdvance("100%"))
+        self.strength_slider.valueChanged.connect(
+            lambda value: self.strength_label.setText(f"{value}%"))
+        self.strength_slider.setToolTip("How much Refine changes: low keeps the picture, "
+                                        "100% repaints it")
+        strength_row = QWidget(page)
+        row = QHBoxLayout(strength_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.strength_caption)
+        row.addWidget(self.strength_slider, 1)
+        row.addWidget(self.strength_label)
         self.depth_combo = _combo(page, RefreshingComboBox(self._refresh_depth_sources, page))
         self.depth_combo.setToolTip(DEPTH_LAYER_HELP)
         # Until the painter picks a depth source, the field follows the document's default.
         self._depth_picked = False
         self.depth_combo.currentIndexChanged.connect(self._depth_source_picked)
+        self.depth_combo.currentIndexChanged.connect(lambda _i: self._show_mode_fields())
         # Labels say each model's kind; the item data is the name a job sends (None: default).
         self.depth_model_combo = _combo(page)
         self.depth_model_combo.setToolTip(DEPTH_MODEL_HELP)
-        for label, widget in (("Prompt", self.prompt_edit), ("Negative", self.negative_edit),
-                              ("Model", model_row), ("Strength", self.strength_spin),
-                              ("Seed", self.seed_edit), ("Batch", self.batch_spin),
-                              ("Steps", self.steps_spin), ("Depth layer", self.depth_combo),
-                              ("Depth model", self.depth_model_combo)):
-            form.addRow(label, widget)
+        self._mode_rows: dict[str, list[QWidget]] = {}
+        self._mode_rows["strength"] = [strength_row]
+        self.strength_row = strength_row
+        for key, label, widget in (("", "Model", self.model_combo),
+                                   ("depth", "Depth layer", self.depth_combo),
+                                   ("depth", "Depth model", self.depth_model_combo)):
+            caption = QLabel(label, page)
+            form.addRow(caption, widget)
+            if key:
+                self._mode_rows.setdefault(key, []).extend((caption, widget))
         return form
 
     def _build_more(self, page: QWidget) -> Fold:
         more = Fold("More settings", page)
         body = more.body
+        self.negative_edit = QLineEdit(body)
+        self.negative_edit.setPlaceholderText("what to avoid")
+        self.seed_edit = QLineEdit(body)
+        self.seed_edit.setPlaceholderText("random")
+        self.seed_edit.setValidator(SeedValidator(self.seed_edit))
+        self.seed_edit.setToolTip(f"0 to {SEED_MAX}; empty for a new random seed each run")
+        self.steps_spin = _spin(1, 150, 20, body)
         self.cache_spin = _spin(1, CACHE_INTERVAL_MAX, 1, body)
         self.cache_spin.setSpecialValueText("off (full quality)")
         self.cache_spin.setToolTip(CACHE_INTERVAL_HELP)
@@ -161,21 +203,37 @@ class AtelierPanel(QWidget):
         self.max_side_spin.setSingleStep(64)
         self.previews_check = QCheckBox("show step previews", body)
         self.previews_check.setChecked(True)
-        for label, widget in (("Step cache", self.cache_spin), ("Guidance", self.guidance_spin),
+        self.load_button = QPushButton("Load the model now", body)
+        self.load_button.setToolTip("Jobs load their model themselves; this loads it ahead")
+        self.load_button.clicked.connect(self.load_chosen_model)
+        for label, widget in (("Negative", self.negative_edit), ("Seed", self.seed_edit),
+                              ("Steps", self.steps_spin), ("Step cache", self.cache_spin),
+                              ("Guidance", self.guidance_spin),
                               ("Seamless axes", self.tiling_combo), ("Grow", self.grow_spin),
                               ("Feather", self.feather_spin), ("Max size", self.max_side_spin),
-                              ("", self.previews_check)):
+                              ("", self.previews_check), ("", self.load_button)):
             more.form.addRow(label, widget)
         return more
 
     def _build_history(self, page: QWidget) -> QVBoxLayout:
         column = QVBoxLayout()
-        column.addWidget(QLabel("History", page))
-        self.history_list = QListWidget(page)
-        self.history_list.setMinimumHeight(4 * self.history_list.fontMetrics().height())
-        column.addWidget(self.history_list)
+        title = QLabel("History", page)
+        title.setToolTip("Click a thumbnail to show it on the canvas again, double-click to "
+                         "apply it; its tooltip has the job's settings")
+        column.addWidget(title)
+        self.history_list = _thumbnail_list(page, wrap=True)
+        self.history_list.setToolTip(title.toolTip())
+        self.history_list.setMinimumWidth(THUMB_ICON + 24)     # as narrow as the docker
+        self.history_list.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Expanding)
+        # One row of thumbnails at least; it takes the height the docker has to spare.
+        self.history_list.setMinimumHeight(self.history_list.gridSize().height() + 8)
+        self.history_list.itemClicked.connect(self._history_clicked)
+        self.history_list.itemDoubleClicked.connect(self._history_double_clicked)
+        column.addWidget(self.history_list, 1)
         row = QHBoxLayout()
-        self.recall_button = QPushButton("Recall", page)
+        self.recall_button = QPushButton("Recall settings", page)
+        self.recall_button.setToolTip("Put the chosen job's settings (seed included) back "
+                                      "into the fields")
         self.recall_button.clicked.connect(self.recall_selected)
         self.rerun_button = QPushButton("Run again", page)
         self.rerun_button.clicked.connect(self.rerun_selected)
@@ -185,42 +243,81 @@ class AtelierPanel(QWidget):
         return column
 
     def _build_actions(self, column: QVBoxLayout) -> None:
-        """What stays in view below the scrolling fields."""
-        grid = QGridLayout()
-        grid.setSpacing(PANEL_MARGIN)
-        self.mode_buttons: dict[Mode, QPushButton] = {}
-        for index, mode in enumerate(Mode):
-            button = QPushButton(mode.label, self)
-            button.clicked.connect(lambda _checked=False, m=mode: self.run(m))
-            grid.addWidget(button, index // MODE_COLUMNS, index % MODE_COLUMNS)
-            self.mode_buttons[mode] = button
-        self.cancel_button = QPushButton("Cancel", self)
+        """What stays in view below the scrolling fields: the prompt, the mode's strength,
+        Generate with the mode, batch size and Cancel, the progress (or a batch's
+        thumbnails) and the last message."""
+        column.addWidget(self.prompt_edit)
+        self.prompt_edit.setParent(self)
+        column.addWidget(self.strength_row)
+        self.strength_row.setParent(self)
+        row = QHBoxLayout()
+        row.setSpacing(PANEL_MARGIN)
+        self.generate_button = QPushButton("Generate", self)
+        font = QFont(self.generate_button.font())
+        font.setBold(True)
+        self.generate_button.setFont(font)
+        self.generate_button.setDefault(True)
+        self.generate_button.setMinimumHeight(int(1.6 * self.fontMetrics().height()))
+        self.generate_button.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.generate_button.clicked.connect(self.generate)
+        self.mode_combo.setParent(self)
+        self.mode_combo.setToolTip("What Generate does")
+        self.mode_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.mode_combo.setMinimumContentsLength(MODE_CHARACTERS)
+        self.mode_combo.setSizePolicy(QSizePolicy.Maximum, QSizePolicy.Fixed)
+        self.batch_spin = _spin(1, 16, 1, self)
+        self.batch_spin.setPrefix("\u00d7")
+        self.batch_spin.setToolTip("Images a click makes (a batch to pick from)")
+        self.cancel_button = QToolButton(self)
+        self.cancel_button.setText("\u2715")
+        self.cancel_button.setToolTip("Cancel: stop the running job and drop the queued ones")
+        self.cancel_button.setMinimumHeight(self.generate_button.minimumHeight())
         self.cancel_button.clicked.connect(self.controller.cancel)
-        grid.addWidget(self.cancel_button, len(Mode) // MODE_COLUMNS, MODE_COLUMNS - 1)
-        column.addLayout(grid)
+        row.addWidget(self.generate_button, 2)
+        row.addWidget(self.mode_combo)
+        row.addWidget(self.batch_spin)
+        self.queue_label = QLabel("", self)
+        self.queue_label.setToolTip("Jobs waiting in the plugin: each is sent when the one "
+                                    "before it ends; Cancel drops them")
+        row.addWidget(self.queue_label)
+        row.addWidget(self.cancel_button)
+        column.addLayout(row)
 
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setTextVisible(False)
-        self.progress_bar.setMaximumHeight(PROGRESS_HEIGHT)
+        self.progress_bar.setFixedHeight(PROGRESS_HEIGHT)
         column.addWidget(self.progress_bar)
 
         self.result_row = QWidget(self)     # in the progress bar's place while a batch waits
-        row = QHBoxLayout(self.result_row)
-        row.setContentsMargins(0, 0, 0, 0)
-        self.result_spin = _spin(1, 1, 1, self.result_row)
-        self.result_spin.valueChanged.connect(self._pick_result)
+        results = QHBoxLayout(self.result_row)
+        results.setContentsMargins(0, 0, 0, 0)
+        results.setSpacing(PANEL_MARGIN)
+        self.results_list = _thumbnail_list(self.result_row, wrap=False, icon=RESULT_ICON)
+        self.results_list.itemClicked.connect(self._result_clicked)
+        self.results_list.itemDoubleClicked.connect(self._result_double_clicked)
         self.apply_button = QPushButton("Apply", self.result_row)
-        self.apply_button.clicked.connect(self.controller.apply_result)
+        self.apply_button.setToolTip("Keep the result shown as a layer of its own "
+                                     "(or double-click its thumbnail)")
+        self.apply_button.clicked.connect(self.apply)
         self.discard_button = QPushButton("Discard", self.result_row)
         self.discard_button.clicked.connect(self.controller.discard_results)
-        row.addWidget(QLabel("Result", self.result_row))
-        row.addWidget(self.result_spin)
-        row.addWidget(self.apply_button)
-        row.addWidget(self.discard_button)
-        column.addWidget(self.result_row)
-
+        results.addWidget(self.results_list, 1)
+        results.addWidget(self.apply_button)
+        results.addWidget(self.discard_button)
+        self.results_list.setFixedHeight(RESULT_ICON + 8)
+        self.results_list.setMinimumWidth(RESULT_ICON + 8)      # never wider than the docker
+        self.results_list.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
+        # The last message, or while a batch waits (its message only says to pick one)
+        # its thumbnails, in one place of one height: the docker keeps its size.
         self.message_view = MessageView(self)
-        column.addWidget(self.message_view)
+        self.message_view.setMinimumHeight(self.message_view.height())
+        self.message_view.setMaximumHeight(16777215)
+        self.bottom_stack = QStackedWidget(self)
+        self.bottom_stack.addWidget(self.message_view)
+        self.bottom_stack.addWidget(self.result_row)
+        self.bottom_stack.setFixedHeight(max(self.message_view.minimumHeight(),
+                                             self.results_list.height()))
+        column.addWidget(self.bottom_stack)
 
     # ------------------------------------------------------------ fields <-> settings
     def settings(self) -> JobSettings:
@@ -230,7 +327,7 @@ class AtelierPanel(QWidget):
             prompt=self.prompt_edit.toPlainText(),
             negative_prompt=self.negative_edit.text(),
             model=None if model in ("", DAEMON_MODEL) else model,
-            strength=self.strength_spin.value(),
+            strength=self.strength_slider.value() / 100.0,
             seed=parse_seed(self.seed_edit.text()),
             batch_size=self.batch_spin.value(),
             steps=self.steps_spin.value(),
@@ -248,7 +345,7 @@ class AtelierPanel(QWidget):
         self.prompt_edit.setPlainText(settings.prompt)
         self.negative_edit.setText(settings.negative_prompt)
         _choose(self.model_combo, settings.model or DAEMON_MODEL)
-        self.strength_spin.setValue(settings.strength)
+        self.strength_slider.setValue(round(settings.strength * 100))
         self.seed_edit.setText("" if settings.seed is None else str(settings.seed))
         self.batch_spin.setValue(settings.batch_size)
         self.steps_spin.setValue(settings.steps)
@@ -274,6 +371,20 @@ class AtelierPanel(QWidget):
         if name:
             self.controller.load_model(name)
 
+    @property
+    def workflow(self) -> Workflow:
+        return Workflow(self.mode_combo.currentData())
+
+    def choose_workflow(self, workflow: Workflow) -> None:
+        self.mode_combo.setCurrentIndex(self.mode_combo.findData(workflow.value))
+
+    def generate(self) -> bool:
+        """The Generate button (and its shortcut): the chosen mode, filling the selection
+        when Generate is chosen and there is one. While a job runs, the new one is queued."""
+        document = self.controller.document()
+        selected = document is not None and document.selection_bounds() is not None
+        return self.run(job_mode(self.workflow, selected))
+
     def run(self, mode: Mode) -> bool:
         self.controller.size_limit = self.max_side_spin.value() or None
         try:
@@ -284,6 +395,14 @@ class AtelierPanel(QWidget):
             return False
         return self.controller.start(mode, settings)
 
+    def apply(self) -> None:
+        """Apply (and its shortcut): keep the result shown."""
+        if self.controller.batch_size:
+            self.controller.apply_result()
+        else:
+            self.controller.message = "No result is waiting to be applied"
+            self.refresh()
+
     def document_changed(self) -> None:
         """Another document is in front: its own depth layer becomes the default."""
         self._depth_picked = False
@@ -292,48 +411,128 @@ class AtelierPanel(QWidget):
     def recall_selected(self) -> None:
         row = self.history_list.currentRow()
         if 0 <= row < len(self.controller.history):
-            self.show_settings(self.controller.history[row].settings)
+            settings = self.controller.history[row].settings
+            self.choose_workflow(workflow_of(self.controller.history[row].mode))
+            self.show_settings(settings)
 
     def rerun_selected(self) -> None:
         row = self.history_list.currentRow()
         if 0 <= row < len(self.controller.history):
             self.controller.rerun(row)
 
-    def _pick_result(self, value: int) -> None:
-        if self.controller.batch_size and value - 1 != self.controller.batch_index:
-            self.controller.select_result(value - 1)
+    def pick_result(self, number: int) -> None:
+        """Show batch result ``number`` (from 1), as a click on its thumbnail does."""
+        self.results_list.setCurrentRow(number - 1)
+        self._result_clicked(self.results_list.item(number - 1))
+
+    def _result_clicked(self, item: Optional[QListWidgetItem]) -> None:
+        row = self.results_list.row(item) if item is not None else -1
+        if self.controller.batch_size and 0 <= row != self.controller.batch_index:
+            self.controller.select_result(row)
+
+    def _result_double_clicked(self, item: QListWidgetItem) -> None:
+        self._result_clicked(item)
+        self.apply()
+
+    def _history_clicked(self, item: Optional[QListWidgetItem]) -> None:
+        row = self.history_list.row(item) if item is not None else -1
+        if 0 <= row < len(self.controller.history):
+            self.controller.show_history(row)
+
+    def _history_double_clicked(self, item: QListWidgetItem) -> None:
+        row = self.history_list.row(item)
+        if 0 <= row < len(self.controller.history) and self.controller.show_history(row):
+            self.controller.apply_result()
+
+    def _mode_changed(self, _index: int) -> None:
+        self._show_mode_fields()
+        self._refresh_action()
+
+    def _check_selection(self) -> None:
+        document = self.controller.document()
+        try:
+            selected = document is not None and document.selection_bounds() is not None
+        except Exception:       # a document closing under us: nothing to show
+            selected = False
+        if selected != self._has_selection:
+            self._has_selection = selected
+            self._refresh_action()
 
     # ------------------------------------------------------------ state -> widgets
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt's name)
         super().showEvent(event)
         self.refresh()      # layers may have changed while the docker was hidden
 
+    def _show_mode_fields(self) -> None:
+        estimate = self.depth_combo.currentText() in ("", ESTIMATE_DEPTH)
+        shown = shown_fields(self.workflow, estimate)
+        for key, widgets in self._mode_rows.items():
+            for widget in widgets:
+                widget.setVisible(key in shown)
+
+    def _refresh_action(self) -> None:
+        c = self.controller
+        text = action_label(self.workflow, self._has_selection)
+        if c.busy:
+            text = f"Queue: {text}"
+        if self.generate_button.text() != text:
+            self.generate_button.setText(text)
+        self.generate_button.setToolTip(self.workflow.help)
+
     def refresh(self) -> None:
         c = self.controller
         _show_status(self.status_label, c.connection_text)
+        self.connect_button.setText("Reconnect" if c.connected else "Connect")
         self.message_view.show_text(c.message)
         step, total = c.progress
         self.progress_bar.setMaximum(max(total, 1))
         self.progress_bar.setValue(step if c.busy else 0)
         self.cancel_button.setEnabled(c.busy)
-        for button in self.mode_buttons.values():
-            button.setEnabled(not c.busy)
+        self.queue_label.setText(queue_text(c.queued))
+        self._refresh_action()
         count = c.batch_size
-        for widget in (self.result_spin, self.apply_button, self.discard_button):
-            widget.setEnabled(count > 1)
-        self.result_row.setVisible(count > 1)
-        self.progress_bar.setVisible(count <= 1)
-        self.result_spin.blockSignals(True)
-        self.result_spin.setMaximum(max(count, 1))
-        self.result_spin.setValue(c.batch_index + 1)
-        self.result_spin.blockSignals(False)
+        self.bottom_stack.setCurrentWidget(self.result_row if count else self.message_view)
+        self._show_results()
         _fill(self.model_combo, [DAEMON_MODEL] + base_model_names(c.models))
         self._refresh_depth_sources()
         self._refresh_depth_models()
-        entries = [entry.summary() for entry in c.history]
-        if entries != [self.history_list.item(i).text() for i in range(self.history_list.count())]:
-            self.history_list.clear()
-            self.history_list.addItems(entries)
+        self._show_mode_fields()
+        self._show_history()
+
+    def _show_results(self) -> None:
+        c = self.controller
+        images = c.batch_thumbnails
+        key = [id(image) for image in images]
+        if key != getattr(self, "_results_key", None):
+            self._results_key = key
+            self.results_list.clear()
+            for number, image in enumerate(images, 1):
+                item = QListWidgetItem(_icon(image), "")
+                item.setToolTip(f"Result {number}, seed {image.seed}: click to show it, "
+                                "double-click to apply it")
+                self.results_list.addItem(item)
+        if images and self.results_list.currentRow() != c.batch_index:
+            self.results_list.setCurrentRow(c.batch_index)
+
+    def _show_history(self) -> None:
+        entries = list(self.controller.history)
+        key = [(entry.finished_at, entry.has_pixels, entry.outcome) for entry in entries]
+        if key == getattr(self, "_history_key", None):
+            return
+        self._history_key = key
+        current = self.history_list.currentRow()
+        self.history_list.clear()
+        for entry in entries:
+            image = entry.images[0] if entry.images else None
+            label = (f"seed {entry.seeds[0]}" if entry.seeds
+                     else entry.outcome if entry.outcome == "cancelled" else "failed")
+            item = QListWidgetItem(_icon(image), label)
+            more = "" if entry.has_pixels or not entry.images else (
+                "\n(pixels no longer kept: Run again makes it again)")
+            item.setToolTip(entry.summary() + more)
+            self.history_list.addItem(item)
+        if 0 <= current < self.history_list.count():
+            self.history_list.setCurrentRow(current)
 
     def _refresh_depth_sources(self, chosen: Optional[str] = None) -> None:
         """The Depth layer field: the document's paint layers as they are now, and
@@ -377,6 +576,40 @@ class AtelierPanel(QWidget):
         _fill_choices(combo, depth_model_choices(c.models, chosen, family), chosen)
         combo.setToolTip(DEPTH_MODEL_SD2_DEPTH if family == SD2_DEPTH_FAMILY
                          else DEPTH_MODEL_HELP)
+
+
+def _thumbnail_list(parent: QWidget, wrap: bool, icon: int = THUMB_ICON) -> QListWidget:
+    """A list of thumbnails: a grid that wraps, with captions (History), or one row of
+    bare thumbnails (a batch; the tooltip says which)."""
+    view = QListWidget(parent)
+    view.setViewMode(QListView.IconMode)
+    view.setIconSize(QSize(icon, icon))
+    view.setMovement(QListView.Static)
+    view.setResizeMode(QListView.Adjust)
+    view.setWrapping(wrap)
+    view.setFlow(QListView.LeftToRight)
+    view.setUniformItemSizes(not wrap)      # History mixes thumbnails and grey squares
+    view.setSpacing(2)
+    view.setWordWrap(False)
+    view.setTextElideMode(Qt.ElideRight)
+    caption = view.fontMetrics().lineSpacing() + 10 if wrap else 4
+    view.setGridSize(QSize(icon + (12 if wrap else 4), icon + caption))
+    if not wrap:
+        view.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        view.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+    return view
+
+
+def _icon(image: Optional[object]) -> QIcon:
+    """A thumbnail (a work.ResultImage) as an icon; a grey square for a job without one."""
+    pixmap = QPixmap(THUMB_ICON, THUMB_ICON)
+    pixmap.fill(QColor(128, 128, 128, 60))
+    if image is not None:
+        size = image.thumb_size  # type: ignore[attr-defined]
+        picture = QImage(image.thumb, size.width, size.height,  # type: ignore[attr-defined]
+                         size.width * 4, QImage.Format_RGBA8888)
+        pixmap = QPixmap.fromImage(picture.copy())
+    return QIcon(pixmap)
 
 
 def _combo(parent: QWidget, combo: Optional[QComboBox] = None) -> QComboBox:
@@ -488,3 +721,34 @@ class AtelierDocker(DockWidget):
 
     def canvasChanged(self, canvas) -> None:  # noqa: N802 (Krita's name)
         self.panel.document_changed()
+
+
+def _visible_panel() -> Optional[AtelierPanel]:
+    """The panel of the Atelier docker the painter sees (the front window's first)."""
+    panels = [docker.panel for docker in Krita.instance().dockers()
+              if isinstance(docker, AtelierDocker)]
+    return next((panel for panel in panels if panel.isVisible()), None)
+
+
+class AtelierExtension(Extension):
+    """Krita actions for the docker's Generate, Cancel and Apply, so that they get
+    keyboard shortcuts (Settings > Configure Krita > Keyboard Shortcuts changes them)."""
+
+    def setup(self) -> None:
+        pass
+
+    def createActions(self, window) -> None:  # noqa: N802 (Krita's name)
+        handlers = {actions.GENERATE.name: lambda panel: panel.generate(),
+                    actions.CANCEL.name: lambda panel: panel.controller.cancel(),
+                    actions.APPLY.name: lambda panel: panel.apply()}
+        for spec in actions.ACTIONS:
+            # The default shortcut comes from atelier_krita.action (installed with the zip).
+            action = window.createAction(spec.name, spec.text, actions.MENU)
+            action.triggered.connect(lambda _checked=False, run=handlers[spec.name]:
+                                     _on_visible_panel(run))
+
+
+def _on_visible_panel(run: Callable[[AtelierPanel], object]) -> None:
+    panel = _visible_panel()
+    if panel is not None:
+        run(panel)

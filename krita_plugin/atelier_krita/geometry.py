@@ -179,3 +179,9 @@ def _centred_start(start: int, size: int, new_size: int, limit: int) -> int:
 def default_padding(selection: Bounds, minimum: int = 32) -> int:
     """Context around a selection: half its longest side, at least ``minimum`` pixels."""
     return max(minimum, max(selection.width, selection.height) // 2)
+
+
+def thumbnail_extent(source: Extent, side: int) -> Extent:
+    """``source`` scaled to fit a ``side`` x ``side`` square, keeping its aspect."""
+    scale = side / max(source.width, source.height, 1)
+    return Extent(max(1, round(source.width * scale)), max(1, round(source.height * scale)))

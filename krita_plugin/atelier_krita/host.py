@@ -65,10 +65,23 @@ class KritaDocument:
             return bytes(region.width * region.height)
         return bytes(selection.pixelData(region.x, region.y, region.width, region.height))
 
-    def read_canvas(self, region: Bounds) -> bytes:
-        """BGRA of what the painter sees (all visible layers merged) inside ``region``."""
-        self._doc.waitForDone()
-        return bytes(self._doc.pixelData(region.x, region.y, region.width, region.height))
+    def read_canvas(self, region: Bounds, hidden: tuple[Any, ...] = ()) -> bytes:
+        """BGRA of what the painter sees (all visible layers merged) inside ``region``,
+        without the layers in ``hidden`` (the plugin's previews; hiding is not a step in
+        the undo history)."""
+        shown = [node for node in hidden if self._alive(node) and node.visible()]
+        for node in shown:
+            node.setVisible(False)
+        if shown:
+            self._doc.refreshProjection()
+        try:
+            self._doc.waitForDone()
+            return bytes(self._doc.pixelData(region.x, region.y, region.width, region.height))
+        finally:
+            for node in shown:
+                node.setVisible(True)
+            if shown:
+                self._doc.refreshProjection()
 
     def paint_layer_names(self) -> list[str]:
         names: list[str] = []
@@ -96,6 +109,51 @@ class KritaDocument:
             children = self._doc.rootNode().childNodes()
             node = children[-1] if children else None
         return node
+
+    def undo_text(self) -> Optional[str]:
+        """What Edit > Undo would take back now in this document (the action's text), or
+        None when this is not the document in front (Edit > Undo acts on that one)."""
+        app = Krita.instance()
+        action = app.action("edit_undo")
+        active = app.activeDocument()
+        if action is None or active is None or active != self._doc:
+            return None
+        return action.text()
+
+    def take_back_layer(self, node: Any, undo_text: Optional[str]) -> bool:
+        """Remove the layer ``node`` that ``add_layer`` added, leaving no step in the undo
+        history when it can: if Edit > Undo still reads ``undo_text`` (what it read right
+        after the layer was added) the newest step is taken back with Edit > Undo, and
+        kept undone only when exactly ``node`` went; otherwise (the painter did something
+        since, another document is in front) the layer is removed, which is a step.
+        Returns whether the undo history was left as before the layer was added."""
+        if not self._alive(node):
+            return False
+        if undo_text and self.undo_text() == undo_text:
+            others = self._node_ids(exclude=node)
+            app = Krita.instance()
+            app.action("edit_undo").trigger()
+            self._doc.waitForDone()
+            if not self._alive(node) and self._node_ids() == others:
+                return True
+            app.action("edit_redo").trigger()      # not the step we meant: put it back
+            self._doc.waitForDone()
+        self.remove_layer(node)
+        return False
+
+    def _node_ids(self, exclude: Any = None) -> set[str]:
+        skip = str(exclude.uniqueId()) if exclude is not None else None
+        ids: set[str] = set()
+
+        def walk(parent: Any) -> None:
+            for child in parent.childNodes():
+                uid = str(child.uniqueId())
+                if uid != skip:
+                    ids.add(uid)
+                walk(child)
+
+        walk(self._doc.rootNode())
+        return ids
 
     def add_layer(self, name: str, bgra: bytes, region: Bounds, above: Any) -> Any:
         """A new paint layer above ``above``: one step in Krita's undo history."""

@@ -340,3 +340,86 @@ def layer_name(prompt: str, seed: int, limit: int = 40) -> str:
     if len(text) > limit:
         text = text[:limit - 1].rstrip() + "\u2026"
     return f"{text} [seed {seed}]"
+
+
+# ------------------------------------------------------------------ the docker's mode drop-down
+class Workflow(str, enum.Enum):
+    """What the docker's mode drop-down offers. The one Generate button runs the chosen
+    workflow; Generate with a selection fills it (inpaint), as krita-ai-diffusion does."""
+    GENERATE = "generate"
+    REFINE = "refine"
+    DEPTH = "depth"
+    SEAMLESS = "seamless"
+
+    @property
+    def label(self) -> str:
+        return {"generate": "Generate (txt2img; fills a selection)",
+                "refine": "Refine (img2img)",
+                "depth": "Depth-guided",
+                "seamless": "Seamless texture"}[self.value]
+
+    @property
+    def short_label(self) -> str:
+        """The drop-down's entry, next to the Generate button."""
+        return {"generate": "Generate / Fill", "refine": "Refine", "depth": "Depth",
+                "seamless": "Seamless"}[self.value]
+
+    @property
+    def help(self) -> str:
+        return {"generate": "A new image from the prompt over the whole canvas; with a "
+                            "selection, the selection is filled (inpainted) to match "
+                            "what is around it.",
+                "refine": "Repaints the canvas (or the selection) at Strength: low keeps "
+                          "the picture, high changes more.",
+                "depth": "A new image that follows a depth map: a layer's brightness "
+                         "(near = bright) or depth estimated from the canvas.",
+                "seamless": "Makes the whole canvas tile without seams (Krita's "
+                            "wrap-around mode shows it repeated)."}[self.value]
+
+
+def job_mode(workflow: Workflow, has_selection: bool) -> Mode:
+    """The job the Generate button starts for the drop-down's ``workflow``."""
+    if workflow is Workflow.GENERATE:
+        return Mode.FILL if has_selection else Mode.GENERATE
+    return {Workflow.REFINE: Mode.REFINE, Workflow.DEPTH: Mode.DEPTH,
+            Workflow.SEAMLESS: Mode.SEAMLESS}[workflow]
+
+
+def workflow_of(mode: Mode) -> Workflow:
+    """The drop-down entry that runs ``mode`` (History's Recall puts it back)."""
+    return {Mode.GENERATE: Workflow.GENERATE, Mode.FILL: Workflow.GENERATE,
+            Mode.REFINE: Workflow.REFINE, Mode.DEPTH: Workflow.DEPTH,
+            Mode.SEAMLESS: Workflow.SEAMLESS}[mode]
+
+
+def action_label(workflow: Workflow, has_selection: bool) -> str:
+    """The Generate button's text: what a click does now."""
+    mode = job_mode(workflow, has_selection)
+    if mode is Mode.FILL:
+        return "Fill selection"
+    if mode is Mode.REFINE:
+        return "Refine selection" if has_selection else "Refine"
+    return {Mode.GENERATE: "Generate", Mode.DEPTH: "Generate from depth",
+            Mode.SEAMLESS: "Make seamless"}[mode]
+
+
+def shown_fields(workflow: Workflow, estimate_depth: bool) -> frozenset[str]:
+    """Which of the mode's own fields the docker shows: "strength" (refine, seamless,
+    depth estimated from the canvas, which repaints it) and "depth" (layer and model)."""
+    shown: set[str] = set()
+    if workflow in (Workflow.REFINE, Workflow.SEAMLESS) or \
+            (workflow is Workflow.DEPTH and estimate_depth):
+        shown.add("strength")
+    if workflow is Workflow.DEPTH:
+        shown.add("depth")
+    return frozenset(shown)
+
+
+QUEUE_LIMIT = 8     # jobs waiting in the plugin behind the running one
+
+
+def queue_text(waiting: int) -> str:
+    """What the docker says about the jobs waiting behind the running one."""
+    if waiting <= 0:
+        return ""
+    return f"{waiting} queued" if waiting < QUEUE_LIMIT else f"{waiting} queued (full)"

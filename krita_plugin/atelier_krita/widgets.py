@@ -12,7 +12,7 @@ from PyQt5.QtWidgets import (QComboBox, QFormLayout, QFrame, QPlainTextEdit, QSc
 from .jobs import parse_seed
 
 MESSAGE_LINES = 2          # a longer message scrolls; its tooltip holds all of it
-FORM_MIN_HEIGHT = 64       # the scrolling fields never shrink below this
+FORM_MIN_HEIGHT = 44       # the scrolling fields never shrink below this (the status line)
 
 
 class SeedValidator(QValidator):

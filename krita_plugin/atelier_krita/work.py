@@ -14,7 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
-from .geometry import Bounds, Extent
+from .geometry import Bounds, Extent, thumbnail_extent
+from .history import ResultImage
 from .jobs import JobPlan, JobSettings, UploadIds
 from .pixels import bgra_to_rgba, grow_and_feather, luminance, rgb_to_rgba, rgba_to_bgra, with_alpha
 from .protocol.client import make_upload
@@ -93,6 +94,17 @@ def result_layers(done: JobDone, region: Bounds,
     """Every image of a finished job as (BGRA covering ``region``, seed)."""
     seeds = [info.seed for info in done.result.images]
     return [(layer_pixels(frame, region, clip), seed) for frame, seed in zip(done.images, seeds)]
+
+
+THUMB_SIDE = 96     # history and batch thumbnails, pixels
+
+
+def finished_images(done: JobDone, region: Bounds, clip: Optional[bytes]) -> list[ResultImage]:
+    """Every image of a finished job with its seed and thumbnail (on the worker thread)."""
+    size = thumbnail_extent(region.extent, THUMB_SIDE)
+    # Scaling works channel by channel, so BGRA scales as it is; only the thumb is swapped.
+    return [ResultImage(bgra, seed, bgra_to_rgba(resample(bgra, region.extent, size, 4)), size)
+            for bgra, seed in result_layers(done, region, clip)]
 
 
 class PixelWorker:

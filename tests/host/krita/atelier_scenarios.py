@@ -218,7 +218,7 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
     from atelier_krita.controller import ConnectionSettings, Controller
     from atelier_krita.geometry import ResolutionRange
     from atelier_krita.host import KritaDocument
-    from atelier_krita.jobs import JobSettings, Mode
+    from atelier_krita.jobs import JobSettings, Mode, Workflow
 
     doc = controller.document().native
 
@@ -265,7 +265,8 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
         before = layer_stack(doc)
         panel.show_settings(base)
         panel.max_side_spin.setValue(96)
-        panel.mode_buttons[Mode.GENERATE].click()      # through the docker's own button
+        panel.choose_workflow(Workflow.GENERATE)
+        panel.generate_button.click()      # through the docker's own button
         pump_until(controller, lambda: not controller.busy, "generate")
         layers = new_layers(before)
         return {"message": controller.message, "new": layers,
@@ -298,7 +299,8 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
         panel.show_settings(base)
         panel.max_side_spin.setValue(96)
         spin.setValue(2)
-        panel.mode_buttons[Mode.GENERATE].click()
+        panel.choose_workflow(Workflow.GENERATE)
+        panel.generate_button.click()
         pump_until(controller, lambda: not controller.busy, "generate with step caching")
         sent = controller.sent_request
         entry = controller.history[0]
@@ -468,7 +470,8 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
         _choose_text(panel.model_combo, "tiny")      # the SD1.5 model the tiny adapter is for
         _choose_text(panel.depth_combo, "depth")
         _choose_text(combo, "tiny-adapter (T2I-Adapter: fast)")
-        panel.mode_buttons[Mode.DEPTH].click()
+        panel.choose_workflow(Workflow.DEPTH)
+        panel.generate_button.click()
         pump_until(controller, lambda: not controller.busy, "the depth job with an adapter")
         sent = controller.sent_request
         out.update(message=controller.message, new=new_layers(before),

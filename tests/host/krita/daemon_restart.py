@@ -93,7 +93,7 @@ def scenarios(run: Run, controller: Any, panel: Any, doc: Any, signals: Signals)
     def docker_state() -> dict[str, Any]:
         panel.refresh()
         return {"busy": controller.busy, "message": controller.message,
-                "modes_enabled": all(b.isEnabled() for b in panel.mode_buttons.values()),
+                "modes_enabled": panel.generate_button.isEnabled(),
                 "cancel_enabled": panel.cancel_button.isEnabled(),
                 "history": controller.history[0].outcome if len(controller.history) else None}
 

@@ -69,14 +69,15 @@ def after_estimate_refused(ctx: Context) -> dict[str, Any]:
 # ---------------------------------------------------------------- seeds
 def seed_range(ctx: Context) -> dict[str, Any]:
     """Seeds above 2**31 - 1 survive the field, a job and History's Recall."""
-    from atelier_krita.jobs import Mode
+    from atelier_krita.jobs import Mode, Workflow  # noqa: F401
     panel, controller, doc = ctx.panel, ctx.controller, ctx.doc
     out: dict[str, Any] = {}
     panel.show_settings(replace(ctx.base, seed=BIG_SEED, steps=2))
     out["shown"] = panel.settings().seed
     clear_selection(doc)
     panel.max_side_spin.setValue(96)
-    panel.mode_buttons[Mode.GENERATE].click()
+    panel.choose_workflow(Workflow.GENERATE)
+    panel.generate_button.click()
     pump_until(controller, lambda: not controller.busy, "the job with a large seed")
     sent = controller.sent_request
     out["sent"] = sent.seed if sent is not None else None
@@ -211,8 +212,8 @@ def timed_document_class() -> type:
         def selection_mask(self, region: Any) -> bytes:
             return self._timed(super().selection_mask, region)
 
-        def read_canvas(self, region: Any) -> bytes:
-            return self._timed(super().read_canvas, region)
+        def read_canvas(self, *args: Any) -> bytes:
+            return self._timed(super().read_canvas, *args)
 
         def add_layer(self, *args: Any) -> Any:
             return self._timed(super().add_layer, *args)
@@ -296,7 +297,103 @@ def ui_stalls(ctx: Context) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------- the docker's shape
+def _names(doc: Any) -> list[str]:
+    return [node.name() for node in doc.rootNode().childNodes()]
+
+
+def docker_shape(ctx: Context) -> dict[str, Any]:
+    """One Generate button, the mode in a drop-down, each mode's own fields shown only
+    for it, the button saying what a click does with and without a selection, a batch
+    as thumbnails (click: preview, double-click: apply), History as thumbnails, and a
+    second Generate while a job runs queued instead of refused."""
+    from PyQt5.QtWidgets import QAbstractButton
+    from atelier_krita.jobs import Workflow
+    panel, controller, doc = ctx.panel, ctx.controller, ctx.doc
+    out: dict[str, Any] = {}
+    panel.show_settings(replace(ctx.base, steps=2, previews=False))
+    panel.max_side_spin.setValue(96)
+    panel.choose_workflow(Workflow.GENERATE)
+    clear_selection(doc)
+    panel._check_selection()
+    out["buttons"] = sorted(b.text() for b in panel.findChildren(QAbstractButton)
+                            if b.text() and not b.isHidden())
+    out["modes"] = [panel.mode_combo.itemText(i) for i in range(panel.mode_combo.count())]
+    fields = {}
+    labels = {}
+    for workflow in Workflow:
+        panel.choose_workflow(workflow)
+        clear_selection(doc)
+        panel._check_selection()
+        without = panel.generate_button.text()
+        select_rect(doc, 10, 12, 40, 30)
+        panel._check_selection()
+        labels[workflow.value] = [without, panel.generate_button.text()]
+        fields[workflow.value] = {"strength": not panel.strength_row.isHidden(),
+                                  "depth": not panel.depth_combo.isHidden(),
+                                  "depth_model": not panel.depth_model_combo.isHidden()}
+    out["labels"], out["fields"] = labels, fields
+    # Generate with a selection fills it.
+    panel.choose_workflow(Workflow.GENERATE)
+    select_rect(doc, 10, 12, 40, 30)
+    panel.generate_button.click()
+    pump_until(controller, lambda: not controller.busy, "the fill through Generate")
+    sent = controller.sent_request
+    out["selection_kind"] = sent.kind if sent is not None else None
+    out["selection_message"] = controller.message
+    for node in doc.rootNode().childNodes():
+        if node.name().endswith("]") and "[seed" in node.name():
+            node.remove()
+    clear_selection(doc)
+    # A batch as thumbnails, then History's.
+    before = _names(doc)
+    panel.batch_spin.setValue(2)
+    panel.generate_button.click()
+    pump_until(controller, lambda: not controller.busy, "the batch through Generate")
+    panel.refresh()
+    results = panel.results_list
+    out["batch"] = {"count": controller.batch_size, "thumbnails": results.count(),
+                    "icons": [not results.item(i).icon().isNull()
+                              for i in range(results.count())],
+                    "shown": panel.bottom_stack.currentWidget() is panel.result_row}
+    item = results.item(1)
+    results.itemClicked.emit(item)
+    out["batch"]["picked"] = controller.batch_index
+    out["batch"]["layers_picked"] = [n for n in _names(doc) if n not in before]
+    results.itemDoubleClicked.emit(item)
+    out["batch"]["after_double_click"] = [n for n in _names(doc) if n not in before]
+    out["batch"]["waiting_after"] = controller.batch_size
+    history = panel.history_list
+    out["history"] = {"rows": history.count(),
+                      "icon": not history.item(0).icon().isNull() if history.count() else None,
+                      "tooltip": history.item(0).toolTip() if history.count() else None}
+    for node in doc.rootNode().childNodes():
+        if node.name() not in before:
+            node.remove()
+    # Queue: Generate twice.
+    panel.batch_spin.setValue(1)
+    panel.seed_edit.setText("61")
+    panel.generate_button.click()
+    panel.seed_edit.setText("62")
+    panel.generate_button.click()
+    panel.refresh()
+    out["queue"] = {"busy": controller.busy, "queued": controller.queued,
+                    "label": panel.queue_label.text(), "button": panel.generate_button.text(),
+                    "message": controller.message}
+    pump_until(controller, lambda: not controller.busy and not controller.queued,
+               "the queued jobs")
+    out["queue"]["seeds"] = [controller.history[i].seeds for i in range(2)]
+    out["queue"]["new"] = [n for n in _names(doc) if n not in before]
+    out["queue"]["message_after"] = controller.message
+    for node in doc.rootNode().childNodes():
+        if node.name() not in before:
+            node.remove()
+    panel.show_settings(ctx.base)
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "docker_shape": docker_shape,
     "seed_range": seed_range,
     "depth_layers_fresh": depth_layers_fresh,
     "depth_models_by_family": depth_models_by_family,

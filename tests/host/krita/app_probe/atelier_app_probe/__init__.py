@@ -17,6 +17,7 @@ import traceback
 from krita import Extension, Krita
 from PyQt5.QtCore import QCoreApplication, QPoint, QTimer
 from PyQt5.QtGui import QGuiApplication
+from PyQt5.QtWidgets import QAbstractItemView
 
 DOCKER_ID = "atelier_krita_docker"
 WAIT_S = 60.0
@@ -56,7 +57,8 @@ class AtelierAppProbe(Extension):
             self._out = {"ok": True, "found": docker is not None,
                          "dockers": [d.objectName() for d in Krita.instance().dockers()],
                          "status": status,
-                         "modes": sorted(b.text() for b in panel.mode_buttons.values())
+                         "modes": [panel.mode_combo.itemText(i)
+                                   for i in range(panel.mode_combo.count())]
                          if panel is not None else []}
             if panel is not None and status.startswith("connected"):
                 self._generate(panel)
@@ -95,13 +97,21 @@ class AtelierAppProbe(Extension):
         window.setGeometry(screen.availableGeometry())
         for _ in range(5):
             QCoreApplication.processEvents()
-        button = next(b for b in panel.mode_buttons.values() if b.text() == "Generate")
+        button = panel.generate_button
         corner = button.mapToGlobal(QPoint(0, 0))
         self._out["fit"] = {
+            "panel": _global_rect(panel), "prompt": _global_rect(panel.prompt_edit),
+            "prompt_shown": _shown(panel.prompt_edit), "mode_shown": _shown(panel.mode_combo),
+            "model_shown": _shown(panel.model_combo),
+            "strength_shown": panel.strength_slider.isVisible(),
+            "depth_shown": panel.depth_combo.isVisible(),
+            "more_open": panel.more_fold.body.isVisible(),
+            "button_text": button.text(),
             "screen": _rect(screen.geometry()), "window": _rect(window.frameGeometry()),
             "docker_visible": docker.isVisible(), "floating": docker.isFloating(),
             "docker": _rect(docker.rect().translated(docker.mapToGlobal(QPoint(0, 0)))),
             "panel_min_height": panel.minimumSizeHint().height(),
+            "panel_min_width": panel.minimumSizeHint().width(),
             "button": [corner.x(), corner.y(), button.width(), button.height()],
             "button_shown": button.isVisible() and not button.visibleRegion().isEmpty()}
         screen.grabWindow(0).save(os.environ["ATELIER_PROBE_OUT"] + ".png", "PNG")
@@ -120,8 +130,7 @@ class AtelierAppProbe(Extension):
     def _run_job(self, panel, prefix, then):
         """Press Generate, then ``then(panel)`` once the job has ended (or WAIT_S passed);
         an exception on the way ends the probe with its traceback."""
-        button = next(b for b in panel.mode_buttons.values() if b.text() == "Generate")
-        button.click()
+        panel.generate_button.click()
         self._out[prefix + "started"] = panel.controller.busy
         self._out[prefix + "message_at_start"] = panel.controller.message
         self._started = time.monotonic()
@@ -183,9 +192,20 @@ class AtelierAppProbe(Extension):
         controller = panel.controller
         self._out["batch_message"] = controller.message
         self._out["batch_size"] = controller.batch_size
+        self._out["results_fit"] = {
+            "window": _rect(Krita.instance().activeWindow().qwindow().frameGeometry()),
+            "docker": _global_rect(self._docker()),
+            "panel_min_height": panel.minimumSizeHint().height(),
+            "panel_min_width": panel.minimumSizeHint().width(),
+            "thumbnails": panel.results_list.count(), "apply": _global_rect(panel.apply_button),
+            "apply_shown": _shown(panel.apply_button), "results": _global_rect(panel.results_list),
+            "history": panel.history_list.count()}
+        QCoreApplication.processEvents()
+        QGuiApplication.primaryScreen().grabWindow(0).save(
+            os.environ["ATELIER_PROBE_OUT"] + ".batch.png", "PNG")
         shown = []
-        for value in (2, 1, 2):                   # the painter flips between results
-            panel.result_spin.setValue(value)
+        for value in (2, 1, 2):                   # the painter flips between thumbnails
+            panel.pick_result(value)
             shown.append(self._stack())
         self._out["browsed"] = shown
         self._out["before_apply"] = self._stack()
@@ -217,6 +237,150 @@ class AtelierAppProbe(Extension):
         self._out["after_single_undo"] = self._stack()
         self._edit("edit_undo")
         self._out["after_single_second_undo"] = self._stack()
+        self._start_discard(panel)
+
+    # ------------------------------------------------------------ the undo history itself
+    def _undo_steps(self):
+        """The document's undo stack as Krita's Undo History docker shows it: its model
+        has a row a command (after the "<empty>" start), undone ones included until a new
+        step drops them, and its current row is the stack's index: how many steps
+        Edit > Undo can take back."""
+        QCoreApplication.processEvents()
+        for docker in Krita.instance().dockers():
+            if docker.objectName() == "History":
+                view = docker.widget().findChild(QAbstractItemView)
+                if view is not None:
+                    model = view.model()
+                    return {"rows": [model.index(row, 0).data()
+                                     for row in range(model.rowCount())],
+                            "index": view.selectionModel().currentIndex().row()}
+        return None
+
+    def _start_discard(self, panel):
+        """A batch with step previews thrown away with Discard leaves the undo history as
+        it was; so does a job cancelled (with the Cancel shortcut's action) while its step
+        preview shows."""
+        self._out["undo_before_discard"] = self._undo_steps()
+        self._out["stack_before_discard"] = self._stack()
+        panel.seed_edit.setText("41")
+        panel.batch_spin.setValue(2)
+        panel.previews_check.setChecked(True)
+        self._run_job(panel, "discard_", self._discard)
+
+    def _discard(self, panel):
+        self._out["undo_with_batch"] = self._undo_steps()
+        panel.discard_button.click()
+        self._document.waitForDone()
+        self._out["undo_after_discard"] = self._undo_steps()
+        self._out["stack_after_discard"] = self._stack()
+        self._out["discard_message"] = panel.controller.message
+        # Cancel while a step preview shows: slow steps so that one arrives first.
+        panel.batch_spin.setValue(1)
+        panel.steps_spin.setValue(40)
+        self._out["undo_before_cancel"] = self._undo_steps()
+        self._out["stack_before_cancel"] = self._stack()
+        panel.generate_button.click()
+        self._started = time.monotonic()
+        QTimer.singleShot(50, lambda: self._cancel_when_previewed(panel))
+
+    def _cancel_when_previewed(self, panel):
+        controller = panel.controller
+        layers = [n.name() for n in self._document.rootNode().childNodes()]
+        previewed = any(name.startswith("[Atelier preview]") for name in layers)
+        if controller.busy and not previewed and time.monotonic() - self._started < WAIT_S:
+            QTimer.singleShot(20, lambda: self._cancel_when_previewed(panel))
+            return
+        self._out["cancel_previewed"] = previewed
+        self._out["undo_with_preview"] = self._undo_steps()
+        Krita.instance().action("atelier_cancel").trigger()      # its shortcut's action
+        self._out["cancel_message"] = controller.message
+        # This timer may have fired inside Krita adding the preview layer (which runs Qt's
+        # events until done): look once that has returned, as the painter would.
+        QTimer.singleShot(200, lambda: self._after_cancel(panel))
+
+    def _after_cancel(self, panel):
+        self._document.waitForDone()
+        self._out["undo_after_cancel"] = self._undo_steps()
+        self._out["stack_after_cancel"] = self._stack()
+        self._start_queue(panel)
+
+    # ------------------------------------------------------------ queue and shortcuts
+    def _start_queue(self, panel):
+        """Generate twice through the shortcut's action: the second waits in the plugin
+        and runs when the first ends; each result is one undo step."""
+        controller = panel.controller
+        app = Krita.instance()
+        ours = {"atelier_generate", "atelier_cancel", "atelier_apply"}
+        self._out["shortcuts"] = {name: app.action(name).shortcut().toString()
+                                  if app.action(name) is not None else None for name in ours}
+        self._out["taken_shortcuts"] = sorted({
+            sequence.toString() for action in app.actions()
+            if action.objectName() not in ours for sequence in action.shortcuts()
+            if not sequence.isEmpty()})
+        panel.steps_spin.setValue(2)
+        panel.previews_check.setChecked(False)
+        self._out["queue_before"] = self._stack()
+        self._out["undo_before_queue"] = self._undo_steps()
+        panel.seed_edit.setText("51")
+        app.action("atelier_generate").trigger()
+        panel.seed_edit.setText("52")
+        app.action("atelier_generate").trigger()
+        self._out["queue_busy"] = controller.busy
+        self._out["queued"] = controller.queued
+        self._out["queue_label"] = panel.queue_label.text()
+        self._out["queue_button"] = panel.generate_button.text()
+        self._out["queue_message"] = controller.message
+        self._started = time.monotonic()
+        QTimer.singleShot(100, lambda: self._when_queue_empty(panel))
+
+    def _when_queue_empty(self, panel):
+        controller = panel.controller
+        if (controller.busy or controller.queued) and time.monotonic() - self._started < WAIT_S:
+            QTimer.singleShot(100, lambda: self._when_queue_empty(panel))
+            return
+        self._out["queue_after"] = self._stack()
+        self._out["queue_message_after"] = controller.message
+        self._out["undo_after_queue"] = self._undo_steps()
+        self._out["history_after_queue"] = [controller.history[i].seeds
+                                            for i in range(min(3, len(controller.history)))]
+        self._history_preview(panel)
+
+    def _history_preview(self, panel):
+        """Click the thumbnail of the earlier batch in History: its results show in a
+        preview layer again; Discard leaves the undo history as it was. Then a screenshot
+        of the docker made taller (as a painter drags it), for the documentation."""
+        controller = panel.controller
+        row = next(i for i in range(len(controller.history))
+                   if controller.history[i].seeds == (41, 42))
+        self._out["history_icons"] = [not panel.history_list.item(i).icon().isNull()
+                                      for i in range(panel.history_list.count())]
+        undo_before = self._undo_steps()
+        stack_before = self._stack()
+        item = panel.history_list.item(row)
+        panel.history_list.setCurrentItem(item)
+        panel.history_list.itemClicked.emit(item)
+        self._document.waitForDone()
+        self._out["history_click"] = {
+            "batch_size": controller.batch_size, "message": controller.message,
+            "layers": [n.name() for n in self._document.rootNode().childNodes()],
+            "thumbnails": panel.results_list.count()}
+        window = Krita.instance().activeWindow().qwindow()
+        docker = self._docker()            # floated and made taller, as a painter may
+        docker.setFloating(True)
+        docker.setGeometry(940, 60, 400, 640)
+        panel.prompt_edit.setPlainText("two moons over a quiet lake, ink and watercolour")
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        QGuiApplication.primaryScreen().grabWindow(0).save(
+            os.environ["ATELIER_PROBE_OUT"] + ".tall.png", "PNG")
+        self._out["tall_docker"] = _global_rect(self._docker())
+        self._out["tall_window"] = _rect(window.frameGeometry())
+        panel.discard_button.click()
+        self._document.waitForDone()
+        docker.setFloating(False)
+        self._out["history_discard"] = {"undo_before": undo_before,
+                                        "undo_after": self._undo_steps(),
+                                        "same_stack": self._stack() == stack_before}
         self._finish()
 
     def _edit(self, action):
@@ -232,6 +396,15 @@ class AtelierAppProbe(Extension):
         for document in Krita.instance().documents():
             document.setModified(False)
         Krita.instance().action("file_quit").trigger()
+
+
+def _global_rect(widget):
+    corner = widget.mapToGlobal(QPoint(0, 0))
+    return [corner.x(), corner.y(), widget.width(), widget.height()]
+
+
+def _shown(widget):
+    return widget.isVisible() and not widget.visibleRegion().isEmpty()
 
 
 def _rect(rect):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Collection, Iterable, Iterator, Optional, Sequence
 
 import bpy
 import mathutils
@@ -118,13 +118,27 @@ def push_undo(message: str) -> None:
     bpy.ops.ed.undo_push(message=message)
 
 
-def redraw(status: Optional[str]) -> None:
-    """Redraw the add-on's panels and put ``status`` in the status bar (None clears it)."""
+def redraw(status: Optional[str], written: Collection[str] = ()) -> None:
+    """Redraw what shows the add-on's state and put ``status`` in the status bar (None
+    clears it): the sidebars of 3D Viewports and Image Editors, the whole of an Image Editor
+    showing one of the images just ``written``, and the preferences. A 3D Viewport's main
+    region shows none of it and costs the most to draw, so it is left alone."""
     for window in bpy.context.window_manager.windows:
         window.workspace.status_text_set(status)
         for area in window.screen.areas:
-            if area.type in {"VIEW_3D", "IMAGE_EDITOR", "PREFERENCES"}:
+            if area.type == "IMAGE_EDITOR" and _shown_image(area) in written:
                 area.tag_redraw()
+            elif area.type in {"VIEW_3D", "IMAGE_EDITOR"}:
+                for region in area.regions:
+                    if region.type == "UI":
+                        region.tag_redraw()
+            elif area.type == "PREFERENCES":
+                area.tag_redraw()
+
+
+def _shown_image(area: bpy.types.Area) -> Optional[str]:
+    image = area.spaces.active.image
+    return image.name if image is not None else None
 
 
 def require_camera(scene: bpy.types.Scene) -> bpy.types.Object:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import bpy
 
 from . import host, settings
+from .pacing import Throttle
 from .protocol import ErrorCode, GenerateRequest, ImageFrame
 from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.events import Connected, Disconnected, JobDone, PreviewImage
@@ -29,6 +30,13 @@ CLIENT_NAME = "atelier-blender"
 ACTIVE_INTERVAL = 0.1   # seconds between pumps while a job runs
 IDLE_INTERVAL = 0.5
 KEEP_FINISHED = 20      # finished jobs kept for the panel
+# At most this often (seconds) the add-on's regions are redrawn and the latest preview is
+# written, and rarer where drawing is slow: each waits until what Blender drew after the
+# last one takes at most REDRAW_SHARE of the main thread's time (but at most 2 s). With
+# software OpenGL any redraw costs about 0.1 s, and writing an image's pixels also makes
+# Blender redraw every 3D Viewport (0.25 s to over a second).
+REDRAW_INTERVAL = 0.25
+REDRAW_SHARE = 0.25
 # What a job says when the daemon lost it (it was killed or restarted: fetch found nothing)
 # or stopped it while shutting down.
 RESTARTED = "the daemon restarted and no longer has this job; generate again"
@@ -73,6 +81,7 @@ class Job:
     cancel_requested: bool = False
     image_names: list[str] = field(default_factory=list)   # made by this job, in batch order
     images_as_files: bool = False   # results saved as PNGs beside the .blend, not packed
+    preview: Optional[ImageFrame] = None   # the latest preview, not written yet
     note: str = ""                  # told when sent, and again in the line of a done job
     result: Optional[Result] = None   # the daemon's account of what it ran
 
@@ -99,6 +108,14 @@ class Session:
         self.models_listed = False   # whether ``models`` and ``conditioners`` came from it
         self.last_failure: Optional[str] = None
         self._on_connect: list[Callable[[AtelierClient], Any]] = []
+        self._redraw = Throttle(REDRAW_INTERVAL, REDRAW_SHARE)
+        self._previews = Throttle(REDRAW_INTERVAL, REDRAW_SHARE)
+        self._drawn_for: Optional[Throttle] = None   # what the last pump set off, if anything
+        self._redraw_due = False
+        self._pumped_at: Optional[float] = None   # when the last pump ended
+        self._next_tick = ACTIVE_INTERVAL         # and how long after it the timer pumps
+        self._job_ended = False            # since the last redraw: show it without waiting
+        self._written: set[str] = set()    # images written since the last redraw
         # The secret that owns this session's jobs on the daemon (PROTOCOL.md, 3); kept when the
         # client is replaced, so jobs sent before a reconnect can still be fetched.
         self._client_key: Optional[str] = None
@@ -193,6 +210,7 @@ class Session:
     def cancel(self, job: Job) -> None:
         """Ask the daemon to stop ``job``; its datablocks go when the daemon confirms."""
         job.cancel_requested = True
+        job.preview = None
         if job.job_id is not None and self._client is not None and self._client.connected:
             self._client.cancel(job.job_id)
         elif job.state in (JobState.WAITING, JobState.RECONNECTING):
@@ -206,6 +224,8 @@ class Session:
     def _end(self, job: Job, state: JobState, message: str, keep_images: bool = False) -> None:
         job.state = state
         job.message = message
+        job.preview = None
+        self._job_ended = self._redraw_due = True
         job.uploads = ()   # renders and depth maps can be large; the daemon has them now
         if state != JobState.DONE and not keep_images:
             host.remove_images(job.image_names)
@@ -218,18 +238,47 @@ class Session:
         """Handle every event waiting from the daemon; True while jobs are active."""
         if self._client is None:
             return False
-        changed = False
+        if self._drawn_for is not None and self._pumped_at is not None:
+            # The timer comes late by what Blender drew meanwhile: charged to what set it off.
+            self._drawn_for.took(time.monotonic() - self._pumped_at - self._next_tick)
+            self._drawn_for = None
         while True:
             try:
                 event = self._client.events.get_nowait()
             except queue.Empty:
                 break
             self._handle(event)
-            changed = True
-        if changed:
+            self._redraw_due = True
+        self._show_changes()
+        active = bool(self.active_jobs)
+        self._pumped_at = time.monotonic()
+        self._next_tick = ACTIVE_INTERVAL if active else IDLE_INTERVAL   # as addon._tick asks
+        return active
+
+    def _show_changes(self) -> None:
+        """Write each job's latest preview and redraw what shows the add-on's state, as
+        often as ``_previews`` and ``_redraw`` allow (at once when a job ended); what comes
+        in between waits for a later pump."""
+        urgent = self._job_ended
+        wrote = self._write_previews(urgent)
+        redrew = self._redraw_due and self._redraw.ready(urgent)
+        if redrew:
             active = self.active_jobs
-            host.redraw(active[-1].progress_text if active else None)
-        return bool(self.active_jobs)
+            host.redraw(active[-1].progress_text if active else None, self._written)
+            self._redraw_due = self._job_ended = False
+            self._written = set()
+        if wrote or redrew:   # what Blender draws next is charged to what set it off
+            self._drawn_for = self._previews if wrote else self._redraw
+
+    def _write_previews(self, urgent: bool) -> bool:
+        waiting = [job for job in self.active_jobs if job.preview is not None]
+        if not waiting or not self._previews.ready(urgent):
+            return False
+        for job in waiting:
+            self._show_preview(job, job.preview)
+            job.preview = None
+        self._redraw_due = True
+        return True
 
     def pump_until_idle(self, timeout: float, until: Optional[Callable[[], bool]] = None) -> None:
         """Pump until no job is active (or ``until`` says so); for scripts and tests.
@@ -319,7 +368,7 @@ class Session:
     def _preview(self, event: PreviewImage) -> None:
         job = self._live_job(event.job_id)
         if job is not None and not job.cancel_requested:
-            self._show_preview(job, event.image)
+            job.preview = event.image   # written by _show_changes; older ones are skipped
 
     def _done(self, event: JobDone) -> None:
         job = self._live_job(event.job_id)
@@ -380,6 +429,7 @@ class Session:
             host.show_image(image)
         image = bpy.data.images[job.image_names[0]]
         host.write_rgba8(image, frame.data, frame.width, frame.height)
+        self._written.add(image.name)
 
     def _deliver(self, job: Job, done: JobDone) -> None:
         job.result = done.result
@@ -421,6 +471,7 @@ class Session:
             host.write_rgba8(image, frame.data, frame.width, frame.height)
             image[settings.RECORD_KEY] = settings.result_record(result, frame.index, seed)
             images.append(image)
+            self._written.add(image.name)
         if images:
             host.show_image(images[0])
         return images

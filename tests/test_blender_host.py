@@ -135,6 +135,13 @@ def test_blender_window_projects_from_the_view(addon_zip: Path, tmp_path: Path, 
     _run_window("view", addon_zip, tmp_path, daemon.url)
 
 
+def test_blender_window_redraws_only_what_shows_progress(addon_zip: Path, tmp_path: Path,
+                                                         daemon) -> None:
+    """Blender 3.4 with a window under Xvfb: a job's progress redraws the sidebar, not the
+    3D Viewport's main region, and previews are written a few times a second at most."""
+    _run_window("redraws", addon_zip, tmp_path, daemon.url)
+
+
 @pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
 def test_blender_daemon_goes_away_mid_job(host: str, addon_zip: Path, tmp_path: Path,
                                           start_daemon) -> None:

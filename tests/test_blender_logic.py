@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blender_addon import build, pixels, projection, settings
+from blender_addon import build, pacing, pixels, projection, settings
 from blender_addon.protocol import ProtocolError
 from blender_addon.protocol.messages import (ControlSettings, DepthInput, GenerateRequest,
                                              ImageInfo, Limits, ModelInfo, Result)
@@ -327,6 +327,44 @@ def test_depth_model_is_recorded_and_recalled_for_depth_results_only() -> None:
     assert "control_model" not in record
     base = settings.PanelSettings(control_model="tiny-controlnet")
     assert settings.settings_from_record(record, base).control_model == "tiny-controlnet"
+
+
+# ------------------------------------------------------------------ pacing
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throttle_lets_through_once_per_interval_and_urgent_at_once() -> None:
+    clock = _Clock()
+    throttle = pacing.Throttle(0.25, clock=clock)
+    assert throttle.ready() and not throttle.ready()
+    clock.now += 0.2
+    assert not throttle.ready() and throttle.ready(urgent=True)
+    clock.now += 0.25
+    assert throttle.ready()
+
+
+def test_throttle_waits_longer_after_costly_goes() -> None:
+    clock = _Clock()
+    throttle = pacing.Throttle(0.25, share=0.25, clock=clock)
+    assert throttle.ready()
+    throttle.took(0.3)           # drawing what it set off: 0.3 s, then 0.2 s more
+    throttle.took(0.2)
+    clock.now += 1.9
+    assert not throttle.ready()  # 0.5 s of drawing may take a quarter: 2 s apart
+    clock.now += 0.1
+    assert throttle.ready()
+    throttle.took(-0.05)         # a timer early, not a cost
+    clock.now += 0.25
+    assert throttle.ready()
+    throttle.took(30.0)          # Blender busy with something long: still within 2 s
+    clock.now += 2.0
+    assert throttle.ready()
 
 
 # ------------------------------------------------------------------ projection maths

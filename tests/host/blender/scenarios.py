@@ -630,7 +630,9 @@ def scenario_daemon_goes_away(module, url: str) -> None:
     # Killed and not back: the job waits to resume; Cancel drops it at once.
     job = long_job(session, "interrupted")
     ask_test("kill")
-    session.pump_until_idle(JOB_TIMEOUT, until=lambda: job.state.name == "RECONNECTING")
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: job.state.name == "RECONNECTING"
+                            or job.state.finished)
+    assert job.state.name == "RECONNECTING", job.progress_text
     assert bpy.ops.atelier.cancel() == {"FINISHED"}
     assert job.state.name == "CANCELLED" and not session.active_jobs
     assert new_datablocks(before) == nothing

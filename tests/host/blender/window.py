@@ -7,7 +7,7 @@ buttons' modal watchers must turn the daemon's answer into reports.
     xvfb-run -a blender --factory-startup --python window.py -- --zip Z --url U --scenario S
 
 ``window``: reports and timers; ``view``: Project Texture and Render to Image from the
-3D Viewport's view.
+3D Viewport's view; ``redraws``: what progress redraws, and the main thread's time per step.
 
 Blender's exit code does not follow a script that runs inside the event loop,
 so this exits with ``os._exit``: 0 when every step passed, 1 otherwise.
@@ -263,10 +263,120 @@ def view_steps(module, url: str) -> Iterator[float]:
     print("SCENARIO view PASSED on Blender", bpy.app.version_string)
 
 
+HEARTBEAT = 0.01   # seconds between the main thread's heartbeats while measuring
+# The redraws scenario's jobs: steps and image side (a bigger side makes slower steps).
+STEPS = int(os.environ.get("ATELIER_REDRAW_STEPS", "40"))
+SIDE = int(os.environ.get("ATELIER_REDRAW_SIDE", "128"))
+
+
+class MainThreadMeter:
+    """Blender's main thread from ``start()`` to ``stop()``: its CPU time (drawing included
+    when Mesa's llvmpipe draws on it, LP_NUM_THREADS=0), how late its heartbeats were, and
+    how often regions were drawn."""
+
+    def __init__(self) -> None:
+        self.beats: list[float] = []
+        self.draws = {"VIEW_3D WINDOW": 0, "VIEW_3D UI": 0, "IMAGE_EDITOR WINDOW": 0}
+        self._handlers: list = []
+        self._running = False
+
+    def start(self) -> None:
+        for key in self.draws:
+            space, region = key.split()
+            space_type = {"VIEW_3D": bpy.types.SpaceView3D,
+                          "IMAGE_EDITOR": bpy.types.SpaceImageEditor}[space]
+            handler = space_type.draw_handler_add(self._count, (key,), region, "POST_PIXEL")
+            self._handlers.append((space_type, handler, region))
+        self._running = True
+        self._cpu = time.thread_time()
+        bpy.app.timers.register(self._beat, first_interval=HEARTBEAT)
+
+    def _count(self, key: str) -> None:
+        if self._running:
+            self.draws[key] += 1
+
+    def _beat(self) -> float | None:
+        if not self._running:
+            return None
+        self.beats.append(time.perf_counter())
+        return HEARTBEAT
+
+    def stop(self) -> tuple[float, float]:
+        """Stops; returns the main thread's CPU seconds and the seconds its heartbeats
+        were late (the main thread busy, or the process not given a CPU)."""
+        self._running = False
+        cpu = time.thread_time() - self._cpu
+        for space_type, handler, region in self._handlers:
+            space_type.draw_handler_remove(handler, region)
+        gaps = np.diff(np.array(self.beats))
+        return cpu, float(np.clip(gaps - HEARTBEAT, 0.0, None).sum())
+
+
+def redraw_steps(module, url: str) -> Iterator[float]:
+    """Jobs with and without previews while the 3D Viewport is open: the add-on's progress
+    redraws the sidebar and the Image Editor, not the 3D Viewport's main region, and writes
+    previews at most a few times a second. Prints the main thread's time per step."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=64, ring_count=32)   # something to draw
+    window = bpy.context.window_manager.windows[0]
+    editor = next(a for a in window.screen.areas if a.type == "PROPERTIES")
+    editor.type = "IMAGE_EDITOR"   # where previews show
+    area = _ui_context()["area"]
+    area.spaces.active.show_region_ui = True   # the sidebar, where the Atelier tab lives
+    for _ in range(10):
+        yield 0.1                  # the first draws of the new layout
+    region = next(r for r in area.regions if r.type == "WINDOW")
+    with bpy.context.temp_override(window=window, area=area, region=region):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        bpy.ops.wm.redraw_timer(type="DRAW", iterations=5)   # (the UI region's crashes 3.4)
+        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    print(f"REDRAW one draw of the 3D Viewport's main region: {wall / 5 * 1000:.0f} ms "
+          f"({cpu / 5 * 1000:.0f} ms CPU on the main thread)")
+    meter = MainThreadMeter()
+    meter.start()
+    for _ in range(10):
+        yield 0.1                  # idle, for the baseline
+    idle_cpu, _ = meter.stop()
+    idle_rate = idle_cpu / 1.0
+    print(f"REDRAW idle main thread: {idle_rate * 1000:.0f} ms CPU a second")
+    results = {}
+    for every in (0, 1):
+        harness.settings(scene, prompt=f"redraw {every}", steps=STEPS, width=SIDE, height=SIDE,
+                         preview_every=every, random_seed=False, seed=1)
+        meter = MainThreadMeter()
+        meter.start()
+        started = time.perf_counter()
+        assert _click(bpy.ops.atelier.generate) == {"RUNNING_MODAL"}
+        job = session.jobs[-1]
+        yield from _wait(lambda: job.state.finished, "the job")
+        seconds = time.perf_counter() - started
+        cpu, late = meter.stop()
+        assert job.state.name == "DONE", job.progress_text
+        results[every] = (seconds, meter.draws)
+        work = cpu - idle_rate * seconds
+        print(f"REDRAW preview_every={every} steps={job.total} seconds={seconds:.2f} "
+              f"main_thread_cpu={cpu:.2f} s, above idle {work:.2f} s = "
+              f"{work / job.total * 1000:.0f} ms a step; heartbeats_late={late:.2f} s "
+              f"draws={meter.draws}")
+        for _ in range(5):
+            yield 0.1              # let the last redraws happen outside the measurement
+    seconds, draws = results[0]
+    # Progress alone: the 3D Viewport's main region is not redrawn (the result's new image
+    # may redraw it once or twice), while the sidebar is.
+    assert draws["VIEW_3D WINDOW"] <= 2, draws
+    seconds, draws = results[1]
+    # Previews: written (and so redrawn by Blender) at most about four times a second.
+    allowed = seconds / module.runtime.REDRAW_INTERVAL + 3
+    assert draws["VIEW_3D WINDOW"] <= allowed, (draws, seconds)
+    print("SCENARIO redraws PASSED on Blender", bpy.app.version_string)
+
+
 def main() -> None:
     args = harness.parse_args()
     module = harness.install_and_enable(args.zip, args.url)
-    running = {"window": steps, "view": view_steps}[args.scenario](module, args.url)
+    running = {"window": steps, "view": view_steps,
+               "redraws": redraw_steps}[args.scenario](module, args.url)
 
     def tick() -> float | None:
         try:

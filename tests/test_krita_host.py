@@ -739,3 +739,25 @@ def test_one_undo_takes_back_a_single_result_shown_with_step_previews(app_probe)
     assert probe["after_single_undo"] == before
     # No step preview is left in the history either: the next undo is the batch's.
     assert probe["after_single_second_undo"] == probe["before_batch"]
+
+
+def test_live_toggle_follows_the_newest_canvas_state_applies_and_cleans_up(krita):
+    live = scenario(krita, "live_painting")
+    assert live["default_strength"] == 50
+    # One live layer, on top of the work, and the painter's layer left as painted.
+    assert live["live_names"] == ["[Atelier live]"] and live["live_on_top"] == "[Atelier live]"
+    assert live["strokes_untouched"]
+    # Two quick strokes: few jobs (the debounce and the daemon's live session), the
+    # newest state (blue) is what was sent last and what the live layer shows.
+    assert 1 <= live["jobs_for_two_strokes"] <= 3, live
+    assert live["sent_centre"][:3] == [220, 0, 0], live["sent_centre"]
+    assert live["shows_newest"] and live["live_changed"]
+    assert "cancel" not in live["message"].lower(), live["message"]
+    # Apply: a normal paint layer with the live result's pixels.
+    assert len(live["applied"]) == 1, live["applied"]
+    name, kind, same = live["applied"][0]
+    assert kind == "paintlayer" and same and "[Atelier" not in name
+    # Live off: the live layer is gone, nothing reported as a cancellation.
+    assert "[Atelier live]" not in live["after_off"] and not live["live_after_off"]
+    assert name in live["after_off"]
+    assert "cancel" not in live["message_after_off"].lower()

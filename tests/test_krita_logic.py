@@ -598,3 +598,54 @@ def test_thumbnails_keep_the_aspect():
     assert thumbnail_extent(Extent(2048, 1024), 96) == Extent(96, 48)
     assert thumbnail_extent(Extent(30, 300), 96) == Extent(10, 96)
     assert thumbnail_extent(Extent(1, 4000), 96) == Extent(1, 96)
+
+
+# ---------------------------------------------------------------- live painting (issue 15)
+from atelier_krita.live import (LIVE_DELAY_S, LIVE_SESSION, LIVE_STRENGTH,  # noqa: E402
+                                LiveDebounce, LiveResults, checksum, is_superseded)
+from atelier_krita.protocol.messages import Cancelled  # noqa: E402
+
+
+def test_live_debounce_sends_the_newest_state_once_after_the_canvas_stands_still():
+    live = LiveDebounce(delay=0.3)
+    assert not live.due(0.0)                       # nothing seen yet
+    live.observe(1, 0.0)                           # Live turned on: the first state is a change
+    assert live.pending and not live.due(0.2)
+    assert live.due(0.31)                          # 300 ms of stillness: send it
+    assert not live.due(0.5) and not live.pending  # once
+    live.observe(1, 0.6)                           # unchanged: nothing to send
+    assert not live.due(2.0)
+    # Two strokes quickly: the wait restarts at each, one send for the newest.
+    live.observe(2, 3.0)
+    live.observe(3, 3.2)
+    assert not live.due(3.4)
+    assert live.due(3.51)
+    assert live.sent == 3 and not live.due(4.0)
+    # Back to a state sent before the newest still counts as a change.
+    live.observe(2, 5.0)
+    assert live.due(5.31)
+    live.reset()
+    assert not live.pending and not live.due(9.0)
+    live.observe(2, 10.0)
+    assert live.due(10.31)                         # after Live off/on the state goes again
+
+
+def test_live_defaults():
+    assert LIVE_DELAY_S == 0.3 and LIVE_STRENGTH == 0.5 and LIVE_SESSION == "canvas"
+    assert checksum([b"ab", b"c"]) == checksum([b"abc"]) != checksum([b"abd"])
+
+
+def test_live_results_show_only_newer_states_and_superseded_is_no_user_cancel():
+    jobs = LiveResults()
+    assert jobs.sent("r1") == 0 and jobs.sent("r2") == 1
+    assert jobs.running and jobs.owns(ref="r1") and not jobs.owns(ref="zz")
+    assert jobs.accepted("r1", "j1") and jobs.accepted("r2", "j2")
+    assert not jobs.accepted("other", "j9")
+    assert jobs.newest_id() == "j2"
+    assert jobs.should_show("j2")
+    jobs.ended("j2")
+    assert not jobs.should_show("j1")             # older than what is shown: dropped
+    jobs.ended("j1")
+    assert not jobs.running and jobs.newest_id() is None
+    assert is_superseded(Cancelled(job_id="j1", reason="superseded"))
+    assert not is_superseded(Cancelled(job_id="j1"))

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, Callable, Optional
 
@@ -45,6 +45,8 @@ from .history import History, HistoryEntry, ResultImage
 from .host import DocumentClosed, KritaDocument
 from .jobs import (DEPTH_MODEL_DEFAULT, DEPTH_MODEL_KINDS, QUEUE_LIMIT, JobPlan, JobRefused,
                    JobSettings, Mode, UploadIds, build_request, layer_name, plan_job)
+from .live import (LIVE_LAYER, LIVE_POLL_S, LIVE_SESSION, LIVE_STRENGTH, LiveDebounce,
+                   LiveResults, is_superseded)
 from .pixels import is_empty_mask
 from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.errors import ErrorCode, ProtocolError
@@ -159,6 +161,23 @@ class Controller:
         self._abandoned: set[str] = set()        # refs of jobs ended before the daemon took them
         self._next_preview_at = 0.0              # time.monotonic() before which none is shown
         self._worker = PixelWorker()
+        # Live painting: the canvas goes to the daemon as img2img after each change.
+        self.live = False
+        self.live_strength = LIVE_STRENGTH
+        self.live_settings: Optional[Callable[[], JobSettings]] = None   # the docker's fields
+        self.live_jobs_sent = 0
+        self.live_sent_inputs: dict[str, ImageFrame] = {}   # the last live job's uploads
+        self._live_debounce = LiveDebounce()
+        self._live_results = LiveResults()
+        self._live_document: Optional[KritaDocument] = None
+        self._live_layer: Any = None
+        self._live_undo: Optional[str] = None
+        self._live_region: Optional[Bounds] = None
+        self._live_shown: Optional[tuple[bytes, Bounds, int, JobSettings]] = None
+        self._live_work: "deque[tuple[str, Any, Future[Any]]]" = deque()
+        self._live_polled_at = 0.0
+        self._live_pending: dict[str, tuple[JobPlan, JobSettings, Optional[bytes]]] = {}
+        self._live_jobs: dict[str, tuple[JobPlan, JobSettings, Optional[bytes]]] = {}
 
     # ------------------------------------------------------------ connection
     def connect(self, connection: Optional[ConnectionSettings] = None) -> None:
@@ -279,6 +298,9 @@ class Controller:
         running = self._job
         hidden = (running.preview_layer,) if running is not None and \
             running.document.same_as(document) and running.preview_layer is not None else ()
+        if self._live_layer is not None and self._live_document is not None and \
+                self._live_document.same_as(document):
+            hidden += (self._live_layer,)
         read = _read_canvas(document, plan, settings, hidden)
         ids = UploadIds(image=new_id() if plan.send_image else None,
                         mask=new_id() if plan.send_mask else None,
@@ -452,6 +474,8 @@ class Controller:
         (Qt's) thread; returns how many events."""
         handled = self._drain_events(limit)
         collected = self._collect_work()
+        if self.live:
+            collected = self._guarded_live(self._live_tick) or collected
         closed = self._check_documents()
         if handled or collected or closed:
             self._changed()
@@ -490,6 +514,8 @@ class Controller:
 
     def _handle(self, event: Any) -> None:
         if self._handle_connection(event):
+            return
+        if self._live_event(event):
             return
         job = self._job
         if isinstance(event, (Accepted, Error)) and event.ref and event.ref in self._abandoned:
@@ -547,6 +573,8 @@ class Controller:
             self._queue_preview(job, event.image)
         elif isinstance(event, JobDone):
             self._queue_result(job, event)
+        elif isinstance(event, Cancelled) and is_superseded(event):
+            self._end_job("replaced by a newer live job", outcome="superseded")
         elif isinstance(event, Cancelled):
             self._end_job("cancelled", outcome="cancelled")
         elif isinstance(event, Error):
@@ -723,7 +751,220 @@ class Controller:
         if self.on_change is not None:
             self.on_change()
 
+    # ------------------------------------------------------------ live painting
+    def set_live(self, on: bool) -> None:
+        """Live on: every change of the canvas (or the selection's region) goes to the
+        daemon as img2img at ``live_strength`` after a short debounce, its result shown in
+        one live layer above the work. Off: the running live job is cancelled and the live
+        layer removed."""
+        if on == self.live:
+            return
+        self.live = on
+        self._live_debounce.reset()
+        if on:
+            self.message = "Live: on; paint and the result follows"
+        else:
+            job_id = self._live_results.newest_id()
+            if job_id is not None:
+                self._tell_cancel(job_id)
+            accepted = set(self._live_results.by_id.values())
+            for ref, number in self._live_results.by_ref.items():
+                if number not in accepted:
+                    self._abandoned.add(ref)     # cancelled if the daemon takes it after all
+            self._live_results.clear()
+            self._live_pending.clear()
+            self._live_jobs.clear()
+            for _, _, future in self._live_work:
+                future.cancel()
+            self._live_work.clear()
+            self._drop_live_layer()
+            self._live_document = None
+            self._live_shown = None
+            self.message = "Live: off"
+        self._changed()
+
+    @property
+    def live_running(self) -> bool:
+        return self._live_results.running
+
+    @property
+    def live_idle(self) -> bool:
+        """Live is on and has nothing waiting: no change to send, no job out, no work."""
+        return self.live and not self._live_debounce.pending and not self._live_work and \
+            not self._live_results.running
+
+    @property
+    def live_shows_newest(self) -> bool:
+        """The live layer shows the result of the newest state sent."""
+        results = self._live_results
+        return results.next_number > 0 and results.shown_number == results.next_number - 1
+
+    @property
+    def live_layer(self) -> Any:
+        return self._live_layer
+
+    def apply_live(self) -> Any:
+        """Copy the live result shown into a new normal layer (below the live layer);
+        returns that layer, or None when there is none."""
+        shown, document = self._live_shown, self._live_document
+        if shown is None or document is None or not document.is_open():
+            self.message = "Live: no result to apply yet"
+            self._changed()
+            return None
+        bgra, region, seed, settings = shown
+        below = self._live_layer if self._live_layer is not None and \
+            document.has_layer(self._live_layer) else None
+        anchor = _node_below(below) if below is not None else document.anchor()
+        node = document.add_layer(layer_name(settings.prompt, seed), bgra, region,
+                                  anchor if anchor is not None else document.anchor())
+        self.message = f"Live: applied (seed {seed})"
+        self._changed()
+        return node
+
+    def _guarded_live(self, action: Callable[[], bool]) -> bool:
+        try:
+            return action()
+        except DocumentClosed:
+            self.set_live(False)
+            self.message = "Live: the document was closed; Live is off"
+        except JobRefused as exc:
+            self.message = "Live: " + str(exc)
+        except (ProtocolError, ValueError, ClientError) as exc:
+            log.warning("Live: %s", exc)
+            self.message = f"Live: {exc}"
+        except Exception as exc:
+            log.exception("Atelier: live")
+            self.message = f"Live: the Atelier plugin failed ({type(exc).__name__}: {exc})"
+        return True
+
+    def _live_tick(self) -> bool:
+        document = self._live_document
+        if document is not None and not document.is_open():
+            self._drop_live_layer()
+            self._live_document = None
+            self._live_shown = None
+            self._live_debounce.reset()
+            document = None
+        if document is None:
+            document = self.document()
+            if document is None:
+                return False
+            self._live_document = document
+        now = time.monotonic()
+        if now - self._live_polled_at >= LIVE_POLL_S:
+            self._live_polled_at = now
+            self._live_debounce.observe(document.pixels_checksum(self._live_layer), now)
+        acted = False
+        if self.connected and self.client is not None and self._live_debounce.due(now):
+            self._live_start(document)
+            acted = True
+        return self._live_collect() or acted
+
+    def _live_start(self, document: KritaDocument) -> None:
+        problem = document.format_problem()
+        if problem:
+            raise JobRefused(problem)
+        base = self.live_settings() if self.live_settings is not None else JobSettings()
+        settings = replace(base, strength=self.live_strength, batch_size=1, previews=False)
+        plan = plan_job(Mode.REFINE, settings, document.extent, document.selection_bounds(),
+                        self.resolution_for(settings))
+        hidden = (self._live_layer,) if self._live_layer is not None else ()
+        if self._job is not None and self._job.preview_layer is not None and \
+                self._job.document.same_as(document):
+            hidden += (self._job.preview_layer,)
+        read = _read_canvas(document, plan, settings, hidden)
+        ids = UploadIds(image=new_id() if plan.send_image else None,
+                        mask=new_id() if plan.send_mask else None)
+        request = build_request(plan, settings, ids)
+        validate(request, "job")
+        future = self._worker.submit(prepare_inputs, read, plan, settings, ids)
+        self._live_work.append(("inputs", (request, plan, settings), future))
+
+    def _live_collect(self) -> bool:
+        acted = False
+        while self._live_work and self._live_work[0][2].done():
+            kind, info, future = self._live_work.popleft()
+            if future.cancelled():
+                continue
+            result = future.result()
+            if kind == "inputs":
+                request, plan, settings = info
+                client = self.client
+                if client is None:
+                    continue
+                ref = client.submit(request, list(result.uploads.values()), live=LIVE_SESSION)
+                self._live_results.sent(ref)
+                self.live_sent_inputs = result.uploads
+                self._live_pending[ref] = (plan, settings, result.clip)
+                self.live_jobs_sent += 1
+                acted = True
+            else:
+                job_id, plan, settings, done = info
+                if result and self._live_results.should_show(job_id):
+                    self._live_write(result[0].bgra, plan.region, result[0].seed, settings)
+                    acted = True
+                self._live_results.ended(job_id)
+                break            # one write into the document a pump
+        return acted
+
+    def _live_event(self, event: Any) -> bool:
+        """Handle an event of a live job; False when it is not one."""
+        results = self._live_results
+        ref = getattr(event, "ref", None) if isinstance(event, (Accepted, Error)) else None
+        job_id = getattr(event, "job_id", None)
+        if not results.owns(job_id, ref):
+            return False
+        if isinstance(event, Accepted):
+            results.accepted(event.ref, event.job_id)
+            if event.ref in self._live_pending:
+                self._live_jobs[event.job_id] = self._live_pending.pop(event.ref)
+        elif isinstance(event, JobDone):
+            plan, settings, clip = self._live_jobs.pop(event.job_id, (None, None, None))
+            if plan is not None:
+                future = self._worker.submit(finished_images, event, plan.region, clip)
+                self._live_work.append(("result", (event.job_id, plan, settings, event), future))
+            self.current_model = event.result.model
+        elif isinstance(event, Cancelled):
+            # superseded by a newer state (or Live turned off): not the painter's cancel
+            self._live_jobs.pop(event.job_id, None)
+            results.ended(event.job_id)
+        elif isinstance(event, Error):
+            if job_id is not None:
+                self._live_jobs.pop(job_id, None)
+                results.ended(job_id)
+            if ref is not None:
+                self._live_pending.pop(ref, None)
+                results.by_ref.pop(ref, None)
+            self.message = "Live: " + _error_text(event, None)
+        return True
+
+    def _live_write(self, bgra: bytes, region: Bounds, seed: int, settings: JobSettings) -> None:
+        document = self._live_document
+        if document is None or not document.is_open() or not self.live:
+            return
+        layer = self._live_layer
+        if layer is not None and document.has_layer(layer):
+            old = self._live_region
+            if old is not None and old != region:
+                document.write_layer(layer, bytes(old.width * old.height * 4), old)
+            document.write_layer(layer, bgra, region)
+        else:
+            layer = document.add_layer(LIVE_LAYER, bgra, region, document.top_node())
+            self._live_layer, self._live_undo = layer, document.undo_text()
+        self._live_region = region
+        self._live_shown = (bgra, region, seed, settings)
+        self.message = f"Live: updated (seed {seed})"
+
+    def _drop_live_layer(self) -> None:
+        layer, self._live_layer = self._live_layer, None
+        document = self._live_document
+        if layer is not None and document is not None and document.is_open():
+            document.take_back_layer(layer, self._live_undo)
+        self._live_undo = None
+        self._live_region = None
+
     def close(self) -> None:
+        self.set_live(False)
         self.discard_results()
         self.disconnect()
         self._worker.close()
@@ -756,6 +997,18 @@ def _show(document: KritaDocument, layer: Any, name: str, bgra: bytes, region: B
         document.rename_layer(layer, name)
         return layer
     return document.add_layer(name, bgra, region, anchor)
+
+
+def _node_below(node: Any) -> Any:
+    """The sibling just below ``node`` (new layers placed above it go under ``node``)."""
+    parent = node.parentNode()
+    if parent is None:
+        return None
+    siblings = parent.childNodes()
+    for index, child in enumerate(siblings):
+        if child.uniqueId() == node.uniqueId():
+            return siblings[index - 1] if index > 0 else None
+    return None
 
 
 def _superseded(work: "deque[_Work]") -> bool:

@@ -23,6 +23,7 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
 
 from . import actions, host
 from .controller import ConnectionSettings, Controller
+from .live import LIVE_STRENGTH
 from .jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP,
                    DEPTH_MODEL_SD2_DEPTH, ESTIMATE_DEPTH, SD2_DEPTH_FAMILY, SEED_MAX,
                    JobSettings, Mode, Workflow, action_label, base_model_names,
@@ -107,6 +108,7 @@ class AtelierPanel(QWidget):
         column = QVBoxLayout(page)
         column.setContentsMargins(0, 0, 0, 0)
         column.addLayout(self._build_status(page))
+        column.addWidget(self._build_live(page))
         connection = Fold("Connection settings", page)
         conn = self.controller.connection
         self.host_edit = QLineEdit(conn.host, connection.body)
@@ -318,6 +320,46 @@ class AtelierPanel(QWidget):
         self.bottom_stack.setFixedHeight(max(self.message_view.minimumHeight(),
                                              self.results_list.height()))
         column.addWidget(self.bottom_stack)
+
+    def _build_live(self, page: QWidget) -> QWidget:
+        """Live: the canvas goes to the daemon after each change, its result in one live
+        layer; its own strength and Apply. At the top of the scrolling part: the docker's
+        minimum height (1366x768 screens) stays as it was."""
+        self.live_row = QWidget(page)
+        row = QHBoxLayout(self.live_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.setSpacing(PANEL_MARGIN)
+        self.live_check = QCheckBox("Live", self.live_row)
+        self.live_check.setToolTip("While on, each change of the canvas (or the selection's "
+                                   "region) is refined by the daemon a moment after you stop, "
+                                   "shown in the [Atelier live] layer on top; off removes it")
+        self.live_check.toggled.connect(self._live_toggled)
+        self.live_slider = QSlider(Qt.Horizontal, self.live_row)
+        self.live_slider.setRange(0, 100)
+        self.live_slider.setValue(round(LIVE_STRENGTH * 100))
+        self.live_slider.setToolTip("How much Live changes the canvas")
+        self.live_label = QLabel(f"{self.live_slider.value()}%", self.live_row)
+        self.live_label.setMinimumWidth(self.live_label.fontMetrics()
+                                        .horizontalAdvance("100%"))
+        self.live_slider.valueChanged.connect(self._live_strength_changed)
+        self.live_apply_button = QPushButton("Apply", self.live_row)
+        self.live_apply_button.setToolTip("Copy the live result into a new layer")
+        self.live_apply_button.clicked.connect(self.controller.apply_live)
+        row.addWidget(self.live_check)
+        row.addWidget(self.live_slider, 1)
+        row.addWidget(self.live_label)
+        row.addWidget(self.live_apply_button)
+        self.controller.live_settings = self.settings
+        self.controller.live_strength = self.live_slider.value() / 100.0
+        return self.live_row
+
+    def _live_toggled(self, on: bool) -> None:
+        self.controller.live_settings = self.settings
+        self.controller.set_live(on)
+
+    def _live_strength_changed(self, value: int) -> None:
+        self.live_label.setText(f"{value}%")
+        self.controller.live_strength = value / 100.0
 
     # ------------------------------------------------------------ fields <-> settings
     def settings(self) -> JobSettings:

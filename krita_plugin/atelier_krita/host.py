@@ -13,6 +13,7 @@ from PyQt5.QtCore import QByteArray
 
 from .geometry import Bounds, Extent
 from .jobs import JobRefused
+from .live import checksum
 
 SETTINGS_GROUP = "atelier_krita"
 
@@ -82,6 +83,32 @@ class KritaDocument:
                 node.setVisible(True)
             if shown:
                 self._doc.refreshProjection()
+
+    def pixels_checksum(self, exclude: Any = None) -> int:
+        """A cheap checksum of what the painter changes: every visible layer's own pixels
+        (without ``exclude``, the live layer), visibility, opacity and order, and the
+        selection's bounds. Quick copies on Qt's thread; adler32 runs at C speed."""
+        skip = str(exclude.uniqueId()) if exclude is not None and self._alive(exclude) else None
+        width, height = self._doc.width(), self._doc.height()
+        chunks: list[bytes] = [repr((width, height, self.selection_bounds())).encode()]
+
+        def walk(node: Any) -> None:
+            for child in node.childNodes():
+                if str(child.uniqueId()) == skip or not child.visible():
+                    continue
+                chunks.append(f"{child.uniqueId()}:{child.opacity()}:{child.blendingMode()}"
+                              .encode())
+                if child.type() in ("paintlayer", "filllayer", "vectorlayer", "filelayer"):
+                    chunks.append(bytes(child.pixelData(0, 0, width, height)))
+                walk(child)
+
+        walk(self._doc.rootNode())
+        return checksum(chunks)
+
+    def top_node(self) -> Any:
+        """The topmost layer (new layers above it are above everything)."""
+        children = self._doc.rootNode().childNodes()
+        return children[-1] if children else None
 
     def paint_layer_names(self) -> list[str]:
         names: list[str] = []

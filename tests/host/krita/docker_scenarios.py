@@ -392,7 +392,85 @@ def docker_shape(ctx: Context) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------- live painting (issue 15)
+def _fill_layer(doc: Any, node: Any, bgra: bytes) -> None:
+    from PyQt5.QtCore import QByteArray
+    width, height = doc.width(), doc.height()
+    node.setPixelData(QByteArray(bgra * (width * height)), 0, 0, width, height)
+    doc.refreshProjection()
+
+
+def _centre_bgra(frame: Any) -> list[int]:
+    """The centre pixel of an RGBA8 upload, as [B, G, R, A]."""
+    at = ((frame.height // 2) * frame.width + frame.width // 2) * 4
+    r, g, b, a = frame.data[at:at + 4]
+    return [b, g, r, a]
+
+
+def live_painting(ctx: Context) -> dict[str, Any]:
+    """Live on, two quick strokes, the live layer follows the newest; Apply; Live off."""
+    from atelier_krita.live import LIVE_LAYER
+    panel, controller, doc = ctx.panel, ctx.controller, ctx.doc
+    out: dict[str, Any] = {}
+    panel.show_settings(replace(ctx.base, steps=2, previews=False))
+    panel.max_side_spin.setValue(96)
+    clear_selection(doc)
+    strokes = doc.createNode("live strokes", "paintlayer")
+    doc.rootNode().addChildNode(strokes, None)
+    _fill_layer(doc, strokes, bytes([0, 200, 0, 255]))          # green
+    before = _names(doc)
+    before_ids = {str(n.uniqueId()) for n in doc.rootNode().childNodes()}
+    out["default_strength"] = panel.live_slider.value()
+    panel.live_check.setChecked(True)
+    pump_until(controller, lambda: controller.live_layer is not None and controller.live_idle,
+               "the first live result")
+    out["first_names"] = _names(doc)
+    first = bytes(controller.live_layer.pixelData(0, 0, doc.width(), doc.height()))
+    sent_before = controller.live_jobs_sent
+    # Two strokes quickly (under the debounce apart), then wait for the newest's result.
+    _fill_layer(doc, strokes, bytes([0, 0, 220, 255]))          # red
+    for _ in range(5):
+        QCoreApplication.processEvents()
+        controller.pump()
+        time.sleep(0.02)
+    _fill_layer(doc, strokes, bytes([220, 0, 0, 255]))          # blue
+    pump_until(controller, lambda: controller.live_idle and controller.live_shows_newest,
+               "the live result of the newest state")
+    out["jobs_for_two_strokes"] = controller.live_jobs_sent - sent_before
+    out["sent_centre"] = _centre_bgra(controller.live_sent_inputs["image"])
+    out["shows_newest"] = controller.live_shows_newest
+    live = controller.live_layer
+    out["live_names"] = [n.name() for n in doc.rootNode().childNodes()
+                         if n.name() == LIVE_LAYER]
+    out["live_on_top"] = doc.rootNode().childNodes()[-1].name()
+    out["live_changed"] = bytes(live.pixelData(0, 0, doc.width(), doc.height())) != first
+    out["strokes_untouched"] = bytes(strokes.pixelData(0, 0, 1, 1)) == bytes([220, 0, 0, 255])
+    out["message"] = controller.message
+    # Apply: a normal layer with the live result's pixels.
+    panel.live_apply_button.click()
+    added = [n for n in doc.rootNode().childNodes()
+             if str(n.uniqueId()) not in before_ids and n.name() != LIVE_LAYER]
+    out["applied"] = [[n.name(), n.type(),
+                       bytes(n.pixelData(0, 0, doc.width(), doc.height())) ==
+                       bytes(live.pixelData(0, 0, doc.width(), doc.height()))] for n in added]
+    # Live off: the live layer goes.
+    panel.live_check.setChecked(False)
+    for _ in range(20):
+        QCoreApplication.processEvents()
+        controller.pump()
+        time.sleep(0.01)
+    out["after_off"] = _names(doc)
+    out["live_after_off"] = controller.live_layer is not None
+    out["message_after_off"] = controller.message
+    for node in doc.rootNode().childNodes():
+        if str(node.uniqueId()) not in before_ids or node.name() == "live strokes":
+            node.remove()
+    panel.show_settings(ctx.base)
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "live_painting": live_painting,
     "docker_shape": docker_shape,
     "seed_range": seed_range,
     "depth_layers_fresh": depth_layers_fresh,

@@ -331,7 +331,54 @@ class ATELIER_OT_recall(bpy.types.Operator):
                   + (settings.DEPTH_FIELDS if item.depth else ())}
         recalled = settings.settings_from_record(record, settings.settings_from(props))
         for key, value in dataclasses.asdict(recalled).items():
-            setattr(props, key, value)
+            if key == "loras":
+                _set_lora_rows(props.loras, value)
+            else:
+                setattr(props, key, value)
+        return {"FINISHED"}
+
+
+def _set_lora_rows(rows: Any, loras: Any) -> None:
+    """Make the panel's LoRA rows ``loras`` ((name, weight) pairs), in order."""
+    rows.clear()
+    for name, weight in loras:
+        row = rows.add()
+        row.lora_name = name
+        row.weight = weight
+
+
+class ATELIER_OT_lora_add(bpy.types.Operator):
+    """Add a LoRA row (at most 8): choose the LoRA in its dropdown"""
+    bl_idname = "atelier.lora_add"
+    bl_label = "Add LoRA"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        rows = context.scene.atelier.loras
+        if len(rows) >= settings.LORAS_MAX:
+            self.report({"ERROR"}, f"a job takes at most {settings.LORAS_MAX} LoRAs: remove "
+                                   "one first")
+            return {"CANCELLED"}
+        rows.add()
+        return {"FINISHED"}
+
+
+class ATELIER_OT_lora_remove(bpy.types.Operator):
+    """Remove this LoRA row"""
+    bl_idname = "atelier.lora_remove"
+    bl_label = "Remove LoRA"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: IntProperty(default=-1, options={"SKIP_SAVE"},
+                       description="The row to remove; -1: the last one")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        rows = context.scene.atelier.loras
+        index = self.index if self.index >= 0 else len(rows) - 1
+        if not 0 <= index < len(rows):
+            self.report({"ERROR"}, "no such LoRA row")
+            return {"CANCELLED"}
+        rows.remove(index)
         return {"FINISHED"}
 
 
@@ -362,4 +409,4 @@ class ATELIER_OT_apply_image(bpy.types.Operator):
 
 CLASSES = (ATELIER_OT_generate, ATELIER_OT_render_to_image, ATELIER_OT_project_texture,
            ATELIER_OT_cancel, ATELIER_OT_test_connection, ATELIER_OT_recall,
-           ATELIER_OT_apply_image)
+           ATELIER_OT_apply_image, ATELIER_OT_lora_add, ATELIER_OT_lora_remove)

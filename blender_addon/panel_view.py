@@ -33,14 +33,15 @@ FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
     "prompt": (("prompt", "Prompt"), ("negative_prompt", "Negative"),
                ("model_choice", "Model")),
     "size": (("width", "Width"), ("height", "Height"), ("steps", "Steps"),
-             ("guidance", "Guidance"), ("scheduler", "Scheduler"), ("seed", "Seed"),
+             ("guidance", "Guidance"), ("scheduler", "Scheduler"),
+             ("sampler_preset_choice", "Preset"), ("seed", "Seed"),
              ("random_seed", "Random"), ("batch_size", "Images")),
     "texture": (("tiling", "Seamless"), ("apply_to_object", "Apply"),
                 ("capture_source", "From"), ("strength", "Strength"), ("use_depth", "Depth"),
                 ("bake_projection", "Bake to UVs"), ("control_scale", "Depth Weight"),
                 ("depth_model", "Depth Model")),
     "advanced": (("cache_interval", "Reuse Steps"), ("preview_every", "Previews"),
-                 ("model", "Model Path")),
+                 ("model", "Model Path"), ("loras", "LoRAs")),
     "history": (),
 }
 
@@ -197,6 +198,28 @@ def cache_hint(interval: int) -> str:
         return "Off: full quality"
     speed = {2: "about 1.5x", 3: "about 1.9x"}.get(interval, "2x or more")
     return f"{speed} faster, small changes in detail"
+
+
+# ---------------------------------------------------------------- sampler presets, LoRAs
+def preset_note(preset: str, summary: str) -> str:
+    """The line under the Preset dropdown when a preset is chosen: that it overrides Steps,
+    Guidance and Scheduler, and with what (``summary``, e.g. 'euler, 4 steps, guidance 1');
+    "" for no preset."""
+    if not preset:
+        return ""
+    return (f"{preset} sets {summary}: overrides Steps, Guidance, Scheduler" if summary
+            else f"{preset} overrides Steps, Guidance, Scheduler")
+
+
+def loras_note(rows: int, chosen: int, limit: int = 8) -> str:
+    """The line under the LoRA rows: how many are sent, and the limit when reached."""
+    if rows == 0:
+        return "No LoRAs: Add LoRA applies one to every job"
+    if rows >= limit:
+        return f"{chosen} LoRA(s) sent; {limit} rows is the most a job takes"
+    if chosen < rows:
+        return f"{chosen} LoRA(s) sent; rows without a LoRA send nothing"
+    return f"{chosen} LoRA(s) sent with every job"
 
 
 # ---------------------------------------------------------------- history

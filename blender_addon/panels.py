@@ -14,7 +14,7 @@ from typing import Optional
 import bpy
 from bpy.props import StringProperty
 
-from . import panel_view
+from . import panel_view, settings
 from .addon import current_session
 from .panel_view import FIELDS, SUBPANELS
 from .runtime import JobState
@@ -152,9 +152,19 @@ def draw_size(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
                 icon = "BLANK1"
         col = _split(layout)
     col.separator()
-    col.prop(props, "steps", text=labels["steps"])
-    col.prop(props, "guidance", text=labels["guidance"])
-    col.prop(props, "scheduler", text=labels["scheduler"])
+    col.prop(props, "sampler_preset_choice", text=labels["sampler_preset_choice"])
+    note = panel_view.preset_note(props.sampler_preset,
+                                  settings.preset_summary(props.sampler_preset))
+    if note:
+        icon = "INFO"
+        for line in panel_view.wrap(note):
+            col.label(text=line, icon=icon)
+            icon = "BLANK1"
+    sampling = col.column()
+    sampling.active = not props.sampler_preset   # greyed: the preset decides these
+    sampling.prop(props, "steps", text=labels["steps"])
+    sampling.prop(props, "guidance", text=labels["guidance"])
+    sampling.prop(props, "scheduler", text=labels["scheduler"])
     col.prop(props, "random_seed", text=labels["random_seed"] + " Seed")
     sub = col.column()
     sub.enabled = not props.random_seed
@@ -203,6 +213,22 @@ def draw_advanced(layout: bpy.types.UILayout, props, image_editor: bool) -> None
     col = _split(layout)
     col.prop(props, "preview_every", text=labels["preview_every"])
     col.prop(props, "model", text=labels["model"])
+
+    layout.separator()
+    col = layout.column(align=True)
+    col.label(text=labels["loras"] + ":")
+    for index, row in enumerate(props.loras):
+        line = col.row(align=True)
+        line.prop(row, "lora_choice", text="")
+        line.prop(row, "weight", text="")
+        line.operator("atelier.lora_remove", text="", icon="X").index = index
+    add = col.row()
+    add.enabled = len(props.loras) < settings.LORAS_MAX
+    add.operator("atelier.lora_add", icon="ADD")
+    chosen = sum(1 for row in props.loras if row.lora_name.strip())
+    for line in panel_view.wrap(panel_view.loras_note(len(props.loras), chosen,
+                                                      settings.LORAS_MAX)):
+        col.label(text=line)
 
 
 class ATELIER_UL_history(bpy.types.UIList):

@@ -10,9 +10,10 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
 
 from .protocol.client import DEFAULT_PORT
 from .panel_view import ModelMenu
-from .settings import (CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP, IMAGE_STORAGE_ITEMS, MAX_BATCH,
-                       SEED_MAX, DepthModelMenu)
-from .protocol.messages import SCHEDULERS
+from .settings import (CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP, IMAGE_STORAGE_ITEMS, LORA_HELP,
+                       LORA_WEIGHT_HELP, MAX_BATCH, SAMPLER_PRESET_HELP, SEED_MAX,
+                       DepthModelMenu, LoraMenu, SamplerPresetMenu)
+from .protocol.messages import LORA_WEIGHT_MAX, SCHEDULERS
 
 ADDON_ID = __package__   # "atelier_blender", or "bl_ext.<repo>.atelier_blender" as an extension
 
@@ -47,6 +48,57 @@ def _set_depth_model(props: "AtelierSettings", number: int) -> None:
     name = DEPTH_MODEL_MENU.name(number)
     if name is not None:
         props.control_model = name
+
+
+# The LoRA rows' dropdown: the daemon's LoRAs for the model's family (same pattern). Every
+# row gets the same list (all rows' chosen names in it), so drawing rows never swaps lists.
+LORA_MENU = LoraMenu()
+
+
+def lora_items(row: "AtelierLoraItem", context: Optional[bpy.types.Context]) -> list:
+    from .addon import current_session   # the session lives as long as the add-on
+    props = getattr(row.id_data, "atelier", None)   # the scene holding the row
+    chosen = [r.lora_name for r in props.loras] if props is not None else [row.lora_name]
+    session = current_session()
+    if session is None:
+        return LORA_MENU.build([], None, chosen, listed_now=False)
+    family = session.model_family(props.model if props is not None else "")
+    return LORA_MENU.build(session.loras, family, chosen, listed_now=session.models_listed)
+
+
+def _get_lora(row: "AtelierLoraItem") -> int:
+    return LORA_MENU.number(row.lora_name)
+
+
+def _set_lora(row: "AtelierLoraItem", number: int) -> None:
+    name = LORA_MENU.name(number)
+    if name is not None:
+        row.lora_name = name
+
+
+# The Sampler Preset dropdown: None and the presets of the daemon's welcome.
+SAMPLER_PRESET_MENU = SamplerPresetMenu()
+
+
+def sampler_preset_items(props: "AtelierSettings",
+                         context: Optional[bpy.types.Context]) -> list:
+    from .addon import current_session   # the session lives as long as the add-on
+    session = current_session()
+    if session is None:
+        return SAMPLER_PRESET_MENU.build([], props.sampler_preset, listed_now=False)
+    return SAMPLER_PRESET_MENU.build(session.sampler_presets, props.sampler_preset,
+                                     listed_now=session.connection_ok
+                                     or bool(session.sampler_presets))
+
+
+def _get_sampler_preset(props: "AtelierSettings") -> int:
+    return SAMPLER_PRESET_MENU.number(props.sampler_preset)
+
+
+def _set_sampler_preset(props: "AtelierSettings", number: int) -> None:
+    name = SAMPLER_PRESET_MENU.name(number)
+    if name is not None:
+        props.sampler_preset = name
 
 
 class AtelierPreferences(bpy.types.AddonPreferences):
@@ -114,7 +166,26 @@ class AtelierHistoryItem(bpy.types.PropertyGroup):
     control_model: StringProperty(name="Depth Model",   # "" = the daemon's default
                                   description="The depth model it used; empty = the "
                                               "daemon's default")
+    loras: StringProperty(name="LoRAs", default="",
+                          description="The LoRAs it used, as JSON [[name, weight], ...]; "
+                                      "empty = none")
+    sampler_preset: StringProperty(name="Sampler Preset", default="",
+                                   description="The sampler preset it used; empty = none")
     image_name: StringProperty(name="Image", description="The image it made")
+
+
+class AtelierLoraItem(bpy.types.PropertyGroup):
+    """One LoRA row of the panel: a LoRA on the daemon and its weight."""
+    # The chosen LoRA's name ("" = none yet): a string, so a name the daemon no longer lists
+    # survives; the dropdown below shows and sets it.
+    lora_name: StringProperty(name="LoRA Name", default="",
+                              description="Name of the LoRA on the daemon, as it lists it; "
+                                          "empty = this row sends nothing")
+    lora_choice: EnumProperty(name="LoRA", description=LORA_HELP, items=lora_items,
+                              get=_get_lora, set=_set_lora, options=set())
+    weight: FloatProperty(name="Weight", default=1.0, min=-LORA_WEIGHT_MAX,
+                          max=LORA_WEIGHT_MAX, soft_min=-2.0, soft_max=2.0,
+                          description=LORA_WEIGHT_HELP)
 
 
 # The Model dropdown: the daemon's models, as last listed (like the Depth Model one).
@@ -219,13 +290,23 @@ class AtelierSettings(bpy.types.PropertyGroup):
                                     "scene's active camera"),
                ("VIEW", "View", "Render to Image and Project Texture see what the 3D "
                                 "Viewport shows")))
+    loras: CollectionProperty(type=AtelierLoraItem, name="LoRAs",
+                              description="LoRAs applied to every job from the panel (at "
+                                          "most 8), each with its weight")
+    sampler_preset: StringProperty(name="Sampler Preset Name", default="",
+                                   description="Name of the sampler preset on the daemon; "
+                                               "empty = none (the panel's steps, guidance "
+                                               "and scheduler)")
+    sampler_preset_choice: EnumProperty(name="Sampler Preset", description=SAMPLER_PRESET_HELP,
+                                        items=sampler_preset_items, get=_get_sampler_preset,
+                                        set=_set_sampler_preset, options=set())
     history: CollectionProperty(type=AtelierHistoryItem, name="History",
                                 description="Images made in this scene, newest last")
     history_index: IntProperty(default=0, name="Selected",
                                description="The history entry Recall Settings uses")
 
 
-CLASSES = (AtelierPreferences, AtelierHistoryItem, AtelierSettings)
+CLASSES = (AtelierPreferences, AtelierHistoryItem, AtelierLoraItem, AtelierSettings)
 
 
 def register() -> None:

@@ -106,6 +106,10 @@ class Session:
         self.models: list[str] = []
         self.conditioners: list[tuple[str, str]] = []   # depth models: (name, family)
         self.models_listed = False   # whether ``models`` and ``conditioners`` came from it
+        self.loras: list[tuple[str, str]] = []           # the daemon's LoRAs: (name, family)
+        self.model_families: dict[str, str] = {}         # checkpoint name -> family
+        self.current_model: Optional[str] = None         # the daemon's loaded model
+        self.sampler_presets: list[str] = []             # welcome.sampler_presets
         self.last_failure: Optional[str] = None
         self._on_connect: list[Callable[[AtelierClient], Any]] = []
         self._redraw = Throttle(REDRAW_INTERVAL, REDRAW_SHARE)
@@ -127,6 +131,8 @@ class Session:
         if self._client is None or self._address != (url, token):
             if self._address is not None and self._address != (url, token):
                 self.models, self.conditioners = [], []   # another daemon's lists
+                self.loras, self.model_families, self.sampler_presets = [], {}, []
+                self.current_model = None
                 self.models_listed = False
             self.close_client()
             self._start(url, token)
@@ -315,6 +321,8 @@ class Session:
         self.connection_text = (f"connected to {client.url}: {welcome.server} on "
                                 f"{welcome.device}, model {welcome.model or 'none loaded'}")
         self.limits = welcome.limits
+        self.sampler_presets = list(welcome.sampler_presets)
+        self.current_model = welcome.model or self.current_model
         for job in self.jobs:
             if job.state == JobState.WAITING:
                 self._send_waiting(client, job)
@@ -407,12 +415,24 @@ class Session:
                                 "job(s) queued" + (", one running" if event.busy else ""))
 
     def _models(self, event: Models) -> None:
-        self.models = [m.name for m in event.models]
+        # LoRAs and embeddings are no ``model``: they have menus (or prompts) of their own
+        self.models = [m.name for m in event.models if m.kind not in ("lora", "embedding")]
         self.conditioners = settings.depth_conditioners(event.models)
+        self.loras = settings.daemon_loras(event.models)
+        self.model_families = {m.name: m.family for m in event.models if m.kind == "checkpoint"}
+        if event.current:
+            self.current_model = event.current
         self.models_listed = True
+
+    def model_family(self, model: str) -> Optional[str]:
+        """The family of ``model`` ("" = the daemon's loaded one), None while unknown."""
+        name = model or (self.status.model if self.status is not None else None) \
+            or self.current_model
+        return self.model_families.get(name) if name else None
 
     def _model_loaded(self, event: ModelLoaded) -> None:
         self.connection_text = f"model {event.model} loaded in {event.seconds:.1f} s"
+        self.current_model = event.model
 
     _HANDLERS: dict[type, Callable[["Session", Any], None]] = {
         Connected: _connected, Disconnected: _disconnected, Accepted: _accepted,

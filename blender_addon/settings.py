@@ -8,14 +8,16 @@ building, parameter records and history recall are testable without Blender.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from .protocol import ErrorCode, GenerateRequest, ProtocolError, validate
-from .protocol.messages import (CACHE_INTERVAL_MAX, ControlSettings, DepthInput, Limits,
-                                ModelInfo, Result)
+from .protocol.messages import (CACHE_INTERVAL_MAX, LORAS_MAX,
+                                ControlSettings, DepthInput, Limits, LoraWeight, ModelInfo,
+                                Result)
 
 # Cycles and EEVEE write this into the Z pass where no geometry was hit (1e10);
 # anything at or past it is background for the daemon.
@@ -29,7 +31,8 @@ SIZE_MULTIPLE = 8       # image sides the daemon takes (PROTOCOL.md: width, heig
 SEED_MAX = 2 ** 31 - 1 - MAX_BATCH
 # What the history list keeps of each result: enough to regenerate it.
 HISTORY_FIELDS = ("prompt", "negative_prompt", "model", "kind", "width", "height", "steps",
-                  "guidance", "seed", "scheduler", "strength", "tiling", "cache_interval")
+                  "guidance", "seed", "scheduler", "strength", "tiling", "cache_interval",
+                  "loras", "sampler_preset")
 # Recorded only for depth-conditioned results ("" = the daemon's default depth model), so
 # recalling an image made without depth leaves the panel's depth choice as it is.
 DEPTH_FIELDS = ("control_model",)
@@ -77,6 +80,9 @@ class PanelSettings:
     control_scale: float = 1.0
     cache_interval: int = 1         # step caching; 1 = off (full quality)
     control_model: str = ""         # depth ControlNet / T2I-Adapter; "" = the daemon's default
+    # (name, weight) of the panel's LoRA rows, in order; rows without a name send nothing
+    loras: tuple[tuple[str, float], ...] = ()
+    sampler_preset: str = ""        # a few-step recipe (welcome.sampler_presets); "" = none
 
 
 def size_problem(width: int, height: int, limits: Optional[Limits]) -> Optional[str]:
@@ -120,10 +126,64 @@ def is_loopback(host: str) -> bool:
 
 
 def settings_from(source: Any) -> PanelSettings:
-    """Copy the matching attributes of a PropertyGroup (or any object) into PanelSettings."""
+    """Copy the matching attributes of a PropertyGroup (or any object) into PanelSettings.
+    ``loras``: a collection of rows with ``lora_name`` and ``weight`` (the panel's), or
+    (name, weight) pairs."""
     values = {f.name: getattr(source, f.name) for f in dataclasses.fields(PanelSettings)
               if hasattr(source, f.name)}
+    if "loras" in values:
+        values["loras"] = lora_rows(values["loras"])
     return PanelSettings(**values)
+
+
+def lora_rows(rows: Iterable[Any]) -> tuple[tuple[str, float], ...]:
+    """(name, weight) of each LoRA row: the panel's rows (``lora_name``, ``weight``) or
+    pairs."""
+    out = []
+    for row in rows:
+        if isinstance(row, (tuple, list)):
+            name, weight = row
+        else:
+            name, weight = row.lora_name, row.weight
+        out.append((str(name), float(weight)))
+    return tuple(out)
+
+
+def request_loras(rows: Iterable[tuple[str, float]]) -> list[LoraWeight]:
+    """The request's ``loras`` for the panel's rows; rows without a LoRA chosen are left out.
+    ProtocolError (field ``job.loras``) for more than 8 or a LoRA listed twice."""
+    chosen = [(name.strip(), weight) for name, weight in rows if name.strip()]
+    if len(chosen) > LORAS_MAX:
+        raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
+                            f"a job takes at most {LORAS_MAX} LoRAs and the panel lists "
+                            f"{len(chosen)}: remove {len(chosen) - LORAS_MAX}", "job.loras")
+    seen: set[str] = set()
+    for index, (name, _) in enumerate(chosen):
+        if name in seen:
+            raise ProtocolError(ErrorCode.INVALID_FIELD,
+                                f"LoRA '{name}' is listed twice: remove one row (or give "
+                                "the one row the weight you want)", f"job.loras[{index}].name")
+        seen.add(name)
+    return [LoraWeight(name=name, weight=weight) for name, weight in chosen]
+
+
+def loras_text(loras: Iterable[LoraWeight]) -> str:
+    """The LoRAs of a result as a string to record (IDProperty-friendly): JSON
+    ``[[name, weight], ...]``; "" for none."""
+    pairs = [[lora.name, lora.weight] for lora in loras]
+    return json.dumps(pairs) if pairs else ""
+
+
+def loras_from_text(text: str) -> tuple[tuple[str, float], ...]:
+    """What :func:`loras_text` wrote, as (name, weight) pairs; () for "" or anything
+    unreadable."""
+    if not text:
+        return ()
+    try:
+        pairs = json.loads(text)
+        return tuple((str(name), float(weight)) for name, weight in pairs)
+    except (ValueError, TypeError):
+        return ()
 
 
 def build_request(settings: PanelSettings, *, kind: str = "txt2img",
@@ -170,6 +230,8 @@ def build_request(settings: PanelSettings, *, kind: str = "txt2img",
         preview_every=settings.preview_every,
         output_format="raw",
         cache_interval=settings.cache_interval,
+        loras=request_loras(settings.loras),
+        sampler_preset=settings.sampler_preset or None,  # type: ignore[arg-type]
     )
     validate(request, "job")
     return request
@@ -218,6 +280,8 @@ def result_record(result: Result, index: int, seed: int) -> dict[str, Any]:
         "strength": params.strength,
         "tiling": result.tiling,
         "cache_interval": params.cache_interval,
+        "loras": loras_text(params.loras),
+        "sampler_preset": params.sampler_preset or "",
         "batch_index": index,
         "job_id": result.job_id,
     }
@@ -230,6 +294,8 @@ def settings_from_record(record: Mapping[str, Any], base: PanelSettings) -> Pane
     """Panel settings that regenerate a recorded image: same prompt, seed, size, model."""
     known = {f.name for f in dataclasses.fields(PanelSettings)}
     values = {k: record[k] for k in record.keys() if k in known}
+    if "loras" in values:
+        values["loras"] = loras_from_text(str(values["loras"]))
     values["random_seed"] = False
     values["batch_size"] = 1
     return dataclasses.replace(base, **values)
@@ -298,3 +364,138 @@ class DepthModelMenu:
         if items != self.items:
             self._previous, self.items = self.items, items
         return self.items
+
+
+# ---------------------------------------------------------------- LoRAs and sampler presets
+LORA_NONE = "NONE"   # the LoRA menu's identifier for a row with no LoRA chosen yet
+LORA_HELP = ("Which of the daemon's LoRAs this row applies: those made for the family of the "
+             "model the job uses (SD1.5, SDXL, ...). The list comes from the daemon when the "
+             "add-on connects (Connect button)")
+LORA_WEIGHT_HELP = ("How strongly this LoRA changes the image: 1 = as trained, 0 = not at all, "
+                    "negative values push away from its style")
+# What each sampler preset sets (PROTOCOL.md 4.3): scheduler, steps, guidance, what for.
+SAMPLER_PRESET_INFO = {
+    "lightning_4": ("euler", 4, 1.0, "SDXL-Lightning models and LoRAs"),
+    "lightning_8": ("euler", 8, 1.0, "SDXL-Lightning models and LoRAs"),
+    "lcm_4": ("lcm", 4, 1.0, "LCM models and LCM-LoRAs"),
+    "lcm_8": ("lcm", 8, 1.0, "LCM models and LCM-LoRAs"),
+    "turbo_1": ("euler_a", 1, 1.0, "SD-Turbo and SDXL-Turbo models"),
+    "hyper_8": ("ddim", 8, 1.0, "Hyper-SD 8-step LoRAs"),
+}
+SAMPLER_PRESET_NONE = "NONE"   # the preset menu's identifier for "no preset"
+SAMPLER_PRESET_HELP = ("A few-step sampling recipe for distilled models and LoRAs (Lightning, "
+                       "LCM, Turbo, Hyper-SD): it overrides Steps, Guidance and Scheduler. "
+                       "None: the panel's own. The daemon lists the presets it knows when the "
+                       "add-on connects")
+
+
+def preset_summary(name: str) -> str:
+    """What a sampler preset sets, e.g. 'euler, 4 steps, guidance 1.0'; "" if unknown."""
+    info = SAMPLER_PRESET_INFO.get(name)
+    if info is None:
+        return ""
+    scheduler, steps, guidance, _ = info
+    return f"{scheduler}, {steps} step{'s' if steps != 1 else ''}, guidance {guidance:g}"
+
+
+def daemon_loras(models: Iterable[ModelInfo]) -> list[tuple[str, str]]:
+    """(name, family) of the LoRAs among the daemon's models, in the daemon's order."""
+    return [(m.name, m.family) for m in models if getattr(m, "kind", "") == "lora"]
+
+
+def lora_fits(lora_family: str, model_family: Optional[str]) -> bool:
+    """Whether a LoRA made for ``lora_family`` is offered for a model of ``model_family``
+    (None or "unknown": not known, so every LoRA is)."""
+    if not model_family or model_family == "unknown" or lora_family == "unknown":
+        return True
+    return lora_family == model_family
+
+
+class _NameNumbers:
+    """Stable item numbers for names (a dynamic enum stores a number); "" is 0. The lists
+    handed to Blender stay referenced (Blender keeps only pointers into their strings): the
+    newest few, and the current one is handed out again while nothing changed."""
+
+    KEEP = 8
+
+    def __init__(self) -> None:
+        self._numbers: dict[str, int] = {"": 0}
+        self._names: dict[int, str] = {0: ""}
+        self.items: list[EnumItem] = []
+        self._previous: list[list[EnumItem]] = []
+
+    def number(self, name: str) -> int:
+        if name not in self._numbers:
+            self._numbers[name] = len(self._numbers)
+            self._names[self._numbers[name]] = name
+        return self._numbers[name]
+
+    def name(self, number: int) -> Optional[str]:
+        return self._names.get(number)
+
+    def _keep(self, items: list[EnumItem]) -> list[EnumItem]:
+        if items != self.items:
+            self._previous = (self._previous + [self.items])[-self.KEEP:]
+            self.items = items
+        return self.items
+
+
+class LoraMenu(_NameNumbers):
+    """The items of a LoRA row's dropdown (one list for every row, so drawing several rows
+    hands Blender the same list): "(choose a LoRA)", the daemon's LoRAs made for the
+    model's family, then each row's chosen name the list lacks, saying why."""
+
+    def build(self, loras: Iterable[tuple[str, str]], model_family: Optional[str],
+              chosen: Iterable[str], listed_now: bool = True) -> list[EnumItem]:
+        items = [(LORA_NONE, "(choose a LoRA)", "No LoRA: this row sends nothing", 0)]
+        families: dict[str, str] = {}
+        for name, family in loras:
+            families.setdefault(name, family)
+        listed = set()
+        for name, family in families.items():
+            if name and lora_fits(family, model_family):
+                listed.add(name)
+                items.append((name, name, f"LoRA '{name}' (made for {family})",
+                              self.number(name)))
+        for name in dict.fromkeys(chosen):
+            if not name or name in listed:
+                continue
+            listed.add(name)
+            if name in families:
+                label = f"{name} (made for {families[name]})"
+                note = (f"Made for {families[name]} models, not this model's family "
+                        f"({model_family}): the daemon will refuse the job")
+            elif listed_now:
+                label = f"{name} (not listed by the daemon)"
+                note = "Chosen before, but the daemon does not list it now: the job may fail"
+            else:
+                label = name
+                note = "Not checked yet: the daemon's LoRAs are listed once connected"
+            items.append((name, label, note, self.number(name)))
+        return self._keep(items)
+
+
+class SamplerPresetMenu(_NameNumbers):
+    """The items of the Sampler Preset dropdown: None, then the presets the daemon lists
+    (``welcome.sampler_presets``), then the chosen one if it lacks it."""
+
+    def build(self, presets: Iterable[str], chosen: str,
+              listed_now: bool = True) -> list[EnumItem]:
+        items = [(SAMPLER_PRESET_NONE, "None",
+                  "No preset: the panel's Steps, Guidance and Scheduler", 0)]
+        listed = set()
+        for name in presets:
+            if not name or name in listed:
+                continue
+            listed.add(name)
+            summary = preset_summary(name)
+            purpose = SAMPLER_PRESET_INFO.get(name, ("", 0, 0.0, ""))[3]
+            description = (f"{summary}, for {purpose}; overrides Steps, Guidance and Scheduler"
+                           if summary else "Overrides Steps, Guidance and Scheduler")
+            items.append((name, name, description, self.number(name)))
+        if chosen and chosen not in listed:
+            note = "not listed by the daemon" if listed_now else "not checked yet"
+            items.append((chosen, f"{chosen} ({note})",
+                          "Chosen before; the daemon lists its presets once connected",
+                          self.number(chosen)))
+        return self._keep(items)

@@ -142,6 +142,33 @@ def test_blender_window_redraws_only_what_shows_progress(addon_zip: Path, tmp_pa
     _run_window("redraws", addon_zip, tmp_path, daemon.url)
 
 
+@pytest.fixture(scope="module")
+def lora_models_dir(atelier_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's models folder holding one tiny SD1.5 LoRA, ``Lora/tiny_style.safetensors``
+    (the daemon fixture's models folder has none)."""
+    from backend.models.sources import ensure_tiny
+    from backend.models.tiny_extras import build_tiny_lora
+
+    folder = tmp_path_factory.mktemp("user-models")
+    build_tiny_lora(folder / "Lora" / "tiny_style.safetensors",
+                    ensure_tiny("tiny", atelier_home / "models"))
+    return folder
+
+
+@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+def test_blender_loras_reach_the_daemon(host: str, addon_zip: Path, tmp_path: Path,
+                                        start_daemon, lora_models_dir: Path) -> None:
+    """A Generate with one LoRA row and a sampler preset reaches a daemon that has the LoRA,
+    and its result carries both (scenario_loras)."""
+    command = _host_command(host)
+    daemon = start_daemon("--models-dir", str(lora_models_dir))
+    proc = _run([*command, "--", "--zip", str(addon_zip), "--url", daemon.url,
+                 "--scenario", "loras", "--install", "legacy"], tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{host} loras failed (exit {proc.returncode}):\n{output}"
+    assert "SCENARIO loras PASSED" in output, output
+
+
 @pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
 def test_blender_daemon_goes_away_mid_job(host: str, addon_zip: Path, tmp_path: Path,
                                           start_daemon) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import subprocess
 import sys
 import zipfile
@@ -14,9 +15,11 @@ import numpy as np
 import pytest
 
 from blender_addon import build, pacing, pixels, projection, settings
-from blender_addon.protocol import ProtocolError
-from blender_addon.protocol.messages import (ControlSettings, DepthInput, GenerateRequest,
-                                             ImageInfo, Limits, ModelInfo, Result)
+from blender_addon.protocol import ErrorCode, ProtocolError
+from blender_addon.protocol.codec import encode_message
+from blender_addon.protocol.messages import (LORAS_MAX, SAMPLER_PRESETS, ControlSettings,
+                                             DepthInput, GenerateRequest, ImageInfo, Limits,
+                                             LoraWeight, ModelInfo, Result, Submit)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -612,3 +615,117 @@ def test_unusable_views_are_refused_naming_the_problem(change, words) -> None:
     view = args.pop("view_matrix")
     with pytest.raises(ValueError, match=words):
         projection.camera_for_view(view, **args)
+
+
+# ------------------------------------------------------------------ LoRAs and sampler presets
+class _Row:
+    """Stands in for a panel LoRA row (AtelierLoraItem)."""
+
+    def __init__(self, lora_name: str, weight: float) -> None:
+        self.lora_name, self.weight = lora_name, weight
+
+
+class _Props:
+    """Stands in for the panel's PropertyGroup: a LoRA collection and a preset name."""
+
+    def __init__(self, rows, preset: str = "") -> None:
+        self.loras = rows
+        self.sampler_preset = preset
+        self.prompt = "wall"
+
+
+def test_loras_and_sampler_preset_go_into_the_request() -> None:
+    panel = settings.settings_from(_Props([_Row("style_peft", 0.8), _Row("", 1.0),
+                                           _Row("detail", -1.5)], "lightning_4"))
+    assert panel.loras == (("style_peft", 0.8), ("", 1.0), ("detail", -1.5))
+    request = settings.build_request(panel)
+    # The row without a LoRA chosen sends nothing; order and weights are kept.
+    assert request.loras == [LoraWeight("style_peft", 0.8), LoraWeight("detail", -1.5)]
+    assert request.sampler_preset == "lightning_4"
+    wire = json.loads(encode_message(Submit(job=request)))["job"]
+    assert wire["loras"] == [{"name": "style_peft", "weight": 0.8},
+                             {"name": "detail", "weight": -1.5}]
+    assert wire["sampler_preset"] == "lightning_4"
+    # Nothing chosen: no LoRAs, no preset (null: the panel's steps, guidance and scheduler).
+    plain = settings.build_request(settings.PanelSettings())
+    assert plain.loras == [] and plain.sampler_preset is None
+
+
+def test_at_most_8_loras_with_a_clear_report() -> None:
+    eight = tuple((f"l{i}", 1.0) for i in range(LORAS_MAX))
+    assert len(settings.build_request(settings.PanelSettings(loras=eight)).loras) == 8
+    # Empty rows do not count.
+    assert len(settings.build_request(
+        settings.PanelSettings(loras=eight + (("", 1.0),))).loras) == 8
+    with pytest.raises(ProtocolError) as info:
+        settings.build_request(settings.PanelSettings(loras=eight + (("l8", 0.5),)))
+    assert info.value.code == ErrorCode.LIMIT_EXCEEDED and info.value.field == "job.loras"
+    assert "at most 8 LoRAs" in info.value.message and "lists 9" in info.value.message
+    assert "remove 1" in info.value.message
+    with pytest.raises(ProtocolError) as info:
+        settings.build_request(settings.PanelSettings(loras=(("a", 1.0), ("a", 0.5))))
+    assert info.value.field == "job.loras[1].name" and "twice" in info.value.message
+    # A weight the protocol refuses, and a preset it does not know, name their field.
+    with pytest.raises(ProtocolError) as info:
+        settings.build_request(settings.PanelSettings(loras=(("a", 9.0),)))
+    assert info.value.field == "job.loras[0].weight"
+    with pytest.raises(ProtocolError) as info:
+        settings.build_request(settings.PanelSettings(sampler_preset="fast_2"))
+    assert info.value.field == "job.sampler_preset"
+
+
+def test_loras_and_preset_are_recorded_and_recalled() -> None:
+    params = dataclasses.replace(_result().params, loras=[LoraWeight("style_peft", 0.75)],
+                                 sampler_preset="lcm_4")
+    record = settings.result_record(dataclasses.replace(_result(), params=params), 0, 100)
+    assert all(isinstance(v, (str, int, float)) for v in record.values())  # IDProperty-safe
+    assert record["sampler_preset"] == "lcm_4" and set(settings.HISTORY_FIELDS) <= set(record)
+    recalled = settings.settings_from_record(record, settings.PanelSettings(
+        loras=(("other", 1.0),)))
+    assert recalled.loras == (("style_peft", 0.75),) and recalled.sampler_preset == "lcm_4"
+    again = settings.build_request(recalled)
+    assert again.loras == [LoraWeight("style_peft", 0.75)] and again.sampler_preset == "lcm_4"
+    # A result without LoRAs or preset records "" for both; recalling clears the panel's.
+    plain = settings.result_record(_result(), 0, 100)
+    assert plain["loras"] == "" and plain["sampler_preset"] == ""
+    cleared = settings.settings_from_record(plain, recalled)
+    assert cleared.loras == () and cleared.sampler_preset == ""
+    assert settings.loras_from_text("not json") == ()
+
+
+def test_lora_menu_offers_the_models_family_and_keeps_chosen_names() -> None:
+    menu = settings.LoraMenu()
+    daemon = [("style_peft", "sd15"), ("xl_kohya", "sdxl"), ("odd", "unknown")]
+    # Not connected: only the rows' names, not yet checked.
+    items = menu.build([], None, ["style_peft", ""], listed_now=False)
+    assert [i[0] for i in items] == ["NONE", "style_peft"] and items[1][1] == "style_peft"
+    items = menu.build(daemon, "sd15", ["", "xl_kohya", "gone"])
+    assert [i[0] for i in items] == ["NONE", "style_peft", "odd", "xl_kohya", "gone"]
+    labels = {i[0]: i[1] for i in items}
+    assert labels["xl_kohya"] == "xl_kohya (made for sdxl)"
+    assert labels["gone"] == "gone (not listed by the daemon)"
+    assert all(i[2] for i in items)   # every item has a tooltip
+    # Numbers stay with names; the same inputs hand out the very same list.
+    numbers = {i[0]: i[3] for i in items}
+    assert menu.build(daemon, "sd15", ["", "xl_kohya", "gone"]) is items
+    again = menu.build(daemon, "sdxl", [])
+    assert [i[0] for i in again] == ["NONE", "xl_kohya", "odd"]
+    assert {i[0]: i[3] for i in again}["xl_kohya"] == numbers["xl_kohya"]
+    assert menu.name(numbers["gone"]) == "gone" and menu.name(0) == ""
+    # A model of unknown family (a path, say): every LoRA is offered.
+    assert len(menu.build(daemon, None, [])) == 4
+
+
+def test_sampler_preset_menu_and_what_it_overrides() -> None:
+    menu = settings.SamplerPresetMenu()
+    assert [i[0] for i in menu.build([], "", listed_now=False)] == ["NONE"]
+    items = menu.build(list(SAMPLER_PRESETS), "")
+    assert [i[0] for i in items] == ["NONE", *SAMPLER_PRESETS]
+    assert set(settings.SAMPLER_PRESET_INFO) == set(SAMPLER_PRESETS)
+    lightning = {i[0]: i for i in items}["lightning_4"]
+    assert "euler, 4 steps, guidance 1" in lightning[2] and "overrides" in lightning[2]
+    old = menu.build(["lcm_4"], "hyper_8")
+    assert old[-1][:2] == ("hyper_8", "hyper_8 (not listed by the daemon)")
+    assert menu.name(old[-1][3]) == "hyper_8"
+    assert settings.preset_summary("turbo_1") == "euler_a, 1 step, guidance 1"
+    assert settings.preset_summary("nope") == ""

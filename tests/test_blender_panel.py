@@ -40,7 +40,8 @@ def test_every_setting_has_a_short_label_in_one_subpanel():
     for prop in ("prompt", "negative_prompt", "model_choice", "width", "height", "steps",
                  "guidance", "scheduler", "seed", "random_seed", "batch_size", "tiling",
                  "strength", "use_depth", "bake_projection", "control_scale", "depth_model",
-                 "capture_source", "apply_to_object", "cache_interval", "preview_every"):
+                 "capture_source", "apply_to_object", "cache_interval", "preview_every",
+                 "sampler_preset_choice", "loras"):
         assert prop in shown, prop
     for fields in view.FIELDS.values():
         for _, label in fields:
@@ -70,6 +71,27 @@ def test_every_property_has_a_tooltip_and_step_cache_is_renamed():
     cache = {k.arg: k.value for k in calls["AtelierSettings.cache_interval"].keywords}
     assert ast.literal_eval(cache["name"]) == "Faster Sampling"
     assert "Step Cache" not in (REPO / "blender_addon" / "panels.py").read_text()
+
+
+def test_sampler_preset_note_says_what_it_overrides():
+    assert view.preset_note("", "") == ""
+    note = view.preset_note("lightning_4", "euler, 4 steps, guidance 1")
+    assert note == "lightning_4 sets euler, 4 steps, guidance 1: overrides Steps, Guidance, " \
+                   "Scheduler"
+    assert "overrides Steps" in view.preset_note("new_2", "")
+    assert all(len(line) <= view.LINE_ROOM for line in view.wrap(note))
+    labels = dict(view.FIELDS["size"])
+    assert labels["sampler_preset_choice"] == "Preset"
+    order = [prop for prop, _ in view.FIELDS["size"]]
+    assert order.index("sampler_preset_choice") == order.index("scheduler") + 1
+
+
+def test_lora_rows_note():
+    assert "Add LoRA" in view.loras_note(0, 0)
+    assert view.loras_note(2, 2) == "2 LoRA(s) sent with every job"
+    assert "rows without a LoRA send nothing" in view.loras_note(2, 1)
+    assert "8 rows is the most" in view.loras_note(8, 8)
+    assert dict(view.FIELDS["advanced"])["loras"] == "LoRAs"
 
 
 def test_size_warnings_multiples_of_8_and_daemon_limits():

@@ -7,6 +7,7 @@ the datablocks that result.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -533,6 +534,90 @@ def scenario_depth_model(module, url: str) -> None:
                                          depth_upload="d" * 32).control.model == "gone-adapter"
     props.depth_model = "DEFAULT"
     assert props.control_model == "" and "gone-adapter" not in depth_model_ids(module, props)
+
+
+def lora_ids(module, row) -> list[str]:
+    """What a LoRA row's dropdown offers, as Blender gets it from the add-on."""
+    return [item[0] for item in module.properties.lora_items(row, bpy.context)]
+
+
+def scenario_loras(module, url: str) -> None:
+    """LoRA rows and the Sampler Preset (a daemon whose models folder holds the tiny LoRA
+    'tiny_style', see test_blender_loras_reach_the_daemon): the rows' dropdown lists the
+    daemon's LoRAs once connected, a Generate with one row and a preset sends both and the
+    daemon runs them, the result records them, Recall puts them back, at most 8 rows, and
+    the rows are saved with the .blend."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    props = scene.atelier
+    item_name = bpy.types.UILayout.enum_item_name
+    assert len(props.loras) == 0 and props.sampler_preset_choice == "NONE"
+    assert bpy.ops.atelier.lora_add() == {"FINISHED"}
+    row = props.loras[0]
+    assert row.lora_name == "" and row.lora_choice == "NONE" and row.weight == 1.0
+    assert lora_ids(module, row) == ["NONE"]   # not connected: nothing listed yet
+    for name in ("lora_choice", "weight", "lora_name"):
+        assert row.bl_rna.properties[name].description, name
+    assert "overrides Steps" in props.bl_rna.properties["sampler_preset_choice"].description
+
+    assert bpy.ops.atelier.test_connection() == {"FINISHED"}
+    session.pump_until_idle(30, until=lambda: bool(session.loras))
+    assert ("tiny_style", "sd15") in session.loras, session.loras
+    assert "tiny_style" not in session.models   # no model to make images with
+    assert "tiny_style" in lora_ids(module, row), lora_ids(module, row)
+    row.lora_choice = "tiny_style"   # what picking it from the dropdown does
+    assert row.lora_name == "tiny_style" and row.lora_choice == "tiny_style"
+    assert item_name(row, "lora_choice", "tiny_style") == "tiny_style"
+    row.weight = 0.5
+    presets = [item[0] for item in module.properties.sampler_preset_items(props, bpy.context)]
+    assert presets[0] == "NONE" and "lcm_4" in presets and \
+        set(presets[1:]) == set(session.sampler_presets), presets
+    props.sampler_preset_choice = "lcm_4"
+    assert props.sampler_preset == "lcm_4"
+    log = draw_panels(module, "VIEW_3D")
+    shown = " ".join(entry[1] for entry in log if entry[0] == "label")
+    assert "overrides Steps" in shown and "1 LoRA(s) sent" in shown, shown
+    assert ("prop", "lora_choice") in log and ("prop", "sampler_preset_choice") in log, log
+
+    job = generate_one(session, "mossy stone", 5)
+    assert [(l.name, l.weight) for l in job.request.loras] == [("tiny_style", 0.5)]
+    assert job.request.sampler_preset == "lcm_4"
+    params = job.result.params
+    assert [(l.name, l.weight) for l in params.loras] == [("tiny_style", 0.5)], params.loras
+    assert params.sampler_preset == "lcm_4" and params.steps == 4 and \
+        params.scheduler == "lcm", params
+    image = bpy.data.images[job.image_names[0]]
+    assert json.loads(image["atelier"]["loras"]) == [["tiny_style", 0.5]]
+    assert image["atelier"]["sampler_preset"] == "lcm_4"
+    entry = props.history[-1]
+    assert json.loads(entry.loras) == [["tiny_style", 0.5]] and entry.sampler_preset == "lcm_4"
+
+    # Recall puts the LoRA rows and the preset back.
+    props.loras.clear()
+    props.sampler_preset_choice = "NONE"
+    assert props.sampler_preset == ""
+    assert bpy.ops.atelier.recall(index=len(props.history) - 1) == {"FINISHED"}
+    assert [(r.lora_name, r.weight) for r in props.loras] == [("tiny_style", 0.5)]
+    assert props.sampler_preset == "lcm_4" and props.sampler_preset_choice == "lcm_4"
+
+    # At most 8 rows: the ninth is refused with a report.
+    for _ in range(7):
+        assert bpy.ops.atelier.lora_add() == {"FINISHED"}
+    assert "at most 8 LoRAs" in refused(bpy.ops.atelier.lora_add)
+    assert bpy.ops.atelier.lora_remove(index=3) == {"FINISHED"} and len(props.loras) == 7
+    while len(props.loras) > 1:
+        bpy.ops.atelier.lora_remove()
+    # A name the daemon does not list stays chosen, and says so.
+    props.loras[0].lora_name = "gone_lora"
+    assert item_name(props.loras[0], "lora_choice", "gone_lora") == \
+        "gone_lora (not listed by the daemon)"
+    draw_panels(module, "IMAGE_EDITOR")
+
+    # The rows and the preset are saved with the .blend.
+    reopen(os.path.join(os.environ["ATELIER_SCENARIO_DIR"], "loras.blend"))
+    props = bpy.context.scene.atelier
+    assert [(r.lora_name, r.weight) for r in props.loras] == [("gone_lora", 0.5)]
+    assert props.sampler_preset == "lcm_4"
 
 
 def scenario_cancel(module, url: str) -> None:

@@ -9,11 +9,13 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        IntProperty, PointerProperty, StringProperty)
 
 from .protocol.client import DEFAULT_PORT
-from .panel_view import ModelMenu
+from .panel_view import ModelMenu, wrap
 from .settings import (CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP, IMAGE_STORAGE_ITEMS, LORA_HELP,
                        LORA_WEIGHT_HELP, MAX_BATCH, SAMPLER_PRESET_HELP, SEED_MAX,
                        DepthModelMenu, LoraMenu, SamplerPresetMenu)
 from .protocol.messages import LORA_WEIGHT_MAX, SCHEDULERS
+
+PREFERENCES_LINE = 90     # characters of a line in the add-on's preferences
 
 ADDON_ID = __package__   # "atelier_blender", or "bl_ext.<repo>.atelier_blender" as an extension
 
@@ -126,23 +128,14 @@ class AtelierPreferences(bpy.types.AddonPreferences):
         session = current_session()
         if session is not None:
             icon = "CHECKMARK" if session.connection_ok else "INFO"
-            for line in _wrap(session.connection_text):
+            for line in wrap(session.connection_text, PREFERENCES_LINE):
                 layout.label(text=line, icon=icon)
                 icon = "BLANK1"
             if session.models:
-                for line in _wrap("Models on the daemon: " + ", ".join(session.models)):
+                for line in wrap("Models on the daemon: " + ", ".join(session.models),
+                                 PREFERENCES_LINE):
                     layout.label(text=line, icon="BLANK1")
 
-
-def _wrap(text: str, width: int = 90) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + ([line] if line else [])
 
 
 class AtelierHistoryItem(bpy.types.PropertyGroup):

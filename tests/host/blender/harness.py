@@ -12,8 +12,9 @@ import argparse
 import math
 import os
 import sys
+import traceback
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, Iterator, Optional
 
 import addon_utils
 import bpy
@@ -161,3 +162,34 @@ def settings(scene: bpy.types.Scene, **values: Any) -> Any:
     for key, value in values.items():
         setattr(props, key, value)
     return props
+
+
+# ------------------------------------------------------------------ windowed scripts
+def finish(code: int) -> None:
+    """End a windowed Blender at once with ``code`` (its window would otherwise stay)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def run_windowed(start: Callable[[], Iterator[Optional[float]]]) -> None:
+    """Run a windowed scenario: ``start()`` gives the steps, each yielding the seconds
+    until the next one; they run on Blender's timer so the window draws between them.
+    Exits 0 when they end, 1 (with the traceback) when anything raises."""
+
+    def tick() -> Optional[float]:
+        try:
+            return next(running)
+        except StopIteration:
+            finish(0)
+        except BaseException:  # noqa: BLE001  the test's verdict: print it and fail
+            traceback.print_exc()
+            finish(1)
+        return None
+
+    try:
+        running = start()
+        bpy.app.timers.register(tick, first_interval=0.5)
+    except BaseException:  # noqa: BLE001  without this Blender would keep its window open
+        traceback.print_exc()
+        finish(1)

@@ -39,12 +39,6 @@ TIMEOUT = 60.0
 PROMPT = "weathered red bricks, moss in the joints"
 
 
-def _finish(code: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def _args() -> argparse.Namespace:
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     parser = argparse.ArgumentParser()
@@ -235,27 +229,11 @@ def steps(args: argparse.Namespace, module, drawn: Drawn) -> Iterator[float]:
     print(f"PANEL WINDOW {args.mode} PASSED on Blender", bpy.app.version_string)
 
 
-def main() -> None:
+def main() -> Iterator[float | None]:
     args = _args()
     module = harness.install_and_enable(args.zip, "ws://127.0.0.1:9/")   # never contacted
     drawn = Drawn(sys.modules[module.__name__ + ".panels"])
-    running = steps(args, module, drawn)
-
-    def tick() -> float | None:
-        try:
-            return next(running)
-        except StopIteration:
-            _finish(0)
-        except BaseException:  # noqa: BLE001  the verdict: print it and fail
-            traceback.print_exc()
-            _finish(1)
-        return None
-
-    bpy.app.timers.register(tick, first_interval=0.5)
+    return steps(args, module, drawn)
 
 
-try:
-    main()
-except BaseException:  # noqa: BLE001  without this Blender would keep its window open
-    traceback.print_exc()
-    _finish(1)
+harness.run_windowed(main)

@@ -19,7 +19,6 @@ import os
 import socket
 import sys
 import time
-import traceback
 from typing import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -31,12 +30,6 @@ import numpy as np  # noqa: E402
 import harness  # noqa: E402
 
 STEP_TIMEOUT = 120.0
-
-
-def _finish(code: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _closed_port() -> int:
@@ -372,27 +365,11 @@ def redraw_steps(module, url: str) -> Iterator[float]:
     print("SCENARIO redraws PASSED on Blender", bpy.app.version_string)
 
 
-def main() -> None:
+def main() -> Iterator[float | None]:
     args = harness.parse_args()
     module = harness.install_and_enable(args.zip, args.url)
-    running = {"window": steps, "view": view_steps,
-               "redraws": redraw_steps}[args.scenario](module, args.url)
-
-    def tick() -> float | None:
-        try:
-            return next(running)
-        except StopIteration:
-            _finish(0)
-        except BaseException:  # noqa: BLE001  the test's verdict: print it and fail
-            traceback.print_exc()
-            _finish(1)
-        return None
-
-    bpy.app.timers.register(tick, first_interval=0.5)
+    return {"window": steps, "view": view_steps,
+            "redraws": redraw_steps}[args.scenario](module, args.url)
 
 
-try:
-    main()
-except BaseException:  # noqa: BLE001  without this Blender would keep its window open
-    traceback.print_exc()
-    _finish(1)
+harness.run_windowed(main)

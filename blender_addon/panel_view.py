@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
+from .settings import EnumItem, NameNumbers
+
 SIZE_MULTIPLE = 8   # the daemon's (PROTOCOL.md: width, height); settings.SIZE_MULTIPLE too
 
 # Labels: the left column of a split row holds about 9 characters at the sidebar's
@@ -247,30 +249,11 @@ def preview_name(jobs: Sequence[tuple[bool, Sequence[str]]], history: Sequence[s
 
 # ---------------------------------------------------------------- model dropdown
 MODEL_CURRENT = "CURRENT"   # the Model menu's identifier for "the daemon's loaded model"
-EnumItem = tuple[str, str, str, int]
-
-
-class ModelMenu:
+class ModelMenu(NameNumbers):
     """The items of the panel's Model dropdown (a Blender dynamic enum), like
     ``settings.DepthModelMenu``: the chosen name is kept in a string property; each name
     keeps its item number while the add-on runs; a chosen name the daemon does not list
-    stays in the menu; the last two lists stay referenced, since Blender keeps only
-    pointers into the strings of the list it was given."""
-
-    def __init__(self) -> None:
-        self._numbers: dict[str, int] = {"": 0}
-        self._names: dict[int, str] = {0: ""}
-        self.items: list[EnumItem] = []
-        self._previous: list[EnumItem] = []
-
-    def number(self, name: str) -> int:
-        if name not in self._numbers:
-            self._numbers[name] = len(self._numbers)
-            self._names[self._numbers[name]] = name
-        return self._numbers[name]
-
-    def name(self, number: int) -> Optional[str]:
-        return self._names.get(number)
+    stays in the menu; the lists handed out stay referenced (``NameNumbers``)."""
 
     def build(self, models: Iterable[str], skip: Iterable[str], chosen: str,
               listed_now: bool = True, current: str = "") -> list[EnumItem]:
@@ -290,6 +273,4 @@ class ModelMenu:
             items.append((chosen, f"{chosen} ({note})",
                           "Chosen before; the daemon lists its models once connected "
                           "(Connect button)", self.number(chosen)))
-        if items != self.items:
-            self._previous, self.items = self.items, items
-        return self.items
+        return self._keep(items)

@@ -310,7 +310,36 @@ def depth_conditioners(models: Iterable[ModelInfo]) -> list[tuple[str, str]]:
 EnumItem = tuple[str, str, str, int]
 
 
-class DepthModelMenu:
+class NameNumbers:
+    """Stable item numbers for names (a dynamic enum stores a number); "" is 0. The lists
+    handed to Blender stay referenced (Blender keeps only pointers into their strings): the
+    newest few, and the current one is handed out again while nothing changed."""
+
+    KEEP = 8
+
+    def __init__(self) -> None:
+        self._numbers: dict[str, int] = {"": 0}
+        self._names: dict[int, str] = {0: ""}
+        self.items: list[EnumItem] = []
+        self._previous: list[list[EnumItem]] = []
+
+    def number(self, name: str) -> int:
+        if name not in self._numbers:
+            self._numbers[name] = len(self._numbers)
+            self._names[self._numbers[name]] = name
+        return self._numbers[name]
+
+    def name(self, number: int) -> Optional[str]:
+        return self._names.get(number)
+
+    def _keep(self, items: list[EnumItem]) -> list[EnumItem]:
+        if items != self.items:
+            self._previous = (self._previous + [self.items])[-self.KEEP:]
+            self.items = items
+        return self.items
+
+
+class DepthModelMenu(NameNumbers):
     """The items of the panel's Depth Model dropdown (a Blender dynamic enum).
 
     Items are ``(identifier, label, description, number)``. The chosen name itself is kept
@@ -319,26 +348,9 @@ class DepthModelMenu:
     between drawing the menu and picking from it cannot pick the wrong model. A chosen
     name the daemon does not list (no longer there, or no list yet) stays in the menu, so
     it is shown rather than lost. Blender keeps pointers into the strings of the list it
-    was given, not references: the last two lists stay referenced here (the last one is
-    handed out again while nothing changed), or Blender would read freed memory.
+    was given, not references: the lists handed out stay referenced (``NameNumbers``), or
+    Blender would read freed memory.
     """
-
-    def __init__(self) -> None:
-        self._numbers: dict[str, int] = {"": 0}   # "" = Daemon default
-        self._names: dict[int, str] = {0: ""}
-        self.items: list[EnumItem] = []
-        self._previous: list[EnumItem] = []   # a menu drawn from it may still be open
-
-    def number(self, name: str) -> int:
-        if name not in self._numbers:
-            number = len(self._numbers)
-            self._numbers[name] = number
-            self._names[number] = name
-        return self._numbers[name]
-
-    def name(self, number: int) -> Optional[str]:
-        """The model name of item ``number`` ("" for Daemon default); None if unknown."""
-        return self._names.get(number)
 
     def build(self, conditioners: Iterable[tuple[str, str]], chosen: str,
               listed_now: bool = True) -> list[EnumItem]:
@@ -361,9 +373,7 @@ class DepthModelMenu:
         elif chosen and chosen not in listed:
             items.append((chosen, chosen, "Not checked yet: the daemon's depth models are "
                           "listed once connected (refresh button)", self.number(chosen)))
-        if items != self.items:
-            self._previous, self.items = self.items, items
-        return self.items
+        return self._keep(items)
 
 
 # ---------------------------------------------------------------- LoRAs and sampler presets
@@ -411,36 +421,7 @@ def lora_fits(lora_family: str, model_family: Optional[str]) -> bool:
     return lora_family == model_family
 
 
-class _NameNumbers:
-    """Stable item numbers for names (a dynamic enum stores a number); "" is 0. The lists
-    handed to Blender stay referenced (Blender keeps only pointers into their strings): the
-    newest few, and the current one is handed out again while nothing changed."""
-
-    KEEP = 8
-
-    def __init__(self) -> None:
-        self._numbers: dict[str, int] = {"": 0}
-        self._names: dict[int, str] = {0: ""}
-        self.items: list[EnumItem] = []
-        self._previous: list[list[EnumItem]] = []
-
-    def number(self, name: str) -> int:
-        if name not in self._numbers:
-            self._numbers[name] = len(self._numbers)
-            self._names[self._numbers[name]] = name
-        return self._numbers[name]
-
-    def name(self, number: int) -> Optional[str]:
-        return self._names.get(number)
-
-    def _keep(self, items: list[EnumItem]) -> list[EnumItem]:
-        if items != self.items:
-            self._previous = (self._previous + [self.items])[-self.KEEP:]
-            self.items = items
-        return self.items
-
-
-class LoraMenu(_NameNumbers):
+class LoraMenu(NameNumbers):
     """The items of a LoRA row's dropdown (one list for every row, so drawing several rows
     hands Blender the same list): "(choose a LoRA)", the daemon's LoRAs made for the
     model's family, then each row's chosen name the list lacks, saying why."""
@@ -475,7 +456,7 @@ class LoraMenu(_NameNumbers):
         return self._keep(items)
 
 
-class SamplerPresetMenu(_NameNumbers):
+class SamplerPresetMenu(NameNumbers):
     """The items of the Sampler Preset dropdown: None, then the presets the daemon lists
     (``welcome.sampler_presets``), then the chosen one if it lacks it."""
 

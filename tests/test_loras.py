@@ -18,7 +18,8 @@ from backend.limits import ServerLimits
 from backend.models.catalog import list_models
 from backend.models.ldm_keys import export_sd15_single_file
 from backend.models.prediction import Prediction, single_file_prediction
-from backend.models.sources import ensure_tiny
+from backend.models.loras import resolve_lora
+from backend.models.sources import ModelRoots, ensure_tiny
 from backend.models.store import LoadedModel, ModelStore
 from backend.models.tiny_extras import build_tiny_embedding, build_tiny_lora
 from backend.pipelines.generator import DiffusionGenerator
@@ -273,6 +274,26 @@ def test_list_models_reports_loras_and_embeddings_with_kind_and_family(home, mod
             ("tiny-controlnet", "controlnet", "controlnet"),
             ("tiny-adapter", "t2i_adapter", "t2i_adapter")} <= found
     assert not catalog.problems
+
+
+def test_list_models_reports_the_loras_and_embeddings_in_atelier_home(home, tmp_path):
+    """Jobs find LoRAs and embeddings under $ATELIER_HOME; the list must offer them too,
+    without walking the rest of the home (the spool, the tiny models' weights)."""
+    tiny = ensure_tiny("tiny", home / "models")
+    build_tiny_lora(tmp_path / "loras" / "home_lora.safetensors", tiny, "diffusers")
+    build_tiny_lora(tmp_path / "Lora" / "sub" / "home_kohya.safetensors", tiny, "kohya", seed=3)
+    build_tiny_embedding(tmp_path / "embeddings" / "homestyle.safetensors")
+    build_tiny_lora(tmp_path / "spool" / "not_listed.safetensors", tiny, "diffusers")
+    catalog = list_models(tmp_path, [], tmp_path / "no-hf-cache")
+    found = {(m.name, m.kind, m.family) for m in catalog.models if m.source != "tiny"}
+    assert found == {("home_lora", "lora", "sd15"), ("sub/home_kohya", "lora", "sd15"),
+                     ("homestyle", "embedding", "sd15")}
+    assert not catalog.problems
+    roots = ModelRoots.of(tmp_path, [], tmp_path / "no-hf-cache")
+    assert resolve_lora("home_lora", roots, "loras[0].name").path.name == "home_lora.safetensors"
+    # A models folder that is the home's own LoRA folder is not listed twice.
+    twice = list_models(tmp_path, [tmp_path / "loras"], tmp_path / "no-hf-cache")
+    assert [m.name for m in twice.models].count("home_lora") == 1
 
 
 # ------------------------------------------------------------------ v-prediction

@@ -18,7 +18,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ModelInfo, ModelProblem
 
 from . import families
-from .embeddings import in_embeddings_folder
+from .embeddings import EMBEDDINGS_FOLDER, in_embeddings_folder
 from .file_kinds import describe_file
 from .loras import LORA_FOLDERS
 from .single_file import checkpoint_family
@@ -100,15 +100,16 @@ def _diffusers_folder(root: Path, folder: Path) -> ModelInfo:
                      family=family, path=str(folder), kind=kind_of_family(family))
 
 
-def _folder_models(root: Path, roots: ModelRoots) -> Catalog:
-    """Models under ``root``; names are paths relative to it, which ``resolve`` accepts."""
+def _folder_models(root: Path, roots: ModelRoots, start: Path | None = None) -> Catalog:
+    """Models under ``start`` (all of ``root`` by default); names are paths relative to
+    ``root``, which ``resolve`` accepts."""
     found = Catalog()
 
     def unreadable(exc: OSError) -> None:
         found.problems.append(ModelProblem(path=str(exc.filename),
                                            message=f"cannot be read: {exc.strerror}"))
 
-    for current, dirs, files in os.walk(root, onerror=unreadable):
+    for current, dirs, files in os.walk(start or root, onerror=unreadable):
         here = Path(current)
         dirs.sort()
         if here != root and _is_diffusers_folder(here):
@@ -155,5 +156,12 @@ def list_models(home: Path, search_dirs: Sequence[Path], hf_cache: Path) -> Cata
     for root in search_dirs:
         if root.is_dir():
             found.extend(_folder_models(root, roots))
+    # Atelier's home holds the tiny models and the spool too, so only its LoRA and
+    # embeddings folders are walked; jobs already find files there (a home root).
+    for folder in (*LORA_FOLDERS, EMBEDDINGS_FOLDER):
+        start = home / folder
+        if start.is_dir() and not any(start.resolve().is_relative_to(Path(d).resolve())
+                                      for d in search_dirs):
+            found.extend(_folder_models(home, roots, start))
     found.extend(hf_cache_models(hf_cache))
     return found

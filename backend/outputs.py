@@ -26,15 +26,19 @@ def one_line(text: str) -> str:
 
 
 def a1111_parameters(params: GenerateRequest, seed: int, model: str) -> str:
-    """The one-paragraph settings text A1111 writes, so other tools can read ours."""
-    lines = [one_line(params.prompt)]
+    """The one-paragraph settings text A1111 writes, so other tools can read ours. LoRAs
+    go back into the prompt as A1111's inline tags, which is where its readers (and
+    Civitai's) look for them."""
+    tags = "".join(f" <lora:{one_line(lora.name)}:{lora.weight:g}>" for lora in params.loras)
+    lines = [one_line(params.prompt) + tags]
     if params.negative_prompt:
         lines.append(f"Negative prompt: {one_line(params.negative_prompt)}")
     lines.append(f"Steps: {params.steps}, Sampler: {params.scheduler}, CFG scale: {params.guidance}, "
                  f"Seed: {seed}, Size: {params.width}x{params.height}, Model: {one_line(model)}"
                  + (f", Denoising strength: {params.strength}" if params.kind != "txt2img" else "")
                  + (f", Tiling: {params.tiling}" if params.tiling != "none" else "")
-                 + (f", Step cache: {params.cache_interval}" if params.cache_interval > 1 else ""))
+                 + (f", Step cache: {params.cache_interval}" if params.cache_interval > 1 else "")
+                 + (f", Sampler preset: {params.sampler_preset}" if params.sampler_preset else ""))
     return "\n".join(lines)
 
 

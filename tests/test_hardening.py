@@ -19,12 +19,14 @@ from websockets.sync.client import connect
 from websockets.uri import parse_uri
 
 from backend.outputs import a1111_parameters
+from backend.pipelines.lora_tags import extract_lora_tags
 from protocol import (ErrorCode, FrameKind, ImageFrame, JobDone, PixelFormat, encode_frame,
                       encode_message, new_id)
 from protocol.client import AtelierClient, default_url, make_upload
 from protocol.errors import ProtocolError
 from protocol.messages import (Accepted, Cancelled, ControlSettings, DepthInput, Error,
-                               GenerateRequest, Hello, ModelLoaded, Started, Status)
+                               GenerateRequest, Hello, LoraWeight, ModelLoaded, Started,
+                               Status)
 
 SMALL = dict(width=64, height=64, steps=2, prompt="a brick wall")
 
@@ -428,6 +430,18 @@ def test_a_prompt_cannot_forge_the_a1111_parameters():
     lines = text.split("\n")
     assert len(lines) == 3 and lines[0] == "a cat Negative prompt: forged Steps: 1"
     assert lines[1] == "Negative prompt: blur" and lines[2].startswith("Steps: 20,")
+
+
+def test_the_a1111_parameters_carry_the_loras_as_inline_tags_and_the_preset():
+    job = GenerateRequest(prompt="a castle", loras=[LoraWeight("detail", 0.8),
+                                                    LoraWeight("sub/film", -1.0)],
+                          sampler_preset="lcm_4")
+    first, settings = a1111_parameters(job, seed=3, model="tiny").split("\n")
+    assert first == "a castle <lora:detail:0.8> <lora:sub/film:-1>"
+    assert settings.endswith(", Sampler preset: lcm_4")
+    # Read back as A1111 reads it, the tags give the same LoRAs and an unchanged prompt.
+    read = extract_lora_tags(first)
+    assert read.text == "a castle" and read.loras == tuple(job.loras)
 
 
 # ------------------------------------------------------------------ helpers

@@ -796,8 +796,7 @@ class Controller:
     @property
     def live_shows_newest(self) -> bool:
         """The live layer shows the result of the newest state sent."""
-        results = self._live_results
-        return results.next_number > 0 and results.shown_number == results.next_number - 1
+        return self._live_results.shows_newest
 
     @property
     def live_layer(self) -> Any:

@@ -649,3 +649,86 @@ def test_live_results_show_only_newer_states_and_superseded_is_no_user_cancel():
     assert not jobs.running and jobs.newest_id() is None
     assert is_superseded(Cancelled(job_id="j1", reason="superseded"))
     assert not is_superseded(Cancelled(job_id="j1"))
+
+
+# ---------------------------------------------------------------- LoRAs and sampler presets
+LORA_MODELS = [ModelInfo("tiny", "tiny", "sd15"), ModelInfo("tiny-xl", "tiny", "sdxl"),
+               ModelInfo("style15", "single_file", "sd15", kind="lora"),
+               ModelInfo("stylexl", "single_file", "sdxl", kind="lora"),
+               ModelInfo("odd", "single_file", "unknown", kind="lora"),
+               ModelInfo("easyneg", "single_file", "sd15", kind="embedding")]
+
+
+def test_a_lora_row_offers_the_daemons_loras_made_for_the_models_family():
+    from atelier_krita.loras import LORA_NONE_LABEL, lora_choices
+    names = lambda family: [name for _, name in lora_choices(LORA_MODELS, family)]  # noqa: E731
+    assert names("sd15") == [None, "style15", "odd"]
+    assert names("sd15_inpaint") == [None, "style15", "odd"]   # an inpainting model: its base's
+    assert names("sdxl") == [None, "stylexl", "odd"]
+    assert names(None) == names("unknown") == [None, "style15", "stylexl", "odd"]
+    assert lora_choices(LORA_MODELS, "sd15")[0] == (LORA_NONE_LABEL, None)
+    assert lora_choices([], "sd15") == [(LORA_NONE_LABEL, None)]
+
+
+def test_a_chosen_lora_that_is_not_offered_stays_and_says_why():
+    from atelier_krita.loras import lora_choices
+    assert lora_choices(LORA_MODELS, "sd15", "stylexl")[-1] == (
+        "stylexl (made for SDXL models)", "stylexl")
+    assert lora_choices(LORA_MODELS, "sd15", "gone")[-1] == (
+        "gone (not listed by the daemon)", "gone")
+    assert lora_choices([], "sd15", "gone")[-1] == ("gone", "gone")   # not known yet
+    assert lora_choices(LORA_MODELS, "sd15", "style15").count(("style15", "style15")) == 1
+
+
+def test_settings_refuse_loras_a_job_cannot_take():
+    from atelier_krita.protocol.messages import LORAS_MAX
+    JobSettings(loras=tuple((f"l{i}", 1.0) for i in range(LORAS_MAX)))
+    with pytest.raises(ValueError, match=f"at most {LORAS_MAX} LoRAs, 9 are chosen: remove 1"):
+        JobSettings(loras=tuple((f"l{i}", 1.0) for i in range(LORAS_MAX + 1)))
+    with pytest.raises(ValueError, match="weight 4.5; weights go from -4 to 4"):
+        JobSettings(loras=(("a", 4.5),))
+    with pytest.raises(ValueError, match="'a' is chosen twice"):
+        JobSettings(loras=(("a", 1.0), ("a", 0.5)))
+    with pytest.raises(ValueError, match="without a LoRA"):
+        JobSettings(loras=(("", 1.0),))
+
+
+def test_loras_and_the_sampler_preset_reach_the_request_in_every_mode():
+    settings = JobSettings(loras=(("style15", 0.5), ("odd", -1.0)), sampler_preset="lcm_4",
+                           depth_layer="depth")
+    ids = UploadIds(image="a" * 32, mask="b" * 32, depth="c" * 32)
+    for mode in Mode:
+        request = build_request(plan_job(mode, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL),
+                                settings, ids)
+        validate(request, "job")
+        assert [(lora.name, lora.weight) for lora in request.loras] == [("style15", 0.5),
+                                                                         ("odd", -1.0)]
+        assert request.sampler_preset == "lcm_4"
+    plain = build_request(plan_job(Mode.GENERATE, JobSettings(), CANVAS, None, SMALL),
+                          JobSettings(), UploadIds())
+    assert plain.loras == [] and plain.sampler_preset is None
+
+
+def test_the_sampler_preset_field_offers_none_and_the_daemons_presets():
+    from atelier_krita.loras import preset_choices
+    assert preset_choices(["lightning_4", "lcm_4"], None, True) == [
+        ("None", None), ("lightning_4", "lightning_4"), ("lcm_4", "lcm_4")]
+    assert preset_choices(["lcm_4"], "turbo_1", True)[-1] == (
+        "turbo_1 (not listed by the daemon)", "turbo_1")
+    assert preset_choices([], "turbo_1", False)[-1] == ("turbo_1", "turbo_1")   # not connected
+
+
+def test_a_preset_says_why_the_fields_it_decides_are_greyed_out():
+    from atelier_krita.loras import preset_override_note
+    assert preset_override_note(None) == preset_override_note("") == ""
+    note = preset_override_note("lcm_4")
+    assert "sampler preset lcm_4" in note and "steps, guidance" in note and "None" in note
+
+
+def test_history_says_which_loras_and_preset_a_job_used():
+    entry = HistoryEntry(Mode.GENERATE, JobSettings(prompt="p", loras=(("style15", 0.5),),
+                                                    sampler_preset="lcm_4"),
+                         Bounds(0, 0, 8, 8), "done", (3,))
+    assert "LoRAs style15 0.5 | preset lcm_4" in entry.summary()
+    assert "LoRA" not in HistoryEntry(Mode.GENERATE, JobSettings(), Bounds(0, 0, 8, 8),
+                                      "done", (3,)).summary()

@@ -9,6 +9,7 @@ from typing import Iterator
 
 from .geometry import Bounds, Extent
 from .jobs import JobSettings, Mode
+from .loras import loras_text
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,13 @@ class HistoryEntry:
         if len(prompt) > 48:
             prompt = prompt[:47] + "\u2026"
         seeds = ", ".join(str(s) for s in self.seeds) or "-"
-        return f"{self.mode.label}: {prompt} | seed {seeds} | {self.region} | {self.outcome}"
+        extras = ""
+        if self.settings.loras:
+            extras += f" | LoRAs {loras_text(self.settings.loras)}"
+        if self.settings.sampler_preset:
+            extras += f" | preset {self.settings.sampler_preset}"
+        return (f"{self.mode.label}: {prompt} | seed {seeds}{extras} | {self.region} | "
+                f"{self.outcome}")
 
 
 class History:

@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Iterable, Optional
 
+from .families import base_family, family_label
 from .geometry import Bounds, Extent, ResolutionRange, context_region, default_padding, fit_extent
+from .loras import LoraRow, check_loras, request_loras
 from .protocol.messages import (CACHE_INTERVAL_MAX, TILINGS, ControlSettings, DepthInput,
                                 GenerateRequest, ModelInfo)
 
@@ -75,11 +77,6 @@ DEPTH_MODEL_NOT_FOR_SD2_DEPTH = "SD2-depth models take none"
 DEPTH_MODEL_SD2_DEPTH = ("An SD2-depth model takes the depth map itself: it uses no depth "
                          "model, so only Daemon default is offered.")
 
-# Base model families, as the daemon's ``models`` message names them, by what their depth
-# conditioners are made for: an inpainting or refiner model takes its base's conditioners.
-_BASE_OF_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpaint": "sd2",
-                   "sdxl": "sdxl", "sdxl_inpaint": "sdxl", "sdxl_refiner": "sdxl"}
-_FAMILY_LABELS = {"sd15": "SD1.5", "sd2": "SD2", "sdxl": "SDXL"}
 SD2_DEPTH_FAMILY = "sd2_depth"
 # The daemon does not say which family a ControlNet or T2I-Adapter is made for; their names
 # usually do (control_v11f1p_sd15_depth, controlnet-depth-sdxl-1.0, t2iadapter_depth_sd15v2,
@@ -120,7 +117,7 @@ def depth_model_choices(models: Iterable[ModelInfo], chosen: Optional[str] = Non
     an entry of its own, marked with the reason when the daemon's list is known, so the
     field still shows what a job would send."""
     models = list(models)
-    base = _BASE_OF_FAMILY.get(family or "")
+    base = base_family(family)
     choices: list[tuple[str, Optional[str]]] = [(DEPTH_MODEL_DEFAULT, None)]
     offered: set[str] = set()
     for info in models:
@@ -150,7 +147,7 @@ def _not_offered_label(chosen: str, offered: set[str], models: list[ModelInfo],
         return f"{chosen} ({DEPTH_MODEL_UNLISTED})"
     if family == SD2_DEPTH_FAMILY:
         return f"{chosen} ({DEPTH_MODEL_NOT_FOR_SD2_DEPTH})"
-    label = _FAMILY_LABELS.get(conditioner_family(chosen) or "", "other")
+    label = family_label(conditioner_family(chosen))
     return f"{chosen} ({DEPTH_MODEL_OTHER_FAMILY.format(family=label)})"
 
 
@@ -192,6 +189,8 @@ class JobSettings:
     seam_width: int = 64
     previews: bool = True
     cache_interval: int = 1              # step caching; 1 = off (full quality)
+    loras: tuple[LoraRow, ...] = ()      # (name, weight) of the LoRA rows with a LoRA chosen
+    sampler_preset: Optional[str] = None  # welcome.sampler_presets; None = Steps and Guidance
 
     def __post_init__(self) -> None:
         if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
@@ -202,6 +201,7 @@ class JobSettings:
         if not 1 <= self.cache_interval <= CACHE_INTERVAL_MAX:
             raise ValueError(f"step cache must be 1 (off) to {CACHE_INTERVAL_MAX}, "
                              f"got {self.cache_interval!r}")
+        check_loras(self.loras)
 
     def with_seed(self, seed: Optional[int]) -> "JobSettings":
         return replace(self, seed=seed)
@@ -331,6 +331,8 @@ def build_request(plan: JobPlan, settings: JobSettings, uploads: UploadIds) -> G
         preview_every=1 if settings.previews else 0,
         output_format="raw",
         cache_interval=settings.cache_interval,
+        loras=request_loras(settings.loras),
+        sampler_preset=settings.sampler_preset or None,  # type: ignore[arg-type]
     )
 
 

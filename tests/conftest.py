@@ -57,6 +57,19 @@ def start_daemon(atelier_home: Path) -> Iterator:
         proc.stop()
 
 
+@pytest.fixture(scope="module")
+def lora_models_dir(atelier_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's models folder holding one tiny SD1.5 LoRA, ``Lora/tiny_style.safetensors``
+    (the daemon fixture's models folder has none): serve it with ``--models-dir``."""
+    from backend.models.sources import ensure_tiny
+    from backend.models.tiny_extras import build_tiny_lora
+
+    folder = tmp_path_factory.mktemp("user-models")
+    build_tiny_lora(folder / "Lora" / "tiny_style.safetensors",
+                    ensure_tiny("tiny", atelier_home / "models"))
+    return folder
+
+
 @pytest.fixture
 def fresh_daemon(start_daemon) -> DaemonProcess:
     """A daemon of the test's own, for tests that stop it or need an empty queue."""

@@ -142,19 +142,6 @@ def test_blender_window_redraws_only_what_shows_progress(addon_zip: Path, tmp_pa
     _run_window("redraws", addon_zip, tmp_path, daemon.url)
 
 
-@pytest.fixture(scope="module")
-def lora_models_dir(atelier_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A user's models folder holding one tiny SD1.5 LoRA, ``Lora/tiny_style.safetensors``
-    (the daemon fixture's models folder has none)."""
-    from backend.models.sources import ensure_tiny
-    from backend.models.tiny_extras import build_tiny_lora
-
-    folder = tmp_path_factory.mktemp("user-models")
-    build_tiny_lora(folder / "Lora" / "tiny_style.safetensors",
-                    ensure_tiny("tiny", atelier_home / "models"))
-    return folder
-
-
 @pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
 def test_blender_loras_reach_the_daemon(host: str, addon_zip: Path, tmp_path: Path,
                                         start_daemon, lora_models_dir: Path) -> None:

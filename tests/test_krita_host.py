@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -409,6 +409,100 @@ def test_seeds_above_31_bits_survive_the_field_a_job_and_recall(krita):
     assert record["validator"] == {"": True, "0": True, "4294967295": True,
                                    "4294967296": False, "-1": False, "12a": False}
     assert record["empty_is_random"]
+
+
+# ``runner`` first, as for ``krita``: a missing Krita skips before a daemon starts.
+@pytest.fixture(scope="module")
+def krita_loras(runner: str, plugin_zip: str, krita_home: Path, atelier_home: Path,
+                lora_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[dict[str, Any]]:
+    """The LoRA scenarios in a kritarunner run of their own, against a daemon whose
+    models folder holds the tiny LoRA 'tiny_style' (the shared daemon has none)."""
+    from benchmarks.daemon_process import DaemonProcess
+
+    daemon = DaemonProcess(atelier_home, "--models-dir", str(lora_models_dir)).start()
+    try:
+        root = tmp_path_factory.mktemp("krita-loras")
+        env = isolated_env(krita_home, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS))
+        results = root / "results.json"
+        proc = subprocess.run([runner, "-s", "atelier_scenarios", str(results), plugin_zip,
+                               daemon.url, f"ws://127.0.0.1:{free_port()}/",
+                               "loras_and_preset,fresh_panel"],
+                              env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    finally:
+        daemon.stop()
+    log = (proc.stdout + proc.stderr)[-4000:]
+    if not results.exists():
+        pytest.fail(f"kritarunner wrote no results; its output ended with:\n{log}")
+    data = json.loads(results.read_text())
+    data["_log"] = log
+    yield data
+
+
+def test_lora_rows_offer_the_daemons_loras_and_the_model_menu_does_not(krita_loras):
+    record = scenario(krita_loras, "loras_and_preset")
+    assert ["tiny_style", "sd15"] in record["loras_listed"], record["loras_listed"]
+    assert "tiny_style" not in record["model_combo"], record["model_combo"]
+    assert record["rows_at_start"] == []
+    assert record["new_row"] == {"name": None, "weight": 1.0, "weight_range": [-4.0, 4.0]}
+    assert ["tiny_style", "tiny_style"] in record["row_choices"], record["row_choices"]
+    assert record["row_choices"][0] == ["(choose a LoRA)", None]
+    # A model of another family: the row no longer offers it, and says why it still shows.
+    assert record["sdxl_row_label"] == "tiny_style (made for SD1.5 models)"
+    assert [name for _, name in record["sdxl_row"]] == [None, "tiny_style"]
+
+
+def test_a_sampler_preset_greys_out_what_it_decides_and_says_why(krita_loras):
+    record = scenario(krita_loras, "loras_and_preset")
+    assert record["presets"] and "lcm_4" in record["presets"]
+    assert record["preset_combo"] == [["None", None]] + [[p, p] for p in record["presets"]]
+    assert record["steps_before"]["enabled"]
+    for name in ("steps", "guidance"):
+        greyed = record["greyed"][name]
+        assert not greyed["enabled"], (name, greyed)
+        assert "sampler preset lcm_4" in greyed["tooltip"], greyed
+    assert record["cleared"]["steps_enabled"] and \
+        "sampler preset" not in record["cleared"]["steps_tooltip"]
+
+
+def test_loras_and_the_preset_reach_the_daemon_history_and_recall(krita_loras):
+    record = scenario(krita_loras, "loras_and_preset")
+    assert record["settings"] == {"loras": [["tiny_style", 0.5]], "preset": "lcm_4"}
+    assert record["message"].startswith("Generate: done"), record["message"]
+    assert record["sent"]["loras"] == [["tiny_style", 0.5]] and \
+        record["sent"]["preset"] == "lcm_4"
+    # What the daemon ran: the LoRA, and the preset's steps and scheduler (PROTOCOL.md 4.3).
+    assert record["ran"] == {"loras": [["tiny_style", 0.5]], "preset": "lcm_4", "steps": 4,
+                             "scheduler": "lcm", "guidance": 1.0}, record["ran"]
+    assert record["history"] == {"loras": [["tiny_style", 0.5]], "preset": "lcm_4",
+                                 "outcome": "done"}
+    assert "LoRAs tiny_style 0.5 | preset lcm_4" in record["history_tooltip"]
+    assert record["cleared"]["rows"] == []
+    assert record["recalled"] == {"rows": [["tiny_style", 0.5]], "preset": "lcm_4",
+                                  "steps_enabled": False}
+
+
+def test_a_lora_of_another_family_or_unlisted_is_refused_naming_it(krita_loras):
+    failed = scenario(krita_loras, "loras_and_preset")["wrong_family"]
+    assert failed["message"].startswith("The daemon answered invalid_field for LoRA "
+                                        "'tiny_style'"), failed
+    assert "sd15" in failed["message"] and "Pick another in its LoRA row" in failed["message"]
+    assert failed["outcome"] == failed["message"]
+    unlisted = scenario(krita_loras, "loras_and_preset")["unlisted"]
+    assert unlisted == {"started": False, "nothing_sent": True,
+                        "message": "The daemon lists no LoRA named 'gone': pick another in its "
+                                   "LoRA row, or remove the row"}
+
+
+def test_eight_lora_rows_at_most_and_the_docker_still_fits(krita_loras):
+    record = scenario(krita_loras, "loras_and_preset")
+    assert record["ninth"]["rows"] == 8 and record["ninth"]["title"] == "LoRAs (8/8)"
+    assert "A job takes at most 8 LoRAs" in record["ninth"]["message"], record["ninth"]
+    assert record["after_remove"] == 7
+    assert record["settings_rows_without_lora"] == [["tiny_style", 0.5]]
+    # The rows scroll with the other fields: the docker's minimum height stays put.
+    fresh = scenario(krita_loras, "fresh_panel")
+    assert record["eight_rows_min_height"] == fresh["min_height"] <= 600
 
 
 def test_depth_layer_list_offers_layers_added_later(krita):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from collections import deque
@@ -47,6 +48,7 @@ from .jobs import (DEPTH_MODEL_DEFAULT, DEPTH_MODEL_KINDS, QUEUE_LIMIT, JobPlan,
                    JobSettings, Mode, UploadIds, build_request, layer_name, plan_job)
 from .live import (LIVE_LAYER, LIVE_POLL_S, LIVE_SESSION, LIVE_STRENGTH, LiveDebounce,
                    LiveResults, is_superseded)
+from .loras import daemon_loras
 from .pixels import is_empty_mask
 from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.errors import ErrorCode, ProtocolError
@@ -65,6 +67,8 @@ SUBMIT_LOST = "the connection to the daemon broke before it took the job; genera
 PREVIEW_PAUSE_FACTOR = 3      # a step preview that took Krita T s to show: none for 3T s
 CANCEL_UNTOLD = (" (the daemon could not be told; whatever it still sends for the job "
                  "is ignored)")
+
+_LORA_FIELD = re.compile(r"(?:job\.)?loras\[(\d+)\](?:\.name)?")
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +153,15 @@ class Controller:
         self.current_model: Optional[str] = None
         self.loading_model: Optional[str] = None
         self.max_side: Optional[int] = None      # the daemon's limit, from its welcome
+        self.sampler_presets: list[str] = []      # the daemon's, from its welcome
+        self.presets_listed = False               # a welcome has said which ones
         self.size_limit: Optional[int] = None    # the painter's "max size" field
         # Why this daemon cannot estimate depth (its answer to a job that asked), or None.
         self.depth_estimate_problem: Optional[str] = None
         self.sent_inputs: dict[str, ImageFrame] = {}
         self.sent_request: Optional[GenerateRequest] = None   # the last job submitted
+        # The last finished job's request as the daemon ran it (a preset's steps, ...).
+        self.last_params: Optional[GenerateRequest] = None
         self._job: Optional[_ActiveJob] = None
         self._queue: "deque[_ActiveJob]" = deque()    # prepared, sent when the running job ends
         self._batch: Optional[_Batch] = None
@@ -286,6 +294,16 @@ class Controller:
                                              if m.family in DEPTH_MODEL_KINDS}:
             raise JobRefused(f"the daemon lists no depth model named '{settings.depth_model}': "
                              f"pick one under Depth model, or {DEPTH_MODEL_DEFAULT}")
+        listed = {m.name for m in daemon_loras(self.models)}
+        missing = [name for name, _ in settings.loras if self.models and name not in listed]
+        if missing:
+            raise JobRefused(f"the daemon lists no LoRA named '{missing[0]}': pick another "
+                             "in its LoRA row, or remove the row")
+        if settings.sampler_preset and self.presets_listed and \
+                settings.sampler_preset not in self.sampler_presets:
+            raise JobRefused(f"the daemon does not know the sampler preset "
+                             f"'{settings.sampler_preset}': pick another under Sampler "
+                             "preset, or None")
         document = self.document()
         if document is None:
             raise JobRefused("open or create a document first")
@@ -536,6 +554,8 @@ class Controller:
             self.connected = True
             welcome = event.welcome
             self.max_side = welcome.limits.max_side
+            self.sampler_presets = list(welcome.sampler_presets)
+            self.presets_listed = True
             self.current_model = welcome.model
             self.depth_estimate_problem = None   # perhaps another daemon, or it has one now
             self.connection_text = (f"connected to {self.connection.url} ({welcome.device}, "
@@ -674,6 +694,7 @@ class Controller:
             text = f"{job.mode.label}: {len(images)} results; pick one and press Apply"
         self._job = None
         self.current_model = done.result.model   # a job's model stays loaded after it
+        self.last_params = done.result.params
         self.message = text
         self.history.add(HistoryEntry(job.mode, job.settings.with_seed(seeds[0]), region, "done",
                                       tuple(seeds), done.result.seconds, images=tuple(images)))
@@ -1051,8 +1072,21 @@ def _error_text(error: Error, settings: Optional[JobSettings]) -> str:
         which = f"depth model '{name}'" if name else f"depth model ({DEPTH_MODEL_DEFAULT})"
         return (f"The daemon answered {error.code} for the {which}: "
                 f"{error.message.rstrip('.')}. Pick another under Depth model")
+    lora = _lora_of_field(error.field, settings)
+    if lora is not None:
+        return (f"The daemon answered {error.code} for LoRA '{lora}': "
+                f"{error.message.rstrip('.')}. Pick another in its LoRA row, or remove it")
     where = f" [{error.field}]" if error.field else ""
     return f"The daemon answered {error.code}{where}: {error.message}"
+
+
+def _lora_of_field(field: Optional[str], settings: Optional[JobSettings]) -> Optional[str]:
+    """The LoRA an error's field (``job.loras[i].name``) names, if the job had it."""
+    match = _LORA_FIELD.fullmatch(field or "")
+    if match is None or settings is None:
+        return None
+    index = int(match.group(1))
+    return settings.loras[index][0] if index < len(settings.loras) else None
 
 
 __all__ = ["Controller", "ConnectionSettings", "PREVIEW_LAYER"]

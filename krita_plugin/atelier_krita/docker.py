@@ -30,9 +30,14 @@ from .jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP,
                    default_depth_source, depth_model_choices, job_mode, model_family,
                    parse_seed, queue_text, shown_fields, workflow_of)
 from .protocol.messages import TILINGS
-from .widgets import Fold, FormScroll, MessageView, RefreshingComboBox, SeedValidator
+from .loras import (LORAS_FULL, PRESET_HELP, lora_choices, preset_choices,
+                    preset_override_note)
+from .widgets import (Fold, FormScroll, LoraList, MessageView, RefreshingComboBox,
+                      SeedValidator)
 
 PUMP_INTERVAL_MS = 30
+STEPS_HELP = "Denoising steps: more is slower and usually cleaner"
+GUIDANCE_HELP = "How closely the image follows the prompt (CFG scale)"
 SELECTION_CHECK_MS = 400   # how often the Generate button looks whether there is a selection
 DAEMON_MODEL = "(daemon's current model)"
 DEPTH_LAYER_HELP = ("What Depth jobs read as depth: a layer's brightness (near = bright), or "
@@ -133,6 +138,7 @@ class AtelierPanel(QWidget):
         self.model_combo = _combo(page)
         self.model_combo.setToolTip("The daemon's checkpoints; the job loads the one chosen")
         self.model_combo.currentIndexChanged.connect(self._refresh_depth_models)   # its family
+        self.model_combo.currentIndexChanged.connect(lambda _i: self.lora_list.refresh())
         self.mode_combo = QComboBox(page)
         for workflow in Workflow:
             self.mode_combo.addItem(workflow.short_label, workflow.value)
@@ -191,11 +197,18 @@ class AtelierPanel(QWidget):
         self.seed_edit.setPlaceholderText("random")
         self.seed_edit.setValidator(SeedValidator(self.seed_edit))
         self.seed_edit.setToolTip(f"0 to {SEED_MAX}; empty for a new random seed each run")
+        self.preset_combo = _combo(body)
+        self.preset_combo.setToolTip(PRESET_HELP)
+        self.preset_combo.currentIndexChanged.connect(lambda _i: self._show_preset_overrides())
         self.steps_spin = _spin(1, 150, 20, body)
+        self.steps_spin.setToolTip(STEPS_HELP)
         self.cache_spin = _spin(1, CACHE_INTERVAL_MAX, 1, body)
         self.cache_spin.setSpecialValueText("off (full quality)")
         self.cache_spin.setToolTip(CACHE_INTERVAL_HELP)
         self.guidance_spin = _dspin(0.0, 30.0, 7.0, 0.5, body)
+        self.guidance_spin.setToolTip(GUIDANCE_HELP)
+        self.lora_list = LoraList(self._lora_choices, body)
+        self.lora_list.full.connect(self._loras_full)
         self.tiling_combo = QComboBox(body)
         self.tiling_combo.addItems(TILINGS)
         self.grow_spin = _spin(0, 256, 8, body)
@@ -209,12 +222,15 @@ class AtelierPanel(QWidget):
         self.load_button.setToolTip("Jobs load their model themselves; this loads it ahead")
         self.load_button.clicked.connect(self.load_chosen_model)
         for label, widget in (("Negative", self.negative_edit), ("Seed", self.seed_edit),
+                              ("Sampler preset", self.preset_combo),
                               ("Steps", self.steps_spin), ("Step cache", self.cache_spin),
                               ("Guidance", self.guidance_spin),
                               ("Seamless axes", self.tiling_combo), ("Grow", self.grow_spin),
                               ("Feather", self.feather_spin), ("Max size", self.max_side_spin),
                               ("", self.previews_check), ("", self.load_button)):
             more.form.addRow(label, widget)
+        guidance_row, _ = more.form.getWidgetPosition(self.guidance_spin)
+        more.form.insertRow(guidance_row + 1, self.lora_list)    # the docker's full width
         return more
 
     def _build_history(self, page: QWidget) -> QVBoxLayout:
@@ -381,6 +397,8 @@ class AtelierPanel(QWidget):
             depth_model=self.depth_model_combo.currentData() or None,
             previews=self.previews_check.isChecked(),
             cache_interval=self.cache_spin.value(),
+            loras=self.lora_list.chosen(),
+            sampler_preset=self.preset_combo.currentData() or None,
         )
 
     def show_settings(self, settings: JobSettings) -> None:
@@ -399,6 +417,8 @@ class AtelierPanel(QWidget):
         self._show_depth_models(settings.depth_model)
         self.previews_check.setChecked(settings.previews)
         self.cache_spin.setValue(settings.cache_interval)
+        self.lora_list.set_rows(settings.loras)
+        self._show_presets(settings.sampler_preset)
 
     # ------------------------------------------------------------ actions
     def reconnect(self) -> None:
@@ -538,6 +558,8 @@ class AtelierPanel(QWidget):
         _fill(self.model_combo, [DAEMON_MODEL] + base_model_names(c.models))
         self._refresh_depth_sources()
         self._refresh_depth_models()
+        self.lora_list.refresh()
+        self._show_presets(self.preset_combo.currentData())
         self._show_mode_fields()
         self._show_history()
 
@@ -607,17 +629,46 @@ class AtelierPanel(QWidget):
     def _refresh_depth_models(self, *_signal: object) -> None:
         self._show_depth_models(self.depth_model_combo.currentData())
 
+    def _job_family(self) -> Optional[str]:
+        """The family of the model a job would run on (the Model field's, or the
+        daemon's current one); None while the daemon's list does not say."""
+        c = self.controller
+        model = self.model_combo.currentText()
+        return model_family(c.models, c.current_model if model in ("", DAEMON_MODEL) else model)
+
     def _show_depth_models(self, chosen: Optional[str]) -> None:
         """The Depth model field: the daemon's conditioners for the chosen model's family,
         with ``chosen`` (a name, or None for the daemon's default) selected."""
         c = self.controller
-        model = self.model_combo.currentText()
-        name = c.current_model if model in ("", DAEMON_MODEL) else model
-        family = model_family(c.models, name)
+        family = self._job_family()
         combo = self.depth_model_combo
         _fill_choices(combo, depth_model_choices(c.models, chosen, family), chosen)
         combo.setToolTip(DEPTH_MODEL_SD2_DEPTH if family == SD2_DEPTH_FAMILY
                          else DEPTH_MODEL_HELP)
+
+
+    # ------------------------------------------------------------ LoRAs and sampler presets
+    def _lora_choices(self, chosen: Optional[str]) -> list[tuple[str, Optional[str]]]:
+        return lora_choices(self.controller.models, self._job_family(), chosen)
+
+    def _loras_full(self) -> None:
+        self.controller.message = LORAS_FULL[:1].upper() + LORAS_FULL[1:]
+        self.refresh()
+
+    def _show_presets(self, chosen: Optional[str]) -> None:
+        """The Sampler preset field: None and the daemon's presets, ``chosen`` selected."""
+        c = self.controller
+        _fill_choices(self.preset_combo,
+                      preset_choices(c.sampler_presets, chosen, c.presets_listed), chosen)
+        self._show_preset_overrides()
+
+    def _show_preset_overrides(self) -> None:
+        """Steps and Guidance greyed out while a preset decides them, saying why."""
+        note = preset_override_note(self.preset_combo.currentData())
+        for widget, help_text in ((self.steps_spin, STEPS_HELP),
+                                  (self.guidance_spin, GUIDANCE_HELP)):
+            widget.setEnabled(not note)
+            widget.setToolTip(note or help_text)
 
 
 def _thumbnail_list(parent: QWidget, wrap: bool, icon: int = THUMB_ICON) -> QListWidget:

@@ -1,6 +1,9 @@
 """Scenarios run inside real Krita by ``kritarunner`` (see tests/test_krita_host.py).
 
-    kritarunner -s atelier_scenarios RESULTS.json PLUGIN.zip DAEMON_URL DEAD_URL
+    kritarunner -s atelier_scenarios RESULTS.json PLUGIN.zip DAEMON_URL DEAD_URL [ONLY]
+
+ONLY (comma-separated names of ``docker_scenarios.ALL``) runs setup, connect and just
+those, for a daemon of their own (one with a LoRA, say).
 
 Installs the plugin zip with Krita's own importer (the code behind Tools > Scripts >
 Import Python Plugin from File), builds documents with layers and selections, and
@@ -170,6 +173,7 @@ class Run:
 
 def __main__(args: list[str]) -> None:
     results_path, zip_path, daemon_url, dead_url = args[:4]
+    only = [name for name in (args[4] if len(args) > 4 else "").split(",") if name]
     run = Run(results_path)
     state: dict[str, Any] = {}
 
@@ -203,7 +207,7 @@ def __main__(args: list[str]) -> None:
                        mask_feather=3, previews=True)
 
     try:
-        run_with_daemon(run, controller, panel, base, url, dead_url)
+        run_with_daemon(run, controller, panel, base, url, dead_url, only)
     finally:
         controller.close()
         panel.timer.stop()
@@ -214,7 +218,7 @@ def __main__(args: list[str]) -> None:
 
 
 def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
-                    dead_url: str) -> None:
+                    dead_url: str, only: list[str]) -> None:
     from atelier_krita.controller import ConnectionSettings, Controller
     from atelier_krita.geometry import ResolutionRange
     from atelier_krita.host import KritaDocument
@@ -258,6 +262,10 @@ def run_with_daemon(run: Run, controller: Any, panel: Any, base: Any, url: Any,
         return
     import docker_scenarios
     context = docker_scenarios.Context(controller, panel, doc, base)
+    if only:
+        for name in only:
+            run.scenario(name, lambda name=name: docker_scenarios.ALL[name](context))
+        return
     run.scenario("fresh_panel", lambda: docker_scenarios.fresh_panel(context))
 
     def generate_canvas() -> dict[str, Any]:

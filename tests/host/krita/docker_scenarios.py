@@ -469,6 +469,120 @@ def live_painting(ctx: Context) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------- LoRAs and sampler presets
+LORA = "tiny_style"        # the tiny SD1.5 LoRA in the daemon's models folder (the test's)
+PRESET = "lcm_4"
+
+
+def _rows(panel: Any) -> list[list[Any]]:
+    return [[row.name, row.weight.value()] for row in panel.lora_list.rows]
+
+
+def _generate(panel: Any, controller: Any, what: str) -> None:
+    from atelier_krita.jobs import Workflow
+    panel.choose_workflow(Workflow.GENERATE)
+    panel.generate_button.click()
+    pump_until(controller, lambda: not controller.busy, what)
+
+
+def loras_and_preset(ctx: Context) -> dict[str, Any]:
+    """LoRA rows and the Sampler preset, used as a painter would against a daemon whose
+    models folder holds the tiny LoRA: the rows offer it for the model's family, a
+    Generate sends both, the daemon runs both, History keeps them and Recall puts them
+    back; eight rows at most; a LoRA of another family is refused by the daemon with the
+    row's LoRA named."""
+    panel, controller, doc = ctx.panel, ctx.controller, ctx.doc
+    lora_list = panel.lora_list
+    out: dict[str, Any] = {"presets": list(controller.sampler_presets),
+                           "loras_listed": [[m.name, m.family] for m in controller.models
+                                            if m.kind == "lora"]}
+    clear_selection(doc)
+    panel.show_settings(ctx.base)
+    panel.max_side_spin.setValue(96)
+    panel.more_fold.set_open(True)
+    panel.refresh()
+    out["model_combo"] = [text for text, _ in combo_items(panel.model_combo)]
+    out["preset_combo"] = combo_items(panel.preset_combo)
+    out["rows_at_start"] = _rows(panel)
+    lora_list.add_button.click()
+    row = lora_list.rows[0]
+    out["row_choices"] = combo_items(row.combo)
+    out["new_row"] = {"name": row.name, "weight": row.weight.value(),
+                      "weight_range": [row.weight.minimum(), row.weight.maximum()]}
+    _choose(row.combo, LORA)
+    row.weight.setValue(0.5)
+    out["steps_before"] = {"enabled": panel.steps_spin.isEnabled(),
+                           "tooltip": panel.steps_spin.toolTip()}
+    _choose(panel.preset_combo, PRESET)
+    out["greyed"] = {name: {"enabled": widget.isEnabled(), "tooltip": widget.toolTip()}
+                     for name, widget in (("steps", panel.steps_spin),
+                                          ("guidance", panel.guidance_spin))}
+    out["settings"] = {"loras": [list(pair) for pair in panel.settings().loras],
+                       "preset": panel.settings().sampler_preset}
+    _generate(panel, controller, "the job with a LoRA and a preset")
+    out["message"] = controller.message
+    sent, ran = controller.sent_request, controller.last_params
+    out["sent"] = {"loras": [[l.name, l.weight] for l in sent.loras],
+                   "preset": sent.sampler_preset, "steps": sent.steps}
+    out["ran"] = None if ran is None else {
+        "loras": [[l.name, l.weight] for l in ran.loras], "preset": ran.sampler_preset,
+        "steps": ran.steps, "scheduler": ran.scheduler, "guidance": ran.guidance}
+    entry = controller.history[0]
+    out["history"] = {"loras": [list(pair) for pair in entry.settings.loras],
+                      "preset": entry.settings.sampler_preset, "outcome": entry.outcome}
+    panel.refresh()
+    out["history_tooltip"] = panel.history_list.item(0).toolTip()
+
+    # Fields cleared, then History's Recall puts the rows and the preset back.
+    lora_list.set_rows(())
+    _choose(panel.preset_combo, "None")
+    out["cleared"] = {"rows": _rows(panel), "steps_enabled": panel.steps_spin.isEnabled(),
+                      "steps_tooltip": panel.steps_spin.toolTip()}
+    panel.history_list.setCurrentRow(0)
+    panel.recall_button.click()
+    out["recalled"] = {"rows": _rows(panel), "preset": panel.preset_combo.currentData(),
+                       "steps_enabled": panel.steps_spin.isEnabled()}
+
+    # The model's family decides what a row offers; a LoRA of another family stays chosen,
+    # marked, and the daemon refuses the job naming it.
+    _choose(panel.model_combo, "tiny-sdxl")
+    panel.refresh()
+    out["sdxl_row"] = combo_items(lora_list.rows[0].combo)
+    out["sdxl_row_label"] = lora_list.rows[0].combo.currentText()
+    _choose(panel.preset_combo, "None")
+    _generate(panel, controller, "the job with a LoRA of another family")
+    out["wrong_family"] = {"message": controller.message,
+                           "outcome": controller.history[0].outcome}
+    _choose(panel.model_combo, "(daemon's current model)")
+    panel.refresh()
+
+    # A LoRA the daemon does not list (a recalled job's, since removed) is refused before
+    # anything is sent.
+    from atelier_krita.jobs import Mode
+    sent_before = controller.sent_request
+    out["unlisted"] = {"started": controller.start(Mode.GENERATE,
+                                                   replace(ctx.base, loras=(("gone", 1.0),))),
+                       "message": controller.message,
+                       "nothing_sent": controller.sent_request is sent_before}
+
+    # Eight rows at most: the ninth Add says so and adds nothing; a row's button removes it.
+    while len(lora_list.rows) < 8:
+        lora_list.add_button.click()
+    panel.refresh()
+    out["eight_rows_min_height"] = panel.minimumSizeHint().height()
+    lora_list.add_button.click()
+    out["ninth"] = {"rows": len(lora_list.rows), "message": controller.message,
+                    "title": lora_list.title.text()}
+    lora_list.rows[-1].remove.click()
+    out["after_remove"] = len(lora_list.rows)
+    out["settings_rows_without_lora"] = [list(pair) for pair in panel.settings().loras]
+
+    lora_list.set_rows(())
+    panel.more_fold.set_open(False)
+    panel.show_settings(ctx.base)
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "live_painting": live_painting,
     "docker_shape": docker_shape,
@@ -478,3 +592,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "document_closed": document_closed,
     "ui_stalls": ui_stalls,
 }
+
+# Every scenario by name, with those for a daemon of their own (atelier_scenarios' ONLY).
+ALL: dict[str, Callable[[Context], dict[str, Any]]] = {
+    **SCENARIOS, "fresh_panel": fresh_panel, "loras_and_preset": loras_and_preset}

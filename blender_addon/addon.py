@@ -55,6 +55,7 @@ def unregister() -> None:
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
     if _session is not None:
+        _session.live.stop()   # its timer and handlers go with it
         _session.close_client()
         _session = None
     for cls in reversed(operators.CLASSES + panels.CLASSES):

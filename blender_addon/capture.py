@@ -46,14 +46,15 @@ def _restored(target: Any, **values: Any) -> Iterator[None]:
 
 def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width: int,
                   height: int, *, color: bool, depth: bool,
-                  as_viewport: bool = False) -> Capture:
+                  as_viewport: bool = False, samples: Optional[int] = None) -> Capture:
     """Render the scene camera at ``width`` x ``height``; the scene is left as it was.
 
     ``as_viewport``: render the objects the viewport shows, and only those (also those
     hidden from renders), so the depth holds whatever can hide a surface from the camera
     in the add-on's ray casts. Colour goes through the scene's view transform (what the
     artist sees); depth is the Z pass (depth along the camera's axis, 1e10 where nothing
-    was hit).
+    was hit). ``samples``: render at most this many samples (Cycles, EEVEE), for a quick
+    look.
     """
     host.require_camera(scene)
     shown = {o: o.visible_get(view_layer=view_layer) for o in scene.objects} \
@@ -66,6 +67,8 @@ def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
                                       use_compositing=True))
         if depth:
             stack.enter_context(_restored(view_layer, use_pass_z=True))
+        if samples is not None:
+            stack.enter_context(_fewer_samples(scene, samples))
         if not color and render.engine == "CYCLES":
             # Depth alone needs one sample, and no denoiser (Debian's build has none).
             stack.enter_context(_restored(scene.cycles, samples=1, use_denoising=False))
@@ -80,6 +83,16 @@ def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
         if depth:
             depth_bytes = _read_depth_file(_written(folder, DEPTH_SLOT), width, height)
     return Capture(width, height, color_bytes, depth_bytes)
+
+
+def _fewer_samples(scene: bpy.types.Scene, samples: int) -> contextlib.AbstractContextManager:
+    """At most ``samples`` render samples for the block (Cycles; EEVEE's render samples)."""
+    if scene.render.engine == "CYCLES":
+        return _restored(scene.cycles, samples=min(samples, scene.cycles.samples))
+    eevee = getattr(scene, "eevee", None)
+    if scene.render.engine.startswith("BLENDER_EEVEE") and eevee is not None:
+        return _restored(eevee, taa_render_samples=min(samples, eevee.taa_render_samples))
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

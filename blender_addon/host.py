@@ -166,6 +166,22 @@ def viewport_camera(context: bpy.types.Context, width: int,
         region = next((r for r in area.regions if r.type == "WINDOW"), None) if area else None
         if region is None:
             raise HostError("the 3D Viewport has no view region to take the view from")
+    return _view_camera(space, region, view, width, height)
+
+
+def area_view_camera(area: bpy.types.Area, width: int,
+                     height: int) -> Optional[projection.ViewCamera]:
+    """Like ``viewport_camera``, for the main view of a 3D Viewport ``area`` found without a
+    context (from a timer)."""
+    region = next((r for r in area.regions if r.type == "WINDOW"), None)
+    if region is None:
+        raise HostError("the 3D Viewport has no view region to take the view from")
+    space = area.spaces.active
+    return _view_camera(space, region, space.region_3d, width, height)
+
+
+def _view_camera(space: Any, region: Any, view: Any, width: int,
+                 height: int) -> Optional[projection.ViewCamera]:
     if view.view_perspective == "CAMERA":
         return None
     try:

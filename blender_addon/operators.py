@@ -14,6 +14,7 @@ from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
 from . import capture, host, settings
 from .addon import current_session, ensure_timer
+from .live_rules import LIVE_IMAGE
 from .properties import ADDON_ID
 from .protocol import GenerateRequest, PixelFormat, ProtocolError
 from .protocol.client import ClientError, make_upload
@@ -407,6 +408,71 @@ class ATELIER_OT_apply_image(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class ATELIER_OT_live(bpy.types.Operator):
+    """Live: after each move of the camera or edit of the scene, render it small and let the
+    daemon repaint it (img2img at Live Strength) into the image "Atelier Live"; only the
+    newest result is shown"""
+    bl_idname = "atelier.live"
+    bl_label = "Live"
+
+    action: EnumProperty(name="Action", default="TOGGLE", options={"SKIP_SAVE"},
+                         items=(("TOGGLE", "Toggle", "Turn Live on if it is off, else off"),
+                                ("ON", "On", "Turn Live on"), ("OFF", "Off", "Turn Live off")))
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        session = current_session()
+        if session is None:
+            self.report({"ERROR"}, "the Atelier add-on is not registered")
+            return {"CANCELLED"}
+        on = not session.live.on if self.action == "TOGGLE" else self.action == "ON"
+        if not on:
+            session.live.stop()
+            self.report({"INFO"}, "Atelier Live is off")
+            return {"FINISHED"}
+        if context.scene.camera is None and context.scene.atelier.capture_source == "CAMERA":
+            self.report({"ERROR"}, "Live sees through the scene's camera ('From: Camera'), "
+                                   "and the scene has none: add one or choose 'From: View'")
+            return {"CANCELLED"}
+        try:
+            session = _session(context)
+        except ClientError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        session.retry_now()
+        session.live.start(context.scene)
+        ensure_timer()
+        self.report({"INFO"}, "Atelier Live is on: move the camera or edit the scene")
+        return {"FINISHED"}
+
+
+class ATELIER_OT_live_apply(bpy.types.Operator):
+    """Keep the live result shown: copy "Atelier Live" into a new image named after its
+    prompt and seed, saved with the .blend and listed in the History"""
+    bl_idname = "atelier.live_apply"
+    bl_label = "Apply Live"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        live = bpy.data.images.get(LIVE_IMAGE)
+        if live is None or settings.RECORD_KEY not in live:
+            self.report({"ERROR"}, "there is no live result to apply yet: turn Live on and "
+                                   "wait for one")
+            return {"CANCELLED"}
+        record = live[settings.RECORD_KEY].to_dict()
+        width, height = live.size
+        image = host.new_image(settings.image_name(record["prompt"], record["seed"]),
+                               width, height)
+        host.write_rgba8(image, host.read_rgba8(live), width, height)
+        image[settings.RECORD_KEY] = record
+        prefs = context.preferences.addons[ADDON_ID].preferences
+        note = host.keep_images([image], prefs.image_storage == "FILES")
+        _record_history(context.scene.name, [image])
+        self.report({"WARNING"} if note else {"INFO"},
+                    f"Live result kept as '{image.name}'" + (f"; {note}" if note else ""))
+        return {"FINISHED"}
+
+
 CLASSES = (ATELIER_OT_generate, ATELIER_OT_render_to_image, ATELIER_OT_project_texture,
            ATELIER_OT_cancel, ATELIER_OT_test_connection, ATELIER_OT_recall,
-           ATELIER_OT_apply_image, ATELIER_OT_lora_add, ATELIER_OT_lora_remove)
+           ATELIER_OT_apply_image, ATELIER_OT_lora_add, ATELIER_OT_lora_remove,
+           ATELIER_OT_live, ATELIER_OT_live_apply)

@@ -16,6 +16,7 @@ from bpy.props import StringProperty
 
 from . import panel_view, settings
 from .addon import current_session
+from .live_rules import LIVE_IMAGE
 from .panel_view import FIELDS, SUBPANELS
 from .runtime import JobState
 
@@ -112,9 +113,30 @@ def _draw_preview(layout: bpy.types.UILayout, props) -> None:
     op.image = image.name
 
 
+def _draw_live(layout: bpy.types.UILayout, props) -> None:
+    """The Live toggle, its strength, Apply, and what Live is doing."""
+    session = current_session()
+    live = session.live if session is not None else None
+    on = live is not None and live.on
+    box = layout.box()
+    row = box.row(align=True)
+    row.operator("atelier.live", text="Live", icon="PAUSE" if on else "PLAY", depress=on)
+    apply = row.row(align=True)
+    apply.enabled = LIVE_IMAGE in bpy.data.images
+    apply.operator("atelier.live_apply", text="Apply", icon="IMAGE_DATA")
+    box.prop(props, "live_strength", text="Live Strength", slider=True)
+    if live is not None and (on or live.problem):
+        col = box.column(align=True)
+        icon = "ERROR" if live.problem else "INFO"
+        for line in panel_view.wrap(live.line()):
+            col.label(text=line, icon=icon)
+            icon = "BLANK1"
+
+
 def draw_main(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
-    """The "Atelier" panel itself: connection, progress, preview."""
+    """The "Atelier" panel itself: connection, Live, progress, preview."""
     _draw_connection(layout)
+    _draw_live(layout, props)
     _draw_jobs(layout)
     _draw_preview(layout, props)
 

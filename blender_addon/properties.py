@@ -8,6 +8,7 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty,
                        IntProperty, PointerProperty, StringProperty)
 
+from .live_rules import LIVE_STRENGTH, LIVE_STRENGTH_HELP
 from .protocol.client import DEFAULT_PORT
 from .panel_view import ModelMenu, wrap
 from .settings import (CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP, IMAGE_STORAGE_ITEMS, LORA_HELP,
@@ -283,6 +284,8 @@ class AtelierSettings(bpy.types.PropertyGroup):
                                     "scene's active camera"),
                ("VIEW", "View", "Render to Image and Project Texture see what the 3D "
                                 "Viewport shows")))
+    live_strength: FloatProperty(name="Live Strength", default=LIVE_STRENGTH, min=0.0,
+                                 max=1.0, description=LIVE_STRENGTH_HELP)
     loras: CollectionProperty(type=AtelierLoraItem, name="LoRAs",
                               description="LoRAs applied to every job from the panel (at "
                                           "most 8), each with its weight")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import bpy
 
 from . import host, settings
+from .live import LiveMode
 from .pacing import Throttle
 from .protocol import ErrorCode, GenerateRequest, ImageFrame
 from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
@@ -123,6 +124,7 @@ class Session:
         # The secret that owns this session's jobs on the daemon (PROTOCOL.md, 3); kept when the
         # client is replaced, so jobs sent before a reconnect can still be fetched.
         self._client_key: Optional[str] = None
+        self.live = LiveMode(self)
 
     # ------------------------------------------------------------ connection
     def connect(self, host_name: str, port: int, token: str) -> AtelierClient:
@@ -180,6 +182,15 @@ class Session:
             send(client)
         else:
             self._on_connect.append(send)
+
+    @property
+    def client(self) -> Optional[AtelierClient]:
+        return self._client
+
+    def note_written(self, image_name: str) -> None:
+        """An image was written outside a job (the live image): redraw what shows it."""
+        self._written.add(image_name)
+        self._redraw_due = self._job_ended = True
 
     def _require_client(self) -> AtelierClient:
         if self._client is None:
@@ -256,7 +267,7 @@ class Session:
             self._handle(event)
             self._redraw_due = True
         self._show_changes()
-        active = bool(self.active_jobs)
+        active = bool(self.active_jobs) or self.live.running
         self._pumped_at = time.monotonic()
         self._next_tick = ACTIVE_INTERVAL if active else IDLE_INTERVAL   # as addon._tick asks
         return active
@@ -309,6 +320,8 @@ class Session:
         return None
 
     def _handle(self, event: Any) -> None:
+        if self.live.handle(event):
+            return
         handler = self._HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)

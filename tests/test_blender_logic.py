@@ -729,3 +729,105 @@ def test_sampler_preset_menu_and_what_it_overrides() -> None:
     assert menu.name(old[-1][3]) == "hyper_8"
     assert settings.preset_summary("turbo_1") == "euler_a, 1 step, guidance 1"
     assert settings.preset_summary("nope") == ""
+
+
+# ------------------------------------------------------------------ Live (issue 15)
+from blender_addon import live_rules  # noqa: E402
+from blender_addon.protocol.live import LiveDebounce, LiveResults, is_superseded  # noqa: E402
+from blender_addon.protocol.messages import LIVE_NAME_MAX, Cancelled  # noqa: E402
+
+
+def test_live_size_scales_down_only_keeping_aspect_in_multiples_of_8() -> None:
+    assert live_rules.live_size(512, 512) == (512, 512)
+    assert live_rules.live_size(1024, 768) == (512, 384)
+    assert live_rules.live_size(768, 1024, longest=256) == (192, 256)
+    assert live_rules.live_size(2048, 64) == (512, 64)     # never under 64
+    assert live_rules.live_size(64, 64) == (64, 64)        # never up
+    for width, height in ((1000, 333), (4096, 4000), (72, 1920)):
+        w, h = live_rules.live_size(width, height)
+        assert w % 8 == 0 and h % 8 == 0 and max(w, h) <= live_rules.LIVE_LONGEST
+
+
+def test_live_settings_make_one_quick_img2img_at_the_live_strength_and_session_seed() -> None:
+    panel = settings.PanelSettings(prompt="moss", width=1024, height=1024, strength=0.9,
+                                   batch_size=4, preview_every=2, random_seed=True, seed=3)
+    live = live_rules.live_settings(panel, 0.35, seed=1234)
+    assert (live.width, live.height, live.strength) == (512, 512, 0.35)
+    assert live.batch_size == 1 and live.preview_every == 0
+    assert not live.random_seed and live.seed == 1234 and live.prompt == "moss"
+    request = settings.build_request(live, kind="img2img", init_image="init")
+    assert request.seed == 1234 and request.strength == 0.35 and request.preview_every == 0
+    submit = json.loads(encode_message(Submit(job=request, live=live_rules.LIVE_SESSION)))
+    assert submit["live"] == "viewport" and len(live_rules.LIVE_SESSION) <= LIVE_NAME_MAX
+
+
+def test_live_counts_scene_edits_but_not_its_own_capture_or_image() -> None:
+    for kind in ("Object", "Mesh", "Material", "ShaderNodeTree", "World", "Light", "Camera"):
+        assert live_rules.counts_as_edit(kind), kind
+    # What the live capture and the live image write change: resolution (the scene), its
+    # File Output nodes, its temporary camera's collection, the live image itself.
+    for kind in ("Scene", "Image", "CompositorNodeTree", "Collection", "WindowManager"):
+        assert not live_rules.counts_as_edit(kind), kind
+
+
+def _camera(x: float) -> tuple:
+    """A Blender-side view signature as live.LiveMode.signature makes it (camera, view,
+    frame, edits, strength, settings)."""
+    matrix = (1.0, 0.0, 0.0, x, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    return (("Cam", matrix), None, 1, 0, 0.5, settings.PanelSettings(prompt="moss"))
+
+
+def test_live_debounce_on_view_signatures_sends_once_per_still_view() -> None:
+    """The timer ticks every 0.1 s: a camera that stands still goes once; a burst of moves
+    50 ms apart goes once, 0.3 s after the last move, with the last view."""
+    debounce = LiveDebounce()
+    sent = []
+
+    def tick(now: float, state: tuple) -> None:
+        debounce.observe(state, now)
+        if debounce.due(now):
+            sent.append(state)
+
+    for step in range(10):                     # Live on: the first view, standing still
+        tick(step * 0.1, _camera(0.0))
+    assert sent == [_camera(0.0)]
+    for step in range(20):                     # a drag of the camera, 50 ms a step
+        tick(1.0 + step * 0.05, _camera(step * 0.1))
+    assert len(sent) == 1 and debounce.pending
+    for step in range(1, 6):
+        tick(1.95 + step * 0.1, _camera(1.9))
+    assert sent == [_camera(0.0), _camera(1.9)] and not debounce.pending
+    edited = _camera(1.9)[:3] + (1,) + _camera(1.9)[4:]    # an edit: the update count moved
+    for step in range(5):
+        tick(3.0 + step * 0.1, edited)
+    assert sent[-1] == edited and len(sent) == 3
+
+
+def test_live_results_latest_wins_and_superseded_is_silent() -> None:
+    """Three states sent; the daemon supersedes the second, delivers the third, then a late
+    result of the first (it was being encoded): only the third is shown."""
+    results = LiveResults()
+    for number, ref in enumerate(("r1", "r2", "r3")):
+        assert results.sent(ref) == number
+        results.accepted(ref, f"j{number + 1}")
+    assert results.newest_id() == "j3" and results.running
+    superseded = Cancelled(job_id="j2", reason="superseded")
+    assert is_superseded(superseded) and not is_superseded(Cancelled(job_id="j3"))
+    results.ended("j2")
+    assert results.should_show("j3") and results.shows_newest
+    results.ended("j3")
+    assert not results.should_show("j1")           # older than what is shown
+    results.ended("j1")
+    assert not results.running and results.shows_newest
+
+
+def test_live_line_says_what_live_does() -> None:
+    line = live_rules.live_line
+    assert line(False, True, 3, 2, False) == "Live is off"
+    assert line(True, False, 0, 0, False) == "Live: waiting for the daemon"
+    assert line(True, True, 0, 0, False) == "Live: on; move the camera or edit"
+    assert line(True, True, 2, 1, True) == "Live: updating ..."
+    assert line(True, True, 5, 1, False) == "Live: up to date (1 update shown)"
+    assert line(True, True, 5, 4, False) == "Live: up to date (4 updates shown)"
+    assert line(True, True, 5, 4, False, "the scene has no active camera") == \
+        "Live: the scene has no active camera"

@@ -645,6 +645,148 @@ def scenario_cancel(module, url: str) -> None:
     assert len(cube.material_slots) == 0
 
 
+def drive_live(module, session, until, timeout: float = JOB_TIMEOUT,
+               least: float = 0.0) -> None:
+    """Run Live's timer (when registered) and the session's pump the way Blender's timers do
+    (background Blender runs none), until ``until()`` holds and ``least`` seconds passed."""
+    timer = module.live.timer
+    start = time.monotonic()
+    while True:
+        if bpy.app.timers.is_registered(timer):
+            timer()
+        session.pump()
+        waited = time.monotonic() - start
+        if waited >= least and until():
+            return
+        assert waited < timeout, f"Live: {session.live.line()} after {timeout:g} s"
+        time.sleep(0.02)
+
+
+def live_init(live) -> np.ndarray:
+    """The init image of the newest live job sent, top row first."""
+    _, request, uploads = live.last_sent
+    frame = next(f for f in uploads if f.id == request.init_image)
+    return np.frombuffer(frame.data, dtype=np.uint8).reshape(frame.height, frame.width, 4)
+
+
+def live_handlers(module) -> list:
+    return [h for h in (*bpy.app.handlers.depsgraph_update_post, *bpy.app.handlers.load_pre)
+            if h in (module.live.depsgraph_updated, module.live.file_loading)]
+
+
+def scenario_live(module, url: str) -> None:
+    """Live: on, the first result lands in "Atelier Live"; nothing is sent while nothing
+    changes; a camera move sends the new view and its result replaces the old; a burst of
+    moves runs a handful of jobs and shows the newest; a long job is superseded without a
+    report; Live off cancels the running job and takes its timer and handlers away; Apply
+    keeps the result; opening a file and disabling the add-on turn Live off."""
+    session = harness.session(module)
+    live = session.live
+    scene = harness.empty_scene()
+    cam = harness.add_camera(scene, (0.0, -5.0, 0.0))
+    harness.add_cube(scene, "Cube", (0, 0, 0))
+    light = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", "SUN"))
+    scene.collection.objects.link(light)
+    light.rotation_euler = (math.pi / 2, 0, 0)
+    harness.settings(scene, prompt="live stone", steps=4, width=SIZE, height=SIZE,
+                     random_seed=False, seed=11, live_strength=0.6)
+    timer = module.live.timer
+    assert not bpy.app.timers.is_registered(timer) and not live_handlers(module)
+
+    assert bpy.ops.atelier.live(action="ON") == {"FINISHED"}
+    assert live.on and bpy.app.timers.is_registered(timer)
+    assert len(live_handlers(module)) == 2
+    drive_live(module, session, lambda: live.results_shown == 1 and live.idle)
+    image = bpy.data.images["Atelier Live"]
+    assert tuple(image.size) == (SIZE, SIZE)
+    first, first_init = image_rows(image).copy(), live_init(live).copy()
+    first_job = live.shown.job_id
+    ran = live.shown.params
+    assert ran.kind == "img2img" and abs(ran.strength - 0.6) < 1e-6 and ran.seed == 11
+    assert ran.init_image == live.last_sent[1].init_image and ran.preview_every == 0
+    assert image["atelier"]["seed"] == 11 and image["atelier"]["job_id"] == first_job
+    # The capture and the image write are no edits: nothing more is sent while idle.
+    drive_live(module, session, lambda: True, least=1.0)
+    assert live.jobs_sent == 1, live.jobs_sent
+
+    # A camera move: the new view goes up and its result replaces the first.
+    cam.location.x += 1.5
+    bpy.context.view_layer.update()
+    drive_live(module, session, lambda: live.results_shown == 2 and live.idle)
+    assert live.jobs_sent == 2 and live.shown.job_id != first_job
+    assert live.shown.params.init_image == live.last_sent[1].init_image
+    assert np.abs(live_init(live).astype(int) - first_init.astype(int)).max() > 30, \
+        "the camera moved but the init image did not change"
+    assert np.abs(image_rows(image) - first).max() > 0.01, "the live image did not change"
+
+    # An edit that is not a camera move (the cube moves) sends too.
+    bpy.data.objects["Cube"].location.z += 0.5
+    bpy.context.view_layer.update()
+    drive_live(module, session, lambda: live.results_shown == 3 and live.idle)
+    assert live.jobs_sent == 3
+
+    # A burst of ten moves 50 ms apart: a handful of jobs, the newest shown.
+    for _ in range(10):
+        cam.location.x -= 0.1
+        bpy.context.view_layer.update()
+        drive_live(module, session, lambda: True, least=0.05)
+    drive_live(module, session, lambda: live.idle)
+    assert 3 < live.jobs_sent <= 3 + 2, live.jobs_sent
+    assert live.results.shows_newest and \
+        live.shown.params.init_image == live.last_sent[1].init_image
+
+    # Long jobs: a newer state supersedes the running one, and nobody is told.
+    harness.settings(scene, steps=150)
+    cam.location.z += 0.3
+    bpy.context.view_layer.update()
+    sent = live.jobs_sent
+    drive_live(module, session, lambda: live.jobs_sent == sent + 1)
+    superseded = live.superseded
+    cam.location.z += 0.3
+    bpy.context.view_layer.update()
+    drive_live(module, session, lambda: live.jobs_sent == sent + 2)
+    drive_live(module, session, lambda: live.superseded == superseded + 1)
+    assert live.problem is None, live.problem
+    assert all(job.state.name != "CANCELLED" for job in session.jobs)
+
+    # Live off while that job runs: it is cancelled; the timer and the handlers are gone.
+    drive_live(module, session, lambda: live.results.newest_id() is not None)
+    running = live.results.newest_id()
+    shown_before = live.results_shown
+    assert bpy.ops.atelier.live(action="OFF") == {"FINISHED"}
+    assert not live.on and not bpy.app.timers.is_registered(timer) and not live_handlers(module)
+    drive_live(module, session, lambda: not live.stopping)
+    assert running in live.cancelled, (running, live.cancelled)
+    assert live.results_shown == shown_before
+    cam.location.x += 1.0    # no longer watched
+    bpy.context.view_layer.update()
+    drive_live(module, session, lambda: True, least=0.5)
+    assert live.jobs_sent == sent + 2
+
+    # Apply keeps the live result as an ordinary result, in the History.
+    before = snapshot()
+    assert bpy.ops.atelier.live_apply() == {"FINISHED"}
+    made = new_datablocks(before)["images"]
+    assert len(made) == 1, made
+    kept = bpy.data.images[made.pop()]
+    assert kept.name.startswith("live stone 11") and kept.packed_file is not None
+    assert np.abs(image_rows(kept) - image_rows(image)).max() < 1 / 255 + 1e-6
+    assert scene.atelier.history[-1].image_name == kept.name
+
+    # Opening a file turns Live off, and so does disabling the add-on.
+    assert bpy.ops.atelier.live(action="ON") == {"FINISHED"}
+    assert bpy.app.timers.is_registered(timer)
+    reopen(os.path.join(os.environ["ATELIER_SCENARIO_DIR"], "live.blend"))
+    assert not live.on and not bpy.app.timers.is_registered(timer) and not live_handlers(module)
+    assert bpy.ops.atelier.live(action="ON") == {"FINISHED"}
+    assert live.on and len(live_handlers(module)) == 2
+    handlers = (module.live.depsgraph_updated, module.live.file_loading)
+    harness.disable(module)
+    assert not bpy.app.timers.is_registered(timer)
+    assert not any(h in handlers for h in (*bpy.app.handlers.depsgraph_update_post,
+                                           *bpy.app.handlers.load_pre))
+
+
 def ask_test(action: str) -> None:
     """Ask the test driving this Blender to do ``action`` to the daemon (stop, kill, start
     one on the same port) and wait until it is done; files in ATELIER_CUE_DIR carry it."""

@@ -6,7 +6,8 @@ picture), cropped to the docker and its surroundings and quantized to small PNGs
     .venv/bin/python krita_plugin/docs/screenshots.py        # needs krita, xvfb, Pillow
 
 Writes krita_plugin/docs/docker-docked.png (the docker as Krita docks it by default,
-with a batch waiting) and docker-tall.png (the docker floated taller, showing History)."""
+with a batch waiting), docker-tall.png (the docker floated taller, showing History) and
+docker-more.png (floated, More settings open at the Sampler preset and a LoRA row)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def main() -> int:
         where = json.loads(shots.read_text())
         crop(*where["batch"], HERE / "docker-docked.png", above=300)
         crop(*where["tall"], HERE / "docker-tall.png")
+        crop(*where["more"], HERE / "docker-more.png")
     return 0
 
 

@@ -375,6 +375,7 @@ class AtelierAppProbe(Extension):
             os.environ["ATELIER_PROBE_OUT"] + ".tall.png", "PNG")
         self._out["tall_docker"] = _global_rect(self._docker())
         self._out["tall_window"] = _rect(window.frameGeometry())
+        self._more_settings(panel)
         panel.discard_button.click()
         self._document.waitForDone()
         docker.setFloating(False)
@@ -382,6 +383,32 @@ class AtelierAppProbe(Extension):
                                         "undo_after": self._undo_steps(),
                                         "same_stack": self._stack() == stack_before}
         self._finish()
+
+    def _more_settings(self, panel):
+        """The floated docker with More settings open at its Sampler preset and a LoRA
+        row, a preset chosen: a screenshot for the documentation, and whether the fields
+        the preset decides are greyed out in the running application. Put back after."""
+        panel.more_fold.set_open(True)
+        panel.lora_list.add_row()
+        panel.preset_combo.setCurrentIndex(panel.preset_combo.findData("lcm_4"))
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        panel.form_scroll.ensureWidgetVisible(panel.preset_combo, 0, 0)
+        panel.form_scroll.ensureWidgetVisible(panel.lora_list.rows[0], 0, 8)
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        QGuiApplication.primaryScreen().grabWindow(0).save(
+            os.environ["ATELIER_PROBE_OUT"] + ".more.png", "PNG")
+        self._out["more_docker"] = _global_rect(self._docker())
+        self._out["more_settings"] = {
+            "preset": panel.preset_combo.currentText(),
+            "steps_enabled": panel.steps_spin.isEnabled(),
+            "guidance_enabled": panel.guidance_spin.isEnabled(),
+            "lora_rows": len(panel.lora_list.rows),
+            "lora_row_shown": _shown(panel.lora_list.rows[0])}
+        panel.lora_list.set_rows(())
+        panel.preset_combo.setCurrentIndex(0)
+        panel.more_fold.set_open(False)
 
     def _edit(self, action):
         """Edit > Undo or Redo, as the painter presses it, and let Krita settle."""

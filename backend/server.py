@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 from protocol.codec import decode_message
 from protocol.errors import CloseCode, ErrorCode, ProtocolError
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, decode_frame
-from protocol.messages import (CLIENT_KEY_LENGTH, CLIENT_MESSAGES, PROTOCOL_VERSION,
+from protocol.messages import (CLIENT_KEY_LENGTH, CLIENT_MESSAGES, CONTROL_KINDS, PROTOCOL_VERSION,
                                SAMPLER_PRESETS, Accepted, Cancel, Error, Fetch, GetStatus, Hello,
                                ListModels, LoadModel, ModelLoaded, Models, Status, Submit, Welcome)
 from protocol.schema import shorten
@@ -47,7 +47,10 @@ log = logging.getLogger("atelier.server")
 SERVER_NAME = "atelier/0.1"
 CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "tiling", "depth", "control",
                 "t2i_adapter", "step_cache", "previews", "png", "raw", "fetch", "cancel", "live",
-                "lora", "embeddings", "sampler_presets"]
+                "lora", "embeddings", "sampler_presets", "multi_control", "preprocess",
+                # control kinds the daemon runs (pose needs a pose ControlNet and a skeleton
+                # image: it has no pose detector, so it is not announced)
+                *(f"control:{kind}" for kind in CONTROL_KINDS if kind != "pose")]
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 ERROR_MESSAGE_MAX = 1000     # characters of an error's message; client input is never echoed whole
 ERROR_FIELD_MAX = 200
@@ -383,7 +386,8 @@ class Session:
         too (a refused submit holds nothing) and UNKNOWN_UPLOAD names the field."""
         job = submit.job
         named = {"job.init_image": job.init_image, "job.mask": job.mask,
-                 "job.depth.upload": job.depth.upload if job.depth else None}
+                 "job.depth.upload": job.depth.upload if job.depth else None,
+                 **{f"job.controls[{i}].image": layer.image for i, layer in enumerate(job.controls)}}
         taken: dict[str, PendingUpload] = {}
         missing: Optional[tuple[str, str]] = None
         for where, upload_id in named.items():

@@ -15,11 +15,14 @@ from .schema import spec
 
 PROTOCOL_VERSION = 1
 
-JobKind = Literal["txt2img", "img2img", "inpaint", "make_seamless"]
+# "preprocess": no diffusion; the result is the control image ``controls[0]`` makes
+JobKind = Literal["txt2img", "img2img", "inpaint", "make_seamless", "preprocess"]
 Tiling = Literal["none", "x", "y", "both"]
 SchedulerName = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm"]
 OutputFormat = Literal["raw", "png"]
 DepthConvention = Literal["z", "distance", "normalized"]
+# What a control image shows (``ControlLayer.kind``); each needs a control model trained on it.
+ControlKind = Literal["depth", "normal", "lineart", "scribble", "softedge", "canny", "pose"]
 # Few-step sampling recipes (GenerateRequest.sampler_preset); the daemon lists the ones it
 # knows in ``welcome.sampler_presets``.
 SamplerPreset = Literal["lightning_4", "lightning_8", "lcm_4", "lcm_8", "turbo_1", "hyper_8"]
@@ -37,6 +40,11 @@ SAMPLER_PRESETS: tuple[str, ...] = ("lightning_4", "lightning_8", "lcm_4", "lcm_
                                     "hyper_8")
 LORAS_MAX = 8               # LoRAs of one job (GenerateRequest.loras plus inline <lora:...> tags)
 LORA_WEIGHT_MAX = 4.0       # |LoraWeight.weight|
+CONTROL_KINDS: tuple[str, ...] = ("depth", "normal", "lineart", "scribble", "softedge", "canny",
+                                  "pose")
+# Control layers of one job (GenerateRequest.controls, plus the old depth + control pair):
+# each ControlNet runs beside the UNet at every step, so four already costs ~3x a plain step.
+CONTROLS_MAX = 4
 
 
 # ---------------------------------------------------------------- requests
@@ -70,6 +78,31 @@ class ControlSettings:
 
 
 @dataclass(frozen=True)
+class ControlLayer:
+    """One control of a job: an image that steers the composition, and the ControlNet or
+    T2I-Adapter that reads it.
+
+    ``image``: upload id. With ``preprocess`` false it already is the control image, in the
+    form the kind's models take (PROTOCOL.md 4.4): line kinds light lines on a dark ground
+    (``invert`` for dark lines on a light ground, as painted), depth near = light (a
+    float32 upload is read by ``convention`` / ``background_at`` as ``DepthInput``),
+    normal in camera space encoded (n + 1) / 2. With ``preprocess`` true it is a plain
+    picture the daemon turns into the control image first (depth: estimated; absent: the
+    init image). ``model``: None = the daemon's default for the kind and model family.
+    ``scale``, ``start``, ``end`` as in ``ControlSettings``."""
+    kind: ControlKind
+    image: Optional[str] = spec(None, max_len=JOB_ID_LENGTH)
+    model: Optional[str] = spec(None, max_len=MODEL_NAME_MAX)
+    scale: float = spec(1.0, min=0.0, max=2.0)
+    start: float = spec(0.0, min=0.0, max=1.0)
+    end: float = spec(1.0, min=0.0, max=1.0)
+    preprocess: bool = False
+    invert: bool = False
+    convention: DepthConvention = "distance"
+    background_at: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class LoraWeight:
     """A LoRA applied to one job: ``name`` as ``list_models`` reports it (kind "lora"; a
     ``.safetensors`` file in the model folders, named without its suffix), at ``weight``."""
@@ -99,8 +132,13 @@ class GenerateRequest:
     context_padding: int = spec(32, min=0, max=4096)  # pixels of context around the mask
     tiling: Tiling = "none"
     seam_width: int = spec(64, min=8, max=1024)   # make_seamless: band width in pixels
+    # The single depth control of protocol v1's first form; the daemon runs it as the first
+    # of ``controls`` (one code path), so both may be given together.
     depth: Optional[DepthInput] = None
     control: Optional[ControlSettings] = None
+    # Several controls composed (multi-ControlNet / T2I-Adapters), each with its own model,
+    # scale and window; kind "preprocess" runs the preprocessor of the one control alone
+    controls: list[ControlLayer] = spec(default_factory=list, max_len=CONTROLS_MAX)
     preview_every: int = spec(0, min=0, max=1000)  # 0 = no previews
     output_format: OutputFormat = "raw"
     # 1 = the whole UNet every step; N = every N-th step, the others reuse its deep

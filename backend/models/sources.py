@@ -37,10 +37,12 @@ class TinyModel:
     build: Callable[[Path, Path], Path]   # (dest, models_dir) -> dest
     family: str
     made_for: Optional[str] = None        # a conditioner's base family
+    control_kind: Optional[str] = None    # a control model's kind (ControlLayer.kind)
 
 
-def _controlnet_for(base: str) -> Callable[[Path, Path], Path]:
-    return lambda dest, models_dir: tiny.build_tiny_controlnet(dest, ensure_tiny(base, models_dir))
+def _controlnet_for(base: str, seed_offset: int = 0) -> Callable[[Path, Path], Path]:
+    return lambda dest, models_dir: tiny.build_tiny_controlnet(
+        dest, ensure_tiny(base, models_dir), seed=tiny.SEED + 1 + seed_offset)
 
 
 def _adapter_for(base: str) -> Callable[[Path, Path], Path]:
@@ -51,13 +53,24 @@ TINY_MODELS: dict[str, TinyModel] = {
     "tiny": TinyModel("tiny", lambda d, _: tiny.build_tiny_model(d), "sd15"),
     "tiny-sdxl": TinyModel("tiny-sdxl", lambda d, _: tiny.build_tiny_sdxl_model(d), "sdxl"),
     "tiny-depth": TinyModel("tiny-depth", lambda d, _: tiny.build_tiny_depth_model(d), "sd2_depth"),
-    "tiny-controlnet": TinyModel("tiny-controlnet", _controlnet_for("tiny"), "controlnet"),
+    "tiny-controlnet": TinyModel("tiny-controlnet", _controlnet_for("tiny"), "controlnet",
+                                 control_kind="depth"),
     "tiny-sdxl-controlnet": TinyModel("tiny-sdxl-controlnet", _controlnet_for("tiny-sdxl"),
-                                      "controlnet"),
-    "tiny-adapter": TinyModel("tiny-adapter", _adapter_for("tiny"), "t2i_adapter", "sd15"),
+                                      "controlnet", control_kind="depth"),
+    "tiny-adapter": TinyModel("tiny-adapter", _adapter_for("tiny"), "t2i_adapter", "sd15",
+                              control_kind="depth"),
     "tiny-sdxl-adapter": TinyModel("tiny-sdxl-adapter", _adapter_for("tiny-sdxl"), "t2i_adapter",
-                                   "sdxl"),
+                                   "sdxl", control_kind="depth"),
 }
+# One tiny ControlNet per further control kind and tiny base ("tiny-controlnet-canny",
+# "tiny-sdxl-controlnet-normal", ...), each with weights of its own.
+TINY_CONTROL_KINDS = ("normal", "lineart", "scribble", "softedge", "canny")
+for _number, _kind in enumerate(TINY_CONTROL_KINDS, start=1):
+    for _base, _prefix, _family in (("tiny", "tiny-controlnet", "sd15"),
+                                    ("tiny-sdxl", "tiny-sdxl-controlnet", "sdxl")):
+        TINY_MODELS[f"{_prefix}-{_kind}"] = TinyModel(
+            f"{_prefix}-{_kind}", _controlnet_for(_base, 100 * _number), "controlnet",
+            made_for=_family, control_kind=_kind)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ Public API (everything the job and pipeline layers need):
     #   a name (HF id, folder, .safetensors, "tiny-controlnet") -> ControlNet pipeline;
     #   store.default_depth_control() names what a depth job uses when it names none
     cn = store.controlnet("tiny-controlnet")            # ControlNetModel, cached per model
+    cns = store.controlnet_set(["a", "b"])              # one ControlNetModel, or several as
+    #                                    one MultiControlNetModel (cached per model)
+    store.default_control("canny")     # what a control of that kind uses when it names none
     store.conditioner_family("tiny-adapter")            # "controlnet" | "t2i_adapter"
     adapter = store.adapter("tiny-adapter")             # T2IAdapter, cached per model
     store.available()                  # list[protocol.messages.ModelInfo]
@@ -64,7 +67,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, TypeVar
 
 import torch
-from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
+from diffusers import ControlNetModel, DiffusionPipeline, MultiControlNetModel, T2IAdapter
 from torch import nn
 
 from protocol.errors import ErrorCode, ProtocolError
@@ -75,6 +78,7 @@ from . import families
 from .accel import (CPU_OFFLOAD, FUSE_QKV, AccelOptions, Acceleration, PromptCache,
                     accelerate_controlnet, apply_accel)
 from .catalog import Catalog, list_models
+from .control_models import DEFAULT_CONTROLS, tiny_control_name
 from .deep_tap import DeepFeatureTap, install_deep_tap
 from .device import device_memory, free_device_cache
 from .embeddings import embedding_folders, find_embeddings, load_embedding, used_in
@@ -118,6 +122,10 @@ class LoadedModel:
     # against this model's UNet, and each moves with it (parked, on the device, released).
     controlnets: dict[str, ControlNetModel] = field(default_factory=dict, repr=False)
     adapters: dict[str, T2IAdapter] = field(default_factory=dict, repr=False)
+    # Several of its ControlNets as one, by their names in order (pipelines are cached per
+    # ControlNet object, so the same set must be the same object).
+    control_sets: dict[tuple[str, ...], MultiControlNetModel] = field(default_factory=dict,
+                                                                       repr=False)
     _variants: dict[tuple[str, Optional[ControlNetModel]], DiffusionPipeline] = field(
         default_factory=dict, repr=False)
     _released: bool = field(default=False, repr=False)
@@ -185,6 +193,7 @@ class LoadedModel:
     def release(self) -> None:
         """Drop every reference this object holds to weights and free the device cache."""
         self._variants.clear()
+        self.control_sets.clear()
         self.controlnets.clear()
         self.adapters.clear()
         self.pipe = None  # type: ignore[assignment]
@@ -440,6 +449,32 @@ class ModelStore:
             f"{controlnet} (follows the depth closely, about +50% time per step) or: atelier "
             f"models pull {adapter} (one small pass per job)", field="control.model")
 
+    def default_control(self, kind: str) -> str:
+        """The control model a control of ``kind`` uses on the active model when it names
+        none: depth as ``default_depth_control``; for the other kinds the built-in tiny one
+        for a tiny model, else the first of the family's defaults (``DEFAULT_CONTROLS``)
+        on this machine. When none is, the error says what to fetch."""
+        if kind == "depth":
+            return self.default_depth_control()
+        model = self._require_active()
+        tiny = tiny_control_name(model.name, kind)
+        if tiny is not None:
+            return tiny
+        candidates = DEFAULT_CONTROLS.get(model.family, {}).get(kind, ())
+        for name in candidates:
+            if self._is_local(name):
+                return name
+        if not candidates:
+            raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
+                                f"there is no default {kind} ControlNet for {model.family} models; "
+                                f"name one (a {kind} ControlNet or T2I-Adapter made for "
+                                f"{model.family}) in the control's model", field="control.model")
+        pulls = " or: ".join(f"atelier models pull {name}" for name in candidates)
+        raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
+                            f"{kind} controls on {model.family} models need a {kind} ControlNet "
+                            f"or T2I-Adapter and no default is on this machine; fetch one with: "
+                            f"{pulls}", field="control.model")
+
     def _is_local(self, name: str) -> bool:
         try:
             self.resolve(name)
@@ -486,6 +521,19 @@ class ModelStore:
         accelerate_controlnet(controlnet, self.accel)
         model.controlnets[name] = controlnet
         return controlnet
+
+    def controlnet_set(self, names: Sequence[str]) -> ControlNetModel | MultiControlNetModel:
+        """The ControlNets ``names`` (each loaded as ``controlnet`` loads it) as what a
+        pipeline takes: the one itself, or several as one ``MultiControlNetModel``, kept
+        per model so that its pipelines are built once per set."""
+        nets = [self.controlnet(name) for name in names]
+        if len(nets) == 1:
+            return nets[0]
+        model = self._require_active()
+        key = tuple(names)
+        if key not in model.control_sets:
+            model.control_sets[key] = MultiControlNetModel(nets)
+        return model.control_sets[key]
 
     def adapter(self, name: str) -> T2IAdapter:
         """Load (once per model) the T2I-Adapter ``name`` for the active model. It runs

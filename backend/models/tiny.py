@@ -200,8 +200,9 @@ def build_tiny_model(dest: Path) -> Path:
     return _save_atomically(dest, write)
 
 
-def build_tiny_controlnet(dest: Path, unet_folder: Path) -> Path:
-    """Write a tiny depth ``ControlNetModel`` matching the UNet in ``unet_folder``.
+def build_tiny_controlnet(dest: Path, unet_folder: Path, seed: int = SEED + 1) -> Path:
+    """Write a tiny ``ControlNetModel`` matching the UNet in ``unet_folder``, its random
+    weights drawn from ``seed`` (one per control kind, so each kind steers differently).
 
     ``unet_folder`` is either a UNet folder or a pipeline folder with a ``unet/`` inside.
     """
@@ -210,7 +211,7 @@ def build_tiny_controlnet(dest: Path, unet_folder: Path) -> Path:
         unet_folder = unet_folder / "unet"
 
     def write(out: Path) -> None:
-        torch.manual_seed(SEED + 1)
+        torch.manual_seed(seed)
         unet = UNet2DConditionModel.from_pretrained(str(unet_folder))
         # Fresh weights rather than a copy of the UNet's, so the control branch is not a no-op twin.
         controlnet = ControlNetModel.from_unet(

@@ -14,15 +14,19 @@ compiled UNet: which steps are conditioned is then decided in Python, and a comp
 sees the residuals as one more input (one new graph, not one per step).
 
     guide = adapter_guide(adapter, control_tensor(near), unet, settings, axes)
-    with adapter_residuals(unet, guide, position=lambda: (steps_done, pipe.num_timesteps)):
+    with adapter_residuals(unet, [guide], position=lambda: (steps_done, pipe.num_timesteps)):
         pipe(...)
+
+Several adapters (one per control of a job) add their features up, each only during its
+own steps: what diffusers' ``MultiAdapter`` does with its weights, but with a window per
+adapter, which ``MultiAdapter`` has not.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +34,18 @@ from diffusers import T2IAdapter
 from torch import nn
 
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import ControlSettings
 
 from .tiling import TileAxes, wrapped_convolutions
 
 Shape = tuple[int, int, int]      # channels, height, width
+
+
+class Window(Protocol):
+    """How strongly and during which share of the steps a control applies
+    (``ControlSettings``, a planned control)."""
+    scale: float
+    start: float
+    end: float
 
 
 @dataclass(frozen=True)
@@ -72,8 +83,8 @@ def residual_shapes(unet_config: Any, latent_height: int, latent_width: int) -> 
 
 
 def adapter_guide(adapter: T2IAdapter, depth: torch.Tensor, unet: nn.Module,
-                  vae_scale: int, settings: ControlSettings, axes: TileAxes,
-                  name: str) -> AdapterGuide:
+                  vae_scale: int, settings: Window, axes: TileAxes,
+                  name: str, field: str = "control.model") -> AdapterGuide:
     """Run ``adapter`` once on ``depth`` (``(1, 3, H, W)`` in [0, 1] at the working size)
     and shape its features for ``unet``'s residuals at that size.
 
@@ -96,7 +107,7 @@ def adapter_guide(adapter: T2IAdapter, depth: torch.Tensor, unet: nn.Module,
             ErrorCode.UNSUPPORTED,
             f"T2I-Adapter {name} gives features of {[f.shape[1] for f in raw]} channels; this "
             f"model's UNet takes {[shape[0] for shape in wanted]} (an adapter made for another "
-            f"model family?)", field="control.model")
+            f"model family?)", field=field)
     features = []
     for feature, (_, want_h, want_w) in zip(raw, wanted):
         if feature.shape[-2:] != (want_h, want_w):
@@ -107,20 +118,25 @@ def adapter_guide(adapter: T2IAdapter, depth: torch.Tensor, unet: nn.Module,
 
 
 @contextlib.contextmanager
-def adapter_residuals(unet: nn.Module, guide: AdapterGuide,
+def adapter_residuals(unet: nn.Module, guides: Union[AdapterGuide, Sequence[AdapterGuide]],
                       position: Callable[[], tuple[int, int]]) -> Iterator[None]:
-    """Inside the block, every call of ``unet`` during a step ``guide`` covers gets the
-    adapter features as ``down_intrablock_additional_residuals``. ``position`` says
-    (steps done, steps in all) at the time of the call."""
+    """Inside the block, every call of ``unet`` gets the summed features of the ``guides``
+    whose steps cover the call as ``down_intrablock_additional_residuals``. ``position``
+    says (steps done, steps in all) at the time of the call."""
+    guides = [guides] if isinstance(guides, AdapterGuide) else list(guides)
 
     def add_residuals(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         step, total = position()
-        if not guide.active(step, total):
+        active = [guide for guide in guides if guide.active(step, total)]
+        if not active:
             return args, kwargs
         sample = args[0] if args else kwargs["sample"]
+        features = active[0].features
+        for guide in active[1:]:
+            features = tuple(a + b for a, b in zip(features, guide.features))
         # Expanded to the batch (a view, no copy): the mid block only takes a residual of
         # exactly its own shape. The UNet pops from the list, so each call gets a new one.
-        residuals = [f.expand(sample.shape[0], -1, -1, -1) for f in guide.features]
+        residuals = [f.expand(sample.shape[0], -1, -1, -1) for f in features]
         return args, {**kwargs, "down_intrablock_additional_residuals": residuals}
 
     handle = unet.register_forward_pre_hook(add_residuals, with_kwargs=True)

@@ -1,31 +1,41 @@
-"""Depth conditioning of one pipeline call: a depth ControlNet (SD1.5, SDXL) or SD2-depth
-(a T2I-Adapter leaves the call as it is: adapter.py).
+"""Conditioning one pipeline call on a job's controls: ControlNets (one, or several as
+diffusers' ``MultiControlNetModel``) on SD1.5 and SDXL, or SD2-depth's own depth input
+(T2I-Adapters leave the call as it is: adapter.py).
 
-``condition_on_depth`` takes the plain call a job would make (its kind and keyword
-arguments) and returns the depth-conditioned one. It is a function of data alone, like
-the rest of the planning; loading the ControlNet is left to the caller (the model store).
+``condition_on_controlnets`` takes the plain call a job would make (its kind and keyword
+arguments) and the control images, and returns the conditioned call; ``condition_on_depth2img``
+does the same for SD2-depth. Functions of data alone, like the rest of the planning; loading
+the ControlNets is left to the caller (the model store).
 
-Argument names follow diffusers: the ControlNet txt2img pipelines take the depth image
+Argument names follow diffusers: the ControlNet txt2img pipelines take the control image
 as ``image``; img2img and inpaint take it as ``control_image`` (``image`` is the init).
+Several ControlNets take lists (images, scales, windows) in the order of the ControlNets.
 The ControlNet inpaint pipelines encode their init image themselves and take no
 ``masked_image_latents``, so they get pixels; SD2-depth likewise takes pixels, since it
 reads the working size off ``image``.
+
+Normal maps travel in the protocol's convention (+X right, +Y up, +Z towards the camera,
+PROTOCOL.md 4.4). The normal ControlNets were trained on maps whose red grows towards the
+left (ControlNet 1.1's normalbae follows ScanNet's colours; 1.0's normal-from-MiDaS did the
+same), so ``control_tensor`` mirrors red for them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import ControlSettings
 
 from ..models.families import DEPTH as DEPTH2IMG_KIND
-from ..models.families import SD2_DEPTH
-from .depth import control_tensor, depth2img_tensor
+from .adapter import Window
+from .controls import PlannedControl
+from .depth import depth2img_tensor
+
+NORMAL_RED_GROWS_LEFT = True    # what the normal ControlNets were trained on (see above)
 
 
 @dataclass(frozen=True)
@@ -41,25 +51,30 @@ def pixels_tensor(rgb: np.ndarray) -> torch.Tensor:
     return tensor.to(torch.float32) / 255.0
 
 
-def condition_on_depth(kind: str, kwargs: dict[str, Any], near: np.ndarray, family: str,
-                       control: Optional[ControlSettings], init_rgb: Optional[np.ndarray],
-                       strength: float) -> ConditionedCall:
-    """The depth-conditioned version of a plain call.
+def control_tensor(control: PlannedControl, image: np.ndarray) -> torch.Tensor:
+    """A control's image (``(H, W, 3)`` float32 in [0, 1], at working size) as the
+    ``(1, 3, H, W)`` tensor its model takes."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    if control.kind == "normal" and NORMAL_RED_GROWS_LEFT:
+        tensor = torch.cat([1.0 - tensor[:, :1], tensor[:, 1:]], dim=1)
+    return tensor.contiguous()
 
-    ``near``: nearness at the working size. ``init_rgb``: the init (inpaint: the context
-    crop) at the working size as uint8 RGB, None for txt2img.
-    """
+
+def condition_on_controlnets(kind: str, kwargs: dict[str, Any], images: Sequence[torch.Tensor],
+                             windows: Sequence[Window],
+                             init_rgb: Optional[np.ndarray]) -> ConditionedCall:
+    """The call with ControlNets reading ``images`` (one per ControlNet, in order) at
+    ``windows``' scales and steps. ``init_rgb``: the init (inpaint: the context crop) at
+    the working size as uint8 RGB, None for txt2img."""
     kwargs = dict(kwargs)
-    if family == SD2_DEPTH:
-        return _depth2img(kind, kwargs, near, control, init_rgb, strength)
-    settings = control or ControlSettings()
-    kwargs.update(controlnet_conditioning_scale=settings.scale,
-                  control_guidance_start=settings.start, control_guidance_end=settings.end)
-    depth_image = control_tensor(near)
-    if kind == "txt2img":
-        kwargs["image"] = depth_image
-    else:
-        kwargs["control_image"] = depth_image
+
+    def each(values: list) -> Any:
+        return values[0] if len(values) == 1 else values    # one ControlNet takes plain values
+
+    kwargs.update(controlnet_conditioning_scale=each([w.scale for w in windows]),
+                  control_guidance_start=each([w.start for w in windows]),
+                  control_guidance_end=each([w.end for w in windows]))
+    kwargs["image" if kind == "txt2img" else "control_image"] = each(list(images))
     if kind == "inpaint":
         assert init_rgb is not None
         kwargs["image"] = pixels_tensor(init_rgb)
@@ -67,17 +82,20 @@ def condition_on_depth(kind: str, kwargs: dict[str, Any], near: np.ndarray, fami
     return ConditionedCall(kind, True, kwargs)
 
 
-def _depth2img(kind: str, kwargs: dict[str, Any], near: np.ndarray,
-               control: Optional[ControlSettings], init_rgb: Optional[np.ndarray],
-               strength: float) -> ConditionedCall:
+def condition_on_depth2img(kind: str, kwargs: dict[str, Any], near: np.ndarray,
+                           control: PlannedControl, init_rgb: Optional[np.ndarray],
+                           strength: float) -> ConditionedCall:
+    """SD2-depth's call: the depth ``near`` (its one control's nearness at working size)
+    as the UNet's fifth input channel."""
+    kwargs = dict(kwargs)
     if kind == "inpaint":
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             "an SD2-depth model cannot inpaint; use txt2img or img2img with it",
                             "job.kind")
-    if control is not None and control.model is not None:
+    if control.model is not None:
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             "an SD2-depth model conditions on depth itself and takes no "
-                            "ControlNet", "job.control.model")
+                            "ControlNet", f"{control.field}.model")
     if init_rgb is None:
         # txt2img: start from pure noise over a neutral grey image.
         init_rgb = np.full(near.shape + (3,), 127, np.uint8)

@@ -6,8 +6,9 @@ One job goes through four steps, each in one place:
 1. ``plan_generation`` (plan.py) checks the request and settles seeds, sizes, the inpaint
    mask and its context region. Pure data, no model.
 2. ``_pipeline_call`` picks the pipeline kind and builds its call's keyword arguments from
-   the plan (init images become latents here). New job kinds and conditionings (depth,
-   ControlNet) add their kind and kwargs here.
+   the plan (init images become latents here), conditioned on the job's controls
+   (ControlNets, T2I-Adapters, SD2-depth: ``_condition``). New job kinds and conditionings
+   add their kind and kwargs here.
 3. ``_run`` runs the pipeline: a per-job copy carrying its own scheduler, a step callback
    that reports progress and previews and honours cancel within one step, and
    ``output_type="latent"``. Anything that must wrap the pipeline's modules for the
@@ -32,29 +33,32 @@ import dataclasses
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 import numpy as np
 import torch
-from diffusers import ControlNetModel, DiffusionPipeline
+from diffusers import ControlNetModel, DiffusionPipeline, MultiControlNetModel
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import ImageFrame
-from protocol.messages import ControlSettings, GenerateRequest
+from protocol.schema import shorten
+from protocol.messages import GenerateRequest
 
 from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
+from ..models.control_models import kind_of_model
 from ..models.accel import COMPILE_UNET, COMPILE_VAE_DECODE, CPU_OFFLOAD, classifier_free_guidance
 from ..models.families import SD2_DEPTH, T2I_ADAPTER
 from ..models.store import LoadedModel, ModelStore, native_side
 from .adapter import AdapterGuide, adapter_guide, adapter_residuals
-from .control import condition_on_depth
-from .depth import DepthEstimator, control_tensor, find_depth_model
+from .control import condition_on_controlnets, condition_on_depth2img, control_tensor
+from .controls import PlannedControl, nearness_of
+from .depth import DepthEstimator, find_depth_model
 from .job_unet import JobUNet
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
 from .pixels import mask_to_tensor, resize, to_pixels
-from .plan import SEED_RANGE, GenerationPlan, ModelTraits, plan_generation
+from .plan import SEED_RANGE, GenerationPlan, ModelTraits, plan_generation, plan_preprocess
 from .previews import LatentPalette, PreviewLayout, preview_due, scaled_box
 from .schedulers import make_scheduler
 from .seamless import roll_image
@@ -68,8 +72,8 @@ class PipelineCall:
     """Which pipeline to run and with what; ``kwargs`` go straight to its ``__call__``."""
     kind: str                      # a kind of ``LoadedModel.pipeline``
     kwargs: dict[str, Any]
-    controlnet: Optional[ControlNetModel] = None
-    adapter: Optional[AdapterGuide] = None   # T2I-Adapter features added inside the UNet
+    controlnet: Optional[ControlNetModel | MultiControlNetModel] = None
+    adapters: tuple[AdapterGuide, ...] = ()   # T2I-Adapter features added inside the UNet
 
 
 class DiffusionGenerator:
@@ -96,13 +100,29 @@ class DiffusionGenerator:
     def check(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> None:
         """Everything ``plan_generation`` checks, with neutral model traits (those only
         size the inpaint working area)."""
+        if job.kind == "preprocess":
+            plan_preprocess(job, uploads, self._limits)
+            return
         plan_generation(job, uploads, self._limits, ModelTraits(), fresh_seed=0)
 
     def generate(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                  progress: ProgressSink, cancelled: Callable[[], bool]) -> GenerationOutput:
         if cancelled():
             raise JobCancelled()
+        if job.kind == "preprocess":
+            return self._preprocess(job, uploads)
         return self._generate_on(self._model(job), job, uploads, progress, cancelled)
+
+    def _preprocess(self, job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> GenerationOutput:
+        """A "preprocess" job: the control image its one control makes, as RGB; no model
+        runs unless depth is estimated (the default model's device and precision then)."""
+        control = plan_preprocess(job, uploads, self._limits)
+        if control.estimate:
+            control = self._estimated(control, self._store.current)
+        image = np.round(np.clip(control.image, 0.0, 1.0) * 255).astype(np.uint8)
+        model = self._store.current.name if self._store.current is not None else ""
+        return GenerationOutput(images=[GeneratedImage(to_pixels(image), 0)],
+                                params=job, tiling=job.tiling, model=model)
 
     def _generate_on(self, model: LoadedModel, job: GenerateRequest,
                      uploads: Mapping[str, ImageFrame], progress: ProgressSink,
@@ -164,41 +184,79 @@ class DiffusionGenerator:
         else:
             kwargs.update(self._inpaint_inputs(plan, model), strength=job.strength,
                           width=plan.work_width, height=plan.work_height)
-        call = PipelineCall(plan.kind, kwargs)
-        if job.depth is not None:
-            call = self._condition_on_depth(call, plan, model)
-        return call
+        return self._condition(PipelineCall(plan.kind, kwargs), plan, model)
 
-    def _condition_on_depth(self, call: PipelineCall, plan: GenerationPlan,
-                            model: LoadedModel) -> PipelineCall:
-        """A depth ControlNet or T2I-Adapter, or SD2-depth's own depth input (control.py,
-        adapter.py)."""
-        job = plan.request
-        settings = job.control or ControlSettings()
-        near = work_region(plan, plan.depth if plan.depth is not None else self._estimate_depth(plan, model))
-        name = None
-        if model.family != SD2_DEPTH:
-            name = settings.model or self._store.default_depth_control()
-            if self._store.conditioner_family(name) == T2I_ADAPTER:
-                guide = adapter_guide(self._store.adapter(name), control_tensor(near),
-                                      model.pipe.unet, model.pipe.vae_scale_factor, settings,
-                                      tile_axes(plan.tiling), name)
-                return dataclasses.replace(call, adapter=guide)
+    def _condition(self, call: PipelineCall, plan: GenerationPlan,
+                   model: LoadedModel) -> PipelineCall:
+        """The call conditioned on the job's controls: ControlNets (several: one
+        MultiControlNetModel) and T2I-Adapters in any mix (control.py, adapter.py), or
+        SD2-depth's own depth input."""
+        if not plan.controls:
+            return call
+        controls = [self._estimated(c, model) if c.estimate else c for c in plan.controls]
         init_rgb = None if plan.init is None else work_region(plan, plan.init[..., :3])
-        conditioned = condition_on_depth(call.kind, call.kwargs, near, model.family,
-                                         job.control, init_rgb, job.strength)
-        controlnet = self._store.controlnet(name) if conditioned.uses_controlnet and name else None
-        return PipelineCall(conditioned.kind, conditioned.kwargs, controlnet)
+        if model.family == SD2_DEPTH:
+            return self._depth2img(call, plan, controls, init_rgb)
+        axes = tile_axes(plan.tiling)
+        nets: list[tuple[str, PlannedControl, torch.Tensor]] = []
+        guides: list[AdapterGuide] = []
+        for control in controls:
+            image = control_tensor(control, work_region(plan, control.image))
+            name = self._control_model(control)
+            if _refielded(control, lambda: self._store.conditioner_family(name)) == T2I_ADAPTER:
+                adapter = _refielded(control, lambda: self._store.adapter(name))
+                guides.append(_refielded(control, lambda: adapter_guide(
+                    adapter, image, model.pipe.unet, model.pipe.vae_scale_factor, control,
+                    axes, name, field=_model_field(control))))
+            else:
+                nets.append((name, control, image))
+        if not nets:
+            return dataclasses.replace(call, adapters=tuple(guides))
+        for name, control, _ in nets:
+            _refielded(control, lambda: self._store.controlnet(name))
+        controlnet = self._store.controlnet_set([name for name, _, _ in nets])
+        conditioned = condition_on_controlnets(call.kind, call.kwargs,
+                                               [image for _, _, image in nets],
+                                               [control for _, control, _ in nets], init_rgb)
+        return PipelineCall(conditioned.kind, conditioned.kwargs, controlnet, tuple(guides))
 
-    def _estimate_depth(self, plan: GenerationPlan, model: LoadedModel) -> np.ndarray:
-        assert plan.init is not None    # the plan refuses estimation without an init image
+    def _control_model(self, control: PlannedControl) -> str:
+        """The control model ``control`` names, else the default for its kind; refused
+        (invalid_field) when its name says it was trained on another kind."""
+        name = control.model or _refielded(control, lambda: self._store.default_control(control.kind))
+        trained_on = kind_of_model(name)
+        if trained_on is not None and trained_on != control.kind:
+            raise ProtocolError(ErrorCode.INVALID_FIELD,
+                                f"{shorten(name)} is a {trained_on} control model; this control "
+                                f"is {control.kind}", _model_field(control))
+        return name
+
+    def _depth2img(self, call: PipelineCall, plan: GenerationPlan,
+                   controls: list[PlannedControl], init_rgb: Optional[np.ndarray]) -> PipelineCall:
+        """SD2-depth: one depth control, fed as the UNet's fifth channel."""
+        if len(controls) != 1 or controls[0].kind != "depth":
+            raise ProtocolError(ErrorCode.UNSUPPORTED,
+                                "an SD2-depth model takes exactly one control, of kind depth",
+                                controls[-1].field if controls[0].kind == "depth"
+                                else f"{controls[0].field}.kind")
+        near = work_region(plan, nearness_of(controls[0]))
+        conditioned = condition_on_depth2img(call.kind, call.kwargs, near, controls[0],
+                                             init_rgb, plan.request.strength)
+        return PipelineCall(conditioned.kind, conditioned.kwargs)
+
+    def _estimated(self, control: PlannedControl, model: Optional[LoadedModel]) -> PlannedControl:
+        """A depth control with its image estimated from its picture by the depth model
+        (loaded on first use, on the model's device and in its precision)."""
+        assert control.source is not None
         if self._depth_estimator is None:
             folder = find_depth_model(os.environ, self._store.hf_cache)
             # In low-memory mode it leaves the GPU between estimates, as the model's parts do.
+            offloaded = model is not None and CPU_OFFLOAD in model.accel.applied
             self._depth_estimator = DepthEstimator(
-                folder, self._store.device, model.dtype,
-                keep_on_device=CPU_OFFLOAD not in model.accel.applied)
-        return self._depth_estimator.estimate(plan.init[..., :3])
+                folder, self._store.device, model.dtype if model is not None else torch.float32,
+                keep_on_device=not offloaded)
+        near = self._depth_estimator.estimate(control.source)
+        return control.with_image(np.repeat(near[..., None], 3, axis=2))
 
     def _inpaint_inputs(self, plan: GenerationPlan, model: LoadedModel) -> dict[str, Any]:
         """The context crop at working size: init latents, the mask, and the masked-image
@@ -261,7 +319,7 @@ class DiffusionGenerator:
             return {}
 
         try:
-            with self._job_context(plan, pipe, call.adapter, position):
+            with self._job_context(plan, pipe, call.adapters, position):
                 result = pipe(**call.kwargs, callback_on_step_end=on_step_end,
                               callback_on_step_end_tensor_inputs=["latents"])
         finally:
@@ -274,7 +332,7 @@ class DiffusionGenerator:
     @staticmethod
     @contextlib.contextmanager
     def _job_context(plan: GenerationPlan, pipe: DiffusionPipeline,
-                     adapter: Optional[AdapterGuide],
+                     adapters: tuple[AdapterGuide, ...],
                      position: Callable[[], tuple[int, int]]) -> Iterator[None]:
         """What wraps the model's modules for the duration of this job's call: seamless
         tiling's circular padding (tiling.py) and a T2I-Adapter's residuals (adapter.py),
@@ -282,10 +340,10 @@ class DiffusionGenerator:
         vae = whole_image_vae(pipe.vae, plan.work_width, plan.work_height)
         modules = [pipe.unet, vae, getattr(pipe, "controlnet", None)]
         with wrapped_convolutions(modules, tile_axes(plan.tiling)):
-            if adapter is None:
+            if not adapters:
                 yield
             else:
-                with adapter_residuals(pipe.unet, adapter, position):
+                with adapter_residuals(pipe.unet, adapters, position):
                     yield
 
     # ------------------------------------------------------------------ 4. pixels out
@@ -302,6 +360,30 @@ class DiffusionGenerator:
         return [roll_image(composite(plan.init, resize(image, crop.width, crop.height),
                                      plan.mask[crop.slices()], crop), back)
                 for image in decoded]
+
+
+T = TypeVar("T")
+
+
+def _model_field(control: PlannedControl) -> str:
+    """Where a control's model is named: errors of the old depth form keep the field
+    the store gives them."""
+    return "control.model" if control.legacy else f"{control.field}.model"
+
+
+def _refielded(control: PlannedControl, step: Callable[[], T]) -> T:
+    """``step()``, its ProtocolErrors naming ``control``'s model field. For controls of
+    ``job.controls`` a model that does not fit (another family, not a control model) is
+    ``invalid_field``; the old depth form keeps its codes."""
+    try:
+        return step()
+    except ProtocolError as exc:
+        if control.legacy:
+            raise
+        code = (ErrorCode.INVALID_FIELD if exc.code in (ErrorCode.UNSUPPORTED,
+                                                        ErrorCode.MODEL_LOAD_FAILED)
+                else exc.code)
+        raise ProtocolError(code, exc.message, _model_field(control)) from exc
 
 
 def work_region(plan: GenerationPlan, image: np.ndarray) -> np.ndarray:

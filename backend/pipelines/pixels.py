@@ -82,9 +82,13 @@ def pixels_to_array(pixels: Pixels) -> np.ndarray:
 
 
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resample an RGB(A) uint8 or a float32 mask array; a no-op at the same size."""
+    """Resample an RGB(A) uint8 or a float32 mask (or float32 ``(H, W, C)`` control image,
+    channel by channel) array; a no-op at the same size."""
     if image.shape[1] == width and image.shape[0] == height:
         return image
+    if image.dtype == np.float32 and image.ndim == 3:
+        return np.stack([resize(np.ascontiguousarray(image[..., c]), width, height)
+                         for c in range(image.shape[2])], axis=-1)
     if image.dtype == np.float32:
         # Masks: bilinear on the float values ("F" mode) so soft edges stay soft.
         resized = PIL.Image.fromarray(image).resize((width, height), PIL.Image.BILINEAR)

@@ -10,7 +10,8 @@ the init image (and mask) are resampled to it when they differ; clients send the
 image's own size to keep it (that is what the CLI does), and then an inpaint result is
 byte-identical to the init image wherever the grown and feathered mask is zero.
 
-Depth uploads become a nearness map at the output size (depth.py). make_seamless plans as
+Controls (the old depth field and ``controls``) become control images at the output size
+(controls.py; depth uploads as a nearness map, depth.py). make_seamless plans as
 an inpaint of the texture rolled by half (seamless.py), with the tiling it applies; on a
 tiled axis the inpaint context spans the whole image, since that axis wraps around.
 
@@ -34,7 +35,7 @@ from protocol.messages import GenerateRequest
 from protocol.schema import validate
 
 from ..limits import ServerLimits
-from .depth import check_control, depth_for_job
+from .controls import PlannedControl, job_controls
 from .lora_tags import settle_loras
 from .masks import Box, context_box, mask_bounds, prepare_mask
 from .pixels import frame_to_gray, frame_to_rgba, resize
@@ -69,8 +70,9 @@ class GenerationPlan:
     mask: Optional[np.ndarray] = field(default=None, compare=False, repr=False)  # (H, W) float32
     tiling: str = "none"                   # the tiling applied (make_seamless picks one)
     offset: tuple[int, int] = (0, 0)       # make_seamless: (dx, dy) the init was rolled by
-    # depth nearness at the output size (near = 1); None without depth or when estimated
-    depth: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    # the job's controls with their images at the output size (controls.py), the old
+    # depth field first; make_seamless: rolled with the init
+    controls: tuple[PlannedControl, ...] = ()
     # over the model's scheduler config for this job (a sampler preset's timestep spacing)
     scheduler_config: tuple[tuple[str, Any], ...] = ()
 
@@ -95,32 +97,33 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
     tiling = seamless_tiling(job.tiling) if job.kind == "make_seamless" else job.tiling
     settled = dataclasses.replace(job, seed=seed, tiling=tiling)
     common = dict(request=settled, seeds=seeds, width=job.width, height=job.height,
-                  tiling=tiling, depth=_read_depth(job, uploads),
-                  scheduler_config=preset.scheduler_config)
+                  tiling=tiling, scheduler_config=preset.scheduler_config)
     if kind == "txt2img":
         _refuse(job, "init_image", kind)
         _refuse(job, "mask", kind)
         return GenerationPlan(kind=kind, work_width=job.width, work_height=job.height,
-                              denoise_steps=job.steps, **common)
+                              denoise_steps=job.steps, controls=job_controls(job, uploads),
+                              **common)
 
     denoise_steps = _denoise_steps(job)
-    init = _read_init(job, uploads)
+    raw_init = _read_init(job, uploads)
+    init = resize(raw_init, job.width, job.height)
+    controls = job_controls(job, uploads, init[..., :3])
     if kind == "img2img":
         _refuse(job, "mask", kind)
         return GenerationPlan(kind=kind, work_width=job.width, work_height=job.height,
-                              denoise_steps=denoise_steps,
-                              init=resize(init, job.width, job.height), **common)
+                              denoise_steps=denoise_steps, init=init, controls=controls,
+                              **common)
 
     offset = (0, 0)
     if job.kind == "make_seamless":
         _refuse(job, "mask", job.kind)
-        init, mask, offset = seamless_inputs(resize(init, job.width, job.height), tiling,
-                                             job.seam_width, job.mask_grow, job.mask_feather)
-        if common["depth"] is not None:
-            common["depth"] = roll_image(common["depth"], offset)
+        init, mask, offset = seamless_inputs(init, tiling, job.seam_width, job.mask_grow,
+                                             job.mask_feather)
+        controls = tuple(_rolled(control, offset) for control in controls)
     else:
-        mask = _read_mask(job, uploads, init.shape[1], init.shape[0])
-        init, mask = resize(init, job.width, job.height), resize(mask, job.width, job.height)
+        mask = _read_mask(job, uploads, raw_init.shape[1], raw_init.shape[0])
+        mask = resize(mask, job.width, job.height)
     bounds = mask_bounds(mask)
     if bounds is None:
         raise ProtocolError(ErrorCode.INVALID_FIELD,
@@ -134,7 +137,25 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
     work_width, work_height = working_size(crop.width, crop.height, traits.native_side, limits)
     return GenerationPlan(kind=kind, work_width=work_width, work_height=work_height,
                           denoise_steps=denoise_steps, crop=crop, init=init, mask=mask,
-                          offset=offset, **common)
+                          offset=offset, controls=controls, **common)
+
+
+def plan_preprocess(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
+                    limits: ServerLimits) -> PlannedControl:
+    """Check a "preprocess" job and make its one control's image at the job's size (depth
+    estimation is left to the generator: ``estimate`` set)."""
+    validate(job, "job")
+    limits.check_request(job)
+    if len(job.controls) != 1:
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            f"a preprocess job takes exactly one control, not {len(job.controls)}",
+                            "job.controls")
+    for name in ("mask", "depth", "control"):
+        _refuse(job, name, "preprocess")
+    init = None
+    if job.init_image is not None:
+        init = resize(_read_init(job, uploads), job.width, job.height)[..., :3]
+    return job_controls(job, uploads, init)[0]
 
 
 def working_size(width: int, height: int, native_side: int,
@@ -185,7 +206,7 @@ def _denoise_steps(job: GenerateRequest) -> int:
 
 def _refuse(job: GenerateRequest, name: str, kind: str) -> None:
     if getattr(job, name) is not None:
-        hint = "; use kind 'inpaint'" if name == "mask" else ""
+        hint = "; use kind 'inpaint'" if name == "mask" and kind != "preprocess" else ""
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{kind} takes no {name}{hint}", f"job.{name}")
 
 
@@ -203,24 +224,11 @@ def _upload(job: GenerateRequest, uploads: Mapping[str, ImageFrame], name: str,
     return frame
 
 
-def _read_depth(job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> Optional[np.ndarray]:
-    """The uploaded depth map as nearness at the output size; None without one, or when
-    the daemon is to estimate it (that needs a model, so the generator does it)."""
-    check_control(job.control, job.depth is not None)
-    if job.depth is None:
-        return None
-    if job.depth.estimate:
-        if job.init_image is None:
-            raise ProtocolError(ErrorCode.INVALID_FIELD,
-                                "depth estimation works on the init image; this job has none",
-                                "job.depth.estimate")
-        return None
-    if job.depth.upload is None:
-        raise ProtocolError(ErrorCode.INVALID_FIELD,
-                            "depth needs an upload (a float32 depth map) or estimate=true",
-                            "job.depth.upload")
-    frame = _upload(job, uploads, "depth map", job.depth.upload, "job.depth.upload")
-    return depth_for_job(frame, job.depth, job.width, job.height)
+def _rolled(control: PlannedControl, offset: tuple[int, int]) -> PlannedControl:
+    """``control`` with its image (or the picture it is estimated from) rolled like the init."""
+    return dataclasses.replace(
+        control, image=None if control.image is None else roll_image(control.image, offset),
+        source=None if control.source is None else roll_image(control.source, offset))
 
 
 def _read_init(job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> np.ndarray:

@@ -54,6 +54,8 @@ class LiveMode:
         self.cancelled: list[str] = []    # ... and confirmed
         self._abandoned: set[str] = set()   # refs sent before Live off, not accepted then
         self._capturing = False
+        self.capture_seconds = 0.0       # how long the last capture held Blender's thread
+        self.sent_at = 0.0               # when the last live job was sent (monotonic)
 
     # ------------------------------------------------------------ on and off
     def start(self, scene: bpy.types.Scene) -> None:
@@ -175,6 +177,7 @@ class LiveMode:
         view_layer = bpy.context.view_layer if bpy.context.scene == scene \
             else scene.view_layers[0]
         self._capturing = True
+        started = time.monotonic()
         try:
             area = _view_area() if props.capture_source == "VIEW" else None
             view = host.area_view_camera(area, panel.width, panel.height) \
@@ -186,6 +189,7 @@ class LiveMode:
             view_layer.update()   # the capture's own changes are evaluated now, uncounted
         finally:
             self._capturing = False
+        self.capture_seconds = time.monotonic() - started
         init = make_upload(PixelFormat.RGBA8, shot.width, shot.height, shot.color)
         uploads = [init]
         depth_id = None
@@ -198,6 +202,7 @@ class LiveMode:
         ref = client.submit(request, uploads, live=LIVE_SESSION)
         self.results.sent(ref)
         self.jobs_sent += 1
+        self.sent_at = time.monotonic()
         self.last_sent = (ref, request, tuple(uploads))
 
     # ------------------------------------------------------------ daemon events

@@ -135,6 +135,13 @@ def test_blender_window_projects_from_the_view(addon_zip: Path, tmp_path: Path, 
     _run_window("view", addon_zip, tmp_path, daemon.url)
 
 
+def test_blender_window_live_follows_the_view(addon_zip: Path, tmp_path: Path, daemon) -> None:
+    """Blender 3.4 with a window under Xvfb: Live from the 3D Viewport's view on Blender's own
+    timers and depsgraph: a turned view and an edit each send one job, the event loop's own
+    redraws none, and the result shows in the open Image Editor."""
+    _run_window("live", addon_zip, tmp_path, daemon.url)
+
+
 def test_blender_window_redraws_only_what_shows_progress(addon_zip: Path, tmp_path: Path,
                                                          daemon) -> None:
     """Blender 3.4 with a window under Xvfb: a job's progress redraws the sidebar, not the

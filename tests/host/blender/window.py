@@ -7,7 +7,8 @@ buttons' modal watchers must turn the daemon's answer into reports.
     xvfb-run -a blender --factory-startup --python window.py -- --zip Z --url U --scenario S
 
 ``window``: reports and timers; ``view``: Project Texture and Render to Image from the
-3D Viewport's view; ``redraws``: what progress redraws, and the main thread's time per step.
+3D Viewport's view; ``redraws``: what progress redraws, and the main thread's time per step;
+``live``: Live from the 3D Viewport's view on Blender's own timers and depsgraph.
 
 Blender's exit code does not follow a script that runs inside the event loop,
 so this exits with ``os._exit``: 0 when every step passed, 1 otherwise.
@@ -365,11 +366,85 @@ def redraw_steps(module, url: str) -> Iterator[float]:
     print("SCENARIO redraws PASSED on Blender", bpy.app.version_string)
 
 
+def _look_from(rv3d, eye: tuple[float, float, float]) -> None:
+    """Point the 3D Viewport's view from ``eye`` at the origin."""
+    eye_v = mathutils.Vector(eye)
+    turn = (-eye_v).to_track_quat("-Z", "Y").to_matrix().to_4x4()
+    rv3d.view_matrix = (mathutils.Matrix.Translation(eye_v) @ turn).inverted()
+
+
+def live_steps(module, url: str) -> Iterator[float]:
+    """Live from the 3D Viewport's view, driven by Blender's own timers and depsgraph: the
+    first result lands in "Atelier Live" and shows in the open Image Editor; the event loop's
+    own redraws and depsgraph updates send nothing more; turning the view and moving an
+    object each send one new view; Live off removes the timer. Prints how long a view change
+    took to show."""
+    session = harness.session(module)
+    live = session.live
+    scene = harness.empty_scene()
+    harness.settings(scene, prompt="live view", steps=2, width=64, height=64,
+                     random_seed=False, seed=9, capture_source="VIEW", live_strength=0.7)
+    harness.add_camera(scene, (0.0, -10.0, 0.0))
+    cube = harness.add_cube(scene, "Cube", (0.0, 0.0, 0.0))
+    sun = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", "SUN"))
+    sun.rotation_euler = mathutils.Vector((-0.3, 1.0, -0.5)).to_track_quat("-Z", "Y").to_euler()
+    scene.collection.objects.link(sun)
+    window = bpy.context.window_manager.windows[0]
+    editor = next(a for a in window.screen.areas if a.type == "PROPERTIES")
+    editor.type = "IMAGE_EDITOR"
+    context = _ui_context()
+    space = context["area"].spaces.active
+    rv3d = space.region_3d
+    rv3d.view_perspective = "PERSP"
+    _look_from(rv3d, (6.0, -6.0, 4.0))
+    for _ in range(5):
+        yield 0.1
+
+    assert _click(bpy.ops.atelier.live, action="ON") == {"FINISHED"}
+    assert bpy.app.timers.is_registered(module.live.timer)
+    yield from _wait(lambda: live.results_shown == 1, "the first live result")
+    assert editor.spaces.active.image == bpy.data.images["Atelier Live"]
+    first = _live_init(live)
+    for _ in range(20):      # 2 s of Blender's own redraws and depsgraph evaluations
+        yield 0.1
+    assert live.jobs_sent == 1, f"sent {live.jobs_sent} jobs while nothing changed"
+
+    moved = time.monotonic()
+    _look_from(rv3d, (-6.0, -6.0, 3.0))      # the artist turns the view
+    context["area"].tag_redraw()
+    yield from _wait(lambda: live.results_shown == 2 and live.idle, "the turned view's result")
+    shown = time.monotonic()
+    print(f"LIVE view turned -> result shown: {shown - moved:.2f} s (debounce "
+          f"{module.protocol.live.LIVE_DELAY_S} s; sent after {live.sent_at - moved:.2f} s, "
+          f"capture {live.capture_seconds:.2f} s; daemon and back {shown - live.sent_at:.2f} s "
+          f"for a 64x64 2-step job)")
+    assert live.jobs_sent == 2 and np.abs(_live_init(live) - first).max() > 30
+
+    cube.location.z += 1.0                    # an edit of the scene (no view change)
+    yield from _wait(lambda: live.results_shown == 3 and live.idle, "the edit's result")
+    assert live.jobs_sent == 3
+
+    assert _click(bpy.ops.atelier.live, action="OFF") == {"FINISHED"}
+    assert not bpy.app.timers.is_registered(module.live.timer)
+    cube.location.z -= 1.0
+    for _ in range(10):
+        yield 0.1
+    assert live.jobs_sent == 3 and not live.on
+    print("SCENARIO live PASSED on Blender", bpy.app.version_string)
+
+
+def _live_init(live) -> np.ndarray:
+    _, request, uploads = live.last_sent
+    frame = next(f for f in uploads if f.id == request.init_image)
+    return np.frombuffer(frame.data, dtype=np.uint8).reshape(frame.height, frame.width,
+                                                             4).astype(int)
+
+
 def main() -> Iterator[float | None]:
     args = harness.parse_args()
     module = harness.install_and_enable(args.zip, args.url)
     return {"window": steps, "view": view_steps,
-            "redraws": redraw_steps}[args.scenario](module, args.url)
+            "redraws": redraw_steps, "live": live_steps}[args.scenario](module, args.url)
 
 
 harness.run_windowed(main)

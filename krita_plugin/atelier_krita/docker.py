@@ -29,11 +29,11 @@ from .jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP,
                    JobSettings, Mode, Workflow, action_label, base_model_names,
                    default_depth_source, depth_model_choices, job_mode, model_family,
                    parse_seed, queue_text, shown_fields, workflow_of)
-from .protocol.messages import TILINGS
 from .loras import (LORAS_FULL, PRESET_HELP, lora_choices, preset_choices,
                     preset_override_note)
+from .protocol.messages import TILINGS
 from .widgets import (Fold, FormScroll, LoraList, MessageView, RefreshingComboBox,
-                      SeedValidator)
+                      SeedValidator, fill_choices)
 
 PUMP_INTERVAL_MS = 30
 STEPS_HELP = "Denoising steps: more is slower and usually cleaner"
@@ -642,23 +642,22 @@ class AtelierPanel(QWidget):
         c = self.controller
         family = self._job_family()
         combo = self.depth_model_combo
-        _fill_choices(combo, depth_model_choices(c.models, chosen, family), chosen)
+        fill_choices(combo, depth_model_choices(c.models, chosen, family), chosen)
         combo.setToolTip(DEPTH_MODEL_SD2_DEPTH if family == SD2_DEPTH_FAMILY
                          else DEPTH_MODEL_HELP)
-
 
     # ------------------------------------------------------------ LoRAs and sampler presets
     def _lora_choices(self, chosen: Optional[str]) -> list[tuple[str, Optional[str]]]:
         return lora_choices(self.controller.models, self._job_family(), chosen)
 
     def _loras_full(self) -> None:
-        self.controller.message = LORAS_FULL[:1].upper() + LORAS_FULL[1:]
+        self.controller.message = LORAS_FULL
         self.refresh()
 
     def _show_presets(self, chosen: Optional[str]) -> None:
         """The Sampler preset field: None and the daemon's presets, ``chosen`` selected."""
         c = self.controller
-        _fill_choices(self.preset_combo,
+        fill_choices(self.preset_combo,
                       preset_choices(c.sampler_presets, chosen, c.presets_listed), chosen)
         self._show_preset_overrides()
 
@@ -764,20 +763,6 @@ def _fill(combo: QComboBox, items: list[str]) -> None:
     combo.clear()
     combo.addItems(items)
     _choose(combo, chosen)
-    combo.blockSignals(False)
-
-
-def _fill_choices(combo: QComboBox, choices: list[tuple[str, Optional[str]]],
-                  chosen: Optional[str]) -> None:
-    """Show (label, data) ``choices`` with the one whose data is ``chosen`` selected; the
-    items are rebuilt only when they changed."""
-    current = [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())]
-    combo.blockSignals(True)
-    if choices != current:
-        combo.clear()
-        for label, data in choices:
-            combo.addItem(label, data)
-    combo.setCurrentIndex(max(combo.findData(chosen), 0) if chosen else 0)
     combo.blockSignals(False)
 
 

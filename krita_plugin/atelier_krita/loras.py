@@ -20,7 +20,7 @@ LORA_HELP = ("Which of the daemon's LoRAs this row applies: those made for the f
 LORA_WEIGHT_HELP = (f"How strongly the LoRA changes the image: 1 = as trained, 0 = not at "
                     f"all, negative pushes away from its style (-{LORA_WEIGHT_MAX:g} to "
                     f"{LORA_WEIGHT_MAX:g})")
-LORAS_FULL = (f"a job takes at most {LORAS_MAX} LoRAs: remove a row (\u2715) before adding "
+LORAS_FULL = (f"A job takes at most {LORAS_MAX} LoRAs: remove a row (\u2715) before adding "
               "another")
 LORA_UNLISTED = "not listed by the daemon"
 LORA_OTHER_FAMILY = "made for {family} models"
@@ -31,9 +31,6 @@ PRESET_HELP = ("A few-step sampling recipe for distilled models and LoRAs (Light
                "Turbo, Hyper-SD): it sets the steps, guidance and scheduler itself. None: "
                "Steps and Guidance as set here. The daemon lists the presets it knows.")
 PRESET_UNLISTED = "not listed by the daemon"
-# The fields a sampler preset decides instead of the docker (the docker has no scheduler
-# field; the preset picks that too).
-PRESET_OVERRIDES = ("steps", "guidance")
 
 def daemon_loras(models: Iterable[ModelInfo]) -> list[ModelInfo]:
     """The daemon's LoRAs among its ``models`` entries, in its order."""

@@ -18,6 +18,20 @@ MESSAGE_LINES = 2          # a longer message scrolls; its tooltip holds all of 
 FORM_MIN_HEIGHT = 44       # the scrolling fields never shrink below this (the status line)
 
 
+def fill_choices(combo: QComboBox, choices: "list[tuple[str, Optional[str]]]",
+                 chosen: Optional[str]) -> None:
+    """Show (label, data) ``choices`` with the one whose data is ``chosen`` selected; the
+    items are rebuilt only when they changed."""
+    current = [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())]
+    combo.blockSignals(True)
+    if choices != current:
+        combo.clear()
+        for label, data in choices:
+            combo.addItem(label, data)
+    combo.setCurrentIndex(max(combo.findData(chosen), 0) if chosen else 0)
+    combo.blockSignals(False)
+
+
 class SeedValidator(QValidator):
     """Whole numbers from 0 to SEED_MAX (all 32 bits: QSpinBox stops at 2**31 - 1), or
     nothing for a random seed."""
@@ -138,18 +152,6 @@ class LoraRowWidget(QWidget):
     def name(self) -> Optional[str]:
         return self.combo.currentData() or None
 
-    def show_choices(self, choices: "list[tuple[str, Optional[str]]]",
-                     chosen: Optional[str]) -> None:
-        """``choices`` as (label, name) with ``chosen`` selected; rebuilt only when changed."""
-        combo = self.combo
-        current = [(combo.itemText(i), combo.itemData(i)) for i in range(combo.count())]
-        combo.blockSignals(True)
-        if choices != current:
-            combo.clear()
-            for label, data in choices:
-                combo.addItem(label, data)
-        combo.setCurrentIndex(max(combo.findData(chosen), 0) if chosen else 0)
-        combo.blockSignals(False)
 
 
 class LoraList(QWidget):
@@ -188,7 +190,7 @@ class LoraList(QWidget):
             return False
         row = LoraRowWidget(self)
         row.weight.setValue(weight)
-        row.show_choices(self._choices(name), name)
+        fill_choices(row.combo, self._choices(name), name)
         row.remove.clicked.connect(lambda _checked=False, row=row: self.remove_row(row))
         self.rows.append(row)
         self._rows_layout.addWidget(row)
@@ -216,7 +218,7 @@ class LoraList(QWidget):
     def refresh(self) -> None:
         """Each row's entries as they are now (the daemon's LoRAs, the model's family)."""
         for row in self.rows:
-            row.show_choices(self._choices(row.name), row.name)
+            fill_choices(row.combo, self._choices(row.name), row.name)
 
     def _add_clicked(self) -> None:
         if not self.add_row():

@@ -21,6 +21,7 @@ class Pixels:
 class GeneratedImage:
     pixels: Pixels
     seed: int
+    label: Optional[str] = None   # what it is, where a job returns several kinds (ImageInfo.label)
 
 
 @dataclass(frozen=True)

@@ -330,7 +330,8 @@ class JobManager:
         result = Result(
             job_id=job.id,
             images=[ImageInfo(index=f.index, width=f.width, height=f.height,
-                              format=FORMAT_NAMES[f.format], seed=img.seed)
+                              format=FORMAT_NAMES[f.format], seed=img.seed,
+                              label=img.label)
                     for f, img in zip(frames, output.images)],
             params=output.params, tiling=output.tiling, model=output.model,
             seconds=round(time.perf_counter() - started, 4))

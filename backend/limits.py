@@ -26,6 +26,10 @@ class ServerLimits:
     # with the daemon's kept results and count only their headers). Previews are dropped
     # past a quarter of it; past all of it the connection is closed (CloseCode.OUTBOX_FULL).
     max_outbox_bytes: int = 16 * 1024 * 1024
+    # Kind "upscale" works in tiles of the model's size, so its output may be larger than a
+    # generation: memory grows with the image only in its pixel buffers (PROTOCOL.md).
+    max_upscale_side: int = 8192
+    max_upscale_pixels: int = 8192 * 8192
 
     def advertised(self) -> Limits:
         return Limits(max_message_bytes=self.max_message_bytes, max_pixels=self.max_pixels,
@@ -34,23 +38,32 @@ class ServerLimits:
                       max_uploads=self.max_uploads, max_upload_bytes=self.max_upload_bytes,
                       max_total_upload_bytes=self.max_total_upload_bytes,
                       max_connections=self.max_connections,
-                      max_outbox_bytes=self.max_outbox_bytes)
+                      max_outbox_bytes=self.max_outbox_bytes,
+                      max_upscale_side=self.max_upscale_side,
+                      max_upscale_pixels=self.max_upscale_pixels)
+
+    def size_limits(self, kind: str) -> tuple[int, int, str]:
+        """(longest side, most pixels, what they limit) of a ``kind`` job's output."""
+        if kind == "upscale":
+            return self.max_upscale_side, self.max_upscale_pixels, "an upscale's"
+        return self.max_side, self.max_pixels, "the"
 
     def check_request(self, job: GenerateRequest) -> None:
         """Size, steps and batch limits; raises ProtocolError naming the field and limit."""
+        max_side, max_pixels, whose = self.size_limits(job.kind)
         for name in ("width", "height"):
             value = getattr(job, name)
             if value % 8:
                 raise ProtocolError(ErrorCode.INVALID_FIELD,
                                     f"{name} must be a multiple of 8, got {value}", f"job.{name}")
-            if value > self.max_side:
+            if value > max_side:
                 raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
-                                    f"{name} {value} is over the limit of {self.max_side}",
+                                    f"{name} {value} is over {whose} limit of {max_side}",
                                     f"job.{name}")
-        if job.width * job.height > self.max_pixels:
+        if job.width * job.height > max_pixels:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
-                                f"{job.width}x{job.height} is over the limit of "
-                                f"{self.max_pixels} pixels", "job.width")
+                                f"{job.width}x{job.height} is over {whose} limit of "
+                                f"{max_pixels} pixels", "job.width")
         if job.steps > self.max_steps:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
                                 f"steps {job.steps} is over the limit of {self.max_steps}",

@@ -16,7 +16,8 @@ from .schema import spec
 PROTOCOL_VERSION = 1
 
 # "preprocess": no diffusion; the result is the control image ``controls[0]`` makes
-JobKind = Literal["txt2img", "img2img", "inpaint", "make_seamless", "preprocess"]
+JobKind = Literal["txt2img", "img2img", "inpaint", "make_seamless", "preprocess",
+                  "upscale", "texture_set"]
 Tiling = Literal["none", "x", "y", "both"]
 SchedulerName = Literal["euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm"]
 OutputFormat = Literal["raw", "png"]
@@ -27,7 +28,13 @@ ControlKind = Literal["depth", "normal", "lineart", "scribble", "softedge", "can
 # knows in ``welcome.sampler_presets``.
 SamplerPreset = Literal["lightning_4", "lightning_8", "lcm_4", "lcm_8", "turbo_1", "hyper_8"]
 # What a ``ModelInfo`` is, so clients can fill separate menus.
-ModelKind = Literal["checkpoint", "controlnet", "t2i_adapter", "lora", "embedding"]
+ModelKind = Literal["checkpoint", "controlnet", "t2i_adapter", "lora", "embedding", "upscaler"]
+# The maps a "texture_set" job can return (TextureSettings.maps, ImageInfo.label).
+TextureMap = Literal["albedo", "normal", "height", "roughness", "metallic"]
+# Where a texture set's maps come from: "marigold" = diffusers' Marigold pipelines (weights
+# in the Hugging Face cache), "image" = derived from the colour image itself (height from
+# luminance, normal from height), "auto" = Marigold where its weights are present.
+TextureSource = Literal["auto", "marigold", "image"]
 
 SCHEDULERS: tuple[str, ...] = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "lcm")
 TILINGS: tuple[str, ...] = ("none", "x", "y", "both")
@@ -40,6 +47,8 @@ SAMPLER_PRESETS: tuple[str, ...] = ("lightning_4", "lightning_8", "lcm_4", "lcm_
                                     "hyper_8")
 LORAS_MAX = 8               # LoRAs of one job (GenerateRequest.loras plus inline <lora:...> tags)
 LORA_WEIGHT_MAX = 4.0       # |LoraWeight.weight|
+UPSCALE_FACTOR_MAX = 16.0   # UpscaleSettings.scale
+TEXTURE_MAPS: tuple[str, ...] = ("albedo", "normal", "height", "roughness", "metallic")
 CONTROL_KINDS: tuple[str, ...] = ("depth", "normal", "lineart", "scribble", "softedge", "canny",
                                   "pose")
 # Control layers of one job (GenerateRequest.controls, plus the old depth + control pair):
@@ -111,6 +120,39 @@ class LoraWeight:
 
 
 @dataclass(frozen=True)
+class UpscaleSettings:
+    """Kind "upscale": ``init_image`` to ``width`` x ``height``, or to its own size times
+    ``scale`` (rounded to multiples of 8) when ``scale`` is given.
+
+    ``upscaler``: a super-resolution model as ``list_models`` reports it (kind "upscaler",
+    a ``.safetensors`` file in an ESRGAN / upscale_models folder); None = Lanczos resize.
+    ``refine_strength`` > 0 runs a tiled img2img over the upscaled image (the job's prompt,
+    LoRAs, scheduler, steps and seed) at that strength; 0 = upscale only.
+    ``tile``: the refine's tile side in pixels, 0 = the model's native side; ``overlap``:
+    pixels neighbouring tiles share, 0 = a quarter of the tile."""
+    scale: Optional[float] = spec(None, min=1.0, max=UPSCALE_FACTOR_MAX)
+    upscaler: Optional[str] = spec(None, max_len=MODEL_NAME_MAX)
+    refine_strength: float = spec(0.0, min=0.0, max=1.0)
+    tile: int = spec(0, min=0, max=4096)
+    overlap: int = spec(0, min=0, max=2048)
+
+
+@dataclass(frozen=True)
+class TextureSettings:
+    """Kind "texture_set": PBR maps of the colour texture ``init_image``, at its size, one
+    result image per entry of ``maps`` in that order, each labelled with its name.
+
+    normal: OpenGL convention (+Y up), encoded (n + 1) / 2; height: light = high;
+    roughness and metallic: 0..255 = 0..1; albedo: the base colour (``source`` "image":
+    the texture itself). ``normal_strength`` scales the slopes of a normal map made from
+    the height map. With ``tiling`` x/y/both the maps wrap around those axes as well."""
+    maps: list[TextureMap] = spec(default_factory=lambda: ["normal", "height", "roughness"],
+                                  max_len=len(TEXTURE_MAPS))
+    source: TextureSource = "auto"
+    normal_strength: float = spec(8.0, min=0.0, max=100.0)
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """One generation job. Same request + same seed -> same pixels."""
     kind: JobKind = "txt2img"
@@ -149,6 +191,8 @@ class GenerateRequest:
     loras: list[LoraWeight] = spec(default_factory=list, max_len=LORAS_MAX)
     # A few-step recipe that sets scheduler, steps, guidance and timestep spacing
     sampler_preset: Optional[SamplerPreset] = None
+    upscale: Optional[UpscaleSettings] = None     # kind "upscale"
+    texture: Optional[TextureSettings] = None     # kind "texture_set"
 
 
 # ------------------------------------------------------- client -> daemon
@@ -220,6 +264,8 @@ class Limits:
     max_total_upload_bytes: int = 0  # the same, all clients together
     max_connections: int = 0         # open websocket connections; more get HTTP 503
     max_outbox_bytes: int = 0        # unsent bytes to one connection before it is closed
+    max_upscale_side: int = 0        # kind "upscale": output width / height
+    max_upscale_pixels: int = 0      # kind "upscale": output width * height
 
 
 @dataclass(frozen=True)
@@ -261,11 +307,14 @@ class Progress:
 
 @dataclass(frozen=True)
 class ImageInfo:
+    """``label``: what the image is where a job returns several kinds (a texture set's map
+    names, TextureMap); None for plain generations."""
     index: int
     width: int
     height: int
     format: str
     seed: int
+    label: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from .models.catalog import Catalog, list_models as _catalog
 from .models.device import pick_device, pick_dtype
 from .models.sources import hf_cache_dir, operator_paths
 from .models.store import DEFAULT_RESIDENT_BYTES, ModelStore
+from .pipelines.assets import AssetGenerator
 from .pipelines.generator import DiffusionGenerator
 from .server import Daemon, ServerConfig
 
@@ -58,7 +59,8 @@ def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",
                        accel=AccelOptions.for_choice(chosen, compile, low_memory=low_memory),
                        depth_controls=depth_controls, resident_bytes=resident_bytes,
                        allowed_paths=operator_paths([model, *(depth_controls or {}).values()]))
-    generator = DiffusionGenerator(store, config.limits)   # first: it warms up what loads
+    # First: it warms up what loads. The asset kinds (upscale, texture_set) go in front.
+    generator = AssetGenerator(DiffusionGenerator(store, config.limits), store, config.limits)
     store.load(model)
     return Daemon(config, StoreService(store), generator)
 

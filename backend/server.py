@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("atelier.server")
 
 SERVER_NAME = "atelier/0.1"
-CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "tiling", "depth", "control",
+CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "upscale", "refine", "texture_set",
+                "tiling", "depth", "control",
                 "t2i_adapter", "step_cache", "previews", "png", "raw", "fetch", "cancel", "live",
                 "lora", "embeddings", "sampler_presets", "multi_control", "preprocess",
                 # control kinds the daemon runs (pose needs a pose ControlNet and a skeleton

@@ -22,6 +22,7 @@ from .embeddings import EMBEDDINGS_FOLDER, in_embeddings_folder
 from .file_kinds import describe_file
 from .loras import LORA_FOLDERS
 from .single_file import checkpoint_family
+from .upscalers import UPSCALER_FOLDERS, in_upscaler_folder, upscaler_name
 from .sources import SINGLE_FILE_SUFFIX, TINY_MODELS, ModelRoots, hf_snapshot
 
 # ModelInfo.kind of the families that are not checkpoints
@@ -74,6 +75,10 @@ def _single_file(root: Path, path: Path, roots: ModelRoots) -> ModelInfo:
         # Loading it would be refused, so listing it would only mislead.
         raise ProtocolError(ErrorCode.MODEL_NOT_FOUND, _OUTSIDE)
     relative = path.relative_to(root).as_posix()
+    if in_upscaler_folder(path, root):
+        # Named as jobs name it (job.upscale.upscaler): without the folder and suffix.
+        return ModelInfo(name=upscaler_name(path, root), source="single_file",
+                         family=families.UNKNOWN, path=str(path), kind="upscaler")
     info = describe_file(path)
     if info.kind == "lora":
         # Named as jobs name it: without the suffix and the LoRA folder (loras.py).
@@ -156,9 +161,9 @@ def list_models(home: Path, search_dirs: Sequence[Path], hf_cache: Path) -> Cata
     for root in search_dirs:
         if root.is_dir():
             found.extend(_folder_models(root, roots))
-    # Atelier's home holds the tiny models and the spool too, so only its LoRA and
-    # embeddings folders are walked; jobs already find files there (a home root).
-    for folder in (*LORA_FOLDERS, EMBEDDINGS_FOLDER):
+    # Atelier's home holds the tiny models and the spool too, so only its LoRA, embeddings
+    # and upscaler folders are walked; jobs already find files there (a home root).
+    for folder in (*LORA_FOLDERS, EMBEDDINGS_FOLDER, *UPSCALER_FOLDERS):
         start = home / folder
         if start.is_dir() and not any(start.resolve().is_relative_to(Path(d).resolve())
                                       for d in search_dirs):

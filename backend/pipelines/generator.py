@@ -150,14 +150,7 @@ class DiffusionGenerator:
 
     # ------------------------------------------------------------------ 1. the model
     def _model(self, job: GenerateRequest) -> LoadedModel:
-        """The model ``job`` names, else the store's default. A named model leaves the
-        default, which other clients' jobs run on, as it is."""
-        if job.model is not None:
-            return self._store.use(job.model)
-        if self._store.current is None:
-            raise ProtocolError(ErrorCode.NOT_READY, "no model is loaded; load one or name it",
-                                "job.model")
-        return self._store.use_default()
+        return job_model(self._store, job)
 
     # ------------------------------------------------------------------ 2. what to call
     def _pipeline_call(self, plan: GenerationPlan, model: LoadedModel) -> PipelineCall:
@@ -384,6 +377,17 @@ def _refielded(control: PlannedControl, step: Callable[[], T]) -> T:
                                                         ErrorCode.MODEL_LOAD_FAILED)
                 else exc.code)
         raise ProtocolError(code, exc.message, _model_field(control)) from exc
+
+
+def job_model(store: ModelStore, job: GenerateRequest) -> LoadedModel:
+    """The model ``job`` names, else the store's default. A named model leaves the
+    default, which other clients' jobs run on, as it is."""
+    if job.model is not None:
+        return store.use(job.model)
+    if store.current is None:
+        raise ProtocolError(ErrorCode.NOT_READY, "no model is loaded; load one or name it",
+                            "job.model")
+    return store.use_default()
 
 
 def work_region(plan: GenerationPlan, image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,84 @@
+"""Making an image larger: a Lanczos resize, or a super-resolution model run over tiles.
+
+Both honour seamless tiling: on a wrapped axis the image is padded with its own other
+side before resampling and the pad is cut away after, so the result wraps exactly as
+the input did (an integer factor makes it exactly equivariant: rolling the input by k
+pixels rolls the output by k x factor).
+
+A model (``SuperResolution``, loaded by models/upscalers.py) runs over overlapping tiles
+of ``tile`` input pixels blended with ``tiles.py``'s weights, so its memory is bounded
+by the tile whatever the image's size; the output is the model's own factor, then
+resampled to the size asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol
+
+import numpy as np
+import PIL.Image
+import torch
+
+from .tiles import TileGrid
+from .tiling import TileAxes
+
+LANCZOS_SUPPORT = 3          # source pixels Lanczos-3 reads on each side, at any scale
+UPSCALE_TILE = 256           # input pixels of a super-resolution tile
+UPSCALE_OVERLAP = 32
+
+
+class SuperResolution(Protocol):
+    """A loaded super-resolution network: ``(1, 3, h, w)`` in [0, 1] -> ``(1, 3, h*s, w*s)``."""
+    scale: int
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor: ...
+
+
+def lanczos(image: np.ndarray, width: int, height: int, axes: TileAxes) -> np.ndarray:
+    """``image`` (uint8 ``(H, W, C)``) resampled to ``width`` x ``height``; wrapped axes
+    resample as a torus (the other side's pixels feed the border)."""
+    src_h, src_w = image.shape[:2]
+    if (src_w, src_h) == (width, height):
+        return image
+    pad_x = _reach(src_w, width) if axes.x else 0
+    pad_y = _reach(src_h, height) if axes.y else 0
+    padded = np.pad(image, ((pad_y, pad_y), (pad_x, pad_x), (0, 0)), mode="wrap")
+    # The box is the unpadded image; PIL's filter reads the pad around it for support.
+    box = (pad_x, pad_y, pad_x + src_w, pad_y + src_h)
+    channels = [PIL.Image.fromarray(np.ascontiguousarray(padded[..., c]))
+                .resize((width, height), PIL.Image.LANCZOS, box=box)
+                for c in range(image.shape[2])]
+    return np.stack([np.asarray(c) for c in channels], axis=2)
+
+
+def _reach(src: int, dst: int) -> int:
+    """Source pixels Lanczos reads beyond the border (more when it shrinks)."""
+    return min(src, LANCZOS_SUPPORT * max(1, -(-src // dst)) + 1)
+
+
+def model_upscale(image: np.ndarray, model: SuperResolution, axes: TileAxes,
+                  cancelled: Callable[[], bool], device: torch.device | str = "cpu",
+                  tile: int = UPSCALE_TILE, overlap: int = UPSCALE_OVERLAP,
+                  on_tile: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+    """``image`` (uint8 ``(H, W, 3)``) times the model's factor, in blended tiles.
+
+    ``on_tile(done, total)`` after each tile; ``cancelled()`` is checked between tiles
+    (the caller raises). Returns uint8 ``(H*s, W*s, 3)``."""
+    height, width = image.shape[:2]
+    scale = model.scale
+    grid = TileGrid.over(width, height, tile, overlap, axes.x, axes.y, multiple=1)
+    out_grid = grid.times(scale)
+    total = np.zeros((height * scale, width * scale, 3), np.float32)
+    tiles = list(zip(grid.tiles(), out_grid.tiles()))
+    for done, (source, target) in enumerate(tiles, 1):
+        if cancelled():
+            return total.astype(np.uint8)
+        pixels = torch.from_numpy(np.ascontiguousarray(source.take(image)[..., :3]))
+        batch = pixels.permute(2, 0, 1)[None].to(device=device, dtype=torch.float32) / 255.0
+        with torch.no_grad():
+            result = model(batch)
+        out = (result[0].clamp(0, 1) * 255.0).permute(1, 2, 0).to("cpu", torch.float32).numpy()
+        target.add_to(total, out)
+        if on_tile is not None:
+            on_tile(done, len(tiles))
+    return np.clip(np.rint(total), 0, 255).astype(np.uint8)

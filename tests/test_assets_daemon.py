@@ -1,0 +1,101 @@
+"""Upscale and texture-set jobs over a real websocket (issue 16): daemon subprocess on the
+tiny model, the protocol's own client."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protocol import ErrorCode, JobDone, PixelFormat, PreviewImage, ProtocolError
+from protocol.client import AtelierClient, make_upload
+from protocol.messages import GenerateRequest, Progress, TextureSettings, UpscaleSettings
+
+
+@pytest.fixture
+def client(daemon):
+    with AtelierClient(daemon.url, client_name="pytest-assets") as c:
+        c.wait_connected()
+        yield c
+
+
+def _texture(width: int, height: int) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 128 + 100 * np.sin(2 * np.pi * 3 * x / width) * np.cos(2 * np.pi * 2 * y / height)
+    rgba = np.stack([base, 255 - base, base * 0.5, np.full_like(base, 255)], axis=2)
+    return np.clip(rgba, 0, 255).astype(np.uint8)
+
+
+def _upload(rgba: np.ndarray):
+    return make_upload(PixelFormat.RGBA8, rgba.shape[1], rgba.shape[0], rgba.tobytes())
+
+
+def test_welcome_announces_the_asset_kinds_and_upscale_limits(client):
+    welcome = client.welcome
+    assert {"upscale", "refine", "texture_set"} <= set(welcome.capabilities)
+    assert welcome.limits.max_upscale_side == 8192
+    assert welcome.limits.max_upscale_pixels == 8192 * 8192
+
+
+def test_lanczos_upscale_returns_the_exact_size(client):
+    up = _upload(_texture(200, 120))
+    done = client.run_job(GenerateRequest(kind="upscale", init_image=up.id, width=504,
+                                          height=296), [up], timeout=60)
+    assert isinstance(done, JobDone), done
+    [image] = done.images
+    assert (image.width, image.height) == (504, 296)
+    assert done.result.images[0].label == "upscaled" and done.result.model == "lanczos"
+
+
+def test_upscale_and_refine_1k_to_2k_returns_a_labelled_image_with_progress(client):
+    """1024 -> 2048 by a factor, refined in 512 px tiles on the tiny model."""
+    up = _upload(_texture(1024, 1024))
+    job = GenerateRequest(kind="upscale", init_image=up.id, prompt="mossy stones", steps=4,
+                          seed=11, scheduler="euler", tiling="both", preview_every=1,
+                          upscale=UpscaleSettings(scale=2.0, refine_strength=0.5, tile=512))
+    events = []
+    done = client.run_job(job, [up], timeout=600, on_event=events.append)
+    assert isinstance(done, JobDone), done
+    # 2048 / (512 - 128) rounds up to 6 tiles a side (wrapped), 2 refine steps each.
+    steps = [(e.step, e.total) for e in events if isinstance(e, Progress)]
+    assert steps[-1] == (72, 72) and [s for s, _ in steps] == list(range(1, 73))
+    previews = [e for e in events if isinstance(e, PreviewImage)]
+    assert previews and (previews[0].image.width, previews[0].image.height) == (256, 256)
+    [image] = done.images
+    assert (image.width, image.height) == (2048, 2048)
+    info = done.result.images[0]
+    assert info.label == "upscaled" and info.seed == 11
+    assert done.result.model == "tiny" and done.result.tiling == "both"
+    assert (done.result.params.width, done.result.params.height) == (2048, 2048)
+    pixels = np.frombuffer(image.data, np.uint8).reshape(2048, 2048, 4)
+    assert pixels[..., :3].std() > 5 and (pixels[..., 3] == 255).all()
+
+
+def test_texture_set_returns_each_map_labelled(client):
+    up = _upload(_texture(128, 96))
+    job = GenerateRequest(kind="texture_set", init_image=up.id, tiling="both",
+                          texture=TextureSettings(maps=["normal", "height", "roughness"]))
+    done = client.run_job(job, [up], timeout=60)
+    assert isinstance(done, JobDone), done
+    assert [i.label for i in done.result.images] == ["normal", "height", "roughness"]
+    assert all((i.width, i.height) == (128, 96) for i in done.images)
+    normal = np.frombuffer(done.images[0].data, np.uint8).reshape(96, 128, 4)
+    assert normal[..., 2].min() > 128     # every normal faces out of the surface
+
+
+def test_upscale_past_the_limit_is_refused_naming_it(client):
+    up = _upload(_texture(64, 64))
+    with pytest.raises(ProtocolError) as err:
+        client.run_job(GenerateRequest(kind="upscale", init_image=up.id, width=8192,
+                                       height=8200), [up], timeout=60)
+    assert err.value.code == ErrorCode.LIMIT_EXCEEDED and err.value.field == "job.height"
+    assert "over an upscale's limit of 8192" in err.value.message
+
+
+def test_pth_upscaler_is_refused_over_the_protocol(client):
+    up = _upload(_texture(64, 64))
+    with pytest.raises(ProtocolError) as err:
+        client.run_job(GenerateRequest(kind="upscale", init_image=up.id,
+                                       upscale=UpscaleSettings(scale=2.0, upscaler="4x-Ultra.pth")),
+                       [up], timeout=60)
+    assert err.value.code == ErrorCode.MODEL_LOAD_FAILED
+    assert "pickle" in err.value.message and err.value.field == "job.upscale.upscaler"

@@ -74,4 +74,4 @@ def live_line(on: bool, connected: bool, sent: int, shown: int, running: bool,
         return "Live: updating ..."
     if sent == 0:
         return "Live: on; move the camera or edit"
-    return f"Live: up to date ({shown} update{'s' if shown != 1 else ''} shown)"
+    return f"Live: up to date, {shown} shown"

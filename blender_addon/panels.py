@@ -22,6 +22,7 @@ from .runtime import JobState
 
 CATEGORY = "Atelier"
 RECENT_JOBS = 3
+BOXED_LINE_ROOM = panel_view.LINE_ROOM - 3   # a line with an icon inside a box
 PREVIEW_SCALE = 7.0     # the panel's preview, in icon sizes (about 140 px at scale 1)
 HISTORY_ROWS = 4
 
@@ -128,7 +129,7 @@ def _draw_live(layout: bpy.types.UILayout, props) -> None:
     if live is not None and (on or live.problem):
         col = box.column(align=True)
         icon = "ERROR" if live.problem else "INFO"
-        for line in panel_view.wrap(live.line()):
+        for line in panel_view.wrap(live.line(), BOXED_LINE_ROOM):
             col.label(text=line, icon=icon)
             icon = "BLANK1"
 

@@ -827,7 +827,6 @@ def test_live_line_says_what_live_does() -> None:
     assert line(True, False, 0, 0, False) == "Live: waiting for the daemon"
     assert line(True, True, 0, 0, False) == "Live: on; move the camera or edit"
     assert line(True, True, 2, 1, True) == "Live: updating ..."
-    assert line(True, True, 5, 1, False) == "Live: up to date (1 update shown)"
-    assert line(True, True, 5, 4, False) == "Live: up to date (4 updates shown)"
+    assert line(True, True, 5, 4, False) == "Live: up to date, 4 shown"
     assert line(True, True, 5, 4, False, "the scene has no active camera") == \
         "Live: the scene has no active camera"

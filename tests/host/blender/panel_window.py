@@ -114,6 +114,10 @@ def _stage(module) -> object:
                       state=runtime.JobState.RUNNING, step=8, total=20,
                       image_names=[preview.name])
     session.jobs.append(job)
+    # Live on, up to date after a few updates (its state as the panel reads it; no timer runs)
+    live = session.live
+    live.on, live.jobs_sent, live.results_shown = True, 4, 3
+    _gradient("Atelier Live", 64, (0.5, 0.5, 0.6))
     return job
 
 

@@ -198,3 +198,16 @@ def test_soak_smoke(tmp_path: Path, atelier_home: Path):
     assert 0 < figures["rss_start_mb"] <= figures["rss_peak_mb"]
     assert _positive(figures["rss_end_mb"])
     assert status == (1 if any(figures[name] for name in soak.FAILURES) else 0)
+
+
+def test_upscale_benchmark_smoke(tmp_path: Path, atelier_home: Path):
+    from benchmarks import upscale
+
+    out = tmp_path / "upscale.json"
+    assert upscale.main(["--size", "128", "--target", "256", "--tile", "128", "--steps", "4",
+                         "--strength", "0.5", "--home", str(atelier_home),
+                         "--json", str(out)]) == 0
+    report = json.loads(out.read_text("utf-8"))
+    assert report["output"] == [256, 256] and report["tile_steps"] == 2 * 9
+    assert 0 < report["model_seconds"] < report["seconds"]
+    assert 0 < report["outside_model_share"] < 1 and _positive(report["peak_rss_mib"])

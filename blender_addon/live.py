@@ -40,7 +40,7 @@ class LiveMode:
         self._session = session
         self.on = False
         self.scene_name: Optional[str] = None
-        self.seed = 0
+        self.seed = 0                    # drawn when Live goes on, for a Random seed
         self.debounce = LiveDebounce()
         self.results = LiveResults()
         self.edits = 0                   # depsgraph updates that changed the scene
@@ -64,8 +64,7 @@ class LiveMode:
             self.stop()
         self.on = True
         self.scene_name = scene.name
-        panel = settings.settings_from(scene.atelier)
-        self.seed = secrets.randbelow(settings.SEED_MAX + 1) if panel.random_seed else panel.seed
+        self.seed = secrets.randbelow(settings.SEED_MAX + 1)
         self.debounce.reset()
         self.results = LiveResults()
         self.jobs_sent = self.results_shown = self.superseded = 0
@@ -169,8 +168,9 @@ class LiveMode:
 
     def _send(self, scene: bpy.types.Scene, client: Any) -> None:
         props = scene.atelier
-        panel = live_rules.live_settings(settings.settings_from(props), props.live_strength,
-                                         self.seed)
+        chosen = settings.settings_from(props)
+        panel = live_rules.live_settings(chosen, props.live_strength,
+                                         self.seed if chosen.random_seed else chosen.seed)
         problem = settings.size_problem(panel.width, panel.height, self._session.limits)
         if problem is not None:
             raise host.HostError(problem)

@@ -724,6 +724,10 @@ def scenario_live(module, url: str) -> None:
     bpy.context.view_layer.update()
     drive_live(module, session, lambda: live.results_shown == 3 and live.idle)
     assert live.jobs_sent == 3
+    # So does a setting: another seed.
+    scene.atelier.seed = 12
+    drive_live(module, session, lambda: live.results_shown == 4 and live.idle)
+    assert live.jobs_sent == 4 and live.shown.params.seed == 12
 
     # A burst of ten moves 50 ms apart: a handful of jobs, the newest shown.
     for _ in range(10):
@@ -731,7 +735,7 @@ def scenario_live(module, url: str) -> None:
         bpy.context.view_layer.update()
         drive_live(module, session, lambda: True, least=0.05)
     drive_live(module, session, lambda: live.idle)
-    assert 3 < live.jobs_sent <= 3 + 2, live.jobs_sent
+    assert 4 < live.jobs_sent <= 4 + 2, live.jobs_sent
     assert live.results.shows_newest and \
         live.shown.params.init_image == live.last_sent[1].init_image
 
@@ -769,7 +773,7 @@ def scenario_live(module, url: str) -> None:
     made = new_datablocks(before)["images"]
     assert len(made) == 1, made
     kept = bpy.data.images[made.pop()]
-    assert kept.name.startswith("live stone 11") and kept.packed_file is not None
+    assert kept.name.startswith("live stone 12") and kept.packed_file is not None
     assert np.abs(image_rows(kept) - image_rows(image)).max() < 1 / 255 + 1e-6
     assert scene.atelier.history[-1].image_name == kept.name
 

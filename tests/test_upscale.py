@@ -21,7 +21,7 @@ from backend.pipelines.asset_plan import plan_upscale
 from backend.pipelines.plan import ModelTraits
 from backend.pipelines.refine import RefineSettings, refine_grid, tiled_refine
 from backend.pipelines.seamless import seam_score as _seam_score
-from backend.pipelines.tiles import TileGrid, axis_tiles
+from backend.pipelines.tiles import TileGrid, axis_tiles, blend_tiles
 from backend.pipelines.tiling import TileAxes
 from backend.pipelines.upscale import lanczos, model_upscale
 from protocol.client import make_upload
@@ -65,6 +65,24 @@ def test_blend_weights_sum_to_one_everywhere_and_every_pixel_is_covered(size, ti
     for t in grid.tiles():
         t.add_to(total2d, np.ones(t.weight.shape + (1,)))
     assert np.allclose(total2d, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("width,height,tile,overlap,wrap_x,wrap_y", [
+    (1000, 700, 256, 64, False, False), (1024, 768, 256, 64, True, True),
+    (96, 80, 128, 32, True, True), (520, 520, 512, 128, False, True)])
+def test_band_by_band_blending_equals_summing_the_whole_image(width, height, tile, overlap,
+                                                            wrap_x, wrap_y):
+    """blend_tiles holds float sums for one band of tiles only; the image is the same as
+    that of one float buffer for the whole image."""
+    grid = TileGrid.over(width, height, tile, overlap, wrap_x, wrap_y)
+    rng = np.random.default_rng(2)
+    image = rng.uniform(0, 255, (height, width, 3)).astype(np.float32)
+    offsets = rng.uniform(-5, 5, len(grid))
+    whole = np.zeros_like(image)
+    for k, t in enumerate(grid.tiles()):
+        t.add_to(whole, t.take(image) + offsets[k])
+    banded = blend_tiles(grid, 3, lambda k, t: t.take(image) + offsets[k])
+    assert np.array_equal(banded, np.clip(np.rint(whole), 0, 255).astype(np.uint8))
 
 
 def test_tiles_overlap_at_least_as_asked_and_sit_on_multiples_of_8():
@@ -159,10 +177,13 @@ def test_model_upscale_in_tiles_equals_one_whole_pass(axes):
 
 
 def test_model_upscale_stops_between_tiles_when_cancelled():
+    from backend.generation import JobCancelled
+
     calls = []
-    model_upscale(_noise_image(100, 100), _PixelShuffleNet(), NONE,
-                  lambda: len(calls) >= 2, tile=48, overlap=16,
-                  on_tile=lambda d, t: calls.append(d))
+    with pytest.raises(JobCancelled):
+        model_upscale(_noise_image(100, 100), _PixelShuffleNet(), NONE,
+                      lambda: len(calls) >= 2, tile=48, overlap=16,
+                      on_tile=lambda d, t: calls.append(d))
     assert len(calls) == 2
 
 
@@ -360,3 +381,14 @@ def test_refine_progress_counts_tiles_times_steps_and_previews_the_whole_image(p
     previews = [p for _, _, p in steps if p is not None]
     assert len(previews) == 1 and (previews[0].width, previews[0].height) == (16, 16)
     assert out.shape == (128, 128, 3)
+
+
+def test_refine_stops_within_a_tile_of_a_cancel(pipe):
+    from backend.generation import JobCancelled
+
+    calls = []
+    with pytest.raises(JobCancelled):
+        tiled_refine(pipe, "sd15", _noise_image(128, 128), _settings(0.5, steps=4),
+                     pipe.scheduler.config, lambda d, t, p: calls.append(d),
+                     lambda: len(calls) >= 3)
+    assert len(calls) == 3

@@ -103,8 +103,6 @@ class AssetGenerator:
             assert upscaler is not None
             rgb = model_upscale(rgb, upscaler, plan.axes, cancelled, self._store.device,
                                 on_tile=on_tile)
-            if cancelled():
-                raise JobCancelled()
         rgb = lanczos(rgb, plan.width, plan.height, plan.axes)
         name = plan.upscaler or LANCZOS
         if plan.refine is not None:

@@ -16,7 +16,8 @@ work in tiles:
 
 Memory is bounded by the tile: the networks never see more than one tile (with classifier-
 free guidance, two), and besides them the image needs its latent, the prediction being
-summed and the float RGB sum being decoded into.
+summed, and float RGB sums for one band of tiles while decoding (the finished rows go
+straight to uint8).
 
 Seamless: tiles on a wrapped axis wrap around the border (tiles.py), and where a single
 tile spans a wrapped axis, the networks' convolutions wrap on it (tiling.py). The noise is
@@ -38,7 +39,7 @@ from .latents import _from_unet_scale, _full_precision, _to_unet_scale
 from .pixels import rgb_to_tensor, to_pixels
 from .previews import LatentPalette, PreviewLayout, preview_due
 from .schedulers import make_scheduler
-from .tiles import Tile, TileGrid
+from .tiles import Tile, TileGrid, blend_tiles
 from .tiling import TileAxes, wrapped_convolutions
 
 
@@ -210,14 +211,16 @@ def _encode_tiles(vae: Any, rgb: np.ndarray, grid: TileGrid, latent_grid: TileGr
 
 def _decode_tiles(vae: Any, latents: torch.Tensor, grid: TileGrid, latent_grid: TileGrid,
                   cancelled: Callable[[], bool]) -> np.ndarray:
-    """The image of ``latents``, decoded tile by tile and blended in pixels."""
-    out = np.zeros((grid.y.size, grid.x.size, 3), np.float32)
+    """The image of ``latents``, decoded tile by tile and blended in pixels (float sums
+    for one band of tiles at a time: tiles.blend_tiles)."""
+    latent_tiles = list(latent_grid.tiles())
     with _full_precision(vae) as dtype:
-        for pixel_tile, latent_tile in zip(grid.tiles(), latent_grid.tiles()):
+        def render(index: int, _pixel_tile: Tile) -> np.ndarray:
             if cancelled():
                 raise JobCancelled()
-            z = _from_unet_scale(vae, _take(latents, latent_tile).to(dtype))
+            z = _from_unet_scale(vae, _take(latents, latent_tiles[index]).to(dtype))
             decoded = vae.decode(z, return_dict=False)[0]
-            unit = ((decoded[0].to(torch.float32) / 2 + 0.5).clamp(0, 1) * 255.0)
-            pixel_tile.add_to(out, unit.permute(1, 2, 0).cpu().numpy())
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            unit = (decoded[0].to(torch.float32) / 2 + 0.5).clamp(0, 1) * 255.0
+            return unit.permute(1, 2, 0).cpu().numpy()
+
+        return blend_tiles(grid, 3, render)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -159,3 +159,44 @@ class Tile:
             total[self.rows[0]:self.rows[-1] + 1, self.cols[0]:self.cols[-1] + 1] += weighted
         else:
             total[np.ix_(self.rows, self.cols)] += weighted
+
+
+def blend_tiles(grid: TileGrid, channels: int,
+                render: Callable[[int, Tile], np.ndarray]) -> np.ndarray:
+    """The uint8 ``(H, W, channels)`` image of ``render(k, tile)`` (float ``(rows, cols,
+    channels)`` in 0..255 for the k-th tile, row-major) blended with the tiles' weights.
+
+    Float sums are held for one band of rows only, a tile high: rows that no later tile
+    touches are rounded into the output as soon as their band of tiles is done. On a
+    wrapped y axis the last band's overflow lands on the first rows, which are kept in
+    float until the end."""
+    height, width = grid.y.size, grid.x.size
+    tile_h, starts = grid.y.tile, grid.y.starts
+    head = max(0, starts[-1] + tile_h - height) if grid.y.wrap else 0
+    out = np.empty((height, width, channels), np.uint8)
+    band = np.zeros((tile_h, width, channels), np.float32)    # rows base .. base + tile_h
+    head_sum = np.zeros((head, width, channels), np.float32)  # rows 0 .. head
+    tiles = grid.tiles()
+    index = 0
+    for j, base in enumerate(starts):
+        inside = min(tile_h, height - base)      # the band's rows before the wrap
+        for _ in grid.x.starts:
+            tile = next(tiles)
+            weighted = render(index, tile) * tile.weight[..., None]
+            index += 1
+            band[:inside, tile.cols] += weighted[:inside]
+            head_sum[:tile_h - inside, tile.cols] += weighted[inside:]
+        done = starts[j + 1] if j + 1 < len(starts) else height
+        finished = band[:done - base]
+        kept = max(0, min(head, done) - base)    # first rows: the wrap adds to them later
+        head_sum[base:base + kept] += finished[:kept]
+        out[base + kept:done] = _to_uint8(finished[kept:])
+        band[:tile_h - (done - base)] = band[done - base:].copy()
+        band[tile_h - (done - base):] = 0.0
+    if head:
+        out[:head] = _to_uint8(head_sum)
+    return out
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)

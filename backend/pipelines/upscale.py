@@ -19,7 +19,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .tiles import TileGrid
+from ..generation import JobCancelled
+from .tiles import Tile, TileGrid, blend_tiles
 from .tiling import TileAxes
 
 LANCZOS_SUPPORT = 3          # source pixels Lanczos-3 reads on each side, at any scale
@@ -62,23 +63,22 @@ def model_upscale(image: np.ndarray, model: SuperResolution, axes: TileAxes,
                   on_tile: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """``image`` (uint8 ``(H, W, 3)``) times the model's factor, in blended tiles.
 
-    ``on_tile(done, total)`` after each tile; ``cancelled()`` is checked between tiles
-    (the caller raises). Returns uint8 ``(H*s, W*s, 3)``."""
+    ``on_tile(done, total)`` after each tile; raises JobCancelled before the next tile once
+    ``cancelled()``. Returns uint8 ``(H*s, W*s, 3)``."""
     height, width = image.shape[:2]
-    scale = model.scale
     grid = TileGrid.over(width, height, tile, overlap, axes.x, axes.y, multiple=1)
-    out_grid = grid.times(scale)
-    total = np.zeros((height * scale, width * scale, 3), np.float32)
-    tiles = list(zip(grid.tiles(), out_grid.tiles()))
-    for done, (source, target) in enumerate(tiles, 1):
+    sources = list(grid.tiles())
+
+    def render(index: int, _target: Tile) -> np.ndarray:
         if cancelled():
-            return total.astype(np.uint8)
-        pixels = torch.from_numpy(np.ascontiguousarray(source.take(image)[..., :3]))
+            raise JobCancelled()
+        pixels = torch.from_numpy(np.ascontiguousarray(sources[index].take(image)[..., :3]))
         batch = pixels.permute(2, 0, 1)[None].to(device=device, dtype=torch.float32) / 255.0
         with torch.no_grad():
             result = model(batch)
         out = (result[0].clamp(0, 1) * 255.0).permute(1, 2, 0).to("cpu", torch.float32).numpy()
-        target.add_to(total, out)
         if on_tile is not None:
-            on_tile(done, len(tiles))
-    return np.clip(np.rint(total), 0, 255).astype(np.uint8)
+            on_tile(index + 1, len(sources))
+        return out
+
+    return blend_tiles(grid.times(model.scale), 3, render)

@@ -392,3 +392,13 @@ def test_refine_stops_within_a_tile_of_a_cancel(pipe):
                      pipe.scheduler.config, lambda d, t, p: calls.append(d),
                      lambda: len(calls) >= 3)
     assert len(calls) == 3
+
+
+def test_refine_runs_on_an_sdxl_model_with_its_pooled_embeddings(atelier_home):
+    store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[],
+                       hf_cache=atelier_home / "no-hf-cache")
+    store.load("tiny-sdxl")
+    sdxl = store.current.pipe
+    out = tiled_refine(sdxl, "sdxl", _noise_image(96, 128), _settings(0.5, BOTH, steps=4),
+                       sdxl.scheduler.config, lambda *_: None, lambda: False)
+    assert out.shape == (96, 128, 3) and out.std() > 1

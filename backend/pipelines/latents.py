@@ -29,9 +29,13 @@ def encode_rgb(vae: AutoencoderKL, rgb: np.ndarray, device: torch.device | str) 
 
 def decode_rgb(vae: AutoencoderKL, latents: torch.Tensor) -> np.ndarray:
     """``(B, C, h, w)`` latents -> ``(B, h*f, w*f, 3)`` uint8."""
+    return tensor_to_rgb(decode_pixels(vae, latents))
+
+
+def decode_pixels(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """``(B, C, h, w)`` latents -> ``(B, 3, h*f, w*f)`` in [-1, 1], unrounded (for blending)."""
     with torch.no_grad(), _full_precision(vae) as dtype:
-        images = vae.decode(_from_unet_scale(vae, latents.to(dtype)), return_dict=False)[0]
-    return tensor_to_rgb(images)
+        return vae.decode(_from_unet_scale(vae, latents.to(dtype)), return_dict=False)[0]
 
 
 def _stats(vae: AutoencoderKL, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from ..generation import JobCancelled, Pixels
-from .latents import _from_unet_scale, _full_precision, _to_unet_scale
-from .pixels import rgb_to_tensor, to_pixels
+from .latents import decode_pixels, encode_rgb
+from .pixels import to_pixels
 from .previews import LatentPalette, PreviewLayout, preview_due
 from .schedulers import make_scheduler
 from .tiles import Tile, TileGrid, blend_tiles
@@ -198,14 +198,12 @@ def _encode_tiles(vae: Any, rgb: np.ndarray, grid: TileGrid, latent_grid: TileGr
     channels = vae.config.latent_channels
     total = torch.zeros((1, channels, latent_grid.y.size, latent_grid.x.size), dtype=torch.float32,
                         device=device)
-    with _full_precision(vae) as dtype:
-        for pixel_tile, latent_tile in zip(grid.tiles(), latent_grid.tiles()):
-            if cancelled():
-                raise JobCancelled()
-            pixels = rgb_to_tensor(np.ascontiguousarray(pixel_tile.take(rgb)))
-            encoded = vae.encode(pixels.to(device=device, dtype=dtype)).latent_dist.mode()
-            weight = torch.from_numpy(latent_tile.weight).to(device)
-            _add(total, latent_tile, _to_unet_scale(vae, encoded).to(torch.float32) * weight)
+    for pixel_tile, latent_tile in zip(grid.tiles(), latent_grid.tiles()):
+        if cancelled():
+            raise JobCancelled()
+        encoded = encode_rgb(vae, np.ascontiguousarray(pixel_tile.take(rgb)), device)
+        weight = torch.from_numpy(latent_tile.weight).to(device)
+        _add(total, latent_tile, encoded.to(torch.float32) * weight)
     return total
 
 
@@ -214,13 +212,12 @@ def _decode_tiles(vae: Any, latents: torch.Tensor, grid: TileGrid, latent_grid: 
     """The image of ``latents``, decoded tile by tile and blended in pixels (float sums
     for one band of tiles at a time: tiles.blend_tiles)."""
     latent_tiles = list(latent_grid.tiles())
-    with _full_precision(vae) as dtype:
-        def render(index: int, _pixel_tile: Tile) -> np.ndarray:
-            if cancelled():
-                raise JobCancelled()
-            z = _from_unet_scale(vae, _take(latents, latent_tiles[index]).to(dtype))
-            decoded = vae.decode(z, return_dict=False)[0]
-            unit = (decoded[0].to(torch.float32) / 2 + 0.5).clamp(0, 1) * 255.0
-            return unit.permute(1, 2, 0).cpu().numpy()
 
-        return blend_tiles(grid, 3, render)
+    def render(index: int, _pixel_tile: Tile) -> np.ndarray:
+        if cancelled():
+            raise JobCancelled()
+        decoded = decode_pixels(vae, _take(latents, latent_tiles[index]))
+        unit = (decoded[0].to(torch.float32) / 2 + 0.5).clamp(0, 1) * 255.0
+        return unit.permute(1, 2, 0).cpu().numpy()
+
+    return blend_tiles(grid, 3, render)

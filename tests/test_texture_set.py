@@ -126,3 +126,47 @@ def test_auto_source_without_marigold_derives_the_maps_from_the_colour(generator
     assert out.model == "image" and out.tiling == "both" and steps[-1] == (2, 2)
     albedo = np.frombuffer(out.images[0].pixels.rgba, np.uint8).reshape(64, 96, 4)
     assert np.array_equal(albedo[..., :3], rgb)
+
+
+@pytest.fixture(scope="module")
+def marigold_generator(atelier_home: Path, tmp_path_factory) -> AssetGenerator:
+    """A generator whose Hugging Face cache holds tiny Marigold normals, depth and
+    appearance pipelines, found the way pulled ones are."""
+    from backend.models.tiny_marigold import build_tiny_marigold
+    from backend.pipelines.pbr import MARIGOLD_APPEARANCE, MARIGOLD_DEPTH
+
+    hf_cache = tmp_path_factory.mktemp("hf-cache")
+    for repo_id in (MARIGOLD_NORMALS, MARIGOLD_DEPTH, MARIGOLD_APPEARANCE):
+        build_tiny_marigold(repo_id, hf_cache)
+    store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[], hf_cache=hf_cache)
+    store.load("tiny")
+    return AssetGenerator(DiffusionGenerator(store), store)
+
+
+def test_marigold_pipelines_give_every_map_labelled_at_the_texture_size(marigold_generator):
+    rgb = _seamless_colour()
+    up = _upload(rgb)
+    maps = ["albedo", "normal", "height", "roughness", "metallic"]
+    job = GenerateRequest(kind="texture_set", init_image=up.id, seed=2,
+                          texture=TextureSettings(source="marigold", maps=maps))
+    out = marigold_generator.generate(job, {up.id: up}, lambda *_: None, lambda: False)
+    assert [i.label for i in out.images] == maps
+    assert all((i.pixels.width, i.pixels.height) == (96, 64) for i in out.images)
+    assert "prs-eth/marigold-normals-v1-1" in out.model and "image" not in out.model
+    arrays = {i.label: np.frombuffer(i.pixels.rgba, np.uint8).reshape(64, 96, 4)[..., :3]
+              for i in out.images}
+    normals = arrays["normal"].astype(np.float32) / 127.5 - 1.0
+    assert np.allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=0.03)   # unit vectors
+    for grey in ("height", "roughness", "metallic"):
+        assert (arrays[grey][..., 0] == arrays[grey][..., 2]).all()
+    # The same seed gives the same maps.
+    again = marigold_generator.generate(job, {up.id: up}, lambda *_: None, lambda: False)
+    assert [i.pixels.rgba for i in again.images] == [i.pixels.rgba for i in out.images]
+
+
+def test_auto_source_takes_marigold_where_cached(marigold_generator):
+    up = _upload(_seamless_colour())
+    job = GenerateRequest(kind="texture_set", init_image=up.id,
+                          texture=TextureSettings(maps=["normal", "roughness"]))
+    out = marigold_generator.generate(job, {up.id: up}, lambda *_: None, lambda: False)
+    assert out.model == "prs-eth/marigold-iid-appearance-v1-1, prs-eth/marigold-normals-v1-1"

@@ -182,6 +182,7 @@ class AssetGenerator:
             folder = require_marigold(repo_id, self._store.hf_cache, repo_id)
             pipe = classes[repo_id].from_pretrained(str(folder), torch_dtype=self._store.dtype,
                                                     use_safetensors=True)
+            pipe.set_progress_bar_config(disable=True)
             self._marigold[repo_id] = pipe.to(self._store.device)
         return self._marigold
 

@@ -155,11 +155,26 @@ def marigold_maps(pipes: dict[str, Any], rgb: np.ndarray, maps: list[str],
     return out
 
 
+# The appearance model's sub-target each of our map names reads.
+_SUB_TARGETS = {"roughness": "roughness", "metallic": "metallicity"}
+
+
 def _appearance(pipe: Any, prediction: np.ndarray, name: str) -> np.ndarray:
-    """albedo / roughness / metallic from the appearance model's targets: "albedo" (RGB)
-    and "material" (roughness, metallic, unused)."""
-    targets = list(getattr(pipe, "target_names", ["albedo", "material"]))
+    """albedo / roughness / metallic from the appearance model's targets, as its
+    ``target_properties`` lay them out: "albedo" (RGB, sRGB or linear) and "material"
+    whose channels are the sub-targets (roughness, metallicity, unused)."""
+    properties = pipe.target_properties
+    targets = list(properties["target_names"])
     if name == "albedo":
-        return np.clip(np.rint(prediction[targets.index("albedo")] * 255), 0, 255).astype(np.uint8)
-    material = prediction[targets.index("material")]
-    return gray_rgb(material[..., 0] if name == "roughness" else material[..., 1])
+        albedo = np.clip(prediction[targets.index("albedo")], 0.0, 1.0)
+        if properties.get("albedo", {}).get("prediction_space") == "linear":
+            albedo = np.where(albedo <= 0.0031308, 12.92 * albedo,
+                              1.055 * albedo ** (1 / 2.4) - 0.055)
+        return np.clip(np.rint(albedo * 255), 0, 255).astype(np.uint8)
+    wanted = _SUB_TARGETS[name]
+    for index, target in enumerate(targets):
+        subs = properties.get(target, {}).get("sub_target_names") or []
+        if wanted in subs:
+            return gray_rgb(np.clip(prediction[index][..., subs.index(wanted)], 0.0, 1.0))
+    raise ProtocolError(ErrorCode.UNSUPPORTED,
+                        f"this Marigold appearance model predicts no {wanted}", "job.texture.maps")

@@ -368,3 +368,19 @@ def test_a_job_with_two_controls_over_the_websocket(daemon):
                 ControlLayer(kind="canny", image=lines.id, model="tiny-sdxl-controlnet-canny")]),
                 [lines], timeout=120)
     assert (err.value.code, err.value.field) == ("invalid_field", "job.controls[0].model")
+
+
+def test_control_cost_benchmark_reports(atelier_home):
+    from benchmarks.controls import full_size_flops, tiny_step_costs
+    tiny = tiny_step_costs(atelier_home, repeat=1, steps=3)
+    assert set(tiny) == {"0 controlnet", "1 controlnet", "2 controlnet", "3 controlnet",
+                         "4 controlnet", "1 t2i-adapter"}
+    assert tiny["0 controlnet"]["relative"] == 1.0
+    # each ControlNet adds its own forward to every step; an adapter adds none
+    flops = [tiny[f"{n} controlnet"]["flop_per_step"] for n in range(5)]
+    assert all(b > a for a, b in zip(flops, flops[1:]))
+    assert tiny["1 t2i-adapter"]["flop_relative"] == pytest.approx(1.0, abs=0.01)
+    full = full_size_flops("sd15")
+    # the UNet's count matches the generation benchmark's (0.80 TFLOP a forward at 64x64)
+    assert full["unet_tflop_per_step"] == pytest.approx(1.61, rel=0.02)
+    assert 0.2 < full["controlnet_relative"] < 0.6 and full["adapter_tflop_per_job"] > 0

@@ -65,12 +65,20 @@ TINY_MODELS: dict[str, TinyModel] = {
 # One tiny ControlNet per further control kind and tiny base ("tiny-controlnet-canny",
 # "tiny-sdxl-controlnet-normal", ...), each with weights of its own.
 TINY_CONTROL_KINDS = ("normal", "lineart", "scribble", "softedge", "canny")
-for _number, _kind in enumerate(TINY_CONTROL_KINDS, start=1):
-    for _base, _prefix, _family in (("tiny", "tiny-controlnet", "sd15"),
-                                    ("tiny-sdxl", "tiny-sdxl-controlnet", "sdxl")):
-        TINY_MODELS[f"{_prefix}-{_kind}"] = TinyModel(
-            f"{_prefix}-{_kind}", _controlnet_for(_base, 100 * _number), "controlnet",
-            made_for=_family, control_kind=_kind)
+
+
+def _tiny_control_models() -> dict[str, TinyModel]:
+    models = {}
+    for number, kind in enumerate(TINY_CONTROL_KINDS, start=1):
+        for base, prefix, family in (("tiny", "tiny-controlnet", "sd15"),
+                                     ("tiny-sdxl", "tiny-sdxl-controlnet", "sdxl")):
+            name = f"{prefix}-{kind}"
+            models[name] = TinyModel(name, _controlnet_for(base, 100 * number), "controlnet",
+                                     made_for=family, control_kind=kind)
+    return models
+
+
+TINY_MODELS.update(_tiny_control_models())
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,13 @@ figures must exist and be positive, which fails if a path stopped measuring anyt
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
-from benchmarks import generation, protocol_cost
+import pytest
+
+from benchmarks import generation, live_latency, lora_switch, protocol_cost
 
 ROW_FIGURES = ("s_per_batch", "s_per_image", "it_per_s", "first_call_s", "rss_mb")
 
@@ -211,3 +215,31 @@ def test_upscale_benchmark_smoke(tmp_path: Path, atelier_home: Path):
     assert report["output"] == [256, 256] and report["tile_steps"] == 2 * 9
     assert 0 < report["model_seconds"] < report["seconds"]
     assert 0 < report["outside_model_share"] < 1 and _positive(report["peak_rss_mib"])
+
+
+def test_lora_switch_benchmark_smoke(tmp_path: Path, atelier_home: Path):
+    out = tmp_path / "lora.json"
+    assert lora_switch.main(["--family", "tiny", "--repeats", "1", "--home", str(atelier_home),
+                             "--json", str(out)]) == 0
+    seconds = json.loads(out.read_text("utf-8"))["seconds"]
+    assert set(seconds) == {"full load", "first use of a LoRA (read + add)", "switch A -> B",
+                            "switch A -> A + B", "back to no LoRAs"}
+    assert all(len(values) == 1 and _positive(values[0]) for values in seconds.values())
+
+
+def test_live_latency_benchmark_smoke(tmp_path: Path, atelier_home: Path):
+    """Real Krita runs the plugin's side; like the host tests, a missing Krita fails in CI."""
+    if shutil.which("kritarunner") is None:
+        message = "kritarunner not found: the live latency benchmark measures the plugin in Krita"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    out = tmp_path / "live.json"
+    assert live_latency.main(["--side", "128", "--updates", "1", "--home", str(atelier_home),
+                              "--json", str(out)]) == 0
+    report = json.loads(out.read_text("utf-8"))
+    assert report["request"]["kind"] == "img2img"
+    for name in live_latency.PLUGIN_PARTS + ("round_trip", "daemon_job"):
+        assert len(report["seconds"][name]) == 1 and _positive(report["seconds"][name][0]), name
+    assert _positive(report["ms"]["model (direct)"])
+    assert report["ms"]["change -> live result (no debounce)"] > report["ms"]["model (direct)"]

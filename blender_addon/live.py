@@ -209,9 +209,14 @@ class LiveMode:
     def handle(self, event: Any) -> bool:
         """Take an event that concerns a live job; False for any other."""
         if isinstance(event, Disconnected):
-            # Jobs not accepted are lost; resend the scene as it is once connected again.
+            # Submits not accepted are lost with the connection, and nobody will confirm the
+            # cancels sent for Live off; the scene goes again, as it is, once connected.
             self.results.by_ref = {ref: n for ref, n in self.results.by_ref.items()
                                    if n in self.results.by_id.values()}
+            if not event.will_retry:
+                self.results.clear()
+            self._abandoned.clear()
+            self.stopping.clear()
             self.debounce.reset()
             return False
         ref = event.ref if isinstance(event, (Accepted, Error)) else None

@@ -164,9 +164,15 @@ def test_marigold_pipelines_give_every_map_labelled_at_the_texture_size(marigold
     assert [i.pixels.rgba for i in again.images] == [i.pixels.rgba for i in out.images]
 
 
-def test_auto_source_takes_marigold_where_cached(marigold_generator):
-    up = _upload(_seamless_colour())
-    job = GenerateRequest(kind="texture_set", init_image=up.id,
+def test_auto_source_takes_marigold_where_cached_and_wraps_on_tiled_axes(marigold_generator):
+    """A texture larger than the model's processing size (64 for the tiny ones) on tiled
+    axes: resized around the wrap, down for the pipeline and back up to its own size."""
+    up = _upload(_seamless_colour(128, 192))
+    job = GenerateRequest(kind="texture_set", init_image=up.id, tiling="both",
                           texture=TextureSettings(maps=["normal", "roughness"]))
     out = marigold_generator.generate(job, {up.id: up}, lambda *_: None, lambda: False)
     assert out.model == "prs-eth/marigold-iid-appearance-v1-1, prs-eth/marigold-normals-v1-1"
+    assert out.tiling == "both"
+    assert all((i.pixels.width, i.pixels.height) == (192, 128) for i in out.images)
+    normal = np.frombuffer(out.images[0].pixels.rgba, np.uint8).reshape(128, 192, 4)[..., :3]
+    assert np.allclose(np.linalg.norm(normal / 127.5 - 1.0, axis=-1), 1.0, atol=0.03)

@@ -147,7 +147,8 @@ class AssetGenerator:
             pipes = self._marigold_pipes({MARIGOLD_FOR_MAP[m] for m in from_marigold})
             modules = [module for pipe in pipes.values() for module in (pipe.unet, pipe.vae)]
             with wrapped_convolutions(modules, plan.axes):
-                maps.update(marigold_maps(pipes, rgb, from_marigold, plan.request.seed or 0))
+                maps.update(marigold_maps(pipes, rgb, from_marigold, plan.request.seed or 0,
+                                          plan.axes))
         if cancelled():
             raise JobCancelled()
         images = []

@@ -124,35 +124,58 @@ def require_marigold(repo_id: str, hf_cache: Optional[Path], map_name: str) -> P
 
 
 def marigold_maps(pipes: dict[str, Any], rgb: np.ndarray, maps: list[str],
-                  seed: int) -> dict[str, np.ndarray]:
+                  seed: int, axes: TileAxes) -> dict[str, np.ndarray]:
     """Each of ``maps`` from the loaded Marigold pipelines ``pipes`` (repo id -> pipeline),
-    at the texture's size, as uint8 RGB."""
-    import PIL.Image
-    import torch
+    at the texture's size, as uint8 RGB.
 
-    image = PIL.Image.fromarray(np.ascontiguousarray(rgb[..., :3]))
-    results: dict[str, Any] = {}
+    Marigold works at its processing resolution (768 px for the released models). Its own
+    resizing clamps at the borders, so on tiled axes the texture is resized here instead,
+    around the wrap both ways (upscale.lanczos), and the pipeline runs at that size; the
+    caller wraps its convolutions."""
+    results: dict[str, np.ndarray] = {}
 
-    def run(repo_id: str) -> Any:
+    def run(repo_id: str) -> np.ndarray:
         if repo_id not in results:
-            generator = torch.Generator("cpu").manual_seed(seed)
-            results[repo_id] = pipes[repo_id](image, output_type="np", generator=generator,
-                                              match_input_resolution=True)
+            results[repo_id] = _predict(pipes[repo_id], rgb, seed, axes)
         return results[repo_id]
 
     out: dict[str, np.ndarray] = {}
     for name in maps:
         repo_id = MARIGOLD_FOR_MAP[name]
-        result = run(repo_id)
-        prediction = np.asarray(result.prediction, np.float32)
+        prediction = run(repo_id)
         if name == "normal":
-            out[name] = encode_normal(prediction[0])
+            normal = prediction[0]
+            normal = normal / np.maximum(np.linalg.norm(normal, axis=-1, keepdims=True), 1e-6)
+            out[name] = encode_normal(normal)
         elif name == "height":
             depth = prediction[0, ..., 0]            # 0 = near
             out[name] = gray_rgb(1.0 - depth)
         else:
             out[name] = _appearance(pipes[repo_id], prediction, name)
     return out
+
+
+def _predict(pipe: Any, rgb: np.ndarray, seed: int, axes: TileAxes) -> np.ndarray:
+    """The pipeline's float prediction ``(N, H, W, C)`` at the texture's size."""
+    import PIL.Image
+    import torch
+
+    from .upscale import lanczos
+
+    height, width = rgb.shape[:2]
+    generator = torch.Generator("cpu").manual_seed(seed)
+    if not axes.any:
+        result = pipe(PIL.Image.fromarray(np.ascontiguousarray(rgb[..., :3])), output_type="np",
+                      generator=generator, match_input_resolution=True)
+        return np.asarray(result.prediction, np.float32)
+    side = pipe.default_processing_resolution or max(width, height)
+    scale = min(1.0, side / max(width, height))
+    small_w, small_h = (max(8, int(width * scale) // 8 * 8), max(8, int(height * scale) // 8 * 8))
+    small = lanczos(np.ascontiguousarray(rgb[..., :3]), small_w, small_h, axes)
+    result = pipe(PIL.Image.fromarray(small), output_type="np", generator=generator,
+                  processing_resolution=0, match_input_resolution=True)
+    prediction = np.asarray(result.prediction, np.float32)
+    return np.stack([lanczos(np.ascontiguousarray(p), width, height, axes) for p in prediction])
 
 
 # The appearance model's sub-target each of our map names reads.

@@ -36,8 +36,8 @@ class SuperResolution(Protocol):
 
 
 def lanczos(image: np.ndarray, width: int, height: int, axes: TileAxes) -> np.ndarray:
-    """``image`` (uint8 ``(H, W, C)``) resampled to ``width`` x ``height``; wrapped axes
-    resample as a torus (the other side's pixels feed the border)."""
+    """``image`` (uint8 or float32 ``(H, W, C)``) resampled to ``width`` x ``height``;
+    wrapped axes resample as a torus (the other side's pixels feed the border)."""
     src_h, src_w = image.shape[:2]
     if (src_w, src_h) == (width, height):
         return image

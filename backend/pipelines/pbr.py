@@ -16,7 +16,9 @@ Two sources:
 
 Seamless: on a wrapped axis the slope filter reads the other side's pixels at the border,
 so a seamless texture gives seamless maps (the pointwise maps wrap trivially); Marigold's
-networks run with their convolutions wrapped on those axes (tiling.py).
+networks run with their convolutions wrapped on those axes (tiling.py), on the texture
+resized around the wrap to their processing size and back (their own resizing would clamp
+at the borders).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from .protocol import ErrorCode, GenerateRequest, ProtocolError, validate
+from .protocol.families import fits
 from .protocol.messages import (CACHE_INTERVAL_MAX, LORAS_MAX,
                                 ControlSettings, DepthInput, Limits, LoraWeight, ModelInfo,
                                 Result)
@@ -413,14 +414,6 @@ def daemon_loras(models: Iterable[ModelInfo]) -> list[tuple[str, str]]:
     return [(m.name, m.family) for m in models if getattr(m, "kind", "") == "lora"]
 
 
-def lora_fits(lora_family: str, model_family: Optional[str]) -> bool:
-    """Whether a LoRA made for ``lora_family`` is offered for a model of ``model_family``
-    (None or "unknown": not known, so every LoRA is)."""
-    if not model_family or model_family == "unknown" or lora_family == "unknown":
-        return True
-    return lora_family == model_family
-
-
 class LoraMenu(NameNumbers):
     """The items of a LoRA row's dropdown (one list for every row, so drawing several rows
     hands Blender the same list): "(choose a LoRA)", the daemon's LoRAs made for the
@@ -434,7 +427,7 @@ class LoraMenu(NameNumbers):
             families.setdefault(name, family)
         listed = set()
         for name, family in families.items():
-            if name and lora_fits(family, model_family):
+            if name and fits(family, model_family):
                 listed.add(name)
                 items.append((name, name, f"LoRA '{name}' (made for {family})",
                               self.number(name)))

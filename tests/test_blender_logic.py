@@ -710,6 +710,8 @@ def test_lora_menu_offers_the_models_family_and_keeps_chosen_names() -> None:
     assert menu.build(daemon, "sd15", ["", "xl_kohya", "gone"]) is items
     again = menu.build(daemon, "sdxl", [])
     assert [i[0] for i in again] == ["NONE", "xl_kohya", "odd"]
+    # An inpainting model takes its base family's LoRAs, as the daemon judges them.
+    assert [i[0] for i in menu.build(daemon, "sd15_inpaint", [])] == ["NONE", "style_peft", "odd"]
     assert {i[0]: i[3] for i in again}["xl_kohya"] == numbers["xl_kohya"]
     assert menu.name(numbers["gone"]) == "gone" and menu.name(0) == ""
     # A model of unknown family (a path, say): every LoRA is offered.

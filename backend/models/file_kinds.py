@@ -18,6 +18,7 @@ from typing import Literal, Mapping, Optional
 from safetensors import SafetensorError, safe_open
 
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.families import BASE_FAMILY, fits  # noqa: F401  (the rule jobs are judged by)
 
 from . import families, tiny
 from .sources import check_safetensors_file
@@ -29,12 +30,6 @@ CROSS_ATTENTION_WIDTHS = {768: families.SD15, 1024: families.SD2, 2048: families
                           tiny.TEXT_HIDDEN: families.SD15, 2 * tiny.TEXT_HIDDEN: families.SDXL}
 # Width of one text-encoder token vector -> family (SDXL embeddings hold clip_l and clip_g).
 TOKEN_WIDTHS = {768: families.SD15, 1024: families.SD2, tiny.TEXT_HIDDEN: families.SD15}
-# The family a LoRA or an embedding of ``family`` fits: the base models of that family.
-BASE_FAMILY = {families.SD15: families.SD15, families.SD15_INPAINT: families.SD15,
-               families.SD2: families.SD2, families.SD2_INPAINT: families.SD2,
-               families.SD2_DEPTH: families.SD2, families.SDXL: families.SDXL,
-               families.SDXL_INPAINT: families.SDXL}
-
 _LORA_MARKS = ("lora_down", "lora_up", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.",
                "lora_linear_layer")
 _SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks",
@@ -132,8 +127,3 @@ def describe_file(path: Path, field: str = "model") -> FileInfo:
     return FileInfo("checkpoint", families.UNKNOWN)
 
 
-def fits(made_for: str, model_family: str) -> bool:
-    """Whether a LoRA or an embedding made for ``made_for`` fits a model of
-    ``model_family`` (unknown families are left to the loading to judge)."""
-    base = BASE_FAMILY.get(model_family)
-    return made_for == families.UNKNOWN or base is None or made_for == base

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from .families import base_family, family_label
+from .families import family_label
+from .protocol.families import fits
 from .protocol.messages import LORA_WEIGHT_MAX, LORAS_MAX, LoraWeight, ModelInfo
 
 # One LoRA row of the docker: the LoRA's name as the daemon lists it, and its weight.
@@ -24,7 +25,6 @@ LORAS_FULL = (f"A job takes at most {LORAS_MAX} LoRAs: remove a row (\u2715) bef
               "another")
 LORA_UNLISTED = "not listed by the daemon"
 LORA_OTHER_FAMILY = "made for {family} models"
-UNKNOWN_FAMILY = "unknown"
 
 PRESET_NONE_LABEL = "None"
 PRESET_HELP = ("A few-step sampling recipe for distilled models and LoRAs (Lightning, LCM, "
@@ -35,13 +35,6 @@ PRESET_UNLISTED = "not listed by the daemon"
 def daemon_loras(models: Iterable[ModelInfo]) -> list[ModelInfo]:
     """The daemon's LoRAs among its ``models`` entries, in its order."""
     return [info for info in models if info.kind == "lora"]
-
-
-def lora_fits(made_for: str, model_family: Optional[str]) -> bool:
-    """Whether a LoRA made for ``made_for`` is offered for a model of ``model_family``
-    (None or a family without a known base: not known, so every LoRA is)."""
-    base = base_family(model_family)
-    return made_for == UNKNOWN_FAMILY or base is None or made_for == base
 
 
 def lora_choices(models: Iterable[ModelInfo], family: Optional[str],
@@ -55,7 +48,7 @@ def lora_choices(models: Iterable[ModelInfo], family: Optional[str],
     for info in daemon_loras(models):
         if info.name not in families:
             families[info.name] = info.family
-            if lora_fits(info.family, family):
+            if fits(info.family, family):
                 choices.append((info.name, info.name))
     if chosen and all(name != chosen for _, name in choices):
         if chosen in families:

@@ -1,0 +1,27 @@
+"""Model families as the daemon's ``models`` message names them (``ModelInfo.family``),
+and which LoRAs, embeddings and conditioners a model takes: those made for its base
+family. The daemon judges jobs by this table and both add-ons fill their menus by it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+UNKNOWN = "unknown"
+
+# An inpainting or depth variant takes what is made for its base. Families missing here
+# (an SDXL refiner, a ControlNet) have no base: what fits them is left to the loading.
+BASE_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpaint": "sd2",
+               "sd2_depth": "sd2", "sdxl": "sdxl", "sdxl_inpaint": "sdxl"}
+
+
+def base_family(family: Optional[str]) -> Optional[str]:
+    """The base family ("sd15", "sd2", "sdxl") of a model's ``family``; None when it has
+    none or is not known."""
+    return BASE_FAMILY.get(family or "")
+
+
+def fits(made_for: str, model_family: Optional[str]) -> bool:
+    """Whether a LoRA or an embedding made for ``made_for`` fits a model of
+    ``model_family``; an unknown family on either side is left to the loading to judge."""
+    base = base_family(model_family)
+    return made_for == UNKNOWN or base is None or made_for == base

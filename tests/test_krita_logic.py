@@ -270,7 +270,7 @@ def test_build_request_for_each_mode_validates():
     settings = JobSettings(prompt="a red fox", seed=7, steps=4, batch_size=2,
                            depth_layer="depth", strength=0.4)
     ids = UploadIds(image="a" * 32, mask="b" * 32, depth="c" * 32)
-    for mode in Mode:
+    for mode in set(Mode) - {Mode.UPSCALE, Mode.TEXTURE}:    # those: tests further down
         plan = plan_job(mode, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL)
         request = build_request(plan, settings, ids)
         validate(request, "job")
@@ -297,7 +297,7 @@ def test_step_cache_reaches_the_request_in_every_mode():
     settings = JobSettings(prompt="a red fox", seed=7, steps=9, depth_layer="depth",
                            cache_interval=3)
     ids = UploadIds(image="a" * 32, mask="b" * 32, depth="c" * 32)
-    for mode in Mode:
+    for mode in set(Mode) - {Mode.UPSCALE, Mode.TEXTURE}:    # those: tests further down
         plan = plan_job(mode, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL)
         request = build_request(plan, settings, ids)
         validate(request, "job")
@@ -697,7 +697,8 @@ def test_loras_and_the_sampler_preset_reach_the_request_in_every_mode():
     settings = JobSettings(loras=(("style15", 0.5), ("odd", -1.0)), sampler_preset="lcm_4",
                            depth_layer="depth")
     ids = UploadIds(image="a" * 32, mask="b" * 32, depth="c" * 32)
-    for mode in Mode:
+    # every diffusion mode; an upscale sends them only when it refines, a texture set never
+    for mode in set(Mode) - {Mode.UPSCALE, Mode.TEXTURE}:
         request = build_request(plan_job(mode, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL),
                                 settings, ids)
         validate(request, "job")
@@ -732,3 +733,126 @@ def test_history_says_which_loras_and_preset_a_job_used():
     assert "LoRAs style15 0.5 | preset lcm_4" in entry.summary()
     assert "LoRA" not in HistoryEntry(Mode.GENERATE, JobSettings(), Bounds(0, 0, 8, 8),
                                       "done", (3,)).summary()
+
+
+# ---------------------------------------------------------------- upscale and texture sets
+from atelier_krita.assets import (LANCZOS, UpscaleLayout, map_layer_names,  # noqa: E402
+                                  texture_group_name, upscale_extent, upscale_layer_name,
+                                  upscale_layout, upscale_problem, upscale_sizes,
+                                  upscaler_choices)
+from atelier_krita.jobs import (Workflow, action_label, job_mode, shown_fields,  # noqa: E402
+                                workflow_of)
+
+UPLOAD = "c" * 32
+
+
+def test_upscale_sizes_are_the_factor_or_the_longest_side_in_multiples_of_8():
+    assert upscale_extent(Extent(203, 157), 2.0) == Extent(408, 312)
+    assert upscale_extent(Extent(1024, 1024), 4.0) == Extent(4096, 4096)
+    assert upscale_extent(Extent(1000, 500), 2.0, side=4096) == Extent(4096, 2048)
+    assert upscale_extent(Extent(300, 1200), 2.0, side=2048) == Extent(512, 2048)
+    assert [label for label, _, _ in upscale_sizes()] == [
+        "2x", "4x", "longest side 2048", "longest side 4096", "longest side 8192"]
+
+
+def test_an_upscale_of_the_whole_canvas_scales_the_image_to_the_output():
+    layout = upscale_layout(Extent(203, 157), Bounds(0, 0, 203, 157), Extent(408, 312), 2.0)
+    assert layout == UpscaleLayout(Extent(408, 312), Bounds(0, 0, 408, 312))
+
+
+def test_an_upscale_of_a_selection_lands_over_the_same_part_of_the_scaled_image():
+    layout = upscale_layout(Extent(200, 100), Bounds(50, 20, 40, 32), Extent(160, 128), 4.0)
+    assert layout.canvas == Extent(800, 400)
+    assert layout.placed == Bounds(200, 80, 160, 128)
+    # a region at the edge whose output rounded up still fits inside the scaled image
+    edge = upscale_layout(Extent(203, 157), Bounds(163, 127, 40, 30), Extent(80, 64), 2.0)
+    assert edge.placed.right <= edge.canvas.width and edge.placed.bottom <= edge.canvas.height
+
+
+def test_upscale_limits_name_the_size_and_the_limit():
+    fits = UpscaleLayout(Extent(8192, 8192), Bounds(0, 0, 8192, 8192))
+    assert upscale_problem(fits, 8192, 8192 * 8192) is None
+    big = UpscaleLayout(Extent(8400, 8400), Bounds(0, 0, 8400, 8400))
+    problem = upscale_problem(big, 8192, 8192 * 8192)
+    assert "8400x8400" in problem and "limit of 8192 pixels a side" in problem
+    # a selection's result fits but the scaled document does not
+    doc = UpscaleLayout(Extent(16000, 8000), Bounds(0, 0, 2048, 2048))
+    assert "the scaled image would be 16000x8000" in upscale_problem(doc, 8192, None)
+    pixels = upscale_problem(UpscaleLayout(Extent(8000, 8000), Bounds(0, 0, 8000, 8000)),
+                             8192, 4096 * 4096)
+    assert "16777216 pixels" in pixels
+    assert upscale_problem(big, None, None) is None     # limits not known yet
+
+
+def test_upscale_request_sends_the_region_at_its_size_and_asks_for_the_output():
+    settings = JobSettings(prompt="stone", seed=3, upscale_factor=4.0, upscaler="4x-tiny",
+                           refine_strength=0.3, tiling="both", steps=10, model="tiny")
+    plan = plan_job(Mode.UPSCALE, settings, Extent(200, 100), Bounds(50, 20, 40, 32),
+                    ResolutionRange(64, 96))
+    assert plan.model_extent == Extent(40, 32) and not plan.scaled   # uploaded unscaled
+    assert plan.scaled_canvas == Extent(800, 400) and plan.placed == Bounds(200, 80, 160, 128)
+    request = build_request(plan, settings, UploadIds(image=UPLOAD))
+    validate(request, "job")
+    assert (request.kind, request.width, request.height) == ("upscale", 160, 128)
+    assert request.init_image == UPLOAD and request.tiling == "both"
+    assert request.upscale.upscaler == "4x-tiny" and request.upscale.refine_strength == 0.3
+    assert request.upscale.scale is None and request.preview_every == 0
+    assert request.model == "tiny" and request.batch_size == 1 and request.output_format == "raw"
+    # a plain upscale sends no diffusion settings; a huge one comes back as PNG
+    plain = JobSettings(upscale_side=8192, model="tiny", loras=(("style", 1.0),))
+    plan = plan_job(Mode.UPSCALE, plain, Extent(4096, 4096), None, ResolutionRange(64, 96))
+    request = build_request(plan, plain, UploadIds(image=UPLOAD))
+    validate(request, "job")
+    assert (request.width, request.height, request.output_format) == (8192, 8192, "png")
+    assert request.model is None and request.loras == [] and request.upscale.upscaler is None
+    assert request.sampler_preset is None
+    refining = JobSettings(refine_strength=0.5, loras=(("style", 0.5),), sampler_preset="lcm_4")
+    request = build_request(plan_job(Mode.UPSCALE, refining, Extent(64, 64), None,
+                                     ResolutionRange(64, 96)), refining, UploadIds(image=UPLOAD))
+    assert [(lora.name, lora.weight) for lora in request.loras] == [("style", 0.5)]
+    assert request.sampler_preset == "lcm_4"
+
+
+def test_texture_set_request_takes_the_region_and_the_maps():
+    settings = JobSettings(prompt="bark", texture_source="marigold", tiling="x",
+                           loras=(("style", 1.0),))
+    plan = plan_job(Mode.TEXTURE, settings, Extent(203, 157), None, ResolutionRange(64, 96))
+    assert plan.region == Bounds(0, 0, 203, 157) and plan.model_extent == Extent(203, 157)
+    assert plan.scaled_canvas is None and plan.placed == plan.region
+    request = build_request(plan, settings, UploadIds(image=UPLOAD))
+    validate(request, "job")
+    assert request.kind == "texture_set" and request.init_image == UPLOAD
+    assert request.texture.maps == ["normal", "height", "roughness"]
+    assert request.texture.source == "marigold" and request.tiling == "x"
+    assert request.loras == [] and request.upscale is None
+    with pytest.raises(ValueError, match="texture maps come from one of auto, marigold, image"):
+        JobSettings(texture_source="photo")
+    with pytest.raises(ValueError, match="texture maps are some of"):
+        JobSettings(texture_maps=("gloss",))
+    with pytest.raises(ValueError, match="an upscale factor is 1 to 16"):
+        JobSettings(upscale_factor=32.0)
+
+
+def test_upscale_and_texture_set_are_modes_of_the_drop_down():
+    assert job_mode(Workflow.UPSCALE, True) is Mode.UPSCALE
+    assert job_mode(Workflow.TEXTURE, False) is Mode.TEXTURE
+    assert workflow_of(Mode.UPSCALE) is Workflow.UPSCALE
+    assert workflow_of(Mode.TEXTURE) is Workflow.TEXTURE
+    assert action_label(Workflow.UPSCALE, False) == "Upscale"
+    assert action_label(Workflow.UPSCALE, True) == "Upscale selection"
+    assert action_label(Workflow.TEXTURE, False) == "Make texture set"
+    assert shown_fields(Workflow.UPSCALE, False) == {"upscale"}
+    assert shown_fields(Workflow.TEXTURE, False) == {"texture"}
+
+
+def test_upscaler_choices_and_result_names():
+    models = [ModelInfo(name="tiny", source="tiny", family="sd15"),
+              ModelInfo(name="4x-tiny", source="single_file", family="unknown", kind="upscaler")]
+    assert upscaler_choices(models) == [(LANCZOS, None), ("4x-tiny", "4x-tiny")]
+    assert upscaler_choices(models, "gone")[-1] == ("gone (not listed by the daemon)", "gone")
+    assert upscale_layer_name(Extent(4096, 2048), None, 0.0) == "[Upscaled 4096x2048] Lanczos"
+    assert upscale_layer_name(Extent(64, 64), "4x-tiny", 0.25) == \
+        "[Upscaled 64x64] 4x-tiny, refined 25%"
+    assert texture_group_name("  mossy   stone ", "doc") == "[Texture set] mossy stone"
+    assert texture_group_name("", "wall.kra") == "[Texture set] wall.kra"
+    assert map_layer_names(["normal", None]) == ["normal", "map 2"]

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any, Callable, Optional
 
+from .assets import (LANCZOS, UpscaleLayout, map_layer_names, texture_group_name,
+                     upscale_layer_name, upscale_problem)
 from .geometry import Bounds, ResolutionRange, range_for_family
 from .history import History, HistoryEntry, ResultImage
 from .host import DocumentClosed, KritaDocument
@@ -54,7 +56,7 @@ from .protocol.client import START_HINT, AtelierClient, ClientError, default_url
 from .protocol.errors import ErrorCode, ProtocolError
 from .protocol.events import Connected, Disconnected, JobDone, PreviewImage
 from .protocol.frames import ImageFrame, new_id
-from .protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, ModelInfo,
+from .protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, Limits, ModelInfo,
                                 ModelLoaded, Models, Progress, Started)
 from .protocol.schema import validate
 from .work import (CanvasRead, PixelWorker, PreparedInputs, finished_images, layer_pixels,
@@ -153,6 +155,7 @@ class Controller:
         self.current_model: Optional[str] = None
         self.loading_model: Optional[str] = None
         self.max_side: Optional[int] = None      # the daemon's limit, from its welcome
+        self.limits: Optional[Limits] = None     # all the daemon's limits, from its welcome
         self.sampler_presets: list[str] = []      # the daemon's, from its welcome
         self.presets_listed = False               # a welcome has said which ones
         self.size_limit: Optional[int] = None    # the painter's "max size" field
@@ -304,6 +307,10 @@ class Controller:
             raise JobRefused(f"the daemon does not know the sampler preset "
                              f"'{settings.sampler_preset}': pick another under Sampler "
                              "preset, or None")
+        if mode is Mode.UPSCALE and settings.upscaler and self.models and \
+                settings.upscaler not in {m.name for m in self.models if m.kind == "upscaler"}:
+            raise JobRefused(f"the daemon lists no upscaler named '{settings.upscaler}': pick "
+                             f"one under Upscaler, or {LANCZOS}")
         document = self.document()
         if document is None:
             raise JobRefused("open or create a document first")
@@ -312,6 +319,12 @@ class Controller:
             raise JobRefused(problem)
         plan = plan_job(mode, settings, document.extent, document.selection_bounds(),
                         self.resolution_for(settings))
+        if plan.scaled_canvas is not None and self.limits is not None:
+            problem = upscale_problem(UpscaleLayout(plan.scaled_canvas, plan.placed),
+                                      self.limits.max_upscale_side,
+                                      self.limits.max_upscale_pixels)
+            if problem:
+                raise JobRefused(problem)
         self.discard_results()  # an unapplied batch would show up in the canvas we read
         running = self._job
         hidden = (running.preview_layer,) if running is not None and \
@@ -554,6 +567,7 @@ class Controller:
             self.connected = True
             welcome = event.welcome
             self.max_side = welcome.limits.max_side
+            self.limits = welcome.limits
             self.sampler_presets = list(welcome.sampler_presets)
             self.presets_listed = True
             self.current_model = welcome.model
@@ -623,7 +637,7 @@ class Controller:
             if work.kind == "preview":
                 work.future.cancel()     # the result shows instead
         job.work.append(_Work("result", self._worker.submit(finished_images, done,
-                                                            job.plan.region, job.clip), done))
+                                                            job.plan.placed, job.clip), done))
 
     def _collect_work(self) -> bool:
         """Apply the active job's finished pixel work in the order it was asked for, but
@@ -677,6 +691,9 @@ class Controller:
         if not images:
             self._end_job("the daemon finished the job without images")
             return
+        if job.mode in (Mode.UPSCALE, Mode.TEXTURE):
+            self._finish_asset(job, done, images)
+            return
         seeds = [image.seed for image in images]
         document, region = job.document, job.plan.region
         # The step previews' layer (if any) goes on to show the result.
@@ -700,6 +717,35 @@ class Controller:
                                       tuple(seeds), done.result.seconds, images=tuple(images)))
         if self._batch is not None and self._batch.history_index is not None:
             self._batch.history_index += 1      # History's rows moved down by one
+        self._start_next()
+
+    def _finish_asset(self, job: _ActiveJob, done: JobDone, images: list[ResultImage]) -> None:
+        """An upscale (the image scaled as Image > Scale does, then the upscaled pixels in
+        a new layer on top) or a texture set (a new group on top, a layer a map)."""
+        document, plan, settings = job.document, job.plan, job.settings
+        if plan.scaled_canvas is not None:
+            document.scale_image(plan.scaled_canvas)
+            name = upscale_layer_name(plan.placed.extent, settings.upscaler,
+                                      settings.refine_strength)
+            document.add_layer(name, images[0].bgra, plan.placed, document.top_node())
+            text = (f"Upscale: done, {plan.region.extent} -> {plan.placed.extent}"
+                    f" (the image is now {plan.scaled_canvas})")
+        else:
+            labels = map_layer_names([info.label for info in done.result.images])
+            group = texture_group_name(settings.prompt, document.name)
+            document.add_group(group, [(label, image.bgra) for label, image
+                                       in zip(labels, images)], plan.placed, document.top_node())
+            text = f"Texture set: done, {', '.join(labels)} in '{group}'"
+        self._job = None
+        self.last_params = done.result.params
+        self.message = text
+        seeds = tuple(image.seed for image in images)
+        # History keeps thumbnails only: these results are not a picture for the region.
+        self.history.add(HistoryEntry(job.mode, settings, plan.region, "done", seeds,
+                                      done.result.seconds,
+                                      images=tuple(image.without_pixels() for image in images)))
+        if self._batch is not None and self._batch.history_index is not None:
+            self._batch.history_index += 1
         self._start_next()
 
     def _check_documents(self) -> bool:

@@ -22,6 +22,7 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
                              QVBoxLayout, QWidget)
 
 from . import actions, host
+from .assets import TEXTURE_SOURCE_HELP, TEXTURE_SOURCES, upscale_sizes, upscaler_choices
 from .controller import ConnectionSettings, Controller
 from .live import LIVE_STRENGTH
 from .jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP,
@@ -176,12 +177,35 @@ class AtelierPanel(QWidget):
         # Labels say each model's kind; the item data is the name a job sends (None: default).
         self.depth_model_combo = _combo(page)
         self.depth_model_combo.setToolTip(DEPTH_MODEL_HELP)
+        # Upscale's own fields: the size, the upscaler, the refine strength.
+        self.upscale_size_combo = QComboBox(page)
+        for label, factor, side in upscale_sizes():
+            self.upscale_size_combo.addItem(label, f"{factor:g}:{side}")
+        self.upscale_size_combo.setToolTip("How big the result is: a factor, or the length of "
+                                           "its longest side")
+        self.upscaler_combo = _combo(page)
+        self.upscaler_combo.setToolTip("Lanczos: a plain resize; or one of the daemon's "
+                                       "super-resolution models (ESRGAN / upscale_models "
+                                       "folders)")
+        self.refine_spin = _spin(0, 100, 0, page)
+        self.refine_spin.setSuffix("%")
+        self.refine_spin.setSpecialValueText("off (plain upscale)")
+        self.refine_spin.setToolTip("Above 0: the enlarged image is repainted in tiles at "
+                                    "this strength with the prompt (the Model field's model, "
+                                    "Steps, LoRAs); low keeps the picture and adds detail")
+        self.texture_source_combo = QComboBox(page)
+        self.texture_source_combo.addItems(TEXTURE_SOURCES)
+        self.texture_source_combo.setToolTip(TEXTURE_SOURCE_HELP)
         self._mode_rows: dict[str, list[QWidget]] = {}
         self._mode_rows["strength"] = [strength_row]
         self.strength_row = strength_row
         for key, label, widget in (("", "Model", self.model_combo),
                                    ("depth", "Depth layer", self.depth_combo),
-                                   ("depth", "Depth model", self.depth_model_combo)):
+                                   ("depth", "Depth model", self.depth_model_combo),
+                                   ("upscale", "Upscale to", self.upscale_size_combo),
+                                   ("upscale", "Upscaler", self.upscaler_combo),
+                                   ("upscale", "Refine", self.refine_spin),
+                                   ("texture", "Maps from", self.texture_source_combo)):
             caption = QLabel(label, page)
             form.addRow(caption, widget)
             if key:
@@ -381,6 +405,7 @@ class AtelierPanel(QWidget):
     def settings(self) -> JobSettings:
         model = self.model_combo.currentText()
         depth = self.depth_combo.currentText()
+        factor, side = (self.upscale_size_combo.currentData() or "2:0").split(":")
         return JobSettings(
             prompt=self.prompt_edit.toPlainText(),
             negative_prompt=self.negative_edit.text(),
@@ -399,6 +424,11 @@ class AtelierPanel(QWidget):
             cache_interval=self.cache_spin.value(),
             loras=self.lora_list.chosen(),
             sampler_preset=self.preset_combo.currentData() or None,
+            upscale_factor=float(factor),
+            upscale_side=int(side),
+            upscaler=self.upscaler_combo.currentData() or None,
+            refine_strength=self.refine_spin.value() / 100.0,
+            texture_source=self.texture_source_combo.currentText(),
         )
 
     def show_settings(self, settings: JobSettings) -> None:
@@ -419,6 +449,14 @@ class AtelierPanel(QWidget):
         self.cache_spin.setValue(settings.cache_interval)
         self.lora_list.set_rows(settings.loras)
         self._show_presets(settings.sampler_preset)
+        size = self.upscale_size_combo.findData(
+            f"{settings.upscale_factor:g}:{settings.upscale_side}")
+        if size >= 0:
+            self.upscale_size_combo.setCurrentIndex(size)
+        fill_choices(self.upscaler_combo, upscaler_choices(self.controller.models,
+                                                           settings.upscaler), settings.upscaler)
+        self.refine_spin.setValue(round(settings.refine_strength * 100))
+        _choose(self.texture_source_combo, settings.texture_source)
 
     # ------------------------------------------------------------ actions
     def reconnect(self) -> None:
@@ -558,6 +596,8 @@ class AtelierPanel(QWidget):
         _fill(self.model_combo, [DAEMON_MODEL] + base_model_names(c.models))
         self._refresh_depth_sources()
         self._refresh_depth_models()
+        chosen = self.upscaler_combo.currentData()
+        fill_choices(self.upscaler_combo, upscaler_choices(c.models, chosen), chosen)
         self.lora_list.refresh()
         self._show_presets(self.preset_combo.currentData())
         self._show_mode_fields()

@@ -16,6 +16,7 @@ from .jobs import JobRefused
 from .live import checksum
 
 SETTINGS_GROUP = "atelier_krita"
+SCALE_FILTER = "Bicubic"       # Krita's filter for the user's layers when Upscale scales the image
 
 
 class DocumentClosed(Exception):
@@ -194,6 +195,36 @@ class KritaDocument:
         placed = above if above is not None and self._alive(above) else None
         parent.addChildNode(node, placed)
         return node
+
+    def scale_image(self, extent: Extent) -> None:
+        """Scale the whole image (every layer) to ``extent``, as Image > Scale does: one
+        step in Krita's undo history. Krita does the work on its own threads; this call
+        waits for it, which holds Qt's thread for as long as Krita scales."""
+        if not self.is_open():
+            raise DocumentClosed(f"the document '{self.name}' was closed")
+        if extent == self.extent:
+            return
+        self._doc.scaleImage(extent.width, extent.height, int(self._doc.xRes()),
+                             int(self._doc.yRes()), SCALE_FILTER)
+        self._doc.waitForDone()
+
+    def add_group(self, name: str, layers: list[tuple[str, bytes]], region: Bounds,
+                  above: Any) -> Any:
+        """A new group layer above ``above`` holding one paint layer per (name, BGRA over
+        ``region``), the first on top and the only one shown. Adding the group and each
+        layer are steps in Krita's undo history."""
+        if not self.is_open():
+            raise DocumentClosed(f"the document '{self.name}' was closed")
+        group = self._doc.createGroupLayer(name)
+        parent = self._parent_of(above)
+        parent.addChildNode(group, above if above is not None and self._alive(above) else None)
+        for index, (layer_name, bgra) in reversed(list(enumerate(layers))):
+            node = self._doc.createNode(layer_name, "paintlayer")
+            node.setPixelData(QByteArray(bgra), region.x, region.y, region.width, region.height)
+            node.setVisible(index == 0)
+            group.addChildNode(node, None)        # None: on top of the group's layers
+        self._doc.refreshProjection()
+        return group
 
     def write_layer(self, node: Any, bgra: bytes, region: Bounds) -> None:
         """Replace ``region`` of ``node``'s pixels; not a step in the undo history.

@@ -13,11 +13,14 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Iterable, Optional
 
+from .assets import (TEXTURE_HELP, TEXTURE_MAPS, TEXTURE_SOURCES, UPSCALE_HELP, upscale_extent,
+                     upscale_layout, upscale_scale)
 from .families import base_family, family_label
 from .geometry import Bounds, Extent, ResolutionRange, context_region, default_padding, fit_extent
 from .loras import LoraRow, check_loras, request_loras
-from .protocol.messages import (CACHE_INTERVAL_MAX, TILINGS, ControlSettings, DepthInput,
-                                GenerateRequest, ModelInfo)
+from .protocol.messages import (CACHE_INTERVAL_MAX, TEXTURE_MAPS as MAP_NAMES, TILINGS,
+                                UPSCALE_FACTOR_MAX, ControlSettings, DepthInput,
+                                GenerateRequest, ModelInfo, TextureSettings, UpscaleSettings)
 
 
 class Mode(str, enum.Enum):
@@ -26,11 +29,14 @@ class Mode(str, enum.Enum):
     REFINE = "refine"
     DEPTH = "depth"
     SEAMLESS = "seamless"
+    UPSCALE = "upscale"
+    TEXTURE = "texture_set"
 
     @property
     def label(self) -> str:
         return {"generate": "Generate", "fill": "Fill", "refine": "Refine", "depth": "Depth",
-                "seamless": "Seamless"}[self.value]
+                "seamless": "Seamless", "upscale": "Upscale",
+                "texture_set": "Texture set"}[self.value]
 
 
 class JobRefused(Exception):
@@ -191,6 +197,12 @@ class JobSettings:
     cache_interval: int = 1              # step caching; 1 = off (full quality)
     loras: tuple[LoraRow, ...] = ()      # (name, weight) of the LoRA rows with a LoRA chosen
     sampler_preset: Optional[str] = None  # welcome.sampler_presets; None = Steps and Guidance
+    upscale_factor: float = 2.0          # Upscale: the result is the region times this ...
+    upscale_side: int = 0                # ... or has this longest side (0 = use the factor)
+    upscaler: Optional[str] = None       # a daemon upscaler (models kind "upscaler"); None = Lanczos
+    refine_strength: float = 0.0         # Upscale: > 0 repaints the enlarged image in tiles
+    texture_maps: tuple[str, ...] = TEXTURE_MAPS
+    texture_source: str = "auto"         # auto, marigold, image
 
     def __post_init__(self) -> None:
         if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
@@ -202,6 +214,21 @@ class JobSettings:
             raise ValueError(f"step cache must be 1 (off) to {CACHE_INTERVAL_MAX}, "
                              f"got {self.cache_interval!r}")
         check_loras(self.loras)
+        if not 1.0 <= self.upscale_factor <= UPSCALE_FACTOR_MAX:
+            raise ValueError(f"an upscale factor is 1 to {UPSCALE_FACTOR_MAX:g}, "
+                             f"got {self.upscale_factor!r}")
+        if self.upscale_side < 0:
+            raise ValueError(f"an upscale's longest side is 0 (use the factor) or more, "
+                             f"got {self.upscale_side!r}")
+        if not 0.0 <= self.refine_strength <= 1.0:
+            raise ValueError(f"refine strength is 0 to 1, got {self.refine_strength!r}")
+        if self.texture_source not in TEXTURE_SOURCES:
+            raise ValueError(f"texture maps come from one of {', '.join(TEXTURE_SOURCES)}, "
+                             f"got {self.texture_source!r}")
+        unknown = [name for name in self.texture_maps if name not in MAP_NAMES]
+        if unknown or not self.texture_maps:
+            raise ValueError(f"texture maps are some of {', '.join(MAP_NAMES)}, "
+                             f"got {list(self.texture_maps)!r}")
 
     def with_seed(self, seed: Optional[int]) -> "JobSettings":
         return replace(self, seed=seed)
@@ -219,6 +246,15 @@ class JobPlan:
     send_depth: bool          # a depth layer goes up
     clip_to_selection: bool   # result alpha = selection mask, so nothing outside changes
     tiling: str
+    # Upscale: the document scaled (as Image > Scale) and the new layer's place in it.
+    scaled_canvas: Optional[Extent] = None
+    result_region: Optional[Bounds] = None
+
+    @property
+    def placed(self) -> Bounds:
+        """Where the results land: the region, or for an upscale its place in the scaled
+        document."""
+        return self.result_region or self.region
 
     @property
     def scaled(self) -> bool:
@@ -258,6 +294,16 @@ def plan_job(mode: Mode, settings: JobSettings, canvas: Extent, selection: Optio
         axes = tiling if tiling != "none" else "both"
         return _plan(mode, whole, resolution, "make_seamless", image=True, tiling=axes)
     region = selection or whole
+    if mode is Mode.UPSCALE:
+        # The region goes up at its own size: the daemon enlarges it (tiles bound its memory).
+        output = upscale_extent(region.extent, settings.upscale_factor, settings.upscale_side)
+        layout = upscale_layout(canvas, region, output, upscale_scale(
+            region.extent, settings.upscale_factor, settings.upscale_side))
+        return JobPlan(mode, region, region.extent, "upscale", True, False, False, False,
+                       tiling, layout.canvas, layout.placed)
+    if mode is Mode.TEXTURE:
+        return JobPlan(mode, region, region.extent, "texture_set", True, False, False, False,
+                       tiling)
     if mode is Mode.GENERATE:
         return _plan(mode, region, resolution, "txt2img", tiling=tiling)
     if mode is Mode.REFINE:
@@ -304,6 +350,8 @@ def build_request(plan: JobPlan, settings: JobSettings, uploads: UploadIds) -> G
     strength = settings.strength
     if plan.mode is Mode.FILL:
         strength = 1.0
+    if plan.mode in (Mode.UPSCALE, Mode.TEXTURE):
+        return _asset_request(plan, settings, uploads)
     return GenerateRequest(
         kind=plan.kind,  # type: ignore[arg-type]
         prompt=settings.prompt,
@@ -336,6 +384,46 @@ def build_request(plan: JobPlan, settings: JobSettings, uploads: UploadIds) -> G
     )
 
 
+# Results past this many pixels come as PNG: an 8192^2 RGBA8 frame passes the message limit.
+RAW_RESULT_PIXELS = 4096 * 4096
+
+
+def _asset_request(plan: JobPlan, settings: JobSettings, uploads: UploadIds) -> GenerateRequest:
+    """Kinds upscale and texture_set (PROTOCOL.md 4.5): the region at its own size as init
+    image, one result (set), no step previews (the progress bar counts tiles x steps)."""
+    upscale = texture = None
+    refining = plan.mode is Mode.UPSCALE and settings.refine_strength > 0
+    size = plan.placed.extent          # an upscale's output
+    if plan.mode is Mode.UPSCALE:
+        upscale = UpscaleSettings(upscaler=settings.upscaler or None,
+                                  refine_strength=settings.refine_strength)
+        output_format = "png" if size.pixels > RAW_RESULT_PIXELS else "raw"
+    else:
+        texture = TextureSettings(maps=list(settings.texture_maps),  # type: ignore[arg-type]
+                                  source=settings.texture_source)  # type: ignore[arg-type]
+        size = Extent(512, 512)      # unused: maps come at the init image's size
+        output_format = "raw"
+    return GenerateRequest(
+        kind=plan.kind,  # type: ignore[arg-type]
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        model=(settings.model or None) if refining else None,
+        width=size.width,
+        height=size.height,
+        steps=settings.steps,
+        guidance=settings.guidance,
+        seed=settings.seed,
+        init_image=uploads.image,
+        tiling=plan.tiling,  # type: ignore[arg-type]
+        output_format=output_format,  # type: ignore[arg-type]
+        cache_interval=settings.cache_interval if refining else 1,
+        loras=request_loras(settings.loras) if refining else [],
+        sampler_preset=(settings.sampler_preset or None) if refining else None,  # type: ignore[arg-type]
+        upscale=upscale,
+        texture=texture,
+    )
+
+
 def layer_name(prompt: str, seed: int, limit: int = 40) -> str:
     """A result layer's name: the prompt (shortened) and the seed that made it."""
     text = " ".join(prompt.split()) or "untitled"
@@ -352,10 +440,13 @@ class Workflow(str, enum.Enum):
     REFINE = "refine"
     DEPTH = "depth"
     SEAMLESS = "seamless"
+    UPSCALE = "upscale"
+    TEXTURE = "texture_set"
 
     @property
     def label(self) -> str:
         return {"generate": "Generate (txt2img; fills a selection)",
+                "upscale": "Upscale", "texture_set": "Make texture set",
                 "refine": "Refine (img2img)",
                 "depth": "Depth-guided",
                 "seamless": "Seamless texture"}[self.value]
@@ -364,7 +455,8 @@ class Workflow(str, enum.Enum):
     def short_label(self) -> str:
         """The drop-down's entry, next to the Generate button."""
         return {"generate": "Generate / Fill", "refine": "Refine", "depth": "Depth",
-                "seamless": "Seamless"}[self.value]
+                "seamless": "Seamless", "upscale": "Upscale",
+                "texture_set": "Texture set"}[self.value]
 
     @property
     def help(self) -> str:
@@ -376,7 +468,8 @@ class Workflow(str, enum.Enum):
                 "depth": "A new image that follows a depth map: a layer's brightness "
                          "(near = bright) or depth estimated from the canvas.",
                 "seamless": "Makes the whole canvas tile without seams (Krita's "
-                            "wrap-around mode shows it repeated)."}[self.value]
+                            "wrap-around mode shows it repeated).",
+                "upscale": UPSCALE_HELP, "texture_set": TEXTURE_HELP}[self.value]
 
 
 def job_mode(workflow: Workflow, has_selection: bool) -> Mode:
@@ -384,14 +477,16 @@ def job_mode(workflow: Workflow, has_selection: bool) -> Mode:
     if workflow is Workflow.GENERATE:
         return Mode.FILL if has_selection else Mode.GENERATE
     return {Workflow.REFINE: Mode.REFINE, Workflow.DEPTH: Mode.DEPTH,
-            Workflow.SEAMLESS: Mode.SEAMLESS}[workflow]
+            Workflow.SEAMLESS: Mode.SEAMLESS, Workflow.UPSCALE: Mode.UPSCALE,
+            Workflow.TEXTURE: Mode.TEXTURE}[workflow]
 
 
 def workflow_of(mode: Mode) -> Workflow:
     """The drop-down entry that runs ``mode`` (History's Recall puts it back)."""
     return {Mode.GENERATE: Workflow.GENERATE, Mode.FILL: Workflow.GENERATE,
             Mode.REFINE: Workflow.REFINE, Mode.DEPTH: Workflow.DEPTH,
-            Mode.SEAMLESS: Workflow.SEAMLESS}[mode]
+            Mode.SEAMLESS: Workflow.SEAMLESS, Mode.UPSCALE: Workflow.UPSCALE,
+            Mode.TEXTURE: Workflow.TEXTURE}[mode]
 
 
 def action_label(workflow: Workflow, has_selection: bool) -> str:
@@ -401,19 +496,28 @@ def action_label(workflow: Workflow, has_selection: bool) -> str:
         return "Fill selection"
     if mode is Mode.REFINE:
         return "Refine selection" if has_selection else "Refine"
+    if mode is Mode.UPSCALE:
+        return "Upscale selection" if has_selection else "Upscale"
+    if mode is Mode.TEXTURE:
+        return "Texture set of selection" if has_selection else "Make texture set"
     return {Mode.GENERATE: "Generate", Mode.DEPTH: "Generate from depth",
             Mode.SEAMLESS: "Make seamless"}[mode]
 
 
 def shown_fields(workflow: Workflow, estimate_depth: bool) -> frozenset[str]:
     """Which of the mode's own fields the docker shows: "strength" (refine, seamless,
-    depth estimated from the canvas, which repaints it) and "depth" (layer and model)."""
+    depth estimated from the canvas, which repaints it), "depth" (layer and model),
+    "upscale" (size, upscaler, refine) and "texture" (where the maps come from)."""
     shown: set[str] = set()
     if workflow in (Workflow.REFINE, Workflow.SEAMLESS) or \
             (workflow is Workflow.DEPTH and estimate_depth):
         shown.add("strength")
     if workflow is Workflow.DEPTH:
         shown.add("depth")
+    if workflow is Workflow.UPSCALE:
+        shown.add("upscale")
+    if workflow is Workflow.TEXTURE:
+        shown.add("texture")
     return frozenset(shown)
 
 

@@ -41,9 +41,9 @@ def ensure_timer() -> None:
 
 def register() -> None:
     global _session
-    from . import operators, panels, properties
+    from . import asset_ops, operators, panels, properties
     properties.register()
-    for cls in operators.CLASSES + panels.CLASSES:
+    for cls in operators.CLASSES + asset_ops.CLASSES + panels.CLASSES:
         bpy.utils.register_class(cls)
     _session = Session()
     ensure_timer()
@@ -51,13 +51,13 @@ def register() -> None:
 
 def unregister() -> None:
     global _session
-    from . import operators, panels, properties
+    from . import asset_ops, operators, panels, properties
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
     if _session is not None:
         _session.live.stop()   # its timer and handlers go with it
         _session.close_client()
         _session = None
-    for cls in reversed(operators.CLASSES + panels.CLASSES):
+    for cls in reversed(operators.CLASSES + asset_ops.CLASSES + panels.CLASSES):
         bpy.utils.unregister_class(cls)
     properties.unregister()

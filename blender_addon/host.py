@@ -29,10 +29,12 @@ class HostError(Exception):
 
 # ---------------------------------------------------------------- images
 
-def new_image(name: str, width: int, height: int) -> bpy.types.Image:
-    """A new 8-bit sRGB image datablock; Blender makes the name unique if taken."""
+def new_image(name: str, width: int, height: int, colorspace: str = "sRGB") -> bpy.types.Image:
+    """A new 8-bit image datablock; Blender makes the name unique if taken. The colour space
+    is set here, before any pixels: changing it later makes Blender regenerate a generated
+    image's buffer, losing what was written."""
     image = bpy.data.images.new(name, width=width, height=height, alpha=True, float_buffer=False)
-    image.colorspace_settings.name = "sRGB"
+    image.colorspace_settings.name = colorspace
     return image
 
 

@@ -80,9 +80,12 @@ class _SendsJobs:
 
     def send(self, context: bpy.types.Context, label: str, request: GenerateRequest,
              uploads: list, then: Optional[Callable[[Job, list[Any]], None]] = None,
-             note: str = "") -> set[str]:
+             note: str = "", name_for: Optional[Callable[[Optional[str]], str]] = None,
+             as_files: Optional[bool] = None) -> set[str]:
         """Submit the job; ``note``: something the artist should know about it, reported now
-        (as a warning) and again in the job's line when it is done."""
+        (as a warning) and again in the job's line when it is done. ``name_for``: the result
+        images' names by label (Job.name_for); ``as_files``: True keeps the results as PNGs
+        beside the .blend whatever the preferences say (None: as they say)."""
         try:
             session = _session(context)
         except ClientError as exc:
@@ -96,8 +99,10 @@ class _SendsJobs:
                 then(job, images)
 
         prefs = context.preferences.addons[ADDON_ID].preferences
+        if as_files is None:
+            as_files = prefs.image_storage == "FILES"
         session.submit(Job(label, request, tuple(uploads), scene_name, finish,
-                           images_as_files=prefs.image_storage == "FILES", note=note))
+                           images_as_files=as_files, note=note, name_for=name_for))
         ensure_timer()
         self.report({"WARNING"} if note else {"INFO"},
                     f"{label}: sent to the Atelier daemon" + (f"; {note}" if note else ""))

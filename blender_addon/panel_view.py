@@ -26,6 +26,7 @@ SUBPANELS: tuple[tuple[str, str, bool], ...] = (
     ("prompt", "Prompt", False),
     ("size", "Size & Sampling", False),
     ("texture", "Texture & Projection", False),
+    ("assets", "Game Assets", False),
     ("advanced", "Advanced", True),
     ("history", "History", True),
 )
@@ -42,6 +43,10 @@ FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
                 ("capture_source", "From"), ("strength", "Strength"), ("use_depth", "Depth"),
                 ("bake_projection", "Bake to UVs"), ("control_scale", "Depth Weight"),
                 ("depth_model", "Depth Model")),
+    "assets": (("upscale_mode", "Upscale To"), ("upscale_factor", "Factor"),
+               ("upscale_width", "Width"), ("upscale_height", "Height"),
+               ("upscaler_choice", "Upscaler"), ("refine_strength", "Refine"),
+               ("normal_strength", "Normal Depth")),
     "advanced": (("cache_interval", "Reuse Steps"), ("preview_every", "Previews"),
                  ("model", "Model Path"), ("loras", "LoRAs")),
     "history": (),

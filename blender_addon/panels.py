@@ -14,8 +14,9 @@ from typing import Optional
 import bpy
 from bpy.props import StringProperty
 
-from . import panel_view, settings
+from . import assets, panel_view, settings
 from .addon import current_session
+from .asset_ops import source_image
 from .live_rules import LIVE_IMAGE
 from .panel_view import FIELDS, SUBPANELS
 from .runtime import JobState
@@ -226,6 +227,57 @@ def draw_texture(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
     col.prop(props, "depth_model", text="")
 
 
+def _lines(layout: bpy.types.UILayout, text: str, icon: str) -> None:
+    col = layout.column(align=True)
+    for line in panel_view.wrap(text):
+        col.label(text=line, icon=icon)
+        icon = "BLANK1"
+
+
+def draw_assets(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
+    """Upscale and Make Material, on the Image Editor's image or the History's selected."""
+    labels = _labels("assets")
+    image = source_image("", bpy.context)
+    if image is None:
+        _lines(layout, "Show an image in the Image Editor or select a History entry", "INFO")
+    else:
+        _lines(layout, f"Image: {image.name} ({image.size[0]} x {image.size[1]})",
+               "IMAGE_DATA")
+    row = layout.row(align=True)
+    row.prop(props, "upscale_mode", expand=True)
+    col = _split(layout)
+    if props.upscale_mode == "FACTOR":
+        col.row(align=True).prop(props, "upscale_factor", expand=True)
+    else:
+        sizes = col.column(align=True)
+        sizes.prop(props, "upscale_width", text=labels["upscale_width"])
+        sizes.prop(props, "upscale_height", text=labels["upscale_height"])
+    col.prop(props, "upscaler_choice", text=labels["upscaler_choice"])
+    col.prop(props, "refine_strength", text=labels["refine_strength"], slider=True)
+    if image is not None:
+        choice = assets.UpscaleChoice(
+            factor=int(props.upscale_factor) if props.upscale_mode == "FACTOR" else None,
+            width=props.upscale_width, height=props.upscale_height)
+        session = current_session()
+        problem = assets.upscale_problem(tuple(image.size), choice,
+                                         session.limits if session is not None else None)
+        width, height = assets.upscaled_size(*image.size, choice)
+        _lines(layout, problem or f"Makes {width} x {height}", "ERROR" if problem else "INFO")
+    col = layout.column(align=True)
+    col.scale_y = 1.2
+    col.enabled = image is not None
+    col.operator("atelier.upscale", icon="FULLSCREEN_ENTER")
+
+    layout.separator()
+    col = layout.column(align=True)
+    col.scale_y = 1.2
+    col.enabled = image is not None
+    col.operator("atelier.make_material", icon="NODE_MATERIAL")
+    _split(layout).prop(props, "normal_strength", text=labels["normal_strength"])
+    saved = bool(bpy.data.filepath)
+    _lines(layout, assets.storage_note(saved), "FILE_FOLDER" if saved else "PACKAGE")
+
+
 def draw_advanced(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
     labels = _labels("advanced")
     col = layout.column(align=True)
@@ -280,7 +332,7 @@ def draw_history(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
 
 # What each panel draws, by SUBPANELS' ids ("main": the Atelier panel itself).
 DRAW = {"main": draw_main, "prompt": draw_prompt, "size": draw_size, "texture": draw_texture,
-        "advanced": draw_advanced, "history": draw_history}
+        "assets": draw_assets, "advanced": draw_advanced, "history": draw_history}
 
 
 class ATELIER_OT_show_image(bpy.types.Operator):

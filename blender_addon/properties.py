@@ -8,6 +8,7 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty,
                        IntProperty, PointerProperty, StringProperty)
 
+from .assets import REFINE_HELP, UPSCALER_HELP, UpscalerMenu
 from .live_rules import LIVE_STRENGTH, LIVE_STRENGTH_HELP
 from .protocol.client import DEFAULT_PORT
 from .panel_view import ModelMenu, wrap
@@ -102,6 +103,29 @@ def _set_sampler_preset(props: "AtelierSettings", number: int) -> None:
     name = SAMPLER_PRESET_MENU.name(number)
     if name is not None:
         props.sampler_preset = name
+
+
+# The Upscaler dropdown: Lanczos and the daemon's upscaler models (same pattern).
+UPSCALER_MENU = UpscalerMenu()
+
+
+def upscaler_items(props: "AtelierSettings", context: Optional[bpy.types.Context]) -> list:
+    from .addon import current_session   # the session lives as long as the add-on
+    session = current_session()
+    if session is None:
+        return UPSCALER_MENU.build([], props.upscaler, listed_now=False)
+    return UPSCALER_MENU.build(session.upscalers, props.upscaler,
+                               listed_now=session.models_listed)
+
+
+def _get_upscaler(props: "AtelierSettings") -> int:
+    return UPSCALER_MENU.number(props.upscaler)
+
+
+def _set_upscaler(props: "AtelierSettings", number: int) -> None:
+    name = UPSCALER_MENU.name(number)
+    if name is not None:
+        props.upscaler = name
 
 
 class AtelierPreferences(bpy.types.AddonPreferences):
@@ -296,6 +320,33 @@ class AtelierSettings(bpy.types.PropertyGroup):
     sampler_preset_choice: EnumProperty(name="Sampler Preset", description=SAMPLER_PRESET_HELP,
                                         items=sampler_preset_items, get=_get_sampler_preset,
                                         set=_set_sampler_preset, options=set())
+    upscale_mode: EnumProperty(
+        name="Upscale To", default="FACTOR",
+        description="Make the image larger by a factor or to a size in pixels",
+        items=(("FACTOR", "Factor", "The image's size times the factor"),
+               ("SIZE", "Size", "A target width and height in pixels")))
+    upscale_factor: EnumProperty(
+        name="Factor", default="4", description="How many times larger each side becomes",
+        items=(("2", "2x", "Twice as wide and high (1k -> 2k)"),
+               ("4", "4x", "Four times as wide and high (1k -> 4k)")))
+    upscale_width: IntProperty(name="Target Width", default=2048, min=64, max=8192, step=64,
+                               description="Width of the upscaled image in pixels; a "
+                                           "multiple of 8")
+    upscale_height: IntProperty(name="Target Height", default=2048, min=64, max=8192,
+                                step=64, description="Height of the upscaled image in "
+                                                     "pixels; a multiple of 8")
+    upscaler: StringProperty(name="Upscaler Name", default="",
+                             description="Name of the upscaler model on the daemon; empty = "
+                                         "Lanczos (no model)")
+    upscaler_choice: EnumProperty(name="Upscaler", description=UPSCALER_HELP,
+                                  items=upscaler_items, get=_get_upscaler, set=_set_upscaler,
+                                  options=set())
+    refine_strength: FloatProperty(name="Refine", default=0.0, min=0.0, max=1.0,
+                                   description=REFINE_HELP)
+    normal_strength: FloatProperty(name="Normal Strength", default=8.0, min=0.0, max=100.0,
+                                   description="How steep the normal map's slopes are: the "
+                                               "surface rises this many pixels over the "
+                                               "height map's full range")
     history: CollectionProperty(type=AtelierHistoryItem, name="History",
                                 description="Images made in this scene, newest last")
     history_index: IntProperty(default=0, name="Selected",

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import bpy
 
-from . import host, settings
+from . import assets, host, settings
 from .live import LiveMode
 from .pacing import Throttle
 from .protocol import ErrorCode, GenerateRequest, ImageFrame
@@ -85,6 +85,9 @@ class Job:
     preview: Optional[ImageFrame] = None   # the latest preview, not written yet
     note: str = ""                  # told when sent, and again in the line of a done job
     result: Optional[Result] = None   # the daemon's account of what it ran
+    # The name of each result image from its label (ImageInfo.label: a texture set's map,
+    # "upscaled"); None: named after prompt and seed
+    name_for: Optional[Callable[[Optional[str]], str]] = None
 
     @property
     def progress_text(self) -> str:
@@ -108,6 +111,7 @@ class Session:
         self.conditioners: list[tuple[str, str]] = []   # depth models: (name, family)
         self.models_listed = False   # whether ``models`` and ``conditioners`` came from it
         self.loras: list[tuple[str, str]] = []           # the daemon's LoRAs: (name, family)
+        self.upscalers: list[str] = []                   # the daemon's upscaler models
         self.model_families: dict[str, str] = {}         # checkpoint name -> family
         self.current_model: Optional[str] = None         # the daemon's loaded model
         self.sampler_presets: list[str] = []             # welcome.sampler_presets
@@ -134,6 +138,7 @@ class Session:
             if self._address is not None and self._address != (url, token):
                 self.models, self.conditioners = [], []   # another daemon's lists
                 self.loras, self.model_families, self.sampler_presets = [], {}, []
+                self.upscalers = []
                 self.current_model = None
                 self.models_listed = False
             self.close_client()
@@ -428,8 +433,11 @@ class Session:
                                 "job(s) queued" + (", one running" if event.busy else ""))
 
     def _models(self, event: Models) -> None:
-        # LoRAs and embeddings are no ``model``: they have menus (or prompts) of their own
-        self.models = [m.name for m in event.models if m.kind not in ("lora", "embedding")]
+        # LoRAs, embeddings and upscalers are no ``model``: they have menus (or prompts) of
+        # their own
+        self.models = [m.name for m in event.models
+                       if m.kind not in ("lora", "embedding", "upscaler")]
+        self.upscalers = assets.daemon_upscalers(event.models)
         self.conditioners = settings.depth_conditioners(event.models)
         self.loras = settings.daemon_loras(event.models)
         self.model_families = {m.name: m.family for m in event.models if m.kind == "checkpoint"}
@@ -489,20 +497,28 @@ class Session:
         becomes the first), each with its parameters; shows the first."""
         result = done.result
         seeds = {info.index: info.seed for info in result.images}
+        labels = {info.index: info.label for info in result.images}
         images = []
         for frame in done.images:
             seed = seeds.get(frame.index, result.params.seed or 0)
-            name = settings.image_name(result.params.prompt, seed, frame.index,
-                                       len(done.images))
+            label = labels.get(frame.index)
+            name = (job.name_for(label) if job.name_for is not None else
+                    settings.image_name(result.params.prompt, seed, frame.index,
+                                        len(done.images)))
             if frame.index < len(job.image_names):
                 image = bpy.data.images[job.image_names[frame.index]]
                 image.name = name
                 job.image_names[frame.index] = image.name   # Blender may add ".001"
             else:
-                image = host.new_image(name, frame.width, frame.height)
+                # A texture set's data maps (normal, height, ...) are no colours
+                image = host.new_image(name, frame.width, frame.height,
+                                       assets.MAP_COLORSPACE.get(label or "", "sRGB"))
                 job.image_names.append(image.name)
             host.write_rgba8(image, frame.data, frame.width, frame.height)
-            image[settings.RECORD_KEY] = settings.result_record(result, frame.index, seed)
+            record = settings.result_record(result, frame.index, seed)
+            if label:
+                record["label"] = label
+            image[settings.RECORD_KEY] = record
             images.append(image)
             self._written.add(image.name)
         if images:

@@ -35,7 +35,7 @@ SCENARIOS = REPO / "tests" / "host" / "blender" / "scenarios.py"
 WINDOW = REPO / "tests" / "host" / "blender" / "window.py"
 RUN_TIMEOUT = 300
 NEEDS_DAEMON = ("generate", "render", "project", "depth_model", "cancel", "extension", "sizes",
-                "keep", "live")
+                "keep", "live", "upscale", "material", "asset_cancel")
 
 
 # The Pythons holding a bpy wheel, per host: the environment variable, then the venvs.
@@ -93,7 +93,8 @@ def _closed_port_url() -> str:
 
 CASES = [(host, scenario) for host in ("blender-3.4", *BPY_HOSTS)
          for scenario in ("generate", "render", "project", "depth_model", "cancel", "no_daemon",
-                          "ui", "sizes", "keep", "live")
+                          "ui", "sizes", "keep", "live", "upscale", "material",
+                          "asset_cancel")
          ] + [(host, "extension") for host in BPY_HOSTS]   # extensions exist from 4.2 on
 
 

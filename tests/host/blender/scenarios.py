@@ -791,6 +791,204 @@ def scenario_live(module, url: str) -> None:
                                            *bpy.app.handlers.load_pre))
 
 
+def pattern_image(name: str, width: int, height: int) -> bpy.types.Image:
+    """An 8-bit sRGB image of stripes and a gradient (a stand-in for a colour texture)."""
+    image = bpy.data.images.new(name, width=width, height=height, alpha=True)
+    y, x = np.mgrid[0:height, 0:width]
+    rgba = np.stack([x / max(1, width - 1), (y // 4 % 2) * 0.8 + 0.1,
+                     0.5 + 0.4 * np.sin(x / 3.0), np.ones_like(x, dtype=float)], axis=-1)
+    image.pixels.foreach_set(rgba.astype(np.float32).reshape(-1))
+    image.update()
+    image.pack()
+    return image
+
+
+def scenario_upscale(module, url: str) -> None:
+    """Upscale the History's selected result 4x with Lanczos (seamless axes kept), then an
+    image by name to a target size with a refine: new packed images '<name> x4' /
+    '<name> WxH' in the History at the size asked, the source untouched, and the daemon ran
+    what the panel asked."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    props = scene.atelier
+    harness.settings(scene, tiling="both")
+    source_job = generate_one(session, "mossy stone", 5)
+    source = bpy.data.images[source_job.image_names[0]]
+    assert source["atelier"]["tiling"] == "both"
+    before_pixels = image_rows(source).copy()
+    assert props.history[props.history_index].image_name == source.name
+    # The Upscaler menu: Lanczos first, then the daemon's upscalers (once listed).
+    ids = [item[0] for item in module.properties.upscaler_items(props, bpy.context)]
+    assert ids[0] == "LANCZOS", ids
+    harness.settings(scene, tiling="none", upscale_mode="FACTOR", upscale_factor="4",
+                     refine_strength=0.0)
+    before = snapshot()
+    assert bpy.ops.atelier.upscale() == {"FINISHED"}
+    job = last_job(session)
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert job.state.name == "DONE", job.progress_text
+    made = new_datablocks(before)
+    assert made["images"] == {f"{source.name} x4"} and not made["materials"], made
+    big = bpy.data.images[f"{source.name} x4"]
+    assert tuple(big.size) == (SIZE * 4, SIZE * 4), tuple(big.size)
+    assert big.packed_file is not None and big["atelier"]["label"] == "upscaled"
+    # The daemon was asked for a plain 4x Lanczos upscale on the axes the source tiles on
+    # (its record, not the panel's Seamless), and ran it so.
+    params = job.result.params
+    assert params.kind == "upscale" and params.upscale.scale == 4.0
+    assert params.upscale.upscaler is None and params.upscale.refine_strength == 0.0
+    assert (params.width, params.height) == (SIZE * 4, SIZE * 4)
+    assert job.request.tiling == "both" and job.result.tiling == "both", job.result.tiling
+    assert job.result.model == "lanczos", job.result.model
+    # Lanczos keeps the picture: the 4x image averaged back over 4x4 blocks is the source.
+    shrunk = image_rows(big)[..., :3].reshape(SIZE, 4, SIZE, 4, 3).mean(axis=(1, 3))
+    assert np.abs(shrunk - before_pixels[..., :3]).mean() < 0.03
+    assert np.array_equal(image_rows(source), before_pixels) and source.name in bpy.data.images
+    assert props.history[-1].image_name == big.name and props.history_index == len(props.history) - 1
+
+    # To a size, with a refine, naming the image: the refine's settings come from the panel.
+    pattern = pattern_image("Planks", 40, 24)
+    harness.settings(scene, upscale_mode="SIZE", upscale_width=96, upscale_height=64,
+                     refine_strength=0.5, prompt="oak planks", steps=4, random_seed=False,
+                     seed=9, tiling="x")
+    assert bpy.ops.atelier.upscale(image="Planks") == {"FINISHED"}
+    job = last_job(session)
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert job.state.name == "DONE", job.progress_text
+    refined = bpy.data.images["Planks 96x64"]
+    assert tuple(refined.size) == (96, 64)
+    params = job.result.params
+    assert params.upscale.scale is None and params.upscale.refine_strength == 0.5
+    assert (params.width, params.height, params.seed, params.prompt) == (96, 64, 9, "oak planks")
+    assert job.result.tiling == "x" and job.result.model != "lanczos", job.result
+    assert job.total > 1, "no progress arrived"
+    assert tuple(pattern.size) == (40, 24)
+    # A target smaller than the image: refused before anything is sent.
+    harness.settings(scene, upscale_width=128, upscale_height=512)
+    jobs = len(session.jobs)
+    assert "smaller than the image" in refused(bpy.ops.atelier.upscale, image=big.name)
+    assert len(session.jobs) == jobs
+
+
+def linked(tree, from_node: str, from_socket: str, to_node: str, to_socket: str) -> bool:
+    return any(l.from_node.name == from_node and l.from_socket.name == from_socket
+               and l.to_node.name == to_node and l.to_socket.name == to_socket
+               for l in tree.links)
+
+
+def check_material(material, color) -> dict:
+    """The Make Material node tree as pbr_material documents it; returns the map images."""
+    tree = material.node_tree
+    bsdf = next(n for n in tree.nodes if n.type == "BSDF_PRINCIPLED")
+    nodes = tree.nodes
+    assert nodes["Atelier Color"].image == color and nodes["Atelier Color"].label
+    assert linked(tree, "Atelier Color", "Color", bsdf.name, "Base Color")
+    assert linked(tree, "Atelier Roughness", "Color", bsdf.name, "Roughness")
+    assert linked(tree, "Atelier Normal", "Color", "Atelier Normal Map", "Color")
+    assert nodes["Atelier Normal Map"].space == "TANGENT"
+    assert linked(tree, "Atelier Normal Map", "Normal", "Atelier Bump", "Normal")
+    assert linked(tree, "Atelier Height", "Color", "Atelier Bump", "Height")
+    assert linked(tree, "Atelier Bump", "Normal", bsdf.name, "Normal")
+    for name in ("Atelier Color", "Atelier Roughness", "Atelier Normal", "Atelier Height"):
+        assert linked(tree, "Atelier Mapping", "Vector", name, "Vector"), name
+    maps = {key: nodes[f"Atelier {key.title()}"].image for key in ("normal", "roughness",
+                                                                   "height")}
+    for key, image in maps.items():
+        assert image.colorspace_settings.name == "Non-Color", (key, image.colorspace_settings.name)
+        assert image.name == f"{color.name} {key}", image.name
+    assert color.colorspace_settings.name == "sRGB"
+    return maps
+
+
+def scenario_material(module, url: str) -> None:
+    """Make Material: the daemon gets a texture_set job for the colour image and its maps
+    come back labelled; a new material in a new slot of the active object, wired as
+    pbr_material says, the user's material untouched; maps packed while the .blend is
+    unsaved (and said so), saved as PNGs beside it once saved; all of it is there again
+    after saving and reopening."""
+    session = harness.session(module)
+    prefs = harness.preferences(module)
+    assert prefs.image_storage == "PACK"   # Make Material saves files whatever this says
+    folder = os.environ["ATELIER_SCENARIO_DIR"]
+    for saved in (False, True):
+        bpy.ops.wm.read_homefile(use_empty=True)
+        scene = bpy.context.scene
+        cube = harness.add_cube(scene, "Crate", (0, 0, 0))
+        user_mat = bpy.data.materials.new("UserPaint")
+        user_mat.use_nodes = True
+        user_nodes = sorted(n.name for n in user_mat.node_tree.nodes)
+        cube.data.materials.append(user_mat)
+        harness.select_only([cube])
+        bpy.context.view_layer.objects.active = cube
+        color = pattern_image("Bricks", 48, 32)
+        harness.settings(scene, tiling="both", normal_strength=12.0)
+        blend = os.path.join(folder, "material.blend")
+        if saved:
+            bpy.ops.wm.save_as_mainfile(filepath=blend)
+        before = snapshot()
+        assert bpy.ops.atelier.make_material(image="Bricks") == {"FINISHED"}
+        job = last_job(session)
+        session.pump_until_idle(JOB_TIMEOUT)
+        assert job.state.name == "DONE", job.progress_text
+        params = job.result.params
+        assert params.kind == "texture_set" and params.texture.maps == ["normal", "roughness",
+                                                                       "height"]
+        assert params.texture.normal_strength == 12.0 and job.result.tiling == "both"
+        assert [i.label for i in job.result.images] == ["normal", "roughness", "height"]
+        made = new_datablocks(before)
+        assert made["materials"] == {"Bricks PBR"}, made
+        assert made["images"] == {"Bricks normal", "Bricks roughness", "Bricks height"}, made
+        assert [s.material.name for s in cube.material_slots] == ["UserPaint", "Bricks PBR"]
+        assert sorted(n.name for n in user_mat.node_tree.nodes) == user_nodes
+        maps = check_material(bpy.data.materials["Bricks PBR"], color)
+        for image in maps.values():
+            assert tuple(image.size) == (48, 32), tuple(image.size)
+        # A flat-ish colour gives a normal map pointing mostly out of the surface (blue).
+        normal = image_rows(maps["normal"])
+        assert normal[..., 2].mean() > 0.7, normal[..., 2].mean()
+        if not saved:
+            assert "never saved, so the images are packed" in job.message, job.message
+            assert all(image.packed_file is not None for image in maps.values())
+            continue
+        assert ";" not in job.message, job.message
+        for key, image in maps.items():
+            path = os.path.join(folder, "atelier", f"Bricks {key}.png")
+            assert os.path.isfile(path), os.listdir(folder)
+            assert image.filepath == f"//atelier/Bricks {key}.png" and image.packed_file is None
+        pixels = {key: image_rows(image).copy() for key, image in maps.items()}
+        reopen(blend)
+        cube = bpy.data.objects["Crate"]
+        assert [s.material.name for s in cube.material_slots] == ["UserPaint", "Bricks PBR"]
+        maps = check_material(bpy.data.materials["Bricks PBR"], bpy.data.images["Bricks"])
+        for key, image in maps.items():
+            assert np.abs(image_rows(image) - pixels[key]).max() < 0.5 / 255, key
+
+
+def scenario_asset_cancel(module, url: str) -> None:
+    """Cancel right after Upscale (a long refine) and after Make Material: no new images or
+    materials, the object's slots as they were."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    cube = harness.add_cube(scene, "Crate", (0, 0, 0))
+    harness.select_only([cube])
+    bpy.context.view_layer.objects.active = cube
+    pattern_image("Bricks", 64, 64)
+    harness.settings(scene, upscale_mode="FACTOR", upscale_factor="4", refine_strength=1.0,
+                     steps=150, prompt="long refine", preview_every=1)
+    for operator in (bpy.ops.atelier.upscale, bpy.ops.atelier.make_material):
+        before = snapshot()
+        assert operator(image="Bricks") == {"FINISHED"}
+        job = last_job(session)
+        if operator == bpy.ops.atelier.upscale:   # let it start and send a preview
+            session.pump_until_idle(JOB_TIMEOUT, until=lambda: job.step > 0)
+        assert bpy.ops.atelier.cancel() == {"FINISHED"}
+        session.pump_until_idle(JOB_TIMEOUT)
+        assert job.state.name == "CANCELLED", job.progress_text
+        made = new_datablocks(before)
+        assert made == {"images": set(), "materials": set(), "meshes": set()}, made
+        assert len(cube.material_slots) == 0
+
+
 def ask_test(action: str) -> None:
     """Ask the test driving this Blender to do ``action`` to the daemon (stop, kill, start
     one on the same port) and wait until it is done; files in ATELIER_CUE_DIR carry it."""

@@ -8,7 +8,8 @@ import pytest
 
 from protocol import ErrorCode, JobDone, PixelFormat, PreviewImage, ProtocolError
 from protocol.client import AtelierClient, make_upload
-from protocol.messages import GenerateRequest, Progress, TextureSettings, UpscaleSettings
+from protocol.messages import (Accepted, Cancelled, GenerateRequest, Progress, TextureSettings,
+                               UpscaleSettings)
 
 
 @pytest.fixture
@@ -99,3 +100,23 @@ def test_pth_upscaler_is_refused_over_the_protocol(client):
                        [up], timeout=60)
     assert err.value.code == ErrorCode.MODEL_LOAD_FAILED
     assert "pickle" in err.value.message and err.value.field == "job.upscale.upscaler"
+
+
+def test_cancel_stops_a_refine_within_a_tile_and_png_results_carry_the_label(client):
+    up = _upload(_texture(256, 256))
+    ref = client.submit(GenerateRequest(kind="upscale", init_image=up.id, steps=40, seed=2,
+                                        upscale=UpscaleSettings(scale=2.0, refine_strength=1.0,
+                                                                tile=64)), [up])
+    accepted = client.wait_for(lambda e: isinstance(e, Accepted) and e.ref == ref, 30)
+    first = client.wait_for(lambda e: isinstance(e, Progress) and e.job_id == accepted.job_id, 60)
+    assert first.total == 121 * 40          # 11 x 11 tiles of 64 px over 512, 40 steps
+    client.cancel(accepted.job_id)
+    after: list[Progress] = []
+    end = client.wait_for(lambda e: isinstance(e, (Cancelled, JobDone)), 60,
+                          on_other=lambda e: after.append(e) if isinstance(e, Progress) else None)
+    assert isinstance(end, Cancelled) and len(after) <= 2
+    small = _upload(_texture(64, 48))
+    done = client.run_job(GenerateRequest(kind="texture_set", init_image=small.id,
+                                          output_format="png"), [small], timeout=60)
+    assert [i.format for i in done.result.images] == ["png"] * 3
+    assert [i.label for i in done.result.images] == ["normal", "height", "roughness"]

@@ -360,6 +360,9 @@ class ModelInfo:
     path: Optional[str] = None
     # what it is; for a LoRA or an embedding ``family`` is the base family it was made for
     kind: ModelKind = "checkpoint"
+    # a ControlNet's or T2I-Adapter's control kind (``ControlLayer.kind``) where its name
+    # says it; None where it does not (such a model is trusted with any kind)
+    control_kind: Optional[ControlKind] = None
 
 
 @dataclass(frozen=True)

@@ -384,3 +384,20 @@ def test_control_cost_benchmark_reports(atelier_home):
     # the UNet's count matches the generation benchmark's (0.80 TFLOP a forward at 64x64)
     assert full["unet_tflop_per_step"] == pytest.approx(1.61, rel=0.02)
     assert 0.2 < full["controlnet_relative"] < 0.6 and full["adapter_tflop_per_job"] > 0
+
+
+def test_models_list_says_which_kind_each_control_model_reads(atelier_home, tmp_path):
+    from backend.models.catalog import list_models
+    named = tmp_path / "models" / "ControlNet" / "control_v11p_sd15_lineart"
+    named.parent.mkdir(parents=True)
+    import shutil
+    from backend.models.sources import ensure_tiny
+    shutil.copytree(ensure_tiny("tiny-controlnet-canny", atelier_home / "models"), named)
+    models = {m.name: m for m in list_models(atelier_home, [tmp_path / "models"],
+                                             tmp_path / "no-hf-cache").models}
+    assert models["tiny-controlnet-canny"].control_kind == "canny"
+    assert models["tiny-adapter"].control_kind == "depth"
+    assert models["tiny"].control_kind is None
+    lineart = [m for m in models.values() if m.name.endswith("control_v11p_sd15_lineart")]
+    assert len(lineart) == 1 and lineart[0].kind == "controlnet"
+    assert lineart[0].control_kind == "lineart"

@@ -9,6 +9,7 @@ reported as a ``ModelProblem``; one broken entry never hides the others."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ModelInfo, ModelProblem
 
 from . import families
+from .control_models import kind_of_model
 from .embeddings import EMBEDDINGS_FOLDER, in_embeddings_folder
 from .file_kinds import describe_file
 from .loras import LORA_FOLDERS
@@ -169,4 +171,13 @@ def list_models(home: Path, search_dirs: Sequence[Path], hf_cache: Path) -> Cata
                                       for d in search_dirs):
             found.extend(_folder_models(home, roots, start))
     found.extend(hf_cache_models(hf_cache))
+    found.models = [_with_control_kind(info) for info in found.models]
     return found
+
+
+def _with_control_kind(info: ModelInfo) -> ModelInfo:
+    """A control model's entry with the control kind its name says (clients list each
+    control's models by it)."""
+    if info.kind not in ("controlnet", "t2i_adapter"):
+        return info
+    return dataclasses.replace(info, control_kind=kind_of_model(info.name))

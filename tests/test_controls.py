@@ -401,3 +401,30 @@ def test_models_list_says_which_kind_each_control_model_reads(atelier_home, tmp_
     lineart = [m for m in models.values() if m.name.endswith("control_v11p_sd15_lineart")]
     assert len(lineart) == 1 and lineart[0].kind == "controlnet"
     assert lineart[0].control_kind == "lineart"
+
+
+def test_a_batch_with_controls_is_its_single_jobs(sd15, pictures):
+    """Image i of a batch is the single job with seed + i, controls included."""
+    _, generator = sd15
+    canny_frame, normal_frame = pictures["canny"], pictures["normal"]
+    controls = [_layer("canny", canny_frame), _layer("normal", normal_frame, start=0.3)]
+    batch = _run(generator, GenerateRequest(**{**JOB, "batch_size": 2}, controls=controls),
+                 canny_frame, normal_frame)
+    second = _run(generator, GenerateRequest(**{**JOB, "seed": JOB["seed"] + 1}, controls=controls),
+                  canny_frame, normal_frame)
+    assert np.array_equal(_image(batch, 1), _image(second))
+
+
+def test_sd2_depth_takes_one_depth_control_layer(atelier_home, pictures):
+    store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[],
+                       hf_cache=atelier_home / "no-hf-cache")
+    store.load("tiny-depth")
+    generator = DiffusionGenerator(store)
+    near = _gray_frame(np.tile(np.linspace(0, 255, SIZE).astype(np.uint8), (SIZE, 1)))
+    old = GenerateRequest(**JOB, depth=DepthInput(upload=near.id, convention="normalized"))
+    new = GenerateRequest(**JOB, controls=[ControlLayer(kind="depth", image=near.id)])
+    assert np.array_equal(_image(_run(generator, old, near)), _image(_run(generator, new, near)))
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, GenerateRequest(**JOB, controls=[_layer("canny", pictures["canny"])]),
+             pictures["canny"])
+    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "job.controls[0].kind")

@@ -402,3 +402,67 @@ def test_refine_runs_on_an_sdxl_model_with_its_pooled_embeddings(atelier_home):
     out = tiled_refine(sdxl, "sdxl", _noise_image(96, 128), _settings(0.5, BOTH, steps=4),
                        sdxl.scheduler.config, lambda *_: None, lambda: False)
     assert out.shape == (96, 128, 3) and out.std() > 1
+
+
+# ------------------------------------------------------------------ refine with controls
+@pytest.fixture(scope="module")
+def asset_generator(atelier_home):
+    from backend.pipelines.assets import AssetGenerator
+    from backend.pipelines.generator import DiffusionGenerator
+
+    store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[],
+                       hf_cache=atelier_home / "no-hf-cache")
+    store.load("tiny")
+    return AssetGenerator(DiffusionGenerator(store), store)
+
+
+def _refine_job(asset_generator, **fields):
+    init = _smooth_periodic(64, 96)
+    rgba = np.concatenate([init, np.full((64, 96, 1), 255, np.uint8)], axis=2)
+    up = make_upload(PixelFormat.RGBA8, 96, 64, rgba.tobytes())
+    job = GenerateRequest(kind="upscale", init_image=up.id, steps=4, seed=9, scheduler="euler",
+                          prompt="bricks", upscale=UpscaleSettings(scale=2.0, refine_strength=0.5,
+                                                                   tile=64), **fields)
+    out = asset_generator.generate(job, {up.id: up}, lambda *_: None, lambda: False)
+    return np.frombuffer(out.images[0].pixels.rgba, np.uint8)
+
+
+def test_refine_tiles_are_steered_by_a_controlnet_within_its_window(asset_generator):
+    from protocol.messages import ControlLayer
+
+    plain = _refine_job(asset_generator)
+    canny = ControlLayer(kind="canny", preprocess=True, scale=2.0)
+    steered = _refine_job(asset_generator, controls=[canny])
+    assert np.abs(steered.astype(int) - plain).mean() > 1
+    # A window of no steps leaves the refine as it was without the control.
+    closed = ControlLayer(kind="canny", preprocess=True, scale=2.0, start=0.0, end=0.0)
+    assert np.array_equal(_refine_job(asset_generator, controls=[closed]), plain)
+
+
+def test_refine_refuses_t2i_adapters_and_controls_without_a_refine(asset_generator):
+    from protocol.messages import ControlLayer
+
+    with pytest.raises(ProtocolError) as err:
+        _refine_job(asset_generator, controls=[ControlLayer(kind="depth", preprocess=False,
+                                                            model="tiny-adapter",
+                                                            image=None)])
+    assert err.value.field == "job.controls[0].image"   # checked first: no image given
+    init = _smooth_periodic(64, 96)
+    depth = make_upload(PixelFormat.RGBA8, 96, 64,
+                        np.concatenate([init, np.full((64, 96, 1), 255, np.uint8)], 2).tobytes())
+    rgba = make_upload(PixelFormat.RGBA8, 96, 64, depth.data)
+    job = GenerateRequest(kind="upscale", init_image=rgba.id, steps=4, seed=9,
+                          upscale=UpscaleSettings(scale=2.0, refine_strength=0.5, tile=64),
+                          controls=[ControlLayer(kind="depth", image=depth.id,
+                                                 model="tiny-adapter")])
+    with pytest.raises(ProtocolError) as err:
+        asset_generator.generate(job, {rgba.id: rgba, depth.id: depth}, lambda *_: None,
+                                 lambda: False)
+    assert err.value.code == ErrorCode.UNSUPPORTED and err.value.field == "job.controls[0].model"
+    with pytest.raises(ProtocolError) as err:
+        asset_generator.check(GenerateRequest(kind="upscale", init_image=rgba.id,
+                                              upscale=UpscaleSettings(scale=2.0),
+                                              controls=[ControlLayer(kind="depth",
+                                                                     image=depth.id)]),
+                              {rgba.id: rgba, depth.id: depth})
+    assert err.value.field == "job.controls" and "refine_strength" in err.value.message

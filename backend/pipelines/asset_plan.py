@@ -24,8 +24,9 @@ from protocol.messages import GenerateRequest, TextureSettings, UpscaleSettings
 from protocol.schema import validate
 
 from ..limits import ServerLimits
+from .controls import PlannedControl, job_controls
 from .lora_tags import settle_loras
-from .pixels import frame_to_rgba
+from .pixels import frame_to_rgba, resize
 from .plan import SEED_RANGE, SIZE_MULTIPLE, ModelTraits, _check_numbers
 from .presets import apply_preset
 from .refine import RefineSettings
@@ -44,6 +45,8 @@ class UpscalePlan:
     upscaler: Optional[str]
     refine: Optional[RefineSettings]    # None: upscale only
     init: np.ndarray = field(compare=False, repr=False)   # (H, W, 4) uint8
+    # the refine's controls, their images at the output size
+    controls: tuple[PlannedControl, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def plan_upscale(job: GenerateRequest, uploads: Mapping[str, ImageFrame], limits
     preset = apply_preset(settle_loras(job))
     job = preset.request
     settings = job.upscale or UpscaleSettings()
-    _refuse_extras(job)
+    _refuse_extras(job, controls_allowed=True)
     init = _init(job, uploads)
     width, height = job.width, job.height
     if settings.scale is not None:
@@ -71,10 +74,16 @@ def plan_upscale(job: GenerateRequest, uploads: Mapping[str, ImageFrame], limits
     settled = dataclasses.replace(job, width=width, height=height, seed=seed)
     _check_numbers(settled, limits)
     axes = tile_axes(job.tiling)
-    refine = None
+    refine, controls = None, ()
     if settings.refine_strength > 0:
         refine = _refine_settings(settled, settings, traits, axes, seed, preset.scheduler_config)
-    return UpscalePlan(settled, width, height, axes, settings.upscaler, refine, init)
+        if job.depth is not None or job.controls:
+            controls = job_controls(settled, uploads, resize(init[..., :3], width, height))
+    elif job.depth is not None or job.controls:
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            "controls steer the refine, and upscale.refine_strength is 0",
+                            "job.controls" if job.controls else "job.depth")
+    return UpscalePlan(settled, width, height, axes, settings.upscaler, refine, init, controls)
 
 
 def _scaled(side: int, scale: float) -> int:
@@ -128,17 +137,17 @@ def plan_texture_set(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
     return TexturePlan(settled, tuple(settings.maps), tile_axes(job.tiling), init)
 
 
-def _refuse_extras(job: GenerateRequest) -> None:
+def _refuse_extras(job: GenerateRequest, controls_allowed: bool = False) -> None:
     """What the asset kinds do not take (yet): say so rather than ignore it."""
     if job.batch_size != 1:
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} makes one image set; "
                             f"batch_size must be 1", "job.batch_size")
     if job.mask is not None:
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} takes no mask", "job.mask")
-    if job.depth is not None or getattr(job, "controls", None):
-        raise ProtocolError(ErrorCode.UNSUPPORTED,
-                            f"{job.kind} does not take depth or control images yet",
-                            "job.controls" if getattr(job, "controls", None) else "job.depth")
+    if not controls_allowed and (job.depth is not None or job.controls):
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            f"{job.kind} takes no depth or control images",
+                            "job.controls" if job.controls else "job.depth")
     if job.kind != "upscale" and job.upscale is not None:
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} takes no upscale settings",
                             "job.upscale")

@@ -19,13 +19,15 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import ImageFrame
 from protocol.messages import GenerateRequest
 
 from ..generation import GeneratedImage, GenerationOutput, Generator, JobCancelled, ProgressSink
 from ..limits import ServerLimits
 from ..models.sources import ModelRoots
-from ..models.store import ModelStore
+from ..models.families import SD2_DEPTH, T2I_ADAPTER
+from ..models.store import LoadedModel, ModelStore
 from ..models.upscalers import LoadedUpscaler, load_upscaler, resolve_upscaler
 from .asset_plan import ASSET_KINDS, TexturePlan, UpscalePlan, plan_texture_set, plan_upscale
 from .generator import job_model, model_traits
@@ -33,7 +35,8 @@ from .pbr import (MARIGOLD_APPEARANCE, MARIGOLD_DEPTH, MARIGOLD_FOR_MAP, MARIGOL
                   find_marigold, maps_from_colour, marigold_maps, require_marigold)
 from .pixels import to_pixels
 from .plan import SEED_RANGE, ModelTraits
-from .refine import refine_tile_steps, tiled_refine
+from .control import control_tensor
+from .refine import TileControl, refine_tile_steps, tiled_refine
 from .tiles import TileGrid
 from .tiling import wrapped_convolutions
 from .upscale import UPSCALE_OVERLAP, UPSCALE_TILE, lanczos, model_upscale
@@ -112,7 +115,8 @@ class AssetGenerator:
             scheduler_config = {**model.pipe.scheduler.config,
                                 **model.prediction.scheduler_config()}
             rgb = tiled_refine(model.pipe, model.family, rgb, plan.refine, scheduler_config,
-                               progress, cancelled, progress_offset=done, progress_total=total)
+                               progress, cancelled, progress_offset=done, progress_total=total,
+                               controls=self._tile_controls(plan, model))
             name = model.name
         alpha = lanczos(np.ascontiguousarray(init[..., 3:]), plan.width, plan.height, plan.axes)
         image = np.concatenate([rgb, alpha], axis=2)
@@ -120,6 +124,32 @@ class AssetGenerator:
         return GenerationOutput(
             images=[GeneratedImage(to_pixels(image), plan.request.seed or 0, UPSCALED_LABEL)],
             params=params, tiling=plan.axes.name, model=name)
+
+    def _tile_controls(self, plan: UpscalePlan, model: LoadedModel) -> tuple[TileControl, ...]:
+        """The plan's controls as ControlNets that read their images tile by tile.
+        T2I-Adapters, SD2-depth models and depth estimated from a picture are not
+        available in the tiled refine (unsupported, naming the control's field)."""
+        out = []
+        for control in plan.controls:
+            if control.estimate:
+                raise ProtocolError(ErrorCode.UNSUPPORTED,
+                                    "an upscale's refine cannot estimate depth yet; send the "
+                                    "depth map as the control's image", f"{control.field}.preprocess")
+            if model.family == SD2_DEPTH:
+                raise ProtocolError(ErrorCode.UNSUPPORTED, "an SD2-depth model takes no "
+                                    "ControlNets in an upscale's refine", control.field)
+            where = f"{control.field}.model"
+            name = _refielded(where, lambda: control.model or self._store.default_control(control.kind))
+            if _refielded(where, lambda: self._store.conditioner_family(name)) == T2I_ADAPTER:
+                raise ProtocolError(ErrorCode.UNSUPPORTED,
+                                    f"{name} is a T2I-Adapter; an upscale's refine works tile by "
+                                    f"tile with ControlNets only", where)
+            controlnet = _refielded(where, lambda: self._store.controlnet(name))
+            assert control.image is not None
+            image = np.clip(np.rint(control.image * 255.0), 0, 255).astype(np.uint8)
+            out.append(TileControl(controlnet, image, control.scale, control.start, control.end,
+                                   lambda tile, c=control: control_tensor(c, tile)))
+        return tuple(out)
 
     def _roots(self) -> ModelRoots:
         store = self._store
@@ -186,6 +216,14 @@ class AssetGenerator:
             pipe.set_progress_bar_config(disable=True)
             self._marigold[repo_id] = pipe.to(self._store.device)
         return self._marigold
+
+
+def _refielded(where: str, step: Callable[[], Any]) -> Any:
+    """``step()``, its ProtocolError reported on the control's model field."""
+    try:
+        return step()
+    except ProtocolError as exc:
+        raise ProtocolError(exc.code, exc.message, where) from exc
 
 
 def _passes(width: int, height: int, out_width: int, out_height: int,

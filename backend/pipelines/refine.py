@@ -63,6 +63,23 @@ class RefineSettings:
         return min(int(self.steps * self.strength), self.steps)
 
 
+@dataclass(frozen=True)
+class TileControl:
+    """A ControlNet reading its control image tile by tile, at ``scale`` for the share
+    ``start``..``end`` of the steps. ``image``: ``(H, W, 3)`` uint8 at the output size
+    (8 bits, not float: at 8192 px a float copy would be 768 MiB)."""
+    controlnet: Any
+    image: np.ndarray
+    scale: float
+    start: float
+    end: float
+    to_tensor: Callable[[np.ndarray], torch.Tensor]   # a float32 tile -> (1, 3, h, w)
+
+    def active(self, index: int, steps: int) -> bool:
+        """Whether step ``index`` of ``steps`` is in its window (as diffusers keeps it)."""
+        return not (index / steps < self.start or (index + 1) / steps > self.end)
+
+
 # (tile-steps done, tile-steps in all, preview of the whole image at a step's end)
 RefineProgress = Callable[[int, int, Optional[Pixels]], None]
 
@@ -81,10 +98,12 @@ def tiled_refine(pipe: Any, family: str, rgb: np.ndarray, settings: RefineSettin
                  model_scheduler_config: Mapping[str, Any], progress: RefineProgress,
                  cancelled: Callable[[], bool], progress_offset: int = 0,
                  progress_total: Optional[int] = None,
-                 noise: Optional[torch.Tensor] = None) -> np.ndarray:
+                 noise: Optional[torch.Tensor] = None,
+                 controls: tuple[TileControl, ...] = ()) -> np.ndarray:
     """``rgb`` (uint8 ``(H, W, 3)``, sides multiples of 8) refined with ``pipe``'s UNet,
     VAE and text encoder(s). Raises JobCancelled within one tile of ``cancelled()``.
-    ``noise``: the whole latent's starting noise, by default ``initial_noise`` of the seed."""
+    ``noise``: the whole latent's starting noise, by default drawn from the seed.
+    ``controls``: ControlNets conditioning every tile on its part of their images."""
     height, width = rgb.shape[:2]
     factor = pipe.vae_scale_factor
     grid = refine_grid(width, height, settings, factor)
@@ -96,7 +115,8 @@ def tiled_refine(pipe: Any, family: str, rgb: np.ndarray, settings: RefineSettin
     device, dtype = pipe.device, unet.dtype
     total = progress_total if progress_total is not None else \
         len(grid) * settings.denoise_steps()
-    with torch.no_grad(), wrapped_convolutions([unet, vae], self_wrap):
+    nets = [control.controlnet for control in controls]
+    with torch.no_grad(), wrapped_convolutions([unet, vae, *nets], self_wrap):
         latents = _encode_tiles(vae, rgb, grid, latent_grid, device, cancelled)
         conditioning = _Conditioning.of(pipe, settings, device)
         scheduler = make_scheduler(settings.scheduler, {**model_scheduler_config,
@@ -111,6 +131,7 @@ def tiled_refine(pipe: Any, family: str, rgb: np.ndarray, settings: RefineSettin
             noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
         latents = scheduler.add_noise(latents, noise.to(device), timesteps[:1])
         tiles = list(latent_grid.tiles())
+        pixel_tiles = list(grid.tiles()) if controls else []
         weights = [torch.from_numpy(t.weight).to(device, torch.float32) for t in tiles]
         layout = PreviewLayout((width // factor, height // factor))
         palette = LatentPalette.for_family(family)
@@ -118,10 +139,14 @@ def tiled_refine(pipe: Any, family: str, rgb: np.ndarray, settings: RefineSettin
         for index, t in enumerate(timesteps):
             model_input = scheduler.scale_model_input(latents, t).to(dtype)
             prediction = torch.zeros_like(latents, dtype=torch.float32)
-            for tile, weight in zip(tiles, weights):
+            active = [c for c in controls if c.active(index, len(timesteps))]
+            for number, (tile, weight) in enumerate(zip(tiles, weights)):
                 if cancelled():
                     raise JobCancelled()
-                tile_prediction = conditioning.predict(unet, _take(model_input, tile), t)
+                images = [c.to_tensor(pixel_tiles[number].take(c.image).astype(np.float32) / 255.0)
+                          .to(device, dtype) for c in active]
+                tile_prediction = conditioning.predict(unet, _take(model_input, tile), t,
+                                                       list(zip(active, images)))
                 _add(prediction, tile, tile_prediction.to(torch.float32) * weight)
                 done += 1
                 if tile is not tiles[-1]:
@@ -163,11 +188,24 @@ class _Conditioning:
         return _Conditioning(positive, settings.guidance,
                              {"text_embeds": pooled, "time_ids": time_ids})
 
-    def predict(self, unet: Any, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def predict(self, unet: Any, latents: torch.Tensor, t: torch.Tensor,
+                controls: list[tuple[TileControl, torch.Tensor]] = ()) -> torch.Tensor:
         cfg = self.embeds.shape[0] == 2
         batch = torch.cat([latents, latents]) if cfg else latents
         added = dict(added_cond_kwargs=self.added) if self.added is not None else {}
-        out = unet(batch, t, encoder_hidden_states=self.embeds, return_dict=False, **added)[0]
+        residuals: dict[str, Any] = {}
+        for control, image in controls:
+            down, mid = control.controlnet(
+                batch, t, encoder_hidden_states=self.embeds,
+                controlnet_cond=torch.cat([image] * batch.shape[0]),
+                conditioning_scale=control.scale, return_dict=False, **added)
+            if residuals:     # several ControlNets add up, as MultiControlNetModel does
+                down = [a + b for a, b in zip(residuals["down_block_additional_residuals"], down)]
+                mid = residuals["mid_block_additional_residual"] + mid
+            residuals = dict(down_block_additional_residuals=down,
+                             mid_block_additional_residual=mid)
+        out = unet(batch, t, encoder_hidden_states=self.embeds, return_dict=False, **added,
+                   **residuals)[0]
         if not cfg:
             return out
         negative, positive = out.chunk(2)

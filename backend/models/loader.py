@@ -89,7 +89,8 @@ def conditioner_family(source: ModelSource) -> str:
         return families.CONTROLNET     # single files are read as ControlNets (single_file.py)
     family = families.family_of_folder(source.path)
     if family not in families.DEPTH_CONDITIONERS:
-        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+        # It may load fine as what it is: the name is the mistake, not the file.
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
                             f"{source.name} ({source.path}) is neither a ControlNet nor a "
                             f"T2I-Adapter (it holds: {family})", field="control.model")
     return family

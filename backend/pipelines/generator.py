@@ -366,16 +366,14 @@ def _model_field(control: PlannedControl) -> str:
 
 def _refielded(control: PlannedControl, step: Callable[[], T]) -> T:
     """``step()``, its ProtocolErrors naming ``control``'s model field. For controls of
-    ``job.controls`` a model that does not fit (another family, not a control model) is
+    ``job.controls`` a model made for another family (``unsupported`` from the store) is
     ``invalid_field``; the old depth form keeps its codes."""
     try:
         return step()
     except ProtocolError as exc:
         if control.legacy:
             raise
-        code = (ErrorCode.INVALID_FIELD if exc.code in (ErrorCode.UNSUPPORTED,
-                                                        ErrorCode.MODEL_LOAD_FAILED)
-                else exc.code)
+        code = ErrorCode.INVALID_FIELD if exc.code == ErrorCode.UNSUPPORTED else exc.code
         raise ProtocolError(code, exc.message, _model_field(control)) from exc
 
 

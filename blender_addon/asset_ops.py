@@ -35,6 +35,18 @@ def source_image(name: str, context: bpy.types.Context) -> Optional[bpy.types.Im
     return None
 
 
+def _capability_refused(operator: bpy.types.Operator, *needed: str) -> bool:
+    """Report and True if the connected daemon lacks one of ``needed``."""
+    session = current_session()
+    for name in needed:
+        problem = assets.capability_problem(name, session.capabilities if session else (),
+                                            bool(session and session.connection_ok))
+        if problem is not None:
+            operator.report({"ERROR"}, problem)
+            return True
+    return False
+
+
 def _upload(image: bpy.types.Image) -> Any:
     width, height = image.size
     if width == 0 or height == 0:
@@ -71,6 +83,9 @@ class ATELIER_OT_upscale(bpy.types.Operator, _SendsJobs):
             factor=int(props.upscale_factor) if props.upscale_mode == "FACTOR" else None,
             width=props.upscale_width, height=props.upscale_height,
             upscaler=props.upscaler or None, refine_strength=props.refine_strength)
+        needed = ("upscale", "refine") if choice.refine_strength > 0 else ("upscale",)
+        if _capability_refused(self, *needed):
+            return {"CANCELLED"}
         source = (int(image.size[0]), int(image.size[1]))
         session = current_session()
         problem = assets.upscale_problem(source, choice,
@@ -109,6 +124,8 @@ class ATELIER_OT_make_material(bpy.types.Operator, _SendsJobs):
         obj = context.active_object
         if obj is None or obj.type != "MESH":
             self.report({"ERROR"}, "select the mesh object that gets the material")
+            return {"CANCELLED"}
+        if _capability_refused(self, "texture_set"):
             return {"CANCELLED"}
         props = context.scene.atelier
         try:

@@ -166,6 +166,17 @@ def storage_note(blend_saved: bool) -> str:
     return "The .blend is not saved yet: the maps will be packed into it"
 
 
+def capability_problem(needed: str, capabilities: Iterable[str],
+                       connected: bool) -> Optional[str]:
+    """Why a connected daemon cannot run a job needing ``needed`` (welcome.capabilities:
+    upscale, refine, texture_set); None if it can, or while not connected (the daemon's
+    own answer comes then)."""
+    if not connected or needed in capabilities:
+        return None
+    return (f"this Atelier daemon does not run '{needed}' jobs (it is older than the "
+            "game-asset kit): update and restart it")
+
+
 def daemon_upscalers(models: Iterable[ModelInfo]) -> list[str]:
     """The names of the daemon's upscalers (kind "upscaler"), in its order."""
     return [m.name for m in models if getattr(m, "kind", "") == "upscaler"]

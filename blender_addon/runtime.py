@@ -115,6 +115,7 @@ class Session:
         self.model_families: dict[str, str] = {}         # checkpoint name -> family
         self.current_model: Optional[str] = None         # the daemon's loaded model
         self.sampler_presets: list[str] = []             # welcome.sampler_presets
+        self.capabilities: tuple[str, ...] = ()          # welcome.capabilities (connected)
         self.last_failure: Optional[str] = None
         self._on_connect: list[Callable[[AtelierClient], Any]] = []
         self._redraw = Throttle(REDRAW_INTERVAL, REDRAW_SHARE)
@@ -340,6 +341,7 @@ class Session:
                                 f"{welcome.device}, model {welcome.model or 'none loaded'}")
         self.limits = welcome.limits
         self.sampler_presets = list(welcome.sampler_presets)
+        self.capabilities = tuple(welcome.capabilities)
         self.current_model = welcome.model or self.current_model
         for job in self.jobs:
             if job.state == JobState.WAITING:

@@ -164,6 +164,42 @@ def test_blender_loras_reach_the_daemon(host: str, addon_zip: Path, tmp_path: Pa
     assert "SCENARIO loras PASSED" in output, output
 
 
+@pytest.fixture(scope="module")
+def upscaler_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's models folder with one upscaler, ``upscale_models/2x-tiny.safetensors``: a
+    tiny random-weight Real-ESRGAN compact net where spandrel is installed, else a file the
+    daemon lists but cannot run without spandrel."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("upscaler-models")
+    path = folder / "upscale_models" / "2x-tiny.safetensors"
+    path.parent.mkdir()
+    try:
+        from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+    except ImportError:
+        save_file({"body.0.weight": torch.zeros(8, 3, 3, 3)}, str(path))
+    else:
+        net = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return folder
+
+
+@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+def test_blender_upscaler_from_the_daemon(host: str, addon_zip: Path, tmp_path: Path,
+                                          start_daemon, upscaler_models_dir: Path) -> None:
+    """The Upscaler menu lists the daemon's upscaler after Lanczos; an Upscale with it runs,
+    or, on a daemon without spandrel, fails saying so and leaves nothing
+    (scenario_upscaler)."""
+    command = _host_command(host)
+    daemon = start_daemon("--models-dir", str(upscaler_models_dir))
+    proc = _run([*command, "--", "--zip", str(addon_zip), "--url", daemon.url,
+                 "--scenario", "upscaler", "--install", "legacy"], tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{host} upscaler failed (exit {proc.returncode}):\n{output}"
+    assert "SCENARIO upscaler PASSED" in output, output
+
+
 @pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
 def test_blender_daemon_goes_away_mid_job(host: str, addon_zip: Path, tmp_path: Path,
                                           start_daemon) -> None:

@@ -870,6 +870,38 @@ def scenario_upscale(module, url: str) -> None:
     assert len(session.jobs) == jobs
 
 
+def scenario_upscaler(module, url: str) -> None:
+    """A daemon with the upscaler '2x-tiny': the Upscaler menu offers it after Lanczos, the
+    Model menu does not; Upscale with it makes '<name> x4' through the model, or, where the
+    daemon lacks spandrel, fails naming it and leaves no image."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    props = scene.atelier
+    assert bpy.ops.atelier.test_connection() == {"FINISHED"}
+    session.pump_until_idle(30, until=lambda: session.models_listed)
+    ids = [item[0] for item in module.properties.upscaler_items(props, bpy.context)]
+    assert ids == ["LANCZOS", "2x-tiny"], ids
+    assert "2x-tiny" not in session.models, session.models
+    props.upscaler_choice = "2x-tiny"
+    assert props.upscaler == "2x-tiny"
+    pattern_image("Tiles", 32, 32)
+    harness.settings(scene, upscale_mode="FACTOR", upscale_factor="4", refine_strength=0.0)
+    before = snapshot()
+    assert bpy.ops.atelier.upscale(image="Tiles") == {"FINISHED"}
+    job = last_job(session)
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert job.request.upscale.upscaler == "2x-tiny"
+    made = new_datablocks(before)
+    if job.state.name == "FAILED":
+        assert "spandrel" in job.message, job.message
+        assert made["images"] == set(), made
+    else:
+        assert job.state.name == "DONE" and job.result.model == "2x-tiny", job.progress_text
+        assert tuple(bpy.data.images["Tiles x4"].size) == (128, 128)
+    props.upscaler_choice = "LANCZOS"
+    assert props.upscaler == ""
+
+
 def linked(tree, from_node: str, from_socket: str, to_node: str, to_socket: str) -> bool:
     return any(l.from_node.name == from_node and l.from_socket.name == from_socket
                and l.to_node.name == to_node and l.to_socket.name == to_socket

@@ -17,7 +17,8 @@ from protocol.client import AtelierClient, ClientError, default_url, make_upload
 from protocol.errors import ProtocolError
 from protocol.events import JobDone
 from protocol.frames import ImageFrame, PixelFormat
-from protocol.messages import SCHEDULERS, TILINGS, Cancelled, DepthInput, GenerateRequest, Progress
+from protocol.messages import (CONTROL_KINDS, SCHEDULERS, TILINGS, Cancelled, ControlLayer,
+                               DepthInput, GenerateRequest, Progress)
 
 from .limits import ServerLimits
 from .models import compile_modes
@@ -145,8 +146,10 @@ def _family_and_name(text: str) -> tuple[str, str]:
 
 
 def _request_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kind", default=None, choices=["txt2img", "img2img", "inpaint", "make_seamless"],
-                   help="default: txt2img, img2img with --init, inpaint with --mask")
+    p.add_argument("--kind", default=None,
+                   choices=["txt2img", "img2img", "inpaint", "make_seamless", "preprocess"],
+                   help="default: txt2img, img2img with --init, inpaint with --mask; preprocess "
+                        "writes the control image of the one --control-from")
     p.add_argument("--prompt", "-p", default="")
     p.add_argument("--negative", default="")
     p.add_argument("--width", type=int, default=None)
@@ -164,6 +167,14 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiling", default="none", choices=TILINGS)
     p.add_argument("--depth", type=Path, help="depth map: .npy float32 (distance) or an image "
                                               "(normalised, white = near)")
+    p.add_argument("--control", action="append", default=[], type=_control_arg,
+                   metavar="KIND=FILE[@SCALE]",
+                   help=f"a control image, e.g. lineart=lines.png@0.8 (repeatable; kinds: "
+                        f"{', '.join(CONTROL_KINDS)}; line images light on dark)")
+    p.add_argument("--control-from", action="append", default=[], type=_control_arg,
+                   metavar="KIND=FILE[@SCALE]",
+                   help="a plain picture the daemon makes the control image from, e.g. "
+                        "canny=photo.png (repeatable)")
     p.add_argument("--preview-every", type=int, default=0)
     p.add_argument("--cache-interval", type=int, default=1,
                    help="run the whole UNet every N-th step only, reusing its deep features "
@@ -291,6 +302,30 @@ def _read_depth(path: Path) -> tuple[ImageFrame, DepthInput]:
     return frame, DepthInput(upload=frame.id, convention="normalized")
 
 
+def _control_arg(text: str) -> tuple[str, Path, float]:
+    """``KIND=FILE[@SCALE]`` -> (kind, file, scale)."""
+    kind, sep, rest = text.partition("=")
+    path, _, scale = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if not sep or kind not in CONTROL_KINDS or not path:
+        raise argparse.ArgumentTypeError(
+            f"expected KIND=FILE[@SCALE] with KIND one of {', '.join(CONTROL_KINDS)}, got {text!r}")
+    try:
+        return kind, Path(path), float(scale) if scale else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the scale in {text!r} is not a number") from None
+
+
+def _control_layers(args: argparse.Namespace) -> tuple[list[ControlLayer], list[ImageFrame]]:
+    layers, uploads = [], []
+    for preprocess, given in ((False, args.control), (True, args.control_from)):
+        for kind, path, scale in given:
+            frame = _read_image(path, "RGBA", PixelFormat.RGBA8)
+            uploads.append(frame)
+            layers.append(ControlLayer(kind=kind, image=frame.id, scale=scale,
+                                       preprocess=preprocess))
+    return layers, uploads
+
+
 def request_from_args(args: argparse.Namespace) -> tuple[GenerateRequest, list[ImageFrame]]:
     uploads: list[ImageFrame] = []
     fields: dict[str, Any] = {}
@@ -306,6 +341,13 @@ def request_from_args(args: argparse.Namespace) -> tuple[GenerateRequest, list[I
         frame, depth = _read_depth(args.depth)
         uploads.append(frame)
         fields["depth"] = depth
+    controls, control_uploads = _control_layers(args)
+    if controls:
+        uploads.extend(control_uploads)
+        fields["controls"] = controls
+        if args.kind == "preprocess" and not args.init:
+            first = control_uploads[0]    # a preprocess result is as large as its picture
+            fields.update(width=first.width, height=first.height)
     kind = args.kind or ("inpaint" if args.mask else "img2img" if args.init else "txt2img")
     if args.width:
         fields["width"] = args.width

@@ -428,3 +428,23 @@ def test_sd2_depth_takes_one_depth_control_layer(atelier_home, pictures):
         _run(generator, GenerateRequest(**JOB, controls=[_layer("canny", pictures["canny"])]),
              pictures["canny"])
     assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "job.controls[0].kind")
+
+
+def test_the_cli_sends_controls(tmp_path):
+    import PIL.Image
+    from backend.cli import _parser, request_from_args
+    picture = tmp_path / "square.png"
+    PIL.Image.fromarray(_square(side=32, low=8, high=24)).save(picture)
+    args = _parser().parse_args(["generate", "--kind", "preprocess",
+                                 "--control-from", f"canny={picture}"])
+    job, uploads = request_from_args(args)
+    assert (job.kind, job.width, job.height) == ("preprocess", 32, 32)
+    assert job.controls == [ControlLayer(kind="canny", image=uploads[0].id, preprocess=True)]
+    args = _parser().parse_args(["generate", "--control", f"lineart={picture}@0.6",
+                                 "--control-from", f"softedge={picture}"])
+    job, uploads = request_from_args(args)
+    assert [(c.kind, c.scale, c.preprocess) for c in job.controls] == [
+        ("lineart", 0.6, False), ("softedge", 1.0, True)]
+    assert [c.image for c in job.controls] == [u.id for u in uploads]
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["generate", "--control", f"sketch={picture}"])

@@ -861,3 +861,144 @@ def test_live_toggle_follows_the_newest_canvas_state_applies_and_cleans_up(krita
     assert "[Atelier live]" not in live["after_off"] and not live["live_after_off"]
     assert name in live["after_off"]
     assert "cancel" not in live["message_after_off"].lower()
+
+
+# ---------------------------------------------------------------- Upscale, Make texture set
+# In the order they run: the last one scales the shared test document.
+ASSET_SCENARIOS = ("asset_fields", "texture_set", "texture_marigold_missing",
+                   "upscale_selection", "upscale_refusals", "upscale_cancel", "upscale_stalls",
+                   "upscale_canvas")
+# ``runner`` first, as for ``krita``: a missing Krita skips before a daemon starts.
+@pytest.fixture(scope="module")
+def krita_assets(runner: str, plugin_zip: str, krita_home: Path, atelier_home: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The game-asset scenarios (tests/host/krita/asset_scenarios.py) in a kritarunner run
+    of their own, against a daemon of their own (the canvas upscale scales the shared
+    test document)."""
+    from benchmarks.daemon_process import DaemonProcess
+    daemon = DaemonProcess(atelier_home).start()
+    try:
+        root = tmp_path_factory.mktemp("krita-assets")
+        env = isolated_env(krita_home, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS))
+        results = root / "results.json"
+        proc = subprocess.run([runner, "-s", "atelier_scenarios", str(results), plugin_zip,
+                               daemon.url, f"ws://127.0.0.1:{free_port()}/",
+                               ",".join(ASSET_SCENARIOS)],
+                              env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    finally:
+        daemon.stop()
+    log = (proc.stdout + proc.stderr)[-4000:]
+    if not results.exists():
+        pytest.fail(f"kritarunner wrote no results; its output ended with:\n{log}")
+    data = json.loads(results.read_text())
+    data["_log"] = log
+    yield data
+
+
+def test_upscale_and_texture_set_are_modes_with_their_own_fields(krita_assets):
+    record = scenario(krita_assets, "asset_fields")
+    assert record["modes"][-2:] == ["Upscale", "Texture set"]
+    assert record["upscale"] == {"button": "Upscale", "upscale_rows": True,
+                                 "texture_rows": False, "strength_row": False}
+    assert record["texture_set"] == {"button": "Make texture set", "upscale_rows": False,
+                                     "texture_rows": True, "strength_row": False}
+    assert not record["generate"]["upscale_rows"] and not record["generate"]["texture_rows"]
+    assert record["sizes"] == ["2x", "4x", "longest side 2048", "longest side 4096",
+                               "longest side 8192"]
+    # the daemon lists no upscaler model here: Lanczos only
+    assert record["upscalers"] == [["Lanczos (no model)", None]]
+    assert record["sources"] == ["auto", "marigold", "image"]
+
+
+def test_texture_set_adds_a_group_of_labelled_maps_and_leaves_the_layers(krita_assets):
+    record = scenario(krita_assets, "texture_set")
+    assert record["started"] and not record["busy"], record["message"]
+    assert record["sent"] == {"kind": "texture_set", "width": 512, "height": 512,
+                              "tiling": "both", "output_format": "raw", "upscale": None,
+                              "texture": {"maps": ["normal", "height", "roughness"],
+                                          "source": "image"},
+                              "upload": [WIDTH, HEIGHT]}
+    before, after = record["before"], record["after"]
+    assert after[:len(before)] == before          # the user's layers, pixels and all
+    group, *maps = after[len(before):]
+    assert group["type"] == "grouplayer" and group["depth"] == 0
+    assert group["name"] == "[Texture set] a lighthouse at dusk"
+    # bottom to top: the first map (normal) on top of the group, the only one shown
+    assert [(m["name"], m["depth"], m["visible"]) for m in maps] == [
+        ("roughness", 1, False), ("height", 1, False), ("normal", 1, True)]
+    assert all(m["bounds"] == [0, 0, WIDTH, HEIGHT] for m in maps)
+    assert len({m["sha"] for m in maps}) == 3
+    assert record["message"] == ("Texture set: done, normal, height, roughness in "
+                                 "'[Texture set] a lighthouse at dusk'")
+
+
+def test_texture_set_from_missing_marigold_says_what_the_daemon_said(krita_assets):
+    record = scenario(krita_assets, "texture_marigold_missing")
+    assert record["started"] and not record["busy"]
+    assert record["unchanged"]
+    assert "model_not_found" in record["message"] and "job.texture.source" in record["message"]
+    assert "atelier models pull prs-eth/marigold" in record["message"]
+
+
+def test_upscale_of_a_selection_scales_the_image_and_places_the_new_layer(krita_assets):
+    record = scenario(krita_assets, "upscale_selection")
+    assert record["started"] and not record["busy"], record["message"]
+    assert record["sent"] == {"kind": "upscale", "width": 160, "height": 96, "tiling": "none",
+                              "output_format": "raw", "texture": None,
+                              "upscale": {"scale": None, "upscaler": None,
+                                          "refine_strength": 0.0},
+                              "upload": [40, 24]}
+    assert record["extent"] == [400, 240]
+    before, after = record["before"], record["after"]
+    assert [n["name"] for n in after[:len(before)]] == [n["name"] for n in before]
+    assert all(n["bounds"] == [0, 0, 400, 240] for n in after[:len(before)])   # scaled too
+    (new,) = after[len(before):]
+    assert new["name"] == "[Upscaled 160x96] Lanczos" and new["bounds"] == [80, 40, 160, 96]
+    assert "40x24 -> 160x96" in record["message"]
+
+
+def test_upscale_refusals_name_the_problem(krita_assets):
+    record = scenario(krita_assets, "upscale_refusals")
+    too_big = record["too_big"]
+    assert not too_big["started"] and too_big["extent"] == [2100, 64]
+    assert "8400x256" in too_big["message"] and "limit of 8192 pixels a side" in too_big["message"]
+    unlisted = record["unlisted"]
+    assert not unlisted["started"]
+    assert unlisted["message"] == ("The daemon lists no upscaler named '4x-Nowhere': pick one "
+                                   "under Upscaler, or Lanczos (no model)")
+    assert record["layers"] == ["Background", "texture"]
+
+
+def test_cancelled_upscale_leaves_the_document_as_it_was(krita_assets):
+    record = scenario(krita_assets, "upscale_cancel")
+    assert record["started"] and record["message"] == "cancelled"
+    assert record["unchanged"] and record["extent"] == [128, 128]
+    assert record["sent"]["upscale"]["refine_strength"] == 1.0 and record["sent"]["width"] == 512
+    # progress counts the refine's tiles x steps, far more than the 30 steps asked
+    assert record["total"] > 30
+
+
+def test_upscale_of_a_large_canvas_keeps_the_ui_responsive(krita_assets):
+    record = scenario(krita_assets, "upscale_stalls")
+    assert record["started"], record["message"]
+    assert record["extent"] == [2 * 2048, 2 * 2048]
+    assert record["layers"][-1] == "[Upscaled 4096x4096] Lanczos"
+    print("upscale 2048 -> 4096 UI-thread figures:", {k: v for k, v in record.items()
+                                                        if k.endswith("_s")},
+          "longest of Krita's own calls:", record["krita_calls"])
+    assert record["click_own_s"] < STALL_LIMIT_S, record
+    assert record["pump_own_max_s"] < STALL_LIMIT_S, record
+
+
+def test_upscale_through_the_docker_scales_the_image_in_steps_undo_takes_back(krita_assets):
+    record = scenario(krita_assets, "upscale_canvas")
+    assert record["button"] == "Upscale"
+    assert record["started"] and not record["busy"], record["message"]
+    assert record["sent"]["kind"] == "upscale" and record["sent"]["tiling"] == "x"
+    assert record["sent"]["upload"] == [WIDTH, HEIGHT]
+    assert (record["sent"]["width"], record["sent"]["height"]) == (408, 312)
+    assert record["extent_before"] == [WIDTH, HEIGHT] and record["extent"] == [408, 312]
+    before, after = record["before"], record["after"]
+    assert [n["name"] for n in after[:len(before)]] == [n["name"] for n in before]
+    assert after[-1]["name"] == "[Upscaled 408x312] Lanczos"
+    assert after[-1]["bounds"] == [0, 0, 408, 312]

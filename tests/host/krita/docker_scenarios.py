@@ -596,3 +596,8 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
 # Every scenario by name, with those for a daemon of their own (atelier_scenarios' ONLY).
 ALL: dict[str, Callable[[Context], dict[str, Any]]] = {
     **SCENARIOS, "fresh_panel": fresh_panel, "loras_and_preset": loras_and_preset}
+
+# The game-asset scenarios (issue 16), for a kritarunner pass of their own.
+from asset_scenarios import SCENARIOS as ASSET_SCENARIOS  # noqa: E402
+
+ALL.update(ASSET_SCENARIOS)

@@ -1,0 +1,284 @@
+"""Scenarios for the docker's game-asset modes (issue 16: Upscale, Make texture set), run
+inside Krita by ``atelier_scenarios`` (named in its optional list, so they get a
+kritarunner pass of their own). Each returns what it saw; tests/test_krita_host.py judges.
+
+The texture set and the canvas upscale go through the docker's fields and its Generate
+button on the shared test document (the upscale scales that document, so it runs last);
+the others use documents of their own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from krita import Krita
+from PyQt5.QtCore import QCoreApplication
+
+from atelier_scenarios import WAIT_S, clear_selection, pump_until, select_rect, sha
+from docker_scenarios import Context, _choose, _timed_job, combo_items, timed_document_class
+
+STALL_SIDE = 2048          # an upscale of this canvas to twice its size is timed
+
+
+def _nodes(doc: Any) -> list[dict[str, Any]]:
+    """Every node (groups opened) with what the scenarios judge."""
+    doc.waitForDone()
+    out: list[dict[str, Any]] = []
+
+    def walk(parent: Any, depth: int) -> None:
+        for node in parent.childNodes():
+            if node.type() == "selectionmask":
+                continue
+            rect = node.bounds()
+            out.append({"name": node.name(), "type": node.type(), "depth": depth,
+                        "visible": node.visible(),
+                        "bounds": [rect.x(), rect.y(), rect.width(), rect.height()],
+                        "sha": sha(node.pixelData(0, 0, doc.width(), doc.height()))})
+            walk(node, depth + 1)
+
+    walk(doc.rootNode(), 0)
+    return out
+
+
+def _document(width: int, height: int, name: str) -> Any:
+    """A document with a patterned layer 'texture' over the Background."""
+    doc = Krita.instance().createDocument(width, height, name, "RGBA", "U8", "", 72.0)
+    layer = doc.createNode("texture", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    row = bytes((x * 7 + c * 50) % 256 if c < 3 else 255 for x in range(width) for c in range(4))
+    layer.setPixelData(row * height, 0, 0, width, height)
+    doc.refreshProjection()
+    doc.waitForDone()
+    return doc
+
+
+def _controller(ctx: Context, doc: Any, documents: Any = None) -> Any:
+    from atelier_krita.controller import Controller
+    from atelier_krita.host import KritaDocument
+    make = documents or KritaDocument
+    controller = Controller(lambda: make(doc), connection=ctx.controller.connection)
+    controller.connect()
+    pump_until(controller, lambda: controller.connected and bool(controller.models),
+               "the connection and the model list")
+    return controller
+
+
+def _run(controller: Any, start: Callable[[], bool]) -> dict[str, Any]:
+    """Start a job and pump until it ends; the largest progress total seen."""
+    started = start()
+    totals = [0]
+    deadline = time.monotonic() + WAIT_S
+    while started and controller.busy and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        controller.pump()
+        totals.append(controller.progress[1])
+        time.sleep(0.01)
+    return {"started": started, "message": controller.message, "total": max(totals),
+            "busy": controller.busy}
+
+
+def _sent(controller: Any) -> dict[str, Any]:
+    request = controller.sent_request
+    image = controller.sent_inputs.get("image")
+    return {"kind": request.kind, "width": request.width, "height": request.height,
+            "tiling": request.tiling, "output_format": request.output_format,
+            "upscale": None if request.upscale is None else
+            {"scale": request.upscale.scale, "upscaler": request.upscale.upscaler,
+             "refine_strength": request.upscale.refine_strength},
+            "texture": None if request.texture is None else
+            {"maps": list(request.texture.maps), "source": request.texture.source},
+            "upload": None if image is None else [image.width, image.height]}
+
+
+# ---------------------------------------------------------------- the docker's fields
+def asset_fields(ctx: Context) -> dict[str, Any]:
+    """Which rows each mode shows, the Upscale size and Upscaler entries, the button."""
+    from atelier_krita.jobs import Workflow
+    panel, doc = ctx.panel, ctx.doc
+    panel.refresh()
+    clear_selection(doc)
+    panel._check_selection()
+    out: dict[str, Any] = {"modes": [panel.mode_combo.itemText(i)
+                                     for i in range(panel.mode_combo.count())]}
+    for workflow in (Workflow.UPSCALE, Workflow.TEXTURE, Workflow.GENERATE):
+        panel.choose_workflow(workflow)
+        out[workflow.value] = {
+            "button": panel.generate_button.text(),
+            "upscale_rows": not panel.upscale_size_combo.isHidden(),
+            "texture_rows": not panel.texture_source_combo.isHidden(),
+            "strength_row": not panel.strength_row.isHidden()}
+    out["sizes"] = [text for text, _ in combo_items(panel.upscale_size_combo)]
+    out["upscalers"] = combo_items(panel.upscaler_combo)
+    out["sources"] = [text for text, _ in combo_items(panel.texture_source_combo)]
+    out["min_height"] = panel.minimumSizeHint().height()
+    return out
+
+
+# ---------------------------------------------------------------- texture sets
+def texture_set(ctx: Context) -> dict[str, Any]:
+    """Make texture set through the docker on the shared document: a group of map
+    layers on top, the user's layers untouched."""
+    from atelier_krita.jobs import Workflow
+    panel, controller, doc = ctx.panel, ctx.controller, ctx.doc
+    clear_selection(doc)
+    before = _nodes(doc)
+    panel.show_settings(ctx.base)
+    panel.choose_workflow(Workflow.TEXTURE)
+    _choose(panel.texture_source_combo, "image")
+    _choose(panel.tiling_combo, "both")
+    ran = _run(controller, panel.generate)
+    after = _nodes(doc)
+    return {**ran, "sent": _sent(controller), "before": before, "after": after,
+            "extent": [doc.width(), doc.height()]}
+
+
+def texture_marigold_missing(ctx: Context) -> dict[str, Any]:
+    """Maps from Marigold on a daemon without its weights: the daemon's model_not_found
+    in the message line, no layer added."""
+    from atelier_krita.jobs import Workflow
+    panel, controller, doc = ctx.panel, ctx.controller, ctx.doc
+    before = _nodes(doc)
+    panel.choose_workflow(Workflow.TEXTURE)
+    _choose(panel.texture_source_combo, "marigold")
+    ran = _run(controller, panel.generate)
+    _choose(panel.texture_source_combo, "auto")
+    return {**ran, "unchanged": _nodes(doc) == before}
+
+
+# ---------------------------------------------------------------- upscale
+def upscale_selection(ctx: Context) -> dict[str, Any]:
+    """4x of a selection: the image scaled by 4, the new layer over the selection's place."""
+    from atelier_krita.jobs import JobSettings, Mode
+    doc = _document(100, 60, "upscale-selection")
+    controller = _controller(ctx, doc)
+    try:
+        select_rect(doc, 20, 10, 40, 24)
+        before = _nodes(doc)
+        settings = JobSettings(upscale_factor=4.0, tiling="none", seed=5)
+        ran = _run(controller, lambda: controller.start(Mode.UPSCALE, settings))
+        return {**ran, "sent": _sent(controller), "before": before, "after": _nodes(doc),
+                "extent": [doc.width(), doc.height()]}
+    finally:
+        controller.close()
+        doc.close()
+
+
+def upscale_refusals(ctx: Context) -> dict[str, Any]:
+    """What the docker refuses before sending: a result over the daemon's upscale limit,
+    an upscaler the daemon does not list."""
+    from atelier_krita.jobs import JobSettings, Mode
+    doc = _document(2100, 64, "upscale-refused")
+    controller = _controller(ctx, doc)
+    out: dict[str, Any] = {}
+    try:
+        for name, settings in (("too_big", JobSettings(upscale_factor=4.0)),
+                               ("unlisted", JobSettings(upscaler="4x-Nowhere"))):
+            ok = controller.start(Mode.UPSCALE, settings)
+            out[name] = {"started": ok, "message": controller.message,
+                         "extent": [doc.width(), doc.height()]}
+        out["layers"] = [n["name"] for n in _nodes(doc)]
+    finally:
+        controller.close()
+        doc.close()
+    return out
+
+
+def upscale_cancel(ctx: Context) -> dict[str, Any]:
+    """Cancel during a refining upscale: no stray layer, the document's size unchanged."""
+    from atelier_krita.jobs import JobSettings, Mode
+    doc = _document(128, 128, "upscale-cancel")
+    controller = _controller(ctx, doc)
+    try:
+        before = _nodes(doc)
+        settings = JobSettings(prompt="moss", upscale_factor=4.0, refine_strength=1.0,
+                               steps=30, seed=2)
+        started = controller.start(Mode.UPSCALE, settings)
+        pump_until(controller, lambda: controller.progress[0] >= 1, "the first step")
+        total = controller.progress[1]
+        controller.cancel()
+        for _ in range(100):      # whatever the daemon still sends must add nothing
+            QCoreApplication.processEvents()
+            controller.pump()
+            time.sleep(0.01)
+        return {"started": started, "total": total, "message": controller.message,
+                "unchanged": _nodes(doc) == before, "extent": [doc.width(), doc.height()],
+                "sent": _sent(controller)}
+    finally:
+        controller.close()
+        doc.close()
+
+
+def upscale_stalls(ctx: Context) -> dict[str, Any]:
+    """A 2048x2048 canvas upscaled 2x (Lanczos) with the Qt-thread time of every call
+    measured, Krita's own calls (reading the canvas, scaling the image, adding the
+    layer) counted apart."""
+    from atelier_krita.jobs import JobSettings, Mode
+    base = timed_document_class()
+
+    calls: dict[str, float] = {}
+
+    class Timed(base):  # type: ignore[misc, valid-type]
+        # Krita's calls timed one by one (past TimedDocument's own, so counted once)
+        def _each(self, name: str, call: Callable[..., Any], *args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return self._timed(call, *args)
+            finally:
+                calls[name] = max(calls.get(name, 0.0), time.perf_counter() - started)
+
+        def scale_image(self, *args: Any) -> None:
+            self._each("scale_image_s", super(base, self).scale_image, *args)
+
+        def add_layer(self, *args: Any) -> Any:
+            return self._each("add_layer_s", super(base, self).add_layer, *args)
+
+        def read_canvas(self, *args: Any) -> bytes:
+            return self._each("read_canvas_s", super(base, self).read_canvas, *args)
+
+    doc = _document(STALL_SIDE, STALL_SIDE, "upscale-stalls")
+    controller = _controller(ctx, doc, Timed)
+    try:
+        started = time.perf_counter()
+        out = _timed_job(controller, Timed, Mode.UPSCALE, JobSettings(upscale_factor=2.0))
+        out["job_s"] = round(time.perf_counter() - started, 2)
+        out["krita_calls"] = {name: round(seconds, 3) for name, seconds in calls.items()}
+        out["extent"] = [doc.width(), doc.height()]
+        out["layers"] = [n["name"] for n in _nodes(doc)]
+        return out
+    finally:
+        controller.close()
+        doc.close()
+
+
+def upscale_canvas(ctx: Context) -> dict[str, Any]:
+    """Upscale 2x through the docker on the shared document (it scales it: run last)."""
+    from atelier_krita.jobs import Workflow
+    panel, controller, doc = ctx.panel, ctx.controller, ctx.doc
+    clear_selection(doc)
+    panel._check_selection()
+    before = _nodes(doc)
+    extent = [doc.width(), doc.height()]
+    panel.choose_workflow(Workflow.UPSCALE)
+    _choose(panel.upscale_size_combo, "2x")
+    _choose(panel.tiling_combo, "x")
+    panel.refine_spin.setValue(0)
+    button = panel.generate_button.text()
+    ran = _run(controller, panel.generate)
+    after = _nodes(doc)
+    undo = Krita.instance().action("edit_undo")
+    return {**ran, "button": button, "sent": _sent(controller), "before": before,
+            "after": after, "extent_before": extent, "extent": [doc.width(), doc.height()],
+            "undo_text": undo.text() if undo is not None else None}
+
+
+SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "asset_fields": asset_fields,
+    "texture_set": texture_set,
+    "texture_marigold_missing": texture_marigold_missing,
+    "upscale_selection": upscale_selection,
+    "upscale_refusals": upscale_refusals,
+    "upscale_cancel": upscale_cancel,
+    "upscale_stalls": upscale_stalls,
+    "upscale_canvas": upscale_canvas,
+}

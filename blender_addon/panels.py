@@ -24,6 +24,7 @@ from .runtime import JobState
 CATEGORY = "Atelier"
 RECENT_JOBS = 3
 BOXED_LINE_ROOM = panel_view.LINE_ROOM - 3   # a line with an icon inside a box
+ICON_LINE_ROOM = panel_view.LINE_ROOM - 4    # a line with an icon, for text with long words
 PREVIEW_SCALE = 7.0     # the panel's preview, in icon sizes (about 140 px at scale 1)
 HISTORY_ROWS = 4
 
@@ -228,8 +229,9 @@ def draw_texture(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
 
 
 def _lines(layout: bpy.types.UILayout, text: str, icon: str) -> None:
+    """``text`` wrapped to the sidebar, ``icon`` before its first line."""
     col = layout.column(align=True)
-    for line in panel_view.wrap(text):
+    for line in panel_view.wrap(text, ICON_LINE_ROOM):
         col.label(text=line, icon=icon)
         icon = "BLANK1"
 
@@ -273,7 +275,7 @@ def draw_assets(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
     col.scale_y = 1.2
     col.enabled = image is not None
     col.operator("atelier.make_material", icon="NODE_MATERIAL")
-    _split(layout).prop(props, "normal_strength", text=labels["normal_strength"])
+    layout.prop(props, "normal_strength", text=labels["normal_strength"])
     saved = bool(bpy.data.filepath)
     _lines(layout, assets.storage_note(saved), "FILE_FOLDER" if saved else "PACKAGE")
 

@@ -96,7 +96,9 @@ def _stage(module) -> object:
     session.models_listed = True
     session.limits = messages.Limits(max_message_bytes=64 << 20, max_pixels=2048 * 2048,
                                      max_side=2048, max_batch=8, max_steps=150, max_queue=32,
-                                     max_uploads=8)
+                                     max_uploads=8, max_upscale_side=8192,
+                                     max_upscale_pixels=8192 * 8192)
+    session.upscalers = ["4x-UltraSharp", "2x-tiny"]
     scene = bpy.context.scene
     props = harness.settings(scene, prompt=PROMPT, negative_prompt="blurry, text, watermark",
                              steps=20)
@@ -133,6 +135,21 @@ def _open_subpanels(panels, which: dict[str, set[str]]) -> None:
         bpy.utils.unregister_class(cls)
         cls.bl_options = set() if suffix in which[cls.bl_space_type] else {"DEFAULT_CLOSED"}
         bpy.utils.register_class(cls)
+
+
+def _fresh_subpanels(panels, space: str, opened: set[str]) -> None:
+    """In a sidebar that has drawn already (and keeps each panel's open state by the panel's
+    name), show the ``space`` sub-panels anew: each under a new name, open if in ``opened``."""
+    for cls in panels.PANELS:
+        parent = getattr(cls, "bl_parent_id", "")
+        if not parent or cls.bl_space_type != space:
+            continue
+        suffix = cls.__name__[len(parent) + 1:]
+        bpy.utils.unregister_class(cls)
+        name = f"{cls.__name__}_shot"
+        bpy.utils.register_class(type(name, (cls,), {
+            "bl_idname": name,
+            "bl_options": set() if suffix in opened else {"DEFAULT_CLOSED"}}))
 
 
 def _area(kind: str):
@@ -225,6 +242,16 @@ def steps(args: argparse.Namespace, module, drawn: Drawn) -> Iterator[float]:
         yield 0.3
     if args.mode == "shots":
         _shoot("IMAGE_EDITOR", "panel-image-editor", args.out)
+        # Game Assets: an Upscale of the shown image running, its sub-panel open
+        props = bpy.context.scene.atelier
+        props.upscaler, props.refine_strength = "4x-UltraSharp", 0.3
+        job.label, job.state = "Upscale 'bricks 1236'", job.state.__class__.RUNNING
+        job.step, job.total, job.message = 40, 96, ""
+        _fresh_subpanels(panels, "IMAGE_EDITOR", {"assets"})
+        for _ in range(4):
+            _area("IMAGE_EDITOR")[1].tag_redraw()
+            yield 0.3
+        _shoot("IMAGE_EDITOR", "panel-game-assets", args.out)
     else:
         expected = {(key, image_editor) for key in ("main", *ids)
                     for image_editor in (False, True)}

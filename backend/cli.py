@@ -17,8 +17,9 @@ from protocol.client import AtelierClient, ClientError, default_url, make_upload
 from protocol.errors import ProtocolError
 from protocol.events import JobDone
 from protocol.frames import ImageFrame, PixelFormat
-from protocol.messages import (CONTROL_KINDS, SCHEDULERS, TILINGS, Cancelled, ControlLayer,
-                               DepthInput, GenerateRequest, Progress)
+from protocol.messages import (CONTROL_KINDS, SCHEDULERS, TEXTURE_MAPS, TILINGS, Cancelled,
+                               ControlLayer, DepthInput, GenerateRequest, Progress,
+                               TextureSettings, UpscaleSettings)
 
 from .limits import ServerLimits
 from .models import compile_modes
@@ -147,9 +148,12 @@ def _family_and_name(text: str) -> tuple[str, str]:
 
 def _request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", default=None,
-                   choices=["txt2img", "img2img", "inpaint", "make_seamless", "preprocess"],
+                   choices=["txt2img", "img2img", "inpaint", "make_seamless", "preprocess",
+                            "upscale", "texture_set"],
                    help="default: txt2img, img2img with --init, inpaint with --mask; preprocess "
-                        "writes the control image of the one --control-from")
+                        "writes the control image of the one --control-from; upscale makes "
+                        "--init larger (--scale, --upscaler, --refine); texture_set writes PBR "
+                        "maps of --init (--maps)")
     p.add_argument("--prompt", "-p", default="")
     p.add_argument("--negative", default="")
     p.add_argument("--width", type=int, default=None)
@@ -179,6 +183,21 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-interval", type=int, default=1,
                    help="run the whole UNet every N-th step only, reusing its deep features "
                         "in between (faster, slightly different images; default 1 = off)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="upscale: the init's size times this (else --width x --height)")
+    p.add_argument("--upscaler", default=None,
+                   help="upscale: a super-resolution model (.safetensors in models/ESRGAN or "
+                        "upscale_models); default Lanczos")
+    p.add_argument("--refine", type=float, default=0.0,
+                   help="upscale: strength of the tiled refine with the prompt (0 = none)")
+    p.add_argument("--tile", type=int, default=0,
+                   help="upscale: refine tile side in pixels (0 = the model's native size)")
+    p.add_argument("--maps", nargs="+", default=["normal", "height", "roughness"],
+                   choices=TEXTURE_MAPS, help="texture_set: the maps to make")
+    p.add_argument("--texture-source", default="auto", choices=["auto", "marigold", "image"],
+                   help="texture_set: Marigold models, the colour itself, or Marigold where cached")
+    p.add_argument("--normal-strength", type=float, default=8.0,
+                   help="texture_set: relief of normals made from height (pixels over the range)")
     p.add_argument("--format", default="raw", choices=["raw", "png"],
                    help="how results travel (raw RGBA on loopback is cheapest)")
 
@@ -353,6 +372,12 @@ def request_from_args(args: argparse.Namespace) -> tuple[GenerateRequest, list[I
         fields["width"] = args.width
     if args.height:
         fields["height"] = args.height
+    if kind == "upscale":
+        fields["upscale"] = UpscaleSettings(scale=args.scale, upscaler=args.upscaler,
+                                            refine_strength=args.refine, tile=args.tile)
+    elif kind == "texture_set":
+        fields["texture"] = TextureSettings(maps=list(args.maps), source=args.texture_source,
+                                            normal_strength=args.normal_strength)
     job = GenerateRequest(kind=kind, prompt=args.prompt, negative_prompt=args.negative,
                           steps=args.steps, guidance=args.guidance, seed=args.seed,
                           scheduler=args.scheduler, batch_size=args.batch,
@@ -391,7 +416,8 @@ def write_results(done: JobDone, out: Path, stem: str) -> list[Path]:
     written = []
     params = done.result.params
     for info, frame in zip(done.result.images, done.images):
-        path = out / f"{stem}-{info.seed}-{info.index}.png"
+        label = f"-{info.label}" if info.label else ""     # a texture set's map names
+        path = out / f"{stem}-{info.seed}-{info.index}{label}.png"
         if frame.format == PixelFormat.PNG:
             path.write_bytes(frame.data)  # the daemon embedded the parameters already
         else:

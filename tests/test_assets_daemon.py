@@ -120,3 +120,36 @@ def test_cancel_stops_a_refine_within_a_tile_and_png_results_carry_the_label(cli
                                           output_format="png"), [small], timeout=60)
     assert [i.format for i in done.result.images] == ["png"] * 3
     assert [i.label for i in done.result.images] == ["normal", "height", "roughness"]
+
+
+def test_cli_writes_a_texture_set_as_labelled_pngs(daemon, tmp_path):
+    from PIL import Image
+
+    from backend.cli import main
+
+    texture = tmp_path / "bricks.png"
+    Image.fromarray(_texture(96, 64)).save(texture)
+    out = tmp_path / "maps"
+    assert main(["generate", "--url", daemon.url, "--kind", "texture_set", "--init",
+                 str(texture), "--maps", "normal", "height", "--tiling", "both", "--seed", "4",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["texture_set-4-0-normal.png",
+                                                     "texture_set-4-1-height.png"]
+    with Image.open(out / "texture_set-4-0-normal.png") as normal:
+        assert normal.size == (96, 64)
+
+
+def test_cli_upscale_options_become_the_request(tmp_path):
+    from PIL import Image
+
+    from backend.cli import _parser, request_from_args
+
+    picture = tmp_path / "wall.png"
+    Image.fromarray(_texture(64, 48)).save(picture)
+    args = _parser().parse_args(["generate", "--kind", "upscale", "--init", str(picture),
+                                 "--scale", "4", "--refine", "0.3", "--tile", "512",
+                                 "--upscaler", "4x-UltraSharp", "-p", "moss"])
+    job, uploads = request_from_args(args)
+    assert job.kind == "upscale" and job.init_image == uploads[0].id
+    assert job.upscale == UpscaleSettings(scale=4.0, upscaler="4x-UltraSharp",
+                                          refine_strength=0.3, tile=512)

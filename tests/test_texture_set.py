@@ -108,11 +108,13 @@ def test_marigold_without_its_weights_is_model_not_found_with_the_pull_command(g
     up = _upload(_seamless_colour())
     job = GenerateRequest(kind="texture_set", init_image=up.id,
                           texture=TextureSettings(source="marigold", maps=["normal"]))
-    with pytest.raises(ProtocolError) as err:
-        generator.generate(job, {up.id: up}, lambda *_: None, lambda: False)
-    assert err.value.code == ErrorCode.MODEL_NOT_FOUND
-    assert f"atelier models pull {MARIGOLD_NORMALS}" in err.value.message
-    assert err.value.field == "job.texture.source"
+    for attempt in (generator.check, lambda j, u: generator.generate(j, u, lambda *_: None,
+                                                                      lambda: False)):
+        with pytest.raises(ProtocolError) as err:
+            attempt(job, {up.id: up})
+        assert err.value.code == ErrorCode.MODEL_NOT_FOUND
+        assert f"atelier models pull {MARIGOLD_NORMALS}" in err.value.message
+        assert err.value.field == "job.texture.source"
 
 
 def test_auto_source_without_marigold_derives_the_maps_from_the_colour(generator):

@@ -65,7 +65,10 @@ class AssetGenerator:
             if plan.upscaler is not None:
                 resolve_upscaler(plan.upscaler, self._roots())
         elif job.kind == "texture_set":
-            plan_texture_set(job, uploads, fresh_seed=0)
+            plan = plan_texture_set(job, uploads, fresh_seed=0)
+            if plan.request.texture is not None and plan.request.texture.source == "marigold":
+                for name in plan.maps:     # missing weights: refused before the job queues
+                    require_marigold(MARIGOLD_FOR_MAP[name], self._store.hf_cache, name)
         else:
             self._inner.check(job, uploads)
 

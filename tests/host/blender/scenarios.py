@@ -942,6 +942,10 @@ def scenario_material(module, url: str) -> None:
     prefs = harness.preferences(module)
     assert prefs.image_storage == "PACK"   # Make Material saves files whatever this says
     folder = os.environ["ATELIER_SCENARIO_DIR"]
+    bpy.ops.wm.read_homefile(use_empty=True)   # no object to put a material on
+    pattern_image("Probe", 16, 16)
+    assert "select the mesh object" in refused(bpy.ops.atelier.make_material, image="Probe")
+    assert not session.jobs
     for saved in (False, True):
         bpy.ops.wm.read_homefile(use_empty=True)
         scene = bpy.context.scene
@@ -1279,6 +1283,8 @@ def scenario_ui(module, url: str) -> None:
     # Operators that cannot run here say why, as reports (a RuntimeError for a script).
     for op, needs in ((bpy.ops.atelier.render_to_image, "no active camera"),
                       (bpy.ops.atelier.project_texture, "select the mesh objects"),
+                      (bpy.ops.atelier.upscale, "no image to upscale"),
+                      (bpy.ops.atelier.make_material, "no colour texture"),
                       (bpy.ops.atelier.cancel, None)):
         try:
             result = op()

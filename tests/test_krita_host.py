@@ -718,7 +718,8 @@ def test_docked_docker_shows_its_generate_button_on_a_1366x768_screen(app_probe)
     assert inside(results["results"], fit["screen"]), results
     shots = [Path(app_probe["_screenshot"]), Path(app_probe["_screenshot"][:-4] + ".batch.png"),
              Path(app_probe["_screenshot"][:-4] + ".tall.png"),
-             Path(app_probe["_screenshot"][:-4] + ".more.png")]
+             Path(app_probe["_screenshot"][:-4] + ".more.png"),
+             Path(app_probe["_screenshot"][:-4] + ".upscale.png")]
     for shot in shots:
         print(f"screenshot of Krita at {SCREEN[0]}x{SCREEN[1]}: {shot}")
         assert shot.stat().st_size > 10_000     # a real picture of the screen
@@ -729,11 +730,18 @@ def test_docked_docker_shows_its_generate_button_on_a_1366x768_screen(app_probe)
             "docked": [str(shots[0]), fit["docker"]], "batch": [str(shots[1]),
                                                                 results["docker"]],
             "tall": [str(shots[2]), app_probe["tall_docker"]],
-            "more": [str(shots[3]), app_probe["more_docker"]]}))
+            "more": [str(shots[3]), app_probe["more_docker"]],
+            "upscale": [str(shots[4]), app_probe["upscale_mode"]["docker"]]}))
     # More settings open in the running application: a preset greys out what it decides.
     assert app_probe["more_settings"] == {"preset": "lcm_4", "steps_enabled": False,
                                           "guidance_enabled": False, "lora_rows": 1,
                                           "lora_row_shown": True}, app_probe["more_settings"]
+    # Upscale mode docked: its fields scroll into view, the docker keeps its size and fits.
+    upscale = app_probe["upscale_mode"]
+    assert upscale["button_text"] == "Upscale" and upscale["fields_shown"] == [True] * 3, upscale
+    assert upscale["window"] == fit["screen"] and inside(upscale["docker"], fit["screen"])
+    assert inside(upscale["button"], fit["screen"]), upscale
+    assert upscale["panel_min_height"] == fit["panel_min_height"], upscale
 
 
 def steps(record: dict[str, Any]) -> int:

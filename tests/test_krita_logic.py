@@ -856,3 +856,4 @@ def test_upscaler_choices_and_result_names():
     assert texture_group_name("  mossy   stone ", "doc") == "[Texture set] mossy stone"
     assert texture_group_name("", "wall.kra") == "[Texture set] wall.kra"
     assert map_layer_names(["normal", None]) == ["normal", "map 2"]
+

@@ -59,8 +59,8 @@ from .protocol.frames import ImageFrame, new_id
 from .protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, Limits, ModelInfo,
                                 ModelLoaded, Models, Progress, Started)
 from .protocol.schema import validate
-from .work import (CanvasRead, PixelWorker, PreparedInputs, finished_images, layer_pixels,
-                   prepare_inputs)
+from .work import (AssetImage, CanvasRead, PixelWorker, PreparedInputs, asset_images,
+                   finished_images, layer_pixels, prepare_inputs)
 
 PREVIEW_LAYER = "[Atelier preview]"
 CLIENT_NAME = "atelier-krita"
@@ -636,8 +636,11 @@ class Controller:
         for work in job.work:
             if work.kind == "preview":
                 work.future.cancel()     # the result shows instead
-        job.work.append(_Work("result", self._worker.submit(finished_images, done,
-                                                            job.plan.placed, job.clip), done))
+        if job.mode in (Mode.UPSCALE, Mode.TEXTURE):
+            future = self._worker.submit(asset_images, done, job.plan.placed)
+        else:
+            future = self._worker.submit(finished_images, done, job.plan.region, job.clip)
+        job.work.append(_Work("result", future, done))
 
     def _collect_work(self) -> bool:
         """Apply the active job's finished pixel work in the order it was asked for, but
@@ -687,7 +690,8 @@ class Controller:
             assert work.done is not None
             self._finish(job, work.done, result)
 
-    def _finish(self, job: _ActiveJob, done: JobDone, images: list[ResultImage]) -> None:
+    def _finish(self, job: _ActiveJob, done: JobDone, images: list[Any]) -> None:
+        """``images``: ResultImages, or for an upscale or a texture set AssetImages."""
         if not images:
             self._end_job("the daemon finished the job without images")
             return
@@ -719,7 +723,7 @@ class Controller:
             self._batch.history_index += 1      # History's rows moved down by one
         self._start_next()
 
-    def _finish_asset(self, job: _ActiveJob, done: JobDone, images: list[ResultImage]) -> None:
+    def _finish_asset(self, job: _ActiveJob, done: JobDone, images: list[AssetImage]) -> None:
         """An upscale (the image scaled as Image > Scale does, then the upscaled pixels in
         a new layer on top) or a texture set (a new group on top, a layer a map)."""
         document, plan, settings = job.document, job.plan, job.settings
@@ -727,23 +731,23 @@ class Controller:
             document.scale_image(plan.scaled_canvas)
             name = upscale_layer_name(plan.placed.extent, settings.upscaler,
                                       settings.refine_strength)
-            document.add_layer(name, images[0].bgra, plan.placed, document.top_node())
+            document.add_layer(name, images[0].bands, plan.placed, document.top_node())
             text = (f"Upscale: done, {plan.region.extent} -> {plan.placed.extent}"
                     f" (the image is now {plan.scaled_canvas})")
         else:
-            labels = map_layer_names([info.label for info in done.result.images])
+            labels = map_layer_names([image.label for image in images])
             group = texture_group_name(settings.prompt, document.name)
-            document.add_group(group, [(label, image.bgra) for label, image
+            document.add_group(group, [(label, image.bands) for label, image
                                        in zip(labels, images)], plan.placed, document.top_node())
             text = f"Texture set: done, {', '.join(labels)} in '{group}'"
         self._job = None
         self.last_params = done.result.params
         self.message = text
-        seeds = tuple(image.seed for image in images)
+        seeds = tuple(image.result.seed for image in images)
         # History keeps thumbnails only: these results are not a picture for the region.
         self.history.add(HistoryEntry(job.mode, settings, plan.region, "done", seeds,
                                       done.result.seconds,
-                                      images=tuple(image.without_pixels() for image in images)))
+                                      images=tuple(image.result for image in images)))
         if self._batch is not None and self._batch.history_index is not None:
             self._batch.history_index += 1
         self._start_next()

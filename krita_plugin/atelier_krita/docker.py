@@ -569,6 +569,8 @@ class AtelierPanel(QWidget):
         for key, widgets in self._mode_rows.items():
             for widget in widgets:
                 widget.setVisible(key in shown)
+        # an upscale or a texture set makes one result (set): no batch
+        self.batch_spin.setVisible(self.workflow not in (Workflow.UPSCALE, Workflow.TEXTURE))
 
     def _refresh_action(self) -> None:
         c = self.controller

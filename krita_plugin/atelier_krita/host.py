@@ -14,6 +14,7 @@ from PyQt5.QtCore import QByteArray
 from .geometry import Bounds, Extent
 from .jobs import JobRefused
 from .live import checksum
+from .work import Bands
 
 SETTINGS_GROUP = "atelier_krita"
 SCALE_FILTER = "Bicubic"       # Krita's filter for the user's layers when Upscale scales the image
@@ -183,14 +184,15 @@ class KritaDocument:
         walk(self._doc.rootNode())
         return ids
 
-    def add_layer(self, name: str, bgra: bytes, region: Bounds, above: Any) -> Any:
-        """A new paint layer above ``above``: one step in Krita's undo history."""
+    def add_layer(self, name: str, bgra: "bytes | Bands", region: Bounds, above: Any) -> Any:
+        """A new paint layer above ``above``: one step in Krita's undo history. ``bgra``
+        covers ``region``, or is bands of it (region, BGRA) written one by one."""
         if not self.is_open():
             raise DocumentClosed(f"the document '{self.name}' was closed")
         node = self._doc.createNode(name, "paintlayer")
         # Pixels first: adding the layer then updates the canvas once, where writing
         # after it would recomposite the whole image a second time (refreshProjection).
-        node.setPixelData(QByteArray(bgra), region.x, region.y, region.width, region.height)
+        _write(node, bgra, region)
         parent = self._parent_of(above)
         placed = above if above is not None and self._alive(above) else None
         parent.addChildNode(node, placed)
@@ -208,11 +210,11 @@ class KritaDocument:
                              int(self._doc.yRes()), SCALE_FILTER)
         self._doc.waitForDone()
 
-    def add_group(self, name: str, layers: list[tuple[str, bytes]], region: Bounds,
+    def add_group(self, name: str, layers: "list[tuple[str, Bands]]", region: Bounds,
                   above: Any) -> Any:
-        """A new group layer above ``above`` holding one paint layer per (name, BGRA over
-        ``region``), the first on top and the only one shown. Adding the group and each
-        layer are steps in Krita's undo history."""
+        """A new group layer above ``above`` holding one paint layer per (name, bands of
+        BGRA over ``region``), the first on top and the only one shown. Adding the group
+        and each layer are steps in Krita's undo history."""
         if not self.is_open():
             raise DocumentClosed(f"the document '{self.name}' was closed")
         group = self._doc.createGroupLayer(name)
@@ -220,7 +222,7 @@ class KritaDocument:
         parent.addChildNode(group, above if above is not None and self._alive(above) else None)
         for index, (layer_name, bgra) in reversed(list(enumerate(layers))):
             node = self._doc.createNode(layer_name, "paintlayer")
-            node.setPixelData(QByteArray(bgra), region.x, region.y, region.width, region.height)
+            _write(node, bgra, region)
             node.setVisible(index == 0)
             group.addChildNode(node, None)        # None: on top of the group's layers
         self._doc.refreshProjection()
@@ -257,6 +259,12 @@ class KritaDocument:
             if parent is not None:
                 return parent
         return self._doc.rootNode()
+
+
+def _write(node: Any, bgra: "bytes | Bands", region: Bounds) -> None:
+    bands = ((region, bgra),) if isinstance(bgra, (bytes, bytearray)) else bgra
+    for bounds, data in bands:
+        node.setPixelData(QByteArray(data), bounds.x, bounds.y, bounds.width, bounds.height)
 
 
 def active_document() -> Optional[KritaDocument]:

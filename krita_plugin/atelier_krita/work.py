@@ -73,6 +73,14 @@ def _upload(upload_id: Optional[str], fmt: PixelFormat, size: Extent, data: byte
 def layer_pixels(frame: ImageFrame, region: Bounds, clip: Optional[bytes]) -> bytes:
     """A daemon image (a step preview or a result) as BGRA covering ``region``, its alpha
     multiplied by ``clip``."""
+    rgba, extent = _frame_rgba(frame)
+    rgba = resample(rgba, extent, region.extent, 4)
+    if clip is not None:
+        rgba = with_alpha(rgba, clip)
+    return rgba_to_bgra(rgba)
+
+
+def _frame_rgba(frame: ImageFrame) -> tuple[bytes, Extent]:
     if frame.format == PixelFormat.PNG:
         rgba, extent = decode_png_rgba(frame.data)
     elif frame.format == PixelFormat.RGBA8:
@@ -83,10 +91,7 @@ def layer_pixels(frame: ImageFrame, region: Bounds, clip: Optional[bytes]) -> by
         raise ProtocolError(ErrorCode.BAD_MESSAGE,
                             f"a result image in format {frame.format.name} is not a picture",
                             "frame.format")
-    rgba = resample(rgba, extent, region.extent, 4)
-    if clip is not None:
-        rgba = with_alpha(rgba, clip)
-    return rgba_to_bgra(rgba)
+    return rgba, extent
 
 
 def result_layers(done: JobDone, region: Bounds,
@@ -105,6 +110,47 @@ def finished_images(done: JobDone, region: Bounds, clip: Optional[bytes]) -> lis
     # Scaling works channel by channel, so BGRA scales as it is; only the thumb is swapped.
     return [ResultImage(bgra, seed, bgra_to_rgba(resample(bgra, region.extent, size, 4)), size)
             for bgra, seed in result_layers(done, region, clip)]
+
+
+# Bytes of one band of an asset result's rows: an 8192x8192 upscale is 256 MB, and one
+# buffer that size (allocated, swapped, copied) holds Python's GIL, and so Qt's thread, for
+# a tenth of a second or more; bands of this size never do.
+BAND_BYTES = 1 << 20
+
+Bands = tuple[tuple[Bounds, bytes], ...]
+
+
+@dataclass(frozen=True)
+class AssetImage:
+    """One image of an upscale or a texture set: BGRA in bands of whole rows covering the
+    region (``host.KritaDocument.add_layer`` writes them one by one), the daemon's label,
+    and a ResultImage with its seed and thumbnail (no pixels: History keeps no more)."""
+    bands: Bands
+    label: Optional[str]
+    result: ResultImage
+
+
+def in_bands(rgba: bytes, region: Bounds) -> Bands:
+    """RGBA covering ``region`` as BGRA bands of whole rows of at most BAND_BYTES."""
+    row = region.width * 4
+    rows = max(1, BAND_BYTES // row)
+    return tuple((Bounds(region.x, region.y + top, region.width, min(rows, region.height - top)),
+                  rgba_to_bgra(rgba[top * row:(top + rows) * row]))
+                 for top in range(0, region.height, rows))
+
+
+def asset_images(done: JobDone, region: Bounds) -> list[AssetImage]:
+    """Every image of a finished upscale or texture set, for layers over ``region`` (on
+    the worker thread)."""
+    out = []
+    for frame, info in zip(done.images, done.result.images):
+        rgba, extent = _frame_rgba(frame)
+        if extent != region.extent:
+            rgba = resample(rgba, extent, region.extent, 4)
+        size = thumbnail_extent(region.extent, THUMB_SIDE)
+        thumb = ResultImage(b"", info.seed, resample(rgba, region.extent, size, 4), size)
+        out.append(AssetImage(in_bands(rgba, region), info.label, thumb))
+    return out
 
 
 class PixelWorker:

@@ -7,7 +7,8 @@ picture), cropped to the docker and its surroundings and quantized to small PNGs
 
 Writes krita_plugin/docs/docker-docked.png (the docker as Krita docks it by default,
 with a batch waiting), docker-tall.png (the docker floated taller, showing History) and
-docker-more.png (floated, More settings open at the Sampler preset and a LoRA row)."""
+docker-more.png (floated, More settings open at the Sampler preset and a LoRA row) and
+docker-upscale.png (docked, in Upscale mode with its fields scrolled into view)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def main() -> int:
         crop(*where["batch"], HERE / "docker-docked.png", above=300)
         crop(*where["tall"], HERE / "docker-tall.png")
         crop(*where["more"], HERE / "docker-more.png")
+        crop(*where["upscale"], HERE / "docker-upscale.png", above=120)
     return 0
 
 

@@ -382,7 +382,31 @@ class AtelierAppProbe(Extension):
         self._out["history_discard"] = {"undo_before": undo_before,
                                         "undo_after": self._undo_steps(),
                                         "same_stack": self._stack() == stack_before}
+        self._upscale_mode(panel)
         self._finish()
+
+    def _upscale_mode(self, panel):
+        """The docked docker in Upscale mode, its fields scrolled into view: a screenshot
+        for the documentation, and whether everything still fits the screen."""
+        from atelier_krita.jobs import Workflow
+        panel.choose_workflow(Workflow.UPSCALE)
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        panel.form_scroll.ensureWidgetVisible(panel.refine_spin, 0, 4)
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        QGuiApplication.primaryScreen().grabWindow(0).save(
+            os.environ["ATELIER_PROBE_OUT"] + ".upscale.png", "PNG")
+        window = Krita.instance().activeWindow().qwindow()
+        self._out["upscale_mode"] = {
+            "docker": _global_rect(self._docker()),
+            "window": _rect(window.frameGeometry()),
+            "button_text": panel.generate_button.text(),
+            "button": _global_rect(panel.generate_button),
+            "fields_shown": [_shown(w) for w in (panel.upscale_size_combo,
+                                                 panel.upscaler_combo, panel.refine_spin)],
+            "panel_min_height": panel.minimumSizeHint().height()}
+        panel.choose_workflow(Workflow.GENERATE)
 
     def _more_settings(self, panel):
         """The floated docker with More settings open at its Sampler preset and a LoRA

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Optional
 from .protocol import ErrorCode, GenerateRequest, ProtocolError, validate
 from .protocol.messages import Limits, ModelInfo, TextureSettings, UpscaleSettings
 from .settings import (NAME_LIMIT, SIZE_MULTIPLE, EnumItem, NameNumbers, PanelSettings,
-                       build_request)
+                       build_request, size_problem)
 
 UPSCALE_FACTORS = (2, 4)
 UPSCALER_LANCZOS = "LANCZOS"   # the Upscaler menu's identifier for "no model" (upscaler None)
@@ -75,6 +75,19 @@ def upscale_problem(source: tuple[int, int], choice: UpscaleChoice,
         return (f"{width} x {height} is {width * height} pixels, more than the daemon "
                 f"upscales to (max_upscale_pixels {limits.max_upscale_pixels})")
     return None
+
+
+def request_size_problem(request: GenerateRequest, limits: Optional[Limits]) -> Optional[str]:
+    """Why the daemon would refuse the size of ``request`` (a job made before the add-on
+    knew the daemon's limits): an upscale's output against the upscale limits, a texture
+    set never (its maps come at the texture's size, its width/height are not used), others
+    against ``max_side`` / ``max_pixels``."""
+    if request.kind == "texture_set":
+        return None
+    if request.kind != "upscale":
+        return size_problem(request.width, request.height, limits)
+    target = UpscaleChoice(factor=None, width=request.width, height=request.height)
+    return upscale_problem((request.width, request.height), target, limits)
 
 
 def upscale_request(panel: PanelSettings, choice: UpscaleChoice, init_image: str,

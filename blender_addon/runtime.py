@@ -220,7 +220,7 @@ class Session:
 
     def _send_waiting(self, client: AtelierClient, job: Job) -> None:
         """Send a job made before the daemon's limits were known, if they allow it."""
-        problem = settings.size_problem(job.request.width, job.request.height, self.limits)
+        problem = assets.request_size_problem(job.request, self.limits)
         if problem is not None:
             self._end(job, JobState.FAILED, problem)
         else:

@@ -154,3 +154,17 @@ def test_a_daemon_without_the_kit_is_named_before_sending():
     assert assets.capability_problem("refine", [], False) is None   # not connected: ask it
     problem = assets.capability_problem("refine", ["txt2img", "upscale"], True)
     assert "'refine'" in problem and "update" in problem
+
+
+def test_a_job_made_before_connecting_is_checked_against_its_kinds_limits():
+    """A 1k -> 4k upscale is past max_side (2048) but within the upscale limits: it goes."""
+    upscale = assets.upscale_request(PANEL, assets.UpscaleChoice(factor=4), "u", (1024, 1024),
+                                     "none")
+    assert assets.request_size_problem(upscale, LIMITS) is None
+    huge = assets.upscale_request(PANEL, assets.UpscaleChoice(factor=4), "u", (4096, 1024),
+                                  "none")
+    assert "max_upscale_side" in assets.request_size_problem(huge, LIMITS)
+    texture = assets.texture_request("t", "none", 8.0)
+    assert assets.request_size_problem(texture, LIMITS) is None
+    big = settings.build_request(settings.PanelSettings(width=4096, height=512))
+    assert "max_side 2048" in assets.request_size_problem(big, LIMITS)

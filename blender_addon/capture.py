@@ -16,7 +16,9 @@ from typing import Any, Iterator, Optional
 
 import bpy
 
-from . import host, pixels
+from . import host, pixels, settings
+from .protocol import GenerateRequest, ImageFrame, PixelFormat
+from .protocol.client import make_upload
 
 DEPTH_SLOT = "atelier_depth_"
 COLOR_SLOT = "atelier_color_"
@@ -29,6 +31,22 @@ class Capture:
     height: int
     color: Optional[bytes]
     depth: Optional[bytes]
+
+
+def img2img_job(shot: Capture, panel: "settings.PanelSettings"
+                ) -> tuple[GenerateRequest, list[ImageFrame]]:
+    """The img2img request of ``panel`` on a camera render, with its uploads: the colour as
+    the init image and, when rendered, the Z pass as the job's depth."""
+    init = make_upload(PixelFormat.RGBA8, shot.width, shot.height, shot.color)
+    uploads = [init]
+    depth_id = None
+    if shot.depth is not None:
+        depth = make_upload(PixelFormat.FLOAT32, shot.width, shot.height, shot.depth)
+        uploads.append(depth)
+        depth_id = depth.id
+    request = settings.build_request(panel, kind="img2img", init_image=init.id,
+                                     depth_upload=depth_id)
+    return request, uploads
 
 
 @contextlib.contextmanager

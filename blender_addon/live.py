@@ -23,8 +23,8 @@ import bpy
 
 from . import capture, host, live_rules, settings
 from .live_rules import LIVE_IMAGE, LIVE_SAMPLES, LIVE_SESSION
-from .protocol import GenerateRequest, ImageFrame, PixelFormat, ProtocolError
-from .protocol.client import ClientError, make_upload
+from .protocol import GenerateRequest, ImageFrame, ProtocolError
+from .protocol.client import ClientError
 from .protocol.events import Disconnected, JobDone
 from .protocol.live import LIVE_POLL_S, LiveDebounce, LiveResults, is_superseded
 from .protocol.messages import Accepted, Cancelled, Error, Progress, Result, Started
@@ -190,15 +190,7 @@ class LiveMode:
         finally:
             self._capturing = False
         self.capture_seconds = time.monotonic() - started
-        init = make_upload(PixelFormat.RGBA8, shot.width, shot.height, shot.color)
-        uploads = [init]
-        depth_id = None
-        if shot.depth is not None:
-            depth = make_upload(PixelFormat.FLOAT32, shot.width, shot.height, shot.depth)
-            uploads.append(depth)
-            depth_id = depth.id
-        request = settings.build_request(panel, kind="img2img", init_image=init.id,
-                                         depth_upload=depth_id)
+        request, uploads = capture.img2img_job(shot, panel)
         ref = client.submit(request, uploads, live=LIVE_SESSION)
         self.results.sent(ref)
         self.jobs_sent += 1

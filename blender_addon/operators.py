@@ -203,15 +203,7 @@ class ATELIER_OT_render_to_image(bpy.types.Operator, _SendsJobs):
             with _seen_from(self, context, panel.width, panel.height):
                 shot = capture.render_camera(context.scene, context.view_layer, panel.width,
                                              panel.height, color=True, depth=props.use_depth)
-            init = make_upload(PixelFormat.RGBA8, shot.width, shot.height, shot.color)
-            uploads = [init]
-            depth_id = None
-            if shot.depth is not None:
-                depth = make_upload(PixelFormat.FLOAT32, shot.width, shot.height, shot.depth)
-                uploads.append(depth)
-                depth_id = depth.id
-            request = settings.build_request(panel, kind="img2img", init_image=init.id,
-                                             depth_upload=depth_id)
+            request, uploads = capture.img2img_job(shot, panel)
             return self.send(context, "Render to Image", request, uploads)
         except (ProtocolError, ClientError, host.HostError) as exc:
             return self.report_failure(exc)

@@ -238,11 +238,44 @@ def upscale_stalls(ctx: Context) -> dict[str, Any]:
 
     doc = _document(STALL_SIDE, STALL_SIDE, "upscale-stalls")
     controller = _controller(ctx, doc, Timed)
+    parts: dict[str, float] = {}
+
+    def timed_part(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args)
+            finally:
+                parts[name] = max(parts.get(name, 0.0), time.perf_counter() - started)
+        return call
+
+    # which part of a pump holds Qt's thread longest (the instance's own attributes)
+    controller._drain_events = timed_part("events_s", controller._drain_events)
+    controller._collect_work = timed_part("work_s", controller._collect_work)
+    controller._submit = timed_part("submit_s", controller._submit)
+    slow: list[list[Any]] = []
+    pump = controller.pump
+    begun = time.perf_counter()
+
+    def watched_pump(*args: Any) -> Any:
+        krita = Timed.krita_seconds
+        started = time.perf_counter()
+        try:
+            return pump(*args)
+        finally:
+            took = time.perf_counter() - started
+            if took - (Timed.krita_seconds - krita) > 0.03:
+                slow.append([round(started - begun, 2), round(took, 3),
+                             round(Timed.krita_seconds - krita, 3), controller.message[:40],
+                             list(controller.progress)])
+    controller.pump = watched_pump
     try:
         started = time.perf_counter()
         out = _timed_job(controller, Timed, Mode.UPSCALE, JobSettings(upscale_factor=2.0))
         out["job_s"] = round(time.perf_counter() - started, 2)
         out["krita_calls"] = {name: round(seconds, 3) for name, seconds in calls.items()}
+        out["pump_parts"] = {name: round(seconds, 3) for name, seconds in parts.items()}
+        out["slow_pumps"] = slow
         out["extent"] = [doc.width(), doc.height()]
         out["layers"] = [n["name"] for n in _nodes(doc)]
         return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from .protocol import ErrorCode, GenerateRequest, ProtocolError, validate
-from .protocol.families import fits
+from .protocol.families import fits, serves_control
 from .protocol.messages import (CACHE_INTERVAL_MAX, LORAS_MAX,
                                 ControlSettings, DepthInput, Limits, LoraWeight, ModelInfo,
                                 Result)
@@ -305,7 +305,8 @@ def settings_from_record(record: Mapping[str, Any], base: PanelSettings) -> Pane
 def depth_conditioners(models: Iterable[ModelInfo]) -> list[tuple[str, str]]:
     """(name, family) of the depth ControlNets and T2I-Adapters among the daemon's models,
     in the daemon's order."""
-    return [(m.name, m.family) for m in models if m.family in CONDITIONER_KINDS]
+    return [(m.name, m.family) for m in models
+            if serves_control(m.family, m.control_kind, "depth")]
 
 
 EnumItem = tuple[str, str, str, int]

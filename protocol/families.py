@@ -25,3 +25,13 @@ def fits(made_for: str, model_family: Optional[str]) -> bool:
     ``model_family``; an unknown family on either side is left to the loading to judge."""
     base = base_family(model_family)
     return made_for == UNKNOWN or base is None or made_for == base
+
+
+CONDITIONERS = ("controlnet", "t2i_adapter")   # the families of control models
+
+
+def serves_control(family: str, control_kind: Optional[str], kind: str) -> bool:
+    """Whether a ``models`` entry (its ``family`` and ``control_kind``) is a ControlNet or
+    T2I-Adapter for control ``kind``: its name says that kind, or says none (then the
+    daemon accepts it for any kind)."""
+    return family in CONDITIONERS and control_kind in (None, kind)

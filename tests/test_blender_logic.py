@@ -178,6 +178,14 @@ def _models() -> list[ModelInfo]:
 def test_depth_model_menu_offers_default_and_the_daemons_conditioners() -> None:
     conditioners = settings.depth_conditioners(_models())
     assert conditioners == [("tiny-adapter", "t2i_adapter"), ("tiny-controlnet", "controlnet")]
+    # A ControlNet whose name says another kind (canny) is no depth model.
+    canny = ModelInfo("tiny-controlnet-canny", "tiny", "controlnet", kind="controlnet",
+                      control_kind="canny")
+    depth = ModelInfo("cn-depth", "diffusers", "controlnet", kind="controlnet",
+                      control_kind="depth")
+    assert settings.depth_conditioners(_models() + [canny, depth])[-1] == ("cn-depth", "controlnet")
+    assert ("tiny-controlnet-canny", "controlnet") not in settings.depth_conditioners(
+        _models() + [canny])
     menu = settings.DepthModelMenu()
     items = menu.build(conditioners, "")
     assert [(i[0], i[1]) for i in items] == [

@@ -355,6 +355,10 @@ def test_depth_model_choices_offer_the_daemons_conditioners_with_their_kind():
         ("tiny-adapter (T2I-Adapter: fast)", "tiny-adapter")]
     assert depth_model_choices(DAEMON_MODELS, "tiny-adapter") == depth_model_choices(DAEMON_MODELS)
     assert depth_model_choices([]) == [(DEPTH_MODEL_DEFAULT, None)]
+    # A ControlNet whose name says another kind (canny) is no depth model.
+    canny = ModelInfo("tiny-controlnet-canny", "tiny", "controlnet", kind="controlnet",
+                      control_kind="canny")
+    assert depth_model_choices(DAEMON_MODELS + [canny]) == depth_model_choices(DAEMON_MODELS)
     assert DEPTH_MODEL_DEFAULT == "Daemon default"
     assert "once per job" in DEPTH_MODEL_HELP and "every step" in DEPTH_MODEL_HELP
 

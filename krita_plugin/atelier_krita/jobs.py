@@ -16,6 +16,7 @@ from typing import Iterable, Optional
 from .assets import (TEXTURE_HELP, TEXTURE_MAPS, TEXTURE_SOURCES, UPSCALE_HELP, upscale_extent,
                      upscale_layout, upscale_scale)
 from .families import base_family, family_label
+from .protocol.families import serves_control
 from .geometry import Bounds, Extent, ResolutionRange, context_region, default_padding, fit_extent
 from .loras import LoraRow, check_loras, request_loras
 from .protocol.messages import (CACHE_INTERVAL_MAX, TEXTURE_MAPS as MAP_NAMES, TILINGS,
@@ -128,7 +129,7 @@ def depth_model_choices(models: Iterable[ModelInfo], chosen: Optional[str] = Non
     offered: set[str] = set()
     for info in models:
         kind = DEPTH_MODEL_KINDS.get(info.family)
-        if kind is None or info.name in offered:
+        if not serves_control(info.family, info.control_kind, "depth") or info.name in offered:
             continue
         offered.add(info.name)
         if _fits_family(info.name, family, base):

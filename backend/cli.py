@@ -21,6 +21,7 @@ from protocol.messages import (CONTROL_KINDS, SCHEDULERS, TEXTURE_MAPS, TILINGS,
                                ControlLayer, DepthInput, GenerateRequest, Progress,
                                TextureSettings, UpscaleSettings)
 
+from .allocator import keep_freed_memory
 from .limits import ServerLimits
 from .models import compile_modes
 from .server import ServerConfig, is_loopback
@@ -248,6 +249,9 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, token=token,
                           allowed_origins=tuple(args.allow_origin), limits=limits,
                           spool_dir=_home(args) / "spool")
+    # Before the model loads: every job after reuses the memory its activations freed.
+    if keep_freed_memory():
+        logging.getLogger("atelier.allocator").info("malloc keeps freed memory for reuse")
     daemon = _build_daemon(args, config)
 
     async def run() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import generation, live_latency, lora_switch, protocol_cost
+from benchmarks import allocator, generation, live_latency, lora_switch, protocol_cost
 
 ROW_FIGURES = ("s_per_batch", "s_per_image", "it_per_s", "first_call_s", "rss_mb")
 
@@ -243,3 +243,14 @@ def test_live_latency_benchmark_smoke(tmp_path: Path, atelier_home: Path):
         assert len(report["seconds"][name]) == 1 and _positive(report["seconds"][name][0]), name
     assert _positive(report["ms"]["model (direct)"])
     assert report["ms"]["change -> live result (no debounce)"] > report["ms"]["model (direct)"]
+
+
+def test_allocator_benchmark_smoke(tmp_path: Path, atelier_home: Path):
+    out = tmp_path / "allocator.json"
+    assert allocator.main(["--family", "tiny", "--size", "64", "--steps", "2", "--rounds", "1",
+                           "--jobs", "1", "--home", str(atelier_home), "--json", str(out)]) == 0
+    report = json.loads(out.read_text("utf-8"))
+    for kind in ("default", "keep_freed"):
+        assert len(report["runs"][kind]) == 1
+        assert _positive(report["medians"][kind]["wall_s"])
+        assert _positive(report["medians"][kind]["user_s"])

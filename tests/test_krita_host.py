@@ -874,8 +874,8 @@ def test_live_toggle_follows_the_newest_canvas_state_applies_and_cleans_up(krita
 # ---------------------------------------------------------------- Upscale, Make texture set
 # In the order they run: the last one scales the shared test document.
 ASSET_SCENARIOS = ("asset_fields", "texture_set", "texture_marigold_missing",
-                   "upscale_selection", "upscale_refusals", "upscale_cancel", "upscale_stalls",
-                   "upscale_canvas")
+                   "upscale_selection", "upscale_drops_queue", "upscale_refusals",
+                   "upscale_cancel", "upscale_stalls", "upscale_canvas")
 # ``runner`` first, as for ``krita``: a missing Krita skips before a daemon starts.
 @pytest.fixture(scope="module")
 def krita_assets(runner: str, plugin_zip: str, krita_home: Path, atelier_home: Path,
@@ -965,6 +965,14 @@ def test_upscale_of_a_selection_scales_the_image_and_places_the_new_layer(krita_
     assert "40x24 -> 160x96" in record["message"]
 
 
+def test_jobs_queued_behind_an_upscale_of_their_image_are_dropped(krita_assets):
+    record = scenario(krita_assets, "upscale_drops_queue")
+    assert record["started"] and not record["busy"] and record["queued"] == 0
+    assert record["extent"] == [128, 96] and record["new"] == ["[Upscaled 128x96] Lanczos"]
+    assert record["message"] == ("Upscale: done, 64x48 -> 128x96 (the image is now 128x96); "
+                                 "1 queued job dropped: made on the image before it was scaled")
+
+
 def test_upscale_refusals_name_the_problem(krita_assets):
     record = scenario(krita_assets, "upscale_refusals")
     too_big = record["too_big"]
@@ -989,9 +997,10 @@ def test_cancelled_upscale_leaves_the_document_as_it_was(krita_assets):
 def test_upscale_of_a_large_canvas_keeps_the_ui_responsive(krita_assets):
     record = scenario(krita_assets, "upscale_stalls")
     assert record["started"], record["message"]
-    assert record["extent"] == [2 * 2048, 2 * 2048]
-    assert record["layers"][-1] == "[Upscaled 4096x4096] Lanczos"
-    print("upscale 2048 -> 4096 UI-thread figures:", {k: v for k, v in record.items()
+    side = 2 * int(os.environ.get("ATELIER_UPSCALE_STALL_SIDE", "2048"))
+    assert record["extent"] == [side, side]
+    assert record["layers"][-1] == f"[Upscaled {side}x{side}] Lanczos"
+    print(f"upscale to {side}: UI-thread figures:", {k: v for k, v in record.items()
                                                         if k.endswith("_s")},
           "longest of Krita's own calls:", record["krita_calls"],
           "longest parts of a pump:", record["pump_parts"],

@@ -410,6 +410,20 @@ class Controller:
             self.message += f"; {dropped} queued job{'s' if dropped > 1 else ''} dropped"
         self._changed()
 
+    def _drop_queued_on(self, document: KritaDocument) -> int:
+        """Drop the queued jobs of ``document``; returns how many."""
+        kept: "deque[_ActiveJob]" = deque()
+        dropped = 0
+        for job in self._queue:
+            if job.document.same_as(document):
+                for work in job.work:
+                    work.future.cancel()
+                dropped += 1
+            else:
+                kept.append(job)
+        self._queue = kept
+        return dropped
+
     def _drop_queue(self) -> int:
         queued, self._queue = self._queue, deque()
         for job in queued:
@@ -727,7 +741,11 @@ class Controller:
         """An upscale (the image scaled as Image > Scale does, then the upscaled pixels in
         a new layer on top) or a texture set (a new group on top, a layer a map)."""
         document, plan, settings = job.document, job.plan, job.settings
+        dropped = 0
         if plan.scaled_canvas is not None:
+            if plan.scaled_canvas != document.extent:
+                # jobs queued on this image were planned in its old pixels
+                dropped = self._drop_queued_on(document)
             document.scale_image(plan.scaled_canvas)
             name = upscale_layer_name(plan.placed.extent, settings.upscaler,
                                       settings.refine_strength)
@@ -740,6 +758,9 @@ class Controller:
             document.add_group(group, [(label, image.bands) for label, image
                                        in zip(labels, images)], plan.placed, document.top_node())
             text = f"Texture set: done, {', '.join(labels)} in '{group}'"
+        if dropped:
+            text += (f"; {dropped} queued job{'s' if dropped > 1 else ''} dropped: "
+                     "made on the image before it was scaled")
         self._job = None
         self.last_params = done.result.params
         self.message = text

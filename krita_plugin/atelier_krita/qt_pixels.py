@@ -8,7 +8,7 @@ from PyQt5.QtGui import QImage
 from .geometry import Extent
 from .pixels import check_size
 
-_FORMATS = {4: QImage.Format_RGBA8888, 1: QImage.Format_Grayscale8}
+_FORMATS = {4: QImage.Format_RGBA8888, 1: QImage.Format_Grayscale8, 3: QImage.Format_RGB888}
 
 
 def _image(data: bytes, extent: Extent, channels: int) -> QImage:
@@ -45,3 +45,26 @@ def decode_png_rgba(png: bytes) -> tuple[bytes, Extent]:
     if image.isNull():
         raise ValueError("the daemon sent a PNG that Qt cannot read")
     return _bytes(image, 4), Extent(image.width(), image.height())
+
+
+def picture(data: bytes, extent: "Extent | None", channels: int) -> QImage:
+    """A QImage of RGBA8 / RGB8 pixels (``extent``), or of a PNG file (``extent`` None),
+    without copying the pixels in Python."""
+    if extent is None:
+        image = QImage.fromData(data, "PNG")
+        if image.isNull():
+            raise ValueError("the daemon sent a PNG that Qt cannot read")
+        return image
+    return _image(data, extent, channels)
+
+
+def rows_rgba(image: QImage, top: int, count: int) -> bytes:
+    """RGBA8 of ``count`` rows of ``image`` from row ``top``: Qt copies and converts them
+    (without Python's GIL), Python only gets those rows, never the whole image."""
+    return _bytes(image.copy(0, top, image.width(), count), 4)
+
+
+def scaled_rgba(image: QImage, target: Extent) -> bytes:
+    """RGBA8 of ``image`` scaled to ``target`` (smooth)."""
+    return _bytes(image.scaled(target.width, target.height, Qt.IgnoreAspectRatio,
+                               Qt.SmoothTransformation), 4)

@@ -14,6 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
+from PyQt5.QtCore import Qt
+
 from .geometry import Bounds, Extent, thumbnail_extent
 from .history import ResultImage
 from .jobs import JobPlan, JobSettings, UploadIds
@@ -22,7 +24,7 @@ from .protocol.client import make_upload
 from .protocol.errors import ErrorCode, ProtocolError
 from .protocol.events import JobDone
 from .protocol.frames import ImageFrame, PixelFormat
-from .qt_pixels import decode_png_rgba, resample
+from .qt_pixels import decode_png_rgba, picture, resample, rows_rgba, scaled_rgba
 
 
 @dataclass(frozen=True)
@@ -130,27 +132,35 @@ class AssetImage:
     result: ResultImage
 
 
-def in_bands(rgba: bytes, region: Bounds) -> Bands:
-    """RGBA covering ``region`` as BGRA bands of whole rows of at most BAND_BYTES."""
-    row = region.width * 4
-    rows = max(1, BAND_BYTES // row)
-    return tuple((Bounds(region.x, region.y + top, region.width, min(rows, region.height - top)),
-                  rgba_to_bgra(rgba[top * row:(top + rows) * row]))
-                 for top in range(0, region.height, rows))
-
-
 def asset_images(done: JobDone, region: Bounds) -> list[AssetImage]:
-    """Every image of a finished upscale or texture set, for layers over ``region`` (on
-    the worker thread)."""
+    """Every image of a finished upscale or texture set, for layers over ``region``, in
+    bands of rows (on the worker thread; Qt decodes, scales and copies the rows)."""
     out = []
     for frame, info in zip(done.images, done.result.images):
-        rgba, extent = _frame_rgba(frame)
-        if extent != region.extent:
-            rgba = resample(rgba, extent, region.extent, 4)
+        image = _frame_picture(frame)
+        if (image.width(), image.height()) != (region.width, region.height):
+            image = image.scaled(region.width, region.height, Qt.IgnoreAspectRatio,
+                                 Qt.SmoothTransformation)
+        rows = max(1, BAND_BYTES // (4 * region.width))
+        bands = tuple((Bounds(region.x, region.y + top, region.width,
+                              min(rows, region.height - top)),
+                       rgba_to_bgra(rows_rgba(image, top, min(rows, region.height - top))))
+                      for top in range(0, region.height, rows))
         size = thumbnail_extent(region.extent, THUMB_SIDE)
-        thumb = ResultImage(b"", info.seed, resample(rgba, region.extent, size, 4), size)
-        out.append(AssetImage(in_bands(rgba, region), info.label, thumb))
+        thumb = ResultImage(b"", info.seed, scaled_rgba(image, size), size)
+        out.append(AssetImage(bands, info.label, thumb))
     return out
+
+
+def _frame_picture(frame: ImageFrame) -> Any:
+    if frame.format == PixelFormat.PNG:
+        return picture(frame.data, None, 4)
+    channels = {PixelFormat.RGBA8: 4, PixelFormat.RGB8: 3}.get(frame.format)
+    if channels is None:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE,
+                            f"a result image in format {frame.format.name} is not a picture",
+                            "frame.format")
+    return picture(frame.data, Extent(frame.width, frame.height), channels)
 
 
 class PixelWorker:

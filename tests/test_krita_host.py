@@ -348,18 +348,22 @@ def test_the_docker_has_one_generate_button_and_the_mode_in_a_drop_down(krita):
     # One primary action; the old docker's five mode buttons are gone.
     assert not {"Fill", "Refine", "Depth", "Seamless"} & set(shape["buttons"]), shape["buttons"]
     assert "Generate" in shape["buttons"]
-    assert shape["modes"] == ["Generate / Fill", "Refine", "Depth", "Seamless"]
+    assert shape["modes"] == ["Generate / Fill", "Refine", "Depth", "Seamless", "Upscale",
+                              "Texture set"]
     # The button says what a click does: Generate fills a selection.
     assert shape["labels"] == {"generate": ["Generate", "Fill selection"],
                                "refine": ["Refine", "Refine selection"],
                                "depth": ["Generate from depth", "Generate from depth"],
-                               "seamless": ["Make seamless", "Make seamless"]}
+                               "seamless": ["Make seamless", "Make seamless"],
+                               "upscale": ["Upscale", "Upscale selection"],
+                               "texture_set": ["Make texture set", "Texture set of selection"]}
     # Each mode's own fields only with it (depth here reads the "depth" layer: no strength).
     fields = shape["fields"]
     assert fields["generate"] == {"strength": False, "depth": False, "depth_model": False}
     assert fields["refine"] == {"strength": True, "depth": False, "depth_model": False}
     assert fields["seamless"]["strength"] and not fields["seamless"]["depth"]
     assert fields["depth"]["depth"] and fields["depth"]["depth_model"]
+    assert fields["upscale"] == fields["texture_set"] == fields["generate"]
     assert shape["selection_kind"] == "inpaint", shape["selection_message"]
 
 
@@ -682,7 +686,8 @@ def test_docker_in_the_krita_application_generates_above_the_active_layer(app_pr
     probe = app_probe
     assert probe["found"], f"no Atelier docker among {probe['dockers']}"
     assert probe["status"].startswith(f"connected to {daemon.url} (")
-    assert probe["modes"] == ["Generate / Fill", "Refine", "Depth", "Seamless"]
+    assert probe["modes"] == ["Generate / Fill", "Refine", "Depth", "Seamless", "Upscale",
+                              "Texture set"]
     # The docker's own timer brought the result in, directly above the active layer.
     assert probe["active"] == "bottom" and probe["started"], probe["message_at_start"]
     assert probe["message"] == "Generate: done, seed 5"

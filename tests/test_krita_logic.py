@@ -788,6 +788,13 @@ def test_upscale_limits_name_the_size_and_the_limit():
     assert upscale_problem(big, None, None) is None     # limits not known yet
 
 
+def test_an_upscale_that_makes_nothing_bigger_is_refused():
+    with pytest.raises(JobRefused, match="the region is already 4096x4096: upscaling it to "
+                                         "2048x2048 makes nothing bigger"):
+        plan_job(Mode.UPSCALE, JobSettings(upscale_side=2048), Extent(4096, 4096), None,
+                 ResolutionRange(64, 96))
+
+
 def test_upscale_request_sends_the_region_at_its_size_and_asks_for_the_output():
     settings = JobSettings(prompt="stone", seed=3, upscale_factor=4.0, upscaler="4x-tiny",
                            refine_strength=0.3, tiling="both", steps=10, model="tiny")

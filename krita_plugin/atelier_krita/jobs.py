@@ -298,6 +298,9 @@ def plan_job(mode: Mode, settings: JobSettings, canvas: Extent, selection: Optio
     if mode is Mode.UPSCALE:
         # The region goes up at its own size: the daemon enlarges it (tiles bound its memory).
         output = upscale_extent(region.extent, settings.upscale_factor, settings.upscale_side)
+        if output.longest <= region.extent.longest:
+            raise JobRefused(f"the region is already {region.extent}: upscaling it to {output} "
+                             "makes nothing bigger; choose a larger size or a factor")
         layout = upscale_layout(canvas, region, output, upscale_scale(
             region.extent, settings.upscale_factor, settings.upscale_side))
         return JobPlan(mode, region, region.extent, "upscale", True, False, False, False,

@@ -58,6 +58,9 @@ def measure(url: str, side: int, updates: int) -> dict[str, Any]:
     for i, node in enumerate(layers):
         native.rootNode().addChildNode(node, None)
         _paint(node, side, 40 * i)
+    # Where a view shows the document this is the active layer, the one strokes land on;
+    # headless Krita has none, so every poll reads every layer (the report says which).
+    native.setActiveNode(layers[-1])
     native.refreshProjection()
     document = KritaDocument(native)
     live = native.createNode("[Atelier live]", "paintlayer")
@@ -71,7 +74,16 @@ def measure(url: str, side: int, updates: int) -> dict[str, Any]:
     for update in range(updates + 1):            # the first is a warm-up, dropped below
         _paint(layers[-1], side, 90 + update)     # the painter's stroke: Krita's work
         native.refreshProjection()
-        _timed(times, "checksum", lambda: document.pixels_checksum(live))
+        # The Live timer's polls over the debounce (the last one fires the send); a poll
+        # now and then reads every layer (PixelWatch's sweep): its cost is checksum_max.
+        polls = []
+        for _ in range(4):
+            started = time.perf_counter()
+            document.pixels_checksum(live)
+            polls.append(time.perf_counter() - started)
+            time.sleep(0.1)
+        times.setdefault("checksum", []).append(polls[-1])
+        times.setdefault("checksum_max", []).append(max(polls))
         read = _timed(times, "read_canvas", lambda: _read_canvas(document, plan, settings, (live,)))
         ids = UploadIds(image=new_id())
         request = _timed(times, "build_request", lambda: build_request(plan, settings, ids))
@@ -94,7 +106,9 @@ def measure(url: str, side: int, updates: int) -> dict[str, Any]:
         _timed(times, "write_layer", lambda: document.write_layer(live, images[0].bgra, plan.region))
     client.close()
     native.close()
+    active = native.activeNode()
     return {"side": side, "updates": updates, "layers": LAYERS, "request": to_dict(request),
+            "active_layer": active.name() if active is not None else None,
             "model_extent": [plan.model_extent.width, plan.model_extent.height],
             "seconds": {name: values[1:] for name, values in times.items()}}
 

@@ -868,3 +868,27 @@ def test_upscaler_choices_and_result_names():
     assert texture_group_name("", "wall.kra") == "[Texture set] wall.kra"
     assert map_layer_names(["normal", None]) == ["normal", "map 2"]
 
+
+
+def test_live_polls_read_the_active_layer_and_sweep_every_layer_now_and_then():
+    from atelier_krita.live import SWEEP_MIN_S, PixelWatch
+    watch = PixelWatch()
+    layers = ["a", "b", "c"]
+    assert watch.plan(0.0, "b", layers) == (layers, True)        # the first poll reads all
+    for layer in layers:
+        watch.read(layer, 1)
+    watch.swept(0.0, 0.05)
+    assert watch.plan(0.1, "b", layers) == (["b"], False)        # then the active layer only
+    assert watch.plan(0.2, "c", layers) == (["b", "c"], False)   # a switch reads both once
+    assert watch.plan(0.3, "c", layers) == (["c"], False)
+    assert watch.plan(SWEEP_MIN_S, "c", layers) == (layers, True)  # a sweep is due
+    watch.swept(SWEEP_MIN_S, 0.4)                                 # slow sweeps come less often
+    assert watch.plan(SWEEP_MIN_S + 3.9, "c", layers) == (["c"], False)
+    assert watch.plan(SWEEP_MIN_S + 4.0, "c", layers)[1]
+    watch.swept(10.0, 0.01)
+    assert watch.plan(10.1, "c", layers + ["d"]) == (layers + ["d"], True)   # a new layer
+    watch.read("d", 1)
+    watch.swept(10.1, 0.01)
+    assert watch.plan(10.2, None, layers + ["d"])[1]              # no active layer: all
+    watch.swept(10.2, 0.01)
+    assert watch.plan(10.3, "a", ["a"]) == (["a"], False) and set(watch.sums) == {"a"}

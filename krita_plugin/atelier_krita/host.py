@@ -6,6 +6,7 @@ pixel buffers cross this boundary as ``bytes`` in Krita's own BGRA order.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
 from krita import Krita
@@ -13,7 +14,7 @@ from PyQt5.QtCore import QByteArray
 
 from .geometry import Bounds, Extent
 from .jobs import JobRefused
-from .live import checksum
+from .live import PixelWatch, checksum
 from .work import Bands
 
 SETTINGS_GROUP = "atelier_krita"
@@ -30,6 +31,7 @@ class KritaDocument:
     def __init__(self, document: Any):
         self._doc = document
         self.name = document.name() or "untitled"   # kept: a closed document has none
+        self._watch = PixelWatch()                    # what Live's polls read (pixels_checksum)
 
     @property
     def native(self) -> Any:
@@ -87,24 +89,37 @@ class KritaDocument:
                 self._doc.refreshProjection()
 
     def pixels_checksum(self, exclude: Any = None) -> int:
-        """A cheap checksum of what the painter changes: every visible layer's own pixels
+        """A cheap checksum of what the painter changes: the visible layers' own pixels
         (without ``exclude``, the live layer), visibility, opacity and order, and the
-        selection's bounds. Quick copies on Qt's thread; adler32 runs at C speed."""
+        selection's bounds. Which layers' pixels are read afresh at this call is
+        ``PixelWatch``'s choice (the active layer always; all of them now and then);
+        the others count with their last checksum. Quick copies on Qt's thread; adler32
+        runs at C speed."""
         skip = str(exclude.uniqueId()) if exclude is not None and self._alive(exclude) else None
         width, height = self._doc.width(), self._doc.height()
         chunks: list[bytes] = [repr((width, height, self.selection_bounds())).encode()]
+        painted: dict[str, Any] = {}
 
         def walk(node: Any) -> None:
             for child in node.childNodes():
-                if str(child.uniqueId()) == skip or not child.visible():
+                uid = str(child.uniqueId())
+                if uid == skip or not child.visible():
                     continue
-                chunks.append(f"{child.uniqueId()}:{child.opacity()}:{child.blendingMode()}"
-                              .encode())
+                chunks.append(f"{uid}:{child.opacity()}:{child.blendingMode()}".encode())
                 if child.type() in ("paintlayer", "filllayer", "vectorlayer", "filelayer"):
-                    chunks.append(bytes(child.pixelData(0, 0, width, height)))
+                    painted[uid] = child
                 walk(child)
 
         walk(self._doc.rootNode())
+        active = self._doc.activeNode()
+        now = time.monotonic()
+        layers, full = self._watch.plan(now, str(active.uniqueId()) if active else None,
+                                        list(painted))
+        for uid in layers:
+            self._watch.read(uid, checksum([bytes(painted[uid].pixelData(0, 0, width, height))]))
+        if full:
+            self._watch.swept(now, time.monotonic() - now)
+        chunks += [f"{uid}={self._watch.sums[uid]}".encode() for uid in painted]
         return checksum(chunks)
 
     def top_node(self) -> Any:

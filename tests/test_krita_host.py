@@ -77,24 +77,31 @@ def krita_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("krita-home")
 
 
-# ``runner`` comes first so a missing Krita skips (or fails) before a daemon starts.
-@pytest.fixture(scope="module")
-def krita(runner: str, daemon: Any, plugin_zip: str, krita_home: Path,
-          tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("krita")
-    zip_path = plugin_zip
+def run_scenarios(runner: str, krita_home: Path, plugin_zip: str, daemon_url: str, root: Path,
+                  scenarios: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One kritarunner pass of ``atelier_scenarios`` (all of them, or ``scenarios``) against
+    the daemon at ``daemon_url``; what it saw, with the end of its log under ``_log``."""
     env = isolated_env(krita_home, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS))
     results = root / "results.json"
     dead_url = f"ws://127.0.0.1:{free_port()}/"
-    proc = subprocess.run([runner, "-s", "atelier_scenarios", str(results), zip_path,
-                           daemon.url, dead_url], env=env, cwd=root, capture_output=True,
-                          text=True, timeout=600)
+    chosen = [",".join(scenarios)] if scenarios else []
+    proc = subprocess.run([runner, "-s", "atelier_scenarios", str(results), plugin_zip,
+                           daemon_url, dead_url, *chosen], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
     log = (proc.stdout + proc.stderr)[-4000:]
     if not results.exists():
         pytest.fail(f"kritarunner wrote no results; its output ended with:\n{log}")
     data = json.loads(results.read_text())
     data["_log"] = log
     return data
+
+
+# ``runner`` comes first so a missing Krita skips (or fails) before a daemon starts.
+@pytest.fixture(scope="module")
+def krita(runner: str, daemon: Any, plugin_zip: str, krita_home: Path,
+          tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_scenarios(runner, krita_home, plugin_zip, daemon.url,
+                         tmp_path_factory.mktemp("krita"))
 
 
 def scenario(krita: dict[str, Any], name: str) -> dict[str, Any]:
@@ -426,20 +433,11 @@ def krita_loras(runner: str, plugin_zip: str, krita_home: Path, atelier_home: Pa
 
     daemon = DaemonProcess(atelier_home, "--models-dir", str(lora_models_dir)).start()
     try:
-        root = tmp_path_factory.mktemp("krita-loras")
-        env = isolated_env(krita_home, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS))
-        results = root / "results.json"
-        proc = subprocess.run([runner, "-s", "atelier_scenarios", str(results), plugin_zip,
-                               daemon.url, f"ws://127.0.0.1:{free_port()}/",
-                               "loras_and_preset,fresh_panel"],
-                              env=env, cwd=root, capture_output=True, text=True, timeout=600)
+        data = run_scenarios(runner, krita_home, plugin_zip, daemon.url,
+                             tmp_path_factory.mktemp("krita-loras"),
+                             ("loras_and_preset", "fresh_panel"))
     finally:
         daemon.stop()
-    log = (proc.stdout + proc.stderr)[-4000:]
-    if not results.exists():
-        pytest.fail(f"kritarunner wrote no results; its output ended with:\n{log}")
-    data = json.loads(results.read_text())
-    data["_log"] = log
     yield data
 
 
@@ -891,20 +889,10 @@ def krita_assets(runner: str, plugin_zip: str, krita_home: Path, atelier_home: P
     from benchmarks.daemon_process import DaemonProcess
     daemon = DaemonProcess(atelier_home).start()
     try:
-        root = tmp_path_factory.mktemp("krita-assets")
-        env = isolated_env(krita_home, QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(SCENARIOS))
-        results = root / "results.json"
-        proc = subprocess.run([runner, "-s", "atelier_scenarios", str(results), plugin_zip,
-                               daemon.url, f"ws://127.0.0.1:{free_port()}/",
-                               ",".join(ASSET_SCENARIOS)],
-                              env=env, cwd=root, capture_output=True, text=True, timeout=600)
+        data = run_scenarios(runner, krita_home, plugin_zip, daemon.url,
+                             tmp_path_factory.mktemp("krita-assets"), tuple(ASSET_SCENARIOS))
     finally:
         daemon.stop()
-    log = (proc.stdout + proc.stderr)[-4000:]
-    if not results.exists():
-        pytest.fail(f"kritarunner wrote no results; its output ended with:\n{log}")
-    data = json.loads(results.read_text())
-    data["_log"] = log
     yield data
 
 

@@ -208,9 +208,4 @@ class UpscalerMenu(NameNumbers):
                 listed.add(name)
                 items.append((name, name, f"The daemon's upscaler model '{name}'",
                               self.number(name)))
-        if chosen and chosen not in listed:
-            note = "not listed by the daemon" if listed_now else "not checked yet"
-            items.append((chosen, f"{chosen} ({note})",
-                          "Chosen before; the daemon lists its upscalers once connected",
-                          self.number(chosen)))
-        return self._keep(items)
+        return self._keep(items + self._unlisted(chosen, listed, listed_now, "upscalers"))

@@ -273,9 +273,5 @@ class ModelMenu(NameNumbers):
                 continue
             listed.add(name)
             items.append((name, name, f"The daemon's model '{name}'", self.number(name)))
-        if chosen and chosen not in listed:
-            note = "not listed by the daemon" if listed_now else "not checked yet"
-            items.append((chosen, f"{chosen} ({note})",
-                          "Chosen before; the daemon lists its models once connected "
-                          "(Connect button)", self.number(chosen)))
-        return self._keep(items)
+        return self._keep(items + self._unlisted(chosen, listed, listed_now, "models",
+                                                 hint=" (Connect button)"))

@@ -334,6 +334,17 @@ class NameNumbers:
     def name(self, number: int) -> Optional[str]:
         return self._names.get(number)
 
+    def _unlisted(self, chosen: str, listed: set[str], listed_now: bool, what: str,
+                  hint: str = "") -> list[EnumItem]:
+        """``chosen`` as an item of its own when the daemon's list of ``what`` lacks it,
+        saying whether it is missing there or not checked yet."""
+        if not chosen or chosen in listed:
+            return []
+        note = "not listed by the daemon" if listed_now else "not checked yet"
+        return [(chosen, f"{chosen} ({note})",
+                 f"Chosen before; the daemon lists its {what} once connected{hint}",
+                 self.number(chosen))]
+
     def _keep(self, items: list[EnumItem]) -> list[EnumItem]:
         if items != self.items:
             self._previous = (self._previous + [self.items])[-self.KEEP:]
@@ -468,9 +479,4 @@ class SamplerPresetMenu(NameNumbers):
             description = (f"{summary}, for {purpose}; overrides Steps, Guidance and Scheduler"
                            if summary else "Overrides Steps, Guidance and Scheduler")
             items.append((name, name, description, self.number(name)))
-        if chosen and chosen not in listed:
-            note = "not listed by the daemon" if listed_now else "not checked yet"
-            items.append((chosen, f"{chosen} ({note})",
-                          "Chosen before; the daemon lists its presets once connected",
-                          self.number(chosen)))
-        return self._keep(items)
+        return self._keep(items + self._unlisted(chosen, listed, listed_now, "presets"))

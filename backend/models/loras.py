@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -77,24 +76,17 @@ def resolve_lora(name: str, roots: ModelRoots, field: str) -> LoraFile:
         raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
                             f"LoRA {shorten(name)!r} is a pickle file; Atelier loads LoRAs from "
                             f".safetensors only", field)
-    for candidate in lora_candidates(name):
-        for real in roots.candidates(candidate):
-            try:
-                regular = stat.S_ISREG(real.stat().st_mode)
-            except OSError:
-                continue
-            if not regular or real.suffix.lower() != SINGLE_FILE_SUFFIX:
-                continue
-            try:
-                info = describe_file(real, field)
-            except ProtocolError as exc:
-                raise ProtocolError(exc.code, exc.message, field) from exc
-            if info.kind != "lora":
-                raise ProtocolError(ErrorCode.INVALID_FIELD,
-                                    f"{shorten(name)!r} is not a LoRA (it holds a {info.kind})",
-                                    field)
-            return LoraFile(name, real, info.family)
-    raise _not_found(name, field)
+    real = roots.first_single_file(lora_candidates(name))
+    if real is None:
+        raise _not_found(name, field)
+    try:
+        info = describe_file(real, field)
+    except ProtocolError as exc:
+        raise ProtocolError(exc.code, exc.message, field) from exc
+    if info.kind != "lora":
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            f"{shorten(name)!r} is not a LoRA (it holds a {info.kind})", field)
+    return LoraFile(name, real, info.family)
 
 
 @dataclass(eq=False)

@@ -214,6 +214,19 @@ class ModelRoots:
             if real is not None and self.inside_folders(real):
                 yield real
 
+    def first_single_file(self, names: Iterable[str]) -> Optional[Path]:
+        """The first regular ``.safetensors`` file that one of ``names`` (most specific
+        first) means inside the roots; None when none does."""
+        for name in names:
+            for real in self.candidates(name):
+                try:
+                    regular = stat.S_ISREG(real.stat().st_mode)
+                except OSError:
+                    continue
+                if regular and real.suffix.lower() == SINGLE_FILE_SUFFIX:
+                    return real
+        return None
+
 
 def operator_paths(names: Iterable[str]) -> list[Path]:
     """Those of ``names`` (given on the daemon's command line) that are existing paths,

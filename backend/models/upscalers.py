@@ -19,7 +19,6 @@ job's error while Lanczos upscaling goes on working.
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,14 +70,9 @@ def resolve_upscaler(name: str, roots: ModelRoots) -> Path:
             f"upscaler {shorten(name)!r} is a pickle file ({suffix}); Atelier never unpickles "
             f"model files because loading one can run arbitrary code. Convert it to "
             f".safetensors (chaiNNer, or safetensors' convert script) and name that.", FIELD)
-    for candidate in _candidates(name):
-        for real in roots.candidates(candidate):
-            try:
-                regular = stat.S_ISREG(real.stat().st_mode)
-            except OSError:
-                continue
-            if regular and real.suffix.lower() == SINGLE_FILE_SUFFIX:
-                return real
+    found = roots.first_single_file(_candidates(name))
+    if found is not None:
+        return found
     raise ProtocolError(
         ErrorCode.MODEL_NOT_FOUND,
         f"no upscaler named {shorten(name)!r} in the model folders (A1111 models/ESRGAN, "

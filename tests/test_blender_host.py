@@ -101,11 +101,18 @@ CASES = [(host, scenario) for host in ("blender-3.4", *BPY_HOSTS)
 @pytest.mark.parametrize("host, scenario", CASES)
 def test_blender_scenario(host: str, scenario: str, addon_zip: Path, tmp_path: Path,
                           request: pytest.FixtureRequest) -> None:
-    command = _host_command(host)
     url = (request.getfixturevalue("daemon").url if scenario in NEEDS_DAEMON
            else _closed_port_url())
-    proc = _run([*command, "--", "--zip", str(addon_zip), "--url", url, "--scenario", scenario,
-                 "--install", "extension" if scenario == "extension" else "legacy"], tmp_path)
+    _run_scenario(host, scenario, addon_zip, tmp_path, url,
+                  install="extension" if scenario == "extension" else "legacy")
+
+
+def _run_scenario(host: str, scenario: str, addon_zip: Path, tmp_path: Path, url: str,
+                  install: str = "legacy") -> None:
+    """Run tests/host/blender/scenarios.py's ``scenario`` in ``host`` against ``url``; it
+    must exit 0 and say it passed."""
+    proc = _run([*_host_command(host), "--", "--zip", str(addon_zip), "--url", url,
+                 "--scenario", scenario, "--install", install], tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{host} {scenario} failed (exit {proc.returncode}):\n{output}"
     assert f"SCENARIO {scenario} PASSED" in output, output
@@ -155,13 +162,9 @@ def test_blender_loras_reach_the_daemon(host: str, addon_zip: Path, tmp_path: Pa
                                         start_daemon, lora_models_dir: Path) -> None:
     """A Generate with one LoRA row and a sampler preset reaches a daemon that has the LoRA,
     and its result carries both (scenario_loras)."""
-    command = _host_command(host)
+    _host_command(host)   # a missing host fails (CI) or skips before a daemon starts
     daemon = start_daemon("--models-dir", str(lora_models_dir))
-    proc = _run([*command, "--", "--zip", str(addon_zip), "--url", daemon.url,
-                 "--scenario", "loras", "--install", "legacy"], tmp_path)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{host} loras failed (exit {proc.returncode}):\n{output}"
-    assert "SCENARIO loras PASSED" in output, output
+    _run_scenario(host, "loras", addon_zip, tmp_path, daemon.url)
 
 
 @pytest.fixture(scope="module")
@@ -191,13 +194,9 @@ def test_blender_upscaler_from_the_daemon(host: str, addon_zip: Path, tmp_path: 
     """The Upscaler menu lists the daemon's upscaler after Lanczos; an Upscale with it runs,
     or, on a daemon without spandrel, fails saying so and leaves nothing
     (scenario_upscaler)."""
-    command = _host_command(host)
+    _host_command(host)   # a missing host fails (CI) or skips before a daemon starts
     daemon = start_daemon("--models-dir", str(upscaler_models_dir))
-    proc = _run([*command, "--", "--zip", str(addon_zip), "--url", daemon.url,
-                 "--scenario", "upscaler", "--install", "legacy"], tmp_path)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{host} upscaler failed (exit {proc.returncode}):\n{output}"
-    assert "SCENARIO upscaler PASSED" in output, output
+    _run_scenario(host, "upscaler", addon_zip, tmp_path, daemon.url)
 
 
 @pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])

@@ -44,6 +44,7 @@ from protocol.messages import GenerateRequest
 from protocol.schema import from_dict
 
 from .daemon_process import REPO, DaemonProcess
+from .krita_env import isolated_env
 from .measure import format_table, machine, median, time_calls, write_json
 
 PLUGIN_PARTS = ("checksum", "read_canvas", "build_request", "prepare_inputs",
@@ -64,12 +65,8 @@ def krita_share(url: str, side: int, updates: int, scratch: Path) -> dict[str, A
     zipfile.ZipFile(built).extractall(plugin)
     out = scratch / "krita-live.json"
     home = scratch / "krita-home"
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PYTHON", "VIRTUAL_ENV", "XDG_"))}
-    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "config"),
-               XDG_DATA_HOME=str(home / "data"), XDG_CACHE_HOME=str(home / "cache"),
-               QT_QPA_PLATFORM="offscreen", PYTHONDONTWRITEBYTECODE="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "benchmarks"), str(plugin)]))
+    env = isolated_env(home, QT_QPA_PLATFORM="offscreen",
+                       PYTHONPATH=os.pathsep.join([str(REPO / "benchmarks"), str(plugin)]))
     proc = subprocess.run([runner, "-s", "krita_live", str(out), url, str(side), str(updates)],
                           env=env, cwd=scratch, capture_output=True, text=True, timeout=1800)
     if not out.exists():

@@ -24,6 +24,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from benchmarks.krita_env import isolated_env
+
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "tests" / "host" / "krita"
 WIDTH, HEIGHT = 203, 157
@@ -46,16 +48,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def isolated_env(home: Path, **extra: str) -> dict[str, str]:
-    """Krita's environment with its config, data and cache in ``home`` only."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PYTHON", "VIRTUAL_ENV", "XDG_"))}
-    env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"),
-               XDG_CONFIG_HOME=str(home / "config"), XDG_CACHE_HOME=str(home / "cache"),
-               PYTHONDONTWRITEBYTECODE="1", **extra)
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -388,7 +388,9 @@ class Session:
         job = submit.job
         named = {"job.init_image": job.init_image, "job.mask": job.mask,
                  "job.depth.upload": job.depth.upload if job.depth else None,
-                 **{f"job.controls[{i}].image": layer.image for i, layer in enumerate(job.controls)}}
+                 **{f"job.controls[{i}].image": layer.image for i, layer in enumerate(job.controls)},
+                 **{f"job.references[{i}].image": ref.image for i, ref in enumerate(job.references)},
+                 **{f"job.regions[{i}].mask": region.mask for i, region in enumerate(job.regions)}}
         taken: dict[str, PendingUpload] = {}
         missing: Optional[tuple[str, str]] = None
         for where, upload_id in named.items():

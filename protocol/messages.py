@@ -28,7 +28,12 @@ ControlKind = Literal["depth", "normal", "lineart", "scribble", "softedge", "can
 # knows in ``welcome.sampler_presets``.
 SamplerPreset = Literal["lightning_4", "lightning_8", "lcm_4", "lcm_8", "turbo_1", "hyper_8"]
 # What a ``ModelInfo`` is, so clients can fill separate menus.
-ModelKind = Literal["checkpoint", "controlnet", "t2i_adapter", "lora", "embedding", "upscaler"]
+ModelKind = Literal["checkpoint", "controlnet", "t2i_adapter", "lora", "embedding", "upscaler",
+                   "ip_adapter"]
+# How a reference image steers (ReferenceImage.flavour): "content" = its subject and look
+# (all of the IP-Adapter's attention layers), "style" = its style only (InstantStyle: only
+# the layers that carry style, so the prompt keeps the subject and layout)
+ReferenceFlavour = Literal["content", "style"]
 # The maps a "texture_set" job can return (TextureSettings.maps, ImageInfo.label).
 TextureMap = Literal["albedo", "normal", "height", "roughness", "metallic"]
 # Where a texture set's maps come from: "marigold" = diffusers' Marigold pipelines (weights
@@ -54,6 +59,10 @@ CONTROL_KINDS: tuple[str, ...] = ("depth", "normal", "lineart", "scribble", "sof
 # Control layers of one job (GenerateRequest.controls, plus the old depth + control pair):
 # each ControlNet runs beside the UNet at every step, so four already costs ~3x a plain step.
 CONTROLS_MAX = 4
+REFERENCES_MAX = 4          # reference images of one job (GenerateRequest.references)
+REFERENCE_WEIGHT_MAX = 2.0  # ReferenceImage.weight
+# Regions of one job (GenerateRequest.regions): each adds one conditional UNet pass per step
+REGIONS_MAX = 8
 
 
 # ---------------------------------------------------------------- requests
@@ -109,6 +118,33 @@ class ControlLayer:
     invert: bool = False
     convention: DepthConvention = "distance"
     background_at: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """A picture whose subject or style the job borrows (IP-Adapter).
+
+    ``image``: upload id (RGBA8, RGB8 or PNG, any size; the image encoder takes a centred
+    square of it). ``weight``: 0 = as if absent. ``flavour``: ReferenceFlavour.
+    ``model``: an IP-Adapter as ``list_models`` reports it (kind "ip_adapter") made for the
+    job model's family; None = the daemon's default for the family (PROTOCOL.md 4.6)."""
+    image: str = spec(max_len=JOB_ID_LENGTH)
+    weight: float = spec(0.6, min=0.0, max=REFERENCE_WEIGHT_MAX)
+    flavour: ReferenceFlavour = "content"
+    model: Optional[str] = spec(None, max_len=MODEL_NAME_MAX)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A part of the canvas with its own prompt (PROTOCOL.md 4.7).
+
+    ``mask``: upload id of a GRAY8 (or PNG) image, any size (resized to the job's), 255 =
+    this region's prompt governs, 0 = it does not, values between blend softly. Where
+    regions overlap their weights share the pixel; where their masks sum to less than 255
+    the job's own ``prompt`` makes up the rest. ``negative_prompt`` None = the job's."""
+    mask: str = spec(max_len=JOB_ID_LENGTH)
+    prompt: str = spec("", max_len=4000)
+    negative_prompt: Optional[str] = spec(None, max_len=4000)
 
 
 @dataclass(frozen=True)
@@ -191,6 +227,10 @@ class GenerateRequest:
     loras: list[LoraWeight] = spec(default_factory=list, max_len=LORAS_MAX)
     # A few-step recipe that sets scheduler, steps, guidance and timestep spacing
     sampler_preset: Optional[SamplerPreset] = None
+    # Pictures whose subject or style to borrow (IP-Adapter)
+    references: list[ReferenceImage] = spec(default_factory=list, max_len=REFERENCES_MAX)
+    # Parts of the canvas with their own prompts; ``prompt`` governs the rest
+    regions: list[Region] = spec(default_factory=list, max_len=REGIONS_MAX)
     upscale: Optional[UpscaleSettings] = None     # kind "upscale"
     texture: Optional[TextureSettings] = None     # kind "texture_set"
 

@@ -148,6 +148,8 @@ def _refuse_extras(job: GenerateRequest, controls_allowed: bool = False) -> None
         raise ProtocolError(ErrorCode.INVALID_FIELD,
                             f"{job.kind} takes no depth or control images",
                             "job.controls" if job.controls else "job.depth")
+    if job.regions:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} takes no regions", "job.regions")
     if job.kind != "upscale" and job.upscale is not None:
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} takes no upscale settings",
                             "job.upscale")

@@ -60,6 +60,7 @@ from .masks import composite
 from .pixels import mask_to_tensor, resize, to_pixels
 from .plan import SEED_RANGE, GenerationPlan, ModelTraits, plan_generation, plan_preprocess
 from .previews import LatentPalette, PreviewLayout, preview_due, scaled_box
+from .regions import region_texts, with_regions
 from .schedulers import make_scheduler
 from .seamless import roll_image
 from .step_cache import StepCachedUNet
@@ -133,7 +134,8 @@ class DiffusionGenerator:
         # Exactly this job's LoRAs (none: the model's own weights), and the embeddings its
         # prompts name, on the model (store.py: loras.py, embeddings.py).
         self._store.use_loras(plan.request.loras)
-        self._store.use_embeddings([plan.request.prompt, plan.request.negative_prompt])
+        self._store.use_embeddings([plan.request.prompt, plan.request.negative_prompt,
+                                    *region_texts(plan.regions)])
         # Init images are encoded here: on a tiled axis their edges wrap as well.
         vae = whole_image_vae(model.pipe.vae, plan.work_width, plan.work_height)
         with wrapped_convolutions([vae], tile_axes(plan.tiling)):
@@ -293,6 +295,9 @@ class DiffusionGenerator:
                                        model.deep_tap)
         elif COMPILE_UNET in model.accel.applied:
             pipe.unet = JobUNet(shared.unet)    # keeps per-job state out of the compiled graphs
+        if plan.regions:    # each step's UNet call fans out to the regions' prompts
+            pipe.unet = with_regions(pipe.unet, pipe, model, plan,
+                                     [work_region(plan, region.mask) for region in plan.regions])
         layout = preview_layout(plan, model.pipe.vae_scale_factor)
         palette = LatentPalette.for_family(model.family)
         was_cancelled = False

@@ -14,6 +14,7 @@ Controls (the old depth field and ``controls``) become control images at the out
 (controls.py; depth uploads as a nearness map, depth.py). make_seamless plans as
 an inpaint of the texture rolled by half (seamless.py), with the tiling it applies; on a
 tiled axis the inpaint context spans the whole image, since that axis wraps around.
+Regions' masks become float masks at the output size (regions.py), rolled likewise.
 
 Inline ``<lora:name:w>`` tags move from the prompt into ``loras`` (lora_tags.py), and a
 ``sampler_preset`` settles scheduler, steps and guidance (presets.py) before anything else
@@ -40,8 +41,10 @@ from .lora_tags import settle_loras
 from .masks import Box, context_box, mask_bounds, prepare_mask
 from .pixels import frame_to_gray, frame_to_rgba, resize
 from .presets import apply_preset
+from .regions import PlannedRegion, job_regions
 from .schedulers import step_limit
 from .seamless import roll_image, seamless_inputs, seamless_tiling
+from .tiling import tile_axes
 
 PipelineKind = Literal["txt2img", "img2img", "inpaint"]
 SEED_RANGE = 2 ** 32          # seeds are 32-bit, as in the protocol; seed + i wraps around
@@ -73,6 +76,8 @@ class GenerationPlan:
     # the job's controls with their images at the output size (controls.py), the old
     # depth field first; make_seamless: rolled with the init
     controls: tuple[PlannedControl, ...] = ()
+    # the job's regions, their masks at the output size (regions.py); make_seamless: rolled
+    regions: tuple[PlannedRegion, ...] = ()
     # over the model's scheduler config for this job (a sampler preset's timestep spacing)
     scheduler_config: tuple[tuple[str, Any], ...] = ()
 
@@ -96,8 +101,9 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
     seeds = tuple((seed + i) % SEED_RANGE for i in range(job.batch_size))
     tiling = seamless_tiling(job.tiling) if job.kind == "make_seamless" else job.tiling
     settled = dataclasses.replace(job, seed=seed, tiling=tiling)
+    regions = job_regions(job, uploads, tile_axes(tiling))
     common = dict(request=settled, seeds=seeds, width=job.width, height=job.height,
-                  tiling=tiling, scheduler_config=preset.scheduler_config)
+                  tiling=tiling, scheduler_config=preset.scheduler_config, regions=regions)
     if kind == "txt2img":
         _refuse(job, "init_image", kind)
         _refuse(job, "mask", kind)
@@ -121,6 +127,7 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
         init, mask, offset = seamless_inputs(init, tiling, job.seam_width, job.mask_grow,
                                              job.mask_feather)
         controls = tuple(_rolled(control, offset) for control in controls)
+        common["regions"] = tuple(region.rolled(offset) for region in regions)
     else:
         mask = _read_mask(job, uploads, raw_init.shape[1], raw_init.shape[0])
         mask = resize(mask, job.width, job.height)
@@ -152,6 +159,8 @@ def plan_preprocess(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                             "job.controls")
     for name in ("mask", "depth", "control"):
         _refuse(job, name, "preprocess")
+    if job.regions:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "preprocess takes no regions", "job.regions")
     init = None
     if job.init_image is not None:
         init = resize(_read_init(job, uploads), job.width, job.height)[..., :3]

@@ -218,10 +218,9 @@ def test_unknown_upscaler_names_the_folders(model_dir, tmp_path):
 def _save_tiny_compact(path: Path) -> None:
     """A tiny Real-ESRGAN "compact" (SRVGGNetCompact) upscaler with random weights."""
     from safetensors.torch import save_file
-    from spandrel.architectures.RealESRGAN import RealESRGAN   # noqa: F401  (spandrel present)
-    from spandrel.architectures.Compact.__arch.SRVGG import SRVGGNetCompact
+    from spandrel.architectures.Compact import Compact   # spandrel's SRVGGNetCompact
 
-    net = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
 
 
@@ -245,6 +244,51 @@ def test_tiny_upscaler_loads_from_safetensors_and_is_listed(model_dir, tmp_path)
     assert model.scale == 2
     out = model_upscale(_noise_image(40, 40), model, NONE, lambda: False, tile=32, overlap=8)
     assert out.shape == (80, 80, 3)
+
+
+@pytest.mark.skipif(not _spandrel_usable(), reason="spandrel cannot be imported here")
+def test_a_daemon_job_upscales_with_a_users_model_and_a_seamless_texture_stays_seamless(
+        start_daemon, tmp_path):
+    """The whole path a user's upscaler takes: a ``.safetensors`` file in ComfyUI's
+    folder, listed, named by a websocket job, run in tiles that wrap on tiled axes."""
+    from protocol import JobDone
+    from protocol.client import AtelierClient
+    from protocol.messages import Models
+
+    models = tmp_path / "user-models"
+    (models / "upscale_models").mkdir(parents=True)
+    _save_tiny_compact(models / "upscale_models" / "2x-tiny.safetensors")
+    daemon = start_daemon("--models-dir", str(models))
+    texture = _noise_image(96, 128, seed=4)
+    rgba = np.concatenate([texture, np.full((96, 128, 1), 255, np.uint8)], axis=2)
+    with AtelierClient(daemon.url, client_name="pytest-upscaler") as client:
+        client.wait_connected()
+        models_reply = client.call(Models, client.list_models)
+        listed = {m.name: m.kind for m in models_reply.models}
+        assert listed.get("2x-tiny") == "upscaler"
+        outputs = {}
+        for tiling, shift in (("none", 0), ("none", 1), ("both", 0), ("both", 1)):
+            source = np.roll(rgba, (6 * shift, 10 * shift), axis=(0, 1))
+            up = make_upload(PixelFormat.RGBA8, 128, 96, source.tobytes())
+            job = GenerateRequest(kind="upscale", init_image=up.id, tiling=tiling,
+                                  upscale=UpscaleSettings(scale=2.0, upscaler="2x-tiny"))
+            done = client.run_job(job, [up], timeout=120)
+            assert isinstance(done, JobDone), done
+            assert done.result.model == "2x-tiny"
+            [image] = done.images
+            assert (image.width, image.height) == (256, 192)
+            outputs[tiling, shift] = np.frombuffer(image.data, np.uint8).reshape(192, 256, 4)
+
+    def equivariance_error(tiling: str) -> int:
+        """How far upscaling a rolled texture is from rolling the upscaled one."""
+        rolled_after = np.roll(outputs[tiling, 0], (12, 20), axis=(0, 1)).astype(int)
+        return int(np.abs(rolled_after - outputs[tiling, 1]).max())
+
+    # Wrapped, the border pixels see their neighbours across the edge, as inner ones do:
+    # the upscale commutes with rolling (up to float rounding). Unwrapped, the rolled
+    # texture's old border lands inside and shows.
+    assert equivariance_error("both") <= 1
+    assert equivariance_error("none") > 20
 
 
 def test_without_spandrel_an_upscaler_job_says_what_is_missing(model_dir, tmp_path):

@@ -37,9 +37,8 @@ from .pixels import to_pixels
 from .plan import SEED_RANGE, ModelTraits
 from .control import control_tensor
 from .refine import TileControl, refine_tile_steps, tiled_refine
-from .tiles import TileGrid
 from .tiling import wrapped_convolutions
-from .upscale import UPSCALE_OVERLAP, UPSCALE_TILE, lanczos, model_upscale
+from .upscale import lanczos, model_grid, model_upscale
 
 log = logging.getLogger("atelier.assets")
 
@@ -243,5 +242,4 @@ def _passes(width: int, height: int, out_width: int, out_height: int,
 
 
 def _model_tiles(width: int, height: int, plan: UpscalePlan) -> int:
-    return len(TileGrid.over(width, height, UPSCALE_TILE, UPSCALE_OVERLAP, plan.axes.x,
-                             plan.axes.y, multiple=1))
+    return len(model_grid(width, height, plan.axes)[0])

@@ -7,8 +7,9 @@ pixels rolls the output by k x factor).
 
 A model (``SuperResolution``, loaded by models/upscalers.py) runs over overlapping tiles
 of ``tile`` input pixels blended with ``tiles.py``'s weights, so its memory is bounded
-by the tile whatever the image's size; the output is the model's own factor, then
-resampled to the size asked for.
+by the tile whatever the image's size; on a wrapped axis the image is first padded with
+its other side (``model_grid``); the output is the model's own factor, then resampled to
+the size asked for.
 """
 
 from __future__ import annotations
@@ -57,6 +58,21 @@ def _reach(src: int, dst: int) -> int:
     return min(src, LANCZOS_SUPPORT * max(1, -(-src // dst)) + 1)
 
 
+def model_grid(width: int, height: int, axes: TileAxes, tile: int = UPSCALE_TILE,
+               overlap: int = UPSCALE_OVERLAP) -> tuple[TileGrid, int, int]:
+    """The tiles a model upscale of a ``width`` x ``height`` image runs, and the margins
+    (x, y) it first pads the image with on wrapped axes.
+
+    The pad is the image's own other side, ``overlap`` pixels deep (what a tile's edge
+    is trusted to need), so every border pixel is seen with its wrapped neighbours, also
+    when the whole image fits in one tile."""
+    margin_x = overlap if axes.x else 0
+    margin_y = overlap if axes.y else 0
+    grid = TileGrid.over(width + 2 * margin_x, height + 2 * margin_y, tile, overlap,
+                         False, False, multiple=1)
+    return grid, margin_x, margin_y
+
+
 def model_upscale(image: np.ndarray, model: SuperResolution, axes: TileAxes,
                   cancelled: Callable[[], bool], device: torch.device | str = "cpu",
                   tile: int = UPSCALE_TILE, overlap: int = UPSCALE_OVERLAP,
@@ -66,13 +82,15 @@ def model_upscale(image: np.ndarray, model: SuperResolution, axes: TileAxes,
     ``on_tile(done, total)`` after each tile; raises JobCancelled before the next tile once
     ``cancelled()``. Returns uint8 ``(H*s, W*s, 3)``."""
     height, width = image.shape[:2]
-    grid = TileGrid.over(width, height, tile, overlap, axes.x, axes.y, multiple=1)
+    grid, margin_x, margin_y = model_grid(width, height, axes, tile, overlap)
+    padded = np.pad(image[..., :3], ((margin_y, margin_y), (margin_x, margin_x), (0, 0)),
+                    mode="wrap")
     sources = list(grid.tiles())
 
     def render(index: int, _target: Tile) -> np.ndarray:
         if cancelled():
             raise JobCancelled()
-        pixels = torch.from_numpy(np.ascontiguousarray(sources[index].take(image)[..., :3]))
+        pixels = torch.from_numpy(np.ascontiguousarray(sources[index].take(padded)))
         batch = pixels.permute(2, 0, 1)[None].to(device=device, dtype=torch.float32) / 255.0
         with torch.no_grad():
             result = model(batch)
@@ -81,4 +99,7 @@ def model_upscale(image: np.ndarray, model: SuperResolution, axes: TileAxes,
             on_tile(index + 1, len(sources))
         return out
 
-    return blend_tiles(grid.times(model.scale), 3, render)
+    out = blend_tiles(grid.times(model.scale), 3, render)
+    top, left = margin_y * model.scale, margin_x * model.scale
+    return np.ascontiguousarray(out[top:top + height * model.scale,
+                                    left:left + width * model.scale])

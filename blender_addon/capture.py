@@ -1,4 +1,6 @@
-"""Rendering the scene camera for the add-on: colour for img2img, the Z pass for depth.
+"""Rendering the scene camera for the add-on: colour for img2img, the Z pass for depth, the
+Normal pass and a Freestyle line pass for controls (turned into control images by
+control_maps; passes.py makes controls of them).
 
 Render Result pixels are empty in background mode, so the passes go through
 compositor File Output nodes into a temporary folder and are read back; every
@@ -16,37 +18,26 @@ from typing import Any, Iterator, Optional
 
 import bpy
 
-from . import host, pixels, settings
-from .protocol import GenerateRequest, ImageFrame, PixelFormat
-from .protocol.client import make_upload
+from . import control_maps, host, pixels
 
 DEPTH_SLOT = "atelier_depth_"
 COLOR_SLOT = "atelier_color_"
+NORMAL_SLOT = "atelier_normal_"
+LINES_SLOT = "atelier_lines_"
+LINESET = "Atelier Lines"   # the line set a line pass adds to a view layer that has none
 
 
 @dataclass(frozen=True)
 class Capture:
-    """A render from the scene camera: RGBA8 colour and FLOAT32 Z depth, top row first."""
+    """A render from the scene camera, top row first: RGBA8 colour, FLOAT32 Z depth, and
+    the control images of the Normal pass (RGBA8, camera space encoded as PROTOCOL.md 4.4)
+    and of a Freestyle line pass (RGBA8, light lines on black). None: not rendered."""
     width: int
     height: int
     color: Optional[bytes]
     depth: Optional[bytes]
-
-
-def img2img_job(shot: Capture, panel: "settings.PanelSettings"
-                ) -> tuple[GenerateRequest, list[ImageFrame]]:
-    """The img2img request of ``panel`` on a camera render, with its uploads: the colour as
-    the init image and, when rendered, the Z pass as the job's depth."""
-    init = make_upload(PixelFormat.RGBA8, shot.width, shot.height, shot.color)
-    uploads = [init]
-    depth_id = None
-    if shot.depth is not None:
-        depth = make_upload(PixelFormat.FLOAT32, shot.width, shot.height, shot.depth)
-        uploads.append(depth)
-        depth_id = depth.id
-    request = settings.build_request(panel, kind="img2img", init_image=init.id,
-                                     depth_upload=depth_id)
-    return request, uploads
+    normal: Optional[bytes] = None
+    lines: Optional[bytes] = None
 
 
 @contextlib.contextmanager
@@ -63,9 +54,14 @@ def _restored(target: Any, **values: Any) -> Iterator[None]:
 
 
 def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width: int,
-                  height: int, *, color: bool, depth: bool,
-                  as_viewport: bool = False, samples: Optional[int] = None) -> Capture:
+                  height: int, *, color: bool, depth: bool, normal: bool = False,
+                  lines: bool = False, as_viewport: bool = False,
+                  samples: Optional[int] = None) -> Capture:
     """Render the scene camera at ``width`` x ``height``; the scene is left as it was.
+
+    ``normal``: the Normal pass, turned into the camera's space; ``lines``: Freestyle's
+    lines (silhouettes, borders, creases of the view layer's line sets, or of a temporary
+    one when it has none) as a pass of their own.
 
     ``as_viewport``: render the objects the viewport shows, and only those (also those
     hidden from renders), so the depth holds whatever can hide a surface from the camera
@@ -74,7 +70,7 @@ def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
     was hit). ``samples``: render at most this many samples (Cycles, EEVEE), for a quick
     look.
     """
-    host.require_camera(scene)
+    camera = host.require_camera(scene)
     shown = {o: o.visible_get(view_layer=view_layer) for o in scene.objects} \
         if as_viewport else {}
     with tempfile.TemporaryDirectory(prefix="atelier_render_") as folder, \
@@ -85,22 +81,64 @@ def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
                                       use_compositing=True))
         if depth:
             stack.enter_context(_restored(view_layer, use_pass_z=True))
+        if normal:
+            stack.enter_context(_restored(view_layer, use_pass_normal=True))
+        if lines:
+            stack.enter_context(_freestyle_pass(scene, view_layer))
         if samples is not None:
             stack.enter_context(_fewer_samples(scene, samples))
         if not color and render.engine == "CYCLES":
-            # Depth alone needs one sample, and no denoiser (Debian's build has none).
+            # Passes alone need one sample, and no denoiser (Debian's build has none).
             stack.enter_context(_restored(scene.cycles, samples=1, use_denoising=False))
         for obj, visible in shown.items():
             if obj.hide_render == visible:
                 stack.enter_context(_restored(obj, hide_render=not visible))
-        stack.enter_context(_output_nodes(scene, view_layer, folder, color=color, depth=depth))
+        stack.enter_context(_output_nodes(scene, view_layer, folder, color=color, depth=depth,
+                                          normal=normal, lines=lines))
+        view = [list(row) for row in camera.matrix_world.inverted()]
         bpy.ops.render.render(write_still=False, scene=scene.name, layer=view_layer.name)
-        color_bytes = depth_bytes = None
+        color_bytes = depth_bytes = normal_bytes = lines_bytes = None
         if color:
             color_bytes = read_rgba8_file(_written(folder, COLOR_SLOT))
         if depth:
-            depth_bytes = _read_depth_file(_written(folder, DEPTH_SLOT), width, height)
-    return Capture(width, height, color_bytes, depth_bytes)
+            depth_bytes = pixels.blender_channel_to_float32(
+                _read_float_file(_written(folder, DEPTH_SLOT), width, height), width, height)
+        if normal:
+            normal_bytes = control_maps.normal_pass_to_rgba8(
+                _read_float_file(_written(folder, NORMAL_SLOT), width, height), width, height,
+                view)
+        if lines:
+            lines_bytes = control_maps.line_pass_to_rgba8(
+                _read_float_file(_written(folder, LINES_SLOT), width, height), width, height)
+    return Capture(width, height, color_bytes, depth_bytes, normal_bytes, lines_bytes)
+
+
+@contextlib.contextmanager
+def _freestyle_pass(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer) -> Iterator[None]:
+    """Freestyle on for the block, its lines as a render pass of their own (not drawn over
+    the colour); a view layer without line sets gets a temporary one drawing silhouettes,
+    borders and creases."""
+    if not bpy.app.build_options.freestyle:
+        raise host.HostError("this Blender was built without Freestyle, which the Line Art "
+                             "control renders its lines with: turn Line Art off")
+    freestyle = view_layer.freestyle_settings
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_restored(scene.render, use_freestyle=True))
+        stack.enter_context(_restored(view_layer, use_freestyle=True))
+        stack.enter_context(_restored(freestyle, as_render_pass=True, mode="EDITOR"))
+        added = None
+        if not any(lineset.show_render for lineset in freestyle.linesets):
+            added = freestyle.linesets.new(LINESET)
+            added.select_by_visibility = added.select_by_edge_types = True
+            added.select_silhouette = added.select_border = added.select_crease = True
+        try:
+            yield
+        finally:
+            if added is not None:
+                style = added.linestyle
+                freestyle.linesets.remove(added)
+                if style is not None and style.users == 0:
+                    bpy.data.linestyles.remove(style)
 
 
 def _fewer_samples(scene: bpy.types.Scene, samples: int) -> contextlib.AbstractContextManager:
@@ -115,8 +153,10 @@ def _fewer_samples(scene: bpy.types.Scene, samples: int) -> contextlib.AbstractC
 
 @contextlib.contextmanager
 def _output_nodes(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, folder: str, *,
-                  color: bool, depth: bool) -> Iterator[None]:
-    """Compositor File Output nodes writing colour (PNG) and depth (32-bit EXR) to ``folder``.
+                  color: bool, depth: bool, normal: bool = False,
+                  lines: bool = False) -> Iterator[None]:
+    """Compositor File Output nodes writing colour (PNG), and depth, normals and the line
+    pass (32-bit EXRs, values as rendered) to ``folder``.
 
     Render Result pixels are empty in background mode, so files are the one
     way to read a render that works with and without a window.
@@ -131,11 +171,17 @@ def _output_nodes(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, folde
             out.format.color_mode = "RGBA"
             out.format.color_depth = "8"
             tree.links.new(layers.outputs["Image"], socket)
-        if depth:
-            out, socket = _file_output(tree, folder, DEPTH_SLOT, "FLOAT")
+        floats = ((depth, DEPTH_SLOT, "FLOAT", "Depth"), (normal, NORMAL_SLOT, "RGBA", "Normal"),
+                  (lines, LINES_SLOT, "RGBA", "Freestyle"))
+        for wanted, slot, socket_type, output in floats:
+            if not wanted:
+                continue
+            out, socket = _file_output(tree, folder, slot, socket_type)
             out.format.file_format = "OPEN_EXR"
             out.format.color_depth = "32"
-            tree.links.new(layers.outputs["Depth"], socket)
+            if socket_type == "RGBA":
+                out.format.color_mode = "RGBA"
+            tree.links.new(layers.outputs[output], socket)
         yield
 
 
@@ -213,10 +259,11 @@ def read_rgba8_file(path: str) -> bytes:
         return host.read_rgba8(image)
 
 
-def _read_depth_file(path: str, width: int, height: int) -> bytes:
+def _read_float_file(path: str, width: int, height: int) -> Any:
+    """An EXR pass as Blender's flat float RGBA pixels (bottom row first), values as written."""
     with _loaded(path) as image:
         image.colorspace_settings.name = "Non-Color"
         if tuple(image.size) != (width, height):
-            raise host.HostError(f"depth render is {tuple(image.size)}, "
-                                 f"expected {(width, height)}")
-        return pixels.blender_channel_to_float32(host.float_pixels(image), width, height)
+            raise host.HostError(f"the {os.path.basename(path)} render is "
+                                 f"{tuple(image.size)}, expected {(width, height)}")
+        return host.float_pixels(image)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Optional
 
 import bpy
 
-from . import capture, host, live_rules, settings
+from . import host, live_rules, passes, settings
 from .live_rules import LIVE_IMAGE, LIVE_SAMPLES, LIVE_SESSION
 from .protocol import GenerateRequest, ImageFrame, ProtocolError
 from .protocol.client import ClientError
@@ -183,14 +183,14 @@ class LiveMode:
             view = host.area_view_camera(area, panel.width, panel.height) \
                 if area is not None else None
             with host.temporary_camera(scene, view_layer, view):
-                shot = capture.render_camera(scene, view_layer, panel.width, panel.height,
-                                             color=True, depth=props.use_depth,
-                                             samples=LIVE_SAMPLES)
+                shot = passes.render_passes(scene, view_layer, panel.width, panel.height,
+                                            settings.passes_to_send(panel), color=True,
+                                            samples=LIVE_SAMPLES)
             view_layer.update()   # the capture's own changes are evaluated now, uncounted
         finally:
             self._capturing = False
         self.capture_seconds = time.monotonic() - started
-        request, uploads = capture.img2img_job(shot, panel)
+        request, uploads = passes.camera_job(shot, panel)
         ref = client.submit(request, uploads, live=LIVE_SESSION)
         self.results.sent(ref)
         self.jobs_sent += 1

@@ -12,12 +12,12 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
 
-from . import capture, host, settings
+from . import host, passes, settings
 from .addon import current_session, ensure_timer
 from .live_rules import LIVE_IMAGE
 from .properties import ADDON_ID
-from .protocol import GenerateRequest, PixelFormat, ProtocolError
-from .protocol.client import ClientError, make_upload
+from .protocol import GenerateRequest, ProtocolError
+from .protocol.client import ClientError
 from .runtime import Job, JobState, Session
 
 WATCH_INTERVAL = 0.25  # seconds between checks of a job a button started
@@ -172,7 +172,9 @@ class ATELIER_OT_generate(bpy.types.Operator, _SendsJobs):
         if self.size_refused(panel):
             return {"CANCELLED"}
         try:
-            request = settings.build_request(panel)
+            reference = passes.reference_upload(props)
+            request = settings.build_request(panel, reference=reference.id if reference
+                                             else None)
             replace = self.replace_material
 
             def apply(job: Job, images: list[Any]) -> None:
@@ -181,8 +183,9 @@ class ATELIER_OT_generate(bpy.types.Operator, _SendsJobs):
                     material = host.new_image_material(images[0].name, images[0])
                     host.assign_material(obj, material, replace=replace)
 
-            return self.send(context, "Generate", request, [], apply if target else None)
-        except (ProtocolError, ClientError) as exc:
+            return self.send(context, "Generate", request, [reference] if reference else [],
+                             apply if target else None)
+        except (ProtocolError, ClientError, host.HostError) as exc:
             return self.report_failure(exc)
 
 
@@ -200,10 +203,12 @@ class ATELIER_OT_render_to_image(bpy.types.Operator, _SendsJobs):
         if self.size_refused(panel):
             return {"CANCELLED"}
         try:
+            reference = passes.reference_upload(props)
             with _seen_from(self, context, panel.width, panel.height):
-                shot = capture.render_camera(context.scene, context.view_layer, panel.width,
-                                             panel.height, color=True, depth=props.use_depth)
-            request, uploads = capture.img2img_job(shot, panel)
+                shot = passes.render_passes(context.scene, context.view_layer, panel.width,
+                                            panel.height, settings.passes_to_send(panel),
+                                            color=True)
+            request, uploads = passes.camera_job(shot, panel, reference=reference)
             return self.send(context, "Render to Image", request, uploads)
         except (ProtocolError, ClientError, host.HostError) as exc:
             return self.report_failure(exc)
@@ -230,6 +235,7 @@ class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
         if self.size_refused(panel):
             return {"CANCELLED"}
         try:
+            reference = passes.reference_upload(scene.atelier)
             width, height = panel.width, panel.height
             with _seen_from(self, context, width, height):
                 depsgraph = context.evaluated_depsgraph_get()
@@ -241,11 +247,12 @@ class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
                 if len(unseen) == len(faces):
                     self.report({"ERROR"}, settings.unseen_report(unseen, all_of_them=True))
                     return {"CANCELLED"}
-                # Everything the viewport shows can hide the targets: all of it is in the depth.
-                shot = capture.render_camera(scene, context.view_layer, width, height,
-                                             color=False, depth=True, as_viewport=True)
-            depth = make_upload(PixelFormat.FLOAT32, width, height, shot.depth)
-            request = settings.build_request(panel, depth_upload=depth.id)
+                # Everything the viewport shows can hide the targets: all of it is in the
+                # passes (depth always, the others as the Controls ask).
+                shot = passes.render_passes(scene, context.view_layer, width, height,
+                                            settings.passes_to_send(panel, depth=True),
+                                            as_viewport=True)
+            request, uploads = passes.camera_job(shot, panel, reference=reference)
         except (ProtocolError, ClientError, host.HostError) as exc:
             return self.report_failure(exc)
 
@@ -255,7 +262,7 @@ class ATELIER_OT_project_texture(bpy.types.Operator, _SendsJobs):
         def project(job: Job, images: list[Any]) -> None:
             _project(job, images[0], seen, view, proj, bake)
 
-        return self.send(context, "Project Texture", request, [depth], project,
+        return self.send(context, "Project Texture", request, uploads, project,
                          note=settings.unseen_report(unseen) if unseen else "")
 
 

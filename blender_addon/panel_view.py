@@ -26,6 +26,7 @@ SUBPANELS: tuple[tuple[str, str, bool], ...] = (
     ("prompt", "Prompt", False),
     ("size", "Size & Sampling", False),
     ("texture", "Texture & Projection", False),
+    ("controls", "Controls & Reference", False),
     ("assets", "Game Assets", False),
     ("advanced", "Advanced", True),
     ("history", "History", True),
@@ -40,9 +41,18 @@ FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
              ("sampler_preset_choice", "Preset"), ("seed", "Seed"),
              ("random_seed", "Random"), ("batch_size", "Images")),
     "texture": (("tiling", "Seamless"), ("apply_to_object", "Apply"),
-                ("capture_source", "From"), ("strength", "Strength"), ("use_depth", "Depth"),
-                ("bake_projection", "Bake to UVs"), ("control_scale", "Depth Weight"),
-                ("depth_model", "Depth Model")),
+                ("capture_source", "From"), ("strength", "Strength"),
+                ("bake_projection", "Bake to UVs")),
+    "controls": (("use_depth", "Depth"), ("control_scale", "Weight"), ("depth_start", "Start"),
+                 ("depth_end", "End"), ("depth_model", "Model"),
+                 ("use_normal", "Normal"), ("normal_scale", "Weight"),
+                 ("normal_start", "Start"), ("normal_end", "End"),
+                 ("normal_model_choice", "Model"),
+                 ("use_lineart", "Line Art"), ("lineart_scale", "Weight"),
+                 ("lineart_start", "Start"), ("lineart_end", "End"),
+                 ("lineart_model_choice", "Model"),
+                 ("use_reference", "Reference"), ("reference_image", "Image"),
+                 ("reference_weight", "Weight"), ("reference_flavour", "Borrow")),
     "assets": (("upscale_mode", "Upscale To"), ("upscale_factor", "Factor"),
                ("upscale_width", "Width"), ("upscale_height", "Height"),
                ("upscaler_choice", "Upscaler"), ("refine_strength", "Refine"),
@@ -51,6 +61,14 @@ FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
                  ("model", "Model Path"), ("loras", "LoRAs")),
     "history": (),
 }
+
+# The Controls rows, in the panel's order: (kind, the properties of its checkbox, weight,
+# start, end and model dropdown), as FIELDS["controls"] lists them.
+CONTROL_ROWS: tuple[tuple[str, tuple[str, str, str, str, str]], ...] = tuple(
+    (kind, tuple(name for name, _ in FIELDS["controls"][5 * i:5 * i + 5]))  # type: ignore[misc]
+    for i, kind in enumerate(("depth", "normal", "lineart")))
+CONTROLS_NOTE = ("Render to Image sends the passes ticked here; Project Texture sends depth "
+                 "always and the others when ticked")
 
 CONNECT = "Connect"
 TEST_CONNECTION = "Test Connection"

@@ -215,17 +215,37 @@ def draw_texture(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
     col.scale_y = 1.2
     col.operator("atelier.render_to_image", icon="RENDER_STILL")   # "From" as the panel says
     _split(layout).prop(props, "strength", text=labels["strength"], slider=True)
-    layout.prop(props, "use_depth", text="Use Depth (keep shapes)")
 
     layout.separator()
     col = layout.column(align=True)
     col.scale_y = 1.2
     col.operator("atelier.project_texture", icon="MOD_UVPROJECT")
     layout.prop(props, "bake_projection", text="Bake to Object UVs")
-    col = layout.column(align=True)   # labels too long for a split row: full width
-    col.prop(props, "control_scale", text=labels["control_scale"], slider=True)
-    col.label(text=labels["depth_model"] + ":")
-    col.prop(props, "depth_model", text="")
+
+
+def draw_controls(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
+    """One box per render pass that can steer Render to Image and Project Texture (its
+    checkbox, weight, start and end, model), then the reference image."""
+    labels = _labels("controls")
+    _lines(layout, panel_view.CONTROLS_NOTE, "INFO")
+    for kind, (use, scale, start, end, model) in panel_view.CONTROL_ROWS:
+        box = layout.box()
+        box.prop(props, use, text=labels[use])
+        body = box.column(align=True)
+        body.active = getattr(props, use) or kind == "depth"   # Project Texture: depth
+        body.prop(props, scale, text=labels[scale], slider=True)
+        span = body.row(align=True)
+        span.prop(props, start, text=labels[start])
+        span.prop(props, end, text=labels[end])
+        body.prop(props, model, text="")
+
+    box = layout.box()
+    box.prop(props, "use_reference", text="Reference Image")
+    body = box.column(align=True)
+    body.active = props.use_reference
+    body.prop(props, "reference_image", text="")
+    body.prop(props, "reference_weight", text=labels["reference_weight"], slider=True)
+    body.row(align=True).prop(props, "reference_flavour", expand=True)
 
 
 def _lines(layout: bpy.types.UILayout, text: str, icon: str) -> None:
@@ -334,7 +354,8 @@ def draw_history(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
 
 # What each panel draws, by SUBPANELS' ids ("main": the Atelier panel itself).
 DRAW = {"main": draw_main, "prompt": draw_prompt, "size": draw_size, "texture": draw_texture,
-        "assets": draw_assets, "advanced": draw_advanced, "history": draw_history}
+        "controls": draw_controls, "assets": draw_assets, "advanced": draw_advanced,
+        "history": draw_history}
 
 
 class ATELIER_OT_show_image(bpy.types.Operator):

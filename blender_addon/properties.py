@@ -12,10 +12,12 @@ from .assets import REFINE_HELP, UPSCALER_HELP, UpscalerMenu
 from .live_rules import LIVE_STRENGTH, LIVE_STRENGTH_HELP
 from .protocol.client import DEFAULT_PORT
 from .panel_view import ModelMenu, wrap
-from .settings import (CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP, IMAGE_STORAGE_ITEMS, LORA_HELP,
-                       LORA_WEIGHT_HELP, MAX_BATCH, SAMPLER_PRESET_HELP, SEED_MAX,
-                       DepthModelMenu, LoraMenu, SamplerPresetMenu)
-from .protocol.messages import LORA_WEIGHT_MAX, SCHEDULERS
+from .settings import (CACHE_INTERVAL_MAX, CONTROL_FIELDS, CONTROL_TITLES, DEPTH_MODEL_HELP,
+                       IMAGE_STORAGE_ITEMS, LORA_HELP, LORA_WEIGHT_HELP, MAX_BATCH,
+                       PASS_CONTROLS, REFERENCE_FLAVOURS, REFERENCE_WEIGHT_DEFAULT,
+                       SAMPLER_PRESET_HELP, SEED_MAX, ControlModelMenu, LoraMenu,
+                       SamplerPresetMenu)
+from .protocol.messages import LORA_WEIGHT_MAX, REFERENCE_WEIGHT_MAX, SCHEDULERS
 
 PREFERENCES_LINE = 90     # characters of a line in the add-on's preferences
 
@@ -29,29 +31,67 @@ TILING_ITEMS = [
     ("both", "Both", "Tiles in both directions"),
 ]
 
-# The Depth Model dropdown: the daemon's depth ControlNets and T2I-Adapters, as last listed.
-# One menu for the add-on's lifetime: it holds the item list Blender draws from (Blender
-# keeps only pointers to those strings) and gives each name a fixed item number.
-DEPTH_MODEL_MENU = DepthModelMenu()
+# The model dropdowns of the Controls rows (Depth Model, and Normal's and Line Art's): the
+# daemon's ControlNets and T2I-Adapters for that kind, as last listed. One menu per kind for
+# the add-on's lifetime: it holds the item list Blender draws from (Blender keeps only
+# pointers to those strings) and gives each name a fixed item number.
+CONTROL_MODEL_MENUS = {kind: ControlModelMenu(kind) for kind in PASS_CONTROLS}
+DEPTH_MODEL_MENU = CONTROL_MODEL_MENUS["depth"]
+
+
+def control_model_items(kind: str, props: "AtelierSettings") -> list:
+    """The items of ``kind``'s model dropdown: the daemon's models for that kind, as last
+    listed, and the chosen name (CONTROL_FIELDS) if they lack it."""
+    from .addon import current_session   # the session lives as long as the add-on
+    menu = CONTROL_MODEL_MENUS[kind]
+    chosen = getattr(props, CONTROL_FIELDS[kind][4])
+    session = current_session()
+    if session is None:
+        return menu.build([], chosen, listed_now=False)
+    return menu.build(session.conditioners_of(kind), chosen, listed_now=session.models_listed)
 
 
 def depth_model_items(props: "AtelierSettings", context: Optional[bpy.types.Context]) -> list:
-    from .addon import current_session   # the session lives as long as the add-on
-    session = current_session()
-    if session is None:
-        return DEPTH_MODEL_MENU.build([], props.control_model, listed_now=False)
-    return DEPTH_MODEL_MENU.build(session.conditioners, props.control_model,
-                                  listed_now=session.models_listed)
+    return control_model_items("depth", props)
 
 
-def _get_depth_model(props: "AtelierSettings") -> int:
-    return DEPTH_MODEL_MENU.number(props.control_model)
+def _control_model_choice(kind: str, description: str) -> EnumProperty:
+    """The dropdown that shows and sets the string property holding ``kind``'s model name
+    (CONTROL_FIELDS), listing the daemon's models for that kind."""
+    menu = CONTROL_MODEL_MENUS[kind]
+    name_property = CONTROL_FIELDS[kind][4]
+
+    def items(props: "AtelierSettings", context: Optional[bpy.types.Context]) -> list:
+        return control_model_items(kind, props)
+
+    def get(props: "AtelierSettings") -> int:
+        return menu.number(getattr(props, name_property))
+
+    def set_(props: "AtelierSettings", number: int) -> None:
+        name = menu.name(number)
+        if name is not None:
+            setattr(props, name_property, name)
+
+    return EnumProperty(name=f"{CONTROL_TITLES[kind]} Model", description=description,
+                        items=items, get=get, set=set_, options=set())
 
 
-def _set_depth_model(props: "AtelierSettings", number: int) -> None:
-    name = DEPTH_MODEL_MENU.name(number)
-    if name is not None:
-        props.control_model = name
+def _control_start(kind: str) -> FloatProperty:
+    """Where ``kind``'s control starts to steer, as a share of the steps."""
+    title = CONTROL_TITLES[kind]
+    return FloatProperty(name=f"{title} Start", default=0.0, min=0.0, max=1.0,
+                         subtype="FACTOR",
+                         description=f"Where in the sampling the {title.lower()} starts to "
+                                     "steer: 0 = from the first step")
+
+
+def _control_end(kind: str) -> FloatProperty:
+    """Where ``kind``'s control stops steering, as a share of the steps."""
+    title = CONTROL_TITLES[kind]
+    return FloatProperty(name=f"{title} End", default=1.0, min=0.0, max=1.0,
+                         subtype="FACTOR",
+                         description=f"Where the {title.lower()} stops steering: 1 = to the "
+                                     "last step; lower leaves the last steps free for detail")
 
 
 # The LoRA rows' dropdown: the daemon's LoRAs for the model's family (same pattern). Every
@@ -216,7 +256,8 @@ def model_items(props: "AtelierSettings", context: Optional[bpy.types.Context]) 
     if session is None:
         return MODEL_MENU.build([], [], props.model, listed_now=False)
     current = session.status.model if session.status is not None else ""
-    return MODEL_MENU.build(session.models, [name for name, _ in session.conditioners],
+    conditioners = [name for kind in PASS_CONTROLS for name, _ in session.conditioners_of(kind)]
+    return MODEL_MENU.build(session.models, conditioners,
                             props.model, listed_now=session.models_listed,
                             current=current or "")
 
@@ -289,12 +330,56 @@ class AtelierSettings(bpy.types.PropertyGroup):
     control_model: StringProperty(name="Depth Model Name", default="",
                                   description="Name of the depth ControlNet or T2I-Adapter "
                                               "on the daemon; empty = the daemon's default")
-    depth_model: EnumProperty(name="Depth Model", description=DEPTH_MODEL_HELP,
-                              items=depth_model_items, get=_get_depth_model,
-                              set=_set_depth_model, options=set())
+    depth_model: _control_model_choice("depth", DEPTH_MODEL_HELP)
     use_depth: BoolProperty(name="Use Depth", default=False,
                             description="Render to Image also sends the scene's depth, so "
-                                        "the new image keeps its shapes")
+                                        "the new image keeps its shapes (Project Texture "
+                                        "always does)")
+    depth_start: _control_start("depth")
+    depth_end: _control_end("depth")
+    use_normal: BoolProperty(name="Use Normals", default=False,
+                             description="Render to Image and Project Texture also send the "
+                                         "scene's surface directions (Blender's Normal pass, "
+                                         "in the camera's space), so the new image keeps "
+                                         "how surfaces turn")
+    normal_scale: FloatProperty(name="Normal Weight", default=1.0, min=0.0, max=2.0,
+                                description="How strongly the surface directions shape "
+                                            "the image")
+    normal_start: _control_start("normal")
+    normal_end: _control_end("normal")
+    normal_model: StringProperty(name="Normal Model Name", default="",
+                                 description="Name of the normal ControlNet or T2I-Adapter "
+                                             "on the daemon; empty = the daemon's default")
+    normal_model_choice: _control_model_choice(
+        "normal", "Which model reads the normal pass. Daemon default: ControlNet 1.1 "
+                  "normalbae for SD1.5 models; for SDXL choose one")
+    use_lineart: BoolProperty(name="Use Line Art", default=False,
+                              description="Render to Image and Project Texture also send "
+                                          "the scene's outlines and creases (a Freestyle "
+                                          "line pass, light lines on black)")
+    lineart_scale: FloatProperty(name="Line Art Weight", default=1.0, min=0.0, max=2.0,
+                                 description="How strongly the lines shape the image")
+    lineart_start: _control_start("lineart")
+    lineart_end: _control_end("lineart")
+    lineart_model: StringProperty(name="Line Art Model Name", default="",
+                                  description="Name of the line-art ControlNet or "
+                                              "T2I-Adapter on the daemon; empty = the "
+                                              "daemon's default")
+    lineart_model_choice: _control_model_choice(
+        "lineart", "Which model reads the line pass. Daemon default: the line-art model "
+                   "for the job model's family")
+    use_reference: BoolProperty(name="Use Reference", default=False,
+                                description="Every job also borrows from the reference "
+                                            "image (IP-Adapter on the daemon)")
+    reference_image: PointerProperty(type=bpy.types.Image, name="Reference Image",
+                                     description="An image of this .blend whose subject or "
+                                                 "style the jobs borrow")
+    reference_weight: FloatProperty(name="Reference Weight", default=REFERENCE_WEIGHT_DEFAULT,
+                                    min=0.0, max=REFERENCE_WEIGHT_MAX,
+                                    description="How strongly the reference steers: 0 = not "
+                                                "at all")
+    reference_flavour: EnumProperty(name="Borrow", items=REFERENCE_FLAVOURS, default="content",
+                                    description="What the jobs borrow from the reference")
     apply_to_object: BoolProperty(name="Apply to Active Object", default=False,
                                   description="Put the generated texture on the active "
                                               "object's material (in a new material slot)")

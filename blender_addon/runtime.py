@@ -109,6 +109,8 @@ class Session:
         self.limits: Optional[Limits] = None   # the daemon's, from its welcome
         self.models: list[str] = []
         self.conditioners: list[tuple[str, str]] = []   # depth models: (name, family)
+        # The other pass controls' models (normal, lineart): kind -> [(name, family)]
+        self.pass_conditioners: dict[str, list[tuple[str, str]]] = {}
         self.models_listed = False   # whether ``models`` and ``conditioners`` came from it
         self.loras: list[tuple[str, str]] = []           # the daemon's LoRAs: (name, family)
         self.upscalers: list[str] = []                   # the daemon's upscaler models
@@ -138,6 +140,7 @@ class Session:
         if self._client is None or self._address != (url, token):
             if self._address is not None and self._address != (url, token):
                 self.models, self.conditioners = [], []   # another daemon's lists
+                self.pass_conditioners = {}
                 self.loras, self.model_families, self.sampler_presets = [], {}, []
                 self.upscalers = []
                 self.current_model = None
@@ -435,17 +438,23 @@ class Session:
                                 "job(s) queued" + (", one running" if event.busy else ""))
 
     def _models(self, event: Models) -> None:
-        # LoRAs, embeddings and upscalers are no ``model``: they have menus (or prompts) of
-        # their own
+        # LoRAs, embeddings, upscalers and IP-Adapters (the reference's) are no ``model``:
+        # they have menus (or prompts) of their own, or the daemon picks them
         self.models = [m.name for m in event.models
-                       if m.kind not in ("lora", "embedding", "upscaler")]
+                       if m.kind not in ("lora", "embedding", "upscaler", "ip_adapter")]
         self.upscalers = assets.daemon_upscalers(event.models)
         self.conditioners = settings.depth_conditioners(event.models)
+        self.pass_conditioners = {kind: settings.conditioners_for(event.models, kind)
+                                  for kind in settings.PASS_CONTROLS if kind != "depth"}
         self.loras = settings.daemon_loras(event.models)
         self.model_families = {m.name: m.family for m in event.models if m.kind == "checkpoint"}
         if event.current:
             self.current_model = event.current
         self.models_listed = True
+
+    def conditioners_of(self, kind: str) -> list[tuple[str, str]]:
+        """(name, family) of the daemon's models for pass control ``kind``, as last listed."""
+        return self.conditioners if kind == "depth" else self.pass_conditioners.get(kind, [])
 
     def model_family(self, model: str) -> Optional[str]:
         """The family of ``model`` ("" = the daemon's loaded one), None while unknown."""

@@ -16,9 +16,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 
 from .protocol import ErrorCode, GenerateRequest, ProtocolError, validate
 from .protocol.families import fits, serves_control
-from .protocol.messages import (CACHE_INTERVAL_MAX, LORAS_MAX,
-                                ControlSettings, DepthInput, Limits, LoraWeight, ModelInfo,
-                                Result)
+from .protocol.messages import (CACHE_INTERVAL_MAX, LORAS_MAX, ControlLayer, Limits,
+                                LoraWeight, ModelInfo, ReferenceImage, Result)
 
 # Cycles and EEVEE write this into the Z pass where no geometry was hit (1e10);
 # anything at or past it is background for the daemon.
@@ -56,6 +55,32 @@ CONDITIONER_KINDS = {
     "controlnet": ("ControlNet", "ControlNet: runs at every step, about 50-65% more time"),
 }
 DEPTH_MODEL_DEFAULT = "DEFAULT"   # the menu's identifier for "Daemon default" (model None)
+# The render passes the panel offers as controls (PROTOCOL.md 4.4), in the panel's order,
+# and the panel's settings of each: (send it, scale, start, end, model name). Depth keeps
+# the names it had before controls came (use_depth, control_scale, control_model), so
+# settings saved in older .blend files load as they were.
+PASS_CONTROLS = ("depth", "normal", "lineart")
+CONTROL_FIELDS = {
+    "depth": ("use_depth", "control_scale", "depth_start", "depth_end", "control_model"),
+    "normal": ("use_normal", "normal_scale", "normal_start", "normal_end", "normal_model"),
+    "lineart": ("use_lineart", "lineart_scale", "lineart_start", "lineart_end",
+                "lineart_model"),
+}
+CONTROL_TITLES = {"depth": "Depth", "normal": "Normal", "lineart": "Line Art"}
+# What "Daemon default" means in each control's model menu (PROTOCOL.md 4.4).
+CONTROL_DEFAULT_HELP = {
+    "depth": "The daemon's own depth model (atelier serve --depth-control, else its default "
+             "ControlNet)",
+    "normal": "The daemon's default normal model for the job model's family (ControlNet 1.1 "
+              "normalbae for SD1.5; SDXL has none: choose one)",
+    "lineart": "The daemon's default line-art model for the job model's family (ControlNet "
+               "1.1 lineart for SD1.5, a T2I-Adapter for SDXL)",
+}
+REFERENCE_FLAVOURS = (
+    ("content", "Content", "Borrow the reference's subject and look"),
+    ("style", "Style", "Borrow only its style; the prompt keeps subject and layout"),
+)
+REFERENCE_WEIGHT_DEFAULT = 0.6
 DEPTH_MODEL_HELP = ("Which model conditions depth jobs (Project Texture, Render to Image with "
                     "Use Depth). A T2I-Adapter runs once per job and costs next to no time; a "
                     "ControlNet runs at every step, about 50-65% more time. Daemon default: "
@@ -84,6 +109,82 @@ class PanelSettings:
     # (name, weight) of the panel's LoRA rows, in order; rows without a name send nothing
     loras: tuple[tuple[str, float], ...] = ()
     sampler_preset: str = ""        # a few-step recipe (welcome.sampler_presets); "" = none
+    # Controls (CONTROL_FIELDS): whether Render to Image sends each pass (Project Texture
+    # always sends depth) and how it steers; models "" = the daemon's default for the kind
+    use_depth: bool = False
+    depth_start: float = 0.0
+    depth_end: float = 1.0
+    use_normal: bool = False
+    normal_scale: float = 1.0
+    normal_start: float = 0.0
+    normal_end: float = 1.0
+    normal_model: str = ""
+    use_lineart: bool = False
+    lineart_scale: float = 1.0
+    lineart_start: float = 0.0
+    lineart_end: float = 1.0
+    lineart_model: str = ""
+    # A reference image (IP-Adapter) sent with every job: its weight and flavour
+    use_reference: bool = False
+    reference_weight: float = REFERENCE_WEIGHT_DEFAULT
+    reference_flavour: str = "content"
+
+
+@dataclass(frozen=True)
+class ControlChoice:
+    """One Controls row of the panel: whether the pass is sent, and how it steers."""
+    kind: str
+    enabled: bool
+    scale: float
+    start: float
+    end: float
+    model: str      # "" = the daemon's default for the kind
+
+
+def control_choice(panel: PanelSettings, kind: str) -> ControlChoice:
+    """The panel's row for pass control ``kind`` (one of PASS_CONTROLS)."""
+    enabled, scale, start, end, model = (getattr(panel, name) for name in CONTROL_FIELDS[kind])
+    return ControlChoice(kind, bool(enabled), float(scale), float(start), float(end),
+                         str(model))
+
+
+def passes_to_send(panel: PanelSettings, depth: bool = False) -> tuple[str, ...]:
+    """The passes the panel's Controls ask for, in PASS_CONTROLS order; ``depth`` True adds
+    depth whatever its row says (Project Texture generates from depth)."""
+    return tuple(kind for kind in PASS_CONTROLS
+                 if control_choice(panel, kind).enabled or (depth and kind == "depth"))
+
+
+def request_controls(panel: PanelSettings, images: Mapping[str, str]) -> list[ControlLayer]:
+    """The request's ``controls`` for rendered passes (kind -> upload id), in PASS_CONTROLS
+    order, each with its row's settings. Depth is Blender's Z pass (FLOAT32, depth along the
+    camera's axis: convention "z", background from BACKGROUND_DEPTH on); normal and line art
+    are 8-bit control images already (camera-space normals; light lines on black).
+    ProtocolError (field ``job.controls[i].end``) for a row whose End is before its Start."""
+    unknown = sorted(set(images) - set(PASS_CONTROLS))
+    if unknown:
+        raise ValueError(f"no pass control of kind {unknown}; kinds: {PASS_CONTROLS}")
+    layers = []
+    for kind in (k for k in PASS_CONTROLS if k in images):
+        row = control_choice(panel, kind)
+        if row.start > row.end:
+            raise ProtocolError(ErrorCode.INVALID_FIELD,
+                                f"{CONTROL_TITLES[kind]} control: End {row.end:g} is before "
+                                f"Start {row.start:g}", f"job.controls[{len(layers)}].end")
+        depth = dict(convention="z", background_at=BACKGROUND_DEPTH) if kind == "depth" else {}
+        layers.append(ControlLayer(kind=kind, image=images[kind],  # type: ignore[arg-type]
+                                   model=row.model or None, scale=row.scale, start=row.start,
+                                   end=row.end, **depth))  # type: ignore[arg-type]
+    return layers
+
+
+def request_references(panel: PanelSettings, upload: Optional[str]) -> list[ReferenceImage]:
+    """The request's ``references``: the panel's reference image (``upload``: its upload
+    id; None: no reference picked or sent) with its weight and flavour."""
+    if upload is None:
+        return []
+    return [ReferenceImage(image=upload, weight=panel.reference_weight,
+                           flavour=panel.reference_flavour)]  # type: ignore[arg-type]
 
 
 def size_problem(width: int, height: int, limits: Optional[Limits]) -> Optional[str]:
@@ -189,13 +290,17 @@ def loras_from_text(text: str) -> tuple[tuple[str, float], ...]:
 
 def build_request(settings: PanelSettings, *, kind: str = "txt2img",
                   init_image: Optional[str] = None, depth_upload: Optional[str] = None,
+                  controls: Optional[Mapping[str, str]] = None,
+                  reference: Optional[str] = None,
                   width: Optional[int] = None, height: Optional[int] = None,
                   pick_seed: Callable[[int], int] = secrets.randbelow) -> GenerateRequest:
     """The GenerateRequest for the panel settings; ProtocolError names a bad field.
 
-    ``depth_upload`` is the id of a FLOAT32 upload holding a Blender Z pass (depth along
-    the camera's axis, convention "z"); it turns on depth conditioning. A "random" seed
-    is drawn here with ``pick_seed(n)`` (0 <= seed < n), so that it fits Blender.
+    ``controls``: rendered passes (kind -> upload id) sent as control layers with the
+    panel's settings (request_controls); ``depth_upload`` is short for
+    ``controls={"depth": id}``, a FLOAT32 upload holding a Blender Z pass. ``reference``:
+    the upload id of the panel's reference image. A "random" seed is drawn here with
+    ``pick_seed(n)`` (0 <= seed < n), so that it fits Blender.
     """
     if settings.random_seed:
         seed = pick_seed(SEED_MAX + 1)
@@ -205,12 +310,9 @@ def build_request(settings: PanelSettings, *, kind: str = "txt2img",
                             "job.seed")
     else:
         seed = settings.seed
-    depth = control = None
+    images = dict(controls or {})
     if depth_upload is not None:
-        depth = DepthInput(upload=depth_upload, convention="z",
-                           background_at=BACKGROUND_DEPTH)
-        control = ControlSettings(model=settings.control_model or None,
-                                  scale=settings.control_scale)
+        images["depth"] = depth_upload
     request = GenerateRequest(
         kind=kind,  # type: ignore[arg-type]
         prompt=settings.prompt,
@@ -226,8 +328,8 @@ def build_request(settings: PanelSettings, *, kind: str = "txt2img",
         strength=settings.strength,
         init_image=init_image,
         tiling=settings.tiling,  # type: ignore[arg-type]
-        depth=depth,
-        control=control,
+        controls=request_controls(settings, images),
+        references=request_references(settings, reference),
         preview_every=settings.preview_every,
         output_format="raw",
         cache_interval=settings.cache_interval,
@@ -286,9 +388,21 @@ def result_record(result: Result, index: int, seed: int) -> dict[str, Any]:
         "batch_index": index,
         "job_id": result.job_id,
     }
-    if params.control is not None:   # depth-conditioned: which conditioner ran it
-        record["control_model"] = params.control.model or ""
+    depth = depth_model_of(params)
+    if depth is not None:   # depth-conditioned: which conditioner ran it
+        record["control_model"] = depth
     return record
+
+
+def depth_model_of(params: GenerateRequest) -> Optional[str]:
+    """The depth model a job asked for ("" = the daemon's default), from its depth control
+    (or the older ``control`` of a ``depth`` job); None for a job without depth."""
+    for layer in params.controls:
+        if layer.kind == "depth":
+            return layer.model or ""
+    if params.depth is not None:
+        return (params.control.model if params.control is not None else None) or ""
+    return None
 
 
 def settings_from_record(record: Mapping[str, Any], base: PanelSettings) -> PanelSettings:
@@ -302,11 +416,16 @@ def settings_from_record(record: Mapping[str, Any], base: PanelSettings) -> Pane
     return dataclasses.replace(base, **values)
 
 
-def depth_conditioners(models: Iterable[ModelInfo]) -> list[tuple[str, str]]:
-    """(name, family) of the depth ControlNets and T2I-Adapters among the daemon's models,
-    in the daemon's order."""
+def conditioners_for(models: Iterable[ModelInfo], kind: str) -> list[tuple[str, str]]:
+    """(name, family) of the ControlNets and T2I-Adapters for control ``kind`` among the
+    daemon's models, in the daemon's order."""
     return [(m.name, m.family) for m in models
-            if serves_control(m.family, m.control_kind, "depth")]
+            if serves_control(m.family, m.control_kind, kind)]
+
+
+def depth_conditioners(models: Iterable[ModelInfo]) -> list[tuple[str, str]]:
+    """(name, family) of the depth ControlNets and T2I-Adapters among the daemon's models."""
+    return conditioners_for(models, "depth")
 
 
 EnumItem = tuple[str, str, str, int]
@@ -352,8 +471,9 @@ class NameNumbers:
         return self.items
 
 
-class DepthModelMenu(NameNumbers):
-    """The items of the panel's Depth Model dropdown (a Blender dynamic enum).
+class ControlModelMenu(NameNumbers):
+    """The items of a control's model dropdown (Depth Model, and the Normal and Line Art
+    rows' models; a Blender dynamic enum), for control ``kind``.
 
     Items are ``(identifier, label, description, number)``. The chosen name itself is kept
     elsewhere (a string property); the dropdown shows and sets it through the numbers, and
@@ -365,13 +485,15 @@ class DepthModelMenu(NameNumbers):
     Blender would read freed memory.
     """
 
+    def __init__(self, kind: str = "depth") -> None:
+        super().__init__()
+        self.kind = kind
+
     def build(self, conditioners: Iterable[tuple[str, str]], chosen: str,
               listed_now: bool = True) -> list[EnumItem]:
         """Daemon default, ``conditioners`` (name, family), and ``chosen`` if they lack it;
         ``listed_now`` False: no list from the daemon yet (not connected)."""
-        items = [(DEPTH_MODEL_DEFAULT, "Daemon default",
-                  "The daemon's own depth model (atelier serve --depth-control, else its "
-                  "default ControlNet)", 0)]
+        items = [(DEPTH_MODEL_DEFAULT, "Daemon default", CONTROL_DEFAULT_HELP[self.kind], 0)]
         listed = set()
         for name, family in conditioners:
             if name in listed or family not in CONDITIONER_KINDS:
@@ -381,11 +503,11 @@ class DepthModelMenu(NameNumbers):
             items.append((name, f"{name} ({kind})", description, self.number(name)))
         if chosen and chosen not in listed and listed_now:
             items.append((chosen, f"{chosen} (not listed by the daemon)",
-                          "Chosen before, but the daemon does not list it now: a depth job "
-                          "with it may fail", self.number(chosen)))
+                          f"Chosen before, but the daemon does not list it now: a {self.kind} "
+                          "job with it may fail", self.number(chosen)))
         elif chosen and chosen not in listed:
-            items.append((chosen, chosen, "Not checked yet: the daemon's depth models are "
-                          "listed once connected (refresh button)", self.number(chosen)))
+            items.append((chosen, chosen, f"Not checked yet: the daemon's {self.kind} models "
+                          "are listed once connected (refresh button)", self.number(chosen)))
         return self._keep(items)
 
 

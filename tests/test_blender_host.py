@@ -118,6 +118,25 @@ def _run_scenario(host: str, scenario: str, addon_zip: Path, tmp_path: Path, url
     assert f"SCENARIO {scenario} PASSED" in output, output
 
 
+@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+def test_blender_pass_controls_and_reference(host: str, addon_zip: Path, tmp_path: Path,
+                                             request: pytest.FixtureRequest) -> None:
+    """Render to Image with the Depth, Normal and Line Art controls and a reference image:
+    camera-space normals and Freestyle lines reach the daemon as it feeds them to the
+    models, the depth control as before, the reference's pixels; Project Texture adds depth
+    (tests/host/blender/control_scenarios.py, scenario_controls)."""
+    _host_command(host)   # a missing host fails (CI) or skips before a daemon starts
+    _run_scenario(host, "controls", addon_zip, tmp_path, request.getfixturevalue("daemon").url)
+
+
+@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+def test_blender_controls_survive_save_and_reopen(host: str, addon_zip: Path,
+                                                  tmp_path: Path) -> None:
+    """The Controls rows and the reference image come back with the .blend
+    (scenario_controls_saved)."""
+    _run_scenario(host, "controls_saved", addon_zip, tmp_path, _closed_port_url())
+
+
 def test_blender_window_reports_and_timers(addon_zip: Path, tmp_path: Path, daemon) -> None:
     """Blender 3.4 with a window under Xvfb: buttons report the daemon's answers and results
     arrive through the add-on's own timer (no test pumping)."""

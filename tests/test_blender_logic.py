@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blender_addon import build, pacing, pixels, projection, settings
+from blender_addon import build, control_maps, pacing, pixels, projection, settings
 from blender_addon.protocol import ErrorCode, ProtocolError
 from blender_addon.protocol.codec import encode_message
-from blender_addon.protocol.messages import (LORAS_MAX, SAMPLER_PRESETS, ControlSettings,
-                                             DepthInput, GenerateRequest, ImageInfo, Limits,
-                                             LoraWeight, ModelInfo, Result, Submit)
+from blender_addon.protocol.messages import (LORAS_MAX, SAMPLER_PRESETS, ControlLayer,
+                                             ControlSettings, DepthInput, GenerateRequest,
+                                             ImageInfo, Limits, LoraWeight, ModelInfo,
+                                             ReferenceImage, Result, Submit)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,6 +105,7 @@ def test_request_from_panel_settings() -> None:
     assert (request.seed, request.scheduler, request.tiling, request.batch_size) == \
         (42, "ddim", "x", 2)
     assert request.depth is None and request.control is None and request.init_image is None
+    assert request.controls == [] and request.references == []
     assert request.preview_every == 2 and request.output_format == "raw"
     assert request.cache_interval == 1   # step caching stays off unless asked for
 
@@ -139,29 +141,32 @@ def test_fixed_seed_above_blenders_range_is_refused() -> None:
     assert info.value.field == "job.seed" and str(settings.SEED_MAX) in info.value.message
 
 
-def test_img2img_with_depth_sets_init_depth_and_control() -> None:
+def test_img2img_with_depth_sets_init_and_a_depth_control() -> None:
     panel = settings.PanelSettings(strength=0.4, control_scale=0.8)
     request = settings.build_request(panel, kind="img2img", init_image="a" * 32,
                                      depth_upload="b" * 32)
     assert request.kind == "img2img" and request.init_image == "a" * 32
     assert request.strength == 0.4
-    assert request.depth.upload == "b" * 32 and request.depth.convention == "z"
-    assert request.depth.background_at == settings.BACKGROUND_DEPTH
-    assert request.control.scale == 0.8
+    # Depth goes as a control layer (one code path with the other passes), not job.depth.
+    assert request.depth is None and request.control is None
+    assert request.controls == [ControlLayer(kind="depth", image="b" * 32, scale=0.8,
+                                             convention="z",
+                                             background_at=settings.BACKGROUND_DEPTH)]
 
 
 def test_depth_model_setting_names_the_conditioner_of_depth_jobs() -> None:
     # Default: no name, the daemon picks (its --depth-control, else its default ControlNet).
     assert settings.PanelSettings().control_model == ""
     request = settings.build_request(settings.PanelSettings(), depth_upload="b" * 32)
-    assert request.control.model is None
+    assert request.controls[0].model is None
     chosen = settings.PanelSettings(control_model="tiny-adapter", control_scale=0.5)
     for request in (settings.build_request(chosen, depth_upload="b" * 32),
                     settings.build_request(chosen, kind="img2img", init_image="a" * 32,
                                            depth_upload="b" * 32)):
-        assert request.control.model == "tiny-adapter" and request.control.scale == 0.5
-    # Without depth there is nothing to condition: no control settings at all.
-    assert settings.build_request(chosen).control is None
+        depth, = request.controls
+        assert depth.model == "tiny-adapter" and depth.scale == 0.5
+    # Without depth there is nothing to condition: no controls at all.
+    assert settings.build_request(chosen).controls == []
 
     class Props:   # the panel's string property is copied like the others
         control_model = "tiny-controlnet"
@@ -186,7 +191,7 @@ def test_depth_model_menu_offers_default_and_the_daemons_conditioners() -> None:
     assert settings.depth_conditioners(_models() + [canny, depth])[-1] == ("cn-depth", "controlnet")
     assert ("tiny-controlnet-canny", "controlnet") not in settings.depth_conditioners(
         _models() + [canny])
-    menu = settings.DepthModelMenu()
+    menu = settings.ControlModelMenu("depth")
     items = menu.build(conditioners, "")
     assert [(i[0], i[1]) for i in items] == [
         (settings.DEPTH_MODEL_DEFAULT, "Daemon default"),
@@ -205,7 +210,7 @@ def test_depth_model_menu_offers_default_and_the_daemons_conditioners() -> None:
 
 
 def test_depth_model_menu_copes_with_no_daemon_and_a_vanished_name() -> None:
-    menu = settings.DepthModelMenu()
+    menu = settings.ControlModelMenu("depth")
     assert [i[0] for i in menu.build([], "")] == [settings.DEPTH_MODEL_DEFAULT]
     adapter = menu.build([("tiny-adapter", "t2i_adapter")], "")[1][3]
     # Chosen, then no longer listed (or not connected yet): shown, marked, same number.

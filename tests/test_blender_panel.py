@@ -28,8 +28,8 @@ RUN_TIMEOUT = 300
 # ---------------------------------------------------------------- what the panel shows
 def test_subpanels_in_an_artists_order():
     assert [title for _, title, _ in view.SUBPANELS] == [
-        "Prompt", "Size & Sampling", "Texture & Projection", "Game Assets", "Advanced",
-        "History"]
+        "Prompt", "Size & Sampling", "Texture & Projection", "Controls & Reference",
+        "Game Assets", "Advanced", "History"]
     closed = {suffix for suffix, _, is_closed in view.SUBPANELS if is_closed}
     assert closed == {"advanced", "history"}
     assert set(view.FIELDS) == {suffix for suffix, _, _ in view.SUBPANELS}
@@ -43,7 +43,9 @@ def test_every_setting_has_a_short_label_in_one_subpanel():
                  "strength", "use_depth", "bake_projection", "control_scale", "depth_model",
                  "capture_source", "apply_to_object", "cache_interval", "preview_every",
                  "sampler_preset_choice", "loras", "upscale_mode", "upscale_factor",
-                 "upscaler_choice", "refine_strength", "normal_strength"):
+                 "upscaler_choice", "refine_strength", "normal_strength", "use_normal",
+                 "normal_model_choice", "use_lineart", "lineart_model_choice",
+                 "reference_image", "reference_weight", "reference_flavour"):
         assert prop in shown, prop
     for fields in view.FIELDS.values():
         for _, label in fields:

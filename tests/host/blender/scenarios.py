@@ -34,10 +34,17 @@ def image_rows(image: bpy.types.Image) -> np.ndarray:
     return buf.reshape(height, width, 4)
 
 
+def depth_control(params):
+    """The depth control of a request (what the add-on sent, or the daemon's echo)."""
+    found = [layer for layer in params.controls if layer.kind == "depth"]
+    assert len(found) == 1, f"expected one depth control, got {params.controls}"
+    assert params.depth is None and params.control is None   # depth goes as a control
+    return found[0]
+
+
 def depth_upload(job) -> np.ndarray:
     """The FLOAT32 depth the add-on sent with ``job``, top row first."""
-    assert job.request.depth is not None, "job was sent without depth"
-    frame = next(f for f in job.uploads if f.id == job.request.depth.upload)
+    frame = next(f for f in job.uploads if f.id == depth_control(job.request).image)
     assert frame.format.name == "FLOAT32", frame.format
     return np.frombuffer(frame.data, dtype="<f4").reshape(frame.height, frame.width)
 
@@ -277,18 +284,18 @@ def scenario_render(module, url: str) -> None:
     assert centre.sum() > corner.sum() + 60, (centre, corner)   # lit cube on a black world
     depth = depth_upload(job)
     assert abs(float(depth[SIZE // 2, SIZE // 2]) - 4.0) < 0.05, depth[SIZE // 2, SIZE // 2]
-    assert float(depth[0, 0]) >= job.request.depth.background_at, depth[0, 0]
+    assert float(depth[0, 0]) >= depth_control(job.request).background_at, depth[0, 0]
     # The Z pass is depth along the camera's axis: the whole front face (y = -1) reads 4,
     # also off-centre where its distance from the camera is about 4.15; and so it is sent.
     assert abs(float(depth[14, 14]) - 4.0) < 0.02, depth[14, 14]
-    assert job.request.depth.convention == "z"
+    assert depth_control(job.request).convention == "z"
 
     session.pump_until_idle(JOB_TIMEOUT)
     assert job.state.name == "DONE", job.progress_text
     # The daemon ran the job with that very depth upload and init image.
     ran = job.result.params
-    assert ran.depth.upload == job.request.depth.upload and ran.depth.convention == "z"
-    assert ran.init_image == init.id and ran.control is not None
+    assert depth_control(ran).image == depth_control(job.request).image
+    assert depth_control(ran).convention == "z" and ran.init_image == init.id
     made = new_datablocks(before)
     assert made["images"] == set(job.image_names) and len(made["images"]) == 1, made
     image = bpy.data.images[job.image_names[0]]
@@ -356,7 +363,7 @@ def scenario_project(module, url: str) -> None:
     """Project texture: depth of the selected objects only, UVs from the camera, material on
     the faces that see the camera and nothing else."""
     job = project_and_check(module)
-    assert job.request.control.model is None   # nothing chosen: the daemon's default
+    assert depth_control(job.request).model is None   # nothing chosen: the daemon's default
 
 
 def project_and_check(module):
@@ -389,11 +396,9 @@ def project_and_check(module):
     row, col = int((1 - v) * SIZE), int(u * SIZE)
     # Not selected, but it hides part of the wall: it is in the depth (its front at 7.5).
     assert abs(float(depth[row, col]) - 7.5) < 0.05, depth[row, col]
-    assert job.request.control is not None
-
     session.pump_until_idle(JOB_TIMEOUT)
     assert job.state.name == "DONE", job.progress_text
-    assert job.result.params.depth.upload == job.request.depth.upload
+    assert depth_control(job.result.params).image == depth_control(job.request).image
     made = new_datablocks(before)
     # The generated image, and one bake per object seen into its own UV layout.
     assert made["images"] == set(job.image_names) and len(made["images"]) == 3, made
@@ -502,8 +507,9 @@ def scenario_depth_model(module, url: str) -> None:
     props.depth_model = "tiny-adapter"   # what picking it from the dropdown does
     assert props.control_model == "tiny-adapter" and props.depth_model == "tiny-adapter"
     job = project_and_check(module)
-    assert job.request.control.model == "tiny-adapter", job.request.control
-    assert job.state.name == "DONE" and job.result.params.control.model == "tiny-adapter"
+    assert depth_control(job.request).model == "tiny-adapter", job.request.controls
+    assert job.state.name == "DONE"
+    assert depth_control(job.result.params).model == "tiny-adapter"
     image = bpy.data.images[job.image_names[0]]
     assert image["atelier"]["control_model"] == "tiny-adapter"
     entry = props.history[-1]
@@ -530,8 +536,8 @@ def scenario_depth_model(module, url: str) -> None:
     assert item_name(props, "depth_model", "gone-adapter") == \
         "gone-adapter (not listed by the daemon)"
     draw_panels(module, "VIEW_3D")
-    assert module.settings.build_request(module.settings.settings_from(props),
-                                         depth_upload="d" * 32).control.model == "gone-adapter"
+    assert depth_control(module.settings.build_request(
+        module.settings.settings_from(props), depth_upload="d" * 32)).model == "gone-adapter"
     props.depth_model = "DEFAULT"
     assert props.control_model == "" and "gone-adapter" not in depth_model_ids(module, props)
 
@@ -1310,7 +1316,9 @@ SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items()
 def main() -> None:
     args = harness.parse_args()
     module = harness.install_and_enable(args.zip, args.url, args.install)
-    SCENARIOS[args.scenario](module, args.url)
+    import control_scenarios   # issue 14's; it imports this module's helpers
+    scenarios = {**SCENARIOS, **control_scenarios.SCENARIOS}
+    scenarios[args.scenario](module, args.url)
     print(f"SCENARIO {args.scenario} PASSED on Blender {bpy.app.version_string}")
 
 

@@ -1,7 +1,9 @@
 """What models are on this machine: the built-in tiny models, diffusers folders and
 ``.safetensors`` checkpoints in the configured model folders (an A1111
 ``models/Stable-diffusion`` or ComfyUI ``models/checkpoints`` folder, say), and
-diffusers pipelines or ControlNets in the Hugging Face cache. Reads only files.
+diffusers pipelines or ControlNets in the Hugging Face cache, and IP-Adapters in either
+(ip_adapters.py; the CLIP image encoders they read pictures with are not listed: no job
+names one). Reads only files.
 
 An entry that looks like a model but cannot be read as one (a broken config, a file
 that is not safetensors, a link leading outside the model roots) is skipped and
@@ -13,7 +15,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import ModelInfo, ModelProblem
@@ -21,7 +23,8 @@ from protocol.messages import ModelInfo, ModelProblem
 from . import families
 from .control_models import kind_of_model
 from .embeddings import EMBEDDINGS_FOLDER, in_embeddings_folder
-from .file_kinds import describe_file
+from .file_kinds import describe_file, is_ip_adapter, ip_adapter_family, read_header
+from .ip_adapters import IP_ADAPTER_FOLDERS, adapter_name, in_adapter_folder
 from .loras import LORA_FOLDERS
 from .single_file import checkpoint_family
 from .upscalers import UPSCALER_FOLDERS, in_upscaler_folder, upscaler_name
@@ -45,10 +48,13 @@ class Catalog:
         self.models.extend(other.models)
         self.problems.extend(other.problems)
 
-    def add(self, path: Path, describe: Callable[..., ModelInfo], *args: object) -> None:
-        """Add the model ``describe(*args)`` returns, or the problem it raises about ``path``."""
+    def add(self, path: Path, describe: Callable[..., Optional[ModelInfo]], *args: object) -> None:
+        """Add the model ``describe(*args)`` returns (None: not a model to list), or the
+        problem it raises about ``path``."""
         try:
-            self.models.append(describe(*args))
+            info = describe(*args)
+            if info is not None:
+                self.models.append(info)
         except ProtocolError as exc:
             self.problems.append(ModelProblem(path=str(path), message=exc.message))
 
@@ -72,7 +78,7 @@ _OUTSIDE = ("it links outside the model folders, Atelier's home and the Hugging 
             "where Atelier loads nothing from")
 
 
-def _single_file(root: Path, path: Path, roots: ModelRoots) -> ModelInfo:
+def _single_file(root: Path, path: Path, roots: ModelRoots) -> Optional[ModelInfo]:
     if not roots.holds(path):
         # Loading it would be refused, so listing it would only mislead.
         raise ProtocolError(ErrorCode.MODEL_NOT_FOUND, _OUTSIDE)
@@ -88,6 +94,14 @@ def _single_file(root: Path, path: Path, roots: ModelRoots) -> ModelInfo:
         first, _, rest = name.partition("/")
         return ModelInfo(name=rest if rest and first in LORA_FOLDERS else name,
                          source="single_file", family=info.family, path=str(path), kind="lora")
+    if info.kind == "image_encoder":
+        return None
+    if info.kind == "ip_adapter":
+        # Named as jobs name it: without the suffix and the adapter folder (ip_adapters.py).
+        name = adapter_name(path, root) if in_adapter_folder(path, root) else \
+            relative[:-len(SINGLE_FILE_SUFFIX)]
+        return ModelInfo(name=name, source="single_file", family=info.family, path=str(path),
+                         kind="ip_adapter")
     if info.kind == "embedding":
         if not in_embeddings_folder(path, root):
             raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
@@ -153,6 +167,27 @@ def hf_cache_models(hf_cache: Path) -> Catalog:
         if family != families.UNKNOWN:
             found.models.append(ModelInfo(name=repo_id, source="hf_cache", family=family,
                                           path=str(snapshot), kind=kind_of_family(family)))
+        else:
+            found.extend(_repo_ip_adapters(repo_id, snapshot))
+    return found
+
+
+def _repo_ip_adapters(repo_id: str, snapshot: Path) -> Catalog:
+    """The IP-Adapter files of a cached repo (h94/IP-Adapter's ``models/*.safetensors``),
+    named ``repo_id/path-in-the-repo`` without the suffix, as jobs name them."""
+    found = Catalog()
+    for path in sorted([*snapshot.glob(f"*{SINGLE_FILE_SUFFIX}"),
+                        *snapshot.glob(f"*/*{SINGLE_FILE_SUFFIX}")]):
+        try:
+            header = read_header(path)
+        except ProtocolError as exc:
+            found.problems.append(ModelProblem(path=str(path), message=exc.message))
+            continue
+        if is_ip_adapter(header):
+            relative = path.relative_to(snapshot).as_posix()[:-len(SINGLE_FILE_SUFFIX)]
+            found.models.append(ModelInfo(name=f"{repo_id}/{relative}", source="hf_cache",
+                                          family=ip_adapter_family(header), path=str(path),
+                                          kind="ip_adapter"))
     return found
 
 
@@ -163,9 +198,9 @@ def list_models(home: Path, search_dirs: Sequence[Path], hf_cache: Path) -> Cata
     for root in search_dirs:
         if root.is_dir():
             found.extend(_folder_models(root, roots))
-    # Atelier's home holds the tiny models and the spool too, so only its LoRA, embeddings
-    # and upscaler folders are walked; jobs already find files there (a home root).
-    for folder in (*LORA_FOLDERS, EMBEDDINGS_FOLDER, *UPSCALER_FOLDERS):
+    # Atelier's home holds the tiny models and the spool too, so only its LoRA, embeddings,
+    # upscaler and IP-Adapter folders are walked; jobs already find files there (a home root).
+    for folder in (*LORA_FOLDERS, EMBEDDINGS_FOLDER, *UPSCALER_FOLDERS, *IP_ADAPTER_FOLDERS):
         start = home / folder
         if start.is_dir() and not any(start.resolve().is_relative_to(Path(d).resolve())
                                       for d in search_dirs):

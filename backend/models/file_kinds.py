@@ -1,5 +1,6 @@
-"""What one ``.safetensors`` file holds: a checkpoint, a LoRA or a textual-inversion
-embedding, and which model family a LoRA or an embedding was made for. Reads only the
+"""What one ``.safetensors`` file holds: a checkpoint, a LoRA, a textual-inversion
+embedding, an IP-Adapter or a CLIP image encoder (what IP-Adapters read pictures with), and
+which model family a LoRA, an embedding or an IP-Adapter was made for. Reads only the
 file's header (tensor names, shapes and metadata), never its tensors.
 
 Families come from, in order: kohya's and the model spec's metadata
@@ -23,7 +24,7 @@ from protocol.families import BASE_FAMILY, fits  # noqa: F401  (the rule jobs ar
 from . import families, tiny
 from .sources import check_safetensors_file
 
-FileKind = Literal["checkpoint", "lora", "embedding"]
+FileKind = Literal["checkpoint", "lora", "embedding", "ip_adapter", "image_encoder"]
 
 # Width of the text embeddings a UNet's cross-attention takes -> family.
 CROSS_ATTENTION_WIDTHS = {768: families.SD15, 1024: families.SD2, 2048: families.SDXL,
@@ -34,6 +35,10 @@ _LORA_MARKS = ("lora_down", "lora_up", ".lora_A.", ".lora_B.", ".lora.down.", ".
                "lora_linear_layer")
 _SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks",
                "lora_unet_middle_block")
+# An IP-Adapter file holds its image projection and the cross-attention keys and values
+# it adds (h94/IP-Adapter's layout, which ComfyUI and A1111 read too).
+_IP_ADAPTER_PREFIXES = ("image_proj.", "ip_adapter.")
+IMAGE_ENCODER_MARK = "vision_model.embeddings.patch_embedding.weight"   # transformers' CLIP
 _EMBEDDING_KEY_SETS = ({"emb_params"}, {"clip_l", "clip_g"})
 EMBEDDING_MAX_VECTORS = 75     # what fits one CLIP prompt (77 tokens less start and end)
 
@@ -117,9 +122,26 @@ def embedding_family(header: TensorHeader) -> str:
     return TOKEN_WIDTHS.get(shape[-1], families.UNKNOWN) if shape else families.UNKNOWN
 
 
+def is_ip_adapter(header: TensorHeader) -> bool:
+    return all(any(key.startswith(prefix) for key in header.shapes)
+               for prefix in _IP_ADAPTER_PREFIXES)
+
+
+def ip_adapter_family(header: TensorHeader) -> str:
+    """The family an IP-Adapter was made for, from the text width its first key projection
+    shares with the UNet's cross-attention (``ip_adapter.1.to_k_ip.weight``: (out, width))."""
+    shape = header.shapes.get("ip_adapter.1.to_k_ip.weight", ())
+    return CROSS_ATTENTION_WIDTHS.get(shape[-1], families.UNKNOWN) if shape else families.UNKNOWN
+
+
 def describe_file(path: Path, field: str = "model") -> FileInfo:
-    """Whether ``path`` is a LoRA, an embedding or (anything else) a checkpoint."""
+    """Whether ``path`` is a LoRA, an embedding, an IP-Adapter, a CLIP image encoder or
+    (anything else) a checkpoint."""
     header = read_header(path, field)
+    if is_ip_adapter(header):
+        return FileInfo("ip_adapter", ip_adapter_family(header))
+    if IMAGE_ENCODER_MARK in header.shapes:
+        return FileInfo("image_encoder", families.UNKNOWN)
     if is_lora(header):
         return FileInfo("lora", lora_family(header))
     if is_embedding(header):

@@ -24,6 +24,8 @@ Public API (everything the job and pipeline layers need):
     store.default_control("canny")     # what a control of that kind uses when it names none
     store.conditioner_family("tiny-adapter")            # "controlnet" | "t2i_adapter"
     adapter = store.adapter("tiny-adapter")             # T2IAdapter, cached per model
+    ip = store.ip_adapter("ip-adapter_sd15", field)     # LoadedAdapter with its image encoder,
+    #                                    cached per model (None: the family's default)
     store.available()                  # list[protocol.messages.ModelInfo]
     store.memory()                     # (allocated, total) bytes on the device
     store.after_out_of_memory()        # after a job ran out of memory: free the cache
@@ -82,6 +84,7 @@ from .control_models import DEFAULT_CONTROLS, tiny_control_name
 from .deep_tap import DeepFeatureTap, install_deep_tap
 from .device import device_memory, free_device_cache
 from .embeddings import embedding_folders, find_embeddings, load_embedding, used_in
+from .ip_adapters import LoadedAdapter, ReferenceModels, default_adapter, find_adapter
 from .loader import conditioner_family, load_adapter, load_controlnet, prepare_pipeline
 from .loras import LoraState, apply_loras, job_loras
 from .prediction import Prediction, prediction_of
@@ -122,6 +125,8 @@ class LoadedModel:
     # against this model's UNet, and each moves with it (parked, on the device, released).
     controlnets: dict[str, ControlNetModel] = field(default_factory=dict, repr=False)
     adapters: dict[str, T2IAdapter] = field(default_factory=dict, repr=False)
+    # Its IP-Adapters and their image encoders (reference images), by file.
+    references: ReferenceModels = field(default_factory=ReferenceModels, repr=False)
     # Several of its ControlNets as one, by their names in order (pipelines are cached per
     # ControlNet object, so the same set must be the same object).
     control_sets: dict[tuple[str, ...], MultiControlNetModel] = field(default_factory=dict,
@@ -172,7 +177,8 @@ class LoadedModel:
         """Every module holding this model's weights: the pipeline's, its ControlNets'
         and its adapters'."""
         own = [m for m in self.pipe.components.values() if isinstance(m, nn.Module)]
-        return own + list(self.controlnets.values()) + list(self.adapters.values())
+        return (own + list(self.controlnets.values()) + list(self.adapters.values())
+                + self.references.modules())
 
     def nbytes(self) -> int:
         """Bytes of parameters and buffers, each tensor counted once (kinds share them)."""
@@ -186,7 +192,8 @@ class LoadedModel:
             raise RuntimeError(f"model {self.name} was released")
         modules = self.modules()
         if self.offloaded:
-            modules = list(self.controlnets.values()) + list(self.adapters.values())
+            modules = (list(self.controlnets.values()) + list(self.adapters.values())
+                       + self.references.modules())
         for module in modules:
             module.to(device)
 
@@ -196,6 +203,7 @@ class LoadedModel:
         self.control_sets.clear()
         self.controlnets.clear()
         self.adapters.clear()
+        self.references.clear()
         self.pipe = None  # type: ignore[assignment]
         self._released = True
         gc.collect()
@@ -552,6 +560,18 @@ class ModelStore:
                     f"models; model {model.name} is {model.family}", field="control.model")
             model.adapters[name] = adapter.to(self.device)
         return model.adapters[name]
+
+    def ip_adapter(self, name: Optional[str], field: str) -> LoadedAdapter:
+        """Load (once per model) the IP-Adapter ``name`` (None: the family's default) and
+        its image encoder for the active model (ip_adapters.py); errors name ``field``."""
+        model = self._require_active()
+        unet = model.pipe.unet
+        roots = self._roots()
+        found = (find_adapter(name, roots, self.hf_cache, field) if name is not None else
+                 default_adapter(model.family, roots, self.hf_cache, field,
+                                 unet.config.cross_attention_dim))
+        return model.references.load(found, unet, roots, self.hf_cache, self.device,
+                                     self.dtype, field)
 
     def _roots(self) -> ModelRoots:
         return ModelRoots.of(self.home, self.search_dirs, self.hf_cache, self.allowed_paths)

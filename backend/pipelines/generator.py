@@ -40,6 +40,7 @@ import torch
 from diffusers import ControlNetModel, DiffusionPipeline, MultiControlNetModel
 
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.families import base_family
 from protocol.frames import ImageFrame
 from protocol.schema import shorten
 from protocol.messages import GenerateRequest
@@ -48,7 +49,7 @@ from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
 from ..models.control_models import kind_of_model
 from ..models.accel import COMPILE_UNET, COMPILE_VAE_DECODE, CPU_OFFLOAD, classifier_free_guidance
-from ..models.families import SD2_DEPTH, T2I_ADAPTER
+from ..models.families import SD15, SD2_DEPTH, SDXL, T2I_ADAPTER
 from ..models.store import LoadedModel, ModelStore, native_side
 from .adapter import AdapterGuide, adapter_guide, adapter_residuals
 from .control import condition_on_controlnets, condition_on_depth2img, control_tensor
@@ -60,6 +61,7 @@ from .masks import composite
 from .pixels import mask_to_tensor, resize, to_pixels
 from .plan import SEED_RANGE, GenerationPlan, ModelTraits, plan_generation, plan_preprocess
 from .previews import LatentPalette, PreviewLayout, preview_due, scaled_box
+from .references import ReferenceSetup, reference_attention, reference_setup
 from .regions import region_texts, with_regions
 from .schedulers import make_scheduler
 from .seamless import roll_image
@@ -75,6 +77,7 @@ class PipelineCall:
     kwargs: dict[str, Any]
     controlnet: Optional[ControlNetModel | MultiControlNetModel] = None
     adapters: tuple[AdapterGuide, ...] = ()   # T2I-Adapter features added inside the UNet
+    references: Optional[ReferenceSetup] = None   # IP-Adapter attention for the call
 
 
 class DiffusionGenerator:
@@ -179,7 +182,8 @@ class DiffusionGenerator:
         else:
             kwargs.update(self._inpaint_inputs(plan, model), strength=job.strength,
                           width=plan.work_width, height=plan.work_height)
-        return self._condition(PipelineCall(plan.kind, kwargs), plan, model)
+        return self._with_references(self._condition(PipelineCall(plan.kind, kwargs), plan, model),
+                                     plan, model)
 
     def _condition(self, call: PipelineCall, plan: GenerationPlan,
                    model: LoadedModel) -> PipelineCall:
@@ -214,6 +218,24 @@ class DiffusionGenerator:
                                                [image for _, _, image in nets],
                                                [control for _, control, _ in nets], init_rgb)
         return PipelineCall(conditioned.kind, conditioned.kwargs, controlnet, tuple(guides))
+
+    def _with_references(self, call: PipelineCall, plan: GenerationPlan,
+                         model: LoadedModel) -> PipelineCall:
+        """The call with the job's reference images (IP-Adapter, references.py): their
+        image embeddings as ``ip_adapter_image_embeds``, their attention set up in
+        ``_job_context``."""
+        if not plan.references:
+            return call
+        if base_family(model.family) not in (SD15, SDXL):
+            raise ProtocolError(ErrorCode.UNSUPPORTED,
+                                f"reference images need an IP-Adapter, which exists for SD1.5 "
+                                f"and SDXL models; model {model.name} is {model.family}",
+                                "job.references")
+        setup = reference_setup(
+            plan.references, lambda ref: self._store.ip_adapter(ref.model, f"{ref.field}.model"),
+            model.pipe.unet, classifier_free_guidance(model.pipe, plan.request.guidance))
+        kwargs = dict(call.kwargs, ip_adapter_image_embeds=list(setup.embeds))
+        return dataclasses.replace(call, kwargs=kwargs, references=setup)
 
     def _control_model(self, control: PlannedControl) -> str:
         """The control model ``control`` names, else the default for its kind; refused
@@ -317,7 +339,8 @@ class DiffusionGenerator:
             return {}
 
         try:
-            with self._job_context(plan, pipe, call.adapters, position):
+            with self._job_context(plan, pipe, call.adapters, position), \
+                    reference_attention(call.references, shared):
                 result = pipe(**call.kwargs, callback_on_step_end=on_step_end,
                               callback_on_step_end_tensor_inputs=["latents"])
         finally:

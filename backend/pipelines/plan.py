@@ -41,6 +41,7 @@ from .lora_tags import settle_loras
 from .masks import Box, context_box, mask_bounds, prepare_mask
 from .pixels import frame_to_gray, frame_to_rgba, resize
 from .presets import apply_preset
+from .references import PlannedReference, job_references
 from .regions import PlannedRegion, job_regions
 from .schedulers import step_limit
 from .seamless import roll_image, seamless_inputs, seamless_tiling
@@ -80,6 +81,8 @@ class GenerationPlan:
     regions: tuple[PlannedRegion, ...] = ()
     # over the model's scheduler config for this job (a sampler preset's timestep spacing)
     scheduler_config: tuple[tuple[str, Any], ...] = ()
+    # the job's reference images that steer (weight above 0), decoded (references.py)
+    references: tuple[PlannedReference, ...] = ()
 
     @property
     def batch_size(self) -> int:
@@ -104,6 +107,7 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
     regions = job_regions(job, uploads, tile_axes(tiling))
     common = dict(request=settled, seeds=seeds, width=job.width, height=job.height,
                   tiling=tiling, scheduler_config=preset.scheduler_config, regions=regions)
+    common["references"] = job_references(job, uploads)
     if kind == "txt2img":
         _refuse(job, "init_image", kind)
         _refuse(job, "mask", kind)

@@ -1006,3 +1006,132 @@ def test_upscale_through_the_docker_scales_the_image_in_steps_undo_takes_back(kr
     assert [n["name"] for n in after[:len(before)]] == [n["name"] for n in before]
     assert after[-1]["name"] == "[Upscaled 408x312] Lanczos"
     assert after[-1]["bounds"] == [0, 0, 408, 312]
+
+
+# ---------------------------------------------------------------- control layers, references, regions
+GUIDE_SCENARIOS = ("fresh_panel", "guides_shape", "guides_control", "guides_from_image",
+                   "guides_reference", "guides_region", "guides_persist")
+
+
+# ``runner`` first, as for ``krita``: a missing Krita skips before a daemon starts.
+@pytest.fixture(scope="module")
+def krita_guides(runner: str, plugin_zip: str, krita_home: Path, atelier_home: Path,
+                 reference_models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[dict[str, Any]]:
+    """The scenarios of tests/host/krita/guide_scenarios.py in a kritarunner run of their
+    own, against a daemon with the tiny ControlNets of every kind it announces and, in its
+    models folder, the tiny IP-Adapter and image encoder (the shared daemon has none)."""
+    from benchmarks.daemon_process import DaemonProcess
+
+    daemon = DaemonProcess(atelier_home, "--models-dir", str(reference_models_dir)).start()
+    try:
+        data = run_scenarios(runner, krita_home, plugin_zip, daemon.url,
+                             tmp_path_factory.mktemp("krita-guides"), GUIDE_SCENARIOS)
+    finally:
+        daemon.stop()
+    yield data
+
+
+def test_guide_sections_fold_away_and_keep_the_docker_small(krita_guides):
+    fresh, shape = scenario(krita_guides, "fresh_panel"), scenario(krita_guides, "guides_shape")
+    assert shape["closed"] == [True, True, True]
+    assert shape["titles"] == ["Control layers", "Reference images", "Regions"]
+    # closed or open with rows, they scroll with the other fields: the prompt keeps its room
+    assert shape["min_height"] == shape["open_min_height"] == fresh["min_height"]
+    assert shape["open_titles"] == ["Control layers (4)", "Reference images", "Regions (1)"]
+    assert shape["fifth"] == {"row": True, "message": "A job takes at most 4 control layers: "
+                                                      "remove a row (\u2715) before adding another"}
+
+
+def test_a_paint_layer_as_lineart_control_reaches_the_daemon_with_its_pixels(krita_guides):
+    record = scenario(krita_guides, "guides_control")
+    row = record["row"]
+    assert row["layer"] == "lines" and row["layers"][0] == ["(selection)", "selection"]
+    # the kinds the daemon announces (control:<kind>), nothing else
+    assert [kind for _, kind in row["kinds"]] == \
+        [c.split(":")[1] for c in record["capabilities"]]
+    assert (row["kind"], row["invert"], row["fold"]) == ("lineart", True, "Control layers (1)")
+    guided, plain = record["guided"], record["plain"]
+    assert guided["message"] == "Refine: done, seed 1234" and plain["controls"] == 0
+    (sent,) = guided["sent"]
+    assert sent == ["lineart", guided["upload"]["id"], 0.9, 0.0, 0.8, True, False]
+    assert guided["ran"] == guided["sent"]          # the daemon ran it as controls[0]
+    assert guided["upload"]["format"] == "RGBA8" and guided["upload"]["size"] == [64, 48]
+    assert guided["upload_is_layer"]                # the layer's own pixels over the region
+    # shown or not, the control layer is no part of the picture the job refines
+    assert guided["image"]["sha"] == plain["image"]["sha"]
+    # same canvas, prompt and seed: the control changed the pixels
+    assert guided["new"][0]["bounds"] == plain["new"][0]["bounds"] == [24, 32, 64, 48]
+    assert guided["new"][0]["sha"] != plain["new"][0]["sha"]
+    assert "controls lineart 0.9" in guided["history"]
+    gone = record["gone"]
+    assert gone["label"] == "deleted sketch (missing)"
+    assert gone == {**gone, "started": False, "nothing_sent": True,
+                    "message": "The layer of control layer 2 is no longer in the document: "
+                               "pick another in its row, or remove the row"}
+
+
+def test_generate_from_image_adds_the_control_image_as_a_layer_the_row_uses(krita_guides):
+    record = scenario(krita_guides, "guides_from_image")
+    (layer,) = record["new"]
+    assert layer["name"] == "canny control (from image)"
+    assert layer["bounds"] == [0, 0, WIDTH, HEIGHT]
+    assert record["sent"] == {"kind": "preprocess", "size": [96, 72], "init_image": True,
+                              "controls": [["canny", None, True]]}
+    assert record["ran"] == ["preprocess", 96, 72]
+    # edges of the disc: light lines on black, opaque
+    assert 0 < record["layer"]["bright"] < record["layer"]["pixels"] // 4
+    assert record["layer"]["opaque"] == record["layer"]["pixels"]
+    assert record["row_after"] == {"layer": layer["id"], "name": layer["name"], "kind": "canny",
+                                   "preprocess": False, "invert": False,
+                                   "label": layer["name"]}
+    assert record["rows"] == 1 and record["history_added"] == 0   # an input, not History's
+    assert record["message"] == ("Control image: 'canny control (from image)' added; edit it, "
+                                 "the row uses it")
+
+
+def test_a_layer_and_a_file_as_references_reach_the_daemon(krita_guides):
+    record = scenario(krita_guides, "guides_reference")
+    guided = record["guided"]
+    assert guided["message"] == "Generate: done, seed 1234", guided["message"]
+    uploads = guided["uploads"]
+    assert guided["sent"] == [[uploads["reference0"]["id"], 0.8, "style"],
+                              [uploads["reference1"]["id"], 1.2, "content"]]
+    assert guided["ran"] == guided["sent"]
+    assert uploads["reference0"]["size"] == [WIDTH, HEIGHT] and guided["layer_pixels"]
+    assert uploads["reference1"]["size"] == [40, 30] and guided["file_pixels"]
+    assert guided["labels"] == ["colour", "reference.png"]
+    if record["reference_capability"]:       # a daemon that runs IP-Adapters
+        assert guided["new"][0]["sha"] != record["plain"]["new"][0]["sha"]
+
+
+def test_a_regions_mask_is_its_layers_alpha_and_its_prompt_reaches_the_daemon(krita_guides):
+    record = scenario(krita_guides, "guides_region")
+    names = [name for name, _ in record["row_layers"]]
+    assert "region group" in names and "disc" in names      # groups and layers
+    guided = record["guided"]
+    assert guided["message"] == "Refine: done, seed 1234", guided["message"]
+    uploads = guided["uploads"]
+    assert guided["sent"] == [[uploads["region0"]["id"], "a red door", None],
+                              [uploads["region1"]["id"], "a tree", "leaves"]]
+    assert guided["ran"] == guided["sent"] and guided["prompt"] == "a lighthouse at dusk"
+    for key in ("region0", "region1"):
+        assert uploads[key]["format"] == "GRAY8" and uploads[key]["size"] == [64, 48]
+    assert guided["square_mask"] and guided["group_mask"]
+    opaque, clear, total = guided["square_covers"]
+    assert opaque > 0 and clear > 0 and opaque + clear == total     # the mask has both
+    assert 0 < guided["group_covers"][0] < guided["group_covers"][1]
+    if record["regions_capability"]:        # a daemon that runs regions
+        assert guided["new"][0]["sha"] != record["plain"]["new"][0]["sha"]
+
+
+def test_rows_survive_saving_closing_and_reopening_the_kra(krita_guides):
+    record = scenario(krita_guides, "guides_persist")
+    assert record["empty_at_first"] == [0, 0] and record["saved_file"]
+    assert '"kind":"scribble"' in record["annotation"] and '"scale":0.6' in record["annotation"]
+    assert record["rows_without_document"] == [0, 0]
+    assert record["same_rows"], (record["saved"], record["loaded"])
+    assert record["reopened_ids"] == record["ids"]
+    assert record["layers"] == [["sketch", "sketch"], ["sketch", "sketch"], ["ref.png", None],
+                                ["sky", "sky"]]
+    assert record["labels"] == ["sketch", "sky", "a stormy sky"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -270,7 +272,7 @@ def test_build_request_for_each_mode_validates():
     settings = JobSettings(prompt="a red fox", seed=7, steps=4, batch_size=2,
                            depth_layer="depth", strength=0.4)
     ids = UploadIds(image="a" * 32, mask="b" * 32, depth="c" * 32)
-    for mode in set(Mode) - {Mode.UPSCALE, Mode.TEXTURE}:    # those: tests further down
+    for mode in set(Mode) - {Mode.UPSCALE, Mode.TEXTURE, Mode.CONTROL_IMAGE}:   # further down
         plan = plan_job(mode, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL)
         request = build_request(plan, settings, ids)
         validate(request, "job")
@@ -297,7 +299,7 @@ def test_step_cache_reaches_the_request_in_every_mode():
     settings = JobSettings(prompt="a red fox", seed=7, steps=9, depth_layer="depth",
                            cache_interval=3)
     ids = UploadIds(image="a" * 32, mask="b" * 32, depth="c" * 32)
-    for mode in set(Mode) - {Mode.UPSCALE, Mode.TEXTURE}:    # those: tests further down
+    for mode in set(Mode) - {Mode.UPSCALE, Mode.TEXTURE, Mode.CONTROL_IMAGE}:   # further down
         plan = plan_job(mode, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL)
         request = build_request(plan, settings, ids)
         validate(request, "job")
@@ -326,7 +328,7 @@ def test_depth_model_reaches_control_model_of_depth_jobs_only():
     assert request.control is not None and request.control.model is None
     chosen = JobSettings(depth_layer="depth", depth_model="tiny-controlnet")
     for mode in Mode:
-        if mode is not Mode.DEPTH:          # no depth, no conditioning model
+        if mode not in (Mode.DEPTH, Mode.CONTROL_IMAGE):         # no depth, no conditioning model
             request = build_request(plan_job(mode, chosen, CANVAS, Bounds(40, 40, 50, 40), SMALL),
                                     chosen, ids)
             assert request.control is None and request.depth is None, mode
@@ -519,7 +521,8 @@ def test_generate_fills_a_selection_and_the_other_modes_keep_theirs():
     for workflow, mode in ((Workflow.REFINE, Mode.REFINE), (Workflow.DEPTH, Mode.DEPTH),
                            (Workflow.SEAMLESS, Mode.SEAMLESS)):
         assert job_mode(workflow, False) is mode and job_mode(workflow, True) is mode
-    for mode in Mode:        # History's Recall finds the drop-down entry of every job
+    # History's Recall finds the drop-down entry of every job it keeps (no control images)
+    for mode in set(Mode) - {Mode.CONTROL_IMAGE}:
         assert job_mode(workflow_of(mode), mode is Mode.FILL) is mode
 
 
@@ -702,7 +705,7 @@ def test_loras_and_the_sampler_preset_reach_the_request_in_every_mode():
                            depth_layer="depth")
     ids = UploadIds(image="a" * 32, mask="b" * 32, depth="c" * 32)
     # every diffusion mode; an upscale sends them only when it refines, a texture set never
-    for mode in set(Mode) - {Mode.UPSCALE, Mode.TEXTURE}:
+    for mode in set(Mode) - {Mode.UPSCALE, Mode.TEXTURE, Mode.CONTROL_IMAGE}:
         request = build_request(plan_job(mode, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL),
                                 settings, ids)
         validate(request, "job")
@@ -892,3 +895,138 @@ def test_live_polls_read_the_active_layer_and_sweep_every_layer_now_and_then():
     assert watch.plan(10.2, None, layers + ["d"])[1]              # no active layer: all
     watch.swept(10.2, 0.01)
     assert watch.plan(10.3, "a", ["a"]) == (["a"], False) and set(watch.sums) == {"a"}
+
+
+# ------------------------------------------------------------------ control layers, references, regions
+from atelier_krita.guides import (ANNOTATION_VERSION, SELECTION, SELECTION_LABEL,  # noqa: E402
+                                  ControlRow, Guides, ReferenceRow, RegionRow, check_guides,
+                                  control_layer_name, from_annotation, kind_choices,
+                                  layer_choices, offered_kinds, to_annotation)
+from atelier_krita.jobs import upload_ids  # noqa: E402
+
+LINES = "{00000000-0000-0000-0000-000000000001}"
+SQUARE = "{00000000-0000-0000-0000-000000000002}"
+GUIDES = Guides(
+    controls=(ControlRow(LINES, "lines", "lineart", 0.8, 0.1, 0.9, invert=True),
+              ControlRow(SELECTION, SELECTION_LABEL, "canny", preprocess=True)),
+    references=(ReferenceRow(layer=SQUARE, name="square", weight=1.5, flavour="style"),
+                ReferenceRow(path="/tmp/ref.png", name="ref.png")),
+    regions=(RegionRow(SQUARE, "square", "a red door", "blurry"), RegionRow(LINES, "lines")))
+
+
+def _counter():
+    numbers = iter(range(1, 1000))
+    return lambda: f"{next(numbers):032x}"
+
+
+def test_control_kinds_offered_are_those_the_daemon_announces():
+    caps = ["txt2img", "control:lineart", "control:depth", "control:canny", "multi_control"]
+    assert offered_kinds(caps) == ["depth", "lineart", "canny"]        # the protocol's order
+    assert kind_choices(["depth", "lineart"], "lineart", True) == [("depth", "depth"),
+                                                                   ("lineart", "lineart")]
+    # a kind the daemon does not run stays chosen, marked, once the daemon has said
+    assert kind_choices(["depth"], "pose", True)[-1] == ("pose (not run by this daemon)", "pose")
+    # before a welcome every kind is offered
+    assert [k for _, k in kind_choices([], None, False)] == list(offered_kinds(
+        [f"control:{k}" for k in ("depth", "normal", "lineart", "scribble", "softedge",
+                                  "canny", "pose")]))
+
+
+def test_a_rows_layer_stays_chosen_and_marked_when_it_is_gone():
+    layers = [("lines", LINES)]
+    assert layer_choices(layers, LINES, "lines", selection=True) == [
+        (SELECTION_LABEL, SELECTION), ("lines", LINES)]
+    assert layer_choices(layers, SQUARE, "square")[-1] == ("square (missing)", SQUARE)
+
+
+def test_guided_jobs_send_every_row_with_its_upload_in_order():
+    settings = JobSettings(prompt="a house", seed=3, guides=GUIDES)
+    for mode in (Mode.GENERATE, Mode.FILL, Mode.REFINE, Mode.SEAMLESS):
+        plan = plan_job(mode, settings, CANVAS, Bounds(40, 40, 50, 40), SMALL)
+        ids = upload_ids(plan, settings, _counter())
+        assert len(set(ids.controls + ids.references + ids.regions)) == 6
+        request = build_request(plan, settings, ids)
+        validate(request, "job")
+        lines, selection = request.controls
+        assert (lines.kind, lines.image, lines.scale, lines.start, lines.end, lines.invert,
+                lines.preprocess) == ("lineart", ids.controls[0], 0.8, 0.1, 0.9, True, False)
+        assert (selection.kind, selection.image, selection.preprocess) == \
+            ("canny", ids.controls[1], True)
+        assert [(r.image, r.weight, r.flavour) for r in request.references] == \
+            [(ids.references[0], 1.5, "style"), (ids.references[1], 0.6, "content")]
+        assert [(r.mask, r.prompt, r.negative_prompt) for r in request.regions] == \
+            [(ids.regions[0], "a red door", "blurry"), (ids.regions[1], "", None)]
+
+
+def test_upscale_and_texture_jobs_send_no_guides():
+    settings = JobSettings(guides=GUIDES)
+    for mode in (Mode.UPSCALE, Mode.TEXTURE):
+        plan = plan_job(mode, settings, CANVAS, None, SMALL)
+        ids = upload_ids(plan, settings, _counter())
+        assert ids.controls == ids.references == ids.regions == ()
+        request = build_request(plan, settings, ids)
+        assert request.controls == request.references == request.regions == []
+
+
+def test_generate_from_image_is_a_preprocess_job_of_the_rows_kind():
+    row = ControlRow(LINES, "lines", "softedge", scale=0.5)
+    settings = JobSettings(guides=Guides(controls=(row,)), loras=(("style", 1.0),))
+    plan = plan_job(Mode.CONTROL_IMAGE, settings, CANVAS, None, SMALL)
+    assert plan.kind == "preprocess" and plan.send_image and plan.region == Bounds.of(CANVAS)
+    ids = upload_ids(plan, settings, _counter())
+    assert ids.controls == ()          # the canvas is the picture: nothing else goes up
+    request = build_request(plan, settings, ids)
+    validate(request, "job")
+    assert request.kind == "preprocess" and request.init_image == ids.image
+    assert [(c.kind, c.image, c.preprocess) for c in request.controls] == \
+        [("softedge", None, True)]
+    assert request.loras == [] and request.mask is None and request.depth is None
+    with pytest.raises(JobRefused, match="one control layer"):
+        plan_job(Mode.CONTROL_IMAGE, JobSettings(guides=GUIDES), CANVAS, None, SMALL)
+    assert control_layer_name("softedge") == "softedge control (from image)"
+
+
+def test_rows_a_job_cannot_take_are_refused_naming_the_row_and_the_limit():
+    row = ControlRow(LINES, "lines")
+    for guides, words in (
+            (Guides(controls=(row,) * 5), "at most 4 control layers"),
+            (Guides(controls=(ControlRow(LINES, "lines", start=0.6, end=0.4),)),
+             "control layer 1 ('lines') steers from 0.6 to 0.4"),
+            (Guides(controls=(ControlRow(LINES, "lines", scale=2.5),)), "strength 2.5"),
+            (Guides(controls=(ControlRow("", ""),)), "control layer 1 ('') has no layer"),
+            (Guides(references=(ReferenceRow(layer=SQUARE, name="sq", weight=3.0),)),
+             "reference 1 ('sq') has weight 3"),
+            (Guides(references=(ReferenceRow(),)), "a layer or an image file"),
+            (Guides(regions=(RegionRow(SQUARE),) * 9), "at most 8 regions")):
+        with pytest.raises(JobRefused, match=re.escape(words)):
+            plan_job(Mode.GENERATE, JobSettings(guides=guides), CANVAS, None, SMALL)
+    # a depth map counts as a control: a Depth job takes three more
+    with pytest.raises(JobRefused, match="at most 3 control layers beside the depth map"):
+        plan_job(Mode.DEPTH, JobSettings(depth_layer="depth", guides=Guides(controls=(row,) * 4)),
+                 CANVAS, None, SMALL)
+    check_guides(Guides(controls=(row,) * 3), depth=True)
+
+
+def test_rows_saved_with_the_document_come_back_the_same():
+    data = to_annotation(GUIDES)
+    assert json.loads(data)["version"] == ANNOTATION_VERSION
+    assert from_annotation(data) == GUIDES
+    assert from_annotation(b"") == Guides()
+    # a newer plugin's extra keys are ignored; whole numbers are read as strengths
+    newer = json.loads(data)
+    newer["controls"][0].update(scale=1, future="x")
+    newer["colours"] = []
+    assert from_annotation(json.dumps(newer).encode()).controls[0].scale == 1.0
+    for bad, words in ((b"\xff", "not JSON"), (b"[]", "not a JSON object"),
+                       (b'{"version": 99}', "version 99"),
+                       (b'{"version": 1, "controls": [{"layer": 5}]}',
+                        "ControlRow.layer is int"),
+                       (b'{"version": 1, "regions": ["x"]}', "a RegionRow is a JSON object")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            from_annotation(bad)
+
+
+def test_history_says_which_guides_a_job_used():
+    entry = HistoryEntry(Mode.GENERATE, JobSettings(prompt="p", guides=GUIDES),
+                         Bounds(0, 0, 8, 8), "done", (1,))
+    assert "controls lineart 0.8, canny 1 | 2 references | 2 regions" in entry.summary()

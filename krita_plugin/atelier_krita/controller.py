@@ -46,8 +46,9 @@ from .assets import (LANCZOS, UpscaleLayout, map_layer_names, texture_group_name
 from .geometry import Bounds, ResolutionRange, range_for_family
 from .history import History, HistoryEntry, ResultImage
 from .host import DocumentClosed, KritaDocument
+from .guides import SELECTION, Guides, control_layer_name
 from .jobs import (DEPTH_MODEL_DEFAULT, DEPTH_MODEL_KINDS, QUEUE_LIMIT, JobPlan, JobRefused,
-                   JobSettings, Mode, UploadIds, build_request, layer_name, plan_job)
+                   JobSettings, Mode, build_request, layer_name, plan_job, upload_ids)
 from .live import (LIVE_LAYER, LIVE_POLL_S, LIVE_SESSION, LIVE_STRENGTH, LiveDebounce,
                    LiveResults, is_superseded)
 from .loras import daemon_loras
@@ -59,7 +60,8 @@ from .protocol.frames import ImageFrame, new_id
 from .protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, Limits, ModelInfo,
                                 ModelLoaded, Models, Progress, Started)
 from .protocol.schema import validate
-from .work import (AssetImage, CanvasRead, PixelWorker, PreparedInputs, asset_images,
+from .work import (AssetImage, CanvasRead, PixelWorker, PreparedInputs, ReferenceRead,
+                   asset_images,
                    finished_images, layer_pixels, prepare_inputs)
 
 PREVIEW_LAYER = "[Atelier preview]"
@@ -71,6 +73,7 @@ CANCEL_UNTOLD = (" (the daemon could not be told; whatever it still sends for th
                  "is ignored)")
 
 _LORA_FIELD = re.compile(r"(?:job\.)?loras\[(\d+)\](?:\.name)?")
+_GUIDE_FIELD = re.compile(r"(?:job\.)?(controls|references|regions)\[(\d+)\].*")
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,7 @@ class _ActiveJob:
     step: int = 0
     total: int = 0
     work: "deque[_Work]" = field(default_factory=deque)
+    control_row: Optional[int] = None    # Mode.CONTROL_IMAGE: the docker row it is for
 
 
 @dataclass
@@ -157,6 +161,9 @@ class Controller:
         self.max_side: Optional[int] = None      # the daemon's limit, from its welcome
         self.limits: Optional[Limits] = None     # all the daemon's limits, from its welcome
         self.sampler_presets: list[str] = []      # the daemon's, from its welcome
+        self.capabilities: list[str] = []         # the daemon's, from its welcome
+        # A control row's "Generate from image" made its layer: (row, uniqueId, name).
+        self.on_control_layer: Optional[Callable[[int, str, str], None]] = None
         self.presets_listed = False               # a welcome has said which ones
         self.size_limit: Optional[int] = None    # the painter's "max size" field
         # Why this daemon cannot estimate depth (its answer to a job that asked), or None.
@@ -283,7 +290,27 @@ class Controller:
         self._changed()
         return True
 
-    def _start(self, mode: Mode, settings: JobSettings) -> _ActiveJob:
+    def make_control_image(self, settings: JobSettings, row: int) -> bool:
+        """A control row's "Generate from image": the control image of its kind made by the
+        daemon from the canvas (the selection's region, or all of it), added as a new layer
+        for ``on_control_layer`` to give the row. The other control layers stay hidden from
+        the canvas read, as for every job."""
+        control = replace(settings.guides.controls[row], preprocess=True)
+        one = replace(settings, guides=Guides(controls=(control,)), batch_size=1,
+                      previews=False)
+        try:
+            job = self._start(Mode.CONTROL_IMAGE, one, hide=settings.guides)
+        except JobRefused as exc:
+            self.message = _sentence(str(exc))
+            self._changed()
+            return False
+        job.control_row = row
+        self.message = f"Control image: making {control.kind} from the canvas\u2026"
+        self._changed()
+        return True
+
+    def _start(self, mode: Mode, settings: JobSettings,
+               hide: Optional[Guides] = None) -> _ActiveJob:
         if self._job is not None and len(self._queue) >= QUEUE_LIMIT:
             raise JobRefused(f"{QUEUE_LIMIT} jobs are already waiting: wait for them or press "
                              "Cancel")
@@ -332,10 +359,9 @@ class Controller:
         if self._live_layer is not None and self._live_document is not None and \
                 self._live_document.same_as(document):
             hidden += (self._live_layer,)
+        hidden += _control_layers(document, hide or settings.guides)
         read = _read_canvas(document, plan, settings, hidden)
-        ids = UploadIds(image=new_id() if plan.send_image else None,
-                        mask=new_id() if plan.send_mask else None,
-                        depth=new_id() if plan.send_depth else None)
+        ids = upload_ids(plan, settings, new_id)
         request = build_request(plan, settings, ids)
         try:
             validate(request, "job")
@@ -583,6 +609,7 @@ class Controller:
             self.max_side = welcome.limits.max_side
             self.limits = welcome.limits
             self.sampler_presets = list(welcome.sampler_presets)
+            self.capabilities = list(welcome.capabilities)
             self.presets_listed = True
             self.current_model = welcome.model
             self.depth_estimate_problem = None   # perhaps another daemon, or it has one now
@@ -712,6 +739,9 @@ class Controller:
         if job.mode in (Mode.UPSCALE, Mode.TEXTURE):
             self._finish_asset(job, done, images)
             return
+        if job.mode is Mode.CONTROL_IMAGE:
+            self._finish_control_image(job, done, images[0])
+            return
         seeds = [image.seed for image in images]
         document, region = job.document, job.plan.region
         # The step previews' layer (if any) goes on to show the result.
@@ -735,6 +765,19 @@ class Controller:
                                       tuple(seeds), done.result.seconds, images=tuple(images)))
         if self._batch is not None and self._batch.history_index is not None:
             self._batch.history_index += 1      # History's rows moved down by one
+        self._start_next()
+
+    def _finish_control_image(self, job: _ActiveJob, done: JobDone, image: ResultImage) -> None:
+        """A control image: a new layer above the active one (one undo step), given to its
+        control row. History keeps no entry: it is an input, not a picture."""
+        (control,) = job.settings.guides.controls
+        name = control_layer_name(control.kind)
+        node = job.document.add_layer(name, image.bgra, job.plan.region, job.anchor)
+        self._job = None
+        self.last_params = done.result.params
+        self.message = f"Control image: '{name}' added; edit it, the row uses it"
+        if self.on_control_layer is not None and job.control_row is not None:
+            self.on_control_layer(job.control_row, node.uniqueId().toString(), name)
         self._start_next()
 
     def _finish_asset(self, job: _ActiveJob, done: JobDone, images: list[AssetImage]) -> None:
@@ -963,9 +1006,9 @@ class Controller:
         if self._job is not None and self._job.preview_layer is not None and \
                 self._job.document.same_as(document):
             hidden += (self._job.preview_layer,)
+        hidden += _control_layers(document, settings.guides)
         read = _read_canvas(document, plan, settings, hidden)
-        ids = UploadIds(image=new_id() if plan.send_image else None,
-                        mask=new_id() if plan.send_mask else None)
+        ids = upload_ids(plan, settings, new_id)
         request = build_request(plan, settings, ids)
         validate(request, "job")
         future = self._worker.submit(prepare_inputs, read, plan, settings, ids)
@@ -1075,7 +1118,36 @@ def _read_canvas(document: KritaDocument, plan: JobPlan, settings: JobSettings,
     if plan.send_depth:
         assert settings.depth_layer is not None
         depth = document.read_layer(settings.depth_layer, region)
-    return CanvasRead(selection, canvas, depth)
+    if not plan.mode.guided:
+        return CanvasRead(selection, canvas, depth)
+    guides = settings.guides
+    controls = []
+    for number, row in enumerate(guides.controls, 1):
+        what = f"control layer {number}"
+        if row.layer == SELECTION:
+            mask = document.selection_mask(region)
+            if is_empty_mask(mask):
+                raise JobRefused(f"{what} is the selection, and nothing is selected here")
+            controls.append(mask)
+        else:
+            controls.append(document.read_node(row.layer, region, what))
+    references = []
+    for number, ref in enumerate(guides.references, 1):
+        if ref.path:
+            references.append(ReferenceRead(path=ref.path))
+        else:
+            bgra, bounds = document.read_whole_node(ref.layer, f"reference {number}")
+            references.append(ReferenceRead(bgra, bounds.extent))
+    regions = tuple(document.read_node(row.layer, region, f"region {number}")
+                    for number, row in enumerate(guides.regions, 1))
+    return CanvasRead(selection, canvas, depth, tuple(controls), tuple(references), regions)
+
+
+def _control_layers(document: KritaDocument, guides: Guides) -> tuple[Any, ...]:
+    """The control rows' layers: hidden while a job reads the canvas (they steer, they are
+    not part of the picture)."""
+    nodes = (document.node(row.layer) for row in guides.controls if row.layer != SELECTION)
+    return tuple(node for node in nodes if node is not None)
 
 
 def _show(document: KritaDocument, layer: Any, name: str, bgra: bytes, region: Bounds,
@@ -1143,6 +1215,16 @@ def _error_text(error: Error, settings: Optional[JobSettings]) -> str:
         which = f"depth model '{name}'" if name else f"depth model ({DEPTH_MODEL_DEFAULT})"
         return (f"The daemon answered {error.code} for the {which}: "
                 f"{error.message.rstrip('.')}. Pick another under Depth model")
+    guide = _GUIDE_FIELD.fullmatch(error.field or "")
+    if guide is not None and settings is not None:
+        what, index = guide.group(1), int(guide.group(2))
+        rows = getattr(settings.guides, what)
+        if index < len(rows):
+            label = {"controls": "control layer", "references": "reference",
+                     "regions": "region"}[what]
+            extra = f" ({rows[index].kind})" if what == "controls" else ""
+            return (f"The daemon answered {error.code} for {label} {index + 1}{extra} "
+                    f"[{error.field}]: {error.message}")
     lora = _lora_of_field(error.field, settings)
     if lora is not None:
         return (f"The daemon answered {error.code} for LoRA '{lora}': "

@@ -15,7 +15,8 @@ from typing import Callable, Optional
 from krita import DockWidget, Extension, Krita
 from PyQt5.QtCore import QSize, Qt, QTimer
 from PyQt5.QtGui import QColor, QFont, QIcon, QImage, QPixmap, QShowEvent
-from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QFrame,
+from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
+                             QFrame,
                              QHBoxLayout, QLabel, QLineEdit, QListView, QListWidget,
                              QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
                              QSizePolicy, QSlider, QSpinBox, QStackedWidget, QToolButton,
@@ -24,6 +25,8 @@ from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, 
 from . import actions, host
 from .assets import TEXTURE_SOURCE_HELP, TEXTURE_SOURCES, upscale_sizes, upscaler_choices
 from .controller import ConnectionSettings, Controller
+from .guide_widgets import ControlList, ReferenceList, RegionList
+from .guides import (Guides, from_annotation, kind_choices, offered_kinds, to_annotation)
 from .live import LIVE_STRENGTH
 from .jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP,
                    DEPTH_MODEL_SD2_DEPTH, ESTIMATE_DEPTH, SD2_DEPTH_FAMILY, SEED_MAX,
@@ -72,6 +75,7 @@ class AtelierPanel(QWidget):
         # Weak, so the controller does not keep a closed panel (and its Qt objects) alive.
         controller.on_change = _weak_call(self.refresh)
         self._build()
+        self.load_guides()
         self.timer = QTimer(self)
         self.timer.setInterval(PUMP_INTERVAL_MS)
         self.timer.timeout.connect(controller.pump)
@@ -127,6 +131,8 @@ class AtelierPanel(QWidget):
         self.connection_fold = connection
         column.addWidget(connection)
         column.addLayout(self._build_fields(page))
+        for fold in self._build_guides(page):
+            column.addWidget(fold)
         self.more_fold = self._build_more(page)
         column.addWidget(self.more_fold)
         column.addLayout(self._build_history(page), 1)
@@ -256,6 +262,31 @@ class AtelierPanel(QWidget):
         guidance_row, _ = more.form.getWidgetPosition(self.guidance_spin)
         more.form.insertRow(guidance_row + 1, self.lora_list)    # the docker's full width
         return more
+
+    def _build_guides(self, page: QWidget) -> list[Fold]:
+        """Control layers, reference images and regions: a fold each (closed at first, so
+        the prompt keeps its room), their rows kept in the document."""
+        self._loading_guides = False
+        self.control_list = ControlList(self._layers, self._kind_choices, self._active_layer)
+        self.control_list.from_image.connect(self.control_from_image)
+        self.controller.on_control_layer = _weak_call3(self._control_layer_made)
+        self.reference_list = ReferenceList(self._layers, self._active_layer,
+                                            self._pick_reference_file)
+        self.region_list = RegionList(self._layers, self._active_layer)
+        self.guide_folds: list[Fold] = []
+        for title, rows in (("Control layers", self.control_list),
+                            ("Reference images", self.reference_list),
+                            ("Regions", self.region_list)):
+            fold = Fold(title, page)
+            rows.setParent(fold.body)
+            fold.form.addRow(rows)
+            rows.changed.connect(self._guides_changed)
+            rows.full.connect(self._rows_full)
+            fold.button.toggled.connect(lambda _on: self.form_scroll.updateGeometry()
+                                        if hasattr(self, "form_scroll") else None)
+            self.guide_folds.append(fold)
+        self.control_fold, self.reference_fold, self.region_fold = self.guide_folds
+        return self.guide_folds
 
     def _build_history(self, page: QWidget) -> QVBoxLayout:
         column = QVBoxLayout()
@@ -429,6 +460,7 @@ class AtelierPanel(QWidget):
             upscaler=self.upscaler_combo.currentData() or None,
             refine_strength=self.refine_spin.value() / 100.0,
             texture_source=self.texture_source_combo.currentText(),
+            guides=self.guides(),
         )
 
     def show_settings(self, settings: JobSettings) -> None:
@@ -457,6 +489,89 @@ class AtelierPanel(QWidget):
                                                            settings.upscaler), settings.upscaler)
         self.refine_spin.setValue(round(settings.refine_strength * 100))
         _choose(self.texture_source_combo, settings.texture_source)
+        self.show_guides(settings.guides)
+
+    # ------------------------------------------------------------ control layers, references, regions
+    def guides(self) -> Guides:
+        return Guides(self.control_list.values(), self.reference_list.values(),
+                      self.region_list.values())
+
+    def show_guides(self, guides: Guides) -> None:
+        """The rows of ``guides`` in the three lists (kept in the document)."""
+        self.control_list.set_rows(guides.controls)
+        self.reference_list.set_rows(guides.references)
+        self.region_list.set_rows(guides.regions)
+        self._guides_changed()
+
+    def load_guides(self) -> None:
+        """The rows saved in the document in front (none when it has none)."""
+        document = self.controller.document()
+        guides = Guides()
+        if document is not None:
+            try:
+                guides = from_annotation(document.read_annotation())
+            except ValueError as exc:
+                self.controller.message = f"{exc}; its rows start empty"
+        self._loading_guides = True
+        try:
+            self.show_guides(guides)
+        finally:
+            self._loading_guides = False
+
+    def save_guides(self) -> None:
+        document = self.controller.document()
+        if document is None or not document.is_open():
+            return
+        guides = self.guides()
+        if guides.empty and not document.read_annotation():
+            return          # nothing to keep: a document without rows stays untouched
+        document.write_annotation(to_annotation(guides))
+
+    def _guides_changed(self) -> None:
+        for fold, rows in zip(self.guide_folds, (self.control_list, self.reference_list,
+                                                 self.region_list)):
+            title = fold.button.text().split(" (")[0]
+            fold.button.setText(f"{title} ({len(rows.rows)})" if rows.rows else title)
+        if not self._loading_guides:
+            self.save_guides()
+
+    def _rows_full(self, text: str) -> None:
+        self.controller.message = text
+        self.refresh()
+
+    def _layers(self, groups: bool) -> list[tuple[str, str]]:
+        document = self.controller.document()
+        return document.layer_choices(groups) if document is not None else []
+
+    def _active_layer(self) -> Optional[tuple[str, str]]:
+        document = self.controller.document()
+        return document.active_layer() if document is not None else None
+
+    def _kind_choices(self, chosen: Optional[str]) -> list[tuple[str, Optional[str]]]:
+        c = self.controller
+        return kind_choices(offered_kinds(c.capabilities), chosen, bool(c.capabilities))
+
+    def _pick_reference_file(self) -> Optional[str]:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Reference image", "",
+            "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff);;All files (*)")
+        return path or None
+
+    def control_from_image(self, row: int) -> bool:
+        """A control row's "Generate from image": its kind's control image of the canvas,
+        as a new layer the row then uses."""
+        try:
+            settings = self.settings()
+        except ValueError as exc:
+            self.controller.message = str(exc)
+            self.refresh()
+            return False
+        self.controller.size_limit = self.max_side_spin.value() or None
+        return self.controller.make_control_image(settings, row)
+
+    def _control_layer_made(self, row: int, uid: str, name: str) -> None:
+        if 0 <= row < len(self.control_list.rows):
+            self.control_list.rows[row].use_layer(uid, name, self._layers(False))
 
     # ------------------------------------------------------------ actions
     def reconnect(self) -> None:
@@ -504,8 +619,10 @@ class AtelierPanel(QWidget):
             self.refresh()
 
     def document_changed(self) -> None:
-        """Another document is in front: its own depth layer becomes the default."""
+        """Another document is in front: its own depth layer becomes the default, and its
+        own control layers, references and regions fill the lists."""
         self._depth_picked = False
+        self.load_guides()
         self.refresh()
 
     def recall_selected(self) -> None:
@@ -601,6 +718,8 @@ class AtelierPanel(QWidget):
         chosen = self.upscaler_combo.currentData()
         fill_choices(self.upscaler_combo, upscaler_choices(c.models, chosen), chosen)
         self.lora_list.refresh()
+        for rows in (self.control_list, self.reference_list, self.region_list):
+            rows.refresh()
         self._show_presets(self.preset_combo.currentData())
         self._show_mode_fields()
         self._show_history()
@@ -768,6 +887,17 @@ def _show_status(label: QLabel, text: str) -> None:
     if label.text() != text:
         label.setText(text)
         label.setToolTip(text)
+
+
+def _weak_call3(method: Callable[[int, str, str], None]) -> Callable[[int, str, str], None]:
+    ref = weakref.WeakMethod(method)
+
+    def call(row: int, uid: str, name: str) -> None:
+        target = ref()
+        if target is not None:
+            target(row, uid, name)
+
+    return call
 
 
 def _weak_call(method: Callable[[], None]) -> Callable[[], None]:

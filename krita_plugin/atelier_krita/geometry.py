@@ -185,3 +185,10 @@ def thumbnail_extent(source: Extent, side: int) -> Extent:
     """``source`` scaled to fit a ``side`` x ``side`` square, keeping its aspect."""
     scale = side / max(source.width, source.height, 1)
     return Extent(max(1, round(source.width * scale)), max(1, round(source.height * scale)))
+
+
+def fit_within(source: Extent, side: int) -> Extent:
+    """``source`` scaled down (never up) so its longest side is at most ``side``."""
+    if source.longest <= side:
+        return source
+    return thumbnail_extent(source, side)

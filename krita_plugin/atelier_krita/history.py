@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from .geometry import Bounds, Extent
+from .guides import guides_text
 from .jobs import JobSettings, Mode
 from .loras import loras_text
 
@@ -50,6 +51,8 @@ class HistoryEntry:
             extras += f" | LoRAs {loras_text(self.settings.loras)}"
         if self.settings.sampler_preset:
             extras += f" | preset {self.settings.sampler_preset}"
+        if not self.settings.guides.empty:
+            extras += f" | {guides_text(self.settings.guides)}"
         return (f"{self.mode.label}: {prompt} | seed {seeds}{extras} | {self.region} | "
                 f"{self.outcome}")
 

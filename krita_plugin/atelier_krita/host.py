@@ -10,9 +10,10 @@ import time
 from typing import Any, Optional
 
 from krita import Krita
-from PyQt5.QtCore import QByteArray
+from PyQt5.QtCore import QByteArray, QUuid
 
 from .geometry import Bounds, Extent
+from .guides import ANNOTATION_DESCRIPTION, ANNOTATION_TYPE
 from .jobs import JobRefused
 from .live import PixelWatch, checksum
 from .work import Bands
@@ -145,6 +146,72 @@ class KritaDocument:
         if node is None:
             raise JobRefused(f"there is no layer named '{name}' to use as depth")
         return bytes(node.pixelData(region.x, region.y, region.width, region.height))
+
+    # ---------------------------------------------------------- layers named by uniqueId
+    def layer_choices(self, groups: bool = False) -> list[tuple[str, str]]:
+        """(name, uniqueId) of the paint layers (and group layers with ``groups``), top of
+        the layer stack first, as Krita's Layers docker lists them."""
+        kinds = ("paintlayer", "grouplayer") if groups else ("paintlayer",)
+        found: list[tuple[str, str]] = []
+
+        def walk(node: Any) -> None:
+            for child in reversed(node.childNodes()):
+                if child.type() in kinds:
+                    found.append((child.name(), child.uniqueId().toString()))
+                walk(child)
+
+        walk(self._doc.rootNode())
+        return found
+
+    def node(self, uid: str) -> Any:
+        """The layer with this uniqueId, or None when there is none (deleted, undone)."""
+        if not uid or not uid.startswith("{"):
+            return None
+        return self._doc.nodeByUniqueID(QUuid(uid))
+
+    def active_layer(self) -> Optional[tuple[str, str]]:
+        """(name, uniqueId) of the active layer; None without one (a headless Krita)."""
+        node = self._doc.activeNode()
+        if node is None or node.parentNode() is None:
+            return None
+        return node.name(), node.uniqueId().toString()
+
+    def read_node(self, uid: str, region: Bounds, what: str) -> bytes:
+        """BGRA of a layer inside ``region``: a paint layer's own pixels, a group's
+        composite (its projection, shown or hidden); JobRefused naming ``what`` when the
+        layer is gone."""
+        node = self.node(uid)
+        if node is None:
+            raise JobRefused(f"the layer of {what} is no longer in the document: pick another "
+                             "in its row, or remove the row")
+        read = node.projectionPixelData if node.type() == "grouplayer" else node.pixelData
+        return bytes(read(region.x, region.y, region.width, region.height))
+
+    def read_whole_node(self, uid: str, what: str) -> tuple[bytes, Bounds]:
+        """BGRA of a layer where it has pixels (its bounds within the canvas)."""
+        node = self.node(uid)
+        rect = node.bounds() if node is not None else None
+        bounds = Bounds(rect.x(), rect.y(), rect.width(), rect.height()).clamped(self.extent) \
+            if rect is not None else None
+        if bounds is None or bounds.is_empty:
+            raise JobRefused(f"the layer of {what} is empty or no longer in the document: "
+                             "pick another, or remove the row")
+        return self.read_node(uid, bounds, what), bounds
+
+    # ---------------------------------------------------------- settings saved with it
+    def read_annotation(self) -> bytes:
+        """The plugin's settings saved in this document (b"" when there are none)."""
+        if ANNOTATION_TYPE not in self._doc.annotationTypes():
+            return b""
+        return bytes(self._doc.annotation(ANNOTATION_TYPE))
+
+    def write_annotation(self, data: bytes) -> None:
+        """Keep ``data`` in the document (saved in its .kra); when it changes the document
+        is marked modified, so Krita offers to save it."""
+        if self.read_annotation() == data:
+            return
+        self._doc.setAnnotation(ANNOTATION_TYPE, ANNOTATION_DESCRIPTION, QByteArray(data))
+        self._doc.setModified(True)
 
     def anchor(self) -> Any:
         """The node new layers go above: the active one, else the topmost."""

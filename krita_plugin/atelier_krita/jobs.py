@@ -11,16 +11,17 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, fields, replace
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from .assets import (TEXTURE_HELP, TEXTURE_MAPS, TEXTURE_SOURCES, UPSCALE_HELP, upscale_extent,
                      upscale_layout, upscale_scale)
 from .families import base_family, family_label
+from .guides import Guides, check_guides, request_controls, request_references, request_regions
 from .protocol.families import serves_control
 from .geometry import Bounds, Extent, ResolutionRange, context_region, default_padding, fit_extent
 from .loras import LoraRow, check_loras, request_loras
 from .protocol.messages import (CACHE_INTERVAL_MAX, TEXTURE_MAPS as MAP_NAMES, TILINGS,
-                                UPSCALE_FACTOR_MAX, ControlSettings, DepthInput,
+                                UPSCALE_FACTOR_MAX, ControlLayer, ControlSettings, DepthInput,
                                 GenerateRequest, ModelInfo, TextureSettings, UpscaleSettings)
 
 
@@ -32,12 +33,18 @@ class Mode(str, enum.Enum):
     SEAMLESS = "seamless"
     UPSCALE = "upscale"
     TEXTURE = "texture_set"
+    CONTROL_IMAGE = "control_image"    # a control row's "Generate from image": kind preprocess
 
     @property
     def label(self) -> str:
         return {"generate": "Generate", "fill": "Fill", "refine": "Refine", "depth": "Depth",
                 "seamless": "Seamless", "upscale": "Upscale",
-                "texture_set": "Texture set"}[self.value]
+                "texture_set": "Texture set", "control_image": "Control image"}[self.value]
+
+    @property
+    def guided(self) -> bool:
+        """Whether the docker's control layers, references and regions go with its jobs."""
+        return self in (Mode.GENERATE, Mode.FILL, Mode.REFINE, Mode.DEPTH, Mode.SEAMLESS)
 
 
 class JobRefused(Exception):
@@ -204,6 +211,7 @@ class JobSettings:
     refine_strength: float = 0.0         # Upscale: > 0 repaints the enlarged image in tiles
     texture_maps: tuple[str, ...] = TEXTURE_MAPS
     texture_source: str = "auto"         # auto, marigold, image
+    guides: Guides = Guides()            # control layers, reference images, regions
 
     def __post_init__(self) -> None:
         if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
@@ -276,6 +284,11 @@ def plan_job(mode: Mode, settings: JobSettings, canvas: Extent, selection: Optio
     """The geometry of a job; JobRefused with the reason when it cannot run."""
     if canvas.is_empty:
         raise JobRefused("the document has no pixels")
+    if mode.guided:
+        try:
+            check_guides(settings.guides, depth=mode is Mode.DEPTH)
+        except ValueError as exc:
+            raise JobRefused(str(exc)) from None
     if selection is not None:
         selection = selection.clamped(canvas)
         if selection.is_empty:
@@ -308,6 +321,10 @@ def plan_job(mode: Mode, settings: JobSettings, canvas: Extent, selection: Optio
     if mode is Mode.TEXTURE:
         return JobPlan(mode, region, region.extent, "texture_set", True, False, False, False,
                        tiling)
+    if mode is Mode.CONTROL_IMAGE:
+        if len(settings.guides.controls) != 1:
+            raise JobRefused("a control image is made for one control layer at a time")
+        return _plan(mode, region, resolution, "preprocess", image=True, tiling=tiling)
     if mode is Mode.GENERATE:
         return _plan(mode, region, resolution, "txt2img", tiling=tiling)
     if mode is Mode.REFINE:
@@ -334,6 +351,21 @@ class UploadIds:
     image: Optional[str] = None
     mask: Optional[str] = None
     depth: Optional[str] = None
+    # one per row of the settings' guides that goes up (a job of a guided mode)
+    controls: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()
+
+
+def upload_ids(plan: "JobPlan", settings: JobSettings, new_id: "Callable[[], str]") -> UploadIds:
+    """Fresh upload ids (``new_id()`` each) for everything ``plan`` sends."""
+    guides = settings.guides if plan.mode.guided else Guides()
+    return UploadIds(image=new_id() if plan.send_image else None,
+                     mask=new_id() if plan.send_mask else None,
+                     depth=new_id() if plan.send_depth else None,
+                     controls=tuple(new_id() for _ in guides.controls),
+                     references=tuple(new_id() for _ in guides.references),
+                     regions=tuple(new_id() for _ in guides.regions))
 
 
 def build_request(plan: JobPlan, settings: JobSettings, uploads: UploadIds) -> GenerateRequest:
@@ -356,6 +388,9 @@ def build_request(plan: JobPlan, settings: JobSettings, uploads: UploadIds) -> G
         strength = 1.0
     if plan.mode in (Mode.UPSCALE, Mode.TEXTURE):
         return _asset_request(plan, settings, uploads)
+    if plan.mode is Mode.CONTROL_IMAGE:
+        return _control_image_request(plan, settings, uploads)
+    guides = settings.guides if plan.mode.guided else Guides()
     return GenerateRequest(
         kind=plan.kind,  # type: ignore[arg-type]
         prompt=settings.prompt,
@@ -385,7 +420,22 @@ def build_request(plan: JobPlan, settings: JobSettings, uploads: UploadIds) -> G
         cache_interval=settings.cache_interval,
         loras=request_loras(settings.loras),
         sampler_preset=settings.sampler_preset or None,  # type: ignore[arg-type]
+        controls=request_controls(guides.controls, uploads.controls),
+        references=request_references(guides.references, uploads.references),
+        regions=request_regions(guides.regions, uploads.regions),
     )
+
+
+def _control_image_request(plan: JobPlan, settings: JobSettings,
+                           uploads: UploadIds) -> GenerateRequest:
+    """Kind preprocess (PROTOCOL.md 4.4): the control image of the one control row's kind
+    made from the canvas region (the init image), at the model size."""
+    (row,) = settings.guides.controls
+    size = plan.model_extent
+    return GenerateRequest(kind="preprocess", width=size.width, height=size.height,
+                           init_image=uploads.image, tiling=plan.tiling,  # type: ignore[arg-type]
+                           controls=[ControlLayer(kind=row.kind,  # type: ignore[arg-type]
+                                                  preprocess=True)])
 
 
 # Results past this many pixels come as PNG: an 8192^2 RGBA8 frame passes the message limit.

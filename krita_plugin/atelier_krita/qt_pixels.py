@@ -47,6 +47,16 @@ def decode_png_rgba(png: bytes) -> tuple[bytes, Extent]:
     return _bytes(image, 4), Extent(image.width(), image.height())
 
 
+def load_image_rgba(path: str) -> tuple[bytes, Extent]:
+    """RGBA8 pixels of an image file Qt can read (PNG, JPEG, WebP, ...); ValueError naming
+    the file when it cannot."""
+    image = QImage(path)
+    if image.isNull():
+        raise ValueError(f"cannot read the image file '{path}' (missing, or not a picture Qt "
+                         "reads)")
+    return _bytes(image, 4), Extent(image.width(), image.height())
+
+
 def picture(data: bytes, extent: "Extent | None", channels: int) -> QImage:
     """A QImage of RGBA8 / RGB8 pixels (``extent``), or of a PNG file (``extent`` None),
     without copying the pixels in Python."""

@@ -16,28 +16,44 @@ from typing import Any, Callable, Optional
 
 from PyQt5.QtCore import Qt
 
-from .geometry import Bounds, Extent, thumbnail_extent
+from .geometry import Bounds, Extent, fit_within, thumbnail_extent
+from .guides import REFERENCE_SIDE
 from .history import ResultImage
 from .jobs import JobPlan, JobSettings, UploadIds
-from .pixels import bgra_to_rgba, grow_and_feather, luminance, rgb_to_rgba, rgba_to_bgra, with_alpha
+from .pixels import alpha, bgra_to_rgba, grow_and_feather, luminance, rgb_to_rgba, rgba_to_bgra, with_alpha
 from .protocol.client import make_upload
 from .protocol.errors import ErrorCode, ProtocolError
 from .protocol.events import JobDone
 from .protocol.frames import ImageFrame, PixelFormat
-from .qt_pixels import decode_png_rgba, picture, resample, rows_rgba, scaled_rgba
+from .qt_pixels import decode_png_rgba, load_image_rgba, picture, resample, rows_rgba, scaled_rgba
+
+
+@dataclass(frozen=True)
+class ReferenceRead:
+    """A reference image as read on Qt's thread: a layer's BGRA pixels (``extent``), or
+    the path of an image file (read on the worker)."""
+    bgra: bytes = b""
+    extent: Extent = Extent(0, 0)
+    path: str = ""
 
 
 @dataclass(frozen=True)
 class CanvasRead:
     """What a job read from the document on Qt's thread, region-sized: the selection (one
-    byte a pixel), the visible canvas and the depth layer (BGRA); None = not needed."""
+    byte a pixel), the visible canvas and the depth layer (BGRA); None = not needed. Then
+    each control row's image (BGRA of its layer, or the selection's one byte a pixel),
+    each reference, and each region layer's BGRA (its alpha is the region's mask)."""
     selection: Optional[bytes] = None
     canvas: Optional[bytes] = None
     depth: Optional[bytes] = None
+    controls: tuple[bytes, ...] = ()
+    references: tuple[ReferenceRead, ...] = ()
+    regions: tuple[bytes, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return self.selection is None and self.canvas is None and self.depth is None
+        return self.selection is None and self.canvas is None and self.depth is None and \
+            not (self.controls or self.references or self.regions)
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,33 @@ def prepare_inputs(read: CanvasRead, plan: JobPlan, settings: JobSettings,
     if read.depth is not None:
         uploads["depth"] = _upload(ids.depth, PixelFormat.GRAY8, size,
                                    resample(luminance(read.depth), region, size, 1))
+    _check_count(read.controls, ids.controls, "control layer")
+    for index, (pixels, upload_id) in enumerate(zip(read.controls, ids.controls)):
+        if len(pixels) == region.pixels:       # the selection: one byte a pixel
+            uploads[f"control{index}"] = _upload(upload_id, PixelFormat.GRAY8, size,
+                                                 resample(pixels, region, size, 1))
+        else:
+            uploads[f"control{index}"] = _upload(upload_id, PixelFormat.RGBA8, size,
+                                                 resample(bgra_to_rgba(pixels), region, size, 4))
+    _check_count(read.references, ids.references, "reference")
+    for index, (ref, upload_id) in enumerate(zip(read.references, ids.references)):
+        if ref.path:
+            rgba, extent = load_image_rgba(ref.path)
+        else:
+            rgba, extent = bgra_to_rgba(ref.bgra), ref.extent
+        target = fit_within(extent, REFERENCE_SIDE)
+        uploads[f"reference{index}"] = _upload(upload_id, PixelFormat.RGBA8, target,
+                                               resample(rgba, extent, target, 4))
+    _check_count(read.regions, ids.regions, "region")
+    for index, (bgra, upload_id) in enumerate(zip(read.regions, ids.regions)):
+        uploads[f"region{index}"] = _upload(upload_id, PixelFormat.GRAY8, size,
+                                            resample(alpha(bgra), region, size, 1))
     return PreparedInputs(uploads, clip)
+
+
+def _check_count(read: tuple[Any, ...], ids: tuple[str, ...], what: str) -> None:
+    if len(read) != len(ids):
+        raise ValueError(f"{len(read)} {what} image(s) were read for {len(ids)} upload id(s)")
 
 
 def _upload(upload_id: Optional[str], fmt: PixelFormat, size: Extent, data: bytes) -> ImageFrame:

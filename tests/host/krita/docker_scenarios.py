@@ -601,3 +601,8 @@ ALL: dict[str, Callable[[Context], dict[str, Any]]] = {
 from asset_scenarios import SCENARIOS as ASSET_SCENARIOS  # noqa: E402
 
 ALL.update(ASSET_SCENARIOS)
+
+# Control layers, reference images and regions (issue 14), likewise.
+from guide_scenarios import SCENARIOS as GUIDE_SCENARIOS  # noqa: E402
+
+ALL.update(GUIDE_SCENARIOS)

@@ -24,7 +24,7 @@ from benchmarks.hardware import count_flops
 from protocol.client import AtelierClient, make_upload
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.events import JobDone
-from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
+from protocol.frames import ImageFrame, PixelFormat
 from protocol.messages import REGIONS_MAX, ControlLayer, GenerateRequest, Region, UpscaleSettings
 
 WIDTH, HEIGHT = 128, 64           # latents 16 x 8: room for two regions side by side
@@ -34,8 +34,8 @@ NONE, X = TileAxes(False, False), TileAxes(True, False)
 
 
 def _gray(mask: np.ndarray) -> ImageFrame:
-    return ImageFrame(FrameKind.UPLOAD, PixelFormat.GRAY8, 0, mask.shape[1], mask.shape[0],
-                      new_id(), mask.astype(np.uint8).tobytes())
+    return make_upload(PixelFormat.GRAY8, mask.shape[1], mask.shape[0],
+                       np.ascontiguousarray(mask, np.uint8).tobytes())
 
 
 def _halves() -> tuple[np.ndarray, np.ndarray]:
@@ -151,11 +151,13 @@ def test_a_region_changes_the_pixels_inside_its_mask(sd15, masks):
     _, generator = sd15
     plain = _run(generator, GenerateRequest(**JOB))
     square = masks["square"]
-    with_region = _run(generator, GenerateRequest(**JOB, regions=_regions((square, APPLES))), square)
+    job = GenerateRequest(**JOB, regions=_regions((square, APPLES)))
+    with_region = _run(generator, job, square)
     inside, outside = np.s_[16:48, 40:88], np.s_[:, :16]
     assert _differs(with_region[inside], plain[inside]) > 1.0
     # the far side of the canvas sees the region only through the UNet's receptive field
-    assert _differs(with_region[outside], plain[outside]) < _differs(with_region[inside], plain[inside]) / 4
+    assert _differs(with_region[outside], plain[outside]) < \
+        _differs(with_region[inside], plain[inside]) / 4
 
 
 def test_each_region_matches_its_prompt_where_the_other_has_no_weight(sd15, masks):
@@ -185,7 +187,7 @@ def test_regions_with_img2img_inpaint_controls_tiling_and_step_cache(sd15, masks
     rng = np.random.default_rng(5)
     rgba = rng.integers(0, 256, (HEIGHT, WIDTH, 4), dtype=np.uint8)
     rgba[..., 3] = 255
-    init = ImageFrame(FrameKind.UPLOAD, PixelFormat.RGBA8, 0, WIDTH, HEIGHT, new_id(), rgba.tobytes())
+    init = make_upload(PixelFormat.RGBA8, WIDTH, HEIGHT, rgba.tobytes())
     img2img = dict(JOB, kind="img2img", init_image=init.id, strength=0.75)
     assert np.array_equal(
         _run(generator, GenerateRequest(**img2img, regions=_regions((full, APPLES))), init, full),
@@ -226,11 +228,12 @@ def test_rolled_noise_and_rolled_masks_give_the_rolled_image_on_tiled_axes(sd15)
     noise = torch.randn(1, 4, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(2))
     k = 2                                         # latent pixels: a multiple of the UNet's stride
 
-    def image(latents: torch.Tensor, region_mask: np.ndarray, weight_axes: TileAxes) -> torch.Tensor:
+    def image(latents: torch.Tensor, region_mask: np.ndarray, weight_axes: TileAxes):
         region = PlannedRegion("job.regions[0]", APPLES, None, region_mask.astype(np.float32) / 255)
         weights = region_weights([region.mask], (HEIGHT // 8, WIDTH // 8), weight_axes)
         job_pipe = copy.copy(pipe)
-        job_pipe.unet = RegionalUNet(pipe.unet, region_passes(pipe, job, [region], weights, True), True)
+        passes = region_passes(pipe, job, [region], weights, guided=True)
+        job_pipe.unet = RegionalUNet(pipe.unet, passes, guided=True)
         with wrapped_convolutions([job_pipe.unet, job_pipe.vae], X):
             return job_pipe(job.prompt, latents=latents, num_inference_steps=3, width=WIDTH,
                             height=HEIGHT, output_type="pt").images
@@ -283,7 +286,8 @@ def test_region_errors_name_the_field(sd15, masks):
     assert (err.code, err.field) == (ErrorCode.LIMIT_EXCEEDED, "job.regions")
     assert str(REGIONS_MAX) in err.message
     err = refused(GenerateRequest(kind="preprocess", width=WIDTH, height=HEIGHT,
-                                  controls=[ControlLayer(kind="canny", image=left.id, preprocess=True)],
+                                  controls=[ControlLayer(kind="canny", image=left.id,
+                                                         preprocess=True)],
                                   regions=[Region(mask=left.id)]))
     assert (err.code, err.field) == (ErrorCode.INVALID_FIELD, "job.regions")
     with pytest.raises(ProtocolError) as upscale:     # the asset kinds take none
@@ -315,7 +319,8 @@ def test_each_region_adds_one_conditional_pass_per_step(sd15, masks):
     assert two / plain == pytest.approx(2.0, rel=0.02)
     assert own_negative / plain == pytest.approx(2.0, rel=0.02)
     # without guidance a step is one pass, a region doubles it
-    assert per_step(_regions((square, APPLES)), 1.0) / per_step([], 1.0) == pytest.approx(2.0, rel=0.02)
+    unguided = per_step(_regions((square, APPLES)), 1.0) / per_step([], 1.0)
+    assert unguided == pytest.approx(2.0, rel=0.02)
 
 
 # ------------------------------------------------------------------ over the websocket

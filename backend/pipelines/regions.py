@@ -27,7 +27,7 @@ Where a region's weight is 1 the blended prediction is exactly that region's (1 
 * y), and passes without weight are not run: a region with an empty mask leaves the job
 as it was, and one covering everything at full strength is the job with its prompt.
 With one call per step and a fixed batch, step caching (step_cache.py, wrapped inside)
-works unchanged.
+works unchanged; a compiled UNet compiles once more for the larger batch.
 """
 
 from __future__ import annotations
@@ -249,7 +249,8 @@ def region_passes(pipe: Any, job: GenerateRequest, regions: Sequence[PlannedRegi
                     else job.negative_prompt) or None
         own_negative = guided and negative != job_negative
         embeds = encode(pipe, region.prompt, negative, own_negative)
-        passes.append(Pass("cond", weight, embeds["prompt_embeds"], embeds.get("pooled_prompt_embeds")))
+        passes.append(Pass("cond", weight, embeds["prompt_embeds"],
+                           embeds.get("pooled_prompt_embeds")))
         negative_weight[negative] = negative_weight.get(negative, 0) + weight
         if own_negative:
             negatives.setdefault(negative, embeds)

@@ -16,7 +16,7 @@ from backend.limits import ServerLimits
 from backend.models.store import ModelStore
 from backend.pipelines.asset_plan import plan_upscale
 from backend.pipelines.generator import DiffusionGenerator
-from backend.pipelines.plan import ModelTraits
+from backend.pipelines.plan import ModelTraits, plan_generation
 from backend.pipelines.regions import (PlannedRegion, RegionalUNet, fit_mask, region_passes,
                                        region_weights)
 from backend.pipelines.tiling import TileAxes, wrapped_convolutions
@@ -214,6 +214,30 @@ def test_regions_with_img2img_inpaint_controls_tiling_and_step_cache(sd15, masks
     assert np.array_equal(
         _run(generator, GenerateRequest(**cached, regions=_regions((full, APPLES))), full),
         _run(generator, GenerateRequest(**{**cached, "prompt": APPLES})))
+
+
+def test_make_seamless_rolls_region_masks_with_the_texture(sd15):
+    """make_seamless repaints the wrap edge of the texture rolled by half: a region against
+    the left edge is rolled with it and steers the repainted seam."""
+    _, generator = sd15
+    rgba = np.random.default_rng(6).integers(0, 256, (HEIGHT, WIDTH, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    init = make_upload(PixelFormat.RGBA8, WIDTH, HEIGHT, rgba.tobytes())
+    edge = np.zeros((HEIGHT, WIDTH), np.uint8)
+    edge[:, :24] = 255
+    mask = _gray(edge)
+    job = GenerateRequest(**{**JOB, "kind": "make_seamless", "tiling": "x"}, init_image=init.id,
+                          regions=_regions((mask, APPLES)))
+    uploads = {init.id: init, mask.id: mask}
+    plan = plan_generation(job, uploads, ServerLimits(), ModelTraits(), fresh_seed=0)
+    assert plan.offset == (WIDTH // 2, 0)
+    assert np.array_equal(plan.regions[0].mask, np.roll(edge, WIDTH // 2, axis=1) / np.float32(255))
+    seam = np.s_[:, list(range(0, 8)) + list(range(WIDTH - 8, WIDTH))]
+    steered = _run(generator, job, init, mask)
+    plain = _run(generator, dataclasses.replace(job, regions=[]), init)
+    assert _differs(steered[seam], plain[seam]) > 1.0
+    middle = np.s_[:, 40:88]                     # far from the seam: the texture as it was
+    assert np.array_equal(steered[middle], plain[middle])
 
 
 def test_rolled_noise_and_rolled_masks_give_the_rolled_image_on_tiled_axes(sd15):

@@ -210,6 +210,31 @@ def test_missing_adapter_or_encoder_says_what_to_fetch(atelier_home, tmp_path):
         assert what in error.message and "atelier models pull h94/IP-Adapter" in error.message
 
 
+def test_pull_fetches_one_adapter_and_its_encoder_and_it_then_serves(atelier_home, tmp_path):
+    from models_support.fake_hub import FakeHub
+    from test_models_hub import _pull
+
+    repo = tmp_path / "repo"
+    build_tiny_ip_adapter(repo / "models" / "ip-adapter_sd15.safetensors",
+                          ensure_tiny("tiny", atelier_home / "models"))
+    build_tiny_image_encoder(repo / "models" / "image_encoder")
+    (repo / "models" / "image_encoder" / "pytorch_model.bin").write_bytes(b"pickle")
+    (repo / "models" / "ip-adapter_sd15.bin").write_bytes(b"pickle")
+    (repo / "sdxl_models").mkdir()
+    (repo / "sdxl_models" / "ip-adapter_sdxl.safetensors").write_bytes(b"another adapter")
+    cache = tmp_path / "hub-cache"
+    with FakeHub("h94/IP-Adapter", repo) as fake:
+        result = _pull(fake.url, cache, HF_ADAPTER, "h94/IP-Adapter/models/nothing")
+        downloaded = fake.downloaded()
+    assert downloaded == {"models/ip-adapter_sd15.safetensors", "models/image_encoder/config.json",
+                          "models/image_encoder/model.safetensors"}
+    assert result["h94/IP-Adapter/models/nothing"]["error"] == "model_not_found"
+    store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[], hf_cache=cache)
+    store.load("tiny")
+    generator = DiffusionGenerator(store)
+    assert pixels(generator, job(ref(model=None))) != pixels(generator, job())
+
+
 # ------------------------------------------------------------------ listing and the wire
 
 def test_list_models_shows_adapters_with_their_family(atelier_home, reference_models_dir, hf_cache):

@@ -4,7 +4,10 @@ This is the only module of the daemon that goes to the network, and only when a
 user runs ``atelier models pull ID``. It downloads just what a diffusers pipeline
 loads: configs, tokenizer files and ``.safetensors`` weights (the fp16 variant where
 asked and present). Pickle weights, safety checkers, ONNX/Flax files and root-level
-single-file checkpoints are left on the hub.
+single-file checkpoints are left on the hub. ``ID`` may also name one ``.safetensors``
+file of a repo (``h94/IP-Adapter/models/ip-adapter_sd15``, the suffix optional): that file
+is fetched, with the ``image_encoder`` folder beside it where there is one (the CLIP
+image encoder an IP-Adapter reads pictures with).
 """
 
 from __future__ import annotations
@@ -65,9 +68,34 @@ def _pick_weights(names: list[str], variant: Optional[str], folder: str) -> list
     return []
 
 
-def select_files(repo_id: str, paths: Iterable[str], variant: Optional[str] = None) -> list[str]:
-    """The repo files Atelier needs from ``paths`` (a repo listing)."""
+def split_model_id(model_id: str) -> tuple[str, str]:
+    """(repo id, path of one file in it or ""): ``owner/repo[/path/in/repo]``."""
+    owner, _, rest = model_id.partition("/")
+    repo, _, inner = rest.partition("/")
+    return f"{owner}/{repo}", inner
+
+
+def _select_file(repo_id: str, file: str, paths: list[str], variant: Optional[str]) -> list[str]:
+    """One ``.safetensors`` file of a repo, and the ``image_encoder`` folder beside it."""
+    name = file if file.endswith(".safetensors") else file + ".safetensors"
+    if name not in paths:
+        raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
+                            f"{repo_id} has no file {name} (Atelier fetches .safetensors only)",
+                            field="model")
+    parent = str(PurePosixPath(name).parent)
+    encoder = "image_encoder/" if parent == "." else f"{parent}/image_encoder/"
+    inside = [p for p in paths if p.startswith(encoder) and "/" not in p[len(encoder):]]
+    return sorted([name] + [p for p in inside if p.endswith(".json")]
+                  + _pick_weights(inside, variant, encoder.rstrip("/")))
+
+
+def select_files(repo_id: str, paths: Iterable[str], variant: Optional[str] = None,
+                 file: str = "") -> list[str]:
+    """The repo files Atelier needs from ``paths`` (a repo listing); with ``file``, that
+    one file and its image encoder (``_select_file``)."""
     paths = sorted(paths)
+    if file:
+        return _select_file(repo_id, file, paths, variant)
     if repo_id in TOKENIZER_ONLY_REPOS:
         return [p for p in paths if p in TOKENIZER_FILE_NAMES]
     by_folder: dict[str, list[str]] = {}
@@ -99,16 +127,17 @@ def pull(model_id: str, progress: Optional[PullProgress] = None, *, variant: Opt
     ``progress(path, bytes_done, bytes_total)`` is called after each file."""
     cache = Path(hf_cache) if hf_cache is not None else hf_cache_dir(os.environ)
     api = HfApi(endpoint=endpoint, token=token)
+    repo_id, file = split_model_id(model_id)
     try:
         # Resolve the revision once so every file comes from the same commit.
-        commit = api.model_info(model_id, revision=revision).sha
+        commit = api.model_info(repo_id, revision=revision).sha
         listing = {f.path: f.size or 0 for f in
-                   api.list_repo_tree(model_id, recursive=True, revision=commit)
+                   api.list_repo_tree(repo_id, recursive=True, revision=commit)
                    if isinstance(f, RepoFile)}
-        files = select_files(model_id, listing, variant)
+        files = select_files(repo_id, listing, variant, file)
         total, done = sum(listing[f] for f in files), 0
         for name in files:
-            hf_hub_download(model_id, name, revision=commit, cache_dir=str(cache),
+            hf_hub_download(repo_id, name, revision=commit, cache_dir=str(cache),
                             endpoint=endpoint, token=token)
             done += listing[name]
             if progress is not None:
@@ -129,7 +158,7 @@ def pull(model_id: str, progress: Optional[PullProgress] = None, *, variant: Opt
         raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
                             f"cannot pull {model_id} from {where}: {type(exc).__name__}: {exc}",
                             field="model") from exc
-    repo = hf_repo_folder(model_id, cache)
+    repo = hf_repo_folder(repo_id, cache)
     if revision != commit:
         # Point the branch at this commit, as a snapshot download does, so loading by id finds it.
         (repo / "refs").mkdir(parents=True, exist_ok=True)

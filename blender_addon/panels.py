@@ -234,9 +234,8 @@ def draw_controls(layout: bpy.types.UILayout, props, image_editor: bool) -> None
         body = box.column(align=True)
         body.active = getattr(props, use) or kind == "depth"   # Project Texture: depth
         body.prop(props, scale, text=labels[scale], slider=True)
-        span = body.row(align=True)
-        span.prop(props, start, text=labels[start])
-        span.prop(props, end, text=labels[end])
+        body.prop(props, start, text=labels[start], slider=True)   # a half row cuts "Start"
+        body.prop(props, end, text=labels[end], slider=True)
         body.prop(props, model, text="")
 
     box = layout.box()

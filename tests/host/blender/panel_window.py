@@ -93,6 +93,8 @@ def _stage(module) -> object:
                                "model sd15-base")
     session.models = ["sd15-base", "dreamshaper-8", "depth-adapter", "depth-controlnet"]
     session.conditioners = [("depth-adapter", "t2i_adapter"), ("depth-controlnet", "controlnet")]
+    session.pass_conditioners = {"normal": [("normal-controlnet", "controlnet")],
+                                 "lineart": [("lineart-adapter", "t2i_adapter")]}
     session.models_listed = True
     session.limits = messages.Limits(max_message_bytes=64 << 20, max_pixels=2048 * 2048,
                                      max_side=2048, max_batch=8, max_steps=150, max_queue=32,
@@ -137,16 +139,19 @@ def _open_subpanels(panels, which: dict[str, set[str]]) -> None:
         bpy.utils.register_class(cls)
 
 
-def _fresh_subpanels(panels, space: str, opened: set[str]) -> None:
+def _fresh_subpanels(panels, space: str, opened: set[str], tag: str = "shot") -> None:
     """In a sidebar that has drawn already (and keeps each panel's open state by the panel's
-    name), show the ``space`` sub-panels anew: each under a new name, open if in ``opened``."""
+    name), show the ``space`` sub-panels anew: each under a new name (ending in ``tag``),
+    open if in ``opened``."""
     for cls in panels.PANELS:
         parent = getattr(cls, "bl_parent_id", "")
         if not parent or cls.bl_space_type != space:
             continue
         suffix = cls.__name__[len(parent) + 1:]
-        bpy.utils.unregister_class(cls)
-        name = f"{cls.__name__}_shot"
+        for shown in (cls, *cls.__subclasses__()):   # the panel, or its last fresh copy
+            if "bl_rna" in shown.__dict__:
+                bpy.utils.unregister_class(shown)
+        name = f"{cls.__name__}_{tag}"
         bpy.utils.register_class(type(name, (cls,), {
             "bl_idname": name,
             "bl_options": set() if suffix in opened else {"DEFAULT_CLOSED"}}))
@@ -252,6 +257,15 @@ def steps(args: argparse.Namespace, module, drawn: Drawn) -> Iterator[float]:
             _area("IMAGE_EDITOR")[1].tag_redraw()
             yield 0.3
         _shoot("IMAGE_EDITOR", "panel-game-assets", args.out)
+        # Controls & Reference: Depth and Normal ticked, a normal model and a reference chosen
+        props.use_depth, props.use_normal, props.normal_model = True, True, "normal-controlnet"
+        props.normal_end, props.use_reference, props.reference_weight = 0.7, True, 0.8
+        props.reference_image = bpy.data.images[props.history[0].image_name]
+        _fresh_subpanels(panels, "IMAGE_EDITOR", {"controls"}, tag="controls")
+        for _ in range(4):
+            _area("IMAGE_EDITOR")[1].tag_redraw()
+            yield 0.3
+        _shoot("IMAGE_EDITOR", "panel-controls", args.out)
     else:
         expected = {(key, image_editor) for key in ("main", *ids)
                     for image_editor in (False, True)}

@@ -34,6 +34,15 @@ def _tick() -> Optional[float]:
     return ACTIVE_INTERVAL if active else IDLE_INTERVAL
 
 
+@bpy.app.handlers.persistent
+def _pack_before_save(*_args) -> None:
+    from . import host
+    try:
+        host.pack_waiting_images()
+    except RuntimeError:  # an image that cannot be packed must not stop the save
+        traceback.print_exc()
+
+
 def ensure_timer() -> None:
     if not bpy.app.timers.is_registered(_tick):
         bpy.app.timers.register(_tick, first_interval=ACTIVE_INTERVAL, persistent=True)
@@ -47,6 +56,8 @@ def register() -> None:
         bpy.utils.register_class(cls)
     _session = Session()
     ensure_timer()
+    if _pack_before_save not in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.append(_pack_before_save)
 
 
 def unregister() -> None:
@@ -54,6 +65,9 @@ def unregister() -> None:
     from . import asset_ops, operators, panels, properties
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
+    while _pack_before_save in bpy.app.handlers.save_pre:
+        bpy.app.handlers.save_pre.remove(_pack_before_save)
+    _pack_before_save()   # nothing waits for a save that no handler will see
     if _session is not None:
         _session.live.stop()   # its timer and handlers go with it
         _session.close_client()

@@ -64,26 +64,48 @@ def read_rgba8(image: bpy.types.Image) -> bytes:
     return pixels.blender_to_rgba8(float_pixels(image), width, height, linear=_is_linear(image))
 
 
+# An image waiting to be packed into the .blend when it is next saved (pack_waiting_images)
+PACK_ON_SAVE = "atelier_pack_on_save"
+
+
 def keep_images(images: Sequence[bpy.types.Image], as_files: bool) -> Optional[str]:
     """Make results come back when the .blend is saved and opened again: each is packed
-    into the .blend, or with ``as_files`` saved as a PNG in IMAGE_FOLDER beside it. Each
-    also gets a fake user, so a result nothing uses yet is saved too. Returns a note for
-    the artist when the images went elsewhere than asked, else None."""
+    into the .blend when it is saved, or with ``as_files`` saved as a PNG in IMAGE_FOLDER
+    beside it now. Each also gets a fake user, so a result nothing uses yet is saved too.
+    Returns a note for the artist when the images went elsewhere than asked, else None.
+
+    Packing encodes a PNG on Blender's thread (seconds for a 4k upscale), so it waits for
+    the save, where the artist expects to wait, instead of freezing Blender as it lands."""
     blend = bpy.data.filepath
     notes = []
     for image in images:
         image.use_fake_user = True
         if not as_files or not blend:
-            image.pack()
+            image[PACK_ON_SAVE] = True
             continue
         try:
             _save_png(image, os.path.join(os.path.dirname(blend), IMAGE_FOLDER))
         except (OSError, RuntimeError) as exc:
-            image.pack()
-            notes.append(f"could not save '{image.name}' as a PNG ({exc}): packed it instead")
+            image[PACK_ON_SAVE] = True
+            notes.append(f"could not save '{image.name}' as a PNG ({exc}): it will be packed "
+                         f"into the .blend instead")
     if as_files and not blend and images:
-        notes.append("the .blend was never saved, so the images are packed into it")
+        notes.append("the .blend was never saved, so the images will be packed into it")
     return "; ".join(notes) or None
+
+
+def pack_waiting_images() -> list[str]:
+    """Pack the results that wait for it (keep_images) into the .blend: run just before
+    Blender writes it, and when the add-on is disabled. Returns their names."""
+    packed = []
+    for image in bpy.data.images:
+        if not image.get(PACK_ON_SAVE):
+            continue
+        del image[PACK_ON_SAVE]
+        if image.packed_file is None:
+            image.pack()
+            packed.append(image.name)
+    return packed
 
 
 def _save_png(image: bpy.types.Image, folder: str) -> None:

@@ -39,10 +39,10 @@ DEPTH_FIELDS = ("control_model",)
 # Where result images are kept, so they come back with the .blend (add-on preferences).
 IMAGE_STORAGE_ITEMS = (
     ("PACK", "Packed into the .blend",
-     "Each result is packed into the .blend file as soon as it arrives"),
+     "Each result is packed into the .blend file when the .blend is saved"),
     ("FILES", "PNG files beside the .blend",
      "Each result is saved as a PNG file in an 'atelier' folder beside the .blend as soon as "
-     "it arrives (packed into the .blend while it has never been saved)"),
+     "it arrives (packed into the .blend at its first save while it has never been saved)"),
 )
 # Step caching (GenerateRequest.cache_interval): 1 = the whole UNet at every step.
 CACHE_INTERVAL_HELP = ("Speed against quality. 1 runs the whole model at every step (full "

@@ -192,6 +192,11 @@ def frames_for(url: str, request) -> list[np.ndarray]:
             for f in done.images]
 
 
+def waits_to_pack(module, image) -> bool:
+    """Kept with the .blend: packed into it at the next save (host.keep_images)."""
+    return image.packed_file is None and bool(image.get(module.host.PACK_ON_SAVE))
+
+
 def generate_one(session, prompt: str, seed: int):
     harness.settings(bpy.context.scene, prompt=prompt, steps=2, width=SIZE, height=SIZE,
                      batch_size=1, random_seed=False, seed=seed)
@@ -217,13 +222,16 @@ def scenario_keep(module, url: str) -> None:
     folder = os.environ["ATELIER_SCENARIO_DIR"]
     blend = os.path.join(folder, "kept.blend")
 
-    # The default, in a .blend not saved yet: packed as soon as it lands.
+    # The default, in a .blend not saved yet: packed when the .blend is saved (packing
+    # encodes a PNG, seconds at 4k, so it does not happen as the result lands).
     packed = generate_one(session, "packed", 1)
     assert packed.message.startswith("done in") and ";" not in packed.message, packed.message
     name = packed.image_names[0]
+    assert waits_to_pack(module, bpy.data.images[name])
     arrived = frames_for(url, packed.request)[0]
     reopen(blend)
     image = bpy.data.images[name]
+    assert image.packed_file is not None and module.host.PACK_ON_SAVE not in image
     assert tuple(image.size) == (SIZE, SIZE), tuple(image.size)
     assert np.abs(image_rows(image) - arrived).max() < 0.5 / 255
     assert image["atelier"]["seed"] == 1
@@ -244,8 +252,20 @@ def scenario_keep(module, url: str) -> None:
     bpy.ops.wm.read_homefile(use_empty=True)
     assert not bpy.data.filepath and prefs.image_storage == "FILES"
     unsaved = generate_one(session, "never saved", 3)
-    assert "never saved, so the images are packed" in unsaved.message, unsaved.message
-    assert bpy.data.images[unsaved.image_names[0]].packed_file is not None
+    assert "never saved, so the images will be packed" in unsaved.message, unsaved.message
+    name = unsaved.image_names[0]
+    arrived = image_rows(bpy.data.images[name])
+    reopen(os.path.join(folder, "first-save.blend"))
+    assert bpy.data.images[name].packed_file is not None
+    assert np.abs(image_rows(bpy.data.images[name]) - arrived).max() < 0.5 / 255
+
+    # Disabling the add-on packs what still waits: no handler would see the next save.
+    prefs.image_storage = "PACK"
+    waiting = generate_one(session, "disabled before saving", 4)
+    name = waiting.image_names[0]
+    assert bpy.data.images[name].packed_file is None
+    bpy.ops.preferences.addon_disable(module=module.__name__)
+    assert bpy.data.images[name].packed_file is not None
 
 
 def scenario_render(module, url: str) -> None:
@@ -406,8 +426,8 @@ def project_and_check(module):
     image = bpy.data.images[job.image_names[0]]
     baked = {bpy.data.images[n]["atelier"]["baked_for"]: bpy.data.images[n]
              for n in job.image_names[1:]}
-    # Packed as they landed, the bakes too: they come back with the .blend.
-    assert all(bpy.data.images[n].packed_file is not None for n in job.image_names)
+    # Kept to be packed at the save, the bakes too: they come back with the .blend.
+    assert all(waits_to_pack(module, bpy.data.images[n]) for n in job.image_names)
     assert len(other.material_slots) == 0 and len(other.data.uv_layers) == 1   # its own
     # Selected, but no face of it is seen: no UV map, slot, material or image.
     assert len(hidden.material_slots) == 0 and len(hidden.data.uv_layers) == 1
@@ -779,7 +799,7 @@ def scenario_live(module, url: str) -> None:
     made = new_datablocks(before)["images"]
     assert len(made) == 1, made
     kept = bpy.data.images[made.pop()]
-    assert kept.name.startswith("live stone 12") and kept.packed_file is not None
+    assert kept.name.startswith("live stone 12") and waits_to_pack(module, kept)
     assert np.abs(image_rows(kept) - image_rows(image)).max() < 1 / 255 + 1e-6
     assert scene.atelier.history[-1].image_name == kept.name
 
@@ -837,7 +857,7 @@ def scenario_upscale(module, url: str) -> None:
     assert made["images"] == {f"{source.name} x4"} and not made["materials"], made
     big = bpy.data.images[f"{source.name} x4"]
     assert tuple(big.size) == (SIZE * 4, SIZE * 4), tuple(big.size)
-    assert big.packed_file is not None and big["atelier"]["label"] == "upscaled"
+    assert waits_to_pack(module, big) and big["atelier"]["label"] == "upscaled"
     # The daemon was asked for a plain 4x Lanczos upscale on the axes the source tiles on
     # (its record, not the panel's Seamless), and ran it so.
     params = job.result.params
@@ -989,8 +1009,8 @@ def scenario_material(module, url: str) -> None:
         normal = image_rows(maps["normal"])
         assert normal[..., 2].mean() > 0.7, normal[..., 2].mean()
         if not saved:
-            assert "never saved, so the images are packed" in job.message, job.message
-            assert all(image.packed_file is not None for image in maps.values())
+            assert "never saved, so the images will be packed" in job.message, job.message
+            assert all(waits_to_pack(module, image) for image in maps.values())
             continue
         assert ";" not in job.message, job.message
         for key, image in maps.items():

@@ -181,7 +181,7 @@ def test_each_region_matches_its_prompt_where_the_other_has_no_weight(sd15, mask
         assert error < contrast / 4, (error, contrast)
 
 
-def test_regions_with_img2img_inpaint_controls_tiling_and_step_cache(sd15, masks):
+def test_regions_with_img2img_inpaint_controls_adapters_tiling_and_step_cache(sd15, masks):
     _, generator = sd15
     full, square = masks["full"], masks["square"]
     rng = np.random.default_rng(5)
@@ -207,6 +207,12 @@ def test_regions_with_img2img_inpaint_controls_tiling_and_step_cache(sd15, masks
     regional = GenerateRequest(**JOB, regions=_regions((square, APPLES)))
     controlled = _run(generator, dataclasses.replace(regional, controls=[control]), square, init)
     assert _differs(controlled, _run(generator, regional, square)) > 1.0
+    # a T2I-Adapter's features reach every pass: a full region is still its prompt
+    adapter = [ControlLayer(kind="depth", image=init.id, model="tiny-adapter")]
+    assert np.array_equal(
+        _run(generator, GenerateRequest(**JOB, controls=adapter, regions=_regions((full, APPLES))),
+             init, full),
+        _run(generator, GenerateRequest(**{**JOB, "prompt": APPLES}, controls=adapter), init))
     # tiled jobs run with wrapped regions; step caching keeps full regions exact
     tiled = _run(generator, dataclasses.replace(regional, tiling="x"), square)
     assert tiled.shape == (HEIGHT, WIDTH, 4)

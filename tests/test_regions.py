@@ -25,7 +25,8 @@ from protocol.client import AtelierClient, make_upload
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.events import JobDone
 from protocol.frames import ImageFrame, PixelFormat
-from protocol.messages import REGIONS_MAX, ControlLayer, GenerateRequest, Region, UpscaleSettings
+from protocol.messages import (REGIONS_MAX, ControlLayer, GenerateRequest, ReferenceImage, Region,
+                               UpscaleSettings)
 
 WIDTH, HEIGHT = 128, 64           # latents 16 x 8: room for two regions side by side
 JOB = dict(prompt="a stone wall", width=WIDTH, height=HEIGHT, steps=4, seed=3, scheduler="euler")
@@ -275,6 +276,27 @@ def test_rolled_noise_and_rolled_masks_give_the_rolled_image_on_tiled_axes(sd15)
 
     assert roll_error(X) < 1e-4
     assert roll_error(NONE) > 1e-3
+
+
+def test_reference_images_reach_every_region_pass(atelier_home, reference_models_dir):
+    """An IP-Adapter's image embeddings ride with each pass: a full region with a
+    reference is the job with the region's prompt and that reference, byte for byte."""
+    store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[reference_models_dir],
+                       hf_cache=atelier_home / "no-hf-cache")
+    store.load("tiny")
+    generator = DiffusionGenerator(store)
+    rgba = np.random.default_rng(1).integers(0, 256, (40, 48, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    picture = make_upload(PixelFormat.RGBA8, 48, 40, rgba.tobytes())
+    full = _gray(np.full((HEIGHT, WIDTH), 255, np.uint8))
+    with_reference = dict(JOB, references=[ReferenceImage(image=picture.id, weight=0.8,
+                                                          model="tiny-ip-adapter_sd15")])
+    regional = _run(generator, GenerateRequest(**with_reference, regions=_regions((full, APPLES))),
+                    picture, full)
+    assert np.array_equal(regional, _run(generator, GenerateRequest(
+        **{**with_reference, "prompt": APPLES}), picture))
+    unreferenced = _run(generator, GenerateRequest(**JOB, regions=_regions((full, APPLES))), full)
+    assert _differs(regional, unreferenced) > 1.0
 
 
 def test_sdxl_regions_use_each_prompts_pooled_embedding(atelier_home):

@@ -714,7 +714,9 @@ def test_docked_docker_shows_its_generate_button_on_a_1366x768_screen(app_probe)
     shots = [Path(app_probe["_screenshot"]), Path(app_probe["_screenshot"][:-4] + ".batch.png"),
              Path(app_probe["_screenshot"][:-4] + ".tall.png"),
              Path(app_probe["_screenshot"][:-4] + ".more.png"),
-             Path(app_probe["_screenshot"][:-4] + ".upscale.png")]
+             Path(app_probe["_screenshot"][:-4] + ".upscale.png"),
+             Path(app_probe["_screenshot"][:-4] + ".guides.png"),
+             Path(app_probe["_screenshot"][:-4] + ".guides_tall.png")]
     for shot in shots:
         print(f"screenshot of Krita at {SCREEN[0]}x{SCREEN[1]}: {shot}")
         assert shot.stat().st_size > 10_000     # a real picture of the screen
@@ -726,7 +728,8 @@ def test_docked_docker_shows_its_generate_button_on_a_1366x768_screen(app_probe)
                                                                 results["docker"]],
             "tall": [str(shots[2]), app_probe["tall_docker"]],
             "more": [str(shots[3]), app_probe["more_docker"]],
-            "upscale": [str(shots[4]), app_probe["upscale_mode"]["docker"]]}))
+            "upscale": [str(shots[4]), app_probe["upscale_mode"]["docker"]],
+            "guides": [str(shots[6]), app_probe["guides"]["tall_docker"]]}))
     # More settings open in the running application: a preset greys out what it decides.
     assert app_probe["more_settings"] == {"preset": "lcm_4", "steps_enabled": False,
                                           "guidance_enabled": False, "lora_rows": 1,
@@ -737,6 +740,20 @@ def test_docked_docker_shows_its_generate_button_on_a_1366x768_screen(app_probe)
     assert upscale["window"] == fit["screen"] and inside(upscale["docker"], fit["screen"])
     assert inside(upscale["button"], fit["screen"]), upscale
     assert upscale["panel_min_height"] == fit["panel_min_height"], upscale
+
+
+def test_guide_sections_in_the_application_add_the_active_layer_and_fit(app_probe):
+    """Docked, with the Control layers, Reference images and Regions sections open: the
+    Add buttons take the active layer, the rows fit the docker's width, the rows are
+    saved in the document, and the docker still fits the screen."""
+    guides, fit = app_probe["guides"], app_probe["fit"]
+    assert guides["active"] and guides["rows"] == [guides["active"]] * 3, guides
+    assert guides["kinds"] == ["depth", "normal", "lineart", "scribble", "softedge", "canny"]
+    assert guides["row_shown"] and guides["row_width"] <= guides["scroll_width"], guides
+    assert '"prompt":"a stormy sky"' in guides["saved"]
+    assert guides["window"] == fit["screen"] and inside(guides["docker"], fit["screen"])
+    assert inside(guides["button"], fit["screen"]), guides
+    assert guides["panel_min_height"] == fit["panel_min_height"], guides
 
 
 def steps(record: dict[str, Any]) -> int:
@@ -1010,7 +1027,7 @@ def test_upscale_through_the_docker_scales_the_image_in_steps_undo_takes_back(kr
 
 # ---------------------------------------------------------------- control layers, references, regions
 GUIDE_SCENARIOS = ("fresh_panel", "guides_shape", "guides_control", "guides_from_image",
-                   "guides_reference", "guides_region", "guides_persist")
+                   "guides_reference", "guides_region", "guides_live", "guides_persist")
 
 
 # ``runner`` first, as for ``krita``: a missing Krita skips before a daemon starts.
@@ -1038,7 +1055,7 @@ def test_guide_sections_fold_away_and_keep_the_docker_small(krita_guides):
     assert shape["titles"] == ["Control layers", "Reference images", "Regions"]
     # closed or open with rows, they scroll with the other fields: the prompt keeps its room
     assert shape["min_height"] == shape["open_min_height"] == fresh["min_height"]
-    assert shape["open_titles"] == ["Control layers (4)", "Reference images", "Regions (1)"]
+    assert shape["open_titles"] == ["Control layers (4/4)", "Reference images", "Regions (1/8)"]
     assert shape["fifth"] == {"row": True, "message": "A job takes at most 4 control layers: "
                                                       "remove a row (\u2715) before adding another"}
 
@@ -1050,7 +1067,7 @@ def test_a_paint_layer_as_lineart_control_reaches_the_daemon_with_its_pixels(kri
     # the kinds the daemon announces (control:<kind>), nothing else
     assert [kind for _, kind in row["kinds"]] == \
         [c.split(":")[1] for c in record["capabilities"]]
-    assert (row["kind"], row["invert"], row["fold"]) == ("lineart", True, "Control layers (1)")
+    assert (row["kind"], row["invert"], row["fold"]) == ("lineart", True, "Control layers (1/4)")
     guided, plain = record["guided"], record["plain"]
     assert guided["message"] == "Refine: done, seed 1234" and plain["controls"] == 0
     (sent,) = guided["sent"]
@@ -1123,6 +1140,16 @@ def test_a_regions_mask_is_its_layers_alpha_and_its_prompt_reaches_the_daemon(kr
     assert 0 < guided["group_covers"][0] < guided["group_covers"][1]
     if record["regions_capability"]:        # a daemon that runs regions
         assert guided["new"][0]["sha"] != record["plain"]["new"][0]["sha"]
+
+
+def test_live_sends_the_control_layers_and_regions_with_the_canvas(krita_guides):
+    record = scenario(krita_guides, "guides_live")
+    uploads = record["uploads"]
+    assert sorted(uploads) == ["control0", "image", "region0"], uploads
+    assert uploads["control0"]["format"] == "RGBA8" and uploads["region0"]["format"] == "GRAY8"
+    assert uploads["control0"]["size"] == uploads["region0"]["size"] == uploads["image"]["size"]
+    assert record["message"].startswith("Live: updated"), record["message"]
+    assert not record["live_after_off"]
 
 
 def test_rows_survive_saving_closing_and_reopening_the_kra(krita_guides):

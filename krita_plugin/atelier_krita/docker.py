@@ -278,6 +278,7 @@ class AtelierPanel(QWidget):
                             ("Reference images", self.reference_list),
                             ("Regions", self.region_list)):
             fold = Fold(title, page)
+            fold.button.setToolTip(rows.toolTip())
             rows.setParent(fold.body)
             fold.form.addRow(rows)
             rows.changed.connect(self._guides_changed)
@@ -530,8 +531,7 @@ class AtelierPanel(QWidget):
     def _guides_changed(self) -> None:
         for fold, rows in zip(self.guide_folds, (self.control_list, self.reference_list,
                                                  self.region_list)):
-            title = fold.button.text().split(" (")[0]
-            fold.button.setText(f"{title} ({len(rows.rows)})" if rows.rows else title)
+            fold.button.setText(rows.title())
         if not self._loading_guides:
             self.save_guides()
 

@@ -1,8 +1,9 @@
 """The docker's rows of control layers, reference images and regions; plain Qt, no Krita.
 
-Each list is a ``RowList``: a title with its Add button(s) and the rows, at most the
-protocol's limit. Rows name layers by uniqueId (``guides.py``); ``changed`` is emitted on
-every edit, so the docker can keep the rows in the document (its annotation).
+Each list is a ``RowList``: its Add button(s) and its rows, at most the protocol's limit
+(the docker's fold around it names and counts them). Rows name layers by uniqueId
+(``guides.py``); ``changed`` is emitted on every edit, so the docker can keep the rows in
+the document (its annotation).
 """
 
 from __future__ import annotations
@@ -248,9 +249,8 @@ class RowList(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
         self.header = QHBoxLayout()
-        self.title = QLabel(title, self)
-        self.title.setToolTip(help_text)
-        self.header.addWidget(self.title, 1)
+        self.header.addStretch(1)       # the fold's title names the list and counts its rows
+        self.setToolTip(help_text)
         layout.addLayout(self.header)
         self._rows_layout = QVBoxLayout()
         self._rows_layout.setSpacing(2)
@@ -278,7 +278,6 @@ class RowList(QWidget):
         row.changed.connect(self.changed)
         self.rows.append(row)
         self._rows_layout.addWidget(row)
-        self._show_count()
         self.changed.emit()
 
     def remove_row(self, row: _Row) -> None:
@@ -286,7 +285,6 @@ class RowList(QWidget):
         self._rows_layout.removeWidget(row)
         row.hide()
         row.deleteLater()
-        self._show_count()
         self.changed.emit()
 
     def clear(self) -> None:
@@ -300,10 +298,10 @@ class RowList(QWidget):
         for row in self.rows:
             row.refresh(self.layers(isinstance(row, RegionRowWidget)))  # type: ignore[attr-defined]
 
-    def _show_count(self) -> None:
+    def title(self) -> str:
+        """The list's name with its rows counted against the limit, for its fold."""
         count = len(self.rows)
-        self.title.setText(f"{self._title_text} ({count}/{self.limit})" if count
-                           else self._title_text)
+        return f"{self._title_text} ({count}/{self.limit})" if count else self._title_text
 
 
 class ControlList(RowList):

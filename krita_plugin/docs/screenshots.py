@@ -8,7 +8,9 @@ picture), cropped to the docker and its surroundings and quantized to small PNGs
 Writes krita_plugin/docs/docker-docked.png (the docker as Krita docks it by default,
 with a batch waiting), docker-tall.png (the docker floated taller, showing History) and
 docker-more.png (floated, More settings open at the Sampler preset and a LoRA row) and
-docker-upscale.png (docked, in Upscale mode with its fields scrolled into view)."""
+docker-upscale.png (docked, in Upscale mode with its fields scrolled into view) and
+docker-guides.png (floated, Control layers, Reference images and Regions open, a row in
+each)."""
 
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ def main() -> int:
         crop(*where["tall"], HERE / "docker-tall.png")
         crop(*where["more"], HERE / "docker-more.png")
         crop(*where["upscale"], HERE / "docker-upscale.png", above=120)
+        crop(*where["guides"], HERE / "docker-guides.png")
     return 0
 
 

@@ -309,6 +309,32 @@ def guides_region(ctx: Context) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------- live painting
+def guides_live(ctx: Context) -> dict[str, Any]:
+    """Live sends the control layers and regions too, with every state of the canvas."""
+    from atelier_krita.guides import ControlRow, RegionRow
+    panel, controller, doc = ctx.panel, ctx.controller, ctx.doc
+    _start(ctx)
+    clear_selection(doc)
+    lines = _lines(doc)
+    lines.setVisible(False)
+    panel.control_list.add_row(ControlRow(_uid(lines), "lines", "lineart", invert=True))
+    panel.region_list.add_row(RegionRow(_uid(doc.nodeByName("square")), "square", "a door"))
+    panel.live_check.setChecked(True)
+    pump_until(controller, lambda: controller.live_layer is not None and controller.live_idle,
+               "the first live result")
+    uploads = controller.live_sent_inputs
+    out = {"uploads": {key: _frame(frame) for key, frame in sorted(uploads.items())},
+           "message": controller.message}
+    panel.live_check.setChecked(False)
+    for _ in range(20):
+        QCoreApplication.processEvents()
+        controller.pump()
+    out["live_after_off"] = controller.live_layer is not None
+    _finish(ctx)
+    return out
+
+
 # ---------------------------------------------------------------- saved with the .kra
 def guides_persist(ctx: Context) -> dict[str, Any]:
     """Rows made in one document's docker are saved in it: saved as .kra, closed and
@@ -406,6 +432,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "guides_from_image": guides_from_image,
     "guides_reference": guides_reference,
     "guides_region": guides_region,
+    "guides_live": guides_live,
     "guides_persist": guides_persist,
     "guides_shape": guides_shape,
 }

@@ -383,6 +383,7 @@ class AtelierAppProbe(Extension):
                                         "undo_after": self._undo_steps(),
                                         "same_stack": self._stack() == stack_before}
         self._upscale_mode(panel)
+        self._guides(panel)
         self._finish()
 
     def _upscale_mode(self, panel):
@@ -407,6 +408,56 @@ class AtelierAppProbe(Extension):
                                                  panel.upscaler_combo, panel.refine_spin)],
             "panel_min_height": panel.minimumSizeHint().height()}
         panel.choose_workflow(Workflow.GENERATE)
+
+    def _guides(self, panel):
+        """The docked docker with its Control layers and Regions sections open, a row in
+        each added with their Add buttons (the active layer), and a reference: a
+        screenshot for the documentation, what the rows took and whether the docker still
+        fits. The rows are removed after."""
+        active = self._document.activeNode()
+        for fold in panel.guide_folds:
+            fold.set_open(True)
+        panel.control_list.add.click()
+        panel.reference_list.add_layer_button.click()
+        panel.region_list.add.click()
+        panel.region_list.rows[0].prompt.setText("a stormy sky")
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        panel.form_scroll.ensureWidgetVisible(panel.control_list.rows[0], 0, 0)
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        QGuiApplication.primaryScreen().grabWindow(0).save(
+            os.environ["ATELIER_PROBE_OUT"] + ".guides.png", "PNG")
+        control = panel.control_list.rows[0]
+        window = Krita.instance().activeWindow().qwindow()
+        self._out["guides"] = {
+            "active": active.name() if active is not None else None,
+            "rows": [row.value().name for row in (control, panel.reference_list.rows[0],
+                                                  panel.region_list.rows[0])],
+            "kinds": [control.kind.itemData(i) for i in range(control.kind.count())],
+            "docker": _global_rect(self._docker()),
+            "window": _rect(window.frameGeometry()),
+            "button": _global_rect(panel.generate_button),
+            "row_shown": _shown(control.from_image_button),
+            "row_width": control.width(), "scroll_width": panel.form_scroll.viewport().width(),
+            "saved": bytes(self._document.annotation("atelier")).decode(),
+            "panel_min_height": panel.minimumSizeHint().height()}
+        docker = self._docker()            # floated and taller: all three sections in view
+        docker.setFloating(True)
+        docker.setGeometry(940, 40, 400, 700)
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        panel.form_scroll.ensureWidgetVisible(panel.region_list.rows[0], 0, 0)
+        for _ in range(5):
+            QCoreApplication.processEvents()
+        QGuiApplication.primaryScreen().grabWindow(0).save(
+            os.environ["ATELIER_PROBE_OUT"] + ".guides_tall.png", "PNG")
+        self._out["guides"]["tall_docker"] = _global_rect(docker)
+        docker.setFloating(False)
+        from atelier_krita.guides import Guides
+        panel.show_guides(Guides())
+        for fold in panel.guide_folds:
+            fold.set_open(False)
 
     def _more_settings(self, panel):
         """The floated docker with More settings open at its Sampler preset and a LoRA

@@ -21,6 +21,7 @@ import numpy as np
 # background of the normal maps they were trained on.
 NORMAL_BACKGROUND = (0, 0, 0)
 NORMAL_MIN_LENGTH = 0.5     # shorter normals are background (or a pixel mostly background)
+HALF_NUDGE = 1e-3           # of a byte: rounds exact halves (components of 0) up despite noise
 
 
 def _rows(pixels: Sequence[float], width: int, height: int) -> np.ndarray:
@@ -45,20 +46,22 @@ def view_rotation(view: Sequence[Sequence[float]]) -> np.ndarray:
 def camera_space_normals(world: np.ndarray, view: Sequence[Sequence[float]]) -> np.ndarray:
     """World-space normals (..., 3) turned into camera space by the view matrix's rotation
     and made unit length again (a pixel's normal is an average over its samples); normals
-    shorter than NORMAL_MIN_LENGTH come back as zeros (no surface there)."""
-    normals = np.asarray(world, dtype=np.float64) @ view_rotation(view).T
-    length = np.linalg.norm(normals, axis=-1, keepdims=True)
-    hit = length >= NORMAL_MIN_LENGTH
-    return np.where(hit, normals / np.where(hit, length, 1.0), 0.0)
+    shorter than NORMAL_MIN_LENGTH come back as zeros (no surface there). float32."""
+    normals = np.asarray(world, dtype=np.float32) @ view_rotation(view).T.astype(np.float32)
+    length = np.sqrt(np.einsum("...i,...i->...", normals, normals))
+    normals /= np.maximum(length, NORMAL_MIN_LENGTH)[..., None]
+    normals[length < NORMAL_MIN_LENGTH] = 0.0
+    return normals
 
 
 def encode_normals(normals: np.ndarray) -> np.ndarray:
     """Camera-space unit normals (H, W, 3) as RGBA8 (H, W, 4): each component n as
     round((n + 1) / 2 * 255); zero vectors (no surface) as NORMAL_BACKGROUND; opaque."""
-    # Rounded first: a component of 0 must give 128, not 127 for a -1e-17 of float noise
-    # (0 sits exactly halfway between two bytes).
-    normals = np.round(np.asarray(normals, dtype=np.float64), 9)
-    rgb = np.clip(np.floor((normals + 1.0) * 127.5 + 0.5), 0, 255).astype(np.uint8)
+    normals = np.asarray(normals, dtype=np.float32)
+    # A component of 0 lands exactly halfway between two bytes (127.5): the small nudge
+    # makes it 128 also when float noise leaves it a hair below 0.
+    rgb = np.floor((normals + 1.0) * 127.5 + (0.5 + HALF_NUDGE))
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
     rgb[~np.any(normals != 0.0, axis=-1)] = NORMAL_BACKGROUND
     alpha = np.full(normals.shape[:-1] + (1,), 255, np.uint8)
     return np.concatenate([rgb, alpha], axis=-1)

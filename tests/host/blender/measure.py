@@ -77,6 +77,10 @@ def main() -> None:
         depth = median_ms(lambda: capture.render_camera(
             scene, bpy.context.view_layer, side, side, color=False, depth=True), runs=3)
         print(f"depth render {side}x{side} (Cycles, 1 sample): {depth:.0f} ms")
+    for kinds in (("depth", "normal"), ("depth", "normal", "lineart")):   # Controls rows
+        passes = median_ms(lambda: module.passes.render_passes(
+            scene, bpy.context.view_layer, 512, 512, kinds), runs=3)
+        print(f"{' + '.join(kinds)} passes 512x512 (Cycles, 1 sample): {passes:.0f} ms")
     depsgraph = bpy.context.evaluated_depsgraph_get()
     view, proj = host.camera_matrices(scene, depsgraph, 512, 512)
     faces = len(grid.data.polygons)

@@ -181,7 +181,11 @@ def _output_nodes(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, folde
             out.format.color_depth = "32"
             if socket_type == "RGBA":
                 out.format.color_mode = "RGBA"
-            tree.links.new(layers.outputs[output], socket)
+            source = layers.outputs.get(output)
+            if source is None or not source.enabled:
+                raise host.HostError(f"the {scene.render.engine} render engine gives no "
+                                     f"{output} pass: render with Cycles or EEVEE")
+            tree.links.new(source, socket)
         yield
 
 

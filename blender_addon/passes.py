@@ -11,7 +11,7 @@ kind -> upload id map that ``settings.build_request(controls=...)`` turns into
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import bpy
 
@@ -61,17 +61,18 @@ def pass_uploads(shot: capture.Capture) -> PassUploads:
     return PassUploads(tuple(uploads), ids)
 
 
-def reference_upload(panel_props: object) -> Optional[ImageFrame]:
-    """The panel's reference image as an RGBA8 upload (at most REFERENCE_SIDE a side), or
-    None when Use Reference is off. HostError when it is on and no usable image is picked."""
-    if not getattr(panel_props, "use_reference", False):
+def reference_upload(props: Any) -> Optional[ImageFrame]:
+    """The panel's reference image (``props``: the scene's Atelier settings) as an RGBA8
+    upload, at most REFERENCE_SIDE a side; None when Use Reference is off. HostError when
+    it is on and no image with pixels is picked."""
+    if not props.use_reference:
         return None
-    image = getattr(panel_props, "reference_image", None)
+    image = props.reference_image
     if image is None:
         raise host.HostError("Use Reference is on but no reference image is picked: pick "
                              "one of the .blend's images, or turn Use Reference off")
-    width, height = image.size
-    if not width or not height or not image.has_data and not _loads(image):
+    width, height = image.size   # (0, 0) when its file cannot be read
+    if not width or not height:
         raise host.HostError(f"reference image '{image.name}' has no pixels (is its file "
                              "missing?)")
     scale = min(1.0, REFERENCE_SIDE / max(width, height))
@@ -84,11 +85,6 @@ def reference_upload(panel_props: object) -> Optional[ImageFrame]:
         return make_upload(PixelFormat.RGBA8, *size, host.read_rgba8(small))
     finally:
         bpy.data.images.remove(small)
-
-
-def _loads(image: bpy.types.Image) -> bool:
-    """Whether the image's pixels can be read (reading them loads a file-backed image)."""
-    return len(image.pixels) > 0
 
 
 def camera_job(shot: capture.Capture, panel: "settings.PanelSettings", *,

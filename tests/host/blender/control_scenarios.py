@@ -224,6 +224,26 @@ def scenario_controls_saved(module, url: str) -> None:
     panel = module.settings.settings_from(props)
     assert module.settings.passes_to_send(panel) == ("depth", "normal", "lineart")
 
+    # A large reference goes scaled down to 1024 px a side (a copy; the image is unchanged).
+    big = bpy.data.images.new("Big", 2048, 16)
+    props.reference_image = big
+    images = {i.name for i in bpy.data.images}
+    frame = module.passes.reference_upload(props)
+    assert (frame.width, frame.height) == (1024, 8) and tuple(big.size) == (2048, 16)
+    assert {i.name for i in bpy.data.images} == images
+
+    # A render engine without a Normal pass: said so, nothing sent.
+    scene = bpy.context.scene
+    scene.render.engine = "BLENDER_WORKBENCH"
+    props.use_reference = False
+    try:
+        bpy.ops.atelier.render_to_image()
+    except RuntimeError as exc:
+        assert "BLENDER_WORKBENCH render engine gives no Normal pass" in str(exc), exc
+    else:
+        raise AssertionError("Render to Image with Workbench normals was sent")
+    props.use_reference = True
+
     missing = bpy.data.images.new("Gone", 8, 8)
     missing.source = "FILE"
     missing.filepath = "//no-such-file.png"

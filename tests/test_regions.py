@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from backend.pipelines.plan import ModelTraits, plan_generation
 from backend.pipelines.regions import (PlannedRegion, RegionalUNet, fit_mask, region_passes,
                                        region_weights)
 from backend.pipelines.tiling import TileAxes, wrapped_convolutions
-from benchmarks.hardware import count_flops
+from benchmarks.regions import tiny_step_costs
 from protocol.client import AtelierClient, make_upload
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.events import JobDone
@@ -349,30 +350,27 @@ def test_region_errors_name_the_field(sd15, masks):
     assert (upscale.value.code, upscale.value.field) == (ErrorCode.INVALID_FIELD, "job.regions")
 
 
-def test_each_region_adds_one_conditional_pass_per_step(sd15, masks):
+def test_each_region_adds_one_conditional_pass_per_step(sd15, atelier_home):
     """The FLOPs of a step (counted as benchmarks/controls.py counts them): under
-    classifier-free guidance a plain step is two UNet passes, each region one more; a
-    region with a negative prompt of its own one more again."""
-    _, generator = sd15
-    left, right, square = masks["left"], masks["right"], masks["square"]
-    uploads = {m.id: m for m in (left, right, square)}
+    classifier-free guidance a plain step is two UNet passes and each region adds one
+    (benchmarks/regions.py, run briefly here). A region with a negative prompt of its own
+    adds an unconditional pass too; without guidance there are only conditional ones."""
+    costs = tiny_step_costs(atelier_home, repeat=1, side=64, steps=2)
+    assert {row: round(f["flop_relative"], 2) for row, f in costs.items()} == {
+        "0 regions": 1.0, "1 regions": 1.5, "2 regions": 2.0, "4 regions": 3.0}
+    store, _ = sd15
+    pipe, job = store.current.pipe, GenerateRequest(**JOB)
+    square = np.zeros((HEIGHT, WIDTH), np.float32)
+    square[16:48, 40:88] = 1.0
 
-    def per_step(regions: list[Region], guidance: float = 7.5) -> float:
-        def run(steps: int) -> None:
-            job = GenerateRequest(**{**JOB, "steps": steps, "guidance": guidance}, regions=regions)
-            generator.generate(job, uploads, lambda *a: None, lambda: False)
-        return count_flops(run).per_step
+    def halves(negative: Optional[str], guided: bool = True) -> list[str]:
+        region = PlannedRegion("job.regions[0]", APPLES, negative, square)
+        weights = region_weights([square], (HEIGHT // 8, WIDTH // 8), NONE)
+        return [p.half for p in region_passes(pipe, job, [region], weights, guided)]
 
-    plain = per_step([])
-    one = per_step(_regions((square, APPLES)))
-    two = per_step(_regions((left, APPLES), (square, OCEAN)))    # the base keeps the right edge
-    own_negative = per_step(_regions((square, APPLES), negative_prompt="blurry"))
-    assert one / plain == pytest.approx(1.5, rel=0.02)
-    assert two / plain == pytest.approx(2.0, rel=0.02)
-    assert own_negative / plain == pytest.approx(2.0, rel=0.02)
-    # without guidance a step is one pass, a region doubles it
-    unguided = per_step(_regions((square, APPLES)), 1.0) / per_step([], 1.0)
-    assert unguided == pytest.approx(2.0, rel=0.02)
+    assert halves(None) == halves("") == ["uncond", "cond", "cond"]     # "" is the job's
+    assert halves("blurry") == ["uncond", "uncond", "cond", "cond"]
+    assert halves(None, guided=False) == ["cond", "cond"]
 
 
 # ------------------------------------------------------------------ over the websocket

@@ -1025,7 +1025,7 @@ def test_upscale_through_the_docker_scales_the_image_in_steps_undo_takes_back(kr
     assert after[-1]["bounds"] == [0, 0, 408, 312]
 
 
-# ---------------------------------------------------------------- control layers, references, regions
+# ---------------------------------------------------------------- controls, references, regions
 GUIDE_SCENARIOS = ("fresh_panel", "guides_shape", "guides_control", "guides_from_image",
                    "guides_reference", "guides_region", "guides_live", "guides_persist")
 
@@ -1067,11 +1067,14 @@ def test_a_paint_layer_as_lineart_control_reaches_the_daemon_with_its_pixels(kri
     # the kinds the daemon announces (control:<kind>), nothing else
     assert [kind for _, kind in row["kinds"]] == \
         [c.split(":")[1] for c in record["capabilities"]]
-    assert (row["kind"], row["invert"], row["fold"]) == ("lineart", True, "Control layers (1/4)")
+    assert (row["kind"], row["invert"], row["fold"]) == ("lineart", True, "Control layers (2/4)")
     guided, plain = record["guided"], record["plain"]
     assert guided["message"] == "Refine: done, seed 1234" and plain["controls"] == 0
-    (sent,) = guided["sent"]
+    sent, selection = guided["sent"]
     assert sent == ["lineart", guided["upload"]["id"], 0.9, 0.0, 0.8, True, False]
+    assert selection == ["scribble", guided["selection_upload"]["id"], 0.5, 0.0, 1.0, False,
+                         False]
+    assert guided["selection_upload"]["format"] == "GRAY8" and guided["selection_is_mask"]
     assert guided["ran"] == guided["sent"]          # the daemon ran it as controls[0]
     assert guided["upload"]["format"] == "RGBA8" and guided["upload"]["size"] == [64, 48]
     assert guided["upload_is_layer"]                # the layer's own pixels over the region
@@ -1081,6 +1084,10 @@ def test_a_paint_layer_as_lineart_control_reaches_the_daemon_with_its_pixels(kri
     assert guided["new"][0]["bounds"] == plain["new"][0]["bounds"] == [24, 32, 64, 48]
     assert guided["new"][0]["sha"] != plain["new"][0]["sha"]
     assert "controls lineart 0.9" in guided["history"]
+    pose = record["pose"]
+    assert pose["label"] == "pose (not run by this daemon)"
+    assert pose["run"].startswith("The daemon answered model_not_found for control layer 1 "
+                                  "(pose) [job.controls[0].model]: "), pose["run"]
     gone = record["gone"]
     assert gone["label"] == "deleted sketch (missing)"
     assert gone == {**gone, "started": False, "nothing_sent": True,

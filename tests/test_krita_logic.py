@@ -897,7 +897,7 @@ def test_live_polls_read_the_active_layer_and_sweep_every_layer_now_and_then():
     assert watch.plan(10.3, "a", ["a"]) == (["a"], False) and set(watch.sums) == {"a"}
 
 
-# ------------------------------------------------------------------ control layers, references, regions
+# ------------------------------------------------------------------ controls, references, regions
 from atelier_krita.guides import (ANNOTATION_VERSION, SELECTION, SELECTION_LABEL,  # noqa: E402
                                   ControlRow, Guides, ReferenceRow, RegionRow, check_guides,
                                   control_layer_name, from_annotation, kind_choices,

@@ -492,7 +492,7 @@ class AtelierPanel(QWidget):
         _choose(self.texture_source_combo, settings.texture_source)
         self.show_guides(settings.guides)
 
-    # ------------------------------------------------------------ control layers, references, regions
+    # ------------------------------------------------------------ controls, references, regions
     def guides(self) -> Guides:
         return Guides(self.control_list.values(), self.reference_list.values(),
                       self.region_list.values())

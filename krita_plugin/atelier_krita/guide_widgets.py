@@ -309,7 +309,8 @@ class ControlList(RowList):
     pressed."""
     from_image = pyqtSignal(int)
 
-    def __init__(self, layers: Layers, kinds: Kinds, active: Callable[[], Optional[tuple[str, str]]],
+    def __init__(self, layers: Layers, kinds: Kinds,
+                 active: Callable[[], Optional[tuple[str, str]]],
                  parent: Optional[QWidget] = None):
         super().__init__("Control layers", CONTROL_HELP, CONTROLS_MAX, CONTROLS_FULL, layers,
                          parent)

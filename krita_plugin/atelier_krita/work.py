@@ -20,7 +20,8 @@ from .geometry import Bounds, Extent, fit_within, thumbnail_extent
 from .guides import REFERENCE_SIDE
 from .history import ResultImage
 from .jobs import JobPlan, JobSettings, UploadIds
-from .pixels import alpha, bgra_to_rgba, grow_and_feather, luminance, rgb_to_rgba, rgba_to_bgra, with_alpha
+from .pixels import (alpha, bgra_to_rgba, grow_and_feather, luminance, rgb_to_rgba, rgba_to_bgra,
+                     with_alpha)
 from .protocol.client import make_upload
 from .protocol.errors import ErrorCode, ProtocolError
 from .protocol.events import JobDone

@@ -135,6 +135,8 @@ def guides_control(ctx: Context) -> dict[str, Any]:
     doc.refreshProjection()
     row = panel.control_list.add_row(ControlRow(_uid(lines), "lines", "lineart", scale=0.9,
                                                 end=0.8, invert=True))
+    # the selection as a second control: its mask over the region
+    panel.control_list.add_row(ControlRow("selection", "(selection)", "scribble", scale=0.5))
     panel.refresh()
     out["row"] = {"layers": combo_items(row.layer), "layer": row.layer.currentText(),
                   "kinds": combo_items(row.kind), "kind": row.kind.currentData(),
@@ -142,6 +144,7 @@ def guides_control(ctx: Context) -> dict[str, Any]:
     guided = _refine_box(ctx)
     sent, ran = controller.sent_request, controller.last_params
     control = controller.sent_inputs.get("control0")
+    selection = controller.sent_inputs.get("control1")
     expected = _swap(bytes(lines.pixelData(*BOX)))
     out["guided"] = {
         "message": guided["message"], "new": guided["new"],
@@ -151,11 +154,24 @@ def guides_control(ctx: Context) -> dict[str, Any]:
                                           c.preprocess] for c in ran.controls],
         "upload": None if control is None else _frame(control),
         "upload_is_layer": control is not None and control.data == expected,
+        "selection_upload": None if selection is None else _frame(selection),
+        "selection_is_mask": selection is not None and
+        selection.data == bytes(doc.selection().pixelData(*BOX)),
         "image": _frame(controller.sent_inputs["image"]),
         "history": controller.history[0].summary()}
     _drop(doc, guided["new"])
     lines.setVisible(False)
     doc.refreshProjection()
+    panel.control_list.remove_row(panel.control_list.rows[1])
+    # a kind the daemon does not run (pose: no pose model here): the daemon's answer names
+    # the row
+    row.kind.setCurrentIndex(row.kind.findData("lineart"))
+    from atelier_krita.guides import ControlRow as Row
+    panel.control_list.set_rows((Row(_uid(lines), "lines", "pose"),))
+    panel.refresh()
+    pose = panel.control_list.rows[0]
+    out["pose"] = {"label": pose.kind.currentText(), "run": _refine_box(ctx)["message"]}
+    panel.control_list.set_rows((Row(_uid(lines), "lines", "lineart"),))
     # a layer the row names that is gone: refused before anything is sent, naming the row
     row2 = panel.control_list.add_row(ControlRow("{00000000-0000-0000-0000-0000000000aa}",
                                                  "deleted sketch", "scribble"))

@@ -16,6 +16,7 @@ from backend.models.sources import ensure_tiny
 from backend.models.store import ModelStore
 from backend.models.tiny_references import build_tiny_image_encoder, build_tiny_ip_adapter
 from backend.pipelines.generator import DiffusionGenerator
+from backend.pipelines.plan import ModelTraits
 from backend.pipelines.references import flavour_scale, style_block
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
@@ -195,6 +196,23 @@ def test_errors_name_the_reference_field(generator):
     error = failure(generator, job(ref(), model="tiny-depth", kind="img2img",
                                    init_image=RED.id, width=48, height=40))
     assert (error.code, error.field) == (ErrorCode.UNSUPPORTED, "job.references")
+
+
+@pytest.mark.parametrize("kind", ["upscale", "texture_set", "preprocess"])
+def test_kinds_without_a_diffusion_job_of_their_own_refuse_references(kind):
+    from backend.limits import ServerLimits
+    from backend.pipelines.asset_plan import plan_texture_set, plan_upscale
+    from backend.pipelines.plan import plan_preprocess
+
+    request = job(ref(), kind=kind, init_image=RED.id, width=48, height=40,
+                  controls=[ControlLayer(kind="canny", image=RED.id, preprocess=True)]
+                  if kind == "preprocess" else [])
+    check = {"upscale": lambda: plan_upscale(request, UPLOADS, ServerLimits(), ModelTraits(), 0),
+             "texture_set": lambda: plan_texture_set(request, UPLOADS, 0),
+             "preprocess": lambda: plan_preprocess(request, UPLOADS, ServerLimits())}[kind]
+    with pytest.raises(ProtocolError) as info:
+        check()
+    assert (info.value.code, info.value.field) == (ErrorCode.INVALID_FIELD, "job.references")
 
 
 def test_missing_adapter_or_encoder_says_what_to_fetch(atelier_home, tmp_path):

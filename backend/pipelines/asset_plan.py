@@ -150,6 +150,9 @@ def _refuse_extras(job: GenerateRequest, controls_allowed: bool = False) -> None
                             "job.controls" if job.controls else "job.depth")
     if job.regions:
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} takes no regions", "job.regions")
+    if job.references:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} takes no reference images",
+                            "job.references")
     if job.kind != "upscale" and job.upscale is not None:
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} takes no upscale settings",
                             "job.upscale")

@@ -165,6 +165,9 @@ def plan_preprocess(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
         _refuse(job, name, "preprocess")
     if job.regions:
         raise ProtocolError(ErrorCode.INVALID_FIELD, "preprocess takes no regions", "job.regions")
+    if job.references:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "preprocess takes no reference images",
+                            "job.references")
     init = None
     if job.init_image is not None:
         init = resize(_read_init(job, uploads), job.width, job.height)[..., :3]

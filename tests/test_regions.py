@@ -14,12 +14,13 @@ import torch
 
 from backend.generation import GenerationOutput
 from backend.limits import ServerLimits
+from backend.models.accel import CPU_OFFLOAD
 from backend.models.store import ModelStore
 from backend.pipelines.asset_plan import plan_upscale
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.plan import ModelTraits, plan_generation
 from backend.pipelines.regions import (PlannedRegion, RegionalUNet, fit_mask, region_passes,
-                                       region_weights)
+                                       region_weights, with_regions)
 from backend.pipelines.tiling import TileAxes, wrapped_convolutions
 from benchmarks.regions import tiny_step_costs
 from protocol.client import AtelierClient, make_upload
@@ -371,6 +372,43 @@ def test_each_region_adds_one_conditional_pass_per_step(sd15, atelier_home):
     assert halves(None) == halves("") == ["uncond", "cond", "cond"]     # "" is the job's
     assert halves("blurry") == ["uncond", "uncond", "cond", "cond"]
     assert halves(None, guided=False) == ["cond", "cond"]
+
+
+def test_low_memory_mode_runs_a_guided_steps_worth_of_passes_per_call(sd15, masks):
+    """With CPU offload (a GPU's low-memory mode, given here as the model's applied
+    levers) four passes go through the UNet two at a time, with the same predictions;
+    step caching is refused there, naming the field."""
+    store, _ = sd15
+    model = store.current
+    low = dataclasses.replace(model, accel=dataclasses.replace(
+        model.accel, applied=(*model.accel.applied, CPU_OFFLOAD)))
+    left, square = masks["left"], masks["square"]
+    job = GenerateRequest(**JOB, regions=_regions((left, APPLES), (square, OCEAN)))
+    uploads = {left.id: left, square.id: square}
+    plan = plan_generation(job, uploads, ServerLimits(), ModelTraits(), fresh_seed=0)
+    work = [region.mask for region in plan.regions]
+    unet = model.pipe.unet
+    chunked = with_regions(unet, model.pipe, low, plan, work)
+    whole = with_regions(unet, model.pipe, model, plan, work)
+    assert len(whole.passes) == 4 and whole.passes_per_call == 4 and chunked.passes_per_call == 2
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, 4, HEIGHT // 8, WIDTH // 8, generator=generator)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=generator)
+    rows: list[int] = []
+    hook = unet.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            a = chunked(sample, torch.tensor(500.0), encoder_hidden_states=text).sample
+            b = whole(sample, torch.tensor(500.0), encoder_hidden_states=text).sample
+    finally:
+        hook.remove()
+    assert rows == [2, 2, 4]
+    assert torch.allclose(a, b, atol=1e-5)
+    cached = plan_generation(dataclasses.replace(job, cache_interval=2), uploads, ServerLimits(),
+                             ModelTraits(), fresh_seed=0)
+    with pytest.raises(ProtocolError) as err:
+        with_regions(unet, model.pipe, low, cached, work)
+    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "job.cache_interval")
 
 
 # ------------------------------------------------------------------ over the websocket

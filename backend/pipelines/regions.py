@@ -27,7 +27,9 @@ Where a region's weight is 1 the blended prediction is exactly that region's (1 
 * y), and passes without weight are not run: a region with an empty mask leaves the job
 as it was, and one covering everything at full strength is the job with its prompt.
 With one call per step and a fixed batch, step caching (step_cache.py, wrapped inside)
-works unchanged; a compiled UNet compiles once more for the larger batch.
+works unchanged; a compiled UNet compiles once more for the larger batch. In low-memory
+mode the passes run a guided step's worth per call instead, so a step needs no more
+activation memory than a plain one.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import ImageFrame
 from protocol.messages import GenerateRequest
 
-from ..models.accel import classifier_free_guidance, encode_prompt
+from ..models.accel import CPU_OFFLOAD, classifier_free_guidance, encode_prompt
 from ..models.store import LoadedModel
 from .job_unet import JobUNet
 from .pixels import frame_to_gray
@@ -163,47 +165,64 @@ class Pass:
 
 
 class RegionalUNet(JobUNet):
-    """Runs every ``Pass`` as one batch per call of ``unet`` (the job's UNet or its view
-    of it) and returns the weighted sums of each half's predictions. ``guided``: the
-    pipeline's batch holds an unconditional half before its conditional one."""
+    """Runs every ``Pass`` per call of ``unet`` (the job's UNet or its view of it) and
+    returns the weighted sums of each half's predictions. ``guided``: the pipeline's
+    batch holds an unconditional half before its conditional one. ``passes_per_call``:
+    at most this many passes go through ``unet`` at once (None: all in one batch), so
+    that low-memory mode needs no more activation memory than a plain guided step."""
 
-    def __init__(self, unet: nn.Module, passes: Sequence[Pass], guided: bool):
+    def __init__(self, unet: nn.Module, passes: Sequence[Pass], guided: bool,
+                 passes_per_call: Optional[int] = None):
         super().__init__(unet)
         halves = {p.half for p in passes}
         if "cond" not in halves or guided != ("uncond" in halves):
             raise ValueError(f"passes {sorted(halves)} do not fit a batch with guided={guided}")
+        if passes_per_call is not None and passes_per_call < 1:
+            raise ValueError(f"passes_per_call must be 1 or more, got {passes_per_call}")
         self.passes = tuple(passes)
         self.guided = guided
+        self.passes_per_call = passes_per_call or len(self.passes)
 
     def forward(self, sample: torch.Tensor, timestep: Any,
                 encoder_hidden_states: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:
         total = sample.shape[0]
         if self.guided and total % 2:
             raise RuntimeError(f"a guided batch of {total} has no two equal halves")
-        batch = total // 2 if self.guided else total
-        rows = {"uncond": torch.arange(0, batch), "cond": torch.arange(total - batch, total)}
-        index = torch.cat([rows[p.half] for p in self.passes]).to(sample.device)
         assert encoder_hidden_states is not None
-        texts = torch.cat([encoder_hidden_states[rows[p.half].to(sample.device)] if p.text is None
-                           else p.text.to(encoder_hidden_states).expand(batch, -1, -1)
-                           for p in self.passes])
+        batch = total // 2 if self.guided else total
         return_dict = kwargs.pop("return_dict", True)
-        kwargs = _take_rows(kwargs, index, total)
-        added = kwargs.get("added_cond_kwargs")
-        if added is not None and "text_embeds" in added:
-            own = added["text_embeds"].unflatten(0, (len(self.passes), batch))
-            added["text_embeds"] = torch.cat([
-                own[i] if p.pooled is None else p.pooled.to(own).expand(batch, -1)
-                for i, p in enumerate(self.passes)])
-        out = self.unet(sample[index], _take_rows(timestep, index, total),
-                        encoder_hidden_states=texts, return_dict=False, **kwargs)[0]
-        predictions = out.unflatten(0, (len(self.passes), batch))
+        size = self.passes_per_call
+        predictions = torch.cat([
+            self._predict(self.passes[i:i + size], batch, sample, timestep,
+                          encoder_hidden_states, kwargs)
+            for i in range(0, len(self.passes), size)]).unflatten(0, (len(self.passes), batch))
         if predictions.shape[-2:] != self.passes[0].weight.shape[-2:]:
             raise RuntimeError(f"region weights are {tuple(self.passes[0].weight.shape[-2:])} "
                                f"but the latents are {tuple(predictions.shape[-2:])}")
         halves: list[Half] = ["uncond", "cond"] if self.guided else ["cond"]
         blended = torch.cat([self._blend(predictions, half) for half in halves])
         return UNet2DConditionOutput(sample=blended) if return_dict else (blended,)
+
+    def _predict(self, passes: Sequence[Pass], batch: int, sample: torch.Tensor,
+                 timestep: Any, encoder_hidden_states: torch.Tensor,
+                 kwargs: dict[str, Any]) -> torch.Tensor:
+        """``unet``'s predictions for ``passes`` in one call, pass after pass: each takes
+        the rows of its half of the pipeline's batch with its own text."""
+        total = sample.shape[0]
+        rows = {"uncond": torch.arange(0, batch), "cond": torch.arange(total - batch, total)}
+        index = torch.cat([rows[p.half] for p in passes]).to(sample.device)
+        texts = torch.cat([encoder_hidden_states[rows[p.half].to(sample.device)] if p.text is None
+                           else p.text.to(encoder_hidden_states).expand(batch, -1, -1)
+                           for p in passes])
+        kwargs = _take_rows(kwargs, index, total)
+        added = kwargs.get("added_cond_kwargs")
+        if added is not None and "text_embeds" in added:
+            own = added["text_embeds"].unflatten(0, (len(passes), batch))
+            added["text_embeds"] = torch.cat([
+                own[i] if p.pooled is None else p.pooled.to(own).expand(batch, -1)
+                for i, p in enumerate(passes)])
+        return self.unet(sample[index], _take_rows(timestep, index, total),
+                         encoder_hidden_states=texts, return_dict=False, **kwargs)[0]
 
     def _blend(self, predictions: torch.Tensor, half: Half) -> torch.Tensor:
         """Sum of ``half``'s predictions times their weights, in float32."""
@@ -276,7 +295,9 @@ def with_regions(unet: nn.Module, pipe: Any, model: LoadedModel, plan: Generatio
                  work_masks: Sequence[np.ndarray]) -> nn.Module:
     """``unet`` wrapped to run ``plan``'s regions (their masks at the working size in
     ``work_masks``) in the job's copy ``pipe`` of ``model``'s pipeline; ``unet`` itself
-    when no region has weight anywhere."""
+    when no region has weight anywhere. In low-memory mode (CPU offload) the passes go
+    through the UNet a guided step's worth at a time; step caching, which keeps one
+    call's deep features per step, is refused there."""
     scale = pipe.vae_scale_factor
     weights = region_weights(work_masks, (plan.work_height // scale, plan.work_width // scale),
                              tile_axes(plan.tiling))
@@ -284,8 +305,16 @@ def with_regions(unet: nn.Module, pipe: Any, model: LoadedModel, plan: Generatio
         return unet
     job = plan.request
     guided = classifier_free_guidance(pipe, job.guidance)
+    passes_per_call = None
+    if CPU_OFFLOAD in model.accel.applied:
+        if job.cache_interval > 1:
+            raise ProtocolError(ErrorCode.UNSUPPORTED,
+                                "step caching does not combine with regions in low-memory mode "
+                                "(the regions' passes run one UNet call after another there); "
+                                "use cache_interval 1", "job.cache_interval")
+        passes_per_call = 2 if guided else 1
     passes = region_passes(pipe, job, plan.regions, weights, guided, prompt_encoder(model, job))
-    return RegionalUNet(unet, passes, guided)
+    return RegionalUNet(unet, passes, guided, passes_per_call)
 
 
 def region_texts(regions: Sequence[PlannedRegion]) -> list[str]:

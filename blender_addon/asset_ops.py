@@ -106,10 +106,10 @@ class ATELIER_OT_upscale(bpy.types.Operator, _SendsJobs):
 
 
 class ATELIER_OT_make_material(bpy.types.Operator, _SendsJobs):
-    """Make a PBR material from a colour texture: the daemon makes its normal, roughness and
-    height maps; a new material (Principled BSDF, Normal Map, height as Bump) goes into a
-    new material slot of the active object. The maps are saved beside the .blend (packed
-    while it was never saved)"""
+    """Make a PBR material from a colour texture: the daemon makes the maps ticked under
+    Maps (normal, roughness, height); a new material (Principled BSDF, Normal Map, height as
+    Bump) goes into a new material slot of the active object. The maps are saved beside the
+    .blend (packed while it was never saved)"""
     bl_idname = "atelier.make_material"
     bl_label = "Make Material"
 
@@ -129,9 +129,14 @@ class ATELIER_OT_make_material(bpy.types.Operator, _SendsJobs):
             return {"CANCELLED"}
         props = context.scene.atelier
         try:
+            wanted = assets.chosen_maps(props.material_maps)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        try:
             init = _upload(image)
             tiling = assets.source_tiling(_record(image), props.tiling)
-            request = assets.texture_request(init.id, tiling, props.normal_strength)
+            request = assets.texture_request(init.id, tiling, props.normal_strength, wanted)
         except (ProtocolError, ClientError, host.HostError) as exc:
             return self.report_failure(exc)
         color_name, target = image.name, obj.name
@@ -144,7 +149,7 @@ class ATELIER_OT_make_material(bpy.types.Operator, _SendsJobs):
                                      "were made; the maps are kept")
             labels = [img[settings.RECORD_KEY].get("label") for img in images]
             try:
-                found = assets.maps_by_label(labels, [img.name for img in images])
+                found = assets.maps_by_label(labels, [img.name for img in images], wanted)
             except ProtocolError as exc:
                 raise host.HostError(exc.message) from exc
             maps = {label: bpy.data.images[name] for label, name in found.items()}

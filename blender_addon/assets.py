@@ -161,11 +161,21 @@ def material_name(source_name: str) -> str:
     return _fit(source_name, " PBR")
 
 
-def maps_by_label(labels: Iterable[Optional[str]], names: Iterable[str]) -> dict[str, str]:
+def chosen_maps(flags: Iterable[str]) -> tuple[str, ...]:
+    """The material's maps the artist ticked (``material_maps``), in MATERIAL_MAPS order;
+    ValueError naming the setting when none is."""
+    chosen = tuple(m for m in MATERIAL_MAPS if m in set(flags))
+    if not chosen:
+        raise ValueError("Maps: tick at least one of normal, roughness and height")
+    return chosen
+
+
+def maps_by_label(labels: Iterable[Optional[str]], names: Iterable[str],
+                  wanted: Iterable[str] = MATERIAL_MAPS) -> dict[str, str]:
     """{map label: image name} of a texture set's results; ProtocolError if a map asked for
     is missing (the daemon labels every image of a texture set)."""
     found = {label: name for label, name in zip(labels, names) if label}
-    missing = [m for m in MATERIAL_MAPS if m not in found]
+    missing = [m for m in wanted if m not in found]
     if missing:
         raise ProtocolError(ErrorCode.INTERNAL, "the daemon's texture set lacks the "
                             f"{', '.join(missing)} map(s)", "result.images")

@@ -294,6 +294,7 @@ def draw_assets(layout: bpy.types.UILayout, props, image_editor: bool) -> None:
     col.scale_y = 1.2
     col.enabled = image is not None
     col.operator("atelier.make_material", icon="NODE_MATERIAL")
+    layout.row(align=True).prop(props, "material_maps")
     layout.prop(props, "normal_strength", text=labels["normal_strength"])
     saved = bool(bpy.data.filepath)
     _lines(layout, assets.storage_note(saved), "FILE_FOLDER" if saved else "PACKAGE")

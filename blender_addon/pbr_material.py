@@ -61,8 +61,9 @@ def _texture(tree: bpy.types.NodeTree, key: str, image: bpy.types.Image, label: 
 def build(name: str, color: bpy.types.Image,
           maps: Mapping[str, bpy.types.Image]) -> bpy.types.Material:
     """A new material ``name`` from the colour texture and the ``maps`` by label
-    (normal, roughness, height; metallic too where given), each already in its colour
-    space (assets.MAP_COLORSPACE)."""
+    (any of normal, roughness, height and metallic: each one given is wired, the BSDF's
+    own value stays for the others), each already in its colour space
+    (assets.MAP_COLORSPACE)."""
     material = bpy.data.materials.new(name)
     if material.node_tree is None:   # before 5.0 a new material has no nodes until asked
         material.use_nodes = True
@@ -79,20 +80,28 @@ def build(name: str, color: bpy.types.Image,
     tree.links.new(uv, base.inputs["Vector"])
     tree.links.new(base.outputs["Color"], bsdf.inputs["Base Color"])
 
-    rough = _texture(tree, "roughness", maps["roughness"], "roughness", bx - 800, by - 300, uv)
-    tree.links.new(rough.outputs["Color"], bsdf.inputs["Roughness"])
+    if "roughness" in maps:
+        rough = _texture(tree, "roughness", maps["roughness"], "roughness", bx - 800,
+                         by - 300, uv)
+        tree.links.new(rough.outputs["Color"], bsdf.inputs["Roughness"])
 
-    normal = _texture(tree, "normal", maps["normal"], "normal", bx - 800, by - 600, uv)
-    normal_map = _node(tree, "ShaderNodeNormalMap", "normal_map", bx - 500, by - 600)
-    normal_map.space = "TANGENT"
-    tree.links.new(normal.outputs["Color"], normal_map.inputs["Color"])
-
-    height = _texture(tree, "height", maps["height"], "height", bx - 800, by - 900, uv)
-    bump = _node(tree, "ShaderNodeBump", "bump", bx - 250, by - 750)
-    bump.inputs["Distance"].default_value = BUMP_DISTANCE
-    tree.links.new(height.outputs["Color"], bump.inputs["Height"])
-    tree.links.new(normal_map.outputs["Normal"], bump.inputs["Normal"])
-    tree.links.new(bump.outputs["Normal"], bsdf.inputs["Normal"])
+    surface_normal = None   # what feeds the BSDF's Normal: the normal map, bumped by height
+    if "normal" in maps:
+        normal = _texture(tree, "normal", maps["normal"], "normal", bx - 800, by - 600, uv)
+        normal_map = _node(tree, "ShaderNodeNormalMap", "normal_map", bx - 500, by - 600)
+        normal_map.space = "TANGENT"
+        tree.links.new(normal.outputs["Color"], normal_map.inputs["Color"])
+        surface_normal = normal_map.outputs["Normal"]
+    if "height" in maps:
+        height = _texture(tree, "height", maps["height"], "height", bx - 800, by - 900, uv)
+        bump = _node(tree, "ShaderNodeBump", "bump", bx - 250, by - 750)
+        bump.inputs["Distance"].default_value = BUMP_DISTANCE
+        tree.links.new(height.outputs["Color"], bump.inputs["Height"])
+        if surface_normal is not None:
+            tree.links.new(surface_normal, bump.inputs["Normal"])
+        surface_normal = bump.outputs["Normal"]
+    if surface_normal is not None:
+        tree.links.new(surface_normal, bsdf.inputs["Normal"])
 
     if "metallic" in maps:
         metal = _texture(tree, "metallic", maps["metallic"], "metallic", bx - 800, by + 300, uv)

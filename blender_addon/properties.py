@@ -428,6 +428,13 @@ class AtelierSettings(bpy.types.PropertyGroup):
                                   options=set())
     refine_strength: FloatProperty(name="Refine", default=0.0, min=0.0, max=1.0,
                                    description=REFINE_HELP)
+    material_maps: EnumProperty(
+        name="Maps", options={"ENUM_FLAG"}, default={"normal", "roughness", "height"},
+        items=(("normal", "Normal", "A tangent-space normal map into a Normal Map node"),
+               ("roughness", "Roughness", "A roughness map into the BSDF's Roughness"),
+               ("height", "Height", "A height map as a Bump node")),
+        description="Which maps Make Material asks the daemon for and wires; the BSDF keeps "
+                    "its own value for the others")
     normal_strength: FloatProperty(name="Normal Strength", default=8.0, min=0.0, max=100.0,
                                    description="How steep the normal map's slopes are: the "
                                                "surface rises this many pixels over the "

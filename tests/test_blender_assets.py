@@ -117,6 +117,18 @@ def test_maps_by_label_finds_each_map_or_says_which_is_missing():
     assert err.value.code == ErrorCode.INTERNAL and "roughness" in err.value.message
 
 
+def test_material_maps_are_the_ticked_ones_in_order_and_none_is_refused():
+    assert assets.chosen_maps({"height", "normal"}) == ("normal", "height")
+    assert assets.chosen_maps(["roughness"]) == ("roughness",)
+    with pytest.raises(ValueError, match="Maps: tick at least one"):
+        assets.chosen_maps(set())
+    request = assets.texture_request("t1", "none", 8.0, ("normal",))
+    assert request.texture.maps == ["normal"]
+    assert assets.maps_by_label(["normal"], ["a"], ("normal",)) == {"normal": "a"}
+    with pytest.raises(ProtocolError):
+        assets.maps_by_label(["normal"], ["a"], ("normal", "height"))
+
+
 def test_data_maps_are_not_colour_managed():
     assert assets.MAP_COLORSPACE["albedo"] == "sRGB"
     for label in ("normal", "height", "roughness", "metallic"):

@@ -1025,6 +1025,25 @@ def scenario_material(module, url: str) -> None:
         for key, image in maps.items():
             assert np.abs(image_rows(image) - pixels[key]).max() < 0.5 / 255, key
 
+    # Only the maps ticked are asked for and wired; the BSDF keeps its own roughness.
+    scene = bpy.context.scene
+    scene.atelier.material_maps = set()
+    assert "tick at least one" in refused(bpy.ops.atelier.make_material, image="Bricks")
+    scene.atelier.material_maps = {"normal"}
+    assert bpy.ops.atelier.make_material(image="Bricks") == {"FINISHED"}
+    job = last_job(session)
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert job.state.name == "DONE", job.progress_text
+    assert job.result.params.texture.maps == ["normal"]
+    material = bpy.data.materials["Bricks PBR.001"]
+    nodes = material.node_tree.nodes
+    assert "Atelier Roughness" not in nodes and "Atelier Bump" not in nodes
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    assert not bsdf.inputs["Roughness"].is_linked
+    [link] = bsdf.inputs["Normal"].links
+    assert link.from_node.name == "Atelier Normal Map"
+    assert nodes["Atelier Normal"].image.name.startswith("Bricks normal")
+
 
 def scenario_asset_cancel(module, url: str) -> None:
     """Cancel right after Upscale (a long refine) and after Make Material: no new images or

@@ -1112,6 +1112,9 @@ def test_generate_from_image_adds_the_control_image_as_a_layer_the_row_uses(krit
     assert record["rows"] == 1 and record["history_added"] == 0   # an input, not History's
     assert record["message"] == ("Control image: 'canny control (from image)' added; edit it, "
                                  "the row uses it")
+    # a row removed while its image was made: the layer still comes, no row takes it
+    assert record["removed_row"] == {"new": ["softedge control (from image)"],
+                                     "rows": ["canny control (from image)"]}
 
 
 def test_a_layer_and_a_file_as_references_reach_the_daemon(krita_guides):
@@ -1145,6 +1148,12 @@ def test_a_regions_mask_is_its_layers_alpha_and_its_prompt_reaches_the_daemon(kr
     opaque, clear, total = guided["square_covers"]
     assert opaque > 0 and clear > 0 and opaque + clear == total     # the mask has both
     assert 0 < guided["group_covers"][0] < guided["group_covers"][1]
+    # Generate with a selection fills it (inpaint), the regions with it
+    fill = record["fill"]
+    assert fill["kind"] == "inpaint" and fill["new"] == 1, fill
+    assert fill["regions"] == [["a red door", None], ["a tree", "leaves"]]
+    assert fill["uploads"] == ["image", "mask", "region0", "region1"]
+    assert fill["message"] == "Fill: done, seed 1234", fill["message"]
     if record["regions_capability"]:        # a daemon that runs regions
         assert guided["new"][0]["sha"] != record["plain"]["new"][0]["sha"]
 

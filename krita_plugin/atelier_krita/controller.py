@@ -114,7 +114,7 @@ class _ActiveJob:
     step: int = 0
     total: int = 0
     work: "deque[_Work]" = field(default_factory=deque)
-    control_row: Optional[int] = None    # Mode.CONTROL_IMAGE: the docker row it is for
+    control_row: Any = None              # Mode.CONTROL_IMAGE: the docker's token for its row
 
 
 @dataclass
@@ -162,8 +162,9 @@ class Controller:
         self.limits: Optional[Limits] = None     # all the daemon's limits, from its welcome
         self.sampler_presets: list[str] = []      # the daemon's, from its welcome
         self.capabilities: list[str] = []         # the daemon's, from its welcome
-        # A control row's "Generate from image" made its layer: (row, uniqueId, name).
-        self.on_control_layer: Optional[Callable[[int, str, str], None]] = None
+        # A control row's "Generate from image" made its layer: (the row's token, as
+        # make_control_image got it, uniqueId, name).
+        self.on_control_layer: Optional[Callable[[Any, str, str], None]] = None
         self.presets_listed = False               # a welcome has said which ones
         self.size_limit: Optional[int] = None    # the painter's "max size" field
         # Why this daemon cannot estimate depth (its answer to a job that asked), or None.
@@ -290,11 +291,12 @@ class Controller:
         self._changed()
         return True
 
-    def make_control_image(self, settings: JobSettings, row: int) -> bool:
-        """A control row's "Generate from image": the control image of its kind made by the
-        daemon from the canvas (the selection's region, or all of it), added as a new layer
-        for ``on_control_layer`` to give the row. The other control layers stay hidden from
-        the canvas read, as for every job."""
+    def make_control_image(self, settings: JobSettings, row: int, token: Any = None) -> bool:
+        """Control row ``row``'s "Generate from image": the control image of its kind made
+        by the daemon from the canvas (the selection's region, or all of it), added as a new
+        layer; ``on_control_layer`` then gets ``token`` (what names the row to the docker,
+        whose rows may change while the job waits). The other control layers stay hidden
+        from the canvas read, as for every job."""
         control = replace(settings.guides.controls[row], preprocess=True)
         one = replace(settings, guides=Guides(controls=(control,)), batch_size=1,
                       previews=False)
@@ -304,7 +306,7 @@ class Controller:
             self.message = _sentence(str(exc))
             self._changed()
             return False
-        job.control_row = row
+        job.control_row = row if token is None else token
         self.message = f"Control image: making {control.kind} from the canvas\u2026"
         self._changed()
         return True

@@ -567,11 +567,15 @@ class AtelierPanel(QWidget):
             self.refresh()
             return False
         self.controller.size_limit = self.max_side_spin.value() or None
-        return self.controller.make_control_image(settings, row)
+        widget = self.control_list.rows[row]
+        return self.controller.make_control_image(settings, row, weakref.ref(widget))
 
-    def _control_layer_made(self, row: int, uid: str, name: str) -> None:
-        if 0 <= row < len(self.control_list.rows):
-            self.control_list.rows[row].use_layer(uid, name, self._layers(False))
+    def _control_layer_made(self, token: object, uid: str, name: str) -> None:
+        """The row whose "Generate from image" it was uses the new layer, if the row is
+        still there (removed meanwhile: the layer stays, unused)."""
+        widget = token() if callable(token) else None
+        if widget is not None and widget in self.control_list.rows:
+            widget.use_layer(uid, name, self._layers(False))
 
     # ------------------------------------------------------------ actions
     def reconnect(self) -> None:
@@ -889,10 +893,11 @@ def _show_status(label: QLabel, text: str) -> None:
         label.setToolTip(text)
 
 
-def _weak_call3(method: Callable[[int, str, str], None]) -> Callable[[int, str, str], None]:
+def _weak_call3(method: Callable[[object, str, str], None]
+                ) -> Callable[[object, str, str], None]:
     ref = weakref.WeakMethod(method)
 
-    def call(row: int, uid: str, name: str) -> None:
+    def call(row: object, uid: str, name: str) -> None:
         target = ref()
         if target is not None:
             target(row, uid, name)

@@ -226,7 +226,16 @@ def guides_from_image(ctx: Context) -> dict[str, Any]:
     out["row_after"] = {"layer": value.layer, "name": value.name, "kind": value.kind,
                         "preprocess": value.preprocess, "invert": value.invert,
                         "label": row.layer.currentText()}
-    _drop(doc, new)
+    # the row removed while its control image is made: the layer comes, no row takes it
+    panel.control_list.add_row(ControlRow(_uid(lines), "lines", "softedge"))
+    before_second = {entry["id"] for entry in layer_stack(doc)}
+    panel.control_list.rows[1].from_image_button.click()
+    panel.control_list.remove_row(panel.control_list.rows[1])
+    pump_until(controller, lambda: not controller.busy, "the second control image")
+    second = [entry for entry in layer_stack(doc) if entry["id"] not in before_second]
+    out["removed_row"] = {"new": [entry["name"] for entry in second],
+                          "rows": [row.value().name for row in panel.control_list.rows]}
+    _drop(doc, new + second)
     shape.remove()
     _finish(ctx)
     return out
@@ -321,6 +330,19 @@ def guides_region(ctx: Context) -> dict[str, Any]:
         "square_covers": [square_alpha.count(255), square_alpha.count(0), len(square_alpha)],
         "group_covers": [len(group_alpha) - group_alpha.count(0), len(group_alpha)]}
     _drop(doc, guided["new"])
+    # Generate with the selection fills it (inpaint): the regions go along
+    from atelier_krita.jobs import Workflow
+    panel.choose_workflow(Workflow.GENERATE)
+    before = {entry["id"] for entry in layer_stack(doc)}
+    panel.generate_button.click()
+    pump_until(controller, lambda: not controller.busy, "the fill")
+    filled = [entry for entry in layer_stack(doc) if entry["id"] not in before]
+    sent = controller.sent_request
+    out["fill"] = {"kind": sent.kind, "regions": [[r.prompt, r.negative_prompt]
+                                                  for r in sent.regions],
+                   "uploads": sorted(controller.sent_inputs), "message": controller.message,
+                   "new": len(filled)}
+    _drop(doc, filled)
     _finish(ctx)
     return out
 

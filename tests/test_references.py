@@ -20,7 +20,7 @@ from backend.pipelines.plan import ModelTraits
 from backend.pipelines.references import flavour_scale, style_block
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
-from protocol.messages import ControlLayer, GenerateRequest, ReferenceImage
+from protocol.messages import ControlLayer, GenerateRequest, ReferenceImage, Region
 from tests.models_support import put_in_hf_cache
 
 SIZE = 64
@@ -135,15 +135,19 @@ def test_the_model_is_as_before_after_a_reference_job(generator, store):
     assert unet.encoder_hid_proj is None and unet.config.encoder_hid_dim_type is None
 
 
-def test_references_with_img2img_inpaint_controls_tiling_and_batches(generator):
+def test_references_with_every_kind_controls_regions_tiling_caching_and_batches(generator):
     init = picture(5, SIZE, SIZE)
     uploads = {**UPLOADS, init.id: init}
     mask = gray(255)
-    uploads[mask.id] = mask
+    half = ImageFrame(FrameKind.UPLOAD, PixelFormat.GRAY8, 0, SIZE, SIZE, new_id(),
+                      (bytes([255]) * (SIZE // 2) + bytes(SIZE // 2)) * SIZE)
+    uploads.update({mask.id: mask, half.id: half})
     cases = [dict(kind="img2img", init_image=init.id, strength=0.7),
              dict(kind="inpaint", init_image=init.id, mask=mask.id, strength=0.9),
              dict(controls=[ControlLayer(kind="canny", image=init.id, preprocess=True)]),
-             dict(tiling="both"), dict(batch_size=2)]
+             dict(tiling="both"), dict(batch_size=2), dict(cache_interval=2, steps=4),
+             dict(regions=[Region(mask=half.id, prompt="a blue sky")]),
+             dict(sampler_preset="lcm_4")]
     for case in cases:
         plain = run(generator, job(**case), uploads)
         steered = run(generator, job(ref(), **case), uploads)

@@ -1083,7 +1083,8 @@ def test_a_paint_layer_as_lineart_control_reaches_the_daemon_with_its_pixels(kri
     # same canvas, prompt and seed: the control changed the pixels
     assert guided["new"][0]["bounds"] == plain["new"][0]["bounds"] == [24, 32, 64, 48]
     assert guided["new"][0]["sha"] != plain["new"][0]["sha"]
-    assert "controls lineart 0.9" in guided["history"]
+    assert "controls lineart 0.9, scribble 0.5" in guided["history"]
+    assert record["recalled"] == [["lines", "lineart", 0.9], ["(selection)", "scribble", 0.5]]
     pose = record["pose"]
     assert pose["label"] == "pose (not run by this daemon)"
     assert pose["run"].startswith("The daemon answered model_not_found for control layer 1 "

@@ -162,6 +162,14 @@ def guides_control(ctx: Context) -> dict[str, Any]:
     _drop(doc, guided["new"])
     lines.setVisible(False)
     doc.refreshProjection()
+    # History's Recall puts the job's rows back
+    panel.control_list.set_rows(())
+    panel.refresh()
+    panel.history_list.setCurrentRow(0)
+    panel.recall_button.click()
+    out["recalled"] = [[r.value().name, r.value().kind, r.value().scale]
+                       for r in panel.control_list.rows]
+    row = panel.control_list.rows[0]
     panel.control_list.remove_row(panel.control_list.rows[1])
     # a kind the daemon does not run (pose: no pose model here): the daemon's answer names
     # the row

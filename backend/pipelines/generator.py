@@ -13,7 +13,8 @@ One job goes through four steps, each in one place:
    that reports progress and previews and honours cancel within one step, and
    ``output_type="latent"``. Anything that must wrap the pipeline's modules for the
    duration of the call (circular padding for seamless tiling, a T2I-Adapter's residuals)
-   goes in ``_job_context``.
+   goes in ``_job_context``; the job's view of the UNet (step caching, regions' passes:
+   step_cache.py, regions.py) is set on its copy of the pipeline.
 4. ``_finish`` decodes the latents and, for inpainting, pastes the crop back into the init
    image through the feathered mask.
 

@@ -190,6 +190,10 @@ def test_errors_name_the_reference_field(generator):
     with pytest.raises(ProtocolError) as info:      # at submit, before any model
         generator.check(job(unknown), UPLOADS)
     assert info.value.field == "job.references[0].image"
+    mask = gray(128)       # a mask is not a picture
+    with pytest.raises(ProtocolError) as info:
+        generator.check(job(ref(mask)), {mask.id: mask})
+    assert (info.value.code, info.value.field) == (ErrorCode.INVALID_FIELD, "job.references[0].image")
     error = failure(generator, job(ref(model="nowhere")))
     assert (error.code, error.field) == (ErrorCode.MODEL_NOT_FOUND, "job.references[0].model")
     error = failure(generator, job(ref(), ref(model=SDXL_ADAPTER)))

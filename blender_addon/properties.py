@@ -229,6 +229,10 @@ class AtelierHistoryItem(bpy.types.PropertyGroup):
                                       "empty = none")
     sampler_preset: StringProperty(name="Sampler Preset", default="",
                                    description="The sampler preset it used; empty = none")
+    pass_controls: StringProperty(name="Controls", default="",
+                                  description="Its normal and line-art controls, as JSON "
+                                              "[[kind, weight, start, end, model], ...]; "
+                                              "empty = none")
     image_name: StringProperty(name="Image", description="The image it made")
 
 

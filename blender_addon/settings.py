@@ -32,7 +32,7 @@ SEED_MAX = 2 ** 31 - 1 - MAX_BATCH
 # What the history list keeps of each result: enough to regenerate it.
 HISTORY_FIELDS = ("prompt", "negative_prompt", "model", "kind", "width", "height", "steps",
                   "guidance", "seed", "scheduler", "strength", "tiling", "cache_interval",
-                  "loras", "sampler_preset")
+                  "loras", "sampler_preset", "pass_controls")
 # Recorded only for depth-conditioned results ("" = the daemon's default depth model), so
 # recalling an image made without depth leaves the panel's depth choice as it is.
 DEPTH_FIELDS = ("control_model",)
@@ -385,6 +385,7 @@ def result_record(result: Result, index: int, seed: int) -> dict[str, Any]:
         "cache_interval": params.cache_interval,
         "loras": loras_text(params.loras),
         "sampler_preset": params.sampler_preset or "",
+        "pass_controls": pass_controls_text(params.controls),
         "batch_index": index,
         "job_id": result.job_id,
     }
@@ -411,9 +412,44 @@ def settings_from_record(record: Mapping[str, Any], base: PanelSettings) -> Pane
     values = {k: record[k] for k in record.keys() if k in known}
     if "loras" in values:
         values["loras"] = loras_from_text(str(values["loras"]))
+    values.update(pass_controls_from_text(str(record.get("pass_controls", ""))))
     values["random_seed"] = False
     values["batch_size"] = 1
     return dataclasses.replace(base, **values)
+
+
+# The pass controls besides depth (depth has DEPTH_FIELDS, recorded for depth results only).
+RECORDED_CONTROLS = tuple(kind for kind in PASS_CONTROLS if kind != "depth")
+
+
+def pass_controls_text(layers: Iterable[ControlLayer]) -> str:
+    """The normal and line-art controls of a result as a string to record
+    (IDProperty-friendly): JSON ``[[kind, scale, start, end, model], ...]``, model "" for
+    the daemon's default; "" for none."""
+    rows = [[layer.kind, layer.scale, layer.start, layer.end, layer.model or ""]
+            for layer in layers if layer.kind in RECORDED_CONTROLS]
+    return json.dumps(rows) if rows else ""
+
+
+def pass_controls_from_text(text: str) -> dict[str, Any]:
+    """Panel values (CONTROL_FIELDS) that send what :func:`pass_controls_text` recorded:
+    those rows ticked with their settings, the other recorded kinds unticked; {} for ""
+    (a result made without them leaves the panel's rows as they are) or anything
+    unreadable."""
+    if not text:
+        return {}
+    try:
+        rows = {str(kind): (float(scale), float(start), float(end), str(model))
+                for kind, scale, start, end, model in json.loads(text)}
+    except (ValueError, TypeError):
+        return {}
+    values: dict[str, Any] = {}
+    for kind in RECORDED_CONTROLS:
+        use, *names = CONTROL_FIELDS[kind]
+        values[use] = kind in rows
+        if kind in rows:
+            values.update(zip(names, rows[kind]))
+    return values
 
 
 def conditioners_for(models: Iterable[ModelInfo], kind: str) -> list[tuple[str, str]]:

@@ -217,3 +217,26 @@ def test_each_controls_model_menu_lists_the_daemons_models_of_its_kind() -> None
     items = menu.build([], "gone-normal")
     assert items[-1][:2] == ("gone-normal", "gone-normal (not listed by the daemon)")
     assert "a normal job" in items[-1][2]
+
+
+# ------------------------------------------------------------------ records and recall
+
+def test_normal_and_line_controls_are_recorded_and_recalled() -> None:
+    params = GenerateRequest(prompt="p", width=64, height=64, seed=1, controls=[
+        ControlLayer(kind="depth", image="d" * 32, convention="z"),
+        ControlLayer(kind="lineart", image="l" * 32, scale=0.5, start=0.1, end=0.6,
+                     model="my-lines")])
+    result = Result(job_id="j" * 32, images=[ImageInfo(0, 64, 64, "rgba8", 1)],
+                    params=params, tiling="none", model="tiny", seconds=0.1)
+    record = settings.result_record(result, 0, 1)
+    assert record["pass_controls"] == '[["lineart", 0.5, 0.1, 0.6, "my-lines"]]'
+    assert set(settings.HISTORY_FIELDS) <= set(record)
+    base = settings.PanelSettings(use_normal=True, normal_scale=1.7, use_lineart=False)
+    recalled = settings.settings_from_record(record, base)
+    assert not recalled.use_normal and recalled.normal_scale == 1.7   # not in the result
+    assert settings.control_choice(recalled, "lineart") == settings.ControlChoice(
+        "lineart", True, 0.5, 0.1, 0.6, "my-lines")
+    # Made without them (or recorded before they existed): the panel's rows stay.
+    for text in ("", "not json", "[[1, 2]]"):
+        assert settings.settings_from_record({**record, "pass_controls": text}, base) \
+            .use_normal

@@ -9,6 +9,7 @@ image as the daemon feeds it to the models), and that the settings survive save 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -186,6 +187,15 @@ def scenario_controls(module, url: str) -> None:
         session.pump_until_idle(JOB_TIMEOUT)
         assert job.state.name == "DONE", job.progress_text
         assert [c.kind for c in job.result.params.controls] == ["depth", "normal", "lineart"]
+
+    # The result records its normal and line-art controls; Recall puts them back.
+    record = bpy.data.images[job.image_names[0]]["atelier"]
+    recorded = json.loads(record["pass_controls"])
+    assert [row[0] for row in recorded] == ["normal", "lineart"], recorded
+    assert props.history[-1].pass_controls == record["pass_controls"]
+    props.use_normal, props.normal_end, props.use_lineart = False, 1.0, False
+    assert bpy.ops.atelier.recall(index=len(props.history) - 1) == {"FINISHED"}
+    assert props.use_normal and abs(props.normal_end - 0.8) < 1e-6 and props.use_lineart
 
     # Project Texture sends depth whatever its row says, and the ticked others.
     props.use_depth, props.use_lineart, props.use_reference = False, False, False

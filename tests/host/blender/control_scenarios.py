@@ -242,6 +242,20 @@ def scenario_controls_saved(module, url: str) -> None:
     assert (frame.width, frame.height) == (1024, 8) and tuple(big.size) == (2048, 16)
     assert {i.name for i in bpy.data.images} == images
 
+    # A view layer without line sets: Line Art draws with a temporary one, removed after.
+    freestyle = bpy.context.view_layer.freestyle_settings
+    for lineset in list(freestyle.linesets):
+        freestyle.linesets.remove(lineset)
+    styles = len(bpy.data.linestyles)
+    props.use_reference = False
+    harness.settings(bpy.context.scene, width=SIZE, height=SIZE)
+    assert bpy.ops.atelier.render_to_image() == {"FINISHED"}   # waits: no daemon here
+    job = last_job(harness.session(module))
+    lines = next(c for c in job.request.controls if c.kind == "lineart")
+    check_lines(rgba(upload_of(job, lines.image))[..., :3])
+    assert len(freestyle.linesets) == 0 and len(bpy.data.linestyles) == styles
+    harness.session(module).cancel_all()
+
     # A render engine without a Normal pass: said so, nothing sent.
     scene = bpy.context.scene
     scene.render.engine = "BLENDER_WORKBENCH"

@@ -336,6 +336,9 @@ def test_region_errors_name_the_field(sd15, masks):
     err = refused(GenerateRequest(**JOB, regions=[Region(mask=rgba.id)]))
     assert (err.code, err.field) == (ErrorCode.INVALID_FIELD, "job.regions[0].mask")
     assert "gray8 or png" in err.message
+    tagged = Region(mask=left.id, prompt="<lora:ink:0.5> a sky")
+    err = refused(GenerateRequest(**JOB, regions=[tagged]))
+    assert (err.code, err.field) == (ErrorCode.INVALID_FIELD, "job.regions[0].prompt")
     err = refused(GenerateRequest(**JOB, regions=[Region(mask=left.id)] * (REGIONS_MAX + 1)))
     assert (err.code, err.field) == (ErrorCode.LIMIT_EXCEEDED, "job.regions")
     assert str(REGIONS_MAX) in err.message

@@ -51,6 +51,7 @@ from protocol.messages import GenerateRequest
 from ..models.accel import CPU_OFFLOAD, classifier_free_guidance, encode_prompt
 from ..models.store import LoadedModel
 from .job_unet import JobUNet
+from .lora_tags import extract_lora_tags
 from .pixels import frame_to_gray
 from .seamless import roll_image
 from .tiling import TileAxes, tile_axes
@@ -83,7 +84,8 @@ class PlannedRegion:
 def job_regions(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                 axes: TileAxes) -> tuple[PlannedRegion, ...]:
     """Every region of ``job`` with its mask at the job's size (wrapping on ``axes``).
-    Raises ``unknown_upload`` / ``invalid_field`` on ``job.regions[i].mask``."""
+    Raises ``unknown_upload`` / ``invalid_field`` on ``job.regions[i].mask``, and
+    ``invalid_field`` on a region's prompt that holds a LoRA tag (LoRAs are per job)."""
     regions = []
     for index, region in enumerate(job.regions):
         where = f"job.regions[{index}]"
@@ -92,6 +94,11 @@ def job_regions(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
             raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
                                 f"region mask '{region.mask}' is not among this job's uploads",
                                 f"{where}.mask")
+        for name in ("prompt", "negative_prompt"):
+            if extract_lora_tags(getattr(region, name) or "", f"{where}.{name}").loras:
+                raise ProtocolError(ErrorCode.INVALID_FIELD,
+                                    "a LoRA changes the model for the whole job: name it in the "
+                                    "job's prompt or loras, not in a region's", f"{where}.{name}")
         mask = fit_mask(frame_to_gray(frame, f"{where}.mask"), job.width, job.height, axes)
         regions.append(PlannedRegion(where, region.prompt, region.negative_prompt, mask))
     return tuple(regions)

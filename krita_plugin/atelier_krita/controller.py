@@ -45,8 +45,8 @@ from .assets import (LANCZOS, UpscaleLayout, map_layer_names, texture_group_name
                      upscale_layer_name, upscale_problem)
 from .geometry import Bounds, ResolutionRange, range_for_family
 from .history import History, HistoryEntry, ResultImage
-from .host import DocumentClosed, KritaDocument
 from .guides import SELECTION, Guides, control_layer_name
+from .host import DocumentClosed, KritaDocument
 from .jobs import (DEPTH_MODEL_DEFAULT, DEPTH_MODEL_KINDS, QUEUE_LIMIT, JobPlan, JobRefused,
                    JobSettings, Mode, build_request, layer_name, plan_job, upload_ids)
 from .live import (LIVE_LAYER, LIVE_POLL_S, LIVE_SESSION, LIVE_STRENGTH, LiveDebounce,
@@ -61,8 +61,7 @@ from .protocol.messages import (Accepted, Cancelled, Error, GenerateRequest, Lim
                                 ModelLoaded, Models, Progress, Started)
 from .protocol.schema import validate
 from .work import (AssetImage, CanvasRead, PixelWorker, PreparedInputs, ReferenceRead,
-                   asset_images,
-                   finished_images, layer_pixels, prepare_inputs)
+                   asset_images, finished_images, layer_pixels, prepare_inputs)
 
 PREVIEW_LAYER = "[Atelier preview]"
 CLIENT_NAME = "atelier-krita"

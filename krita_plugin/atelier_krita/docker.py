@@ -16,8 +16,7 @@ from krita import DockWidget, Extension, Krita
 from PyQt5.QtCore import QSize, Qt, QTimer
 from PyQt5.QtGui import QColor, QFont, QIcon, QImage, QPixmap, QShowEvent
 from PyQt5.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
-                             QFrame,
-                             QHBoxLayout, QLabel, QLineEdit, QListView, QListWidget,
+                             QFrame, QHBoxLayout, QLabel, QLineEdit, QListView, QListWidget,
                              QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
                              QSizePolicy, QSlider, QSpinBox, QStackedWidget, QToolButton,
                              QVBoxLayout, QWidget)
@@ -26,7 +25,7 @@ from . import actions, host
 from .assets import TEXTURE_SOURCE_HELP, TEXTURE_SOURCES, upscale_sizes, upscaler_choices
 from .controller import ConnectionSettings, Controller
 from .guide_widgets import ControlList, ReferenceList, RegionList
-from .guides import (Guides, from_annotation, kind_choices, offered_kinds, to_annotation)
+from .guides import Guides, from_annotation, kind_choices, offered_kinds, to_annotation
 from .live import LIVE_STRENGTH
 from .jobs import (CACHE_INTERVAL_HELP, CACHE_INTERVAL_MAX, DEPTH_MODEL_HELP,
                    DEPTH_MODEL_SD2_DEPTH, ESTIMATE_DEPTH, SD2_DEPTH_FAMILY, SEED_MAX,
@@ -97,7 +96,7 @@ class AtelierPanel(QWidget):
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.form_scroll = scroll
         scroll.setWidget(self._build_form())
-        for fold in (self.connection_fold, self.more_fold):
+        for fold in (self.connection_fold, self.more_fold, *self.guide_folds):
             fold.button.toggled.connect(scroll.updateGeometry)   # its width may change
         layout.addWidget(scroll, 1)
         self._build_actions(layout)
@@ -283,8 +282,6 @@ class AtelierPanel(QWidget):
             fold.form.addRow(rows)
             rows.changed.connect(self._guides_changed)
             rows.full.connect(self._rows_full)
-            fold.button.toggled.connect(lambda _on: self.form_scroll.updateGeometry()
-                                        if hasattr(self, "form_scroll") else None)
             self.guide_folds.append(fold)
         self.control_fold, self.reference_fold, self.region_fold = self.guide_folds
         return self.guide_folds

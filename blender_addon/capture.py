@@ -95,6 +95,9 @@ def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
                 stack.enter_context(_restored(obj, hide_render=not visible))
         stack.enter_context(_output_nodes(scene, view_layer, folder, color=color, depth=depth,
                                           normal=normal, lines=lines))
+        # The camera as the render sees it: matrix_world is stale until the view layer is
+        # evaluated (a camera placed or moved by a script since the last update).
+        view_layer.update()
         view = [list(row) for row in camera.matrix_world.inverted()]
         bpy.ops.render.render(write_still=False, scene=scene.name, layer=view_layer.name)
         color_bytes = depth_bytes = normal_bytes = lines_bytes = None

@@ -213,6 +213,10 @@ def scenario_controls_saved(module, url: str) -> None:
     """The Controls rows and the reference survive saving the .blend and opening it again;
     a reference whose file is gone is refused by name, before anything is sent."""
     scene = two_planes_scene()
+    # Straight after a script placed the camera (nothing evaluated yet), its view is used.
+    shot = module.passes.render_passes(scene, bpy.context.view_layer, SIZE, SIZE, ["normal"])
+    check_normals(np.frombuffer(shot.normal, np.uint8).reshape(SIZE, SIZE, 4)[..., :3])
+    assert shot.depth is None and shot.lines is None and shot.color is None
     image = reference_image()
     image.pack()
     values = dict(use_depth=True, control_scale=0.4, depth_start=0.2, depth_end=0.9,

@@ -1026,6 +1026,13 @@ def test_rows_saved_with_the_document_come_back_the_same():
             from_annotation(bad)
 
 
+def test_references_go_up_at_most_512_a_side_and_never_grow():
+    from atelier_krita.geometry import fit_within
+    assert fit_within(Extent(2048, 1024), 512) == Extent(512, 256)
+    assert fit_within(Extent(40, 30), 512) == Extent(40, 30)
+    assert fit_within(Extent(300, 900), 512) == Extent(171, 512)
+
+
 def test_history_says_which_guides_a_job_used():
     entry = HistoryEntry(Mode.GENERATE, JobSettings(prompt="p", guides=GUIDES),
                          Bounds(0, 0, 8, 8), "done", (1,))

@@ -96,11 +96,6 @@ class Guides:
     def empty(self) -> bool:
         return not (self.controls or self.references or self.regions)
 
-    def layers(self) -> set[str]:
-        """The uniqueIds of every layer the rows use."""
-        return {row.layer for row in (*self.controls, *self.references, *self.regions)
-                if row.layer and row.layer != SELECTION}
-
 
 def offered_kinds(capabilities: Iterable[str]) -> list[str]:
     """The control kinds the daemon runs (``control:<kind>`` in its welcome), in the
@@ -253,7 +248,7 @@ def kind_choices(offered: Iterable[str], chosen: Optional[str],
                  listed_now: bool) -> list[tuple[str, Optional[str]]]:
     """A control row's kind entries as (label, kind): the daemon's kinds (all kinds while
     it has not said), then ``chosen`` when the daemon lacks it, marked so once connected."""
-    kinds = list(offered) if listed_now else [k for k in CONTROL_KINDS]
+    kinds = list(offered) if listed_now else list(CONTROL_KINDS)
     choices: list[tuple[str, Optional[str]]] = [(kind, kind) for kind in kinds]
     if chosen and chosen not in kinds:
         choices.append((f"{chosen} (not run by this daemon)" if listed_now else chosen, chosen))

@@ -10,7 +10,7 @@ Occlusion needs the scene and is tested by the host adapter with ray casts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -193,8 +193,22 @@ def bake_triangles(target_uv: np.ndarray, source_uv: np.ndarray, source: np.ndar
     src = np.asarray(source, dtype=np.float32)
     out = np.zeros((height, width, src.shape[2]), dtype=np.float32)
     covered = np.zeros((height, width), dtype=bool)
+    for rows, cols, uv in raster_fragments(target_uv, source_uv, width, height):
+        out[rows, cols] = sample_bilinear(src, uv)
+        covered[rows, cols] = True
+    out, covered = _dilate(out, covered, padding)
+    return np.concatenate([out, covered[..., None].astype(np.float32)], axis=2)
+
+
+def raster_fragments(target_uv: np.ndarray, attributes: np.ndarray, width: int,
+                     height: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Rasterise triangles given in a 0..1 layout (``target_uv`` (T, 3, 2)) into a
+    ``width`` x ``height`` grid (row 0 at v = 0), interpolating each corner's
+    ``attributes`` (T, 3, K) linearly: yields (rows, cols, values (M, K)) per batch of
+    triangles. A texel whose centre lies in two triangles comes once for each."""
     tgt = np.asarray(target_uv, dtype=np.float64).reshape(-1, 3, 2) * (width, height)
-    suv = np.asarray(source_uv, dtype=np.float64).reshape(-1, 3, 2)
+    values = np.asarray(attributes, dtype=np.float64)
+    values = values.reshape(len(tgt), 3, -1)
     # Texel i has its centre at i + 0.5: a triangle's candidate texels lie in [lo, hi].
     lo = np.maximum(np.ceil(tgt.min(axis=1) - 0.5), 0).astype(np.int64)
     hi = np.minimum(np.floor(tgt.max(axis=1) - 0.5), (width - 1, height - 1)).astype(np.int64)
@@ -207,11 +221,14 @@ def bake_triangles(target_uv: np.ndarray, source_uv: np.ndarray, source: np.ndar
         chunk = max(1, RASTER_BATCH // int(size * size))
         for first in range(0, len(group), chunk):
             ids = group[first:first + chunk]
-            rows, cols, uv = _rasterize(tgt[ids], suv[ids], lo[ids], hi[ids], int(size))
-            out[rows, cols] = sample_bilinear(src, uv)
-            covered[rows, cols] = True
-    out, covered = _dilate(out, covered, padding)
-    return np.concatenate([out, covered[..., None].astype(np.float32)], axis=2)
+            yield _rasterize(tgt[ids], values[ids], lo[ids], hi[ids], int(size))
+
+
+def pad_islands(values: np.ndarray, covered: np.ndarray,
+                steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grow the covered texels of ``values`` (H, W, C) by ``steps`` texels (UV padding, so
+    mip-mapping pulls no empty background into islands); (values, covered) copies."""
+    return _dilate(np.asarray(values, dtype=np.float32), np.asarray(covered, dtype=bool), steps)
 
 
 def _rasterize(tri: np.ndarray, suv: np.ndarray, lo: np.ndarray, hi: np.ndarray,

@@ -54,6 +54,8 @@ def register() -> None:
     properties.register()
     for cls in operators.CLASSES + asset_ops.CLASSES + panels.CLASSES:
         bpy.utils.register_class(cls)
+    from . import multiview_ops   # its panel sits inside panels' main one
+    multiview_ops.register()
     _session = Session()
     ensure_timer()
     if _pack_before_save not in bpy.app.handlers.save_pre:
@@ -72,6 +74,8 @@ def unregister() -> None:
         _session.live.stop()   # its timer and handlers go with it
         _session.close_client()
         _session = None
+    from . import multiview_ops
+    multiview_ops.unregister()
     for cls in reversed(operators.CLASSES + asset_ops.CLASSES + panels.CLASSES):
         bpy.utils.unregister_class(cls)
     properties.unregister()

@@ -88,6 +88,9 @@ class Job:
     # The name of each result image from its label (ImageInfo.label: a texture set's map,
     # "upscaled"); None: named after prompt and seed
     name_for: Optional[Callable[[Optional[str]], str]] = None
+    # Runs on the main thread when the job ends other than done (failed, cancelled), after
+    # its images are gone: a caller that changed the scene for it puts it back
+    ended: Optional[Callable[["Job"], None]] = None
 
     @property
     def progress_text(self) -> str:
@@ -258,6 +261,8 @@ class Session:
             job.image_names.clear()
         if job.image_names:
             host.push_undo(f"Atelier: {job.label}")
+        if state != JobState.DONE and job.ended is not None:
+            job.ended(job)
 
     # ------------------------------------------------------------ pump
     def pump(self) -> bool:

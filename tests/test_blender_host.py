@@ -137,6 +137,17 @@ def test_blender_controls_survive_save_and_reopen(host: str, addon_zip: Path,
     _run_scenario(host, "controls_saved", addon_zip, tmp_path, _closed_port_url())
 
 
+@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+@pytest.mark.parametrize("scenario", ["views", "views_cancel"])
+def test_blender_texture_from_views(host: str, scenario: str, addon_zip: Path, tmp_path: Path,
+                                    request: pytest.FixtureRequest) -> None:
+    """Texture from Views (tests/host/blender/multiview_scenarios.py): a cube from 6 placed
+    views is covered, a face no view sees stays empty, a face behind a wall gets no weight
+    from that view, the front view's normal pass; Cancel leaves nothing behind."""
+    _host_command(host)   # a missing host fails (CI) or skips before a daemon starts
+    _run_scenario(host, scenario, addon_zip, tmp_path, request.getfixturevalue("daemon").url)
+
+
 def test_blender_window_reports_and_timers(addon_zip: Path, tmp_path: Path, daemon) -> None:
     """Blender 3.4 with a window under Xvfb: buttons report the daemon's answers and results
     arrive through the add-on's own timer (no test pumping)."""

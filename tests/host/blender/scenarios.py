@@ -1356,7 +1356,8 @@ def main() -> None:
     args = harness.parse_args()
     module = harness.install_and_enable(args.zip, args.url, args.install)
     import control_scenarios   # issue 14's; it imports this module's helpers
-    scenarios = {**SCENARIOS, **control_scenarios.SCENARIOS}
+    import multiview_scenarios   # issue 13's, likewise
+    scenarios = {**SCENARIOS, **control_scenarios.SCENARIOS, **multiview_scenarios.SCENARIOS}
     scenarios[args.scenario](module, args.url)
     print(f"SCENARIO {args.scenario} PASSED on Blender {bpy.app.version_string}")
 

@@ -1,0 +1,587 @@
+"""Texture from Views: texture the selected meshes from many cameras into their own UVs.
+
+Per view, Blender renders depth and camera-space normals (passes.py) and sends one job
+with both as controls: the first view generates freely, each later one inpaints what the
+views before it did not see well, its init image the texture so far as seen from there.
+Each result is blended into every object's UV layout (multiview.py weights it). The
+scene gets its images, materials and (when an object had none) Smart UV maps only when
+the last view is in; Cancel or a failure leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import bpy
+import mathutils
+import numpy as np
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty
+
+from . import host, multiview, passes, projection, settings
+from .addon import ensure_timer
+from .panels import CATEGORY
+from .properties import ADDON_ID
+from .protocol import PixelFormat, ProtocolError, validate
+from .protocol.client import ClientError, make_upload
+from .runtime import Job, Session
+
+LABEL = "Texture from Views"
+SMART_UV_NAME = "Atelier Views UV"
+WEIGHTS_PREFIX = "Atelier Weights"
+LENS, SENSOR = 50.0, 36.0           # the placed cameras' (mm)
+INIT_BACKGROUND = 0.5               # grey where the init image knows no colour
+VIEW_SOURCES = (("AUTO", "Around the Objects", "Cameras placed on an orbit around the "
+                 "selected meshes (plus top and bottom as ticked)"),
+                ("CAMERAS", "Selected Cameras", "The selected camera objects, in name order"))
+
+
+class AtelierViewsSettings(bpy.types.PropertyGroup):
+    views_from: EnumProperty(name="Views", items=VIEW_SOURCES, default="AUTO")
+    orbit_count: IntProperty(name="Orbit Views", default=4, min=0, max=16,
+                             description="Cameras evenly around the objects")
+    elevation: FloatProperty(name="Elevation", default=15.0, min=-80.0, max=80.0,
+                             description="Degrees above the objects' centre the orbit looks "
+                                         "from")
+    top: BoolProperty(name="Top", default=True, description="Add a view from straight above")
+    bottom: BoolProperty(name="Bottom", default=False,
+                         description="Add a view from straight below")
+    distance: FloatProperty(name="Distance", default=0.0, min=0.0, unit="LENGTH",
+                            description="Camera distance from the objects' centre; 0 frames "
+                                        "their bounding sphere")
+    texture_size: IntProperty(name="Texture Size", default=1024, min=64, max=8192,
+                              description="Side of each object's texture in pixels "
+                                          "(1024, 2048, 4096 ...)")
+    max_angle: FloatProperty(name="Max Angle", default=multiview.MAX_ANGLE, min=10.0,
+                             max=90.0, description="A view gives no colour to a surface it "
+                                                   "sees more than this many degrees off "
+                                                   "its normal")
+    seen_weight: FloatProperty(name="Seen Well", default=multiview.SEEN_WEIGHT, min=0.01,
+                               max=2.0, description="Texels with less summed view weight are "
+                                                    "repainted by the next view")
+    padding: IntProperty(name="Padding", default=4, min=0, max=64,
+                         description="Texels the UV islands are grown by")
+    keep_weights: BoolProperty(name="Keep Weight Maps", default=False,
+                               description="Also keep each view's weight per texel as an "
+                                           "image (for checking which view painted what)")
+
+
+@dataclass
+class _Target:
+    """One object being textured: its UV map and the texels inside its UV layout."""
+    name: str
+    uv_map: str
+    added_uv: bool
+    inside: np.ndarray                    # (S, S) bool
+    positions: np.ndarray                 # (n, 3) world, the inside texels in order
+    normals: np.ndarray                   # (n, 3)
+    weights: list = field(default_factory=list)     # per view (n,)
+    view_uv: list = field(default_factory=list)     # per view (n, 2)
+    color_sum: Optional[np.ndarray] = None
+    weight_sum: Optional[np.ndarray] = None
+
+
+@dataclass
+class _View:
+    name: str
+    uploads: passes.PassUploads
+    width: int
+    height: int
+    surface_object: np.ndarray       # (H, W) int: target index, -1 none; bottom row first
+    surface_texel: np.ndarray        # (H, W) int: index into the target's inside texels
+
+
+@dataclass
+class ViewsRun:
+    """One Texture from Views: the views, the objects, what was blended so far."""
+    scene_name: str
+    panel: settings.PanelSettings
+    size: int
+    padding: int
+    seen_weight: float
+    keep_weights: bool
+    as_files: bool
+    session: Session
+    targets: list[_Target]
+    views: list[_View]
+    jobs: list[Job] = field(default_factory=list)
+    timings: list[dict] = field(default_factory=list)    # per view: seconds spent where
+    made: list[str] = field(default_factory=list)        # images the run kept
+    _sent_at: float = 0.0
+
+    # ------------------------------------------------------------ jobs
+    def start(self) -> Job:
+        return self._send(0)
+
+    def _send(self, index: int) -> Job:
+        view = self.views[index]
+        uploads = list(view.uploads.uploads)
+        request = settings.build_request(self.panel, kind="txt2img",
+                                         controls=view.uploads.ids, width=view.width,
+                                         height=view.height)
+        request = dataclasses.replace(request, batch_size=1, preview_every=0)
+        if index > 0:
+            init, mask = self._init_and_mask(view)
+            uploads += [init, mask]
+            request = dataclasses.replace(request, kind="inpaint", init_image=init.id,
+                                          mask=mask.id, strength=1.0)
+        validate(request, "job")
+        job = Job(f"{LABEL}: view {index + 1}/{len(self.views)} ({view.name})", request,
+                  tuple(uploads), self.scene_name, self._view_done,
+                  images_as_files=self.as_files, ended=self._abandon)
+        self.jobs.append(job)
+        self._sent_at = time.perf_counter()
+        self.session.submit(job)
+        ensure_timer()
+        return job
+
+    def _init_and_mask(self, view: _View) -> tuple[Any, Any]:
+        """The texture so far seen from ``view`` (RGBA8) and what it should repaint (GRAY8),
+        both top row first."""
+        init = np.full((view.height, view.width, 3), INIT_BACKGROUND, np.float32)
+        seen = np.zeros((view.height, view.width))
+        for index, target in enumerate(self.targets):
+            here = view.surface_object == index
+            texels = view.surface_texel[here]
+            colors, _ = multiview.blend(target.color_sum[texels], target.weight_sum[texels])
+            known = target.weight_sum[texels] > 0
+            init[here] = np.where(known[:, None], colors, INIT_BACKGROUND)
+            seen[here] = target.weight_sum[texels]
+        mask = multiview.repaint_mask(seen, view.surface_object >= 0, self.seen_weight)
+        rgba = np.concatenate([np.clip(init * 255 + 0.5, 0, 255).astype(np.uint8),
+                               np.full(init.shape[:2] + (1,), 255, np.uint8)], axis=2)
+        return (make_upload(PixelFormat.RGBA8, view.width, view.height,
+                            np.ascontiguousarray(rgba[::-1]).tobytes()),
+                make_upload(PixelFormat.GRAY8, view.width, view.height,
+                            np.ascontiguousarray(mask[::-1]).tobytes()))
+
+    def _view_done(self, job: Job, images: list[Any]) -> None:
+        index = self.jobs.index(job)
+        daemon = time.perf_counter() - self._sent_at
+        began = time.perf_counter()
+        image = images[0]
+        width, height = image.size
+        pixels = host.float_pixels(image).reshape(height, width, 4)[..., :3]
+        for target in self.targets:
+            weights = target.weights[index]
+            colors = projection.sample_bilinear(pixels, target.view_uv[index])
+            target.color_sum += weights[:, None] * colors
+            target.weight_sum += weights
+        # The view's picture lives on in the blend only.
+        host.remove_images(job.image_names)
+        job.image_names.clear()
+        last = index + 1 == len(self.views)
+        if last:
+            job.image_names.extend(self._finish(job))
+        else:
+            self._send(index + 1)
+        self.timings.append({"view": self.views[index].name, "daemon_s": daemon,
+                             "blender_s": time.perf_counter() - began})
+
+    def _finish(self, job: Job) -> list[str]:
+        """Each object's blended texture as a new image in a new material slot."""
+        made = []
+        scene = bpy.data.scenes.get(self.scene_name)
+        for target in self.targets:
+            obj = bpy.data.objects.get(target.name)
+            if obj is None:
+                continue
+            colors, covered = multiview.blend(target.color_sum, target.weight_sum)
+            texture = np.zeros((self.size, self.size, 4), np.float32)
+            texture[target.inside, :3] = colors
+            texture[target.inside, 3] = covered
+            full = np.zeros((self.size, self.size), bool)
+            full[target.inside] = covered
+            texture, _ = projection.pad_islands(texture, full, self.padding)
+            texture[target.inside & ~full] = 0.0   # padding grows into the empty UV space only
+            image = host.new_image(f"{obj.name} from {len(self.views)} views", self.size,
+                                   self.size)
+            image.pixels.foreach_set(texture.reshape(-1))
+            image.update()
+            record = settings.result_record(job.result, 0, job.request.seed or 0) \
+                if job.result is not None else {}
+            image[settings.RECORD_KEY] = {**record, "baked_for": obj.name,
+                                          "views": len(self.views)}
+            material = host.new_image_material(image.name, image, uv_map=target.uv_map)
+            host.assign_material(obj, material, replace=False)
+            made.append(image.name)
+            if self.keep_weights:
+                for view, weights in zip(self.views, target.weights):
+                    made.append(self._weight_image(target, view.name, weights).name)
+        self.made = made
+        if scene is not None:
+            host.push_undo(LABEL)
+        return made
+
+    def _weight_image(self, target: _Target, view: str, weights: np.ndarray) -> Any:
+        image = bpy.data.images.new(f"{WEIGHTS_PREFIX} {target.name} {view}", self.size,
+                                    self.size, alpha=True, float_buffer=True)
+        image.colorspace_settings.name = "Non-Color"
+        rows = np.zeros((self.size, self.size, 4), np.float32)
+        rows[..., 3] = 1.0
+        rows[target.inside, :3] = weights[:, None]
+        image.pixels.foreach_set(rows.reshape(-1))
+        image.update()
+        return image
+
+    def _abandon(self, job: Job) -> None:
+        """A view's job failed or was cancelled: take back the UV maps the run added."""
+        for target in self.targets:
+            obj = bpy.data.objects.get(target.name)
+            if target.added_uv and obj is not None:
+                layer = obj.data.uv_layers.get(target.uv_map)
+                if layer is not None:
+                    obj.data.uv_layers.remove(layer)
+            target.added_uv = False
+
+
+# ---------------------------------------------------------------- gathering
+
+def _texels(obj: bpy.types.Object, uv_map: str, size: int) -> _Target:
+    """The texels of ``obj``'s layout in ``uv_map`` at ``size``: where they lie in the
+    world and which way the surface faces there (smooth faces: vertex normals)."""
+    mesh = obj.data
+    mesh.calc_loop_triangles()
+    count = len(mesh.loop_triangles)
+    loops = np.empty(count * 3, np.int64)
+    mesh.loop_triangles.foreach_get("loops", loops)
+    faces = np.empty(count, np.int64)
+    mesh.loop_triangles.foreach_get("polygon_index", faces)
+    uv = np.empty(len(mesh.loops) * 2, np.float64)
+    mesh.uv_layers[uv_map].data.foreach_get("uv", uv)
+    vertex_of_loop = np.empty(len(mesh.loops), np.int64)
+    mesh.loops.foreach_get("vertex_index", vertex_of_loop)
+    co = np.empty(len(mesh.vertices) * 3, np.float64)
+    mesh.vertices.foreach_get("co", co)
+    vnormal = np.empty(len(mesh.vertices) * 3, np.float64)
+    mesh.vertices.foreach_get("normal", vnormal)
+    fnormal = np.empty(len(mesh.polygons) * 3, np.float64)
+    mesh.polygons.foreach_get("normal", fnormal)
+    smooth = np.zeros(len(mesh.polygons), bool)
+    with contextlib.suppress(AttributeError, RuntimeError, TypeError):
+        mesh.polygons.foreach_get("use_smooth", smooth)
+    world = np.array(obj.matrix_world, np.float64)
+    normal_matrix = np.linalg.inv(world[:3, :3]).T
+    positions = co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
+    vnormal = vnormal.reshape(-1, 3) @ normal_matrix.T
+    fnormal = fnormal.reshape(-1, 3) @ normal_matrix.T
+    corner_vertex = vertex_of_loop[loops]
+    corner_face = np.repeat(faces, 3)
+    corner_normal = np.where(smooth[corner_face][:, None], vnormal[corner_vertex],
+                             fnormal[corner_face])
+    attributes = np.concatenate([positions[corner_vertex], corner_normal], axis=1)
+    inside = np.zeros((size, size), bool)
+    data = np.zeros((size, size, 6))
+    for rows, cols, values in projection.raster_fragments(
+            uv.reshape(-1, 2)[loops].reshape(-1, 3, 2), attributes.reshape(-1, 3, 6),
+            size, size):
+        data[rows, cols] = values
+        inside[rows, cols] = True
+    normals = data[inside, 3:]
+    normals /= np.maximum(np.linalg.norm(normals, axis=1), 1e-12)[:, None]
+    return _Target(obj.name, uv_map, False, inside, data[inside, :3], normals)
+
+
+def _surface(targets: list[_Target], objects: list[bpy.types.Object],
+             geometry: multiview.ViewGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Which target texel each pixel of the view shows (nearest triangle, and not hidden
+    by anything the depth pass shows in front): (object index, texel index), -1 none."""
+    w, h = geometry.width, geometry.height
+    frags_rows, frags_cols, frags_depth, frags_obj, frags_texel = [], [], [], [], []
+    for index, (target, obj) in enumerate(zip(targets, objects)):
+        mesh = obj.data
+        mesh.calc_loop_triangles()
+        count = len(mesh.loop_triangles)
+        loops = np.empty(count * 3, np.int64)
+        mesh.loop_triangles.foreach_get("loops", loops)
+        vertex_of_loop = np.empty(len(mesh.loops), np.int64)
+        mesh.loops.foreach_get("vertex_index", vertex_of_loop)
+        uv = np.empty(len(mesh.loops) * 2, np.float64)
+        mesh.uv_layers[target.uv_map].data.foreach_get("uv", uv)
+        co = np.empty(len(mesh.vertices) * 3, np.float64)
+        mesh.vertices.foreach_get("co", co)
+        world = np.array(obj.matrix_world, np.float64)
+        positions = co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
+        uvd = projection.project_to_uv(positions[vertex_of_loop[loops]], geometry.view,
+                                       geometry.projection)
+        ahead = (uvd[:, 2].reshape(-1, 3) > 0).all(axis=1)
+        tex = uv.reshape(-1, 2)[loops]
+        corners = uvd.reshape(-1, 3, 3)[ahead]
+        attributes = np.concatenate([tex.reshape(-1, 3, 2)[ahead], corners[:, :, 2:]], axis=2)
+        texel_index = np.full(target.inside.shape, -1, np.int64)
+        texel_index[target.inside] = np.arange(int(target.inside.sum()))
+        size = target.inside.shape[0]
+        for rows, cols, values in projection.raster_fragments(corners[:, :, :2], attributes,
+                                                              w, h):
+            trow = np.clip((values[:, 1] * size).astype(np.int64), 0, size - 1)
+            tcol = np.clip((values[:, 0] * size).astype(np.int64), 0, size - 1)
+            frags_rows.append(rows)
+            frags_cols.append(cols)
+            frags_depth.append(values[:, 2])
+            frags_obj.append(np.full(len(rows), index))
+            frags_texel.append(texel_index[trow, tcol])
+    objects_at = np.full((h, w), -1, np.int64)
+    texel_at = np.full((h, w), -1, np.int64)
+    if not frags_rows:
+        return objects_at, texel_at
+    rows, cols = np.concatenate(frags_rows), np.concatenate(frags_cols)
+    depth, texel = np.concatenate(frags_depth), np.concatenate(frags_texel)
+    owner = np.concatenate(frags_obj)
+    nearest = multiview.nearest_surface(rows, cols, depth, w, h)
+    hit = nearest >= 0
+    chosen = nearest[hit]
+    shown = geometry.depth[hit]
+    visible = (depth[chosen] <= shown * (1 + 4 * multiview.DEPTH_SLACK) + 1e-4) \
+        & (texel[chosen] >= 0)
+    objects_at[hit] = np.where(visible, owner[chosen], -1)
+    texel_at[hit] = np.where(visible, texel[chosen], -1)
+    return objects_at, texel_at
+
+
+@contextlib.contextmanager
+def _as_scene_camera(scene: bpy.types.Scene, view_layer: Any,
+                     camera: bpy.types.Object) -> Iterator[None]:
+    previous = scene.camera
+    scene.camera = camera
+    try:
+        view_layer.update()
+        yield
+    finally:
+        scene.camera = previous
+
+
+def _bounding_sphere(objects: list[bpy.types.Object]) -> tuple[np.ndarray, float]:
+    corners = np.concatenate([np.array([obj.matrix_world @ mathutils.Vector(c)
+                                        for c in obj.bound_box]) for obj in objects])
+    center = (corners.min(axis=0) + corners.max(axis=0)) / 2.0
+    return center, max(float(np.linalg.norm(corners - center, axis=1).max()), 1e-3)
+
+
+def auto_poses(objects: list[bpy.types.Object], props: Any, width: int,
+               height: int) -> list[multiview.ViewPose]:
+    """Where the placed cameras stand for ``objects`` and the panel's view settings."""
+    center, radius = _bounding_sphere(objects)
+    distance = props.distance or multiview.fit_distance(radius, LENS, SENSOR, width, height)
+    return multiview.orbit_views(center, distance, props.orbit_count, props.elevation,
+                                 props.top, props.bottom)
+
+
+def _pose_camera(pose: multiview.ViewPose, distance: float) -> projection.ViewCamera:
+    return projection.ViewCamera(matrix_world=pose.matrix_world, orthographic=False,
+                                 lens=LENS, sensor_fit="HORIZONTAL", sensor_size=SENSOR,
+                                 ortho_scale=1.0, clip_start=max(distance * 1e-3, 1e-3),
+                                 clip_end=distance * 100.0)
+
+
+def _ensure_uvs(obj: bpy.types.Object, context: bpy.types.Context) -> tuple[str, bool]:
+    """The object's own UV map, or a new Smart UV Project map when it has none."""
+    own = host.own_uv_map(obj)
+    if own is not None:
+        return own, False
+    if len(obj.data.uv_layers) >= host.MAX_UV_MAPS:
+        raise host.HostError(f"'{obj.name}' has no UV map of its own and no room for one")
+    layer = obj.data.uv_layers.new(name=SMART_UV_NAME)
+    layer.active = True
+    name = layer.name   # edit mode rebuilds the mesh's layers: ``layer`` goes stale
+    view_layer = context.view_layer
+    active = view_layer.objects.active
+    selected = [o for o in context.scene.objects if o.select_get()]
+    try:
+        for other in selected:
+            other.select_set(False)
+        obj.select_set(True)
+        view_layer.objects.active = obj
+        bpy.ops.object.mode_set(mode="EDIT")
+        bpy.ops.mesh.select_all(action="SELECT")
+        bpy.ops.uv.smart_project()
+    except RuntimeError as exc:
+        bpy.ops.object.mode_set(mode="OBJECT")
+        obj.data.uv_layers.remove(obj.data.uv_layers[name])
+        raise host.HostError(f"could not make UVs for '{obj.name}' ({exc}): unwrap it "
+                             "first") from exc
+    finally:
+        if bpy.context.object is not None and bpy.context.object.mode == "EDIT":
+            bpy.ops.object.mode_set(mode="OBJECT")
+        obj.select_set(False)
+        for other in selected:
+            other.select_set(True)
+        view_layer.objects.active = active
+    return name, True
+
+
+# ---------------------------------------------------------------- operators
+
+class ATELIER_OT_texture_from_views(bpy.types.Operator):
+    """Texture the selected meshes from many views into their own UVs: depth and normals of
+    each view guide the daemon, later views inpaint what earlier ones did not see, the
+    results blend into one new image per object in a new material slot"""
+    bl_idname = "atelier.texture_from_views"
+    bl_label = "Texture from Views"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        from .operators import _session
+        scene = context.scene
+        props = scene.atelier_views
+        objects = sorted((o for o in context.selected_objects if o.type == "MESH"),
+                         key=lambda o: o.name)
+        if not objects:
+            self.report({"ERROR"}, "select the mesh objects to texture")
+            return {"CANCELLED"}
+        panel = settings.settings_from(scene.atelier)
+        problem = settings.size_problem(panel.width, panel.height, None)
+        if problem is not None:
+            self.report({"ERROR"}, problem)
+            return {"CANCELLED"}
+        try:
+            session = _session(context)
+            session.retry_now()
+            run = _prepare(context, objects, props, panel, session)
+            run.start()
+        except (ProtocolError, ClientError, host.HostError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"{LABEL}: {len(run.views)} views of {len(objects)} object(s) "
+                              "sent to the Atelier daemon")
+        return {"FINISHED"}
+
+
+def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props: Any,
+             panel: settings.PanelSettings, session: Session) -> ViewsRun:
+    """Render every view's passes and work out every view's weights, before any job."""
+    scene, view_layer = context.scene, context.view_layer
+    width, height = panel.width, panel.height
+    if props.views_from == "CAMERAS":
+        cameras = sorted((o for o in context.selected_objects if o.type == "CAMERA"),
+                         key=lambda o: o.name)
+        if not cameras:
+            raise host.HostError("Views: Selected Cameras, but no camera is selected")
+        shots = [(cam.name, lambda cam=cam: _as_scene_camera(scene, view_layer, cam))
+                 for cam in cameras]
+    else:
+        poses = auto_poses(objects, props, width, height)
+        center, _ = _bounding_sphere(objects)
+        shots = [(pose.name, lambda pose=pose: host.temporary_camera(
+            scene, view_layer, _pose_camera(pose, float(np.linalg.norm(
+                np.array(pose.matrix_world)[:3, 3] - center))))) for pose in poses]
+    targets, added = [], []
+    try:
+        for obj in objects:
+            uv_map, new = _ensure_uvs(obj, context)
+            if new:
+                added.append((obj, uv_map))
+            target = _texels(obj, uv_map, props.texture_size)
+            target.added_uv = new
+            target.color_sum = np.zeros((len(target.positions), 3))
+            target.weight_sum = np.zeros(len(target.positions))
+            targets.append(target)
+        views = []
+        for name, seen_from in shots:
+            with seen_from():
+                depsgraph = context.evaluated_depsgraph_get()
+                view, proj = host.camera_matrices(scene, depsgraph, width, height)
+                camera = scene.camera
+                shot = passes.render_passes(scene, view_layer, width, height,
+                                            ("depth", "normal"), as_viewport=True)
+                world = np.array(camera.matrix_world, np.float64)
+                ortho = camera.data.type == "ORTHO"
+            depth = np.frombuffer(shot.depth, "<f4").reshape(height, width)[::-1]
+            geometry = multiview.ViewGeometry(np.array(view), np.array(proj), width, height,
+                                              world[:3, 3], depth.astype(np.float64), ortho,
+                                              -world[:3, 2])
+            for target in targets:
+                weights, uv = multiview.texel_weights(target.positions, target.normals,
+                                                      geometry, props.max_angle)
+                target.weights.append(weights.astype(np.float32))
+                target.view_uv.append(uv.astype(np.float32))
+            surface_object, surface_texel = _surface(targets, objects, geometry)
+            views.append(_View(name, passes.pass_uploads(shot), width, height,
+                               surface_object, surface_texel))
+    except BaseException:
+        for obj, uv_map in added:
+            layer = obj.data.uv_layers.get(uv_map)
+            if layer is not None:
+                obj.data.uv_layers.remove(layer)
+        raise
+    prefs = context.preferences.addons[ADDON_ID].preferences
+    return ViewsRun(scene.name, panel, props.texture_size, props.padding, props.seen_weight,
+                    props.keep_weights, prefs.image_storage == "FILES", session, targets,
+                    views)
+
+
+class ATELIER_OT_add_view_cameras(bpy.types.Operator):
+    """Add the cameras Texture from Views would place around the selected meshes, to look
+    through or adjust before generating (then choose Views: Selected Cameras)"""
+    bl_idname = "atelier.add_view_cameras"
+    bl_label = "Add View Cameras"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        objects = [o for o in context.selected_objects if o.type == "MESH"]
+        if not objects:
+            self.report({"ERROR"}, "select the mesh objects to place cameras around")
+            return {"CANCELLED"}
+        panel = settings.settings_from(context.scene.atelier)
+        try:
+            poses = auto_poses(objects, context.scene.atelier_views, panel.width, panel.height)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        for obj in context.selected_objects:
+            obj.select_set(False)
+        for pose in poses:
+            data = bpy.data.cameras.new(f"View {pose.name}")
+            data.lens, data.sensor_width, data.sensor_fit = LENS, SENSOR, "HORIZONTAL"
+            camera = bpy.data.objects.new(f"View {pose.name}", data)
+            camera.matrix_world = mathutils.Matrix(pose.matrix_world)
+            context.scene.collection.objects.link(camera)
+            camera.select_set(True)
+        return {"FINISHED"}
+
+
+class VIEW3D_PT_atelier_views(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = CATEGORY
+    bl_label = "Texture from Views"
+    bl_parent_id = "VIEW3D_PT_atelier"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        props = context.scene.atelier_views
+        layout.prop(props, "views_from")
+        if props.views_from == "AUTO":
+            col = layout.column(align=True)
+            col.prop(props, "orbit_count")
+            col.prop(props, "elevation")
+            col.prop(props, "distance")
+            row = layout.row(align=True)
+            row.prop(props, "top", toggle=True)
+            row.prop(props, "bottom", toggle=True)
+            layout.operator(ATELIER_OT_add_view_cameras.bl_idname, icon="CAMERA_DATA")
+        col = layout.column(align=True)
+        col.prop(props, "texture_size")
+        col.prop(props, "max_angle")
+        col.prop(props, "seen_weight")
+        col.prop(props, "padding")
+        layout.prop(props, "keep_weights")
+        layout.operator(ATELIER_OT_texture_from_views.bl_idname, icon="TEXTURE")
+
+
+CLASSES = (AtelierViewsSettings, ATELIER_OT_texture_from_views, ATELIER_OT_add_view_cameras,
+           VIEW3D_PT_atelier_views)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.atelier_views = PointerProperty(type=AtelierViewsSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.atelier_views
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

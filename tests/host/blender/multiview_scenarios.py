@@ -1,0 +1,182 @@
+"""Scenarios for Texture from Views (issue 13), run like scenarios.py's.
+
+Geometry truths that do not depend on the tiny model's random pictures: a cube textured
+from 6 placed views is covered almost everywhere; a face no view sees stays empty; a face
+hidden behind a wall in one view gets no weight from it (the weight maps the add-on keeps
+when asked); the normal pass of a face toward the camera; Cancel leaves the scene as it was.
+"""
+
+from __future__ import annotations
+
+import time
+
+import bpy
+import numpy as np
+
+import harness
+from scenarios import JOB_TIMEOUT, SIZE, image_rows, new_datablocks, snapshot
+
+TEXTURE = 128
+
+
+def _views(scene, **values):
+    props = scene.atelier_views
+    for key, value in values.items():
+        setattr(props, key, value)
+    return props
+
+
+def _run_of(job):
+    return job.finish.__self__   # the ViewsRun whose view this job is
+
+
+def _texture_all(module, session, scene, expect_views: int):
+    """Press Texture from Views and pump until the last view is blended in; the run."""
+    started = time.perf_counter()
+    assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
+    run = _run_of(session.jobs[-1])
+    assert len(run.views) == expect_views, [v.name for v in run.views]
+    prepared = time.perf_counter() - started
+    session.pump_until_idle(JOB_TIMEOUT * 2)
+    states = [job.progress_text for job in run.jobs]
+    assert [job.state.name for job in run.jobs] == ["DONE"] * expect_views, states
+    total = time.perf_counter() - started
+    print(f"TIMING prepare {prepared:.2f} s, total {total:.2f} s for {expect_views} views "
+          f"({TEXTURE}px texture, {SIZE}px views):",
+          ", ".join(f"{t['view']} daemon {t['daemon_s']:.2f} s + blend {t['blender_s']:.3f} s"
+                    for t in run.timings))
+    return run
+
+
+def _face_texels(target, normal) -> np.ndarray:
+    """Which of the target's inside texels lie on the face whose normal is ``normal``."""
+    return np.einsum("ij,j->i", target.normals, np.asarray(normal, float)) > 0.99
+
+
+def _weights(name: str) -> np.ndarray:
+    """A kept weight map as (H, W) floats, Blender's row order."""
+    return image_rows(bpy.data.images[name])[..., 0]
+
+
+def scenario_views(module, url: str) -> None:
+    session = harness.session(module)
+    # ---------------- a cube alone, 4 orbit views at the horizon + top + bottom
+    scene = harness.empty_scene()
+    cube = harness.add_cube(scene, "Box", (0, 0, 0))
+    paint = bpy.data.materials.new("Paint")
+    cube.data.materials.append(paint)
+    harness.select_only([cube])
+    harness.settings(scene, prompt="painted crate", steps=2, width=SIZE, height=SIZE,
+                     random_seed=False, seed=11)
+    _views(scene, views_from="AUTO", orbit_count=4, elevation=0.0, top=True, bottom=True,
+           texture_size=TEXTURE, keep_weights=True, padding=2)
+    before = snapshot()
+    assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
+    first = session.jobs[-1]
+    run = _run_of(first)
+    # One job per view, depth and normals as its two controls; the first generates freely.
+    assert first.request.kind == "txt2img" and first.request.mask is None
+    assert [c.kind for c in first.request.controls] == ["depth", "normal"]
+    normal = next(f for f in first.uploads if f.id == first.request.controls[1].image)
+    rows = np.frombuffer(normal.data, np.uint8).reshape(SIZE, SIZE, 4)
+    centre = rows[SIZE // 2 - 2:SIZE // 2 + 3, SIZE // 2 - 2:SIZE // 2 + 3, :3].reshape(-1, 3)
+    assert np.abs(centre.astype(int) - (128, 128, 255)).max() <= 2, centre  # front face
+    depth = next(f for f in first.uploads if f.id == first.request.controls[0].image)
+    z = np.frombuffer(depth.data, "<f4").reshape(SIZE, SIZE)
+    camera_distance = _pose_distance(module, scene)
+    assert abs(float(z[SIZE // 2, SIZE // 2]) - (camera_distance - 1.0)) < 0.05, \
+        (z[SIZE // 2, SIZE // 2], camera_distance)
+    session.pump_until_idle(JOB_TIMEOUT * 2)
+    assert [job.state.name for job in run.jobs] == ["DONE"] * 6, \
+        [job.progress_text for job in run.jobs]
+    # Later views inpaint: init image and mask, with the same two controls.
+    for job in run.jobs[1:]:
+        assert job.request.kind == "inpaint" and job.request.mask and job.request.init_image
+        assert [c.kind for c in job.request.controls] == ["depth", "normal"]
+    assert [v.name for v in run.views] == ["Orbit 1", "Orbit 2", "Orbit 3", "Orbit 4", "Top",
+                                           "Bottom"]
+    print("TIMING", ", ".join(f"{t['view']} daemon {t['daemon_s']:.2f} s + blend "
+                              f"{t['blender_s']:.3f} s" for t in run.timings))
+
+    made = new_datablocks(before)
+    texture_name = run.made[0]
+    weight_names = run.made[1:]
+    assert made["images"] == set(run.made) and len(weight_names) == 6, made
+    assert len(made["materials"]) == 1 and made["meshes"] == set(), made
+    # Its own UV map, untouched; the old material stays in its slot, the new one added.
+    assert [layer.name for layer in cube.data.uv_layers] == ["UVMap"]
+    assert cube.material_slots[0].material == paint and len(cube.material_slots) == 2
+    material = cube.material_slots[1].material
+    nodes = {n.type: n for n in material.node_tree.nodes}
+    assert nodes["TEX_IMAGE"].image.name == texture_name
+    assert nodes["UVMAP"].uv_map == "UVMap"
+    assert all(p.material_index == 1 for p in cube.data.polygons)
+    texture = image_rows(bpy.data.images[texture_name])
+    assert texture.shape == (TEXTURE, TEXTURE, 4)
+    target = run.targets[0]
+    coverage = float((texture[target.inside, 3] > 0.5).mean())
+    print(f"COVERAGE {coverage:.4f} of {int(target.inside.sum())} UV texels")
+    assert coverage >= 0.98, coverage
+    assert np.ptp(texture[target.inside, :3]) > 0.0    # the daemon's colours came in
+    front = _face_texels(target, (0, -1, 0))
+    facing = _weights(weight_names[0])[target.inside]   # Orbit 1 looks at the front face
+    assert np.median(facing[front]) > 0.9, np.median(facing[front])
+    assert (_weights(weight_names[2])[target.inside][front] == 0.0).all()   # from behind
+
+    # ---------------- a wall hides the front face from Orbit 1; no bottom view
+    scene = harness.empty_scene()
+    cube = harness.add_cube(scene, "Walled", (0, 0, 0))
+    harness.add_grid(scene, "Wall", (0, -2.5, 0), size=3.0, cuts=1)   # not selected
+    harness.select_only([cube])
+    _views(scene, orbit_count=4, elevation=0.0, top=True, bottom=False)
+    run = _texture_all(module, session, scene, 5)
+    target = run.targets[0]
+    texture = image_rows(bpy.data.images[run.made[0]])
+    front = _face_texels(target, (0, -1, 0))
+    bottom = _face_texels(target, (0, 0, -1))
+    hidden = _weights(run.made[1])[target.inside]
+    assert (hidden[front] == 0.0).all(), hidden[front].max()   # the wall is in the way
+    right = _face_texels(target, (1, 0, 0))
+    assert np.median(_weights(run.made[2])[target.inside][right]) > 0.9   # Orbit 2 sees
+    # No view sees the front (hidden) or the bottom (no view below): they stay empty.
+    assert (texture[target.inside][front | bottom, 3] == 0.0).all()
+    seen_faces = ~(front | bottom)
+    assert (texture[target.inside][seen_faces, 3] > 0.5).mean() >= 0.98
+    assert len(bpy.data.objects["Wall"].material_slots) == 0
+
+
+def _pose_distance(module, scene) -> float:
+    """How far the placed cameras stand from the selected cube's centre (at the origin)."""
+    objects = [o for o in bpy.context.selected_objects if o.type == "MESH"]
+    poses = module.multiview_ops.auto_poses(objects, scene.atelier_views, SIZE, SIZE)
+    return float(np.linalg.norm(np.array(poses[0].matrix_world)[:3, 3]))
+
+
+def scenario_views_cancel(module, url: str) -> None:
+    """An object without UVs gets a Smart UV Project map for the run; Cancel after the
+    first view takes it back: no image, material or UV map is left."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    cube = harness.add_cube(scene, "Bare", (0, 0, 0))
+    cube.data.uv_layers.remove(cube.data.uv_layers[0])
+    harness.select_only([cube])
+    harness.settings(scene, prompt="long views", steps=60, width=SIZE, height=SIZE,
+                     random_seed=False, seed=2)
+    _views(scene, views_from="AUTO", orbit_count=3, elevation=20.0, top=False, bottom=False,
+           texture_size=64, keep_weights=True)
+    before = snapshot()
+    assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
+    run = _run_of(session.jobs[-1])
+    assert [layer.name for layer in cube.data.uv_layers] == ["Atelier Views UV"]
+    assert run.targets[0].inside.mean() > 0.3    # Smart UV Project laid the faces out
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: len(run.jobs) >= 2)
+    assert run.jobs[0].state.name == "DONE" and run.jobs[1].request.kind == "inpaint"
+    assert bpy.ops.atelier.cancel() == {"FINISHED"}
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert run.jobs[-1].state.name == "CANCELLED", run.jobs[-1].progress_text
+    assert len(run.jobs) == 2
+    assert new_datablocks(before) == {"images": set(), "materials": set(), "meshes": set()}
+    assert len(cube.data.uv_layers) == 0 and len(cube.material_slots) == 0
+
+
+SCENARIOS = {"views": scenario_views, "views_cancel": scenario_views_cancel}

@@ -67,8 +67,8 @@ FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
 CONTROL_ROWS: tuple[tuple[str, tuple[str, str, str, str, str]], ...] = tuple(
     (kind, tuple(name for name, _ in FIELDS["controls"][5 * i:5 * i + 5]))  # type: ignore[misc]
     for i, kind in enumerate(("depth", "normal", "lineart")))
-CONTROLS_NOTE = ("Render to Image sends the passes ticked here; Project Texture sends depth "
-                 "always and the others when ticked")
+CONTROLS_NOTE = ("Render to Image and Live send the passes ticked here; Project Texture "
+                 "sends depth always and the others when ticked")
 
 CONNECT = "Connect"
 TEST_CONNECTION = "Test Connection"

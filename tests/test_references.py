@@ -135,6 +135,27 @@ def test_the_model_is_as_before_after_a_reference_job(generator, store):
     assert unet.encoder_hid_proj is None and unet.config.encoder_hid_dim_type is None
 
 
+def test_compiled_unet_matches_eager_and_plain_jobs_keep_their_graphs(atelier_home,
+                                                                      reference_models_dir,
+                                                                      generator):
+    from backend.models.accel import AccelOptions
+    from models_support import CompileCounter
+
+    graphs = CompileCounter()      # dynamo's capture and guards; counts each compile
+    options = AccelOptions(fuse_qkv=True, compile_unet=True, compile_backend=graphs)
+    store = ModelStore("cpu", torch.float32, atelier_home, [reference_models_dir],
+                       hf_cache=atelier_home / "no-hf-cache", accel=options)
+    store.load("tiny")
+    compiled = DiffusionGenerator(store)
+    plain = pixels(compiled, job())
+    assert pixels(compiled, job(ref())) == pixels(generator, job(ref()))
+    after_reference = len(graphs)
+    assert pixels(compiled, job(ref())) == pixels(generator, job(ref()))
+    assert pixels(compiled, job()) == plain == pixels(generator, job())
+    # the same references again, and plain jobs after them, compile nothing new
+    assert len(graphs) == after_reference
+
+
 def test_references_with_every_kind_controls_regions_tiling_caching_and_batches(generator):
     init = picture(5, SIZE, SIZE)
     uploads = {**UPLOADS, init.id: init}

@@ -194,5 +194,8 @@ def reference_attention(setup: Optional[ReferenceSetup], pipe: DiffusionPipeline
         yield
     finally:
         unet.set_attn_processor(originals)
+        # Deleted first: a None set over a submodule would stay a (None) submodule entry,
+        # which compiled graphs guard on; set afresh it is a plain attribute as before.
+        del unet.encoder_hid_proj
         unet.encoder_hid_proj = projection
         unet.config.encoder_hid_dim_type = projection_type

@@ -153,8 +153,10 @@ def _pose_distance(module, scene) -> float:
 
 
 def scenario_views_cancel(module, url: str) -> None:
-    """An object without UVs gets a Smart UV Project map for the run; Cancel after the
-    first view takes it back: no image, material or UV map is left."""
+    """Add View Cameras places the cameras, which then serve as Selected Cameras; an object
+    without UVs gets a Smart UV Project map for the run; the second view repaints only what
+    the first did not see well, over the first's colours; Cancel then takes everything back:
+    no image, material or UV map is left."""
     session = harness.session(module)
     scene = harness.empty_scene()
     cube = harness.add_cube(scene, "Bare", (0, 0, 0))
@@ -162,15 +164,37 @@ def scenario_views_cancel(module, url: str) -> None:
     harness.select_only([cube])
     harness.settings(scene, prompt="long views", steps=60, width=SIZE, height=SIZE,
                      random_seed=False, seed=2)
-    _views(scene, views_from="AUTO", orbit_count=3, elevation=20.0, top=False, bottom=False,
-           texture_size=64, keep_weights=True)
+    props = _views(scene, views_from="AUTO", orbit_count=8, elevation=20.0, top=False,
+                   bottom=False, texture_size=64, keep_weights=True)
+    poses = module.multiview_ops.auto_poses([cube], props, SIZE, SIZE)
+    assert bpy.ops.atelier.add_view_cameras() == {"FINISHED"}
+    cameras = sorted((o for o in scene.objects if o.type == "CAMERA"), key=lambda o: o.name)
+    assert [c.name for c in cameras] == [f"View Orbit {i}" for i in range(1, 9)]
+    for camera, pose in zip(cameras, poses):
+        assert np.allclose(np.array(camera.matrix_world), pose.matrix_world, atol=1e-5)
+    cube.select_set(True)
+    props.views_from = "CAMERAS"
     before = snapshot()
     assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
     run = _run_of(session.jobs[-1])
+    assert [v.name for v in run.views] == [c.name for c in cameras]
     assert [layer.name for layer in cube.data.uv_layers] == ["Atelier Views UV"]
     assert run.targets[0].inside.mean() > 0.3    # Smart UV Project laid the faces out
     session.pump_until_idle(JOB_TIMEOUT, until=lambda: len(run.jobs) >= 2)
     assert run.jobs[0].state.name == "DONE" and run.jobs[1].request.kind == "inpaint"
+    # The second view (45 degrees round) sees some of what the first saw well: kept
+    # (mask 0) and shown with the first's colours; the rest of the cube is repainted.
+    second = run.jobs[1]
+    uploads = {f.id: f for f in second.uploads}
+    mask = np.frombuffer(uploads[second.request.mask].data, np.uint8).reshape(SIZE, SIZE)
+    init = np.frombuffer(uploads[second.request.init_image].data,
+                         np.uint8).reshape(SIZE, SIZE, 4)
+    view = run.views[1]
+    on_cube = view.surface_object[::-1] >= 0          # top row first, like the uploads
+    kept = on_cube & (mask == 0)
+    assert kept.sum() > 20 and (on_cube & (mask == 255)).sum() > 20, (kept.sum(), mask)
+    assert (mask[~on_cube] == 255).all()
+    assert np.abs(init[kept][:, :3].astype(int) - 128).max() > 2   # not the empty grey
     assert bpy.ops.atelier.cancel() == {"FINISHED"}
     session.pump_until_idle(JOB_TIMEOUT)
     assert run.jobs[-1].state.name == "CANCELLED", run.jobs[-1].progress_text

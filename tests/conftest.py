@@ -79,7 +79,7 @@ def fresh_daemon(start_daemon) -> DaemonProcess:
 @pytest.fixture(scope="session")
 def reference_models_dir(atelier_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A user's ComfyUI models folder for reference images: tiny IP-Adapters for the tiny
-    SD1.5 and SDXL models in ``ipadapter/`` and the tiny CLIP image encoder as one file in
+    SD1.5 (plain and plus) and SDXL models in ``ipadapter/`` and the tiny CLIP image encoder as one file in
     ``clip_vision/``: serve it with ``--models-dir``."""
     from backend.models.sources import ensure_tiny
     from backend.models.tiny_references import build_tiny_image_encoder, build_tiny_ip_adapter
@@ -88,6 +88,8 @@ def reference_models_dir(atelier_home: Path, tmp_path_factory: pytest.TempPathFa
     for base, name in (("tiny", "tiny-ip-adapter_sd15"), ("tiny-sdxl", "tiny-ip-adapter_sdxl")):
         build_tiny_ip_adapter(folder / "ipadapter" / f"{name}.safetensors",
                               ensure_tiny(base, atelier_home / "models"))
+    build_tiny_ip_adapter(folder / "ipadapter" / "tiny-ip-adapter_sd15_plus.safetensors",
+                          ensure_tiny("tiny", atelier_home / "models"), plus=True)
     build_tiny_image_encoder(folder / "clip_vision" / "tiny-clip-vision.safetensors",
                              single_file=True)
     return folder

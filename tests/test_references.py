@@ -26,6 +26,7 @@ from tests.models_support import put_in_hf_cache
 SIZE = 64
 SD15_ADAPTER = "tiny-ip-adapter_sd15"
 SDXL_ADAPTER = "tiny-ip-adapter_sdxl"
+PLUS_ADAPTER = "tiny-ip-adapter_sd15_plus"
 HF_ADAPTER = "h94/IP-Adapter/models/ip-adapter_sd15"
 
 
@@ -183,6 +184,15 @@ def test_references_with_every_kind_controls_regions_tiling_caching_and_batches(
     assert difference.max() <= 1
 
 
+def test_a_plus_adapter_reads_the_encoders_hidden_states(generator, store):
+    plain, steered = pixels(generator, job()), pixels(generator, job(ref()))
+    plus = pixels(generator, job(ref(model=PLUS_ADAPTER)))
+    assert plus not in (plain, steered)
+    assert pixels(generator, job(ref(model=PLUS_ADAPTER), ref(BLUE))) not in (plus, steered)
+    loaded = [a for a in store.active.references.adapters.values() if a.file.name == PLUS_ADAPTER]
+    assert loaded[0].file.hidden_states and loaded[0].tokens == 16
+
+
 def test_sdxl_runs_its_own_adapter_by_default(generator):
     plain = pixels(generator, job(model="tiny-sdxl"))
     steered = pixels(generator, job(ref(model=None), model="tiny-sdxl"))
@@ -287,7 +297,8 @@ def test_pull_fetches_one_adapter_and_its_encoder_and_it_then_serves(atelier_hom
 def test_list_models_shows_adapters_with_their_family(atelier_home, reference_models_dir, hf_cache):
     catalog = list_models(atelier_home, [reference_models_dir], hf_cache)
     adapters = {m.name: m.family for m in catalog.models if m.kind == "ip_adapter"}
-    assert adapters == {SD15_ADAPTER: "sd15", SDXL_ADAPTER: "sdxl", HF_ADAPTER: "sd15"}
+    assert adapters == {SD15_ADAPTER: "sd15", PLUS_ADAPTER: "sd15", SDXL_ADAPTER: "sdxl",
+                        HF_ADAPTER: "sd15"}
     listed = {Path(m.path).name for m in catalog.models if m.path}
     assert "tiny-clip-vision.safetensors" not in listed and not catalog.problems
 

@@ -193,9 +193,10 @@ def reference_attention(setup: Optional[ReferenceSetup], pipe: DiffusionPipeline
         pipe.set_ip_adapter_scale(list(setup.scales))
         yield
     finally:
-        unet.set_attn_processor(originals)
-        # Deleted first: a None set over a submodule would stay a (None) submodule entry,
-        # which compiled graphs guard on; set afresh it is a plain attribute as before.
+        # The projection first: a plus adapter's has attention layers of its own, which
+        # set_attn_processor would count. Deleted before it is set: a None set over a
+        # submodule stays a (None) submodule entry, which compiled graphs guard on.
         del unet.encoder_hid_proj
         unet.encoder_hid_proj = projection
         unet.config.encoder_hid_dim_type = projection_type
+        unet.set_attn_processor(originals)

@@ -40,7 +40,8 @@ VIEW_SOURCES = (("AUTO", "Around the Objects", "Cameras placed on an orbit aroun
 
 
 class AtelierViewsSettings(bpy.types.PropertyGroup):
-    views_from: EnumProperty(name="Views", items=VIEW_SOURCES, default="AUTO")
+    views_from: EnumProperty(name="Views", items=VIEW_SOURCES, default="AUTO",
+                             description="Where the views are seen from")
     orbit_count: IntProperty(name="Orbit Views", default=4, min=0, max=16,
                              description="Cameras evenly around the objects")
     elevation: FloatProperty(name="Elevation", default=15.0, min=-80.0, max=80.0,
@@ -92,6 +93,7 @@ class _View:
     height: int
     surface_object: np.ndarray       # (H, W) int: target index, -1 none; bottom row first
     surface_texel: np.ndarray        # (H, W) int: index into the target's inside texels
+    geometry: multiview.ViewGeometry
 
 
 @dataclass
@@ -102,6 +104,7 @@ class ViewsRun:
     size: int
     padding: int
     seen_weight: float
+    max_angle: float
     keep_weights: bool
     as_files: bool
     session: Session
@@ -165,6 +168,7 @@ class ViewsRun:
         image = images[0]
         width, height = image.size
         pixels = host.float_pixels(image).reshape(height, width, 4)[..., :3]
+        self._weigh(index)
         for target in self.targets:
             weights = target.weights[index]
             colors = projection.sample_bilinear(pixels, target.view_uv[index])
@@ -180,6 +184,17 @@ class ViewsRun:
             self._send(index + 1)
         self.timings.append({"view": self.views[index].name, "daemon_s": daemon,
                              "blender_s": time.perf_counter() - began})
+
+    def _weigh(self, index: int) -> None:
+        """Each texel's weight from view ``index`` and where it lies in the view's image:
+        worked out as that view's result comes in, so that no single step of the run holds
+        Blender up for all the views' worth."""
+        geometry = self.views[index].geometry
+        for target in self.targets:
+            weights, uv = multiview.texel_weights(target.positions, target.normals, geometry,
+                                                  self.max_angle)
+            target.weights.append(weights.astype(np.float32))
+            target.view_uv.append(uv.astype(np.float32))
 
     def _finish(self, job: Job) -> list[str]:
         """Each object's blended texture as a new image in a new material slot."""
@@ -450,7 +465,7 @@ class ATELIER_OT_texture_from_views(bpy.types.Operator):
 
 def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props: Any,
              panel: settings.PanelSettings, session: Session) -> ViewsRun:
-    """Render every view's passes and work out every view's weights, before any job."""
+    """Every object's texels and every view's passes, rendered before any job is sent."""
     scene, view_layer = context.scene, context.view_layer
     width, height = panel.width, panel.height
     if props.views_from == "CAMERAS":
@@ -491,14 +506,9 @@ def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props:
             geometry = multiview.ViewGeometry(np.array(view), np.array(proj), width, height,
                                               world[:3, 3], depth.astype(np.float64), ortho,
                                               -world[:3, 2])
-            for target in targets:
-                weights, uv = multiview.texel_weights(target.positions, target.normals,
-                                                      geometry, props.max_angle)
-                target.weights.append(weights.astype(np.float32))
-                target.view_uv.append(uv.astype(np.float32))
             surface_object, surface_texel = _surface(targets, objects, geometry)
             views.append(_View(name, passes.pass_uploads(shot), width, height,
-                               surface_object, surface_texel))
+                               surface_object, surface_texel, geometry))
     except BaseException:
         for obj, uv_map in added:
             layer = obj.data.uv_layers.get(uv_map)
@@ -507,7 +517,7 @@ def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props:
         raise
     prefs = context.preferences.addons[ADDON_ID].preferences
     return ViewsRun(scene.name, panel, props.texture_size, props.padding, props.seen_weight,
-                    props.keep_weights, prefs.image_storage == "FILES", session, targets,
+                    props.max_angle, props.keep_weights, prefs.image_storage == "FILES", session, targets,
                     views)
 
 

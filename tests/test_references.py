@@ -303,6 +303,28 @@ def test_list_models_shows_adapters_with_their_family(atelier_home, reference_mo
     assert "tiny-clip-vision.safetensors" not in listed and not catalog.problems
 
 
+def test_adapters_in_atelier_home_and_a1111s_controlnet_folder(reference_models_dir, tmp_path):
+    import shutil
+
+    from backend.models.ip_adapters import find_adapter
+    from backend.models.sources import ModelRoots
+
+    home, a1111 = tmp_path / "home", tmp_path / "a1111-models"
+    for folder, name in ((home / "ipadapter", "mine"), (a1111 / "ControlNet", "ip-adapter_sd15")):
+        folder.mkdir(parents=True)
+        shutil.copy(reference_models_dir / "ipadapter" / f"{SD15_ADAPTER}.safetensors",
+                    folder / f"{name}.safetensors")
+    (a1111 / "ControlNet" / "ip-adapter_sdxl.pth").write_bytes(b"pickle")
+    catalog = list_models(home, [a1111], tmp_path / "no-cache")
+    assert {m.name for m in catalog.models if m.kind == "ip_adapter"} == {"mine", "ip-adapter_sd15"}
+    roots = ModelRoots.of(home, [a1111], tmp_path / "no-cache")
+    assert find_adapter("mine", roots, tmp_path, "f").path.parent.name == "ipadapter"
+    assert find_adapter("ip-adapter_sd15", roots, tmp_path, "f").family == "sd15"
+    with pytest.raises(ProtocolError) as info:
+        find_adapter("ip-adapter_sdxl.pth", roots, tmp_path, "f")
+    assert info.value.code == ErrorCode.MODEL_LOAD_FAILED and "pickle" in info.value.message
+
+
 def test_the_daemon_announces_and_runs_references(start_daemon, reference_models_dir):
     from protocol.client import AtelierClient, JobDone
     from protocol.messages import Models

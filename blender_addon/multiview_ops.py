@@ -323,19 +323,24 @@ def _surface(targets: list[_Target], objects: list[bpy.types.Object],
         uvd = projection.project_to_uv(positions[vertex_of_loop[loops]], geometry.view,
                                        geometry.projection)
         ahead = (uvd[:, 2].reshape(-1, 3) > 0).all(axis=1)
-        tex = uv.reshape(-1, 2)[loops]
+        tex = uv.reshape(-1, 2)[loops].reshape(-1, 3, 2)[ahead]
         corners = uvd.reshape(-1, 3, 3)[ahead]
-        attributes = np.concatenate([tex.reshape(-1, 3, 2)[ahead], corners[:, :, 2:]], axis=2)
+        # Perspective-correct: what varies linearly across the image is attribute / depth
+        # (and 1 / depth); an orthographic image keeps attributes linear as they are.
+        scale = np.ones_like(corners[:, :, 2:]) if geometry.orthographic \
+            else 1.0 / corners[:, :, 2:]
+        attributes = np.concatenate([tex * scale, scale, corners[:, :, 2:] * scale], axis=2)
         texel_index = np.full(target.inside.shape, -1, np.int64)
         texel_index[target.inside] = np.arange(int(target.inside.sum()))
         size = target.inside.shape[0]
         for rows, cols, values in projection.raster_fragments(corners[:, :, :2], attributes,
                                                               w, h):
+            values = values / values[:, 2:3]        # (u, v, 1, depth)
             trow = np.clip((values[:, 1] * size).astype(np.int64), 0, size - 1)
             tcol = np.clip((values[:, 0] * size).astype(np.int64), 0, size - 1)
             frags_rows.append(rows)
             frags_cols.append(cols)
-            frags_depth.append(values[:, 2])
+            frags_depth.append(values[:, 3])
             frags_obj.append(np.full(len(rows), index))
             frags_texel.append(texel_index[trow, tcol])
     objects_at = np.full((h, w), -1, np.int64)

@@ -277,14 +277,21 @@ def test_pull_fetches_one_adapter_and_its_encoder_and_it_then_serves(atelier_hom
     build_tiny_image_encoder(repo / "models" / "image_encoder")
     (repo / "models" / "image_encoder" / "pytorch_model.bin").write_bytes(b"pickle")
     (repo / "models" / "ip-adapter_sd15.bin").write_bytes(b"pickle")
-    (repo / "sdxl_models").mkdir()
-    (repo / "sdxl_models" / "ip-adapter_sdxl.safetensors").write_bytes(b"another adapter")
+    for name in ("sdxl_models/ip-adapter_sdxl.safetensors",
+                 "sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+                 "sdxl_models/image_encoder/config.json",
+                 "sdxl_models/image_encoder/model.safetensors"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_bytes(b"{}")
     cache = tmp_path / "hub-cache"
+    encoder = {"models/image_encoder/config.json", "models/image_encoder/model.safetensors"}
     with FakeHub("h94/IP-Adapter", repo) as fake:
         result = _pull(fake.url, cache, HF_ADAPTER, "h94/IP-Adapter/models/nothing")
-        downloaded = fake.downloaded()
-    assert downloaded == {"models/ip-adapter_sd15.safetensors", "models/image_encoder/config.json",
-                          "models/image_encoder/model.safetensors"}
+        assert fake.downloaded() == {"models/ip-adapter_sd15.safetensors", *encoder}
+        # SDXL's ViT-H adapters come with the ViT-H encoder, not the bigG one beside them
+        _pull(fake.url, tmp_path / "other-cache", "h94/IP-Adapter/sdxl_models/ip-adapter_sdxl_vit-h")
+        assert fake.downloaded() == {"models/ip-adapter_sd15.safetensors",
+                                     "sdxl_models/ip-adapter_sdxl_vit-h.safetensors", *encoder}
     assert result["h94/IP-Adapter/models/nothing"]["error"] == "model_not_found"
     store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[], hf_cache=cache)
     store.load("tiny")

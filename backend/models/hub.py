@@ -33,6 +33,7 @@ PullProgress = Callable[[str, int, int], None]
 SKIPPED_FOLDERS = frozenset({"safety_checker"})
 TOKENIZER_FILE_NAMES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx", ".onnx_data")
+VIT_H_ENCODER = "models/image_encoder/"     # h94/IP-Adapter's ViT-H/14
 # Repos pulled only for their tokenizer (see single_file.find_clip_tokenizer).
 TOKENIZER_ONLY_REPOS = frozenset(repo for repo, subfolder in TOKENIZER_REPOS if subfolder == "")
 
@@ -76,7 +77,9 @@ def split_model_id(model_id: str) -> tuple[str, str]:
 
 
 def _select_file(repo_id: str, file: str, paths: list[str], variant: Optional[str]) -> list[str]:
-    """One ``.safetensors`` file of a repo, and the ``image_encoder`` folder beside it."""
+    """One ``.safetensors`` file of a repo, and the ``image_encoder`` folder beside it; for
+    h94/IP-Adapter's ``sdxl_models/*vit-h*`` adapters ``models/image_encoder`` (ViT-H), which
+    the repo pairs them with (the one beside them is ViT-bigG)."""
     name = file if file.endswith(".safetensors") else file + ".safetensors"
     if name not in paths:
         raise ProtocolError(ErrorCode.MODEL_NOT_FOUND,
@@ -84,6 +87,8 @@ def _select_file(repo_id: str, file: str, paths: list[str], variant: Optional[st
                             field="model")
     parent = str(PurePosixPath(name).parent)
     encoder = "image_encoder/" if parent == "." else f"{parent}/image_encoder/"
+    if parent == "sdxl_models" and "vit-h" in name.lower() and VIT_H_ENCODER + "config.json" in paths:
+        encoder = VIT_H_ENCODER
     inside = [p for p in paths if p.startswith(encoder) and "/" not in p[len(encoder):]]
     return sorted([name] + [p for p in inside if p.endswith(".json")]
                   + _pick_weights(inside, variant, encoder.rstrip("/")))

@@ -212,6 +212,27 @@ def test_an_adapter_in_the_hf_cache_reads_with_the_encoder_beside_it(generator, 
     assert {"image_encoder", "tiny-clip-vision.safetensors"} <= folders
 
 
+def test_loaded_adapters_are_bounded_per_model(store, reference_models_dir, tmp_path):
+    import shutil
+
+    from backend.models.ip_adapters import MAX_LOADED_ADAPTERS, ReferenceModels, find_adapter
+    from backend.models.sources import ModelRoots
+
+    shutil.copytree(reference_models_dir / "clip_vision", tmp_path / "clip_vision")
+    for i in range(MAX_LOADED_ADAPTERS + 1):
+        (tmp_path / "ipadapter").mkdir(exist_ok=True)
+        shutil.copy(reference_models_dir / "ipadapter" / f"{SD15_ADAPTER}.safetensors",
+                    tmp_path / "ipadapter" / f"copy{i}.safetensors")
+    roots = ModelRoots.of(tmp_path, [], tmp_path / "no-cache")
+    loaded = ReferenceModels()
+    unet = store.use("tiny").pipe.unet
+    for i in [0, 1, 2, 3, 0, 4]:      # 0 used again before the fifth arrives
+        loaded.load(find_adapter(f"copy{i}", roots, tmp_path, "f"), unet, roots, tmp_path,
+                    "cpu", torch.float32, "f")
+    assert [path.stem for path in loaded.adapters] == ["copy2", "copy3", "copy0", "copy4"]
+    assert len(loaded.encoders) == 1
+
+
 # ------------------------------------------------------------------ errors
 
 def test_errors_name_the_reference_field(generator):

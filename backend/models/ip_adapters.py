@@ -27,6 +27,7 @@ move with it; the pipelines' attention processors are set per job (references.py
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.families import base_family
+from protocol.messages import REFERENCES_MAX
 from protocol.schema import shorten
 
 from . import families, tiny_references
@@ -68,6 +70,9 @@ PULL = {families.SD15: f"atelier models pull {IP_ADAPTER_REPO}/models/ip-adapter
 # LAION ViT-H and ViT-bigG, and the built-in tiny encoder.
 ENCODER_HEADS = {1024: (16, "quick_gelu"), 1280: (16, "gelu"), 1664: (16, "gelu"),
                  tiny_references.ENCODER_HIDDEN: (tiny_references.ENCODER_HEADS, "gelu")}
+# Adapters kept loaded per model (least recently used dropped first): as many as one job
+# can name, so a job never drops its own.
+MAX_LOADED_ADAPTERS = REFERENCES_MAX
 _FACE_ID = ("image_proj.perceiver_resampler.proj_in.weight", "image_proj.norm.weight")
 
 
@@ -369,8 +374,10 @@ class LoadedAdapter:
 
 @dataclass
 class ReferenceModels:
-    """The IP-Adapters and image encoders loaded for one model, by file."""
-    adapters: dict[Path, LoadedAdapter] = field(default_factory=dict)
+    """The IP-Adapters (at most ``MAX_LOADED_ADAPTERS``, least recently used dropped first)
+    and the image encoders they read with, loaded for one model, by file."""
+    adapters: collections.OrderedDict[Path, LoadedAdapter] = field(
+        default_factory=collections.OrderedDict)
     encoders: dict[Path, CLIPVisionModelWithProjection] = field(default_factory=dict)
 
     def modules(self) -> list[nn.Module]:
@@ -385,6 +392,7 @@ class ReferenceModels:
         """``adapter`` for ``unet`` (loaded once; its encoder once per file). invalid_field
         naming ``field`` when it was made for another UNet."""
         if adapter.path in self.adapters:
+            self.adapters.move_to_end(adapter.path)
             return self.adapters[adapter.path]
         cross = cross_attention_processors(unet)
         unet_width = unet.config.cross_attention_dim
@@ -402,6 +410,10 @@ class ReferenceModels:
             self.encoders[encoder_file.path] = encoder
         loaded = _load_adapter(adapter, unet, cross, encoder, device, dtype, field)
         self.adapters[adapter.path] = loaded
+        while len(self.adapters) > MAX_LOADED_ADAPTERS:
+            self.adapters.popitem(last=False)
+        kept = {id(a.encoder) for a in self.adapters.values()}
+        self.encoders = {path: e for path, e in self.encoders.items() if id(e) in kept}
         return loaded
 
 

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, get_args
 
 from protocol.client import AtelierClient, ClientError, default_url, make_upload, DEFAULT_PORT
 from protocol.errors import ProtocolError
@@ -19,7 +19,8 @@ from protocol.events import JobDone
 from protocol.frames import ImageFrame, PixelFormat
 from protocol.messages import (CONTROL_KINDS, SCHEDULERS, TEXTURE_MAPS, TILINGS, Cancelled,
                                ControlLayer, DepthInput, GenerateRequest, Progress,
-                               TextureSettings, UpscaleSettings)
+                               ReferenceFlavour, ReferenceImage, TextureSettings,
+                               UpscaleSettings)
 
 from .allocator import keep_freed_memory
 from .limits import ServerLimits
@@ -180,6 +181,11 @@ def _request_options(p: argparse.ArgumentParser) -> None:
                    metavar="KIND=FILE[@SCALE]",
                    help="a plain picture the daemon makes the control image from, e.g. "
                         "canny=photo.png (repeatable)")
+    p.add_argument("--reference", action="append", default=[], type=_reference_arg,
+                   metavar="[style=]FILE[@WEIGHT]",
+                   help="a picture whose subject (or with style=, whose style) the image "
+                        "borrows through an IP-Adapter, e.g. style=painting.png@0.8 "
+                        "(repeatable, up to 4; weight 0..2, default 0.6)")
     p.add_argument("--preview-every", type=int, default=0)
     p.add_argument("--cache-interval", type=int, default=1,
                    help="run the whole UNet every N-th step only, reusing its deep features "
@@ -338,6 +344,24 @@ def _control_arg(text: str) -> tuple[str, Path, float]:
         raise argparse.ArgumentTypeError(f"the scale in {text!r} is not a number") from None
 
 
+REFERENCE_FLAVOURS = get_args(ReferenceFlavour)
+REFERENCE_WEIGHT = ReferenceImage(image="").weight     # the protocol's default
+
+
+def _reference_arg(text: str) -> tuple[str, Path, float]:
+    """``[style=|content=]FILE[@WEIGHT]`` -> (flavour, file, weight)."""
+    flavour, sep, rest = text.partition("=")
+    if not sep or flavour not in REFERENCE_FLAVOURS:
+        flavour, rest = "content", text
+    path, _, weight = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if not path:
+        raise argparse.ArgumentTypeError(f"expected [style=]FILE[@WEIGHT], got {text!r}")
+    try:
+        return flavour, Path(path), float(weight) if weight else REFERENCE_WEIGHT
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the weight in {text!r} is not a number") from None
+
+
 def _control_layers(args: argparse.Namespace) -> tuple[list[ControlLayer], list[ImageFrame]]:
     layers, uploads = [], []
     for preprocess, given in ((False, args.control), (True, args.control_from)):
@@ -371,6 +395,11 @@ def request_from_args(args: argparse.Namespace) -> tuple[GenerateRequest, list[I
         if args.kind == "preprocess" and not args.init:
             first = control_uploads[0]    # a preprocess result is as large as its picture
             fields.update(width=first.width, height=first.height)
+    for flavour, path, weight in args.reference:
+        frame = _read_image(path, "RGBA", PixelFormat.RGBA8)
+        uploads.append(frame)
+        fields.setdefault("references", []).append(
+            ReferenceImage(image=frame.id, weight=weight, flavour=flavour))
     kind = args.kind or ("inpaint" if args.mask else "img2img" if args.init else "txt2img")
     if args.width:
         fields["width"] = args.width

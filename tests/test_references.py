@@ -320,6 +320,22 @@ def test_pull_fetches_one_adapter_and_its_encoder_and_it_then_serves(atelier_hom
     assert pixels(generator, job(ref(model=None))) != pixels(generator, job())
 
 
+def test_the_cli_sends_references(tmp_path):
+    import PIL.Image
+
+    from backend.cli import _parser, request_from_args
+
+    picture = tmp_path / "painting.png"
+    PIL.Image.new("RGB", (40, 30), (200, 80, 20)).save(picture)
+    args = _parser().parse_args(["generate", "-p", "a house", "--reference", str(picture),
+                                 "--reference", f"style={picture}@1.2"])
+    job, uploads = request_from_args(args)
+    assert job.references == [ReferenceImage(image=uploads[0].id),
+                              ReferenceImage(image=uploads[1].id, weight=1.2, flavour="style")]
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["generate", "--reference", f"{picture}@heavy"])
+
+
 # ------------------------------------------------------------------ listing and the wire
 
 def test_list_models_shows_adapters_with_their_family(atelier_home, reference_models_dir, hf_cache):

@@ -174,14 +174,20 @@ def texel_weights(positions: np.ndarray, normals: np.ndarray, geometry: ViewGeom
     :func:`edge_feather`. Returns (weights (N,), the texels' (u, v) in the view (N, 2))."""
     pts = np.asarray(positions, float).reshape(-1, 3)
     nrm = np.asarray(normals, float).reshape(-1, 3)
-    uvd = projection.project_to_uv(pts, geometry.view, geometry.projection)
     if geometry.orthographic and geometry.forward is not None:
         to_camera = np.broadcast_to(-np.asarray(geometry.forward, float), pts.shape)
     else:
         to_camera = geometry.origin - pts
         to_camera = to_camera / np.maximum(np.linalg.norm(to_camera, axis=1), 1e-12)[:, None]
     cos_angle = np.einsum("ij,ij->i", nrm, to_camera)
+    weights = np.zeros(len(pts))
+    view_uv = np.zeros((len(pts), 2))
+    # Only texels the angle lets the view colour are projected and tested (about a third
+    # of a closed surface's).
+    some = np.flatnonzero(cos_angle > math.cos(math.radians(max_angle)))
+    cos_angle = cos_angle[some]
     weight = angle_weights(cos_angle, max_angle, feather)
+    uvd = projection.project_to_uv(pts[some], geometry.view, geometry.projection)
     inside = projection.inside_frame(uvd)
     h, w = geometry.depth.shape
     col = np.clip((uvd[:, 0] * w).astype(np.int64), 0, w - 1)
@@ -190,13 +196,14 @@ def texel_weights(positions: np.ndarray, normals: np.ndarray, geometry: ViewGeom
     # The pass holds each pixel centre's depth: a slanted surface's texel may lie up to
     # about a pixel's footprint x tan(angle) behind it and still be that surface.
     footprint = 2.0 * uvd[:, 2] / (abs(float(geometry.projection[0][0])) * w)
-    tangent = np.tan(np.radians(np.minimum(np.degrees(np.arccos(np.clip(cos_angle, 0.0, 1.0))),
-                                           max_angle)))
+    tangent = np.sqrt(np.maximum(1.0 - cos_angle * cos_angle, 0.0)) / cos_angle
     slack = DEPTH_SLACK * uvd[:, 2] + footprint * (1.0 + tangent)
     visible = inside & (uvd[:, 2] <= shown + slack)
     weight = np.where(visible, weight, 0.0)
     weight *= edge_feather(geometry.depth, feather_px)[row, col]
-    return weight, uvd[:, :2]
+    weights[some] = weight
+    view_uv[some] = uvd[:, :2]
+    return weights, view_uv
 
 
 def blend(color_sums: np.ndarray, weight_sums: np.ndarray,

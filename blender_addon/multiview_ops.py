@@ -79,8 +79,11 @@ class _Target:
     inside: np.ndarray                    # (S, S) bool
     positions: np.ndarray                 # (n, 3) world, the inside texels in order
     normals: np.ndarray                   # (n, 3)
-    weights: list = field(default_factory=list)     # per view (n,)
-    view_uv: list = field(default_factory=list)     # per view (n, 2)
+    # Per view: the texels it colours (indices into the inside texels), their weights and
+    # their (u, v) in its image
+    seen: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    view_uv: list = field(default_factory=list)
     color_sum: Optional[np.ndarray] = None
     weight_sum: Optional[np.ndarray] = None
 
@@ -170,10 +173,10 @@ class ViewsRun:
         pixels = host.float_pixels(image).reshape(height, width, 4)[..., :3]
         self._weigh(index)
         for target in self.targets:
-            weights = target.weights[index]
+            seen, weights = target.seen[index], target.weights[index]
             colors = projection.sample_bilinear(pixels, target.view_uv[index])
-            target.color_sum += weights[:, None] * colors
-            target.weight_sum += weights
+            target.color_sum[seen] += weights[:, None] * colors
+            target.weight_sum[seen] += weights
         # The view's picture lives on in the blend only.
         host.remove_images(job.image_names)
         job.image_names.clear()
@@ -193,8 +196,10 @@ class ViewsRun:
         for target in self.targets:
             weights, uv = multiview.texel_weights(target.positions, target.normals, geometry,
                                                   self.max_angle)
-            target.weights.append(weights.astype(np.float32))
-            target.view_uv.append(uv.astype(np.float32))
+            seen = np.flatnonzero(weights > 0.0)
+            target.seen.append(seen)
+            target.weights.append(weights[seen].astype(np.float32))
+            target.view_uv.append(uv[seen])
 
     def _finish(self, job: Job) -> list[str]:
         """Each object's blended texture as a new image in a new material slot."""
@@ -224,8 +229,10 @@ class ViewsRun:
             host.assign_material(obj, material, replace=False)
             made.append(image.name)
             if self.keep_weights:
-                for view, weights in zip(self.views, target.weights):
-                    made.append(self._weight_image(target, view.name, weights).name)
+                for view, seen, weights in zip(self.views, target.seen, target.weights):
+                    dense = np.zeros(len(target.positions), np.float32)
+                    dense[seen] = weights
+                    made.append(self._weight_image(target, view.name, dense).name)
         self.made = made
         if scene is not None:
             host.push_undo(LABEL)

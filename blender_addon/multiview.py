@@ -167,11 +167,13 @@ class ViewGeometry:
 
 def texel_weights(positions: np.ndarray, normals: np.ndarray, geometry: ViewGeometry,
                   max_angle: float = MAX_ANGLE, feather: float = FEATHER_ANGLE,
-                  feather_px: int = EDGE_FEATHER_PX) -> tuple[np.ndarray, np.ndarray]:
+                  feather_px: int = EDGE_FEATHER_PX,
+                  feather_map: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """How much the view is trusted at each texel (world ``positions`` and unit
     ``normals`` (N, 3)): 0 outside its frame, behind it, or hidden (the texel lies
     farther than what its depth pass shows there), else :func:`angle_weights` x
-    :func:`edge_feather`. Returns (weights (N,), the texels' (u, v) in the view (N, 2))."""
+    :func:`edge_feather` (``feather_map``: the view's, when already worked out).
+    Returns (weights (N,), the texels' (u, v) in the view (N, 2))."""
     pts = np.asarray(positions, float).reshape(-1, 3)
     nrm = np.asarray(normals, float).reshape(-1, 3)
     if geometry.orthographic and geometry.forward is not None:
@@ -200,7 +202,9 @@ def texel_weights(positions: np.ndarray, normals: np.ndarray, geometry: ViewGeom
     slack = DEPTH_SLACK * uvd[:, 2] + footprint * (1.0 + tangent)
     visible = inside & (uvd[:, 2] <= shown + slack)
     weight = np.where(visible, weight, 0.0)
-    weight *= edge_feather(geometry.depth, feather_px)[row, col]
+    if feather_map is None:
+        feather_map = edge_feather(geometry.depth, feather_px)
+    weight *= feather_map[row, col]
     weights[some] = weight
     view_uv[some] = uvd[:, :2]
     return weights, view_uv

@@ -34,6 +34,7 @@ SMART_UV_NAME = "Atelier Views UV"
 WEIGHTS_PREFIX = "Atelier Weights"
 LENS, SENSOR = 50.0, 36.0           # the placed cameras' (mm)
 INIT_BACKGROUND = 0.5               # grey where the init image knows no colour
+TEXEL_CHUNK = 1 << 17               # texels blended in one step of the pump (~50 ms here)
 VIEW_SOURCES = (("AUTO", "Around the Objects", "Cameras placed on an orbit around the "
                  "selected meshes (plus top and bottom as ticked)"),
                 ("CAMERAS", "Selected Cameras", "The selected camera objects, in name order"))
@@ -79,11 +80,10 @@ class _Target:
     inside: np.ndarray                    # (S, S) bool
     positions: np.ndarray                 # (n, 3) world, the inside texels in order
     normals: np.ndarray                   # (n, 3)
-    # Per view: the texels it colours (indices into the inside texels), their weights and
-    # their (u, v) in its image
+    # Per view, kept for the weight maps: the texels it colours (indices into the inside
+    # texels) and their weights
     seen: list = field(default_factory=list)
     weights: list = field(default_factory=list)
-    view_uv: list = field(default_factory=list)
     color_sum: Optional[np.ndarray] = None
     weight_sum: Optional[np.ndarray] = None
 
@@ -164,59 +164,84 @@ class ViewsRun:
                 make_upload(PixelFormat.GRAY8, view.width, view.height,
                             np.ascontiguousarray(mask[::-1]).tobytes()))
 
-    def _view_done(self, job: Job, images: list[Any]) -> None:
+    def _view_done(self, job: Job, images: list[Any]) -> Iterator[None]:
+        """The view's picture read and removed (it lives on in the blend only); what is
+        left is returned for the session's pump to run a slice at a time."""
         index = self.jobs.index(job)
         daemon = time.perf_counter() - self._sent_at
-        began = time.perf_counter()
         image = images[0]
         width, height = image.size
-        pixels = host.float_pixels(image).reshape(height, width, 4)[..., :3]
-        self._weigh(index)
-        for target in self.targets:
-            seen, weights = target.seen[index], target.weights[index]
-            colors = projection.sample_bilinear(pixels, target.view_uv[index])
-            target.color_sum[seen] += weights[:, None] * colors
-            target.weight_sum[seen] += weights
-        # The view's picture lives on in the blend only.
+        pixels = host.float_pixels(image).reshape(height, width, 4)[..., :3].copy()
         host.remove_images(job.image_names)
         job.image_names.clear()
-        last = index + 1 == len(self.views)
-        if last:
-            job.image_names.extend(self._finish(job))
+        return self._blend_view(job, index, pixels, daemon)
+
+    def _blend_view(self, job: Job, index: int, pixels: np.ndarray,
+                    daemon: float) -> Iterator[None]:
+        """Blend view ``index``'s picture into every object's texels, TEXEL_CHUNK texels a
+        step; then send the next view, or make the textures."""
+        spent, began = 0.0, time.perf_counter()
+        geometry = self.views[index].geometry
+        feather = multiview.edge_feather(geometry.depth)
+        for target in self.targets:
+            seen_parts, weight_parts = [], []
+            for first in range(0, len(target.positions), TEXEL_CHUNK):
+                part = slice(first, first + TEXEL_CHUNK)
+                weights, uv = multiview.texel_weights(
+                    target.positions[part], target.normals[part], geometry, self.max_angle,
+                    feather_map=feather)
+                some = np.flatnonzero(weights > 0.0)
+                seen = some + first
+                colors = projection.sample_bilinear(pixels, uv[some])
+                target.color_sum[seen] += weights[some, None] * colors
+                target.weight_sum[seen] += weights[some]
+                if self.keep_weights:
+                    seen_parts.append(seen)
+                    weight_parts.append(weights[some].astype(np.float32))
+                spent += time.perf_counter() - began
+                yield
+                began = time.perf_counter()
+            if self.keep_weights:
+                target.seen.append(np.concatenate(seen_parts))
+                target.weights.append(np.concatenate(weight_parts))
+        if index + 1 == len(self.views):
+            textures: list[np.ndarray] = []
+            for target in self.targets:
+                for _ in self._texture(target, textures):
+                    spent += time.perf_counter() - began
+                    yield
+                    began = time.perf_counter()
+            job.image_names.extend(self._finish(job, textures))
         else:
             self._send(index + 1)
+        spent += time.perf_counter() - began
         self.timings.append({"view": self.views[index].name, "daemon_s": daemon,
-                             "blender_s": time.perf_counter() - began})
+                             "blender_s": spent})
 
-    def _weigh(self, index: int) -> None:
-        """Each texel's weight from view ``index`` and where it lies in the view's image:
-        worked out as that view's result comes in, so that no single step of the run holds
-        Blender up for all the views' worth."""
-        geometry = self.views[index].geometry
-        for target in self.targets:
-            weights, uv = multiview.texel_weights(target.positions, target.normals, geometry,
-                                                  self.max_angle)
-            seen = np.flatnonzero(weights > 0.0)
-            target.seen.append(seen)
-            target.weights.append(weights[seen].astype(np.float32))
-            target.view_uv.append(uv[seen])
+    def _texture(self, target: _Target, into: list) -> Iterator[None]:
+        """The object's blended texture (S, S, RGBA floats) appended to ``into``, in steps:
+        alpha 1 where a view saw it, the islands padded into the space outside the UV
+        layout."""
+        colors, covered = multiview.blend(target.color_sum, target.weight_sum)
+        yield
+        texture = np.zeros((self.size, self.size, 4), np.float32)
+        texture[target.inside, :3] = colors
+        texture[target.inside, 3] = covered
+        full = np.zeros((self.size, self.size), bool)
+        full[target.inside] = covered
+        yield
+        texture, _ = projection.pad_islands(texture, full, self.padding)
+        texture[target.inside & ~full] = 0.0   # padding grows into the empty UV space only
+        into.append(texture)
 
-    def _finish(self, job: Job) -> list[str]:
-        """Each object's blended texture as a new image in a new material slot."""
+    def _finish(self, job: Job, textures: list[np.ndarray]) -> list[str]:
+        """Each object's texture as a new image in a new material slot, in one step (a
+        Cancel in between must find nothing made)."""
         made = []
-        scene = bpy.data.scenes.get(self.scene_name)
-        for target in self.targets:
+        for target, texture in zip(self.targets, textures):
             obj = bpy.data.objects.get(target.name)
             if obj is None:
                 continue
-            colors, covered = multiview.blend(target.color_sum, target.weight_sum)
-            texture = np.zeros((self.size, self.size, 4), np.float32)
-            texture[target.inside, :3] = colors
-            texture[target.inside, 3] = covered
-            full = np.zeros((self.size, self.size), bool)
-            full[target.inside] = covered
-            texture, _ = projection.pad_islands(texture, full, self.padding)
-            texture[target.inside & ~full] = 0.0   # padding grows into the empty UV space only
             image = host.new_image(f"{obj.name} from {len(self.views)} views", self.size,
                                    self.size)
             image.pixels.foreach_set(texture.reshape(-1))
@@ -234,8 +259,6 @@ class ViewsRun:
                     dense[seen] = weights
                     made.append(self._weight_image(target, view.name, dense).name)
         self.made = made
-        if scene is not None:
-            host.push_undo(LABEL)
         return made
 
     def _weight_image(self, target: _Target, view: str, weights: np.ndarray) -> Any:

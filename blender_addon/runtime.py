@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import bpy
 
@@ -37,6 +37,9 @@ KEEP_FINISHED = 20      # finished jobs kept for the panel
 # software OpenGL any redraw costs about 0.1 s, and writing an image's pixels also makes
 # Blender redraw every 3D Viewport (0.25 s to over a second).
 REDRAW_INTERVAL = 0.25
+# What a job's finish left to do (it returned an iterator) runs in slices of about this
+# many seconds, one slice a pump, so Blender keeps answering in between.
+FINISH_SLICE = 0.05
 REDRAW_SHARE = 0.25
 # What a job says when the daemon lost it (it was killed or restarted: fetch found nothing)
 # or stopped it while shutting down.
@@ -91,6 +94,9 @@ class Job:
     # Runs on the main thread when the job ends other than done (failed, cancelled), after
     # its images are gone: a caller that changed the scene for it puts it back
     ended: Optional[Callable[["Job"], None]] = None
+    # What ``finish`` left to do, when it returned an iterator: stepped by the pump a slice
+    # at a time (each step short); the job is done when it is exhausted
+    finishing: Optional[Iterator[Any]] = None
 
     @property
     def progress_text(self) -> str:
@@ -240,6 +246,9 @@ class Session:
         """Ask the daemon to stop ``job``; its datablocks go when the daemon confirms."""
         job.cancel_requested = True
         job.preview = None
+        if job.finishing is not None:   # the daemon is done with it; what is left is ours
+            self._end(job, JobState.CANCELLED, "cancelled")
+            return
         if job.job_id is not None and self._client is not None and self._client.connected:
             self._client.cancel(job.job_id)
         elif job.state in (JobState.WAITING, JobState.RECONNECTING):
@@ -256,6 +265,7 @@ class Session:
         job.preview = None
         self._job_ended = self._redraw_due = True
         job.uploads = ()   # renders and depth maps can be large; the daemon has them now
+        job.finishing = None
         if state != JobState.DONE and not keep_images:
             host.remove_images(job.image_names)
             job.image_names.clear()
@@ -280,6 +290,7 @@ class Session:
                 break
             self._handle(event)
             self._redraw_due = True
+        self._step_finishing()
         self._show_changes()
         active = bool(self.active_jobs) or self.live.running
         self._pumped_at = time.monotonic()
@@ -494,18 +505,48 @@ class Session:
         try:
             images = self._write_results(job, done)
             if job.finish is not None:
-                job.finish(job, images)
+                rest = job.finish(job, images)
+                job.finishing = rest if isinstance(rest, Iterator) else None
         except host.HostError as exc:   # the pixels are complete; only the step after failed
             failure = str(exc)
         except Exception as exc:  # noqa: BLE001  a bug must not stop the pump's timer
             traceback.print_exc()
             failure = f"{type(exc).__name__}: {exc}"
+        if job.finishing is not None and failure is None:
+            job.total, job.message = 0, "finishing"   # the pump steps the rest
+            return
+        self._conclude(job, failure)
+
+    def _step_finishing(self) -> None:
+        """Run a slice of each job's unfinished ``finishing``; conclude the exhausted."""
+        for job in [j for j in self.jobs if j.finishing is not None and not j.state.finished]:
+            if job.cancel_requested:
+                self._end(job, JobState.CANCELLED, "cancelled")
+                continue
+            failure = None
+            deadline = time.monotonic() + FINISH_SLICE
+            try:
+                while time.monotonic() < deadline:
+                    next(job.finishing)
+                continue
+            except StopIteration:
+                pass
+            except host.HostError as exc:
+                failure = str(exc)
+            except Exception as exc:  # noqa: BLE001  a bug must not stop the pump's timer
+                traceback.print_exc()
+                failure = f"{type(exc).__name__}: {exc}"
+            job.finishing = None
+            self._conclude(job, failure)
+
+    def _conclude(self, job: Job, failure: Optional[str]) -> None:
+        """End a delivered job: its images kept; done, or failed saying why."""
         kept = self._keep(job)
         if failure is not None:
             self._end(job, JobState.FAILED, "; ".join(filter(None, (failure, kept))),
                       keep_images=True)
         else:
-            done_in = f"done in {done.result.seconds:.1f} s"
+            done_in = f"done in {job.result.seconds:.1f} s" if job.result is not None else ""
             self._end(job, JobState.DONE, "; ".join(filter(None, (done_in, job.note, kept))))
 
     def _write_results(self, job: Job, done: JobDone) -> list[Any]:

@@ -247,13 +247,13 @@ def scenario_views_measure(module, url: str) -> None:
     assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
     pressed = time.perf_counter() - started
     run = _run_of(session.jobs[-1])
-    longest, active = 0.0, True
+    pumps, active = [], True
     deadline = time.monotonic() + JOB_TIMEOUT * 4
     while active:
         assert time.monotonic() < deadline, [job.progress_text for job in run.jobs]
         began = time.perf_counter()
         active = session.pump()
-        longest = max(longest, time.perf_counter() - began)
+        pumps.append(time.perf_counter() - began)
         time.sleep(0.02)
     total = time.perf_counter() - started
     assert [job.state.name for job in run.jobs] == ["DONE"] * 6, \
@@ -261,7 +261,8 @@ def scenario_views_measure(module, url: str) -> None:
     target = run.targets[0]
     texels = image_rows(bpy.data.images[run.made[0]])[target.inside, 3]
     print(f"MEASURE {len(run.views)} views of {view_size}px into {texture}px: press blocks "
-          f"{pressed:.2f} s, total {total:.2f} s, longest pump {longest * 1000:.0f} ms, "
+          f"{pressed:.2f} s, total {total:.2f} s, longest pumps "
+          f"{', '.join(f'{p * 1000:.0f}' for p in sorted(pumps)[-6:])} ms of {len(pumps)}, "
           f"coverage {float((texels > 0.5).mean()):.4f} of {texels.size} texels")
     for t in run.timings:
         print(f"MEASURE {t['view']}: daemon {t['daemon_s']:.2f} s, blend {t['blender_s']:.3f} s")

@@ -173,7 +173,8 @@ def scenario_views_cancel(module, url: str) -> None:
     """Add View Cameras places the cameras, which then serve as Selected Cameras; an object
     without UVs gets a Smart UV Project map for the run; the second view repaints only what
     the first did not see well, over the first's colours; Cancel then takes everything back:
-    no image, material or UV map is left."""
+    no image, material or UV map is left; likewise when Cancel comes while a view's picture
+    is being blended in."""
     session = harness.session(module)
     scene = harness.empty_scene()
     cube = harness.add_cube(scene, "Bare", (0, 0, 0))
@@ -216,6 +217,20 @@ def scenario_views_cancel(module, url: str) -> None:
     session.pump_until_idle(JOB_TIMEOUT)
     assert run.jobs[-1].state.name == "CANCELLED", run.jobs[-1].progress_text
     assert len(run.jobs) == 2
+    assert new_datablocks(before) == {"images": set(), "materials": set(), "meshes": set()}
+    assert len(cube.data.uv_layers) == 0 and len(cube.material_slots) == 0
+
+    # Cancel while the first view is being blended in (slices of the pump, 2048 px): the
+    # rest of the blend is dropped, no second view is sent, nothing is left either.
+    props.texture_size = 2048
+    assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
+    run = _run_of(session.jobs[-1])
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: run.jobs[0].finishing is not None)
+    assert run.jobs[0].state.name == "RUNNING", run.jobs[0].progress_text
+    assert run.jobs[0].progress_text.endswith("finishing"), run.jobs[0].progress_text
+    assert bpy.ops.atelier.cancel() == {"FINISHED"}
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert [job.state.name for job in run.jobs] == ["CANCELLED"], run.jobs
     assert new_datablocks(before) == {"images": set(), "materials": set(), "meshes": set()}
     assert len(cube.data.uv_layers) == 0 and len(cube.material_slots) == 0
 

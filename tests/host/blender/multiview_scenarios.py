@@ -15,7 +15,8 @@ import bpy
 import numpy as np
 
 import harness
-from scenarios import JOB_TIMEOUT, SIZE, image_rows, new_datablocks, snapshot
+from scenarios import (JOB_TIMEOUT, SIZE, RecordingLayout, Stand, image_rows, new_datablocks,
+                       snapshot)
 
 TEXTURE = 128
 
@@ -59,8 +60,29 @@ def _weights(name: str) -> np.ndarray:
     return image_rows(bpy.data.images[name])[..., 0]
 
 
+def _drawn(module) -> list:
+    """What the Texture from Views sub-panel draws (every property and operator exists)."""
+    log: list = []
+    panel = module.multiview_ops.VIEW3D_PT_atelier_views
+    assert hasattr(bpy.types, panel.bl_parent_id), panel.bl_parent_id
+    panel.draw(Stand(RecordingLayout(log), panel), bpy.context)
+    return log
+
+
 def scenario_views(module, url: str) -> None:
     session = harness.session(module)
+    # The sub-panel: orbit settings and Add View Cameras only for placed views.
+    props = bpy.context.scene.atelier_views
+    assert props.views_from == "AUTO" and props.texture_size == 1024
+    placed = _drawn(module)
+    assert ("operator", "atelier.add_view_cameras") in placed
+    assert ("prop", "orbit_count") in placed and ("prop", "elevation") in placed
+    assert placed[-1] == ("operator", "atelier.texture_from_views")
+    props.views_from = "CAMERAS"
+    picked = _drawn(module)
+    assert ("prop", "orbit_count") not in picked and ("prop", "texture_size") in picked
+    assert ("operator", "atelier.add_view_cameras") not in picked
+    props.views_from = "AUTO"
     # ---------------- a cube alone, 4 orbit views at the horizon + top + bottom
     scene = harness.empty_scene()
     cube = harness.add_cube(scene, "Box", (0, 0, 0))

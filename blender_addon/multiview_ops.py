@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import bpy
 import mathutils
@@ -99,10 +99,19 @@ class _View:
     geometry: multiview.ViewGeometry
 
 
+@dataclass(frozen=True)
+class _Shot:
+    """A view to render: its name, and what makes its camera the scene's for a block
+    (called with the scene and view layer)."""
+    name: str
+    seen_from: Callable[[Any, Any], contextlib.AbstractContextManager]
+
+
 @dataclass
 class ViewsRun:
     """One Texture from Views: the views, the objects, what was blended so far."""
     scene_name: str
+    view_layer_name: str
     panel: settings.PanelSettings
     size: int
     padding: int
@@ -112,7 +121,8 @@ class ViewsRun:
     as_files: bool
     session: Session
     targets: list[_Target]
-    views: list[_View]
+    shots: list[_Shot]
+    views: list[_View]                 # rendered so far, in order
     jobs: list[Job] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)    # per view: seconds spent where
     made: list[str] = field(default_factory=list)        # images the run kept
@@ -123,6 +133,8 @@ class ViewsRun:
         return self._send(0)
 
     def _send(self, index: int) -> Job:
+        if index == len(self.views):
+            self.views.append(self._render(index))
         view = self.views[index]
         uploads = list(view.uploads.uploads)
         request = settings.build_request(self.panel, kind="txt2img",
@@ -135,7 +147,7 @@ class ViewsRun:
             request = dataclasses.replace(request, kind="inpaint", init_image=init.id,
                                           mask=mask.id, strength=1.0)
         validate(request, "job")
-        job = Job(f"{LABEL}: view {index + 1}/{len(self.views)} ({view.name})", request,
+        job = Job(f"{LABEL}: view {index + 1}/{len(self.shots)} ({view.name})", request,
                   tuple(uploads), self.scene_name, self._view_done,
                   images_as_files=self.as_files, ended=self._abandon)
         self.jobs.append(job)
@@ -143,6 +155,16 @@ class ViewsRun:
         self.session.submit(job)
         ensure_timer()
         return job
+
+    def _render(self, index: int) -> _View:
+        scene = bpy.data.scenes.get(self.scene_name)
+        view_layer = scene.view_layers.get(self.view_layer_name) if scene is not None else None
+        objects = [bpy.data.objects.get(target.name) for target in self.targets]
+        if view_layer is None or None in objects:
+            raise host.HostError("the scene or an object being textured was removed; "
+                                 "texture from views again")
+        return _render_view(scene, view_layer, self.shots[index], self.targets, objects,
+                            self.panel.width, self.panel.height)
 
     def _init_and_mask(self, view: _View) -> tuple[Any, Any]:
         """The texture so far seen from ``view`` (RGBA8) and what it should repaint (GRAY8),
@@ -204,7 +226,7 @@ class ViewsRun:
             if self.keep_weights:
                 target.seen.append(np.concatenate(seen_parts))
                 target.weights.append(np.concatenate(weight_parts))
-        if index + 1 == len(self.views):
+        if index + 1 == len(self.shots):
             textures: list[np.ndarray] = []
             for target in self.targets:
                 for _ in self._texture(target, textures):
@@ -242,14 +264,14 @@ class ViewsRun:
             obj = bpy.data.objects.get(target.name)
             if obj is None:
                 continue
-            image = host.new_image(f"{obj.name} from {len(self.views)} views", self.size,
+            image = host.new_image(f"{obj.name} from {len(self.shots)} views", self.size,
                                    self.size)
             image.pixels.foreach_set(texture.reshape(-1))
             image.update()
             record = settings.result_record(job.result, 0, job.request.seed or 0) \
                 if job.result is not None else {}
             image[settings.RECORD_KEY] = {**record, "baked_for": obj.name,
-                                          "views": len(self.views)}
+                                          "views": len(self.shots)}
             material = host.new_image_material(image.name, image, uv_map=target.uv_map)
             host.assign_material(obj, material, replace=False)
             made.append(image.name)
@@ -493,14 +515,14 @@ class ATELIER_OT_texture_from_views(bpy.types.Operator):
         except (ProtocolError, ClientError, host.HostError, ValueError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        self.report({"INFO"}, f"{LABEL}: {len(run.views)} views of {len(objects)} object(s) "
+        self.report({"INFO"}, f"{LABEL}: {len(run.shots)} views of {len(objects)} object(s) "
                               "sent to the Atelier daemon")
         return {"FINISHED"}
 
 
 def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props: Any,
              panel: settings.PanelSettings, session: Session) -> ViewsRun:
-    """Every object's texels and every view's passes, rendered before any job is sent."""
+    """Every object's texels and the first view's passes, before its job is sent."""
     scene, view_layer = context.scene, context.view_layer
     width, height = panel.width, panel.height
     if props.views_from == "CAMERAS":
@@ -508,12 +530,12 @@ def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props:
                          key=lambda o: o.name)
         if not cameras:
             raise host.HostError("Views: Selected Cameras, but no camera is selected")
-        shots = [(cam.name, lambda cam=cam: _as_scene_camera(scene, view_layer, cam))
-                 for cam in cameras]
+        shots = [_Shot(cam.name, lambda scene, view_layer, cam=cam: _as_scene_camera(
+            scene, view_layer, cam)) for cam in cameras]
     else:
         poses = auto_poses(objects, props, width, height)
         center, _ = _bounding_sphere(objects)
-        shots = [(pose.name, lambda pose=pose: host.temporary_camera(
+        shots = [_Shot(pose.name, lambda scene, view_layer, pose=pose: host.temporary_camera(
             scene, view_layer, _pose_camera(pose, float(np.linalg.norm(
                 np.array(pose.matrix_world)[:3, 3] - center))))) for pose in poses]
     targets, added = [], []
@@ -527,23 +549,9 @@ def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props:
             target.color_sum = np.zeros((len(target.positions), 3))
             target.weight_sum = np.zeros(len(target.positions))
             targets.append(target)
-        views = []
-        for name, seen_from in shots:
-            with seen_from():
-                depsgraph = context.evaluated_depsgraph_get()
-                view, proj = host.camera_matrices(scene, depsgraph, width, height)
-                camera = scene.camera
-                shot = passes.render_passes(scene, view_layer, width, height,
-                                            ("depth", "normal"), as_viewport=True)
-                world = np.array(camera.matrix_world, np.float64)
-                ortho = camera.data.type == "ORTHO"
-            depth = np.frombuffer(shot.depth, "<f4").reshape(height, width)[::-1]
-            geometry = multiview.ViewGeometry(np.array(view), np.array(proj), width, height,
-                                              world[:3, 3], depth.astype(np.float64), ortho,
-                                              -world[:3, 2])
-            surface_object, surface_texel = _surface(targets, objects, geometry)
-            views.append(_View(name, passes.pass_uploads(shot), width, height,
-                               surface_object, surface_texel, geometry))
+        # The first view now (a scene it cannot render is refused on the press); each later
+        # one just before its job is sent, so no single step renders them all.
+        views = [_render_view(scene, view_layer, shots[0], targets, objects, width, height)]
     except BaseException:
         for obj, uv_map in added:
             layer = obj.data.uv_layers.get(uv_map)
@@ -551,9 +559,29 @@ def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props:
                 obj.data.uv_layers.remove(layer)
         raise
     prefs = context.preferences.addons[ADDON_ID].preferences
-    return ViewsRun(scene.name, panel, props.texture_size, props.padding, props.seen_weight,
-                    props.max_angle, props.keep_weights, prefs.image_storage == "FILES", session, targets,
-                    views)
+    return ViewsRun(scene.name, view_layer.name, panel, props.texture_size, props.padding,
+                    props.seen_weight, props.max_angle, props.keep_weights,
+                    prefs.image_storage == "FILES", session, targets, shots, views)
+
+
+def _render_view(scene: bpy.types.Scene, view_layer: Any, shot: "_Shot",
+                 targets: list[_Target], objects: list[bpy.types.Object], width: int,
+                 height: int) -> _View:
+    """Render ``shot``'s depth and normals and work out what its pixels show."""
+    with shot.seen_from(scene, view_layer):
+        view, proj = host.camera_matrices(scene, view_layer.depsgraph, width, height)
+        camera = scene.camera
+        rendered = passes.render_passes(scene, view_layer, width, height, ("depth", "normal"),
+                                        as_viewport=True)
+        world = np.array(camera.matrix_world, np.float64)
+        ortho = camera.data.type == "ORTHO"
+    depth = np.frombuffer(rendered.depth, "<f4").reshape(height, width)[::-1]
+    geometry = multiview.ViewGeometry(np.array(view), np.array(proj), width, height,
+                                      world[:3, 3], depth.astype(np.float64), ortho,
+                                      -world[:3, 2])
+    surface_object, surface_texel = _surface(targets, objects, geometry)
+    return _View(shot.name, passes.pass_uploads(rendered), width, height, surface_object,
+                 surface_texel, geometry)
 
 
 class ATELIER_OT_add_view_cameras(bpy.types.Operator):

@@ -11,7 +11,7 @@ UNKNOWN = "unknown"
 # An inpainting or depth variant takes what is made for its base. Families missing here
 # (an SDXL refiner, a ControlNet) have no base: what fits them is left to the loading.
 BASE_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpaint": "sd2",
-               "sd2_depth": "sd2", "sdxl": "sdxl", "sdxl_inpaint": "sdxl"}
+               "sd2_depth": "sd2", "sdxl": "sdxl", "sdxl_inpaint": "sdxl", "flux": "flux"}
 
 
 def base_family(family: Optional[str]) -> Optional[str]:

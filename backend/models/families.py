@@ -13,6 +13,9 @@ from typing import Iterable, Optional
 from diffusers import (
     ControlNetModel,
     DiffusionPipeline,
+    FluxImg2ImgPipeline,
+    FluxInpaintPipeline,
+    FluxPipeline,
     StableDiffusionControlNetImg2ImgPipeline,
     StableDiffusionControlNetInpaintPipeline,
     StableDiffusionControlNetPipeline,
@@ -39,6 +42,7 @@ SD2_INPAINT = "sd2_inpaint"
 SDXL = "sdxl"
 SDXL_INPAINT = "sdxl_inpaint"
 SDXL_REFINER = "sdxl_refiner"
+FLUX = "flux"                 # Flux.1 (dev, schnell and their fine-tunes): a diffusion transformer
 CONTROLNET = "controlnet"
 T2I_ADAPTER = "t2i_adapter"
 # Families of the models that condition a base model on depth (``ControlSettings.model``).
@@ -73,11 +77,19 @@ _PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[D
     SDXL_INPAINT: ({INPAINT: StableDiffusionXLInpaintPipeline},
                    {INPAINT: StableDiffusionXLControlNetInpaintPipeline}),
     SD2_DEPTH: ({DEPTH: StableDiffusionDepth2ImgPipeline}, {}),
+    # No ControlNet pipelines yet: Flux's take Flux ControlNets (pipelines/flux.py refuses).
+    FLUX: ({TXT2IMG: FluxPipeline, IMG2IMG: FluxImg2ImgPipeline, INPAINT: FluxInpaintPipeline}, {}),
 }
 
 # The pipeline class a family's base model is loaded as.
 BASE_KIND = {SD15: TXT2IMG, SD2: TXT2IMG, SDXL: TXT2IMG, SD15_INPAINT: INPAINT,
-             SD2_INPAINT: INPAINT, SDXL_INPAINT: INPAINT, SD2_DEPTH: DEPTH}
+             SD2_INPAINT: INPAINT, SDXL_INPAINT: INPAINT, SD2_DEPTH: DEPTH, FLUX: TXT2IMG}
+# Families whose denoiser is a transformer over packed latent patches, not a UNet.
+TRANSFORMER_FAMILIES = frozenset({FLUX})
+
+
+def is_transformer(family: str) -> bool:
+    return family in TRANSFORMER_FAMILIES
 
 
 def is_sdxl(family: str) -> bool:
@@ -139,6 +151,9 @@ def family_of_folder(folder: Path) -> str:
         return {ControlNetModel.__name__: CONTROLNET,
                 T2IAdapter.__name__: T2I_ADAPTER}.get(str(class_name), UNKNOWN)
     class_name = str(_read_json(index).get("_class_name", ""))
+    if class_name == FluxPipeline.__name__:
+        # Flux's other pipelines (Fill, Kontext, Control) have other transformers: unknown.
+        return FLUX
     unet_config = folder / "unet" / "config.json"
     unet = _read_json(unet_config) if unet_config.is_file() else {}
     in_channels = unet.get("in_channels", 4)

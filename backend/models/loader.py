@@ -44,8 +44,8 @@ def _prepare_folder(folder: Path, dtype: torch.dtype) -> PreparedLoad:
     if family not in families.BASE_KIND:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED,
-            f"{folder} holds a {family} model; Atelier runs SD1.x, SD2.x (incl. depth) and SDXL "
-            f"pipelines", field="model")
+            f"{folder} holds a {family} model; Atelier runs SD1.x, SD2.x (incl. depth), SDXL "
+            f"and Flux.1 pipelines", field="model")
     cls = families.base_class(family)
 
     def load() -> DiffusionPipeline:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping, Optional, Seq
 
 from protocol.errors import ErrorCode, ProtocolError
 
-from . import tiny
+from . import tiny, tiny_flux
 
 SourceKind = Literal["tiny", "diffusers", "single_file", "hf_cache"]
 
@@ -53,6 +53,7 @@ TINY_MODELS: dict[str, TinyModel] = {
     "tiny": TinyModel("tiny", lambda d, _: tiny.build_tiny_model(d), "sd15"),
     "tiny-sdxl": TinyModel("tiny-sdxl", lambda d, _: tiny.build_tiny_sdxl_model(d), "sdxl"),
     "tiny-depth": TinyModel("tiny-depth", lambda d, _: tiny.build_tiny_depth_model(d), "sd2_depth"),
+    "tiny-flux": TinyModel("tiny-flux", lambda d, _: tiny_flux.build_tiny_flux_model(d), "flux"),
     "tiny-controlnet": TinyModel("tiny-controlnet", _controlnet_for("tiny"), "controlnet",
                                  control_kind="depth"),
     "tiny-sdxl-controlnet": TinyModel("tiny-sdxl-controlnet", _controlnet_for("tiny-sdxl"),

@@ -220,7 +220,11 @@ def _made_for_sdxl(name: str, adapter: T2IAdapter) -> bool:
 
 
 def native_side(pipe: DiffusionPipeline) -> int:
-    """The square image side the model was trained at (UNet sample size x VAE scale)."""
+    """The square image side the model was trained at (UNet sample size x VAE scale; for a
+    transformer, which has no sample size, its VAE's)."""
+    if not hasattr(pipe, "unet"):
+        sample = pipe.vae.config.sample_size
+        return sample if isinstance(sample, int) else max(sample)
     sample = pipe.unet.config.sample_size
     return (sample if isinstance(sample, int) else max(sample)) * pipe.vae_scale_factor
 

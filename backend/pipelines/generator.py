@@ -50,12 +50,13 @@ from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
 from ..models.control_models import kind_of_model
 from ..models.accel import COMPILE_UNET, COMPILE_VAE_DECODE, CPU_OFFLOAD, classifier_free_guidance
-from ..models.families import SD15, SD2_DEPTH, SDXL, T2I_ADAPTER
+from ..models.families import SD15, SD2_DEPTH, SDXL, T2I_ADAPTER, is_transformer
 from ..models.store import LoadedModel, ModelStore, native_side
 from .adapter import AdapterGuide, adapter_guide, adapter_residuals
 from .control import condition_on_controlnets, condition_on_depth2img, control_tensor
 from .controls import PlannedControl, nearness_of
 from .depth import DepthEstimator, find_depth_model
+from .flux import FluxLatents, flow_scheduler, flux_call, flux_work_size, refuse_unsupported
 from .job_unet import JobUNet
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
@@ -135,6 +136,11 @@ class DiffusionGenerator:
         """``job`` on ``model``, which the store has made its active model."""
         plan = plan_generation(job, uploads, self._limits, model_traits(model),
                                fresh_seed=secrets.randbelow(SEED_RANGE))
+        if is_transformer(model.family):
+            # What Flux cannot do fails here, before any weights change (flux.py).
+            refuse_unsupported(plan, model.name, model.family)
+            plan = dataclasses.replace(plan, **dict(zip(
+                ("work_width", "work_height"), flux_work_size(plan.work_width, plan.work_height))))
         # Exactly this job's LoRAs (none: the model's own weights), and the embeddings its
         # prompts name, on the model (store.py: loras.py, embeddings.py).
         self._store.use_loras(plan.request.loras)
@@ -161,6 +167,10 @@ class DiffusionGenerator:
     # ------------------------------------------------------------------ 2. what to call
     def _pipeline_call(self, plan: GenerationPlan, model: LoadedModel) -> PipelineCall:
         job = plan.request
+        if is_transformer(model.family):
+            rgb = None if plan.init is None else work_region(plan, plan.init[..., :3])
+            mask = None if plan.mask is None else work_region(plan, plan.mask)
+            return PipelineCall(plan.kind, flux_call(plan, model.pipe, rgb, mask))
         if job.loras:
             # A LoRA may change the text encoder: its embeddings are not the cached ones.
             prompts = dict(prompt=job.prompt, negative_prompt=job.negative_prompt or None)
@@ -299,10 +309,17 @@ class DiffusionGenerator:
         # (diffusers keeps ``_interrupt`` and the step count on the pipeline object).
         pipe = copy.copy(shared)
         # The model's prediction (v-prediction, zero terminal SNR) and the job's preset.
-        pipe.scheduler = make_scheduler(plan.request.scheduler,
-                                        {**shared.scheduler.config,
-                                         **model.prediction.scheduler_config(),
-                                         **dict(plan.scheduler_config)})
+        # Flux: its flow-matching scheduler, and its packed latents unpacked (flux.py).
+        flux = None
+        if is_transformer(model.family):
+            pipe.scheduler = flow_scheduler(shared.scheduler)
+            flux = FluxLatents(shared, plan.work_width, plan.work_height,
+                               tile_axes(plan.tiling), plan.seeds[0])
+        else:
+            pipe.scheduler = make_scheduler(plan.request.scheduler,
+                                            {**shared.scheduler.config,
+                                             **model.prediction.scheduler_config(),
+                                             **dict(plan.scheduler_config)})
         steps_done = 0
 
         def position() -> tuple[int, int]:
@@ -331,13 +348,15 @@ class DiffusionGenerator:
             steps_done = step
             preview = None
             if preview_due(step, plan.request.preview_every, total):
-                preview = to_pixels(layout.render(tensors["latents"], palette))
+                latents = tensors["latents"] if flux is None else flux.unpack(tensors["latents"])
+                preview = to_pixels(layout.render(latents, palette))
             progress(step, total, preview)
             if cancelled():
                 # diffusers' documented way to stop: the remaining steps are skipped
                 p._interrupt = True
                 was_cancelled = True
-            return {}
+            # A tiled Flux job rolls its latents after every step (flux.py).
+            return {} if flux is None else flux.after_step(tensors["latents"])
 
         try:
             with self._job_context(plan, pipe, call.adapters, position), \
@@ -349,7 +368,7 @@ class DiffusionGenerator:
                 model.deep_tap.clear()    # the last step's deep features: not kept between jobs
         if was_cancelled:
             raise JobCancelled()
-        return result.images
+        return result.images if flux is None else flux.finish(result.images)
 
     @staticmethod
     @contextlib.contextmanager
@@ -360,7 +379,7 @@ class DiffusionGenerator:
         tiling's circular padding (tiling.py) and a T2I-Adapter's residuals (adapter.py),
         undone when the call ends however it ends."""
         vae = whole_image_vae(pipe.vae, plan.work_width, plan.work_height)
-        modules = [pipe.unet, vae, getattr(pipe, "controlnet", None)]
+        modules = [getattr(pipe, "unet", None), vae, getattr(pipe, "controlnet", None)]
         with wrapped_convolutions(modules, tile_axes(plan.tiling)):
             if not adapters:
                 yield

@@ -19,7 +19,8 @@ from .pixels import rgb_to_tensor, tensor_to_rgb
 
 
 def encode_rgb(vae: AutoencoderKL, rgb: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> ``(1, C, H/f, W/f)`` latents in the UNet's scale, VAE dtype."""
+    """``(H, W, 3)`` uint8 -> ``(1, C, H/f, W/f)`` latents in the UNet's (or transformer's)
+    scale, VAE dtype."""
     with torch.no_grad(), _full_precision(vae) as dtype:
         pixels = rgb_to_tensor(rgb).to(device=device, dtype=dtype)
         latents = vae.encode(pixels).latent_dist.mode()
@@ -47,10 +48,15 @@ def _stats(vae: AutoencoderKL, latents: torch.Tensor) -> tuple[torch.Tensor, tor
     return (torch.tensor(mean).view(shape).to(latents), torch.tensor(std).view(shape).to(latents))
 
 
+def _shift(vae: AutoencoderKL) -> float:
+    """The latent mean Flux's and SD3's VAEs subtract before scaling (None elsewhere)."""
+    return getattr(vae.config, "shift_factor", None) or 0.0
+
+
 def _to_unet_scale(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     stats = _stats(vae, latents)
     if stats is None:
-        return latents * vae.config.scaling_factor
+        return (latents - _shift(vae)) * vae.config.scaling_factor
     mean, std = stats
     return (latents - mean) * vae.config.scaling_factor / std
 
@@ -58,7 +64,7 @@ def _to_unet_scale(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
 def _from_unet_scale(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     stats = _stats(vae, latents)
     if stats is None:
-        return latents / vae.config.scaling_factor
+        return latents / vae.config.scaling_factor + _shift(vae)
     mean, std = stats
     return latents * std / vae.config.scaling_factor + mean
 

@@ -1,0 +1,159 @@
+"""Jobs on diffusion-transformer families (Flux.1): what differs from the UNet families.
+
+The generator runs a Flux job through the same four steps as any other (generator.py);
+this module holds the parts that differ, each behind one hook there:
+
+* ``refuse_unsupported``: what Flux cannot do in Atelier yet (controls, LoRAs, regions,
+  reference images, step caching, samplers other than flow-matching Euler, tiling of an
+  inpaint) fails the job at once with ``unsupported`` naming the field.
+* ``flux_work_size`` / ``flux_call``: Flux packs 2x2 latent patches into tokens, so the
+  size it runs at is a multiple of 16 pixels; init images are encoded here (mean latents,
+  as for SD) and passed as latents, the inpaint mask as a tensor.
+* ``FluxLatents``: the denoising loop hands packed ``(B, tokens, 64)`` latents to the step
+  callback and returns them packed; it unpacks them for previews and for the VAE, and does
+  seamless tiling.
+
+Seamless tiling. Circular padding changes nothing in a transformer: it has no padding, and
+its rotary position embedding puts the left and right edges far apart, so nothing makes
+them agree. Instead the latent is rolled on the tiled axes by a new offset after every
+step (the seam the model leaves moves somewhere else, and the next steps denoise across
+the old one as interior), and rolled back by the sum of the offsets at the end; the VAE,
+convolutional, decodes with circular padding (tiling.py). The offsets are drawn from the
+job's seed, so a tiled job still reproduces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from protocol.errors import ErrorCode, ProtocolError
+
+from .latents import encode_rgb
+from .pixels import mask_to_tensor
+from .plan import GenerationPlan
+from .tiling import TileAxes, tile_axes
+
+PATCH_PIXELS = 16            # a Flux token covers 2x2 latents of 8x8 pixels
+T5_MAX_TOKENS = 512          # Flux.1-dev's T5 prompt length; shorter tokenizers cap it
+# The samplers of the protocol that are the flow-matching Euler step Flux is made for
+# (there is no ancestral flow-matching sampler; euler_a, the protocol's default, maps here).
+FLOW_MATCH_SAMPLERS = ("euler", "euler_a")
+
+
+def _unsupported(what: str, family: str, field: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.UNSUPPORTED,
+                         f"{what} on {family} models are not supported yet", field)
+
+
+def refuse_unsupported(plan: GenerationPlan, model_name: str, family: str) -> None:
+    """Raise ``unsupported`` naming the first field of ``plan``'s job a Flux model cannot
+    serve in Atelier yet."""
+    job = plan.request
+    label = f"model {model_name} ({family}):"
+    if job.controls:
+        raise _unsupported(f"{label} controls (ControlNets, T2I-Adapters made for SD1.5/SDXL do "
+                           f"not fit a transformer)", family, "job.controls")
+    if job.depth is not None or job.control is not None:
+        raise _unsupported(f"{label} depth controls", family,
+                           "job.depth" if job.depth is not None else "job.control")
+    if job.loras:
+        raise _unsupported(f"{label} LoRAs", family, "loras[0].name")
+    if job.regions:
+        raise _unsupported(f"{label} regional prompts", family, "job.regions")
+    if job.references:
+        raise _unsupported(f"{label} reference images (IP-Adapter)", family, "job.references")
+    if job.cache_interval > 1:
+        raise _unsupported(f"{label} step caching (a UNet feature)", family, "job.cache_interval")
+    if job.scheduler not in FLOW_MATCH_SAMPLERS:
+        raise ProtocolError(ErrorCode.UNSUPPORTED,
+                            f"{label} samples with flow-matching Euler; scheduler "
+                            f"{job.scheduler!r} is for UNet models (use one of "
+                            f"{', '.join(FLOW_MATCH_SAMPLERS)})", "job.scheduler")
+    if plan.kind == "inpaint" and tile_axes(plan.tiling).any:
+        what = "make_seamless" if job.kind == "make_seamless" else "tiled inpainting"
+        raise _unsupported(f"{label} {what} (tiling wraps txt2img and img2img)", family,
+                           "job.tiling")
+
+
+def flow_scheduler(shared: SchedulerMixin) -> FlowMatchEulerDiscreteScheduler:
+    """A fresh flow-matching Euler scheduler for one job, from the model's own config."""
+    return FlowMatchEulerDiscreteScheduler.from_config(shared.config)
+
+
+def flux_work_size(width: int, height: int) -> tuple[int, int]:
+    """The size a Flux pipeline runs at for a ``width`` x ``height`` work area: rounded up
+    to whole tokens (the result is resized back, as an inpaint crop is)."""
+    up = lambda side: -(-side // PATCH_PIXELS) * PATCH_PIXELS   # noqa: E731
+    return up(width), up(height)
+
+
+def flux_call(plan: GenerationPlan, pipe: DiffusionPipeline,
+              work_rgb: Optional[np.ndarray], work_mask: Optional[np.ndarray]) -> dict[str, Any]:
+    """The keyword arguments of a Flux pipeline call for ``plan`` (sizes already in tokens):
+    the prompt, steps, the distilled guidance, one generator per seed, and for img2img /
+    inpaint the init latents (and the mask) of the work area."""
+    job = plan.request
+    kwargs: dict[str, Any] = dict(
+        prompt=job.prompt, num_inference_steps=job.steps, guidance_scale=job.guidance,
+        num_images_per_prompt=plan.batch_size, width=plan.work_width, height=plan.work_height,
+        max_sequence_length=min(T5_MAX_TOKENS, pipe.tokenizer_2.model_max_length),
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds],
+        output_type="latent")
+    if plan.kind == "txt2img":
+        return kwargs
+    assert work_rgb is not None
+    init = encode_rgb(pipe.vae, work_rgb, pipe.device)
+    kwargs.update(image=init, strength=job.strength)
+    if plan.kind == "inpaint":
+        assert work_mask is not None
+        # Passing the init latents as the masked image spares the pipeline a VAE encode.
+        kwargs.update(mask_image=mask_to_tensor(work_mask), masked_image_latents=init)
+    return kwargs
+
+
+@dataclass
+class FluxLatents:
+    """One job's view of Flux's packed latents: unpacking for previews and decoding, and
+    the per-step roll that makes tiled jobs wrap."""
+    pipe: DiffusionPipeline
+    width: int                   # work size in pixels
+    height: int
+    axes: TileAxes
+    seed: int
+    shift: tuple[int, int] = (0, 0)   # (dx, dy) in latents, rolled so far
+
+    def __post_init__(self) -> None:
+        self._offsets = torch.Generator("cpu").manual_seed(self.seed)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        """``(B, tokens, 4C)`` -> ``(B, C, H/8, W/8)``."""
+        return self.pipe._unpack_latents(packed, self.height, self.width,
+                                         self.pipe.vae_scale_factor)
+
+    def _pack(self, latents: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = latents.shape
+        return self.pipe._pack_latents(latents, b, c, h, w)
+
+    def after_step(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the step callback returns: on a tiled job, the latents rolled by a fresh
+        offset of whole tokens on each tiled axis (seeded: the job reproduces)."""
+        if not self.axes.any:
+            return {}
+        latents = self.unpack(packed)
+        h, w = latents.shape[-2:]
+        dx = 2 * int(torch.randint(1, max(2, w // 2), (1,), generator=self._offsets)) if self.axes.x else 0
+        dy = 2 * int(torch.randint(1, max(2, h // 2), (1,), generator=self._offsets)) if self.axes.y else 0
+        self.shift = ((self.shift[0] + dx) % w, (self.shift[1] + dy) % h)
+        return {"latents": self._pack(torch.roll(latents, (dy, dx), dims=(-2, -1)))}
+
+    def finish(self, packed: torch.Tensor) -> torch.Tensor:
+        """The final latents unpacked, rolled back to where the job's noise put them."""
+        latents = self.unpack(packed)
+        dx, dy = self.shift
+        return torch.roll(latents, (-dy, -dx), dims=(-2, -1)) if (dx or dy) else latents

@@ -1,0 +1,233 @@
+"""Flux.1 on the tiny random-weight Flux model (backend/models/tiny_flux.py), loaded
+through the same store, resolver and catalog as a user's Flux folder.
+
+64x64 images and 2-3 steps: each job takes a few tenths of a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.generation import GenerationOutput
+from backend.models import families
+from backend.models.store import ModelStore
+from backend.pipelines.flux import FluxLatents
+from backend.pipelines.generator import DiffusionGenerator
+from backend.pipelines.latents import decode_rgb
+from backend.pipelines.pixels import pixels_to_array
+from backend.pipelines.tiling import TileAxes, wrapped_convolutions
+from protocol.client import AtelierClient, make_upload
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.events import JobDone
+from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
+from protocol.messages import ControlLayer, GenerateRequest, LoraWeight, Models
+
+SIZE = 64
+JOB = dict(prompt="a red stone wall", width=SIZE, height=SIZE, steps=3, guidance=3.5, seed=7)
+
+
+@pytest.fixture(scope="module")
+def store(atelier_home: Path) -> ModelStore:
+    store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[],
+                       hf_cache=atelier_home / "no-hf-cache")
+    store.load("tiny-flux")
+    return store
+
+
+@pytest.fixture(scope="module")
+def generator(store: ModelStore) -> DiffusionGenerator:
+    return DiffusionGenerator(store)
+
+
+def _run(generator: DiffusionGenerator, uploads: list[ImageFrame] = (), **job) -> GenerationOutput:
+    request = GenerateRequest(**{**JOB, **job})
+    return generator.generate(request, {u.id: u for u in uploads}, lambda *_: None, lambda: False)
+
+
+def _rgba(output: GenerationOutput, index: int = 0) -> np.ndarray:
+    return pixels_to_array(output.images[index].pixels)
+
+
+def _upload_rgba(seed: int = 0) -> ImageFrame:
+    pixels = np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    return ImageFrame(FrameKind.UPLOAD, PixelFormat.RGBA8, 0, SIZE, SIZE, new_id(), pixels.tobytes())
+
+
+def _upload_mask(mask: np.ndarray) -> ImageFrame:
+    return ImageFrame(FrameKind.UPLOAD, PixelFormat.GRAY8, 0, mask.shape[1], mask.shape[0],
+                      new_id(), mask.astype(np.uint8).tobytes())
+
+
+# ------------------------------------------------------------------ loading
+
+def test_tiny_flux_loads_by_name_and_is_listed_as_flux(store):
+    model = store.active
+    assert (model.name, model.family) == ("tiny-flux", families.FLUX)
+    assert type(model.pipe).__name__ == "FluxPipeline"
+    assert model.pipe.vae.config.latent_channels == 16
+    listed = {info.name: info for info in store.available()}
+    assert listed["tiny-flux"].family == "flux" and listed["tiny-flux"].kind == "checkpoint"
+    # only safetensors on disk, as a user's diffusers folder would hold
+    weights = list(model.source.path.rglob("*.safetensors"))
+    assert weights and not list(model.source.path.rglob("*.bin"))
+
+
+def test_a_flux_folder_named_by_path_is_detected_from_model_index(store, tmp_path):
+    folder = tmp_path / "my-flux"
+    shutil.copytree(store.resolve("tiny-flux").path, folder)
+    assert families.family_of_folder(folder) == families.FLUX
+    other = ModelStore("cpu", torch.float32, tmp_path, search_dirs=[tmp_path],
+                       hf_cache=tmp_path / "no-hf-cache")
+    assert other.load("my-flux").family == families.FLUX
+    names = {info.name: info.family for info in other.available()}
+    assert "flux" in names.values()
+    # A Flux pipeline of another kind (Fill, Kontext) has another transformer: not taken as Flux.
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxFillPipeline"}))
+    assert families.family_of_folder(folder) == families.UNKNOWN
+
+
+# ------------------------------------------------------------------ job kinds
+
+def test_txt2img_same_seed_same_bytes_other_seed_differs(generator):
+    first, again, other = (_run(generator), _run(generator), _run(generator, seed=8))
+    assert first.model == "tiny-flux"
+    assert _rgba(first).shape == (SIZE, SIZE, 4)
+    assert _rgba(first).tobytes() == _rgba(again).tobytes()
+    assert _rgba(first).tobytes() != _rgba(other).tobytes()
+
+
+def test_guidance_steers_the_distilled_guidance_embedding(generator):
+    assert _rgba(_run(generator)).tobytes() != _rgba(_run(generator, guidance=1.0)).tobytes()
+
+
+def test_img2img_starts_from_the_init_image(generator):
+    init = _upload_rgba(1)
+    low = _rgba(_run(generator, [init], kind="img2img", init_image=init.id, strength=0.34))
+    again = _rgba(_run(generator, [init], kind="img2img", init_image=init.id, strength=0.34))
+    full = _rgba(_run(generator, [init], kind="img2img", init_image=init.id, strength=1.0))
+    assert low.tobytes() == again.tobytes()
+    original = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)[..., :3].astype(int)
+    # less strength keeps more of the picture
+    assert np.abs(low[..., :3] - original).mean() < np.abs(full[..., :3] - original).mean()
+
+
+def test_inpaint_keeps_every_unmasked_pixel_byte_identical(generator):
+    init = _upload_rgba(2)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:40, 20:44] = 255
+    frame = _upload_mask(mask)
+    out = _rgba(_run(generator, [init, frame], kind="inpaint", init_image=init.id,
+                     mask=frame.id, strength=1.0, context_padding=8))
+    original = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)
+    outside = mask == 0
+    assert out[outside].tobytes() == original[outside].tobytes()
+    assert (out[~outside] != original[~outside]).any()
+
+
+def test_previews_show_the_unpacked_latents(generator):
+    previews = []
+    request = GenerateRequest(**JOB, preview_every=1)
+    generator.generate(request, {}, lambda step, total, preview: previews.append(preview),
+                       lambda: False)
+    shown = [p for p in previews if p is not None]
+    assert len(shown) == JOB["steps"] - 1      # none at the last step: the result follows
+    assert (shown[0].width, shown[0].height) == (SIZE // 8, SIZE // 8)
+
+
+# ------------------------------------------------------------------ refusals
+
+DEPTH = _upload_mask(np.full((SIZE, SIZE), 128))
+
+
+@pytest.mark.parametrize("job, field", [
+    # an SD1.5 ControlNet on Flux
+    (dict(controls=[ControlLayer(kind="depth", image=DEPTH.id, model="tiny-controlnet")]),
+     "job.controls"),
+    (dict(loras=[LoraWeight(name="tiny_style", weight=0.8)]), "loras[0].name"),
+    (dict(cache_interval=2), "job.cache_interval"),
+    (dict(scheduler="dpmpp_2m"), "job.scheduler"),
+])
+def test_what_flux_cannot_do_fails_the_job_naming_the_field(generator, job, field):
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, [DEPTH], **job)
+    assert err.value.code == ErrorCode.UNSUPPORTED
+    assert err.value.field == field
+    assert "flux" in err.value.message
+
+
+def test_make_seamless_on_flux_is_refused_on_tiling(generator):
+    init = _upload_rgba(3)
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, [init], kind="make_seamless", init_image=init.id, tiling="x", seam_width=16)
+    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "job.tiling")
+
+
+# ------------------------------------------------------------------ seamless tiling
+
+def test_tiled_jobs_reproduce_and_differ_from_untiled(generator):
+    tiled = _rgba(_run(generator, tiling="x"))
+    assert tiled.tobytes() == _rgba(_run(generator, tiling="x")).tobytes()
+    assert tiled.tobytes() != _rgba(_run(generator)).tobytes()
+
+
+def test_latent_rolling_moves_the_seam_every_step_and_rolls_back_exactly(store):
+    pipe = store.active.pipe
+    latents = torch.randn(1, 16, 8, 12)
+    packed = pipe._pack_latents(latents, 1, 16, 8, 12)
+    for axes, rolled_dims in ((TileAxes(True, False), (-1,)), (TileAxes(False, True), (-2,)),
+                              (TileAxes(True, True), (-2, -1))):
+        rolling = FluxLatents(pipe, width=96, height=64, axes=axes, seed=3)
+        shifts, current = [], packed
+        for _ in range(4):
+            current = rolling.after_step(current)["latents"]
+            shifts.append(rolling.shift)
+        assert len(set(shifts)) > 1                       # the seam moves from step to step
+        assert all(s % 2 == 0 for shift in shifts for s in shift)   # by whole 2x2 tokens
+        untouched = {-2, -1} - set(rolled_dims)
+        assert all(shift[{-1: 0, -2: 1}[d]] == 0 for shift in shifts for d in untouched)
+        assert torch.equal(rolling.finish(current), latents)
+    plain = FluxLatents(pipe, width=96, height=64, axes=TileAxes(False, False), seed=3)
+    assert plain.after_step(packed) == {} and torch.equal(plain.finish(packed), latents)
+
+
+def test_flux_vae_decode_wraps_on_the_tiled_axis(store):
+    """The last stage of a tiled Flux job: its 16-channel VAE decodes with circular padding,
+    so a rolled latent decodes to the rolled image on the tiled axis (not on the other)."""
+    vae = store.active.pipe.vae
+    latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    with wrapped_convolutions([vae], TileAxes(True, False)):
+        image = torch.tensor(decode_rgb(vae, latents)).int()
+        rolled_x = torch.tensor(decode_rgb(vae, torch.roll(latents, 2, dims=-1))).int()
+        rolled_y = torch.tensor(decode_rgb(vae, torch.roll(latents, 2, dims=-2))).int()
+    assert (torch.roll(image, 16, dims=2) - rolled_x).abs().max() <= 1    # uint8 rounding
+    assert (torch.roll(image, 16, dims=1) - rolled_y).abs().max() > 8
+
+
+# ------------------------------------------------------------------ over the websocket
+
+def test_a_flux_job_over_the_daemon_and_a_wrong_combination_failing(start_daemon):
+    daemon = start_daemon("--model", "tiny-flux")
+    with AtelierClient(daemon.url, client_name="test_flux") as client:
+        client.wait_connected()
+        listed = client.call(Models, client.list_models, timeout=60)
+        assert {m.name: m.family for m in listed.models}["tiny-flux"] == "flux"
+        done = client.run_job(GenerateRequest(**JOB), timeout=120)
+        assert isinstance(done, JobDone), done
+        assert done.result.model == "tiny-flux"
+        assert (done.images[0].width, done.images[0].height) == (SIZE, SIZE)
+        # an SD1.5 ControlNet on Flux fails that job, naming the field; the daemon goes on
+        depth = make_upload(PixelFormat.GRAY8, SIZE, SIZE, bytes(SIZE * SIZE))
+        wrong = GenerateRequest(**JOB, controls=[ControlLayer(kind="depth", image=depth.id,
+                                                              model="tiny-controlnet")])
+        with pytest.raises(ProtocolError) as err:
+            client.run_job(wrong, [depth], timeout=120)
+        assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "job.controls")
+        assert isinstance(client.run_job(GenerateRequest(**JOB), timeout=120), JobDone)

@@ -50,6 +50,8 @@ CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "upscale", "re
                 "t2i_adapter", "step_cache", "previews", "png", "raw", "fetch", "cancel", "live",
                 "lora", "embeddings", "sampler_presets", "multi_control", "preprocess", "regions",
                 "reference",
+                # model families beyond SD1.x/2.x/SDXL (what each cannot do: protocol/families.py)
+                "family:flux",
                 # control kinds the daemon runs (pose needs a pose ControlNet and a skeleton
                 # image: it has no pose detector, so it is not announced)
                 *(f"control:{kind}" for kind in CONTROL_KINDS if kind != "pose")]

@@ -14,6 +14,21 @@ BASE_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpain
                "sd2_depth": "sd2", "sdxl": "sdxl", "sdxl_inpaint": "sdxl", "flux": "flux"}
 
 
+# Request fields (``GenerateRequest``) a job on a model of the family cannot use yet: the
+# daemon fails such a job with ``unsupported`` naming the field, and add-ons may leave them
+# out of their menus. Families not listed take them all.
+UNSUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
+    "flux": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
+}
+# The samplers (``GenerateRequest.scheduler``) a family's models run, where it is not all of
+# them: Flux samples with flow-matching Euler, which both Euler names select.
+SAMPLERS: dict[str, tuple[str, ...]] = {"flux": ("euler", "euler_a")}
+
+
+def unsupported_fields(family: Optional[str]) -> tuple[str, ...]:
+    return UNSUPPORTED_FIELDS.get(family or "", ())
+
+
 def base_family(family: Optional[str]) -> Optional[str]:
     """The base family ("sd15", "sd2", "sdxl") of a model's ``family``; None when it has
     none or is not known."""

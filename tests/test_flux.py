@@ -163,6 +163,18 @@ def test_what_flux_cannot_do_fails_the_job_naming_the_field(generator, job, fiel
     assert "flux" in err.value.message
 
 
+def test_the_refused_fields_are_the_protocol_family_table(generator):
+    """Add-ons leave out what protocol.families lists; the daemon refuses those fields and
+    runs Flux's own sampler under both Euler names."""
+    from protocol.families import SAMPLERS, unsupported_fields
+
+    assert set(unsupported_fields("flux")) >= {"controls", "loras", "regions", "references",
+                                               "cache_interval"}
+    assert unsupported_fields("sd15") == () and "sd15" not in SAMPLERS
+    euler = _rgba(_run(generator, scheduler="euler"))
+    assert euler.tobytes() == _rgba(_run(generator, scheduler="euler_a")).tobytes()
+
+
 def test_make_seamless_on_flux_is_refused_on_tiling(generator):
     init = _upload_rgba(3)
     with pytest.raises(ProtocolError) as err:
@@ -217,6 +229,7 @@ def test_a_flux_job_over_the_daemon_and_a_wrong_combination_failing(start_daemon
     daemon = start_daemon("--model", "tiny-flux")
     with AtelierClient(daemon.url, client_name="test_flux") as client:
         client.wait_connected()
+        assert "family:flux" in client.welcome.capabilities
         listed = client.call(Models, client.list_models, timeout=60)
         assert {m.name: m.family for m in listed.models}["tiny-flux"] == "flux"
         done = client.run_job(GenerateRequest(**JOB), timeout=120)

@@ -33,6 +33,8 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.families import SAMPLERS, unsupported_fields
+from protocol.messages import GenerateRequest
 
 from .latents import encode_rgb
 from .pixels import mask_to_tensor
@@ -41,9 +43,6 @@ from .tiling import TileAxes, tile_axes
 
 PATCH_PIXELS = 16            # a Flux token covers 2x2 latents of 8x8 pixels
 T5_MAX_TOKENS = 512          # Flux.1-dev's T5 prompt length; shorter tokenizers cap it
-# The samplers of the protocol that are the flow-matching Euler step Flux is made for
-# (there is no ancestral flow-matching sampler; euler_a, the protocol's default, maps here).
-FLOW_MATCH_SAMPLERS = ("euler", "euler_a")
 
 
 def _unsupported(what: str, family: str, field: str) -> ProtocolError:
@@ -51,30 +50,38 @@ def _unsupported(what: str, family: str, field: str) -> ProtocolError:
                          f"{what} on {family} models are not supported yet", field)
 
 
+# What each field of ``protocol.families.UNSUPPORTED_FIELDS`` is, in refusals.
+_FIELD_WHAT = {
+    "controls": "controls (ControlNets and T2I-Adapters made for SD1.5/SDXL do not fit a "
+                "transformer; Flux ControlNets are not wired up yet)",
+    "depth": "depth controls", "control": "depth controls", "loras": "LoRAs",
+    "regions": "regional prompts", "references": "reference images (IP-Adapter)",
+    "cache_interval": "step caching (a UNet feature)",
+}
+_FIELD_NAME = {"loras": "loras[0].name"}     # where the job's LoRA errors point elsewhere too
+
+
+def _is_set(job: GenerateRequest, name: str) -> bool:
+    value = getattr(job, name)
+    return value > 1 if name == "cache_interval" else bool(value) if isinstance(value, list) \
+        else value is not None
+
+
 def refuse_unsupported(plan: GenerationPlan, model_name: str, family: str) -> None:
-    """Raise ``unsupported`` naming the first field of ``plan``'s job a Flux model cannot
-    serve in Atelier yet."""
+    """Raise ``unsupported`` naming the first field of ``plan``'s job a model of
+    ``family`` cannot serve in Atelier yet (``protocol.families``)."""
     job = plan.request
     label = f"model {model_name} ({family}):"
-    if job.controls:
-        raise _unsupported(f"{label} controls (ControlNets, T2I-Adapters made for SD1.5/SDXL do "
-                           f"not fit a transformer)", family, "job.controls")
-    if job.depth is not None or job.control is not None:
-        raise _unsupported(f"{label} depth controls", family,
-                           "job.depth" if job.depth is not None else "job.control")
-    if job.loras:
-        raise _unsupported(f"{label} LoRAs", family, "loras[0].name")
-    if job.regions:
-        raise _unsupported(f"{label} regional prompts", family, "job.regions")
-    if job.references:
-        raise _unsupported(f"{label} reference images (IP-Adapter)", family, "job.references")
-    if job.cache_interval > 1:
-        raise _unsupported(f"{label} step caching (a UNet feature)", family, "job.cache_interval")
-    if job.scheduler not in FLOW_MATCH_SAMPLERS:
+    for name in unsupported_fields(family):
+        if _is_set(job, name):
+            raise _unsupported(f"{label} {_FIELD_WHAT[name]}", family,
+                               _FIELD_NAME.get(name, f"job.{name}"))
+    samplers = SAMPLERS.get(family)
+    if samplers is not None and job.scheduler not in samplers:
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             f"{label} samples with flow-matching Euler; scheduler "
                             f"{job.scheduler!r} is for UNet models (use one of "
-                            f"{', '.join(FLOW_MATCH_SAMPLERS)})", "job.scheduler")
+                            f"{', '.join(samplers)})", "job.scheduler")
     if plan.kind == "inpaint" and tile_axes(plan.tiling).any:
         what = "make_seamless" if job.kind == "make_seamless" else "tiled inpainting"
         raise _unsupported(f"{label} {what} (tiling wraps txt2img and img2img)", family,

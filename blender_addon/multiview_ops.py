@@ -86,6 +86,8 @@ class _Target:
     weights: list = field(default_factory=list)
     color_sum: Optional[np.ndarray] = None
     weight_sum: Optional[np.ndarray] = None
+    corners: Optional[np.ndarray] = None     # (T, 3, 3) world, the mesh as it renders
+    corner_uvs: Optional[np.ndarray] = None  # (T, 3, 2)
 
 
 @dataclass
@@ -159,11 +161,11 @@ class ViewsRun:
     def _render(self, index: int) -> _View:
         scene = bpy.data.scenes.get(self.scene_name)
         view_layer = scene.view_layers.get(self.view_layer_name) if scene is not None else None
-        objects = [bpy.data.objects.get(target.name) for target in self.targets]
-        if view_layer is None or None in objects:
+        if view_layer is None or any(bpy.data.objects.get(t.name) is None
+                                     for t in self.targets):
             raise host.HostError("the scene or an object being textured was removed; "
                                  "texture from views again")
-        return _render_view(scene, view_layer, self.shots[index], self.targets, objects,
+        return _render_view(scene, view_layer, self.shots[index], self.targets,
                             self.panel.width, self.panel.height)
 
     def _init_and_mask(self, view: _View) -> tuple[Any, Any]:
@@ -307,30 +309,39 @@ class ViewsRun:
 
 # ---------------------------------------------------------------- gathering
 
-def _texels(obj: bpy.types.Object, uv_map: str, size: int) -> _Target:
-    """The texels of ``obj``'s layout in ``uv_map`` at ``size``: where they lie in the
-    world and which way the surface faces there (smooth faces: vertex normals)."""
-    mesh = obj.data
-    mesh.calc_loop_triangles()
-    count = len(mesh.loop_triangles)
-    loops = np.empty(count * 3, np.int64)
-    mesh.loop_triangles.foreach_get("loops", loops)
-    faces = np.empty(count, np.int64)
-    mesh.loop_triangles.foreach_get("polygon_index", faces)
-    uv = np.empty(len(mesh.loops) * 2, np.float64)
-    mesh.uv_layers[uv_map].data.foreach_get("uv", uv)
-    vertex_of_loop = np.empty(len(mesh.loops), np.int64)
-    mesh.loops.foreach_get("vertex_index", vertex_of_loop)
-    co = np.empty(len(mesh.vertices) * 3, np.float64)
-    mesh.vertices.foreach_get("co", co)
-    vnormal = np.empty(len(mesh.vertices) * 3, np.float64)
-    mesh.vertices.foreach_get("normal", vnormal)
-    fnormal = np.empty(len(mesh.polygons) * 3, np.float64)
-    mesh.polygons.foreach_get("normal", fnormal)
-    smooth = np.zeros(len(mesh.polygons), bool)
-    with contextlib.suppress(AttributeError, RuntimeError, TypeError):
-        mesh.polygons.foreach_get("use_smooth", smooth)
-    world = np.array(obj.matrix_world, np.float64)
+def _triangles(obj: bpy.types.Object, uv_map: str,
+               depsgraph: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The object as it renders (modifiers applied), as triangles: corners in the world
+    (T, 3, 3), in ``uv_map`` (T, 3, 2), and the surface's normals there (T, 3, 3; smooth
+    faces: vertex normals)."""
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh()
+    try:
+        layer = mesh.uv_layers.get(uv_map)
+        if layer is None:
+            raise host.HostError(f"'{obj.name}' loses its UV map '{uv_map}' in its modifiers")
+        mesh.calc_loop_triangles()
+        count = len(mesh.loop_triangles)
+        loops = np.empty(count * 3, np.int64)
+        mesh.loop_triangles.foreach_get("loops", loops)
+        faces = np.empty(count, np.int64)
+        mesh.loop_triangles.foreach_get("polygon_index", faces)
+        uv = np.empty(len(mesh.loops) * 2, np.float64)
+        layer.data.foreach_get("uv", uv)
+        vertex_of_loop = np.empty(len(mesh.loops), np.int64)
+        mesh.loops.foreach_get("vertex_index", vertex_of_loop)
+        co = np.empty(len(mesh.vertices) * 3, np.float64)
+        mesh.vertices.foreach_get("co", co)
+        vnormal = np.empty(len(mesh.vertices) * 3, np.float64)
+        mesh.vertices.foreach_get("normal", vnormal)
+        fnormal = np.empty(len(mesh.polygons) * 3, np.float64)
+        mesh.polygons.foreach_get("normal", fnormal)
+        smooth = np.zeros(len(mesh.polygons), bool)
+        with contextlib.suppress(AttributeError, RuntimeError, TypeError):
+            mesh.polygons.foreach_get("use_smooth", smooth)
+        world = np.array(evaluated.matrix_world, np.float64)
+    finally:
+        evaluated.to_mesh_clear()
     normal_matrix = np.linalg.inv(world[:3, :3]).T
     positions = co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
     vnormal = vnormal.reshape(-1, 3) @ normal_matrix.T
@@ -339,43 +350,37 @@ def _texels(obj: bpy.types.Object, uv_map: str, size: int) -> _Target:
     corner_face = np.repeat(faces, 3)
     corner_normal = np.where(smooth[corner_face][:, None], vnormal[corner_vertex],
                              fnormal[corner_face])
-    attributes = np.concatenate([positions[corner_vertex], corner_normal], axis=1)
+    return (positions[corner_vertex].reshape(-1, 3, 3), uv.reshape(-1, 2)[loops].reshape(-1, 3, 2),
+            corner_normal.reshape(-1, 3, 3))
+
+
+def _texels(name: str, uv_map: str, size: int, triangles: tuple) -> _Target:
+    """The texels of an object's layout at ``size`` (``triangles`` from :func:`_triangles`):
+    where they lie in the world and which way the surface faces there."""
+    corners, uvs, normals = triangles
+    attributes = np.concatenate([corners, normals], axis=2)
     inside = np.zeros((size, size), bool)
     data = np.zeros((size, size, 6))
-    for rows, cols, values in projection.raster_fragments(
-            uv.reshape(-1, 2)[loops].reshape(-1, 3, 2), attributes.reshape(-1, 3, 6),
-            size, size):
+    for rows, cols, values in projection.raster_fragments(uvs, attributes, size, size):
         data[rows, cols] = values
         inside[rows, cols] = True
-    normals = data[inside, 3:]
-    normals /= np.maximum(np.linalg.norm(normals, axis=1), 1e-12)[:, None]
-    return _Target(obj.name, uv_map, False, inside, data[inside, :3], normals)
+    texel_normals = data[inside, 3:]
+    texel_normals /= np.maximum(np.linalg.norm(texel_normals, axis=1), 1e-12)[:, None]
+    return _Target(name, uv_map, False, inside, data[inside, :3], texel_normals,
+                   corners=corners, corner_uvs=uvs)
 
 
-def _surface(targets: list[_Target], objects: list[bpy.types.Object],
+def _surface(targets: list[_Target],
              geometry: multiview.ViewGeometry) -> tuple[np.ndarray, np.ndarray]:
     """Which target texel each pixel of the view shows (nearest triangle, and not hidden
     by anything the depth pass shows in front): (object index, texel index), -1 none."""
     w, h = geometry.width, geometry.height
     frags_rows, frags_cols, frags_depth, frags_obj, frags_texel = [], [], [], [], []
-    for index, (target, obj) in enumerate(zip(targets, objects)):
-        mesh = obj.data
-        mesh.calc_loop_triangles()
-        count = len(mesh.loop_triangles)
-        loops = np.empty(count * 3, np.int64)
-        mesh.loop_triangles.foreach_get("loops", loops)
-        vertex_of_loop = np.empty(len(mesh.loops), np.int64)
-        mesh.loops.foreach_get("vertex_index", vertex_of_loop)
-        uv = np.empty(len(mesh.loops) * 2, np.float64)
-        mesh.uv_layers[target.uv_map].data.foreach_get("uv", uv)
-        co = np.empty(len(mesh.vertices) * 3, np.float64)
-        mesh.vertices.foreach_get("co", co)
-        world = np.array(obj.matrix_world, np.float64)
-        positions = co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
-        uvd = projection.project_to_uv(positions[vertex_of_loop[loops]], geometry.view,
+    for index, target in enumerate(targets):
+        uvd = projection.project_to_uv(target.corners.reshape(-1, 3), geometry.view,
                                        geometry.projection)
         ahead = (uvd[:, 2].reshape(-1, 3) > 0).all(axis=1)
-        tex = uv.reshape(-1, 2)[loops].reshape(-1, 3, 2)[ahead]
+        tex = target.corner_uvs[ahead]
         corners = uvd.reshape(-1, 3, 3)[ahead]
         # Perspective-correct: what varies linearly across the image is attribute / depth
         # (and 1 / depth); an orthographic image keeps attributes linear as they are.
@@ -540,18 +545,23 @@ def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props:
                 np.array(pose.matrix_world)[:3, 3] - center))))) for pose in poses]
     targets, added = [], []
     try:
+        uv_maps = []
         for obj in objects:
             uv_map, new = _ensure_uvs(obj, context)
             if new:
                 added.append((obj, uv_map))
-            target = _texels(obj, uv_map, props.texture_size)
+            uv_maps.append((uv_map, new))
+        depsgraph = context.evaluated_depsgraph_get()   # with the UV maps just made
+        for obj, (uv_map, new) in zip(objects, uv_maps):
+            target = _texels(obj.name, uv_map, props.texture_size,
+                             _triangles(obj, uv_map, depsgraph))
             target.added_uv = new
             target.color_sum = np.zeros((len(target.positions), 3))
             target.weight_sum = np.zeros(len(target.positions))
             targets.append(target)
         # The first view now (a scene it cannot render is refused on the press); each later
         # one just before its job is sent, so no single step renders them all.
-        views = [_render_view(scene, view_layer, shots[0], targets, objects, width, height)]
+        views = [_render_view(scene, view_layer, shots[0], targets, width, height)]
     except BaseException:
         for obj, uv_map in added:
             layer = obj.data.uv_layers.get(uv_map)
@@ -565,8 +575,7 @@ def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props:
 
 
 def _render_view(scene: bpy.types.Scene, view_layer: Any, shot: "_Shot",
-                 targets: list[_Target], objects: list[bpy.types.Object], width: int,
-                 height: int) -> _View:
+                 targets: list[_Target], width: int, height: int) -> _View:
     """Render ``shot``'s depth and normals and work out what its pixels show."""
     with shot.seen_from(scene, view_layer):
         view, proj = host.camera_matrices(scene, view_layer.depsgraph, width, height)
@@ -579,7 +588,7 @@ def _render_view(scene: bpy.types.Scene, view_layer: Any, shot: "_Shot",
     geometry = multiview.ViewGeometry(np.array(view), np.array(proj), width, height,
                                       world[:3, 3], depth.astype(np.float64), ortho,
                                       -world[:3, 2])
-    surface_object, surface_texel = _surface(targets, objects, geometry)
+    surface_object, surface_texel = _surface(targets, geometry)
     return _View(shot.name, passes.pass_uploads(rendered), width, height, surface_object,
                  surface_texel, geometry)
 

@@ -179,6 +179,27 @@ def scenario_views(module, url: str) -> None:
         == "Wall from 5 views"
     assert cube.material_slots[-1].material.node_tree.nodes["Image Texture"].image.name \
         == "Walled from 5 views"
+    _rounded_cube_is_covered(module, session)
+
+
+def _rounded_cube_is_covered(module, session) -> None:
+    """A cube under a Subdivision Surface modifier is textured as it renders: its texels lie
+    on the rounded surface (the cage's corners stand sqrt(3) from its centre), and 6 views
+    cover it."""
+    scene = harness.empty_scene()
+    cube = harness.add_cube(scene, "Rounded", (0, 0, 0))
+    modifier = cube.modifiers.new("Subdivision", "SUBSURF")
+    modifier.levels = modifier.render_levels = 2
+    harness.select_only([cube])
+    _views(scene, orbit_count=4, elevation=0.0, top=True, bottom=True, keep_weights=False)
+    run = _run_of_all(module, session, 6)
+    target = run.targets[0]
+    radius = np.linalg.norm(target.positions, axis=1)
+    assert radius.max() < 1.5 and radius.min() > 0.5, (radius.min(), radius.max())
+    texture = image_rows(bpy.data.images["Rounded from 6 views"])
+    coverage = float((texture[target.inside, 3] > 0.5).mean())
+    print(f"COVERAGE rounded {coverage:.4f} of {int(target.inside.sum())} UV texels")
+    assert coverage >= 0.98, coverage
 
 
 def _run_of_all(module, session, expect_views: int):

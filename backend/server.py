@@ -51,7 +51,7 @@ CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "upscale", "re
                 "lora", "embeddings", "sampler_presets", "multi_control", "preprocess", "regions",
                 "reference",
                 # model families beyond SD1.x/2.x/SDXL (what each cannot do: protocol/families.py)
-                "family:flux",
+                "family:flux", "family:sd3",
                 # control kinds the daemon runs (pose needs a pose ControlNet and a skeleton
                 # image: it has no pose detector, so it is not announced)
                 *(f"control:{kind}" for kind in CONTROL_KINDS if kind != "pose")]

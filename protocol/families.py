@@ -11,7 +11,8 @@ UNKNOWN = "unknown"
 # An inpainting or depth variant takes what is made for its base. Families missing here
 # (an SDXL refiner, a ControlNet) have no base: what fits them is left to the loading.
 BASE_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpaint": "sd2",
-               "sd2_depth": "sd2", "sdxl": "sdxl", "sdxl_inpaint": "sdxl", "flux": "flux"}
+               "sd2_depth": "sd2", "sdxl": "sdxl", "sdxl_inpaint": "sdxl", "flux": "flux",
+               "sd3": "sd3"}
 
 
 # Request fields (``GenerateRequest``) a job on a model of the family cannot use yet: the
@@ -19,10 +20,11 @@ BASE_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpain
 # out of their menus. Families not listed take them all.
 UNSUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
     "flux": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
+    "sd3": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
 }
 # The samplers (``GenerateRequest.scheduler``) a family's models run, where it is not all of
-# them: Flux samples with flow-matching Euler, which both Euler names select.
-SAMPLERS: dict[str, tuple[str, ...]] = {"flux": ("euler", "euler_a")}
+# them: Flux and SD3 sample with flow-matching Euler, which both Euler names select.
+SAMPLERS: dict[str, tuple[str, ...]] = {"flux": ("euler", "euler_a"), "sd3": ("euler", "euler_a")}
 
 
 def unsupported_fields(family: Optional[str]) -> tuple[str, ...]:

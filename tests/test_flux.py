@@ -1,5 +1,6 @@
-"""Flux.1 on the tiny random-weight Flux model (backend/models/tiny_flux.py), loaded
-through the same store, resolver and catalog as a user's Flux folder.
+"""The diffusion-transformer families, Flux.1 and SD3, on their tiny random-weight models
+(backend/models/tiny_flux.py, tiny_sd3.py), loaded through the same store, resolver and
+catalog as a user's folders. Job tests run on both families.
 
 64x64 images and 2-3 steps: each job takes a few tenths of a second on a CPU.
 """
@@ -17,7 +18,7 @@ import torch
 from backend.generation import GenerationOutput
 from backend.models import families
 from backend.models.store import ModelStore
-from backend.pipelines.flux import FluxLatents
+from backend.pipelines.dit import DiTLatents
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.latents import decode_rgb
 from backend.pipelines.pixels import pixels_to_array
@@ -45,9 +46,18 @@ def generator(store: ModelStore) -> DiffusionGenerator:
     return DiffusionGenerator(store)
 
 
+@pytest.fixture(params=["tiny-flux", "tiny-sd3"])
+def model(request) -> str:
+    return request.param
+
+
 def _run(generator: DiffusionGenerator, uploads: list[ImageFrame] = (), **job) -> GenerationOutput:
     request = GenerateRequest(**{**JOB, **job})
     return generator.generate(request, {u.id: u for u in uploads}, lambda *_: None, lambda: False)
+
+
+def store_family(name: str) -> str:
+    return {"tiny-flux": families.FLUX, "tiny-sd3": families.SD3}[name]
 
 
 def _rgba(output: GenerationOutput, index: int = 0) -> np.ndarray:
@@ -67,27 +77,31 @@ def _upload_mask(mask: np.ndarray) -> ImageFrame:
 
 # ------------------------------------------------------------------ loading
 
-def test_tiny_flux_loads_by_name_and_is_listed_as_flux(store):
-    model = store.active
-    assert (model.name, model.family) == ("tiny-flux", families.FLUX)
-    assert type(model.pipe).__name__ == "FluxPipeline"
-    assert model.pipe.vae.config.latent_channels == 16
+@pytest.mark.parametrize("name, family, pipeline", [
+    ("tiny-flux", families.FLUX, "FluxPipeline"), ("tiny-sd3", families.SD3, "StableDiffusion3Pipeline")])
+def test_tiny_models_load_by_name_and_are_listed_with_their_family(store, name, family, pipeline):
+    loaded = store.use(name)
+    assert (loaded.name, loaded.family) == (name, family)
+    assert type(loaded.pipe).__name__ == pipeline
+    assert loaded.pipe.vae.config.latent_channels == 16
     listed = {info.name: info for info in store.available()}
-    assert listed["tiny-flux"].family == "flux" and listed["tiny-flux"].kind == "checkpoint"
+    assert listed[name].family == family and listed[name].kind == "checkpoint"
     # only safetensors on disk, as a user's diffusers folder would hold
-    weights = list(model.source.path.rglob("*.safetensors"))
-    assert weights and not list(model.source.path.rglob("*.bin"))
+    weights = list(loaded.source.path.rglob("*.safetensors"))
+    assert weights and not list(loaded.source.path.rglob("*.bin"))
+    store.use_default()
 
 
-def test_a_flux_folder_named_by_path_is_detected_from_model_index(store, tmp_path):
-    folder = tmp_path / "my-flux"
-    shutil.copytree(store.resolve("tiny-flux").path, folder)
-    assert families.family_of_folder(folder) == families.FLUX
+@pytest.mark.parametrize("name, family", [("tiny-flux", families.FLUX), ("tiny-sd3", families.SD3)])
+def test_a_folder_named_by_path_is_detected_from_model_index(store, tmp_path, name, family):
+    folder = tmp_path / "my-model"
+    shutil.copytree(store.resolve(name).path, folder)
+    assert families.family_of_folder(folder) == family
     other = ModelStore("cpu", torch.float32, tmp_path, search_dirs=[tmp_path],
                        hf_cache=tmp_path / "no-hf-cache")
-    assert other.load("my-flux").family == families.FLUX
+    assert other.load("my-model").family == family
     names = {info.name: info.family for info in other.available()}
-    assert "flux" in names.values()
+    assert family in names.values()
     # A Flux pipeline of another kind (Fill, Kontext) has another transformer: not taken as Flux.
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxFillPipeline"}))
@@ -96,9 +110,10 @@ def test_a_flux_folder_named_by_path_is_detected_from_model_index(store, tmp_pat
 
 # ------------------------------------------------------------------ job kinds
 
-def test_txt2img_same_seed_same_bytes_other_seed_differs(generator):
-    first, again, other = (_run(generator), _run(generator), _run(generator, seed=8))
-    assert first.model == "tiny-flux"
+def test_txt2img_same_seed_same_bytes_other_seed_differs(generator, model):
+    first, again, other = (_run(generator, model=model), _run(generator, model=model),
+                           _run(generator, model=model, seed=8))
+    assert first.model == model
     assert _rgba(first).shape == (SIZE, SIZE, 4)
     assert _rgba(first).tobytes() == _rgba(again).tobytes()
     assert _rgba(first).tobytes() != _rgba(other).tobytes()
@@ -108,24 +123,32 @@ def test_guidance_steers_the_distilled_guidance_embedding(generator):
     assert _rgba(_run(generator)).tobytes() != _rgba(_run(generator, guidance=1.0)).tobytes()
 
 
-def test_img2img_starts_from_the_init_image(generator):
+def test_sd3_takes_a_negative_prompt_and_flux_has_no_use_for_one(generator):
+    for name, steers in (("tiny-sd3", True), ("tiny-flux", False)):
+        plain = _rgba(_run(generator, model=name))
+        negative = _rgba(_run(generator, model=name, negative_prompt="blue sky"))
+        assert (plain.tobytes() != negative.tobytes()) == steers, name
+
+
+def test_img2img_starts_from_the_init_image(generator, model):
     init = _upload_rgba(1)
-    low = _rgba(_run(generator, [init], kind="img2img", init_image=init.id, strength=0.34))
-    again = _rgba(_run(generator, [init], kind="img2img", init_image=init.id, strength=0.34))
-    full = _rgba(_run(generator, [init], kind="img2img", init_image=init.id, strength=1.0))
+    job = dict(kind="img2img", init_image=init.id, model=model)
+    low = _rgba(_run(generator, [init], **job, strength=0.34))
+    again = _rgba(_run(generator, [init], **job, strength=0.34))
+    full = _rgba(_run(generator, [init], **job, strength=1.0))
     assert low.tobytes() == again.tobytes()
     original = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)[..., :3].astype(int)
     # less strength keeps more of the picture
     assert np.abs(low[..., :3] - original).mean() < np.abs(full[..., :3] - original).mean()
 
 
-def test_inpaint_keeps_every_unmasked_pixel_byte_identical(generator):
+def test_inpaint_keeps_every_unmasked_pixel_byte_identical(generator, model):
     init = _upload_rgba(2)
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[16:40, 20:44] = 255
     frame = _upload_mask(mask)
     out = _rgba(_run(generator, [init, frame], kind="inpaint", init_image=init.id,
-                     mask=frame.id, strength=1.0, context_padding=8))
+                     mask=frame.id, strength=1.0, context_padding=8, model=model))
     original = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)
     outside = mask == 0
     assert out[outside].tobytes() == original[outside].tobytes()
@@ -155,12 +178,12 @@ DEPTH = _upload_mask(np.full((SIZE, SIZE), 128))
     (dict(cache_interval=2), "job.cache_interval"),
     (dict(scheduler="dpmpp_2m"), "job.scheduler"),
 ])
-def test_what_flux_cannot_do_fails_the_job_naming_the_field(generator, job, field):
+def test_what_transformers_cannot_do_fails_the_job_naming_the_field(generator, model, job, field):
     with pytest.raises(ProtocolError) as err:
-        _run(generator, [DEPTH], **job)
+        _run(generator, [DEPTH], model=model, **job)
     assert err.value.code == ErrorCode.UNSUPPORTED
     assert err.value.field == field
-    assert "flux" in err.value.message
+    assert f"({store_family(model)})" in err.value.message
 
 
 def test_the_refused_fields_are_the_protocol_family_table(generator):
@@ -171,6 +194,7 @@ def test_the_refused_fields_are_the_protocol_family_table(generator):
     assert set(unsupported_fields("flux")) >= {"controls", "loras", "regions", "references",
                                                "cache_interval"}
     assert unsupported_fields("sd15") == () and "sd15" not in SAMPLERS
+    assert unsupported_fields("sd3") == unsupported_fields("flux")
     euler = _rgba(_run(generator, scheduler="euler"))
     assert euler.tobytes() == _rgba(_run(generator, scheduler="euler_a")).tobytes()
 
@@ -184,19 +208,19 @@ def test_make_seamless_on_flux_is_refused_on_tiling(generator):
 
 # ------------------------------------------------------------------ seamless tiling
 
-def test_tiled_jobs_reproduce_and_differ_from_untiled(generator):
-    tiled = _rgba(_run(generator, tiling="x"))
-    assert tiled.tobytes() == _rgba(_run(generator, tiling="x")).tobytes()
-    assert tiled.tobytes() != _rgba(_run(generator)).tobytes()
+def test_tiled_jobs_reproduce_and_differ_from_untiled(generator, model):
+    tiled = _rgba(_run(generator, tiling="x", model=model))
+    assert tiled.tobytes() == _rgba(_run(generator, tiling="x", model=model)).tobytes()
+    assert tiled.tobytes() != _rgba(_run(generator, model=model)).tobytes()
 
 
-def test_latent_rolling_moves_the_seam_every_step_and_rolls_back_exactly(store):
-    pipe = store.active.pipe
+def test_latent_rolling_moves_the_seam_every_step_and_rolls_back_exactly(store, model):
+    pipe = store.use(model).pipe      # Flux's latents packed: the roll goes through the packing
     latents = torch.randn(1, 16, 8, 12)
-    packed = pipe._pack_latents(latents, 1, 16, 8, 12)
+    packed = pipe._pack_latents(latents, 1, 16, 8, 12) if model == "tiny-flux" else latents
     for axes, rolled_dims in ((TileAxes(True, False), (-1,)), (TileAxes(False, True), (-2,)),
                               (TileAxes(True, True), (-2, -1))):
-        rolling = FluxLatents(pipe, width=96, height=64, axes=axes, seed=3)
+        rolling = DiTLatents(pipe, width=96, height=64, axes=axes, seed=3)
         shifts, current = [], packed
         for _ in range(4):
             current = rolling.after_step(current)["latents"]
@@ -206,14 +230,14 @@ def test_latent_rolling_moves_the_seam_every_step_and_rolls_back_exactly(store):
         untouched = {-2, -1} - set(rolled_dims)
         assert all(shift[{-1: 0, -2: 1}[d]] == 0 for shift in shifts for d in untouched)
         assert torch.equal(rolling.finish(current), latents)
-    plain = FluxLatents(pipe, width=96, height=64, axes=TileAxes(False, False), seed=3)
+    plain = DiTLatents(pipe, width=96, height=64, axes=TileAxes(False, False), seed=3)
     assert plain.after_step(packed) == {} and torch.equal(plain.finish(packed), latents)
 
 
 def test_flux_vae_decode_wraps_on_the_tiled_axis(store):
     """The last stage of a tiled Flux job: its 16-channel VAE decodes with circular padding,
     so a rolled latent decodes to the rolled image on the tiled axis (not on the other)."""
-    vae = store.active.pipe.vae
+    vae = store.use("tiny-flux").pipe.vae
     latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
     with wrapped_convolutions([vae], TileAxes(True, False)):
         image = torch.tensor(decode_rgb(vae, latents)).int()
@@ -229,9 +253,10 @@ def test_a_flux_job_over_the_daemon_and_a_wrong_combination_failing(start_daemon
     daemon = start_daemon("--model", "tiny-flux")
     with AtelierClient(daemon.url, client_name="test_flux") as client:
         client.wait_connected()
-        assert "family:flux" in client.welcome.capabilities
+        assert {"family:flux", "family:sd3"} <= set(client.welcome.capabilities)
         listed = client.call(Models, client.list_models, timeout=60)
-        assert {m.name: m.family for m in listed.models}["tiny-flux"] == "flux"
+        families_listed = {m.name: m.family for m in listed.models}
+        assert (families_listed["tiny-flux"], families_listed["tiny-sd3"]) == ("flux", "sd3")
         done = client.run_job(GenerateRequest(**JOB), timeout=120)
         assert isinstance(done, JobDone), done
         assert done.result.model == "tiny-flux"

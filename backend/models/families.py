@@ -16,6 +16,9 @@ from diffusers import (
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
     FluxPipeline,
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3InpaintPipeline,
+    StableDiffusion3Pipeline,
     StableDiffusionControlNetImg2ImgPipeline,
     StableDiffusionControlNetInpaintPipeline,
     StableDiffusionControlNetPipeline,
@@ -43,6 +46,7 @@ SDXL = "sdxl"
 SDXL_INPAINT = "sdxl_inpaint"
 SDXL_REFINER = "sdxl_refiner"
 FLUX = "flux"                 # Flux.1 (dev, schnell and their fine-tunes): a diffusion transformer
+SD3 = "sd3"                   # Stable Diffusion 3 and 3.5 (medium, large, turbo): MMDiT
 CONTROLNET = "controlnet"
 T2I_ADAPTER = "t2i_adapter"
 # Families of the models that condition a base model on depth (``ControlSettings.model``).
@@ -79,13 +83,16 @@ _PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[D
     SD2_DEPTH: ({DEPTH: StableDiffusionDepth2ImgPipeline}, {}),
     # No ControlNet pipelines yet: Flux's take Flux ControlNets (pipelines/flux.py refuses).
     FLUX: ({TXT2IMG: FluxPipeline, IMG2IMG: FluxImg2ImgPipeline, INPAINT: FluxInpaintPipeline}, {}),
+    SD3: ({TXT2IMG: StableDiffusion3Pipeline, IMG2IMG: StableDiffusion3Img2ImgPipeline,
+           INPAINT: StableDiffusion3InpaintPipeline}, {}),
 }
 
 # The pipeline class a family's base model is loaded as.
 BASE_KIND = {SD15: TXT2IMG, SD2: TXT2IMG, SDXL: TXT2IMG, SD15_INPAINT: INPAINT,
-             SD2_INPAINT: INPAINT, SDXL_INPAINT: INPAINT, SD2_DEPTH: DEPTH, FLUX: TXT2IMG}
+             SD2_INPAINT: INPAINT, SDXL_INPAINT: INPAINT, SD2_DEPTH: DEPTH, FLUX: TXT2IMG,
+             SD3: TXT2IMG}
 # Families whose denoiser is a transformer over packed latent patches, not a UNet.
-TRANSFORMER_FAMILIES = frozenset({FLUX})
+TRANSFORMER_FAMILIES = frozenset({FLUX, SD3})
 
 
 def is_transformer(family: str) -> bool:
@@ -154,6 +161,8 @@ def family_of_folder(folder: Path) -> str:
     if class_name == FluxPipeline.__name__:
         # Flux's other pipelines (Fill, Kontext, Control) have other transformers: unknown.
         return FLUX
+    if class_name == StableDiffusion3Pipeline.__name__:
+        return SD3
     unet_config = folder / "unet" / "config.json"
     unet = _read_json(unet_config) if unet_config.is_file() else {}
     in_channels = unet.get("in_channels", 4)

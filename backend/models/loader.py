@@ -45,7 +45,7 @@ def _prepare_folder(folder: Path, dtype: torch.dtype) -> PreparedLoad:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED,
             f"{folder} holds a {family} model; Atelier runs SD1.x, SD2.x (incl. depth), SDXL "
-            f"and Flux.1 pipelines", field="model")
+            f"Flux.1 and SD3/SD3.5 pipelines", field="model")
     cls = families.base_class(family)
 
     def load() -> DiffusionPipeline:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping, Optional, Seq
 
 from protocol.errors import ErrorCode, ProtocolError
 
-from . import tiny, tiny_flux
+from . import tiny, tiny_flux, tiny_sd3
 
 SourceKind = Literal["tiny", "diffusers", "single_file", "hf_cache"]
 
@@ -54,6 +54,7 @@ TINY_MODELS: dict[str, TinyModel] = {
     "tiny-sdxl": TinyModel("tiny-sdxl", lambda d, _: tiny.build_tiny_sdxl_model(d), "sdxl"),
     "tiny-depth": TinyModel("tiny-depth", lambda d, _: tiny.build_tiny_depth_model(d), "sd2_depth"),
     "tiny-flux": TinyModel("tiny-flux", lambda d, _: tiny_flux.build_tiny_flux_model(d), "flux"),
+    "tiny-sd3": TinyModel("tiny-sd3", lambda d, _: tiny_sd3.build_tiny_sd3_model(d), "sd3"),
     "tiny-controlnet": TinyModel("tiny-controlnet", _controlnet_for("tiny"), "controlnet",
                                  control_kind="depth"),
     "tiny-sdxl-controlnet": TinyModel("tiny-sdxl-controlnet", _controlnet_for("tiny-sdxl"),

@@ -29,7 +29,7 @@ T5_MAX_TOKENS = 32             # Flux pads T5 prompts to max_sequence_length (51
 VAE_SAMPLE_SIZE = 64           # the side the tiny model "was trained at" (native_side)
 
 
-def _t5_tokenizer(dest: Path) -> T5TokenizerFast:
+def t5_tokenizer(dest: Path) -> T5TokenizerFast:
     """A T5-style tokenizer (Unigram, "▁" word starts, </s> appended) over a tiny vocabulary:
     whole words for ``_WORDS``, single letters and digits for the rest."""
     pieces = ["<pad>", "</s>", "<unk>"]
@@ -50,14 +50,15 @@ def _t5_tokenizer(dest: Path) -> T5TokenizerFast:
     return T5TokenizerFast.from_pretrained(str(dest))
 
 
-def _flux_vae() -> AutoencoderKL:
+def flow_vae(scaling: float = FLUX_VAE_SCALING, shift: float = FLUX_VAE_SHIFT) -> AutoencoderKL:
+    """The 16-channel VAE of the flow-matching families (Flux, SD3), at a width of 16-32."""
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=FLUX_LATENT_CHANNELS,
         down_block_types=("DownEncoderBlock2D",) * len(VAE_CHANNELS),
         up_block_types=("UpDecoderBlock2D",) * len(VAE_CHANNELS),
         block_out_channels=VAE_CHANNELS, layers_per_block=1, norm_num_groups=8,
-        sample_size=VAE_SAMPLE_SIZE, scaling_factor=FLUX_VAE_SCALING,
-        shift_factor=FLUX_VAE_SHIFT, use_quant_conv=False, use_post_quant_conv=False)
+        sample_size=VAE_SAMPLE_SIZE, scaling_factor=scaling, shift_factor=shift,
+        use_quant_conv=False, use_post_quant_conv=False)
 
 
 def build_tiny_flux_model(dest: Path) -> Path:
@@ -67,7 +68,7 @@ def build_tiny_flux_model(dest: Path) -> Path:
         tokenizer = _write_tokenizer(out / "tokenizer")
         text_encoder = CLIPTextModel(_text_config(
             len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id))
-        tokenizer_2 = _t5_tokenizer(out / "tokenizer_2")
+        tokenizer_2 = t5_tokenizer(out / "tokenizer_2")
         text_encoder_2 = T5EncoderModel(T5Config(
             vocab_size=len(tokenizer_2), d_model=TEXT_HIDDEN, d_kv=8, d_ff=64, num_layers=2,
             num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
@@ -80,7 +81,7 @@ def build_tiny_flux_model(dest: Path) -> Path:
         scheduler = FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
             max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
-        pipe = FluxPipeline(scheduler=scheduler, vae=_flux_vae(), text_encoder=text_encoder,
+        pipe = FluxPipeline(scheduler=scheduler, vae=flow_vae(), text_encoder=text_encoder,
                             tokenizer=tokenizer, text_encoder_2=text_encoder_2,
                             tokenizer_2=tokenizer_2, transformer=transformer)
         pipe.save_pretrained(out, safe_serialization=True)

@@ -56,7 +56,7 @@ from .adapter import AdapterGuide, adapter_guide, adapter_residuals
 from .control import condition_on_controlnets, condition_on_depth2img, control_tensor
 from .controls import PlannedControl, nearness_of
 from .depth import DepthEstimator, find_depth_model
-from .flux import FluxLatents, flow_scheduler, flux_call, flux_work_size, refuse_unsupported
+from .dit import DiTLatents, dit_call, flow_scheduler, refuse_unsupported, work_size
 from .job_unet import JobUNet
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
@@ -137,10 +137,10 @@ class DiffusionGenerator:
         plan = plan_generation(job, uploads, self._limits, model_traits(model),
                                fresh_seed=secrets.randbelow(SEED_RANGE))
         if is_transformer(model.family):
-            # What Flux cannot do fails here, before any weights change (flux.py).
+            # What Flux or SD3 cannot do fails here, before any weights change (dit.py).
             refuse_unsupported(plan, model.name, model.family)
             plan = dataclasses.replace(plan, **dict(zip(
-                ("work_width", "work_height"), flux_work_size(plan.work_width, plan.work_height))))
+                ("work_width", "work_height"), work_size(plan.work_width, plan.work_height))))
         # Exactly this job's LoRAs (none: the model's own weights), and the embeddings its
         # prompts name, on the model (store.py: loras.py, embeddings.py).
         self._store.use_loras(plan.request.loras)
@@ -170,7 +170,7 @@ class DiffusionGenerator:
         if is_transformer(model.family):
             rgb = None if plan.init is None else work_region(plan, plan.init[..., :3])
             mask = None if plan.mask is None else work_region(plan, plan.mask)
-            return PipelineCall(plan.kind, flux_call(plan, model.pipe, rgb, mask))
+            return PipelineCall(plan.kind, dit_call(plan, model.pipe, model.family, rgb, mask))
         if job.loras:
             # A LoRA may change the text encoder: its embeddings are not the cached ones.
             prompts = dict(prompt=job.prompt, negative_prompt=job.negative_prompt or None)
@@ -308,14 +308,14 @@ class DiffusionGenerator:
         # A shallow copy: the same modules, but this job's own scheduler and call state
         # (diffusers keeps ``_interrupt`` and the step count on the pipeline object).
         pipe = copy.copy(shared)
-        # The model's prediction (v-prediction, zero terminal SNR) and the job's preset.
-        # Flux: its flow-matching scheduler, and its packed latents unpacked (flux.py).
-        flux = None
+        # Flux, SD3: their flow-matching scheduler, Flux's packed latents unpacked (dit.py).
+        dit = None
         if is_transformer(model.family):
             pipe.scheduler = flow_scheduler(shared.scheduler)
-            flux = FluxLatents(shared, plan.work_width, plan.work_height,
-                               tile_axes(plan.tiling), plan.seeds[0])
+            dit = DiTLatents(shared, plan.work_width, plan.work_height,
+                             tile_axes(plan.tiling), plan.seeds[0])
         else:
+            # The model's prediction (v-prediction, zero terminal SNR) and the job's preset.
             pipe.scheduler = make_scheduler(plan.request.scheduler,
                                             {**shared.scheduler.config,
                                              **model.prediction.scheduler_config(),
@@ -348,15 +348,15 @@ class DiffusionGenerator:
             steps_done = step
             preview = None
             if preview_due(step, plan.request.preview_every, total):
-                latents = tensors["latents"] if flux is None else flux.unpack(tensors["latents"])
+                latents = tensors["latents"] if dit is None else dit.unpack(tensors["latents"])
                 preview = to_pixels(layout.render(latents, palette))
             progress(step, total, preview)
             if cancelled():
                 # diffusers' documented way to stop: the remaining steps are skipped
                 p._interrupt = True
                 was_cancelled = True
-            # A tiled Flux job rolls its latents after every step (flux.py).
-            return {} if flux is None else flux.after_step(tensors["latents"])
+            # A tiled Flux or SD3 job rolls its latents after every step (dit.py).
+            return {} if dit is None else dit.after_step(tensors["latents"])
 
         try:
             with self._job_context(plan, pipe, call.adapters, position), \
@@ -368,7 +368,7 @@ class DiffusionGenerator:
                 model.deep_tap.clear()    # the last step's deep features: not kept between jobs
         if was_cancelled:
             raise JobCancelled()
-        return result.images if flux is None else flux.finish(result.images)
+        return result.images if dit is None else dit.finish(result.images)
 
     @staticmethod
     @contextlib.contextmanager

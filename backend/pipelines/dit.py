@@ -1,17 +1,18 @@
-"""Jobs on diffusion-transformer families (Flux.1): what differs from the UNet families.
+"""Jobs on diffusion-transformer families (Flux.1, SD3/SD3.5): what differs from the UNet
+families.
 
-The generator runs a Flux job through the same four steps as any other (generator.py);
+The generator runs such a job through the same four steps as any other (generator.py);
 this module holds the parts that differ, each behind one hook there:
 
-* ``refuse_unsupported``: what Flux cannot do in Atelier yet (controls, LoRAs, regions,
-  reference images, step caching, samplers other than flow-matching Euler, tiling of an
-  inpaint) fails the job at once with ``unsupported`` naming the field.
-* ``flux_work_size`` / ``flux_call``: Flux packs 2x2 latent patches into tokens, so the
-  size it runs at is a multiple of 16 pixels; init images are encoded here (mean latents,
-  as for SD) and passed as latents, the inpaint mask as a tensor.
-* ``FluxLatents``: the denoising loop hands packed ``(B, tokens, 64)`` latents to the step
-  callback and returns them packed; it unpacks them for previews and for the VAE, and does
-  seamless tiling.
+* ``refuse_unsupported``: what these families cannot do in Atelier yet (controls, LoRAs,
+  regions, reference images, step caching, samplers other than flow-matching Euler, tiling
+  of an inpaint) fails the job at once with ``unsupported`` naming the field.
+* ``work_size`` / ``dit_call``: both cut the latent into 2x2 patches, so the size they run
+  at is a multiple of 16 pixels; init images are encoded here (mean latents, as for SD)
+  and passed as latents, the inpaint mask as a tensor.
+* ``DiTLatents``: Flux's loop hands packed ``(B, tokens, 64)`` latents to the step
+  callback and returns them packed (SD3's are plain ``(B, 16, h, w)``); it unpacks them for
+  previews and for the VAE, and does seamless tiling.
 
 Seamless tiling. Circular padding changes nothing in a transformer: it has no padding, and
 its rotary position embedding puts the left and right edges far apart, so nothing makes
@@ -41,8 +42,12 @@ from .pixels import mask_to_tensor
 from .plan import GenerationPlan
 from .tiling import TileAxes, tile_axes
 
-PATCH_PIXELS = 16            # a Flux token covers 2x2 latents of 8x8 pixels
-T5_MAX_TOKENS = 512          # Flux.1-dev's T5 prompt length; shorter tokenizers cap it
+PATCH_PIXELS = 16            # a token covers 2x2 latents of 8x8 pixels (Flux and SD3)
+# T5 prompt length by family (Flux.1-dev 512, SD3 256); shorter tokenizers cap it
+T5_MAX_TOKENS = {"flux": 512, "sd3": 256}
+# Families that take a negative prompt (true classifier-free guidance); Flux.1's guidance
+# is distilled into the model, it has none.
+NEGATIVE_PROMPT_FAMILIES = ("sd3",)
 
 
 def _unsupported(what: str, family: str, field: str) -> ProtocolError:
@@ -93,25 +98,29 @@ def flow_scheduler(shared: SchedulerMixin) -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler.from_config(shared.config)
 
 
-def flux_work_size(width: int, height: int) -> tuple[int, int]:
-    """The size a Flux pipeline runs at for a ``width`` x ``height`` work area: rounded up
+def work_size(width: int, height: int) -> tuple[int, int]:
+    """The size a transformer pipeline runs at for a ``width`` x ``height`` work area: rounded up
     to whole tokens (the result is resized back, as an inpaint crop is)."""
     up = lambda side: -(-side // PATCH_PIXELS) * PATCH_PIXELS   # noqa: E731
     return up(width), up(height)
 
 
-def flux_call(plan: GenerationPlan, pipe: DiffusionPipeline,
-              work_rgb: Optional[np.ndarray], work_mask: Optional[np.ndarray]) -> dict[str, Any]:
-    """The keyword arguments of a Flux pipeline call for ``plan`` (sizes already in tokens):
-    the prompt, steps, the distilled guidance, one generator per seed, and for img2img /
-    inpaint the init latents (and the mask) of the work area."""
+def dit_call(plan: GenerationPlan, pipe: DiffusionPipeline, family: str,
+             work_rgb: Optional[np.ndarray], work_mask: Optional[np.ndarray]) -> dict[str, Any]:
+    """The keyword arguments of a transformer pipeline call for ``plan`` (sizes already in
+    tokens): the prompt (and for SD3 the negative one), steps, guidance (Flux: its distilled
+    guidance), one generator per seed, and for img2img / inpaint the init latents (and the
+    mask) of the work area."""
     job = plan.request
+    t5 = getattr(pipe, "tokenizer_3", None) or pipe.tokenizer_2
     kwargs: dict[str, Any] = dict(
         prompt=job.prompt, num_inference_steps=job.steps, guidance_scale=job.guidance,
         num_images_per_prompt=plan.batch_size, width=plan.work_width, height=plan.work_height,
-        max_sequence_length=min(T5_MAX_TOKENS, pipe.tokenizer_2.model_max_length),
+        max_sequence_length=min(T5_MAX_TOKENS[family], t5.model_max_length),
         generator=[torch.Generator("cpu").manual_seed(seed) for seed in plan.seeds],
         output_type="latent")
+    if family in NEGATIVE_PROMPT_FAMILIES:
+        kwargs.update(negative_prompt=job.negative_prompt or None)
     if plan.kind == "txt2img":
         return kwargs
     assert work_rgb is not None
@@ -125,9 +134,9 @@ def flux_call(plan: GenerationPlan, pipe: DiffusionPipeline,
 
 
 @dataclass
-class FluxLatents:
-    """One job's view of Flux's packed latents: unpacking for previews and decoding, and
-    the per-step roll that makes tiled jobs wrap."""
+class DiTLatents:
+    """One job's view of a transformer's latents (Flux's packed): unpacking for previews
+    and decoding, and the per-step roll that makes tiled jobs wrap."""
     pipe: DiffusionPipeline
     width: int                   # work size in pixels
     height: int
@@ -135,15 +144,23 @@ class FluxLatents:
     seed: int
     shift: tuple[int, int] = (0, 0)   # (dx, dy) in latents, rolled so far
 
+    @property
+    def packed(self) -> bool:
+        return hasattr(self.pipe, "_unpack_latents")
+
     def __post_init__(self) -> None:
         self._offsets = torch.Generator("cpu").manual_seed(self.seed)
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        """``(B, tokens, 4C)`` -> ``(B, C, H/8, W/8)``."""
+        """Flux's ``(B, tokens, 4C)`` -> ``(B, C, H/8, W/8)``; SD3's are that already."""
+        if not self.packed:
+            return packed
         return self.pipe._unpack_latents(packed, self.height, self.width,
                                          self.pipe.vae_scale_factor)
 
     def _pack(self, latents: torch.Tensor) -> torch.Tensor:
+        if not self.packed:
+            return latents
         b, c, h, w = latents.shape
         return self.pipe._pack_latents(latents, b, c, h, w)
 

@@ -204,7 +204,10 @@ def texel_weights(positions: np.ndarray, normals: np.ndarray, geometry: ViewGeom
     weight = np.where(visible, weight, 0.0)
     if feather_map is None:
         feather_map = edge_feather(geometry.depth, feather_px)
-    weight *= feather_map[row, col]
+    # Bilinear, not the nearest pixel's: the feather would step a pixel at a time, a cut
+    # between texels where a view hands over to another
+    weight *= projection.sample_bilinear(np.asarray(feather_map, float)[..., None],
+                                         uvd[:, :2])[:, 0]
     weights[some] = weight
     view_uv[some] = uvd[:, :2]
     return weights, view_uv

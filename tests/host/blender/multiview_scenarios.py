@@ -191,7 +191,7 @@ def _rounded_cube_is_covered(module, session) -> None:
     modifier = cube.modifiers.new("Subdivision", "SUBSURF")
     modifier.levels = modifier.render_levels = 2
     harness.select_only([cube])
-    _views(scene, orbit_count=4, elevation=0.0, top=True, bottom=True, keep_weights=False)
+    _views(scene, orbit_count=4, elevation=0.0, top=True, bottom=True, keep_weights=True)
     run = _run_of_all(module, session, 6)
     target = run.targets[0]
     radius = np.linalg.norm(target.positions, axis=1)
@@ -200,6 +200,35 @@ def _rounded_cube_is_covered(module, session) -> None:
     coverage = float((texture[target.inside, 3] > 0.5).mean())
     print(f"COVERAGE rounded {coverage:.4f} of {int(target.inside.sum())} UV texels")
     assert coverage >= 0.98, coverage
+    # No cut where views meet: each view's share of a texel (its weight over the sum)
+    # changes little from a texel to its neighbour on the surface (a cut would jump by 1).
+    weights = np.stack([_weights(f"Atelier Weights Rounded {shot.name}")
+                        for shot in run.shots])
+    total = weights.sum(axis=0)
+    share = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 0.0)
+    where = np.full(target.inside.shape + (3,), np.nan)
+    where[target.inside] = target.positions
+    jumps = []
+    for axis in (1, 2):
+        a = np.take(share, range(share.shape[axis] - 1), axis=axis)
+        b = np.take(share, range(1, share.shape[axis]), axis=axis)
+        pa = np.take(where, range(where.shape[axis - 1] - 1), axis=axis - 1)
+        pb = np.take(where, range(1, where.shape[axis - 1]), axis=axis - 1)
+        near = np.linalg.norm(pa - pb, axis=-1) < 0.08        # neighbours on the surface too
+        near &= np.take(total, range(total.shape[axis - 1] - 1), axis=axis - 1) > 0
+        near &= np.take(total, range(1, total.shape[axis - 1]), axis=axis - 1) > 0
+        jumps.append(np.abs(a - b)[:, near])
+    jumps = np.concatenate(jumps, axis=1)
+    shared = (weights > 0).sum(axis=0)[target.inside]
+    cuts = float((jumps.max(axis=0) > 0.5).mean())
+    print(f"SEAMS rounded: texels seen by 2+ views {float((shared >= 2).mean()):.3f}; "
+          f"change of a view's share between neighbours: 99th percentile "
+          f"{np.percentile(jumps, 99):.3f}, largest {jumps.max():.3f}; neighbour pairs with "
+          f"a change over 0.5: {cuts:.4f} of {jumps.shape[1]}")
+    # Measured: 99th percentile 0.044; about 1.3 % of pairs still change by more than 0.5
+    # (README, Not done yet), so only the bulk is held to a bound.
+    assert (shared >= 2).mean() > 0.2
+    assert np.percentile(jumps, 99) < 0.1 and cuts < 0.05, (np.percentile(jumps, 99), cuts)
 
 
 def _run_of_all(module, session, expect_views: int):

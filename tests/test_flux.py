@@ -247,6 +247,22 @@ def test_flux_vae_decode_wraps_on_the_tiled_axis(store):
     assert (torch.roll(image, 16, dims=1) - rolled_y).abs().max() > 8
 
 
+def test_gpu_levers_leave_out_what_a_transformer_lacks_and_jobs_still_run(atelier_home):
+    """A GPU daemon compiles the UNet and the VAE decoder and warms them up; a transformer
+    model has no UNet: that lever is skipped, the decoder is compiled (eager backend here)
+    and warmed up through Flux jobs, and jobs run."""
+    from backend.models.accel import COMPILE_UNET, COMPILE_VAE_DECODE, AccelOptions
+
+    options = AccelOptions(compile_unet=True, compile_vae_decode=True, fuse_qkv=True,
+                           compile_backend="eager")
+    store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[],
+                       hf_cache=atelier_home / "no-hf-cache", accel=options)
+    generator = DiffusionGenerator(store)
+    model = store.load("tiny-flux")
+    assert COMPILE_UNET in model.accel.skipped and COMPILE_VAE_DECODE in model.accel.applied
+    assert _rgba(_run(generator, tiling="both")).shape == (SIZE, SIZE, 4)
+
+
 # ------------------------------------------------------------------ over the websocket
 
 def test_a_flux_job_over_the_daemon_and_a_wrong_combination_failing(start_daemon):

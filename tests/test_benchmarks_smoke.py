@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import allocator, generation, live_latency, lora_switch, protocol_cost
+from benchmarks import (allocator, generation, live_latency, lora_switch, protocol_cost,
+                        transformer_flops)
 
 ROW_FIGURES = ("s_per_batch", "s_per_image", "it_per_s", "first_call_s", "rss_mb")
 
@@ -63,6 +64,18 @@ def test_generation_benchmark_smoke(tmp_path: Path, atelier_home: Path):
         assert _positive(summary["speedup_atelier_vs_stock_best"])
         assert summary["adapter_overhead_pct"] is not None
         assert _positive(summary["speedup_cache2_vs_atelier"])
+
+
+def test_transformer_flops_benchmark_smoke(tmp_path: Path):
+    """Full-size Flux and SD3.5 transformers on the meta device: their parameter counts are
+    the published ones (12B, 8B) and a step costs some FLOPs."""
+    out = tmp_path / "transformer_flops.json"
+    assert transformer_flops.main(["--side", "256", "--families", "flux1-dev", "sd3.5-large",
+                                   "--json", str(out)]) == 0
+    costs = json.loads(out.read_text("utf-8"))["families"]
+    assert 11.8 < costs["flux1-dev"]["params_billion"] < 12.0
+    assert 8.0 < costs["sd3.5-large"]["params_billion"] < 8.2
+    assert all(_positive(c["tflop_per_step"]) for c in costs.values())
 
 
 def test_protocol_cost_benchmark_smoke(tmp_path: Path):

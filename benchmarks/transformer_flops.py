@@ -1,0 +1,97 @@
+"""What a denoising step of each full-size diffusion-transformer family costs (issue 18),
+in the GPU benchmark's terms (``benchmarks/generation.py``): TFLOP per step at 1024x1024.
+
+The transformers of FLUX.1-dev, FLUX.1-schnell, SD3 medium, SD3.5 medium and SD3.5 large
+are built from their published configs (below) on the meta device (shapes only, no
+weights, nothing downloaded) and one forward is counted with ``torch.utils.flop_counter``,
+attention on the math kernel so it decomposes into counted matmuls. Batch 1 for Flux (its
+guidance is distilled into the model: one pass per step), batch 2 for SD3 (classifier-free
+guidance). Text tokens: Flux 512 (T5), SD3 77 + 256 (CLIP, T5). Parameter counts come with
+them: bf16 weights need 2 bytes each, which is what a card must hold without quantizing.
+
+    python -m benchmarks.transformer_flops [--side 1024] [--families flux1-dev ...]
+        [--json out/transformer_flops.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+_FLUX = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+             attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+             pooled_projection_dim=768, axes_dims_rope=(16, 56, 56))
+_SD3 = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16,
+            attention_head_dim=64, joint_attention_dim=4096, pooled_projection_dim=2048)
+# name -> (transformer class, config, classifier-free guidance batch, text tokens)
+FAMILIES: dict[str, tuple[type, dict[str, Any], int, int]] = {
+    "flux1-dev": (FluxTransformer2DModel, dict(_FLUX, guidance_embeds=True), 1, 512),
+    "flux1-schnell": (FluxTransformer2DModel, dict(_FLUX, guidance_embeds=False), 1, 256),
+    "sd3-medium": (SD3Transformer2DModel, dict(_SD3, num_layers=24, num_attention_heads=24,
+                                               caption_projection_dim=1536,
+                                               pos_embed_max_size=192), 2, 333),
+    "sd3.5-medium": (SD3Transformer2DModel, dict(_SD3, num_layers=24, num_attention_heads=24,
+                                                 caption_projection_dim=1536,
+                                                 pos_embed_max_size=384, qk_norm="rms_norm",
+                                                 dual_attention_layers=tuple(range(13))), 2, 333),
+    "sd3.5-large": (SD3Transformer2DModel, dict(_SD3, num_layers=38, num_attention_heads=38,
+                                                caption_projection_dim=2432,
+                                                pos_embed_max_size=192, qk_norm="rms_norm"), 2, 333),
+}
+
+
+def _step_inputs(name: str, model: torch.nn.Module, side: int) -> dict[str, torch.Tensor]:
+    _, config, batch, tokens = FAMILIES[name]
+    latent = side // 8
+    text = torch.zeros(batch, tokens, config["joint_attention_dim"])
+    pooled = torch.zeros(batch, config["pooled_projection_dim"])
+    t = torch.full((batch,), 0.5)
+    if isinstance(model, FluxTransformer2DModel):
+        image_tokens = (latent // 2) ** 2
+        extra = {"guidance": torch.full((batch,), 3.5)} if config["guidance_embeds"] else {}
+        return dict(hidden_states=torch.zeros(batch, image_tokens, config["in_channels"]),
+                    encoder_hidden_states=text, pooled_projections=pooled, timestep=t,
+                    img_ids=torch.zeros(image_tokens, 3), txt_ids=torch.zeros(tokens, 3), **extra)
+    return dict(hidden_states=torch.zeros(batch, config["in_channels"], latent, latent),
+                encoder_hidden_states=text, pooled_projections=pooled, timestep=t * 1000)
+
+
+def step_cost(name: str, side: int = 1024) -> dict[str, float]:
+    """TFLOP of one denoising step of ``name`` at ``side`` x ``side``, and its parameters."""
+    cls, config, batch, _ = FAMILIES[name]
+    with torch.device("meta"):
+        model = cls(**config)
+        inputs = _step_inputs(name, model, side)
+    params = sum(p.numel() for p in model.parameters())
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    return {"tflop_per_step": counter.get_total_flops() / 1e12, "batch": batch,
+            "params_billion": params / 1e9, "bf16_weights_gb": params * 2 / 1e9}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--side", type=int, default=1024)
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    costs = {name: step_cost(name, args.side) for name in args.families}
+    print(f"full-size transformers, one denoising step at {args.side}x{args.side}:")
+    for name, c in costs.items():
+        print(f"  {name:14s} {c['tflop_per_step']:7.1f} TFLOP (batch {c['batch']})  "
+              f"{c['params_billion']:5.2f} B parameters, {c['bf16_weights_gb']:5.1f} GB in bf16")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"side": args.side, "families": costs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -177,6 +177,7 @@ DEPTH = _upload_mask(np.full((SIZE, SIZE), 128))
     (dict(loras=[LoraWeight(name="tiny_style", weight=0.8)]), "loras[0].name"),
     (dict(cache_interval=2), "job.cache_interval"),
     (dict(scheduler="dpmpp_2m"), "job.scheduler"),
+    (dict(sampler_preset="lcm_4"), "job.sampler_preset"),
 ])
 def test_what_transformers_cannot_do_fails_the_job_naming_the_field(generator, model, job, field):
     with pytest.raises(ProtocolError) as err:
@@ -197,6 +198,15 @@ def test_the_refused_fields_are_the_protocol_family_table(generator):
     assert unsupported_fields("sd3") == unsupported_fields("flux")
     euler = _rgba(_run(generator, scheduler="euler"))
     assert euler.tobytes() == _rgba(_run(generator, scheduler="euler_a")).tobytes()
+
+
+def test_four_step_presets_without_guidance_run_as_schnell_and_turbo_sample(generator, model):
+    """lightning_4 (Euler, 4 steps, no guidance) is FLUX.1-schnell's and SD3.5-turbo's
+    recipe too; the settled request shows what ran."""
+    out = _run(generator, model=model, sampler_preset="lightning_4")
+    assert (out.params.steps, out.params.guidance, out.params.scheduler) == (4, 1.0, "euler")
+    again = _run(generator, model=model, steps=4, guidance=1.0, scheduler="euler")
+    assert _rgba(out).tobytes() == _rgba(again).tobytes()
 
 
 def test_make_seamless_on_flux_is_refused_on_tiling(generator):

@@ -83,10 +83,14 @@ def refuse_unsupported(plan: GenerationPlan, model_name: str, family: str) -> No
                                _FIELD_NAME.get(name, f"job.{name}"))
     samplers = SAMPLERS.get(family)
     if samplers is not None and job.scheduler not in samplers:
+        # A preset's sampler (plan.py applied it) is the preset's doing: name that field.
+        where, what = (("job.sampler_preset", f"sampler preset {job.sampler_preset!r} samples "
+                        f"with {job.scheduler!r}, made for UNet models")
+                       if job.sampler_preset is not None else
+                       ("job.scheduler", f"scheduler {job.scheduler!r} is for UNet models"))
         raise ProtocolError(ErrorCode.UNSUPPORTED,
-                            f"{label} samples with flow-matching Euler; scheduler "
-                            f"{job.scheduler!r} is for UNet models (use one of "
-                            f"{', '.join(samplers)})", "job.scheduler")
+                            f"{label} samples with flow-matching Euler; {what} (the samplers "
+                            f"here: {', '.join(samplers)})", where)
     if plan.kind == "inpaint" and tile_axes(plan.tiling).any:
         what = "make_seamless" if job.kind == "make_seamless" else "tiled inpainting"
         raise _unsupported(f"{label} {what} (tiling wraps txt2img and img2img)", family,

@@ -108,6 +108,37 @@ def test_a_folder_named_by_path_is_detected_from_model_index(store, tmp_path, na
     assert families.family_of_folder(folder) == families.UNKNOWN
 
 
+def test_single_transformer_files_are_listed_with_their_family_and_refused_clearly(store, tmp_path):
+    """ComfyUI keeps Flux and SD3 transformers as single files (models/unet, original or
+    diffusers tensor names); they are recognised and listed, and loading one says that
+    only diffusers folders of these families load yet."""
+    from safetensors.torch import save_file
+
+    models = tmp_path / "models"
+    (models / "unet").mkdir(parents=True)
+    for name in ("tiny-flux", "tiny-sd3"):
+        shutil.copy(store.resolve(name).path / "transformer" / "diffusion_pytorch_model.safetensors",
+                    models / "unet" / f"{name}-transformer.safetensors")
+    blocks = {"flux": ("double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight",
+                       "img_in.weight"),
+              "sd3": ("joint_blocks.0.x_block.attn.qkv.weight", "x_embedder.proj.weight",
+                      "final_layer.linear.weight")}
+    for family, keys in blocks.items():     # a whole checkpoint, original names under LDM's prefix
+        save_file({f"model.diffusion_model.{k}": torch.zeros(2, 2) for k in keys},
+                  str(models / f"{family}-checkpoint.safetensors"))
+    user = ModelStore("cpu", torch.float32, tmp_path, search_dirs=[models],
+                      hf_cache=tmp_path / "no-hf-cache")
+    listed = {info.name: info.family for info in user.available()}
+    assert listed["unet/tiny-flux-transformer.safetensors"] == "flux"
+    assert listed["unet/tiny-sd3-transformer.safetensors"] == "sd3"
+    assert (listed["flux-checkpoint.safetensors"], listed["sd3-checkpoint.safetensors"]) == (
+        "flux", "sd3")
+    with pytest.raises(ProtocolError) as err:
+        user.load("unet/tiny-flux-transformer.safetensors")
+    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "model")
+    assert "flux" in err.value.message and "diffusers folder" in err.value.message
+
+
 # ------------------------------------------------------------------ job kinds
 
 def test_txt2img_same_seed_same_bytes_other_seed_differs(generator, model):

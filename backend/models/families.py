@@ -193,6 +193,9 @@ def family_of_checkpoint_keys(keys: Iterable[str], conv_in_shape: Optional[tuple
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
     if has("control_model.") or has("controlnet_cond_embedding.") or has("input_hint_block."):
         return CONTROLNET
+    transformer = _transformer_of_keys(keys)
+    if transformer is not None:
+        return transformer
     if conv_in_shape is None:
         return UNKNOWN
     in_channels = conv_in_shape[1]
@@ -205,3 +208,21 @@ def family_of_checkpoint_keys(keys: Iterable[str], conv_in_shape: Optional[tuple
     if has("cond_stage_model.transformer."):
         return {9: SD15_INPAINT}.get(in_channels, SD15)
     return UNKNOWN
+
+
+# Tensor-name prefixes of diffusion transformers saved as one file: Black Forest Labs' and
+# Stability's original layouts (ComfyUI's models/unet and models/diffusion_models files, or
+# whole checkpoints under LDM_UNET), and diffusers' own transformer layout.
+_TRANSFORMER_PREFIXES = (
+    (FLUX, ("double_blocks.", "single_transformer_blocks.")),
+    (SD3, ("joint_blocks.", "pos_embed.pos_embed")),
+)
+
+
+def _transformer_of_keys(keys: list[str]) -> Optional[str]:
+    """FLUX or SD3 when the tensor names are a Flux or SD3 transformer's, else None."""
+    for family, prefixes in _TRANSFORMER_PREFIXES:
+        for prefix in prefixes:
+            if any(k.startswith(prefix) or k.startswith(LDM_UNET + prefix) for k in keys):
+                return family
+    return None

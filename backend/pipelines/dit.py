@@ -58,7 +58,7 @@ def _unsupported(what: str, family: str, field: str) -> ProtocolError:
 # What each field of ``protocol.families.UNSUPPORTED_FIELDS`` is, in refusals.
 _FIELD_WHAT = {
     "controls": "controls (ControlNets and T2I-Adapters made for SD1.5/SDXL do not fit a "
-                "transformer; Flux ControlNets are not wired up yet)",
+                "transformer; the families' own ControlNets are not wired up yet)",
     "depth": "depth controls", "control": "depth controls", "loras": "LoRAs",
     "regions": "regional prompts", "references": "reference images (IP-Adapter)",
     "cache_interval": "step caching (a UNet feature)",
@@ -67,9 +67,11 @@ _FIELD_NAME = {"loras": "loras[0].name"}     # where the job's LoRA errors point
 
 
 def _is_set(job: GenerateRequest, name: str) -> bool:
+    """Whether the job asks for what field ``name`` gives (1 is cache_interval's "off")."""
     value = getattr(job, name)
-    return value > 1 if name == "cache_interval" else bool(value) if isinstance(value, list) \
-        else value is not None
+    if name == "cache_interval":
+        return value > 1
+    return bool(value) if isinstance(value, list) else value is not None
 
 
 def refuse_unsupported(plan: GenerationPlan, model_name: str, family: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from backend.generation import GenerationOutput
 from backend.models import families
 from backend.models.store import ModelStore
-from backend.pipelines.dit import DiTLatents
+from backend.pipelines.dit import RolledTransformer
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.latents import decode_rgb
 from backend.pipelines.pixels import pixels_to_array
@@ -240,13 +240,6 @@ def test_four_step_presets_without_guidance_run_as_schnell_and_turbo_sample(gene
     assert _rgba(out).tobytes() == _rgba(again).tobytes()
 
 
-def test_make_seamless_on_flux_is_refused_on_tiling(generator):
-    init = _upload_rgba(3)
-    with pytest.raises(ProtocolError) as err:
-        _run(generator, [init], kind="make_seamless", init_image=init.id, tiling="x", seam_width=16)
-    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "job.tiling")
-
-
 # ------------------------------------------------------------------ seamless tiling
 
 def test_tiled_jobs_reproduce_and_differ_from_untiled(generator, model):
@@ -255,24 +248,50 @@ def test_tiled_jobs_reproduce_and_differ_from_untiled(generator, model):
     assert tiled.tobytes() != _rgba(_run(generator, model=model)).tobytes()
 
 
-def test_latent_rolling_moves_the_seam_every_step_and_rolls_back_exactly(store, model):
-    pipe = store.use(model).pipe      # Flux's latents packed: the roll goes through the packing
-    latents = torch.randn(1, 16, 8, 12)
-    packed = pipe._pack_latents(latents, 1, 16, 8, 12) if model == "tiny-flux" else latents
-    for axes, rolled_dims in ((TileAxes(True, False), (-1,)), (TileAxes(False, True), (-2,)),
-                              (TileAxes(True, True), (-2, -1))):
-        rolling = DiTLatents(pipe, width=96, height=64, axes=axes, seed=3)
-        shifts, current = [], packed
-        for _ in range(4):
-            current = rolling.after_step(current)["latents"]
-            shifts.append(rolling.shift)
-        assert len(set(shifts)) > 1                       # the seam moves from step to step
-        assert all(s % 2 == 0 for shift in shifts for s in shift)   # by whole 2x2 tokens
-        untouched = {-2, -1} - set(rolled_dims)
-        assert all(shift[{-1: 0, -2: 1}[d]] == 0 for shift in shifts for d in untouched)
-        assert torch.equal(rolling.finish(current), latents)
-    plain = DiTLatents(pipe, width=96, height=64, axes=TileAxes(False, False), seed=3)
-    assert plain.after_step(packed) == {} and torch.equal(plain.finish(packed), latents)
+class _PositionStamp(torch.nn.Module):
+    """Stands in for a transformer whose prediction depends on position: adds a fixed
+    pattern, so where the wrapper put the latent shows in what comes back."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.pattern = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+
+    def forward(self, hidden_states, **_):
+        return (hidden_states + self.pattern,)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_rolled_transformer_moves_the_seam_every_call_and_predicts_in_place(packed):
+    rows, cols = 4, 6                                   # tokens of a 96x64 image
+    latents = torch.randn(1, rows * cols, 64) if packed else torch.randn(1, 16, 2 * rows, 2 * cols)
+    for axes in (TileAxes(True, False), TileAxes(False, True), TileAxes(True, True)):
+        stamp = _PositionStamp(tuple(latents.shape))
+        rolled = RolledTransformer(stamp, axes, width=96, height=64, packed=packed, seed=3)
+        for _ in range(6):
+            out = rolled(latents)[0]
+            dx, dy = rolled.offsets[-1]
+            # the latent comes back where it was; the position pattern moved by the offset
+            assert torch.allclose(out - latents, rolled.roll(stamp.pattern, -dx, -dy), atol=1e-6)
+        dxs, dys = zip(*rolled.offsets)
+        assert (len(set(dxs)) > 1) == axes.x and (len(set(dys)) > 1) == axes.y
+        assert (set(dxs) == {0}) == (not axes.x) and (set(dys) == {0}) == (not axes.y)
+    assert rolled.roll(rolled.roll(latents, 2, 1), -2, -1).equal(latents)
+
+
+def test_tiled_inpaint_and_make_seamless_keep_what_they_do_not_repaint(generator, model):
+    init = _upload_rgba(4)
+    original = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)
+    seamless = _rgba(_run(generator, [init], kind="make_seamless", init_image=init.id,
+                          tiling="x", seam_width=16, model=model))
+    # the 16 px band around the wrap edge is repainted; the columns between stay as they were
+    assert seamless[:, 8:SIZE - 8].tobytes() == original[:, 8:SIZE - 8].tobytes()
+    assert (seamless[:, :8] != original[:, :8]).any()
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[:, :12] = 255
+    frame = _upload_mask(mask)
+    tiled = _rgba(_run(generator, [init, frame], kind="inpaint", init_image=init.id,
+                       mask=frame.id, tiling="both", model=model))
+    assert tiled[:, 12:].tobytes() == original[:, 12:].tobytes()
 
 
 def test_flux_vae_decode_wraps_on_the_tiled_axis(store):

@@ -5,22 +5,24 @@ The generator runs such a job through the same four steps as any other (generato
 this module holds the parts that differ, each behind one hook there:
 
 * ``refuse_unsupported``: what these families cannot do in Atelier yet (controls, LoRAs,
-  regions, reference images, step caching, samplers other than flow-matching Euler, tiling
-  of an inpaint) fails the job at once with ``unsupported`` naming the field.
+  regions, reference images, step caching, samplers other than flow-matching Euler) fails
+  the job at once with ``unsupported`` naming the field.
 * ``work_size`` / ``dit_call``: both cut the latent into 2x2 patches, so the size they run
   at is a multiple of 16 pixels; init images are encoded here (mean latents, as for SD)
   and passed as latents, the inpaint mask as a tensor.
 * ``DiTLatents``: Flux's loop hands packed ``(B, tokens, 64)`` latents to the step
-  callback and returns them packed (SD3's are plain ``(B, 16, h, w)``); it unpacks them for
-  previews and for the VAE, and does seamless tiling.
+  callback and returns them packed (SD3's are plain ``(B, 16, h, w)``); they are unpacked
+  for previews and for the VAE.
+* ``RolledTransformer``: seamless tiling.
 
 Seamless tiling. Circular padding changes nothing in a transformer: it has no padding, and
-its rotary position embedding puts the left and right edges far apart, so nothing makes
-them agree. Instead the latent is rolled on the tiled axes by a new offset after every
-step (the seam the model leaves moves somewhere else, and the next steps denoise across
-the old one as interior), and rolled back by the sum of the offsets at the end; the VAE,
-convolutional, decodes with circular padding (tiling.py). The offsets are drawn from the
-job's seed, so a tiled job still reproduces.
+its rotary (Flux) or learned (SD3) position embedding puts the left and right edges far
+apart, so nothing makes them agree. Instead each call of the transformer sees the latent
+rolled on the tiled axes by a new offset and its prediction is rolled back: the edge the
+model would leave moves from step to step, and the other steps denoise across it as
+interior. The VAE, convolutional, decodes with circular padding (tiling.py). The
+offsets are drawn from the job's seed, so a tiled job still reproduces; the pipeline's
+latents never move, so this serves inpainting and make_seamless as well.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from torch import nn
 
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.families import SAMPLERS, unsupported_fields
@@ -93,10 +96,6 @@ def refuse_unsupported(plan: GenerationPlan, model_name: str, family: str) -> No
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             f"{label} samples with flow-matching Euler; {what} (the samplers "
                             f"here: {', '.join(samplers)})", where)
-    if plan.kind == "inpaint" and tile_axes(plan.tiling).any:
-        what = "make_seamless" if job.kind == "make_seamless" else "tiled inpainting"
-        raise _unsupported(f"{label} {what} (tiling wraps txt2img and img2img)", family,
-                           "job.tiling")
 
 
 def flow_scheduler(shared: SchedulerMixin) -> FlowMatchEulerDiscreteScheduler:
@@ -139,51 +138,79 @@ def dit_call(plan: GenerationPlan, pipe: DiffusionPipeline, family: str,
     return kwargs
 
 
-@dataclass
+@dataclass(frozen=True)
 class DiTLatents:
-    """One job's view of a transformer's latents (Flux's packed): unpacking for previews
-    and decoding, and the per-step roll that makes tiled jobs wrap."""
+    """One job's view of a transformer's latents: Flux's loop hands packed
+    ``(B, tokens, 64)`` latents to the step callback and returns them packed; previews and
+    the VAE want ``(B, C, H/8, W/8)``. SD3's latents are that already."""
     pipe: DiffusionPipeline
     width: int                   # work size in pixels
     height: int
-    axes: TileAxes
-    seed: int
-    shift: tuple[int, int] = (0, 0)   # (dx, dy) in latents, rolled so far
 
-    @property
-    def packed(self) -> bool:
-        return hasattr(self.pipe, "_unpack_latents")
-
-    def __post_init__(self) -> None:
-        self._offsets = torch.Generator("cpu").manual_seed(self.seed)
-
-    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
-        """Flux's ``(B, tokens, 4C)`` -> ``(B, C, H/8, W/8)``; SD3's are that already."""
-        if not self.packed:
-            return packed
-        return self.pipe._unpack_latents(packed, self.height, self.width,
+    def unpack(self, latents: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self.pipe, "_unpack_latents"):
+            return latents
+        return self.pipe._unpack_latents(latents, self.height, self.width,
                                          self.pipe.vae_scale_factor)
 
-    def _pack(self, latents: torch.Tensor) -> torch.Tensor:
+
+class RolledTransformer(nn.Module):
+    """A tiled job's view of the shared transformer: every call sees the latent rolled by
+    a fresh offset of whole tokens on the tiled axes, and its prediction is rolled back.
+
+    The pipeline's own latents never move, so everything it does with them (img2img's
+    start, inpainting's blend with the init latents at every step) stays as it is; only
+    where the model's position embedding puts the image changes from step to step, so the
+    edge it would leave wanders and the other steps denoise across it as interior. The
+    offsets come from the job's seed: a tiled job reproduces.
+
+    Public attributes fall through to the transformer (``config``, ``dtype``,
+    ``cache_context``), as ``JobUNet`` does for a UNet."""
+
+    def __init__(self, transformer: nn.Module, axes: TileAxes, width: int, height: int,
+                 packed: bool, seed: int):
+        super().__init__()
+        self.transformer = transformer
+        self.axes = axes
+        self.packed = packed
+        self.rows, self.cols = height // PATCH_PIXELS, width // PATCH_PIXELS   # tokens
+        self.offsets: list[tuple[int, int]] = []     # (dx, dy) in tokens, one per call
+        self._draw = torch.Generator("cpu").manual_seed(seed)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_"):
+                raise
+            return getattr(self._modules["transformer"], name)
+
+    def _offset(self, tokens: int, on: bool) -> int:
+        return int(torch.randint(0, tokens, (1,), generator=self._draw)) if on and tokens > 1 else 0
+
+    def roll(self, latents: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+        """Roll by (dx, dy) tokens: Flux's packed ``(B, rows * cols, D)`` on its token grid,
+        SD3's ``(B, C, h, w)`` by two latents (one 2x2 patch) per token."""
         if not self.packed:
-            return latents
-        b, c, h, w = latents.shape
-        return self.pipe._pack_latents(latents, b, c, h, w)
+            return torch.roll(latents, (2 * dy, 2 * dx), dims=(-2, -1))
+        b, _, d = latents.shape
+        grid = latents.reshape(b, self.rows, self.cols, d)
+        return torch.roll(grid, (dy, dx), dims=(1, 2)).reshape(b, self.rows * self.cols, d)
 
-    def after_step(self, packed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the step callback returns: on a tiled job, the latents rolled by a fresh
-        offset of whole tokens on each tiled axis (seeded: the job reproduces)."""
-        if not self.axes.any:
-            return {}
-        latents = self.unpack(packed)
-        h, w = latents.shape[-2:]
-        dx = 2 * int(torch.randint(1, max(2, w // 2), (1,), generator=self._offsets)) if self.axes.x else 0
-        dy = 2 * int(torch.randint(1, max(2, h // 2), (1,), generator=self._offsets)) if self.axes.y else 0
-        self.shift = ((self.shift[0] + dx) % w, (self.shift[1] + dy) % h)
-        return {"latents": self._pack(torch.roll(latents, (dy, dx), dims=(-2, -1)))}
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        dx, dy = self._offset(self.cols, self.axes.x), self._offset(self.rows, self.axes.y)
+        self.offsets.append((dx, dy))
+        out = self.transformer(self.roll(hidden_states, dx, dy), *args, **kwargs)
+        if isinstance(out, tuple):
+            return (self.roll(out[0], -dx, -dy), *out[1:])
+        out.sample = self.roll(out.sample, -dx, -dy)
+        return out
 
-    def finish(self, packed: torch.Tensor) -> torch.Tensor:
-        """The final latents unpacked, rolled back to where the job's noise put them."""
-        latents = self.unpack(packed)
-        dx, dy = self.shift
-        return torch.roll(latents, (-dy, -dx), dims=(-2, -1)) if (dx or dy) else latents
+
+def rolled_transformer(pipe: DiffusionPipeline, plan: GenerationPlan) -> Optional[RolledTransformer]:
+    """The transformer a tiled job's copy of ``pipe`` runs (None for an untiled job)."""
+    axes = tile_axes(plan.tiling)
+    if not axes.any:
+        return None
+    return RolledTransformer(pipe.transformer, axes, plan.work_width, plan.work_height,
+                             packed=hasattr(pipe, "_unpack_latents"), seed=plan.seeds[0])

@@ -56,7 +56,8 @@ from .adapter import AdapterGuide, adapter_guide, adapter_residuals
 from .control import condition_on_controlnets, condition_on_depth2img, control_tensor
 from .controls import PlannedControl, nearness_of
 from .depth import DepthEstimator, find_depth_model
-from .dit import DiTLatents, dit_call, flow_scheduler, refuse_unsupported, work_size
+from .dit import (DiTLatents, dit_call, flow_scheduler, refuse_unsupported, rolled_transformer,
+                  work_size)
 from .job_unet import JobUNet
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
@@ -312,8 +313,11 @@ class DiffusionGenerator:
         dit = None
         if is_transformer(model.family):
             pipe.scheduler = flow_scheduler(shared.scheduler)
-            dit = DiTLatents(shared, plan.work_width, plan.work_height,
-                             tile_axes(plan.tiling), plan.seeds[0])
+            dit = DiTLatents(shared, plan.work_width, plan.work_height)
+            # Seamless tiling for a transformer: each call sees the latent rolled (dit.py).
+            rolled = rolled_transformer(shared, plan)
+            if rolled is not None:
+                pipe.transformer = rolled
         else:
             # The model's prediction (v-prediction, zero terminal SNR) and the job's preset.
             pipe.scheduler = make_scheduler(plan.request.scheduler,
@@ -355,8 +359,7 @@ class DiffusionGenerator:
                 # diffusers' documented way to stop: the remaining steps are skipped
                 p._interrupt = True
                 was_cancelled = True
-            # A tiled Flux or SD3 job rolls its latents after every step (dit.py).
-            return {} if dit is None else dit.after_step(tensors["latents"])
+            return {}
 
         try:
             with self._job_context(plan, pipe, call.adapters, position), \
@@ -368,7 +371,7 @@ class DiffusionGenerator:
                 model.deep_tap.clear()    # the last step's deep features: not kept between jobs
         if was_cancelled:
             raise JobCancelled()
-        return result.images if dit is None else dit.finish(result.images)
+        return result.images if dit is None else dit.unpack(result.images)
 
     @staticmethod
     @contextlib.contextmanager

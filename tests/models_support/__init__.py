@@ -47,6 +47,10 @@ class CompileCounter:
 
     def __init__(self) -> None:
         self.graphs: list[int] = []     # node count of each graph
+        # Dynamo keeps compiled code per code object (the VAE decoder's ``forward`` is one
+        # for every model of the session) and stops compiling one after
+        # ``recompile_limit`` backends or guards: each test's new counter starts clean.
+        torch._dynamo.reset()
 
     def __call__(self, graph: torch.fx.GraphModule, example_inputs: list) -> object:
         self.graphs.append(len(graph.graph.nodes))

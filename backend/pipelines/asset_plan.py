@@ -26,7 +26,7 @@ from protocol.schema import validate
 from ..limits import ServerLimits
 from .controls import PlannedControl, job_controls
 from .lora_tags import settle_loras
-from .pixels import frame_to_rgba, resize
+from .pixels import frame_to_rgba, job_upload, resize
 from .plan import SEED_RANGE, SIZE_MULTIPLE, ModelTraits, _check_numbers
 from .presets import apply_preset
 from .refine import RefineSettings
@@ -165,9 +165,5 @@ def _init(job: GenerateRequest, uploads: Mapping[str, ImageFrame]) -> np.ndarray
     if job.init_image is None:
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} needs init_image",
                             "job.init_image")
-    frame = uploads.get(job.init_image)
-    if frame is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
-                            f"init_image '{job.init_image}' is not among this job's uploads",
-                            "job.init_image")
+    frame = job_upload(uploads, job.init_image, "init_image", "job.init_image")
     return frame_to_rgba(frame, "job.init_image")

@@ -28,7 +28,7 @@ from protocol.frames import ImageFrame, PixelFormat
 from protocol.messages import CONTROLS_MAX, ControlLayer, DepthInput, GenerateRequest
 
 from .depth import check_control, depth_for_job
-from .pixels import frame_to_gray, frame_to_rgba, resize
+from .pixels import frame_to_gray, frame_to_rgba, job_upload, resize
 from .preprocess import BUILT_IN, normal_from_height
 from .tiling import TileAxes, tile_axes
 
@@ -89,11 +89,7 @@ def plan_layer(layer: ControlLayer, where: str, width: int, height: int,
     planned = PlannedControl(layer.kind, where, layer.model, layer.scale, layer.start, layer.end)
     frame = None
     if layer.image is not None:
-        frame = uploads.get(layer.image)
-        if frame is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
-                                f"control image '{layer.image}' is not among this job's uploads",
-                                f"{where}.image")
+        frame = job_upload(uploads, layer.image, "control image", f"{where}.image")
     elif not layer.preprocess or init_rgb is None:
         need = "an image" if not layer.preprocess else "an image, or an init image to preprocess"
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"a {layer.kind} control needs {need}",
@@ -170,11 +166,7 @@ def _legacy_depth(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
         raise ProtocolError(ErrorCode.INVALID_FIELD,
                             "depth needs an upload (a float32 depth map) or estimate=true",
                             "job.depth.upload")
-    frame = uploads.get(job.depth.upload)
-    if frame is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
-                            f"depth map '{job.depth.upload}' is not among this job's uploads",
-                            "job.depth.upload")
+    frame = job_upload(uploads, job.depth.upload, "depth map", "job.depth.upload")
     return planned.with_image(_grey_rgb(depth_for_job(frame, job.depth, job.width, job.height)))
 
 

@@ -7,6 +7,7 @@ Tensors are float ``(B, 3, H, W)`` in [-1, 1], the range the VAE works in.
 from __future__ import annotations
 
 import io
+from typing import Mapping
 
 import numpy as np
 import PIL.Image
@@ -16,6 +17,17 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.frames import FORMAT_NAMES, ImageFrame, PixelFormat
 
 from ..generation import Pixels
+
+
+def job_upload(uploads: Mapping[str, ImageFrame], upload_id: str, what: str,
+               field: str) -> ImageFrame:
+    """The frame ``upload_id`` among a job's uploads; ``unknown_upload`` on ``field``,
+    calling it ``what``, when the submit brought no such upload."""
+    frame = uploads.get(upload_id)
+    if frame is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
+                            f"{what} '{upload_id}' is not among this job's uploads", field)
+    return frame
 
 
 def frame_to_rgba(frame: ImageFrame, field: str) -> np.ndarray:

@@ -39,7 +39,7 @@ from ..limits import ServerLimits
 from .controls import PlannedControl, job_controls
 from .lora_tags import settle_loras
 from .masks import Box, context_box, mask_bounds, prepare_mask
-from .pixels import frame_to_gray, frame_to_rgba, resize
+from .pixels import frame_to_gray, frame_to_rgba, job_upload, resize
 from .presets import apply_preset
 from .references import PlannedReference, job_references
 from .regions import PlannedRegion, job_regions
@@ -233,11 +233,7 @@ def _upload(job: GenerateRequest, uploads: Mapping[str, ImageFrame], name: str,
     upload_id = upload_id or getattr(job, name)
     if upload_id is None:
         raise ProtocolError(ErrorCode.INVALID_FIELD, f"{job.kind} needs {name}", field)
-    frame = uploads.get(upload_id)
-    if frame is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
-                            f"{name} '{upload_id}' is not among this job's uploads", field)
-    return frame
+    return job_upload(uploads, upload_id, name, field)
 
 
 def _rolled(control: PlannedControl, offset: tuple[int, int]) -> PlannedControl:

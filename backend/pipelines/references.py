@@ -42,7 +42,7 @@ from protocol.frames import ImageFrame
 from protocol.messages import GenerateRequest
 
 from ..models.ip_adapters import LoadedAdapter, cross_attention_processors
-from .pixels import frame_to_rgba
+from .pixels import frame_to_rgba, job_upload
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -69,11 +69,7 @@ def job_references(job: GenerateRequest,
     planned = []
     for index, reference in enumerate(job.references):
         where = f"job.references[{index}]"
-        frame = uploads.get(reference.image)
-        if frame is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
-                                f"reference image '{reference.image}' is not among this job's "
-                                f"uploads", f"{where}.image")
+        frame = job_upload(uploads, reference.image, "reference image", f"{where}.image")
         rgba = frame_to_rgba(frame, f"{where}.image").astype(np.uint16)
         alpha = rgba[..., 3:4]
         rgb = ((rgba[..., :3] * alpha + GROUND * (255 - alpha) + 127) // 255).astype(np.uint8)

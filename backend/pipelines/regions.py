@@ -52,7 +52,7 @@ from ..models.accel import CPU_OFFLOAD, classifier_free_guidance, encode_prompt
 from ..models.store import LoadedModel
 from .job_unet import JobUNet
 from .lora_tags import extract_lora_tags
-from .pixels import frame_to_gray
+from .pixels import frame_to_gray, job_upload
 from .seamless import roll_image
 from .tiling import TileAxes, tile_axes
 
@@ -89,11 +89,7 @@ def job_regions(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
     regions = []
     for index, region in enumerate(job.regions):
         where = f"job.regions[{index}]"
-        frame = uploads.get(region.mask)
-        if frame is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_UPLOAD,
-                                f"region mask '{region.mask}' is not among this job's uploads",
-                                f"{where}.mask")
+        frame = job_upload(uploads, region.mask, "region mask", f"{where}.mask")
         for name in ("prompt", "negative_prompt"):
             if extract_lora_tags(getattr(region, name) or "", f"{where}.{name}").loras:
                 raise ProtocolError(ErrorCode.INVALID_FIELD,

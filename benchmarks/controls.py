@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ from backend.pipelines.generator import DiffusionGenerator
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
 from protocol.messages import ControlLayer, GenerateRequest
 
-from .hardware import count_flops
+from .hardware import step_costs
 from .random_models import ADAPTER_CONFIGS, config_folder
 
 KINDS = ("canny", "normal", "lineart", "softedge")
@@ -68,35 +66,14 @@ def tiny_step_costs(home: Path, repeat: int, steps: int = 8) -> dict[str, dict]:
     rows = {f"{n} controlnet": [ControlLayer(kind=k, image=picture.id) for k in KINDS[:n]]
             for n in range(len(KINDS) + 1)}
     rows["1 t2i-adapter"] = [ControlLayer(kind="depth", image=picture.id, model="tiny-adapter")]
-    intervals: dict[str, list[float]] = {row: [] for row in rows}
 
-    def job(controls: list[ControlLayer], count: int) -> GenerateRequest:
-        return GenerateRequest(prompt="a stone wall", width=SIDE, height=SIDE, steps=count, seed=1,
-                               scheduler="euler", controls=controls)
+    def generate(request: GenerateRequest, on_step) -> None:
+        generator.generate(request, uploads, on_step, lambda: False)
 
-    def run(controls: list[ControlLayer], count: int) -> list[float]:
-        ends: list[float] = []
-        generator.generate(job(controls, count), uploads,
-                           lambda *_: ends.append(time.perf_counter()), lambda: False)
-        return [b - a for a, b in zip(ends, ends[1:])]
-
-    for controls in rows.values():       # warm-up: load every ControlNet, build the pipelines
-        run(controls, 2)
-    for _ in range(repeat):
-        for row, controls in rows.items():
-            intervals[row].extend(run(controls, steps))
-    work = {row: count_flops(lambda count, c=controls: generator.generate(
-        job(c, count), uploads, lambda *_: None, lambda: False)).per_step
-        for row, controls in rows.items()}
-    plain = "0 controlnet"
-    base_time = statistics.median(intervals[plain])
-    out: dict[str, dict] = {}
-    for row in rows:
-        median = statistics.median(intervals[row])
-        out[row] = {"s_per_step": median, "best_s_per_step": min(intervals[row]),
-                    "relative": median / base_time, "flop_per_step": work[row],
-                    "flop_relative": work[row] / work[plain]}
-    return out
+    jobs = {row: (lambda count, c=controls: GenerateRequest(
+        prompt="a stone wall", width=SIDE, height=SIDE, steps=count, seed=1, scheduler="euler",
+        controls=c)) for row, controls in rows.items()}
+    return step_costs(generate, jobs, "0 controlnet", repeat, steps)
 
 
 # ------------------------------------------------------------------ full size, FLOPs

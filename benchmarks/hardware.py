@@ -4,9 +4,10 @@ does (counted, not assumed) and the arithmetic rate the device reaches on large 
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -85,3 +86,37 @@ def count_flops(run: Callable[[int], object]) -> WorkCount:
         counts.append(counter.get_total_flops())
     per_step = counts[1] - counts[0]
     return WorkCount(fixed=counts[0] - per_step, per_step=per_step)
+
+
+def step_costs(generate: Callable[[Any, Callable[..., None]], object],
+               jobs: Mapping[str, Callable[[int], Any]], plain: str, repeat: int,
+               steps: int) -> dict[str, dict[str, float]]:
+    """What one step of each job costs, against the job named ``plain``.
+
+    ``jobs``: row -> a request of that many steps; ``generate(request, on_step)`` runs one,
+    calling ``on_step`` at every step's end. Each row is warmed up by a 2-step job, then
+    ``repeat`` jobs of ``steps`` steps run round-robin (so drift from other load falls on
+    every row alike); a step's time is the gap between two step ends, so per-job work
+    drops out. Per row: the median and the fastest step (s_per_step, best_s_per_step), its
+    FLOPs (count_flops), and each relative to ``plain``'s."""
+    def intervals_of(job: Callable[[int], Any], count: int) -> list[float]:
+        ends: list[float] = []
+        generate(job(count), lambda *_: ends.append(time.perf_counter()))
+        return [b - a for a, b in zip(ends, ends[1:])]
+
+    for job in jobs.values():
+        intervals_of(job, 2)
+    intervals: dict[str, list[float]] = {row: [] for row in jobs}
+    for _ in range(repeat):
+        for row, job in jobs.items():
+            intervals[row].extend(intervals_of(job, steps))
+    work = {row: count_flops(lambda count, j=job: generate(j(count), lambda *_: None)).per_step
+            for row, job in jobs.items()}
+    median0, best0 = statistics.median(intervals[plain]), min(intervals[plain])
+    out = {}
+    for row in jobs:
+        median, best = statistics.median(intervals[row]), min(intervals[row])
+        out[row] = {"s_per_step": median, "relative": median / median0,
+                    "best_s_per_step": best, "best_relative": best / best0,
+                    "flop_per_step": work[row], "flop_relative": work[row] / work[plain]}
+    return out

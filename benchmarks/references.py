@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 import types
 from pathlib import Path
 
@@ -47,7 +45,7 @@ from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
 from protocol.messages import GenerateRequest, ReferenceImage
 
 from .controls import FULL_SIZE, _count
-from .hardware import count_flops
+from .hardware import step_costs
 from .random_models import config_folder
 
 SIDE = 64
@@ -77,33 +75,14 @@ def tiny_step_costs(home: Path, repeat: int, steps: int = 8) -> dict[str, dict]:
     rows = {f"{n} reference{'s' if n != 1 else ''}": [ReferenceImage(image=p.id) for p in pictures[:n]]
             for n in COUNTS}
 
-    def job(references: list[ReferenceImage], count: int) -> GenerateRequest:
-        return GenerateRequest(prompt="a stone wall", width=SIDE, height=SIDE, steps=count, seed=1,
-                               scheduler="euler", references=references)
 
-    def run(references: list[ReferenceImage], count: int) -> list[float]:
-        ends: list[float] = []
-        generator.generate(job(references, count), uploads,
-                           lambda *_: ends.append(time.perf_counter()), lambda: False)
-        return [b - a for a, b in zip(ends, ends[1:])]
+    def generate(request: GenerateRequest, on_step) -> None:
+        generator.generate(request, uploads, on_step, lambda: False)
 
-    for references in rows.values():     # warm-up: load the adapter and encoder
-        run(references, 2)
-    intervals: dict[str, list[float]] = {row: [] for row in rows}
-    for _ in range(repeat):
-        for row, references in rows.items():
-            intervals[row].extend(run(references, steps))
-    work = {row: count_flops(lambda count, r=references: generator.generate(
-        job(r, count), uploads, lambda *_: None, lambda: False)).per_step
-        for row, references in rows.items()}
-    plain = "0 references"
-    base = statistics.median(intervals[plain])
-    return {row: {"s_per_step": statistics.median(intervals[row]),
-                  "best_s_per_step": min(intervals[row]),
-                  "relative": statistics.median(intervals[row]) / base,
-                  "flop_per_step": work[row], "flop_relative": work[row] / work[plain]}
-            for row in rows}
-
+    jobs = {row: (lambda count, r=references: GenerateRequest(
+        prompt="a stone wall", width=SIDE, height=SIDE, steps=count, seed=1, scheduler="euler",
+        references=r)) for row, references in rows.items()}
+    return step_costs(generate, jobs, "0 references", repeat, steps)
 
 # ------------------------------------------------------------------ full size, FLOPs
 

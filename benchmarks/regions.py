@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,7 @@ from protocol.frames import ImageFrame, PixelFormat
 from protocol.messages import GenerateRequest, Region
 
 from .controls import FULL_SIZE
-from .hardware import count_flops
+from .hardware import step_costs
 from .random_models import config_folder
 
 COUNTS = (0, 1, 2, 4)
@@ -70,29 +68,11 @@ def tiny_step_costs(home: Path, repeat: int, side: int = 256, steps: int = 8) ->
         return GenerateRequest(prompt="a stone wall", width=side, height=side, steps=step_count,
                                seed=1, scheduler="euler", regions=regions)
 
-    def run(count: int, step_count: int) -> list[float]:
-        ends: list[float] = []
-        generator.generate(job(count, step_count), uploads,
-                           lambda *_: ends.append(time.perf_counter()), lambda: False)
-        return [b - a for a, b in zip(ends, ends[1:])]
+    def generate(request: GenerateRequest, on_step) -> None:
+        generator.generate(request, uploads, on_step, lambda: False)
 
-    for count in COUNTS:                 # warm-up
-        run(count, 2)
-    intervals: dict[int, list[float]] = {count: [] for count in COUNTS}
-    for _ in range(repeat):
-        for count in COUNTS:
-            intervals[count].extend(run(count, steps))
-    work = {count: count_flops(lambda n, c=count: generator.generate(
-        job(c, n), uploads, lambda *_: None, lambda: False)).per_step for count in COUNTS}
-    median0, best0 = statistics.median(intervals[0]), min(intervals[0])
-    out = {}
-    for count in COUNTS:
-        median, best = statistics.median(intervals[count]), min(intervals[count])
-        out[f"{count} regions"] = {
-            "s_per_step": median, "relative": median / median0,
-            "best_s_per_step": best, "best_relative": best / best0,
-            "flop_per_step": work[count], "flop_relative": work[count] / work[0]}
-    return out
+    jobs = {f"{count} regions": (lambda n, c=count: job(c, n)) for count in COUNTS}
+    return step_costs(generate, jobs, "0 regions", repeat, steps)
 
 
 def full_size_flops(family: str, counts: tuple[int, ...] = COUNTS) -> dict[str, float]:

@@ -40,6 +40,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.families import SAMPLERS, unsupported_fields
 from protocol.messages import GenerateRequest
 
+from .job_unet import ModelView
 from .latents import encode_rgb
 from .pixels import mask_to_tensor
 from .plan import GenerationPlan
@@ -154,7 +155,7 @@ class DiTLatents:
                                          self.pipe.vae_scale_factor)
 
 
-class RolledTransformer(nn.Module):
+class RolledTransformer(ModelView):
     """A tiled job's view of the shared transformer: every call sees the latent rolled by
     a fresh offset of whole tokens on the tiled axes, and its prediction is rolled back.
 
@@ -166,6 +167,7 @@ class RolledTransformer(nn.Module):
 
     Public attributes fall through to the transformer (``config``, ``dtype``,
     ``cache_context``), as ``JobUNet`` does for a UNet."""
+    WRAPPED = "transformer"
 
     def __init__(self, transformer: nn.Module, axes: TileAxes, width: int, height: int,
                  packed: bool, seed: int):
@@ -176,14 +178,6 @@ class RolledTransformer(nn.Module):
         self.rows, self.cols = height // PATCH_PIXELS, width // PATCH_PIXELS   # tokens
         self.offsets: list[tuple[int, int]] = []     # (dx, dy) in tokens, one per call
         self._draw = torch.Generator("cpu").manual_seed(seed)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name.startswith("_"):
-                raise
-            return getattr(self._modules["transformer"], name)
 
     def _offset(self, tokens: int, on: bool) -> int:
         return int(torch.randint(0, tokens, (1,), generator=self._draw)) if on and tokens > 1 else 0

@@ -25,10 +25,10 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 
-class JobUNet(nn.Module):
-    def __init__(self, unet: UNet2DConditionModel):
-        super().__init__()
-        self.unet = unet
+class ModelView(nn.Module):
+    """A module standing in for the one it holds as submodule ``WRAPPED``: public
+    attributes it lacks are that module's; private ones are not (see above)."""
+    WRAPPED: str
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -36,7 +36,15 @@ class JobUNet(nn.Module):
         except AttributeError:
             if name.startswith("_"):
                 raise
-            return getattr(self._modules["unet"], name)
+            return getattr(self._modules[self.WRAPPED], name)
+
+
+class JobUNet(ModelView):
+    WRAPPED = "unet"
+
+    def __init__(self, unet: UNet2DConditionModel):
+        super().__init__()
+        self.unet = unet
 
     def forward(self, sample: torch.Tensor, timestep: Any,
                 encoder_hidden_states: Optional[torch.Tensor] = None, **kwargs: Any) -> Any:

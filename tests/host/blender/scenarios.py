@@ -1084,10 +1084,13 @@ def ask_test(action: str) -> None:
         time.sleep(0.05)
 
 
+LONG_SIZE = 192   # 150 steps at SIZE took 2.4 s in CI, which a kill could arrive after
+
+
 def long_job(session, prompt: str):
-    """A 150-step job, once its first preview is in."""
-    harness.settings(bpy.context.scene, prompt=prompt, steps=150, width=SIZE, height=SIZE,
-                     preview_every=1)
+    """A 150-step job (the daemon's most) at LONG_SIZE, once its first preview is in."""
+    harness.settings(bpy.context.scene, prompt=prompt, steps=150, width=LONG_SIZE,
+                     height=LONG_SIZE, preview_every=1)
     assert bpy.ops.atelier.generate() == {"FINISHED"}
     job = last_job(session)
     session.pump_until_idle(JOB_TIMEOUT, until=lambda: bool(job.image_names))

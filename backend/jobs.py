@@ -148,6 +148,16 @@ class JobManager:
             position = waiting + (1 if self._running else 0)
         return job, position
 
+    async def enqueue(self, request: GenerateRequest, uploads: Mapping[str, ImageFrame],
+                      subscriber: Subscriber, owner: str, holds: list[Hold] = (),
+                      live: Optional[str] = None) -> tuple[str, int]:
+        """``submit`` as a session asks for it (the cluster's job service is remote)."""
+        job, position = self.submit(request, uploads, subscriber, owner, holds, live)
+        return job.id, position
+
+    async def own_status(self, owner: str) -> OwnStatus:
+        return self.status_for(owner)
+
     def _supersede(self, owner: str, live: str) -> None:
         """End ``owner``'s queued jobs of live session ``live`` and stop its running one
         (call with the lock held)."""

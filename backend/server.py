@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Protocol
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Mapping, Optional,
+                    Protocol, Union)
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -33,7 +34,7 @@ from protocol.messages import (CLIENT_KEY_LENGTH, CLIENT_MESSAGES, CONTROL_KINDS
 from protocol.schema import shorten
 
 from .generation import Generator
-from .jobs import JobManager
+from .jobs import JobManager, OwnStatus, Subscriber
 from .limits import ServerLimits
 from .outbox import Outbox, OutboxFull
 from .spool import OutcomeSpool
@@ -71,6 +72,47 @@ class ModelService(Protocol):
     def after_out_of_memory(self) -> None: ...                # on the worker
 
 
+class Transport(Protocol):
+    """What a session needs of its connection: websockets' ServerConnection is one; the
+    cluster gateway adapts a Starlette websocket to it. Ending, a transport raises
+    websockets' ConnectionClosed (from ``send``) or stops iterating."""
+
+    def __aiter__(self) -> AsyncIterator[Union[str, bytes]]: ...
+    async def send(self, data: Union[str, bytes]) -> None: ...
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class JobService(Protocol):
+    """What a session asks of the job layer: ``JobManager`` in the daemon, the cluster's
+    scheduler client in a gateway. Subscribers are run on the session's event loop."""
+
+    async def enqueue(self, request: Any, uploads: Mapping[str, ImageFrame],
+                      subscriber: Subscriber, owner: str, holds: list[Hold],
+                      live: Optional[str]) -> tuple[str, int]: ...     # (job id, position)
+    async def cancel(self, job_id: str, owner: str, subscriber: Subscriber) -> None: ...
+    async def fetch(self, job_id: str, owner: str, subscriber: Subscriber) -> None: ...
+    async def own_status(self, owner: str) -> OwnStatus: ...
+    def unsubscribe(self, subscriber: Subscriber) -> None: ...
+    def run_on_worker(self, fn: Callable[[], Any]) -> "asyncio.Future[Any]": ...
+
+
+class Checker(Protocol):
+    def check(self, job: Any, uploads: Mapping[str, ImageFrame]) -> None: ...
+
+
+class SessionHost(Protocol):
+    """What a session needs of the server it runs in (``Daemon``, the cluster gateway)."""
+    config: "ServerConfig"
+    models: ModelService
+    generator: Checker                  # only ``check``: what needs no model, before queueing
+    uploads: UploadBudget
+    checks: concurrent.futures.Executor
+    sessions: set["Session"]
+
+    @property
+    def job_service(self) -> JobService: ...
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -104,6 +146,46 @@ def bearer_token(header: str) -> str:
     """The token of ``Authorization: Bearer TOKEN`` (the scheme is case-insensitive)."""
     scheme, _, token = header.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def refusal(config: ServerConfig, get_all: Callable[[str], list[str]],
+            connected: int) -> Optional[tuple[HTTPStatus, str]]:
+    """Why an opening handshake with these headers is refused (status, body), or None:
+    the Origin, Host, token and connection-count rules of every Atelier server."""
+    origins = get_all("Origin")
+    if origins and (len(origins) > 1 or origins[0] not in config.allowed_origins):
+        # A web page in a browser must not drive a daemon on localhost.
+        shown = shorten(", ".join(origins), 200)
+        return HTTPStatus.FORBIDDEN, f"origin {shown} is not allowed (see --allow-origin)\n"
+    if is_loopback(config.host):
+        hosts = get_all("Host")
+        host = host_of(hosts[0]) if len(hosts) == 1 else ""
+        if not is_loopback(host):
+            # DNS rebinding: a foreign name that resolves to 127.0.0.1.
+            return HTTPStatus.FORBIDDEN, f"host {shorten(host, 200)} is not allowed\n"
+    if config.token:
+        auths = get_all("Authorization")
+        given = bearer_token(auths[0]) if len(auths) == 1 else ""
+        if not given:
+            return HTTPStatus.UNAUTHORIZED, "a token is required\n"
+        if not hmac.compare_digest(given.encode(), config.token.encode()):
+            return HTTPStatus.FORBIDDEN, "wrong token\n"
+    if connected >= config.limits.max_connections:
+        return (HTTPStatus.SERVICE_UNAVAILABLE, f"{connected} clients are connected, the limit "
+                f"is {config.limits.max_connections}\n")
+    return None
+
+
+async def serve_connection(host: SessionHost, transport: Transport) -> None:
+    """One client's connection, start to end, in any Atelier server."""
+    session = Session(host, transport)
+    host.sessions.add(session)
+    try:
+        await session.run()
+    finally:
+        host.sessions.discard(session)
+        session.drop_uploads()
+        host.job_service.unsubscribe(session.deliver)
 
 
 class Daemon:
@@ -165,43 +247,17 @@ class Daemon:
             await self.stop()
 
     # ----------------------------------------------------------- HTTP upgrade
+    @property
+    def job_service(self) -> JobService:
+        assert self.jobs is not None
+        return self.jobs
+
     def _check_request(self, connection: ServerConnection, request: Request) -> Optional[Response]:
-        origins = request.headers.get_all("Origin")
-        if origins and (len(origins) > 1 or origins[0] not in self.config.allowed_origins):
-            # A web page in a browser must not drive a daemon on localhost.
-            shown = shorten(", ".join(origins), 200)
-            return connection.respond(HTTPStatus.FORBIDDEN,
-                                      f"origin {shown} is not allowed (see --allow-origin)\n")
-        if is_loopback(self.config.host):
-            hosts = request.headers.get_all("Host")
-            host = host_of(hosts[0]) if len(hosts) == 1 else ""
-            if not is_loopback(host):
-                # DNS rebinding: a foreign name that resolves to 127.0.0.1.
-                return connection.respond(HTTPStatus.FORBIDDEN,
-                                          f"host {shorten(host, 200)} is not allowed\n")
-        if self.config.token:
-            auths = request.headers.get_all("Authorization")
-            given = bearer_token(auths[0]) if len(auths) == 1 else ""
-            if not given:
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "a token is required\n")
-            if not hmac.compare_digest(given.encode(), self.config.token.encode()):
-                return connection.respond(HTTPStatus.FORBIDDEN, "wrong token\n")
-        if len(self.sessions) >= self.config.limits.max_connections:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
-                                      f"{len(self.sessions)} clients are connected, the limit "
-                                      f"is {self.config.limits.max_connections}\n")
-        return None
+        refused = refusal(self.config, request.headers.get_all, len(self.sessions))
+        return connection.respond(*refused) if refused is not None else None
 
     async def _handle(self, connection: ServerConnection) -> None:
-        session = Session(self, connection)
-        self.sessions.add(session)
-        try:
-            await session.run()
-        finally:
-            self.sessions.discard(session)
-            session.drop_uploads()
-            assert self.jobs is not None
-            self.jobs.unsubscribe(session.deliver)
+        await serve_connection(self, connection)
 
 
 @dataclass
@@ -216,7 +272,7 @@ class Session:
     (checking a submit, loading or listing models) runs in tasks, so the reader keeps
     reading (a ``cancel`` is handled while a ``load_model`` is in flight)."""
 
-    def __init__(self, daemon: Daemon, connection: ServerConnection):
+    def __init__(self, daemon: SessionHost, connection: Transport):
         self.daemon = daemon
         self.connection = connection
         self.limits = daemon.config.limits
@@ -229,9 +285,8 @@ class Session:
         self._in_order = asyncio.Lock()
 
     @property
-    def jobs(self) -> JobManager:
-        assert self.daemon.jobs is not None
-        return self.daemon.jobs
+    def jobs(self) -> JobService:
+        return self.daemon.job_service
 
     def deliver(self, item: Any) -> None:
         """Queue ``item`` for this client (called on the event loop, also by the job
@@ -356,7 +411,7 @@ class Session:
         elif isinstance(message, LoadModel):
             self._spawn(self._load_model(message.model))
         elif isinstance(message, GetStatus):
-            self._status()
+            self._spawn(self._status())
 
     def _hello(self, hello: Hello) -> None:
         if hello.protocol != PROTOCOL_VERSION:
@@ -422,13 +477,13 @@ class Session:
                 # What needs no model is checked now, off the event loop (images decode).
                 await asyncio.get_running_loop().run_in_executor(
                     self.daemon.checks, self.daemon.generator.check, submit.job, uploads)
-                job, position = self.jobs.submit(submit.job, uploads, self.deliver,
-                                                  self.client_key, holds, live=submit.live)
+                job_id, position = await self.jobs.enqueue(submit.job, uploads, self.deliver,
+                                                           self.client_key, holds, submit.live)
         except BaseException:
             for hold in holds:
                 hold.release()
             raise
-        self.deliver(Accepted(job_id=job.id, ref=submit.ref, position=position))
+        self.deliver(Accepted(job_id=job_id, ref=submit.ref, position=position))
 
     async def _list_models(self) -> None:
         models = self.daemon.models
@@ -436,8 +491,8 @@ class Session:
         self.deliver(Models(models=catalog.models, current=models.current_name(),
                             problems=catalog.problems))
 
-    def _status(self) -> None:
-        mine = self.jobs.status_for(self.client_key)
+    async def _status(self) -> None:
+        mine = await self.jobs.own_status(self.client_key)
         allocated, total = self.daemon.models.memory()
         self.deliver(Status(queue_length=mine.queue_length, running=mine.running,
                             busy=mine.busy, jobs=mine.jobs, device=self.daemon.models.device,

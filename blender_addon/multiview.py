@@ -245,3 +245,60 @@ def nearest_surface(rows: np.ndarray, cols: np.ndarray, depth: np.ndarray, width
     winner = np.full(width * height, -1, np.int64)
     winner[pixel[order][first]] = order[first]
     return winner.reshape(height, width)
+
+
+# The orders views can be generated in (the first generates freely, the later ones inpaint
+# what those before them left): as listed, the one facing the objects' front (Blender's
+# Front view, from -Y) first and then by their angle from it, or greedily the one that
+# adds the most texels not yet seen well.
+VIEW_ORDERS = ("LISTED", "FRONT", "COVERAGE")
+FRONT = (0.0, -1.0, 0.0)
+
+
+def front_first(origins: np.ndarray, center: Sequence[float]) -> list[int]:
+    """The views (cameras standing at ``origins`` (V, 3)) by the angle between where they
+    stand, seen from ``center``, and the front: the front first, the back last; equal
+    angles keep their listed order."""
+    away = np.asarray(origins, float) - np.asarray(center, float)
+    away /= np.maximum(np.linalg.norm(away, axis=1), 1e-12)[:, None]
+    cosine = np.round(away @ np.asarray(FRONT), 9)
+    return [int(i) for i in np.argsort(-cosine, kind="stable")]
+
+
+def coverage_first(weights: np.ndarray, threshold: float = SEEN_WEIGHT) -> list[int]:
+    """The views greedily by what each adds: ``weights`` (V, N) is how much each view is
+    trusted at N sample texels; next comes the view whose weights fill most of what the
+    views so far leave under ``threshold`` (ties: the one listed first)."""
+    weights = np.asarray(weights, float)
+    seen = np.zeros(weights.shape[1])
+    left = list(range(len(weights)))
+    order = []
+    while left:
+        wanting = np.maximum(threshold - seen, 0.0)
+        gains = [float(np.minimum(weights[v], wanting).sum()) for v in left]
+        best = left[int(np.argmax(gains))]
+        order.append(best)
+        left.remove(best)
+        seen += weights[best]
+    return order
+
+
+def order_views(how: str, *, origins: Optional[np.ndarray] = None,
+                center: Optional[Sequence[float]] = None,
+                weights: Optional[np.ndarray] = None, count: Optional[int] = None,
+                threshold: float = SEEN_WEIGHT) -> list[int]:
+    """The order to generate views in, ``how`` one of VIEW_ORDERS (FRONT needs the views'
+    ``origins`` and the objects' ``center``; COVERAGE their sample ``weights``)."""
+    if how == "LISTED":
+        if count is None:
+            raise ValueError("the listed order needs the count of views")
+        return list(range(count))
+    if how == "FRONT":
+        if origins is None or center is None:
+            raise ValueError("front-first needs the views' origins and the objects' centre")
+        return front_first(origins, center)
+    if how == "COVERAGE":
+        if weights is None:
+            raise ValueError("most-coverage-first needs the views' weights")
+        return coverage_first(weights, threshold)
+    raise ValueError(f"view order must be one of {', '.join(VIEW_ORDERS)}, got {how!r}")

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Generator, Iterator, Optional
 
 import bpy
 import mathutils
@@ -35,9 +35,21 @@ WEIGHTS_PREFIX = "Atelier Weights"
 LENS, SENSOR = 50.0, 36.0           # the placed cameras' (mm)
 INIT_BACKGROUND = 0.5               # grey where the init image knows no colour
 TEXEL_CHUNK = 1 << 17               # texels blended in one step of the pump (~50 ms here)
+RASTER_STEP = 1 << 18               # candidate texels rasterised in one step
+COVERAGE_SAMPLES = 20000            # texels a view's coverage is estimated on, for the order
 VIEW_SOURCES = (("AUTO", "Around the Objects", "Cameras placed on an orbit around the "
                  "selected meshes (plus top and bottom as ticked)"),
                 ("CAMERAS", "Selected Cameras", "The selected camera objects, in name order"))
+
+
+VIEW_ORDER_ITEMS = (
+    ("FRONT", "Front First", "The view facing the objects' front (from -Y, as Blender's Front "
+     "view) first, then the others by their angle from it: the back last"),
+    ("COVERAGE", "Most Coverage First", "Each next view the one that sees most of what the "
+     "views before it did not see well"),
+    ("LISTED", "As Listed", "The orbit's order (front, then round, top, bottom), or the "
+     "selected cameras' names"))
+assert {item[0] for item in VIEW_ORDER_ITEMS} == set(multiview.VIEW_ORDERS)
 
 
 class AtelierViewsSettings(bpy.types.PropertyGroup):
@@ -57,6 +69,10 @@ class AtelierViewsSettings(bpy.types.PropertyGroup):
     texture_size: IntProperty(name="Texture Size", default=1024, min=64, max=8192,
                               description="Side of each object's texture in pixels "
                                           "(1024, 2048, 4096 ...)")
+    view_order: EnumProperty(
+        name="Order", items=VIEW_ORDER_ITEMS, default="FRONT",
+        description="Which view generates freely first; each later one inpaints what the "
+                    "views before it did not see well")
     max_angle: FloatProperty(name="Max Angle", default=multiview.MAX_ANGLE, min=10.0,
                              max=90.0, description="A view gives no colour to a surface it "
                                                    "sees more than this many degrees off "
@@ -76,18 +92,22 @@ class _Target:
     """One object being textured: its UV map and the texels inside its UV layout."""
     name: str
     uv_map: str
-    added_uv: bool
     inside: np.ndarray                    # (S, S) bool
     positions: np.ndarray                 # (n, 3) world, the inside texels in order
     normals: np.ndarray                   # (n, 3)
-    # Per view, kept for the weight maps: the texels it colours (indices into the inside
-    # texels) and their weights
-    seen: list = field(default_factory=list)
-    weights: list = field(default_factory=list)
-    color_sum: Optional[np.ndarray] = None
-    weight_sum: Optional[np.ndarray] = None
-    corners: Optional[np.ndarray] = None     # (T, 3, 3) world, the mesh as it renders
-    corner_uvs: Optional[np.ndarray] = None  # (T, 3, 2)
+    corners: np.ndarray                   # (T, 3, 3) world, the mesh as it renders
+    corner_uvs: np.ndarray                # (T, 3, 2)
+    color_sum: np.ndarray = field(init=False)
+    weight_sum: np.ndarray = field(init=False)
+    # Per view, what it gave (for its weight map and for a re-run of it): the texels it
+    # colours (int32 indices into the inside texels), their weights and its colours there
+    contributions: list = field(default_factory=list)
+    texture: str = ""                     # the image made for it, once made
+    material: str = ""
+
+    def __post_init__(self) -> None:
+        self.color_sum = np.zeros((len(self.positions), 3))
+        self.weight_sum = np.zeros(len(self.positions))
 
 
 @dataclass
@@ -103,15 +123,29 @@ class _View:
 
 @dataclass(frozen=True)
 class _Shot:
-    """A view to render: its name, and what makes its camera the scene's for a block
-    (called with the scene and view layer)."""
+    """A view to render: its name, where its camera stands (4x4 world matrix), and what
+    makes its camera the scene's for a block (called with the scene and view layer)."""
     name: str
+    matrix_world: tuple
     seen_from: Callable[[Any, Any], contextlib.AbstractContextManager]
+
+
+@dataclass(frozen=True)
+class _Mesh:
+    """An object to texture as gathered on the press: its UV map and triangles."""
+    name: str
+    uv_map: str
+    triangles: tuple
 
 
 @dataclass
 class ViewsRun:
-    """One Texture from Views: the views, the objects, what was blended so far."""
+    """One Texture from Views: the views, the objects, what was blended so far.
+
+    All of Blender's share runs on its main thread in steps of the session's pump (each
+    job's ``preparing`` renders its view and works out its uploads; its ``finishing``
+    blends its picture in and, after the last view, makes the images), so no step holds
+    Blender for long: ``longest_step`` records the longest."""
     scene_name: str
     view_layer_name: str
     panel: settings.PanelSettings
@@ -119,24 +153,69 @@ class ViewsRun:
     padding: int
     seen_weight: float
     max_angle: float
+    order: str
     keep_weights: bool
     as_files: bool
     session: Session
-    targets: list[_Target]
+    meshes: list[_Mesh]
+    uv_added: list[tuple[str, str]]         # (object, UV map) the run made
     shots: list[_Shot]
-    views: list[_View]                 # rendered so far, in order
+    center: np.ndarray
+    targets: list[_Target] = field(default_factory=list)
+    views: list[_View] = field(default_factory=list)      # rendered so far, in order
     jobs: list[Job] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)    # per view: seconds spent where
     made: list[str] = field(default_factory=list)        # images the run kept
+    steps: list[float] = field(default_factory=list)     # each step's seconds
     _sent_at: float = 0.0
+    _prepared_s: float = 0.0
+    _reruns: dict = field(default_factory=dict)            # id(job) -> the view it re-runs
 
     # ------------------------------------------------------------ jobs
     def start(self) -> Job:
         return self._send(0)
 
+    def _job(self, label: str, finish: Callable, ended: Optional[Callable]) -> Job:
+        request = settings.build_request(self.panel, kind="txt2img", width=self.panel.width,
+                                         height=self.panel.height)   # until it is made
+        return Job(label, request, (), self.scene_name, finish,
+                   images_as_files=self.as_files, ended=ended)
+
+    def _label(self, index: int) -> str:
+        return f"{LABEL}: view {index + 1}/{len(self.shots)} ({self.shots[index].name})"
+
     def _send(self, index: int) -> Job:
+        job = self._job(self._label(index), self._view_done, self._abandon)
+        job.preparing = self._timed(self._making(job, index))
+        self.jobs.append(job)
+        self.session.submit(job)
+        ensure_timer()
+        return job
+
+    def _timed(self, steps: Iterator[None]) -> Iterator[None]:
+        """``steps``, each timed into ``steps`` (what the main thread was held for)."""
+        while True:
+            began = time.perf_counter()
+            try:
+                next(steps)
+            except StopIteration:
+                self.steps.append(time.perf_counter() - began)
+                return
+            self.steps.append(time.perf_counter() - began)
+            yield
+
+    def _making(self, job: Job, index: int) -> Iterator[None]:
+        """Job ``index``'s request and uploads: (first) the objects' texels and the views'
+        order, its view's passes and what they show, and (later views) its init image and
+        mask."""
+        began = time.perf_counter()
+        if index == 0:
+            for mesh in self.meshes:
+                self.targets.append((yield from _texels_steps(mesh, self.size)))
+            yield from self._order_shots()
+            job.label = self._label(0)
         if index == len(self.views):
-            self.views.append(self._render(index))
+            self.views.append((yield from self._render(index)))
         view = self.views[index]
         uploads = list(view.uploads.uploads)
         request = settings.build_request(self.panel, kind="txt2img",
@@ -144,33 +223,86 @@ class ViewsRun:
                                          height=view.height)
         request = dataclasses.replace(request, batch_size=1, preview_every=0)
         if index > 0:
-            init, mask = self._init_and_mask(view)
-            uploads += [init, mask]
-            request = dataclasses.replace(request, kind="inpaint", init_image=init.id,
-                                          mask=mask.id, strength=1.0)
+            init, seen = self._seen_from(view)
+            yield
+            mask = multiview.repaint_mask(seen, view.surface_object >= 0, self.seen_weight)
+            uploads += [init, _mask_upload(view, mask)]
+            request = dataclasses.replace(request, kind="inpaint", init_image=uploads[-2].id,
+                                          mask=uploads[-1].id, strength=1.0)
         validate(request, "job")
-        job = Job(f"{LABEL}: view {index + 1}/{len(self.shots)} ({view.name})", request,
-                  tuple(uploads), self.scene_name, self._view_done,
-                  images_as_files=self.as_files, ended=self._abandon)
-        self.jobs.append(job)
+        job.request, job.uploads = request, tuple(uploads)
+        self._prepared_s = time.perf_counter() - began
         self._sent_at = time.perf_counter()
-        self.session.submit(job)
-        ensure_timer()
-        return job
 
-    def _render(self, index: int) -> _View:
+    def _order_shots(self) -> Iterator[None]:
+        """Put the shots in the run's order (multiview.order_views)."""
+        if self.order == "LISTED" or len(self.shots) < 2:
+            return
+        if self.order == "FRONT":
+            origins = np.array([np.array(s.matrix_world)[:3, 3] for s in self.shots])
+            order = multiview.order_views("FRONT", origins=origins, center=self.center)
+        else:
+            weights = []
+            for shot in self.shots:
+                weights.append(self._sample_weights(shot))
+                yield
+            order = multiview.order_views("COVERAGE", weights=np.array(weights),
+                                          threshold=self.seen_weight)
+        self.shots = [self.shots[i] for i in order]
+
+    def _sample_weights(self, shot: _Shot) -> np.ndarray:
+        """How much ``shot`` would be trusted at up to COVERAGE_SAMPLES texels spread over
+        every object (angle and frame only: nothing is rendered for it yet)."""
+        scene, view_layer = self._scene()
+        width, height = self.panel.width, self.panel.height
+        with shot.seen_from(scene, view_layer):
+            view, proj = host.camera_matrices(scene, view_layer.depsgraph, width, height)
+            camera = scene.camera
+            world = np.array(camera.matrix_world, np.float64)
+            ortho = camera.data.type == "ORTHO"
+        positions = np.concatenate([t.positions for t in self.targets])
+        normals = np.concatenate([t.normals for t in self.targets])
+        every = max(1, len(positions) // COVERAGE_SAMPLES)
+        nothing = np.full((height, width), 1e10)
+        geometry = multiview.ViewGeometry(np.array(view), np.array(proj), width, height,
+                                          world[:3, 3], nothing, ortho, -world[:3, 2])
+        weights, _ = multiview.texel_weights(positions[::every], normals[::every], geometry,
+                                             self.max_angle, feather_map=np.ones_like(nothing))
+        return weights
+
+    def _scene(self) -> tuple[Any, Any]:
         scene = bpy.data.scenes.get(self.scene_name)
         view_layer = scene.view_layers.get(self.view_layer_name) if scene is not None else None
-        if view_layer is None or any(bpy.data.objects.get(t.name) is None
-                                     for t in self.targets):
+        if view_layer is None or any(bpy.data.objects.get(m.name) is None
+                                     for m in self.meshes):
             raise host.HostError("the scene or an object being textured was removed; "
                                  "texture from views again")
-        return _render_view(scene, view_layer, self.shots[index], self.targets,
-                            self.panel.width, self.panel.height)
+        return scene, view_layer
 
-    def _init_and_mask(self, view: _View) -> tuple[Any, Any]:
-        """The texture so far seen from ``view`` (RGBA8) and what it should repaint (GRAY8),
-        both top row first."""
+    def _render(self, index: int) -> Generator[None, None, _View]:
+        """Render view ``index``'s depth and normals (one step: Blender renders them in one
+        call) and work out what its pixels show (a step per batch of triangles)."""
+        scene, view_layer = self._scene()
+        shot, width, height = self.shots[index], self.panel.width, self.panel.height
+        with shot.seen_from(scene, view_layer):
+            view, proj = host.camera_matrices(scene, view_layer.depsgraph, width, height)
+            camera = scene.camera
+            rendered = passes.render_passes(scene, view_layer, width, height,
+                                            ("depth", "normal"), as_viewport=True)
+            world = np.array(camera.matrix_world, np.float64)
+            ortho = camera.data.type == "ORTHO"
+        yield
+        depth = np.frombuffer(rendered.depth, "<f4").reshape(height, width)[::-1]
+        geometry = multiview.ViewGeometry(np.array(view), np.array(proj), width, height,
+                                          world[:3, 3], depth.astype(np.float64), ortho,
+                                          -world[:3, 2])
+        surface_object, surface_texel = yield from _surface_steps(self.targets, geometry)
+        return _View(shot.name, passes.pass_uploads(rendered), width, height, surface_object,
+                     surface_texel, geometry)
+
+    def _seen_from(self, view: _View) -> tuple[Any, np.ndarray]:
+        """The texture so far seen from ``view`` (an RGBA8 upload, top row first) and the
+        summed weight of the texel each pixel shows (H, W), bottom row first."""
         init = np.full((view.height, view.width, 3), INIT_BACKGROUND, np.float32)
         seen = np.zeros((view.height, view.width))
         for index, target in enumerate(self.targets):
@@ -180,110 +312,120 @@ class ViewsRun:
             known = target.weight_sum[texels] > 0
             init[here] = np.where(known[:, None], colors, INIT_BACKGROUND)
             seen[here] = target.weight_sum[texels]
-        mask = multiview.repaint_mask(seen, view.surface_object >= 0, self.seen_weight)
         rgba = np.concatenate([np.clip(init * 255 + 0.5, 0, 255).astype(np.uint8),
                                np.full(init.shape[:2] + (1,), 255, np.uint8)], axis=2)
         return (make_upload(PixelFormat.RGBA8, view.width, view.height,
-                            np.ascontiguousarray(rgba[::-1]).tobytes()),
-                make_upload(PixelFormat.GRAY8, view.width, view.height,
-                            np.ascontiguousarray(mask[::-1]).tobytes()))
+                            np.ascontiguousarray(rgba[::-1]).tobytes()), seen)
 
     def _view_done(self, job: Job, images: list[Any]) -> Iterator[None]:
         """The view's picture read and removed (it lives on in the blend only); what is
         left is returned for the session's pump to run a slice at a time."""
         index = self.jobs.index(job)
         daemon = time.perf_counter() - self._sent_at
-        image = images[0]
-        width, height = image.size
-        pixels = host.float_pixels(image).reshape(height, width, 4)[..., :3].copy()
-        host.remove_images(job.image_names)
-        job.image_names.clear()
-        return self._blend_view(job, index, pixels, daemon)
+        pixels = _picture(job, images)
+        return self._timed(self._blend_view(job, index, pixels, daemon))
+
+    def _contribution(self, target: _Target, geometry: multiview.ViewGeometry,
+                      feather: np.ndarray, pixels: np.ndarray) -> Iterator[tuple]:
+        """A view's (texels, weights, colours) at ``target``, TEXEL_CHUNK texels a step."""
+        for first in range(0, len(target.positions), TEXEL_CHUNK):
+            part = slice(first, first + TEXEL_CHUNK)
+            weights, uv = multiview.texel_weights(
+                target.positions[part], target.normals[part], geometry, self.max_angle,
+                feather_map=feather)
+            some = np.flatnonzero(weights > 0.0)
+            colors = projection.sample_bilinear(pixels, uv[some]).astype(np.float32)
+            yield ((some + first).astype(np.int32), weights[some].astype(np.float32), colors)
 
     def _blend_view(self, job: Job, index: int, pixels: np.ndarray,
                     daemon: float) -> Iterator[None]:
-        """Blend view ``index``'s picture into every object's texels, TEXEL_CHUNK texels a
-        step; then send the next view, or make the textures."""
+        """Blend view ``index``'s picture into every object's texels, a chunk a step; then
+        send the next view, or make the textures."""
         spent, began = 0.0, time.perf_counter()
         geometry = self.views[index].geometry
         feather = multiview.edge_feather(geometry.depth)
         for target in self.targets:
-            seen_parts, weight_parts = [], []
-            for first in range(0, len(target.positions), TEXEL_CHUNK):
-                part = slice(first, first + TEXEL_CHUNK)
-                weights, uv = multiview.texel_weights(
-                    target.positions[part], target.normals[part], geometry, self.max_angle,
-                    feather_map=feather)
-                some = np.flatnonzero(weights > 0.0)
-                seen = some + first
-                colors = projection.sample_bilinear(pixels, uv[some])
-                target.color_sum[seen] += weights[some, None] * colors
-                target.weight_sum[seen] += weights[some]
-                if self.keep_weights:
-                    seen_parts.append(seen)
-                    weight_parts.append(weights[some].astype(np.float32))
+            parts = []
+            for seen, weights, colors in self._contribution(target, geometry, feather, pixels):
+                target.color_sum[seen] += weights[:, None] * colors
+                target.weight_sum[seen] += weights
+                parts.append((seen, weights, colors))
                 spent += time.perf_counter() - began
                 yield
                 began = time.perf_counter()
-            if self.keep_weights:
-                target.seen.append(np.concatenate(seen_parts))
-                target.weights.append(np.concatenate(weight_parts))
+            target.contributions.append(tuple(np.concatenate(p) for p in zip(*parts))
+                                        if parts else _NO_CONTRIBUTION)
         if index + 1 == len(self.shots):
-            textures: list[np.ndarray] = []
-            for target in self.targets:
-                for _ in self._texture(target, textures):
-                    spent += time.perf_counter() - began
-                    yield
-                    began = time.perf_counter()
-            job.image_names.extend(self._finish(job, textures))
+            for step in self._make_images(job):
+                spent += time.perf_counter() - began
+                yield step
+                began = time.perf_counter()
         else:
             self._send(index + 1)
         spent += time.perf_counter() - began
         self.timings.append({"view": self.views[index].name, "daemon_s": daemon,
-                             "blender_s": spent})
+                             "blender_s": spent + self._prepared_s})
 
-    def _texture(self, target: _Target, into: list) -> Iterator[None]:
-        """The object's blended texture (S, S, RGBA floats) appended to ``into``, in steps:
-        alpha 1 where a view saw it, the islands padded into the space outside the UV
-        layout."""
-        colors, covered = multiview.blend(target.color_sum, target.weight_sum)
-        yield
+    def _texture(self, target: _Target) -> Generator[None, None, np.ndarray]:
+        """The object's blended texture (S, S, RGBA floats) flat, in steps: alpha 1 where
+        a view saw it, the islands padded into the space outside the UV layout."""
+        count = len(target.positions)
+        inside = np.zeros((count, 4), np.float32)
+        for first in range(0, count, TEXEL_CHUNK * 4):
+            part = slice(first, first + TEXEL_CHUNK * 4)
+            colors, covered = multiview.blend(target.color_sum[part], target.weight_sum[part])
+            inside[part, :3], inside[part, 3] = colors, covered
+            yield
         texture = np.zeros((self.size, self.size, 4), np.float32)
-        texture[target.inside, :3] = colors
-        texture[target.inside, 3] = covered
+        texture[target.inside] = inside
         full = np.zeros((self.size, self.size), bool)
-        full[target.inside] = covered
+        full[target.inside] = inside[:, 3] > 0
         yield
-        texture, _ = projection.pad_islands(texture, full, self.padding)
+        texture, _ = yield from projection.padding_steps(texture, full, self.padding)
         texture[target.inside & ~full] = 0.0   # padding grows into the empty UV space only
-        into.append(texture)
+        yield
+        return texture.reshape(-1)
 
-    def _finish(self, job: Job, textures: list[np.ndarray]) -> list[str]:
-        """Each object's texture as a new image in a new material slot, in one step (a
-        Cancel in between must find nothing made)."""
-        made = []
-        for target, texture in zip(self.targets, textures):
-            obj = bpy.data.objects.get(target.name)
-            if obj is None:
+    def _make_images(self, job: Job) -> Iterator[None]:
+        """Each object's texture as a new image in a new material slot, in steps: an image
+        a step (each one the job's at once, so a Cancel removes it), the materials all in
+        the last one (a Cancel in between finds nothing made)."""
+        record = settings.result_record(job.result, 0, job.request.seed or 0) \
+            if job.result is not None else {}
+        for target in self.targets:
+            pixels = yield from self._texture(target)
+            if bpy.data.objects.get(target.name) is None:
                 continue
-            image = host.new_image(f"{obj.name} from {len(self.shots)} views", self.size,
-                                   self.size)
-            image.pixels.foreach_set(texture.reshape(-1))
-            image.update()
-            record = settings.result_record(job.result, 0, job.request.seed or 0) \
-                if job.result is not None else {}
-            image[settings.RECORD_KEY] = {**record, "baked_for": obj.name,
-                                          "views": len(self.shots)}
-            material = host.new_image_material(image.name, image, uv_map=target.uv_map)
-            host.assign_material(obj, material, replace=False)
-            made.append(image.name)
+            image = self._new_texture(target, pixels, record)
+            job.image_names.append(image.name)
+            target.texture = image.name
+            yield
             if self.keep_weights:
-                for view, seen, weights in zip(self.views, target.seen, target.weights):
+                for view, (seen, weights, _) in zip(self.views, target.contributions):
                     dense = np.zeros(len(target.positions), np.float32)
                     dense[seen] = weights
-                    made.append(self._weight_image(target, view.name, dense).name)
-        self.made = made
-        return made
+                    job.image_names.append(self._weight_image(target, view.name, dense).name)
+                    yield
+        for target in self.targets:
+            obj = bpy.data.objects.get(target.name)
+            if obj is None or not target.texture:
+                continue
+            material = host.new_image_material(target.texture, bpy.data.images[target.texture],
+                                               uv_map=target.uv_map)
+            host.assign_material(obj, material, replace=False)
+            target.material = material.name
+        self.made = list(job.image_names)
+        self.session.kept_runs[self.scene_name] = self   # for a re-run of one view
+
+    def _new_texture(self, target: _Target, pixels: np.ndarray, record: dict,
+                     name: str = "") -> Any:
+        image = host.new_image(name or f"{target.name} from {len(self.shots)} views",
+                               self.size, self.size)
+        image.pixels.foreach_set(pixels)
+        image.update()
+        image[settings.RECORD_KEY] = {**record, "baked_for": target.name,
+                                      "views": len(self.shots)}
+        return image
 
     def _weight_image(self, target: _Target, view: str, weights: np.ndarray) -> Any:
         image = bpy.data.images.new(f"{WEIGHTS_PREFIX} {target.name} {view}", self.size,
@@ -298,13 +440,135 @@ class ViewsRun:
 
     def _abandon(self, job: Job) -> None:
         """A view's job failed or was cancelled: take back the UV maps the run added."""
+        for name, uv_map in self.uv_added:
+            obj = bpy.data.objects.get(name)
+            layer = obj.data.uv_layers.get(uv_map) if obj is not None else None
+            if layer is not None:
+                obj.data.uv_layers.remove(layer)
+        self.uv_added = []
+
+    # ------------------------------------------------------------ re-running one view
+    def busy(self) -> bool:
+        return any(not job.state.finished for job in self.jobs)
+
+    def rerun(self, index: int, panel: settings.PanelSettings) -> Job:
+        """Generate view ``index`` again with ``panel``'s prompt and seed, repainting the
+        texels it sees best (where no other view has more weight); its picture then
+        replaces its contribution, the other views' stay as they are, and each object gets
+        a new image in its material (the previous one is kept)."""
+        if not 0 <= index < len(self.views):
+            raise ValueError(f"view index {index} is not one of the run's "
+                             f"{len(self.views)} views")
+        if self.busy():
+            raise host.HostError(f"{LABEL} is still running; re-run a view when it is done")
+        self._scene()
+        job = self._job(f"{LABEL}: {self.views[index].name} again", self._rerun_done, None)
+        self._reruns[id(job)] = index
+        job.preparing = self._timed(self._remaking(job, index, panel))
+        self.jobs.append(job)
+        self.session.submit(job)
+        ensure_timer()
+        return job
+
+    def _remaking(self, job: Job, index: int, panel: settings.PanelSettings
+                  ) -> Iterator[None]:
+        view = self.views[index]
+        best = []
         for target in self.targets:
-            obj = bpy.data.objects.get(target.name)
-            if target.added_uv and obj is not None:
-                layer = obj.data.uv_layers.get(target.uv_map)
-                if layer is not None:
-                    obj.data.uv_layers.remove(layer)
-            target.added_uv = False
+            best.append((yield from self._sees_best(target, index)))
+        init, _ = self._seen_from(view)
+        repaint = np.zeros((view.height, view.width), bool)
+        for number, target_best in enumerate(best):
+            here = view.surface_object == number
+            repaint[here] = target_best[view.surface_texel[here]]
+        mask = _mask_upload(view, np.where(repaint, 255, 0).astype(np.uint8))
+        request = settings.build_request(panel, kind="txt2img", controls=view.uploads.ids,
+                                         width=view.width, height=view.height)
+        request = dataclasses.replace(request, kind="inpaint", init_image=init.id,
+                                      mask=mask.id, strength=1.0, batch_size=1,
+                                      preview_every=0)
+        validate(request, "job")
+        job.request, job.uploads = request, (*view.uploads.uploads, init, mask)
+        self._sent_at = time.perf_counter()
+
+    def _sees_best(self, target: _Target, index: int) -> Generator[None, None, np.ndarray]:
+        """Per texel of ``target``: whether view ``index`` has weight there and no other view
+        has more."""
+        mine = np.zeros(len(target.positions), np.float32)
+        others = np.zeros(len(target.positions), np.float32)
+        for number, (seen, weights, _) in enumerate(target.contributions):
+            if number == index:
+                mine[seen] = weights
+            else:
+                others[seen] = np.maximum(others[seen], weights)   # each texel once
+            yield
+        return (mine > 0) & (mine >= others)
+
+    def _rerun_done(self, job: Job, images: list[Any]) -> Iterator[None]:
+        index = self._reruns.pop(id(job))
+        pixels = _picture(job, images)
+        return self._timed(self._replace_view(job, index, pixels))
+
+    def _replace_view(self, job: Job, index: int, pixels: np.ndarray) -> Iterator[None]:
+        """View ``index``'s new picture in place of its old one, then the new images."""
+        geometry = self.views[index].geometry
+        feather = multiview.edge_feather(geometry.depth)
+        for target in self.targets:
+            old_seen, old_weights, old_colors = target.contributions[index]
+            parts = []
+            for seen, weights, colors in self._contribution(target, geometry, feather, pixels):
+                parts.append((seen, weights, colors))
+                yield
+            new_seen, new_weights, new_colors = (tuple(np.concatenate(p) for p in zip(*parts))
+                                                 if parts else _NO_CONTRIBUTION)
+            # The same view on the same texels: the same texels and weights as before
+            target.color_sum[old_seen] -= old_weights[:, None] * old_colors
+            target.color_sum[new_seen] += new_weights[:, None] * new_colors
+            target.contributions[index] = (new_seen, new_weights, new_colors)
+            yield
+        record = settings.result_record(job.result, 0, job.request.seed or 0) \
+            if job.result is not None else {}
+        made = []
+        for target in self.targets:
+            pixels_of = yield from self._texture(target)
+            if bpy.data.objects.get(target.name) is None:
+                continue
+            image = self._new_texture(target, pixels_of, record,
+                                      f"{target.name} from {len(self.shots)} views")
+            job.image_names.append(image.name)
+            made.append((target, image))
+            yield
+        for target, image in made:
+            material = bpy.data.materials.get(target.material)
+            node = next((n for n in material.node_tree.nodes if n.type == "TEX_IMAGE"),
+                        None) if material is not None and material.node_tree else None
+            if node is not None:
+                node.image = image
+            else:
+                material = host.new_image_material(image.name, image, uv_map=target.uv_map)
+                host.assign_material(bpy.data.objects[target.name], material, replace=False)
+                target.material = material.name
+            target.texture = image.name
+        self.made = [image.name for _, image in made]
+
+
+_NO_CONTRIBUTION = (np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros((0, 3), np.float32))
+
+
+def _picture(job: Job, images: list[Any]) -> np.ndarray:
+    """A view's picture (H, W, 3) floats, its image removed (it lives on in the blend)."""
+    image = images[0]
+    width, height = image.size
+    pixels = host.float_pixels(image).reshape(height, width, 4)[..., :3].copy()
+    host.remove_images(job.image_names)
+    job.image_names.clear()
+    return pixels
+
+
+def _mask_upload(view: _View, mask: np.ndarray) -> Any:
+    """A view's inpaint mask (H, W) uint8, bottom row first, as a GRAY8 upload."""
+    return make_upload(PixelFormat.GRAY8, view.width, view.height,
+                       np.ascontiguousarray(mask[::-1]).tobytes())
 
 
 # ---------------------------------------------------------------- gathering
@@ -354,26 +618,36 @@ def _triangles(obj: bpy.types.Object, uv_map: str,
             corner_normal.reshape(-1, 3, 3))
 
 
-def _texels(name: str, uv_map: str, size: int, triangles: tuple) -> _Target:
-    """The texels of an object's layout at ``size`` (``triangles`` from :func:`_triangles`):
-    where they lie in the world and which way the surface faces there."""
-    corners, uvs, normals = triangles
+def _texels_steps(mesh: _Mesh, size: int) -> Generator[None, None, _Target]:
+    """The texels of an object's layout at ``size``: where they lie in the world and which
+    way the surface faces there; a step per batch of triangles and band of rows."""
+    corners, uvs, normals = mesh.triangles
     attributes = np.concatenate([corners, normals], axis=2)
     inside = np.zeros((size, size), bool)
     data = np.zeros((size, size, 6))
-    for rows, cols, values in projection.raster_fragments(uvs, attributes, size, size):
+    for rows, cols, values in projection.raster_fragments(uvs, attributes, size, size,
+                                                          batch=RASTER_STEP):
         data[rows, cols] = values
         inside[rows, cols] = True
-    texel_normals = data[inside, 3:]
-    texel_normals /= np.maximum(np.linalg.norm(texel_normals, axis=1), 1e-12)[:, None]
-    return _Target(name, uv_map, False, inside, data[inside, :3], texel_normals,
-                   corners=corners, corner_uvs=uvs)
+        yield
+    positions, texel_normals = [], []
+    band = max(1, TEXEL_CHUNK * 2 // size)
+    for first in range(0, size, band):
+        rows = slice(first, first + band)
+        found = data[rows][inside[rows]]
+        positions.append(found[:, :3])
+        texel_normals.append(found[:, 3:] / np.maximum(
+            np.linalg.norm(found[:, 3:], axis=1), 1e-12)[:, None])
+        yield
+    return _Target(mesh.name, mesh.uv_map, inside, np.concatenate(positions),
+                   np.concatenate(texel_normals), corners, uvs)
 
 
-def _surface(targets: list[_Target],
-             geometry: multiview.ViewGeometry) -> tuple[np.ndarray, np.ndarray]:
+def _surface_steps(targets: list[_Target], geometry: multiview.ViewGeometry
+                   ) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
     """Which target texel each pixel of the view shows (nearest triangle, and not hidden
-    by anything the depth pass shows in front): (object index, texel index), -1 none."""
+    by anything the depth pass shows in front): (object index, texel index), -1 none; a
+    step per batch of triangles."""
     w, h = geometry.width, geometry.height
     frags_rows, frags_cols, frags_depth, frags_obj, frags_texel = [], [], [], [], []
     for index, target in enumerate(targets):
@@ -388,10 +662,11 @@ def _surface(targets: list[_Target],
             else 1.0 / corners[:, :, 2:]
         attributes = np.concatenate([tex * scale, scale, corners[:, :, 2:] * scale], axis=2)
         texel_index = np.full(target.inside.shape, -1, np.int64)
-        texel_index[target.inside] = np.arange(int(target.inside.sum()))
+        texel_index[target.inside] = np.arange(len(target.positions))
+        yield
         size = target.inside.shape[0]
         for rows, cols, values in projection.raster_fragments(corners[:, :, :2], attributes,
-                                                              w, h):
+                                                              w, h, batch=RASTER_STEP):
             values = values / values[:, 2:3]        # (u, v, 1, depth)
             trow = np.clip((values[:, 1] * size).astype(np.int64), 0, size - 1)
             tcol = np.clip((values[:, 0] * size).astype(np.int64), 0, size - 1)
@@ -400,6 +675,7 @@ def _surface(targets: list[_Target],
             frags_depth.append(values[:, 3])
             frags_obj.append(np.full(len(rows), index))
             frags_texel.append(texel_index[trow, tcol])
+            yield
     objects_at = np.full((h, w), -1, np.int64)
     texel_at = np.full((h, w), -1, np.int64)
     if not frags_rows:
@@ -527,70 +803,51 @@ class ATELIER_OT_texture_from_views(bpy.types.Operator):
 
 def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props: Any,
              panel: settings.PanelSettings, session: Session) -> ViewsRun:
-    """Every object's texels and the first view's passes, before its job is sent."""
+    """The views and each object's UV map and triangles; the rest is made in the pump's
+    steps (ViewsRun._making)."""
     scene, view_layer = context.scene, context.view_layer
     width, height = panel.width, panel.height
+    center, _ = _bounding_sphere(objects)
     if props.views_from == "CAMERAS":
         cameras = sorted((o for o in context.selected_objects if o.type == "CAMERA"),
                          key=lambda o: o.name)
         if not cameras:
             raise host.HostError("Views: Selected Cameras, but no camera is selected")
-        shots = [_Shot(cam.name, lambda scene, view_layer, cam=cam: _as_scene_camera(
-            scene, view_layer, cam)) for cam in cameras]
+        shots = [_Shot(cam.name, _rows(cam.matrix_world),
+                       lambda scene, view_layer, cam=cam: _as_scene_camera(scene, view_layer,
+                                                                           cam))
+                 for cam in cameras]
     else:
         poses = auto_poses(objects, props, width, height)
-        center, _ = _bounding_sphere(objects)
-        shots = [_Shot(pose.name, lambda scene, view_layer, pose=pose: host.temporary_camera(
-            scene, view_layer, _pose_camera(pose, float(np.linalg.norm(
-                np.array(pose.matrix_world)[:3, 3] - center))))) for pose in poses]
-    targets, added = [], []
+        shots = [_Shot(pose.name, pose.matrix_world,
+                       lambda scene, view_layer, pose=pose: host.temporary_camera(
+                           scene, view_layer, _pose_camera(pose, float(np.linalg.norm(
+                               np.array(pose.matrix_world)[:3, 3] - center)))))
+                 for pose in poses]
+    meshes, added = [], []
     try:
         uv_maps = []
         for obj in objects:
             uv_map, new = _ensure_uvs(obj, context)
             if new:
-                added.append((obj, uv_map))
-            uv_maps.append((uv_map, new))
+                added.append((obj.name, uv_map))
+            uv_maps.append(uv_map)
         depsgraph = context.evaluated_depsgraph_get()   # with the UV maps just made
-        for obj, (uv_map, new) in zip(objects, uv_maps):
-            target = _texels(obj.name, uv_map, props.texture_size,
-                             _triangles(obj, uv_map, depsgraph))
-            target.added_uv = new
-            target.color_sum = np.zeros((len(target.positions), 3))
-            target.weight_sum = np.zeros(len(target.positions))
-            targets.append(target)
-        # The first view now (a scene it cannot render is refused on the press); each later
-        # one just before its job is sent, so no single step renders them all.
-        views = [_render_view(scene, view_layer, shots[0], targets, width, height)]
+        for obj, uv_map in zip(objects, uv_maps):
+            meshes.append(_Mesh(obj.name, uv_map, _triangles(obj, uv_map, depsgraph)))
     except BaseException:
-        for obj, uv_map in added:
-            layer = obj.data.uv_layers.get(uv_map)
-            if layer is not None:
-                obj.data.uv_layers.remove(layer)
+        for name, uv_map in added:
+            obj = bpy.data.objects[name]
+            obj.data.uv_layers.remove(obj.data.uv_layers[uv_map])
         raise
     prefs = context.preferences.addons[ADDON_ID].preferences
     return ViewsRun(scene.name, view_layer.name, panel, props.texture_size, props.padding,
-                    props.seen_weight, props.max_angle, props.keep_weights,
-                    prefs.image_storage == "FILES", session, targets, shots, views)
+                    props.seen_weight, props.max_angle, props.view_order, props.keep_weights,
+                    prefs.image_storage == "FILES", session, meshes, added, shots, center)
 
 
-def _render_view(scene: bpy.types.Scene, view_layer: Any, shot: "_Shot",
-                 targets: list[_Target], width: int, height: int) -> _View:
-    """Render ``shot``'s depth and normals and work out what its pixels show."""
-    with shot.seen_from(scene, view_layer):
-        view, proj = host.camera_matrices(scene, view_layer.depsgraph, width, height)
-        camera = scene.camera
-        rendered = passes.render_passes(scene, view_layer, width, height, ("depth", "normal"),
-                                        as_viewport=True)
-        world = np.array(camera.matrix_world, np.float64)
-        ortho = camera.data.type == "ORTHO"
-    depth = np.frombuffer(rendered.depth, "<f4").reshape(height, width)[::-1]
-    geometry = multiview.ViewGeometry(np.array(view), np.array(proj), width, height,
-                                      world[:3, 3], depth.astype(np.float64), ortho,
-                                      -world[:3, 2])
-    surface_object, surface_texel = _surface(targets, geometry)
-    return _View(shot.name, passes.pass_uploads(rendered), width, height, surface_object,
-                 surface_texel, geometry)
+def _rows(matrix: Any) -> tuple:
+    return tuple(tuple(float(x) for x in row) for row in matrix)
 
 
 class ATELIER_OT_add_view_cameras(bpy.types.Operator):
@@ -646,15 +903,62 @@ class VIEW3D_PT_atelier_views(bpy.types.Panel):
             layout.operator(ATELIER_OT_add_view_cameras.bl_idname, icon="CAMERA_DATA")
         col = layout.column(align=True)
         col.prop(props, "texture_size")
+        col.prop(props, "padding")
+        col = layout.column(align=True)
+        col.prop(props, "view_order")
         col.prop(props, "max_angle")
         col.prop(props, "seen_weight")
-        col.prop(props, "padding")
         layout.prop(props, "keep_weights")
         layout.operator(ATELIER_OT_texture_from_views.bl_idname, icon="TEXTURE")
+        run = kept_run(context)
+        if run is None:
+            return
+        box = layout.box()
+        box.label(text=f"Last run: {len(run.views)} views", icon="OUTLINER_OB_CAMERA")
+        col = box.column(align=True)
+        col.enabled = not run.busy()
+        for index, view in enumerate(run.views):
+            row = col.row(align=True)
+            row.label(text=f"{index + 1}. {view.name}")
+            op = row.operator(ATELIER_OT_rerun_view.bl_idname, text="Re-run",
+                              icon="FILE_REFRESH")
+            op.index = index
+
+
+def kept_run(context: bpy.types.Context) -> Optional[ViewsRun]:
+    """The scene's last finished Texture from Views of this Blender session, if any."""
+    from .addon import current_session
+    session = current_session()
+    return session.kept_runs.get(context.scene.name) if session is not None else None
+
+
+class ATELIER_OT_rerun_view(bpy.types.Operator):
+    """Generate this view again with the panel's prompt and seed: it repaints the texels it
+    sees best and its picture replaces its share of the texture; the other views' stay.
+    Each object gets a new image in its material (the previous one is kept)"""
+    bl_idname = "atelier.rerun_view"
+    bl_label = "Re-run View"
+
+    index: IntProperty(name="View", min=0, description="The view's place in the last run")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        run = kept_run(context)
+        if run is None:
+            self.report({"ERROR"}, f"no {LABEL} of this scene to re-run a view of")
+            return {"CANCELLED"}
+        panel = settings.settings_from(context.scene.atelier)
+        try:
+            run.session.retry_now()
+            job = run.rerun(self.index, panel)
+        except (ProtocolError, ClientError, host.HostError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"{job.label}: sent to the Atelier daemon")
+        return {"FINISHED"}
 
 
 CLASSES = (AtelierViewsSettings, ATELIER_OT_texture_from_views, ATELIER_OT_add_view_cameras,
-           VIEW3D_PT_atelier_views)
+           ATELIER_OT_rerun_view, VIEW3D_PT_atelier_views)
 
 
 def register() -> None:

@@ -10,7 +10,7 @@ Occlusion needs the scene and is tested by the host adapter with ray casts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Generator, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -198,12 +198,13 @@ def bake_triangles(target_uv: np.ndarray, source_uv: np.ndarray, source: np.ndar
     for rows, cols, uv in raster_fragments(target_uv, source_uv, width, height):
         out[rows, cols] = sample_bilinear(src, uv)
         covered[rows, cols] = True
-    out, covered = _dilate(out, covered, padding)
+    out, covered = pad_islands(out, covered, padding)
     return np.concatenate([out, covered[..., None].astype(np.float32)], axis=2)
 
 
 def raster_fragments(target_uv: np.ndarray, attributes: np.ndarray, width: int,
-                     height: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                     height: int, batch: int = RASTER_BATCH
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Rasterise triangles given in a 0..1 layout (``target_uv`` (T, 3, 2)) into a
     ``width`` x ``height`` grid (row 0 at v = 0), interpolating each corner's
     ``attributes`` (T, 3, K) linearly: yields (rows, cols, values (M, K)) per batch of
@@ -220,7 +221,7 @@ def raster_fragments(target_uv: np.ndarray, attributes: np.ndarray, width: int,
     tile = (2 ** np.ceil(np.log2(np.maximum(extent, 1)))).astype(np.int64)
     for size in np.unique(tile[keep]):
         group = np.flatnonzero(keep & (tile == size))
-        chunk = max(1, RASTER_BATCH // int(size * size))
+        chunk = max(1, batch // int(size * size))
         for first in range(0, len(group), chunk):
             ids = group[first:first + chunk]
             yield _rasterize(tgt[ids], values[ids], lo[ids], hi[ids], int(size))
@@ -230,7 +231,20 @@ def pad_islands(values: np.ndarray, covered: np.ndarray,
                 steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Grow the covered texels of ``values`` (H, W, C) by ``steps`` texels (UV padding, so
     mip-mapping pulls no empty background into islands); (values, covered) copies."""
-    return _dilate(np.asarray(values, dtype=np.float32), np.asarray(covered, dtype=bool), steps)
+    growing = padding_steps(values, covered, steps)
+    while True:
+        try:
+            next(growing)
+        except StopIteration as done:
+            return done.value
+
+
+def padding_steps(values: np.ndarray, covered: np.ndarray,
+                  steps: int) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
+    """:func:`pad_islands` a step at a time (it yields after each ring of texels it adds,
+    for callers that must not hold a thread long); returns (values, covered)."""
+    return (yield from _dilate(np.asarray(values, dtype=np.float32),
+                               np.asarray(covered, dtype=bool), steps))
 
 
 def _rasterize(tri: np.ndarray, suv: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -271,7 +285,8 @@ def sample_bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def _dilate(values: np.ndarray, covered: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def _dilate(values: np.ndarray, covered: np.ndarray,
+            steps: int) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
     """Grow covered regions by ``steps`` texels, each new texel the mean of covered neighbours.
 
     Only the ring of texels each step adds is computed (a 2k texture's full-array dilation
@@ -279,6 +294,7 @@ def _dilate(values: np.ndarray, covered: np.ndarray, steps: int) -> tuple[np.nda
     values, covered = values.copy(), covered.copy()
     h, w = covered.shape
     for _ in range(steps):
+        yield
         grown = covered.copy()
         grown[1:] |= covered[:-1]
         grown[:-1] |= covered[1:]

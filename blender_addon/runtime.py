@@ -49,6 +49,7 @@ REFETCHING = "reconnected; asking the daemon for this job"
 
 
 class JobState(enum.Enum):
+    PREPARING = "preparing"                 # its request and uploads are still being made
     WAITING = "waiting for the daemon"      # not sent yet: no connection so far
     SENT = "sent"
     QUEUED = "queued"
@@ -97,6 +98,11 @@ class Job:
     # What ``finish`` left to do, when it returned an iterator: stepped by the pump a slice
     # at a time (each step short); the job is done when it is exhausted
     finishing: Optional[Iterator[Any]] = None
+    # What makes the job's request and uploads, when they take long to make (renders,
+    # rasterising): stepped by the pump a slice at a time, like ``finishing``, while the
+    # job is PREPARING; it sets ``request`` and ``uploads`` and the job is sent when it is
+    # exhausted
+    preparing: Optional[Iterator[Any]] = None
 
     @property
     def progress_text(self) -> str:
@@ -141,6 +147,9 @@ class Session:
         # client is replaced, so jobs sent before a reconnect can still be fetched.
         self._client_key: Optional[str] = None
         self.live = LiveMode(self)
+        # Work a feature keeps to refine later, by scene name: Texture from Views' last run
+        # (its views and each view's share of the texture, for a re-run of one view)
+        self.kept_runs: dict[str, Any] = {}
 
     # ------------------------------------------------------------ connection
     def connect(self, host_name: str, port: int, token: str) -> AtelierClient:
@@ -226,7 +235,9 @@ class Session:
         for old in finished[:max(0, len(finished) - KEEP_FINISHED)]:
             self.jobs.remove(old)
         self.jobs.append(job)
-        if client.connected:
+        if job.preparing is not None:
+            job.state = JobState.PREPARING   # the pump sends it once it is made
+        elif client.connected:
             self._send_job(client, job)
         return job
 
@@ -246,7 +257,8 @@ class Session:
         """Ask the daemon to stop ``job``; its datablocks go when the daemon confirms."""
         job.cancel_requested = True
         job.preview = None
-        if job.finishing is not None:   # the daemon is done with it; what is left is ours
+        if job.finishing is not None or job.preparing is not None:
+            # the daemon is done with it, or never had it: what is left is ours
             self._end(job, JobState.CANCELLED, "cancelled")
             return
         if job.job_id is not None and self._client is not None and self._client.connected:
@@ -265,7 +277,7 @@ class Session:
         job.preview = None
         self._job_ended = self._redraw_due = True
         job.uploads = ()   # renders and depth maps can be large; the daemon has them now
-        job.finishing = None
+        job.finishing = job.preparing = None
         if state != JobState.DONE and not keep_images:
             host.remove_images(job.image_names)
             job.image_names.clear()
@@ -290,6 +302,7 @@ class Session:
                 break
             self._handle(event)
             self._redraw_due = True
+        self._step_preparing()
         self._step_finishing()
         self._show_changes()
         active = bool(self.active_jobs) or self.live.running
@@ -381,6 +394,8 @@ class Session:
         for job in self.active_jobs:
             # Jobs the daemon never acknowledged are lost with the connection;
             # acknowledged ones are fetched again after a reconnect.
+            if job.state == JobState.PREPARING:
+                continue   # nothing sent yet: it waits for the daemon once it is made
             if job.job_id is None or not event.will_retry:
                 self._end(job, JobState.FAILED, self.last_failure)
             else:
@@ -517,25 +532,30 @@ class Session:
             return
         self._conclude(job, failure)
 
+    def _step_preparing(self) -> None:
+        """Run a slice of each PREPARING job's ``preparing``; send the exhausted (or fail
+        them, saying why)."""
+        for job in [j for j in self.jobs if j.preparing is not None and not j.state.finished]:
+            over, failure = _run_slice(job.preparing)
+            if not over or job.state.finished:   # (a step may have cancelled it)
+                continue
+            job.preparing = None
+            if failure is not None:
+                self._end(job, JobState.FAILED, failure)
+                continue
+            job.state = JobState.WAITING
+            if self._client is not None and self._client.connected:
+                self._send_waiting(self._client, job)
+
     def _step_finishing(self) -> None:
         """Run a slice of each job's unfinished ``finishing``; conclude the exhausted."""
         for job in [j for j in self.jobs if j.finishing is not None and not j.state.finished]:
             if job.cancel_requested:
                 self._end(job, JobState.CANCELLED, "cancelled")
                 continue
-            failure = None
-            deadline = time.monotonic() + FINISH_SLICE
-            try:
-                while time.monotonic() < deadline:
-                    next(job.finishing)
+            over, failure = _run_slice(job.finishing)
+            if not over or job.state.finished:
                 continue
-            except StopIteration:
-                pass
-            except host.HostError as exc:
-                failure = str(exc)
-            except Exception as exc:  # noqa: BLE001  a bug must not stop the pump's timer
-                traceback.print_exc()
-                failure = f"{type(exc).__name__}: {exc}"
             job.finishing = None
             self._conclude(job, failure)
 
@@ -590,6 +610,23 @@ class Session:
         except RuntimeError as exc:
             traceback.print_exc()
             return f"could not keep the images in the .blend ({exc}); save them by hand"
+
+
+def _run_slice(steps: Iterator[Any]) -> tuple[bool, Optional[str]]:
+    """Step ``steps`` for about FINISH_SLICE seconds: (whether it is over, why it failed
+    or None)."""
+    deadline = time.monotonic() + FINISH_SLICE
+    try:
+        while time.monotonic() < deadline:
+            next(steps)
+        return False, None
+    except StopIteration:
+        return True, None
+    except host.HostError as exc:
+        return True, str(exc)
+    except Exception as exc:  # noqa: BLE001  a bug must not stop the pump's timer
+        traceback.print_exc()
+        return True, f"{type(exc).__name__}: {exc}"
 
 
 def not_running_message(reason: str) -> str:

@@ -168,3 +168,48 @@ def test_raster_fragments_interpolate_attributes_and_bake_still_uses_them() -> N
     assert covered.all()
     # (1, 3) grew first, from its covered neighbours (0, 3) and (1, 2): their mean.
     assert math.isclose(float(padded[1, 3, 0]), (3.0 + 6.0) / 2)
+
+
+def test_front_first_puts_the_front_view_first_and_the_back_last() -> None:
+    # An orbit starting at the back (+Y), then the sides and the front (-Y), then the top.
+    origins = np.array([(0, 5, 0), (5, 0, 0), (0, -5, 0), (-5, 0, 0), (0, 0, 5)], float)
+    order = multiview.order_views("FRONT", origins=origins, center=(0, 0, 0))
+    assert order[0] == 2 and order[-1] == 0
+    assert order[1:4] == [1, 3, 4]     # the sides and the top, 90 degrees off: as listed
+
+
+def test_coverage_first_takes_what_adds_most_each_time() -> None:
+    # View 0 sees texels 0-2 well, view 1 texels 0-3 (the most), view 2 texels 4-5: after
+    # view 1, view 2 adds more than view 0 (whose texels are all seen already).
+    weights = np.zeros((3, 6))
+    weights[0, :3] = 1.0
+    weights[1, :4] = 1.0
+    weights[2, 4:] = 1.0
+    assert multiview.order_views("COVERAGE", weights=weights, threshold=0.5) == [1, 2, 0]
+    assert multiview.order_views("LISTED", count=3) == [0, 1, 2]
+
+
+def test_order_views_names_what_it_lacks() -> None:
+    with pytest.raises(ValueError, match="view order must be one of"):
+        multiview.order_views("RANDOM", count=2)
+    with pytest.raises(ValueError, match="origins"):
+        multiview.order_views("FRONT", weights=np.zeros((1, 1)))
+
+
+def test_padding_steps_yield_a_step_per_ring_and_match_pad_islands() -> None:
+    values = np.zeros((9, 9, 1), np.float32)
+    covered = np.zeros((9, 9), bool)
+    values[4, 4], covered[4, 4] = 1.0, True
+    steps = projection.padding_steps(values, covered, 3)
+    count = 0
+    while True:
+        try:
+            next(steps)
+            count += 1
+        except StopIteration as done:
+            stepped = done.value
+            break
+    assert count == 3
+    padded, grown = projection.pad_islands(values, covered, 3)
+    assert np.array_equal(stepped[0], padded) and np.array_equal(stepped[1], grown)
+    assert grown.sum() == 25    # a diamond of radius 3

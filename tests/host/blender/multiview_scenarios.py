@@ -38,7 +38,7 @@ def _texture_all(module, session, scene, expect_views: int):
     assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
     run = _run_of(session.jobs[-1])
     assert len(run.shots) == expect_views, [shot.name for shot in run.shots]
-    assert len(run.views) == 1        # the others are rendered as their turn comes
+    assert not run.views and not run.targets   # made in the pump's steps, not on the press
     prepared = time.perf_counter() - started
     session.pump_until_idle(JOB_TIMEOUT * 2)
     states = [job.progress_text for job in run.jobs]
@@ -75,7 +75,9 @@ def scenario_views(module, url: str) -> None:
     # The sub-panel: orbit settings and Add View Cameras only for placed views.
     props = bpy.context.scene.atelier_views
     assert props.views_from == "AUTO" and props.texture_size == 1024
+    assert props.view_order == "FRONT"
     placed = _drawn(module)
+    assert {("prop", "view_order"), ("prop", "max_angle"), ("prop", "seen_weight")} <= set(placed)
     assert ("operator", "atelier.add_view_cameras") in placed
     assert ("prop", "orbit_count") in placed and ("prop", "elevation") in placed
     assert placed[-1] == ("operator", "atelier.texture_from_views")
@@ -98,6 +100,8 @@ def scenario_views(module, url: str) -> None:
     assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
     first = session.jobs[-1]
     run = _run_of(first)
+    assert first.state.name == "PREPARING" and not first.uploads
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: first.preparing is None)
     # One job per view, depth and normals as its two controls; the first generates freely.
     assert first.request.kind == "txt2img" and first.request.mask is None
     assert [c.kind for c in first.request.controls] == ["depth", "normal"]
@@ -117,8 +121,9 @@ def scenario_views(module, url: str) -> None:
     for job in run.jobs[1:]:
         assert job.request.kind == "inpaint" and job.request.mask and job.request.init_image
         assert [c.kind for c in job.request.controls] == ["depth", "normal"]
-    assert [v.name for v in run.views] == ["Orbit 1", "Orbit 2", "Orbit 3", "Orbit 4", "Top",
-                                           "Bottom"]
+    # Front first (Orbit 1 stands at -Y), then by the angle from it: the back (Orbit 3) last
+    assert [v.name for v in run.views] == ["Orbit 1", "Orbit 2", "Orbit 4", "Top", "Bottom",
+                                           "Orbit 3"]
     print("TIMING", ", ".join(f"{t['view']} daemon {t['daemon_s']:.2f} s + blend "
                               f"{t['blender_s']:.3f} s" for t in run.timings))
 
@@ -143,9 +148,11 @@ def scenario_views(module, url: str) -> None:
     assert coverage >= 0.98, coverage
     assert np.ptp(texture[target.inside, :3]) > 0.0    # the daemon's colours came in
     front = _face_texels(target, (0, -1, 0))
-    facing = _weights(weight_names[0])[target.inside]   # Orbit 1 looks at the front face
+    facing = _weights("Atelier Weights Box Orbit 1")[target.inside]   # at the front face
     assert np.median(facing[front]) > 0.9, np.median(facing[front])
-    assert (_weights(weight_names[2])[target.inside][front] == 0.0).all()   # from behind
+    behind = _weights("Atelier Weights Box Orbit 3")[target.inside]
+    assert (behind[front] == 0.0).all()
+    _rerun_keeps_the_rest(module, session, run, "Box")
 
     # ---------------- a wall hides the front face from Orbit 1; no bottom view. Both are
     # textured together, each into its own UVs and image.
@@ -180,6 +187,49 @@ def scenario_views(module, url: str) -> None:
     assert cube.material_slots[-1].material.node_tree.nodes["Image Texture"].image.name \
         == "Walled from 5 views"
     _rounded_cube_is_covered(module, session)
+
+
+def _rerun_keeps_the_rest(module, session, run, name: str) -> None:
+    """Re-run one view (Orbit 2, from the panel's views list) with another seed: its mask
+    is the texels it sees best, its picture replaces its share, and every texel of the
+    layout outside its footprint is byte-identical in the new image; the material shows
+    the new image, the old one is kept."""
+    index = [view.name for view in run.views].index("Orbit 2")
+    target = run.targets[0]
+    old_image = target.texture
+    old = image_rows(bpy.data.images[old_image])[target.inside]
+    seen, weights, _ = target.contributions[index]
+    footprint = np.zeros(len(target.positions), bool)
+    footprint[seen] = True
+    drawn = _drawn(module)
+    assert drawn.count(("operator", "atelier.rerun_view")) == len(run.views), drawn
+    harness.settings(bpy.context.scene, seed=99)
+    assert bpy.ops.atelier.rerun_view(index=index) == {"FINISHED"}
+    job = run.jobs[-1]
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: job.preparing is None)
+    assert job.request.kind == "inpaint" and job.request.seed == 99
+    uploads = {f.id: f for f in job.uploads}
+    mask = np.frombuffer(uploads[job.request.mask].data, np.uint8).reshape(SIZE, SIZE)
+    view = run.views[index]
+    shown = view.surface_texel[::-1]
+    on_cube = view.surface_object[::-1] == 0
+    # Orbit 2 (at +X) sees its own face best; the faces it sees at 45 degrees and more
+    # (none: a cube's others are at 90) stay. Repainted: only pixels showing the cube.
+    assert (mask[~on_cube] == 0).all() and (mask[on_cube] == 255).mean() > 0.9, mask.mean()
+    right = _face_texels(target, (1, 0, 0))
+    assert right[shown[mask == 255]].mean() > 0.95
+    session.pump_until_idle(JOB_TIMEOUT)
+    assert job.state.name == "DONE", job.progress_text
+    assert target.texture != old_image and old_image in bpy.data.images
+    material = bpy.data.materials[target.material]
+    node = next(n for n in material.node_tree.nodes if n.type == "TEX_IMAGE")
+    assert node.image.name == target.texture
+    new = image_rows(bpy.data.images[target.texture])[target.inside]
+    changed = np.any(new != old, axis=1)
+    print(f"RERUN Orbit 2: footprint {footprint.mean():.3f} of the texels, changed there "
+          f"{changed[footprint].mean():.3f}, changed elsewhere {int(changed[~footprint].sum())}")
+    assert not changed[~footprint].any()          # byte-identical outside its footprint
+    assert changed[footprint].mean() > 0.5        # the new picture came in
 
 
 def _rounded_cube_is_covered(module, session) -> None:
@@ -272,10 +322,14 @@ def scenario_views_cancel(module, url: str) -> None:
     before = snapshot()
     assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
     run = _run_of(session.jobs[-1])
-    assert [shot.name for shot in run.shots] == [c.name for c in cameras]
     assert [layer.name for layer in cube.data.uv_layers] == ["Atelier Views UV"]
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: run.jobs[0].preparing is None)
+    # Front first: View Orbit 1 stands at -Y, then the cameras by their angle from it
+    assert [shot.name for shot in run.shots] == [cameras[i].name for i in (0, 1, 7, 2, 6, 3,
+                                                                            5, 4)]
     assert run.targets[0].inside.mean() > 0.3    # Smart UV Project laid the faces out
-    session.pump_until_idle(JOB_TIMEOUT, until=lambda: len(run.jobs) >= 2)
+    session.pump_until_idle(JOB_TIMEOUT, until=lambda: len(run.jobs) >= 2
+                            and run.jobs[1].preparing is None)
     assert run.jobs[0].state.name == "DONE" and run.jobs[1].request.kind == "inpaint"
     # The second view (45 degrees round) sees some of what the first saw well: kept
     # (mask 0) and shown with the first's colours; the rest of the cube is repainted.
@@ -297,9 +351,20 @@ def scenario_views_cancel(module, url: str) -> None:
     assert new_datablocks(before) == {"images": set(), "materials": set(), "meshes": set()}
     assert len(cube.data.uv_layers) == 0 and len(cube.material_slots) == 0
 
+    # Cancel while the first view is being prepared (its texels rasterised, 2048 px): the
+    # job ends there, nothing was sent and nothing is left either.
+    props.texture_size = 2048
+    assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
+    run = _run_of(session.jobs[-1])
+    session.pump()
+    assert run.jobs[0].state.name == "PREPARING", run.jobs[0].progress_text
+    assert bpy.ops.atelier.cancel() == {"FINISHED"}
+    assert [job.state.name for job in run.jobs] == ["CANCELLED"], run.jobs
+    assert run.jobs[0].job_id is None
+    assert new_datablocks(before) == {"images": set(), "materials": set(), "meshes": set()}
+    assert len(cube.data.uv_layers) == 0 and len(cube.material_slots) == 0
     # Cancel while the first view is being blended in (slices of the pump, 2048 px): the
     # rest of the blend is dropped, no second view is sent, nothing is left either.
-    props.texture_size = 2048
     assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
     run = _run_of(session.jobs[-1])
     session.pump_until_idle(JOB_TIMEOUT, until=lambda: run.jobs[0].finishing is not None)

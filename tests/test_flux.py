@@ -108,10 +108,10 @@ def test_a_folder_named_by_path_is_detected_from_model_index(store, tmp_path, na
     assert families.family_of_folder(folder) == families.UNKNOWN
 
 
-def test_single_transformer_files_are_listed_with_their_family_and_refused_clearly(store, tmp_path):
+def test_single_transformer_files_are_listed_with_their_family(store, tmp_path):
     """ComfyUI keeps Flux and SD3 transformers as single files (models/unet, original or
-    diffusers tensor names); they are recognised and listed, and loading one says that
-    only diffusers folders of these families load yet."""
+    diffusers tensor names); they are recognised and listed, and loading one without its
+    text encoders says which file is missing (test_dit_files.py loads them whole)."""
     from safetensors.torch import save_file
 
     models = tmp_path / "models"
@@ -135,8 +135,8 @@ def test_single_transformer_files_are_listed_with_their_family_and_refused_clear
         "flux", "sd3")
     with pytest.raises(ProtocolError) as err:
         user.load("unet/tiny-flux-transformer.safetensors")
-    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "model")
-    assert "flux" in err.value.message and "diffusers folder" in err.value.message
+    assert (err.value.code, err.value.field) == (ErrorCode.MODEL_NOT_FOUND, "model")
+    assert "CLIP-L text encoder" in err.value.message
 
 
 # ------------------------------------------------------------------ job kinds

@@ -3,7 +3,8 @@
 ``models/Stable-diffusion`` or ComfyUI ``models/checkpoints`` folder, say), and
 diffusers pipelines or ControlNets in the Hugging Face cache, and IP-Adapters in either
 (ip_adapters.py; the CLIP image encoders they read pictures with are not listed: no job
-names one). Reads only files.
+names one, nor are the text encoders and VAEs that Flux/SD3 transformer files load with,
+dit_files.py). Reads only files.
 
 An entry that looks like a model but cannot be read as one (a broken config, a file
 that is not safetensors, a link leading outside the model roots) is skipped and
@@ -94,7 +95,7 @@ def _single_file(root: Path, path: Path, roots: ModelRoots) -> Optional[ModelInf
         first, _, rest = name.partition("/")
         return ModelInfo(name=rest if rest and first in LORA_FOLDERS else name,
                          source="single_file", family=info.family, path=str(path), kind="lora")
-    if info.kind == "image_encoder":
+    if info.kind in ("image_encoder", "component"):
         return None
     if info.kind == "ip_adapter":
         # Named as jobs name it: without the suffix and the adapter folder (ip_adapters.py).

@@ -24,7 +24,7 @@ from protocol.families import BASE_FAMILY, fits  # noqa: F401  (the rule jobs ar
 from . import families, tiny
 from .sources import check_safetensors_file
 
-FileKind = Literal["checkpoint", "lora", "embedding", "ip_adapter", "image_encoder"]
+FileKind = Literal["checkpoint", "lora", "embedding", "ip_adapter", "image_encoder", "component"]
 
 # Width of the text embeddings a UNet's cross-attention takes -> family.
 CROSS_ATTENTION_WIDTHS = {768: families.SD15, 1024: families.SD2, 2048: families.SDXL,
@@ -39,6 +39,12 @@ _SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_u
 # it adds (h94/IP-Adapter's layout, which ComfyUI and A1111 read too).
 _IP_ADAPTER_PREFIXES = ("image_proj.", "ip_adapter.")
 IMAGE_ENCODER_MARK = "vision_model.embeddings.patch_embedding.weight"   # transformers' CLIP
+# A text encoder or a VAE kept as a file of its own (ComfyUI's models/text_encoders, clip and
+# vae folders): a part of a model that a Flux/SD3 transformer file finds (dit_files.py), not
+# a model a job names. CLIP text encoders, T5 encoders, VAEs (original or diffusers names).
+COMPONENT_MARKS = ("text_model.embeddings.token_embedding.weight",
+                   "embeddings.token_embedding.weight",
+                   "encoder.block.0.layer.0.SelfAttention.q.weight", "decoder.conv_in.weight")
 _EMBEDDING_KEY_SETS = ({"emb_params"}, {"clip_l", "clip_g"})
 EMBEDDING_MAX_VECTORS = 75     # what fits one CLIP prompt (77 tokens less start and end)
 
@@ -142,6 +148,8 @@ def describe_file(path: Path, field: str = "model") -> FileInfo:
         return FileInfo("ip_adapter", ip_adapter_family(header))
     if IMAGE_ENCODER_MARK in header.shapes:
         return FileInfo("image_encoder", families.UNKNOWN)
+    if any(mark in header.shapes for mark in COMPONENT_MARKS):
+        return FileInfo("component", families.UNKNOWN)
     if is_lora(header):
         return FileInfo("lora", lora_family(header))
     if is_embedding(header):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
@@ -17,8 +17,9 @@ from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
 from protocol.errors import ErrorCode, ProtocolError
 
 from . import families
-from .single_file import load_single_file_controlnet, prepare_single_file
-from .sources import ModelSource, ensure_tiny, variant_of
+from .dit_files import find_dit_files, prepare_dit_file
+from .single_file import checkpoint_family, load_single_file_controlnet, prepare_single_file
+from .sources import ModelRoots, ModelSource, ensure_tiny, variant_of
 
 
 M = TypeVar("M", ControlNetModel, T2IAdapter)
@@ -61,11 +62,19 @@ def _prepare_folder(folder: Path, dtype: torch.dtype) -> PreparedLoad:
     return PreparedLoad(family, load)
 
 
-def prepare_pipeline(source: ModelSource, dtype: torch.dtype, home: Path,
-                     hf_cache: Path) -> PreparedLoad:
+def prepare_pipeline(source: ModelSource, dtype: torch.dtype, home: Path, hf_cache: Path,
+                     search_dirs: Sequence[Path] = (), roots: Optional[ModelRoots] = None,
+                     companions: Sequence[Path] = ()) -> PreparedLoad:
     """Check ``source`` (family, config folder, tokenizer) and return how to load it onto
     the CPU. ``home`` (``$ATELIER_HOME``) and ``hf_cache`` are searched for the CLIP
-    tokenizer files single-file checkpoints need."""
+    tokenizer files single-file checkpoints need. A Flux or SD3 transformer file finds its
+    text encoders and VAE among ``companions`` (files the operator named), then in the
+    ComfyUI folders beside it and in ``search_dirs``, inside ``roots`` (dit_files.py)."""
+    if source.kind == "single_file" and families.is_transformer(checkpoint_family(source.path)):
+        roots = roots or ModelRoots.of(home, search_dirs, hf_cache)
+        files = find_dit_files(source.path, checkpoint_family(source.path), home, search_dirs,
+                               roots, lambda name: ensure_tiny(name, home / "models"), companions)
+        return PreparedLoad(files.family, prepare_dit_file(files, dtype, home, hf_cache))
     if source.kind == "single_file":
         # Checkpoints exported from the tiny model are described by the tiny folder's configs.
         tiny_config = ensure_tiny("tiny", home / "models")

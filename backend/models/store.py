@@ -245,7 +245,7 @@ class ModelStore:
                  hf_cache: Optional[Path] = None, accel: Optional[AccelOptions] = None,
                  depth_controls: Optional[Mapping[str, str]] = None,
                  resident_bytes: int = DEFAULT_RESIDENT_BYTES,
-                 allowed_paths: Sequence[Path] = ()):
+                 allowed_paths: Sequence[Path] = (), companion_files: Sequence[Path] = ()):
         if resident_bytes < 0:
             raise ValueError(f"resident_bytes must be 0 or more, got {resident_bytes}")
         self.device = device
@@ -256,6 +256,9 @@ class ModelStore:
         self.hf_cache = Path(hf_cache) if hf_cache is not None else hf_cache_dir(os.environ)
         # Paths the operator named (``serve --model PATH``): loadable though outside the roots.
         self.allowed_paths = tuple(Path(p).expanduser() for p in allowed_paths)
+        # Text encoder and VAE files the operator named for Flux/SD3 transformer files
+        # (dit_files.py); tried before the ComfyUI folders.
+        self.companion_files = tuple(Path(p).expanduser() for p in companion_files)
         # Parameter and buffer bytes the resident models may hold together; the active
         # model stays even when it alone is larger.
         self.resident_bytes = resident_bytes
@@ -344,7 +347,8 @@ class ModelStore:
 
     def _load_new(self, name: str, source: ModelSource) -> LoadedModel:
         prepared = _failing_as_load_error(
-            name, lambda: prepare_pipeline(source, self.dtype, self.home, self.hf_cache),
+            name, lambda: prepare_pipeline(source, self.dtype, self.home, self.hf_cache,
+                                           self.search_dirs, self._roots(), self.companion_files),
             keep_protocol_errors=True)
         started = time.perf_counter()
         pipe = _failing_as_load_error(name, prepared.load)   # onto the CPU

@@ -1,0 +1,367 @@
+"""Flux.1 and SD3/SD3.5 as ComfyUI keeps them: the transformer alone in one
+``.safetensors`` file (``models/unet`` or ``models/diffusion_models``; diffusers' tensor
+names or the original Black Forest Labs / Stability ones), its text encoders as files of
+their own in ``models/text_encoders`` or ``models/clip`` (``clip_l``, ``t5xxl``, and for
+SD3 ``clip_g``), and its VAE in ``models/vae`` (Flux's ``ae.safetensors``). Or companion
+files the operator named on the daemon's command line, which are tried first.
+
+Each companion is recognised from its tensor names and widths, never from its file name
+alone; the name only breaks a tie (``clip_l`` and ``clip_g`` have the same tensor names).
+A missing one fails the load with ``model_not_found`` naming the file and where it goes.
+
+Configs come from the folders shipped in ``configs/`` (chosen from the transformer's
+shapes: Flux.1-dev or -schnell, SD3 medium, SD3.5 medium or large), or from the tiny
+model's own folder for a file exported from a tiny model; nothing is fetched. The T5 and
+CLIP tokenizer vocabularies are not shipped; they are looked for as ``single_file.py``
+looks for CLIP's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from diffusers import (AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler,
+                       FluxTransformer2DModel, SD3Transformer2DModel)
+from safetensors.torch import load_file
+from transformers import (CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer,
+                          PreTrainedModel, T5EncoderModel, T5TokenizerFast)
+
+from protocol.errors import ErrorCode, ProtocolError
+
+from . import families, flux_keys
+from .file_kinds import TensorHeader, read_header
+from .single_file import CONFIGS, MAX_TOKENS, find_clip_tokenizer
+from .sources import SINGLE_FILE_SUFFIX, ModelRoots, hf_snapshot
+
+TRANSFORMER_FOLDERS = ("unet", "diffusion_models")       # where ComfyUI keeps transformers
+ENCODER_FOLDERS = ("text_encoders", "clip")
+VAE_FOLDERS = ("vae",)
+# Where a T5 tokenizer (spiece.model or tokenizer.json) may sit in the HF cache.
+T5_TOKENIZER_REPOS = (
+    ("google/t5-v1_1-xxl", ""),
+    ("black-forest-labs/FLUX.1-dev", "tokenizer_2"),
+    ("black-forest-labs/FLUX.1-schnell", "tokenizer_2"),
+    ("stabilityai/stable-diffusion-3.5-large", "tokenizer_3"),
+    ("stabilityai/stable-diffusion-3.5-medium", "tokenizer_3"),
+)
+T5_TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One component a ComfyUI user keeps as a file of its own."""
+    role: str                          # what users call the file: clip_l, clip_g, t5xxl, vae
+    component: str                     # the pipeline component it becomes
+    what: str                          # for messages
+    folders: tuple[str, ...]           # ComfyUI folders it is looked for in
+    model_class: type                  # what it loads as
+    tokenizer: Optional[str] = None    # the pipeline's tokenizer for it
+
+
+_ENCODER = dict(folders=ENCODER_FOLDERS)
+PARTS: dict[str, tuple[Part, ...]] = {
+    families.FLUX: (
+        Part("clip_l", "text_encoder", "CLIP-L text encoder", model_class=CLIPTextModel,
+             tokenizer="tokenizer", **_ENCODER),
+        Part("t5xxl", "text_encoder_2", "T5-XXL text encoder", model_class=T5EncoderModel,
+             tokenizer="tokenizer_2", **_ENCODER),
+        Part("vae", "vae", "Flux VAE (ae.safetensors)", VAE_FOLDERS, AutoencoderKL)),
+    families.SD3: (
+        Part("clip_l", "text_encoder", "CLIP-L text encoder", model_class=CLIPTextModelWithProjection,
+             tokenizer="tokenizer", **_ENCODER),
+        Part("clip_g", "text_encoder_2", "CLIP-G text encoder", model_class=CLIPTextModelWithProjection,
+             tokenizer="tokenizer_2", **_ENCODER),
+        Part("t5xxl", "text_encoder_3", "T5-XXL text encoder", model_class=T5EncoderModel,
+             tokenizer="tokenizer_3", **_ENCODER),
+        Part("vae", "vae", "SD3 VAE", VAE_FOLDERS, AutoencoderKL)),
+}
+TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.SD3: SD3Transformer2DModel}
+
+
+# ------------------------------------------------------------------ what a file holds
+
+def _shape(header: TensorHeader, *names: str) -> Optional[tuple[int, ...]]:
+    """The shape of the first of ``names`` the file holds (with or without a whole
+    checkpoint's prefix), or None."""
+    for name in names:
+        for key in (name, flux_keys.PREFIX + name):
+            if key in header.shapes:
+                return header.shapes[key]
+    return None
+
+
+def transformer_width(family: str, header: TensorHeader) -> Optional[int]:
+    """The hidden width of a Flux or SD3 transformer file, in either naming."""
+    names = (("img_in.weight", "x_embedder.weight") if family == families.FLUX else
+             ("x_embedder.proj.weight", "pos_embed.proj.weight"))
+    shape = _shape(header, *names)
+    return shape[0] if shape else None
+
+
+def _count(header: TensorHeader, *prefixes: str) -> int:
+    numbers = set()
+    for key in header.shapes:
+        key = key.removeprefix(flux_keys.PREFIX)
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                numbers.add(key[len(prefix):].split(".", 1)[0])
+    return len(numbers)
+
+
+def shipped_variant(family: str, header: TensorHeader) -> str:
+    """The shipped config folder a full-size transformer file matches."""
+    if family == families.FLUX:
+        guided = any("guidance_in." in k or "guidance_embedder." in k for k in header.shapes)
+        return "flux_dev" if guided else "flux_schnell"
+    layers = _count(header, "joint_blocks.", "transformer_blocks.")
+    if layers >= 38:
+        return "sd35_large"
+    dual = any(".attn2." in k for k in header.shapes)
+    return "sd35_medium" if dual else "sd3_medium"
+
+
+def _config_width(config: Path, family: str) -> int:
+    cfg = json.loads((config / "transformer" / "config.json").read_text("utf-8"))
+    return int(cfg["attention_head_dim"]) * int(cfg["num_attention_heads"])
+
+
+def config_folder(path: Path, family: str, header: TensorHeader,
+                  tiny_folder: Callable[[str], Path]) -> Path:
+    """The config folder describing a transformer file: the shipped one for its variant,
+    or the tiny model's own folder for a file exported from it."""
+    width = transformer_width(family, header)
+    shipped = CONFIGS / shipped_variant(family, header)
+    if width == _config_width(shipped, family):
+        return shipped
+    tiny = tiny_folder({families.FLUX: "tiny-flux", families.SD3: "tiny-sd3"}[family])
+    if width == _config_width(tiny, family):
+        return tiny
+    raise ProtocolError(
+        ErrorCode.MODEL_LOAD_FAILED,
+        f"{path.name}: its transformer is {width} wide where a {family} transformer is "
+        f"{_config_width(shipped, family)}; it is not a standard {family} transformer",
+        field="model")
+
+
+def part_width(part: Part, header: TensorHeader) -> Optional[int]:
+    """The width of ``part``'s model in a companion file, when the file holds such a
+    model (its tensor names say), else None."""
+    shapes = header.shapes
+    if part.model_class is T5EncoderModel:
+        if not any(".SelfAttention.q.weight" in k for k in shapes):
+            return None
+        shape = _shape(header, "shared.weight", "encoder.embed_tokens.weight")
+        return shape[1] if shape else None
+    if part.model_class is AutoencoderKL:
+        shape = _shape(header, "decoder.conv_in.weight")      # (width, latent channels, 3, 3)
+        if shape is None or not any(k.startswith("encoder.") for k in shapes):
+            return None
+        return shape[1]
+    shape = _shape(header, "text_model.embeddings.token_embedding.weight",
+                   "embeddings.token_embedding.weight")
+    return shape[1] if shape else None
+
+
+def _expected_width(part: Part, config: Path) -> int:
+    cfg = json.loads((config / part.component / "config.json").read_text("utf-8"))
+    if part.model_class is T5EncoderModel:
+        return int(cfg["d_model"])
+    if part.model_class is AutoencoderKL:
+        return int(cfg["latent_channels"])
+    return int(cfg["hidden_size"])
+
+
+# ------------------------------------------------------------------ finding companions
+
+def models_folder(path: Path) -> Optional[Path]:
+    """The ComfyUI ``models`` folder a transformer file sits in (the parent of its
+    ``unet`` or ``diffusion_models`` folder), or None."""
+    for parent in path.parents:
+        if parent.name in TRANSFORMER_FOLDERS:
+            return parent.parent
+    return None
+
+
+def _candidates(part: Part, path: Path, search_dirs: Sequence[Path]) -> list[Path]:
+    bases = [b for b in (models_folder(path), *search_dirs) if b is not None]
+    found: list[Path] = []
+    for base in dict.fromkeys(bases):
+        for folder in part.folders:
+            if (base / folder).is_dir():
+                found.extend(sorted(p for p in (base / folder).rglob(f"*{SINGLE_FILE_SUFFIX}")
+                                    if p.is_file()))
+    return found
+
+
+def find_part(part: Part, config: Path, path: Path, named: Sequence[Path],
+              search_dirs: Sequence[Path], roots: ModelRoots) -> Path:
+    """The file holding ``part`` for the transformer at ``path``: of the files named on the
+    command line, then of those in the part's folders, one whose tensors are that part at
+    the config's width; among several, one whose name says its role."""
+    width = _expected_width(part, config)
+    for group in (list(named), _candidates(part, path, search_dirs)):
+        matches = []
+        for candidate in group:
+            if not roots.holds(candidate) and candidate not in named:
+                continue
+            try:
+                header = read_header(candidate)
+            except ProtocolError:
+                continue
+            if part_width(part, header) == width:
+                matches.append(candidate)
+        if matches:
+            named_for_it = [m for m in matches if part.role in m.stem.lower()
+                            or (part.role == "vae" and m.stem.lower() == "ae")]
+            return (named_for_it or matches)[0]
+    folders = " or ".join(f"{f}/" for f in part.folders)
+    raise ProtocolError(
+        ErrorCode.MODEL_NOT_FOUND,
+        f"{path.name} is a {families_label(config)} transformer and needs its {part.what} as a "
+        f"file of its own ({part.role}*.safetensors); none was found. Put it in the {folders} "
+        f"folder beside {path.parent.name}/ in the same models folder, or name it when starting "
+        f"the daemon", field="model")
+
+
+def families_label(config: Path) -> str:
+    return config.name.replace("_", "-")
+
+
+# ------------------------------------------------------------------ tokenizers
+
+def find_t5_tokenizer(home: Path, hf_cache: Path) -> Optional[Path]:
+    """A folder holding a T5 tokenizer (spiece.model or tokenizer.json), or None."""
+    candidates = [home / "tokenizers" / "t5"]
+    for repo_id, subfolder in T5_TOKENIZER_REPOS:
+        snapshot = hf_snapshot(repo_id, hf_cache)
+        if snapshot is not None:
+            candidates.append(snapshot / subfolder)
+    return next((c for c in candidates if any((c / n).is_file() for n in T5_TOKENIZER_FILES)),
+                None)
+
+
+def _tokenizers(config: Path, family: str, home: Path, hf_cache: Path) -> dict[str, object]:
+    """The tokenizers of the pipeline: the config folder's own (a tiny model's), else the
+    vocabularies found on this machine."""
+    out: dict[str, object] = {}
+    for part in PARTS[family]:
+        if part.tokenizer is None:
+            continue
+        own = config / part.tokenizer
+        t5 = part.model_class is T5EncoderModel
+        if own.is_dir():
+            out[part.tokenizer] = (T5TokenizerFast if t5 else CLIPTokenizer).from_pretrained(str(own))
+            continue
+        folder = find_t5_tokenizer(home, hf_cache) if t5 else find_clip_tokenizer(home, hf_cache)
+        if folder is None:
+            where = home / "tokenizers" / ("t5" if t5 else "clip")
+            repo = T5_TOKENIZER_REPOS[0][0] if t5 else "openai/clip-vit-large-patch14"
+            raise ProtocolError(
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"a single-file {family} model needs the {'T5' if t5 else 'CLIP'} tokenizer "
+                f"vocabulary, which Atelier does not ship; it was looked for in {where} and the "
+                f"Hugging Face cache. Fetch it once with: atelier models pull {repo}, or copy "
+                f"the tokenizer files into {where}", field="model")
+        if t5:
+            out[part.tokenizer] = T5TokenizerFast.from_pretrained(str(folder))
+        else:
+            pad = {"pad_token": "!"} if part.role == "clip_g" else {}
+            out[part.tokenizer] = CLIPTokenizer.from_pretrained(
+                str(folder), model_max_length=MAX_TOKENS, **pad)
+    return out
+
+
+# ------------------------------------------------------------------ loading
+
+def _load_encoder(part: Part, file: Path, config: Path, dtype: torch.dtype) -> PreTrainedModel:
+    """A text encoder from its own file, through transformers' loader: a folder holding
+    the config and a link to the file stands in for a model folder."""
+    with tempfile.TemporaryDirectory(prefix="atelier-encoder-") as folder:
+        (Path(folder) / "config.json").write_bytes((config / part.component / "config.json").read_bytes())
+        os.symlink(file, Path(folder) / "model.safetensors")
+        model, info = part.model_class.from_pretrained(
+            folder, torch_dtype=dtype, local_files_only=True, output_loading_info=True)
+    missing = set(info["missing_keys"])
+    if missing == {"text_projection.weight"}:
+        # Flux's clip_l files carry no projection; SD3 uses the identity there (as diffusers does).
+        with torch.no_grad():
+            model.text_projection.weight.copy_(torch.eye(*model.text_projection.weight.shape))
+    elif missing:
+        raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                            f"{file.name} lacks {len(missing)} tensors of a {part.what} "
+                            f"(e.g. {sorted(missing)[0]})", field="model")
+    return model
+
+
+def _load_transformer(path: Path, family: str, config: Path, dtype: torch.dtype) -> torch.nn.Module:
+    state = load_file(str(path))
+    if family == families.FLUX and flux_keys.is_original(list(state)):
+        state = flux_keys.to_diffusers(state)
+    return TRANSFORMER_CLASSES[family].from_single_file(
+        state, config=str(config), subfolder="transformer", torch_dtype=dtype,
+        local_files_only=True)
+
+
+@dataclass(frozen=True)
+class DiTFiles:
+    """A transformer file and the companion files found for it."""
+    family: str
+    transformer: Path
+    config: Path
+    parts: dict[str, Path]      # component -> file
+
+
+def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Path],
+                   roots: ModelRoots, tiny_folder: Callable[[str], Path],
+                   named: Sequence[Path] = ()) -> DiTFiles:
+    """Check a transformer file and find its companions, reading headers only."""
+    header = read_header(path)
+    if any(k.startswith(flux_keys.PREFIX) for k in header.shapes):
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED,
+            f"{path.name} is a whole {family} checkpoint (transformer, text encoders and VAE in "
+            f"one file); Atelier loads {family} as ComfyUI's split files: the transformer in "
+            f"models/unet or models/diffusion_models, the text encoders in models/text_encoders, "
+            f"the VAE in models/vae (or a diffusers folder)", field="model")
+    config = config_folder(path, family, header, tiny_folder)
+    parts = {part.component: find_part(part, config, path, named, search_dirs, roots)
+             for part in PARTS[family]}
+    return DiTFiles(family, path, config, parts)
+
+
+def prepare_dit_file(files: DiTFiles, dtype: torch.dtype, home: Path,
+                     hf_cache: Path) -> Callable[[], DiffusionPipeline]:
+    """How to load the pipeline of ``files`` (tokenizers are checked now)."""
+    family, config = files.family, files.config
+    tokenizers = _tokenizers(config, family, home, hf_cache)
+    cls = families.base_class(family)
+
+    def load() -> DiffusionPipeline:
+        current = files.transformer
+        try:
+            components: dict[str, object] = {
+                "transformer": _load_transformer(files.transformer, family, config, dtype),
+                "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(
+                    str(config), subfolder="scheduler", local_files_only=True)}
+            for part in PARTS[family]:
+                current = files.parts[part.component]
+                components[part.component] = (
+                    AutoencoderKL.from_single_file(str(current), config=str(config), subfolder="vae",
+                                                   torch_dtype=dtype, local_files_only=True)
+                    if part.model_class is AutoencoderKL else
+                    _load_encoder(part, current, config, dtype))
+        except ProtocolError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
+                                f"could not load {current.name} for a {family} model: "
+                                f"{type(exc).__name__}: {exc}", field="model") from exc
+        return cls(**components, **tokenizers)
+
+    return load

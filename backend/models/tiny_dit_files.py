@@ -1,0 +1,70 @@
+"""Export a tiny Flux or SD3 model (tiny_flux.py, tiny_sd3.py) as the split files a
+ComfyUI user keeps: the transformer alone in ``unet/`` (diffusers' tensor names) or in
+``diffusion_models/`` (Black Forest Labs' original names, Flux only), the text encoders
+in ``text_encoders/`` with transformers' names as ComfyUI's ``clip_l``/``clip_g``/``t5xxl``
+files carry them, and the VAE in ``vae/`` (for Flux as ``ae.safetensors`` in the original
+LDM names, for SD3 with diffusers' names). So the split-file loader (dit_files.py) is
+tested on real files of both layouts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import families, flux_keys
+from .dit_files import PARTS
+from .ldm_keys import VAE_PREFIX, vae_key
+
+Naming = Literal["diffusers", "original"]
+TRANSFORMER_FILE = "diffusion_pytorch_model.safetensors"
+
+
+def _save(tensors: dict[str, torch.Tensor], dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest),
+              metadata={"format": "pt", "atelier": "exported from a tiny model"})
+    return dest
+
+
+def _ldm_vae(state: dict[str, torch.Tensor], blocks: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, tensor in state.items():
+        name, to_conv = vae_key(key, blocks)
+        out[name.removeprefix(VAE_PREFIX)] = tensor[:, :, None, None] if to_conv else tensor
+    return out
+
+
+def export_transformer(folder: Path, family: str, dest: Path, naming: Naming = "diffusers") -> Path:
+    """The tiny pipeline ``folder``'s transformer as one file at ``dest``."""
+    state = load_file(str(folder / "transformer" / TRANSFORMER_FILE))
+    if naming == "original":
+        if family != families.FLUX:
+            raise ValueError("only Flux transformers are exported with their original names")
+        state = flux_keys.to_original(state)
+    return _save(state, dest)
+
+
+def export_parts(folder: Path, family: str, models: Path) -> dict[str, Path]:
+    """The tiny pipeline ``folder``'s text encoders and VAE as ComfyUI's files under the
+    ``models`` folder; returns them by component."""
+    written = {}
+    for part in PARTS[family]:
+        weights = sorted((folder / part.component).glob("*.safetensors"))[0]
+        state = load_file(str(weights))
+        if part.role == "vae":
+            if family == families.FLUX:
+                config = json.loads((folder / "vae" / "config.json").read_text("utf-8"))
+                state = _ldm_vae(state, len(config["block_out_channels"]))
+            dest = models / "vae" / ("ae.safetensors" if family == families.FLUX else "sd3_vae.safetensors")
+        else:
+            if part.role.startswith("clip"):
+                state = {k if k.startswith("text_model.") else f"text_model.{k}": v
+                         for k, v in state.items()}
+            dest = models / "text_encoders" / f"{part.role}.safetensors"
+        written[part.component] = _save(state, dest)
+    return written

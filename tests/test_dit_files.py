@@ -1,0 +1,206 @@
+"""Flux.1 and SD3 as ComfyUI users keep them (dit_files.py): a transformer-only file in
+``models/unet`` or ``models/diffusion_models`` (diffusers' or the original tensor names),
+text encoders in ``models/text_encoders``, the VAE in ``models/vae``. The files are the
+tiny models' own weights exported by ``tiny_dit_files.py`` and loaded through the same
+store, resolver and catalog as a user's files; a job on them gives the very pixels the
+diffusers-folder model gives.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+from safetensors.torch import load_file
+
+from backend.models import families, flux_keys
+from backend.models.dit_files import config_folder
+from backend.models.file_kinds import TensorHeader
+from backend.models.single_file import CONFIGS
+from backend.models.sources import ensure_tiny
+from backend.models.store import ModelStore
+from backend.models.tiny_dit_files import TRANSFORMER_FILE, export_parts, export_transformer
+from backend.pipelines.generator import DiffusionGenerator
+from backend.pipelines.pixels import pixels_to_array
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import GenerateRequest
+
+JOB = dict(prompt="a red stone wall", width=64, height=64, steps=2, guidance=3.5, seed=7)
+# (tiny model, file name the job names, naming)
+LAYOUTS = [("tiny-flux", "unet/flux-tiny.safetensors", "diffusers"),
+           ("tiny-flux", "diffusion_models/flux-tiny-bfl.safetensors", "original"),
+           ("tiny-sd3", "diffusion_models/sd3-tiny.safetensors", "diffusers")]
+COMPONENTS = {families.FLUX: ("transformer", "vae", "text_encoder", "text_encoder_2"),
+              families.SD3: ("transformer", "vae", "text_encoder", "text_encoder_2",
+                             "text_encoder_3")}
+
+
+@pytest.fixture(scope="module")
+def comfy(atelier_home: Path, tmp_path_factory) -> dict[str, Path]:
+    """One ComfyUI models folder per family, built once: tiny name -> models folder."""
+    folders = {}
+    for tiny, family in (("tiny-flux", families.FLUX), ("tiny-sd3", families.SD3)):
+        models = tmp_path_factory.mktemp(f"comfy-{tiny}") / "models"
+        source = ensure_tiny(tiny, atelier_home / "models")
+        for name, file, naming in LAYOUTS:
+            if name == tiny:
+                export_transformer(source, family, models / file, naming)
+        export_parts(source, family, models)
+        folders[tiny] = models
+    return folders
+
+
+def _store(home: Path, models: Path, **extra) -> ModelStore:
+    return ModelStore("cpu", torch.float32, home, search_dirs=[models],
+                      hf_cache=home / "no-hf-cache", **extra)
+
+
+def _pixels(generator: DiffusionGenerator, **job) -> bytes:
+    out = generator.generate(GenerateRequest(**{**JOB, **job}), {}, lambda *_: None, lambda: False)
+    return pixels_to_array(out.images[0].pixels).tobytes()
+
+
+# ------------------------------------------------------------------ tensor names
+
+def test_flux_original_names_round_trip_and_agree_with_diffusers_converter(atelier_home):
+    folder = ensure_tiny("tiny-flux", atelier_home / "models")
+    state = load_file(str(folder / "transformer" / TRANSFORMER_FILE))
+    original = flux_keys.to_original(state)
+    assert flux_keys.is_original(list(original)) and not flux_keys.is_original(list(state))
+    back = flux_keys.to_diffusers(original)
+    assert set(back) == set(state) and all(back[k].equal(state[k]) for k in state)
+    # At full width (which diffusers' own converter assumes) both converters give the same
+    # names and shapes; on the meta device, so nothing is allocated.
+    with torch.device("meta"):
+        full = FluxTransformer2DModel(num_layers=1, num_single_layers=1, guidance_embeds=True)
+    full_original = flux_keys.to_original(full.state_dict())
+    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(full_original))
+    ours = flux_keys.to_diffusers(full_original)
+    assert {k: v.shape for k, v in theirs.items()} == {k: v.shape for k, v in ours.items()} == \
+        {k: v.shape for k, v in full.state_dict().items()}
+
+
+@pytest.mark.parametrize("variant, cls", [
+    ("flux_dev", FluxTransformer2DModel), ("flux_schnell", FluxTransformer2DModel),
+    ("sd3_medium", SD3Transformer2DModel), ("sd35_medium", SD3Transformer2DModel),
+    ("sd35_large", SD3Transformer2DModel)])
+def test_full_size_transformer_files_pick_their_shipped_config(variant, cls, tmp_path):
+    """A header shaped like each published transformer (built on the meta device from the
+    shipped config) picks that config, in diffusers' names and for Flux in the original
+    ones too."""
+    config = cls.load_config(str(CONFIGS / variant), subfolder="transformer")
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    family = families.FLUX if cls is FluxTransformer2DModel else families.SD3
+    headers = [shapes]
+    if family == families.FLUX:
+        headers.append({k: tuple(v.shape) for k, v in
+                        flux_keys.to_original(model.state_dict()).items()})
+    for header in headers:
+        assert families.family_of_checkpoint_keys(header, None) == family
+        never = lambda name: pytest.fail(f"a full-size file asked for {name}")  # noqa: E731
+        picked = config_folder(tmp_path / "x.safetensors", family, TensorHeader(header, {}), never)
+        assert picked == CONFIGS / variant
+
+
+# ------------------------------------------------------------------ loading and jobs
+
+@pytest.mark.parametrize("tiny, name, naming", LAYOUTS)
+def test_split_files_load_listed_with_their_family_and_run_like_the_folder(
+        atelier_home, comfy, tiny, name, naming):
+    store = _store(atelier_home, comfy[tiny])
+    listed = {info.name: (info.family, info.kind) for info in store.available()}
+    family = families.FLUX if tiny == "tiny-flux" else families.SD3
+    assert listed[name] == (family, "checkpoint")
+    # the text encoders and the VAE are parts, not models a job could name
+    assert not [n for n in listed if n.startswith(("text_encoders/", "vae/"))]
+    generator = DiffusionGenerator(store)
+    split = store.use(name)
+    assert split.family == family and split.source.kind == "single_file"
+    folder = store.use(tiny)
+    for component in COMPONENTS[family]:
+        mine, theirs = (getattr(m.pipe, component).state_dict() for m in (split, folder))
+        assert set(mine) == set(theirs) and all(mine[k].equal(theirs[k]) for k in mine), component
+    first = _pixels(generator, model=name)
+    assert first == _pixels(generator, model=name) == _pixels(generator, model=tiny)
+    assert first != _pixels(generator, model=name, seed=8)
+
+
+def test_a_missing_text_encoder_names_the_file_and_where_it_goes(atelier_home, comfy, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(comfy["tiny-flux"], models)
+    (models / "text_encoders" / "t5xxl.safetensors").unlink()
+    store = _store(atelier_home, models)
+    with pytest.raises(ProtocolError) as err:
+        store.load("unet/flux-tiny.safetensors")
+    assert (err.value.code, err.value.field) == (ErrorCode.MODEL_NOT_FOUND, "model")
+    assert "T5-XXL" in err.value.message and "text_encoders/" in err.value.message
+    assert "t5xxl" in err.value.message
+    # a T5 of the wrong width (SD3's tiny one) is not taken for it
+    shutil.copy(comfy["tiny-sd3"] / "text_encoders" / "t5xxl.safetensors",
+                models / "text_encoders" / "t5xxl.safetensors")
+    with pytest.raises(ProtocolError) as err:
+        store.load("unet/flux-tiny.safetensors")
+    assert err.value.code == ErrorCode.MODEL_NOT_FOUND
+    # the operator may name it instead, kept anywhere
+    elsewhere = tmp_path / "elsewhere" / "my-t5.safetensors"
+    elsewhere.parent.mkdir()
+    shutil.copy(comfy["tiny-flux"] / "text_encoders" / "t5xxl.safetensors", elsewhere)
+    named = _store(atelier_home, models, companion_files=[elsewhere])
+    assert named.load("unet/flux-tiny.safetensors").family == families.FLUX
+
+
+def test_clip_l_and_clip_g_of_the_same_shape_are_told_apart_by_name(atelier_home, comfy, tmp_path):
+    """The tiny SD3's two CLIPs have the same shapes (the real ones differ in width): the
+    file name breaks the tie, so swapping the names swaps what loads."""
+    models = tmp_path / "models"
+    shutil.copytree(comfy["tiny-sd3"], models)
+    encoders = models / "text_encoders"
+    (encoders / "clip_l.safetensors").rename(encoders / "tmp.safetensors")
+    (encoders / "clip_g.safetensors").rename(encoders / "clip_l.safetensors")
+    (encoders / "tmp.safetensors").rename(encoders / "clip_g.safetensors")
+    swapped = _store(atelier_home, models).load("diffusion_models/sd3-tiny.safetensors").pipe
+    folder = _store(atelier_home, models).load("tiny-sd3").pipe
+    assert swapped.text_encoder.state_dict().keys() == folder.text_encoder_2.state_dict().keys()
+    assert all(a.equal(b) for a, b in zip(swapped.text_encoder.state_dict().values(),
+                                          folder.text_encoder_2.state_dict().values()))
+
+
+def test_a_whole_checkpoint_is_refused_saying_how_to_lay_the_files_out(atelier_home, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({f"{flux_keys.PREFIX}double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2),
+               f"{flux_keys.PREFIX}img_in.weight": torch.zeros(3072, 64)},
+              str(tmp_path / "flux-all-in-one.safetensors"))
+    store = _store(atelier_home, tmp_path)
+    with pytest.raises(ProtocolError) as err:
+        store.load("flux-all-in-one.safetensors")
+    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "model")
+    assert "models/unet" in err.value.message and "text_encoders" in err.value.message
+
+
+def test_tokenizers_for_full_size_files_are_looked_for_and_their_absence_explained(
+        atelier_home, tmp_path):
+    from backend.models.dit_files import _tokenizers
+
+    def missing() -> str:
+        with pytest.raises(ProtocolError) as err:
+            _tokenizers(CONFIGS / "flux_dev", families.FLUX, tmp_path, tmp_path / "no-hf-cache")
+        assert err.value.code == ErrorCode.MODEL_LOAD_FAILED
+        assert "atelier models pull" in err.value.message
+        return err.value.message
+
+    assert "CLIP tokenizer" in missing()
+    tiny = ensure_tiny("tiny-flux", atelier_home / "models")
+    shutil.copytree(tiny / "tokenizer", tmp_path / "tokenizers" / "clip")
+    assert "T5 tokenizer" in missing()
+    shutil.copytree(tiny / "tokenizer_2", tmp_path / "tokenizers" / "t5")
+    found = _tokenizers(CONFIGS / "flux_dev", families.FLUX, tmp_path, tmp_path / "no-hf-cache")
+    t5 = found["tokenizer_2"]
+    assert t5("a red stone wall").input_ids[-1] == t5.eos_token_id == 1    # T5 appends </s>
+    assert found["tokenizer"].model_max_length == 77

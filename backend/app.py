@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 from .models.accel import AccelOptions
 from .models.catalog import Catalog, list_models as _catalog
@@ -47,18 +47,21 @@ def create_daemon(config: ServerConfig, *, model: str, device: str = "auto",
                   dtype: str = "auto", home: Path, models_dirs: list[Path],
                   low_memory: bool = False, compile: str = "auto",
                   depth_controls: Optional[Mapping[str, str]] = None,
-                  resident_bytes: int = DEFAULT_RESIDENT_BYTES) -> Daemon:
+                  resident_bytes: int = DEFAULT_RESIDENT_BYTES,
+                  model_parts: Sequence[Path] = ()) -> Daemon:
     """Load ``model`` (a clear error if it is not on this machine) and wire the layers.
     ``compile``: a ``compile_modes.CHOICES`` entry. ``depth_controls``: family -> the depth
     ControlNet or T2I-Adapter used when a job names none. Those of ``model`` and the
     ``depth_controls`` that are paths stay loadable by clients though they lie outside the
     model roots: the operator named them. ``resident_bytes``: how much of recently used
-    models stays in memory beside the active one, so switching back costs no reload."""
+    models stays in memory beside the active one, so switching back costs no reload.
+    ``model_parts``: text encoder and VAE files for Flux/SD3 transformer files (dit_files.py)."""
     chosen = pick_device(device)
     store = ModelStore(chosen, pick_dtype(chosen, dtype), home, models_dirs,
                        accel=AccelOptions.for_choice(chosen, compile, low_memory=low_memory),
                        depth_controls=depth_controls, resident_bytes=resident_bytes,
-                       allowed_paths=operator_paths([model, *(depth_controls or {}).values()]))
+                       allowed_paths=operator_paths([model, *(depth_controls or {}).values()]),
+                       companion_files=operator_paths(map(str, model_parts)))
     # First: it warms up what loads. The asset kinds (upscale, texture_set) go in front.
     generator = AssetGenerator(DiffusionGenerator(store, config.limits), store, config.limits)
     store.load(model)

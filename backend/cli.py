@@ -137,6 +137,10 @@ def _daemon_options(p: argparse.ArgumentParser) -> None:
                         "(an adapter runs once per job, a ControlNet at every step; repeatable)")
     p.add_argument("--models-dir", action="append", type=Path, default=[],
                    help="an A1111/ComfyUI models folder or a folder of checkpoints (repeatable)")
+    p.add_argument("--model-part", action="append", type=Path, default=[], metavar="FILE",
+                   help="a text encoder or VAE file for Flux/SD3 transformer files (ComfyUI's "
+                        "clip_l, clip_g, t5xxl, ae.safetensors), tried before the models "
+                        "folders' text_encoders/, clip/ and vae/ (repeatable)")
     p.add_argument("--home", type=Path, default=None,
                    help="Atelier's own folder (default $ATELIER_HOME or ~/.cache/atelier)")
 
@@ -230,7 +234,8 @@ def _build_daemon(args: argparse.Namespace, config: ServerConfig):
                          home=_home(args), models_dirs=list(args.models_dir),
                          low_memory=args.low_memory, compile=args.compile,
                          depth_controls=dict(args.depth_control),
-                         resident_bytes=int(args.resident_gb * 2 ** 30))
+                         resident_bytes=int(args.resident_gb * 2 ** 30),
+                         model_parts=list(args.model_part))
 
 
 def ws_url(host: str, port: int) -> str:

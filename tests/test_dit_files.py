@@ -204,3 +204,27 @@ def test_tokenizers_for_full_size_files_are_looked_for_and_their_absence_explain
     t5 = found["tokenizer_2"]
     assert t5("a red stone wall").input_ids[-1] == t5.eos_token_id == 1    # T5 appends </s>
     assert found["tokenizer"].model_max_length == 77
+
+
+def test_a_daemon_serves_a_split_flux_file_with_a_text_encoder_named_on_its_command_line(
+        comfy, start_daemon, tmp_path):
+    """``serve --models-dir <ComfyUI models> --model diffusion_models/...
+    --model-part <t5 kept elsewhere>``: listed with its family, and jobs naming it run."""
+    from protocol.client import AtelierClient
+    from protocol.events import JobDone
+    from protocol.messages import Models
+
+    models = tmp_path / "models"
+    shutil.copytree(comfy["tiny-flux"], models)
+    t5 = tmp_path / "elsewhere" / "t5xxl_fp16.safetensors"
+    t5.parent.mkdir()
+    (models / "text_encoders" / "t5xxl.safetensors").rename(t5)
+    name = "diffusion_models/flux-tiny-bfl.safetensors"
+    daemon = start_daemon("--models-dir", str(models), "--model-part", str(t5))
+    with AtelierClient(daemon.url, client_name="test_dit_files") as client:
+        client.wait_connected()
+        listed = {m.name: m.family for m in client.call(Models, client.list_models, timeout=60).models}
+        assert listed[name] == "flux" and "text_encoders/clip_l.safetensors" not in listed
+        done = client.run_job(GenerateRequest(**JOB, model=name), timeout=120)
+        assert isinstance(done, JobDone), done
+        assert done.result.model == name

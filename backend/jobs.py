@@ -126,9 +126,10 @@ class JobManager:
 
     def submit(self, request: GenerateRequest, uploads: Mapping[str, ImageFrame],
                subscriber: Subscriber, owner: str, holds: list[Hold] = (),
-               live: Optional[str] = None) -> tuple[Job, int]:
+               live: Optional[str] = None, job_id: Optional[str] = None) -> tuple[Job, int]:
         """Queue a job of ``owner``'s. With ``live``, it first supersedes the owner's queued
-        and running jobs of that live session: the queue holds at most one of each."""
+        and running jobs of that live session: the queue holds at most one of each.
+        ``job_id``: the id it already has (a cluster worker runs the scheduler's jobs)."""
         with self._cond:
             if self._stopping:
                 raise ProtocolError(ErrorCode.SHUTTING_DOWN,
@@ -140,7 +141,7 @@ class JobManager:
                 raise ProtocolError(ErrorCode.QUEUE_FULL,
                                     f"the queue holds {waiting} jobs, the limit is "
                                     f"{self._max_queue}; try again when one finishes")
-            job = Job(new_id(), request, dict(uploads), owner, list(holds), live=live,
+            job = Job(job_id or new_id(), request, dict(uploads), owner, list(holds), live=live,
                       subscribers=[subscriber])
             self._jobs[job.id] = job
             self._queue.append(job)

@@ -23,6 +23,7 @@ class ErrorCode:
     UNSUPPORTED = "unsupported"          # the loaded model or server cannot do this
     JOB_FINISHED = "job_finished"        # cancel of a job that already ended: nothing to stop
     SHUTTING_DOWN = "shutting_down"      # the daemon is stopping: a queued job will not run
+    WORKER_LOST = "worker_lost"          # cluster: the worker running the job died; submit again
     INTERNAL = "internal"
 
     ALL = frozenset(

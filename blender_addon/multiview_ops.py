@@ -35,7 +35,7 @@ WEIGHTS_PREFIX = "Atelier Weights"
 LENS, SENSOR = 50.0, 36.0           # the placed cameras' (mm)
 INIT_BACKGROUND = 0.5               # grey where the init image knows no colour
 TEXEL_CHUNK = 1 << 17               # texels blended in one step of the pump (~50 ms here)
-RASTER_STEP = 1 << 18               # candidate texels rasterised in one step
+RASTER_STEP = 1 << 17               # candidate texels rasterised in one step
 COVERAGE_SAMPLES = 20000            # texels a view's coverage is estimated on, for the order
 VIEW_SOURCES = (("AUTO", "Around the Objects", "Cameras placed on an orbit around the "
                  "selected meshes (plus top and bottom as ticked)"),
@@ -97,6 +97,7 @@ class _Target:
     normals: np.ndarray                   # (n, 3)
     corners: np.ndarray                   # (T, 3, 3) world, the mesh as it renders
     corner_uvs: np.ndarray                # (T, 3, 2)
+    texel_index: np.ndarray               # (S, S): the inside texels' numbers, -1 outside
     color_sum: np.ndarray = field(init=False)
     weight_sum: np.ndarray = field(init=False)
     # Per view, what it gave (for its weight map and for a re-run of it): the texels it
@@ -166,9 +167,8 @@ class ViewsRun:
     jobs: list[Job] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)    # per view: seconds spent where
     made: list[str] = field(default_factory=list)        # images the run kept
-    steps: list[float] = field(default_factory=list)     # each step's seconds
+    steps: list[tuple] = field(default_factory=list)     # each step's (seconds, where)
     _sent_at: float = 0.0
-    _prepared_s: float = 0.0
     _reruns: dict = field(default_factory=dict)            # id(job) -> the view it re-runs
 
     # ------------------------------------------------------------ jobs
@@ -186,29 +186,29 @@ class ViewsRun:
 
     def _send(self, index: int) -> Job:
         job = self._job(self._label(index), self._view_done, self._abandon)
-        job.preparing = self._timed(self._making(job, index))
+        job.preparing = self._timed(self._making(job, index), index)
         self.jobs.append(job)
         self.session.submit(job)
         ensure_timer()
         return job
 
-    def _timed(self, steps: Iterator[None]) -> Iterator[None]:
-        """``steps``, each timed into ``steps`` (what the main thread was held for)."""
+    def _timed(self, steps: Iterator[None], view: Any) -> Iterator[None]:
+        """``steps``, each timed into ``steps``: what the main thread was held for, where
+        the step ended (function and line) and for which ``view``."""
         while True:
             began = time.perf_counter()
             try:
                 next(steps)
             except StopIteration:
-                self.steps.append(time.perf_counter() - began)
+                self.steps.append((time.perf_counter() - began, "end", view))
                 return
-            self.steps.append(time.perf_counter() - began)
+            self.steps.append((time.perf_counter() - began, _paused_at(steps), view))
             yield
 
     def _making(self, job: Job, index: int) -> Iterator[None]:
         """Job ``index``'s request and uploads: (first) the objects' texels and the views'
         order, its view's passes and what they show, and (later views) its init image and
         mask."""
-        began = time.perf_counter()
         if index == 0:
             for mesh in self.meshes:
                 self.targets.append((yield from _texels_steps(mesh, self.size)))
@@ -231,7 +231,6 @@ class ViewsRun:
                                           mask=uploads[-1].id, strength=1.0)
         validate(request, "job")
         job.request, job.uploads = request, tuple(uploads)
-        self._prepared_s = time.perf_counter() - began
         self._sent_at = time.perf_counter()
 
     def _order_shots(self) -> Iterator[None]:
@@ -323,7 +322,7 @@ class ViewsRun:
         index = self.jobs.index(job)
         daemon = time.perf_counter() - self._sent_at
         pixels = _picture(job, images)
-        return self._timed(self._blend_view(job, index, pixels, daemon))
+        return self._timed(self._blend_view(job, index, pixels, daemon), index)
 
     def _contribution(self, target: _Target, geometry: multiview.ViewGeometry,
                       feather: np.ndarray, pixels: np.ndarray) -> Iterator[tuple]:
@@ -341,7 +340,6 @@ class ViewsRun:
                     daemon: float) -> Iterator[None]:
         """Blend view ``index``'s picture into every object's texels, a chunk a step; then
         send the next view, or make the textures."""
-        spent, began = 0.0, time.perf_counter()
         geometry = self.views[index].geometry
         feather = multiview.edge_feather(geometry.depth)
         for target in self.targets:
@@ -350,37 +348,36 @@ class ViewsRun:
                 target.color_sum[seen] += weights[:, None] * colors
                 target.weight_sum[seen] += weights
                 parts.append((seen, weights, colors))
-                spent += time.perf_counter() - began
                 yield
-                began = time.perf_counter()
             target.contributions.append(tuple(np.concatenate(p) for p in zip(*parts))
                                         if parts else _NO_CONTRIBUTION)
         if index + 1 == len(self.shots):
-            for step in self._make_images(job):
-                spent += time.perf_counter() - began
-                yield step
-                began = time.perf_counter()
+            yield from self._make_images(job)
         else:
             self._send(index + 1)
-        spent += time.perf_counter() - began
         self.timings.append({"view": self.views[index].name, "daemon_s": daemon,
-                             "blender_s": spent + self._prepared_s})
+                             "blender_s": sum(step[0] for step in self.steps
+                                              if step[2] == index)})
 
     def _texture(self, target: _Target) -> Generator[None, None, np.ndarray]:
         """The object's blended texture (S, S, RGBA floats) flat, in steps: alpha 1 where
         a view saw it, the islands padded into the space outside the UV layout."""
         count = len(target.positions)
         inside = np.zeros((count, 4), np.float32)
-        for first in range(0, count, TEXEL_CHUNK * 4):
-            part = slice(first, first + TEXEL_CHUNK * 4)
+        for first in range(0, count, TEXEL_CHUNK * 2):
+            part = slice(first, first + TEXEL_CHUNK * 2)
             colors, covered = multiview.blend(target.color_sum[part], target.weight_sum[part])
             inside[part, :3], inside[part, 3] = colors, covered
             yield
         texture = np.zeros((self.size, self.size, 4), np.float32)
-        texture[target.inside] = inside
         full = np.zeros((self.size, self.size), bool)
-        full[target.inside] = inside[:, 3] > 0
-        yield
+        band = max(1, TEXEL_CHUNK * 2 // self.size)
+        for first in range(0, self.size, band):
+            numbers = target.texel_index[first:first + band]
+            here = numbers >= 0
+            texture[first:first + band][here] = inside[numbers[here]]
+            full[first:first + band][here] = inside[numbers[here], 3] > 0
+            yield
         texture, _ = yield from projection.padding_steps(texture, full, self.padding)
         texture[target.inside & ~full] = 0.0   # padding grows into the empty UV space only
         yield
@@ -464,7 +461,7 @@ class ViewsRun:
         self._scene()
         job = self._job(f"{LABEL}: {self.views[index].name} again", self._rerun_done, None)
         self._reruns[id(job)] = index
-        job.preparing = self._timed(self._remaking(job, index, panel))
+        job.preparing = self._timed(self._remaking(job, index, panel), f"again {index}")
         self.jobs.append(job)
         self.session.submit(job)
         ensure_timer()
@@ -507,7 +504,7 @@ class ViewsRun:
     def _rerun_done(self, job: Job, images: list[Any]) -> Iterator[None]:
         index = self._reruns.pop(id(job))
         pixels = _picture(job, images)
-        return self._timed(self._replace_view(job, index, pixels))
+        return self._timed(self._replace_view(job, index, pixels), f"again {index}")
 
     def _replace_view(self, job: Job, index: int, pixels: np.ndarray) -> Iterator[None]:
         """View ``index``'s new picture in place of its old one, then the new images."""
@@ -550,6 +547,14 @@ class ViewsRun:
                 target.material = material.name
             target.texture = image.name
         self.made = [image.name for _, image in made]
+
+
+def _paused_at(steps: Any) -> str:
+    """Where a generator (through its ``yield from``s) is paused: 'function:line'."""
+    while getattr(steps, "gi_yieldfrom", None) is not None:
+        steps = steps.gi_yieldfrom
+    frame = getattr(steps, "gi_frame", None)
+    return f"{frame.f_code.co_name}:{frame.f_lineno}" if frame is not None else "?"
 
 
 _NO_CONTRIBUTION = (np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros((0, 3), np.float32))
@@ -624,23 +629,33 @@ def _texels_steps(mesh: _Mesh, size: int) -> Generator[None, None, _Target]:
     corners, uvs, normals = mesh.triangles
     attributes = np.concatenate([corners, normals], axis=2)
     inside = np.zeros((size, size), bool)
-    data = np.zeros((size, size, 6))
+    data = np.empty((size, size, 6))
+    band = max(1, TEXEL_CHUNK * 2 // size)
+    for first in range(0, size, band):   # the memory is touched (and zeroed) in steps
+        data[first:first + band] = 0.0
+        yield
     for rows, cols, values in projection.raster_fragments(uvs, attributes, size, size,
                                                           batch=RASTER_STEP):
         data[rows, cols] = values
         inside[rows, cols] = True
         yield
     positions, texel_normals = [], []
-    band = max(1, TEXEL_CHUNK * 2 // size)
+    texel_index = np.empty((size, size), np.int64)
+    count = 0
+    band = max(1, TEXEL_CHUNK // size)
     for first in range(0, size, band):
         rows = slice(first, first + band)
         found = data[rows][inside[rows]]
         positions.append(found[:, :3])
         texel_normals.append(found[:, 3:] / np.maximum(
             np.linalg.norm(found[:, 3:], axis=1), 1e-12)[:, None])
+        numbers = np.full(inside[rows].shape, -1, np.int64)
+        numbers[inside[rows]] = np.arange(count, count + len(found))
+        texel_index[rows] = numbers
+        count += len(found)
         yield
     return _Target(mesh.name, mesh.uv_map, inside, np.concatenate(positions),
-                   np.concatenate(texel_normals), corners, uvs)
+                   np.concatenate(texel_normals), corners, uvs, texel_index)
 
 
 def _surface_steps(targets: list[_Target], geometry: multiview.ViewGeometry
@@ -661,9 +676,7 @@ def _surface_steps(targets: list[_Target], geometry: multiview.ViewGeometry
         scale = np.ones_like(corners[:, :, 2:]) if geometry.orthographic \
             else 1.0 / corners[:, :, 2:]
         attributes = np.concatenate([tex * scale, scale, corners[:, :, 2:] * scale], axis=2)
-        texel_index = np.full(target.inside.shape, -1, np.int64)
-        texel_index[target.inside] = np.arange(len(target.positions))
-        yield
+        texel_index = target.texel_index
         size = target.inside.shape[0]
         for rows, cols, values in projection.raster_fragments(corners[:, :, :2], attributes,
                                                               w, h, batch=RASTER_STEP):

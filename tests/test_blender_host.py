@@ -148,6 +148,21 @@ def test_blender_texture_from_views(host: str, scenario: str, addon_zip: Path, t
     _run_scenario(host, scenario, addon_zip, tmp_path, request.getfixturevalue("daemon").url)
 
 
+@pytest.mark.skipif(not os.environ.get("ATELIER_VIEWS_MEASURE"),
+                    reason="figures, not a test: set ATELIER_VIEWS_MEASURE=1")
+@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+def test_blender_texture_from_views_figures(host: str, addon_zip: Path, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
+    """Texture from Views' figures (scenario_views_measure, run with -s): a 2k texture from
+    6 views; the longest step Blender's main thread is held for."""
+    url = request.getfixturevalue("daemon").url
+    proc = _run([*_host_command(host), "--", "--zip", str(addon_zip), "--url", url,
+                 "--scenario", "views_measure", "--install", "legacy"], tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "SCENARIO views_measure PASSED" in output, output
+    print("\n".join(line for line in output.splitlines() if line.startswith("MEASURE")))
+
+
 def test_blender_window_reports_and_timers(addon_zip: Path, tmp_path: Path, daemon) -> None:
     """Blender 3.4 with a window under Xvfb: buttons report the daemon's answers and results
     arrive through the add-on's own timer (no test pumping)."""

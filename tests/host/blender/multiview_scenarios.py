@@ -417,12 +417,25 @@ def scenario_views_measure(module, url: str) -> None:
         [job.progress_text for job in run.jobs]
     target = run.targets[0]
     texels = image_rows(bpy.data.images[run.made[0]])[target.inside, 3]
+    steps = sorted(run.steps)
     print(f"MEASURE {len(run.views)} views of {view_size}px into {texture}px: press blocks "
-          f"{pressed:.2f} s, total {total:.2f} s, longest pumps "
+          f"{pressed * 1000:.0f} ms, total {total:.2f} s, longest pumps "
           f"{', '.join(f'{p * 1000:.0f}' for p in sorted(pumps)[-6:])} ms of {len(pumps)}, "
+          f"longest steps {', '.join(f'{p * 1000:.0f} ({w})' for p, w, _ in steps[-8:])} ms of "
+          f"{len(steps)} (median {steps[len(steps) // 2][0] * 1000:.1f}), "
           f"coverage {float((texels > 0.5).mean()):.4f} of {texels.size} texels")
     for t in run.timings:
-        print(f"MEASURE {t['view']}: daemon {t['daemon_s']:.2f} s, blend {t['blender_s']:.3f} s")
+        print(f"MEASURE {t['view']}: daemon {t['daemon_s']:.2f} s, Blender {t['blender_s']:.3f} s")
+    renders = []
+    scene_, view_layer = run._scene()
+    for shot in run.shots[:3]:
+        began = time.perf_counter()
+        with shot.seen_from(scene_, view_layer):
+            module.passes.render_passes(scene_, view_layer, view_size, view_size,
+                                        ("depth", "normal"), as_viewport=True)
+        renders.append(time.perf_counter() - began)
+    print(f"MEASURE one view's depth + normal render at {view_size}px: "
+          f"{', '.join(f'{r * 1000:.0f}' for r in renders)} ms")
 
 
 SCENARIOS = {"views": scenario_views, "views_cancel": scenario_views_cancel,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
@@ -23,7 +24,8 @@ from backend.models.file_kinds import TensorHeader
 from backend.models.single_file import CONFIGS
 from backend.models.sources import ensure_tiny
 from backend.models.store import ModelStore
-from backend.models.tiny_dit_files import TRANSFORMER_FILE, export_parts, export_transformer
+from backend.models.tiny_dit_files import (TRANSFORMER_FILE, export_gguf, export_parts,
+                                          export_transformer)
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.pixels import pixels_to_array
 from protocol.errors import ErrorCode, ProtocolError
@@ -34,6 +36,7 @@ JOB = dict(prompt="a red stone wall", width=64, height=64, steps=2, guidance=3.5
 LAYOUTS = [("tiny-flux", "unet/flux-tiny.safetensors", "diffusers"),
            ("tiny-flux", "diffusion_models/flux-tiny-bfl.safetensors", "original"),
            ("tiny-sd3", "diffusion_models/sd3-tiny.safetensors", "diffusers")]
+GGUF = "unet/flux-tiny-Q8_0.gguf"     # city96's layout: BFL names, Q8_0 weights
 COMPONENTS = {families.FLUX: ("transformer", "vae", "text_encoder", "text_encoder_2"),
               families.SD3: ("transformer", "vae", "text_encoder", "text_encoder_2",
                              "text_encoder_3")}
@@ -50,6 +53,8 @@ def comfy(atelier_home: Path, tmp_path_factory) -> dict[str, Path]:
             if name == tiny:
                 export_transformer(source, family, models / file, naming)
         export_parts(source, family, models)
+        if family == families.FLUX:
+            export_gguf(source, family, models / GGUF)
         folders[tiny] = models
     return folders
 
@@ -228,3 +233,50 @@ def test_a_daemon_serves_a_split_flux_file_with_a_text_encoder_named_on_its_comm
         done = client.run_job(GenerateRequest(**JOB, model=name), timeout=120)
         assert isinstance(done, JobDone), done
         assert done.result.model == name
+
+
+# ------------------------------------------------------------------ GGUF
+
+def test_a_gguf_flux_transformer_loads_quantized_and_its_jobs_reproduce(atelier_home, comfy):
+    from diffusers.quantizers.gguf.utils import GGUFParameter
+    from gguf import GGMLQuantizationType
+
+    store = _store(atelier_home, comfy["tiny-flux"])
+    assert {i.name: i.family for i in store.available()}[GGUF] == families.FLUX
+    generator = DiffusionGenerator(store)
+    quantized = store.use(GGUF)
+    assert quantized.family == families.FLUX
+    weight = quantized.pipe.transformer.transformer_blocks[0].attn.to_q.weight
+    assert isinstance(weight, GGUFParameter) and weight.quant_type == GGMLQuantizationType.Q8_0
+    full = store.use("tiny-flux")
+    sizes = [m.pipe.transformer.get_memory_footprint() for m in (quantized, full)]
+    assert sizes[0] < 0.5 * sizes[1]        # Q8_0: 34 bytes per 32 weights, against 128
+    first = _pixels(generator, model=GGUF)
+    assert first == _pixels(generator, model=GGUF) != _pixels(generator, model=GGUF, seed=8)
+    # 8-bit weights move the picture by about a level at most
+    difference = np.abs(np.frombuffer(first, np.uint8).astype(int)
+                        - np.frombuffer(_pixels(generator, model="tiny-flux"), np.uint8))
+    assert difference.max() <= 2 and difference.mean() < 0.5
+
+
+def test_gguf_files_that_are_not_transformers_are_not_listed_and_refused(atelier_home, tmp_path):
+    import gguf
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "not-really.gguf").write_bytes(b"PK\x03\x04" + bytes(64))
+    writer = gguf.GGUFWriter(str(tmp_path / "unet" / "llm.gguf"), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    store = _store(atelier_home, tmp_path)
+    catalog = store.catalog()
+    assert not [m for m in catalog.models if m.name.endswith(".gguf")]
+    assert [p.path for p in catalog.problems] == [str(tmp_path / "unet" / "not-really.gguf")]
+    for name, code, words in (("unet/llm.gguf", ErrorCode.UNSUPPORTED, "no Flux or SD3"),
+                              ("unet/not-really.gguf", ErrorCode.MODEL_LOAD_FAILED, "GGUF magic")):
+        with pytest.raises(ProtocolError) as err:
+            store.load(name)
+        assert (err.value.code, err.value.field) == (code, "model")
+        assert words in err.value.message

@@ -23,13 +23,14 @@ from protocol.messages import ModelInfo, ModelProblem
 
 from . import families
 from .control_models import kind_of_model
+from .dit_files import file_family
 from .embeddings import EMBEDDINGS_FOLDER, in_embeddings_folder
 from .file_kinds import describe_file, is_ip_adapter, ip_adapter_family, read_header
 from .ip_adapters import IP_ADAPTER_FOLDERS, adapter_name, in_adapter_folder
 from .loras import LORA_FOLDERS
 from .single_file import checkpoint_family
 from .upscalers import UPSCALER_FOLDERS, in_upscaler_folder, upscaler_name
-from .sources import SINGLE_FILE_SUFFIX, TINY_MODELS, ModelRoots, hf_snapshot
+from .sources import GGUF_SUFFIX, SINGLE_FILE_SUFFIX, TINY_MODELS, ModelRoots, hf_snapshot
 
 # ModelInfo.kind of the families that are not checkpoints
 _KIND_OF_FAMILY = {families.CONTROLNET: "controlnet", families.T2I_ADAPTER: "t2i_adapter"}
@@ -116,6 +117,18 @@ def _single_file(root: Path, path: Path, roots: ModelRoots) -> Optional[ModelInf
                      kind=kind_of_family(family))
 
 
+def _gguf_file(root: Path, path: Path, roots: ModelRoots) -> Optional[ModelInfo]:
+    """A GGUF-quantized Flux/SD3 transformer; other GGUF files (text encoders, language
+    models) are not models a job names."""
+    if not roots.holds(path):
+        raise ProtocolError(ErrorCode.MODEL_NOT_FOUND, _OUTSIDE)
+    family = file_family(path)
+    if not families.is_transformer(family):
+        return None
+    return ModelInfo(name=path.relative_to(root).as_posix(), source="single_file",
+                     family=family, path=str(path), kind="checkpoint")
+
+
 def _diffusers_folder(root: Path, folder: Path) -> ModelInfo:
     family = families.family_of_folder(folder)
     return ModelInfo(name=folder.relative_to(root).as_posix(), source="diffusers",
@@ -142,6 +155,9 @@ def _folder_models(root: Path, roots: ModelRoots, start: Path | None = None) -> 
             if file.lower().endswith(SINGLE_FILE_SUFFIX):
                 path = here / file
                 found.add(path, _single_file, root, path, roots)
+            elif file.lower().endswith(GGUF_SUFFIX):
+                path = here / file
+                found.add(path, _gguf_file, root, path, roots)
     return found
 
 

@@ -1,6 +1,6 @@
 """Flux.1 and SD3/SD3.5 as ComfyUI keeps them: the transformer alone in one
-``.safetensors`` file (``models/unet`` or ``models/diffusion_models``; diffusers' tensor
-names or the original Black Forest Labs / Stability ones), its text encoders as files of
+``.safetensors`` or GGUF file (``models/unet`` or ``models/diffusion_models``; diffusers'
+tensor names or the original Black Forest Labs / Stability ones), its text encoders as files of
 their own in ``models/text_encoders`` or ``models/clip`` (``clip_l``, ``t5xxl``, and for
 SD3 ``clip_g``), and its VAE in ``models/vae`` (Flux's ``ae.safetensors``). Or companion
 files the operator named on the daemon's command line, which are tried first.
@@ -36,7 +36,8 @@ from protocol.errors import ErrorCode, ProtocolError
 
 from . import families, flux_keys
 from .file_kinds import TensorHeader, read_header
-from .single_file import CONFIGS, MAX_TOKENS, find_clip_tokenizer
+from .gguf_files import is_gguf, load_gguf_state, quantization, read_gguf_header
+from .single_file import CONFIGS, MAX_TOKENS, checkpoint_family, find_clip_tokenizer
 from .sources import SINGLE_FILE_SUFFIX, ModelRoots, hf_snapshot
 
 TRANSFORMER_FOLDERS = ("unet", "diffusion_models")       # where ComfyUI keeps transformers
@@ -85,6 +86,18 @@ TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.SD3: SD3T
 
 
 # ------------------------------------------------------------------ what a file holds
+
+def transformer_header(path: Path) -> TensorHeader:
+    """The tensor names and shapes of a ``.safetensors`` or GGUF file."""
+    return read_gguf_header(path) if is_gguf(path) else read_header(path)
+
+
+def file_family(path: Path) -> str:
+    """The family of a single file, a GGUF one included (gguf_files.py)."""
+    if is_gguf(path):
+        return families.family_of_checkpoint_keys(transformer_header(path).shapes, None)
+    return checkpoint_family(path)
+
 
 def _shape(header: TensorHeader, *names: str) -> Optional[tuple[int, ...]]:
     """The shape of the first of ``names`` the file holds (with or without a whole
@@ -300,12 +313,16 @@ def _load_encoder(part: Part, file: Path, config: Path, dtype: torch.dtype) -> P
 
 
 def _load_transformer(path: Path, family: str, config: Path, dtype: torch.dtype) -> torch.nn.Module:
-    state = load_file(str(path))
+    """The transformer of a ``.safetensors`` file, or of a GGUF one with its weights kept
+    quantized (diffusers' GGUF layers dequantize them to ``dtype`` as they run)."""
+    gguf = is_gguf(path)
+    state = load_gguf_state(path) if gguf else load_file(str(path))
     if family == families.FLUX and flux_keys.is_original(list(state)):
-        state = flux_keys.to_diffusers(state)
+        state = flux_keys.to_diffusers(state)    # quantized rows split and join as they are
+    extra = {"quantization_config": quantization(dtype)} if gguf else {}
     return TRANSFORMER_CLASSES[family].from_single_file(
         state, config=str(config), subfolder="transformer", torch_dtype=dtype,
-        local_files_only=True)
+        local_files_only=True, **extra)
 
 
 @dataclass(frozen=True)
@@ -321,7 +338,7 @@ def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Pa
                    roots: ModelRoots, tiny_folder: Callable[[str], Path],
                    named: Sequence[Path] = ()) -> DiTFiles:
     """Check a transformer file and find its companions, reading headers only."""
-    header = read_header(path)
+    header = transformer_header(path)
     if any(k.startswith(flux_keys.PREFIX) for k in header.shapes):
         raise ProtocolError(
             ErrorCode.UNSUPPORTED,

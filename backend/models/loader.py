@@ -17,8 +17,9 @@ from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
 from protocol.errors import ErrorCode, ProtocolError
 
 from . import families
-from .dit_files import find_dit_files, prepare_dit_file
-from .single_file import checkpoint_family, load_single_file_controlnet, prepare_single_file
+from .dit_files import file_family, find_dit_files, prepare_dit_file
+from .gguf_files import is_gguf
+from .single_file import load_single_file_controlnet, prepare_single_file
 from .sources import ModelRoots, ModelSource, ensure_tiny, variant_of
 
 
@@ -70,11 +71,16 @@ def prepare_pipeline(source: ModelSource, dtype: torch.dtype, home: Path, hf_cac
     tokenizer files single-file checkpoints need. A Flux or SD3 transformer file finds its
     text encoders and VAE among ``companions`` (files the operator named), then in the
     ComfyUI folders beside it and in ``search_dirs``, inside ``roots`` (dit_files.py)."""
-    if source.kind == "single_file" and families.is_transformer(checkpoint_family(source.path)):
+    family = file_family(source.path) if source.kind == "single_file" else None
+    if family is not None and families.is_transformer(family):
         roots = roots or ModelRoots.of(home, search_dirs, hf_cache)
-        files = find_dit_files(source.path, checkpoint_family(source.path), home, search_dirs,
-                               roots, lambda name: ensure_tiny(name, home / "models"), companions)
+        files = find_dit_files(source.path, family, home, search_dirs, roots,
+                               lambda name: ensure_tiny(name, home / "models"), companions)
         return PreparedLoad(files.family, prepare_dit_file(files, dtype, home, hf_cache))
+    if family is not None and is_gguf(source.path):
+        raise ProtocolError(ErrorCode.UNSUPPORTED,
+                            f"{source.path.name} holds no Flux or SD3 transformer; GGUF files "
+                            f"load only as those", field="model")
     if source.kind == "single_file":
         # Checkpoints exported from the tiny model are described by the tiny folder's configs.
         tiny_config = ensure_tiny("tiny", home / "models")

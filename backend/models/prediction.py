@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .file_kinds import read_header
-from .sources import ModelSource
+from .sources import GGUF_SUFFIX, ModelSource
 
 PredictionType = Literal["epsilon", "v_prediction"]
 _YAML_V = re.compile(r"^\s*parameterization:\s*['\"]?v['\"]?\s*$", re.MULTILINE)
@@ -61,8 +61,9 @@ def single_file_prediction(path: Path) -> Prediction:
 
 def prediction_of(source: ModelSource, scheduler_config: dict[str, Any]) -> Prediction:
     """The model's prediction: a single file's markers, else its scheduler config (which
-    the loaded scheduler already carries; repeated so that every sampler gets it)."""
-    if source.kind == "single_file":
+    the loaded scheduler already carries; repeated so that every sampler gets it). GGUF
+    files are flow-matching transformers: their scheduler says all."""
+    if source.kind == "single_file" and source.path.suffix.lower() != GGUF_SUFFIX:
         return single_file_prediction(source.path)
     kind = scheduler_config.get("prediction_type", "epsilon")
     return Prediction("v_prediction" if kind == "v_prediction" else "epsilon",

@@ -26,6 +26,7 @@ SourceKind = Literal["tiny", "diffusers", "single_file", "hf_cache"]
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SINGLE_FILE_SUFFIX = ".safetensors"
+GGUF_SUFFIX = ".gguf"          # quantized Flux/SD3 transformers (gguf_files.py)
 # owner/name as the hub spells repo ids
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -328,8 +329,8 @@ def _local_source(name: str, real: Path) -> Optional[ModelSource]:
         # The folder loader hands these files to diffusers as they are.
         _check_folder_weights(real)
         return ModelSource(name, "diffusers", real)
-    if stat.S_ISREG(info.st_mode) and SINGLE_FILE_SUFFIX in (Path(name).suffix.lower(),
-                                                             real.suffix.lower()):
+    suffixes = {Path(name).suffix.lower(), real.suffix.lower()}
+    if stat.S_ISREG(info.st_mode) and suffixes & {SINGLE_FILE_SUFFIX, GGUF_SUFFIX}:
         return ModelSource(name, "single_file", real)
     return None
 

@@ -68,3 +68,30 @@ def export_parts(folder: Path, family: str, models: Path) -> dict[str, Path]:
             dest = models / "text_encoders" / f"{part.role}.safetensors"
         written[part.component] = _save(state, dest)
     return written
+
+
+def export_gguf(folder: Path, family: str, dest: Path, naming: Naming = "original") -> Path:
+    """The tiny pipeline ``folder``'s transformer as a GGUF file as city96's converter
+    writes them: 2-D weights whose rows are whole Q8_0 blocks (32 values) quantized to
+    Q8_0, the rest (biases, norms) kept as F32."""
+    import gguf
+    from gguf.quants import quantize
+
+    state = load_file(str(folder / "transformer" / TRANSFORMER_FILE))
+    if naming == "original":
+        state = flux_keys.to_original(state)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(dest), family)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    block = gguf.GGML_QUANT_SIZES[q8][0]
+    for name, tensor in state.items():
+        values = tensor.float().numpy()
+        if values.ndim == 2 and values.shape[1] % block == 0:
+            writer.add_tensor(name, quantize(values, q8), raw_dtype=q8)
+        else:
+            writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dest

@@ -50,7 +50,7 @@ CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "upscale", "re
                 "tiling", "depth", "control",
                 "t2i_adapter", "step_cache", "previews", "png", "raw", "fetch", "cancel", "live",
                 "lora", "embeddings", "sampler_presets", "multi_control", "preprocess", "regions",
-                "reference",
+                "reference", "float32x3",
                 # model families beyond SD1.x/2.x/SDXL (what each cannot do: protocol/families.py)
                 "family:flux", "family:sd3",
                 # control kinds the daemon runs (pose needs a pose ControlNet and a skeleton

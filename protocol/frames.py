@@ -41,15 +41,17 @@ class PixelFormat(enum.IntEnum):
     FLOAT32 = 3    # 4 bytes a pixel, one channel (depth)
     PNG = 4        # a PNG file; width/height in the header must match it
     RGB8 = 5       # 3 bytes a pixel
+    FLOAT32X3 = 6  # 12 bytes a pixel, three floats (exact camera-space normals)
 
     @property
     def bytes_per_pixel(self) -> int | None:
         return {PixelFormat.RGBA8: 4, PixelFormat.GRAY8: 1, PixelFormat.FLOAT32: 4,
-                PixelFormat.RGB8: 3}.get(self)
+                PixelFormat.RGB8: 3, PixelFormat.FLOAT32X3: 12}.get(self)
 
 
 FORMAT_NAMES = {PixelFormat.RGBA8: "rgba8", PixelFormat.GRAY8: "gray8",
-                PixelFormat.FLOAT32: "float32", PixelFormat.PNG: "png", PixelFormat.RGB8: "rgb8"}
+                PixelFormat.FLOAT32: "float32", PixelFormat.PNG: "png", PixelFormat.RGB8: "rgb8",
+                PixelFormat.FLOAT32X3: "float32x3"}
 
 
 @dataclass(frozen=True)

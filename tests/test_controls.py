@@ -448,3 +448,45 @@ def test_the_cli_sends_controls(tmp_path):
     assert [c.image for c in job.controls] == [u.id for u in uploads]
     with pytest.raises(SystemExit):
         _parser().parse_args(["generate", "--control", f"sketch={picture}"])
+
+
+def _normals_frame(normals: np.ndarray) -> ImageFrame:
+    return make_upload(PixelFormat.FLOAT32X3, normals.shape[1], normals.shape[0],
+                       np.ascontiguousarray(normals, "<f4").tobytes())
+
+
+def test_float32x3_normals_reach_the_control_image_exactly():
+    """A FLOAT32X3 normal map (PROTOCOL.md 4.4) is encoded by the daemon as (n + 1) / 2
+    with no rounding: (0, 0, 1) arrives as (0.5, 0.5, 1.0) to float precision, an oblique
+    normal likewise, and no surface (0, 0, 0) stays black; the frame goes over the wire."""
+    from backend.pipelines.controls import job_controls
+    from protocol.frames import decode_frame, encode_frame
+    normals = np.zeros((SIZE, SIZE, 3), np.float32)
+    normals[:, :32] = (0.0, 0.0, 1.0)
+    tilted = np.array([0.3, -0.2, 0.0], np.float32)
+    tilted[2] = np.sqrt(1.0 - tilted[0] ** 2 - tilted[1] ** 2)
+    normals[:, 32:48] = tilted
+    frame = decode_frame(encode_frame(_normals_frame(normals)))
+    assert frame.format == PixelFormat.FLOAT32X3
+    job = GenerateRequest(kind="txt2img", **JOB,
+                          controls=[ControlLayer(kind="normal", image=frame.id)])
+    image = job_controls(job, {frame.id: frame})[0].image
+    back = image * 2.0 - 1.0
+    assert np.abs(back[:, :32] - (0.0, 0.0, 1.0)).max() < 1e-6
+    assert np.abs(back[:, 32:48] - tilted).max() < 1e-6
+    assert (image[:, 48:] == 0.0).all()
+
+
+def test_float32x3_images_are_refused_where_they_do_not_fit():
+    normals = np.zeros((SIZE, SIZE, 3), np.float32)
+    frame = _normals_frame(normals)
+    from backend.pipelines.controls import job_controls
+    for layer, field in ((ControlLayer(kind="canny", image=frame.id), "job.controls[0].image"),
+                         (ControlLayer(kind="normal", image=frame.id, preprocess=True),
+                          "job.controls[0].preprocess")):
+        job = GenerateRequest(kind="txt2img", **JOB, controls=[layer])
+        with pytest.raises(ProtocolError) as caught:
+            job_controls(job, {frame.id: frame})
+        assert caught.value.code == ErrorCode.INVALID_FIELD and caught.value.field == field
+    with pytest.raises(ProtocolError, match="float32x3 2x2 needs 48 bytes"):
+        make_upload(PixelFormat.FLOAT32X3, 2, 2, b"\0" * 16)

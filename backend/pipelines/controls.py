@@ -97,6 +97,8 @@ def plan_layer(layer: ControlLayer, where: str, width: int, height: int,
     field_name = f"{where}.image"
     if layer.kind == "pose" and layer.preprocess:
         raise ProtocolError(ErrorCode.MODEL_NOT_FOUND, POSE_HOW_TO, f"{where}.preprocess")
+    if frame is not None and frame.format == PixelFormat.FLOAT32X3:
+        return planned.with_image(_exact_normals(frame, layer, width, height, field_name))
     if frame is not None and frame.format == PixelFormat.FLOAT32:
         if layer.kind not in ("depth", "normal"):
             raise ProtocolError(ErrorCode.INVALID_FIELD,
@@ -121,6 +123,28 @@ def plan_layer(layer: ControlLayer, where: str, width: int, height: int,
         return PlannedControl(layer.kind, where, layer.model, layer.scale, layer.start,
                               layer.end, estimate=True, source=picture)
     return planned.with_image(BUILT_IN[layer.kind](picture, axes))
+
+
+def _exact_normals(frame: ImageFrame, layer: ControlLayer, width: int, height: int,
+                   field_name: str) -> np.ndarray:
+    """A FLOAT32X3 upload of unit camera-space normals as the control image (H, W, 3) float32,
+    each component n as (n + 1) / 2 (no surface, (0, 0, 0), stays black)."""
+    if layer.kind != "normal":
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            f"a float32x3 image is a normal map; a {layer.kind} control takes "
+                            f"an 8-bit image (or a float32 depth map)", field_name)
+    if layer.preprocess:
+        raise ProtocolError(ErrorCode.INVALID_FIELD,
+                            "a float32x3 normal map is used as it is: preprocess must be false",
+                            f"{field_name.rsplit('.', 1)[0]}.preprocess")
+    normals = np.frombuffer(frame.data, "<f4").reshape(frame.height, frame.width, 3)
+    if not np.isfinite(normals).all():
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "a float32x3 normal map holds a NaN or an "
+                            "infinity", field_name)
+    image = np.where(np.any(normals != 0.0, axis=2, keepdims=True),
+                     (np.clip(normals, -1.0, 1.0) + 1.0) * 0.5, 0.0).astype(np.float32)
+    image = resize(image, width, height)
+    return 1.0 - image if layer.invert else image
 
 
 def _depth_input(layer: ControlLayer) -> DepthInput:

@@ -562,6 +562,8 @@ SAMPLER_PRESET_INFO = {
     "lcm_8": ("lcm", 8, 1.0, "LCM models and LCM-LoRAs"),
     "turbo_1": ("euler_a", 1, 1.0, "SD-Turbo and SDXL-Turbo models"),
     "hyper_8": ("ddim", 8, 1.0, "Hyper-SD 8-step LoRAs"),
+    "schnell_4": ("euler", 4, 0.0, "FLUX.1-schnell models"),
+    "turbo_4": ("euler", 4, 0.0, "SD3.5 Large Turbo models"),
 }
 SAMPLER_PRESET_NONE = "NONE"   # the preset menu's identifier for "no preset"
 SAMPLER_PRESET_HELP = ("A few-step sampling recipe for distilled models and LoRAs (Lightning, "

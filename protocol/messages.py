@@ -26,7 +26,8 @@ DepthConvention = Literal["z", "distance", "normalized"]
 ControlKind = Literal["depth", "normal", "lineart", "scribble", "softedge", "canny", "pose"]
 # Few-step sampling recipes (GenerateRequest.sampler_preset); the daemon lists the ones it
 # knows in ``welcome.sampler_presets``.
-SamplerPreset = Literal["lightning_4", "lightning_8", "lcm_4", "lcm_8", "turbo_1", "hyper_8"]
+SamplerPreset = Literal["lightning_4", "lightning_8", "lcm_4", "lcm_8", "turbo_1", "hyper_8",
+                        "schnell_4", "turbo_4"]
 # What a ``ModelInfo`` is, so clients can fill separate menus.
 ModelKind = Literal["checkpoint", "controlnet", "t2i_adapter", "lora", "embedding", "upscaler",
                    "ip_adapter"]
@@ -49,7 +50,7 @@ CLIENT_KEY_LENGTH = 32      # hex digits of the secret that proves who owns a jo
 JOB_ID_LENGTH = 32          # hex digits of a job id (and an upload id)
 LIVE_NAME_MAX = 64          # characters of a live session's name (Submit.live)
 SAMPLER_PRESETS: tuple[str, ...] = ("lightning_4", "lightning_8", "lcm_4", "lcm_8", "turbo_1",
-                                    "hyper_8")
+                                    "hyper_8", "schnell_4", "turbo_4")
 LORAS_MAX = 8               # LoRAs of one job (GenerateRequest.loras plus inline <lora:...> tags)
 LORA_WEIGHT_MAX = 4.0       # |LoraWeight.weight|
 UPSCALE_FACTOR_MAX = 16.0   # UpscaleSettings.scale

@@ -240,6 +240,14 @@ def test_four_step_presets_without_guidance_run_as_schnell_and_turbo_sample(gene
     assert _rgba(out).tobytes() == _rgba(again).tobytes()
 
 
+@pytest.mark.parametrize("preset", ["schnell_4", "turbo_4"])
+def test_schnell_and_turbo_presets_sample_four_flow_steps_without_guidance(generator, model, preset):
+    out = _run(generator, model=model, sampler_preset=preset)
+    assert (out.params.steps, out.params.guidance, out.params.scheduler) == (4, 0.0, "euler")
+    again = _run(generator, model=model, steps=4, guidance=0.0, scheduler="euler")
+    assert _rgba(out).tobytes() == _rgba(again).tobytes()
+
+
 # ------------------------------------------------------------------ seamless tiling
 
 def test_tiled_jobs_reproduce_and_differ_from_untiled(generator, model):

@@ -12,6 +12,7 @@ Sources of each recipe (the model cards' own diffusers examples):
 - LCM / LCM-LoRA: LCMScheduler, 4-8 steps, guidance 1-2.
 - SDXL-Turbo / SD-Turbo: 1 step, Euler ancestral with trailing spacing, no guidance.
 - Hyper-SD (8-step LoRAs): DDIM with trailing spacing, no guidance.
+- FLUX.1-schnell, SD3.5 Large Turbo: their flow-matching Euler, 4 steps, guidance 0.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ PRESETS: dict[str, SamplerPresetSpec] = {p.name: p for p in (
     SamplerPresetSpec("lcm_8", "lcm", 8, 1.0),
     SamplerPresetSpec("turbo_1", "euler_a", 1, 1.0, TRAILING),
     SamplerPresetSpec("hyper_8", "ddim", 8, 1.0, TRAILING),
+    # FLUX.1-schnell and SD3.5 Large Turbo: flow-matching Euler on the model's own shift
+    SamplerPresetSpec("schnell_4", "euler", 4, 0.0),
+    SamplerPresetSpec("turbo_4", "euler", 4, 0.0),
 )}
 assert tuple(PRESETS) == SAMPLER_PRESETS, "every protocol preset name needs a recipe"
 

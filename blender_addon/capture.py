@@ -38,6 +38,7 @@ class Capture:
     depth: Optional[bytes]
     normal: Optional[bytes] = None
     lines: Optional[bytes] = None
+    normal_vectors: Optional[bytes] = None   # the same normals exact, as FLOAT32X3
 
 
 @contextlib.contextmanager
@@ -100,20 +101,23 @@ def render_camera(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
         view_layer.update()
         view = [list(row) for row in camera.matrix_world.inverted()]
         bpy.ops.render.render(write_still=False, scene=scene.name, layer=view_layer.name)
-        color_bytes = depth_bytes = normal_bytes = lines_bytes = None
+        color_bytes = depth_bytes = normal_bytes = lines_bytes = vector_bytes = None
         if color:
             color_bytes = read_rgba8_file(_written(folder, COLOR_SLOT))
         if depth:
             depth_bytes = pixels.blender_channel_to_float32(
                 _read_float_file(_written(folder, DEPTH_SLOT), width, height), width, height)
         if normal:
-            normal_bytes = control_maps.normal_pass_to_rgba8(
+            vectors = control_maps.normal_pass_vectors(
                 _read_float_file(_written(folder, NORMAL_SLOT), width, height), width, height,
                 view)
+            normal_bytes = control_maps.encode_normals(vectors).tobytes()
+            vector_bytes = control_maps.float32x3_payload(vectors)
         if lines:
             lines_bytes = control_maps.line_pass_to_rgba8(
                 _read_float_file(_written(folder, LINES_SLOT), width, height), width, height)
-    return Capture(width, height, color_bytes, depth_bytes, normal_bytes, lines_bytes)
+    return Capture(width, height, color_bytes, depth_bytes, normal_bytes, lines_bytes,
+                   vector_bytes)
 
 
 @contextlib.contextmanager

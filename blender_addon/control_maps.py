@@ -7,7 +7,7 @@ RGB (128, 128, 255). The view matrix's rotation takes one to the other. A Freest
 pass holds the lines in its alpha; line controls want light lines on a dark ground.
 
 Inputs are Blender's flat float RGBA pixels, bottom row first (``Image.pixels``); outputs are
-RGBA8 frame payloads, top row first.
+RGBA8 frame payloads (or, for exact normals, FLOAT32X3), top row first.
 """
 
 from __future__ import annotations
@@ -67,12 +67,25 @@ def encode_normals(normals: np.ndarray) -> np.ndarray:
     return np.concatenate([rgb, alpha], axis=-1)
 
 
+def normal_pass_vectors(pixels: Sequence[float], width: int, height: int,
+                        view: Sequence[Sequence[float]]) -> np.ndarray:
+    """Blender's Normal pass (world space, flat RGBA bottom-first, as read from an EXR) as
+    unit camera-space normals (H, W, 3) float32, top row first, seen through the camera of
+    ``view``; zeros where no surface is."""
+    return camera_space_normals(_rows(pixels, width, height)[..., :3], view)
+
+
 def normal_pass_to_rgba8(pixels: Sequence[float], width: int, height: int,
                          view: Sequence[Sequence[float]]) -> bytes:
-    """Blender's Normal pass (world space, flat RGBA bottom-first, as read from an EXR) as
-    the RGBA8 payload of a normal control seen through the camera of ``view``."""
-    world = _rows(pixels, width, height)[..., :3]
-    return encode_normals(camera_space_normals(world, view)).tobytes()
+    """The RGBA8 payload of a normal control from Blender's Normal pass (as
+    :func:`normal_pass_vectors`)."""
+    return encode_normals(normal_pass_vectors(pixels, width, height, view)).tobytes()
+
+
+def float32x3_payload(normals: np.ndarray) -> bytes:
+    """Camera-space normals (H, W, 3) as a FLOAT32X3 payload (PROTOCOL.md 2): the vectors
+    themselves, three little-endian floats a pixel, top row first."""
+    return np.ascontiguousarray(normals, dtype="<f4").tobytes()
 
 
 def line_pass_to_rgba8(pixels: Sequence[float], width: int, height: int) -> bytes:

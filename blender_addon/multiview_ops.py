@@ -36,6 +36,7 @@ LENS, SENSOR = 50.0, 36.0           # the placed cameras' (mm)
 INIT_BACKGROUND = 0.5               # grey where the init image knows no colour
 TEXEL_CHUNK = 1 << 17               # texels blended in one step of the pump (~50 ms here)
 RASTER_STEP = 1 << 17               # candidate texels rasterised in one step
+EXACT_NORMALS = "float32x3"         # the daemon's capability: normals sent as floats
 COVERAGE_SAMPLES = 20000            # texels a view's coverage is estimated on, for the order
 VIEW_SOURCES = (("AUTO", "Around the Objects", "Cameras placed on an orbit around the "
                  "selected meshes (plus top and bottom as ticked)"),
@@ -296,8 +297,9 @@ class ViewsRun:
                                           world[:3, 3], depth.astype(np.float64), ortho,
                                           -world[:3, 2])
         surface_object, surface_texel = yield from _surface_steps(self.targets, geometry)
-        return _View(shot.name, passes.pass_uploads(rendered), width, height, surface_object,
-                     surface_texel, geometry)
+        exact = EXACT_NORMALS in self.session.capabilities
+        return _View(shot.name, passes.pass_uploads(rendered, exact_normals=exact), width,
+                     height, surface_object, surface_texel, geometry)
 
     def _seen_from(self, view: _View) -> tuple[Any, np.ndarray]:
         """The texture so far seen from ``view`` (an RGBA8 upload, top row first) and the

@@ -47,12 +47,16 @@ def render_passes(scene: bpy.types.Scene, view_layer: bpy.types.ViewLayer, width
                                  samples=samples)
 
 
-def pass_uploads(shot: capture.Capture) -> PassUploads:
+def pass_uploads(shot: capture.Capture, exact_normals: bool = False) -> PassUploads:
     """The control passes ``shot`` holds as uploads: depth as FLOAT32 (the Z pass), normals
-    and lines as RGBA8 control images."""
+    and lines as RGBA8 control images (with ``exact_normals``, for a daemon that takes
+    them, normals as FLOAT32X3 vectors)."""
     uploads, ids = [], {}
+    normal = (shot.normal_vectors, PixelFormat.FLOAT32X3) \
+        if exact_normals and shot.normal_vectors is not None \
+        else (shot.normal, PixelFormat.RGBA8)
     for kind, data, fmt in (("depth", shot.depth, PixelFormat.FLOAT32),
-                            ("normal", shot.normal, PixelFormat.RGBA8),
+                            ("normal", *normal),
                             ("lineart", shot.lines, PixelFormat.RGBA8)):
         if data is not None:
             frame = make_upload(fmt, shot.width, shot.height, data)

@@ -146,6 +146,34 @@ def test_blender_texture_from_views(host: str, scenario: str, addon_zip: Path, t
     from that view, the front view's normal pass; Cancel leaves nothing behind."""
     _host_command(host)   # a missing host fails (CI) or skips before a daemon starts
     _run_scenario(host, scenario, addon_zip, tmp_path, request.getfixturevalue("daemon").url)
+    if scenario == "views":
+        _exact_passes_reach_the_daemon(tmp_path)
+
+
+def _exact_passes_reach_the_daemon(folder: Path) -> None:
+    """The first view's passes as the add-on sent them (the scenario wrote the frames),
+    decoded and planned as the daemon does: the front face, a plane facing the camera, is
+    the normal (0, 0, 1) to 1e-3 in PROTOCOL.md 4.4's convention; its depth the distance."""
+    import json
+
+    import numpy as np
+
+    from backend.pipelines.controls import job_controls
+    from protocol.frames import PixelFormat, decode_frame
+    from protocol.messages import ControlLayer, GenerateRequest
+    expected = json.loads((folder / "sent_expected.json").read_text())
+    normal = decode_frame((folder / "sent_normal.atf").read_bytes())
+    depth = decode_frame((folder / "sent_depth.atf").read_bytes())
+    assert (normal.format, depth.format) == (PixelFormat.FLOAT32X3, PixelFormat.FLOAT32)
+    size = expected["size"]
+    job = GenerateRequest(kind="txt2img", prompt="p", width=size, height=size, steps=2,
+                          controls=[ControlLayer(kind="normal", image=normal.id)])
+    image = job_controls(job, {normal.id: normal})[0].image   # (n + 1) / 2, floats
+    middle = slice(size // 2 - 8, size // 2 + 8)
+    arrived = image[middle, middle] * 2.0 - 1.0
+    assert np.abs(arrived - (0.0, 0.0, 1.0)).max() < 1e-3, np.abs(arrived - (0, 0, 1)).max()
+    z = np.frombuffer(depth.data, "<f4").reshape(size, size)[middle, middle]
+    assert np.abs(z - expected["depth"]).max() < 1e-3, (z, expected["depth"])
 
 
 @pytest.mark.skipif(not os.environ.get("ATELIER_VIEWS_MEASURE"),

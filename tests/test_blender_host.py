@@ -150,6 +150,13 @@ def test_blender_texture_from_views(host: str, scenario: str, addon_zip: Path, t
         _exact_passes_reach_the_daemon(tmp_path)
 
 
+@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+def test_blender_texture_from_views_settings_saved(host: str, addon_zip: Path,
+                                                   tmp_path: Path) -> None:
+    """Texture from Views' settings come back with the .blend (scenario_views_saved)."""
+    _run_scenario(host, "views_saved", addon_zip, tmp_path, _closed_port_url())
+
+
 def _exact_passes_reach_the_daemon(folder: Path) -> None:
     """The first view's passes as the add-on sent them (the scenario wrote the frames),
     decoded and planned as the daemon does: the front face, a plane facing the camera, is

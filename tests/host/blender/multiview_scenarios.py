@@ -17,7 +17,7 @@ import numpy as np
 
 import harness
 from scenarios import (JOB_TIMEOUT, SIZE, RecordingLayout, Stand, image_rows, new_datablocks,
-                       snapshot)
+                       reopen, snapshot)
 
 TEXTURE = 128
 
@@ -449,5 +449,25 @@ def scenario_views_measure(module, url: str) -> None:
           f"{', '.join(f'{r * 1000:.0f}' for r in renders)} ms")
 
 
-SCENARIOS = {"views": scenario_views, "views_cancel": scenario_views_cancel,
+def scenario_views_saved(module, url: str) -> None:
+    """Texture from Views' settings (views, order, the grazing angle, what counts as seen
+    well, texture size, padding) come back with the .blend."""
+    scene = harness.empty_scene()
+    values = dict(views_from="CAMERAS", orbit_count=7, elevation=-12.5, top=False, bottom=True,
+                  distance=6.5, texture_size=2048, view_order="COVERAGE", max_angle=62.0,
+                  seen_weight=0.8, padding=9, keep_weights=True)
+    defaults = bpy.types.Scene.bl_rna.properties["atelier_views"].fixed_type.bl_rna.properties
+    assert defaults["view_order"].default == "FRONT"
+    for key, value in values.items():   # each differs from its default
+        assert getattr(scene.atelier_views, key) != value, key
+    _views(scene, **values)
+    reopen(os.path.join(os.environ["ATELIER_SCENARIO_DIR"], "views.blend"))
+    props = bpy.context.scene.atelier_views
+    for key, value in values.items():
+        got = getattr(props, key)
+        assert (abs(got - value) < 1e-6) if isinstance(value, float) else got == value, \
+            (key, got, value)
+
+
+SCENARIOS = {"views": scenario_views, "views_saved": scenario_views_saved, "views_cancel": scenario_views_cancel,
              "views_measure": scenario_views_measure}

@@ -280,3 +280,55 @@ def test_gguf_files_that_are_not_transformers_are_not_listed_and_refused(atelier
             store.load(name)
         assert (err.value.code, err.value.field) == (code, "model")
         assert words in err.value.message
+
+
+# ------------------------------------------------------------------ wrong combinations
+
+@pytest.mark.parametrize("keys, metadata, family", [
+    # kohya's Flux names, Black Forest Labs'/ComfyUI's, diffusers' (single blocks)
+    ({"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": (16, 3072)}, {}, "flux"),
+    ({"diffusion_model.single_blocks.0.linear1.lora_A.weight": (16, 3072)}, {}, "flux"),
+    ({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": (16, 3072)}, {}, "flux"),
+    # diffusers' names of a double-blocks-only Flux LoRA: Flux's width tells it from SD3's
+    ({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": (16, 3072)}, {}, "flux"),
+    ({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": (16, 1536),
+      "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight": (16, 1280)},
+     {}, "sd3"),
+    ({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": (16, 1536)}, {}, "sd3"),
+    ({"lora_unet_a.lora_down.weight": (4, 8)}, {"modelspec.architecture": "flux-1-dev/lora"}, "flux"),
+    ({"lora_unet_a.lora_down.weight": (4, 8)}, {"ss_base_model_version": "sd3"}, "sd3"),
+])
+def test_transformer_loras_are_told_from_their_names_widths_or_metadata(keys, metadata, family):
+    from backend.models.file_kinds import is_lora, lora_family
+
+    header = TensorHeader(keys, metadata)
+    assert is_lora(header) and lora_family(header) == family
+
+
+def test_loras_of_another_family_fail_the_job_on_their_field(atelier_home, tmp_path):
+    """A Flux LoRA on an SD1.5 or SDXL model, and an SDXL LoRA on Flux, fail that job on
+    ``loras[0].name``; the catalog lists each LoRA with the family it was made for."""
+    from backend.models.tiny_dit_files import build_tiny_transformer_lora
+    from backend.models.tiny_extras import build_tiny_lora
+    from protocol.messages import LoraWeight
+
+    loras = tmp_path / "models" / "loras"
+    build_tiny_transformer_lora(ensure_tiny("tiny-flux", atelier_home / "models"), families.FLUX,
+                                loras / "flux_style.safetensors")
+    build_tiny_transformer_lora(ensure_tiny("tiny-sd3", atelier_home / "models"), families.SD3,
+                                loras / "sd3_style.safetensors")
+    build_tiny_lora(loras / "xl_style.safetensors", ensure_tiny("tiny-sdxl", atelier_home / "models"))
+    store = _store(atelier_home, tmp_path / "models")
+    listed = {i.name: (i.family, i.kind) for i in store.available() if i.kind == "lora"}
+    assert listed == {"flux_style": ("flux", "lora"), "sd3_style": ("sd3", "lora"),
+                      "xl_style": ("sdxl", "lora")}
+    generator = DiffusionGenerator(store)
+    for model, lora, code, words in (
+            ("tiny", "flux_style", ErrorCode.INVALID_FIELD, "made for flux models"),
+            ("tiny-sdxl", "flux_style", ErrorCode.INVALID_FIELD, "made for flux models"),
+            ("tiny-sdxl", "sd3_style", ErrorCode.INVALID_FIELD, "made for sd3 models"),
+            ("tiny-flux", "xl_style", ErrorCode.UNSUPPORTED, "LoRAs")):
+        with pytest.raises(ProtocolError) as err:
+            _pixels(generator, model=model, loras=[LoraWeight(lora)])
+        assert (err.value.code, err.value.field) == (code, "loras[0].name"), (model, lora)
+        assert words in err.value.message

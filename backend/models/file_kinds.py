@@ -4,7 +4,8 @@ which model family a LoRA, an embedding or an IP-Adapter was made for. Reads onl
 file's header (tensor names, shapes and metadata), never its tensors.
 
 Families come from, in order: kohya's and the model spec's metadata
-(``ss_base_model_version``, ``modelspec.architecture``), names only SDXL files have
+(``ss_base_model_version``, ``modelspec.architecture``), names only Flux or SD3
+transformer LoRAs have, names only SDXL files have
 (a second text encoder, kohya's SGM-layout UNet names), and the width of the text
 embeddings the LoRA's cross-attention or the embedding's vectors take (768 SD1.x, 1024
 SD2.x, 2048 SDXL; the built-in tiny models' 32 and 64).
@@ -33,6 +34,13 @@ CROSS_ATTENTION_WIDTHS = {768: families.SD15, 1024: families.SD2, 2048: families
 TOKEN_WIDTHS = {768: families.SD15, 1024: families.SD2, tiny.TEXT_HIDDEN: families.SD15}
 _LORA_MARKS = ("lora_down", "lora_up", ".lora_A.", ".lora_B.", ".lora.down.", ".lora.up.",
                "lora_linear_layer")
+# Names only diffusion-transformer LoRAs have (kohya's ``lora_unet_double_blocks_...``,
+# Black Forest Labs'/ComfyUI's ``diffusion_model.double_blocks...``, diffusers'
+# ``transformer.single_transformer_blocks...``; SD3's ``joint_blocks``); checked before the
+# SDXL marks, which an SD3 LoRA's ``text_encoder_2.`` would match.
+_FLUX_MARKS = ("double_blocks", "single_blocks", "single_transformer_blocks")
+_SD3_MARKS = ("joint_blocks", "transformer.transformer_blocks.")
+FLUX_WIDTH = 3072            # a Flux.1 block's width: tells a diffusers-named Flux LoRA from SD3's
 _SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks",
                "lora_unet_middle_block")
 # An IP-Adapter file holds its image projection and the cross-attention keys and values
@@ -96,6 +104,10 @@ def _family_from_metadata(metadata: Mapping[str, str]) -> Optional[str]:
     version = metadata.get("ss_base_model_version", "") + " " + \
         metadata.get("modelspec.architecture", "")
     version = version.lower()
+    if "flux" in version:
+        return families.FLUX
+    if "sd3" in version or "stable-diffusion-v3" in version:
+        return families.SD3
     if "xl" in version:
         return families.SDXL
     if "sd_v2" in version or "stable-diffusion-v2" in version:
@@ -110,6 +122,9 @@ def lora_family(header: TensorHeader) -> str:
     from_metadata = _family_from_metadata(header.metadata)
     if from_metadata is not None:
         return from_metadata
+    transformer = _transformer_lora_family(header)
+    if transformer is not None:
+        return transformer
     if any(mark in key for key in header.shapes for mark in _SDXL_MARKS):
         return families.SDXL
     for key, shape in header.shapes.items():
@@ -118,6 +133,18 @@ def lora_family(header: TensorHeader) -> str:
         if "attn2" in key and ("to_k" in key or "to.k" in key) and down and len(shape) == 2:
             return CROSS_ATTENTION_WIDTHS.get(shape[1], families.UNKNOWN)
     return families.UNKNOWN
+
+
+def _transformer_lora_family(header: TensorHeader) -> Optional[str]:
+    """FLUX or SD3 for a LoRA of a diffusion transformer, else None."""
+    if any(mark in key for key in header.shapes for mark in _FLUX_MARKS):
+        return families.FLUX
+    blocks = [shape for key, shape in header.shapes.items() if any(m in key for m in _SD3_MARKS)]
+    if not blocks:
+        return None
+    # Flux LoRAs trained on the double blocks only share SD3's diffusers names; their
+    # down projections take Flux's width.
+    return families.FLUX if any(s[-1] == FLUX_WIDTH for s in blocks if len(s) == 2) else families.SD3
 
 
 def embedding_family(header: TensorHeader) -> str:

@@ -95,3 +95,17 @@ def export_gguf(folder: Path, family: str, dest: Path, naming: Naming = "origina
     writer.write_tensors_to_file()
     writer.close()
     return dest
+
+
+def build_tiny_transformer_lora(folder: Path, family: str, dest: Path, seed: int = 11) -> Path:
+    """A LoRA for the tiny pipeline ``folder``'s transformer (its attention's q, k, v) in
+    diffusers' names (``transformer.<module>.lora_A.weight``), as ``save_lora_weights``
+    writes Flux and SD3 LoRAs."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    from .tiny_extras import _lora_tensors
+
+    cls = FluxTransformer2DModel if family == families.FLUX else SD3Transformer2DModel
+    transformer = cls.from_pretrained(str(folder / "transformer"))
+    tensors = _lora_tensors(transformer, ["to_q", "to_k", "to_v"], seed)
+    return _save({f"transformer.{key}": value for key, value in tensors.items()}, dest)

@@ -2,7 +2,8 @@
 in the GPU benchmark's terms (``benchmarks/generation.py``): TFLOP per step at 1024x1024.
 
 The transformers of FLUX.1-dev, FLUX.1-schnell, SD3 medium, SD3.5 medium and SD3.5 large
-are built from their published configs (below) on the meta device (shapes only, no
+are built from their published configs (the ones shipped in backend/models/configs for
+single-file loading) on the meta device (shapes only, no
 weights, nothing downloaded) and one forward is counted with ``torch.utils.flop_counter``,
 attention on the math kernel so it decomposes into counted matmuls. Batch 1 for Flux (its
 guidance is distilled into the model: one pass per step), batch 2 for SD3 (classifier-free
@@ -25,26 +26,25 @@ from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-_FLUX = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
-             attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-             pooled_projection_dim=768, axes_dims_rope=(16, 56, 56))
-_SD3 = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16,
-            attention_head_dim=64, joint_attention_dim=4096, pooled_projection_dim=2048)
+from backend.models.single_file import CONFIGS
+
+# name -> (config folder shipped for single files, classifier-free guidance batch, text tokens):
+# the published configs are the ones the daemon loads ComfyUI's transformer files with.
+_VARIANTS = {"flux1-dev": ("flux_dev", 1, 512), "flux1-schnell": ("flux_schnell", 1, 256),
+             "sd3-medium": ("sd3_medium", 2, 333), "sd3.5-medium": ("sd35_medium", 2, 333),
+             "sd3.5-large": ("sd35_large", 2, 333)}
+
+
+def _family(folder: str, batch: int, tokens: int) -> tuple[type, dict[str, Any], int, int]:
+    config = json.loads((CONFIGS / folder / "transformer" / "config.json").read_text("utf-8"))
+    cls = FluxTransformer2DModel if config["_class_name"] == "FluxTransformer2DModel" else \
+        SD3Transformer2DModel
+    return cls, {k: v for k, v in config.items() if not k.startswith("_")}, batch, tokens
+
+
 # name -> (transformer class, config, classifier-free guidance batch, text tokens)
 FAMILIES: dict[str, tuple[type, dict[str, Any], int, int]] = {
-    "flux1-dev": (FluxTransformer2DModel, dict(_FLUX, guidance_embeds=True), 1, 512),
-    "flux1-schnell": (FluxTransformer2DModel, dict(_FLUX, guidance_embeds=False), 1, 256),
-    "sd3-medium": (SD3Transformer2DModel, dict(_SD3, num_layers=24, num_attention_heads=24,
-                                               caption_projection_dim=1536,
-                                               pos_embed_max_size=192), 2, 333),
-    "sd3.5-medium": (SD3Transformer2DModel, dict(_SD3, num_layers=24, num_attention_heads=24,
-                                                 caption_projection_dim=1536,
-                                                 pos_embed_max_size=384, qk_norm="rms_norm",
-                                                 dual_attention_layers=tuple(range(13))), 2, 333),
-    "sd3.5-large": (SD3Transformer2DModel, dict(_SD3, num_layers=38, num_attention_heads=38,
-                                                caption_projection_dim=2432,
-                                                pos_embed_max_size=192, qk_norm="rms_norm"), 2, 333),
-}
+    name: _family(*variant) for name, variant in _VARIANTS.items()}
 
 
 def _step_inputs(name: str, model: torch.nn.Module, side: int) -> dict[str, torch.Tensor]:

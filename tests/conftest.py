@@ -93,3 +93,15 @@ def reference_models_dir(atelier_home: Path, tmp_path_factory: pytest.TempPathFa
     build_tiny_image_encoder(folder / "clip_vision" / "tiny-clip-vision.safetensors",
                              single_file=True)
     return folder
+
+
+@pytest.fixture(scope="session")
+def cluster(atelier_home: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One Atelier cluster for the whole session (Ray in this process, 2 worker and 2
+    gateway replicas on fractions of this machine's CPUs), serving ``tiny`` and ``tiny-b``."""
+    from benchmarks.local_cluster import LocalCluster, second_model_dir
+
+    models = second_model_dir(atelier_home, tmp_path_factory.mktemp("cluster-models"))
+    started = LocalCluster(atelier_home, models).start()
+    yield started
+    started.stop()

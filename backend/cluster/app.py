@@ -1,0 +1,83 @@
+"""The cluster as one Serve application, and running it (``atelier cluster serve``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ray import serve
+from ray.serve import Application
+
+from ..limits import ServerLimits
+from ..server import ServerConfig
+from .config import APP_NAME, ClusterConfig
+from .deployments import Gateway, Scheduler, Worker
+
+
+def worker_options(config: ClusterConfig) -> dict[str, Any]:
+    """One replica per GPU; Serve scales between the bounds (a fixed count when equal)."""
+    options: dict[str, Any] = {"ray_actor_options": {"num_gpus": config.worker_gpus,
+                                                     "num_cpus": config.worker_cpus}}
+    if config.min_workers == config.max_workers:
+        options["num_replicas"] = config.min_workers
+    else:
+        options["autoscaling_config"] = {"min_replicas": config.min_workers,
+                                         "max_replicas": config.max_workers,
+                                         "target_ongoing_requests": 1}
+    return options
+
+
+def build_app(config: ClusterConfig) -> Application:
+    small = {"num_cpus": min(config.gateway_cpus, 0.1)}
+    workers = Worker.options(**worker_options(config)).bind(config)
+    scheduler = Scheduler.options(ray_actor_options=small).bind(config, workers)
+    return Gateway.options(num_replicas=config.gateways,
+                           ray_actor_options={"num_cpus": config.gateway_cpus}
+                           ).bind(config, scheduler)
+
+
+def app_builder(args: Mapping[str, Any]) -> Application:
+    """For ``serve run`` / a KubeRay RayService's ``import_path:
+    backend.cluster.app:app_builder``: ``args`` are ClusterConfig fields (``home``,
+    ``models_dirs``, ``host``, ``port``, ``token`` and ``allowed_origins`` included)."""
+    return build_app(config_from(dict(args)))
+
+
+def config_from(values: dict[str, Any]) -> ClusterConfig:
+    server = ServerConfig(host=values.pop("host", "0.0.0.0"), port=int(values.pop("port", 8000)),
+                          token=values.pop("token", None),
+                          allowed_origins=tuple(values.pop("allowed_origins", ())),
+                          limits=ServerLimits(max_queue=int(values.get("max_queue", 256))))
+    if "home" in values:
+        values["home"] = Path(values["home"])
+    values["models_dirs"] = tuple(Path(p) for p in values.get("models_dirs", ()))
+    return ClusterConfig(server=server, **values)
+
+
+def start(config: ClusterConfig, *, address: Optional[str] = None, num_cpus: Optional[float] = None,
+          route_prefix: str = "/") -> float:
+    """Connect to (or, with no address, start) a Ray cluster, start Serve's proxy on the
+    config's host and port and deploy the app; returns the seconds it took."""
+    import ray
+
+    started = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
+                 logging_level="WARNING", log_to_driver=False)
+    serve.start(http_options={"host": config.server.host, "port": config.server.port})
+    serve.run(build_app(config), name=APP_NAME, route_prefix=route_prefix, blocking=False)
+    return time.perf_counter() - started
+
+
+def stop() -> None:
+    import ray
+
+    serve.delete(APP_NAME)
+    serve.shutdown()
+    ray.shutdown()
+
+
+def with_limits(config: ClusterConfig, limits: ServerLimits) -> ClusterConfig:
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, limits=limits))

@@ -1,0 +1,76 @@
+"""How a cluster is laid out: the daemon's settings plus replica counts and sizes, from the
+command line or a TOML file (``atelier cluster serve --config studio.toml``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from ..limits import ServerLimits
+from ..server import ServerConfig
+
+APP_NAME = "atelier"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)   # the proxy's address and rules
+    model: str = "tiny"                 # the default model every worker loads at start
+    device: str = "auto"
+    dtype: str = "auto"
+    home: Path = Path.home() / ".cache" / "atelier"
+    models_dirs: tuple[Path, ...] = ()
+    resident_bytes: int = 8 * 2 ** 30
+    low_memory: bool = False
+    compile: str = "auto"
+    min_workers: int = 1                # worker replicas: one per GPU
+    max_workers: int = 1
+    gateways: int = 2                   # gateway replicas behind Ray's proxy
+    worker_gpus: float = 1.0            # per worker replica; 0 on a CPU-only cluster
+    worker_cpus: float = 1.0
+    gateway_cpus: float = 0.5
+    models_per_worker: int = 2          # models a worker counts as holding, for routing
+    spill_after: int = 2                # queued jobs per holder before a model loads elsewhere
+    max_queue: int = 256                # jobs queued cluster-wide
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_workers <= self.max_workers:
+            raise ValueError(f"worker replicas: need 1 <= min ({self.min_workers}) <= max "
+                             f"({self.max_workers})")
+        if self.gateways < 1:
+            raise ValueError(f"gateways must be 1 or more, got {self.gateways}")
+        if self.models_per_worker < 1:
+            raise ValueError(f"models_per_worker must be 1 or more, got {self.models_per_worker}")
+
+    @property
+    def limits(self) -> ServerLimits:
+        return self.server.limits
+
+
+# TOML keys of the [cluster] table -> ClusterConfig fields
+_FILE_KEYS = {"min_workers", "max_workers", "gateways", "worker_gpus", "worker_cpus",
+              "gateway_cpus", "models_per_worker", "spill_after", "max_queue", "model",
+              "device", "dtype"}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The ``[cluster]`` table of a TOML file, checked against the known keys."""
+    import tomllib
+
+    with open(path, "rb") as f:
+        table = tomllib.load(f).get("cluster", {})
+    unknown = set(table) - _FILE_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown [cluster] keys {sorted(unknown)}; known: "
+                         f"{', '.join(sorted(_FILE_KEYS))}")
+    return dict(table)
+
+
+def with_overrides(config: ClusterConfig, values: Mapping[str, Any]) -> ClusterConfig:
+    return dataclasses.replace(config, **{k: v for k, v in values.items() if v is not None})
+
+
+def effective_server(config: ClusterConfig, token: Optional[str]) -> ServerConfig:
+    return dataclasses.replace(config.server, token=token)

@@ -1,0 +1,107 @@
+"""Load time and peak memory of the tiny Flux and SD3 models in each layout users keep
+them in (issue 18): the diffusers folder, ComfyUI's split files (transformer in diffusers'
+names or, for Flux, Black Forest Labs' original ones, with text encoders and VAE beside
+it) and, for Flux, a Q8_0 GGUF transformer. Each load runs in a fresh process: its
+figures are the seconds ``ModelStore.load`` takes and how far it raises the process's
+peak resident memory (VmHWM), then one 64x64 4-step txt2img job's seconds.
+
+    python -m benchmarks.dit_layouts [--json out/dit_layouts.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parents[1]
+# (tiny model, layout, name the store loads relative to the models folder)
+LAYOUTS = [("tiny-flux", "diffusers folder", "tiny-flux"),
+           ("tiny-flux", "split, diffusers names", "unet/flux.safetensors"),
+           ("tiny-flux", "split, original names", "diffusion_models/flux-bfl.safetensors"),
+           ("tiny-flux", "split, GGUF Q8_0", "unet/flux-Q8_0.gguf"),
+           ("tiny-sd3", "diffusers folder", "tiny-sd3"),
+           ("tiny-sd3", "split, diffusers names", "diffusion_models/sd3.safetensors")]
+
+_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+import torch
+from backend.models.store import ModelStore
+from backend.pipelines.generator import DiffusionGenerator
+from protocol.messages import GenerateRequest
+
+def peak_kb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+home, models, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+store = ModelStore("cpu", torch.float32, home, search_dirs=[models], hf_cache=home / "none")
+before = peak_kb()
+started = time.perf_counter()
+store.load(name)
+load_s = time.perf_counter() - started
+after_load = peak_kb()
+job = GenerateRequest(prompt="a stone wall", width=64, height=64, steps=4, guidance=3.5, seed=1)
+started = time.perf_counter()
+DiffusionGenerator(store).generate(job, {}, lambda *_: None, lambda: False)
+print(json.dumps({"load_s": load_s, "load_peak_mb": (after_load - before) / 1024,
+                  "job_s": time.perf_counter() - started,
+                  "job_peak_mb": (peak_kb() - before) / 1024}))
+"""
+
+
+def build_files(home: Path, models: Path) -> None:
+    """The tiny models' split files and GGUF in ``models/flux`` and ``models/sd3``: one
+    ComfyUI models folder per family, since their tiny text encoders share file names."""
+    from backend.models import families
+    from backend.models.sources import ensure_tiny
+    from backend.models.tiny_dit_files import export_gguf, export_parts, export_transformer
+
+    flux = ensure_tiny("tiny-flux", home / "models")
+    sd3 = ensure_tiny("tiny-sd3", home / "models")
+    export_transformer(flux, families.FLUX, models / "flux" / "unet" / "flux.safetensors")
+    export_transformer(flux, families.FLUX, models / "flux" / "diffusion_models" / "flux-bfl.safetensors",
+                       "original")
+    export_gguf(flux, families.FLUX, models / "flux" / "unet" / "flux-Q8_0.gguf")
+    export_parts(flux, families.FLUX, models / "flux")
+    export_transformer(sd3, families.SD3, models / "sd3" / "diffusion_models" / "sd3.safetensors")
+    export_parts(sd3, families.SD3, models / "sd3")
+
+
+def measure(home: Path, models: Path) -> list[dict]:
+    rows = []
+    for tiny, layout, name in LAYOUTS:
+        folder = models / ("flux" if tiny == "tiny-flux" else "sd3")
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(home), str(folder), name],
+                             cwd=REPO, capture_output=True, text=True, check=True)
+        figures = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append({"model": tiny, "layout": layout, **figures})
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="atelier-dit-layouts-") as scratch:
+        home, models = Path(scratch) / "home", Path(scratch) / "models"
+        build_files(home, models)
+        rows = measure(home, models)
+    for row in rows:
+        print(f"  {row['model']:10s} {row['layout']:24s} load {row['load_s']:.2f} s "
+              f"(+{row['load_peak_mb']:.0f} MB peak)  job {row['job_s']:.2f} s "
+              f"(+{row['job_peak_mb']:.0f} MB peak)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -89,17 +89,21 @@ def test_flux_original_names_round_trip_and_agree_with_diffusers_converter(ateli
         {k: v.shape for k, v in full.state_dict().items()}
 
 
-@pytest.mark.parametrize("variant, cls", [
-    ("flux_dev", FluxTransformer2DModel), ("flux_schnell", FluxTransformer2DModel),
-    ("sd3_medium", SD3Transformer2DModel), ("sd35_medium", SD3Transformer2DModel),
-    ("sd35_large", SD3Transformer2DModel)])
-def test_full_size_transformer_files_pick_their_shipped_config(variant, cls, tmp_path):
+@pytest.mark.parametrize("variant, cls, billions", [
+    ("flux_dev", FluxTransformer2DModel, (11.8, 12.0)),
+    ("flux_schnell", FluxTransformer2DModel, (11.8, 12.0)),
+    ("sd3_medium", SD3Transformer2DModel, (2.0, 2.1)),
+    ("sd35_medium", SD3Transformer2DModel, (2.2, 2.5)),
+    ("sd35_large", SD3Transformer2DModel, (8.0, 8.2))])
+def test_full_size_transformer_files_pick_their_shipped_config(variant, cls, billions, tmp_path):
     """A header shaped like each published transformer (built on the meta device from the
-    shipped config) picks that config, in diffusers' names and for Flux in the original
-    ones too."""
+    shipped config, with the published parameter count) picks that config, in diffusers'
+    names and for Flux in the original ones too."""
     config = cls.load_config(str(CONFIGS / variant), subfolder="transformer")
     with torch.device("meta"):
         model = cls.from_config(config)
+    low, high = billions
+    assert low < sum(p.numel() for p in model.parameters()) / 1e9 < high
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     family = families.FLUX if cls is FluxTransformer2DModel else families.SD3
     headers = [shapes]
@@ -111,6 +115,19 @@ def test_full_size_transformer_files_pick_their_shipped_config(variant, cls, tmp
         never = lambda name: pytest.fail(f"a full-size file asked for {name}")  # noqa: E731
         picked = config_folder(tmp_path / "x.safetensors", family, TensorHeader(header, {}), never)
         assert picked == CONFIGS / variant
+
+
+def test_shipped_text_encoder_configs_are_the_published_models():
+    """CLIP-L 123 M, CLIP-G 695 M and T5-XXL's encoder 4.76 B parameters (meta device)."""
+    from transformers import AutoConfig, CLIPTextModelWithProjection, T5EncoderModel
+
+    for folder, cls, (low, high) in (
+            ("sd35_large/text_encoder", CLIPTextModelWithProjection, (0.12, 0.13)),
+            ("sd35_large/text_encoder_2", CLIPTextModelWithProjection, (0.69, 0.70)),
+            ("flux_dev/text_encoder_2", T5EncoderModel, (4.7, 4.8))):
+        with torch.device("meta"):
+            model = cls(AutoConfig.from_pretrained(str(CONFIGS / folder)))
+        assert low < sum(p.numel() for p in model.parameters()) / 1e9 < high, folder
 
 
 # ------------------------------------------------------------------ loading and jobs

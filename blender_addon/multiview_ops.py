@@ -34,8 +34,8 @@ SMART_UV_NAME = "Atelier Views UV"
 WEIGHTS_PREFIX = "Atelier Weights"
 LENS, SENSOR = 50.0, 36.0           # the placed cameras' (mm)
 INIT_BACKGROUND = 0.5               # grey where the init image knows no colour
-TEXEL_CHUNK = 1 << 17               # texels blended in one step of the pump (~50 ms here)
-RASTER_STEP = 1 << 17               # candidate texels rasterised in one step
+TEXEL_CHUNK = 1 << 16               # texels blended in one step of the pump (~25 ms here)
+RASTER_STEP = 1 << 16               # candidate texels rasterised in one step
 EXACT_NORMALS = "float32x3"         # the daemon's capability: normals sent as floats
 COVERAGE_SAMPLES = 20000            # texels a view's coverage is estimated on, for the order
 VIEW_SOURCES = (("AUTO", "Around the Objects", "Cameras placed on an orbit around the "
@@ -133,6 +133,18 @@ class _Shot:
 
 
 @dataclass(frozen=True)
+class StepTime:
+    """One step of a run on Blender's main thread: its wall and CPU seconds (the CPU's
+    are the step's own work; the wall's also any time the machine gave the thread none),
+    where it paused ('function:line'), for which view, and when it began (perf_counter)."""
+    seconds: float
+    cpu: float
+    where: str
+    view: Any
+    began: float
+
+
+@dataclass(frozen=True)
 class _Mesh:
     """An object to texture as gathered on the press: its UV map and triangles."""
     name: str
@@ -168,7 +180,7 @@ class ViewsRun:
     jobs: list[Job] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)    # per view: seconds spent where
     made: list[str] = field(default_factory=list)        # images the run kept
-    steps: list[tuple] = field(default_factory=list)     # each step's (seconds, where)
+    steps: list["StepTime"] = field(default_factory=list)
     _sent_at: float = 0.0
     _reruns: dict = field(default_factory=dict)            # id(job) -> the view it re-runs
 
@@ -194,16 +206,18 @@ class ViewsRun:
         return job
 
     def _timed(self, steps: Iterator[None], view: Any) -> Iterator[None]:
-        """``steps``, each timed into ``steps``: what the main thread was held for, where
-        the step ended (function and line) and for which ``view``."""
+        """``steps``, each timed into ``steps`` (for ``view``)."""
         while True:
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.thread_time()
             try:
                 next(steps)
+                where = _paused_at(steps)
             except StopIteration:
-                self.steps.append((time.perf_counter() - began, "end", view))
+                where = f"{steps.gi_code.co_name}:end"
+            self.steps.append(StepTime(time.perf_counter() - began, time.thread_time() - cpu,
+                                       where, view, began))
+            if where.endswith(":end"):
                 return
-            self.steps.append((time.perf_counter() - began, _paused_at(steps), view))
             yield
 
     def _making(self, job: Job, index: int) -> Iterator[None]:
@@ -358,16 +372,16 @@ class ViewsRun:
         else:
             self._send(index + 1)
         self.timings.append({"view": self.views[index].name, "daemon_s": daemon,
-                             "blender_s": sum(step[0] for step in self.steps
-                                              if step[2] == index)})
+                             "blender_s": sum(step.seconds for step in self.steps
+                                              if step.view == index)})
 
     def _texture(self, target: _Target) -> Generator[None, None, np.ndarray]:
         """The object's blended texture (S, S, RGBA floats) flat, in steps: alpha 1 where
         a view saw it, the islands padded into the space outside the UV layout."""
         count = len(target.positions)
         inside = np.zeros((count, 4), np.float32)
-        for first in range(0, count, TEXEL_CHUNK * 2):
-            part = slice(first, first + TEXEL_CHUNK * 2)
+        for first in range(0, count, TEXEL_CHUNK):
+            part = slice(first, first + TEXEL_CHUNK)
             colors, covered = multiview.blend(target.color_sum[part], target.weight_sum[part])
             inside[part, :3], inside[part, 3] = colors, covered
             yield
@@ -380,7 +394,7 @@ class ViewsRun:
             texture[first:first + band][here] = inside[numbers[here]]
             full[first:first + band][here] = inside[numbers[here], 3] > 0
             yield
-        texture, _ = yield from projection.padding_steps(texture, full, self.padding)
+        yield from projection.padding_steps(texture, full.copy(), self.padding, copy=False)
         texture[target.inside & ~full] = 0.0   # padding grows into the empty UV space only
         yield
         return texture.reshape(-1)

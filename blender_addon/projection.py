@@ -231,7 +231,7 @@ def pad_islands(values: np.ndarray, covered: np.ndarray,
                 steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Grow the covered texels of ``values`` (H, W, C) by ``steps`` texels (UV padding, so
     mip-mapping pulls no empty background into islands); (values, covered) copies."""
-    growing = padding_steps(values, covered, steps)
+    growing = _dilate(np.array(values, dtype=np.float32), np.array(covered, dtype=bool), steps)
     while True:
         try:
             next(growing)
@@ -239,12 +239,18 @@ def pad_islands(values: np.ndarray, covered: np.ndarray,
             return done.value
 
 
-def padding_steps(values: np.ndarray, covered: np.ndarray,
-                  steps: int) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
+def padding_steps(values: np.ndarray, covered: np.ndarray, steps: int, copy: bool = True
+                  ) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
     """:func:`pad_islands` a step at a time (it yields after each ring of texels it adds,
-    for callers that must not hold a thread long); returns (values, covered)."""
-    return (yield from _dilate(np.asarray(values, dtype=np.float32),
-                               np.asarray(covered, dtype=bool), steps))
+    for callers that must not hold a thread long); returns (values, covered). ``copy``
+    False grows float32 ``values`` and ``covered`` in place (a 2k texture's copy alone
+    holds the thread for tens of ms)."""
+    values = np.asarray(values, dtype=np.float32)
+    covered = np.asarray(covered, dtype=bool)
+    if copy:
+        values, covered = values.copy(), covered.copy()
+        yield
+    return (yield from _dilate(values, covered, steps))
 
 
 def _rasterize(tri: np.ndarray, suv: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -290,11 +296,11 @@ def _dilate(values: np.ndarray, covered: np.ndarray,
     """Grow covered regions by ``steps`` texels, each new texel the mean of covered neighbours.
 
     Only the ring of texels each step adds is computed (a 2k texture's full-array dilation
-    took about a second a step here)."""
-    values, covered = values.copy(), covered.copy()
+    took about a second a step here). Grows ``values`` and ``covered`` in place; yields
+    before each ring."""
     h, w = covered.shape
     for _ in range(steps):
-        yield   # (the first after the copies: tens of ms for a 2k texture)
+        yield
         grown = covered.copy()
         grown[1:] |= covered[:-1]
         grown[:-1] |= covered[1:]

@@ -198,6 +198,22 @@ def test_blender_texture_from_views_figures(host: str, addon_zip: Path, tmp_path
     print("\n".join(line for line in output.splitlines() if line.startswith("MEASURE")))
 
 
+@pytest.mark.skipif(not os.environ.get("ATELIER_VIEWS_MEASURE"),
+                    reason="figures, not a test: set ATELIER_VIEWS_MEASURE=1")
+def test_blender_window_texture_from_views_figures(addon_zip: Path, tmp_path: Path,
+                                                   daemon) -> None:
+    """Texture from Views clicked in Blender 3.4's window (window.py views_steps): how long
+    the main thread was held at a time, run on the add-on's own timer (run with -s)."""
+    blender, xvfb = shutil.which("blender"), shutil.which("xvfb-run")
+    if blender is None or xvfb is None:
+        _missing("blender and xvfb-run are needed (apt-get install blender xvfb)")
+    proc = _run([xvfb, "-a", blender, "--factory-startup", "--python", str(WINDOW), "--",
+                 "--zip", str(addon_zip), "--url", daemon.url, "--scenario", "views"], tmp_path)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "SCENARIO views PASSED" in output, output
+    print("\n".join(line for line in output.splitlines() if line.startswith("VIEWS WINDOW")))
+
+
 def test_blender_window_reports_and_timers(addon_zip: Path, tmp_path: Path, daemon) -> None:
     """Blender 3.4 with a window under Xvfb: buttons report the daemon's answers and results
     arrive through the add-on's own timer (no test pumping)."""

@@ -200,16 +200,19 @@ def test_padding_steps_yield_a_step_per_ring_and_match_pad_islands() -> None:
     values = np.zeros((9, 9, 1), np.float32)
     covered = np.zeros((9, 9), bool)
     values[4, 4], covered[4, 4] = 1.0, True
-    steps = projection.padding_steps(values, covered, 3)
-    count = 0
-    while True:
-        try:
-            next(steps)
-            count += 1
-        except StopIteration as done:
-            stepped = done.value
-            break
-    assert count == 3
     padded, grown = projection.pad_islands(values, covered, 3)
-    assert np.array_equal(stepped[0], padded) and np.array_equal(stepped[1], grown)
-    assert grown.sum() == 25    # a diamond of radius 3
+    assert grown.sum() == 25 and covered.sum() == 1    # a diamond of radius 3; a copy
+    for copy, yields in ((True, 4), (False, 3)):       # (the copies are a step of their own)
+        mine_values, mine_covered = values.copy(), covered.copy()
+        steps = projection.padding_steps(mine_values, mine_covered, 3, copy=copy)
+        count = 0
+        while True:
+            try:
+                next(steps)
+                count += 1
+            except StopIteration as done:
+                stepped = done.value
+                break
+        assert count == yields
+        assert np.array_equal(stepped[0], padded) and np.array_equal(stepped[1], grown)
+        assert (stepped[0] is mine_values) != copy and (mine_covered.sum() == 25) != copy

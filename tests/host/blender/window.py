@@ -433,6 +433,84 @@ def live_steps(module, url: str) -> Iterator[float]:
     print("SCENARIO live PASSED on Blender", bpy.app.version_string)
 
 
+class _CpuBeats(MainThreadMeter):
+    """Heartbeats with the main thread's CPU time: a gap with little of it is the process
+    kept off a CPU (or waiting), not the main thread working."""
+
+    def _beat(self) -> float | None:
+        if not self._running:
+            return None
+        self.beats.append((time.perf_counter(), time.thread_time()))
+        return HEARTBEAT
+
+    def stop(self) -> None:
+        self._running = False
+        for space_type, handler, region in self._handlers:
+            space_type.draw_handler_remove(handler, region)
+
+
+def views_steps(module, url: str) -> Iterator[float]:
+    """Texture from Views clicked in a window, a smooth UV sphere from 6 views of
+    ATELIER_VIEWS_SIZE px (256) into an ATELIER_VIEWS_TEXTURE (2048) texture, everything on
+    the add-on's own timer: the heartbeats say how long Blender's main thread was held at a
+    time (its drawing included), the run's steps how long the add-on held it."""
+    session = harness.session(module)
+    scene = harness.empty_scene()
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=32, ring_count=16)
+    ball = bpy.context.active_object
+    bpy.ops.object.shade_smooth()
+    harness.select_only([ball])
+    side = int(os.environ.get("ATELIER_VIEWS_SIZE", "256"))
+    texture = int(os.environ.get("ATELIER_VIEWS_TEXTURE", "2048"))
+    harness.settings(scene, prompt="marble ball", steps=4, width=side, height=side,
+                     random_seed=False, seed=4)
+    props = scene.atelier_views
+    props.orbit_count, props.elevation, props.top, props.bottom = 4, 15.0, True, True
+    props.texture_size = texture
+    for _ in range(10):
+        yield 0.1                  # the first draws
+    meter = MainThreadMeter()
+    meter.start()
+    for _ in range(10):
+        yield 0.1                  # idle, for the baseline
+    idle = np.diff(np.array(meter.beats))
+    meter.stop()
+    meter = _CpuBeats()
+    meter.start()
+    started = time.perf_counter()
+    assert _click(bpy.ops.atelier.texture_from_views) == {"FINISHED"}
+    run = session.jobs[-1].finish.__self__
+    yield from _wait(lambda: len(run.jobs) == 6 and run.jobs[-1].state.finished,
+                     "the six views")
+    seconds = time.perf_counter() - started
+    meter.stop()
+    assert [job.state.name for job in run.jobs] == ["DONE"] * 6, \
+        [job.progress_text for job in run.jobs]
+    beats = np.array(meter.beats)
+    gaps = np.diff(beats[:, 0]) - HEARTBEAT
+    cpu = np.diff(beats[:, 1])
+    steps = sorted((step.seconds, step.where) for step in run.steps)
+    step_cpu = sorted(step.cpu for step in run.steps)
+    for gap in np.argsort(gaps)[-6:]:
+        ours = [(step.seconds, step.where) for step in run.steps
+                if beats[gap, 0] <= step.began < beats[gap + 1, 0]]
+        print(f"VIEWS WINDOW gap {gaps[gap] * 1000:.0f} ms: main thread CPU "
+              f"{cpu[gap] * 1000:.0f} ms, the add-on's steps in it "
+              f"{sum(s for s, _ in ours) * 1000:.0f} ms {[w for _, w in ours][:3]}")
+    print(f"VIEWS WINDOW {len(run.views)} views of {side}px into {texture}px in "
+          f"{seconds:.2f} s on the add-on's timer: heartbeat gaps (main thread held) longest "
+          f"{', '.join(f'{g * 1000:.0f}' for g in sorted(gaps)[-6:])} ms, over 100 ms "
+          f"{int((gaps > 0.1).sum())} of {len(gaps)} (idle longest "
+          f"{(idle.max() - HEARTBEAT) * 1000:.0f} ms); the add-on's steps longest "
+          f"{', '.join(f'{p * 1000:.0f} ({w})' for p, w in steps[-4:])} ms of "
+          f"{len(steps)} (CPU longest {', '.join(f'{c * 1000:.0f}' for c in step_cpu[-4:])} "
+          f"ms)")
+    for t in run.timings:
+        print(f"VIEWS WINDOW {t['view']}: daemon {t['daemon_s']:.2f} s, Blender "
+              f"{t['blender_s']:.3f} s")
+    print("SCENARIO views PASSED on Blender", bpy.app.version_string)
+
+
 def _live_init(live) -> np.ndarray:
     _, request, uploads = live.last_sent
     frame = next(f for f in uploads if f.id == request.init_image)
@@ -444,7 +522,8 @@ def main() -> Iterator[float | None]:
     args = harness.parse_args()
     module = harness.install_and_enable(args.zip, args.url)
     return {"window": steps, "view": view_steps,
-            "redraws": redraw_steps, "live": live_steps}[args.scenario](module, args.url)
+            "redraws": redraw_steps, "live": live_steps,
+            "views": views_steps}[args.scenario](module, args.url)
 
 
 harness.run_windowed(main)

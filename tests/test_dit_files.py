@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
-from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+from diffusers.loaders.single_file_utils import (convert_flux_transformer_checkpoint_to_diffusers,
+                                                 convert_sd3_transformer_checkpoint_to_diffusers)
 from safetensors.torch import load_file
 
-from backend.models import families, flux_keys
+from backend.models import dit_keys, families
 from backend.models.dit_files import config_folder
 from backend.models.file_kinds import TensorHeader
 from backend.models.single_file import CONFIGS
@@ -35,7 +36,8 @@ JOB = dict(prompt="a red stone wall", width=64, height=64, steps=2, guidance=3.5
 # (tiny model, file name the job names, naming)
 LAYOUTS = [("tiny-flux", "unet/flux-tiny.safetensors", "diffusers"),
            ("tiny-flux", "diffusion_models/flux-tiny-bfl.safetensors", "original"),
-           ("tiny-sd3", "diffusion_models/sd3-tiny.safetensors", "diffusers")]
+           ("tiny-sd3", "diffusion_models/sd3-tiny.safetensors", "diffusers"),
+           ("tiny-sd3", "unet/sd3-tiny-sai.safetensors", "original")]
 GGUF = "unet/flux-tiny-Q8_0.gguf"     # city96's layout: BFL names, Q8_0 weights
 COMPONENTS = {families.FLUX: ("transformer", "vae", "text_encoder", "text_encoder_2"),
               families.SD3: ("transformer", "vae", "text_encoder", "text_encoder_2",
@@ -71,22 +73,32 @@ def _pixels(generator: DiffusionGenerator, **job) -> bytes:
 
 # ------------------------------------------------------------------ tensor names
 
-def test_flux_original_names_round_trip_and_agree_with_diffusers_converter(atelier_home):
-    folder = ensure_tiny("tiny-flux", atelier_home / "models")
+@pytest.mark.parametrize("family, tiny, full, converter", [
+    (families.FLUX, "tiny-flux", lambda: FluxTransformer2DModel(
+        num_layers=1, num_single_layers=1, guidance_embeds=True),
+     convert_flux_transformer_checkpoint_to_diffusers),
+    # SD3.5 medium's shape: RMS q/k norms and a second attention in the first block
+    (families.SD3, "tiny-sd3", lambda: SD3Transformer2DModel(
+        num_layers=2, num_attention_heads=24, caption_projection_dim=1536,
+        qk_norm="rms_norm", dual_attention_layers=(0,), pos_embed_max_size=96),
+     convert_sd3_transformer_checkpoint_to_diffusers)])
+def test_original_names_round_trip_and_agree_with_diffusers_converters(
+        atelier_home, family, tiny, full, converter):
+    folder = ensure_tiny(tiny, atelier_home / "models")
     state = load_file(str(folder / "transformer" / TRANSFORMER_FILE))
-    original = flux_keys.to_original(state)
-    assert flux_keys.is_original(list(original)) and not flux_keys.is_original(list(state))
-    back = flux_keys.to_diffusers(original)
+    original = dit_keys.to_original(family, state)
+    assert dit_keys.is_original(list(original)) and not dit_keys.is_original(list(state))
+    back = dit_keys.to_diffusers(family, original)
     assert set(back) == set(state) and all(back[k].equal(state[k]) for k in state)
-    # At full width (which diffusers' own converter assumes) both converters give the same
-    # names and shapes; on the meta device, so nothing is allocated.
+    # At full width (which diffusers' Flux converter assumes) both converters give the
+    # same names and shapes; on the meta device, so nothing is allocated.
     with torch.device("meta"):
-        full = FluxTransformer2DModel(num_layers=1, num_single_layers=1, guidance_embeds=True)
-    full_original = flux_keys.to_original(full.state_dict())
-    theirs = convert_flux_transformer_checkpoint_to_diffusers(dict(full_original))
-    ours = flux_keys.to_diffusers(full_original)
+        model = full()
+    full_original = dit_keys.to_original(family, model.state_dict())
+    theirs = converter(dict(full_original))
+    ours = dit_keys.to_diffusers(family, full_original)
     assert {k: v.shape for k, v in theirs.items()} == {k: v.shape for k, v in ours.items()} == \
-        {k: v.shape for k, v in full.state_dict().items()}
+        {k: v.shape for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("variant, cls, billions", [
@@ -98,7 +110,7 @@ def test_flux_original_names_round_trip_and_agree_with_diffusers_converter(ateli
 def test_full_size_transformer_files_pick_their_shipped_config(variant, cls, billions, tmp_path):
     """A header shaped like each published transformer (built on the meta device from the
     shipped config, with the published parameter count) picks that config, in diffusers'
-    names and for Flux in the original ones too."""
+    names and in the original ones."""
     config = cls.load_config(str(CONFIGS / variant), subfolder="transformer")
     with torch.device("meta"):
         model = cls.from_config(config)
@@ -106,10 +118,8 @@ def test_full_size_transformer_files_pick_their_shipped_config(variant, cls, bil
     assert low < sum(p.numel() for p in model.parameters()) / 1e9 < high
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     family = families.FLUX if cls is FluxTransformer2DModel else families.SD3
-    headers = [shapes]
-    if family == families.FLUX:
-        headers.append({k: tuple(v.shape) for k, v in
-                        flux_keys.to_original(model.state_dict()).items()})
+    headers = [shapes, {k: tuple(v.shape) for k, v in
+                        dit_keys.to_original(family, model.state_dict()).items()}]
     for header in headers:
         assert families.family_of_checkpoint_keys(header, None) == family
         never = lambda name: pytest.fail(f"a full-size file asked for {name}")  # noqa: E731
@@ -196,8 +206,8 @@ def test_clip_l_and_clip_g_of_the_same_shape_are_told_apart_by_name(atelier_home
 def test_a_whole_checkpoint_is_refused_saying_how_to_lay_the_files_out(atelier_home, tmp_path):
     from safetensors.torch import save_file
 
-    save_file({f"{flux_keys.PREFIX}double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2),
-               f"{flux_keys.PREFIX}img_in.weight": torch.zeros(3072, 64)},
+    save_file({f"{dit_keys.PREFIX}double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2),
+               f"{dit_keys.PREFIX}img_in.weight": torch.zeros(3072, 64)},
               str(tmp_path / "flux-all-in-one.safetensors"))
     store = _store(atelier_home, tmp_path)
     with pytest.raises(ProtocolError) as err:

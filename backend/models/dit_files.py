@@ -34,7 +34,7 @@ from transformers import (CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeni
 
 from protocol.errors import ErrorCode, ProtocolError
 
-from . import families, flux_keys
+from . import dit_keys, families
 from .file_kinds import TensorHeader, read_header
 from .gguf_files import is_gguf, load_gguf_state, quantization, read_gguf_header
 from .single_file import CONFIGS, MAX_TOKENS, checkpoint_family, find_clip_tokenizer
@@ -103,7 +103,7 @@ def _shape(header: TensorHeader, *names: str) -> Optional[tuple[int, ...]]:
     """The shape of the first of ``names`` the file holds (with or without a whole
     checkpoint's prefix), or None."""
     for name in names:
-        for key in (name, flux_keys.PREFIX + name):
+        for key in (name, dit_keys.PREFIX + name):
             if key in header.shapes:
                 return header.shapes[key]
     return None
@@ -120,7 +120,7 @@ def transformer_width(family: str, header: TensorHeader) -> Optional[int]:
 def _count(header: TensorHeader, *prefixes: str) -> int:
     numbers = set()
     for key in header.shapes:
-        key = key.removeprefix(flux_keys.PREFIX)
+        key = key.removeprefix(dit_keys.PREFIX)
         for prefix in prefixes:
             if key.startswith(prefix):
                 numbers.add(key[len(prefix):].split(".", 1)[0])
@@ -317,8 +317,9 @@ def _load_transformer(path: Path, family: str, config: Path, dtype: torch.dtype)
     quantized (diffusers' GGUF layers dequantize them to ``dtype`` as they run)."""
     gguf = is_gguf(path)
     state = load_gguf_state(path) if gguf else load_file(str(path))
-    if family == families.FLUX and flux_keys.is_original(list(state)):
-        state = flux_keys.to_diffusers(state)    # quantized rows split and join as they are
+    if family == families.FLUX and dit_keys.is_original(list(state)):
+        # diffusers' own Flux converter assumes full width; SD3's reads it from the tensors.
+        state = dit_keys.to_diffusers(family, state)   # quantized rows split and join as they are
     extra = {"quantization_config": quantization(dtype)} if gguf else {}
     return TRANSFORMER_CLASSES[family].from_single_file(
         state, config=str(config), subfolder="transformer", torch_dtype=dtype,
@@ -339,7 +340,7 @@ def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Pa
                    named: Sequence[Path] = ()) -> DiTFiles:
     """Check a transformer file and find its companions, reading headers only."""
     header = transformer_header(path)
-    if any(k.startswith(flux_keys.PREFIX) for k in header.shapes):
+    if any(k.startswith(dit_keys.PREFIX) for k in header.shapes):
         raise ProtocolError(
             ErrorCode.UNSUPPORTED,
             f"{path.name} is a whole {family} checkpoint (transformer, text encoders and VAE in "

@@ -1,6 +1,6 @@
 """Export a tiny Flux or SD3 model (tiny_flux.py, tiny_sd3.py) as the split files a
 ComfyUI user keeps: the transformer alone in ``unet/`` (diffusers' tensor names) or in
-``diffusion_models/`` (Black Forest Labs' original names, Flux only), the text encoders
+``diffusion_models/`` (Black Forest Labs' or Stability's original names), the text encoders
 in ``text_encoders/`` with transformers' names as ComfyUI's ``clip_l``/``clip_g``/``t5xxl``
 files carry them, and the VAE in ``vae/`` (for Flux as ``ae.safetensors`` in the original
 LDM names, for SD3 with diffusers' names). So the split-file loader (dit_files.py) is
@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import families, flux_keys
+from . import dit_keys, families
 from .dit_files import PARTS
 from .ldm_keys import VAE_PREFIX, vae_key
 
@@ -43,9 +43,7 @@ def export_transformer(folder: Path, family: str, dest: Path, naming: Naming = "
     """The tiny pipeline ``folder``'s transformer as one file at ``dest``."""
     state = load_file(str(folder / "transformer" / TRANSFORMER_FILE))
     if naming == "original":
-        if family != families.FLUX:
-            raise ValueError("only Flux transformers are exported with their original names")
-        state = flux_keys.to_original(state)
+        state = dit_keys.to_original(family, state)
     return _save(state, dest)
 
 
@@ -79,7 +77,7 @@ def export_gguf(folder: Path, family: str, dest: Path, naming: Naming = "origina
 
     state = load_file(str(folder / "transformer" / TRANSFORMER_FILE))
     if naming == "original":
-        state = flux_keys.to_original(state)
+        state = dit_keys.to_original(family, state)
     dest.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(dest), family)
     q8 = gguf.GGMLQuantizationType.Q8_0

@@ -281,6 +281,7 @@ class SchedulerCore:
             if target is None:
                 continue
             self.queue.take(owner, job_id)
+            job.state = State.RUNNING      # handed to a worker: a cancel now goes through it
             waiting[job.model] -= 1
             view = self.workers[target]
             view.busy += 1

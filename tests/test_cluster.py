@@ -1,0 +1,203 @@
+"""The cluster's own promises (issue 17), on a local Ray cluster with two worker and two
+gateway replicas (the session's ``cluster`` fixture): jobs spread over workers, model
+affinity, fairness between clients, a lost worker or gateway. Its queue and routing rules
+are also tested as plain data, without Ray."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from backend.cluster.fair_queue import FairQueue, WorkerView, choose_worker
+from benchmarks.local_cluster import SECOND_MODEL
+from protocol.client import AtelierClient, ClientError
+from protocol.errors import ErrorCode
+from protocol.events import JobDone
+from protocol.messages import Accepted, Cancelled, Error, GenerateRequest, Progress, Started
+
+SMALL = dict(width=64, height=64, steps=3, prompt="a brick wall")
+
+
+# ------------------------------------------------------------------ rules, without Ray
+def test_the_queue_takes_owners_in_turn():
+    queue = FairQueue()
+    for i in range(5):
+        queue.push("burst", f"b{i}")
+    queue.push("single", "s0")
+    queue.take("burst", "b0")            # the burst's first job started: its turn passes
+    assert [job for _, job in queue.in_turn()][:2] == ["s0", "b1"]
+    assert queue.remove("burst", "b3") and not queue.remove("single", "b4")
+    assert len(queue) == 4 and queue.owned_by("burst") == 3
+
+
+def test_routing_prefers_a_free_holder_waits_for_a_busy_one_and_loads_on_the_emptiest():
+    workers = {"a": WorkerView("a", "cpu", models=["tiny"]),
+               "b": WorkerView("b", "cpu", models=["tiny", "big"])}
+    assert choose_worker("big", workers, 1) == "b"
+    workers["b"].busy = 1
+    assert choose_worker("big", workers, 1) is None       # its holder is busy: wait
+    assert choose_worker("big", workers, 3) == "a"        # a backlog spills over
+    assert choose_worker("other", workers, 1) == "a"      # nobody holds it: the free one
+    workers["a"].busy = 1
+    assert choose_worker("tiny", workers, 1) is None      # nobody is free
+
+
+# ------------------------------------------------------------------ on a local Ray cluster
+def connected(url: str, **kw) -> AtelierClient:
+    client = AtelierClient(url, client_name="pytest-cluster", **kw).start()
+    client.wait_connected(timeout=30)
+    return client
+
+
+def run_all(client: AtelierClient, requests: list[GenerateRequest],
+            timeout: float = 120) -> list[JobDone]:
+    return [client.run_job(r, (), timeout=timeout) for r in requests]
+
+
+def test_concurrent_clients_jobs_spread_over_both_workers(cluster):
+    done: dict[str, list[JobDone]] = {}
+
+    def client_jobs(name: str, seed: int) -> None:
+        with connected(cluster.url) as c:
+            done[name] = run_all(c, [GenerateRequest(**SMALL, seed=seed + i) for i in range(4)])
+
+    threads = [threading.Thread(target=client_jobs, args=(n, s)) for n, s in (("a", 0), ("b", 50))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    ids = {d.job_id for jobs in done.values() for d in jobs}
+    assert len(ids) == 8
+    where = {job: replica for job, replica, _ in cluster.stats()["placements"] if job in ids}
+    assert len(where) == 8 and len(set(where.values())) == 2, where
+
+
+def test_jobs_naming_two_models_land_on_the_replicas_holding_them(cluster):
+    before = cluster.stats()
+    loads_before = sum(w["weight_loads"] for w in before["workers"].values())
+    done: dict[str, list[JobDone]] = {}
+
+    def client_jobs(model: str) -> None:
+        with connected(cluster.url) as c:
+            done[model] = run_all(c, [GenerateRequest(**SMALL, seed=i, model=model)
+                                      for i in range(4)])
+
+    threads = [threading.Thread(target=client_jobs, args=(m,)) for m in ("tiny", SECOND_MODEL)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert {d.result.model for d in done[SECOND_MODEL]} == {SECOND_MODEL}
+    after = cluster.stats()
+    where = {job: replica for job, replica, _ in after["placements"]}
+    second = {where[d.job_id] for d in done[SECOND_MODEL]}
+    assert len(second) == 1, f"{SECOND_MODEL} ran on {second}: loaded more than once"
+    [holder] = second
+    assert SECOND_MODEL in after["workers"][holder]["models"]
+    # one read of its weights from disk for four jobs; the default model was resident
+    assert sum(w["weight_loads"] for w in after["workers"].values()) - loads_before == 1
+
+
+def test_one_clients_burst_does_not_starve_anothers_single_job(cluster):
+    with connected(cluster.url) as burst, connected(cluster.url) as single:
+        refs = [burst.submit(GenerateRequest(**SMALL, seed=i)) for i in range(50)]
+        accepted: dict[str, str] = {}
+        burst_done: list[str] = []
+        while len(accepted) < 50:
+            event = burst.next_event(60)
+            if isinstance(event, Accepted):
+                accepted[event.ref] = event.job_id
+            elif isinstance(event, JobDone):
+                burst_done.append(event.job_id)
+        alone = single.run_job(GenerateRequest(**SMALL, seed=99), (), timeout=120)
+        assert isinstance(alone, JobDone)
+        # what of the burst finished before the single job did (events already received)
+        while True:
+            try:
+                event = burst.next_event(0.05)
+            except ClientError:
+                break
+            if isinstance(event, JobDone):
+                burst_done.append(event.job_id)
+        assert len(burst_done) < 10, f"{len(burst_done)} of the burst's 50 jobs ran first"
+        # the rest of the burst is still queued: cancelling each ends it before it starts
+        finished = set(burst_done)
+        waiting = [accepted[r] for r in refs if accepted[r] not in finished]
+        for job_id in waiting:
+            burst.cancel(job_id)
+        ended = set()
+        deadline = time.monotonic() + 120
+        while len(ended) < len(waiting) and time.monotonic() < deadline:
+            event = burst.next_event(60)
+            if isinstance(event, (Cancelled, JobDone)):
+                ended.add(event.job_id)
+            elif isinstance(event, Error) and event.job_id:
+                ended.add(event.job_id)
+        assert ended >= set(waiting)
+
+
+def wait_healthy(cluster, timeout: float = 180) -> None:
+    """Until Serve has replaced killed replicas and both workers are registered again."""
+    from ray import serve
+
+    from backend.cluster.config import APP_NAME
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(APP_NAME)
+        if app is not None and str(app.status).endswith("RUNNING") and \
+                len(cluster.stats()["workers"]) == cluster.config.min_workers:
+            return
+        time.sleep(0.5)
+    raise TimeoutError("the cluster did not recover")
+
+
+def test_fetch_through_another_gateway_after_the_first_was_lost(cluster):
+    from backend.cluster.deployments import GATEWAY
+
+    with connected(cluster.url) as first:
+        ref = first.submit(GenerateRequest(**{**SMALL, "steps": 30}, seed=5))
+        job_id = first.wait_for(lambda e: isinstance(e, Accepted) and e.ref == ref, 30).job_id
+        key = first.client_key
+        origin = cluster.stats()["origins"][job_id]
+        [gateway] = [n for n in cluster.serve_actor_names(GATEWAY) if n.endswith(origin)]
+        cluster.kill_actor(gateway)
+    deadline = time.monotonic() + 60
+    while True:      # Serve's proxy may still route to the lost replica for a moment
+        try:
+            back = connected(cluster.url, client_key=key, reconnect=False)
+            break
+        except ClientError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    with back:
+        back.fetch(job_id)
+        done = back.wait_for(lambda e: isinstance(e, (JobDone, Error)), 120)
+        assert isinstance(done, JobDone) and done.job_id == job_id
+    wait_healthy(cluster)
+
+
+def test_a_worker_killed_mid_job_fails_that_job_with_worker_lost(cluster):
+    with connected(cluster.url) as c:
+        ref = c.submit(GenerateRequest(**{**SMALL, "steps": 150}, seed=6))
+        job_id = c.wait_for(lambda e: isinstance(e, Accepted) and e.ref == ref, 30).job_id
+        c.wait_for(lambda e: isinstance(e, Progress) and e.job_id == job_id, 60)
+        stats = cluster.stats()
+        replica = stats["running"][job_id]
+        cluster.kill_actor(stats["workers"][replica]["name"])
+        started = time.monotonic()
+        end = c.wait_for(lambda e: isinstance(e, (JobDone, Error, Cancelled))
+                         and getattr(e, "job_id", None) == job_id, 60)
+        assert isinstance(end, Error) and end.code == ErrorCode.WORKER_LOST, end
+        assert "submit it again" in end.message
+        assert time.monotonic() - started < 30
+        # the cluster serves on: the other worker runs what comes next
+        assert isinstance(c.run_job(GenerateRequest(**SMALL, seed=7), (), timeout=120), JobDone)
+        # and a fetch of the lost job says the same again
+        c.fetch(job_id)
+        again = c.wait_for(lambda e: isinstance(e, Error) and e.job_id == job_id, 30)
+        assert again.code == ErrorCode.WORKER_LOST
+    wait_healthy(cluster)

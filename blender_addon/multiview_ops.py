@@ -75,7 +75,7 @@ class AtelierViewsSettings(bpy.types.PropertyGroup):
         description="Which view generates freely first; each later one inpaints what the "
                     "views before it did not see well")
     max_angle: FloatProperty(name="Max Angle", default=multiview.MAX_ANGLE, min=10.0,
-                             max=90.0, description="A view gives no colour to a surface it "
+                             max=90.0, precision=0, step=100, description="A view gives no colour to a surface it "
                                                    "sees more than this many degrees off "
                                                    "its normal")
     seen_weight: FloatProperty(name="Seen Well", default=multiview.SEEN_WEIGHT, min=0.01,

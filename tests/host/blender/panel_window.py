@@ -43,7 +43,7 @@ def _args() -> argparse.Namespace:
     argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
     parser = argparse.ArgumentParser()
     parser.add_argument("--zip", required=True)
-    parser.add_argument("--mode", choices=("check", "shots"), required=True)
+    parser.add_argument("--mode", choices=("check", "shots", "views"), required=True)
     parser.add_argument("--out", default=".")
     return parser.parse_args(argv)
 
@@ -217,10 +217,40 @@ def _shoot(kind: str, name: str, out: str) -> None:
     print("wrote", path, box)
 
 
+def views_shot(args: argparse.Namespace, module, drawn: Drawn, job) -> Iterator[float]:
+    """Texture from Views open in the 3D Viewport's sidebar (the others closed), after a
+    run of 6 views (its views list, each with Re-run), one view being re-run."""
+    from types import SimpleNamespace
+    panels = sys.modules[module.__name__ + ".panels"]
+    views = sys.modules[module.__name__ + ".multiview_ops"]
+    _open_subpanels(panels, {"VIEW_3D": set(), "IMAGE_EDITOR": set()})
+    cls = views.VIEW3D_PT_atelier_views
+    bpy.utils.unregister_class(cls)
+    cls.bl_options = set()
+    bpy.utils.register_class(cls)
+    scene = bpy.context.scene
+    props = scene.atelier_views
+    props.texture_size, props.bottom = 2048, True
+    names = ("Orbit 1", "Orbit 2", "Orbit 4", "Top", "Bottom", "Orbit 3")
+    harness.session(module).kept_runs[scene.name] = SimpleNamespace(
+        views=[SimpleNamespace(name=name) for name in names], busy=lambda: False)
+    job.label, job.step, job.total = "Texture from Views: Orbit 2 again", 3, 4
+    yield from _show_tab("VIEW_3D", drawn, False)
+    for _ in range(4):
+        _area("VIEW_3D")[1].tag_redraw()
+        yield 0.3
+    _shoot("VIEW_3D", "panel-texture-from-views", args.out)
+    assert not drawn.errors, "\n".join(drawn.errors)
+    print(f"PANEL WINDOW {args.mode} PASSED on Blender", bpy.app.version_string)
+
+
 def steps(args: argparse.Namespace, module, drawn: Drawn) -> Iterator[float]:
     panels = sys.modules[module.__name__ + ".panels"]
     ids = {suffix for suffix, _, _ in panels.SUBPANELS}
     job = _stage(module)
+    if args.mode == "views":
+        yield from views_shot(args, module, drawn, job)
+        return
     if args.mode == "check":
         _open_subpanels(panels, {"VIEW_3D": ids, "IMAGE_EDITOR": ids})
         props = bpy.context.scene.atelier

@@ -887,7 +887,7 @@ def test_live_toggle_follows_the_newest_canvas_state_applies_and_cleans_up(krita
 # In the order they run: the last one scales the shared test document.
 ASSET_SCENARIOS = ("asset_fields", "texture_set", "texture_marigold_missing",
                    "upscale_selection", "upscale_drops_queue", "upscale_refusals",
-                   "upscale_cancel", "upscale_stalls", "upscale_canvas")
+                   "upscale_cancel", "upscale_stalls", "upscale_8k", "upscale_canvas")
 # ``runner`` first, as for ``krita``: a missing Krita skips before a daemon starts.
 @pytest.fixture(scope="module")
 def krita_assets(runner: str, plugin_zip: str, krita_home: Path, atelier_home: Path,
@@ -1009,6 +1009,28 @@ def test_upscale_of_a_large_canvas_keeps_the_ui_responsive(krita_assets):
           "pumps with over 30 ms of the plugin's own:", record["slow_pumps"])
     assert record["click_own_s"] < STALL_LIMIT_S, record
     assert record["pump_own_max_s"] < STALL_LIMIT_S, record
+
+
+def test_an_8k_upscale_lands_in_slices_with_the_daemons_pixels(krita_assets):
+    record = scenario(krita_assets, "upscale_8k")
+    side = 2 * int(os.environ.get("ATELIER_LANDING_SIDE", "4096"))
+    assert record["started"] and not record["busy"], record["message"]
+    assert record["message"] == (f"Upscale: done, {side // 2}x{side // 2} -> {side}x{side} "
+                                 f"(the image is now {side}x{side})")
+    assert record["extent"] == [side, side] and record["frame"] == [side, side]
+    assert record["layers"] == ["Background", "patch", f"[Upscaled {side}x{side}] Lanczos"]
+    assert record["bounds"] == [0, 0, side, side]
+    # the new layer holds the daemon's pixels, and Krita shows them (it composited the
+    # layer when it was added: the plugin never refreshes the whole image)
+    assert all(record["rows_match"].values()), record["rows_match"]
+    assert record["patch_colours"] > 16
+    landing = record["landing"]
+    print(f"{side}x{side} landing, seconds on Qt's thread by step [longest, total, count]:",
+          landing, f"(whole job {record['seconds']} s)")
+    # 1 MB bands of whole rows, each written in a step of its own
+    assert landing["write"][2] == side * side * 4 // (1 << 20)
+    assert set(landing) == {"create", "write", "scale", "place", "slice"}
+    assert landing["scale"][2] == landing["place"][2] == 1
 
 
 def test_upscale_through_the_docker_scales_the_image_in_steps_undo_takes_back(krita_assets):

@@ -47,6 +47,7 @@ from .geometry import Bounds, ResolutionRange, range_for_family
 from .history import History, HistoryEntry, ResultImage
 from .guides import SELECTION, Guides, control_layer_name
 from .host import DocumentClosed, KritaDocument
+from .landing import Landing, group_landing, upscale_landing
 from .jobs import (DEPTH_MODEL_DEFAULT, DEPTH_MODEL_KINDS, QUEUE_LIMIT, JobPlan, JobRefused,
                    JobSettings, Mode, build_request, layer_name, plan_job, upload_ids)
 from .live import (LIVE_LAYER, LIVE_POLL_S, LIVE_SESSION, LIVE_STRENGTH, LiveDebounce,
@@ -114,6 +115,8 @@ class _ActiveJob:
     total: int = 0
     work: "deque[_Work]" = field(default_factory=deque)
     control_row: Any = None              # Mode.CONTROL_IMAGE: the docker's token for its row
+    landing: Optional[Landing] = None    # an asset result going into the document
+    landed: Optional[Callable[[], None]] = None    # what ends the job once it is in
 
 
 @dataclass
@@ -172,6 +175,9 @@ class Controller:
         self.sent_request: Optional[GenerateRequest] = None   # the last job submitted
         # The last finished job's request as the daemon ran it (a preset's steps, ...).
         self.last_params: Optional[GenerateRequest] = None
+        # The last landed asset result's seconds on Qt's thread by kind of step
+        # (landing.Landing.timings): what a freeze would come from.
+        self.last_landing: dict[str, list[float]] = {}
         self._job: Optional[_ActiveJob] = None
         self._queue: "deque[_ActiveJob]" = deque()    # prepared, sent when the running job ends
         self._batch: Optional[_Batch] = None
@@ -546,6 +552,7 @@ class Controller:
         (Qt's) thread; returns how many events."""
         handled = self._drain_events(limit)
         collected = self._collect_work()
+        collected = self._advance_landing() or collected
         if self.live:
             collected = self._guarded_live(self._live_tick) or collected
         closed = self._check_documents()
@@ -783,39 +790,72 @@ class Controller:
 
     def _finish_asset(self, job: _ActiveJob, done: JobDone, images: list[AssetImage]) -> None:
         """An upscale (the image scaled as Image > Scale does, then the upscaled pixels in
-        a new layer on top) or a texture set (a new group on top, a layer a map)."""
+        a new layer on top) or a texture set (a new group on top, a layer a map). The
+        result lands a piece at a time from the pumps (landing.py); the job ends once it
+        is in."""
         document, plan, settings = job.document, job.plan, job.settings
-        dropped = 0
+        dropped = [0]
         if plan.scaled_canvas is not None:
-            if plan.scaled_canvas != document.extent:
-                # jobs queued on this image were planned in its old pixels
-                dropped = self._drop_queued_on(document)
-            document.scale_image(plan.scaled_canvas)
+            canvas = plan.scaled_canvas
+
+            def scaling() -> None:
+                if canvas != document.extent:
+                    # jobs queued on this image were planned in its old pixels
+                    dropped[0] = self._drop_queued_on(document)
+
             name = upscale_layer_name(plan.placed.extent, settings.upscaler,
                                       settings.refine_strength)
-            document.add_layer(name, images[0].bands, plan.placed, document.top_node())
+            job.landing = upscale_landing(document, name, images[0].bands, canvas,
+                                          document.top_node, scaling)
             text = (f"Upscale: done, {plan.region.extent} -> {plan.placed.extent}"
-                    f" (the image is now {plan.scaled_canvas})")
+                    f" (the image is now {canvas})")
         else:
             labels = map_layer_names([image.label for image in images])
             group = texture_group_name(settings.prompt, document.name)
-            document.add_group(group, [(label, image.bands) for label, image
-                                       in zip(labels, images)], plan.placed, document.top_node())
+            job.landing = group_landing(document, group, [(label, image.bands) for label, image
+                                                          in zip(labels, images)],
+                                        document.top_node)
             text = f"Texture set: done, {', '.join(labels)} in '{group}'"
-        if dropped:
-            text += (f"; {dropped} queued job{'s' if dropped > 1 else ''} dropped: "
-                     "made on the image before it was scaled")
-        self._job = None
-        self.last_params = done.result.params
-        self.message = text
-        seeds = tuple(image.result.seed for image in images)
-        # History keeps thumbnails only: these results are not a picture for the region.
-        self.history.add(HistoryEntry(job.mode, settings, plan.region, "done", seeds,
-                                      done.result.seconds,
-                                      images=tuple(image.result for image in images)))
-        if self._batch is not None and self._batch.history_index is not None:
-            self._batch.history_index += 1
-        self._start_next()
+
+        def landed() -> None:
+            message = text
+            if dropped[0]:
+                message += (f"; {dropped[0]} queued job{'s' if dropped[0] > 1 else ''} "
+                            "dropped: made on the image before it was scaled")
+            self._job = None
+            self.last_params = done.result.params
+            self.message = message
+            seeds = tuple(image.result.seed for image in images)
+            # History keeps thumbnails only: these results are not a picture for the region.
+            self.history.add(HistoryEntry(job.mode, settings, plan.region, "done", seeds,
+                                          done.result.seconds,
+                                          images=tuple(image.result for image in images)))
+            if self._batch is not None and self._batch.history_index is not None:
+                self._batch.history_index += 1
+            self._start_next()
+
+        job.landed = landed
+        self.message = f"{job.mode.label}: placing the result in the document\u2026"
+        self._advance_landing()
+
+    def _advance_landing(self) -> bool:
+        """A slice of the running job's landing, if it has one; whether it did some."""
+        job = self._job
+        landing = job.landing if job is not None else None
+        if job is None or landing is None:
+            return False
+
+        def advance() -> None:
+            if landing.advance() and job is self._job and job.landed is not None:
+                job.landing, landed, job.landed = None, job.landed, None
+                self.last_landing = landing.timings()
+                landed()
+
+        self._guarded(advance, "Could not place the result in the document")
+        if job is self._job and job.landing is not None:
+            done, total = landing.progress
+            job.step, job.total = done, total
+        return True
 
     def _check_documents(self) -> bool:
         """End the job, or drop the batch, whose document the painter closed."""

@@ -269,21 +269,59 @@ class KritaDocument:
     def add_layer(self, name: str, bgra: "bytes | Bands", region: Bounds, above: Any) -> Any:
         """A new paint layer above ``above``: one step in Krita's undo history. ``bgra``
         covers ``region``, or is bands of it (region, BGRA) written one by one."""
-        if not self.is_open():
-            raise DocumentClosed(f"the document '{self.name}' was closed")
-        node = self._doc.createNode(name, "paintlayer")
+        node = self.new_layer(name)
         # Pixels first: adding the layer then updates the canvas once, where writing
         # after it would recomposite the whole image a second time (refreshProjection).
-        _write(node, bgra, region)
+        bands = ((region, bgra),) if isinstance(bgra, (bytes, bytearray)) else bgra
+        for bounds, data in bands:
+            self.write_band(node, bounds, data)
+        return self.place_layer(node, above)
+
+    # A large result lands in these steps, a few at a time (landing.py): the layer made
+    # and written outside the document (quick), then added (Krita's one slow call).
+    def new_layer(self, name: str) -> Any:
+        """A paint layer of this document, not in it yet: writing it changes nothing the
+        painter sees, and nothing in the undo history."""
+        if not self.is_open():
+            raise DocumentClosed(f"the document '{self.name}' was closed")
+        return self._doc.createNode(name, "paintlayer")
+
+    def new_group(self, name: str) -> Any:
+        """A group layer of this document, not in it yet."""
+        if not self.is_open():
+            raise DocumentClosed(f"the document '{self.name}' was closed")
+        return self._doc.createGroupLayer(name)
+
+    def write_band(self, node: Any, bounds: Bounds, bgra: bytes) -> None:
+        """BGRA pixels into ``bounds`` of a layer (a 1 MB band: a few milliseconds).
+        Krita shows nothing of it until the layer is added (or the image refreshed)."""
+        node.setPixelData(QByteArray(bgra), bounds.x, bounds.y, bounds.width, bounds.height)
+
+    def place_layer(self, node: Any, above: Any) -> Any:
+        """Add ``node`` (from ``new_layer``/``new_group``) above ``above`` (or on top of
+        the root when that is gone): one step in the undo history. Krita composites the
+        layer's pixels into the image and waits for it, running Qt's events meanwhile;
+        its longest stretch without them grows with the layer's size (measured by
+        tests/host/krita/measure_landing.py)."""
+        if not self.is_open():
+            raise DocumentClosed(f"the document '{self.name}' was closed")
         parent = self._parent_of(above)
-        placed = above if above is not None and self._alive(above) else None
-        parent.addChildNode(node, placed)
+        parent.addChildNode(node, above if above is not None and self._alive(above) else None)
         return node
+
+    def place_in_group(self, group: Any, node: Any, visible: bool) -> None:
+        """Add ``node`` on top of ``group``'s layers, shown or hidden: a step in the undo
+        history."""
+        if not self.is_open():
+            raise DocumentClosed(f"the document '{self.name}' was closed")
+        node.setVisible(visible)
+        group.addChildNode(node, None)        # None: on top of the group's layers
 
     def scale_image(self, extent: Extent) -> None:
         """Scale the whole image (every layer) to ``extent``, as Image > Scale does: one
-        step in Krita's undo history. Krita does the work on its own threads; this call
-        waits for it, which holds Qt's thread for as long as Krita scales."""
+        step in Krita's undo history. Krita scales on its own threads; this call (libkis
+        ``Document.scaleImage``) waits for them, running Qt's events meanwhile, but with
+        stretches of a second at 8192x8192 where Krita's own work holds Qt's thread."""
         if not self.is_open():
             raise DocumentClosed(f"the document '{self.name}' was closed")
         if extent == self.extent:
@@ -291,24 +329,6 @@ class KritaDocument:
         self._doc.scaleImage(extent.width, extent.height, int(self._doc.xRes()),
                              int(self._doc.yRes()), SCALE_FILTER)
         self._doc.waitForDone()
-
-    def add_group(self, name: str, layers: "list[tuple[str, Bands]]", region: Bounds,
-                  above: Any) -> Any:
-        """A new group layer above ``above`` holding one paint layer per (name, bands of
-        BGRA over ``region``), the first on top and the only one shown. Adding the group
-        and each layer are steps in Krita's undo history."""
-        if not self.is_open():
-            raise DocumentClosed(f"the document '{self.name}' was closed")
-        group = self._doc.createGroupLayer(name)
-        parent = self._parent_of(above)
-        parent.addChildNode(group, above if above is not None and self._alive(above) else None)
-        for index, (layer_name, bgra) in reversed(list(enumerate(layers))):
-            node = self._doc.createNode(layer_name, "paintlayer")
-            _write(node, bgra, region)
-            node.setVisible(index == 0)
-            group.addChildNode(node, None)        # None: on top of the group's layers
-        self._doc.refreshProjection()
-        return group
 
     def write_layer(self, node: Any, bgra: bytes, region: Bounds) -> None:
         """Replace ``region`` of ``node``'s pixels; not a step in the undo history.
@@ -341,12 +361,6 @@ class KritaDocument:
             if parent is not None:
                 return parent
         return self._doc.rootNode()
-
-
-def _write(node: Any, bgra: "bytes | Bands", region: Bounds) -> None:
-    bands = ((region, bgra),) if isinstance(bgra, (bytes, bytearray)) else bgra
-    for bounds, data in bands:
-        node.setPixelData(QByteArray(data), bounds.x, bounds.y, bounds.width, bounds.height)
 
 
 def active_document() -> Optional[KritaDocument]:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from krita import Krita
 from PyQt5.QtCore import QCoreApplication
+from PyQt5.QtGui import QImage
 
 from atelier_scenarios import WAIT_S, clear_selection, pump_until, select_rect, sha
 from docker_scenarios import Context, _choose, _timed_job, combo_items, timed_document_class
@@ -22,6 +23,8 @@ from docker_scenarios import Context, _choose, _timed_job, combo_items, timed_do
 # An upscale of this canvas to twice its size is timed; ATELIER_UPSCALE_STALL_SIDE=4096
 # measures the 8192x8192 case by hand (minutes on this machine, so not in every run).
 STALL_SIDE = int(os.environ.get("ATELIER_UPSCALE_STALL_SIDE", "2048"))
+# The side of the canvas that lands an 8192x8192 upscale (2x); smaller for a quick try.
+LANDING_SIDE = int(os.environ.get("ATELIER_LANDING_SIDE", "4096"))
 
 
 def _nodes(doc: Any) -> list[dict[str, Any]]:
@@ -254,6 +257,13 @@ def upscale_stalls(ctx: Context) -> dict[str, Any]:
         def add_layer(self, *args: Any) -> Any:
             return self._each("add_layer_s", super(base, self).add_layer, *args)
 
+        # the landing's calls (landing.py): the new layer's bands, then adding it
+        def write_band(self, *args: Any) -> None:
+            self._each("write_band_s", super(base, self).write_band, *args)
+
+        def place_layer(self, *args: Any) -> Any:
+            return self._each("place_layer_s", super(base, self).place_layer, *args)
+
         def read_canvas(self, *args: Any) -> bytes:
             return self._each("read_canvas_s", super(base, self).read_canvas, *args)
 
@@ -305,6 +315,78 @@ def upscale_stalls(ctx: Context) -> dict[str, Any]:
         doc.close()
 
 
+def upscale_8k(ctx: Context) -> dict[str, Any]:
+    """A LANDING_SIDE canvas (4096) upscaled 2x (Lanczos) to twice its side (8192): the
+    daemon's image lands a slice at a time; rows of the new layer are read back against
+    the daemon's own frame (top, middle, bottom), and the image Krita shows against the
+    layer (composited without a refresh from the plugin); the landing's timings."""
+    from atelier_krita.jobs import JobSettings, Mode
+    side, patch = LANDING_SIDE, 512
+    doc = Krita.instance().createDocument(side, side, "upscale-8k", "RGBA", "U8", "", 72.0)
+    # A patterned patch over the white Background: an upscale with something to show,
+    # and an image that Krita scales quickly (the Background is one colour, no pixels).
+    layer = doc.createNode("patch", "paintlayer")
+    band = bytes((x * 5 + y * 3 + c * 60) % 256 if c < 3 else 255
+                 for y in range(patch) for x in range(patch) for c in range(4))
+    layer.setPixelData(band, side // 4, side // 4, patch, patch)
+    doc.rootNode().addChildNode(layer, None)
+    controller = _controller(ctx, doc)
+    frames: list[Any] = []
+    queue_result = controller._queue_result
+
+    def keep_frame(job: Any, done: Any) -> None:      # the daemon's image, as it came
+        frames.append(done.images[0])
+        queue_result(job, done)
+
+    controller._queue_result = keep_frame
+    try:
+        started = time.perf_counter()
+        ran = _run(controller, lambda: controller.start(
+            Mode.UPSCALE, JobSettings(upscale_factor=2.0, tiling="none", seed=3)))
+        out: dict[str, Any] = {**ran, "seconds": round(time.perf_counter() - started, 1),
+                               "extent": [doc.width(), doc.height()],
+                               "landing": controller.last_landing}
+        top = doc.rootNode().childNodes()[-1]
+        rect = top.bounds()
+        out.update(layers=[n.name() for n in doc.rootNode().childNodes()],
+                   bounds=[rect.x(), rect.y(), rect.width(), rect.height()])
+        if not frames:
+            return out
+        frame = frames[0]
+        width, rows = frame.width, 16
+        out["frame"] = [frame.width, frame.height]
+        # the daemon's image as Qt reads it (a large result comes as PNG): RGBA rows
+        image = QImage.fromData(frame.data, "PNG") if frame.format.name == "PNG" else \
+            QImage(frame.data, frame.width, frame.height, frame.width * 4,
+                   QImage.Format_RGBA8888)
+        image = image.convertToFormat(QImage.Format_RGBA8888)
+
+        def frame_rows(y: int, count: int) -> bytes:
+            part = image.copy(0, y, width, count)
+            bits = part.constBits()
+            bits.setsize(part.bytesPerLine() * count)
+            return bits.asstring()
+
+        doc.waitForDone()
+        checks: dict[str, bool] = {}
+        for name, y in (("top", 0), ("middle", frame.height // 2 - 5),
+                        ("patch", frame.height // 4 + 100), ("bottom", frame.height - rows)):
+            got = bytes(top.pixelData(0, y, width, rows))
+            want = frame_rows(y, rows)
+            # the layer holds BGRA, the frame RGBA
+            checks[name] = (len(got) == len(want) and got[0::4] == want[2::4] and
+                            got[1::4] == want[1::4] and got[2::4] == want[0::4] and
+                            got[3::4] == want[3::4])
+            checks[name + "_shown"] = bytes(doc.pixelData(0, y, width, rows)) == got
+        out["rows_match"] = checks
+        # rows through the upscaled patch: not one colour
+        out["patch_colours"] = len(set(frame_rows(frame.height // 4 + 100, 1)[0::4]))
+        return out
+    finally:
+        controller.close()
+        doc.close()
+
+
 def upscale_canvas(ctx: Context) -> dict[str, Any]:
     """Upscale 2x through the docker on the shared document (it scales it: run last)."""
     from atelier_krita.jobs import Workflow
@@ -335,5 +417,6 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "upscale_refusals": upscale_refusals,
     "upscale_cancel": upscale_cancel,
     "upscale_stalls": upscale_stalls,
+    "upscale_8k": upscale_8k,
     "upscale_canvas": upscale_canvas,
 }

@@ -49,31 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the daemon")
     _daemon_options(serve)
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1; others need a token)")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--token", default=os.environ.get("ATELIER_TOKEN"),
-                       help="token clients must send (env ATELIER_TOKEN); generated for "
-                            "non-loopback hosts when not given")
-    serve.add_argument("--allow-origin", action="append", default=[],
-                       help="browser origin allowed to connect (repeatable; none by default)")
-    defaults = ServerLimits()
-    serve.add_argument("--max-side", type=int, default=defaults.max_side)
-    serve.add_argument("--max-batch", type=int, default=defaults.max_batch)
-    serve.add_argument("--max-steps", type=int, default=defaults.max_steps)
-    serve.add_argument("--max-queue", type=int, default=defaults.max_queue)
-    serve.add_argument("--max-message-mb", type=float,
-                       default=defaults.max_message_bytes / 2 ** 20)
-    serve.add_argument("--max-upload-mb", type=float,
-                       default=defaults.max_upload_bytes / 2 ** 20,
-                       help="upload MiB held for one client: waiting uploads and its queued jobs'")
-    serve.add_argument("--max-total-upload-mb", type=float,
-                       default=defaults.max_total_upload_bytes / 2 ** 20,
-                       help="the same for all clients together")
-    serve.add_argument("--max-connections", type=int, default=defaults.max_connections)
-    serve.add_argument("--max-outbox-mb", type=float,
-                       default=defaults.max_outbox_bytes / 2 ** 20,
-                       help="unsent MiB to one client before it is disconnected")
+    _server_options(serve)
     serve.add_argument("-v", "--verbose", action="store_true")
     serve.set_defaults(run=_serve)
 
@@ -112,7 +88,39 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("dest", type=Path, nargs="?", default=None)
     tiny.add_argument("--home", type=Path, default=None)
     tiny.set_defaults(run=_tiny)
+
+    from .cluster.cli import add_cluster_parser   # imports no Ray: only running it does
+    add_cluster_parser(sub, _daemon_options, _server_options)
     return p
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
+    """Listening address, token, origins and limits: ``serve`` and ``cluster serve``."""
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; others need a token)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--token", default=os.environ.get("ATELIER_TOKEN"),
+                   help="token clients must send (env ATELIER_TOKEN); generated for "
+                        "non-loopback hosts when not given")
+    p.add_argument("--allow-origin", action="append", default=[],
+                   help="browser origin allowed to connect (repeatable; none by default)")
+    defaults = ServerLimits()
+    p.add_argument("--max-side", type=int, default=defaults.max_side)
+    p.add_argument("--max-batch", type=int, default=defaults.max_batch)
+    p.add_argument("--max-steps", type=int, default=defaults.max_steps)
+    p.add_argument("--max-queue", type=int, default=defaults.max_queue)
+    p.add_argument("--max-message-mb", type=float,
+                   default=defaults.max_message_bytes / 2 ** 20)
+    p.add_argument("--max-upload-mb", type=float,
+                   default=defaults.max_upload_bytes / 2 ** 20,
+                   help="upload MiB held for one client: waiting uploads and its queued jobs'")
+    p.add_argument("--max-total-upload-mb", type=float,
+                   default=defaults.max_total_upload_bytes / 2 ** 20,
+                   help="the same for all clients together")
+    p.add_argument("--max-connections", type=int, default=defaults.max_connections)
+    p.add_argument("--max-outbox-mb", type=float,
+                   default=defaults.max_outbox_bytes / 2 ** 20,
+                   help="unsent MiB to one client before it is disconnected")
 
 
 def _daemon_options(p: argparse.ArgumentParser) -> None:
@@ -230,12 +238,16 @@ def _build_daemon(args: argparse.Namespace, config: ServerConfig):
     if not getattr(args, "verbose", False):
         diffusers_logging.set_verbosity_error()
 
-    return create_daemon(config, model=args.model, device=args.device, dtype=args.dtype,
-                         home=_home(args), models_dirs=list(args.models_dir),
-                         low_memory=args.low_memory, compile=args.compile,
-                         depth_controls=dict(args.depth_control),
-                         resident_bytes=int(args.resident_gb * 2 ** 30),
-                         model_parts=list(args.model_part))
+    return create_daemon(config, model=args.model, **store_options(args))
+
+
+def store_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``_daemon_options`` as ``app.create_store``'s keyword arguments (less ``model``)."""
+    return dict(device=args.device, dtype=args.dtype, home=_home(args),
+                models_dirs=list(args.models_dir), low_memory=args.low_memory,
+                compile=args.compile, depth_controls=dict(args.depth_control),
+                resident_bytes=int(args.resident_gb * 2 ** 30),
+                model_parts=list(args.model_part))
 
 
 def ws_url(host: str, port: int) -> str:
@@ -243,7 +255,9 @@ def ws_url(host: str, port: int) -> str:
     return f"ws://[{host}]:{port}/" if ":" in host else f"ws://{host}:{port}/"
 
 
-def _serve(args: argparse.Namespace) -> int:
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The ``_server_options`` as a ServerConfig; a token is generated (and shown) when
+    the address is not loopback and none was given."""
     token = args.token
     if not is_loopback(args.host) and not token:
         token = secrets.token_urlsafe(24)
@@ -257,9 +271,13 @@ def _serve(args: argparse.Namespace) -> int:
                           max_total_upload_bytes=int(args.max_total_upload_mb * 2 ** 20),
                           max_connections=args.max_connections,
                           max_outbox_bytes=int(args.max_outbox_mb * 2 ** 20))
-    config = ServerConfig(host=args.host, port=args.port, token=token,
-                          allowed_origins=tuple(args.allow_origin), limits=limits,
-                          spool_dir=_home(args) / "spool")
+    return ServerConfig(host=args.host, port=args.port, token=token,
+                        allowed_origins=tuple(args.allow_origin), limits=limits,
+                        spool_dir=_home(args) / "spool")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = server_config(args)
     # Before the model loads: every job after reuses the memory its activations freed.
     if keep_freed_memory():
         logging.getLogger("atelier.allocator").info("malloc keeps freed memory for reuse")

@@ -11,6 +11,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # torch first and pinned: this machine's CPU build; an unpinned torch pulls a CUDA build.
     .venv/bin/python -m pip install -q torch==2.13.0
-    .venv/bin/python -m pip install -q -e '.[test]'
+    # cluster: the tests start a local Ray cluster (tests/test_cluster*.py)
+    .venv/bin/python -m pip install -q -e '.[test,cluster]'
     echo "$want" > "$stamp"
 fi

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -71,13 +70,13 @@ def start(config: ClusterConfig, *, address: Optional[str] = None, num_cpus: Opt
     return time.perf_counter() - started
 
 
-def stop() -> None:
+def stop(*, joined: bool = False) -> None:
+    """Take the app down. ``joined``: Ray was an existing cluster (``--address``), which goes
+    on without the app; otherwise Ray started here and stops with Serve."""
     import ray
 
-    serve.delete(APP_NAME)
-    serve.shutdown()
+    if joined:
+        serve.delete(APP_NAME)
+    else:
+        serve.shutdown()
     ray.shutdown()
-
-
-def with_limits(config: ClusterConfig, limits: ServerLimits) -> ClusterConfig:
-    return dataclasses.replace(config, server=dataclasses.replace(config.server, limits=limits))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from ..limits import ServerLimits
 from ..server import ServerConfig
@@ -25,6 +25,8 @@ class ClusterConfig:
     resident_bytes: int = 8 * 2 ** 30
     low_memory: bool = False
     compile: str = "auto"
+    depth_controls: tuple[tuple[str, str], ...] = ()     # (family, model), as serve's
+    model_parts: tuple[Path, ...] = ()
     min_workers: int = 1                # worker replicas: one per GPU
     max_workers: int = 1
     gateways: int = 2                   # gateway replicas behind Ray's proxy
@@ -48,6 +50,13 @@ class ClusterConfig:
     def limits(self) -> ServerLimits:
         return self.server.limits
 
+    def store_options(self) -> dict[str, Any]:
+        """``app.create_store``'s options, the same on every worker."""
+        return dict(device=self.device, dtype=self.dtype, home=self.home,
+                    models_dirs=list(self.models_dirs), low_memory=self.low_memory,
+                    compile=self.compile, depth_controls=dict(self.depth_controls),
+                    resident_bytes=self.resident_bytes, model_parts=list(self.model_parts))
+
 
 # TOML keys of the [cluster] table -> ClusterConfig fields
 _FILE_KEYS = {"min_workers", "max_workers", "gateways", "worker_gpus", "worker_cpus",
@@ -70,7 +79,3 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def with_overrides(config: ClusterConfig, values: Mapping[str, Any]) -> ClusterConfig:
     return dataclasses.replace(config, **{k: v for k, v in values.items() if v is not None})
-
-
-def effective_server(config: ClusterConfig, token: Optional[str]) -> ServerConfig:
-    return dataclasses.replace(config.server, token=token)

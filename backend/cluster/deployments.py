@@ -100,10 +100,7 @@ class Worker:
         from ..app import create_generator, create_store
 
         self.config = config
-        self.store = create_store(model=config.model, device=config.device, dtype=config.dtype,
-                                  home=config.home, models_dirs=list(config.models_dirs),
-                                  low_memory=config.low_memory, compile=config.compile,
-                                  resident_bytes=config.resident_bytes)
+        self.store = create_store(model=config.model, **config.store_options())
         generator = create_generator(self.store, config.limits)
         self.jobs = JobManager(generator, asyncio.get_running_loop(),
                                max_queue=config.max_queue, keep_results_s=60.0,
@@ -301,8 +298,8 @@ class Gateway:
         self.jobs = ClusterJobs(scheduler, replica)
         self.models = ClusterModels(config, self.jobs, asyncio.get_running_loop())
         # Only ``check`` runs here (what needs no model): a store with nothing loaded.
-        store = create_store(model=config.model, device="cpu", dtype="fp32", home=config.home,
-                             models_dirs=list(config.models_dirs))
+        store = create_store(model=config.model,
+                             **{**config.store_options(), "device": "cpu", "dtype": "fp32"})
         self.generator = create_generator(store, config.limits)
         self.uploads = UploadBudget(config.limits.max_upload_bytes,
                                     config.limits.max_total_upload_bytes)

@@ -359,3 +359,55 @@ def test_loras_of_another_family_fail_the_job_on_their_field(atelier_home, tmp_p
             _pixels(generator, model=model, loras=[LoraWeight(lora)])
         assert (err.value.code, err.value.field) == (code, "loras[0].name"), (model, lora)
         assert words in err.value.message
+
+
+# ------------------------------------------------------------------ fp8 files
+
+def _recast(src: Path, dest: Path, dtype: torch.dtype, scaled: bool = False) -> None:
+    """``src``'s tensors stored as ``dtype`` at ``dest`` (layerwise casting stores a
+    layer's bias in fp8 too, so the reference rounds every tensor through fp8);
+    ``scaled`` adds a ComfyUI scaled-fp8 marker."""
+    from safetensors.torch import save_file
+
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(src)).items()}
+    if scaled:
+        state["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    save_file(state, str(dest))
+
+
+def test_fp8_files_stay_fp8_in_memory_and_give_the_pixels_of_their_upcast_weights(
+        atelier_home, comfy, tmp_path):
+    """A transformer and a T5 stored in fp8 keep their matrices fp8 on the device and
+    compute in the pipeline's dtype: the same pixels as the same weights stored upcast."""
+    folders = {}
+    for name, dtype in (("fp8", torch.float8_e4m3fn), ("upcast", torch.float32)):
+        models = tmp_path / name / "models"
+        shutil.copytree(comfy["tiny-flux"], models)
+        for file in ("unet/flux-tiny.safetensors", "text_encoders/t5xxl.safetensors"):
+            _recast(models / file, models / file, torch.float8_e4m3fn)
+            if dtype != torch.float8_e4m3fn:
+                _recast(models / file, models / file, dtype)
+        folders[name] = models
+    loaded = {}
+    for name, models in folders.items():
+        store = _store(atelier_home, models)
+        loaded[name] = (store.load("unet/flux-tiny.safetensors").pipe, _pixels(DiffusionGenerator(store),
+                                                                            model="unet/flux-tiny.safetensors"))
+    (fp8, fp8_pixels), (upcast, upcast_pixels) = loaded["fp8"], loaded["upcast"]
+    assert fp8.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+    assert fp8.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == \
+        torch.float8_e4m3fn
+    assert upcast.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.float32
+    assert fp8.transformer.get_memory_footprint() < 0.6 * upcast.transformer.get_memory_footprint()
+    assert fp8_pixels == upcast_pixels
+
+
+def test_scaled_fp8_files_are_refused_naming_them(atelier_home, comfy, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(comfy["tiny-flux"], models)
+    t5 = models / "text_encoders" / "t5xxl.safetensors"
+    _recast(t5, t5, torch.float8_e4m3fn, scaled=True)
+    with pytest.raises(ProtocolError) as err:
+        _store(atelier_home, models).load("unet/flux-tiny.safetensors")
+    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "model")
+    assert "t5xxl.safetensors" in err.value.message and "scaled fp8" in err.value.message

@@ -8,6 +8,8 @@ files the operator named on the daemon's command line, which are tried first.
 Each companion is recognised from its tensor names and widths, never from its file name
 alone; the name only breaks a tie (``clip_l`` and ``clip_g`` have the same tensor names).
 A missing one fails the load with ``model_not_found`` naming the file and where it goes.
+Files stored in fp8 (the transformer or the text encoders) stay fp8 in memory
+(fp8_storage.py).
 
 Configs come from the folders shipped in ``configs/`` (chosen from the transformer's
 shapes: Flux.1-dev or -schnell, SD3 medium, SD3.5 medium or large), or from the tiny
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -36,6 +38,7 @@ from protocol.errors import ErrorCode, ProtocolError
 
 from . import dit_keys, families
 from .file_kinds import TensorHeader, read_header
+from .fp8_storage import keep_stored, stored_fp8
 from .gguf_files import is_gguf, load_gguf_state, quantization, read_gguf_header
 from .single_file import CONFIGS, MAX_TOKENS, checkpoint_family, find_clip_tokenizer
 from .sources import SINGLE_FILE_SUFFIX, ModelRoots, hf_snapshot
@@ -333,6 +336,8 @@ class DiTFiles:
     transformer: Path
     config: Path
     parts: dict[str, Path]      # component -> file
+    # component ("transformer" too) -> the 8-bit float its file stores weights in
+    fp8: dict[str, torch.dtype] = field(default_factory=dict)
 
 
 def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Path],
@@ -350,7 +355,10 @@ def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Pa
     config = config_folder(path, family, header, tiny_folder)
     parts = {part.component: find_part(part, config, path, named, search_dirs, roots)
              for part in PARTS[family]}
-    return DiTFiles(family, path, config, parts)
+    files = {"transformer": path, **parts} if not is_gguf(path) else parts
+    fp8 = {component: dtype for component, file in files.items()
+           if component != "vae" and (dtype := stored_fp8(file)) is not None}
+    return DiTFiles(family, path, config, parts, fp8)
 
 
 def prepare_dit_file(files: DiTFiles, dtype: torch.dtype, home: Path,
@@ -374,6 +382,8 @@ def prepare_dit_file(files: DiTFiles, dtype: torch.dtype, home: Path,
                                                    torch_dtype=dtype, local_files_only=True)
                     if part.model_class is AutoencoderKL else
                     _load_encoder(part, current, config, dtype))
+            for component, storage in files.fp8.items():
+                keep_stored(components[component], storage, dtype)
         except ProtocolError:
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -302,3 +302,40 @@ def order_views(how: str, *, origins: Optional[np.ndarray] = None,
             raise ValueError("most-coverage-first needs the views' weights")
         return coverage_first(weights, threshold)
     raise ValueError(f"view order must be one of {', '.join(VIEW_ORDERS)}, got {how!r}")
+
+
+# Faces meeting at up to this many degrees are one surface for the views' weights (as
+# Blender's Auto Smooth does for shading): a flat-shaded approximation of a smooth surface
+# is weighted by the surface's normals, not each facet's, so views do not hand over at
+# facet edges; across sharper edges (a cube's) each face keeps its own. At 30 degrees a
+# flat-shaded subdivided cube still had a neighbour pair whose share jumped by 0.46.
+SMOOTH_ANGLE = 45.0
+
+
+def weighting_normals(face_normals: np.ndarray, face_areas: np.ndarray,
+                      corner_face: np.ndarray, corner_vertex: np.ndarray,
+                      angle: float = SMOOTH_ANGLE) -> np.ndarray:
+    """Per face corner (C,), the unit normal views are weighted by there: the area-weighted
+    mean of the normals of the faces around its vertex that lie within ``angle`` degrees of
+    its own face's (its face's alone when none does)."""
+    normals = np.asarray(face_normals, float)
+    areas = np.asarray(face_areas, float)
+    corner_face = np.asarray(corner_face, np.int64)
+    corner_vertex = np.asarray(corner_vertex, np.int64)
+    order = np.argsort(corner_vertex, kind="stable")
+    sorted_vertex = corner_vertex[order]
+    starts = np.searchsorted(sorted_vertex, corner_vertex, side="left")
+    counts = np.searchsorted(sorted_vertex, corner_vertex, side="right") - starts
+    # Every (corner, corner at the same vertex) pair
+    mine = np.repeat(np.arange(len(corner_face)), counts)
+    offsets = np.arange(len(mine)) - np.repeat(np.cumsum(counts) - counts, counts)
+    theirs = order[np.repeat(starts, counts) + offsets]
+    own, other = normals[corner_face[mine]], normals[corner_face[theirs]]
+    near = np.einsum("ij,ij->i", own, other) >= math.cos(math.radians(angle)) - 1e-9
+    weight = np.where(near, areas[corner_face[theirs]], 0.0)
+    summed = np.zeros((len(corner_face), 3))
+    np.add.at(summed, mine, other * weight[:, None])
+    length = np.linalg.norm(summed, axis=1)
+    fallback = normals[corner_face]
+    return np.where((length > 1e-12)[:, None], summed / np.maximum(length, 1e-12)[:, None],
+                    fallback)

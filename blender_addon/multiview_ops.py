@@ -37,6 +37,7 @@ INIT_BACKGROUND = 0.5               # grey where the init image knows no colour
 TEXEL_CHUNK = 1 << 16               # texels blended in one step of the pump (~25 ms here)
 RASTER_STEP = 1 << 16               # candidate texels rasterised in one step
 EXACT_NORMALS = "float32x3"         # the daemon's capability: normals sent as floats
+WELCOME_WAIT = 10.0                 # seconds a view waits for the daemon's welcome
 COVERAGE_SAMPLES = 20000            # texels a view's coverage is estimated on, for the order
 VIEW_SOURCES = (("AUTO", "Around the Objects", "Cameras placed on an orbit around the "
                  "selected meshes (plus top and bottom as ticked)"),
@@ -115,12 +116,13 @@ class _Target:
 @dataclass
 class _View:
     name: str
-    uploads: passes.PassUploads
+    capture: Any                     # capture.Capture: the passes as rendered
     width: int
     height: int
     surface_object: np.ndarray       # (H, W) int: target index, -1 none; bottom row first
     surface_texel: np.ndarray        # (H, W) int: index into the target's inside texels
     geometry: multiview.ViewGeometry
+    uploads: Optional[passes.PassUploads] = None   # made once the daemon's welcome is in
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,14 @@ class ViewsRun:
         if index == len(self.views):
             self.views.append((yield from self._render(index)))
         view = self.views[index]
+        if view.uploads is None:
+            # Exact normals only to a daemon that says it takes them: wait a little for
+            # its welcome when the run began before it came
+            waited = time.monotonic()
+            while not self.session.connection_ok and time.monotonic() - waited < WELCOME_WAIT:
+                yield
+            exact = EXACT_NORMALS in self.session.capabilities
+            view.uploads = passes.pass_uploads(view.capture, exact_normals=exact)
         uploads = list(view.uploads.uploads)
         request = settings.build_request(self.panel, kind="txt2img",
                                          controls=view.uploads.ids, width=view.width,
@@ -311,9 +321,8 @@ class ViewsRun:
                                           world[:3, 3], depth.astype(np.float64), ortho,
                                           -world[:3, 2])
         surface_object, surface_texel = yield from _surface_steps(self.targets, geometry)
-        exact = EXACT_NORMALS in self.session.capabilities
-        return _View(shot.name, passes.pass_uploads(rendered, exact_normals=exact), width,
-                     height, surface_object, surface_texel, geometry)
+        return _View(shot.name, rendered, width, height, surface_object, surface_texel,
+                     geometry)
 
     def _seen_from(self, view: _View) -> tuple[Any, np.ndarray]:
         """The texture so far seen from ``view`` (an RGBA8 upload, top row first) and the
@@ -598,7 +607,7 @@ def _triangles(obj: bpy.types.Object, uv_map: str,
                depsgraph: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The object as it renders (modifiers applied), as triangles: corners in the world
     (T, 3, 3), in ``uv_map`` (T, 3, 2), and the surface's normals there (T, 3, 3; smooth
-    faces: vertex normals)."""
+    faces: vertex normals; flat ones: multiview.weighting_normals)."""
     evaluated = obj.evaluated_get(depsgraph)
     mesh = evaluated.to_mesh()
     try:
@@ -624,6 +633,12 @@ def _triangles(obj: bpy.types.Object, uv_map: str,
         smooth = np.zeros(len(mesh.polygons), bool)
         with contextlib.suppress(AttributeError, RuntimeError, TypeError):
             mesh.polygons.foreach_get("use_smooth", smooth)
+        area = np.empty(len(mesh.polygons), np.float64)
+        mesh.polygons.foreach_get("area", area)
+        loop_start = np.empty(len(mesh.polygons), np.int64)
+        mesh.polygons.foreach_get("loop_start", loop_start)
+        loop_total = np.empty(len(mesh.polygons), np.int64)
+        mesh.polygons.foreach_get("loop_total", loop_total)
         world = np.array(evaluated.matrix_world, np.float64)
     finally:
         evaluated.to_mesh_clear()
@@ -631,10 +646,19 @@ def _triangles(obj: bpy.types.Object, uv_map: str,
     positions = co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
     vnormal = vnormal.reshape(-1, 3) @ normal_matrix.T
     fnormal = fnormal.reshape(-1, 3) @ normal_matrix.T
+    fnormal /= np.maximum(np.linalg.norm(fnormal, axis=1), 1e-12)[:, None]
+    # Flat faces are weighted by the surface they approximate (facets meeting at under
+    # multiview.SMOOTH_ANGLE smoothed together), so views do not hand over at their edges
+    face_of_loop = np.empty(len(vertex_of_loop), np.int64)
+    within = np.arange(loop_total.sum()) - np.repeat(np.cumsum(loop_total) - loop_total,
+                                                     loop_total)
+    face_of_loop[np.repeat(loop_start, loop_total) + within] = \
+        np.repeat(np.arange(len(loop_start)), loop_total)
+    surface = multiview.weighting_normals(fnormal, area, face_of_loop, vertex_of_loop)
     corner_vertex = vertex_of_loop[loops]
     corner_face = np.repeat(faces, 3)
     corner_normal = np.where(smooth[corner_face][:, None], vnormal[corner_vertex],
-                             fnormal[corner_face])
+                             surface[loops])
     return (positions[corner_vertex].reshape(-1, 3, 3), uv.reshape(-1, 2)[loops].reshape(-1, 3, 2),
             corner_normal.reshape(-1, 3, 3))
 

@@ -116,6 +116,8 @@ def _run_scenario(host: str, scenario: str, addon_zip: Path, tmp_path: Path, url
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{host} {scenario} failed (exit {proc.returncode}):\n{output}"
     assert f"SCENARIO {scenario} PASSED" in output, output
+    print("\n".join(line for line in output.splitlines()   # figures, shown with -s
+                    if line.startswith(("TIMING", "COVERAGE", "SEAMS", "RERUN", "MEASURE"))))
 
 
 @pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])

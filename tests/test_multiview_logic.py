@@ -216,3 +216,23 @@ def test_padding_steps_yield_a_step_per_ring_and_match_pad_islands() -> None:
         assert count == yields
         assert np.array_equal(stepped[0], padded) and np.array_equal(stepped[1], grown)
         assert (stepped[0] is mine_values) != copy and (mine_covered.sum() == 25) != copy
+
+
+def test_weighting_normals_smooth_facets_but_keep_hard_edges() -> None:
+    # Two facets meeting at a vertex 20 degrees apart (one surface, below the threshold)
+    # and a third at 90 degrees to the first (a hard edge): the first two
+    # corners get the mean of both, the third keeps its own normal.
+    tilt = math.radians(20)
+    faces = np.array([(0.0, 0.0, 1.0), (math.sin(tilt), 0.0, math.cos(tilt)), (1.0, 0, 0)])
+    corner_face = np.array([0, 1, 2])
+    corner_vertex = np.array([7, 7, 7])
+    got = multiview.weighting_normals(faces, np.ones(3), corner_face, corner_vertex)
+    mean = (faces[0] + faces[1]) / np.linalg.norm(faces[0] + faces[1])
+    assert np.allclose(got[0], mean) and np.allclose(got[1], mean)
+    assert np.allclose(got[2], (1.0, 0.0, 0.0))
+    # Larger faces pull harder; corners at other vertices are not mixed in.
+    got = multiview.weighting_normals(faces[:2], np.array([3.0, 1.0]), np.array([0, 1, 0]),
+                                      np.array([7, 7, 8]))
+    weighted = 3.0 * faces[0] + faces[1]
+    assert np.allclose(got[0], weighted / np.linalg.norm(weighted))
+    assert np.allclose(got[2], faces[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -28,7 +29,15 @@ def worker_options(config: ClusterConfig) -> dict[str, Any]:
     return options
 
 
+PROXY_MAX_MESSAGE_BYTES = 16 * 2 ** 20     # uvicorn's ws_max_size in Serve's proxy
+
+
 def build_app(config: ClusterConfig) -> Application:
+    """The proxy refuses larger messages than its websocket limit: advertise no more."""
+    limits = config.limits
+    config = dataclasses.replace(config, server=dataclasses.replace(
+        config.server, limits=dataclasses.replace(
+            limits, max_message_bytes=min(limits.max_message_bytes, PROXY_MAX_MESSAGE_BYTES))))
     small = {"num_cpus": min(config.gateway_cpus, 0.1)}
     workers = Worker.options(**worker_options(config)).bind(config)
     scheduler = Scheduler.options(ray_actor_options=small).bind(config, workers)

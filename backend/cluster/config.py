@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..limits import ServerLimits
-from ..server import ServerConfig
+from ..server import ServerConfig, is_loopback
 
 APP_NAME = "atelier"
 
@@ -43,6 +43,8 @@ class ClusterConfig:
                              f"({self.max_workers})")
         if self.gateways < 1:
             raise ValueError(f"gateways must be 1 or more, got {self.gateways}")
+        if not is_loopback(self.server.host) and not self.server.token:
+            raise ValueError(f"serving on {self.server.host} (not loopback) needs a token")
         if self.models_per_worker < 1:
             raise ValueError(f"models_per_worker must be 1 or more, got {self.models_per_worker}")
 

@@ -887,7 +887,8 @@ def test_live_toggle_follows_the_newest_canvas_state_applies_and_cleans_up(krita
 # In the order they run: the last one scales the shared test document.
 ASSET_SCENARIOS = ("asset_fields", "texture_set", "texture_marigold_missing",
                    "upscale_selection", "upscale_drops_queue", "upscale_refusals",
-                   "upscale_cancel", "upscale_stalls", "upscale_8k", "upscale_canvas")
+                   "upscale_cancel", "upscale_cancel_landing", "upscale_stalls", "upscale_8k",
+                   "upscale_canvas")
 # ``runner`` first, as for ``krita``: a missing Krita skips before a daemon starts.
 @pytest.fixture(scope="module")
 def krita_assets(runner: str, plugin_zip: str, krita_home: Path, atelier_home: Path,
@@ -994,6 +995,16 @@ def test_cancelled_upscale_leaves_the_document_as_it_was(krita_assets):
     assert record["sent"]["upscale"]["refine_strength"] == 1.0 and record["sent"]["width"] == 512
     # progress counts the refine's tiles x steps, far more than the 30 steps asked
     assert record["total"] > 30
+
+
+def test_cancel_while_an_upscale_lands_leaves_the_document_as_it_was(krita_assets):
+    record = scenario(krita_assets, "upscale_cancel_landing")
+    assert record["started"]
+    assert record["landing"] == "Upscale: placing the result in the document\u2026"
+    assert record["message"] == "cancelled" and record["unchanged"]
+    assert record["extent"] == [256, 256]
+    assert record["again"] == "Upscale: done, 256x256 -> 512x512 (the image is now 512x512)"
+    assert record["extent_after"] == [512, 512]
 
 
 def test_upscale_of_a_large_canvas_keeps_the_ui_responsive(krita_assets):

@@ -48,6 +48,17 @@ def test_bgra_rgba_swap_moves_red_and_blue_only():
     assert rgba_to_bgra(rgba) == bgra
 
 
+def test_a_large_swap_goes_in_chunks_and_gives_the_same_bytes():
+    # over SWAP_CHUNK the swap works a chunk at a time (Qt's thread gets Python's GIL
+    # between chunks); pixels across each chunk's border come out as one swap gives them
+    size = 2 * pixels.SWAP_CHUNK + 4 * 7
+    data = bytes(i * 7 % 251 for i in range(size))
+    swapped = bgra_to_rgba(data)
+    assert len(swapped) == size
+    assert swapped[0::4] == data[2::4] and swapped[2::4] == data[0::4]
+    assert swapped[1::4] == data[1::4] and swapped[3::4] == data[3::4]
+
+
 def test_rgb_becomes_opaque_rgba():
     assert rgb_to_rgba(bytes([1, 2, 3, 4, 5, 6])) == bytes([1, 2, 3, 255, 4, 5, 6, 255])
 

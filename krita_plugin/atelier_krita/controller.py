@@ -437,7 +437,8 @@ class Controller:
         if job is None:
             return
         dropped = self._drop_queue()
-        told = self._stop_on_daemon(job)
+        # a result being placed: the daemon has finished the job, there is nothing to tell
+        told = job.landing is not None or self._stop_on_daemon(job)
         self._end_job("cancelled" if told else "cancelled" + CANCEL_UNTOLD, outcome="cancelled")
         if dropped:
             self.message += f"; {dropped} queued job{'s' if dropped > 1 else ''} dropped"
@@ -791,7 +792,7 @@ class Controller:
     def _finish_asset(self, job: _ActiveJob, done: JobDone, images: list[AssetImage]) -> None:
         """An upscale (the image scaled as Image > Scale does, then the upscaled pixels in
         a new layer on top) or a texture set (a new group on top, a layer a map). The
-        result lands a piece at a time from the pumps (landing.py); the job ends once it
+        result lands a slice a pump (landing.py), from this one on; the job ends once it
         is in."""
         document, plan, settings = job.document, job.plan, job.settings
         dropped = [0]
@@ -836,7 +837,6 @@ class Controller:
 
         job.landed = landed
         self.message = f"{job.mode.label}: placing the result in the document\u2026"
-        self._advance_landing()
 
     def _advance_landing(self) -> bool:
         """A slice of the running job's landing, if it has one; whether it did some."""

@@ -18,10 +18,24 @@ from typing import Callable
 from .geometry import Extent
 
 
+# Bytes a swap works on at once: each of its steps holds Python's GIL for about a
+# millisecond, where one step over a 4096x4096 canvas (64 MB) held it, and so Qt's
+# thread, for a quarter of a second.
+SWAP_CHUNK = 1 << 20
+
+
 def swap_red_blue(data: bytes) -> bytes:
     """BGRA <-> RGBA (the same swap both ways)."""
     if len(data) % 4:
         raise ValueError(f"{len(data)} bytes is not a whole number of 4-byte pixels")
+    if len(data) <= SWAP_CHUNK:
+        return _swap_red_blue(data)
+    view = memoryview(data)
+    return b"".join(_swap_red_blue(bytes(view[start:start + SWAP_CHUNK]))
+                    for start in range(0, len(data), SWAP_CHUNK))
+
+
+def _swap_red_blue(data: bytes) -> bytes:
     out = bytearray(data)
     out[0::4] = data[2::4]
     out[2::4] = data[0::4]

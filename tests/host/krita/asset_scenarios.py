@@ -233,6 +233,34 @@ def upscale_cancel(ctx: Context) -> dict[str, Any]:
         doc.close()
 
 
+def upscale_cancel_landing(ctx: Context) -> dict[str, Any]:
+    """Cancel while the result is being written (before the image is scaled): the
+    document as it was, and the next job runs."""
+    from atelier_krita.jobs import JobSettings, Mode
+    doc = _document(256, 256, "upscale-cancel-landing")
+    controller = _controller(ctx, doc)
+    try:
+        before = _nodes(doc)
+        settings = JobSettings(upscale_factor=2.0, tiling="none", seed=4)
+        started = controller.start(Mode.UPSCALE, settings)
+        pump_until(controller, lambda: not controller.busy or
+                   controller.message.startswith("Upscale: placing"), "the landing")
+        landing = controller.message
+        controller.cancel()
+        for _ in range(50):      # whatever the daemon still sends must add nothing
+            QCoreApplication.processEvents()
+            controller.pump()
+            time.sleep(0.01)
+        out = {"started": started, "landing": landing, "message": controller.message,
+               "unchanged": _nodes(doc) == before, "extent": [doc.width(), doc.height()]}
+        again = _run(controller, lambda: controller.start(Mode.UPSCALE, settings))
+        out.update(again=again["message"], extent_after=[doc.width(), doc.height()])
+        return out
+    finally:
+        controller.close()
+        doc.close()
+
+
 def upscale_stalls(ctx: Context) -> dict[str, Any]:
     """A STALL_SIDE canvas (2048) upscaled 2x (Lanczos) with the Qt-thread time of every call
     measured, Krita's own calls (reading the canvas, scaling the image, adding the
@@ -417,6 +445,7 @@ SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "upscale_refusals": upscale_refusals,
     "upscale_cancel": upscale_cancel,
     "upscale_stalls": upscale_stalls,
+    "upscale_cancel_landing": upscale_cancel_landing,
     "upscale_8k": upscale_8k,
     "upscale_canvas": upscale_canvas,
 }

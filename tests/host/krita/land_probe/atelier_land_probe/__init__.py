@@ -193,7 +193,8 @@ class AtelierLandProbe(Extension):
             ["perf", "record", "-F", "250", "-g", "-t", str(threading.get_native_id()),
              "-o", perf_out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) \
             if perf_out else None
-        beat = Heartbeat(lambda: controller.message[:60])
+        # the docker's message and progress (a landing counts its steps) at each gap
+        beat = Heartbeat(lambda: f"{controller.message[:48]} {list(controller.progress)}")
         self._sampler = StallSampler(beat)
         self._sampler.start()
         began = time.perf_counter()

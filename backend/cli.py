@@ -172,8 +172,10 @@ def _request_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative", default="")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--height", type=int, default=None)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: the model's recommended, 20 for SD)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance (default: the model's recommended, 7.0 for SD)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--scheduler", default="euler_a", choices=SCHEDULERS)
     p.add_argument("--batch", type=int, default=1)

@@ -64,7 +64,7 @@ class ServerLimits:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
                                 f"{job.width}x{job.height} is over {whose} limit of "
                                 f"{max_pixels} pixels", "job.width")
-        if job.steps > self.max_steps:
+        if job.steps is not None and job.steps > self.max_steps:
             raise ProtocolError(ErrorCode.LIMIT_EXCEEDED,
                                 f"steps {job.steps} is over the limit of {self.max_steps}",
                                 "job.steps")

@@ -27,6 +27,22 @@ UNSUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
 SAMPLERS: dict[str, tuple[str, ...]] = {"flux": ("euler", "euler_a"), "sd3": ("euler", "euler_a")}
 
 
+# Steps and guidance a job runs with when it leaves them out (``GenerateRequest.steps`` /
+# ``guidance`` null), by family: the model cards' recommended settings. FLUX.1-schnell, a
+# Flux model without the guidance embedding, samples in 4 steps without guidance.
+DEFAULT_SAMPLING = (20, 7.0)
+FAMILY_SAMPLING: dict[str, tuple[int, float]] = {"flux": (28, 3.5), "sd3": (28, 4.5)}
+SCHNELL_SAMPLING = (4, 0.0)
+
+
+def sampling_defaults(family: Optional[str], guidance_distilled: bool = True) -> tuple[int, float]:
+    """(steps, guidance) for a job on a model of ``family`` that names neither;
+    ``guidance_distilled`` False: a Flux model without guidance embedding (schnell)."""
+    if family == "flux" and not guidance_distilled:
+        return SCHNELL_SAMPLING
+    return FAMILY_SAMPLING.get(base_family(family) or "", DEFAULT_SAMPLING)
+
+
 def unsupported_fields(family: Optional[str]) -> tuple[str, ...]:
     return UNSUPPORTED_FIELDS.get(family or "", ())
 

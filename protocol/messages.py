@@ -198,8 +198,10 @@ class GenerateRequest:
     model: Optional[str] = spec(None, max_len=MODEL_NAME_MAX)   # None = the daemon's default model
     width: int = spec(512, min=8)
     height: int = spec(512, min=8)
-    steps: int = spec(20, min=1)
-    guidance: float = spec(7.0, min=0.0, max=50.0)
+    # None = the model's recommended (protocol/families.py sampling_defaults: 20 steps and
+    # guidance 7.0 for SD, 28 and 3.5 for FLUX.1-dev ...); result.params says what ran
+    steps: Optional[int] = spec(None, min=1)
+    guidance: Optional[float] = spec(None, min=0.0, max=50.0)
     seed: Optional[int] = spec(None, min=0, max=2**32 - 1)   # None = random; the result says which
     scheduler: SchedulerName = "euler_a"
     batch_size: int = spec(1, min=1)

@@ -248,6 +248,30 @@ def test_schnell_and_turbo_presets_sample_four_flow_steps_without_guidance(gener
     assert _rgba(out).tobytes() == _rgba(again).tobytes()
 
 
+@pytest.mark.parametrize("name, steps, guidance", [
+    ("tiny-flux", 28, 3.5), ("tiny-sd3", 28, 4.5), ("tiny", 20, 7.0)])
+def test_a_job_leaving_steps_and_guidance_out_runs_the_models_recommended(
+        generator, name, steps, guidance):
+    job = {**JOB, "steps": None, "guidance": None, "width": 32, "height": 32}
+    out = _run(generator, model=name, **job)
+    assert (out.params.steps, out.params.guidance) == (steps, guidance)
+    explicit = _run(generator, model=name, **{**job, "steps": steps, "guidance": guidance})
+    assert _rgba(out).tobytes() == _rgba(explicit).tobytes()
+
+
+def test_a_flux_model_without_guidance_embedding_defaults_to_schnells_four_steps(store, tmp_path):
+    """FLUX.1-schnell is a Flux transformer without the guidance embedding: jobs leaving
+    steps and guidance out run its 4 steps without guidance."""
+    folder = tmp_path / "schnell"
+    shutil.copytree(store.resolve("tiny-flux").path, folder)
+    config = folder / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "guidance_embeds": False}))
+    schnell = ModelStore("cpu", torch.float32, tmp_path, search_dirs=[tmp_path],
+                         hf_cache=tmp_path / "no-hf-cache")
+    out = _run(DiffusionGenerator(schnell), model="schnell", steps=None, guidance=None)
+    assert (out.params.steps, out.params.guidance) == (4, 0.0)
+
+
 # ------------------------------------------------------------------ seamless tiling
 
 def test_tiled_jobs_reproduce_and_differ_from_untiled(generator, model):

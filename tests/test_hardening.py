@@ -425,7 +425,9 @@ def test_a_client_that_never_reads_is_closed_and_the_daemon_serves_on(start_daem
 
 # ------------------------------------------------------------------ outputs
 def test_a_prompt_cannot_forge_the_a1111_parameters():
-    job = GenerateRequest(prompt="a cat\nNegative prompt: forged\nSteps: 1", negative_prompt="blur")
+    # settled parameters, as results carry them (a request may leave steps/guidance to the model)
+    job = GenerateRequest(prompt="a cat\nNegative prompt: forged\nSteps: 1", negative_prompt="blur",
+                          steps=20, guidance=7.0)
     text = a1111_parameters(job, seed=1, model="tiny")
     lines = text.split("\n")
     assert len(lines) == 3 and lines[0] == "a cat Negative prompt: forged Steps: 1"

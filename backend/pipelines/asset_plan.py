@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.families import DEFAULT_SAMPLING
 from protocol.frames import ImageFrame
 from protocol.messages import GenerateRequest, TextureSettings, UpscaleSettings
 from protocol.schema import validate
@@ -28,7 +29,7 @@ from .controls import PlannedControl, job_controls
 from .lora_tags import settle_loras
 from .pixels import frame_to_rgba, job_upload, resize
 from .plan import SEED_RANGE, SIZE_MULTIPLE, ModelTraits, _check_numbers
-from .presets import apply_preset
+from .presets import apply_preset, with_defaults
 from .refine import RefineSettings
 from .tiling import TileAxes, tile_axes
 
@@ -62,7 +63,7 @@ def plan_upscale(job: GenerateRequest, uploads: Mapping[str, ImageFrame], limits
     """Check an "upscale" job and resolve it; ProtocolError naming the field and limit."""
     validate(job, "job")
     preset = apply_preset(settle_loras(job))
-    job = preset.request
+    job = with_defaults(preset.request, traits.steps, traits.guidance)
     settings = job.upscale or UpscaleSettings()
     _refuse_extras(job, controls_allowed=True)
     init = _init(job, uploads)
@@ -132,8 +133,9 @@ def plan_texture_set(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
                             "job.texture.maps")
     init = _init(job, uploads)
     seed = job.seed if job.seed is not None else fresh_seed % SEED_RANGE
-    settled = dataclasses.replace(job, width=init.shape[1], height=init.shape[0], seed=seed,
-                                  texture=settings)
+    # No sampler runs; the settled request still carries numbers, as every result's does.
+    settled = dataclasses.replace(with_defaults(job, *DEFAULT_SAMPLING), width=init.shape[1],
+                                  height=init.shape[0], seed=seed, texture=settings)
     return TexturePlan(settled, tuple(settings.maps), tile_axes(job.tiling), init)
 
 

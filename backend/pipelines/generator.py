@@ -41,7 +41,7 @@ import torch
 from diffusers import ControlNetModel, DiffusionPipeline, MultiControlNetModel
 
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.families import base_family
+from protocol.families import base_family, sampling_defaults
 from protocol.frames import ImageFrame
 from protocol.schema import shorten
 from protocol.messages import GenerateRequest
@@ -448,7 +448,10 @@ def work_region(plan: GenerationPlan, image: np.ndarray) -> np.ndarray:
 
 
 def model_traits(model: LoadedModel) -> ModelTraits:
-    return ModelTraits(native_side=native_side(model.pipe))
+    transformer = getattr(model.pipe, "transformer", None)
+    distilled = getattr(getattr(transformer, "config", None), "guidance_embeds", True)
+    steps, guidance = sampling_defaults(model.family, guidance_distilled=distilled)
+    return ModelTraits(native_side=native_side(model.pipe), steps=steps, guidance=guidance)
 
 
 def preview_layout(plan: GenerationPlan, scale: int) -> PreviewLayout:

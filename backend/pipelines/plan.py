@@ -31,6 +31,7 @@ from typing import Any, Literal, Mapping, Optional
 import numpy as np
 
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.families import DEFAULT_SAMPLING
 from protocol.frames import ImageFrame
 from protocol.messages import GenerateRequest
 from protocol.schema import validate
@@ -40,7 +41,7 @@ from .controls import PlannedControl, job_controls
 from .lora_tags import settle_loras
 from .masks import Box, context_box, mask_bounds, prepare_mask
 from .pixels import frame_to_gray, frame_to_rgba, job_upload, resize
-from .presets import apply_preset
+from .presets import apply_preset, with_defaults
 from .references import PlannedReference, job_references
 from .regions import PlannedRegion, job_regions
 from .schedulers import step_limit
@@ -56,6 +57,9 @@ SIZE_MULTIPLE = 8             # pixel sizes the VAE maps to whole latents
 class ModelTraits:
     """What planning needs to know of the loaded model."""
     native_side: int = 512    # the square side it was trained at (UNet sample size x VAE scale)
+    # what a job leaving steps / guidance out runs with (protocol.families.sampling_defaults)
+    steps: int = DEFAULT_SAMPLING[0]
+    guidance: float = DEFAULT_SAMPLING[1]
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ def plan_generation(job: GenerateRequest, uploads: Mapping[str, ImageFrame],
     validate(job, "job")
     # Inline <lora:...> tags join job.loras; a sampler preset sets scheduler, steps, guidance.
     preset = apply_preset(settle_loras(job))
-    job = preset.request
+    job = with_defaults(preset.request, traits.steps, traits.guidance)
     kind = _pipeline_kind(job)
     _check_numbers(job, limits)
     seed = job.seed if job.seed is not None else fresh_seed % SEED_RANGE

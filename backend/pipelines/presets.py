@@ -58,6 +58,12 @@ class PresetApplied:
     scheduler_config: tuple[tuple[str, Any], ...] = ()
 
 
+def with_defaults(job: GenerateRequest, steps: int, guidance: float) -> GenerateRequest:
+    """``job`` with the model's ``steps`` and ``guidance`` where it leaves them out (null)."""
+    return dataclasses.replace(job, steps=steps if job.steps is None else job.steps,
+                               guidance=guidance if job.guidance is None else job.guidance)
+
+
 def apply_preset(job: GenerateRequest) -> PresetApplied:
     """``job`` with ``sampler_preset``'s scheduler, steps and guidance (unchanged without a
     preset). Raises ProtocolError on ``job.sampler_preset`` for an unknown name."""

@@ -185,6 +185,7 @@ class ViewsRun:
     steps: list["StepTime"] = field(default_factory=list)
     _sent_at: float = 0.0
     _reruns: dict = field(default_factory=dict)            # id(job) -> the view it re-runs
+    _undo: dict = field(default_factory=dict)    # id(job) -> the shares a re-run replaced
 
     # ------------------------------------------------------------ jobs
     def start(self) -> Job:
@@ -376,6 +377,7 @@ class ViewsRun:
                 yield
             target.contributions.append(tuple(np.concatenate(p) for p in zip(*parts))
                                         if parts else _NO_CONTRIBUTION)
+            yield
         if index + 1 == len(self.shots):
             yield from self._make_images(job)
         else:
@@ -484,7 +486,8 @@ class ViewsRun:
         if self.busy():
             raise host.HostError(f"{LABEL} is still running; re-run a view when it is done")
         self._scene()
-        job = self._job(f"{LABEL}: {self.views[index].name} again", self._rerun_done, None)
+        job = self._job(f"{LABEL}: {self.views[index].name} again", self._rerun_done,
+                        self._rerun_ended)
         self._reruns[id(job)] = index
         job.preparing = self._timed(self._remaking(job, index, panel), f"again {index}")
         self.jobs.append(job)
@@ -547,6 +550,8 @@ class ViewsRun:
             target.color_sum[old_seen] -= old_weights[:, None] * old_colors
             target.color_sum[new_seen] += new_weights[:, None] * new_colors
             target.contributions[index] = (new_seen, new_weights, new_colors)
+            self._undo.setdefault(id(job), []).append(
+                (target, index, (old_seen, old_weights, old_colors)))
             yield
         record = settings.result_record(job.result, 0, job.request.seed or 0) \
             if job.result is not None else {}
@@ -572,6 +577,17 @@ class ViewsRun:
                 target.material = material.name
             target.texture = image.name
         self.made = [image.name for _, image in made]
+        self._undo.pop(id(job), None)
+
+    def _rerun_ended(self, job: Job) -> None:
+        """A re-run failed or was cancelled: its view's old share comes back."""
+        self._reruns.pop(id(job), None)
+        for target, index, old in reversed(self._undo.pop(id(job), [])):
+            seen, weights, colors = target.contributions[index]
+            target.color_sum[seen] -= weights[:, None] * colors
+            seen, weights, colors = old
+            target.color_sum[seen] += weights[:, None] * colors
+            target.contributions[index] = old
 
 
 def _paused_at(steps: Any) -> str:

@@ -504,7 +504,7 @@ def views_steps(module, url: str) -> Iterator[float]:
           f"{(idle.max() - HEARTBEAT) * 1000:.0f} ms); the add-on's steps longest "
           f"{', '.join(f'{p * 1000:.0f} ({w})' for p, w in steps[-4:])} ms of "
           f"{len(steps)} (CPU longest {', '.join(f'{c * 1000:.0f}' for c in step_cpu[-4:])} "
-          f"ms)")
+          f"ms); regions drawn {meter.draws}")
     for t in run.timings:
         print(f"VIEWS WINDOW {t['view']}: daemon {t['daemon_s']:.2f} s, Blender "
               f"{t['blender_s']:.3f} s")

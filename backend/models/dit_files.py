@@ -1,14 +1,7 @@
 """Flux.1 and SD3/SD3.5 as ComfyUI keeps them: the transformer alone in one
 ``.safetensors`` or GGUF file (``models/unet`` or ``models/diffusion_models``; diffusers'
-tensor names or the original Black Forest Labs / Stability ones), its text encoders as files of
-their own in ``models/text_encoders`` or ``models/clip`` (``clip_l``, ``t5xxl``, and for
-SD3 ``clip_g``), and its VAE in ``models/vae`` (Flux's ``ae.safetensors``). Or companion
-files the operator named on the daemon's command line, which are tried first.
-
-Each companion is recognised from its tensor names and widths, never from its file name
-alone; the name only breaks a tie (``clip_l`` and ``clip_g`` have the same tensor names).
-A missing one fails the load with ``model_not_found`` naming the file and where it goes.
-Files stored in fp8 (the transformer or the text encoders) stay fp8 in memory
+tensor names or the original Black Forest Labs / Stability ones), with its text encoders
+and VAE as files of their own (dit_parts.py finds them). Files stored in fp8 (the transformer or the text encoders) stay fp8 in memory
 (fp8_storage.py).
 
 Configs come from the folders shipped in ``configs/`` (chosen from the transformer's
@@ -31,8 +24,7 @@ import torch
 from diffusers import (AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler,
                        FluxTransformer2DModel, SD3Transformer2DModel)
 from safetensors.torch import load_file
-from transformers import (CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer,
-                          PreTrainedModel, T5EncoderModel, T5TokenizerFast)
+from transformers import CLIPTokenizer, PreTrainedModel, T5EncoderModel, T5TokenizerFast
 
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -40,12 +32,10 @@ from . import dit_keys, families
 from .file_kinds import TensorHeader, read_header
 from .fp8_storage import keep_stored, stored_fp8
 from .gguf_files import is_gguf, load_gguf_state, quantization, read_gguf_header
+from .dit_parts import PARTS, Part, find_part, shape_of
 from .single_file import CONFIGS, MAX_TOKENS, checkpoint_family, find_clip_tokenizer
-from .sources import SINGLE_FILE_SUFFIX, ModelRoots, hf_snapshot
+from .sources import ModelRoots, hf_snapshot
 
-TRANSFORMER_FOLDERS = ("unet", "diffusion_models")       # where ComfyUI keeps transformers
-ENCODER_FOLDERS = ("text_encoders", "clip")
-VAE_FOLDERS = ("vae",)
 # Where a T5 tokenizer (spiece.model or tokenizer.json) may sit in the HF cache.
 T5_TOKENIZER_REPOS = (
     ("google/t5-v1_1-xxl", ""),
@@ -57,34 +47,6 @@ T5_TOKENIZER_REPOS = (
 T5_TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
 
 
-@dataclass(frozen=True)
-class Part:
-    """One component a ComfyUI user keeps as a file of its own."""
-    role: str                          # what users call the file: clip_l, clip_g, t5xxl, vae
-    component: str                     # the pipeline component it becomes
-    what: str                          # for messages
-    folders: tuple[str, ...]           # ComfyUI folders it is looked for in
-    model_class: type                  # what it loads as
-    tokenizer: Optional[str] = None    # the pipeline's tokenizer for it
-
-
-_ENCODER = dict(folders=ENCODER_FOLDERS)
-PARTS: dict[str, tuple[Part, ...]] = {
-    families.FLUX: (
-        Part("clip_l", "text_encoder", "CLIP-L text encoder", model_class=CLIPTextModel,
-             tokenizer="tokenizer", **_ENCODER),
-        Part("t5xxl", "text_encoder_2", "T5-XXL text encoder", model_class=T5EncoderModel,
-             tokenizer="tokenizer_2", **_ENCODER),
-        Part("vae", "vae", "Flux VAE (ae.safetensors)", VAE_FOLDERS, AutoencoderKL)),
-    families.SD3: (
-        Part("clip_l", "text_encoder", "CLIP-L text encoder", model_class=CLIPTextModelWithProjection,
-             tokenizer="tokenizer", **_ENCODER),
-        Part("clip_g", "text_encoder_2", "CLIP-G text encoder", model_class=CLIPTextModelWithProjection,
-             tokenizer="tokenizer_2", **_ENCODER),
-        Part("t5xxl", "text_encoder_3", "T5-XXL text encoder", model_class=T5EncoderModel,
-             tokenizer="tokenizer_3", **_ENCODER),
-        Part("vae", "vae", "SD3 VAE", VAE_FOLDERS, AutoencoderKL)),
-}
 TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.SD3: SD3Transformer2DModel}
 
 
@@ -102,21 +64,11 @@ def file_family(path: Path) -> str:
     return checkpoint_family(path)
 
 
-def _shape(header: TensorHeader, *names: str) -> Optional[tuple[int, ...]]:
-    """The shape of the first of ``names`` the file holds (with or without a whole
-    checkpoint's prefix), or None."""
-    for name in names:
-        for key in (name, dit_keys.PREFIX + name):
-            if key in header.shapes:
-                return header.shapes[key]
-    return None
-
-
 def transformer_width(family: str, header: TensorHeader) -> Optional[int]:
     """The hidden width of a Flux or SD3 transformer file, in either naming."""
     names = (("img_in.weight", "x_embedder.weight") if family == families.FLUX else
              ("x_embedder.proj.weight", "pos_embed.proj.weight"))
-    shape = _shape(header, *names)
+    shape = shape_of(header, *names)
     return shape[0] if shape else None
 
 
@@ -142,7 +94,7 @@ def shipped_variant(family: str, header: TensorHeader) -> str:
     return "sd35_medium" if dual else "sd3_medium"
 
 
-def _config_width(config: Path, family: str) -> int:
+def _config_width(config: Path) -> int:
     cfg = json.loads((config / "transformer" / "config.json").read_text("utf-8"))
     return int(cfg["attention_head_dim"]) * int(cfg["num_attention_heads"])
 
@@ -153,100 +105,16 @@ def config_folder(path: Path, family: str, header: TensorHeader,
     or the tiny model's own folder for a file exported from it."""
     width = transformer_width(family, header)
     shipped = CONFIGS / shipped_variant(family, header)
-    if width == _config_width(shipped, family):
+    if width == _config_width(shipped):
         return shipped
     tiny = tiny_folder({families.FLUX: "tiny-flux", families.SD3: "tiny-sd3"}[family])
-    if width == _config_width(tiny, family):
+    if width == _config_width(tiny):
         return tiny
     raise ProtocolError(
         ErrorCode.MODEL_LOAD_FAILED,
         f"{path.name}: its transformer is {width} wide where a {family} transformer is "
-        f"{_config_width(shipped, family)}; it is not a standard {family} transformer",
+        f"{_config_width(shipped)}; it is not a standard {family} transformer",
         field="model")
-
-
-def part_width(part: Part, header: TensorHeader) -> Optional[int]:
-    """The width of ``part``'s model in a companion file, when the file holds such a
-    model (its tensor names say), else None."""
-    shapes = header.shapes
-    if part.model_class is T5EncoderModel:
-        if not any(".SelfAttention.q.weight" in k for k in shapes):
-            return None
-        shape = _shape(header, "shared.weight", "encoder.embed_tokens.weight")
-        return shape[1] if shape else None
-    if part.model_class is AutoencoderKL:
-        shape = _shape(header, "decoder.conv_in.weight")      # (width, latent channels, 3, 3)
-        if shape is None or not any(k.startswith("encoder.") for k in shapes):
-            return None
-        return shape[1]
-    shape = _shape(header, "text_model.embeddings.token_embedding.weight",
-                   "embeddings.token_embedding.weight")
-    return shape[1] if shape else None
-
-
-def _expected_width(part: Part, config: Path) -> int:
-    cfg = json.loads((config / part.component / "config.json").read_text("utf-8"))
-    if part.model_class is T5EncoderModel:
-        return int(cfg["d_model"])
-    if part.model_class is AutoencoderKL:
-        return int(cfg["latent_channels"])
-    return int(cfg["hidden_size"])
-
-
-# ------------------------------------------------------------------ finding companions
-
-def models_folder(path: Path) -> Optional[Path]:
-    """The ComfyUI ``models`` folder a transformer file sits in (the parent of its
-    ``unet`` or ``diffusion_models`` folder), or None."""
-    for parent in path.parents:
-        if parent.name in TRANSFORMER_FOLDERS:
-            return parent.parent
-    return None
-
-
-def _candidates(part: Part, path: Path, search_dirs: Sequence[Path]) -> list[Path]:
-    bases = [b for b in (models_folder(path), *search_dirs) if b is not None]
-    found: list[Path] = []
-    for base in dict.fromkeys(bases):
-        for folder in part.folders:
-            if (base / folder).is_dir():
-                found.extend(sorted(p for p in (base / folder).rglob(f"*{SINGLE_FILE_SUFFIX}")
-                                    if p.is_file()))
-    return found
-
-
-def find_part(part: Part, config: Path, path: Path, named: Sequence[Path],
-              search_dirs: Sequence[Path], roots: ModelRoots) -> Path:
-    """The file holding ``part`` for the transformer at ``path``: of the files named on the
-    command line, then of those in the part's folders, one whose tensors are that part at
-    the config's width; among several, one whose name says its role."""
-    width = _expected_width(part, config)
-    for group in (list(named), _candidates(part, path, search_dirs)):
-        matches = []
-        for candidate in group:
-            if not roots.holds(candidate) and candidate not in named:
-                continue
-            try:
-                header = read_header(candidate)
-            except ProtocolError:
-                continue
-            if part_width(part, header) == width:
-                matches.append(candidate)
-        if matches:
-            named_for_it = [m for m in matches if part.role in m.stem.lower()
-                            or (part.role == "vae" and m.stem.lower() == "ae")]
-            return (named_for_it or matches)[0]
-    folders = " or ".join(f"{f}/" for f in part.folders)
-    raise ProtocolError(
-        ErrorCode.MODEL_NOT_FOUND,
-        f"{path.name} is a {families_label(config)} transformer and needs its {part.what} as a "
-        f"file of its own ({part.role}*.safetensors); none was found. Put it in the {folders} "
-        f"folder beside {path.parent.name}/ in the same models folder, or name it when starting "
-        f"the daemon", field="model")
-
-
-def families_label(config: Path) -> str:
-    return config.name.replace("_", "-")
 
 
 # ------------------------------------------------------------------ tokenizers

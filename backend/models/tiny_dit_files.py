@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import dit_keys, families
-from .dit_files import PARTS
+from .dit_parts import PARTS
 from .ldm_keys import VAE_PREFIX, vae_key
 
 Naming = Literal["diffusers", "original"]

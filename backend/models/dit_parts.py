@@ -1,0 +1,150 @@
+"""The parts of a Flux.1 or SD3/SD3.5 model that ComfyUI users keep as files of their
+own beside the transformer: the text encoders (``clip_l``, ``t5xxl``, and for SD3
+``clip_g``) in ``models/text_encoders`` or ``models/clip``, the VAE (Flux's
+``ae.safetensors``) in ``models/vae``; and where they are found for a transformer file.
+
+Each is recognised from its tensor names and width, never from its file name alone; the
+name only breaks a tie (``clip_l`` and ``clip_g`` have the same tensor names, and the tiny
+models' the same widths). Files the operator named on the daemon's command line are
+tried first; a missing part is ``model_not_found`` naming the file and where it goes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from diffusers import AutoencoderKL
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
+
+from protocol.errors import ErrorCode, ProtocolError
+
+from . import families
+from .dit_keys import PREFIX
+from .file_kinds import TensorHeader, read_header
+from .sources import SINGLE_FILE_SUFFIX, ModelRoots
+
+TRANSFORMER_FOLDERS = ("unet", "diffusion_models")       # where ComfyUI keeps transformers
+ENCODER_FOLDERS = ("text_encoders", "clip")
+VAE_FOLDERS = ("vae",)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One component a ComfyUI user keeps as a file of its own."""
+    role: str                          # what users call the file: clip_l, clip_g, t5xxl, vae
+    component: str                     # the pipeline component it becomes
+    what: str                          # for messages
+    folders: tuple[str, ...]           # ComfyUI folders it is looked for in
+    model_class: type                  # what it loads as
+    tokenizer: Optional[str] = None    # the pipeline's tokenizer for it
+
+
+_ENCODER = dict(folders=ENCODER_FOLDERS)
+PARTS: dict[str, tuple[Part, ...]] = {
+    families.FLUX: (
+        Part("clip_l", "text_encoder", "CLIP-L text encoder", model_class=CLIPTextModel,
+             tokenizer="tokenizer", **_ENCODER),
+        Part("t5xxl", "text_encoder_2", "T5-XXL text encoder", model_class=T5EncoderModel,
+             tokenizer="tokenizer_2", **_ENCODER),
+        Part("vae", "vae", "Flux VAE (ae.safetensors)", VAE_FOLDERS, AutoencoderKL)),
+    families.SD3: (
+        Part("clip_l", "text_encoder", "CLIP-L text encoder", model_class=CLIPTextModelWithProjection,
+             tokenizer="tokenizer", **_ENCODER),
+        Part("clip_g", "text_encoder_2", "CLIP-G text encoder", model_class=CLIPTextModelWithProjection,
+             tokenizer="tokenizer_2", **_ENCODER),
+        Part("t5xxl", "text_encoder_3", "T5-XXL text encoder", model_class=T5EncoderModel,
+             tokenizer="tokenizer_3", **_ENCODER),
+        Part("vae", "vae", "SD3 VAE", VAE_FOLDERS, AutoencoderKL)),
+}
+
+def shape_of(header: TensorHeader, *names: str) -> Optional[tuple[int, ...]]:
+    """The shape of the first of ``names`` the file holds (with or without a whole
+    checkpoint's prefix), or None."""
+    for name in names:
+        for key in (name, PREFIX + name):
+            if key in header.shapes:
+                return header.shapes[key]
+    return None
+
+
+def part_width(part: Part, header: TensorHeader) -> Optional[int]:
+    """The width of ``part``'s model in a companion file, when the file holds such a
+    model (its tensor names say), else None."""
+    shapes = header.shapes
+    if part.model_class is T5EncoderModel:
+        if not any(".SelfAttention.q.weight" in k for k in shapes):
+            return None
+        shape = shape_of(header, "shared.weight", "encoder.embed_tokens.weight")
+        return shape[1] if shape else None
+    if part.model_class is AutoencoderKL:
+        shape = shape_of(header, "decoder.conv_in.weight")      # (width, latent channels, 3, 3)
+        if shape is None or not any(k.startswith("encoder.") for k in shapes):
+            return None
+        return shape[1]
+    shape = shape_of(header, "text_model.embeddings.token_embedding.weight",
+                   "embeddings.token_embedding.weight")
+    return shape[1] if shape else None
+
+
+def _expected_width(part: Part, config: Path) -> int:
+    cfg = json.loads((config / part.component / "config.json").read_text("utf-8"))
+    if part.model_class is T5EncoderModel:
+        return int(cfg["d_model"])
+    if part.model_class is AutoencoderKL:
+        return int(cfg["latent_channels"])
+    return int(cfg["hidden_size"])
+
+
+# ------------------------------------------------------------------ finding companions
+
+def models_folder(path: Path) -> Optional[Path]:
+    """The ComfyUI ``models`` folder a transformer file sits in (the parent of its
+    ``unet`` or ``diffusion_models`` folder), or None."""
+    for parent in path.parents:
+        if parent.name in TRANSFORMER_FOLDERS:
+            return parent.parent
+    return None
+
+
+def _candidates(part: Part, path: Path, search_dirs: Sequence[Path]) -> list[Path]:
+    bases = [b for b in (models_folder(path), *search_dirs) if b is not None]
+    found: list[Path] = []
+    for base in dict.fromkeys(bases):
+        for folder in part.folders:
+            if (base / folder).is_dir():
+                found.extend(sorted(p for p in (base / folder).rglob(f"*{SINGLE_FILE_SUFFIX}")
+                                    if p.is_file()))
+    return found
+
+
+def find_part(part: Part, config: Path, path: Path, named: Sequence[Path],
+              search_dirs: Sequence[Path], roots: ModelRoots) -> Path:
+    """The file holding ``part`` for the transformer at ``path``: of the files named on the
+    command line, then of those in the part's folders, one whose tensors are that part at
+    the config's width; among several, one whose name says its role."""
+    width = _expected_width(part, config)
+    for group in (list(named), _candidates(part, path, search_dirs)):
+        matches = []
+        for candidate in group:
+            if not roots.holds(candidate) and candidate not in named:
+                continue
+            try:
+                header = read_header(candidate)
+            except ProtocolError:
+                continue
+            if part_width(part, header) == width:
+                matches.append(candidate)
+        if matches:
+            named_for_it = [m for m in matches if part.role in m.stem.lower()
+                            or (part.role == "vae" and m.stem.lower() == "ae")]
+            return (named_for_it or matches)[0]
+    folders = " or ".join(f"{f}/" for f in part.folders)
+    raise ProtocolError(
+        ErrorCode.MODEL_NOT_FOUND,
+        f"{path.name} is a {config.name.replace('_', '-')} transformer and needs its {part.what} as a "
+        f"file of its own ({part.role}*.safetensors); none was found. Put it in the {folders} "
+        f"folder beside {path.parent.name}/ in the same models folder, or name it when starting "
+        f"the daemon", field="model")

@@ -460,7 +460,7 @@ def scenario_views_measure(module, url: str) -> None:
 
 def scenario_views_saved(module, url: str) -> None:
     """Texture from Views' settings (views, order, the grazing angle, what counts as seen
-    well, texture size, padding) come back with the .blend."""
+    well, texture size, padding) come back with the .blend; the order is followed."""
     scene = harness.empty_scene()
     values = dict(views_from="CAMERAS", orbit_count=7, elevation=-12.5, top=False, bottom=True,
                   distance=6.5, texture_size=2048, view_order="COVERAGE", max_angle=62.0,
@@ -476,6 +476,33 @@ def scenario_views_saved(module, url: str) -> None:
         got = getattr(props, key)
         assert (abs(got - value) < 1e-6) if isinstance(value, float) else got == value, \
             (key, got, value)
+    _order_follows_the_setting(module)
+
+
+def _order_follows_the_setting(module) -> None:
+    """A floor (a grid facing up): Most Coverage First generates the top view first (the
+    orbit, 15 degrees above it, sees it past Max Angle), Front First the front orbit view.
+    The views are put in order while the first job is prepared, before anything is sent
+    (no daemon here); Cancel then leaves nothing."""
+    session = harness.session(module)
+    for order, first in (("COVERAGE", "Top"), ("FRONT", "Orbit 1")):
+        scene = harness.empty_scene()
+        floor = harness.add_grid(scene, "Floor", (0, 0, 0), size=4.0, cuts=4)
+        floor.rotation_euler = (-np.pi / 2, 0.0, 0.0)     # its -Y face turned to +Z
+        harness.select_only([floor])
+        harness.settings(scene, width=SIZE, height=SIZE)
+        _views(scene, views_from="AUTO", orbit_count=4, elevation=15.0, top=True,
+               bottom=False, texture_size=64, view_order=order)
+        before = snapshot()
+        assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
+        run = _run_of(session.jobs[-1])
+        session.pump_until_idle(JOB_TIMEOUT, until=lambda: bool(run.views))
+        names = [shot.name for shot in run.shots]
+        assert names[0] == first and run.views[0].name == first, (order, names)
+        assert run.jobs[0].state.name == "PREPARING" and run.jobs[0].job_id is None
+        assert bpy.ops.atelier.cancel() == {"FINISHED"}
+        assert run.jobs[0].state.name == "CANCELLED"
+        assert new_datablocks(before) == {"images": set(), "materials": set(), "meshes": set()}
 
 
 SCENARIOS = {"views": scenario_views, "views_saved": scenario_views_saved, "views_cancel": scenario_views_cancel,

@@ -333,8 +333,8 @@ def weighting_normals(face_normals: np.ndarray, face_areas: np.ndarray,
     own, other = normals[corner_face[mine]], normals[corner_face[theirs]]
     near = np.einsum("ij,ij->i", own, other) >= math.cos(math.radians(angle)) - 1e-9
     weight = np.where(near, areas[corner_face[theirs]], 0.0)
-    summed = np.zeros((len(corner_face), 3))
-    np.add.at(summed, mine, other * weight[:, None])
+    summed = np.stack([np.bincount(mine, weights=other[:, k] * weight,
+                                   minlength=len(corner_face)) for k in range(3)], axis=1)
     length = np.linalg.norm(summed, axis=1)
     fallback = normals[corner_face]
     return np.where((length > 1e-12)[:, None], summed / np.maximum(length, 1e-12)[:, None],

@@ -148,10 +148,9 @@ class StepTime:
 
 @dataclass(frozen=True)
 class _Mesh:
-    """An object to texture as gathered on the press: its UV map and triangles."""
+    """An object to texture, and the UV map it is textured in."""
     name: str
     uv_map: str
-    triangles: tuple
 
 
 @dataclass
@@ -229,7 +228,11 @@ class ViewsRun:
         mask."""
         if index == 0:
             for mesh in self.meshes:
-                self.targets.append((yield from _texels_steps(mesh, self.size)))
+                self._scene()
+                triangles = _triangles(bpy.data.objects[mesh.name], mesh.uv_map,
+                                       bpy.context.evaluated_depsgraph_get())
+                yield
+                self.targets.append((yield from _texels_steps(mesh, triangles, self.size)))
             yield from self._order_shots()
             job.label = self._label(0)
         if index == len(self.views):
@@ -679,10 +682,11 @@ def _triangles(obj: bpy.types.Object, uv_map: str,
             corner_normal.reshape(-1, 3, 3))
 
 
-def _texels_steps(mesh: _Mesh, size: int) -> Generator[None, None, _Target]:
-    """The texels of an object's layout at ``size``: where they lie in the world and which
-    way the surface faces there; a step per batch of triangles and band of rows."""
-    corners, uvs, normals = mesh.triangles
+def _texels_steps(mesh: _Mesh, triangles: tuple, size: int) -> Generator[None, None, _Target]:
+    """The texels of an object's layout at ``size`` (``triangles`` from :func:`_triangles`):
+    where they lie in the world and which way the surface faces there; a step per batch of
+    triangles and band of rows."""
+    corners, uvs, normals = triangles
     attributes = np.concatenate([corners, normals], axis=2)
     inside = np.zeros((size, size), bool)
     data = np.empty((size, size, 6))
@@ -872,8 +876,8 @@ class ATELIER_OT_texture_from_views(bpy.types.Operator):
 
 def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props: Any,
              panel: settings.PanelSettings, session: Session) -> ViewsRun:
-    """The views and each object's UV map and triangles; the rest is made in the pump's
-    steps (ViewsRun._making)."""
+    """The views and each object's UV map (a Smart UV Project one made now where it has
+    none); the rest is made in the pump's steps (ViewsRun._making)."""
     scene, view_layer = context.scene, context.view_layer
     width, height = panel.width, panel.height
     center, _ = _bounding_sphere(objects)
@@ -895,15 +899,11 @@ def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props:
                  for pose in poses]
     meshes, added = [], []
     try:
-        uv_maps = []
         for obj in objects:
             uv_map, new = _ensure_uvs(obj, context)
             if new:
                 added.append((obj.name, uv_map))
-            uv_maps.append(uv_map)
-        depsgraph = context.evaluated_depsgraph_get()   # with the UV maps just made
-        for obj, uv_map in zip(objects, uv_maps):
-            meshes.append(_Mesh(obj.name, uv_map, _triangles(obj, uv_map, depsgraph)))
+            meshes.append(_Mesh(obj.name, uv_map))
     except BaseException:
         for name, uv_map in added:
             obj = bpy.data.objects[name]

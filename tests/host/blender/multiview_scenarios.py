@@ -436,13 +436,13 @@ def scenario_views_measure(module, url: str) -> None:
     target = run.targets[0]
     texels = image_rows(bpy.data.images[run.made[0]])[target.inside, 3]
     steps = sorted((step.seconds, step.where) for step in run.steps)
-    cpu = sorted(step.cpu for step in run.steps)
+    cpu = sorted((step.cpu, step.where) for step in run.steps)
     print(f"MEASURE {len(run.views)} views of {view_size}px into {texture}px: press blocks "
           f"{pressed * 1000:.0f} ms, total {total:.2f} s, longest pumps "
           f"{', '.join(f'{p * 1000:.0f}' for p in sorted(pumps)[-6:])} ms of {len(pumps)}, "
           f"longest steps {', '.join(f'{p * 1000:.0f} ({w})' for p, w in steps[-8:])} ms of "
           f"{len(steps)} (median {steps[len(steps) // 2][0] * 1000:.1f}; CPU longest "
-          f"{', '.join(f'{c * 1000:.0f}' for c in cpu[-4:])}), "
+          f"{', '.join(f'{c * 1000:.0f} ({w})' for c, w in cpu[-4:])}), "
           f"coverage {float((texels > 0.5).mean()):.4f} of {texels.size} texels")
     for t in run.timings:
         print(f"MEASURE {t['view']}: daemon {t['daemon_s']:.2f} s, Blender {t['blender_s']:.3f} s")

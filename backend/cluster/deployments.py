@@ -14,6 +14,7 @@ from fastapi import FastAPI, WebSocket
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from protocol.errors import ProtocolError
 from protocol.frames import ImageFrame
 from protocol.messages import Cancelled, Error, GenerateRequest, Result
 
@@ -21,7 +22,7 @@ from ..jobs import JobManager, OwnStatus, Subscriber
 from ..server import refusal, serve_connection
 from ..uploads import Hold, UploadBudget
 from .config import APP_NAME, ClusterConfig
-from .records import Delivery, JobTask, Reply, WorkerReport
+from .records import Delivery, JobTask, Refusal, Reply, WorkerReport
 from .scheduler import SchedulerCore, refusing
 from .transport import StarletteTransport, refuse
 
@@ -40,7 +41,9 @@ class Scheduler:
     the cluster's single source of truth (README: what this means at 80 GPUs)."""
 
     def __init__(self, config: ClusterConfig, workers: DeploymentHandle):
-        self.core = SchedulerCore(config, self._send_job, self._send_load)
+        self.core = SchedulerCore(config, self._send_job, self._send_load,
+                                  lost=(ray.exceptions.RayActorError,
+                                        ray.exceptions.ActorUnavailableError))
         self._workers = workers
 
     async def _send_job(self, task: JobTask) -> WorkerReport:
@@ -73,9 +76,6 @@ class Scheduler:
         return refusing(lambda: self.core.own_status(owner))
 
     async def load_model(self, name: str) -> Reply:
-        from protocol.errors import ProtocolError
-
-        from .records import Refusal
         try:
             return Reply(await self.core.load_model(name))
         except ProtocolError as exc:
@@ -117,9 +117,6 @@ class Worker:
                             self.store.memory())
 
     async def load(self, target: str, name: str) -> Reply:
-        from protocol.errors import ProtocolError
-
-        from .records import Refusal
         try:
             model = await self.jobs.run_on_worker(lambda: self.store.load(name))
         except ProtocolError as exc:
@@ -150,7 +147,10 @@ class Worker:
                 return self._report()
             if stop and not cancelling:
                 cancelling = True
-                await self.jobs.cancel(task.job_id, task.owner, collect)
+                try:
+                    await self.jobs.cancel(task.job_id, task.owner, collect)
+                except ProtocolError:
+                    pass     # it ended here meanwhile: its outcome is on its way
 
     async def check_health(self) -> None:
         pass

@@ -81,8 +81,11 @@ SendLoad = Callable[[str, str], Awaitable[tuple[tuple[str, str], WorkerReport]]]
 
 
 class SchedulerCore:
-    def __init__(self, config: ClusterConfig, send_job: SendJob, send_load: SendLoad):
+    def __init__(self, config: ClusterConfig, send_job: SendJob, send_load: SendLoad,
+                 lost: tuple[type[BaseException], ...] = ()):
+        """``lost``: the exceptions that mean a worker replica died (Ray's actor errors)."""
         self.config = config
+        self._lost = lost
         self._send_job = send_job
         self._send_load = send_load
         self.default_model = config.model
@@ -92,6 +95,8 @@ class SchedulerCore:
         self.workers: dict[str, WorkerView] = {}
         self.inboxes: dict[str, Inbox] = {}
         self.placements: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=1000)
+        # ("queued" | "dispatched", job id), in order: what the fair turns did
+        self.history: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ workers
@@ -146,6 +151,7 @@ class SchedulerCore:
         running = sum(1 for j in self.jobs.values() if j.state == State.RUNNING)
         position = len(self.queue) + running
         self.queue.push(owner, job.id)
+        self.history.append(("queued", job.id))
         self._dispatch()
         return job.id, position
 
@@ -263,7 +269,7 @@ class SchedulerCore:
                 "workers": {r: {"name": w.name, "models": list(w.models), "busy": w.busy,
                                 "jobs_run": w.jobs_run, "weight_loads": w.weight_loads}
                             for r, w in self.workers.items()},
-                "placements": list(self.placements),
+                "placements": list(self.placements), "history": list(self.history),
                 "running": {j.id: j.replica for j in self.jobs.values()
                             if j.state == State.RUNNING},
                 "origins": {j.id: j.origin for j in self.jobs.values()}}
@@ -282,6 +288,7 @@ class SchedulerCore:
                 continue
             self.queue.take(owner, job_id)
             job.state = State.RUNNING      # handed to a worker: a cancel now goes through it
+            self.history.append(("dispatched", job.id))
             waiting[job.model] -= 1
             view = self.workers[target]
             view.busy += 1
@@ -295,13 +302,21 @@ class SchedulerCore:
         task = JobTask(job.id, job.owner, job.request, job.uploads, self.default_model, target)
         try:
             report = await self._send_job(task)
-        except Exception as exc:     # the replica died or could not be reached
+        except self._lost as exc:
             self._worker_lost(job, target, exc)
+        except Exception as exc:     # the worker is alive: this job alone failed there
+            log.exception("job %s failed on worker %s", job.id, target)
+            if job.active:
+                self._finish(job, State.FAILED, [Error(
+                    code=ErrorCode.INTERNAL, job_id=job.id,
+                    message=f"the worker failed this job: {type(exc).__name__}")])
         else:
             view = self.workers.get(report.replica)
-            if view is not None:
-                self._update(view, report)
-                view.jobs_run += 1
+            if view is None:         # taken for lost, yet it answers: it is back
+                self.register_worker(report)
+                view = self.workers[report.replica]
+            self._update(view, report)
+            view.jobs_run += 1
             self.placements.append((job.id, report.replica, job.model))
             if job.active:     # the worker answered without an outcome: a bug, not a hang
                 self._finish(job, State.FAILED, [Error(

@@ -542,7 +542,8 @@ class ViewsRun:
         geometry = self.views[index].geometry
         feather = multiview.edge_feather(geometry.depth)
         for target in self.targets:
-            old_seen, old_weights, old_colors = target.contributions[index]
+            old = target.contributions[index]
+            old_seen, old_weights, old_colors = old
             parts = []
             for seen, weights, colors in self._contribution(target, geometry, feather, pixels):
                 parts.append((seen, weights, colors))
@@ -553,8 +554,7 @@ class ViewsRun:
             target.color_sum[old_seen] -= old_weights[:, None] * old_colors
             target.color_sum[new_seen] += new_weights[:, None] * new_colors
             target.contributions[index] = (new_seen, new_weights, new_colors)
-            self._undo.setdefault(id(job), []).append(
-                (target, index, (old_seen, old_weights, old_colors)))
+            self._undo.setdefault(id(job), []).append((target, index, old))
             yield
         record = settings.result_record(job.result, 0, job.request.seed or 0) \
             if job.result is not None else {}

@@ -241,6 +241,27 @@ def _rerun_keeps_the_rest(module, session, run, name: str) -> None:
           f"{changed[footprint].mean():.3f}, changed elsewhere {int(changed[~footprint].sum())}")
     assert not changed[~footprint].any()          # byte-identical outside its footprint
     assert changed[footprint].mean() > 0.5        # the new picture came in
+    # Another re-run, cancelled while its picture is being blended in (the pump made to run
+    # one step at a time): the view's share is as it was, the texture too.
+    slice_was = module.runtime.FINISH_SLICE
+    module.runtime.FINISH_SLICE = 1e-4
+    try:
+        sums = [t.color_sum.copy() for t in run.targets]
+        shares = [t.contributions[index] for t in run.targets]
+        shown = target.texture
+        assert bpy.ops.atelier.rerun_view(index=index) == {"FINISHED"}
+        again = run.jobs[-1]
+        session.pump_until_idle(JOB_TIMEOUT, until=lambda: id(again) in run._undo)
+        assert again.finishing is not None and not np.allclose(target.color_sum, sums[0])
+        assert bpy.ops.atelier.cancel() == {"FINISHED"}
+        assert again.state.name == "CANCELLED", again.progress_text
+    finally:
+        module.runtime.FINISH_SLICE = slice_was
+    for t, before_sums, before_share in zip(run.targets, sums, shares):
+        assert np.allclose(t.color_sum, before_sums, rtol=0, atol=1e-9)
+        assert t.contributions[index] is before_share
+    assert target.texture == shown and node.image.name == shown
+    assert not run.busy()
 
 
 def _rounded_cube_is_covered(module, session) -> None:

@@ -41,7 +41,8 @@ WELCOME_WAIT = 10.0                 # seconds a view waits for the daemon's welc
 COVERAGE_SAMPLES = 20000            # texels a view's coverage is estimated on, for the order
 VIEW_SOURCES = (("AUTO", "Around the Objects", "Cameras placed on an orbit around the "
                  "selected meshes (plus top and bottom as ticked)"),
-                ("CAMERAS", "Selected Cameras", "The selected camera objects, in name order"))
+                ("CAMERAS", "Selected Cameras", "The selected camera objects (Order: As Listed "
+                 "takes them in name order)"))
 
 
 VIEW_ORDER_ITEMS = (

@@ -8,14 +8,12 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from backend.cluster.fair_queue import FairQueue, WorkerView, choose_worker
 from benchmarks.local_cluster import SECOND_MODEL
 from protocol.client import AtelierClient, ClientError
 from protocol.errors import ErrorCode
 from protocol.events import JobDone
-from protocol.messages import Accepted, Cancelled, Error, GenerateRequest, Progress, Started
+from protocol.messages import Accepted, Cancelled, Error, GenerateRequest, Progress
 
 SMALL = dict(width=64, height=64, steps=3, prompt="a brick wall")
 

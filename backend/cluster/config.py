@@ -3,10 +3,9 @@ command line or a TOML file (``atelier cluster serve --config studio.toml``)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..limits import ServerLimits
 from ..server import ServerConfig, is_loopback
@@ -77,7 +76,3 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unknown [cluster] keys {sorted(unknown)}; known: "
                          f"{', '.join(sorted(_FILE_KEYS))}")
     return dict(table)
-
-
-def with_overrides(config: ClusterConfig, values: Mapping[str, Any]) -> ClusterConfig:
-    return dataclasses.replace(config, **{k: v for k, v in values.items() if v is not None})

@@ -152,9 +152,6 @@ class Worker:
                 except ProtocolError:
                     pass     # it ended here meanwhile: its outcome is on its way
 
-    async def check_health(self) -> None:
-        pass
-
 
 # ---------------------------------------------------------------------- gateway
 class ClusterJobs:
@@ -200,9 +197,7 @@ class ClusterJobs:
 
     async def own_status(self, owner: str) -> OwnStatus:
         reply: Reply = await self.scheduler.own_status.remote(owner)
-        mine = reply.unwrap()
-        return OwnStatus(queue_length=mine.queue_length, busy=mine.busy, running=mine.running,
-                         jobs=mine.jobs)
+        return reply.unwrap()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         sid = self._ids.pop(subscriber, None)
@@ -292,7 +287,6 @@ class Gateway:
     async def __init__(self, config: ClusterConfig, scheduler: DeploymentHandle):  # type: ignore[misc]
         from ..app import create_generator, create_store
 
-        self.cluster = config
         self.config = config.server
         replica = serve.get_replica_context().replica_id.unique_id
         self.jobs = ClusterJobs(scheduler, replica)

@@ -7,7 +7,7 @@ from typing import Any, Mapping, Optional
 
 from protocol.errors import ProtocolError
 from protocol.frames import ImageFrame
-from protocol.messages import GenerateRequest, JobStatus
+from protocol.messages import GenerateRequest
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,3 @@ class Delivery:
     default_model: Optional[str] = None
     device: str = "cluster"
     memory: tuple[int, int] = (0, 0)
-
-
-@dataclass(frozen=True)
-class OwnJobs:
-    queue_length: int
-    busy: bool
-    running: Optional[str]
-    jobs: list[JobStatus]

@@ -25,7 +25,8 @@ from protocol.messages import Cancelled, Error, GenerateRequest, JobStatus, Resu
 
 from .config import ClusterConfig
 from .fair_queue import FairQueue, WorkerView, choose_worker
-from .records import Delivery, JobTask, OwnJobs, Refusal, Reply, WorkerReport
+from ..jobs import OwnStatus
+from .records import Delivery, JobTask, Refusal, Reply, WorkerReport
 
 log = logging.getLogger("atelier.cluster.scheduler")
 
@@ -202,13 +203,13 @@ class SchedulerCore:
         for job in self.jobs.values():
             job.subscribers.discard(subscriber)
 
-    def own_status(self, owner: str) -> OwnJobs:
+    def own_status(self, owner: str) -> OwnStatus:
         mine = [j for j in self.jobs.values() if j.active and _same_owner(j.owner, owner)]
         running = [j.id for j in mine if j.state == State.RUNNING]
-        return OwnJobs(queue_length=len(self.queue),
-                       busy=any(w.busy for w in self.workers.values()),
-                       running=running[0] if running else None,
-                       jobs=[JobStatus(job_id=j.id, state=j.state.value) for j in mine])
+        return OwnStatus(queue_length=len(self.queue),
+                         busy=any(w.busy for w in self.workers.values()),
+                         running=running[0] if running else None,
+                         jobs=[JobStatus(job_id=j.id, state=j.state.value) for j in mine])
 
     async def load_model(self, name: str) -> tuple[str, str]:
         """Load ``name`` on a worker (one holding it, else the least busy) and make it the

@@ -411,3 +411,33 @@ def test_scaled_fp8_files_are_refused_naming_them(atelier_home, comfy, tmp_path)
         _store(atelier_home, models).load("unet/flux-tiny.safetensors")
     assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "model")
     assert "t5xxl.safetensors" in err.value.message and "scaled fp8" in err.value.message
+
+
+def test_a_flux_controlnet_file_is_listed_as_a_controlnet_and_refused_on_sd(atelier_home, tmp_path):
+    """A Flux ControlNet (diffusers' and InstantX's ``controlnet_blocks``) is not taken for
+    a Flux model: listed as a ControlNet, and one on an SD1.5 job fails that job naming
+    what it is made for."""
+    from diffusers import FluxControlNetModel
+    from safetensors.torch import save_file
+
+    from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
+    from protocol.messages import ControlLayer
+
+    config = FluxTransformer2DModel.load_config(
+        str(ensure_tiny("tiny-flux", atelier_home / "models") / "transformer"))
+    shape = ("patch_size", "in_channels", "num_layers", "num_single_layers", "attention_head_dim",
+             "num_attention_heads", "joint_attention_dim", "pooled_projection_dim",
+             "guidance_embeds", "axes_dims_rope")
+    controlnet = FluxControlNetModel(**{k: config[k] for k in shape})
+    dest = tmp_path / "models" / "controlnet" / "flux-canny.safetensors"
+    dest.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()}, str(dest))
+    store = _store(atelier_home, tmp_path / "models")
+    listed = {i.name: i for i in store.available()}["controlnet/flux-canny.safetensors"]
+    assert (listed.kind, listed.control_kind) == ("controlnet", "canny")
+    edges = ImageFrame(FrameKind.UPLOAD, PixelFormat.GRAY8, 0, 64, 64, new_id(), bytes(64 * 64))
+    job = GenerateRequest(**{**JOB, "model": "tiny"}, controls=[ControlLayer(
+        kind="canny", image=edges.id, model="controlnet/flux-canny.safetensors")])
+    with pytest.raises(ProtocolError) as err:
+        DiffusionGenerator(store).generate(job, {edges.id: edges}, lambda *_: None, lambda: False)
+    assert err.value.field == "job.controls[0].model" and "Flux or SD3" in err.value.message

@@ -186,12 +186,19 @@ LDM_UNET = "model.diffusion_model."
 LDM_CONV_IN = LDM_UNET + "input_blocks.0.0.weight"
 
 
+def is_transformer_controlnet(keys: Iterable[str]) -> bool:
+    """Whether tensor names are a Flux or SD3 ControlNet's (InstantX's and diffusers'
+    ``controlnet_blocks``), which fit no UNet."""
+    return any(k.startswith("controlnet_blocks.") for k in keys)
+
+
 def family_of_checkpoint_keys(keys: Iterable[str], conv_in_shape: Optional[tuple[int, ...]]) -> str:
     """Family of an original-layout checkpoint from its tensor names and the UNet's first
     conv weight shape (out, in, kh, kw); ``in`` is 4 plain, 5 depth, 9 inpaint."""
     keys = list(keys)
     has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
-    if has("control_model.") or has("controlnet_cond_embedding.") or has("input_hint_block."):
+    if has("control_model.") or has("controlnet_cond_embedding.") or has("input_hint_block.") \
+            or is_transformer_controlnet(keys):
         return CONTROLNET
     transformer = _transformer_of_keys(keys)
     if transformer is not None:

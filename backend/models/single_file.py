@@ -174,6 +174,11 @@ def load_single_file_controlnet(path: Path, dtype: torch.dtype,
         tiny_width = json.loads((tiny_config / "config.json").read_text("utf-8"))["cross_attention_dim"]
         configs.setdefault(tiny_width, tiny_config)
     width = context[1] if context else None
+    if families.is_transformer_controlnet(keys):
+        raise ProtocolError(ErrorCode.UNSUPPORTED,
+                            f"{path.name} is a ControlNet for Flux or SD3 transformers: it fits no "
+                            f"SD1.x/SDXL model, and controls on Flux/SD3 do not run yet",
+                            field="control.model")
     if families.family_of_checkpoint_keys(keys, None) != families.CONTROLNET or width not in configs:
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             f"{path.name} is not an SD1.x ControlNet checkpoint; other ControlNets load "

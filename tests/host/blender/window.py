@@ -443,6 +443,16 @@ class _CpuBeats(MainThreadMeter):
         self.beats.append((time.perf_counter(), time.thread_time()))
         return HEARTBEAT
 
+    def _count(self, key: str) -> None:
+        if self._running:
+            self.draws[key] += 1
+            if key == "VIEW_3D WINDOW":
+                self.drawn_at.append(time.perf_counter())
+
+    def start(self) -> None:
+        self.drawn_at: list[float] = []
+        super().start()
+
     def stop(self) -> None:
         self._running = False
         for space_type, handler, region in self._handlers:
@@ -505,6 +515,13 @@ def views_steps(module, url: str) -> Iterator[float]:
           f"{', '.join(f'{p * 1000:.0f} ({w})' for p, w in steps[-4:])} ms of "
           f"{len(steps)} (CPU longest {', '.join(f'{c * 1000:.0f}' for c in step_cpu[-4:])} "
           f"ms); regions drawn {meter.draws}")
+    # What the add-on did last before each draw of the 3D Viewport's main region
+    after: dict = {}
+    for drawn in meter.drawn_at:
+        before = [step for step in run.steps if step.began <= drawn]
+        where = max(before, key=lambda step: step.began).where if before else "before"
+        after[where] = after.get(where, 0) + 1
+    print(f"VIEWS WINDOW 3D Viewport draws after: {after}")
     for t in run.timings:
         print(f"VIEWS WINDOW {t['view']}: daemon {t['daemon_s']:.2f} s, Blender "
               f"{t['blender_s']:.3f} s")

@@ -203,17 +203,41 @@ def test_clip_l_and_clip_g_of_the_same_shape_are_told_apart_by_name(atelier_home
                                           folder.text_encoder_2.state_dict().values()))
 
 
-def test_a_whole_checkpoint_is_refused_saying_how_to_lay_the_files_out(atelier_home, tmp_path):
-    from safetensors.torch import save_file
+@pytest.mark.parametrize("tiny, embedded", [
+    ("tiny-flux", ("clip_l", "t5xxl", "vae")),     # everything in one file
+    ("tiny-sd3", ("clip_l", "clip_g", "vae"))])    # SD3.5's files without T5: it is beside
+def test_whole_checkpoints_load_with_what_they_hold_and_find_the_rest(
+        atelier_home, comfy, tmp_path, tiny, embedded):
+    from backend.models.tiny_dit_files import export_checkpoint
 
-    save_file({f"{dit_keys.PREFIX}double_blocks.0.img_attn.qkv.weight": torch.zeros(6, 2),
-               f"{dit_keys.PREFIX}img_in.weight": torch.zeros(3072, 64)},
-              str(tmp_path / "flux-all-in-one.safetensors"))
-    store = _store(atelier_home, tmp_path)
+    family = families.FLUX if tiny == "tiny-flux" else families.SD3
+    models = tmp_path / "models"
+    source = ensure_tiny(tiny, atelier_home / "models")
+    export_checkpoint(source, family, models / "checkpoints" / "all-in-one.safetensors", embedded)
+    if "t5xxl" not in embedded:
+        (models / "text_encoders").mkdir()
+        shutil.copy(comfy[tiny] / "text_encoders" / "t5xxl.safetensors", models / "text_encoders")
+    store = _store(atelier_home, models)
+    name = "checkpoints/all-in-one.safetensors"
+    assert {i.name: i.family for i in store.available()}[name] == family
+    whole = store.use(name)
+    folder = store.use(tiny)
+    for component in COMPONENTS[family]:
+        mine, theirs = (getattr(m.pipe, component).state_dict() for m in (whole, folder))
+        assert set(mine) == set(theirs) and all(mine[k].equal(theirs[k]) for k in mine), component
+    generator = DiffusionGenerator(store)
+    assert _pixels(generator, model=name) == _pixels(generator, model=tiny)
+
+
+def test_a_whole_checkpoint_without_its_text_encoders_says_which_is_missing(atelier_home, tmp_path):
+    from backend.models.tiny_dit_files import export_checkpoint
+
+    export_checkpoint(ensure_tiny("tiny-flux", atelier_home / "models"), families.FLUX,
+                      tmp_path / "models" / "checkpoints" / "bare.safetensors", parts=("vae",))
     with pytest.raises(ProtocolError) as err:
-        store.load("flux-all-in-one.safetensors")
-    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "model")
-    assert "models/unet" in err.value.message and "text_encoders" in err.value.message
+        _store(atelier_home, tmp_path / "models").load("checkpoints/bare.safetensors")
+    assert (err.value.code, err.value.field) == (ErrorCode.MODEL_NOT_FOUND, "model")
+    assert "CLIP-L" in err.value.message and "text_encoders/" in err.value.message
 
 
 def test_tokenizers_for_full_size_files_are_looked_for_and_their_absence_explained(

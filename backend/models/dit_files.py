@@ -14,8 +14,6 @@ looks for CLIP's.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -23,7 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from diffusers import (AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler,
                        FluxTransformer2DModel, SD3Transformer2DModel)
-from safetensors.torch import load_file
+from safetensors import safe_open
 from transformers import CLIPTokenizer, PreTrainedModel, T5EncoderModel, T5TokenizerFast
 
 from protocol.errors import ErrorCode, ProtocolError
@@ -32,7 +30,7 @@ from . import dit_keys, families
 from .file_kinds import TensorHeader, read_header
 from .fp8_storage import keep_stored, stored_fp8
 from .gguf_files import is_gguf, load_gguf_state, quantization, read_gguf_header
-from .dit_parts import PARTS, Part, find_part, shape_of
+from .dit_parts import PARTS, Part, PartFile, find_part, shape_of
 from .single_file import CONFIGS, MAX_TOKENS, checkpoint_family, find_clip_tokenizer
 from .sources import ModelRoots, hf_snapshot
 
@@ -163,14 +161,20 @@ def _tokenizers(config: Path, family: str, home: Path, hf_cache: Path) -> dict[s
 
 # ------------------------------------------------------------------ loading
 
-def _load_encoder(part: Part, file: Path, config: Path, dtype: torch.dtype) -> PreTrainedModel:
-    """A text encoder from its own file, through transformers' loader: a folder holding
-    the config and a link to the file stands in for a model folder."""
-    with tempfile.TemporaryDirectory(prefix="atelier-encoder-") as folder:
-        (Path(folder) / "config.json").write_bytes((config / part.component / "config.json").read_bytes())
-        os.symlink(file, Path(folder) / "model.safetensors")
-        model, info = part.model_class.from_pretrained(
-            folder, torch_dtype=dtype, local_files_only=True, output_loading_info=True)
+def read_tensors(source: PartFile) -> dict[str, torch.Tensor]:
+    """The tensors of ``source``: a whole file, or those under its prefix (the prefix
+    taken off), read lazily so a whole checkpoint's other parts stay on disk."""
+    with safe_open(str(source.path), framework="pt") as f:
+        return {key[len(source.prefix):]: f.get_tensor(key) for key in f.keys()
+                if key.startswith(source.prefix)}
+
+
+def _load_encoder(part: Part, source: PartFile, config: Path, dtype: torch.dtype) -> PreTrainedModel:
+    """A text encoder from its tensors, through transformers' loader."""
+    model_config = part.model_class.config_class.from_pretrained(str(config / part.component))
+    model, info = part.model_class.from_pretrained(
+        None, config=model_config, state_dict=read_tensors(source), torch_dtype=dtype,
+        output_loading_info=True)
     missing = set(info["missing_keys"])
     if missing == {"text_projection.weight"}:
         # Flux's clip_l files carry no projection; SD3 uses the identity there (as diffusers does).
@@ -178,16 +182,17 @@ def _load_encoder(part: Part, file: Path, config: Path, dtype: torch.dtype) -> P
             model.text_projection.weight.copy_(torch.eye(*model.text_projection.weight.shape))
     elif missing:
         raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
-                            f"{file.name} lacks {len(missing)} tensors of a {part.what} "
+                            f"{source.path.name} lacks {len(missing)} tensors of a {part.what} "
                             f"(e.g. {sorted(missing)[0]})", field="model")
     return model
 
 
-def _load_transformer(path: Path, family: str, config: Path, dtype: torch.dtype) -> torch.nn.Module:
-    """The transformer of a ``.safetensors`` file, or of a GGUF one with its weights kept
-    quantized (diffusers' GGUF layers dequantize them to ``dtype`` as they run)."""
-    gguf = is_gguf(path)
-    state = load_gguf_state(path) if gguf else load_file(str(path))
+def _load_transformer(source: PartFile, family: str, config: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """The transformer of a ``.safetensors`` file (or a whole checkpoint's), or of a GGUF
+    one with its weights kept quantized (diffusers' GGUF layers dequantize them to
+    ``dtype`` as they run)."""
+    gguf = is_gguf(source.path)
+    state = load_gguf_state(source.path) if gguf else read_tensors(source)
     if family == families.FLUX and dit_keys.is_original(list(state)):
         # diffusers' own Flux converter assumes full width; SD3's reads it from the tensors.
         state = dit_keys.to_diffusers(family, state)   # quantized rows split and join as they are
@@ -199,34 +204,31 @@ def _load_transformer(path: Path, family: str, config: Path, dtype: torch.dtype)
 
 @dataclass(frozen=True)
 class DiTFiles:
-    """A transformer file and the companion files found for it."""
+    """A transformer file and where the other parts of its model were found."""
     family: str
-    transformer: Path
+    transformer: PartFile
     config: Path
-    parts: dict[str, Path]      # component -> file
-    # component ("transformer" too) -> the 8-bit float its file stores weights in
+    parts: dict[str, PartFile]      # component -> where its tensors are
+    # component ("transformer" too) -> the 8-bit float its tensors are stored in
     fp8: dict[str, torch.dtype] = field(default_factory=dict)
 
 
 def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Path],
                    roots: ModelRoots, tiny_folder: Callable[[str], Path],
                    named: Sequence[Path] = ()) -> DiTFiles:
-    """Check a transformer file and find its companions, reading headers only."""
+    """Check a transformer file (or a whole checkpoint: transformer, and maybe its text
+    encoders and VAE, in one file) and find the other parts, reading headers only."""
     header = transformer_header(path)
-    if any(k.startswith(dit_keys.PREFIX) for k in header.shapes):
-        raise ProtocolError(
-            ErrorCode.UNSUPPORTED,
-            f"{path.name} is a whole {family} checkpoint (transformer, text encoders and VAE in "
-            f"one file); Atelier loads {family} as ComfyUI's split files: the transformer in "
-            f"models/unet or models/diffusion_models, the text encoders in models/text_encoders, "
-            f"the VAE in models/vae (or a diffusers folder)", field="model")
+    whole = any(k.startswith(dit_keys.PREFIX) for k in header.shapes)
     config = config_folder(path, family, header, tiny_folder)
-    parts = {part.component: find_part(part, config, path, named, search_dirs, roots)
+    transformer = PartFile(path, dit_keys.PREFIX if whole else "")
+    parts = {part.component: find_part(part, config, path, named, search_dirs, roots,
+                                       header if whole else None)
              for part in PARTS[family]}
-    files = {"transformer": path, **parts} if not is_gguf(path) else parts
-    fp8 = {component: dtype for component, file in files.items()
-           if component != "vae" and (dtype := stored_fp8(file)) is not None}
-    return DiTFiles(family, path, config, parts, fp8)
+    sources = parts if is_gguf(path) else {"transformer": transformer, **parts}
+    fp8 = {component: dtype for component, source in sources.items()
+           if component != "vae" and (dtype := stored_fp8(source.path, source.prefix)) is not None}
+    return DiTFiles(family, transformer, config, parts, fp8)
 
 
 def prepare_dit_file(files: DiTFiles, dtype: torch.dtype, home: Path,
@@ -246,8 +248,9 @@ def prepare_dit_file(files: DiTFiles, dtype: torch.dtype, home: Path,
             for part in PARTS[family]:
                 current = files.parts[part.component]
                 components[part.component] = (
-                    AutoencoderKL.from_single_file(str(current), config=str(config), subfolder="vae",
-                                                   torch_dtype=dtype, local_files_only=True)
+                    AutoencoderKL.from_single_file(read_tensors(current), config=str(config),
+                                                   subfolder="vae", torch_dtype=dtype,
+                                                   local_files_only=True)
                     if part.model_class is AutoencoderKL else
                     _load_encoder(part, current, config, dtype))
             for component, storage in files.fp8.items():
@@ -256,7 +259,7 @@ def prepare_dit_file(files: DiTFiles, dtype: torch.dtype, home: Path,
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ProtocolError(ErrorCode.MODEL_LOAD_FAILED,
-                                f"could not load {current.name} for a {family} model: "
+                                f"could not load {current.path.name} for a {family} model: "
                                 f"{type(exc).__name__}: {exc}", field="model") from exc
         return cls(**components, **tokenizers)
 

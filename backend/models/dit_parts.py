@@ -29,6 +29,7 @@ from .sources import SINGLE_FILE_SUFFIX, ModelRoots
 TRANSFORMER_FOLDERS = ("unet", "diffusion_models")       # where ComfyUI keeps transformers
 ENCODER_FOLDERS = ("text_encoders", "clip")
 VAE_FOLDERS = ("vae",)
+CHECKPOINT_FOLDER = "checkpoints"                         # whole checkpoints
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,26 @@ def _expected_width(part: Part, config: Path) -> int:
 
 # ------------------------------------------------------------------ finding companions
 
+@dataclass(frozen=True)
+class PartFile:
+    """Where a part's tensors are: a file of its own, or a whole checkpoint (transformer,
+    text encoders and VAE in one file) under ``prefix``."""
+    path: Path
+    prefix: str = ""
+
+
+def embedded_prefix(part: Part) -> str:
+    """Where a whole checkpoint (ComfyUI's and Stability's single files) keeps ``part``:
+    the text encoders under ``text_encoders.<role>.transformer.``, the VAE as SD kept it."""
+    return "first_stage_model." if part.model_class is AutoencoderKL else \
+        f"text_encoders.{part.role}.transformer."
+
+
 def models_folder(path: Path) -> Optional[Path]:
-    """The ComfyUI ``models`` folder a transformer file sits in (the parent of its
-    ``unet`` or ``diffusion_models`` folder), or None."""
+    """The ComfyUI ``models`` folder a transformer file or whole checkpoint sits in (the
+    parent of its ``unet``, ``diffusion_models`` or ``checkpoints`` folder), or None."""
     for parent in path.parents:
-        if parent.name in TRANSFORMER_FOLDERS:
+        if parent.name in (*TRANSFORMER_FOLDERS, CHECKPOINT_FOLDER):
             return parent.parent
     return None
 
@@ -121,11 +137,19 @@ def _candidates(part: Part, path: Path, search_dirs: Sequence[Path]) -> list[Pat
 
 
 def find_part(part: Part, config: Path, path: Path, named: Sequence[Path],
-              search_dirs: Sequence[Path], roots: ModelRoots) -> Path:
-    """The file holding ``part`` for the transformer at ``path``: of the files named on the
+              search_dirs: Sequence[Path], roots: ModelRoots,
+              whole: Optional[TensorHeader] = None) -> PartFile:
+    """Where ``part`` is for the transformer at ``path``: inside it when it is a whole
+    checkpoint (``whole``: its header) holding the part, else of the files named on the
     command line, then of those in the part's folders, one whose tensors are that part at
     the config's width; among several, one whose name says its role."""
     width = _expected_width(part, config)
+    if whole is not None:
+        prefix = embedded_prefix(part)
+        inside = TensorHeader({k[len(prefix):]: v for k, v in whole.shapes.items()
+                               if k.startswith(prefix)}, {})
+        if inside.shapes and part_width(part, inside) == width:
+            return PartFile(path, prefix)
     for group in (list(named), _candidates(part, path, search_dirs)):
         matches = []
         for candidate in group:
@@ -140,7 +164,7 @@ def find_part(part: Part, config: Path, path: Path, named: Sequence[Path],
         if matches:
             named_for_it = [m for m in matches if part.role in m.stem.lower()
                             or (part.role == "vae" and m.stem.lower() == "ae")]
-            return (named_for_it or matches)[0]
+            return PartFile((named_for_it or matches)[0])
     folders = " or ".join(f"{f}/" for f in part.folders)
     raise ProtocolError(
         ErrorCode.MODEL_NOT_FOUND,

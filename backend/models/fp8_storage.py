@@ -31,12 +31,12 @@ _SCALED_MARKS = ("scaled_fp8", ".scale_weight", ".scale_input")
 ENCODER_KEEP = ("norm", r"\.wo$", "shared", "embed_tokens", "relative_attention_bias")
 
 
-def stored_fp8(path: Path, field: str = "model") -> Optional[torch.dtype]:
-    """The 8-bit float type most of ``path``'s matrices are stored in, or None; refuses a
-    scaled fp8 file."""
+def stored_fp8(path: Path, prefix: str = "", field: str = "model") -> Optional[torch.dtype]:
+    """The 8-bit float type most of ``path``'s matrices (those under ``prefix``) are stored
+    in, or None; refuses a scaled fp8 file."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
+            keys = [k for k in f.keys() if k.startswith(prefix)]
             matrices = Counter(f.get_slice(k).get_dtype() for k in keys
                                if len(f.get_slice(k).get_shape()) >= 2)
     except (SafetensorError, OSError) as exc:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import dit_keys, families
-from .dit_parts import PARTS
+from .dit_parts import PARTS, embedded_prefix
 from .ldm_keys import VAE_PREFIX, vae_key
 
 Naming = Literal["diffusers", "original"]
@@ -107,3 +107,26 @@ def build_tiny_transformer_lora(folder: Path, family: str, dest: Path, seed: int
     transformer = cls.from_pretrained(str(folder / "transformer"))
     tensors = _lora_tensors(transformer, ["to_q", "to_k", "to_v"], seed)
     return _save({f"transformer.{key}": value for key, value in tensors.items()}, dest)
+
+
+def export_checkpoint(folder: Path, family: str, dest: Path,
+                      parts: tuple[str, ...] = ("clip_l", "clip_g", "t5xxl", "vae")) -> Path:
+    """The tiny pipeline ``folder`` as one whole checkpoint as ComfyUI saves one: the
+    transformer in the original names under ``model.diffusion_model.``, and of ``parts``
+    those the family has, the text encoders under ``text_encoders.<role>.transformer.`` and
+    the VAE in LDM names under ``first_stage_model.``."""
+    state = load_file(str(folder / "transformer" / TRANSFORMER_FILE))
+    tensors = {dit_keys.PREFIX + k: v for k, v in dit_keys.to_original(family, state).items()}
+    for part in PARTS[family]:
+        if part.role not in parts:
+            continue
+        weights = sorted((folder / part.component).glob("*.safetensors"))[0]
+        values = load_file(str(weights))
+        if part.role == "vae":
+            config = json.loads((folder / "vae" / "config.json").read_text("utf-8"))
+            values = _ldm_vae(values, len(config["block_out_channels"]))
+        elif part.role.startswith("clip"):
+            values = {k if k.startswith("text_model.") else f"text_model.{k}": v
+                      for k, v in values.items()}
+        tensors.update({embedded_prefix(part) + k: v for k, v in values.items()})
+    return _save(tensors, dest)

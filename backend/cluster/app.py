@@ -23,9 +23,14 @@ def worker_options(config: ClusterConfig) -> dict[str, Any]:
     if config.min_workers == config.max_workers:
         options["num_replicas"] = config.min_workers
     else:
+        # Up soon after a backlog shows (the scheduler's second request per worker, see
+        # SchedulerCore._ask_for_workers); down only after minutes idle, since a new
+        # worker must load its model again.
         options["autoscaling_config"] = {"min_replicas": config.min_workers,
                                          "max_replicas": config.max_workers,
-                                         "target_ongoing_requests": 1}
+                                         "target_ongoing_requests": 1,
+                                         "metrics_interval_s": 2, "look_back_period_s": 10,
+                                         "upscale_delay_s": 5, "downscale_delay_s": 300}
     return options
 
 

@@ -99,6 +99,7 @@ class SchedulerCore:
         # ("queued" | "dispatched", job id), in order: what the fair turns did
         self.history: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._asking = False      # a job sent as a second request, to grow the workers
 
     # ------------------------------------------------------------ workers
     def register_worker(self, report: WorkerReport) -> None:
@@ -277,29 +278,48 @@ class SchedulerCore:
 
     # ------------------------------------------------------------ dispatch
     def _dispatch(self) -> None:
-        """Start queued jobs on free workers, in fair turn, by model affinity."""
-        if not any(w.busy == 0 for w in self.workers.values()):
-            return
+        """Start queued jobs on free workers, in fair turn, by model affinity; then ask
+        for more workers while jobs wait (``_ask_for_workers``)."""
         waiting = collections.Counter(self.jobs[j].model for _, j in self.queue.in_turn())
         for owner, job_id in list(self.queue.in_turn()):
+            if not any(w.busy == 0 for w in self.workers.values()):
+                break
             job = self.jobs[job_id]
             target = choose_worker(job.model, self.workers, waiting[job.model],
                                    self.config.spill_after)
-            if target is None:
-                continue
-            self.queue.take(owner, job_id)
-            job.state = State.RUNNING      # handed to a worker: a cancel now goes through it
-            self.history.append(("dispatched", job.id))
-            waiting[job.model] -= 1
-            view = self.workers[target]
-            view.busy += 1
-            if job.model not in view.models:
-                view.loading.add(job.model)
-            self._spawn(self._run(job, target))
-            if not any(w.busy == 0 for w in self.workers.values()):
-                return
+            if target is not None:
+                waiting[job.model] -= 1
+                self._start(owner, job, target)
+        self._ask_for_workers()
 
-    async def _run(self, job: ClusterJob, target: str) -> None:
+    def _ask_for_workers(self) -> None:
+        """Serve autoscales workers on their ongoing requests, and this scheduler sends a
+        worker one job at a time: below ``max_workers``, while jobs wait and all workers
+        are busy, the next job in turn goes to the least busy worker as a second request
+        (it runs after that worker's current job); the demand makes Serve add a replica,
+        which registers and takes work. One such job at a time."""
+        if (self._asking or not len(self.queue) or not self.workers
+                or len(self.workers) >= self.config.max_workers
+                or any(w.busy == 0 for w in self.workers.values())):
+            return
+        owner, job_id = next(self.queue.in_turn())
+        job = self.jobs[job_id]
+        target = min(self.workers, key=lambda r: (not self.workers[r].holds(job.model),
+                                                  self.workers[r].busy, r))
+        self._asking = True
+        self._start(owner, job, target)
+
+    def _start(self, owner: str, job: ClusterJob, target: str) -> None:
+        self.queue.take(owner, job.id)
+        job.state = State.RUNNING      # handed to a worker: a cancel now goes through it
+        self.history.append(("dispatched", job.id))
+        view = self.workers[target]
+        view.busy += 1
+        if job.model not in view.models:
+            view.loading.add(job.model)
+        self._spawn(self._run(job, target, asking=view.busy > 1))
+
+    async def _run(self, job: ClusterJob, target: str, asking: bool = False) -> None:
         task = JobTask(job.id, job.owner, job.request, job.uploads, self.default_model, target)
         try:
             report = await self._send_job(task)
@@ -328,6 +348,8 @@ class SchedulerCore:
             if view is not None:
                 view.busy = max(0, view.busy - 1)
                 view.loading.discard(job.model)
+            if asking:
+                self._asking = False
             self._dispatch()
 
     def _worker_lost(self, job: ClusterJob, target: str, exc: Exception) -> None:

@@ -941,6 +941,8 @@ def test_texture_set_adds_a_group_of_labelled_maps_and_leaves_the_layers(krita_a
     assert len({m["sha"] for m in maps}) == 3
     assert record["message"] == ("Texture set: done, normal, height, roughness in "
                                  "'[Texture set] a lighthouse at dusk'")
+    # Krita shows the normal map (composited when the layers went in, no refresh)
+    assert record["top_map"] == "normal" and record["shown_is_top_map"]
 
 
 def test_texture_set_from_missing_marigold_says_what_the_daemon_said(krita_assets):

@@ -135,8 +135,13 @@ def texture_set(ctx: Context) -> dict[str, Any]:
     _choose(panel.tiling_combo, "both")
     ran = _run(controller, panel.generate)
     after = _nodes(doc)
+    # what Krita shows: the shown map on top (opaque), composited without a refresh
+    top = doc.rootNode().childNodes()[-1].childNodes()[-1]
+    shown = sha(doc.pixelData(0, 0, doc.width(), doc.height())) == \
+        sha(top.pixelData(0, 0, doc.width(), doc.height()))
     return {**ran, "sent": _sent(controller), "before": before, "after": after,
-            "extent": [doc.width(), doc.height()]}
+            "extent": [doc.width(), doc.height()], "shown_is_top_map": shown,
+            "top_map": top.name()}
 
 
 def texture_marigold_missing(ctx: Context) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 Per view, Blender renders depth and camera-space normals (passes.py) and sends one job
 with both as controls: the first view generates freely, each later one inpaints what the
 views before it did not see well, its init image the texture so far as seen from there.
-Each result is blended into every object's UV layout (multiview.py weights it). The
-scene gets its images, materials and (when an object had none) Smart UV maps only when
-the last view is in; Cancel or a failure leaves it as it was.
+Each result is blended into every object's UV layout (multiview.py weights it, at the
+texels multiview_texels.py finds). All of it runs in short steps of the session's pump.
+The scene gets its images, materials and (when an object had none) Smart UV maps only when
+the last view is in; Cancel or a failure leaves it as it was. A finished run is kept, so
+that one of its views can be generated again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import mathutils
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty
 
-from . import host, multiview, passes, projection, settings
+from . import host, multiview, multiview_texels, passes, projection, settings
+from .multiview_texels import TEXEL_CHUNK
 from .addon import ensure_timer
 from .panels import CATEGORY
 from .properties import ADDON_ID
@@ -34,8 +37,6 @@ SMART_UV_NAME = "Atelier Views UV"
 WEIGHTS_PREFIX = "Atelier Weights"
 LENS, SENSOR = 50.0, 36.0           # the placed cameras' (mm)
 INIT_BACKGROUND = 0.5               # grey where the init image knows no colour
-TEXEL_CHUNK = 1 << 16               # texels blended in one step of the pump (~25 ms here)
-RASTER_STEP = 1 << 16               # candidate texels rasterised in one step
 EXACT_NORMALS = "float32x3"         # the daemon's capability: normals sent as floats
 WELCOME_WAIT = 10.0                 # seconds a view waits for the daemon's welcome
 COVERAGE_SAMPLES = 20000            # texels a view's coverage is estimated on, for the order
@@ -77,9 +78,9 @@ class AtelierViewsSettings(bpy.types.PropertyGroup):
         description="Which view generates freely first; each later one inpaints what the "
                     "views before it did not see well")
     max_angle: FloatProperty(name="Max Angle", default=multiview.MAX_ANGLE, min=10.0,
-                             max=90.0, precision=0, step=100, description="A view gives no colour to a surface it "
-                                                   "sees more than this many degrees off "
-                                                   "its normal")
+                             max=90.0, precision=0, step=100,
+                             description="A view gives no colour to a surface it sees more "
+                                         "than this many degrees off its normal")
     seen_weight: FloatProperty(name="Seen Well", default=multiview.SEEN_WEIGHT, min=0.01,
                                max=2.0, description="Texels with less summed view weight are "
                                                     "repainted by the next view")
@@ -88,30 +89,6 @@ class AtelierViewsSettings(bpy.types.PropertyGroup):
     keep_weights: BoolProperty(name="Keep Weight Maps", default=False,
                                description="Also keep each view's weight per texel as an "
                                            "image (for checking which view painted what)")
-
-
-@dataclass
-class _Target:
-    """One object being textured: its UV map and the texels inside its UV layout."""
-    name: str
-    uv_map: str
-    inside: np.ndarray                    # (S, S) bool
-    positions: np.ndarray                 # (n, 3) world, the inside texels in order
-    normals: np.ndarray                   # (n, 3)
-    corners: np.ndarray                   # (T, 3, 3) world, the mesh as it renders
-    corner_uvs: np.ndarray                # (T, 3, 2)
-    texel_index: np.ndarray               # (S, S): the inside texels' numbers, -1 outside
-    color_sum: np.ndarray = field(init=False)
-    weight_sum: np.ndarray = field(init=False)
-    # Per view, what it gave (for its weight map and for a re-run of it): the texels it
-    # colours (int32 indices into the inside texels), their weights and its colours there
-    contributions: list = field(default_factory=list)
-    texture: str = ""                     # the image made for it, once made
-    material: str = ""
-
-    def __post_init__(self) -> None:
-        self.color_sum = np.zeros((len(self.positions), 3))
-        self.weight_sum = np.zeros(len(self.positions))
 
 
 @dataclass
@@ -147,13 +124,6 @@ class StepTime:
     began: float
 
 
-@dataclass(frozen=True)
-class _Mesh:
-    """An object to texture, and the UV map it is textured in."""
-    name: str
-    uv_map: str
-
-
 @dataclass
 class ViewsRun:
     """One Texture from Views: the views, the objects, what was blended so far.
@@ -173,11 +143,11 @@ class ViewsRun:
     keep_weights: bool
     as_files: bool
     session: Session
-    meshes: list[_Mesh]
+    meshes: list[multiview_texels.Mesh]
     uv_added: list[tuple[str, str]]         # (object, UV map) the run made
     shots: list[_Shot]
     center: np.ndarray
-    targets: list[_Target] = field(default_factory=list)
+    targets: list[multiview_texels.Target] = field(default_factory=list)
     views: list[_View] = field(default_factory=list)      # rendered so far, in order
     jobs: list[Job] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)    # per view: seconds spent where
@@ -230,10 +200,11 @@ class ViewsRun:
         if index == 0:
             for mesh in self.meshes:
                 self._scene()
-                triangles = _triangles(bpy.data.objects[mesh.name], mesh.uv_map,
+                triangles = multiview_texels.triangles(bpy.data.objects[mesh.name], mesh.uv_map,
                                        bpy.context.evaluated_depsgraph_get())
                 yield
-                self.targets.append((yield from _texels_steps(mesh, triangles, self.size)))
+                target = yield from multiview_texels.texels_steps(mesh, triangles, self.size)
+                self.targets.append(target)
             yield from self._order_shots()
             job.label = self._label(0)
         if index == len(self.views):
@@ -325,7 +296,8 @@ class ViewsRun:
         geometry = multiview.ViewGeometry(np.array(view), np.array(proj), width, height,
                                           world[:3, 3], depth.astype(np.float64), ortho,
                                           -world[:3, 2])
-        surface_object, surface_texel = yield from _surface_steps(self.targets, geometry)
+        surface = yield from multiview_texels.surface_steps(self.targets, geometry)
+        surface_object, surface_texel = surface
         return _View(shot.name, rendered, width, height, surface_object, surface_texel,
                      geometry)
 
@@ -354,7 +326,7 @@ class ViewsRun:
         pixels = _picture(job, images)
         return self._timed(self._blend_view(job, index, pixels, daemon), index)
 
-    def _contribution(self, target: _Target, geometry: multiview.ViewGeometry,
+    def _contribution(self, target: multiview_texels.Target, geometry: multiview.ViewGeometry,
                       feather: np.ndarray, pixels: np.ndarray) -> Iterator[tuple]:
         """A view's (texels, weights, colours) at ``target``, TEXEL_CHUNK texels a step."""
         for first in range(0, len(target.positions), TEXEL_CHUNK):
@@ -390,7 +362,7 @@ class ViewsRun:
                              "blender_s": sum(step.seconds for step in self.steps
                                               if step.view == index)})
 
-    def _texture(self, target: _Target) -> Generator[None, None, np.ndarray]:
+    def _texture(self, target: multiview_texels.Target) -> Generator[None, None, np.ndarray]:
         """The object's blended texture (S, S, RGBA floats) flat, in steps: alpha 1 where
         a view saw it, the islands padded into the space outside the UV layout."""
         count = len(target.positions)
@@ -445,7 +417,7 @@ class ViewsRun:
         self.made = list(job.image_names)
         self.session.kept_runs[self.scene_name] = self   # for a re-run of one view
 
-    def _new_texture(self, target: _Target, pixels: np.ndarray, record: dict,
+    def _new_texture(self, target: multiview_texels.Target, pixels: np.ndarray, record: dict,
                      name: str = "") -> Any:
         image = host.new_image(name or f"{target.name} from {len(self.shots)} views",
                                self.size, self.size)
@@ -455,7 +427,7 @@ class ViewsRun:
                                       "views": len(self.shots)}
         return image
 
-    def _weight_image(self, target: _Target, view: str, weights: np.ndarray) -> Any:
+    def _weight_image(self, target: multiview_texels.Target, view: str, weights: np.ndarray) -> Any:
         image = bpy.data.images.new(f"{WEIGHTS_PREFIX} {target.name} {view}", self.size,
                                     self.size, alpha=True, float_buffer=True)
         image.colorspace_settings.name = "Non-Color"
@@ -520,7 +492,8 @@ class ViewsRun:
         job.request, job.uploads = request, (*view.uploads.uploads, init, mask)
         self._sent_at = time.perf_counter()
 
-    def _sees_best(self, target: _Target, index: int) -> Generator[None, None, np.ndarray]:
+    def _sees_best(self, target: multiview_texels.Target,
+                   index: int) -> Generator[None, None, np.ndarray]:
         """Per texel of ``target``: whether view ``index`` has weight there and no other view
         has more."""
         mine = np.zeros(len(target.positions), np.float32)
@@ -619,153 +592,6 @@ def _mask_upload(view: _View, mask: np.ndarray) -> Any:
     """A view's inpaint mask (H, W) uint8, bottom row first, as a GRAY8 upload."""
     return make_upload(PixelFormat.GRAY8, view.width, view.height,
                        np.ascontiguousarray(mask[::-1]).tobytes())
-
-
-# ---------------------------------------------------------------- gathering
-
-def _triangles(obj: bpy.types.Object, uv_map: str,
-               depsgraph: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The object as it renders (modifiers applied), as triangles: corners in the world
-    (T, 3, 3), in ``uv_map`` (T, 3, 2), and the surface's normals there (T, 3, 3; smooth
-    faces: vertex normals; flat ones: multiview.weighting_normals)."""
-    evaluated = obj.evaluated_get(depsgraph)
-    mesh = evaluated.to_mesh()
-    try:
-        layer = mesh.uv_layers.get(uv_map)
-        if layer is None:
-            raise host.HostError(f"'{obj.name}' loses its UV map '{uv_map}' in its modifiers")
-        mesh.calc_loop_triangles()
-        count = len(mesh.loop_triangles)
-        loops = np.empty(count * 3, np.int64)
-        mesh.loop_triangles.foreach_get("loops", loops)
-        faces = np.empty(count, np.int64)
-        mesh.loop_triangles.foreach_get("polygon_index", faces)
-        uv = np.empty(len(mesh.loops) * 2, np.float64)
-        layer.data.foreach_get("uv", uv)
-        vertex_of_loop = np.empty(len(mesh.loops), np.int64)
-        mesh.loops.foreach_get("vertex_index", vertex_of_loop)
-        co = np.empty(len(mesh.vertices) * 3, np.float64)
-        mesh.vertices.foreach_get("co", co)
-        vnormal = np.empty(len(mesh.vertices) * 3, np.float64)
-        mesh.vertices.foreach_get("normal", vnormal)
-        fnormal = np.empty(len(mesh.polygons) * 3, np.float64)
-        mesh.polygons.foreach_get("normal", fnormal)
-        smooth = np.zeros(len(mesh.polygons), bool)
-        with contextlib.suppress(AttributeError, RuntimeError, TypeError):
-            mesh.polygons.foreach_get("use_smooth", smooth)
-        area = np.empty(len(mesh.polygons), np.float64)
-        mesh.polygons.foreach_get("area", area)
-        loop_start = np.empty(len(mesh.polygons), np.int64)
-        mesh.polygons.foreach_get("loop_start", loop_start)
-        loop_total = np.empty(len(mesh.polygons), np.int64)
-        mesh.polygons.foreach_get("loop_total", loop_total)
-        world = np.array(evaluated.matrix_world, np.float64)
-    finally:
-        evaluated.to_mesh_clear()
-    normal_matrix = np.linalg.inv(world[:3, :3]).T
-    positions = co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
-    vnormal = vnormal.reshape(-1, 3) @ normal_matrix.T
-    fnormal = fnormal.reshape(-1, 3) @ normal_matrix.T
-    fnormal /= np.maximum(np.linalg.norm(fnormal, axis=1), 1e-12)[:, None]
-    # Flat faces are weighted by the surface they approximate (facets meeting at under
-    # multiview.SMOOTH_ANGLE smoothed together), so views do not hand over at their edges
-    face_of_loop = np.empty(len(vertex_of_loop), np.int64)
-    within = np.arange(loop_total.sum()) - np.repeat(np.cumsum(loop_total) - loop_total,
-                                                     loop_total)
-    face_of_loop[np.repeat(loop_start, loop_total) + within] = \
-        np.repeat(np.arange(len(loop_start)), loop_total)
-    surface = multiview.weighting_normals(fnormal, area, face_of_loop, vertex_of_loop)
-    corner_vertex = vertex_of_loop[loops]
-    corner_face = np.repeat(faces, 3)
-    corner_normal = np.where(smooth[corner_face][:, None], vnormal[corner_vertex],
-                             surface[loops])
-    return (positions[corner_vertex].reshape(-1, 3, 3), uv.reshape(-1, 2)[loops].reshape(-1, 3, 2),
-            corner_normal.reshape(-1, 3, 3))
-
-
-def _texels_steps(mesh: _Mesh, triangles: tuple, size: int) -> Generator[None, None, _Target]:
-    """The texels of an object's layout at ``size`` (``triangles`` from :func:`_triangles`):
-    where they lie in the world and which way the surface faces there; a step per batch of
-    triangles and band of rows."""
-    corners, uvs, normals = triangles
-    attributes = np.concatenate([corners, normals], axis=2)
-    inside = np.zeros((size, size), bool)
-    data = np.empty((size, size, 6))
-    band = max(1, TEXEL_CHUNK * 2 // size)
-    for first in range(0, size, band):   # the memory is touched (and zeroed) in steps
-        data[first:first + band] = 0.0
-        yield
-    for rows, cols, values in projection.raster_fragments(uvs, attributes, size, size,
-                                                          batch=RASTER_STEP):
-        data[rows, cols] = values
-        inside[rows, cols] = True
-        yield
-    positions, texel_normals = [], []
-    texel_index = np.empty((size, size), np.int64)
-    count = 0
-    band = max(1, TEXEL_CHUNK // size)
-    for first in range(0, size, band):
-        rows = slice(first, first + band)
-        found = data[rows][inside[rows]]
-        positions.append(found[:, :3])
-        texel_normals.append(found[:, 3:] / np.maximum(
-            np.linalg.norm(found[:, 3:], axis=1), 1e-12)[:, None])
-        numbers = np.full(inside[rows].shape, -1, np.int64)
-        numbers[inside[rows]] = np.arange(count, count + len(found))
-        texel_index[rows] = numbers
-        count += len(found)
-        yield
-    return _Target(mesh.name, mesh.uv_map, inside, np.concatenate(positions),
-                   np.concatenate(texel_normals), corners, uvs, texel_index)
-
-
-def _surface_steps(targets: list[_Target], geometry: multiview.ViewGeometry
-                   ) -> Generator[None, None, tuple[np.ndarray, np.ndarray]]:
-    """Which target texel each pixel of the view shows (nearest triangle, and not hidden
-    by anything the depth pass shows in front): (object index, texel index), -1 none; a
-    step per batch of triangles."""
-    w, h = geometry.width, geometry.height
-    frags_rows, frags_cols, frags_depth, frags_obj, frags_texel = [], [], [], [], []
-    for index, target in enumerate(targets):
-        uvd = projection.project_to_uv(target.corners.reshape(-1, 3), geometry.view,
-                                       geometry.projection)
-        ahead = (uvd[:, 2].reshape(-1, 3) > 0).all(axis=1)
-        tex = target.corner_uvs[ahead]
-        corners = uvd.reshape(-1, 3, 3)[ahead]
-        # Perspective-correct: what varies linearly across the image is attribute / depth
-        # (and 1 / depth); an orthographic image keeps attributes linear as they are.
-        scale = np.ones_like(corners[:, :, 2:]) if geometry.orthographic \
-            else 1.0 / corners[:, :, 2:]
-        attributes = np.concatenate([tex * scale, scale, corners[:, :, 2:] * scale], axis=2)
-        texel_index = target.texel_index
-        size = target.inside.shape[0]
-        for rows, cols, values in projection.raster_fragments(corners[:, :, :2], attributes,
-                                                              w, h, batch=RASTER_STEP):
-            values = values / values[:, 2:3]        # (u, v, 1, depth)
-            trow = np.clip((values[:, 1] * size).astype(np.int64), 0, size - 1)
-            tcol = np.clip((values[:, 0] * size).astype(np.int64), 0, size - 1)
-            frags_rows.append(rows)
-            frags_cols.append(cols)
-            frags_depth.append(values[:, 3])
-            frags_obj.append(np.full(len(rows), index))
-            frags_texel.append(texel_index[trow, tcol])
-            yield
-    objects_at = np.full((h, w), -1, np.int64)
-    texel_at = np.full((h, w), -1, np.int64)
-    if not frags_rows:
-        return objects_at, texel_at
-    rows, cols = np.concatenate(frags_rows), np.concatenate(frags_cols)
-    depth, texel = np.concatenate(frags_depth), np.concatenate(frags_texel)
-    owner = np.concatenate(frags_obj)
-    nearest = multiview.nearest_surface(rows, cols, depth, w, h)
-    hit = nearest >= 0
-    chosen = nearest[hit]
-    shown = geometry.depth[hit]
-    visible = (depth[chosen] <= shown * (1 + 4 * multiview.DEPTH_SLACK) + 1e-4) \
-        & (texel[chosen] >= 0)
-    objects_at[hit] = np.where(visible, owner[chosen], -1)
-    texel_at[hit] = np.where(visible, texel[chosen], -1)
-    return objects_at, texel_at
 
 
 @contextlib.contextmanager
@@ -904,7 +730,7 @@ def _prepare(context: bpy.types.Context, objects: list[bpy.types.Object], props:
             uv_map, new = _ensure_uvs(obj, context)
             if new:
                 added.append((obj.name, uv_map))
-            meshes.append(_Mesh(obj.name, uv_map))
+            meshes.append(multiview_texels.Mesh(obj.name, uv_map))
     except BaseException:
         for name, uv_map in added:
             obj = bpy.data.objects[name]

@@ -1,7 +1,7 @@
 """Load time and peak memory of the tiny Flux and SD3 models in each layout users keep
 them in (issue 18): the diffusers folder, ComfyUI's split files (transformer in diffusers'
 names or, for Flux, Black Forest Labs' original ones, with text encoders and VAE beside
-it) and, for Flux, a Q8_0 GGUF transformer. Each load runs in a fresh process: its
+it), and for Flux a Q8_0 GGUF transformer, a whole checkpoint and fp8 files. Each load runs in a fresh process: its
 figures are the seconds ``ModelStore.load`` takes and how far it raises the process's
 peak resident memory (VmHWM), then one 64x64 4-step txt2img job's seconds.
 
@@ -24,6 +24,8 @@ LAYOUTS = [("tiny-flux", "diffusers folder", "tiny-flux"),
            ("tiny-flux", "split, diffusers names", "unet/flux.safetensors"),
            ("tiny-flux", "split, original names", "diffusion_models/flux-bfl.safetensors"),
            ("tiny-flux", "split, GGUF Q8_0", "unet/flux-Q8_0.gguf"),
+           ("tiny-flux", "whole checkpoint", "checkpoints/flux-all-in-one.safetensors"),
+           ("tiny-flux", "split, fp8 (transformer, T5)", "unet/flux-fp8.safetensors"),
            ("tiny-sd3", "diffusers folder", "tiny-sd3"),
            ("tiny-sd3", "split, diffusers names", "diffusion_models/sd3.safetensors")]
 
@@ -61,7 +63,11 @@ def build_files(home: Path, models: Path) -> None:
     ComfyUI models folder per family, since their tiny text encoders share file names."""
     from backend.models import families
     from backend.models.sources import ensure_tiny
-    from backend.models.tiny_dit_files import export_gguf, export_parts, export_transformer
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from backend.models.tiny_dit_files import (export_checkpoint, export_gguf, export_parts,
+                                              export_transformer)
 
     flux = ensure_tiny("tiny-flux", home / "models")
     sd3 = ensure_tiny("tiny-sd3", home / "models")
@@ -69,7 +75,15 @@ def build_files(home: Path, models: Path) -> None:
     export_transformer(flux, families.FLUX, models / "flux" / "diffusion_models" / "flux-bfl.safetensors",
                        "original")
     export_gguf(flux, families.FLUX, models / "flux" / "unet" / "flux-Q8_0.gguf")
+    export_checkpoint(flux, families.FLUX, models / "flux" / "checkpoints" / "flux-all-in-one.safetensors")
     export_parts(flux, families.FLUX, models / "flux")
+    # fp8 files with their own T5 in a models folder of their own
+    fp8 = models / "flux-fp8"
+    export_transformer(flux, families.FLUX, fp8 / "unet" / "flux-fp8.safetensors")
+    export_parts(flux, families.FLUX, fp8)
+    for file in (fp8 / "unet" / "flux-fp8.safetensors", fp8 / "text_encoders" / "t5xxl.safetensors"):
+        save_file({k: v.to(torch.float8_e4m3fn) if v.is_floating_point() else v
+                   for k, v in load_file(str(file)).items()}, str(file))
     export_transformer(sd3, families.SD3, models / "sd3" / "diffusion_models" / "sd3.safetensors")
     export_parts(sd3, families.SD3, models / "sd3")
 
@@ -77,7 +91,7 @@ def build_files(home: Path, models: Path) -> None:
 def measure(home: Path, models: Path) -> list[dict]:
     rows = []
     for tiny, layout, name in LAYOUTS:
-        folder = models / ("flux" if tiny == "tiny-flux" else "sd3")
+        folder = models / ("sd3" if tiny == "tiny-sd3" else "flux-fp8" if "fp8" in layout else "flux")
         out = subprocess.run([sys.executable, "-c", _CHILD, str(home), str(folder), name],
                              cwd=REPO, capture_output=True, text=True, check=True)
         figures = json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,7 +108,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         build_files(home, models)
         rows = measure(home, models)
     for row in rows:
-        print(f"  {row['model']:10s} {row['layout']:24s} load {row['load_s']:.2f} s "
+        print(f"  {row['model']:10s} {row['layout']:30s} load {row['load_s']:.2f} s "
               f"(+{row['load_peak_mb']:.0f} MB peak)  job {row['job_s']:.2f} s "
               f"(+{row['job_peak_mb']:.0f} MB peak)")
     if args.json:

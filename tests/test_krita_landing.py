@@ -59,13 +59,17 @@ def test_an_upscale_writes_its_bands_first_then_scales_and_places_in_one_slice()
     doc = Recorder()
     bands = tuple((top, b"x") for top in range(5))
     landing = upscale_landing(doc, "up", bands, "8192x8192", lambda: "top")
-    slices = run_all(landing)
+    assert landing.next_note == ""                 # writing bands: nothing to say
+    landing.advance(budget_s=10.0)
+    # what the docker shows while Krita's long calls run
+    assert landing.next_note == "Krita is scaling the image, then adds the layer\u2026"
+    slices = [6] + run_all(landing)
     assert doc.calls == ([("new_layer", "up")] + [("write", "up", top) for top in range(5)] +
                          [("scale", "8192x8192"), ("place", "up", "top")])
     # the quick steps in one slice (a large budget), then scale and place back to back:
     # the document is never left scaled without its layer
     assert slices == [6, 2]
-    assert landing.progress == (8, 8)
+    assert landing.progress == (8, 8) and landing.next_note == ""
     timings = landing.timings()
     assert set(timings) == {"create", "write", "scale", "place", "slice"}
     assert timings["write"][2] == 5 and timings["scale"][2] == timings["place"][2] == 1

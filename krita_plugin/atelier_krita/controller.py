@@ -844,6 +844,10 @@ class Controller:
         landing = job.landing if job is not None else None
         if job is None or landing is None:
             return False
+        if landing.next_note:
+            # Krita's long calls run Qt's events while they wait: the docker shows this
+            self.message = f"{job.mode.label}: {landing.next_note}"
+            self._changed()
 
         def advance() -> None:
             if landing.advance() and job is self._job and job.landed is not None:

@@ -30,6 +30,7 @@ class Step:
     kind: str
     run: Callable[[], Any]
     heavy: bool = False
+    note: str = ""          # what the docker says while it runs (a heavy step: seconds)
 
 
 @dataclass
@@ -62,6 +63,11 @@ class Landing:
     @property
     def progress(self) -> tuple[int, int]:
         return self.done, len(self.steps)
+
+    @property
+    def next_note(self) -> str:
+        """The note of the step the next slice starts with ("" when none, or finished)."""
+        return "" if self.finished else self.steps[self.done].note
 
     def advance(self, budget_s: float = SLICE_S) -> bool:
         """Run steps for about ``budget_s`` (a heavy step alone, whatever it takes; the
@@ -126,7 +132,8 @@ def upscale_landing(document: Any, name: str, bands: "tuple[tuple[Any, bytes], .
             on_scale()
         document.scale_image(canvas)
 
-    steps.append(Step("scale", scale, heavy=True))
+    steps.append(Step("scale", scale, heavy=True,
+                      note="Krita is scaling the image, then adds the layer\u2026"))
     steps.append(Step("place", lambda: document.place_layer(layer(), placed_above()),
                       heavy=True))
     return Landing(steps)
@@ -150,7 +157,7 @@ def group_landing(document: Any, group_name: str,
     def add_group() -> None:
         group.append(document.place_layer(document.new_group(group_name), placed_above()))
 
-    steps.append(Step("place", add_group, heavy=True))
+    steps.append(Step("place", add_group, heavy=True, note="Krita is adding the layers\u2026"))
     for layer, shown in made:
         steps.append(Step("place", lambda l=layer, s=shown: document.place_in_group(
             group[0], l(), s), heavy=True))

@@ -1,9 +1,10 @@
 """Load time and peak memory of the tiny Flux and SD3 models in each layout users keep
 them in (issue 18): the diffusers folder, ComfyUI's split files (transformer in diffusers'
 names or, for Flux, Black Forest Labs' original ones, with text encoders and VAE beside
-it), and for Flux a Q8_0 GGUF transformer, a whole checkpoint and fp8 files. Each load runs in a fresh process: its
-figures are the seconds ``ModelStore.load`` takes and how far it raises the process's
-peak resident memory (VmHWM), then one 64x64 4-step txt2img job's seconds.
+it), and for Flux a Q8_0 GGUF transformer, a whole checkpoint and fp8 files. Each load
+runs in a fresh process: its figures are the seconds ``ModelStore.load`` takes and how far
+it raises the process's peak resident memory (VmHWM), then one 64x64 4-step txt2img job's
+seconds and peak.
 
     python -m benchmarks.dit_layouts [--json out/dit_layouts.json]
 """

@@ -415,8 +415,8 @@ def test_fp8_files_stay_fp8_in_memory_and_give_the_pixels_of_their_upcast_weight
     loaded = {}
     for name, models in folders.items():
         store = _store(atelier_home, models)
-        loaded[name] = (store.load("unet/flux-tiny.safetensors").pipe, _pixels(DiffusionGenerator(store),
-                                                                            model="unet/flux-tiny.safetensors"))
+        pipe = store.load("unet/flux-tiny.safetensors").pipe
+        loaded[name] = (pipe, _pixels(DiffusionGenerator(store), model="unet/flux-tiny.safetensors"))
     (fp8, fp8_pixels), (upcast, upcast_pixels) = loaded["fp8"], loaded["upcast"]
     assert fp8.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
     assert fp8.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == \

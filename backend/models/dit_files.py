@@ -1,8 +1,9 @@
 """Flux.1 and SD3/SD3.5 as ComfyUI keeps them: the transformer alone in one
 ``.safetensors`` or GGUF file (``models/unet`` or ``models/diffusion_models``; diffusers'
 tensor names or the original Black Forest Labs / Stability ones), with its text encoders
-and VAE as files of their own (dit_parts.py finds them). Files stored in fp8 (the transformer or the text encoders) stay fp8 in memory
-(fp8_storage.py).
+and VAE as files of their own (dit_parts.py finds them); or a whole checkpoint holding some
+or all of them. Files stored in fp8 (the transformer or the text encoders) stay fp8 in
+memory (fp8_storage.py).
 
 Configs come from the folders shipped in ``configs/`` (chosen from the transformer's
 shapes: Flux.1-dev or -schnell, SD3 medium, SD3.5 medium or large), or from the tiny
@@ -27,10 +28,10 @@ from transformers import CLIPTokenizer, PreTrainedModel, T5EncoderModel, T5Token
 from protocol.errors import ErrorCode, ProtocolError
 
 from . import dit_keys, families
+from .dit_parts import PARTS, Part, PartFile, find_part, shape_of
 from .file_kinds import TensorHeader, read_header
 from .fp8_storage import keep_stored, stored_fp8
 from .gguf_files import is_gguf, load_gguf_state, quantization, read_gguf_header
-from .dit_parts import PARTS, Part, PartFile, find_part, shape_of
 from .single_file import CONFIGS, MAX_TOKENS, checkpoint_family, find_clip_tokenizer
 from .sources import ModelRoots, hf_snapshot
 
@@ -43,8 +44,6 @@ T5_TOKENIZER_REPOS = (
     ("stabilityai/stable-diffusion-3.5-medium", "tokenizer_3"),
 )
 T5_TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
-
-
 TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.SD3: SD3Transformer2DModel}
 
 
@@ -163,13 +162,14 @@ def _tokenizers(config: Path, family: str, home: Path, hf_cache: Path) -> dict[s
 
 def read_tensors(source: PartFile) -> dict[str, torch.Tensor]:
     """The tensors of ``source``: a whole file, or those under its prefix (the prefix
-    taken off), read lazily so a whole checkpoint's other parts stay on disk."""
+    taken off), read one by one, so a whole checkpoint's other parts stay on disk."""
     with safe_open(str(source.path), framework="pt") as f:
         return {key[len(source.prefix):]: f.get_tensor(key) for key in f.keys()
                 if key.startswith(source.prefix)}
 
 
-def _load_encoder(part: Part, source: PartFile, config: Path, dtype: torch.dtype) -> PreTrainedModel:
+def _load_encoder(part: Part, source: PartFile, config: Path,
+                  dtype: torch.dtype) -> PreTrainedModel:
     """A text encoder from its tensors, through transformers' loader."""
     model_config = part.model_class.config_class.from_pretrained(str(config / part.component))
     model, info = part.model_class.from_pretrained(
@@ -187,7 +187,8 @@ def _load_encoder(part: Part, source: PartFile, config: Path, dtype: torch.dtype
     return model
 
 
-def _load_transformer(source: PartFile, family: str, config: Path, dtype: torch.dtype) -> torch.nn.Module:
+def _load_transformer(source: PartFile, family: str, config: Path,
+                      dtype: torch.dtype) -> torch.nn.Module:
     """The transformer of a ``.safetensors`` file (or a whole checkpoint's), or of a GGUF
     one with its weights kept quantized (diffusers' GGUF layers dequantize them to
     ``dtype`` as they run)."""

@@ -5,15 +5,19 @@ are also tested as plain data, without Ray."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
+from backend.cluster.config import ClusterConfig
 from backend.cluster.fair_queue import FairQueue, WorkerView, choose_worker
+from backend.cluster.records import WorkerReport
+from backend.cluster.scheduler import SchedulerCore, State
 from benchmarks.local_cluster import SECOND_MODEL
 from protocol.client import AtelierClient, ClientError
 from protocol.errors import ErrorCode
 from protocol.events import JobDone
-from protocol.messages import Accepted, Cancelled, Error, GenerateRequest, Progress
+from protocol.messages import Accepted, Cancelled, Error, GenerateRequest, Progress, Started
 
 SMALL = dict(width=64, height=64, steps=3, prompt="a brick wall")
 
@@ -40,6 +44,64 @@ def test_routing_prefers_a_free_holder_waits_for_a_busy_one_and_loads_on_the_emp
     assert choose_worker("other", workers, 1) == "a"      # nobody holds it: the free one
     workers["a"].busy = 1
     assert choose_worker("tiny", workers, 1) is None      # nobody is free
+
+
+class WorkerDied(Exception):
+    """What the stand-in workers below raise for Ray's actor errors."""
+
+
+def scheduler_rules(max_workers: int, worker_fails=None):
+    """A SchedulerCore with one registered stand-in worker whose jobs wait until the test
+    ends them; returns (core, tasks sent, {job id: future to end it})."""
+    report = WorkerReport("r1", "worker-1", "cpu", ("tiny",), 1, (0, 0))
+    sent, endings = [], {}
+
+    async def send_job(task):
+        sent.append(task)
+        endings[task.job_id] = asyncio.get_running_loop().create_future()
+        await endings[task.job_id]
+        return report
+
+    async def send_load(target, name):
+        raise AssertionError("no loads here")
+
+    core = SchedulerCore(ClusterConfig(min_workers=1, max_workers=max_workers), send_job,
+                         send_load, lost=(WorkerDied,))
+    core.register_worker(report)
+    return core, sent, endings
+
+
+def test_the_scheduler_asks_for_one_more_worker_only_below_its_maximum():
+    async def scenario(max_workers: int) -> tuple[int, int]:
+        core, sent, _ = scheduler_rules(max_workers)
+        for i in range(3):
+            core.submit(GenerateRequest(**SMALL, seed=i), {}, "a" * 32, None, "g/1")
+        await asyncio.sleep(0)
+        return len(sent), len(core.queue)
+
+    assert asyncio.run(scenario(2)) == (2, 1)    # one running, one as the demand signal
+    assert asyncio.run(scenario(1)) == (1, 2)    # at its maximum: jobs wait their turn
+
+
+def test_a_lost_worker_fails_a_started_job_and_requeues_one_not_started():
+    async def scenario() -> None:
+        core, sent, endings = scheduler_rules(1)
+        started, _ = core.submit(GenerateRequest(**SMALL, seed=1), {}, "a" * 32, None, "g/1")
+        await asyncio.sleep(0)
+        core.post(started, "r1", [Started(job_id=started)])
+        endings[started].set_exception(WorkerDied("killed"))
+        await asyncio.sleep(0)
+        [error] = core.jobs[started].outcome
+        assert error.code == ErrorCode.WORKER_LOST and "submit it again" in error.message
+        assert not core.workers        # until a new replica registers
+        core.register_worker(WorkerReport("r2", "worker-2", "cpu", ("tiny",), 1, (0, 0)))
+        never, _ = core.submit(GenerateRequest(**SMALL, seed=2), {}, "a" * 32, None, "g/1")
+        await asyncio.sleep(0)
+        endings[never].set_exception(WorkerDied("killed before it started"))
+        await asyncio.sleep(0)
+        assert core.jobs[never].state == State.QUEUED and len(core.queue) == 1
+
+    asyncio.run(scenario())
 
 
 # ------------------------------------------------------------------ on a local Ray cluster

@@ -104,11 +104,12 @@ def test_an_advance_while_a_step_runs_does_nothing():
 
     def reenter() -> None:
         inner.append(landing.advance())
+        inner.append(landing.running)
 
     landing = Landing([Step("scale", reenter, heavy=True), Step("place", lambda: None,
                                                                 heavy=True)])
     assert landing.advance()
-    assert inner == [False] and landing.done == 2
+    assert inner == [False, True] and landing.done == 2 and not landing.running
 
 
 def test_a_texture_set_group_gets_its_layers_bottom_first_only_the_first_shown():

@@ -436,6 +436,13 @@ class Controller:
         job = self._job
         if job is None:
             return
+        if job.landing is not None and job.landing.running:
+            # Cancel pressed while Krita scales the image or adds the layer (its calls run
+            # Qt's events as they wait): Krita cannot be stopped there, the result lands.
+            self.message = (f"{job.mode.label}: Krita is placing the result and cannot be "
+                            "stopped now; Edit > Undo takes it back")
+            self._changed()
+            return
         dropped = self._drop_queue()
         # a result being placed: the daemon has finished the job, there is nothing to tell
         told = job.landing is not None or self._stop_on_daemon(job)

@@ -65,6 +65,12 @@ class Landing:
         return self.done, len(self.steps)
 
     @property
+    def running(self) -> bool:
+        """A step is running (this is a call from inside it: Krita's heavy calls run Qt's
+        events while they wait)."""
+        return self._running
+
+    @property
     def next_note(self) -> str:
         """The note of the step the next slice starts with ("" when none, or finished)."""
         return "" if self.finished else self.steps[self.done].note

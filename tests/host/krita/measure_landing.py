@@ -1,6 +1,7 @@
 """How long an Upscale result holds Krita's main loop while it lands, in the full
 application under Xvfb: ``.venv/bin/python tests/host/krita/measure_landing.py [SIDE...]``
-(default 2048 4096: a 2048 canvas upscaled 2x to 4096, a 4096 one to 8192).
+(default 2048 4096: a 2048 canvas upscaled 2x to 4096, a 4096 one to 8192; ``--zip`` measures
+another build of the plugin, e.g. an older commit's).
 
 For each side a daemon (Lanczos, no model) and a fresh Krita run the landing probe
 (tests/host/krita/land_probe): the docker's Upscale button is pressed on a SIDE x SIDE
@@ -13,6 +14,7 @@ tested in tests/test_krita_host.py). An 8192 landing needs about 2 GB of memory.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -104,15 +106,24 @@ def report(side: int, figures: dict) -> None:
             print("  " + line)
 
 def main(argv: list[str]) -> int:
-    sides = [int(arg) for arg in argv] or [2048, 4096]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sides", nargs="*", type=int, default=[2048, 4096])
+    parser.add_argument("--zip", type=Path, default=None,
+                        help="the plugin zip to measure (default: built from this tree), "
+                             "e.g. one built from an older commit to compare")
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="atelier-landing-") as tmp:
         root = Path(tmp)
-        built = subprocess.run([sys.executable, str(REPO / "krita_plugin" / "build.py"),
-                                "--out", str(root)], capture_output=True, text=True, check=True)
+        plugin_zip = args.zip
+        if plugin_zip is None:
+            built = subprocess.run([sys.executable, str(REPO / "krita_plugin" / "build.py"),
+                                    "--out", str(root)], capture_output=True, text=True,
+                                   check=True)
+            plugin_zip = Path(built.stdout.strip())
         daemon = DaemonProcess(root / "atelier-home").start()
         try:
-            for side in sides:
-                figures = measure(side, daemon, root, Path(built.stdout.strip()))
+            for side in args.sides:
+                figures = measure(side, daemon, root, plugin_zip)
                 report(side, figures)
                 print("raw:", json.dumps(figures))
         finally:

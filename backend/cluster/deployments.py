@@ -22,8 +22,8 @@ from ..jobs import JobManager, OwnStatus, Subscriber
 from ..server import refusal, serve_connection
 from ..uploads import Hold, UploadBudget
 from .config import APP_NAME, ClusterConfig
-from .records import Delivery, JobTask, Refusal, Reply, WorkerReport
-from .scheduler import SchedulerCore, refusing
+from .records import Delivery, JobTask, Reply, WorkerReport
+from .scheduler import SchedulerCore, refusing, refusing_async
 from .transport import StarletteTransport, refuse
 
 log = logging.getLogger("atelier.cluster")
@@ -76,10 +76,7 @@ class Scheduler:
         return refusing(lambda: self.core.own_status(owner))
 
     async def load_model(self, name: str) -> Reply:
-        try:
-            return Reply(await self.core.load_model(name))
-        except ProtocolError as exc:
-            return Reply(refusal=Refusal.of(exc))
+        return await refusing_async(self.core.load_model(name))
 
     async def pull(self, gateway: str, wait_s: float) -> Delivery:
         return await self.core.pull(gateway, wait_s)
@@ -117,11 +114,12 @@ class Worker:
                             self.store.memory())
 
     async def load(self, target: str, name: str) -> Reply:
-        try:
+        """Load ``name`` and make it this worker's default (``target``: for the router)."""
+        async def load() -> tuple[tuple[str, str], WorkerReport]:
             model = await self.jobs.run_on_worker(lambda: self.store.load(name))
-        except ProtocolError as exc:
-            return Reply(refusal=Refusal.of(exc))
-        return Reply(((model.name, model.family), self._report()))
+            return (model.name, model.family), self._report()
+
+        return await refusing_async(load())
 
     async def run(self, task: JobTask) -> WorkerReport:
         """Run ``task`` through the job layer, pushing its events to the scheduler (whose

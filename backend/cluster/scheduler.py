@@ -416,6 +416,14 @@ def refusing(call: Callable[[], Any]) -> Reply:
         return Reply(refusal=Refusal.of(exc))
 
 
+async def refusing_async(work: Awaitable[Any]) -> Reply:
+    """``refusing`` for a coroutine."""
+    try:
+        return Reply(await work)
+    except ProtocolError as exc:
+        return Reply(refusal=Refusal.of(exc))
+
+
 def _gateway_of(subscriber: str) -> str:
     return subscriber.split("/", 1)[0]
 

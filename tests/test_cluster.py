@@ -9,6 +9,8 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from backend.cluster.config import ClusterConfig
 from backend.cluster.fair_queue import FairQueue, WorkerView, choose_worker
 from backend.cluster.records import WorkerReport
@@ -102,6 +104,24 @@ def test_a_lost_worker_fails_a_started_job_and_requeues_one_not_started():
         assert core.jobs[never].state == State.QUEUED and len(core.queue) == 1
 
     asyncio.run(scenario())
+
+
+def test_cluster_serve_takes_its_layout_from_a_file_and_flags_win(tmp_path):
+    from backend.cli import _parser
+    from backend.cluster.cli import cluster_config
+
+    layout = tmp_path / "studio.toml"
+    layout.write_text("[cluster]\nmin_workers = 2\nmax_workers = 6\ngateways = 3\n"
+                      "worker_gpus = 1\nmax_queue = 500\n")
+    args = _parser().parse_args(["cluster", "serve", "--config", str(layout), "--max-workers",
+                                 "8", "--host", "0.0.0.0", "--home", str(tmp_path)])
+    config = cluster_config(args)
+    assert (config.min_workers, config.max_workers, config.gateways) == (2, 8, 3)
+    assert config.max_queue == config.limits.max_queue == 500
+    assert config.server.token     # not loopback: a token was generated, as for serve
+    layout.write_text("[cluster]\nmin_wokers = 2\n")
+    with pytest.raises(ValueError, match="min_wokers"):
+        cluster_config(_parser().parse_args(["cluster", "serve", "--config", str(layout)]))
 
 
 # ------------------------------------------------------------------ on a local Ray cluster

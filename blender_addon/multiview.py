@@ -163,6 +163,18 @@ class ViewGeometry:
     depth: np.ndarray
     orthographic: bool = False
     forward: Optional[np.ndarray] = None
+    # The passes were rendered this many times smaller and ``depth`` enlarged to width x
+    # height: each of its pixels stands for pass_scale x pass_scale of the view's
+    pass_scale: int = 1
+
+
+def enlarge_nearest(small: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A pass rendered smaller (h, W, ...) as (``height``, ``width``, ...): each pixel takes
+    the value of the small pixel it lies in (no blending across depth edges)."""
+    small = np.asarray(small)
+    rows = np.minimum(np.arange(height) * small.shape[0] // height, small.shape[0] - 1)
+    cols = np.minimum(np.arange(width) * small.shape[1] // width, small.shape[1] - 1)
+    return small[rows][:, cols]
 
 
 def texel_weights(positions: np.ndarray, normals: np.ndarray, geometry: ViewGeometry,
@@ -197,7 +209,7 @@ def texel_weights(positions: np.ndarray, normals: np.ndarray, geometry: ViewGeom
     shown = geometry.depth[row, col]
     # The pass holds each pixel centre's depth: a slanted surface's texel may lie up to
     # about a pixel's footprint x tan(angle) behind it and still be that surface.
-    footprint = 2.0 * uvd[:, 2] / (abs(float(geometry.projection[0][0])) * w)
+    footprint = 2.0 * uvd[:, 2] * geometry.pass_scale / (abs(float(geometry.projection[0][0])) * w)
     tangent = np.sqrt(np.maximum(1.0 - cos_angle * cos_angle, 0.0)) / cos_angle
     slack = DEPTH_SLACK * uvd[:, 2] + footprint * (1.0 + tangent)
     visible = inside & (uvd[:, 2] <= shown + slack)

@@ -236,3 +236,12 @@ def test_weighting_normals_smooth_facets_but_keep_hard_edges() -> None:
     weighted = 3.0 * faces[0] + faces[1]
     assert np.allclose(got[0], weighted / np.linalg.norm(weighted))
     assert np.allclose(got[2], faces[0])
+
+
+def test_enlarge_nearest_repeats_each_small_pixel_over_its_block() -> None:
+    small = np.array([[1.0, 2.0], [3.0, 4.0]])
+    big = multiview.enlarge_nearest(small, 4, 6)
+    assert big.shape == (4, 6)
+    assert (big[:2, :3] == 1.0).all() and (big[:2, 3:] == 2.0).all()
+    assert (big[2:, :3] == 3.0).all() and (big[2:, 3:] == 4.0).all()
+    assert multiview.enlarge_nearest(np.zeros((3, 3, 2)), 7, 5).shape == (7, 5, 2)

@@ -198,6 +198,29 @@ def scenario_views(module, url: str) -> None:
     assert cube.material_slots[-1].material.node_tree.nodes["Image Texture"].image.name \
         == "Walled from 5 views"
     _rounded_cube_is_covered(module, session)
+    _half_passes_cover(module, session)
+
+
+def _half_passes_cover(module, session) -> None:
+    """Passes: Half renders each view's depth and normals at half the views' size (the
+    daemon scales the controls up); the job, its init image and mask keep the views' size,
+    and the cube is covered as at full size."""
+    scene = harness.empty_scene()
+    cube = harness.add_cube(scene, "Halved", (0, 0, 0))
+    harness.select_only([cube])
+    _views(scene, orbit_count=4, elevation=0.0, top=True, bottom=True, pass_scale="2",
+           keep_weights=False)
+    run = _run_of_all(module, session, 6)
+    for view in run.views:    # the passes sent: half size; what the init and mask show: full
+        assert {(f.width, f.height) for f in view.uploads.uploads} == {(SIZE // 2, SIZE // 2)}
+        assert view.surface_object.shape == (SIZE, SIZE)
+    assert all((job.request.width, job.request.height) == (SIZE, SIZE) for job in run.jobs)
+    assert all(job.state.name == "DONE" for job in run.jobs)
+    target = run.targets[0]
+    texture = image_rows(bpy.data.images["Halved from 6 views"])
+    coverage = float((texture[target.inside, 3] > 0.5).mean())
+    print(f"COVERAGE halved passes {coverage:.4f} of {int(target.inside.sum())} UV texels")
+    assert coverage >= 0.98, coverage
 
 
 def _rerun_keeps_the_rest(module, session, run, name: str) -> None:
@@ -437,8 +460,9 @@ def scenario_views_measure(module, url: str) -> None:
     texture = int(os.environ.get("ATELIER_VIEWS_TEXTURE", "2048"))
     harness.settings(scene, prompt="marble ball", steps=4, width=view_size,
                      height=view_size, random_seed=False, seed=4)
+    passes = os.environ.get("ATELIER_VIEWS_PASSES", "1")    # the Passes setting: 1, 2, 4
     _views(scene, views_from="AUTO", orbit_count=4, elevation=15.0, top=True, bottom=True,
-           texture_size=texture)
+           texture_size=texture, pass_scale=passes)
     started = time.perf_counter()
     assert bpy.ops.atelier.texture_from_views() == {"FINISHED"}
     pressed = time.perf_counter() - started
@@ -472,10 +496,11 @@ def scenario_views_measure(module, url: str) -> None:
     for shot in run.shots[:3]:
         began = time.perf_counter()
         with shot.seen_from(scene_, view_layer):
-            module.passes.render_passes(scene_, view_layer, view_size, view_size,
+            module.passes.render_passes(scene_, view_layer, view_size // int(passes),
+                                        view_size // int(passes),
                                         ("depth", "normal"), as_viewport=True)
         renders.append(time.perf_counter() - began)
-    print(f"MEASURE one view's depth + normal render at {view_size}px: "
+    print(f"MEASURE one view's depth + normal render at {view_size // int(passes)}px: "
           f"{', '.join(f'{r * 1000:.0f}' for r in renders)} ms")
 
 
@@ -485,6 +510,7 @@ def scenario_views_saved(module, url: str) -> None:
     scene = harness.empty_scene()
     values = dict(views_from="CAMERAS", orbit_count=7, elevation=-12.5, top=False, bottom=True,
                   distance=6.5, texture_size=2048, view_order="COVERAGE", max_angle=62.0,
+                  pass_scale="4",
                   seen_weight=0.8, padding=9, keep_weights=True)
     defaults = bpy.types.Scene.bl_rna.properties["atelier_views"].fixed_type.bl_rna.properties
     assert defaults["view_order"].default == "FRONT"

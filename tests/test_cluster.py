@@ -291,3 +291,15 @@ def test_a_worker_killed_mid_job_fails_that_job_with_worker_lost(cluster):
         again = c.wait_for(lambda e: isinstance(e, Error) and e.job_id == job_id, 30)
         assert again.code == ErrorCode.WORKER_LOST
     wait_healthy(cluster)
+
+
+def test_a_restarted_scheduler_gets_its_workers_back_and_serves_on(cluster):
+    """The scheduler's state is in memory (README): kill it, and Serve starts a new one
+    that forgets queued and finished jobs but learns its workers again and runs jobs."""
+    from backend.cluster.deployments import SCHEDULER
+
+    [scheduler] = cluster.serve_actor_names(SCHEDULER)
+    cluster.kill_actor(scheduler)
+    wait_healthy(cluster)
+    with connected(cluster.url) as c:
+        assert isinstance(c.run_job(GenerateRequest(**SMALL, seed=8), (), timeout=120), JobDone)

@@ -86,7 +86,7 @@ class Scheduler:
 
 
 # ---------------------------------------------------------------------- worker
-@serve.deployment(name=WORKER, max_ongoing_requests=2,
+@serve.deployment(name=WORKER, max_ongoing_requests=2, health_check_period_s=5,
                   request_router_config={"request_router_class":
                                          "backend.cluster.routing:TargetedRouter"})
 class Worker:
@@ -107,6 +107,12 @@ class Worker:
         self.name = ray.get_runtime_context().get_actor_name() or self.replica
         self.scheduler = serve.get_deployment_handle(SCHEDULER, APP_NAME)
         await self.scheduler.register_worker.remote(self._report())
+
+    def check_health(self) -> None:
+        """Serve asks every few seconds; the answer also registers this worker again
+        (idempotent, not awaited), so a scheduler that was restarted, and so forgot its
+        workers, has them back within one period."""
+        self.scheduler.register_worker.remote(self._report())
 
     def _report(self) -> WorkerReport:
         return WorkerReport(self.replica, self.name, self.store.device,

@@ -132,7 +132,12 @@ class Worker:
         answers carry a cancel); returns once its outcome is posted."""
         current = self.store.current
         if task.request.model is None and (current is None or current.name != task.default_model):
-            await self.jobs.run_on_worker(lambda: self.store.load(task.default_model))
+            try:       # the cluster's default changed (load_model) since this worker loaded
+                await self.jobs.run_on_worker(lambda: self.store.load(task.default_model))
+            except ProtocolError as exc:
+                await self.scheduler.post.remote(task.job_id, self.replica, [Error(
+                    code=exc.code, message=exc.message, field=exc.field, job_id=task.job_id)])
+                return self._report()
         pending: list[Any] = []
         woken = asyncio.Event()
 

@@ -89,7 +89,7 @@ class AtelierViewsSettings(bpy.types.PropertyGroup):
     seen_weight: FloatProperty(name="Seen Well", default=multiview.SEEN_WEIGHT, min=0.01,
                                max=2.0, description="Texels with less summed view weight are "
                                                     "repainted by the next view")
-    pass_scale: EnumProperty(name="Passes", items=PASS_SCALES, default="1",
+    pass_scale: EnumProperty(name="Pass Size", items=PASS_SCALES, default="1",
                              description="The size each view's depth and normals are rendered "
                                          "at (the render holds Blender while it runs: "
                                          "about 0.1 s at 256 px, 0.3 s at 512)")

@@ -202,7 +202,7 @@ def scenario_views(module, url: str) -> None:
 
 
 def _half_passes_cover(module, session) -> None:
-    """Passes: Half renders each view's depth and normals at half the views' size (the
+    """Pass Size: Half renders each view's depth and normals at half the views' size (the
     daemon scales the controls up); the job, its init image and mask keep the views' size,
     and the cube is covered as at full size."""
     scene = harness.empty_scene()
@@ -460,7 +460,7 @@ def scenario_views_measure(module, url: str) -> None:
     texture = int(os.environ.get("ATELIER_VIEWS_TEXTURE", "2048"))
     harness.settings(scene, prompt="marble ball", steps=4, width=view_size,
                      height=view_size, random_seed=False, seed=4)
-    passes = os.environ.get("ATELIER_VIEWS_PASSES", "1")    # the Passes setting: 1, 2, 4
+    passes = os.environ.get("ATELIER_VIEWS_PASSES", "1")    # Pass Size: 1, 2, 4 (a divisor)
     _views(scene, views_from="AUTO", orbit_count=4, elevation=15.0, top=True, bottom=True,
            texture_size=texture, pass_scale=passes)
     started = time.perf_counter()

@@ -97,6 +97,27 @@ def test_pull_of_the_clip_repo_fetches_only_the_tokenizer(home, tmp_path):
     assert hub.list_local(cache).models == []     # a tokenizer is not a model to list
 
 
+def test_pull_of_the_t5_repo_fetches_only_its_tokenizer(home, tmp_path):
+    """`atelier models pull google/t5-v1_1-xxl`, as the missing-tokenizer error advises,
+    fetches the tokenizer files, not the 44 GB of weights; the loader then finds them."""
+    from backend.models.dit_files import find_t5_tokenizer
+    from backend.models.sources import ensure_tiny
+
+    repo = tmp_path / "t5"
+    shutil.copytree(ensure_tiny("tiny-flux", home / "models") / "tokenizer_2", repo)
+    (repo / "config.json").write_text('{"model_type": "t5"}')
+    (repo / "pytorch_model.bin").write_bytes(b"pickle")
+    (repo / "model.safetensors").write_bytes(b"weights the tokenizer does not need")
+    cache = tmp_path / "hub-cache"
+    with FakeHub("google/t5-v1_1-xxl", repo) as fake:
+        result = _pull(fake.url, cache, "google/t5-v1_1-xxl")
+        downloaded = fake.downloaded()
+    assert "error" not in result["google/t5-v1_1-xxl"]
+    assert downloaded == {"tokenizer.json", "tokenizer_config.json"}    # what the repo has of them
+    found = find_t5_tokenizer(tmp_path / "home", cache)
+    assert found is not None and (found / "tokenizer.json").is_file()
+
+
 def test_select_files_prefers_variants_and_refuses_pickle_only_components():
     listing = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",

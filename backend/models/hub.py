@@ -24,6 +24,7 @@ from huggingface_hub.hf_api import RepoFile
 from protocol.errors import ErrorCode, ProtocolError
 
 from .catalog import Catalog, hf_cache_models
+from .dit_files import T5_TOKENIZER_REPOS
 from .single_file import TOKENIZER_REPOS
 from .sources import hf_cache_dir, hf_repo_folder, variant_of
 
@@ -32,10 +33,15 @@ PullProgress = Callable[[str, int, int], None]
 
 SKIPPED_FOLDERS = frozenset({"safety_checker"})
 TOKENIZER_FILE_NAMES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+T5_TOKENIZER_FILE_NAMES = ("spiece.model", "tokenizer.json", "tokenizer_config.json",
+                           "special_tokens_map.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx", ".onnx_data")
 VIT_H_ENCODER = "models/image_encoder/"     # h94/IP-Adapter's ViT-H/14
-# Repos pulled only for their tokenizer (see single_file.find_clip_tokenizer).
-TOKENIZER_ONLY_REPOS = frozenset(repo for repo, subfolder in TOKENIZER_REPOS if subfolder == "")
+# Repos pulled only for their tokenizer (single_file.find_clip_tokenizer,
+# dit_files.find_t5_tokenizer), and the files that are.
+TOKENIZER_ONLY_REPOS = {
+    **{repo: TOKENIZER_FILE_NAMES for repo, subfolder in TOKENIZER_REPOS if subfolder == ""},
+    **{repo: T5_TOKENIZER_FILE_NAMES for repo, subfolder in T5_TOKENIZER_REPOS if subfolder == ""}}
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ def select_files(repo_id: str, paths: Iterable[str], variant: Optional[str] = No
     if file:
         return _select_file(repo_id, file, paths, variant)
     if repo_id in TOKENIZER_ONLY_REPOS:
-        return [p for p in paths if p in TOKENIZER_FILE_NAMES]
+        return [p for p in paths if p in TOKENIZER_ONLY_REPOS[repo_id]]
     by_folder: dict[str, list[str]] = {}
     for path in paths:
         parent = str(PurePosixPath(path).parent)

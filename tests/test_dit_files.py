@@ -259,6 +259,26 @@ def test_tokenizers_for_full_size_files_are_looked_for_and_their_absence_explain
     found = _tokenizers(CONFIGS / "flux_dev", families.FLUX, tmp_path, tmp_path / "no-hf-cache")
     t5 = found["tokenizer_2"]
     assert t5("a red stone wall").input_ids[-1] == t5.eos_token_id == 1    # T5 appends </s>
+
+
+def test_a_comfyui_installations_own_tokenizers_are_used(atelier_home, tmp_path):
+    """ComfyUI ships the CLIP and T5 tokenizers in its code (comfy/sd1_tokenizer,
+    comfy/text_encoders/t5_tokenizer): a models folder inside a ComfyUI installation
+    needs nothing fetched."""
+    from backend.models.dit_files import _tokenizers, comfy_installs
+
+    comfy = tmp_path / "ComfyUI"
+    tiny = ensure_tiny("tiny-flux", atelier_home / "models")
+    shutil.copytree(tiny / "tokenizer", comfy / "comfy" / "sd1_tokenizer")
+    shutil.copytree(tiny / "tokenizer_2", comfy / "comfy" / "text_encoders" / "t5_tokenizer")
+    transformer = comfy / "models" / "unet" / "flux1-dev.safetensors"
+    for search_dirs in ([], [comfy / "models"]):     # beside the file, or the folder named
+        assert comfy_installs(transformer, search_dirs) == [comfy]
+    assert comfy_installs(tmp_path / "elsewhere" / "flux.safetensors", []) == []
+    found = _tokenizers(CONFIGS / "flux_dev", families.FLUX, tmp_path / "home",
+                        tmp_path / "no-hf-cache", [comfy])
+    assert found["tokenizer"].model_max_length == 77
+    assert found["tokenizer_2"]("a red stone wall").input_ids[-1] == 1
     assert found["tokenizer"].model_max_length == 77
 
 

@@ -28,11 +28,12 @@ from transformers import CLIPTokenizer, PreTrainedModel, T5EncoderModel, T5Token
 from protocol.errors import ErrorCode, ProtocolError
 
 from . import dit_keys, families
-from .dit_parts import PARTS, Part, PartFile, find_part, shape_of
+from .dit_parts import PARTS, Part, PartFile, find_part, models_folder, shape_of
 from .file_kinds import TensorHeader, read_header
 from .fp8_storage import keep_stored, stored_fp8
 from .gguf_files import is_gguf, load_gguf_state, quantization, read_gguf_header
-from .single_file import CONFIGS, MAX_TOKENS, checkpoint_family, find_clip_tokenizer
+from .single_file import (CONFIGS, MAX_TOKENS, TOKENIZER_FILES, checkpoint_family,
+                          find_clip_tokenizer)
 from .sources import ModelRoots, hf_snapshot
 
 # Where a T5 tokenizer (spiece.model or tokenizer.json) may sit in the HF cache.
@@ -44,6 +45,9 @@ T5_TOKENIZER_REPOS = (
     ("stabilityai/stable-diffusion-3.5-medium", "tokenizer_3"),
 )
 T5_TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
+# ComfyUI ships the tokenizers of its text encoders inside its own code, beside its models
+# folder: a ComfyUI user has them without fetching anything.
+COMFY_TOKENIZERS = {"t5": "comfy/text_encoders/t5_tokenizer", "clip": "comfy/sd1_tokenizer"}
 TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.SD3: SD3Transformer2DModel}
 
 
@@ -116,9 +120,23 @@ def config_folder(path: Path, family: str, header: TensorHeader,
 
 # ------------------------------------------------------------------ tokenizers
 
-def find_t5_tokenizer(home: Path, hf_cache: Path) -> Optional[Path]:
+def comfy_tokenizers(kind: str, installs: Sequence[Path]) -> list[Path]:
+    """Where the ComfyUI installations ``installs`` keep their ``kind`` ("t5" or "clip")
+    tokenizer."""
+    return [install / COMFY_TOKENIZERS[kind] for install in installs]
+
+
+def comfy_installs(path: Path, search_dirs: Sequence[Path]) -> list[Path]:
+    """The ComfyUI folders a transformer file and the model folders may belong to: the
+    parent of each ``models`` folder that has ComfyUI's ``comfy`` package beside it."""
+    folders = [models_folder(path), *search_dirs]
+    return list(dict.fromkeys(f.parent for f in folders
+                              if f is not None and (f.parent / "comfy").is_dir()))
+
+
+def find_t5_tokenizer(home: Path, hf_cache: Path, installs: Sequence[Path] = ()) -> Optional[Path]:
     """A folder holding a T5 tokenizer (spiece.model or tokenizer.json), or None."""
-    candidates = [home / "tokenizers" / "t5"]
+    candidates = [home / "tokenizers" / "t5", *comfy_tokenizers("t5", installs)]
     for repo_id, subfolder in T5_TOKENIZER_REPOS:
         snapshot = hf_snapshot(repo_id, hf_cache)
         if snapshot is not None:
@@ -127,9 +145,17 @@ def find_t5_tokenizer(home: Path, hf_cache: Path) -> Optional[Path]:
                 None)
 
 
-def _tokenizers(config: Path, family: str, home: Path, hf_cache: Path) -> dict[str, object]:
+def _clip_tokenizer(home: Path, hf_cache: Path, installs: Sequence[Path]) -> Optional[Path]:
+    comfy = [c for c in comfy_tokenizers("clip", installs)
+             if all((c / name).is_file() for name in TOKENIZER_FILES)]
+    return comfy[0] if comfy else find_clip_tokenizer(home, hf_cache)
+
+
+def _tokenizers(config: Path, family: str, home: Path, hf_cache: Path,
+                installs: Sequence[Path] = ()) -> dict[str, object]:
     """The tokenizers of the pipeline: the config folder's own (a tiny model's), else the
-    vocabularies found on this machine."""
+    vocabularies found on this machine (Atelier's home, the ComfyUI ``installs``, the
+    Hugging Face cache)."""
     out: dict[str, object] = {}
     for part in PARTS[family]:
         if part.tokenizer is None:
@@ -139,16 +165,19 @@ def _tokenizers(config: Path, family: str, home: Path, hf_cache: Path) -> dict[s
         if own.is_dir():
             out[part.tokenizer] = (T5TokenizerFast if t5 else CLIPTokenizer).from_pretrained(str(own))
             continue
-        folder = find_t5_tokenizer(home, hf_cache) if t5 else find_clip_tokenizer(home, hf_cache)
+        folder = (find_t5_tokenizer(home, hf_cache, installs) if t5 else
+                  _clip_tokenizer(home, hf_cache, installs))
         if folder is None:
-            where = home / "tokenizers" / ("t5" if t5 else "clip")
+            kind = "t5" if t5 else "clip"
+            where = home / "tokenizers" / kind
             repo = T5_TOKENIZER_REPOS[0][0] if t5 else "openai/clip-vit-large-patch14"
             raise ProtocolError(
                 ErrorCode.MODEL_LOAD_FAILED,
                 f"a single-file {family} model needs the {'T5' if t5 else 'CLIP'} tokenizer "
-                f"vocabulary, which Atelier does not ship; it was looked for in {where} and the "
-                f"Hugging Face cache. Fetch it once with: atelier models pull {repo}, or copy "
-                f"the tokenizer files into {where}", field="model")
+                f"vocabulary, which Atelier does not ship; it was looked for in {where}, beside "
+                f"the models folders in a ComfyUI installation ({COMFY_TOKENIZERS[kind]}) "
+                f"and in the Hugging Face cache. Fetch it once with: atelier models pull {repo}, "
+                f"or copy the tokenizer files into {where}", field="model")
         if t5:
             out[part.tokenizer] = T5TokenizerFast.from_pretrained(str(folder))
         else:
@@ -212,6 +241,7 @@ class DiTFiles:
     parts: dict[str, PartFile]      # component -> where its tensors are
     # component ("transformer" too) -> the 8-bit float its tensors are stored in
     fp8: dict[str, torch.dtype] = field(default_factory=dict)
+    comfy: tuple[Path, ...] = ()    # ComfyUI installations beside the models (their tokenizers)
 
 
 def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Path],
@@ -229,14 +259,15 @@ def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Pa
     sources = parts if is_gguf(path) else {"transformer": transformer, **parts}
     fp8 = {component: dtype for component, source in sources.items()
            if component != "vae" and (dtype := stored_fp8(source.path, source.prefix)) is not None}
-    return DiTFiles(family, transformer, config, parts, fp8)
+    return DiTFiles(family, transformer, config, parts, fp8,
+                    tuple(comfy_installs(path, search_dirs)))
 
 
 def prepare_dit_file(files: DiTFiles, dtype: torch.dtype, home: Path,
                      hf_cache: Path) -> Callable[[], DiffusionPipeline]:
     """How to load the pipeline of ``files`` (tokenizers are checked now)."""
     family, config = files.family, files.config
-    tokenizers = _tokenizers(config, family, home, hf_cache)
+    tokenizers = _tokenizers(config, family, home, hf_cache, files.comfy)
     cls = families.base_class(family)
 
     def load() -> DiffusionPipeline:

@@ -38,7 +38,8 @@ LAYOUTS = [("tiny-flux", "unet/flux-tiny.safetensors", "diffusers"),
            ("tiny-flux", "diffusion_models/flux-tiny-bfl.safetensors", "original"),
            ("tiny-sd3", "diffusion_models/sd3-tiny.safetensors", "diffusers"),
            ("tiny-sd3", "unet/sd3-tiny-sai.safetensors", "original")]
-GGUF = "unet/flux-tiny-Q8_0.gguf"     # city96's layout: BFL names, Q8_0 weights
+# city96's layout: the original names, Q8_0 weights
+GGUF = {"tiny-flux": "unet/flux-tiny-Q8_0.gguf", "tiny-sd3": "unet/sd3-tiny-Q8_0.gguf"}
 COMPONENTS = {families.FLUX: ("transformer", "vae", "text_encoder", "text_encoder_2"),
               families.SD3: ("transformer", "vae", "text_encoder", "text_encoder_2",
                              "text_encoder_3")}
@@ -55,8 +56,7 @@ def comfy(atelier_home: Path, tmp_path_factory) -> dict[str, Path]:
             if name == tiny:
                 export_transformer(source, family, models / file, naming)
         export_parts(source, family, models)
-        if family == families.FLUX:
-            export_gguf(source, family, models / GGUF)
+        export_gguf(source, family, models / GGUF[tiny])
         folders[tiny] = models
     return folders
 
@@ -308,25 +308,31 @@ def test_a_daemon_serves_a_split_flux_file_with_a_text_encoder_named_on_its_comm
 
 # ------------------------------------------------------------------ GGUF
 
-def test_a_gguf_flux_transformer_loads_quantized_and_its_jobs_reproduce(atelier_home, comfy):
+@pytest.mark.parametrize("tiny", ["tiny-flux", "tiny-sd3"])
+def test_a_gguf_transformer_loads_quantized_and_its_jobs_reproduce(atelier_home, comfy, tiny):
+    """Flux through our converter, SD3 through diffusers' (on quantized rows both)."""
     from diffusers.quantizers.gguf.utils import GGUFParameter
     from gguf import GGMLQuantizationType
 
-    store = _store(atelier_home, comfy["tiny-flux"])
-    assert {i.name: i.family for i in store.available()}[GGUF] == families.FLUX
+    name = GGUF[tiny]
+    family = families.FLUX if tiny == "tiny-flux" else families.SD3
+    store = _store(atelier_home, comfy[tiny])
+    assert {i.name: i.family for i in store.available()}[name] == family
     generator = DiffusionGenerator(store)
-    quantized = store.use(GGUF)
-    assert quantized.family == families.FLUX
+    quantized = store.use(name)
+    assert quantized.family == family
     weight = quantized.pipe.transformer.transformer_blocks[0].attn.to_q.weight
     assert isinstance(weight, GGUFParameter) and weight.quant_type == GGMLQuantizationType.Q8_0
-    full = store.use("tiny-flux")
-    sizes = [m.pipe.transformer.get_memory_footprint() for m in (quantized, full)]
-    assert sizes[0] < 0.5 * sizes[1]        # Q8_0: 34 bytes per 32 weights, against 128
-    first = _pixels(generator, model=GGUF)
-    assert first == _pixels(generator, model=GGUF) != _pixels(generator, model=GGUF, seed=8)
-    # 8-bit weights move the picture by about a level at most
+    full = store.use(tiny)
+    # the blocks' weights (where a full-size model's are): Q8_0 keeps 34 bytes per 32, not 128
+    sizes = [sum(p.numel() * p.element_size() for p in m.pipe.transformer.transformer_blocks.parameters())
+             for m in (quantized, full)]
+    assert sizes[0] < 0.5 * sizes[1]
+    first = _pixels(generator, model=name)
+    assert first == _pixels(generator, model=name) != _pixels(generator, model=name, seed=8)
+    # 8-bit weights move the picture by a level or two at most
     difference = np.abs(np.frombuffer(first, np.uint8).astype(int)
-                        - np.frombuffer(_pixels(generator, model="tiny-flux"), np.uint8))
+                        - np.frombuffer(_pixels(generator, model=tiny), np.uint8))
     assert difference.max() <= 2 and difference.mean() < 0.5
 
 

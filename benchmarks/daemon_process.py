@@ -21,8 +21,9 @@ class DaemonProcess:
     READY = re.compile(r"ready on (ws://\S+)")
 
     def __init__(self, home: Path, *extra: str, env: dict[str, str] | None = None,
-                 log_lines: int | None = None):
+                 log_lines: int | None = None, new_session: bool = False):
         self.home = home
+        self.new_session = new_session      # its own process group, for a signal to all of it
         self.args = [sys.executable, "-m", "backend", "serve", "--model", "tiny", "--port", "0",
                      "--home", str(home), *extra]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -33,7 +34,8 @@ class DaemonProcess:
 
     def start(self, timeout: float = 120.0) -> "DaemonProcess":
         self.proc = subprocess.Popen(self.args, cwd=REPO, env=self.env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=self.new_session)
         found = threading.Event()
 
         def read() -> None:

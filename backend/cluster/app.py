@@ -77,7 +77,9 @@ def start(config: ClusterConfig, *, address: Optional[str] = None, num_cpus: Opt
 
     started = time.perf_counter()
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
+        # "local", not None: None would join a cluster an earlier `ray start` left running
+        # (or RAY_ADDRESS names), which ``stop`` would then take down with the app.
+        ray.init(address=address or "local", num_cpus=num_cpus, include_dashboard=False,
                  logging_level="WARNING", log_to_driver=False)
     serve.start(http_options={"host": config.server.host, "port": config.server.port})
     serve.run(build_app(config), name=APP_NAME, route_prefix=route_prefix, blocking=False)
@@ -86,11 +88,12 @@ def start(config: ClusterConfig, *, address: Optional[str] = None, num_cpus: Opt
 
 def stop(*, joined: bool = False) -> None:
     """Take the app down. ``joined``: Ray was an existing cluster (``--address``), which goes
-    on without the app; otherwise Ray started here and stops with Serve."""
+    on without the app. Otherwise Ray started here, and ``ray.shutdown`` ends its processes,
+    Serve's among them, in a second or two: a graceful Serve shutdown would first wait out
+    open websockets and the scheduler's long polls (11 s with none open), and 30 s more for
+    a controller whose Ray processes were killed with this one (a signal to the group)."""
     import ray
 
     if joined:
         serve.delete(APP_NAME)
-    else:
-        serve.shutdown()
     ray.shutdown()

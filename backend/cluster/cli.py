@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -29,9 +30,10 @@ def add_cluster_parser(sub: Any, daemon_options: Options, server_options: Option
                                           "on a Ray cluster, and serve until interrupted")
     daemon_options(serve)
     server_options(serve)
-    serve.add_argument("--address", default=None,
+    serve.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
                        help="Ray cluster to join ('auto' after `ray start --head`, or "
-                            "ray://HOST:10001); default: start Ray in this process")
+                            "ray://HOST:10001; default $RAY_ADDRESS); none: start Ray in "
+                            "this process, and stop it on exit")
     serve.add_argument("--config", type=Path, default=None,
                        help="TOML file with a [cluster] table (keys: the flags below, with _)")
     for flag, kind in _SCALE_FLAGS.items():

@@ -19,8 +19,8 @@ BASE_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpain
 # daemon fails such a job with ``unsupported`` naming the field, and add-ons may leave them
 # out of their menus. Families not listed take them all.
 UNSUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
-    "flux": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
-    "sd3": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
+    "flux": ("regions", "references", "cache_interval"),
+    "sd3": ("controls", "depth", "control", "regions", "references", "cache_interval"),
 }
 # The samplers (``GenerateRequest.scheduler``) a family's models run, where it is not all of
 # them: Flux and SD3 sample with flow-matching Euler, which both Euler names select.

@@ -27,7 +27,7 @@ from protocol.client import AtelierClient, make_upload
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.events import JobDone
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
-from protocol.messages import ControlLayer, GenerateRequest, LoraWeight, Models
+from protocol.messages import ControlLayer, GenerateRequest, Models
 
 SIZE = 64
 JOB = dict(prompt="a red stone wall", width=SIZE, height=SIZE, steps=3, guidance=3.5, seed=7)
@@ -202,10 +202,6 @@ DEPTH = _upload_mask(np.full((SIZE, SIZE), 128))
 
 
 @pytest.mark.parametrize("job, field", [
-    # an SD1.5 ControlNet on Flux
-    (dict(controls=[ControlLayer(kind="depth", image=DEPTH.id, model="tiny-controlnet")]),
-     "job.controls"),
-    (dict(loras=[LoraWeight(name="tiny_style", weight=0.8)]), "loras[0].name"),
     (dict(cache_interval=2), "job.cache_interval"),
     (dict(scheduler="dpmpp_2m"), "job.scheduler"),
     (dict(sampler_preset="lcm_4"), "job.sampler_preset"),
@@ -223,10 +219,11 @@ def test_the_refused_fields_are_the_protocol_family_table(generator):
     runs Flux's own sampler under both Euler names."""
     from protocol.families import SAMPLERS, unsupported_fields
 
-    assert set(unsupported_fields("flux")) >= {"controls", "loras", "regions", "references",
-                                               "cache_interval"}
+    # Flux runs its ControlNets and LoRAs, SD3 its LoRAs (test_flux_controls.py)
+    assert set(unsupported_fields("flux")) == {"regions", "references", "cache_interval"}
+    assert set(unsupported_fields("sd3")) == {"controls", "depth", "control", "regions",
+                                              "references", "cache_interval"}
     assert unsupported_fields("sd15") == () and "sd15" not in SAMPLERS
-    assert unsupported_fields("sd3") == unsupported_fields("flux")
     euler = _rgba(_run(generator, scheduler="euler"))
     assert euler.tobytes() == _rgba(_run(generator, scheduler="euler_a")).tobytes()
 
@@ -375,5 +372,7 @@ def test_a_flux_job_over_the_daemon_and_a_wrong_combination_failing(start_daemon
                                                               model="tiny-controlnet")])
         with pytest.raises(ProtocolError) as err:
             client.run_job(wrong, [depth], timeout=120)
-        assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "job.controls")
+        assert (err.value.code, err.value.field) == (ErrorCode.INVALID_FIELD,
+                                                     "job.controls[0].model")
+        assert "SD1.5/SDXL" in err.value.message
         assert isinstance(client.run_job(GenerateRequest(**JOB), timeout=120), JobDone)

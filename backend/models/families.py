@@ -13,6 +13,9 @@ from typing import Iterable, Optional
 from diffusers import (
     ControlNetModel,
     DiffusionPipeline,
+    FluxControlNetImg2ImgPipeline,
+    FluxControlNetInpaintPipeline,
+    FluxControlNetPipeline,
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
     FluxPipeline,
@@ -81,8 +84,10 @@ _PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[D
     SDXL_INPAINT: ({INPAINT: StableDiffusionXLInpaintPipeline},
                    {INPAINT: StableDiffusionXLControlNetInpaintPipeline}),
     SD2_DEPTH: ({DEPTH: StableDiffusionDepth2ImgPipeline}, {}),
-    # No ControlNet pipelines yet: Flux's take Flux ControlNets (pipelines/flux.py refuses).
-    FLUX: ({TXT2IMG: FluxPipeline, IMG2IMG: FluxImg2ImgPipeline, INPAINT: FluxInpaintPipeline}, {}),
+    # Flux's ControlNet pipelines take Flux ControlNets (dit_controlnets.py).
+    FLUX: ({TXT2IMG: FluxPipeline, IMG2IMG: FluxImg2ImgPipeline, INPAINT: FluxInpaintPipeline},
+           {TXT2IMG: FluxControlNetPipeline, IMG2IMG: FluxControlNetImg2ImgPipeline,
+            INPAINT: FluxControlNetInpaintPipeline}),
     SD3: ({TXT2IMG: StableDiffusion3Pipeline, IMG2IMG: StableDiffusion3Img2ImgPipeline,
            INPAINT: StableDiffusion3InpaintPipeline}, {}),
 }

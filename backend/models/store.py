@@ -82,6 +82,7 @@ from .accel import (CPU_OFFLOAD, FUSE_QKV, AccelOptions, Acceleration, PromptCac
 from .catalog import Catalog, list_models
 from .control_models import DEFAULT_CONTROLS, tiny_control_name
 from .deep_tap import DeepFeatureTap, install_deep_tap
+from .dit_controlnets import load_flux_controlnet
 from .device import device_memory, free_device_cache
 from .embeddings import embedding_folders, find_embeddings, load_embedding, used_in
 from .ip_adapters import LoadedAdapter, ReferenceModels, default_adapter, find_adapter
@@ -100,6 +101,8 @@ DEFAULT_DEPTH_CONTROLS = {
     families.SDXL: ("diffusers/controlnet-depth-sdxl-1.0",
                     "TencentARC/t2i-adapter-depth-midas-sdxl-1.0"),
 }
+# Transformer families' depth ControlNet (no T2I-Adapters exist for them), in diffusers' format.
+DEFAULT_DIT_DEPTH_CONTROLNETS = {families.FLUX: "Shakker-Labs/FLUX.1-dev-ControlNet-Depth"}
 # Families whose default depth ControlNet does not fit beside the UNet on an 8 GB card: in
 # low-memory mode their adapter comes first. (SDXL: ControlNet 2.5 GB + UNet 5.1 GB in
 # fp16, both on the GPU at every step; the adapter is 0.15 GB and runs once.)
@@ -447,6 +450,8 @@ class ModelStore:
         chosen = self.depth_controls.get(model.family) or TINY_DEFAULT_CONTROLNETS.get(model.name)
         if chosen:
             return chosen
+        if model.family in DEFAULT_DIT_DEPTH_CONTROLNETS:
+            return self._default_dit_depth_controlnet(model)
         candidates = DEFAULT_DEPTH_CONTROLS.get(model.family)
         if not candidates:
             raise ProtocolError(ErrorCode.UNSUPPORTED,
@@ -464,6 +469,19 @@ class ModelStore:
             f"neither default is on this machine; fetch one with: atelier models pull "
             f"{controlnet} (follows the depth closely, about +50% time per step) or: atelier "
             f"models pull {adapter} (one small pass per job)", field="control.model")
+
+    def _default_dit_depth_controlnet(self, model: LoadedModel) -> str:
+        """A transformer family's depth ControlNet when it is on this machine; else the
+        error says how to get one (there is no T2I-Adapter for these families)."""
+        name = DEFAULT_DIT_DEPTH_CONTROLNETS[model.family]
+        if self._is_local(name):
+            return name
+        raise ProtocolError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"depth jobs on {model.family} models need a {model.family} depth ControlNet and "
+            f"none is on this machine; fetch one with: atelier models pull {name}, or name a "
+            f"{model.family} depth or union ControlNet file (ComfyUI's models/controlnet) in "
+            f"the control's model", field="control.model")
 
     def default_control(self, kind: str) -> str:
         """The control model a control of ``kind`` uses on the active model when it names
@@ -525,6 +543,12 @@ class ModelStore:
         model = self._require_active()
         if name in model.controlnets:
             return model.controlnets[name]
+        if model.family == families.FLUX:
+            controlnet = load_flux_controlnet(self._resolve_control(name),
+                                              model.pipe.transformer.config, self.dtype)
+            controlnet.to(self.device)
+            model.controlnets[name] = controlnet
+            return controlnet
         controlnet = load_controlnet(self._resolve_control(name), self.dtype, self.home)
         unet_width = model.pipe.unet.config.cross_attention_dim
         if controlnet.config.cross_attention_dim != unet_width:

@@ -47,6 +47,9 @@ from .plan import GenerationPlan
 from .tiling import TileAxes, tile_axes
 
 PATCH_PIXELS = 16            # a token covers 2x2 latents of 8x8 pixels (Flux and SD3)
+# The transformer's keyword arguments that carry a ControlNet's per-block residuals
+CONTROLNET_RESIDUALS = ("controlnet_block_samples", "controlnet_single_block_samples",
+                        "block_controlnet_hidden_states")
 # T5 prompt length by family (Flux.1-dev 512, SD3 256); shorter tokenizers cap it
 T5_MAX_TOKENS = {"flux": 512, "sd3": 256}
 # Families that take a negative prompt (true classifier-free guidance); Flux.1's guidance
@@ -182,6 +185,19 @@ class RolledTransformer(ModelView):
     def _offset(self, tokens: int, on: bool) -> int:
         return int(torch.randint(0, tokens, (1,), generator=self._draw)) if on and tokens > 1 else 0
 
+    def draw(self) -> tuple[int, int]:
+        """The next call's offset (dx, dy) in tokens, kept in ``offsets``."""
+        dx, dy = self._offset(self.cols, self.axes.x), self._offset(self.rows, self.axes.y)
+        self.offsets.append((dx, dy))
+        return dx, dy
+
+    def roll_tokens(self, tokens: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+        """Roll ``(B, rows * cols, D)`` image tokens (a ControlNet's residuals, for either
+        family) by (dx, dy) on their grid."""
+        b, _, d = tokens.shape
+        grid = tokens.reshape(b, self.rows, self.cols, d)
+        return torch.roll(grid, (dy, dx), dims=(1, 2)).reshape(b, self.rows * self.cols, d)
+
     def roll(self, latents: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
         """Roll by (dx, dy) tokens: Flux's packed ``(B, rows * cols, D)`` on its token grid,
         SD3's ``(B, C, h, w)`` by two latents (one 2x2 patch) per token."""
@@ -192,8 +208,10 @@ class RolledTransformer(ModelView):
         return torch.roll(grid, (dy, dx), dims=(1, 2)).reshape(b, self.rows * self.cols, d)
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        dx, dy = self._offset(self.cols, self.axes.x), self._offset(self.rows, self.axes.y)
-        self.offsets.append((dx, dy))
+        dx, dy = self.draw()
+        # A ControlNet's residuals are image tokens: they move with the latent (dit_controls.py).
+        kwargs.update({name: [None if r is None else self.roll_tokens(r, dx, dy) for r in kwargs[name]]
+                       for name in CONTROLNET_RESIDUALS if kwargs.get(name) is not None})
         out = self.transformer(self.roll(hidden_states, dx, dy), *args, **kwargs)
         if isinstance(out, tuple):
             return (self.roll(out[0], -dx, -dy), *out[1:])

@@ -58,6 +58,7 @@ from .controls import PlannedControl, nearness_of
 from .depth import DepthEstimator, find_depth_model
 from .dit import (DiTLatents, dit_call, flow_scheduler, refuse_unsupported, rolled_transformer,
                   work_size)
+from .dit_controls import condition_on_flux_controlnet, one_control, rolled_controlnet
 from .job_unet import JobUNet
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
@@ -171,7 +172,8 @@ class DiffusionGenerator:
         if is_transformer(model.family):
             rgb = None if plan.init is None else work_region(plan, plan.init[..., :3])
             mask = None if plan.mask is None else work_region(plan, plan.mask)
-            return PipelineCall(plan.kind, dit_call(plan, model.pipe, model.family, rgb, mask))
+            call = PipelineCall(plan.kind, dit_call(plan, model.pipe, model.family, rgb, mask))
+            return self._condition_dit(call, plan, model, rgb)
         if job.loras:
             # A LoRA may change the text encoder: its embeddings are not the cached ones.
             prompts = dict(prompt=job.prompt, negative_prompt=job.negative_prompt or None)
@@ -230,6 +232,21 @@ class DiffusionGenerator:
                                                [image for _, _, image in nets],
                                                [control for _, control, _ in nets], init_rgb)
         return PipelineCall(conditioned.kind, conditioned.kwargs, controlnet, tuple(guides))
+
+    def _condition_dit(self, call: PipelineCall, plan: GenerationPlan, model: LoadedModel,
+                       init_rgb: Optional[np.ndarray]) -> PipelineCall:
+        """A transformer's call conditioned on the job's one control through a ControlNet of
+        the model's family (dit_controls.py; the store refuses one of another family)."""
+        if not plan.controls:
+            return call
+        one_control(plan.controls, model.family)
+        control = plan.controls[0]
+        control = self._estimated(control, model) if control.estimate else control
+        name = self._control_model(control)
+        controlnet = _refielded(control, lambda: self._store.controlnet(name))
+        image = control_tensor(control, work_region(plan, control.image))
+        kwargs = condition_on_flux_controlnet(call.kind, call.kwargs, image, control, init_rgb)
+        return PipelineCall(call.kind, kwargs, controlnet)
 
     def _with_references(self, call: PipelineCall, plan: GenerationPlan,
                          model: LoadedModel) -> PipelineCall:
@@ -363,7 +380,7 @@ class DiffusionGenerator:
 
         try:
             with self._job_context(plan, pipe, call.adapters, position), \
-                    reference_attention(call.references, shared):
+                    reference_attention(call.references, shared), rolled_controlnet(pipe, plan):
                 result = pipe(**call.kwargs, callback_on_step_end=on_step_end,
                               callback_on_step_end_tensor_inputs=["latents"])
         finally:

@@ -1,0 +1,90 @@
+"""Tiny random Flux ControlNets and Flux/SD3 LoRAs for the built-in tiny transformer
+models, written as safetensors in the layouts users' files have:
+
+- a Flux ControlNet in diffusers' names (as InstantX and Shakker-Labs ship theirs), shaped
+  from the tiny Flux transformer's config, one double and one single block, optionally a
+  union one (``num_mode``);
+- LoRAs of the transformer's attention projections in diffusers/peft names
+  (``transformer.<module>.lora_A.weight``, what ``save_lora_weights`` writes), or for Flux
+  in kohya's names for Black Forest Labs' modules (``lora_unet_double_blocks_0_img_attn_qkv``,
+  ``lora_unet_single_blocks_0_linear2``: what ComfyUI users' Flux LoRAs hold, and what
+  diffusers' Flux converter reads).
+
+Zero-initialised parts (a ControlNet's output blocks, peft's B matrices) get random weights
+large enough to change a picture. Deterministic: the same arguments give the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+from diffusers import FluxControlNetModel, FluxTransformer2DModel, SD3Transformer2DModel
+from safetensors.torch import save_file
+
+from .dit_controlnets import SHARED_CONFIG
+from .tiny import SEED
+from .tiny_extras import RANK, _lora_tensors
+
+DiTLoraLayout = Literal["diffusers", "kohya"]
+ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def _save(dest: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dest))
+    return dest
+
+
+def build_tiny_flux_controlnet(dest: Path, flux_folder: Path, seed: int = SEED + 60,
+                               num_mode: Optional[int] = None) -> Path:
+    """Write a Flux ControlNet for the tiny Flux model in ``flux_folder`` to the file
+    ``dest`` (``num_mode``: a union ControlNet of that many modes)."""
+    config = FluxTransformer2DModel.load_config(str(Path(flux_folder) / "transformer"))
+    torch.manual_seed(seed)
+    controlnet = FluxControlNetModel(**{k: config[k] for k in SHARED_CONFIG}, num_layers=1,
+                                     num_single_layers=1, num_mode=num_mode)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():    # its zero-initialised input and output projections
+        for name, parameter in controlnet.named_parameters():
+            if name.startswith(("controlnet_blocks", "controlnet_single_blocks",
+                                "controlnet_x_embedder")):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return _save(dest, controlnet.state_dict())
+
+
+def build_tiny_dit_lora(dest: Path, model_folder: Path, layout: DiTLoraLayout = "diffusers",
+                        seed: int = SEED + 70) -> Path:
+    """Write a LoRA of the attention projections of the tiny Flux or SD3 transformer in
+    ``model_folder`` to the file ``dest`` (``kohya``: Flux only)."""
+    folder = Path(model_folder) / "transformer"
+    flux = FluxTransformer2DModel.load_config(str(folder))["_class_name"] == "FluxTransformer2DModel"
+    cls = FluxTransformer2DModel if flux else SD3Transformer2DModel
+    transformer = cls.from_pretrained(str(folder))
+    if layout == "diffusers":
+        tensors = _lora_tensors(transformer, ATTENTION_TARGETS, seed)
+        return _save(dest, {f"transformer.{k}": v for k, v in tensors.items()})
+    if not flux:
+        raise ValueError("kohya-named LoRAs are built for Flux only")
+    return _save(dest, _kohya_flux(transformer, seed))
+
+
+def _kohya_flux(transformer: FluxTransformer2DModel, seed: int) -> dict[str, torch.Tensor]:
+    """Black Forest Labs' modules of the tiny Flux transformer in kohya's LoRA names: the
+    double block's fused image qkv and its projections, the single block's output."""
+    inner = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    single_in = transformer.single_transformer_blocks[0].proj_out.in_features
+    modules = {"double_blocks_0_img_attn_qkv": (inner, 3 * inner),
+               "double_blocks_0_img_attn_proj": (inner, inner),
+               "double_blocks_0_txt_attn_proj": (inner, inner),
+               "single_blocks_0_linear2": (single_in, inner)}
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for module, (width_in, width_out) in modules.items():
+        name = f"lora_unet_{module}"
+        tensors[f"{name}.lora_down.weight"] = torch.randn((RANK, width_in), generator=generator) * 0.5
+        tensors[f"{name}.lora_up.weight"] = torch.randn((width_out, RANK), generator=generator) * 0.5
+        tensors[f"{name}.alpha"] = torch.tensor(float(RANK))
+    return tensors

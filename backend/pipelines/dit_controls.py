@@ -1,0 +1,100 @@
+"""Controls on Flux models: a job's one control through a Flux ControlNet
+(``FluxControlNetPipeline`` and its img2img / inpaint kin), and seamless tiling with it.
+
+The ControlNet pipelines encode the init image themselves (they take no latents), so
+img2img and inpaint get pixels here; the unmasked pixels of an inpaint job are pasted back
+afterwards as for any model (generator.py).
+
+Tiling. A tiled job's transformer sees the latent rolled by a fresh offset at every call
+(``RolledTransformer``, dit.py), and rolls the ControlNet's residuals with it (they are
+image tokens). The ControlNet, called just before with the pipeline's unrolled latent,
+is rolled the same way for the duration of the job: hooks on the shared module roll its
+latent and its control latents by an offset of its own and roll its residuals back, so
+it too sees the tiled edge as interior now and then, and what it hands on lines up with
+the unrolled latent. Hooks rather than a wrapper: the pipeline tells a single ControlNet
+from a set by its class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+from protocol.errors import ErrorCode, ProtocolError
+
+from .adapter import Window
+from .control import pixels_tensor
+from .dit import RolledTransformer
+from .plan import GenerationPlan
+from .tiling import tile_axes
+
+
+def one_control(controls: Sequence[Any], family: str) -> None:
+    """Refuse a second control: a Flux job takes one ControlNet (a union ControlNet
+    serves several kinds, one at a time)."""
+    if len(controls) > 1:
+        raise ProtocolError(ErrorCode.UNSUPPORTED,
+                            f"a {family} job takes one control (one Flux ControlNet); this job "
+                            f"has {len(controls)}", controls[1].field)
+
+
+def condition_on_flux_controlnet(kind: str, kwargs: dict[str, Any], image: torch.Tensor,
+                                 window: Window, init_rgb: Optional[np.ndarray]) -> dict[str, Any]:
+    """The call of ``kind``'s Flux ControlNet pipeline: ``image`` (``(1, 3, H, W)`` in
+    [0, 1]) as its control image at ``window``'s scale and steps; the init image (img2img,
+    inpaint: the work area, uint8 RGB) as pixels, which these pipelines encode."""
+    kwargs = dict(kwargs, control_image=image, controlnet_conditioning_scale=window.scale,
+                  control_guidance_start=window.start, control_guidance_end=window.end)
+    if kind != "txt2img":
+        assert init_rgb is not None
+        kwargs["image"] = pixels_tensor(init_rgb)
+        kwargs.pop("masked_image_latents", None)
+    return kwargs
+
+
+def _roll_residuals(roller: RolledTransformer, output: Any, dx: int, dy: int) -> Any:
+    """A ControlNet's output (tuples of per-block token residuals, or None) rolled."""
+    if torch.is_tensor(output):
+        return roller.roll_tokens(output, dx, dy)
+    if isinstance(output, (list, tuple)):
+        return type(output)(_roll_residuals(roller, part, dx, dy) for part in output)
+    return output
+
+
+@contextlib.contextmanager
+def rolled_controlnet(pipe: DiffusionPipeline, plan: GenerationPlan) -> Iterator[None]:
+    """For a tiled job on a pipeline with a ControlNet: its calls see the latent and the
+    control latents rolled, and their residuals come back in place (module docstring)."""
+    controlnet = getattr(pipe, "controlnet", None)
+    axes = tile_axes(plan.tiling)
+    if controlnet is None or not axes.any or not hasattr(pipe, "transformer"):
+        yield
+        return
+    roller = RolledTransformer(controlnet, axes, plan.work_width, plan.work_height,
+                               packed=hasattr(pipe, "_unpack_latents"), seed=plan.seeds[0] + 1)
+
+    def before(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        dx, dy = roller.draw()
+        rolled = {name: roller.roll(kwargs[name], dx, dy)
+                  for name in ("hidden_states", "controlnet_cond") if kwargs.get(name) is not None}
+        return args, {**kwargs, **rolled}
+
+    def after(_module: Any, _args: tuple, _kwargs: dict, output: Any) -> Any:
+        dx, dy = roller.offsets[-1]
+        if isinstance(output, tuple):
+            return _roll_residuals(roller, output, -dx, -dy)
+        for name in ("controlnet_block_samples", "controlnet_single_block_samples"):
+            setattr(output, name, _roll_residuals(roller, getattr(output, name), -dx, -dy))
+        return output
+
+    handles = [controlnet.register_forward_pre_hook(before, with_kwargs=True),
+               controlnet.register_forward_hook(after, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -9,9 +9,9 @@ Tiling. A tiled job's transformer sees the latent rolled by a fresh offset at ev
 (``RolledTransformer``, dit.py), and rolls the ControlNet's residuals with it (they are
 image tokens). The ControlNet, called just before with the pipeline's unrolled latent,
 is rolled the same way for the duration of the job: hooks on the shared module roll its
-latent and its control latents by an offset of its own and roll its residuals back, so
-it too sees the tiled edge as interior now and then, and what it hands on lines up with
-the unrolled latent. Hooks rather than a wrapper: the pipeline tells a single ControlNet
+latent and its control latents by the offset the transformer draws next (the same seed)
+and roll its residuals back, so it sees the latent the transformer sees, and what it
+hands on lines up with the unrolled latent. Hooks rather than a wrapper: the pipeline tells a single ControlNet
 from a set by its class.
 """
 
@@ -74,8 +74,10 @@ def rolled_controlnet(pipe: DiffusionPipeline, plan: GenerationPlan) -> Iterator
     if controlnet is None or not axes.any or not hasattr(pipe, "transformer"):
         yield
         return
+    # The transformer's seed: one ControlNet call and one transformer call per step draw the
+    # same offsets, so the ControlNet sees the very latent the transformer sees.
     roller = RolledTransformer(controlnet, axes, plan.work_width, plan.work_height,
-                               packed=hasattr(pipe, "_unpack_latents"), seed=plan.seeds[0] + 1)
+                               packed=hasattr(pipe, "_unpack_latents"), seed=plan.seeds[0])
 
     def before(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         dx, dy = roller.draw()

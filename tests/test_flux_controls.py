@@ -1,0 +1,238 @@
+"""Flux ControlNets and Flux/SD3 LoRAs on the tiny transformer models: a tiny Flux
+ControlNet and tiny LoRAs (backend/models/tiny_dit_extras.py) written as the files users
+have (ComfyUI's models/controlnet and models/loras) and loaded through the same store.
+
+64x64 images and 3 steps: each job takes a few tenths of a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.generation import GenerationOutput
+from backend.models.sources import ensure_tiny
+from backend.models.store import ModelStore
+from backend.models.tiny_dit_extras import build_tiny_dit_lora, build_tiny_flux_controlnet
+from backend.pipelines.dit import RolledTransformer
+from backend.pipelines.generator import DiffusionGenerator
+from backend.pipelines.pixels import pixels_to_array
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
+from protocol.messages import (ControlLayer, ControlSettings, DepthInput, GenerateRequest,
+                               LoraWeight)
+
+SIZE = 64
+JOB = dict(prompt="a red stone wall", width=SIZE, height=SIZE, steps=3, guidance=3.5, seed=7)
+FLUX_CONTROLNET = "controlnet/flux-depth.safetensors"
+
+
+@pytest.fixture(scope="module")
+def models_dir(home: Path) -> Path:
+    folder = home / "user-models"
+    flux, sd3 = ensure_tiny("tiny-flux", home / "models"), ensure_tiny("tiny-sd3", home / "models")
+    build_tiny_flux_controlnet(folder / FLUX_CONTROLNET, flux)
+    build_tiny_dit_lora(folder / "loras" / "flux_peft.safetensors", flux)
+    build_tiny_dit_lora(folder / "loras" / "flux_kohya.safetensors", flux, "kohya")
+    build_tiny_dit_lora(folder / "loras" / "sd3_peft.safetensors", sd3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def store(home: Path, models_dir: Path) -> ModelStore:
+    store = ModelStore("cpu", torch.float32, home, search_dirs=[models_dir],
+                       hf_cache=home / "no-hf-cache")
+    store.load("tiny-flux")
+    return store
+
+
+@pytest.fixture(scope="module")
+def generator(store: ModelStore) -> DiffusionGenerator:
+    return DiffusionGenerator(store)
+
+
+def _run(generator: DiffusionGenerator, uploads=(), **job) -> GenerationOutput:
+    request = GenerateRequest(**{**JOB, **job})
+    return generator.generate(request, {u.id: u for u in uploads}, lambda *_: None, lambda: False)
+
+
+def _rgba(output: GenerationOutput) -> np.ndarray:
+    return pixels_to_array(output.images[0].pixels)
+
+
+def _gray(values: np.ndarray) -> ImageFrame:
+    return ImageFrame(FrameKind.UPLOAD, PixelFormat.GRAY8, 0, values.shape[1], values.shape[0],
+                      new_id(), values.astype(np.uint8).tobytes())
+
+
+def _rgba_upload(seed: int) -> ImageFrame:
+    pixels = np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    return ImageFrame(FrameKind.UPLOAD, PixelFormat.RGBA8, 0, SIZE, SIZE, new_id(), pixels.tobytes())
+
+
+DEPTH = _gray(np.tile(np.linspace(0, 255, SIZE), (SIZE, 1)))
+
+
+def _depth(model: str = FLUX_CONTROLNET, **settings) -> list[ControlLayer]:
+    return [ControlLayer(kind="depth", image=DEPTH.id, model=model, **settings)]
+
+
+def _digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------ controls on Flux
+
+def test_the_flux_controlnet_file_is_listed_as_a_depth_controlnet(store):
+    listed = {info.name: info for info in store.available()}[FLUX_CONTROLNET]
+    assert (listed.kind, listed.control_kind) == ("controlnet", "depth")
+
+
+@pytest.mark.parametrize("kind", ["txt2img", "img2img", "inpaint"])
+def test_a_depth_control_steers_every_job_kind_and_reproduces(generator, kind):
+    init = _rgba_upload(1)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:48, 16:48] = 255
+    frame = _gray(mask)
+    job = {"txt2img": {}, "img2img": dict(init_image=init.id, strength=0.8),
+           "inpaint": dict(init_image=init.id, mask=frame.id, strength=1.0, context_padding=8)}[kind]
+    uploads = [DEPTH, init, frame]
+    plain = _rgba(_run(generator, uploads, kind=kind, **job))
+    controlled = _rgba(_run(generator, uploads, kind=kind, controls=_depth(), **job))
+    again = _rgba(_run(generator, uploads, kind=kind, controls=_depth(), **job))
+    weaker = _rgba(_run(generator, uploads, kind=kind, controls=_depth(scale=0.3), **job))
+    assert controlled.tobytes() == again.tobytes()
+    assert controlled.tobytes() != plain.tobytes()
+    assert weaker.tobytes() not in (plain.tobytes(), controlled.tobytes())
+    other_seed = _rgba(_run(generator, uploads, kind=kind, controls=_depth(), **{**job, "seed": 8}))
+    assert other_seed.tobytes() != controlled.tobytes()
+    if kind == "inpaint":
+        original = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)
+        assert controlled[mask == 0].tobytes() == original[mask == 0].tobytes()
+
+
+def test_the_old_depth_form_runs_through_the_same_controlnet(generator):
+    new = _rgba(_run(generator, [DEPTH], controls=_depth()))
+    old = _rgba(_run(generator, [DEPTH], depth=DepthInput(upload=DEPTH.id, convention="normalized"),
+                     control=ControlSettings(model=FLUX_CONTROLNET)))
+    assert old.shape == new.shape and old.tobytes() != _rgba(_run(generator)).tobytes()
+
+
+def test_depth_without_a_flux_depth_controlnet_says_how_to_get_one(generator):
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, [DEPTH], controls=[ControlLayer(kind="depth", image=DEPTH.id)])
+    assert (err.value.code, err.value.field) == (ErrorCode.MODEL_NOT_FOUND, "job.controls[0].model")
+    assert "atelier models pull Shakker-Labs/FLUX.1-dev-ControlNet-Depth" in err.value.message
+
+
+@pytest.mark.parametrize("job, code, field, words", [
+    # an SD1.5 ControlNet on Flux
+    (dict(controls=_depth("tiny-controlnet")), ErrorCode.INVALID_FIELD, "job.controls[0].model",
+     "SD1.5/SDXL"),
+    # two controls: a Flux job takes one ControlNet
+    (dict(controls=_depth() * 2), ErrorCode.UNSUPPORTED, "job.controls[1]", "one control"),
+    # a Flux ControlNet on SD3 (SD3 controls are not wired up)
+    (dict(controls=_depth(), model="tiny-sd3"), ErrorCode.UNSUPPORTED, "job.controls", "(sd3)"),
+    # a Flux ControlNet on SD1.5
+    (dict(controls=_depth(), model="tiny"), ErrorCode.INVALID_FIELD, "job.controls[0].model",
+     "Flux or SD3"),
+    # LoRAs of another family, both ways
+    (dict(loras=[LoraWeight("flux_peft", 0.8)], model="tiny"), ErrorCode.INVALID_FIELD,
+     "loras[0].name", "made for flux"),
+    (dict(loras=[LoraWeight("sd3_peft", 0.8)]), ErrorCode.INVALID_FIELD, "loras[0].name",
+     "made for sd3"),
+    (dict(loras=[LoraWeight("flux_kohya", 0.8)], model="tiny-sd3"), ErrorCode.INVALID_FIELD,
+     "loras[0].name", "made for flux"),
+])
+def test_wrong_family_combinations_fail_on_their_field(store, generator, job, code, field, words):
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, [DEPTH], **job)
+    assert (err.value.code, err.value.field) == (code, field), err.value.message
+    assert words in err.value.message
+    store.use_default()
+
+
+# ------------------------------------------------------------------ tiling with a control
+
+def test_a_tiled_job_with_a_control_reproduces_and_differs(generator):
+    tiled = _rgba(_run(generator, [DEPTH], tiling="x", controls=_depth()))
+    assert tiled.tobytes() == _rgba(_run(generator, [DEPTH], tiling="x", controls=_depth())).tobytes()
+    assert tiled.tobytes() != _rgba(_run(generator, [DEPTH], controls=_depth())).tobytes()
+    assert tiled.tobytes() != _rgba(_run(generator, [DEPTH], tiling="x")).tobytes()
+
+
+def test_the_transformer_gets_residuals_of_its_own_rolled_latent(store, generator, monkeypatch):
+    """What a tiled step's transformer receives lines up: the ControlNet's residuals it is
+    handed are the ControlNet's output on the very latent (and control latents) it sees,
+    rolled by its offset, so the control moves with the picture across the seam."""
+    controlnet = store.controlnet(FLUX_CONTROLNET)
+    seen: list[dict] = []
+    inputs: list[dict] = []
+    real_forward = RolledTransformer.forward
+
+    def spy(self, hidden_states, *args, **kwargs):
+        if self.transformer is store.active.pipe.transformer:
+            seen.append(dict(self=self, latent=hidden_states, kwargs=kwargs))
+        return real_forward(self, hidden_states, *args, **kwargs)
+
+    def record(_module, _args, kwargs):
+        inputs.append(dict(kwargs))
+
+    monkeypatch.setattr(RolledTransformer, "forward", spy)
+    handle = controlnet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        _run(generator, [DEPTH], tiling="both", controls=_depth())
+    finally:
+        handle.remove()
+    assert len(seen) == len(inputs) == JOB["steps"]
+    rolled = seen[0]["self"]
+    assert any(offset != (0, 0) for offset in rolled.offsets)
+    for step, (call, given) in enumerate(zip(seen, inputs)):
+        dx, dy = rolled.offsets[step]
+        with torch.no_grad():
+            expected = controlnet(**{**given,
+                                     "hidden_states": rolled.roll(given["hidden_states"], dx, dy),
+                                     "controlnet_cond": rolled.roll(given["controlnet_cond"], dx, dy)})
+        handed = call["kwargs"]
+        for name, residuals in zip(("controlnet_block_samples", "controlnet_single_block_samples"),
+                                   expected):
+            # what the transformer runs on: the residuals it was handed, rolled as its latent
+            inside = [rolled.roll_tokens(r, dx, dy) for r in handed[name]]
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(inside, residuals)), step
+
+
+# ------------------------------------------------------------------ LoRAs on Flux and SD3
+
+@pytest.mark.parametrize("model, loras", [("tiny-flux", ("flux_peft", "flux_kohya")),
+                                          ("tiny-sd3", ("sd3_peft",))])
+def test_loras_apply_with_their_weight_and_leave_the_model_as_it_was(store, generator, model, loras):
+    transformer = store.use(model).pipe.transformer
+    before = _digest(transformer)
+    plain = _rgba(_run(generator, model=model)).tobytes()
+    for name in loras:
+        full = _rgba(_run(generator, model=model, loras=[LoraWeight(name, 0.8)])).tobytes()
+        half = _rgba(_run(generator, model=model, loras=[LoraWeight(name, 0.3)])).tobytes()
+        zero = _rgba(_run(generator, model=model, loras=[LoraWeight(name, 0.0)])).tobytes()
+        assert full != plain and half not in (plain, full), name
+        assert zero == plain, f"{name} at weight 0 changed pixels"
+        assert _rgba(_run(generator, model=model, loras=[LoraWeight(name, 0.8)])).tobytes() == full
+    # the next job without LoRAs: the model's own modules and weights, the same bytes
+    assert _rgba(_run(generator, model=model)).tobytes() == plain
+    assert _digest(store.active.pipe.transformer) == before
+    assert not store.active.loras.active
+    store.use_default()
+
+
+def test_a_flux_lora_and_a_control_together(generator):
+    both = _rgba(_run(generator, [DEPTH], controls=_depth(), loras=[LoraWeight("flux_kohya", 0.8)]))
+    control = _rgba(_run(generator, [DEPTH], controls=_depth()))
+    assert both.tobytes() != control.tobytes()

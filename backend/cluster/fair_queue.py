@@ -28,8 +28,13 @@ class FairQueue:
     def owned_by(self, owner: str) -> int:
         return len(self._owners.get(owner, ()))
 
-    def push(self, owner: str, job_id: str) -> None:
-        self._owners.setdefault(owner, collections.deque()).append(job_id)
+    def push(self, owner: str, job_id: str, *, first: bool = False) -> None:
+        """``first``: ahead of the owner's other jobs (one to run again after a lost worker)."""
+        jobs = self._owners.setdefault(owner, collections.deque())
+        if first:
+            jobs.appendleft(job_id)
+        else:
+            jobs.append(job_id)
 
     def remove(self, owner: str, job_id: str) -> bool:
         jobs = self._owners.get(owner)

@@ -56,6 +56,7 @@ class ClusterJob:
     started: bool = False
     cancel: bool = False
     superseded: bool = False
+    lost_on: list[str] = field(default_factory=list)   # replicas lost while running it
     results: list[ImageFrame] = field(default_factory=list)    # RESULT frames before the result
     outcome: list[Any] = field(default_factory=list)
     outcome_bytes: int = 0
@@ -119,8 +120,8 @@ class SchedulerCore:
     def post(self, job_id: str, replica: str, items: list[Any]) -> bool:
         """A worker's events for a job it runs; True when the job should stop."""
         job = self.jobs.get(job_id)
-        if job is None or not job.active:
-            return True
+        if job is None or not job.active or replica in job.lost_on:
+            return True          # a replica taken for lost that answers again: stop there
         for item in items:
             if isinstance(item, Started):
                 job.state, job.started, job.replica = State.RUNNING, True, replica
@@ -353,20 +354,33 @@ class SchedulerCore:
             self._dispatch()
 
     def _worker_lost(self, job: ClusterJob, target: str, exc: Exception) -> None:
+        """A job that never started, or started but sent no result image yet, runs again
+        elsewhere (a started one once: its clients see ``started`` again, and its progress
+        from the first step); otherwise, and on a second loss, it fails with
+        ``worker_lost``, or ends ``cancelled`` when a cancel was on its way."""
         where = job.replica or target
         lost = self.workers.pop(where, None)
         name = lost.name if lost is not None else where
         log.warning("worker %s lost running job %s: %s", name, job.id, exc)
         if not job.active:
             return
-        if not job.started:      # it never ran: nothing of it is lost, queue it again
-            job.state = State.QUEUED
-            self.queue.push(job.owner, job.id)
+        if job.started:
+            job.lost_on.append(where)
+        if job.cancel:           # what its client asked for happened anyway
+            self._finish(job, State.CANCELLED, [Cancelled(
+                job_id=job.id, reason="superseded" if job.superseded else None)])
             return
+        if not job.started or (len(job.lost_on) == 1 and not job.results):
+            job.state, job.started, job.replica = State.QUEUED, False, None
+            self.queue.push(job.owner, job.id, first=True)
+            return
+        kept = ("it had been retried once already, after a first worker was lost"
+                if len(job.lost_on) > 1 else
+                "it had sent part of its result images, so it was not retried")
         self._finish(job, State.FAILED, [Error(
             code=ErrorCode.WORKER_LOST, job_id=job.id,
             message=f"the worker replica running this job ({name}) was lost "
-                    f"({type(exc).__name__}); nothing of it was kept: submit it again")])
+                    f"({type(exc).__name__}); {kept}: submit it again")])
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

@@ -404,7 +404,7 @@ def test_loras_of_another_family_fail_the_job_on_their_field(atelier_home, tmp_p
             ("tiny", "flux_style", ErrorCode.INVALID_FIELD, "made for flux models"),
             ("tiny-sdxl", "flux_style", ErrorCode.INVALID_FIELD, "made for flux models"),
             ("tiny-sdxl", "sd3_style", ErrorCode.INVALID_FIELD, "made for sd3 models"),
-            ("tiny-flux", "xl_style", ErrorCode.UNSUPPORTED, "LoRAs")):
+            ("tiny-flux", "xl_style", ErrorCode.INVALID_FIELD, "made for sdxl models")):
         with pytest.raises(ProtocolError) as err:
             _pixels(generator, model=model, loras=[LoraWeight(lora)])
         assert (err.value.code, err.value.field) == (code, "loras[0].name"), (model, lora)

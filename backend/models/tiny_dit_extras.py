@@ -5,7 +5,7 @@ models, written as safetensors in the layouts users' files have:
   from the tiny Flux transformer's config, one double and one single block, optionally a
   union one (``num_mode``);
 - LoRAs of the transformer's attention projections in diffusers/peft names
-  (``transformer.<module>.lora_A.weight``, what ``save_lora_weights`` writes), or for Flux
+  (``transformer.<module>.lora_A.weight``: tiny_dit_files.build_tiny_transformer_lora), or for Flux
   in kohya's names for Black Forest Labs' modules (``lora_unet_double_blocks_0_img_attn_qkv``,
   ``lora_unet_single_blocks_0_linear2``: what ComfyUI users' Flux LoRAs hold, and what
   diffusers' Flux converter reads).
@@ -25,10 +25,11 @@ from safetensors.torch import save_file
 
 from .dit_controlnets import SHARED_CONFIG
 from .tiny import SEED
-from .tiny_extras import RANK, _lora_tensors
+from .families import FLUX, SD3
+from .tiny_dit_files import build_tiny_transformer_lora
+from .tiny_extras import RANK
 
 DiTLoraLayout = Literal["diffusers", "kohya"]
-ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def _save(dest: Path, tensors: dict[str, torch.Tensor]) -> Path:
@@ -62,13 +63,11 @@ def build_tiny_dit_lora(dest: Path, model_folder: Path, layout: DiTLoraLayout = 
     folder = Path(model_folder) / "transformer"
     flux = FluxTransformer2DModel.load_config(str(folder))["_class_name"] == "FluxTransformer2DModel"
     cls = FluxTransformer2DModel if flux else SD3Transformer2DModel
-    transformer = cls.from_pretrained(str(folder))
     if layout == "diffusers":
-        tensors = _lora_tensors(transformer, ATTENTION_TARGETS, seed)
-        return _save(dest, {f"transformer.{k}": v for k, v in tensors.items()})
+        return build_tiny_transformer_lora(Path(model_folder), FLUX if flux else SD3, Path(dest), seed)
     if not flux:
         raise ValueError("kohya-named LoRAs are built for Flux only")
-    return _save(dest, _kohya_flux(transformer, seed))
+    return _save(dest, _kohya_flux(cls.from_pretrained(str(folder)), seed))
 
 
 def _kohya_flux(transformer: FluxTransformer2DModel, seed: int) -> dict[str, torch.Tensor]:

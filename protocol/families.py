@@ -12,7 +12,7 @@ UNKNOWN = "unknown"
 # (an SDXL refiner, a ControlNet) have no base: what fits them is left to the loading.
 BASE_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpaint": "sd2",
                "sd2_depth": "sd2", "sdxl": "sdxl", "sdxl_inpaint": "sdxl", "flux": "flux",
-               "sd3": "sd3"}
+               "sd3": "sd3", "chroma": "chroma", "zimage": "zimage"}
 
 
 # Request fields (``GenerateRequest``) a job on a model of the family cannot use yet: the
@@ -21,17 +21,24 @@ BASE_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpain
 UNSUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
     "flux": ("regions", "references", "cache_interval"),
     "sd3": ("controls", "depth", "control", "regions", "references", "cache_interval"),
+    "chroma": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
+    "zimage": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
 }
 # The samplers (``GenerateRequest.scheduler``) a family's models run, where it is not all of
-# them: Flux and SD3 sample with flow-matching Euler, which both Euler names select.
-SAMPLERS: dict[str, tuple[str, ...]] = {"flux": ("euler", "euler_a"), "sd3": ("euler", "euler_a")}
+# them: the transformer families sample with flow-matching Euler, which both Euler names select.
+SAMPLERS: dict[str, tuple[str, ...]] = {
+    family: ("euler", "euler_a") for family in ("flux", "sd3", "chroma", "zimage")}
 
 
 # Steps and guidance a job runs with when it leaves them out (``GenerateRequest.steps`` /
 # ``guidance`` null), by family: the model cards' recommended settings. FLUX.1-schnell, a
-# Flux model without the guidance embedding, samples in 4 steps without guidance.
+# Flux model without the guidance embedding, samples in 4 steps without guidance. Chroma1-HD:
+# 40 steps, true guidance 3.0. Z-Image's defaults are Z-Image-Turbo's (9 steps, no guidance:
+# its guidance is distilled in); the undistilled Z-Image base wants ~50 steps, guidance 4,
+# and has the same architecture, so a job on it names steps and guidance.
 DEFAULT_SAMPLING = (20, 7.0)
-FAMILY_SAMPLING: dict[str, tuple[int, float]] = {"flux": (28, 3.5), "sd3": (28, 4.5)}
+FAMILY_SAMPLING: dict[str, tuple[int, float]] = {"flux": (28, 3.5), "sd3": (28, 4.5),
+                                                 "chroma": (40, 3.0), "zimage": (9, 0.0)}
 SCHNELL_SAMPLING = (4, 0.0)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from diffusers import (
+    ChromaPipeline,
     ControlNetModel,
     DiffusionPipeline,
     FluxControlNetImg2ImgPipeline,
@@ -36,9 +37,12 @@ from diffusers import (
     StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     T2IAdapter,
+    ZImagePipeline,
 )
 
 from protocol.errors import ErrorCode, ProtocolError
+
+from .latent_init_pipelines import ChromaImg2ImgLatents, ZImageImg2ImgLatents
 
 SD15 = "sd15"
 SD15_INPAINT = "sd15_inpaint"
@@ -50,6 +54,8 @@ SDXL_INPAINT = "sdxl_inpaint"
 SDXL_REFINER = "sdxl_refiner"
 FLUX = "flux"                 # Flux.1 (dev, schnell and their fine-tunes): a diffusion transformer
 SD3 = "sd3"                   # Stable Diffusion 3 and 3.5 (medium, large, turbo): MMDiT
+CHROMA = "chroma"             # Chroma (Lodestone Rabbits): a Flux-derived transformer, T5 only
+ZIMAGE = "zimage"             # Z-Image (Tongyi-MAI; Turbo and base): single-stream DiT, Qwen3 text
 CONTROLNET = "controlnet"
 T2I_ADAPTER = "t2i_adapter"
 # Families of the models that condition a base model on depth (``ControlSettings.model``).
@@ -90,14 +96,25 @@ _PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[D
             INPAINT: FluxControlNetInpaintPipeline}),
     SD3: ({TXT2IMG: StableDiffusion3Pipeline, IMG2IMG: StableDiffusion3Img2ImgPipeline,
            INPAINT: StableDiffusion3InpaintPipeline}, {}),
+    # Chroma's and Z-Image's img2img pipelines as subclasses that take init latents; both
+    # inpaint as masked img2img (latent_init_pipelines.py says why).
+    CHROMA: ({TXT2IMG: ChromaPipeline, IMG2IMG: ChromaImg2ImgLatents,
+              INPAINT: ChromaImg2ImgLatents}, {}),
+    ZIMAGE: ({TXT2IMG: ZImagePipeline, IMG2IMG: ZImageImg2ImgLatents,
+              INPAINT: ZImageImg2ImgLatents}, {}),
 }
 
 # The pipeline class a family's base model is loaded as.
 BASE_KIND = {SD15: TXT2IMG, SD2: TXT2IMG, SDXL: TXT2IMG, SD15_INPAINT: INPAINT,
              SD2_INPAINT: INPAINT, SDXL_INPAINT: INPAINT, SD2_DEPTH: DEPTH, FLUX: TXT2IMG,
-             SD3: TXT2IMG}
-# Families whose denoiser is a transformer over packed latent patches, not a UNet.
-TRANSFORMER_FAMILIES = frozenset({FLUX, SD3})
+             SD3: TXT2IMG, CHROMA: TXT2IMG, ZIMAGE: TXT2IMG}
+# Families whose denoiser is a transformer over latent patches, not a UNet.
+TRANSFORMER_FAMILIES = frozenset({FLUX, SD3, CHROMA, ZIMAGE})
+# A transformer family by the ``_class_name`` of its folder's model_index.json: only its
+# text-to-image pipeline's name (Flux's Fill, Kontext and Control pipelines have other
+# transformers: unknown).
+_TRANSFORMER_INDEX = {FluxPipeline.__name__: FLUX, StableDiffusion3Pipeline.__name__: SD3,
+                      ChromaPipeline.__name__: CHROMA, ZImagePipeline.__name__: ZIMAGE}
 
 
 def is_transformer(family: str) -> bool:
@@ -163,11 +180,8 @@ def family_of_folder(folder: Path) -> str:
         return {ControlNetModel.__name__: CONTROLNET,
                 T2IAdapter.__name__: T2I_ADAPTER}.get(str(class_name), UNKNOWN)
     class_name = str(_read_json(index).get("_class_name", ""))
-    if class_name == FluxPipeline.__name__:
-        # Flux's other pipelines (Fill, Kontext, Control) have other transformers: unknown.
-        return FLUX
-    if class_name == StableDiffusion3Pipeline.__name__:
-        return SD3
+    if class_name in _TRANSFORMER_INDEX:
+        return _TRANSFORMER_INDEX[class_name]
     unet_config = folder / "unet" / "config.json"
     unet = _read_json(unet_config) if unet_config.is_file() else {}
     in_channels = unet.get("in_channels", 4)

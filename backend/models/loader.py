@@ -46,8 +46,8 @@ def _prepare_folder(folder: Path, dtype: torch.dtype) -> PreparedLoad:
     if family not in families.BASE_KIND:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED,
-            f"{folder} holds a {family} model; Atelier runs SD1.x, SD2.x (incl. depth), SDXL "
-            f"Flux.1 and SD3/SD3.5 pipelines", field="model")
+            f"{folder} holds a {family} model; Atelier runs SD1.x, SD2.x (incl. depth), SDXL, "
+            f"Flux.1, SD3/SD3.5, Chroma and Z-Image pipelines", field="model")
     cls = families.base_class(family)
 
     def load() -> DiffusionPipeline:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping, Optional, Seq
 
 from protocol.errors import ErrorCode, ProtocolError
 
-from . import tiny, tiny_flux, tiny_sd3
+from . import tiny, tiny_chroma, tiny_flux, tiny_sd3, tiny_zimage
 
 SourceKind = Literal["tiny", "diffusers", "single_file", "hf_cache"]
 
@@ -56,6 +56,10 @@ TINY_MODELS: dict[str, TinyModel] = {
     "tiny-depth": TinyModel("tiny-depth", lambda d, _: tiny.build_tiny_depth_model(d), "sd2_depth"),
     "tiny-flux": TinyModel("tiny-flux", lambda d, _: tiny_flux.build_tiny_flux_model(d), "flux"),
     "tiny-sd3": TinyModel("tiny-sd3", lambda d, _: tiny_sd3.build_tiny_sd3_model(d), "sd3"),
+    "tiny-chroma": TinyModel("tiny-chroma", lambda d, _: tiny_chroma.build_tiny_chroma_model(d),
+                             "chroma"),
+    "tiny-zimage": TinyModel("tiny-zimage", lambda d, _: tiny_zimage.build_tiny_zimage_model(d),
+                             "zimage"),
     "tiny-controlnet": TinyModel("tiny-controlnet", _controlnet_for("tiny"), "controlnet",
                                  control_kind="depth"),
     "tiny-sdxl-controlnet": TinyModel("tiny-sdxl-controlnet", _controlnet_for("tiny-sdxl"),

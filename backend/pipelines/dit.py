@@ -50,11 +50,15 @@ PATCH_PIXELS = 16            # a token covers 2x2 latents of 8x8 pixels (Flux an
 # The transformer's keyword arguments that carry a ControlNet's per-block residuals
 CONTROLNET_RESIDUALS = ("controlnet_block_samples", "controlnet_single_block_samples",
                         "block_controlnet_hidden_states")
-# T5 prompt length by family (Flux.1-dev 512, SD3 256); shorter tokenizers cap it
-T5_MAX_TOKENS = {"flux": 512, "sd3": 256}
+# Prompt length of the long text encoder by family (T5: Flux.1-dev and Chroma 512, SD3 256;
+# Z-Image's Qwen3 512); shorter tokenizers cap it
+T5_MAX_TOKENS = {"flux": 512, "sd3": 256, "chroma": 512, "zimage": 512}
 # Families that take a negative prompt (true classifier-free guidance); Flux.1's guidance
 # is distilled into the model, it has none.
-NEGATIVE_PROMPT_FAMILIES = ("sd3",)
+NEGATIVE_PROMPT_FAMILIES = ("sd3", "chroma", "zimage")
+# Families whose inpaint jobs run img2img over the crop, the generator pasting the masked
+# part back (their inpaint pipelines fail on init latents or at all: latent_init_pipelines.py)
+MASKED_IMG2IMG_FAMILIES = ("chroma", "zimage")
 
 
 def _unsupported(what: str, family: str, field: str) -> ProtocolError:
@@ -121,7 +125,8 @@ def dit_call(plan: GenerationPlan, pipe: DiffusionPipeline, family: str,
     guidance), one generator per seed, and for img2img / inpaint the init latents (and the
     mask) of the work area."""
     job = plan.request
-    t5 = getattr(pipe, "tokenizer_3", None) or pipe.tokenizer_2
+    # the long text encoder's tokenizer: SD3's third, Flux's second, Chroma's and Z-Image's only
+    t5 = getattr(pipe, "tokenizer_3", None) or getattr(pipe, "tokenizer_2", None) or pipe.tokenizer
     kwargs: dict[str, Any] = dict(
         prompt=job.prompt, num_inference_steps=job.steps, guidance_scale=job.guidance,
         num_images_per_prompt=plan.batch_size, width=plan.work_width, height=plan.work_height,
@@ -135,7 +140,7 @@ def dit_call(plan: GenerationPlan, pipe: DiffusionPipeline, family: str,
     assert work_rgb is not None
     init = encode_rgb(pipe.vae, work_rgb, pipe.device)
     kwargs.update(image=init, strength=job.strength)
-    if plan.kind == "inpaint":
+    if plan.kind == "inpaint" and family not in MASKED_IMG2IMG_FAMILIES:
         assert work_mask is not None
         # Passing the init latents as the masked image spares the pipeline a VAE encode.
         kwargs.update(mask_image=mask_to_tensor(work_mask), masked_image_latents=init)
@@ -207,15 +212,22 @@ class RolledTransformer(ModelView):
         grid = latents.reshape(b, self.rows, self.cols, d)
         return torch.roll(grid, (dy, dx), dims=(1, 2)).reshape(b, self.rows * self.cols, d)
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    def _roll_all(self, latents: torch.Tensor | list[torch.Tensor], dx: int, dy: int) -> Any:
+        """``roll`` a batch, or Z-Image's list of one ``(C, 1, h, w)`` latent per image."""
+        if isinstance(latents, list):
+            return [self.roll(one, dx, dy) for one in latents]
+        return self.roll(latents, dx, dy)
+
+    def forward(self, hidden_states: torch.Tensor | list[torch.Tensor], *args: Any,
+                **kwargs: Any) -> Any:
         dx, dy = self.draw()
         # A ControlNet's residuals are image tokens: they move with the latent (dit_controls.py).
         kwargs.update({name: [None if r is None else self.roll_tokens(r, dx, dy) for r in kwargs[name]]
                        for name in CONTROLNET_RESIDUALS if kwargs.get(name) is not None})
-        out = self.transformer(self.roll(hidden_states, dx, dy), *args, **kwargs)
+        out = self.transformer(self._roll_all(hidden_states, dx, dy), *args, **kwargs)
         if isinstance(out, tuple):
-            return (self.roll(out[0], -dx, -dy), *out[1:])
-        out.sample = self.roll(out.sample, -dx, -dy)
+            return (self._roll_all(out[0], -dx, -dy), *out[1:])
+        out.sample = self._roll_all(out.sample, -dx, -dy)
         return out
 
 

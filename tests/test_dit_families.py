@@ -1,0 +1,230 @@
+"""The newer diffusion-transformer families, Chroma and Z-Image, on their tiny
+random-weight models (backend/models/tiny_chroma.py, tiny_zimage.py), loaded through the
+same store, resolver and catalog as a user's folders, through the code Flux and SD3 run
+(pipelines/dit.py). Every job test runs on both families.
+
+64x64 images and 3 steps: each job takes a few tenths of a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.models import families
+from backend.models.store import ModelStore
+from backend.pipelines.dit import RolledTransformer
+from backend.pipelines.generator import DiffusionGenerator
+from backend.pipelines.tiling import TileAxes
+from protocol.client import AtelierClient
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.events import JobDone
+from protocol.families import unsupported_fields
+from protocol.messages import ControlLayer, GenerateRequest, LoraWeight, Models
+from test_flux import JOB, SIZE, _PositionStamp, _rgba, _run, _upload_mask, _upload_rgba
+
+FAMILY = {"tiny-chroma": families.CHROMA, "tiny-zimage": families.ZIMAGE}
+PIPELINE = {"tiny-chroma": "ChromaPipeline", "tiny-zimage": "ZImagePipeline"}
+
+
+@pytest.fixture(scope="module")
+def store(atelier_home: Path) -> ModelStore:
+    return ModelStore("cpu", torch.float32, atelier_home, search_dirs=[],
+                      hf_cache=atelier_home / "no-hf-cache")
+
+
+@pytest.fixture(scope="module")
+def generator(store: ModelStore) -> DiffusionGenerator:
+    return DiffusionGenerator(store)
+
+
+@pytest.fixture(params=sorted(FAMILY))
+def model(request) -> str:
+    return request.param
+
+
+# ------------------------------------------------------------------ loading
+
+def test_tiny_models_load_by_name_and_are_listed_with_their_family(store, model):
+    loaded = store.use(model)
+    assert (loaded.name, loaded.family) == (model, FAMILY[model])
+    assert type(loaded.pipe).__name__ == PIPELINE[model]
+    assert families.is_transformer(loaded.family)
+    listed = {info.name: info for info in store.available()}
+    assert listed[model].family == FAMILY[model] and listed[model].kind == "checkpoint"
+    weights = list(loaded.source.path.rglob("*.safetensors"))
+    assert weights and not list(loaded.source.path.rglob("*.bin"))
+
+
+def test_a_folder_named_by_path_is_detected_from_model_index(store, tmp_path, model):
+    folder = tmp_path / "my-model"
+    shutil.copytree(store.resolve(model).path, folder)
+    assert families.family_of_folder(folder) == FAMILY[model]
+    other = ModelStore("cpu", torch.float32, tmp_path, search_dirs=[tmp_path],
+                       hf_cache=tmp_path / "no-hf-cache")
+    assert other.load("my-model").family == FAMILY[model]
+    assert {info.name: info.family for info in other.available()}["my-model"] == FAMILY[model]
+    # Only the family's text-to-image pipeline names it: an edit pipeline's folder is not taken.
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "ZImageOmniPipeline"}))
+    assert families.family_of_folder(folder) == families.UNKNOWN
+
+
+# ------------------------------------------------------------------ job kinds
+
+def test_txt2img_same_seed_same_bytes_other_seed_differs(generator, model):
+    first, again, other = (_run(generator, model=model), _run(generator, model=model),
+                           _run(generator, model=model, seed=8))
+    assert first.model == model
+    assert _rgba(first).shape == (SIZE, SIZE, 4)
+    assert _rgba(first).tobytes() == _rgba(again).tobytes()
+    assert _rgba(first).tobytes() != _rgba(other).tobytes()
+
+
+def test_true_guidance_takes_the_negative_prompt_and_the_guidance(generator, model):
+    """Chroma and Z-Image guide by classifier-free guidance (no distilled guidance): the
+    negative prompt and the guidance scale both change the result."""
+    plain = _rgba(_run(generator, model=model)).tobytes()
+    assert plain != _rgba(_run(generator, model=model, negative_prompt="blue sky")).tobytes()
+    assert plain != _rgba(_run(generator, model=model, guidance=1.5)).tobytes()
+
+
+def test_img2img_starts_from_the_init_image(generator, model):
+    init = _upload_rgba(1)
+    job = dict(kind="img2img", init_image=init.id, model=model)
+    low = _rgba(_run(generator, [init], **job, strength=0.34))
+    assert low.tobytes() == _rgba(_run(generator, [init], **job, strength=0.34)).tobytes()
+    # another init image, the same seed: another picture (the tiny random transformers
+    # drift far in a few steps, so nearness to the init is no test here)
+    other = _upload_rgba(5)
+    moved = _rgba(_run(generator, [other], **{**job, "init_image": other.id}, strength=0.34))
+    assert low.tobytes() != moved.tobytes()
+    assert low.tobytes() != _rgba(_run(generator, model=model)).tobytes()
+
+
+def test_inpaint_keeps_every_unmasked_pixel_byte_identical(generator, model):
+    init = _upload_rgba(2)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:40, 20:44] = 255
+    frame = _upload_mask(mask)
+    out = _rgba(_run(generator, [init, frame], kind="inpaint", init_image=init.id,
+                     mask=frame.id, strength=1.0, context_padding=8, model=model))
+    original = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)
+    outside = mask == 0
+    assert out[outside].tobytes() == original[outside].tobytes()
+    assert (out[~outside] != original[~outside]).any()
+
+
+def test_previews_show_the_latents_at_latent_size(generator, model):
+    previews = []
+    generator.generate(GenerateRequest(**JOB, model=model, preview_every=1), {},
+                       lambda step, total, preview: previews.append(preview), lambda: False)
+    shown = [p for p in previews if p is not None]
+    assert len(shown) == JOB["steps"] - 1
+    assert (shown[0].width, shown[0].height) == (SIZE // 8, SIZE // 8)
+
+
+@pytest.mark.parametrize("name, steps, guidance", [("tiny-chroma", 40, 3.0), ("tiny-zimage", 9, 0.0)])
+def test_a_job_leaving_steps_and_guidance_out_runs_the_families_recommended(
+        generator, name, steps, guidance):
+    job = {**JOB, "steps": None, "guidance": None, "width": 32, "height": 32}
+    out = _run(generator, model=name, **job)
+    assert (out.params.steps, out.params.guidance) == (steps, guidance)
+    explicit = _run(generator, model=name, **{**job, "steps": steps, "guidance": guidance})
+    assert _rgba(out).tobytes() == _rgba(explicit).tobytes()
+
+
+# ------------------------------------------------------------------ refusals
+
+DEPTH = _upload_mask(np.full((SIZE, SIZE), 128))
+
+
+@pytest.mark.parametrize("job, field", [
+    (dict(controls=[ControlLayer(kind="depth", image=DEPTH.id, model="tiny-controlnet")]),
+     "job.controls"),
+    (dict(loras=[LoraWeight(name="tiny_style", weight=0.8)]), "loras[0].name"),
+    (dict(cache_interval=2), "job.cache_interval"),
+    (dict(scheduler="dpmpp_2m"), "job.scheduler"),
+    (dict(sampler_preset="lcm_4"), "job.sampler_preset"),
+])
+def test_what_the_families_cannot_do_fails_the_job_naming_the_field(generator, model, job, field):
+    assert {"controls", "loras", "regions", "references"} <= set(unsupported_fields(FAMILY[model]))
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, [DEPTH], model=model, **job)
+    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, field)
+    assert f"({FAMILY[model]})" in err.value.message
+
+
+# ------------------------------------------------------------------ seamless tiling
+
+def test_tiled_jobs_reproduce_differ_from_untiled_and_keep_what_they_do_not_repaint(generator, model):
+    tiled = _rgba(_run(generator, tiling="x", model=model))
+    assert tiled.tobytes() == _rgba(_run(generator, tiling="x", model=model)).tobytes()
+    assert tiled.tobytes() != _rgba(_run(generator, model=model)).tobytes()
+    init = _upload_rgba(4)
+    original = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)
+    seamless = _rgba(_run(generator, [init], kind="make_seamless", init_image=init.id,
+                          tiling="x", seam_width=16, model=model))
+    assert seamless[:, 8:SIZE - 8].tobytes() == original[:, 8:SIZE - 8].tobytes()
+    assert (seamless[:, :8] != original[:, :8]).any()
+
+
+def test_rolled_transformer_rolls_z_images_list_of_latents(generator):
+    """Z-Image's transformer takes one ``(C, 1, h, w)`` latent per image in a list and
+    returns a list: each is rolled by the call's offset and its prediction rolled back."""
+    latents = [torch.randn(16, 1, 8, 12) for _ in range(2)]     # tokens of a 96x64 image
+    for axes in (TileAxes(True, False), TileAxes(False, True), TileAxes(True, True)):
+        stamp = _PositionStamp((16, 1, 8, 12))
+
+        def listwise(hidden_states, **_):
+            return ([one + stamp.pattern for one in hidden_states],)
+
+        rolled = RolledTransformer(listwise, axes, width=96, height=64, packed=False, seed=3)
+        for _ in range(6):
+            out = rolled(latents)[0]
+            dx, dy = rolled.offsets[-1]
+            for before, after in zip(latents, out):
+                assert torch.allclose(after - before, rolled.roll(stamp.pattern, -dx, -dy), atol=1e-6)
+        dxs, dys = zip(*rolled.offsets)
+        assert (len(set(dxs)) > 1) == axes.x and (len(set(dys)) > 1) == axes.y
+
+
+def test_a_tiled_job_runs_the_rolled_transformer_at_every_step(generator, store, model):
+    """In a real tiled job on the family's pipeline the transformer sees the latent at a
+    new offset on every call (the wrapper records them), on the tiled axis only."""
+    seen: list[tuple[int, int]] = []
+    forward = RolledTransformer.forward
+
+    def recording(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        seen.append(self.offsets[-1])
+        return out
+
+    RolledTransformer.forward = recording
+    try:
+        _run(generator, tiling="y", model=model, steps=6)
+    finally:
+        RolledTransformer.forward = forward
+    calls = 6 * (2 if FAMILY[model] in (families.CHROMA,) else 1)
+    assert len(seen) >= 6 and {dx for dx, _ in seen} == {0}
+    assert len({dy for _, dy in seen}) > 1, (calls, seen)
+
+
+# ------------------------------------------------------------------ over the websocket
+
+def test_jobs_over_the_daemon_name_the_new_families(start_daemon):
+    daemon = start_daemon("--model", "tiny-chroma")
+    with AtelierClient(daemon.url, client_name="test_dit_families") as client:
+        client.wait_connected()
+        assert {"family:chroma", "family:zimage"} <= set(client.welcome.capabilities)
+        listed = {m.name: m.family for m in client.call(Models, client.list_models, timeout=60).models}
+        assert (listed["tiny-chroma"], listed["tiny-zimage"]) == ("chroma", "zimage")
+        for name in ("tiny-chroma", "tiny-zimage"):
+            done = client.run_job(GenerateRequest(**{**JOB, "model": name}), timeout=120)
+            assert isinstance(done, JobDone), done
+            assert done.result.model == name

@@ -177,7 +177,7 @@ def load_single_file_controlnet(path: Path, dtype: torch.dtype,
     if families.is_transformer_controlnet(keys):
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             f"{path.name} is a ControlNet for Flux or SD3 transformers: it fits no "
-                            f"SD1.x/SDXL model, and controls on Flux/SD3 do not run yet",
+                            f"SD1.x/SDXL model (name it in a job on a Flux model)",
                             field="control.model")
     if families.family_of_checkpoint_keys(keys, None) != families.CONTROLNET or width not in configs:
         raise ProtocolError(ErrorCode.UNSUPPORTED,

@@ -20,6 +20,7 @@ from diffusers import (
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
     FluxPipeline,
+    StableDiffusion3ControlNetPipeline,
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3InpaintPipeline,
     StableDiffusion3Pipeline,
@@ -42,7 +43,8 @@ from diffusers import (
 
 from protocol.errors import ErrorCode, ProtocolError
 
-from .latent_init_pipelines import ChromaImg2ImgLatents, ZImageImg2ImgLatents
+from .latent_init_pipelines import (ChromaImg2ImgLatents, ZImageImg2ImgLatents,
+                                    ZImageInpaintLatents)
 
 SD15 = "sd15"
 SD15_INPAINT = "sd15_inpaint"
@@ -90,18 +92,21 @@ _PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[D
     SDXL_INPAINT: ({INPAINT: StableDiffusionXLInpaintPipeline},
                    {INPAINT: StableDiffusionXLControlNetInpaintPipeline}),
     SD2_DEPTH: ({DEPTH: StableDiffusionDepth2ImgPipeline}, {}),
-    # Flux's ControlNet pipelines take Flux ControlNets (dit_controlnets.py).
+    # Flux's and SD3's ControlNet pipelines take their family's ControlNets
+    # (dit_controlnets.py); diffusers has no SD3 ControlNet img2img, and its SD3 ControlNet
+    # inpainting takes an inpainting ControlNet of its own.
     FLUX: ({TXT2IMG: FluxPipeline, IMG2IMG: FluxImg2ImgPipeline, INPAINT: FluxInpaintPipeline},
            {TXT2IMG: FluxControlNetPipeline, IMG2IMG: FluxControlNetImg2ImgPipeline,
             INPAINT: FluxControlNetInpaintPipeline}),
     SD3: ({TXT2IMG: StableDiffusion3Pipeline, IMG2IMG: StableDiffusion3Img2ImgPipeline,
-           INPAINT: StableDiffusion3InpaintPipeline}, {}),
-    # Chroma's and Z-Image's img2img pipelines as subclasses that take init latents; both
-    # inpaint as masked img2img (latent_init_pipelines.py says why).
+           INPAINT: StableDiffusion3InpaintPipeline},
+          {TXT2IMG: StableDiffusion3ControlNetPipeline}),
+    # Chroma's and Z-Image's init-image pipelines as subclasses that take init latents;
+    # Chroma inpaints as masked img2img (latent_init_pipelines.py says why).
     CHROMA: ({TXT2IMG: ChromaPipeline, IMG2IMG: ChromaImg2ImgLatents,
               INPAINT: ChromaImg2ImgLatents}, {}),
     ZIMAGE: ({TXT2IMG: ZImagePipeline, IMG2IMG: ZImageImg2ImgLatents,
-              INPAINT: ZImageImg2ImgLatents}, {}),
+              INPAINT: ZImageInpaintLatents}, {}),
 }
 
 # The pipeline class a family's base model is loaded as.

@@ -4,12 +4,14 @@ Atelier encodes a job's init image itself (pipelines/latents.py: mean latents, t
 convolutions wrapped on a tiled axis) and hands the pipelines latents, as it does for Flux
 and SD3. Flux's pipelines build their image processor knowing the 16 latent channels and
 pass latents through; Chroma's and Z-Image's build theirs for pixels only and would resize
-a latent as an image. These subclasses build it as Flux's do; nothing else changes.
+a latent as an image. These subclasses build it as Flux's do; Z-Image's inpaint pipeline
+also takes the masked image's latents as given instead of VAE-encoding them again.
 """
 
 from __future__ import annotations
 
-from diffusers import ChromaImg2ImgPipeline, ZImageImg2ImgPipeline
+import torch
+from diffusers import ChromaImg2ImgPipeline, ZImageImg2ImgPipeline, ZImageInpaintPipeline
 from diffusers.image_processor import VaeImageProcessor
 
 
@@ -35,5 +37,23 @@ class ChromaImg2ImgLatents(_PassesLatents, ChromaImg2ImgPipeline):
 
 
 class ZImageImg2ImgLatents(_PassesLatents, ZImageImg2ImgPipeline):
-    """Also serves Z-Image's inpaint jobs as masked img2img (pipelines/dit.py): Z-Image's
-    inpaint pipeline VAE-encodes the init image itself, which init latents cannot pass."""
+    pass
+
+
+class ZImageInpaintLatents(_PassesLatents, ZImageInpaintPipeline):
+    """Z-Image's inpainting (the denoised latents blended with the noised init at every
+    step) on init latents: the parent VAE-encodes the masked image whatever it is given."""
+
+    def prepare_mask_latents(self, mask: torch.Tensor, masked_image: torch.Tensor,
+                             batch_size: int, height: int, width: int, dtype: torch.dtype,
+                             device: torch.device, generator: object) -> tuple[torch.Tensor, torch.Tensor]:
+        if masked_image.shape[1] != self.vae.config.latent_channels:
+            return super().prepare_mask_latents(mask, masked_image, batch_size, height, width,
+                                                dtype, device, generator)
+        # Latents already (pipelines/latents.py, in the transformer's scale): the mask at
+        # their size, both repeated to the batch, as the parent does after its encode.
+        latents = masked_image.to(device=device, dtype=dtype)
+        mask = torch.nn.functional.interpolate(mask, size=latents.shape[-2:], mode="nearest")
+        mask = mask.to(device=device, dtype=dtype)
+        return (mask.repeat(batch_size // mask.shape[0], 1, 1, 1),
+                latents.repeat(batch_size // latents.shape[0], 1, 1, 1))

@@ -57,8 +57,8 @@ T5_MAX_TOKENS = {"flux": 512, "sd3": 256, "chroma": 512, "zimage": 512}
 # is distilled into the model, it has none.
 NEGATIVE_PROMPT_FAMILIES = ("sd3", "chroma", "zimage")
 # Families whose inpaint jobs run img2img over the crop, the generator pasting the masked
-# part back (their inpaint pipelines fail on init latents or at all: latent_init_pipelines.py)
-MASKED_IMG2IMG_FAMILIES = ("chroma", "zimage")
+# part back (diffusers 0.42.1's Chroma inpaint pipeline fails: latent_init_pipelines.py)
+MASKED_IMG2IMG_FAMILIES = ("chroma",)
 
 
 def _unsupported(what: str, family: str, field: str) -> ProtocolError:

@@ -66,6 +66,15 @@ class ClusterCommand(DaemonProcess):
 
 
 @pytest.fixture
+def tiny_home(atelier_home: Path) -> Path:
+    """The session's Atelier home (the ``cluster`` fixture's too) with the tiny model in it."""
+    from backend.models.sources import ensure_tiny
+
+    ensure_tiny("tiny", atelier_home / "models")
+    return atelier_home
+
+
+@pytest.fixture
 def ray_tmp() -> Iterator[Path]:
     """A short path: Ray's unix sockets live under it, and their names have a length limit."""
     path = Path(tempfile.mkdtemp(prefix="atl-ray-", dir="/tmp"))
@@ -77,15 +86,15 @@ def ray_tmp() -> Iterator[Path]:
 # and the Ray processes it started at once (systemd's default, `kill -- -PGID`), where a
 # graceful Serve shutdown used to wait half a minute for a controller beyond reach.
 @pytest.mark.parametrize("target", ["command", "group"])
-def test_cluster_serve_runs_a_job_and_exits_cleanly_on_sigterm(home: Path, ray_tmp: Path,
+def test_cluster_serve_runs_a_job_and_exits_cleanly_on_sigterm(tiny_home: Path, ray_tmp: Path,
                                                                target: str):
     assert ATELIER.exists(), f"no console script at {ATELIER}: pip install -e '.[cluster]'"
-    command = ClusterCommand(home, ray_tmp, free_port())
+    command = ClusterCommand(tiny_home, ray_tmp, free_port())
     try:
         command.start(timeout=STARTUP_S)
         assert command.url == f"ws://127.0.0.1:{command.port}/"
-        ray_processes = command.own_processes()
-        assert len(ray_processes) >= 4, ray_processes   # gcs, raylet, replicas: the check sees them
+        running = command.own_processes()      # gcs, raylet, replicas...: the check sees them
+        assert len(running) >= 4, running
 
         with AtelierClient(command.url, reconnect=False) as client:
             client.wait_connected(timeout=15)
@@ -102,7 +111,10 @@ def test_cluster_serve_runs_a_job_and_exits_cleanly_on_sigterm(home: Path, ray_t
             os.killpg(command.proc.pid, signal.SIGTERM)
         else:
             command.proc.send_signal(signal.SIGTERM)
-        code = command.proc.wait(timeout=EXIT_S)
+        try:
+            code = command.proc.wait(timeout=EXIT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {EXIT_S:g} s after SIGTERM:\n" + "".join(command.log))
         exit_s = time.monotonic() - sent
         assert code == 0, "".join(command.log)
         deadline = time.monotonic() + 10       # its Ray processes go with it, at once or soon

@@ -3,12 +3,15 @@ in the GPU benchmark's terms (``benchmarks/generation.py``): TFLOP per step at 1
 
 The transformers of FLUX.1-dev, FLUX.1-schnell, SD3 medium, SD3.5 medium and SD3.5 large
 are built from their published configs (the ones shipped in backend/models/configs for
-single-file loading) on the meta device (shapes only, no
+single-file loading), Chroma1-HD's and Z-Image-Turbo's from diffusers' defaults for their
+classes (which are those models' published configs), on the meta device (shapes only, no
 weights, nothing downloaded) and one forward is counted with ``torch.utils.flop_counter``,
-attention on the math kernel so it decomposes into counted matmuls. Batch 1 for Flux (its
-guidance is distilled into the model: one pass per step), batch 2 for SD3 (classifier-free
-guidance). Text tokens: Flux 512 (T5), SD3 77 + 256 (CLIP, T5). Parameter counts come with
-them: bf16 weights need 2 bytes each, which is what a card must hold without quantizing.
+attention on the math kernel so it decomposes into counted matmuls. Batch 1 for Flux and
+Z-Image-Turbo (guidance distilled into the model: one pass per step), batch 2 for SD3 and
+Chroma (classifier-free guidance). Text tokens: Flux and Chroma 512 (T5), SD3 77 + 256
+(CLIP, T5), Z-Image 128 (its pipeline drops the padding of the Qwen3 prompt: a prompt of a
+few lines with the chat template). Parameter counts come with them: bf16 weights need 2
+bytes each, which is what a card must hold without quantizing.
 
     python -m benchmarks.transformer_flops [--side 1024] [--families flux1-dev ...]
         [--json out/transformer_flops.json]
@@ -22,7 +25,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers import (ChromaTransformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel,
+                       ZImageTransformer2DModel)
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -44,15 +48,26 @@ def _family(folder: str, batch: int, tokens: int) -> tuple[type, dict[str, Any],
 
 # name -> (transformer class, config, classifier-free guidance batch, text tokens)
 FAMILIES: dict[str, tuple[type, dict[str, Any], int, int]] = {
-    name: _family(*variant) for name, variant in _VARIANTS.items()}
+    **{name: _family(*variant) for name, variant in _VARIANTS.items()},
+    "chroma1-hd": (ChromaTransformer2DModel, {}, 2, 512),
+    "z-image-turbo": (ZImageTransformer2DModel, {}, 1, 128)}
 
 
 def _step_inputs(name: str, model: torch.nn.Module, side: int) -> dict[str, torch.Tensor]:
-    _, config, batch, tokens = FAMILIES[name]
+    _, _, batch, tokens = FAMILIES[name]
+    config = model.config
     latent = side // 8
-    text = torch.zeros(batch, tokens, config["joint_attention_dim"])
-    pooled = torch.zeros(batch, config["pooled_projection_dim"])
     t = torch.full((batch,), 0.5)
+    if isinstance(model, ZImageTransformer2DModel):     # one (C, frames, h, w) latent per image
+        return dict(x=[torch.zeros(config["in_channels"], 1, latent, latent)] * batch, t=t,
+                    cap_feats=[torch.zeros(tokens, config["cap_feat_dim"])] * batch)
+    text = torch.zeros(batch, tokens, config["joint_attention_dim"])
+    if isinstance(model, ChromaTransformer2DModel):     # Flux's inputs less CLIP and guidance
+        image_tokens = (latent // 2) ** 2
+        return dict(hidden_states=torch.zeros(batch, image_tokens, config["in_channels"]),
+                    encoder_hidden_states=text, timestep=t, img_ids=torch.zeros(image_tokens, 3),
+                    txt_ids=torch.zeros(tokens, 3))
+    pooled = torch.zeros(batch, config["pooled_projection_dim"])
     if isinstance(model, FluxTransformer2DModel):
         image_tokens = (latent // 2) ** 2
         extra = {"guidance": torch.full((batch,), 3.5)} if config["guidance_embeds"] else {}

@@ -71,10 +71,12 @@ def test_transformer_flops_benchmark_smoke(tmp_path: Path):
     the published ones (12B, 8B) and a step costs some FLOPs."""
     out = tmp_path / "transformer_flops.json"
     assert transformer_flops.main(["--side", "256", "--families", "flux1-dev", "sd3.5-large",
-                                   "--json", str(out)]) == 0
+                                   "chroma1-hd", "z-image-turbo", "--json", str(out)]) == 0
     costs = json.loads(out.read_text("utf-8"))["families"]
     assert 11.8 < costs["flux1-dev"]["params_billion"] < 12.0
     assert 8.0 < costs["sd3.5-large"]["params_billion"] < 8.2
+    assert 8.8 < costs["chroma1-hd"]["params_billion"] < 9.0        # published: 8.9B
+    assert 6.0 < costs["z-image-turbo"]["params_billion"] < 6.3     # published: 6B
     assert all(_positive(c["tflop_per_step"]) for c in costs.values())
 
 

@@ -229,3 +229,18 @@ def test_jobs_over_the_daemon_name_the_new_families(start_daemon):
             done = client.run_job(GenerateRequest(**{**JOB, "model": name}), timeout=120)
             assert isinstance(done, JobDone), done
             assert done.result.model == name
+
+
+def test_gpu_levers_apply_and_jobs_still_run(atelier_home, model):
+    """A GPU daemon's defaults (fused QKV where the transformer has it, the VAE decoder
+    compiled: eager backend here) on these families: the UNet lever is skipped, the
+    decoder's applied, and a tiled job runs."""
+    from backend.models.accel import COMPILE_UNET, COMPILE_VAE_DECODE, AccelOptions
+
+    options = AccelOptions(compile_unet=True, compile_vae_decode=True, fuse_qkv=True,
+                           compile_backend="eager")
+    store = ModelStore("cpu", torch.float32, atelier_home, search_dirs=[],
+                       hf_cache=atelier_home / "no-hf-cache", accel=options)
+    loaded = store.load(model)
+    assert COMPILE_UNET in loaded.accel.skipped and COMPILE_VAE_DECODE in loaded.accel.applied
+    assert _rgba(_run(DiffusionGenerator(store), model=model, tiling="both")).shape == (SIZE, SIZE, 4)

@@ -20,7 +20,7 @@ BASE_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpain
 # out of their menus. Families not listed take them all.
 UNSUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
     "flux": ("regions", "references", "cache_interval"),
-    "sd3": ("controls", "depth", "control", "regions", "references", "cache_interval"),
+    "sd3": ("regions", "references", "cache_interval"),
     "chroma": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
     "zimage": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
 }

@@ -219,10 +219,9 @@ def test_the_refused_fields_are_the_protocol_family_table(generator):
     runs Flux's own sampler under both Euler names."""
     from protocol.families import SAMPLERS, unsupported_fields
 
-    # Flux runs its ControlNets and LoRAs, SD3 its LoRAs (test_flux_controls.py)
+    # Flux and SD3 run their ControlNets and LoRAs (test_flux_controls.py)
     assert set(unsupported_fields("flux")) == {"regions", "references", "cache_interval"}
-    assert set(unsupported_fields("sd3")) == {"controls", "depth", "control", "regions",
-                                              "references", "cache_interval"}
+    assert unsupported_fields("sd3") == unsupported_fields("flux")
     assert unsupported_fields("sd15") == () and "sd15" not in SAMPLERS
     euler = _rgba(_run(generator, scheduler="euler"))
     assert euler.tobytes() == _rgba(_run(generator, scheduler="euler_a")).tobytes()

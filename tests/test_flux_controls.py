@@ -17,7 +17,8 @@ import torch
 from backend.generation import GenerationOutput
 from backend.models.sources import ensure_tiny
 from backend.models.store import ModelStore
-from backend.models.tiny_dit_extras import build_tiny_dit_lora, build_tiny_flux_controlnet
+from backend.models.tiny_dit_extras import (build_tiny_dit_lora, build_tiny_flux_controlnet,
+                                            build_tiny_sd3_controlnet, build_tiny_sd3_two_blocks)
 from backend.pipelines.dit import RolledTransformer
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.pixels import pixels_to_array
@@ -29,6 +30,8 @@ from protocol.messages import (ControlLayer, ControlSettings, DepthInput, Genera
 SIZE = 64
 JOB = dict(prompt="a red stone wall", width=SIZE, height=SIZE, steps=3, guidance=3.5, seed=7)
 FLUX_CONTROLNET = "controlnet/flux-depth.safetensors"
+SD3_CONTROLNET = "controlnet/sd3-depth.safetensors"
+SD3_TWO_BLOCKS = "sd3-two-blocks"     # SD3's last block takes no residual: the tiny one has one
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,8 @@ def models_dir(home: Path) -> Path:
     folder = home / "user-models"
     flux, sd3 = ensure_tiny("tiny-flux", home / "models"), ensure_tiny("tiny-sd3", home / "models")
     build_tiny_flux_controlnet(folder / FLUX_CONTROLNET, flux)
+    build_tiny_sd3_controlnet(folder / SD3_CONTROLNET, sd3)
+    build_tiny_sd3_two_blocks(folder / SD3_TWO_BLOCKS, sd3)
     build_tiny_dit_lora(folder / "loras" / "flux_peft.safetensors", flux)
     build_tiny_dit_lora(folder / "loras" / "flux_kohya.safetensors", flux, "kohya")
     build_tiny_dit_lora(folder / "loras" / "sd3_peft.safetensors", sd3)
@@ -76,6 +81,7 @@ def _rgba_upload(seed: int) -> ImageFrame:
 
 
 DEPTH = _gray(np.tile(np.linspace(0, 255, SIZE), (SIZE, 1)))
+INIT = _rgba_upload(5)
 
 
 def _depth(model: str = FLUX_CONTROLNET, **settings) -> list[ControlLayer]:
@@ -120,6 +126,18 @@ def test_a_depth_control_steers_every_job_kind_and_reproduces(generator, kind):
         assert controlled[mask == 0].tobytes() == original[mask == 0].tobytes()
 
 
+def test_an_sd3_controlnet_steers_txt2img_and_reproduces(store, generator):
+    job = dict(model=SD3_TWO_BLOCKS, guidance=4.5)
+    plain = _rgba(_run(generator, **job))
+    controlled = _rgba(_run(generator, [DEPTH], controls=_depth(SD3_CONTROLNET), **job))
+    again = _rgba(_run(generator, [DEPTH], controls=_depth(SD3_CONTROLNET), **job))
+    other_seed = _rgba(_run(generator, [DEPTH], controls=_depth(SD3_CONTROLNET), **job, seed=8))
+    assert controlled.tobytes() == again.tobytes()
+    assert plain.tobytes() not in (controlled.tobytes(), other_seed.tobytes())
+    assert other_seed.tobytes() != controlled.tobytes()
+    store.use_default()
+
+
 def test_the_old_depth_form_runs_through_the_same_controlnet(generator):
     new = _rgba(_run(generator, [DEPTH], controls=_depth()))
     old = _rgba(_run(generator, [DEPTH], depth=DepthInput(upload=DEPTH.id, convention="normalized"),
@@ -140,8 +158,14 @@ def test_depth_without_a_flux_depth_controlnet_says_how_to_get_one(generator):
      "SD1.5/SDXL"),
     # two controls: a Flux job takes one ControlNet
     (dict(controls=_depth() * 2), ErrorCode.UNSUPPORTED, "job.controls[1]", "one control"),
-    # a Flux ControlNet on SD3 (SD3 controls are not wired up)
-    (dict(controls=_depth(), model="tiny-sd3"), ErrorCode.UNSUPPORTED, "job.controls", "(sd3)"),
+    # a Flux ControlNet on SD3, an SD3 one on Flux
+    (dict(controls=_depth(), model="tiny-sd3"), ErrorCode.INVALID_FIELD, "job.controls[0].model",
+     "ControlNet for Flux models"),
+    (dict(controls=_depth(SD3_CONTROLNET)), ErrorCode.INVALID_FIELD, "job.controls[0].model",
+     "ControlNet for SD3 models"),
+    # SD3 has a ControlNet pipeline for txt2img only
+    (dict(controls=_depth(SD3_CONTROLNET), model=SD3_TWO_BLOCKS, kind="img2img", init_image=INIT.id),
+     ErrorCode.UNSUPPORTED, "kind", "(it runs: txt2img)"),
     # a Flux ControlNet on SD1.5
     (dict(controls=_depth(), model="tiny"), ErrorCode.INVALID_FIELD, "job.controls[0].model",
      "Flux or SD3"),
@@ -155,7 +179,7 @@ def test_depth_without_a_flux_depth_controlnet_says_how_to_get_one(generator):
 ])
 def test_wrong_family_combinations_fail_on_their_field(store, generator, job, code, field, words):
     with pytest.raises(ProtocolError) as err:
-        _run(generator, [DEPTH], **job)
+        _run(generator, [DEPTH, INIT], **job)
     assert (err.value.code, err.value.field) == (code, field), err.value.message
     assert words in err.value.message
     store.use_default()
@@ -170,11 +194,16 @@ def test_a_tiled_job_with_a_control_reproduces_and_differs(generator):
     assert tiled.tobytes() != _rgba(_run(generator, [DEPTH], tiling="x")).tobytes()
 
 
-def test_the_transformer_gets_residuals_of_its_own_rolled_latent(store, generator, monkeypatch):
+@pytest.mark.parametrize("model, controlnet_name, residuals", [
+    ("tiny-flux", FLUX_CONTROLNET, ("controlnet_block_samples", "controlnet_single_block_samples")),
+    (SD3_TWO_BLOCKS, SD3_CONTROLNET, ("block_controlnet_hidden_states",))])
+def test_the_transformer_gets_residuals_of_its_own_rolled_latent(store, generator, monkeypatch,
+                                                                model, controlnet_name, residuals):
     """What a tiled step's transformer receives lines up: the ControlNet's residuals it is
     handed are the ControlNet's output on the very latent (and control latents) it sees,
     rolled by its offset, so the control moves with the picture across the seam."""
-    controlnet = store.controlnet(FLUX_CONTROLNET)
+    store.use(model)
+    controlnet = store.controlnet(controlnet_name)
     seen: list[dict] = []
     inputs: list[dict] = []
     real_forward = RolledTransformer.forward
@@ -190,9 +219,10 @@ def test_the_transformer_gets_residuals_of_its_own_rolled_latent(store, generato
     monkeypatch.setattr(RolledTransformer, "forward", spy)
     handle = controlnet.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        _run(generator, [DEPTH], tiling="both", controls=_depth())
+        _run(generator, [DEPTH], model=model, tiling="both", controls=_depth(controlnet_name))
     finally:
         handle.remove()
+        store.use_default()
     assert len(seen) == len(inputs) == JOB["steps"]
     rolled = seen[0]["self"]
     assert any(offset != (0, 0) for offset in rolled.offsets)
@@ -203,11 +233,11 @@ def test_the_transformer_gets_residuals_of_its_own_rolled_latent(store, generato
                                      "hidden_states": rolled.roll(given["hidden_states"], dx, dy),
                                      "controlnet_cond": rolled.roll(given["controlnet_cond"], dx, dy)})
         handed = call["kwargs"]
-        for name, residuals in zip(("controlnet_block_samples", "controlnet_single_block_samples"),
-                                   expected):
+        for name, made in zip(residuals, expected):
             # what the transformer runs on: the residuals it was handed, rolled as its latent
             inside = [rolled.roll_tokens(r, dx, dy) for r in handed[name]]
-            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(inside, residuals)), step
+            assert len(inside) == len(made) >= 1
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(inside, made)), step
 
 
 # ------------------------------------------------------------------ LoRAs on Flux and SD3

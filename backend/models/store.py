@@ -82,7 +82,7 @@ from .accel import (CPU_OFFLOAD, FUSE_QKV, AccelOptions, Acceleration, PromptCac
 from .catalog import Catalog, list_models
 from .control_models import DEFAULT_CONTROLS, tiny_control_name
 from .deep_tap import DeepFeatureTap, install_deep_tap
-from .dit_controlnets import load_flux_controlnet
+from .dit_controlnets import load_dit_controlnet
 from .device import device_memory, free_device_cache
 from .embeddings import embedding_folders, find_embeddings, load_embedding, used_in
 from .ip_adapters import LoadedAdapter, ReferenceModels, default_adapter, find_adapter
@@ -543,9 +543,9 @@ class ModelStore:
         model = self._require_active()
         if name in model.controlnets:
             return model.controlnets[name]
-        if model.family == families.FLUX:
-            controlnet = load_flux_controlnet(self._resolve_control(name),
-                                              model.pipe.transformer.config, self.dtype)
+        if model.family in (families.FLUX, families.SD3):
+            controlnet = load_dit_controlnet(self._resolve_control(name), model.family,
+                                             model.pipe.transformer.config, self.dtype)
             controlnet.to(self.device)
             model.controlnets[name] = controlnet
             return controlnet

@@ -3,7 +3,7 @@ models, written as safetensors in the layouts users' files have:
 
 - a Flux ControlNet in diffusers' names (as InstantX and Shakker-Labs ship theirs), shaped
   from the tiny Flux transformer's config, one double and one single block, optionally a
-  union one (``num_mode``);
+  union one (``num_mode``); an SD3 one (InstantX's shape) from the tiny SD3's;
 - LoRAs of the transformer's attention projections in diffusers/peft names
   (``transformer.<module>.lora_A.weight``: tiny_dit_files.build_tiny_transformer_lora), or for Flux
   in kohya's names for Black Forest Labs' modules (``lora_unet_double_blocks_0_img_attn_qkv``,
@@ -16,14 +16,16 @@ large enough to change a picture. Deterministic: the same arguments give the sam
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from diffusers import FluxControlNetModel, FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers import (FluxControlNetModel, FluxTransformer2DModel, SD3ControlNetModel,
+                       SD3Transformer2DModel)
 from safetensors.torch import save_file
 
-from .dit_controlnets import SHARED_CONFIG
+from .dit_controlnets import SD3_SHARED_CONFIG, SHARED_CONFIG
 from .tiny import SEED
 from .families import FLUX, SD3
 from .tiny_dit_files import build_tiny_transformer_lora
@@ -47,13 +49,41 @@ def build_tiny_flux_controlnet(dest: Path, flux_folder: Path, seed: int = SEED +
     torch.manual_seed(seed)
     controlnet = FluxControlNetModel(**{k: config[k] for k in SHARED_CONFIG}, num_layers=1,
                                      num_single_layers=1, num_mode=num_mode)
+    return _save(dest, _randomised(controlnet, seed))
+
+
+def build_tiny_sd3_controlnet(dest: Path, sd3_folder: Path, seed: int = SEED + 65) -> Path:
+    """Write an SD3 ControlNet (InstantX's shape: its own position embedding) for the tiny
+    SD3 model in ``sd3_folder`` to the file ``dest``."""
+    config = SD3Transformer2DModel.load_config(str(Path(sd3_folder) / "transformer"))
+    torch.manual_seed(seed)
+    controlnet = SD3ControlNetModel(**{k: config[k] for k in SD3_SHARED_CONFIG}, num_layers=1)
+    return _save(dest, _randomised(controlnet, seed))
+
+
+def build_tiny_sd3_two_blocks(dest: Path, sd3_folder: Path, seed: int = SEED + 66) -> Path:
+    """The tiny SD3 pipeline in ``sd3_folder`` copied to ``dest`` with a transformer of two
+    joint blocks: SD3's last block takes no ControlNet residual, so a one-block transformer
+    would ignore a ControlNet."""
+    dest = Path(dest)
+    if not (dest / "model_index.json").is_file():
+        shutil.copytree(sd3_folder, dest, ignore=shutil.ignore_patterns("transformer"))
+        config = SD3Transformer2DModel.load_config(str(Path(sd3_folder) / "transformer"))
+        torch.manual_seed(seed)
+        transformer = SD3Transformer2DModel.from_config({**config, "num_layers": 2})
+        transformer.save_pretrained(str(dest / "transformer"), safe_serialization=True)
+    return dest
+
+
+def _randomised(controlnet: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """The ControlNet's tensors, its zero-initialised input and output projections random."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():    # its zero-initialised input and output projections
+    with torch.no_grad():
         for name, parameter in controlnet.named_parameters():
             if name.startswith(("controlnet_blocks", "controlnet_single_blocks",
-                                "controlnet_x_embedder")):
+                                "controlnet_x_embedder", "pos_embed_input")):
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return _save(dest, controlnet.state_dict())
+    return controlnet.state_dict()
 
 
 def build_tiny_dit_lora(dest: Path, model_folder: Path, layout: DiTLoraLayout = "diffusers",

@@ -4,9 +4,10 @@ families.
 The generator runs such a job through the same four steps as any other (generator.py);
 this module holds the parts that differ, each behind one hook there:
 
-* ``refuse_unsupported``: what these families cannot do in Atelier yet (controls, LoRAs,
-  regions, reference images, step caching, samplers other than flow-matching Euler) fails
-  the job at once with ``unsupported`` naming the field.
+* ``refuse_unsupported``: what these families cannot do in Atelier yet (the table in
+  ``protocol.families``: regions, reference images, step caching, samplers other than
+  flow-matching Euler) fails the job at once with ``unsupported`` naming the field.
+  Controls and LoRAs run (dit_controls.py, the LoRA path of SD).
 * ``work_size`` / ``dit_call``: both cut the latent into 2x2 patches, so the size they run
   at is a multiple of 16 pixels; init images are encoded here (mean latents, as for SD)
   and passed as latents, the inpaint mask as a tensor.
@@ -68,8 +69,8 @@ def _unsupported(what: str, family: str, field: str) -> ProtocolError:
 
 # What each field of ``protocol.families.UNSUPPORTED_FIELDS`` is, in refusals.
 _FIELD_WHAT = {
-    "controls": "controls (ControlNets and T2I-Adapters made for SD1.5/SDXL do not fit a "
-                "transformer; the families' own ControlNets are not wired up yet)",
+    "controls": "controls (ControlNets and T2I-Adapters made for other families do not fit; "
+                "this family's own ControlNets are not wired up yet)",
     "depth": "depth controls", "control": "depth controls", "loras": "LoRAs",
     "regions": "regional prompts", "references": "reference images (IP-Adapter)",
     "cache_interval": "step caching (a UNet feature)",
@@ -222,7 +223,8 @@ class RolledTransformer(ModelView):
                 **kwargs: Any) -> Any:
         dx, dy = self.draw()
         # A ControlNet's residuals are image tokens: they move with the latent (dit_controls.py).
-        kwargs.update({name: [None if r is None else self.roll_tokens(r, dx, dy) for r in kwargs[name]]
+        kwargs.update({name: [None if r is None else self.roll_tokens(r, dx, dy)
+                              for r in kwargs[name]]
                        for name in CONTROLNET_RESIDUALS if kwargs.get(name) is not None})
         out = self.transformer(self._roll_all(hidden_states, dx, dy), *args, **kwargs)
         if isinstance(out, tuple):

@@ -1,9 +1,13 @@
-"""Controls on Flux models: a job's one control through a Flux ControlNet
-(``FluxControlNetPipeline`` and its img2img / inpaint kin), and seamless tiling with it.
+"""Controls on Flux and SD3 models: a job's one control through a ControlNet of the
+model's family (``FluxControlNetPipeline`` and its img2img / inpaint kin,
+``StableDiffusion3ControlNetPipeline`` for txt2img), and seamless tiling with it.
 
-The ControlNet pipelines encode the init image themselves (they take no latents), so
+The Flux ControlNet pipelines encode the init image themselves (they take no latents), so
 img2img and inpaint get pixels here; the unmasked pixels of an inpaint job are pasted back
-afterwards as for any model (generator.py).
+afterwards as for any model (generator.py). SD3's pipeline encodes the control image by
+sampling the VAE's distribution with the global generator: for the job's call that
+generator is forked and seeded from the job's seed, so a job reproduces and nothing
+outside it changes.
 
 Tiling. A tiled job's transformer sees the latent rolled by a fresh offset at every call
 (``RolledTransformer``, dit.py), and rolls the ControlNet's residuals with it (they are
@@ -22,7 +26,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, SD3ControlNetModel
 
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -34,17 +38,17 @@ from .tiling import tile_axes
 
 
 def one_control(controls: Sequence[Any], family: str) -> None:
-    """Refuse a second control: a Flux job takes one ControlNet (a union ControlNet
-    serves several kinds, one at a time)."""
+    """Refuse a second control: a Flux or SD3 job takes one ControlNet (a union
+    ControlNet serves several kinds, one at a time)."""
     if len(controls) > 1:
         raise ProtocolError(ErrorCode.UNSUPPORTED,
-                            f"a {family} job takes one control (one Flux ControlNet); this job "
-                            f"has {len(controls)}", controls[1].field)
+                            f"a {family} job takes one control (one ControlNet of its family); "
+                            f"this job has {len(controls)}", controls[1].field)
 
 
-def condition_on_flux_controlnet(kind: str, kwargs: dict[str, Any], image: torch.Tensor,
-                                 window: Window, init_rgb: Optional[np.ndarray]) -> dict[str, Any]:
-    """The call of ``kind``'s Flux ControlNet pipeline: ``image`` (``(1, 3, H, W)`` in
+def condition_on_dit_controlnet(kind: str, kwargs: dict[str, Any], image: torch.Tensor,
+                                window: Window, init_rgb: Optional[np.ndarray]) -> dict[str, Any]:
+    """The call of ``kind``'s ControlNet pipeline: ``image`` (``(1, 3, H, W)`` in
     [0, 1]) as its control image at ``window``'s scale and steps; the init image (img2img,
     inpaint: the work area, uint8 RGB) as pixels, which these pipelines encode."""
     kwargs = dict(kwargs, control_image=image, controlnet_conditioning_scale=window.scale,
@@ -66,12 +70,29 @@ def _roll_residuals(roller: RolledTransformer, output: Any, dx: int, dy: int) ->
 
 
 @contextlib.contextmanager
-def rolled_controlnet(pipe: DiffusionPipeline, plan: GenerationPlan) -> Iterator[None]:
-    """For a tiled job on a pipeline with a ControlNet: its calls see the latent and the
-    control latents rolled, and their residuals come back in place (module docstring)."""
+def controlnet_job_context(pipe: DiffusionPipeline, plan: GenerationPlan) -> Iterator[None]:
+    """What a transformer's ControlNet needs around the job's call: SD3's global
+    generator seeded (forked), and for a tiled job the ControlNet rolled (module docstring)."""
     controlnet = getattr(pipe, "controlnet", None)
+    if controlnet is None or not hasattr(pipe, "transformer"):
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        if isinstance(controlnet, SD3ControlNetModel):
+            devices = [pipe.device] if pipe.device.type == "cuda" else []
+            stack.enter_context(torch.random.fork_rng(devices=devices))
+            torch.manual_seed(plan.seeds[0])
+        stack.enter_context(_rolled_controlnet(controlnet, pipe, plan))
+        yield
+
+
+@contextlib.contextmanager
+def _rolled_controlnet(controlnet: torch.nn.Module, pipe: DiffusionPipeline,
+                       plan: GenerationPlan) -> Iterator[None]:
+    """For a tiled job: the ControlNet's calls see the latent and the control latents
+    rolled, and their residuals come back in place."""
     axes = tile_axes(plan.tiling)
-    if controlnet is None or not axes.any or not hasattr(pipe, "transformer"):
+    if not axes.any:
         yield
         return
     # The transformer's seed: one ControlNet call and one transformer call per step draw the

@@ -58,7 +58,7 @@ from .controls import PlannedControl, nearness_of
 from .depth import DepthEstimator, find_depth_model
 from .dit import (DiTLatents, dit_call, flow_scheduler, refuse_unsupported, rolled_transformer,
                   work_size)
-from .dit_controls import condition_on_flux_controlnet, one_control, rolled_controlnet
+from .dit_controls import condition_on_dit_controlnet, controlnet_job_context, one_control
 from .job_unet import JobUNet
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
@@ -245,7 +245,7 @@ class DiffusionGenerator:
         name = self._control_model(control)
         controlnet = _refielded(control, lambda: self._store.controlnet(name))
         image = control_tensor(control, work_region(plan, control.image))
-        kwargs = condition_on_flux_controlnet(call.kind, call.kwargs, image, control, init_rgb)
+        kwargs = condition_on_dit_controlnet(call.kind, call.kwargs, image, control, init_rgb)
         return PipelineCall(call.kind, kwargs, controlnet)
 
     def _with_references(self, call: PipelineCall, plan: GenerationPlan,
@@ -380,7 +380,8 @@ class DiffusionGenerator:
 
         try:
             with self._job_context(plan, pipe, call.adapters, position), \
-                    reference_attention(call.references, shared), rolled_controlnet(pipe, plan):
+                    reference_attention(call.references, shared), \
+                    controlnet_job_context(pipe, plan):
                 result = pipe(**call.kwargs, callback_on_step_end=on_step_end,
                               callback_on_step_end_tensor_inputs=["latents"])
         finally:

@@ -244,3 +244,35 @@ def test_gpu_levers_apply_and_jobs_still_run(atelier_home, model):
     loaded = store.load(model)
     assert COMPILE_UNET in loaded.accel.skipped and COMPILE_VAE_DECODE in loaded.accel.applied
     assert _rgba(_run(DiffusionGenerator(store), model=model, tiling="both")).shape == (SIZE, SIZE, 4)
+
+
+def test_single_transformer_files_are_listed_with_their_family_and_refused_by_name(store, tmp_path):
+    """ComfyUI keeps Chroma and Z-Image transformers as single files too (diffusers' or the
+    original tensor names). They are told from Flux (Chroma has Flux's blocks and its own
+    modulation network) and listed with their family; loading one says these families load
+    from diffusers folders only, on the model field."""
+    from safetensors.torch import save_file
+
+    models = tmp_path / "models"
+    (models / "unet").mkdir(parents=True)
+    for name in FAMILY:
+        shutil.copy(store.resolve(name).path / "transformer" / "diffusion_pytorch_model.safetensors",
+                    models / "unet" / f"{name}.safetensors")
+    original = {"chroma": ("distilled_guidance_layer.in_proj.weight", "double_blocks.0.img_attn.qkv.weight",
+                           "img_in.weight"),
+                "zimage": ("noise_refiner.0.attention.qkv.weight", "context_refiner.0.attention.qkv.weight",
+                           "layers.0.attention.qkv.weight", "cap_embedder.1.weight")}
+    for family, keys in original.items():      # ComfyUI's files, the original tensor names
+        save_file({k: torch.zeros(2, 2) for k in keys}, str(models / "unet" / f"{family}-comfy.safetensors"))
+    user = ModelStore("cpu", torch.float32, tmp_path, search_dirs=[models],
+                      hf_cache=tmp_path / "no-hf-cache")
+    listed = {info.name: info.family for info in user.available()}
+    assert (listed["unet/tiny-chroma.safetensors"], listed["unet/chroma-comfy.safetensors"]) == (
+        "chroma", "chroma")
+    assert (listed["unet/tiny-zimage.safetensors"], listed["unet/zimage-comfy.safetensors"]) == (
+        "zimage", "zimage")
+    for name in ("unet/tiny-chroma.safetensors", "unet/zimage-comfy.safetensors"):
+        with pytest.raises(ProtocolError) as err:
+            user.load(name)
+        assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "model")
+        assert "diffusers folder" in err.value.message

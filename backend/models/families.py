@@ -245,13 +245,16 @@ def family_of_checkpoint_keys(keys: Iterable[str], conv_in_shape: Optional[tuple
 # Stability's original layouts (ComfyUI's models/unet and models/diffusion_models files, or
 # whole checkpoints under LDM_UNET), and diffusers' own transformer layout.
 _TRANSFORMER_PREFIXES = (
+    # Chroma first: it has Flux's blocks, and its modulation network besides.
+    (CHROMA, ("distilled_guidance_layer.",)),
+    (ZIMAGE, ("noise_refiner.", "context_refiner.")),
     (FLUX, ("double_blocks.", "single_transformer_blocks.")),
     (SD3, ("joint_blocks.", "pos_embed.pos_embed")),
 )
 
 
 def _transformer_of_keys(keys: list[str]) -> Optional[str]:
-    """FLUX or SD3 when the tensor names are a Flux or SD3 transformer's, else None."""
+    """The transformer family whose tensor names these are, else None."""
     for family, prefixes in _TRANSFORMER_PREFIXES:
         for prefix in prefixes:
             if any(k.startswith(prefix) or k.startswith(LDM_UNET + prefix) for k in keys):

@@ -1,5 +1,5 @@
-"""Jobs on diffusion-transformer families (Flux.1, SD3/SD3.5): what differs from the UNet
-families.
+"""Jobs on diffusion-transformer families (Flux.1, SD3/SD3.5, Chroma, Z-Image): what
+differs from the UNet families.
 
 The generator runs such a job through the same four steps as any other (generator.py);
 this module holds the parts that differ, each behind one hook there:

@@ -77,7 +77,8 @@ def _gray(values: np.ndarray) -> ImageFrame:
 def _rgba_upload(seed: int) -> ImageFrame:
     pixels = np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 4), dtype=np.uint8)
     pixels[..., 3] = 255
-    return ImageFrame(FrameKind.UPLOAD, PixelFormat.RGBA8, 0, SIZE, SIZE, new_id(), pixels.tobytes())
+    return ImageFrame(FrameKind.UPLOAD, PixelFormat.RGBA8, 0, SIZE, SIZE, new_id(),
+                      pixels.tobytes())
 
 
 DEPTH = _gray(np.tile(np.linspace(0, 255, SIZE), (SIZE, 1)))
@@ -110,7 +111,8 @@ def test_a_depth_control_steers_every_job_kind_and_reproduces(generator, kind):
     mask[16:48, 16:48] = 255
     frame = _gray(mask)
     job = {"txt2img": {}, "img2img": dict(init_image=init.id, strength=0.8),
-           "inpaint": dict(init_image=init.id, mask=frame.id, strength=1.0, context_padding=8)}[kind]
+           "inpaint": dict(init_image=init.id, mask=frame.id, strength=1.0,
+                           context_padding=8)}[kind]
     uploads = [DEPTH, init, frame]
     plain = _rgba(_run(generator, uploads, kind=kind, **job))
     controlled = _rgba(_run(generator, uploads, kind=kind, controls=_depth(), **job))
@@ -164,7 +166,8 @@ def test_depth_without_a_flux_depth_controlnet_says_how_to_get_one(generator):
     (dict(controls=_depth(SD3_CONTROLNET)), ErrorCode.INVALID_FIELD, "job.controls[0].model",
      "ControlNet for SD3 models"),
     # SD3 has a ControlNet pipeline for txt2img only
-    (dict(controls=_depth(SD3_CONTROLNET), model=SD3_TWO_BLOCKS, kind="img2img", init_image=INIT.id),
+    (dict(controls=_depth(SD3_CONTROLNET), model=SD3_TWO_BLOCKS, kind="img2img",
+          init_image=INIT.id),
      ErrorCode.UNSUPPORTED, "kind", "(it runs: txt2img)"),
     # a Flux ControlNet on SD1.5
     (dict(controls=_depth(), model="tiny"), ErrorCode.INVALID_FIELD, "job.controls[0].model",
@@ -189,7 +192,8 @@ def test_wrong_family_combinations_fail_on_their_field(store, generator, job, co
 
 def test_a_tiled_job_with_a_control_reproduces_and_differs(generator):
     tiled = _rgba(_run(generator, [DEPTH], tiling="x", controls=_depth()))
-    assert tiled.tobytes() == _rgba(_run(generator, [DEPTH], tiling="x", controls=_depth())).tobytes()
+    again = _rgba(_run(generator, [DEPTH], tiling="x", controls=_depth()))
+    assert tiled.tobytes() == again.tobytes()
     assert tiled.tobytes() != _rgba(_run(generator, [DEPTH], controls=_depth())).tobytes()
     assert tiled.tobytes() != _rgba(_run(generator, [DEPTH], tiling="x")).tobytes()
 
@@ -229,9 +233,9 @@ def test_the_transformer_gets_residuals_of_its_own_rolled_latent(store, generato
     for step, (call, given) in enumerate(zip(seen, inputs)):
         dx, dy = rolled.offsets[step]
         with torch.no_grad():
-            expected = controlnet(**{**given,
-                                     "hidden_states": rolled.roll(given["hidden_states"], dx, dy),
-                                     "controlnet_cond": rolled.roll(given["controlnet_cond"], dx, dy)})
+            expected = controlnet(**{**given, **{
+                name: rolled.roll(given[name], dx, dy)
+                for name in ("hidden_states", "controlnet_cond")}})
         handed = call["kwargs"]
         for name, made in zip(residuals, expected):
             # what the transformer runs on: the residuals it was handed, rolled as its latent
@@ -244,7 +248,8 @@ def test_the_transformer_gets_residuals_of_its_own_rolled_latent(store, generato
 
 @pytest.mark.parametrize("model, loras", [("tiny-flux", ("flux_peft", "flux_kohya")),
                                           ("tiny-sd3", ("sd3_peft",))])
-def test_loras_apply_with_their_weight_and_leave_the_model_as_it_was(store, generator, model, loras):
+def test_loras_apply_with_their_weight_and_leave_the_model_as_it_was(store, generator, model,
+                                                                    loras):
     transformer = store.use(model).pipe.transformer
     before = _digest(transformer)
     plain = _rgba(_run(generator, model=model)).tobytes()

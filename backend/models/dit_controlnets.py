@@ -44,7 +44,8 @@ _CLASSES = {families.FLUX: FluxControlNetModel, families.SD3: SD3ControlNetModel
 _NAMES = {families.FLUX: "Flux", families.SD3: "SD3"}
 
 
-def _refused(source: ModelSource, why: str, code: ErrorCode = ErrorCode.INVALID_FIELD) -> ProtocolError:
+def _refused(source: ModelSource, why: str,
+             code: ErrorCode = ErrorCode.INVALID_FIELD) -> ProtocolError:
     return ProtocolError(code, f"{shorten(source.name)} ({source.path.name}) {why}", _FIELD)
 
 
@@ -79,12 +80,12 @@ def sd3_controlnet_config(tensors: Mapping[str, torch.Tensor],
     layers = _count(keys, "transformer_blocks")
     own_positions = "pos_embed.proj.weight" in tensors
     conditioning = tensors["pos_embed_input.proj.weight"].shape[1]
+    dual = tuple(i for i in range(layers) if f"transformer_blocks.{i}.attn2.to_q.weight" in tensors)
+    qk_norm = "rms_norm" if "transformer_blocks.0.attn.norm_q.weight" in tensors else None
     config.update(num_layers=layers, use_pos_embed=own_positions,
                   force_zeros_for_pooled_projection=own_positions,
                   extra_conditioning_channels=conditioning - config["in_channels"],
-                  dual_attention_layers=tuple(
-                      i for i in range(layers) if f"transformer_blocks.{i}.attn2.to_q.weight" in tensors),
-                  qk_norm="rms_norm" if "transformer_blocks.0.attn.norm_q.weight" in tensors else None)
+                  dual_attention_layers=dual, qk_norm=qk_norm)
     return config
 
 

@@ -91,10 +91,12 @@ def build_tiny_dit_lora(dest: Path, model_folder: Path, layout: DiTLoraLayout = 
     """Write a LoRA of the attention projections of the tiny Flux or SD3 transformer in
     ``model_folder`` to the file ``dest`` (``kohya``: Flux only)."""
     folder = Path(model_folder) / "transformer"
-    flux = FluxTransformer2DModel.load_config(str(folder))["_class_name"] == "FluxTransformer2DModel"
+    flux = FluxTransformer2DModel.load_config(str(folder))["_class_name"] == \
+        FluxTransformer2DModel.__name__
     cls = FluxTransformer2DModel if flux else SD3Transformer2DModel
     if layout == "diffusers":
-        return build_tiny_transformer_lora(Path(model_folder), FLUX if flux else SD3, Path(dest), seed)
+        return build_tiny_transformer_lora(Path(model_folder), FLUX if flux else SD3, Path(dest),
+                                           seed)
     if not flux:
         raise ValueError("kohya-named LoRAs are built for Flux only")
     return _save(dest, _kohya_flux(cls.from_pretrained(str(folder)), seed))
@@ -111,9 +113,10 @@ def _kohya_flux(transformer: FluxTransformer2DModel, seed: int) -> dict[str, tor
                "single_blocks_0_linear2": (single_in, inner)}
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
+    random = lambda *shape: torch.randn(shape, generator=generator) * 0.5   # noqa: E731
     for module, (width_in, width_out) in modules.items():
         name = f"lora_unet_{module}"
-        tensors[f"{name}.lora_down.weight"] = torch.randn((RANK, width_in), generator=generator) * 0.5
-        tensors[f"{name}.lora_up.weight"] = torch.randn((width_out, RANK), generator=generator) * 0.5
+        tensors[f"{name}.lora_down.weight"] = random(RANK, width_in)
+        tensors[f"{name}.lora_up.weight"] = random(width_out, RANK)
         tensors[f"{name}.alpha"] = torch.tensor(float(RANK))
     return tensors

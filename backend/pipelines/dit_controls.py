@@ -11,12 +11,12 @@ outside it changes.
 
 Tiling. A tiled job's transformer sees the latent rolled by a fresh offset at every call
 (``RolledTransformer``, dit.py), and rolls the ControlNet's residuals with it (they are
-image tokens). The ControlNet, called just before with the pipeline's unrolled latent,
-is rolled the same way for the duration of the job: hooks on the shared module roll its
+image tokens). The ControlNet, called just before with the pipeline's unrolled latent, is
+rolled the same way for the duration of the job: hooks on the shared module roll its
 latent and its control latents by the offset the transformer draws next (the same seed)
-and roll its residuals back, so it sees the latent the transformer sees, and what it
-hands on lines up with the unrolled latent. Hooks rather than a wrapper: the pipeline tells a single ControlNet
-from a set by its class.
+and roll its residuals back, so it sees the latent the transformer sees, and what it hands
+on lines up with the unrolled latent. Hooks rather than a wrapper: the pipeline tells a
+single ControlNet from a set by its class.
 """
 
 from __future__ import annotations

@@ -271,3 +271,36 @@ def test_a_flux_lora_and_a_control_together(generator):
     both = _rgba(_run(generator, [DEPTH], controls=_depth(), loras=[LoraWeight("flux_kohya", 0.8)]))
     control = _rgba(_run(generator, [DEPTH], controls=_depth()))
     assert both.tobytes() != control.tobytes()
+
+
+# ------------------------------------------------------------------ over the websocket
+
+def test_a_flux_job_with_a_control_and_a_lora_over_the_daemon(start_daemon, models_dir):
+    """A client names the user's Flux ControlNet and LoRA files; the daemon lists them with
+    their families, runs the job, and fails a wrong-family ControlNet on its field."""
+    from protocol.client import AtelierClient, make_upload
+    from protocol.events import JobDone
+    from protocol.messages import Models
+
+    daemon = start_daemon("--model", "tiny-flux", "--models-dir", str(models_dir))
+    with AtelierClient(daemon.url, client_name="test_flux_controls") as client:
+        client.wait_connected()
+        listed = {m.name: m for m in client.call(Models, client.list_models, timeout=60).models}
+        assert (listed[FLUX_CONTROLNET].kind, listed["flux_kohya"].family) == ("controlnet", "flux")
+        def job(depth) -> GenerateRequest:
+            return GenerateRequest(**JOB, loras=[LoraWeight("flux_kohya", 0.8)], controls=[
+                ControlLayer(kind="depth", image=depth.id, model=FLUX_CONTROLNET)])
+
+        # (the daemon's default levers fuse the VAE's attention: the LoRA goes on regardless)
+        depth, depth_again = (make_upload(PixelFormat.GRAY8, SIZE, SIZE, DEPTH.data)
+                              for _ in range(2))
+        done = client.run_job(job(depth), [depth], timeout=120)
+        assert isinstance(done, JobDone), done
+        again = client.run_job(job(depth_again), [depth_again], timeout=120)
+        assert again.images[0].data == done.images[0].data
+        wrong = make_upload(PixelFormat.GRAY8, SIZE, SIZE, DEPTH.data)
+        with pytest.raises(ProtocolError) as err:
+            client.run_job(GenerateRequest(**JOB, controls=[ControlLayer(
+                kind="depth", image=wrong.id, model=SD3_CONTROLNET)]), [wrong], timeout=120)
+        assert (err.value.code, err.value.field) == (ErrorCode.INVALID_FIELD,
+                                                     "job.controls[0].model")

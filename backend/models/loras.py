@@ -147,7 +147,9 @@ def apply_loras(pipe: DiffusionPipeline, state: LoraState, loras: Sequence[tuple
     if not hasattr(pipe, "load_lora_weights"):
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             f"model {model_name} ({model_family}) takes no LoRAs", "loras[0].name")
-    if fused_qkv and not state.unfused:
+    # Only a UNet's fused projections would bypass LoRA layers: a transformer model's fusing
+    # is its VAE's (accel.py), which takes no LoRA.
+    if fused_qkv and not state.unfused and getattr(pipe, "unet", None) is not None:
         pipe.unet.unfuse_qkv_projections()
         state.unfused = True
     for index, (lora, _) in enumerate(loras):

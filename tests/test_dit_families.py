@@ -118,9 +118,8 @@ def test_inpaint_keeps_every_unmasked_pixel_byte_identical(generator, store, mod
     outside = mask == 0
     assert out[outside].tobytes() == original[outside].tobytes()
     assert (out[~outside] != original[~outside]).any()
-    # Z-Image's own inpaint pipeline (blending the init in at every step); Chroma's fails in
-    # diffusers 0.42.1, so Chroma inpaints as masked img2img (latent_init_pipelines.py)
-    runs = {"tiny-chroma": "ChromaImg2ImgLatents", "tiny-zimage": "ZImageInpaintLatents"}
+    # the family's own inpaint pipeline (the init blended in at every step), on init latents
+    runs = {"tiny-chroma": "ChromaInpaintLatents", "tiny-zimage": "ZImageInpaintLatents"}
     assert type(store.pipeline("inpaint")).__name__ == runs[model]
 
 

@@ -43,8 +43,8 @@ from diffusers import (
 
 from protocol.errors import ErrorCode, ProtocolError
 
-from .latent_init_pipelines import (ChromaImg2ImgLatents, ZImageImg2ImgLatents,
-                                    ZImageInpaintLatents)
+from .latent_init_pipelines import (ChromaImg2ImgLatents, ChromaInpaintLatents,
+                                    ZImageImg2ImgLatents, ZImageInpaintLatents)
 
 SD15 = "sd15"
 SD15_INPAINT = "sd15_inpaint"
@@ -101,10 +101,10 @@ _PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[D
     SD3: ({TXT2IMG: StableDiffusion3Pipeline, IMG2IMG: StableDiffusion3Img2ImgPipeline,
            INPAINT: StableDiffusion3InpaintPipeline},
           {TXT2IMG: StableDiffusion3ControlNetPipeline}),
-    # Chroma's and Z-Image's init-image pipelines as subclasses that take init latents;
-    # Chroma inpaints as masked img2img (latent_init_pipelines.py says why).
+    # Chroma's and Z-Image's init-image pipelines as subclasses that take init latents
+    # (latent_init_pipelines.py).
     CHROMA: ({TXT2IMG: ChromaPipeline, IMG2IMG: ChromaImg2ImgLatents,
-              INPAINT: ChromaImg2ImgLatents}, {}),
+              INPAINT: ChromaInpaintLatents}, {}),
     ZIMAGE: ({TXT2IMG: ZImagePipeline, IMG2IMG: ZImageImg2ImgLatents,
               INPAINT: ZImageInpaintLatents}, {}),
 }

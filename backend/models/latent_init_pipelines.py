@@ -5,13 +5,17 @@ convolutions wrapped on a tiled axis) and hands the pipelines latents, as it doe
 and SD3. Flux's pipelines build their image processor knowing the 16 latent channels and
 pass latents through; Chroma's and Z-Image's build theirs for pixels only and would resize
 a latent as an image. These subclasses build it as Flux's do; Z-Image's inpaint pipeline
-also takes the masked image's latents as given instead of VAE-encoding them again.
+also takes the masked image's latents as given instead of VAE-encoding them again, and
+Chroma's is spared a diffusers bug.
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import ChromaImg2ImgPipeline, ZImageImg2ImgPipeline, ZImageInpaintPipeline
+from typing import Any
+
+from diffusers import (ChromaImg2ImgPipeline, ChromaInpaintPipeline, ZImageImg2ImgPipeline,
+                       ZImageInpaintPipeline)
 from diffusers.image_processor import VaeImageProcessor
 
 
@@ -31,9 +35,19 @@ class _PassesLatents:
 
 
 class ChromaImg2ImgLatents(_PassesLatents, ChromaImg2ImgPipeline):
-    """Also serves Chroma's inpaint jobs as masked img2img (pipelines/dit.py): diffusers
-    0.42.1's ChromaInpaintPipeline reads ``guidance_embeds`` from the transformer's config,
-    which Chroma's has not (AttributeError at every call)."""
+    pass
+
+
+class ChromaInpaintLatents(_PassesLatents, ChromaInpaintPipeline):
+    """diffusers 0.42.1's Chroma inpaint pipeline (copied from Flux's) reads
+    ``guidance_embeds`` from the transformer's config, which Chroma's lacks: every call
+    failed with AttributeError. Chroma has no guidance embedding, so the config is told so
+    (once, on the shared transformer: nothing else reads the key) before the call."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if "guidance_embeds" not in self.transformer.config:
+            self.transformer.register_to_config(guidance_embeds=False)
+        return super().__call__(*args, **kwargs)
 
 
 class ZImageImg2ImgLatents(_PassesLatents, ZImageImg2ImgPipeline):

@@ -57,9 +57,6 @@ T5_MAX_TOKENS = {"flux": 512, "sd3": 256, "chroma": 512, "zimage": 512}
 # Families that take a negative prompt (true classifier-free guidance); Flux.1's guidance
 # is distilled into the model, it has none.
 NEGATIVE_PROMPT_FAMILIES = ("sd3", "chroma", "zimage")
-# Families whose inpaint jobs run img2img over the crop, the generator pasting the masked
-# part back (diffusers 0.42.1's Chroma inpaint pipeline fails: latent_init_pipelines.py)
-MASKED_IMG2IMG_FAMILIES = ("chroma",)
 
 
 def _unsupported(what: str, family: str, field: str) -> ProtocolError:
@@ -141,7 +138,7 @@ def dit_call(plan: GenerationPlan, pipe: DiffusionPipeline, family: str,
     assert work_rgb is not None
     init = encode_rgb(pipe.vae, work_rgb, pipe.device)
     kwargs.update(image=init, strength=job.strength)
-    if plan.kind == "inpaint" and family not in MASKED_IMG2IMG_FAMILIES:
+    if plan.kind == "inpaint":
         assert work_mask is not None
         # Passing the init latents as the masked image spares the pipeline a VAE encode.
         kwargs.update(mask_image=mask_to_tensor(work_mask), masked_image_latents=init)

@@ -31,6 +31,7 @@ SIZE = 64
 JOB = dict(prompt="a red stone wall", width=SIZE, height=SIZE, steps=3, guidance=3.5, seed=7)
 FLUX_CONTROLNET = "controlnet/flux-depth.safetensors"
 SD3_CONTROLNET = "controlnet/sd3-depth.safetensors"
+FLUX_UNION = "controlnet/flux-union.safetensors"
 SD3_TWO_BLOCKS = "sd3-two-blocks"     # SD3's last block takes no residual: the tiny one has one
 
 
@@ -39,6 +40,7 @@ def models_dir(home: Path) -> Path:
     folder = home / "user-models"
     flux, sd3 = ensure_tiny("tiny-flux", home / "models"), ensure_tiny("tiny-sd3", home / "models")
     build_tiny_flux_controlnet(folder / FLUX_CONTROLNET, flux)
+    build_tiny_flux_controlnet(folder / FLUX_UNION, flux, num_mode=10)
     build_tiny_sd3_controlnet(folder / SD3_CONTROLNET, sd3)
     build_tiny_sd3_two_blocks(folder / SD3_TWO_BLOCKS, sd3)
     build_tiny_dit_lora(folder / "loras" / "flux_peft.safetensors", flux)
@@ -138,6 +140,37 @@ def test_an_sd3_controlnet_steers_txt2img_and_reproduces(store, generator):
     assert plain.tobytes() not in (controlled.tobytes(), other_seed.tobytes())
     assert other_seed.tobytes() != controlled.tobytes()
     store.use_default()
+
+
+def test_a_union_controlnet_runs_each_kind_in_its_mode(generator):
+    """A union ControlNet (one file, a mode per kind) runs depth, canny and pose in their
+    modes, which steer differently; a kind it has no mode for is refused on that kind."""
+    def union(kind: str) -> bytes:
+        layer = ControlLayer(kind=kind, image=DEPTH.id, model=FLUX_UNION, preprocess=False)
+        return _rgba(_run(generator, [DEPTH], controls=[layer])).tobytes()
+
+    by_kind = {kind: union(kind) for kind in ("depth", "canny", "pose")}
+    assert len(set(by_kind.values())) == 3
+    assert union("depth") == by_kind["depth"]
+    with pytest.raises(ProtocolError) as err:
+        union("lineart")
+    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "job.controls[0].kind")
+    assert "no lineart mode" in err.value.message
+
+
+def test_a_flux_controlnet_folder_loads_as_the_file_does(store, generator, models_dir):
+    from diffusers import FluxControlNetModel
+    from safetensors.torch import load_file
+
+    folder = models_dir / "controlnet" / "flux-depth-folder"
+    if not folder.is_dir():
+        net = FluxControlNetModel.from_config(FluxControlNetModel.load_config(
+            str(store.resolve("tiny-flux").path / "transformer")), num_layers=1,
+            num_single_layers=1)
+        net.load_state_dict(load_file(str(models_dir / FLUX_CONTROLNET)))
+        net.save_pretrained(str(folder), safe_serialization=True)
+    from_folder = _rgba(_run(generator, [DEPTH], controls=_depth("controlnet/flux-depth-folder")))
+    assert from_folder.tobytes() == _rgba(_run(generator, [DEPTH], controls=_depth())).tobytes()
 
 
 def test_the_old_depth_form_runs_through_the_same_controlnet(generator):

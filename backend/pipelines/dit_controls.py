@@ -37,6 +37,24 @@ from .plan import GenerationPlan
 from .tiling import tile_axes
 
 
+# The modes of the Flux union ControlNets (InstantX's FLUX.1-dev-Controlnet-Union and
+# Shakker-Labs' Union-Pro share them: canny 0, tile 1, depth 2, blur 3, pose 4, gray 5,
+# low quality 6), for the control kinds that have one.
+UNION_MODES = {"canny": 0, "depth": 2, "pose": 4}
+
+
+def union_mode(controlnet: Any, kind: str, field: str) -> Optional[int]:
+    """The ``control_mode`` a union ControlNet runs a control of ``kind`` in (None for a
+    ControlNet of one kind); a kind it has no mode for is refused on ``field``."""
+    if getattr(controlnet.config, "num_mode", None) is None:
+        return None
+    if kind not in UNION_MODES:
+        raise ProtocolError(ErrorCode.UNSUPPORTED,
+                            f"a Flux union ControlNet has no {kind} mode (it takes: "
+                            f"{', '.join(UNION_MODES)}); name a {kind} ControlNet", field)
+    return UNION_MODES[kind]
+
+
 def one_control(controls: Sequence[Any], family: str) -> None:
     """Refuse a second control: a Flux or SD3 job takes one ControlNet (a union
     ControlNet serves several kinds, one at a time)."""
@@ -47,12 +65,16 @@ def one_control(controls: Sequence[Any], family: str) -> None:
 
 
 def condition_on_dit_controlnet(kind: str, kwargs: dict[str, Any], image: torch.Tensor,
-                                window: Window, init_rgb: Optional[np.ndarray]) -> dict[str, Any]:
+                                window: Window, init_rgb: Optional[np.ndarray],
+                                mode: Optional[int] = None) -> dict[str, Any]:
     """The call of ``kind``'s ControlNet pipeline: ``image`` (``(1, 3, H, W)`` in
-    [0, 1]) as its control image at ``window``'s scale and steps; the init image (img2img,
-    inpaint: the work area, uint8 RGB) as pixels, which these pipelines encode."""
+    [0, 1]) as its control image at ``window``'s scale and steps (``mode``: a union
+    ControlNet's); the init image (img2img, inpaint: the work area, uint8 RGB) as pixels,
+    which these pipelines encode."""
     kwargs = dict(kwargs, control_image=image, controlnet_conditioning_scale=window.scale,
                   control_guidance_start=window.start, control_guidance_end=window.end)
+    if mode is not None:
+        kwargs["control_mode"] = mode
     if kind != "txt2img":
         assert init_rgb is not None
         kwargs["image"] = pixels_tensor(init_rgb)

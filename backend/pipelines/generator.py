@@ -58,7 +58,8 @@ from .controls import PlannedControl, nearness_of
 from .depth import DepthEstimator, find_depth_model
 from .dit import (DiTLatents, dit_call, flow_scheduler, refuse_unsupported, rolled_transformer,
                   work_size)
-from .dit_controls import condition_on_dit_controlnet, controlnet_job_context, one_control
+from .dit_controls import (condition_on_dit_controlnet, controlnet_job_context, one_control,
+                           union_mode)
 from .job_unet import JobUNet
 from .latents import decode_rgb, encode_rgb
 from .masks import composite
@@ -245,7 +246,8 @@ class DiffusionGenerator:
         name = self._control_model(control)
         controlnet = _refielded(control, lambda: self._store.controlnet(name))
         image = control_tensor(control, work_region(plan, control.image))
-        kwargs = condition_on_dit_controlnet(call.kind, call.kwargs, image, control, init_rgb)
+        mode = union_mode(controlnet, control.kind, f"{control.field}.kind")
+        kwargs = condition_on_dit_controlnet(call.kind, call.kwargs, image, control, init_rgb, mode)
         return PipelineCall(call.kind, kwargs, controlnet)
 
     def _with_references(self, call: PipelineCall, plan: GenerationPlan,

@@ -71,7 +71,8 @@ def test_a_folder_named_by_path_is_detected_from_model_index(store, tmp_path, mo
     assert {info.name: info.family for info in other.available()}["my-model"] == FAMILY[model]
     # Only the family's text-to-image pipeline names it: an edit pipeline's folder is not taken.
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "ZImageOmniPipeline"}))
+    omni = {**index, "_class_name": "ZImageOmniPipeline"}
+    (folder / "model_index.json").write_text(json.dumps(omni))
     assert families.family_of_folder(folder) == families.UNKNOWN
 
 
@@ -132,7 +133,8 @@ def test_previews_show_the_latents_at_latent_size(generator, model):
     assert (shown[0].width, shown[0].height) == (SIZE // 8, SIZE // 8)
 
 
-@pytest.mark.parametrize("name, steps, guidance", [("tiny-chroma", 40, 3.0), ("tiny-zimage", 9, 0.0)])
+@pytest.mark.parametrize("name, steps, guidance",
+                         [("tiny-chroma", 40, 3.0), ("tiny-zimage", 9, 0.0)])
 def test_a_job_leaving_steps_and_guidance_out_runs_the_families_recommended(
         generator, name, steps, guidance):
     job = {**JOB, "steps": None, "guidance": None, "width": 32, "height": 32}
@@ -165,7 +167,8 @@ def test_what_the_families_cannot_do_fails_the_job_naming_the_field(generator, m
 
 # ------------------------------------------------------------------ seamless tiling
 
-def test_tiled_jobs_reproduce_differ_from_untiled_and_keep_what_they_do_not_repaint(generator, model):
+def test_tiled_jobs_reproduce_differ_from_untiled_and_keep_what_they_do_not_repaint(
+        generator, model):
     tiled = _rgba(_run(generator, tiling="x", model=model))
     assert tiled.tobytes() == _rgba(_run(generator, tiling="x", model=model)).tobytes()
     assert tiled.tobytes() != _rgba(_run(generator, model=model)).tobytes()
@@ -192,7 +195,8 @@ def test_rolled_transformer_rolls_z_images_list_of_latents(generator):
             out = rolled(latents)[0]
             dx, dy = rolled.offsets[-1]
             for before, after in zip(latents, out):
-                assert torch.allclose(after - before, rolled.roll(stamp.pattern, -dx, -dy), atol=1e-6)
+                moved = rolled.roll(stamp.pattern, -dx, -dy)
+                assert torch.allclose(after - before, moved, atol=1e-6)
         dxs, dys = zip(*rolled.offsets)
         assert (len(set(dxs)) > 1) == axes.x and (len(set(dys)) > 1) == axes.y
 
@@ -222,7 +226,8 @@ def test_jobs_over_the_daemon_name_the_new_families(start_daemon):
     with AtelierClient(daemon.url, client_name="test_dit_families") as client:
         client.wait_connected()
         assert {"family:chroma", "family:zimage"} <= set(client.welcome.capabilities)
-        listed = {m.name: m.family for m in client.call(Models, client.list_models, timeout=60).models}
+        models = client.call(Models, client.list_models, timeout=60).models
+        listed = {m.name: m.family for m in models}
         assert (listed["tiny-chroma"], listed["tiny-zimage"]) == ("chroma", "zimage")
         for name in ("tiny-chroma", "tiny-zimage"):
             done = client.run_job(GenerateRequest(**{**JOB, "model": name}), timeout=120)
@@ -242,7 +247,8 @@ def test_gpu_levers_apply_and_jobs_still_run(atelier_home, model):
                        hf_cache=atelier_home / "no-hf-cache", accel=options)
     loaded = store.load(model)
     assert COMPILE_UNET in loaded.accel.skipped and COMPILE_VAE_DECODE in loaded.accel.applied
-    assert _rgba(_run(DiffusionGenerator(store), model=model, tiling="both")).shape == (SIZE, SIZE, 4)
+    out = _rgba(_run(DiffusionGenerator(store), model=model, tiling="both"))
+    assert out.shape == (SIZE, SIZE, 4)
 
 
 def test_single_transformer_files_are_listed_with_their_family_and_refused_by_name(store, tmp_path):
@@ -255,14 +261,16 @@ def test_single_transformer_files_are_listed_with_their_family_and_refused_by_na
     models = tmp_path / "models"
     (models / "unet").mkdir(parents=True)
     for name in FAMILY:
-        shutil.copy(store.resolve(name).path / "transformer" / "diffusion_pytorch_model.safetensors",
-                    models / "unet" / f"{name}.safetensors")
-    original = {"chroma": ("distilled_guidance_layer.in_proj.weight", "double_blocks.0.img_attn.qkv.weight",
-                           "img_in.weight"),
-                "zimage": ("noise_refiner.0.attention.qkv.weight", "context_refiner.0.attention.qkv.weight",
+        weights = store.resolve(name).path / "transformer" / "diffusion_pytorch_model.safetensors"
+        shutil.copy(weights, models / "unet" / f"{name}.safetensors")
+    original = {"chroma": ("distilled_guidance_layer.in_proj.weight",
+                           "double_blocks.0.img_attn.qkv.weight", "img_in.weight"),
+                "zimage": ("noise_refiner.0.attention.qkv.weight",
+                           "context_refiner.0.attention.qkv.weight",
                            "layers.0.attention.qkv.weight", "cap_embedder.1.weight")}
     for family, keys in original.items():      # ComfyUI's files, the original tensor names
-        save_file({k: torch.zeros(2, 2) for k in keys}, str(models / "unet" / f"{family}-comfy.safetensors"))
+        save_file({k: torch.zeros(2, 2) for k in keys},
+                  str(models / "unet" / f"{family}-comfy.safetensors"))
     user = ModelStore("cpu", torch.float32, tmp_path, search_dirs=[models],
                       hf_cache=tmp_path / "no-hf-cache")
     listed = {info.name: info.family for info in user.available()}

@@ -11,9 +11,9 @@ Chroma's is spared a diffusers bug.
 
 from __future__ import annotations
 
-import torch
 from typing import Any
 
+import torch
 from diffusers import (ChromaImg2ImgPipeline, ChromaInpaintPipeline, ZImageImg2ImgPipeline,
                        ZImageInpaintPipeline)
 from diffusers.image_processor import VaeImageProcessor
@@ -60,7 +60,8 @@ class ZImageInpaintLatents(_PassesLatents, ZImageInpaintPipeline):
 
     def prepare_mask_latents(self, mask: torch.Tensor, masked_image: torch.Tensor,
                              batch_size: int, height: int, width: int, dtype: torch.dtype,
-                             device: torch.device, generator: object) -> tuple[torch.Tensor, torch.Tensor]:
+                             device: torch.device,
+                             generator: object) -> tuple[torch.Tensor, torch.Tensor]:
         if masked_image.shape[1] != self.vae.config.latent_channels:
             return super().prepare_mask_latents(mask, masked_image, batch_size, height, width,
                                                 dtype, device, generator)

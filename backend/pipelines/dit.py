@@ -119,7 +119,7 @@ def work_size(width: int, height: int) -> tuple[int, int]:
 def dit_call(plan: GenerationPlan, pipe: DiffusionPipeline, family: str,
              work_rgb: Optional[np.ndarray], work_mask: Optional[np.ndarray]) -> dict[str, Any]:
     """The keyword arguments of a transformer pipeline call for ``plan`` (sizes already in
-    tokens): the prompt (and for SD3 the negative one), steps, guidance (Flux: its distilled
+    tokens): the prompt (and where guidance is true CFG the negative one), steps, guidance (Flux: its distilled
     guidance), one generator per seed, and for img2img / inpaint the init latents (and the
     mask) of the work area."""
     job = plan.request

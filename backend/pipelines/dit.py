@@ -119,9 +119,9 @@ def work_size(width: int, height: int) -> tuple[int, int]:
 def dit_call(plan: GenerationPlan, pipe: DiffusionPipeline, family: str,
              work_rgb: Optional[np.ndarray], work_mask: Optional[np.ndarray]) -> dict[str, Any]:
     """The keyword arguments of a transformer pipeline call for ``plan`` (sizes already in
-    tokens): the prompt (and where guidance is true CFG the negative one), steps, guidance (Flux: its distilled
-    guidance), one generator per seed, and for img2img / inpaint the init latents (and the
-    mask) of the work area."""
+    tokens): the prompt (and, where guidance is true CFG, the negative one), steps, guidance
+    (Flux: its distilled guidance), one generator per seed, and for img2img / inpaint the
+    init latents (and the mask) of the work area."""
     job = plan.request
     # the long text encoder's tokenizer: SD3's third, Flux's second, Chroma's and Z-Image's only
     t5 = getattr(pipe, "tokenizer_3", None) or getattr(pipe, "tokenizer_2", None) or pipe.tokenizer

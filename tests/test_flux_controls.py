@@ -180,11 +180,15 @@ def test_the_old_depth_form_runs_through_the_same_controlnet(generator):
     assert old.shape == new.shape and old.tobytes() != _rgba(_run(generator)).tobytes()
 
 
-def test_depth_without_a_flux_depth_controlnet_says_how_to_get_one(generator):
+@pytest.mark.parametrize("model, pull", [
+    ("tiny-flux", "Shakker-Labs/FLUX.1-dev-ControlNet-Depth"),
+    ("tiny-sd3", "stabilityai/stable-diffusion-3.5-large-controlnet-depth")])
+def test_depth_without_a_depth_controlnet_says_how_to_get_one(store, generator, model, pull):
     with pytest.raises(ProtocolError) as err:
-        _run(generator, [DEPTH], controls=[ControlLayer(kind="depth", image=DEPTH.id)])
+        _run(generator, [DEPTH], model=model, controls=[ControlLayer(kind="depth", image=DEPTH.id)])
     assert (err.value.code, err.value.field) == (ErrorCode.MODEL_NOT_FOUND, "job.controls[0].model")
-    assert "atelier models pull Shakker-Labs/FLUX.1-dev-ControlNet-Depth" in err.value.message
+    assert f"atelier models pull {pull}" in err.value.message
+    store.use_default()
 
 
 @pytest.mark.parametrize("job, code, field, words", [

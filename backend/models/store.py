@@ -101,8 +101,11 @@ DEFAULT_DEPTH_CONTROLS = {
     families.SDXL: ("diffusers/controlnet-depth-sdxl-1.0",
                     "TencentARC/t2i-adapter-depth-midas-sdxl-1.0"),
 }
-# Transformer families' depth ControlNet (no T2I-Adapters exist for them), in diffusers' format.
-DEFAULT_DIT_DEPTH_CONTROLNETS = {families.FLUX: "Shakker-Labs/FLUX.1-dev-ControlNet-Depth"}
+# Transformer families' depth ControlNet (no T2I-Adapters exist for them), in diffusers' format
+# (Stability's for SD3.5 large fits that model only: on another the store says so).
+DEFAULT_DIT_DEPTH_CONTROLNETS = {
+    families.FLUX: "Shakker-Labs/FLUX.1-dev-ControlNet-Depth",
+    families.SD3: "stabilityai/stable-diffusion-3.5-large-controlnet-depth"}
 # Families whose default depth ControlNet does not fit beside the UNet on an 8 GB card: in
 # low-memory mode their adapter comes first. (SDXL: ControlNet 2.5 GB + UNet 5.1 GB in
 # fp16, both on the GPU at every step; the adapter is 0.15 GB and runs once.)

@@ -173,6 +173,23 @@ def test_a_flux_controlnet_folder_loads_as_the_file_does(store, generator, model
     assert from_folder.tobytes() == _rgba(_run(generator, [DEPTH], controls=_depth())).tobytes()
 
 
+def test_a_dev_controlnet_runs_beside_a_model_without_guidance_embedding(store, models_dir):
+    """FLUX.1-dev ControlNets are used with schnell too: the ControlNet keeps its own
+    guidance embedding (read from the file), the transformer has none."""
+    import json
+    import shutil
+
+    folder = models_dir / "schnell"
+    if not folder.is_dir():
+        shutil.copytree(store.resolve("tiny-flux").path, folder)
+        config = folder / "transformer" / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "guidance_embeds": False}))
+    schnell = DiffusionGenerator(store)
+    out = _rgba(_run(schnell, [DEPTH], model="schnell", guidance=0.0, controls=_depth()))
+    assert out.tobytes() != _rgba(_run(schnell, model="schnell", guidance=0.0)).tobytes()
+    store.use_default()
+
+
 def test_the_old_depth_form_runs_through_the_same_controlnet(generator):
     new = _rgba(_run(generator, [DEPTH], controls=_depth()))
     old = _rgba(_run(generator, [DEPTH], depth=DepthInput(upload=DEPTH.id, convention="normalized"),

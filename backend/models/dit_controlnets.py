@@ -62,8 +62,11 @@ def flux_controlnet_config(tensors: Mapping[str, torch.Tensor],
     a model of ``transformer_config``."""
     keys = list(tensors)
     config = {name: transformer_config[name] for name in SHARED_CONFIG}
+    # A ControlNet trained on FLUX.1-dev has dev's guidance embedding, also beside schnell.
     config.update(num_layers=_count(keys, "transformer_blocks"),
-                  num_single_layers=_count(keys, "single_transformer_blocks"))
+                  num_single_layers=_count(keys, "single_transformer_blocks"),
+                  guidance_embeds=any(k.startswith("time_text_embed.guidance_embedder.")
+                                      for k in keys))
     if "controlnet_mode_embedder.weight" in tensors:      # a union ControlNet: one mode per kind
         config["num_mode"] = tensors["controlnet_mode_embedder.weight"].shape[0]
     return config

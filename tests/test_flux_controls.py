@@ -358,3 +358,20 @@ def test_a_flux_job_with_a_control_and_a_lora_over_the_daemon(start_daemon, mode
                 kind="depth", image=wrong.id, model=SD3_CONTROLNET)]), [wrong], timeout=120)
         assert (err.value.code, err.value.field) == (ErrorCode.INVALID_FIELD,
                                                      "job.controls[0].model")
+
+
+def test_a_controlnet_of_every_block_counts_as_the_transformer_does():
+    """The FLOPs figure of a Flux ControlNet (benchmarks/controlnet_flops.py) on the
+    transformer benchmark's footing: one with all of FLUX.1-dev's blocks costs what the
+    transformer does plus its output projection per block (width x width on every image
+    token); its input projection of the control latents offsets the transformer's own
+    output projection."""
+    from benchmarks.controlnet_flops import controlnet_cost
+    from benchmarks.transformer_flops import step_cost
+
+    whole = step_cost("flux1-dev", 512)["tflop_per_step"]
+    same_blocks = controlnet_cost(19, 38, None, side=512)["tflop_per_step"]
+    tokens, width = (512 // 16) ** 2, 3072
+    outputs = 2 * tokens * width * width * (19 + 38) / 1e12
+    assert abs(same_blocks - whole - outputs) < 0.005 * whole
+    assert controlnet_cost(5, 10, 10, side=512)["tflop_per_step"] < 0.35 * whole

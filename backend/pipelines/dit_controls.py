@@ -101,7 +101,7 @@ def controlnet_job_context(pipe: DiffusionPipeline, plan: GenerationPlan) -> Ite
         return
     with contextlib.ExitStack() as stack:
         if isinstance(controlnet, SD3ControlNetModel):
-            devices = [pipe.device] if pipe.device.type == "cuda" else []
+            devices = [torch.cuda.current_device()] if pipe.device.type == "cuda" else []
             stack.enter_context(torch.random.fork_rng(devices=devices))
             torch.manual_seed(plan.seeds[0])
         stack.enter_context(_rolled_controlnet(controlnet, pipe, plan))

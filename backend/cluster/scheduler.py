@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import enum
 import hmac
 import logging
 import time
@@ -25,20 +24,12 @@ from protocol.messages import Cancelled, Error, GenerateRequest, JobStatus, Resu
 
 from .config import ClusterConfig
 from .fair_queue import FairQueue, WorkerView, choose_worker
-from ..jobs import OwnStatus
+from ..jobs import JobState as State, OwnStatus
 from .records import Delivery, JobTask, Refusal, Reply, WorkerReport
 
 log = logging.getLogger("atelier.cluster.scheduler")
 
 GATEWAY_STALE_S = 60.0     # a gateway that has not pulled for this long is gone: drop its events
-
-
-class State(enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
 
 
 @dataclass

@@ -213,7 +213,10 @@ def test_jobs_naming_two_models_land_on_the_replicas_holding_them(cluster):
 
 def test_one_clients_burst_does_not_starve_anothers_single_job(cluster):
     with connected(cluster.url) as burst, connected(cluster.url) as single:
-        refs = [burst.submit(GenerateRequest(**SMALL, seed=i)) for i in range(50)]
+        # Each burst job runs long enough (40 steps, ~0.5 s) that submitting all 50 cannot
+        # outlast the burst on a quiet machine; 3-step jobs were all done before the single.
+        refs = [burst.submit(GenerateRequest(**{**SMALL, "steps": 40}, seed=i))
+                for i in range(50)]
         accepted: dict[str, str] = {}
         burst_done: list[str] = []
 

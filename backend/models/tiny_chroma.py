@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
-from transformers import T5Config, T5EncoderModel
 
 from .tiny import SEED, TEXT_HIDDEN, _save_atomically
-from .tiny_flux import FLUX_LATENT_CHANNELS, flow_vae, t5_tokenizer
+from .tiny_flux import FLUX_LATENT_CHANNELS, flow_vae, t5_encoder, t5_tokenizer
 
 
 def build_tiny_chroma_model(dest: Path) -> Path:
@@ -26,10 +25,7 @@ def build_tiny_chroma_model(dest: Path) -> Path:
     def write(out: Path) -> None:
         torch.manual_seed(SEED + 30)
         tokenizer = t5_tokenizer(out / "tokenizer")
-        text_encoder = T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer), d_model=TEXT_HIDDEN, d_kv=8, d_ff=64, num_layers=2,
-            num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
-            decoder_start_token_id=0))
+        text_encoder = t5_encoder(len(tokenizer))
         transformer = ChromaTransformer2DModel(
             patch_size=1, in_channels=4 * FLUX_LATENT_CHANNELS, num_layers=1,
             num_single_layers=1, attention_head_dim=16, num_attention_heads=2,

@@ -29,6 +29,14 @@ T5_MAX_TOKENS = 32             # Flux pads T5 prompts to max_sequence_length (51
 VAE_SAMPLE_SIZE = 64           # the side the tiny model "was trained at" (native_side)
 
 
+def t5_encoder(vocab_size: int, width: int = TEXT_HIDDEN) -> T5EncoderModel:
+    """A two-layer T5 encoder over ``t5_tokenizer``'s vocabulary (Flux, SD3 and Chroma)."""
+    return T5EncoderModel(T5Config(
+        vocab_size=vocab_size, d_model=width, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0))
+
+
 def t5_tokenizer(dest: Path) -> T5TokenizerFast:
     """A T5-style tokenizer (Unigram, "▁" word starts, </s> appended) over a tiny vocabulary:
     whole words for ``_WORDS``, single letters and digits for the rest."""
@@ -69,10 +77,7 @@ def build_tiny_flux_model(dest: Path) -> Path:
         text_encoder = CLIPTextModel(_text_config(
             len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id))
         tokenizer_2 = t5_tokenizer(out / "tokenizer_2")
-        text_encoder_2 = T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer_2), d_model=TEXT_HIDDEN, d_kv=8, d_ff=64, num_layers=2,
-            num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
-            decoder_start_token_id=0))
+        text_encoder_2 = t5_encoder(len(tokenizer_2))
         transformer = FluxTransformer2DModel(
             patch_size=1, in_channels=4 * FLUX_LATENT_CHANNELS, num_layers=1,
             num_single_layers=1, attention_head_dim=16, num_attention_heads=2,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from transformers import CLIPTextModelWithProjection
 
 from .tiny import SEED, TEXT_HIDDEN, _save_atomically, _text_config, _write_tokenizer
-from .tiny_flux import t5_tokenizer, flow_vae
+from .tiny_flux import flow_vae, t5_encoder, t5_tokenizer
 
 SD3_VAE_SCALING = 1.5305       # SD3's VAE config
 SD3_VAE_SHIFT = 0.0609
@@ -35,10 +35,7 @@ def build_tiny_sd3_model(dest: Path) -> Path:
         text_encoder = CLIPTextModelWithProjection(_text_config(len(tokenizer), eos, bos))
         text_encoder_2 = CLIPTextModelWithProjection(_text_config(len(tokenizer_2), eos, bos))
         tokenizer_3 = t5_tokenizer(out / "tokenizer_3")
-        text_encoder_3 = T5EncoderModel(T5Config(
-            vocab_size=len(tokenizer_3), d_model=T5_WIDTH, d_kv=8, d_ff=64, num_layers=2,
-            num_heads=4, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
-            decoder_start_token_id=0))
+        text_encoder_3 = t5_encoder(len(tokenizer_3), T5_WIDTH)
         transformer = SD3Transformer2DModel(
             sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=1,
             attention_head_dim=8, num_attention_heads=4, joint_attention_dim=T5_WIDTH,

@@ -220,8 +220,11 @@ def test_one_clients_burst_does_not_starve_anothers_single_job(cluster):
         accepted: dict[str, str] = {}
         burst_done: list[str] = []
 
-        def drain() -> None:
-            while True:
+        def drain(budget_s: float = 0.2) -> None:
+            # Bounded: the burst's progress events never go quiet while it runs, so reading
+            # until a pause would wait out the whole burst.
+            deadline = time.monotonic() + budget_s
+            while time.monotonic() < deadline:
                 try:
                     event = burst.next_event(0.05)
                 except ClientError:

@@ -340,6 +340,7 @@ def upscale_stalls(ctx: Context) -> dict[str, Any]:
         out["krita_calls"] = {name: round(seconds, 3) for name, seconds in calls.items()}
         out["pump_parts"] = {name: round(seconds, 3) for name, seconds in parts.items()}
         out["slow_pumps"] = slow
+        out["landing"] = controller.last_landing
         out["extent"] = [doc.width(), doc.height()]
         out["layers"] = [n["name"] for n in _nodes(doc)]
         return out

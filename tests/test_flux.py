@@ -141,6 +141,12 @@ def test_single_transformer_files_are_listed_with_their_family(store, tmp_path):
 
 # ------------------------------------------------------------------ job kinds
 
+# the job tests every diffusion-transformer family shares (Chroma and Z-Image have the rest
+# of theirs in test_dit_families.py)
+EVERY_FAMILY = ("tiny-flux", "tiny-sd3", "tiny-chroma", "tiny-zimage")
+
+
+@pytest.mark.parametrize("model", EVERY_FAMILY)
 def test_txt2img_same_seed_same_bytes_other_seed_differs(generator, model):
     first, again, other = (_run(generator, model=model), _run(generator, model=model),
                            _run(generator, model=model, seed=8))
@@ -173,6 +179,7 @@ def test_img2img_starts_from_the_init_image(generator, model):
     assert np.abs(low[..., :3] - original).mean() < np.abs(full[..., :3] - original).mean()
 
 
+@pytest.mark.parametrize("model", EVERY_FAMILY)
 def test_inpaint_keeps_every_unmasked_pixel_byte_identical(generator, model):
     init = _upload_rgba(2)
     mask = np.zeros((SIZE, SIZE), np.uint8)

@@ -3,14 +3,8 @@
 Each case builds the add-on zip once, then starts Blender with a scenario from
 tests/host/blender/scenarios.py: install the zip through
 ``preferences.addon_install`` into a throwaway BLENDER_USER_SCRIPTS, enable it,
-run operators, assert on datablocks. Three Blenders:
-
-- ``blender-3.4``: Debian's ``blender`` binary (``--background --factory-startup``);
-- ``bpy-4.2``: the ``bpy`` 4.2 wheel in its own Python 3.11 venv; found through
-  ``ATELIER_BPY_PYTHON``, else ``.venv-bpy/bin/python`` in the repository (what
-  scripts/setup-bpy.sh makes), else ``/work/venv-bpy/bin/python``;
-- ``bpy-5.0``: the ``bpy`` 5.0 wheel (compositor as node groups), likewise through
-  ``ATELIER_BPY5_PYTHON``, else ``.venv-bpy5/bin/python``.
+run operators, assert on datablocks, in each Blender of benchmarks/blender_hosts.py
+(Debian's 3.4, the bpy 4.2 and 5.0 wheels).
 
 A missing Blender skips these tests on a workstation, and fails them under CI
 (environment variable ``CI`` set), where all three must be installed.
@@ -19,58 +13,37 @@ A missing Blender skips these tests on a workstation, and fails them under CI
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 import pytest
 
+from benchmarks.blender_hosts import (BPY_HOSTS, HOST_SCRIPTS, HOSTS, MissingHost, host_command,
+                                      host_env, run_in_host, window_command)
 from blender_addon import build
 
-REPO = Path(__file__).resolve().parents[1]
-SCENARIOS = REPO / "tests" / "host" / "blender" / "scenarios.py"
-WINDOW = REPO / "tests" / "host" / "blender" / "window.py"
-RUN_TIMEOUT = 300
+SCENARIOS = HOST_SCRIPTS / "scenarios.py"
+WINDOW = HOST_SCRIPTS / "window.py"
 NEEDS_DAEMON = ("generate", "render", "project", "depth_model", "cancel", "extension", "sizes",
                 "keep", "live", "upscale", "material", "asset_cancel")
 
 
-# The Pythons holding a bpy wheel, per host: the environment variable, then the venvs.
-BPY_PYTHONS = {
-    "bpy-4.2": ("ATELIER_BPY_PYTHON", REPO / ".venv-bpy" / "bin" / "python",
-                Path("/work/venv-bpy/bin/python")),
-    "bpy-5.0": ("ATELIER_BPY5_PYTHON", REPO / ".venv-bpy5" / "bin" / "python"),
-}
-BPY_HOSTS = tuple(BPY_PYTHONS)
-
-
-def _bpy_python(host: str) -> Optional[str]:
-    variable, *paths = BPY_PYTHONS[host]
-    for candidate in (os.environ.get(variable), *paths):
-        if candidate and Path(candidate).is_file():
-            return str(candidate)
-    return None
-
-
 def _host_command(host: str) -> list[str]:
     """The command that runs the scenario script in ``host``; fails or skips if it is missing."""
-    if host == "blender-3.4":
-        blender = shutil.which("blender")
-        if blender is not None:
-            return [blender, "--background", "--factory-startup", "--python-exit-code", "1",
-                    "--python", str(SCENARIOS)]
-        missing = "Debian's blender is not installed (apt-get install blender python3-numpy)"
-    else:
-        python = _bpy_python(host)
-        if python is not None:
-            return [python, str(SCENARIOS)]
-        variable = BPY_PYTHONS[host][0]
-        missing = (f"no Python with the {host} wheel (run scripts/setup-bpy.sh, or set "
-                   f"{variable})")
-    _missing(missing)
+    try:
+        return host_command(host, SCENARIOS)
+    except MissingHost as missing:
+        _missing(str(missing))
+
+
+def _window_command() -> list[str]:
+    try:
+        return window_command(WINDOW)
+    except MissingHost as missing:
+        _missing(str(missing))
 
 
 def _missing(what: str) -> NoReturn:
@@ -91,7 +64,7 @@ def _closed_port_url() -> str:
     return f"ws://127.0.0.1:{port}/"   # nothing listens once the socket is closed
 
 
-CASES = [(host, scenario) for host in ("blender-3.4", *BPY_HOSTS)
+CASES = [(host, scenario) for host in HOSTS
          for scenario in ("generate", "render", "project", "depth_model", "cancel", "no_daemon",
                           "ui", "sizes", "keep", "live", "upscale", "material",
                           "asset_cancel")
@@ -120,7 +93,7 @@ def _run_scenario(host: str, scenario: str, addon_zip: Path, tmp_path: Path, url
                     if line.startswith(("TIMING", "COVERAGE", "SEAMS", "RERUN", "MEASURE"))))
 
 
-@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+@pytest.mark.parametrize("host", HOSTS)
 def test_blender_pass_controls_and_reference(host: str, addon_zip: Path, tmp_path: Path,
                                              request: pytest.FixtureRequest) -> None:
     """Render to Image with the Depth, Normal and Line Art controls and a reference image:
@@ -131,7 +104,7 @@ def test_blender_pass_controls_and_reference(host: str, addon_zip: Path, tmp_pat
     _run_scenario(host, "controls", addon_zip, tmp_path, request.getfixturevalue("daemon").url)
 
 
-@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+@pytest.mark.parametrize("host", HOSTS)
 def test_blender_controls_survive_save_and_reopen(host: str, addon_zip: Path,
                                                   tmp_path: Path) -> None:
     """The Controls rows and the reference image come back with the .blend
@@ -139,7 +112,7 @@ def test_blender_controls_survive_save_and_reopen(host: str, addon_zip: Path,
     _run_scenario(host, "controls_saved", addon_zip, tmp_path, _closed_port_url())
 
 
-@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+@pytest.mark.parametrize("host", HOSTS)
 @pytest.mark.parametrize("scenario", ["views", "views_cancel"])
 def test_blender_texture_from_views(host: str, scenario: str, addon_zip: Path, tmp_path: Path,
                                     request: pytest.FixtureRequest) -> None:
@@ -152,7 +125,7 @@ def test_blender_texture_from_views(host: str, scenario: str, addon_zip: Path, t
         _exact_passes_reach_the_daemon(tmp_path)
 
 
-@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+@pytest.mark.parametrize("host", HOSTS)
 def test_blender_texture_from_views_settings_saved(host: str, addon_zip: Path,
                                                    tmp_path: Path) -> None:
     """Texture from Views' settings come back with the .blend (scenario_views_saved)."""
@@ -185,37 +158,6 @@ def _exact_passes_reach_the_daemon(folder: Path) -> None:
     assert np.abs(z - expected["depth"]).max() < 1e-3, (z, expected["depth"])
 
 
-@pytest.mark.skipif(not os.environ.get("ATELIER_VIEWS_MEASURE"),
-                    reason="figures, not a test: set ATELIER_VIEWS_MEASURE=1")
-@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
-def test_blender_texture_from_views_figures(host: str, addon_zip: Path, tmp_path: Path,
-                                            request: pytest.FixtureRequest) -> None:
-    """Texture from Views' figures (scenario_views_measure, run with -s): a 2k texture from
-    6 views; the longest step Blender's main thread is held for."""
-    url = request.getfixturevalue("daemon").url
-    proc = _run([*_host_command(host), "--", "--zip", str(addon_zip), "--url", url,
-                 "--scenario", "views_measure", "--install", "legacy"], tmp_path)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "SCENARIO views_measure PASSED" in output, output
-    print("\n".join(line for line in output.splitlines() if line.startswith("MEASURE")))
-
-
-@pytest.mark.skipif(not os.environ.get("ATELIER_VIEWS_MEASURE"),
-                    reason="figures, not a test: set ATELIER_VIEWS_MEASURE=1")
-def test_blender_window_texture_from_views_figures(addon_zip: Path, tmp_path: Path,
-                                                   daemon) -> None:
-    """Texture from Views clicked in Blender 3.4's window (window.py views_steps): how long
-    the main thread was held at a time, run on the add-on's own timer (run with -s)."""
-    blender, xvfb = shutil.which("blender"), shutil.which("xvfb-run")
-    if blender is None or xvfb is None:
-        _missing("blender and xvfb-run are needed (apt-get install blender xvfb)")
-    proc = _run([xvfb, "-a", blender, "--factory-startup", "--python", str(WINDOW), "--",
-                 "--zip", str(addon_zip), "--url", daemon.url, "--scenario", "views"], tmp_path)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "SCENARIO views PASSED" in output, output
-    print("\n".join(line for line in output.splitlines() if line.startswith("VIEWS WINDOW")))
-
-
 def test_blender_window_reports_and_timers(addon_zip: Path, tmp_path: Path, daemon) -> None:
     """Blender 3.4 with a window under Xvfb: buttons report the daemon's answers and results
     arrive through the add-on's own timer (no test pumping)."""
@@ -224,10 +166,7 @@ def test_blender_window_reports_and_timers(addon_zip: Path, tmp_path: Path, daem
 
 def _run_window(scenario: str, addon_zip: Path, tmp_path: Path, url: str) -> None:
     """Run a scenario of tests/host/blender/window.py in Blender 3.4 with a window."""
-    blender, xvfb = shutil.which("blender"), shutil.which("xvfb-run")
-    if blender is None or xvfb is None:
-        _missing("blender and xvfb-run are needed (apt-get install blender xvfb)")
-    proc = _run([xvfb, "-a", blender, "--factory-startup", "--python", str(WINDOW), "--",
+    proc = _run([*_window_command(), "--",
                  "--zip", str(addon_zip), "--url", url, "--scenario", scenario], tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{scenario} scenario failed (exit {proc.returncode}):\n{output}"
@@ -255,7 +194,7 @@ def test_blender_window_redraws_only_what_shows_progress(addon_zip: Path, tmp_pa
     _run_window("redraws", addon_zip, tmp_path, daemon.url)
 
 
-@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+@pytest.mark.parametrize("host", HOSTS)
 def test_blender_loras_reach_the_daemon(host: str, addon_zip: Path, tmp_path: Path,
                                         start_daemon, lora_models_dir: Path) -> None:
     """A Generate with one LoRA row and a sampler preset reaches a daemon that has the LoRA,
@@ -286,7 +225,7 @@ def upscaler_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+@pytest.mark.parametrize("host", HOSTS)
 def test_blender_upscaler_from_the_daemon(host: str, addon_zip: Path, tmp_path: Path,
                                           start_daemon, upscaler_models_dir: Path) -> None:
     """The Upscaler menu lists the daemon's upscaler after Lanczos; an Upscale with it runs,
@@ -297,7 +236,7 @@ def test_blender_upscaler_from_the_daemon(host: str, addon_zip: Path, tmp_path: 
     _run_scenario(host, "upscaler", addon_zip, tmp_path, daemon.url)
 
 
-@pytest.mark.parametrize("host", ["blender-3.4", *BPY_HOSTS])
+@pytest.mark.parametrize("host", HOSTS)
 def test_blender_daemon_goes_away_mid_job(host: str, addon_zip: Path, tmp_path: Path,
                                           start_daemon) -> None:
     """The daemon is stopped, killed and restarted, and killed, while Blender waits for jobs
@@ -311,7 +250,7 @@ def test_blender_daemon_goes_away_mid_job(host: str, addon_zip: Path, tmp_path: 
     with log.open("w") as out:
         proc = subprocess.Popen([*command, "--", "--zip", str(addon_zip), "--url", daemon.url,
                                  "--scenario", "daemon_goes_away"], cwd=tmp_path,
-                                env=_env(tmp_path, ATELIER_CUE_DIR=str(cues)),
+                                env=host_env(tmp_path, ATELIER_CUE_DIR=str(cues)),
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
     done: list[str] = []
     try:
@@ -341,17 +280,5 @@ def test_blender_daemon_goes_away_mid_job(host: str, addon_zip: Path, tmp_path: 
                                                          "kill"], done
 
 
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    # Everything Blender writes for a user stays in this test's folder.
-    env = {**os.environ, "ATELIER_SCENARIO_DIR": str(tmp_path),
-           "BLENDER_USER_RESOURCES": str(tmp_path / "user-resources"),
-           "BLENDER_USER_SCRIPTS": str(tmp_path / "user-scripts"),
-           "BLENDER_USER_CONFIG": str(tmp_path / "user-config"),
-           "BLENDER_USER_EXTENSIONS": str(tmp_path / "user-extensions"), **extra}
-    env.pop("PYTHONPATH", None)   # the add-on must work from its zip alone
-    return env
-
-
 def _run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-                          text=True, timeout=RUN_TIMEOUT)
+    return run_in_host(command, tmp_path)

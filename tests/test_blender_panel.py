@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
+from benchmarks.blender_hosts import (HOST_SCRIPTS, HOSTS, MissingHost, host_command,
+                                      run_in_host, window_command)
 from blender_addon import build, panel_view as view
 from protocol.messages import Limits
 
 REPO = Path(__file__).resolve().parents[1]
-HOST = REPO / "tests" / "host" / "blender"
-RUN_TIMEOUT = 300
 
 
 # ---------------------------------------------------------------- what the panel shows
@@ -207,13 +205,11 @@ def _missing(what: str) -> NoReturn:
     pytest.skip(what)
 
 
-def _bpy_python(host: str) -> str:
-    variable, venv = {"bpy-4.2": ("ATELIER_BPY_PYTHON", ".venv-bpy"),
-                      "bpy-5.0": ("ATELIER_BPY5_PYTHON", ".venv-bpy5")}[host]
-    for candidate in (os.environ.get(variable), REPO / venv / "bin" / "python"):
-        if candidate and Path(candidate).is_file():
-            return str(candidate)
-    _missing(f"no Python with the {host} wheel (scripts/setup-bpy.sh, or set {variable})")
+def _command(host: str, script: Path) -> list[str]:
+    try:
+        return host_command(host, script)
+    except MissingHost as missing:
+        _missing(str(missing))
 
 
 @pytest.fixture(scope="module")
@@ -222,27 +218,15 @@ def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(command: list[str], tmp_path: Path) -> str:
-    env = {**os.environ, "BLENDER_USER_SCRIPTS": str(tmp_path / "user-scripts"),
-           "BLENDER_USER_CONFIG": str(tmp_path / "user-config"),
-           "BLENDER_USER_RESOURCES": str(tmp_path / "user-resources"),
-           "BLENDER_USER_EXTENSIONS": str(tmp_path / "user-extensions")}
-    env.pop("PYTHONPATH", None)   # the add-on must work from its zip alone
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT)
+    proc = run_in_host(command, tmp_path)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"exit {proc.returncode}:\n{output}"
     return output
 
 
-@pytest.mark.parametrize("host", ["blender-3.4", "bpy-4.2", "bpy-5.0"])
+@pytest.mark.parametrize("host", HOSTS)
 def test_panels_as_blender_registers_them(host: str, addon_zip: Path, tmp_path: Path):
-    script = str(HOST / "panel_checks.py")
-    if host == "blender-3.4":
-        blender = shutil.which("blender") or _missing("Debian's blender is not installed")
-        command = [blender, "--background", "--factory-startup", "--python-exit-code", "1",
-                   "--python", script]
-    else:
-        command = [_bpy_python(host), script]
+    command = _command(host, HOST_SCRIPTS / "panel_checks.py")
     output = _run([*command, "--", "--zip", str(addon_zip)], tmp_path)
     assert "PANEL CHECKS PASSED" in output, output
 
@@ -251,11 +235,13 @@ def test_every_panel_draws_in_a_window(addon_zip: Path, tmp_path: Path):
     """Blender 3.4 with a window under Xvfb: the Atelier panel and all its sub-panels, opened,
     in the 3D Viewport and the Image Editor, draw without an error (the bpy wheels cannot
     open a window)."""
-    blender, xvfb = shutil.which("blender"), shutil.which("xvfb-run")
-    if blender is None or xvfb is None:
-        _missing("blender and xvfb-run are needed (apt-get install blender xvfb)")
-    output = _run([xvfb, "-a", "-s", "-screen 0 1280x1200x24", blender, "--factory-startup",
-                   "--enable-event-simulate", "--window-geometry", "0", "0", "1280", "1200",
-                   "--python", str(HOST / "panel_window.py"), "--", "--zip", str(addon_zip),
+    try:
+        command = window_command(
+            HOST_SCRIPTS / "panel_window.py", xvfb_args=("-s", "-screen 0 1280x1200x24"),
+            blender_args=("--enable-event-simulate", "--window-geometry", "0", "0", "1280",
+                          "1200"))
+    except MissingHost as missing:
+        _missing(str(missing))
+    output = _run([*command, "--", "--zip", str(addon_zip),
                    "--mode", "check"], tmp_path)
     assert "PANEL WINDOW check PASSED" in output, output

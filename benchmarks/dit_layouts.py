@@ -28,7 +28,11 @@ LAYOUTS = [("tiny-flux", "diffusers folder", "tiny-flux"),
            ("tiny-flux", "whole checkpoint", "checkpoints/flux-all-in-one.safetensors"),
            ("tiny-flux", "split, fp8 (transformer, T5)", "unet/flux-fp8.safetensors"),
            ("tiny-sd3", "diffusers folder", "tiny-sd3"),
-           ("tiny-sd3", "split, diffusers names", "diffusion_models/sd3.safetensors")]
+           ("tiny-sd3", "split, diffusers names", "diffusion_models/sd3.safetensors"),
+           ("tiny-chroma", "diffusers folder", "tiny-chroma"),
+           ("tiny-chroma", "split, original names", "diffusion_models/chroma.safetensors"),
+           ("tiny-chroma", "split, GGUF Q8_0", "unet/chroma-Q8_0.gguf")]
+FOLDERS = {"tiny-sd3": "sd3", "tiny-chroma": "chroma"}     # else flux (or flux-fp8)
 
 _CHILD = r"""
 import json, sys, time
@@ -60,8 +64,9 @@ print(json.dumps({"load_s": load_s, "load_peak_mb": (after_load - before) / 1024
 
 
 def build_files(home: Path, models: Path) -> None:
-    """The tiny models' split files and GGUF in ``models/flux`` and ``models/sd3``: one
-    ComfyUI models folder per family, since their tiny text encoders share file names."""
+    """The tiny models' split files and GGUF in ``models/flux``, ``models/sd3`` and
+    ``models/chroma``: one ComfyUI models folder per family, since their tiny text encoders
+    share file names."""
     from backend.models import families
     from backend.models.sources import ensure_tiny
     import torch
@@ -87,12 +92,17 @@ def build_files(home: Path, models: Path) -> None:
                    for k, v in load_file(str(file)).items()}, str(file))
     export_transformer(sd3, families.SD3, models / "sd3" / "diffusion_models" / "sd3.safetensors")
     export_parts(sd3, families.SD3, models / "sd3")
+    chroma = ensure_tiny("tiny-chroma", home / "models")
+    export_transformer(chroma, families.CHROMA,
+                       models / "chroma" / "diffusion_models" / "chroma.safetensors", "original")
+    export_gguf(chroma, families.CHROMA, models / "chroma" / "unet" / "chroma-Q8_0.gguf")
+    export_parts(chroma, families.CHROMA, models / "chroma")
 
 
 def measure(home: Path, models: Path) -> list[dict]:
     rows = []
     for tiny, layout, name in LAYOUTS:
-        folder = models / ("sd3" if tiny == "tiny-sd3" else "flux-fp8" if "fp8" in layout else "flux")
+        folder = models / FOLDERS.get(tiny, "flux-fp8" if "fp8" in layout else "flux")
         out = subprocess.run([sys.executable, "-c", _CHILD, str(home), str(folder), name],
                              cwd=REPO, capture_output=True, text=True, check=True)
         figures = json.loads(out.stdout.strip().splitlines()[-1])
@@ -109,7 +119,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         build_files(home, models)
         rows = measure(home, models)
     for row in rows:
-        print(f"  {row['model']:10s} {row['layout']:30s} load {row['load_s']:.2f} s "
+        print(f"  {row['model']:11s} {row['layout']:30s} load {row['load_s']:.2f} s "
               f"(+{row['load_peak_mb']:.0f} MB peak)  job {row['job_s']:.2f} s "
               f"(+{row['job_peak_mb']:.0f} MB peak)")
     if args.json:

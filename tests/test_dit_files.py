@@ -1,4 +1,4 @@
-"""Flux.1 and SD3 as ComfyUI users keep them (dit_files.py): a transformer-only file in
+"""Flux.1, Chroma and SD3 as ComfyUI users keep them (dit_files.py): a transformer-only file in
 ``models/unet`` or ``models/diffusion_models`` (diffusers' or the original tensor names),
 text encoders in ``models/text_encoders``, the VAE in ``models/vae``. The files are the
 tiny models' own weights exported by ``tiny_dit_files.py`` and loaded through the same
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
-from diffusers.loaders.single_file_utils import (convert_flux_transformer_checkpoint_to_diffusers,
+from diffusers import ChromaTransformer2DModel, FluxTransformer2DModel, SD3Transformer2DModel
+from diffusers.loaders.single_file_utils import (convert_chroma_transformer_checkpoint_to_diffusers,
+                                                 convert_flux_transformer_checkpoint_to_diffusers,
                                                  convert_sd3_transformer_checkpoint_to_diffusers)
 from safetensors.torch import load_file
 
@@ -37,19 +38,24 @@ JOB = dict(prompt="a red stone wall", width=64, height=64, steps=2, guidance=3.5
 LAYOUTS = [("tiny-flux", "unet/flux-tiny.safetensors", "diffusers"),
            ("tiny-flux", "diffusion_models/flux-tiny-bfl.safetensors", "original"),
            ("tiny-sd3", "diffusion_models/sd3-tiny.safetensors", "diffusers"),
-           ("tiny-sd3", "unet/sd3-tiny-sai.safetensors", "original")]
+           ("tiny-sd3", "unet/sd3-tiny-sai.safetensors", "original"),
+           ("tiny-chroma", "unet/chroma-tiny.safetensors", "diffusers"),
+           ("tiny-chroma", "diffusion_models/chroma-tiny-original.safetensors", "original")]
+FAMILY = {"tiny-flux": families.FLUX, "tiny-sd3": families.SD3, "tiny-chroma": families.CHROMA}
 # city96's layout: the original names, Q8_0 weights
-GGUF = {"tiny-flux": "unet/flux-tiny-Q8_0.gguf", "tiny-sd3": "unet/sd3-tiny-Q8_0.gguf"}
+GGUF = {"tiny-flux": "unet/flux-tiny-Q8_0.gguf", "tiny-sd3": "unet/sd3-tiny-Q8_0.gguf",
+        "tiny-chroma": "unet/chroma-tiny-Q8_0.gguf"}
 COMPONENTS = {families.FLUX: ("transformer", "vae", "text_encoder", "text_encoder_2"),
               families.SD3: ("transformer", "vae", "text_encoder", "text_encoder_2",
-                             "text_encoder_3")}
+                             "text_encoder_3"),
+              families.CHROMA: ("transformer", "vae", "text_encoder")}
 
 
 @pytest.fixture(scope="module")
 def comfy(atelier_home: Path, tmp_path_factory) -> dict[str, Path]:
     """One ComfyUI models folder per family, built once: tiny name -> models folder."""
     folders = {}
-    for tiny, family in (("tiny-flux", families.FLUX), ("tiny-sd3", families.SD3)):
+    for tiny, family in FAMILY.items():
         models = tmp_path_factory.mktemp(f"comfy-{tiny}") / "models"
         source = ensure_tiny(tiny, atelier_home / "models")
         for name, file, naming in LAYOUTS:
@@ -81,7 +87,10 @@ def _pixels(generator: DiffusionGenerator, **job) -> bytes:
     (families.SD3, "tiny-sd3", lambda: SD3Transformer2DModel(
         num_layers=2, num_attention_heads=24, caption_projection_dim=1536,
         qk_norm="rms_norm", dual_attention_layers=(0,), pos_embed_max_size=96),
-     convert_sd3_transformer_checkpoint_to_diffusers)])
+     convert_sd3_transformer_checkpoint_to_diffusers),
+    (families.CHROMA, "tiny-chroma", lambda: ChromaTransformer2DModel(
+        num_layers=1, num_single_layers=1, approximator_layers=2),
+     convert_chroma_transformer_checkpoint_to_diffusers)])
 def test_original_names_round_trip_and_agree_with_diffusers_converters(
         atelier_home, family, tiny, full, converter):
     folder = ensure_tiny(tiny, atelier_home / "models")
@@ -106,7 +115,8 @@ def test_original_names_round_trip_and_agree_with_diffusers_converters(
     ("flux_schnell", FluxTransformer2DModel, (11.8, 12.0)),
     ("sd3_medium", SD3Transformer2DModel, (2.0, 2.1)),
     ("sd35_medium", SD3Transformer2DModel, (2.2, 2.5)),
-    ("sd35_large", SD3Transformer2DModel, (8.0, 8.2))])
+    ("sd35_large", SD3Transformer2DModel, (8.0, 8.2)),
+    ("chroma", ChromaTransformer2DModel, (8.8, 9.0))])
 def test_full_size_transformer_files_pick_their_shipped_config(variant, cls, billions, tmp_path):
     """A header shaped like each published transformer (built on the meta device from the
     shipped config, with the published parameter count) picks that config, in diffusers'
@@ -117,7 +127,8 @@ def test_full_size_transformer_files_pick_their_shipped_config(variant, cls, bil
     low, high = billions
     assert low < sum(p.numel() for p in model.parameters()) / 1e9 < high
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    family = families.FLUX if cls is FluxTransformer2DModel else families.SD3
+    family = {FluxTransformer2DModel: families.FLUX, SD3Transformer2DModel: families.SD3,
+              ChromaTransformer2DModel: families.CHROMA}[cls]
     headers = [shapes, {k: tuple(v.shape) for k, v in
                         dit_keys.to_original(family, model.state_dict()).items()}]
     for header in headers:
@@ -147,7 +158,7 @@ def test_split_files_load_listed_with_their_family_and_run_like_the_folder(
         atelier_home, comfy, tiny, name, naming):
     store = _store(atelier_home, comfy[tiny])
     listed = {info.name: (info.family, info.kind) for info in store.available()}
-    family = families.FLUX if tiny == "tiny-flux" else families.SD3
+    family = FAMILY[tiny]
     assert listed[name] == (family, "checkpoint")
     # the text encoders and the VAE are parts, not models a job could name
     assert not [n for n in listed if n.startswith(("text_encoders/", "vae/"))]
@@ -205,12 +216,13 @@ def test_clip_l_and_clip_g_of_the_same_shape_are_told_apart_by_name(atelier_home
 
 @pytest.mark.parametrize("tiny, embedded", [
     ("tiny-flux", ("clip_l", "t5xxl", "vae")),     # everything in one file
-    ("tiny-sd3", ("clip_l", "clip_g", "vae"))])    # SD3.5's files without T5: it is beside
+    ("tiny-sd3", ("clip_l", "clip_g", "vae")),     # SD3.5's files without T5: it is beside
+    ("tiny-chroma", ("t5xxl", "vae"))])
 def test_whole_checkpoints_load_with_what_they_hold_and_find_the_rest(
         atelier_home, comfy, tmp_path, tiny, embedded):
     from backend.models.tiny_dit_files import export_checkpoint
 
-    family = families.FLUX if tiny == "tiny-flux" else families.SD3
+    family = FAMILY[tiny]
     models = tmp_path / "models"
     source = ensure_tiny(tiny, atelier_home / "models")
     export_checkpoint(source, family, models / "checkpoints" / "all-in-one.safetensors", embedded)
@@ -308,14 +320,15 @@ def test_a_daemon_serves_a_split_flux_file_with_a_text_encoder_named_on_its_comm
 
 # ------------------------------------------------------------------ GGUF
 
-@pytest.mark.parametrize("tiny", ["tiny-flux", "tiny-sd3"])
+@pytest.mark.parametrize("tiny", sorted(GGUF))
 def test_a_gguf_transformer_loads_quantized_and_its_jobs_reproduce(atelier_home, comfy, tiny):
-    """Flux through our converter, SD3 through diffusers' (on quantized rows both)."""
+    """Flux and Chroma through our converter, SD3 through diffusers' (on quantized rows
+    all)."""
     from diffusers.quantizers.gguf.utils import GGUFParameter
     from gguf import GGMLQuantizationType
 
     name = GGUF[tiny]
-    family = families.FLUX if tiny == "tiny-flux" else families.SD3
+    family = FAMILY[tiny]
     store = _store(atelier_home, comfy[tiny])
     assert {i.name: i.family for i in store.available()}[name] == family
     generator = DiffusionGenerator(store)

@@ -1,4 +1,4 @@
-"""Flux.1 and SD3/SD3.5 as ComfyUI keeps them: the transformer alone in one
+"""Flux.1, Chroma and SD3/SD3.5 as ComfyUI keeps them: the transformer alone in one
 ``.safetensors`` or GGUF file (``models/unet`` or ``models/diffusion_models``; diffusers'
 tensor names or the original Black Forest Labs / Stability ones), with its text encoders
 and VAE as files of their own (dit_parts.py finds them); or a whole checkpoint holding some
@@ -6,7 +6,7 @@ or all of them. Files stored in fp8 (the transformer or the text encoders) stay 
 memory (fp8_storage.py).
 
 Configs come from the folders shipped in ``configs/`` (chosen from the transformer's
-shapes: Flux.1-dev or -schnell, SD3 medium, SD3.5 medium or large), or from the tiny
+shapes: Flux.1-dev or -schnell, Chroma, SD3 medium, SD3.5 medium or large), or from the tiny
 model's own folder for a file exported from a tiny model; nothing is fetched. The T5 and
 CLIP tokenizer vocabularies are not shipped; they are looked for as ``single_file.py``
 looks for CLIP's.
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-from diffusers import (AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler,
-                       FluxTransformer2DModel, SD3Transformer2DModel)
+from diffusers import (AutoencoderKL, ChromaTransformer2DModel, DiffusionPipeline,
+                       FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel,
+                       SD3Transformer2DModel)
 from safetensors import safe_open
 from transformers import CLIPTokenizer, PreTrainedModel, T5EncoderModel, T5TokenizerFast
 
@@ -48,7 +49,11 @@ T5_TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
 # ComfyUI ships the tokenizers of its text encoders inside its own code, beside its models
 # folder: a ComfyUI user has them without fetching anything.
 COMFY_TOKENIZERS = {"t5": "comfy/text_encoders/t5_tokenizer", "clip": "comfy/sd1_tokenizer"}
-TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.SD3: SD3Transformer2DModel}
+TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.SD3: SD3Transformer2DModel,
+                       families.CHROMA: ChromaTransformer2DModel}
+# Flux's layout (and its converter's fixed width, which dit_keys.py works around)
+FLUX_LAYOUT = (families.FLUX, families.CHROMA)
+TINY_MODELS = {families.FLUX: "tiny-flux", families.SD3: "tiny-sd3", families.CHROMA: "tiny-chroma"}
 
 
 # ------------------------------------------------------------------ what a file holds
@@ -66,8 +71,8 @@ def file_family(path: Path) -> str:
 
 
 def transformer_width(family: str, header: TensorHeader) -> Optional[int]:
-    """The hidden width of a Flux or SD3 transformer file, in either naming."""
-    names = (("img_in.weight", "x_embedder.weight") if family == families.FLUX else
+    """The hidden width of a Flux, Chroma or SD3 transformer file, in either naming."""
+    names = (("img_in.weight", "x_embedder.weight") if family in FLUX_LAYOUT else
              ("x_embedder.proj.weight", "pos_embed.proj.weight"))
     shape = shape_of(header, *names)
     return shape[0] if shape else None
@@ -85,6 +90,8 @@ def _count(header: TensorHeader, *prefixes: str) -> int:
 
 def shipped_variant(family: str, header: TensorHeader) -> str:
     """The shipped config folder a full-size transformer file matches."""
+    if family == families.CHROMA:
+        return "chroma"
     if family == families.FLUX:
         guided = any("guidance_in." in k or "guidance_embedder." in k for k in header.shapes)
         return "flux_dev" if guided else "flux_schnell"
@@ -108,7 +115,7 @@ def config_folder(path: Path, family: str, header: TensorHeader,
     shipped = CONFIGS / shipped_variant(family, header)
     if width == _config_width(shipped):
         return shipped
-    tiny = tiny_folder({families.FLUX: "tiny-flux", families.SD3: "tiny-sd3"}[family])
+    tiny = tiny_folder(TINY_MODELS[family])
     if width == _config_width(tiny):
         return tiny
     raise ProtocolError(
@@ -223,8 +230,9 @@ def _load_transformer(source: PartFile, family: str, config: Path,
     ``dtype`` as they run)."""
     gguf = is_gguf(source.path)
     state = load_gguf_state(source.path) if gguf else read_tensors(source)
-    if family == families.FLUX and dit_keys.is_original(list(state)):
-        # diffusers' own Flux converter assumes full width; SD3's reads it from the tensors.
+    if family in FLUX_LAYOUT and dit_keys.is_original(list(state)):
+        # diffusers' own Flux and Chroma converters assume full width; SD3's reads it from
+        # the tensors.
         state = dit_keys.to_diffusers(family, state)   # quantized rows split and join as they are
     extra = {"quantization_config": quantization(dtype)} if gguf else {}
     return TRANSFORMER_CLASSES[family].from_single_file(

@@ -1,11 +1,11 @@
-"""Diffusion-transformer tensor names: the original layouts (Black Forest Labs' Flux.1
-and Stability's SD3/SD3.5, the files ComfyUI keeps in ``models/unet``) and diffusers'
-``FluxTransformer2DModel`` / ``SD3Transformer2DModel`` layouts, both ways, from one table
-per family.
+"""Diffusion-transformer tensor names: the original layouts (Black Forest Labs' Flux.1,
+Lodestone Rabbits' Chroma and Stability's SD3/SD3.5, the files ComfyUI keeps in
+``models/unet``) and diffusers' ``FluxTransformer2DModel`` / ``ChromaTransformer2DModel`` /
+``SD3Transformer2DModel`` layouts, both ways, from one table per family.
 
-diffusers' own Flux converter splits the single blocks' fused projection at a hard-coded
-width of 3072 (full-size Flux), so a narrower transformer cannot go through it; this one
-reads the width from ``img_in.weight``, and loads Flux files. SD3 files load through
+diffusers' own Flux and Chroma converters split the single blocks' fused projection at a
+hard-coded width of 3072 (full size), so a narrower transformer cannot go through them;
+this one reads the width from ``img_in.weight``, and loads Flux and Chroma files. SD3 files load through
 diffusers' converter (it reads every width from the tensors); its table here writes the
 tiny SD3 in the original names for the tests. Where the layouts differ beyond a name: q, k
 and v are fused into one ``qkv`` tensor, Flux's single blocks fuse q, k, v and the MLP's
@@ -21,7 +21,7 @@ from typing import Iterator, Literal, Mapping
 
 import torch
 
-from .families import FLUX
+from .families import CHROMA, FLUX
 
 PREFIX = "model.diffusion_model."       # whole checkpoints nest the transformer under this
 Fuse = Literal["same", "qkv", "linear1", "swap"]
@@ -45,9 +45,12 @@ def _split(original: str, diffusers: tuple[str, ...], fuse: Fuse) -> Iterator[Ru
         yield Rule(f"{original}.{param}", tuple(f"{d}.{param}" for d in diffusers), fuse)
 
 
-def flux_rules(double_blocks: int, single_blocks: int, guidance: bool) -> Iterator[Rule]:
-    """Every tensor of a Flux transformer with these block counts."""
-    embedders = {"time_in": "timestep_embedder", "vector_in": "text_embedder"}
+def flux_rules(double_blocks: int, single_blocks: int, guidance: bool,
+               modulated: bool = True) -> Iterator[Rule]:
+    """Every tensor of a Flux transformer with these block counts; not ``modulated``: the
+    blocks of a Chroma transformer, whose modulation (and embedders) are one network of
+    their own (chroma_rules)."""
+    embedders = {"time_in": "timestep_embedder", "vector_in": "text_embedder"} if modulated else {}
     if guidance:
         embedders["guidance_in"] = "guidance_embedder"
     for original, diffusers in embedders.items():
@@ -57,8 +60,9 @@ def flux_rules(double_blocks: int, single_blocks: int, guidance: bool) -> Iterat
     yield from _pair("img_in", "x_embedder")
     for i in range(double_blocks):
         o, d = f"double_blocks.{i}.", f"transformer_blocks.{i}."
-        yield from _pair(o + "img_mod.lin", d + "norm1.linear")
-        yield from _pair(o + "txt_mod.lin", d + "norm1_context.linear")
+        if modulated:
+            yield from _pair(o + "img_mod.lin", d + "norm1.linear")
+            yield from _pair(o + "txt_mod.lin", d + "norm1_context.linear")
         yield from _split(o + "img_attn.qkv", (d + "attn.to_q", d + "attn.to_k", d + "attn.to_v"), "qkv")
         yield from _split(o + "txt_attn.qkv", (d + "attn.add_q_proj", d + "attn.add_k_proj",
                                                d + "attn.add_v_proj"), "qkv")
@@ -73,14 +77,31 @@ def flux_rules(double_blocks: int, single_blocks: int, guidance: bool) -> Iterat
         yield from _pair(o + "txt_attn.proj", d + "attn.to_add_out")
     for i in range(single_blocks):
         o, d = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
-        yield from _pair(o + "modulation.lin", d + "norm.linear")
+        if modulated:
+            yield from _pair(o + "modulation.lin", d + "norm.linear")
         yield from _split(o + "linear1", (d + "attn.to_q", d + "attn.to_k", d + "attn.to_v",
                                           d + "proj_mlp"), "linear1")
         yield Rule(o + "norm.query_norm.scale", (d + "attn.norm_q.weight",))
         yield Rule(o + "norm.key_norm.scale", (d + "attn.norm_k.weight",))
         yield from _pair(o + "linear2", d + "proj_out")
     yield from _pair("final_layer.linear", "proj_out")
-    yield from _pair("final_layer.adaLN_modulation.1", "norm_out.linear", "swap")
+    if modulated:
+        yield from _pair("final_layer.adaLN_modulation.1", "norm_out.linear", "swap")
+
+
+def chroma_rules(double_blocks: int, single_blocks: int, approximator_layers: int
+                 ) -> Iterator[Rule]:
+    """Every tensor of a Chroma transformer: Flux's blocks without their modulation, and
+    the approximator (``distilled_guidance_layer``) that makes it for every block."""
+    approximator = "distilled_guidance_layer."
+    yield from _pair(approximator + "in_proj", approximator + "in_proj")
+    for i in range(approximator_layers):
+        layer = f"{approximator}layers.{i}."
+        yield from _pair(layer + "in_layer", layer + "linear_1")
+        yield from _pair(layer + "out_layer", layer + "linear_2")
+        yield Rule(f"{approximator}norms.{i}.scale", (f"{approximator}norms.{i}.weight",))
+    yield from _pair(approximator + "out_proj", approximator + "out_proj")
+    yield from flux_rules(double_blocks, single_blocks, guidance=False, modulated=False)
 
 
 def sd3_rules(blocks: int, dual_attention: tuple[int, ...], qk_norm: bool) -> Iterator[Rule]:
@@ -138,6 +159,11 @@ def _numbers(keys: list[str], prefix: str, part: str) -> tuple[int, ...]:
 
 def _rules(family: str, keys: list[str], original: bool) -> Iterator[Rule]:
     """The table of a transformer of ``family`` with the blocks ``keys`` name."""
+    if family == CHROMA:
+        double, single = (("double_blocks.", "single_blocks.") if original else
+                          ("transformer_blocks.", "single_transformer_blocks."))
+        return chroma_rules(_blocks(keys, double), _blocks(keys, single),
+                            _blocks(keys, "distilled_guidance_layer.layers."))
     if family == FLUX:
         if original:
             return flux_rules(_blocks(keys, "double_blocks."), _blocks(keys, "single_blocks."),
@@ -163,7 +189,7 @@ def to_diffusers(family: str, original: Mapping[str, torch.Tensor]) -> dict[str,
     """Diffusers' names for an original-layout transformer (``model.diffusion_model.``
     prefix or none); KeyError naming a tensor the file lacks."""
     state = {k.removeprefix(PREFIX): v for k, v in original.items()}
-    width = state["img_in.weight"].shape[0] if family == FLUX else 0
+    width = state["img_in.weight"].shape[0] if family in (FLUX, CHROMA) else 0
     out: dict[str, torch.Tensor] = {}
     for rule in _rules(family, list(state), original=True):
         tensor = state[rule.original]

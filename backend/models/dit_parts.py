@@ -1,7 +1,8 @@
-"""The parts of a Flux.1 or SD3/SD3.5 model that ComfyUI users keep as files of their
-own beside the transformer: the text encoders (``clip_l``, ``t5xxl``, and for SD3
-``clip_g``) in ``models/text_encoders`` or ``models/clip``, the VAE (Flux's
-``ae.safetensors``) in ``models/vae``; and where they are found for a transformer file.
+"""The parts of a Flux.1, Chroma or SD3/SD3.5 model that ComfyUI users keep as files of
+their own beside the transformer: the text encoders (``t5xxl``; for Flux and SD3 ``clip_l``
+too, for SD3 ``clip_g``) in ``models/text_encoders`` or ``models/clip``, the VAE
+(Flux's ``ae.safetensors``, Chroma's too) in ``models/vae``; and where they are found for a
+transformer file.
 
 Each is recognised from its tensor names and width, never from its file name alone; the
 name only breaks a tie (``clip_l`` and ``clip_g`` have the same tensor names, and the tiny
@@ -59,6 +60,10 @@ PARTS: dict[str, tuple[Part, ...]] = {
         Part("t5xxl", "text_encoder_3", "T5-XXL text encoder", model_class=T5EncoderModel,
              tokenizer="tokenizer_3", **_ENCODER),
         Part("vae", "vae", "SD3 VAE", VAE_FOLDERS, AutoencoderKL)),
+    families.CHROMA: (      # Flux's T5 and VAE files, without CLIP
+        Part("t5xxl", "text_encoder", "T5-XXL text encoder", model_class=T5EncoderModel,
+             tokenizer="tokenizer", **_ENCODER),
+        Part("vae", "vae", "Flux VAE (ae.safetensors)", VAE_FOLDERS, AutoencoderKL)),
 }
 
 def shape_of(header: TensorHeader, *names: str) -> Optional[tuple[int, ...]]:

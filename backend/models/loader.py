@@ -73,7 +73,8 @@ def prepare_pipeline(source: ModelSource, dtype: torch.dtype, home: Path, hf_cac
     ComfyUI folders beside it and in ``search_dirs``, inside ``roots`` (dit_files.py)."""
     family = file_family(source.path) if source.kind == "single_file" else None
     if family is not None and families.is_transformer(family) and family not in TRANSFORMER_CLASSES:
-        # Chroma, Z-Image: no shipped configs or key conversion for their single files yet.
+        # Z-Image: no shipped configs, Qwen3 encoder file or key conversion for its single
+        # files yet.
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             f"{source.path.name} holds a {family} transformer; {family} models "
                             f"load from a diffusers folder (with model_index.json), not yet "

@@ -1,10 +1,10 @@
-"""Export a tiny Flux or SD3 model (tiny_flux.py, tiny_sd3.py) as the split files a
-ComfyUI user keeps: the transformer alone in ``unet/`` (diffusers' tensor names) or in
-``diffusion_models/`` (Black Forest Labs' or Stability's original names), the text encoders
-in ``text_encoders/`` with transformers' names as ComfyUI's ``clip_l``/``clip_g``/``t5xxl``
-files carry them, and the VAE in ``vae/`` (for Flux as ``ae.safetensors`` in the original
-LDM names, for SD3 with diffusers' names). So the split-file loader (dit_files.py) is
-tested on real files of both layouts.
+"""Export a tiny Flux, Chroma or SD3 model (tiny_flux.py, tiny_chroma.py, tiny_sd3.py) as
+the split files a ComfyUI user keeps: the transformer alone in ``unet/`` (diffusers' tensor
+names) or in ``diffusion_models/`` (the original names: Black Forest Labs', Lodestone
+Rabbits' or Stability's), the text encoders in ``text_encoders/`` with transformers' names
+as ComfyUI's ``clip_l``/``clip_g``/``t5xxl`` files carry them, and the VAE in ``vae/`` (for
+Flux and Chroma as ``ae.safetensors`` in the original LDM names, for SD3 with diffusers'
+names). So the split-file loader (dit_files.py) is tested on real files of both layouts.
 """
 
 from __future__ import annotations
@@ -55,10 +55,11 @@ def export_parts(folder: Path, family: str, models: Path) -> dict[str, Path]:
         weights = sorted((folder / part.component).glob("*.safetensors"))[0]
         state = load_file(str(weights))
         if part.role == "vae":
-            if family == families.FLUX:
+            flux_vae = family in (families.FLUX, families.CHROMA)
+            if flux_vae:
                 config = json.loads((folder / "vae" / "config.json").read_text("utf-8"))
                 state = _ldm_vae(state, len(config["block_out_channels"]))
-            dest = models / "vae" / ("ae.safetensors" if family == families.FLUX else "sd3_vae.safetensors")
+            dest = models / "vae" / ("ae.safetensors" if flux_vae else "sd3_vae.safetensors")
         else:
             if part.role.startswith("clip"):
                 state = {k if k.startswith("text_model.") else f"text_model.{k}": v

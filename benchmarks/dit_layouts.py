@@ -31,8 +31,11 @@ LAYOUTS = [("tiny-flux", "diffusers folder", "tiny-flux"),
            ("tiny-sd3", "split, diffusers names", "diffusion_models/sd3.safetensors"),
            ("tiny-chroma", "diffusers folder", "tiny-chroma"),
            ("tiny-chroma", "split, original names", "diffusion_models/chroma.safetensors"),
-           ("tiny-chroma", "split, GGUF Q8_0", "unet/chroma-Q8_0.gguf")]
-FOLDERS = {"tiny-sd3": "sd3", "tiny-chroma": "chroma"}     # else flux (or flux-fp8)
+           ("tiny-chroma", "split, GGUF Q8_0", "unet/chroma-Q8_0.gguf"),
+           ("tiny-zimage", "diffusers folder", "tiny-zimage"),
+           ("tiny-zimage", "split, original names", "diffusion_models/zimage.safetensors"),
+           ("tiny-zimage", "split, GGUF Q8_0", "unet/zimage-Q8_0.gguf")]
+FOLDERS = {"tiny-sd3": "sd3", "tiny-chroma": "chroma", "tiny-zimage": "zimage"}  # else flux(-fp8)
 
 _CHILD = r"""
 import json, sys, time
@@ -64,9 +67,9 @@ print(json.dumps({"load_s": load_s, "load_peak_mb": (after_load - before) / 1024
 
 
 def build_files(home: Path, models: Path) -> None:
-    """The tiny models' split files and GGUF in ``models/flux``, ``models/sd3`` and
-    ``models/chroma``: one ComfyUI models folder per family, since their tiny text encoders
-    share file names."""
+    """The tiny models' split files and GGUF in ``models/flux``, ``models/sd3``,
+    ``models/chroma`` and ``models/zimage``: one ComfyUI models folder per family, since
+    their tiny text encoders share file names."""
     from backend.models import families
     from backend.models.sources import ensure_tiny
     import torch
@@ -92,11 +95,13 @@ def build_files(home: Path, models: Path) -> None:
                    for k, v in load_file(str(file)).items()}, str(file))
     export_transformer(sd3, families.SD3, models / "sd3" / "diffusion_models" / "sd3.safetensors")
     export_parts(sd3, families.SD3, models / "sd3")
-    chroma = ensure_tiny("tiny-chroma", home / "models")
-    export_transformer(chroma, families.CHROMA,
-                       models / "chroma" / "diffusion_models" / "chroma.safetensors", "original")
-    export_gguf(chroma, families.CHROMA, models / "chroma" / "unet" / "chroma-Q8_0.gguf")
-    export_parts(chroma, families.CHROMA, models / "chroma")
+    for tiny, family, folder in (("tiny-chroma", families.CHROMA, "chroma"),
+                                 ("tiny-zimage", families.ZIMAGE, "zimage")):
+        source = ensure_tiny(tiny, home / "models")
+        export_transformer(source, family, models / folder / "diffusion_models" /
+                           f"{folder}.safetensors", "original")
+        export_gguf(source, family, models / folder / "unet" / f"{folder}-Q8_0.gguf")
+        export_parts(source, family, models / folder)
 
 
 def measure(home: Path, models: Path) -> list[dict]:

@@ -243,10 +243,9 @@ def test_gpu_levers_apply_and_jobs_still_run(atelier_home, model):
 def test_single_transformer_files_are_listed_with_their_family(store, tmp_path):
     """ComfyUI keeps Chroma and Z-Image transformers as single files too (diffusers' or the
     original tensor names). They are told from Flux (Chroma has Flux's blocks and its own
-    modulation network) and listed with their family. A Chroma file loads as Flux's do,
-    with its T5 and VAE files found beside it (test_dit_files.py runs it; here, with none
-    beside it, the missing T5 is named); a Z-Image file is refused on the model field:
-    that family loads from diffusers folders only."""
+    modulation network) and listed with their family. They load as Flux's do, with their
+    text encoder and VAE files found beside them (test_dit_files.py runs them); here, with
+    none beside them, the missing text encoder is named."""
     from safetensors.torch import save_file
 
     models = tmp_path / "models"
@@ -269,12 +268,9 @@ def test_single_transformer_files_are_listed_with_their_family(store, tmp_path):
         "chroma", "chroma")
     assert (listed["unet/tiny-zimage.safetensors"], listed["unet/zimage-comfy.safetensors"]) == (
         "zimage", "zimage")
-    with pytest.raises(ProtocolError) as err:
-        user.load("unet/tiny-chroma.safetensors")
-    assert (err.value.code, err.value.field) == (ErrorCode.MODEL_NOT_FOUND, "model")
-    assert "T5-XXL" in err.value.message and "text_encoders/" in err.value.message
-    for name in ("unet/tiny-zimage.safetensors", "unet/zimage-comfy.safetensors"):
+    for name, encoder in (("unet/tiny-chroma.safetensors", "T5-XXL"),
+                          ("unet/tiny-zimage.safetensors", "Qwen3-4B")):
         with pytest.raises(ProtocolError) as err:
             user.load(name)
-        assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, "model")
-        assert "diffusers folder" in err.value.message
+        assert (err.value.code, err.value.field) == (ErrorCode.MODEL_NOT_FOUND, "model")
+        assert encoder in err.value.message and "text_encoders/" in err.value.message

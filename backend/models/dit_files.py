@@ -1,15 +1,15 @@
-"""Flux.1, Chroma and SD3/SD3.5 as ComfyUI keeps them: the transformer alone in one
+"""Flux.1, Chroma, SD3/SD3.5 and Z-Image as ComfyUI keeps them: the transformer alone in one
 ``.safetensors`` or GGUF file (``models/unet`` or ``models/diffusion_models``; diffusers'
-tensor names or the original Black Forest Labs / Stability ones), with its text encoders
+tensor names or the original ones), with its text encoders
 and VAE as files of their own (dit_parts.py finds them); or a whole checkpoint holding some
 or all of them. Files stored in fp8 (the transformer or the text encoders) stay fp8 in
 memory (fp8_storage.py).
 
 Configs come from the folders shipped in ``configs/`` (chosen from the transformer's
-shapes: Flux.1-dev or -schnell, Chroma, SD3 medium, SD3.5 medium or large), or from the tiny
-model's own folder for a file exported from a tiny model; nothing is fetched. The T5 and
-CLIP tokenizer vocabularies are not shipped; they are looked for as ``single_file.py``
-looks for CLIP's.
+shapes: Flux.1-dev or -schnell, Chroma, SD3 medium, SD3.5 medium or large, Z-Image-Turbo),
+or from the tiny model's own folder for a file exported from a tiny model; nothing is
+fetched. The T5, CLIP and Qwen tokenizer vocabularies are not shipped; they are looked for
+as ``single_file.py`` looks for CLIP's.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from diffusers import (AutoencoderKL, ChromaTransformer2DModel, DiffusionPipeline,
                        FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel,
-                       SD3Transformer2DModel)
+                       SD3Transformer2DModel, ZImageTransformer2DModel)
 from safetensors import safe_open
-from transformers import CLIPTokenizer, PreTrainedModel, T5EncoderModel, T5TokenizerFast
+from transformers import (CLIPTokenizer, PreTrainedModel, Qwen2Tokenizer, Qwen3Model,
+                          T5EncoderModel, T5TokenizerFast)
 
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -36,6 +37,9 @@ from .gguf_files import is_gguf, load_gguf_state, quantization, read_gguf_header
 from .single_file import (CONFIGS, MAX_TOKENS, TOKENIZER_FILES, checkpoint_family,
                           find_clip_tokenizer)
 from .sources import ModelRoots, hf_snapshot
+# Qwen3's chat template, cut to the one user turn Z-Image's prompt encoding uses, for a
+# tokenizer folder that carries none (the vocabulary files alone)
+from .tiny_zimage import CHAT_TEMPLATE as QWEN_CHAT_TEMPLATE
 
 # Where a T5 tokenizer (spiece.model or tokenizer.json) may sit in the HF cache.
 T5_TOKENIZER_REPOS = (
@@ -46,14 +50,20 @@ T5_TOKENIZER_REPOS = (
     ("stabilityai/stable-diffusion-3.5-medium", "tokenizer_3"),
 )
 T5_TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
+# Where a Qwen tokenizer (Z-Image's Qwen3: Qwen2's byte-level BPE) may sit in the HF cache.
+QWEN_TOKENIZER_REPOS = (("Qwen/Qwen3-4B", ""), ("Tongyi-MAI/Z-Image-Turbo", "tokenizer"))
 # ComfyUI ships the tokenizers of its text encoders inside its own code, beside its models
 # folder: a ComfyUI user has them without fetching anything.
-COMFY_TOKENIZERS = {"t5": "comfy/text_encoders/t5_tokenizer", "clip": "comfy/sd1_tokenizer"}
+COMFY_TOKENIZERS = {"t5": "comfy/text_encoders/t5_tokenizer", "clip": "comfy/sd1_tokenizer",
+                    "qwen": "comfy/text_encoders/qwen25_tokenizer"}
 TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.SD3: SD3Transformer2DModel,
-                       families.CHROMA: ChromaTransformer2DModel}
+                       families.CHROMA: ChromaTransformer2DModel,
+                       families.ZIMAGE: ZImageTransformer2DModel}
 # Flux's layout (and its converter's fixed width, which dit_keys.py works around)
 FLUX_LAYOUT = (families.FLUX, families.CHROMA)
-TINY_MODELS = {families.FLUX: "tiny-flux", families.SD3: "tiny-sd3", families.CHROMA: "tiny-chroma"}
+TINY_MODELS = {families.FLUX: "tiny-flux", families.SD3: "tiny-sd3", families.CHROMA: "tiny-chroma",
+               families.ZIMAGE: "tiny-zimage"}
+
 
 
 # ------------------------------------------------------------------ what a file holds
@@ -71,8 +81,9 @@ def file_family(path: Path) -> str:
 
 
 def transformer_width(family: str, header: TensorHeader) -> Optional[int]:
-    """The hidden width of a Flux, Chroma or SD3 transformer file, in either naming."""
+    """The hidden width of a Flux, Chroma, SD3 or Z-Image transformer file, in either naming."""
     names = (("img_in.weight", "x_embedder.weight") if family in FLUX_LAYOUT else
+             ("x_embedder.weight", "all_x_embedder.2-1.weight") if family == families.ZIMAGE else
              ("x_embedder.proj.weight", "pos_embed.proj.weight"))
     shape = shape_of(header, *names)
     return shape[0] if shape else None
@@ -92,6 +103,8 @@ def shipped_variant(family: str, header: TensorHeader) -> str:
     """The shipped config folder a full-size transformer file matches."""
     if family == families.CHROMA:
         return "chroma"
+    if family == families.ZIMAGE:
+        return "zimage_turbo"        # the base model has the same shapes
     if family == families.FLUX:
         guided = any("guidance_in." in k or "guidance_embedder." in k for k in header.shapes)
         return "flux_dev" if guided else "flux_schnell"
@@ -104,6 +117,8 @@ def shipped_variant(family: str, header: TensorHeader) -> str:
 
 def _config_width(config: Path) -> int:
     cfg = json.loads((config / "transformer" / "config.json").read_text("utf-8"))
+    if "dim" in cfg:            # Z-Image
+        return int(cfg["dim"])
     return int(cfg["attention_head_dim"]) * int(cfg["num_attention_heads"])
 
 
@@ -152,6 +167,25 @@ def find_t5_tokenizer(home: Path, hf_cache: Path, installs: Sequence[Path] = ())
                 None)
 
 
+def find_qwen_tokenizer(home: Path, hf_cache: Path, installs: Sequence[Path] = ()) -> Optional[Path]:
+    """A folder holding a Qwen tokenizer, or None: tokenizer.json, or vocab.json and
+    merges.txt with the tokenizer_config.json that marks the chat tokens special."""
+    candidates = [home / "tokenizers" / "qwen", *comfy_tokenizers("qwen", installs)]
+    for repo_id, subfolder in QWEN_TOKENIZER_REPOS:
+        snapshot = hf_snapshot(repo_id, hf_cache)
+        if snapshot is not None:
+            candidates.append(snapshot / subfolder)
+    return next((c for c in candidates if (c / "tokenizer.json").is_file() or all(
+        (c / n).is_file() for n in ("vocab.json", "merges.txt", "tokenizer_config.json"))), None)
+
+
+def _qwen_tokenizer(folder: Path) -> Qwen2Tokenizer:
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(folder))
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
 def _clip_tokenizer(home: Path, hf_cache: Path, installs: Sequence[Path]) -> Optional[Path]:
     comfy = [c for c in comfy_tokenizers("clip", installs)
              if all((c / name).is_file() for name in TOKENIZER_FILES)]
@@ -167,26 +201,30 @@ def _tokenizers(config: Path, family: str, home: Path, hf_cache: Path,
     for part in PARTS[family]:
         if part.tokenizer is None:
             continue
+        kind = ("t5" if part.model_class is T5EncoderModel else
+                "qwen" if part.model_class is Qwen3Model else "clip")
         own = config / part.tokenizer
-        t5 = part.model_class is T5EncoderModel
         if own.is_dir():
-            out[part.tokenizer] = (T5TokenizerFast if t5 else CLIPTokenizer).from_pretrained(str(own))
+            out[part.tokenizer] = {"t5": T5TokenizerFast.from_pretrained, "qwen": _qwen_tokenizer,
+                                   "clip": CLIPTokenizer.from_pretrained}[kind](str(own))
             continue
-        folder = (find_t5_tokenizer(home, hf_cache, installs) if t5 else
-                  _clip_tokenizer(home, hf_cache, installs))
+        folder = {"t5": find_t5_tokenizer, "qwen": find_qwen_tokenizer,
+                  "clip": _clip_tokenizer}[kind](home, hf_cache, installs)
         if folder is None:
-            kind = "t5" if t5 else "clip"
             where = home / "tokenizers" / kind
-            repo = T5_TOKENIZER_REPOS[0][0] if t5 else "openai/clip-vit-large-patch14"
+            repo = {"t5": T5_TOKENIZER_REPOS[0][0], "qwen": QWEN_TOKENIZER_REPOS[0][0],
+                    "clip": "openai/clip-vit-large-patch14"}[kind]
             raise ProtocolError(
                 ErrorCode.MODEL_LOAD_FAILED,
-                f"a single-file {family} model needs the {'T5' if t5 else 'CLIP'} tokenizer "
-                f"vocabulary, which Atelier does not ship; it was looked for in {where}, beside "
-                f"the models folders in a ComfyUI installation ({COMFY_TOKENIZERS[kind]}) "
+                f"a single-file {family} model needs the {kind.upper() if kind != 'qwen' else 'Qwen'} "
+                f"tokenizer vocabulary, which Atelier does not ship; it was looked for in {where}, "
+                f"beside the models folders in a ComfyUI installation ({COMFY_TOKENIZERS[kind]}) "
                 f"and in the Hugging Face cache. Fetch it once with: atelier models pull {repo}, "
                 f"or copy the tokenizer files into {where}", field="model")
-        if t5:
+        if kind == "t5":
             out[part.tokenizer] = T5TokenizerFast.from_pretrained(str(folder))
+        elif kind == "qwen":
+            out[part.tokenizer] = _qwen_tokenizer(folder)
         else:
             pad = {"pad_token": "!"} if part.role == "clip_g" else {}
             out[part.tokenizer] = CLIPTokenizer.from_pretrained(
@@ -208,8 +246,12 @@ def _load_encoder(part: Part, source: PartFile, config: Path,
                   dtype: torch.dtype) -> PreTrainedModel:
     """A text encoder from its tensors, through transformers' loader."""
     model_config = part.model_class.config_class.from_pretrained(str(config / part.component))
+    state = read_tensors(source)
+    if part.model_class is Qwen3Model:
+        # ComfyUI's Qwen3 files are the causal LM's: the model under ``model.``, maybe its head
+        state = {k.removeprefix("model."): v for k, v in state.items() if not k.startswith("lm_head.")}
     model, info = part.model_class.from_pretrained(
-        None, config=model_config, state_dict=read_tensors(source), torch_dtype=dtype,
+        None, config=model_config, state_dict=state, torch_dtype=dtype,
         output_loading_info=True)
     missing = set(info["missing_keys"])
     if missing == {"text_projection.weight"}:

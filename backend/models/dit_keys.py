@@ -1,16 +1,17 @@
 """Diffusion-transformer tensor names: the original layouts (Black Forest Labs' Flux.1,
-Lodestone Rabbits' Chroma and Stability's SD3/SD3.5, the files ComfyUI keeps in
-``models/unet``) and diffusers' ``FluxTransformer2DModel`` / ``ChromaTransformer2DModel`` /
-``SD3Transformer2DModel`` layouts, both ways, from one table per family.
+Lodestone Rabbits' Chroma, Stability's SD3/SD3.5 and Tongyi-MAI's Z-Image, the files
+ComfyUI keeps in ``models/unet``) and diffusers' layouts of their transformers, both ways,
+from one table per family.
 
 diffusers' own Flux and Chroma converters split the single blocks' fused projection at a
 hard-coded width of 3072 (full size), so a narrower transformer cannot go through them;
-this one reads the width from ``img_in.weight``, and loads Flux and Chroma files. SD3 files load through
-diffusers' converter (it reads every width from the tensors); its table here writes the
-tiny SD3 in the original names for the tests. Where the layouts differ beyond a name: q, k
-and v are fused into one ``qkv`` tensor, Flux's single blocks fuse q, k, v and the MLP's
-input into ``linear1``, and the final modulations (and SD3's last context block's) hold
-(shift, scale) where diffusers holds (scale, shift).
+this one reads the width from ``img_in.weight``, and loads Flux and Chroma files. SD3 and
+Z-Image files load through diffusers' converters (they read every width from the
+tensors); their tables here write the tiny models in the original names for the tests.
+Where the layouts differ beyond a name: q, k and v are fused into one ``qkv`` tensor,
+Flux's single blocks fuse q, k, v and the MLP's input into ``linear1``, and the final
+modulations (and SD3's last context block's) hold (shift, scale) where diffusers holds
+(scale, shift).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Iterator, Literal, Mapping
 
 import torch
 
-from .families import CHROMA, FLUX
+from .families import CHROMA, FLUX, ZIMAGE
 
 PREFIX = "model.diffusion_model."       # whole checkpoints nest the transformer under this
 Fuse = Literal["same", "qkv", "linear1", "swap"]
@@ -147,6 +148,39 @@ def sd3_rules(blocks: int, dual_attention: tuple[int, ...], qk_norm: bool) -> It
     yield from _pair("final_layer.adaLN_modulation.1", "norm_out.linear", "swap")
 
 
+# Z-Image's original names (Tongyi-MAI's, ComfyUI's files) -> diffusers': the prefixes of
+# the final layer and the patch embedder, then parts of every attention's names
+_ZIMAGE_PREFIXES = (("final_layer.", "all_final_layer.2-1."), ("x_embedder.", "all_x_embedder.2-1."))
+_ZIMAGE_PARTS = ((".attention.out.", ".attention.to_out.0."),
+                 (".attention.q_norm.", ".attention.norm_q."),
+                 (".attention.k_norm.", ".attention.norm_k."))
+
+
+def _zimage_name(key: str, to_diffusers: bool) -> str:
+    for original, diffusers in _ZIMAGE_PREFIXES:
+        old, new = (original, diffusers) if to_diffusers else (diffusers, original)
+        if key.startswith(old):
+            return new + key[len(old):]
+    for original, diffusers in _ZIMAGE_PARTS:
+        old, new = (original, diffusers) if to_diffusers else (diffusers, original)
+        key = key.replace(old, new)
+    return key
+
+
+def zimage_rules(keys: list[str], original: bool) -> Iterator[Rule]:
+    """Every tensor of a Z-Image transformer with these names: renamed, and each attention's
+    q, k and v fused into one ``qkv``."""
+    fused = ".attention.qkv.weight" if original else ".attention.to_q.weight"
+    for key in keys:
+        if key.endswith(fused):
+            stem = key[:-len(fused)] + ".attention."
+            yield Rule(stem + "qkv.weight", tuple(f"{stem}to_{x}.weight" for x in "qkv"), "qkv")
+        elif original:
+            yield Rule(key, (_zimage_name(key, to_diffusers=True),))
+        elif not key.endswith((".attention.to_k.weight", ".attention.to_v.weight")):
+            yield Rule(_zimage_name(key, to_diffusers=False), (key,))
+
+
 def _blocks(keys: list[str], prefix: str) -> int:
     numbers = {int(m[1]) for k in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
     return max(numbers) + 1 if numbers else 0
@@ -159,6 +193,8 @@ def _numbers(keys: list[str], prefix: str, part: str) -> tuple[int, ...]:
 
 def _rules(family: str, keys: list[str], original: bool) -> Iterator[Rule]:
     """The table of a transformer of ``family`` with the blocks ``keys`` name."""
+    if family == ZIMAGE:
+        return zimage_rules(keys, original)
     if family == CHROMA:
         double, single = (("double_blocks.", "single_blocks.") if original else
                           ("transformer_blocks.", "single_transformer_blocks."))
@@ -177,7 +213,8 @@ def _rules(family: str, keys: list[str], original: bool) -> Iterator[Rule]:
 
 def is_original(keys: list[str]) -> bool:
     """Whether these are the original names (else diffusers')."""
-    return any(k.removeprefix(PREFIX).startswith(("double_blocks.", "joint_blocks.")) for k in keys)
+    return any(k.removeprefix(PREFIX).startswith(("double_blocks.", "joint_blocks.")) or
+               k.endswith(".attention.qkv.weight") for k in keys)
 
 
 def _swap(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""The parts of a Flux.1, Chroma or SD3/SD3.5 model that ComfyUI users keep as files of
-their own beside the transformer: the text encoders (``t5xxl``; for Flux and SD3 ``clip_l``
-too, for SD3 ``clip_g``) in ``models/text_encoders`` or ``models/clip``, the VAE
-(Flux's ``ae.safetensors``, Chroma's too) in ``models/vae``; and where they are found for a
-transformer file.
+"""The parts of a Flux.1, Chroma, SD3/SD3.5 or Z-Image model that ComfyUI users keep as
+files of their own beside the transformer: the text encoders (``t5xxl``, for Flux and SD3
+``clip_l`` too, for SD3 ``clip_g``; Z-Image's ``qwen_3_4b``) in ``models/text_encoders`` or
+``models/clip``, the VAE (Flux's ``ae.safetensors``, which Chroma and Z-Image use too) in
+``models/vae``; and where they are found for a transformer file.
 
 Each is recognised from its tensor names and width, never from its file name alone; the
 name only breaks a tie (``clip_l`` and ``clip_g`` have the same tensor names, and the tiny
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from diffusers import AutoencoderKL
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, Qwen3Model, T5EncoderModel
 
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -64,6 +64,10 @@ PARTS: dict[str, tuple[Part, ...]] = {
         Part("t5xxl", "text_encoder", "T5-XXL text encoder", model_class=T5EncoderModel,
              tokenizer="tokenizer", **_ENCODER),
         Part("vae", "vae", "Flux VAE (ae.safetensors)", VAE_FOLDERS, AutoencoderKL)),
+    families.ZIMAGE: (      # ComfyUI's qwen_3_4b file and Flux's VAE
+        Part("qwen_3_4b", "text_encoder", "Qwen3-4B text encoder", model_class=Qwen3Model,
+             tokenizer="tokenizer", **_ENCODER),
+        Part("vae", "vae", "Flux VAE (ae.safetensors)", VAE_FOLDERS, AutoencoderKL)),
 }
 
 def shape_of(header: TensorHeader, *names: str) -> Optional[tuple[int, ...]]:
@@ -80,6 +84,11 @@ def part_width(part: Part, header: TensorHeader) -> Optional[int]:
     """The width of ``part``'s model in a companion file, when the file holds such a
     model (its tensor names say), else None."""
     shapes = header.shapes
+    if part.model_class is Qwen3Model:
+        if not any(k.endswith(".self_attn.q_norm.weight") for k in shapes):
+            return None
+        shape = shape_of(header, "embed_tokens.weight", "model.embed_tokens.weight")
+        return shape[1] if shape else None
     if part.model_class is T5EncoderModel:
         if not any(".SelfAttention.q.weight" in k for k in shapes):
             return None

@@ -48,11 +48,14 @@ _SDXL_MARKS = ("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_u
 _IP_ADAPTER_PREFIXES = ("image_proj.", "ip_adapter.")
 IMAGE_ENCODER_MARK = "vision_model.embeddings.patch_embedding.weight"   # transformers' CLIP
 # A text encoder or a VAE kept as a file of its own (ComfyUI's models/text_encoders, clip and
-# vae folders): a part of a model that a Flux/SD3 transformer file finds (dit_files.py), not
-# a model a job names. CLIP text encoders, T5 encoders, VAEs (original or diffusers names).
+# vae folders): a part of a model that a diffusion-transformer file finds (dit_files.py),
+# not a model a job names. CLIP text encoders, T5 encoders, Qwen3 models (as the causal LM's
+# file or the bare model's), VAEs (original or diffusers names).
 COMPONENT_MARKS = ("text_model.embeddings.token_embedding.weight",
                    "embeddings.token_embedding.weight",
-                   "encoder.block.0.layer.0.SelfAttention.q.weight", "decoder.conv_in.weight")
+                   "encoder.block.0.layer.0.SelfAttention.q.weight",
+                   "model.layers.0.self_attn.q_norm.weight", "layers.0.self_attn.q_norm.weight",
+                   "decoder.conv_in.weight")
 _EMBEDDING_KEY_SETS = ({"emb_params"}, {"clip_l", "clip_g"})
 EMBEDDING_MAX_VECTORS = 75     # what fits one CLIP prompt (77 tokens less start and end)
 

@@ -24,7 +24,7 @@ from huggingface_hub.hf_api import RepoFile
 from protocol.errors import ErrorCode, ProtocolError
 
 from .catalog import Catalog, hf_cache_models
-from .dit_files import T5_TOKENIZER_REPOS
+from .dit_files import QWEN_TOKENIZER_REPOS, T5_TOKENIZER_REPOS
 from .single_file import TOKENIZER_REPOS
 from .sources import hf_cache_dir, hf_repo_folder, variant_of
 
@@ -35,13 +35,15 @@ SKIPPED_FOLDERS = frozenset({"safety_checker"})
 TOKENIZER_FILE_NAMES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 T5_TOKENIZER_FILE_NAMES = ("spiece.model", "tokenizer.json", "tokenizer_config.json",
                            "special_tokens_map.json")
+QWEN_TOKENIZER_FILE_NAMES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx", ".onnx_data")
 VIT_H_ENCODER = "models/image_encoder/"     # h94/IP-Adapter's ViT-H/14
 # Repos pulled only for their tokenizer (single_file.find_clip_tokenizer,
-# dit_files.find_t5_tokenizer), and the files that are.
+# dit_files.find_t5_tokenizer, find_qwen_tokenizer), and the files that are.
 TOKENIZER_ONLY_REPOS = {
     **{repo: TOKENIZER_FILE_NAMES for repo, subfolder in TOKENIZER_REPOS if subfolder == ""},
-    **{repo: T5_TOKENIZER_FILE_NAMES for repo, subfolder in T5_TOKENIZER_REPOS if subfolder == ""}}
+    **{repo: T5_TOKENIZER_FILE_NAMES for repo, subfolder in T5_TOKENIZER_REPOS if subfolder == ""},
+    **{repo: QWEN_TOKENIZER_FILE_NAMES for repo, subfolder in QWEN_TOKENIZER_REPOS if subfolder == ""}}
 
 
 @dataclass(frozen=True)

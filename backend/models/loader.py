@@ -17,7 +17,7 @@ from diffusers import ControlNetModel, DiffusionPipeline, T2IAdapter
 from protocol.errors import ErrorCode, ProtocolError
 
 from . import families
-from .dit_files import TRANSFORMER_CLASSES, file_family, find_dit_files, prepare_dit_file
+from .dit_files import file_family, find_dit_files, prepare_dit_file
 from .gguf_files import is_gguf
 from .single_file import load_single_file_controlnet, prepare_single_file
 from .sources import ModelRoots, ModelSource, ensure_tiny, variant_of
@@ -68,17 +68,10 @@ def prepare_pipeline(source: ModelSource, dtype: torch.dtype, home: Path, hf_cac
                      companions: Sequence[Path] = ()) -> PreparedLoad:
     """Check ``source`` (family, config folder, tokenizer) and return how to load it onto
     the CPU. ``home`` (``$ATELIER_HOME``) and ``hf_cache`` are searched for the CLIP
-    tokenizer files single-file checkpoints need. A Flux or SD3 transformer file finds its
+    tokenizer files single-file checkpoints need. A diffusion-transformer file finds its
     text encoders and VAE among ``companions`` (files the operator named), then in the
     ComfyUI folders beside it and in ``search_dirs``, inside ``roots`` (dit_files.py)."""
     family = file_family(source.path) if source.kind == "single_file" else None
-    if family is not None and families.is_transformer(family) and family not in TRANSFORMER_CLASSES:
-        # Z-Image: no shipped configs, Qwen3 encoder file or key conversion for its single
-        # files yet.
-        raise ProtocolError(ErrorCode.UNSUPPORTED,
-                            f"{source.path.name} holds a {family} transformer; {family} models "
-                            f"load from a diffusers folder (with model_index.json), not yet "
-                            f"from single files", field="model")
     if family is not None and families.is_transformer(family):
         roots = roots or ModelRoots.of(home, search_dirs, hf_cache)
         files = find_dit_files(source.path, family, home, search_dirs, roots,

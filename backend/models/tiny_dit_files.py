@@ -1,10 +1,10 @@
-"""Export a tiny Flux, Chroma or SD3 model (tiny_flux.py, tiny_chroma.py, tiny_sd3.py) as
-the split files a ComfyUI user keeps: the transformer alone in ``unet/`` (diffusers' tensor
-names) or in ``diffusion_models/`` (the original names: Black Forest Labs', Lodestone
-Rabbits' or Stability's), the text encoders in ``text_encoders/`` with transformers' names
-as ComfyUI's ``clip_l``/``clip_g``/``t5xxl`` files carry them, and the VAE in ``vae/`` (for
-Flux and Chroma as ``ae.safetensors`` in the original LDM names, for SD3 with diffusers'
-names). So the split-file loader (dit_files.py) is tested on real files of both layouts.
+"""Export a tiny Flux, Chroma, SD3 or Z-Image model (tiny_flux.py, tiny_chroma.py,
+tiny_sd3.py, tiny_zimage.py) as the split files a ComfyUI user keeps: the transformer alone
+in ``unet/`` (diffusers' tensor names) or in ``diffusion_models/`` (the original names),
+the text encoders in ``text_encoders/`` with transformers' names as ComfyUI's
+``clip_l``/``clip_g``/``t5xxl``/``qwen_3_4b`` files carry them, and the VAE in ``vae/``
+(for Flux, Chroma and Z-Image as ``ae.safetensors`` in the original LDM names, for SD3 with
+diffusers' names). So the split-file loader (dit_files.py) is tested on real files of both layouts.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def export_parts(folder: Path, family: str, models: Path) -> dict[str, Path]:
         weights = sorted((folder / part.component).glob("*.safetensors"))[0]
         state = load_file(str(weights))
         if part.role == "vae":
-            flux_vae = family in (families.FLUX, families.CHROMA)
+            flux_vae = family in (families.FLUX, families.CHROMA, families.ZIMAGE)
             if flux_vae:
                 config = json.loads((folder / "vae" / "config.json").read_text("utf-8"))
                 state = _ldm_vae(state, len(config["block_out_channels"]))
@@ -64,6 +64,8 @@ def export_parts(folder: Path, family: str, models: Path) -> dict[str, Path]:
             if part.role.startswith("clip"):
                 state = {k if k.startswith("text_model.") else f"text_model.{k}": v
                          for k, v in state.items()}
+            elif part.role.startswith("qwen"):     # as the causal LM's file holds it
+                state = {f"model.{k}": v for k, v in state.items()}
             dest = models / "text_encoders" / f"{part.role}.safetensors"
         written[part.component] = _save(state, dest)
     return written
@@ -72,7 +74,7 @@ def export_parts(folder: Path, family: str, models: Path) -> dict[str, Path]:
 def export_gguf(folder: Path, family: str, dest: Path, naming: Naming = "original") -> Path:
     """The tiny pipeline ``folder``'s transformer as a GGUF file as city96's converter
     writes them: 2-D weights whose rows are whole Q8_0 blocks (32 values) quantized to
-    Q8_0, the rest (biases, norms) kept as F32."""
+    Q8_0, the rest (biases, norms, Z-Image's pad tokens) kept as F32."""
     import gguf
     from gguf.quants import quantize
 
@@ -85,7 +87,7 @@ def export_gguf(folder: Path, family: str, dest: Path, naming: Naming = "origina
     block = gguf.GGML_QUANT_SIZES[q8][0]
     for name, tensor in state.items():
         values = tensor.float().numpy()
-        if values.ndim == 2 and values.shape[1] % block == 0:
+        if values.ndim == 2 and values.shape[1] % block == 0 and name.endswith(".weight"):
             writer.add_tensor(name, quantize(values, q8), raw_dtype=q8)
         else:
             writer.add_tensor(name, values)

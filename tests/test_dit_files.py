@@ -207,6 +207,24 @@ def test_a_missing_text_encoder_names_the_file_and_where_it_goes(atelier_home, c
     assert named.load("unet/flux-tiny.safetensors").family == families.FLUX
 
 
+def test_sd3_runs_without_its_t5_when_none_is_found(atelier_home, comfy, tmp_path, caplog):
+    """Stability's SD3 "incl_clips" files come without T5, and the SD3 pipeline runs on
+    its CLIPs alone: with no T5 file found, the model loads without it (a warning says
+    so) and its jobs reproduce; Flux, which cannot, still names the missing file."""
+    models = tmp_path / "models"
+    shutil.copytree(comfy["tiny-sd3"], models)
+    (models / "text_encoders" / "t5xxl.safetensors").unlink()
+    store = _store(atelier_home, models)
+    with caplog.at_level("WARNING", logger="backend.models.dit_files"):
+        loaded = store.use("diffusion_models/sd3-tiny.safetensors")
+    assert loaded.pipe.text_encoder_3 is None and loaded.pipe.tokenizer_3 is None
+    assert any("T5-XXL" in r.getMessage() and "without it" in r.getMessage() for r in caplog.records)
+    generator = DiffusionGenerator(store)
+    name = "diffusion_models/sd3-tiny.safetensors"
+    first = _pixels(generator, model=name)
+    assert first == _pixels(generator, model=name) != _pixels(generator, model="tiny-sd3")
+
+
 def test_clip_l_and_clip_g_of_the_same_shape_are_told_apart_by_name(atelier_home, comfy, tmp_path):
     """The tiny SD3's two CLIPs have the same shapes (the real ones differ in width): the
     file name breaks the tie, so swapping the names swaps what loads."""

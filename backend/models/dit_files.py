@@ -15,6 +15,7 @@ as ``single_file.py`` looks for CLIP's.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -37,6 +38,8 @@ from .gguf_files import is_gguf, load_gguf_state, quantization, read_gguf_header
 from .single_file import (CONFIGS, MAX_TOKENS, TOKENIZER_FILES, checkpoint_family,
                           find_clip_tokenizer)
 from .sources import ModelRoots, hf_snapshot
+
+log = logging.getLogger(__name__)
 # Qwen3's chat template, cut to the one user turn Z-Image's prompt encoding uses, for a
 # tokenizer folder that carries none (the vocabulary files alone)
 from .tiny_zimage import CHAT_TEMPLATE as QWEN_CHAT_TEMPLATE
@@ -193,13 +196,16 @@ def _clip_tokenizer(home: Path, hf_cache: Path, installs: Sequence[Path]) -> Opt
 
 
 def _tokenizers(config: Path, family: str, home: Path, hf_cache: Path,
-                installs: Sequence[Path] = ()) -> dict[str, object]:
+                installs: Sequence[Path] = (), absent: Sequence[str] = ()) -> dict[str, object]:
     """The tokenizers of the pipeline: the config folder's own (a tiny model's), else the
     vocabularies found on this machine (Atelier's home, the ComfyUI ``installs``, the
-    Hugging Face cache)."""
+    Hugging Face cache). ``absent``: the components the model runs without (no tokenizer)."""
     out: dict[str, object] = {}
     for part in PARTS[family]:
         if part.tokenizer is None:
+            continue
+        if part.component in absent:
+            out[part.tokenizer] = None
             continue
         kind = ("t5" if part.model_class is T5EncoderModel else
                 "qwen" if part.model_class is Qwen3Model else "clip")
@@ -292,6 +298,7 @@ class DiTFiles:
     # component ("transformer" too) -> the 8-bit float its tensors are stored in
     fp8: dict[str, torch.dtype] = field(default_factory=dict)
     comfy: tuple[Path, ...] = ()    # ComfyUI installations beside the models (their tokenizers)
+    absent: tuple[str, ...] = ()    # optional components found nowhere: the model runs without
 
 
 def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Path],
@@ -303,22 +310,34 @@ def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Pa
     whole = any(k.startswith(dit_keys.PREFIX) for k in header.shapes)
     config = config_folder(path, family, header, tiny_folder)
     transformer = PartFile(path, dit_keys.PREFIX if whole else "")
-    parts = {part.component: find_part(part, config, path, named, search_dirs, roots,
-                                       header if whole else None)
-             for part in PARTS[family]}
+    parts: dict[str, PartFile] = {}
+    absent: list[str] = []
+    for part in PARTS[family]:
+        try:
+            parts[part.component] = find_part(part, config, path, named, search_dirs, roots,
+                                              header if whole else None)
+        except ProtocolError as exc:
+            if not (part.optional and exc.code == ErrorCode.MODEL_NOT_FOUND):
+                raise
+            absent.append(part.component)
     sources = parts if is_gguf(path) else {"transformer": transformer, **parts}
     fp8 = {component: dtype for component, source in sources.items()
            if component != "vae" and (dtype := stored_fp8(source.path, source.prefix)) is not None}
     return DiTFiles(family, transformer, config, parts, fp8,
-                    tuple(comfy_installs(path, search_dirs)))
+                    tuple(comfy_installs(path, search_dirs)), tuple(absent))
 
 
 def prepare_dit_file(files: DiTFiles, dtype: torch.dtype, home: Path,
                      hf_cache: Path) -> Callable[[], DiffusionPipeline]:
     """How to load the pipeline of ``files`` (tokenizers are checked now)."""
     family, config = files.family, files.config
-    tokenizers = _tokenizers(config, family, home, hf_cache, files.comfy)
+    tokenizers = _tokenizers(config, family, home, hf_cache, files.comfy, files.absent)
     cls = families.base_class(family)
+    for part in PARTS[family]:
+        if part.component in files.absent:
+            log.warning("%s: no %s was found beside it or in the model folders; the model runs "
+                        "without it (prompts follow less closely)", files.transformer.path.name,
+                        part.what)
 
     def load() -> DiffusionPipeline:
         current = files.transformer
@@ -328,6 +347,9 @@ def prepare_dit_file(files: DiTFiles, dtype: torch.dtype, home: Path,
                 "scheduler": FlowMatchEulerDiscreteScheduler.from_pretrained(
                     str(config), subfolder="scheduler", local_files_only=True)}
             for part in PARTS[family]:
+                if part.component in files.absent:
+                    components[part.component] = None
+                    continue
                 current = files.parts[part.component]
                 components[part.component] = (
                     AutoencoderKL.from_single_file(read_tensors(current), config=str(config),

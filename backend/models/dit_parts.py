@@ -42,6 +42,8 @@ class Part:
     folders: tuple[str, ...]           # ComfyUI folders it is looked for in
     model_class: type                  # what it loads as
     tokenizer: Optional[str] = None    # the pipeline's tokenizer for it
+    # the pipeline runs without it (SD3's T5: Stability's "incl_clips" files come without)
+    optional: bool = False
 
 
 _ENCODER = dict(folders=ENCODER_FOLDERS)
@@ -58,7 +60,7 @@ PARTS: dict[str, tuple[Part, ...]] = {
         Part("clip_g", "text_encoder_2", "CLIP-G text encoder", model_class=CLIPTextModelWithProjection,
              tokenizer="tokenizer_2", **_ENCODER),
         Part("t5xxl", "text_encoder_3", "T5-XXL text encoder", model_class=T5EncoderModel,
-             tokenizer="tokenizer_3", **_ENCODER),
+             tokenizer="tokenizer_3", optional=True, **_ENCODER),
         Part("vae", "vae", "SD3 VAE", VAE_FOLDERS, AutoencoderKL)),
     families.CHROMA: (      # Flux's T5 and VAE files, without CLIP
         Part("t5xxl", "text_encoder", "T5-XXL text encoder", model_class=T5EncoderModel,

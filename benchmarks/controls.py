@@ -34,9 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from backend.models.store import ModelStore
 from backend.pipelines.generator import DiffusionGenerator
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
-from protocol.messages import ControlLayer, GenerateRequest
+from protocol.messages import ControlLayer
 
-from .hardware import step_costs
+from .hardware import txt2img_step_costs
 from .random_models import ADAPTER_CONFIGS, config_folder
 
 KINDS = ("canny", "normal", "lineart", "softedge")
@@ -63,17 +63,12 @@ def tiny_step_costs(home: Path, repeat: int, steps: int = 8) -> dict[str, dict]:
     generator = DiffusionGenerator(store)
     picture = _picture()
     uploads = {picture.id: picture}
-    rows = {f"{n} controlnet": [ControlLayer(kind=k, image=picture.id) for k in KINDS[:n]]
+    rows = {f"{n} controlnet": {"controls": [ControlLayer(kind=k, image=picture.id)
+                                             for k in KINDS[:n]]}
             for n in range(len(KINDS) + 1)}
-    rows["1 t2i-adapter"] = [ControlLayer(kind="depth", image=picture.id, model="tiny-adapter")]
-
-    def generate(request: GenerateRequest, on_step) -> None:
-        generator.generate(request, uploads, on_step, lambda: False)
-
-    jobs = {row: (lambda count, c=controls: GenerateRequest(
-        prompt="a stone wall", width=SIDE, height=SIDE, steps=count, seed=1, scheduler="euler",
-        controls=c)) for row, controls in rows.items()}
-    return step_costs(generate, jobs, "0 controlnet", repeat, steps)
+    rows["1 t2i-adapter"] = {"controls": [ControlLayer(kind="depth", image=picture.id,
+                                                       model="tiny-adapter")]}
+    return txt2img_step_costs(generator, uploads, rows, "0 controlnet", repeat, steps, SIDE)
 
 
 # ------------------------------------------------------------------ full size, FLOPs

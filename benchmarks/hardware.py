@@ -120,3 +120,20 @@ def step_costs(generate: Callable[[Any, Callable[..., None]], object],
                     "best_s_per_step": best, "best_relative": best / best0,
                     "flop_per_step": work[row], "flop_relative": work[row] / work[plain]}
     return out
+
+
+def txt2img_step_costs(generator: Any, uploads: Mapping[str, Any],
+                       rows: Mapping[str, Mapping[str, Any]], plain: str, repeat: int,
+                       steps: int, side: int) -> dict[str, dict[str, float]]:
+    """``step_costs`` of the same txt2img job on ``generator`` (a DiffusionGenerator; "a
+    stone wall", ``side`` px, seed 1, Euler) with the request fields each row sets (its
+    controls, references or regions; the uploads they name in ``uploads``)."""
+    from protocol.messages import GenerateRequest
+
+    def generate(request: Any, on_step: Callable[..., None]) -> None:
+        generator.generate(request, uploads, on_step, lambda: False)
+
+    jobs = {row: (lambda count, f=fields: GenerateRequest(
+        prompt="a stone wall", width=side, height=side, steps=count, seed=1, scheduler="euler",
+        **f)) for row, fields in rows.items()}
+    return step_costs(generate, jobs, plain, repeat, steps)

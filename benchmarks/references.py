@@ -42,10 +42,10 @@ from backend.models.tiny_references import build_tiny_image_encoder, build_tiny_
 from backend.pipelines.generator import DiffusionGenerator
 from backend.pipelines.references import ReferenceSetup, reference_attention
 from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
-from protocol.messages import GenerateRequest, ReferenceImage
+from protocol.messages import ReferenceImage
 
 from .controls import FULL_SIZE, _count
-from .hardware import step_costs
+from .hardware import txt2img_step_costs
 from .random_models import config_folder
 
 SIDE = 64
@@ -72,17 +72,10 @@ def tiny_step_costs(home: Path, repeat: int, steps: int = 8) -> dict[str, dict]:
     generator = DiffusionGenerator(store)
     pictures = [_picture(seed) for seed in range(max(COUNTS))]
     uploads = {p.id: p for p in pictures}
-    rows = {f"{n} reference{'s' if n != 1 else ''}": [ReferenceImage(image=p.id) for p in pictures[:n]]
-            for n in COUNTS}
+    rows = {f"{n} reference{'s' if n != 1 else ''}":
+            {"references": [ReferenceImage(image=p.id) for p in pictures[:n]]} for n in COUNTS}
+    return txt2img_step_costs(generator, uploads, rows, "0 references", repeat, steps, SIDE)
 
-
-    def generate(request: GenerateRequest, on_step) -> None:
-        generator.generate(request, uploads, on_step, lambda: False)
-
-    jobs = {row: (lambda count, r=references: GenerateRequest(
-        prompt="a stone wall", width=SIDE, height=SIDE, steps=count, seed=1, scheduler="euler",
-        references=r)) for row, references in rows.items()}
-    return step_costs(generate, jobs, "0 references", repeat, steps)
 
 # ------------------------------------------------------------------ full size, FLOPs
 

@@ -31,10 +31,10 @@ from backend.models.store import ModelStore
 from backend.pipelines.generator import DiffusionGenerator
 from protocol.client import make_upload
 from protocol.frames import ImageFrame, PixelFormat
-from protocol.messages import GenerateRequest, Region
+from protocol.messages import Region
 
 from .controls import FULL_SIZE
-from .hardware import step_costs
+from .hardware import txt2img_step_costs
 from .random_models import config_folder
 
 COUNTS = (0, 1, 2, 4)
@@ -62,17 +62,10 @@ def tiny_step_costs(home: Path, repeat: int, side: int = 256, steps: int = 8) ->
     masks = {count: _stripes(side, count) for count in COUNTS}
     uploads = {frame.id: frame for frames in masks.values() for frame in frames}
 
-    def job(count: int, step_count: int) -> GenerateRequest:
-        regions = [Region(mask=frame.id, prompt=prompt)
-                   for frame, prompt in zip(masks[count], PROMPTS)]
-        return GenerateRequest(prompt="a stone wall", width=side, height=side, steps=step_count,
-                               seed=1, scheduler="euler", regions=regions)
-
-    def generate(request: GenerateRequest, on_step) -> None:
-        generator.generate(request, uploads, on_step, lambda: False)
-
-    jobs = {f"{count} regions": (lambda n, c=count: job(c, n)) for count in COUNTS}
-    return step_costs(generate, jobs, "0 regions", repeat, steps)
+    rows = {f"{count} regions": {"regions": [Region(mask=frame.id, prompt=prompt)
+                                             for frame, prompt in zip(masks[count], PROMPTS)]}
+            for count in COUNTS}
+    return txt2img_step_costs(generator, uploads, rows, "0 regions", repeat, steps, side)
 
 
 def full_size_flops(family: str, counts: tuple[int, ...] = COUNTS) -> dict[str, float]:

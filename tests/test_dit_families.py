@@ -1,8 +1,8 @@
 """The newer diffusion-transformer families, Chroma and Z-Image, on their tiny
 random-weight models (backend/models/tiny_chroma.py, tiny_zimage.py), loaded through the
 same store, resolver and catalog as a user's folders, through the code Flux and SD3 run
-(pipelines/dit.py). Every job test runs on both families; txt2img's seeds and
-inpaint's kept pixels are tested for every family in test_flux.py.
+(pipelines/dit.py). Every job test runs on both families; txt2img's seeds, inpaint's kept
+pixels and the recommended steps and guidance are tested for every family in test_flux.py.
 
 64x64 images and 3 steps: each job takes a few tenths of a second on a CPU.
 """
@@ -120,17 +120,6 @@ def test_previews_show_the_latents_at_latent_size(generator, model):
     shown = [p for p in previews if p is not None]
     assert len(shown) == JOB["steps"] - 1
     assert (shown[0].width, shown[0].height) == (SIZE // 8, SIZE // 8)
-
-
-@pytest.mark.parametrize("name, steps, guidance",
-                         [("tiny-chroma", 40, 3.0), ("tiny-zimage", 9, 0.0)])
-def test_a_job_leaving_steps_and_guidance_out_runs_the_families_recommended(
-        generator, name, steps, guidance):
-    job = {**JOB, "steps": None, "guidance": None, "width": 32, "height": 32}
-    out = _run(generator, model=name, **job)
-    assert (out.params.steps, out.params.guidance) == (steps, guidance)
-    explicit = _run(generator, model=name, **{**job, "steps": steps, "guidance": guidance})
-    assert _rgba(out).tobytes() == _rgba(explicit).tobytes()
 
 
 # ------------------------------------------------------------------ refusals

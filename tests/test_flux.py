@@ -252,7 +252,8 @@ def test_schnell_and_turbo_presets_sample_four_flow_steps_without_guidance(gener
 
 
 @pytest.mark.parametrize("name, steps, guidance", [
-    ("tiny-flux", 28, 3.5), ("tiny-sd3", 28, 4.5), ("tiny", 20, 7.0)])
+    ("tiny-flux", 28, 3.5), ("tiny-sd3", 28, 4.5), ("tiny-chroma", 40, 3.0),
+    ("tiny-zimage", 9, 0.0), ("tiny", 20, 7.0)])
 def test_a_job_leaving_steps_and_guidance_out_runs_the_models_recommended(
         generator, name, steps, guidance):
     job = {**JOB, "steps": None, "guidance": None, "width": 32, "height": 32}

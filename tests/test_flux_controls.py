@@ -212,8 +212,9 @@ def test_depth_without_a_depth_controlnet_says_how_to_get_one(store, generator, 
     # an SD1.5 ControlNet on Flux
     (dict(controls=_depth("tiny-controlnet")), ErrorCode.INVALID_FIELD, "job.controls[0].model",
      "SD1.5/SDXL"),
-    # two controls: a Flux job takes one ControlNet
-    (dict(controls=_depth() * 2), ErrorCode.UNSUPPORTED, "job.controls[1]", "one control"),
+    # two controls: SD3's ControlNet pipeline takes one ControlNet
+    (dict(controls=_depth(SD3_CONTROLNET) * 2, model=SD3_TWO_BLOCKS), ErrorCode.UNSUPPORTED,
+     "job.controls[1]", "one control"),
     # a Flux ControlNet on SD3, an SD3 one on Flux
     (dict(controls=_depth(), model="tiny-sd3"), ErrorCode.INVALID_FIELD, "job.controls[0].model",
      "ControlNet for Flux models"),
@@ -242,28 +243,64 @@ def test_wrong_family_combinations_fail_on_their_field(store, generator, job, co
     store.use_default()
 
 
+def _canny(**settings) -> list[ControlLayer]:
+    return [ControlLayer(kind="canny", image=DEPTH.id, model=FLUX_UNION, preprocess=False,
+                         **settings)]
+
+
+@pytest.mark.parametrize("kind", ["txt2img", "inpaint"])
+def test_several_controls_on_flux_steer_together(generator, kind):
+    """A depth ControlNet and a union ControlNet's canny mode on one Flux job (a
+    FluxMultiControlNetModel): the pair steers otherwise than either alone, and than the
+    pair with the second's scale changed, and reproduces. (Scale 0 is not the first alone
+    to the byte: the pipeline encodes each control image with the job's generator, so a
+    second one moves the noise drawn after it.)"""
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:48, 16:48] = 255
+    frame = _gray(mask)
+    job = {"txt2img": {}, "inpaint": dict(init_image=INIT.id, mask=frame.id, strength=1.0,
+                                          context_padding=8)}[kind]
+    uploads = [DEPTH, INIT, frame]
+
+    def run(controls: list[ControlLayer]) -> bytes:
+        return _rgba(_run(generator, uploads, kind=kind, controls=controls, **job)).tobytes()
+
+    both = run(_depth() + _canny())
+    assert both == run(_depth() + _canny())
+    assert both not in (run(_depth()), run(_canny()), run([]))
+    assert run(_depth() + _canny(scale=0.3)) not in (both, run(_depth()))
+    # one union ControlNet serving two kinds, each in its mode
+    assert run(_canny() + [ControlLayer(kind="pose", image=DEPTH.id, model=FLUX_UNION,
+                                        preprocess=False)]) not in (both, run(_canny()))
+
+
 # ------------------------------------------------------------------ tiling with a control
 
-def test_a_tiled_job_with_a_control_reproduces_and_differs(generator):
-    tiled = _rgba(_run(generator, [DEPTH], tiling="x", controls=_depth()))
-    again = _rgba(_run(generator, [DEPTH], tiling="x", controls=_depth()))
+@pytest.mark.parametrize("controls", [_depth(), _depth() + _canny()], ids=["one", "two"])
+def test_a_tiled_job_with_controls_reproduces_and_differs(generator, controls):
+    tiled = _rgba(_run(generator, [DEPTH], tiling="x", controls=controls))
+    again = _rgba(_run(generator, [DEPTH], tiling="x", controls=controls))
     assert tiled.tobytes() == again.tobytes()
-    assert tiled.tobytes() != _rgba(_run(generator, [DEPTH], controls=_depth())).tobytes()
+    assert tiled.tobytes() != _rgba(_run(generator, [DEPTH], controls=controls)).tobytes()
     assert tiled.tobytes() != _rgba(_run(generator, [DEPTH], tiling="x")).tobytes()
 
 
-@pytest.mark.parametrize("model, controlnet_name, residuals", [
-    ("tiny-flux", FLUX_CONTROLNET, ("controlnet_block_samples", "controlnet_single_block_samples")),
-    (SD3_TWO_BLOCKS, SD3_CONTROLNET, ("block_controlnet_hidden_states",))])
+@pytest.mark.parametrize("model, controlnet_names, residuals", [
+    ("tiny-flux", (FLUX_CONTROLNET,), ("controlnet_block_samples", "controlnet_single_block_samples")),
+    ("tiny-flux", (FLUX_CONTROLNET, FLUX_UNION),
+     ("controlnet_block_samples", "controlnet_single_block_samples")),
+    (SD3_TWO_BLOCKS, (SD3_CONTROLNET,), ("block_controlnet_hidden_states",))],
+    ids=["flux", "flux-set", "sd3"])
 def test_the_transformer_gets_residuals_of_its_own_rolled_latent(store, generator, monkeypatch,
-                                                                model, controlnet_name, residuals):
-    """What a tiled step's transformer receives lines up: the ControlNet's residuals it is
-    handed are the ControlNet's output on the very latent (and control latents) it sees,
-    rolled by its offset, so the control moves with the picture across the seam."""
+                                                                model, controlnet_names, residuals):
+    """What a tiled step's transformer receives lines up: the ControlNets' residuals it is
+    handed (a set's summed) are the ControlNets' output on the very latent (and control
+    latents) it sees, rolled by its offset, so the control moves with the picture across
+    the seam."""
     store.use(model)
-    controlnet = store.controlnet(controlnet_name)
+    nets = [store.controlnet(name) for name in controlnet_names]
     seen: list[dict] = []
-    inputs: list[dict] = []
+    inputs: list[list[dict]] = [[] for _ in nets]
     real_forward = RolledTransformer.forward
 
     def spy(self, hidden_states, *args, **kwargs):
@@ -271,27 +308,35 @@ def test_the_transformer_gets_residuals_of_its_own_rolled_latent(store, generato
             seen.append(dict(self=self, latent=hidden_states, kwargs=kwargs))
         return real_forward(self, hidden_states, *args, **kwargs)
 
-    def record(_module, _args, kwargs):
-        inputs.append(dict(kwargs))
+    def recorder(calls: list[dict]):
+        return lambda _module, _args, kwargs: calls.append(dict(kwargs))
 
     monkeypatch.setattr(RolledTransformer, "forward", spy)
-    handle = controlnet.register_forward_pre_hook(record, with_kwargs=True)
+    handles = [net.register_forward_pre_hook(recorder(calls), with_kwargs=True)
+               for net, calls in zip(nets, inputs)]
+    controls = [layer for name in controlnet_names
+                for layer in (_canny() if name == FLUX_UNION else _depth(name))]
     try:
-        _run(generator, [DEPTH], model=model, tiling="both", controls=_depth(controlnet_name))
+        _run(generator, [DEPTH], model=model, tiling="both", controls=controls)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         store.use_default()
-    assert len(seen) == len(inputs) == JOB["steps"]
+    assert all(len(calls) == len(seen) == JOB["steps"] for calls in inputs)
     rolled = seen[0]["self"]
     assert any(offset != (0, 0) for offset in rolled.offsets)
-    for step, (call, given) in enumerate(zip(seen, inputs)):
+    for step, call in enumerate(seen):
         dx, dy = rolled.offsets[step]
+        outputs = []
         with torch.no_grad():
-            expected = controlnet(**{**given, **{
-                name: rolled.roll(given[name], dx, dy)
-                for name in ("hidden_states", "controlnet_cond")}})
+            for net, calls in zip(nets, inputs):
+                given = calls[step]
+                outputs.append(net(**{**given, **{
+                    name: rolled.roll(given[name], dx, dy)
+                    for name in ("hidden_states", "controlnet_cond")}}))
         handed = call["kwargs"]
-        for name, made in zip(residuals, expected):
+        for index, name in enumerate(residuals):
+            made = [sum(parts) for parts in zip(*(output[index] for output in outputs))]
             # what the transformer runs on: the residuals it was handed, rolled as its latent
             inside = [rolled.roll_tokens(r, dx, dy) for r in handed[name]]
             assert len(inside) == len(made) >= 1

@@ -69,7 +69,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, TypeVar
 
 import torch
-from diffusers import ControlNetModel, DiffusionPipeline, MultiControlNetModel, T2IAdapter
+from diffusers import (ControlNetModel, DiffusionPipeline, FluxControlNetModel,
+                       FluxMultiControlNetModel, MultiControlNetModel, T2IAdapter)
 from torch import nn
 
 from protocol.errors import ErrorCode, ProtocolError
@@ -135,7 +136,7 @@ class LoadedModel:
     references: ReferenceModels = field(default_factory=ReferenceModels, repr=False)
     # Several of its ControlNets as one, by their names in order (pipelines are cached per
     # ControlNet object, so the same set must be the same object).
-    control_sets: dict[tuple[str, ...], MultiControlNetModel] = field(default_factory=dict,
+    control_sets: dict[tuple[str, ...], MultiControlNetModel | FluxMultiControlNetModel] = field(default_factory=dict,
                                                                        repr=False)
     _variants: dict[tuple[str, Optional[ControlNetModel]], DiffusionPipeline] = field(
         default_factory=dict, repr=False)
@@ -565,17 +566,20 @@ class ModelStore:
         model.controlnets[name] = controlnet
         return controlnet
 
-    def controlnet_set(self, names: Sequence[str]) -> ControlNetModel | MultiControlNetModel:
+    def controlnet_set(self, names: Sequence[str]) -> torch.nn.Module:
         """The ControlNets ``names`` (each loaded as ``controlnet`` loads it) as what a
-        pipeline takes: the one itself, or several as one ``MultiControlNetModel``, kept
-        per model so that its pipelines are built once per set."""
+        pipeline takes: the one itself, or several as one ``MultiControlNetModel`` (Flux's:
+        ``FluxMultiControlNetModel``; a name may come twice, a union ControlNet serving two
+        controls), kept per model so that its pipelines are built once per set."""
         nets = [self.controlnet(name) for name in names]
         if len(nets) == 1:
             return nets[0]
         model = self._require_active()
         key = tuple(names)
         if key not in model.control_sets:
-            model.control_sets[key] = MultiControlNetModel(nets)
+            multi = FluxMultiControlNetModel if isinstance(nets[0], FluxControlNetModel) \
+                else MultiControlNetModel
+            model.control_sets[key] = multi(nets)
         return model.control_sets[key]
 
     def adapter(self, name: str) -> T2IAdapter:

@@ -1,6 +1,7 @@
-"""Controls on Flux and SD3 models: a job's one control through a ControlNet of the
-model's family (``FluxControlNetPipeline`` and its img2img / inpaint kin,
-``StableDiffusion3ControlNetPipeline`` for txt2img), and seamless tiling with it.
+"""Controls on Flux and SD3 models: a job's controls through ControlNets of the model's
+family (``FluxControlNetPipeline`` and its img2img / inpaint kin, several as one
+``FluxMultiControlNetModel``; ``StableDiffusion3ControlNetPipeline`` for txt2img, one
+control), and seamless tiling with them.
 
 The Flux ControlNet pipelines encode the init image themselves (they take no latents), so
 img2img and inpaint get pixels here; the unmasked pixels of an inpaint job are pasted back
@@ -15,8 +16,9 @@ image tokens). The ControlNet, called just before with the pipeline's unrolled l
 rolled the same way for the duration of the job: hooks on the shared module roll its
 latent and its control latents by the offset the transformer draws next (the same seed)
 and roll its residuals back, so it sees the latent the transformer sees, and what it hands
-on lines up with the unrolled latent. Hooks rather than a wrapper: the pipeline tells a
-single ControlNet from a set by its class.
+on lines up with the unrolled latent. A set's call draws the offset once, and each of its
+ControlNets rolls by it. Hooks rather than a wrapper: the pipeline tells a single
+ControlNet from a set by its class.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, SD3ControlNetModel
+from diffusers import DiffusionPipeline, FluxMultiControlNetModel, SD3ControlNetModel
 
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -56,25 +58,31 @@ def union_mode(controlnet: Any, kind: str, field: str) -> Optional[int]:
 
 
 def one_control(controls: Sequence[Any], family: str) -> None:
-    """Refuse a second control: a Flux or SD3 job takes one ControlNet (a union
-    ControlNet serves several kinds, one at a time)."""
+    """Refuse a second control where the family's pipeline takes one ControlNet (SD3's)."""
     if len(controls) > 1:
         raise ProtocolError(ErrorCode.UNSUPPORTED,
                             f"a {family} job takes one control (one ControlNet of its family); "
                             f"this job has {len(controls)}", controls[1].field)
 
 
-def condition_on_dit_controlnet(kind: str, kwargs: dict[str, Any], image: torch.Tensor,
-                                window: Window, init_rgb: Optional[np.ndarray],
-                                mode: Optional[int] = None) -> dict[str, Any]:
-    """The call of ``kind``'s ControlNet pipeline: ``image`` (``(1, 3, H, W)`` in
-    [0, 1]) as its control image at ``window``'s scale and steps (``mode``: a union
-    ControlNet's); the init image (img2img, inpaint: the work area, uint8 RGB) as pixels,
-    which these pipelines encode."""
-    kwargs = dict(kwargs, control_image=image, controlnet_conditioning_scale=window.scale,
-                  control_guidance_start=window.start, control_guidance_end=window.end)
-    if mode is not None:
-        kwargs["control_mode"] = mode
+def condition_on_dit_controlnet(kind: str, kwargs: dict[str, Any], images: Sequence[torch.Tensor],
+                                windows: Sequence[Window], init_rgb: Optional[np.ndarray],
+                                modes: Sequence[Optional[int]]) -> dict[str, Any]:
+    """The call of ``kind``'s ControlNet pipeline: each of ``images`` (``(1, 3, H, W)`` in
+    [0, 1]) as a control image at its window's scale and steps (its mode: a union
+    ControlNet's, else None); one control as the single ControlNet's arguments, several
+    as a set's lists. The init image (img2img, inpaint: the work area, uint8 RGB) as
+    pixels, which these pipelines encode."""
+    if len(images) == 1:
+        kwargs = dict(kwargs, control_image=images[0], controlnet_conditioning_scale=windows[0].scale,
+                      control_guidance_start=windows[0].start, control_guidance_end=windows[0].end)
+        if modes[0] is not None:
+            kwargs["control_mode"] = modes[0]
+    else:
+        kwargs = dict(kwargs, control_image=list(images),
+                      controlnet_conditioning_scale=[w.scale for w in windows],
+                      control_guidance_start=[w.start for w in windows],
+                      control_guidance_end=[w.end for w in windows], control_mode=list(modes))
     if kind != "txt2img":
         assert init_rgb is not None
         kwargs["image"] = pixels_tensor(init_rgb)
@@ -121,9 +129,14 @@ def _rolled_controlnet(controlnet: torch.nn.Module, pipe: DiffusionPipeline,
     # same offsets, so the ControlNet sees the very latent the transformer sees.
     roller = RolledTransformer(controlnet, axes, plan.work_width, plan.work_height,
                                packed=hasattr(pipe, "_unpack_latents"), seed=plan.seeds[0])
+    nets = list(dict.fromkeys(controlnet.nets)) if isinstance(controlnet, FluxMultiControlNetModel) \
+        else [controlnet]
+
+    def draw(_module: Any, _args: tuple, _kwargs: dict) -> None:
+        roller.draw()       # once per call of the ControlNet or of the set
 
     def before(_module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        dx, dy = roller.draw()
+        dx, dy = roller.offsets[-1]
         rolled = {name: roller.roll(kwargs[name], dx, dy)
                   for name in ("hidden_states", "controlnet_cond") if kwargs.get(name) is not None}
         return args, {**kwargs, **rolled}
@@ -136,8 +149,10 @@ def _rolled_controlnet(controlnet: torch.nn.Module, pipe: DiffusionPipeline,
             setattr(output, name, _roll_residuals(roller, getattr(output, name), -dx, -dy))
         return output
 
-    handles = [controlnet.register_forward_pre_hook(before, with_kwargs=True),
-               controlnet.register_forward_hook(after, with_kwargs=True)]
+    handles = [controlnet.register_forward_pre_hook(draw, with_kwargs=True)]
+    for net in nets:
+        handles += [net.register_forward_pre_hook(before, with_kwargs=True),
+                    net.register_forward_hook(after, with_kwargs=True)]
     try:
         yield
     finally:

@@ -50,7 +50,7 @@ from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
 from ..models.control_models import kind_of_model
 from ..models.accel import COMPILE_UNET, COMPILE_VAE_DECODE, CPU_OFFLOAD, classifier_free_guidance
-from ..models.families import SD15, SD2_DEPTH, SDXL, T2I_ADAPTER, is_transformer
+from ..models.families import FLUX, SD15, SD2_DEPTH, SDXL, T2I_ADAPTER, is_transformer
 from ..models.store import LoadedModel, ModelStore, native_side
 from .adapter import AdapterGuide, adapter_guide, adapter_residuals
 from .control import condition_on_controlnets, condition_on_depth2img, control_tensor
@@ -236,19 +236,22 @@ class DiffusionGenerator:
 
     def _condition_dit(self, call: PipelineCall, plan: GenerationPlan, model: LoadedModel,
                        init_rgb: Optional[np.ndarray]) -> PipelineCall:
-        """A transformer's call conditioned on the job's one control through a ControlNet of
-        the model's family (dit_controls.py; the store refuses one of another family)."""
+        """A transformer's call conditioned on the job's controls through ControlNets of
+        the model's family (dit_controls.py; the store refuses one of another family): on
+        Flux any number (a set), on SD3 one."""
         if not plan.controls:
             return call
-        one_control(plan.controls, model.family)
-        control = plan.controls[0]
-        control = self._estimated(control, model) if control.estimate else control
-        name = self._control_model(control)
-        controlnet = _refielded(control, lambda: self._store.controlnet(name))
-        image = control_tensor(control, work_region(plan, control.image))
-        mode = union_mode(controlnet, control.kind, f"{control.field}.kind")
-        kwargs = condition_on_dit_controlnet(call.kind, call.kwargs, image, control, init_rgb, mode)
-        return PipelineCall(call.kind, kwargs, controlnet)
+        if model.family != FLUX:
+            one_control(plan.controls, model.family)
+        controls = [self._estimated(c, model) if c.estimate else c for c in plan.controls]
+        names = [self._control_model(control) for control in controls]
+        nets = [_refielded(control, lambda n=name: self._store.controlnet(n))
+                for control, name in zip(controls, names)]
+        modes = [union_mode(net, control.kind, f"{control.field}.kind")
+                 for net, control in zip(nets, controls)]
+        images = [control_tensor(control, work_region(plan, control.image)) for control in controls]
+        kwargs = condition_on_dit_controlnet(call.kind, call.kwargs, images, controls, init_rgb, modes)
+        return PipelineCall(call.kind, kwargs, self._store.controlnet_set(names))
 
     def _with_references(self, call: PipelineCall, plan: GenerationPlan,
                          model: LoadedModel) -> PipelineCall:

@@ -415,6 +415,39 @@ def test_a_gguf_transformer_loads_quantized_and_its_jobs_reproduce(atelier_home,
     assert difference.max() <= 4 and difference.mean() < 0.5, (difference.max(), difference.mean())
 
 
+@pytest.mark.parametrize("tiny, encoder, component", [
+    ("tiny-flux", "t5xxl", "text_encoder_2"), ("tiny-zimage", "qwen_3_4b", "text_encoder")])
+def test_a_gguf_text_encoder_beside_the_transformer_is_found_and_dequantized(
+        atelier_home, comfy, tmp_path, tiny, encoder, component):
+    """city96's T5-XXL and the Qwen3 GGUF files (llama.cpp's tensor names, Q8_0) in
+    models/text_encoders serve as the text encoder: not listed as models, dequantized to
+    the pipeline's dtype within Q8_0's rounding, and the job's pixels a level or so from
+    the full-precision encoder's."""
+    from backend.models.tiny_dit_files import export_encoder_gguf
+
+    models = tmp_path / "models"
+    shutil.copytree(comfy[tiny], models)
+    (models / "text_encoders" / f"{encoder}.safetensors").unlink()
+    source = ensure_tiny(tiny, atelier_home / "models")
+    export_encoder_gguf(source, FAMILY[tiny], models / "text_encoders" / f"{encoder}-Q8_0.gguf")
+    store = _store(atelier_home, models)
+    name = next(n for t, n, naming in LAYOUTS if t == tiny and naming == "original")
+    assert not [i.name for i in store.available() if i.name.startswith("text_encoders/")]
+    quantized = getattr(store.use(name).pipe, component).state_dict()
+    full = getattr(store.use(tiny).pipe, component).state_dict()
+    assert set(quantized) == set(full)
+    for key, tensor in full.items():
+        scale = tensor.abs().max().item() or 1.0
+        assert quantized[key].dtype == torch.float32
+        assert (quantized[key] - tensor).abs().max().item() <= scale / 100, key
+    generator = DiffusionGenerator(store)
+    first = _pixels(generator, model=name)
+    assert first == _pixels(generator, model=name)
+    difference = np.abs(np.frombuffer(first, np.uint8).astype(int)
+                        - np.frombuffer(_pixels(generator, model=tiny), np.uint8))
+    assert difference.max() <= 4 and difference.mean() < 0.5, (difference.max(), difference.mean())
+
+
 def test_gguf_files_that_are_not_transformers_are_not_listed_and_refused(atelier_home, tmp_path):
     import gguf
 

@@ -34,7 +34,7 @@ from . import dit_keys, families
 from .dit_parts import PARTS, Part, PartFile, find_part, models_folder, shape_of
 from .file_kinds import TensorHeader, read_header
 from .fp8_storage import keep_stored, stored_fp8
-from .gguf_files import is_gguf, load_gguf_state, quantization, read_gguf_header
+from .gguf_files import encoder_state, is_gguf, load_gguf_state, quantization, read_gguf_header
 from .single_file import (CONFIGS, MAX_TOKENS, TOKENIZER_FILES, checkpoint_family,
                           find_clip_tokenizer)
 from .sources import ModelRoots, hf_snapshot
@@ -252,7 +252,14 @@ def _load_encoder(part: Part, source: PartFile, config: Path,
                   dtype: torch.dtype) -> PreTrainedModel:
     """A text encoder from its tensors, through transformers' loader."""
     model_config = part.model_class.config_class.from_pretrained(str(config / part.component))
-    state = read_tensors(source)
+    if is_gguf(source.path):
+        with torch.device("meta"):
+            names = part.model_class(model_config)      # for its tensor names only
+        state = encoder_state(source.path, names, dtype)
+        if part.model_class is T5EncoderModel:          # tied to the shared embedding
+            state["encoder.embed_tokens.weight"] = state["shared.weight"]
+    else:
+        state = read_tensors(source)
     if part.model_class is Qwen3Model:
         # ComfyUI's Qwen3 files are the causal LM's: the model under ``model.``, maybe its head
         state = {k.removeprefix("model."): v for k, v in state.items() if not k.startswith("lm_head.")}
@@ -320,7 +327,9 @@ def find_dit_files(path: Path, family: str, home: Path, search_dirs: Sequence[Pa
             if not (part.optional and exc.code == ErrorCode.MODEL_NOT_FOUND):
                 raise
             absent.append(part.component)
-    sources = parts if is_gguf(path) else {"transformer": transformer, **parts}
+    sources = {**({} if is_gguf(path) else {"transformer": transformer}),
+               **{component: source for component, source in parts.items()
+                  if not is_gguf(source.path)}}
     fp8 = {component: dtype for component, source in sources.items()
            if component != "vae" and (dtype := stored_fp8(source.path, source.prefix)) is not None}
     return DiTFiles(family, transformer, config, parts, fp8,

@@ -25,7 +25,8 @@ from protocol.errors import ErrorCode, ProtocolError
 from . import families
 from .dit_keys import PREFIX
 from .file_kinds import TensorHeader, read_header
-from .sources import SINGLE_FILE_SUFFIX, ModelRoots
+from .gguf_files import is_gguf, is_gguf_encoder, read_gguf_header
+from .sources import GGUF_SUFFIX, SINGLE_FILE_SUFFIX, ModelRoots
 
 TRANSFORMER_FOLDERS = ("unet", "diffusion_models")       # where ComfyUI keeps transformers
 ENCODER_FOLDERS = ("text_encoders", "clip")
@@ -86,6 +87,11 @@ def part_width(part: Part, header: TensorHeader) -> Optional[int]:
     """The width of ``part``'s model in a companion file, when the file holds such a
     model (its tensor names say), else None."""
     shapes = header.shapes
+    if is_gguf_encoder(header):         # llama.cpp's names: T5's encoder blocks are "enc.blk."
+        t5 = any(k.startswith("enc.blk.") for k in shapes)
+        fits = (part.model_class is T5EncoderModel and t5) or (
+            part.model_class is Qwen3Model and "blk.0.attn_q_norm.weight" in shapes)
+        return shapes["token_embd.weight"][1] if fits else None
     if part.model_class is Qwen3Model:
         if not any(k.endswith(".self_attn.q_norm.weight") for k in shapes):
             return None
@@ -142,13 +148,16 @@ def models_folder(path: Path) -> Optional[Path]:
 
 
 def _candidates(part: Part, path: Path, search_dirs: Sequence[Path]) -> list[Path]:
+    """The files in ``part``'s folders: ``.safetensors``, and for a text encoder GGUF too."""
     bases = [b for b in (models_folder(path), *search_dirs) if b is not None]
+    suffixes = (SINGLE_FILE_SUFFIX,) if part.model_class is AutoencoderKL else \
+        (SINGLE_FILE_SUFFIX, GGUF_SUFFIX)
     found: list[Path] = []
     for base in dict.fromkeys(bases):
         for folder in part.folders:
             if (base / folder).is_dir():
-                found.extend(sorted(p for p in (base / folder).rglob(f"*{SINGLE_FILE_SUFFIX}")
-                                    if p.is_file()))
+                found.extend(sorted(p for p in (base / folder).rglob("*")
+                                    if p.is_file() and p.suffix.lower() in suffixes))
     return found
 
 
@@ -172,7 +181,7 @@ def find_part(part: Part, config: Path, path: Path, named: Sequence[Path],
             if not roots.holds(candidate) and candidate not in named:
                 continue
             try:
-                header = read_header(candidate)
+                header = read_gguf_header(candidate) if is_gguf(candidate) else read_header(candidate)
             except ProtocolError:
                 continue
             if part_width(part, header) == width:

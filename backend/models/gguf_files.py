@@ -2,8 +2,9 @@
 ComfyUI-GGUF users keep in ``models/unet``), read through diffusers' GGUF support: the
 quantized weights stay quantized in memory (Q8_0 about half of bf16, Q4 about a quarter)
 and each layer dequantizes them as it runs. Needs the ``gguf`` package (ggml's own
-reader). Only a transformer comes as GGUF; its text encoders and VAE are found as for
-any split file (dit_files.py).
+reader). Text encoders kept as GGUF (T5-XXL, Qwen3) are found as any part is
+(dit_parts.py) and dequantized to the pipeline's dtype as they load: their file is smaller,
+their memory is not.
 """
 
 from __future__ import annotations
@@ -73,6 +74,45 @@ def load_gguf_state(path: Path, field: str = "model") -> dict[str, torch.Tensor]
         return load_gguf_checkpoint(str(path))
     except (ValueError, OSError) as exc:
         raise _failed(path, str(exc), field) from exc
+
+
+# The llama.cpp architectures of the text encoders kept as GGUF (city96's
+# t5-v1_1-xxl-encoder-Q8_0.gguf, Qwen3-4B-Q8_0.gguf), by transformers' model type; and the
+# prefix gguf-py's name table puts before the bare model's tensor names.
+ENCODER_ARCHITECTURES = {"t5": ("T5ENCODER", ""), "qwen3": ("QWEN3", "model.")}
+
+
+def is_gguf_encoder(header: TensorHeader) -> bool:
+    """Whether a GGUF file's tensors are a text encoder's (llama.cpp's names)."""
+    return "token_embd.weight" in header.shapes and any(
+        k.startswith(("enc.blk.", "blk.")) for k in header.shapes)
+
+
+def encoder_state(path: Path, model: torch.nn.Module, dtype: torch.dtype,
+                  field: str = "model") -> dict[str, torch.Tensor]:
+    """A GGUF text encoder's tensors dequantized to ``dtype``, under the names of
+    ``model`` (a transformers T5 encoder or Qwen3 model, on any device: only its tensor
+    names and layer count are read), through gguf-py's table of llama.cpp names."""
+    import gguf
+    from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
+
+    arch, prefix = ENCODER_ARCHITECTURES[model.config.model_type]
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch),
+                                     model.config.num_hidden_layers)
+    ours = {}
+    for key in model.state_dict():
+        stem, _, suffix = key.rpartition(".")
+        theirs = names.get_name(prefix + stem)
+        if theirs is not None:
+            ours[f"{theirs}.{suffix}"] = key
+    state = {}
+    for name, tensor in load_gguf_state(path, field).items():
+        if name not in ours:
+            continue          # what the pipeline does not use (Qwen's output head)
+        if isinstance(tensor, GGUFParameter):
+            tensor = dequantize_gguf_tensor(tensor)
+        state[ours[name]] = tensor.to(dtype)
+    return state
 
 
 def quantization(dtype: torch.dtype) -> Any:

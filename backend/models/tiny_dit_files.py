@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from . import dit_keys, families
 from .dit_parts import PARTS, embedded_prefix
+from .gguf_files import ENCODER_ARCHITECTURES
 from .ldm_keys import VAE_PREFIX, vae_key
 
 Naming = Literal["diffusers", "original"]
@@ -71,18 +72,15 @@ def export_parts(folder: Path, family: str, models: Path) -> dict[str, Path]:
     return written
 
 
-def export_gguf(folder: Path, family: str, dest: Path, naming: Naming = "original") -> Path:
-    """The tiny pipeline ``folder``'s transformer as a GGUF file as city96's converter
-    writes them: 2-D weights whose rows are whole Q8_0 blocks (32 values) quantized to
-    Q8_0, the rest (biases, norms, Z-Image's pad tokens) kept as F32."""
+def _write_gguf(dest: Path, architecture: str, state: dict[str, torch.Tensor]) -> Path:
+    """``state`` as a GGUF file as city96's converter writes them: 2-D weights whose rows
+    are whole Q8_0 blocks (32 values) quantized to Q8_0, the rest (biases, norms, Z-Image's
+    pad tokens) kept as F32."""
     import gguf
     from gguf.quants import quantize
 
-    state = load_file(str(folder / "transformer" / TRANSFORMER_FILE))
-    if naming == "original":
-        state = dit_keys.to_original(family, state)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(dest), family)
+    writer = gguf.GGUFWriter(str(dest), architecture)
     q8 = gguf.GGMLQuantizationType.Q8_0
     block = gguf.GGML_QUANT_SIZES[q8][0]
     for name, tensor in state.items():
@@ -96,6 +94,35 @@ def export_gguf(folder: Path, family: str, dest: Path, naming: Naming = "origina
     writer.write_tensors_to_file()
     writer.close()
     return dest
+
+
+def export_gguf(folder: Path, family: str, dest: Path, naming: Naming = "original") -> Path:
+    """The tiny pipeline ``folder``'s transformer as a GGUF file (Q8_0 weights)."""
+    state = load_file(str(folder / "transformer" / TRANSFORMER_FILE))
+    if naming == "original":
+        state = dit_keys.to_original(family, state)
+    return _write_gguf(dest, family, state)
+
+
+def export_encoder_gguf(folder: Path, family: str, dest: Path) -> Path:
+    """The tiny pipeline ``folder``'s T5 or Qwen3 text encoder as a GGUF file in
+    llama.cpp's tensor names (as city96's T5 and the Qwen3 GGUF files carry them), Q8_0."""
+    import gguf
+
+    from transformers import AutoConfig
+
+    part = next(p for p in PARTS[family] if p.role in ("t5xxl", "qwen_3_4b"))
+    config = AutoConfig.from_pretrained(str(folder / part.component))
+    arch, prefix = ENCODER_ARCHITECTURES[config.model_type]
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch), config.num_hidden_layers)
+    state = load_file(str(sorted((folder / part.component).glob("*.safetensors"))[0]))
+    out = {}
+    for key, tensor in state.items():
+        stem, _, suffix = key.rpartition(".")
+        name = names.get_name(prefix + stem)
+        if name is not None:          # T5's encoder.embed_tokens is the shared embedding
+            out[f"{name}.{suffix}"] = tensor
+    return _write_gguf(dest, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch)], out)
 
 
 def build_tiny_transformer_lora(folder: Path, family: str, dest: Path, seed: int = 11) -> Path:

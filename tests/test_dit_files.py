@@ -183,6 +183,53 @@ def test_split_files_load_listed_with_their_family_and_run_like_the_folder(
     assert first != _pixels(generator, model=name, seed=8)
 
 
+def test_a_flux_fill_file_is_its_own_family_and_inpaints_like_its_folder(atelier_home, comfy,
+                                                                         tmp_path):
+    """ComfyUI's flux1-fill-dev.safetensors: a Flux transformer whose input also takes the
+    mask (384 channels at full size, where Flux's Depth/Canny control transformers take 128)
+    is FLUX.1-Fill, listed so, loaded with the shipped Fill config (its parameter count the
+    published 11.9 B) or the tiny one, and its inpaint gives the folder model's pixels."""
+    from backend.models.dit_files import shipped_variant
+    from backend.models.tiny_dit_files import export_transformer
+    from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
+
+    config = FluxTransformer2DModel.load_config(str(CONFIGS / "flux_fill"), subfolder="transformer")
+    with torch.device("meta"):
+        full = FluxTransformer2DModel.from_config(config)
+    assert 11.8 < sum(p.numel() for p in full.parameters()) / 1e9 < 12.0
+    header = TensorHeader({k: tuple(v.shape) for k, v in
+                           dit_keys.to_original(families.FLUX_FILL, full.state_dict()).items()}, {})
+    assert shipped_variant(families.FLUX_FILL, header) == "flux_fill"
+    models = tmp_path / "models"
+    shutil.copytree(comfy["tiny-flux"], models)
+    source = ensure_tiny("tiny-flux-fill", atelier_home / "models")
+    name = "diffusion_models/flux1-fill-tiny.safetensors"
+    export_transformer(source, families.FLUX_FILL, models / name, "original")
+    # Fill takes Flux's text encoders and VAE: the tiny Fill's own, named on the command line
+    parts = export_parts(source, families.FLUX_FILL, tmp_path / "fill-parts")
+    store = _store(atelier_home, models, companion_files=list(parts.values()))
+    listed = {info.name: info.family for info in store.available()}
+    assert listed[name] == families.FLUX_FILL
+    assert listed["diffusion_models/flux-tiny-bfl.safetensors"] == families.FLUX
+    rgba = np.random.default_rng(3).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 16:48] = 255
+    init = ImageFrame(FrameKind.UPLOAD, PixelFormat.RGBA8, 0, 64, 64, new_id(), rgba.tobytes())
+    frame = ImageFrame(FrameKind.UPLOAD, PixelFormat.GRAY8, 0, 64, 64, new_id(), mask.tobytes())
+    generator = DiffusionGenerator(store)
+
+    def inpaint(model: str) -> bytes:
+        job = GenerateRequest(**{**JOB, "guidance": 30.0}, kind="inpaint", init_image=init.id,
+                              mask=frame.id, strength=1.0, context_padding=8, model=model)
+        out = generator.generate(job, {init.id: init, frame.id: frame}, lambda *_: None,
+                                 lambda: False)
+        return pixels_to_array(out.images[0].pixels).tobytes()
+
+    assert inpaint(name) == inpaint("tiny-flux-fill")
+    assert store.use(name).family == families.FLUX_FILL
+
+
 def test_a_missing_text_encoder_names_the_file_and_where_it_goes(atelier_home, comfy, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(comfy["tiny-flux"], models)

@@ -102,10 +102,13 @@ def test_a_folder_named_by_path_is_detected_from_model_index(store, tmp_path, na
     assert other.load("my-model").family == family
     names = {info.name: info.family for info in other.available()}
     assert family in names.values()
-    # A Flux pipeline of another kind (Fill, Kontext) has another transformer: not taken as Flux.
+    # A Flux pipeline of another kind has another transformer: Fill's is a family of its
+    # own, Kontext's is not taken as Flux.
     index = json.loads((folder / "model_index.json").read_text())
-    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxFillPipeline"}))
-    assert families.family_of_folder(folder) == families.UNKNOWN
+    for pipeline, detected in (("FluxFillPipeline", families.FLUX_FILL),
+                               ("FluxKontextPipeline", families.UNKNOWN)):
+        (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": pipeline}))
+        assert families.family_of_folder(folder) == detected
 
 
 def test_single_transformer_files_are_listed_with_their_family(store, tmp_path):
@@ -383,3 +386,52 @@ def test_a_flux_job_over_the_daemon_and_a_wrong_combination_failing(start_daemon
                                                      "job.controls[0].model")
         assert "SD1.5/SDXL" in err.value.message
         assert isinstance(client.run_job(GenerateRequest(**JOB), timeout=120), JobDone)
+
+
+# ------------------------------------------------------------------ FLUX.1-Fill
+
+def _fill_job(**job) -> tuple[list[ImageFrame], dict]:
+    init = _upload_rgba(2)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:40, 20:44] = 255
+    frame = _upload_mask(mask)
+    return [init, frame], dict(kind="inpaint", init_image=init.id, mask=frame.id, strength=1.0,
+                               context_padding=8, model="tiny-flux-fill", **job)
+
+
+def test_flux_fill_inpaints_with_its_own_pipeline_and_keeps_every_unmasked_pixel(store, generator):
+    """FLUX.1-Fill (its transformer reads the masked image and the mask) is its own family,
+    run through FluxFillPipeline: its inpaint reproduces, follows the seed, and keeps every
+    pixel outside the mask byte-identical; a job leaving steps and guidance out runs its
+    card's 50 steps at guidance 30."""
+    uploads, job = _fill_job()
+    listed = {info.name: info.family for info in store.available()}
+    assert listed["tiny-flux-fill"] == families.FLUX_FILL
+    first = _run(generator, uploads, **job)
+    assert store.active.family == families.FLUX_FILL
+    assert type(store.pipeline("inpaint")).__name__ == "FluxFillPipeline"
+    out = _rgba(first)
+    assert out.tobytes() == _rgba(_run(generator, uploads, **job)).tobytes()
+    assert out.tobytes() != _rgba(_run(generator, uploads, **{**job, "seed": 8})).tobytes()
+    original = np.frombuffer(uploads[0].data, np.uint8).reshape(SIZE, SIZE, 4)
+    outside = np.frombuffer(uploads[1].data, np.uint8).reshape(SIZE, SIZE) == 0
+    assert out[outside].tobytes() == original[outside].tobytes()
+    assert (out[~outside] != original[~outside]).any()
+    # Fill's transformer is not Flux's: the same job on tiny-flux is another picture
+    assert out.tobytes() != _rgba(_run(generator, uploads, **{**job, "model": "tiny-flux"})).tobytes()
+    defaults = _run(generator, uploads, **{**job, "steps": None, "guidance": None})
+    assert (defaults.params.steps, defaults.params.guidance) == (50, 30.0)
+    store.use_default()
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(kind="txt2img", init_image=None, mask=None), "kind"),
+    (dict(kind="img2img", mask=None), "kind"),
+    (dict(controls=[ControlLayer(kind="depth", image=DEPTH.id)]), "job.controls"),
+])
+def test_flux_fill_refuses_what_it_cannot_run_naming_the_field(store, generator, change, field):
+    uploads, job = _fill_job()
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, [*uploads, DEPTH], **{**job, **change})
+    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, field), err.value.message
+    store.use_default()

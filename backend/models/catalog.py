@@ -28,7 +28,6 @@ from .embeddings import EMBEDDINGS_FOLDER, in_embeddings_folder
 from .file_kinds import describe_file, is_ip_adapter, ip_adapter_family, read_header
 from .ip_adapters import IP_ADAPTER_FOLDERS, adapter_name, in_adapter_folder
 from .loras import LORA_FOLDERS
-from .single_file import checkpoint_family
 from .upscalers import UPSCALER_FOLDERS, in_upscaler_folder, upscaler_name
 from .sources import GGUF_SUFFIX, SINGLE_FILE_SUFFIX, TINY_MODELS, ModelRoots, hf_snapshot
 
@@ -112,7 +111,7 @@ def _single_file(root: Path, path: Path, roots: ModelRoots) -> Optional[ModelInf
         # Named by its token: the word a prompt uses (embeddings.py).
         return ModelInfo(name=path.stem, source="single_file", family=info.family,
                          path=str(path), kind="embedding")
-    family = checkpoint_family(path)
+    family = file_family(path)
     return ModelInfo(name=relative, source="single_file", family=family, path=str(path),
                      kind=kind_of_family(family))
 

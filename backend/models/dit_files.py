@@ -59,12 +59,15 @@ QWEN_TOKENIZER_REPOS = (("Qwen/Qwen3-4B", ""), ("Tongyi-MAI/Z-Image-Turbo", "tok
 # folder: a ComfyUI user has them without fetching anything.
 COMFY_TOKENIZERS = {"t5": "comfy/text_encoders/t5_tokenizer", "clip": "comfy/sd1_tokenizer",
                     "qwen": "comfy/text_encoders/qwen25_tokenizer"}
-TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.SD3: SD3Transformer2DModel,
+TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.FLUX_FILL: FluxTransformer2DModel,
+                       families.SD3: SD3Transformer2DModel,
                        families.CHROMA: ChromaTransformer2DModel,
                        families.ZIMAGE: ZImageTransformer2DModel}
 # Flux's layout (and its converter's fixed width, which dit_keys.py works around)
-FLUX_LAYOUT = (families.FLUX, families.CHROMA)
-TINY_MODELS = {families.FLUX: "tiny-flux", families.SD3: "tiny-sd3", families.CHROMA: "tiny-chroma",
+FLUX_LAYOUT = (families.FLUX, families.FLUX_FILL, families.CHROMA)
+FLUX_PACKED_LATENT = 64     # a Flux latent's channels, 2x2 patches packed into each token
+TINY_MODELS = {families.FLUX: "tiny-flux", families.FLUX_FILL: "tiny-flux-fill",
+               families.SD3: "tiny-sd3", families.CHROMA: "tiny-chroma",
                families.ZIMAGE: "tiny-zimage"}
 
 
@@ -77,10 +80,16 @@ def transformer_header(path: Path) -> TensorHeader:
 
 
 def file_family(path: Path) -> str:
-    """The family of a single file, a GGUF one included (gguf_files.py)."""
-    if is_gguf(path):
-        return families.family_of_checkpoint_keys(transformer_header(path).shapes, None)
-    return checkpoint_family(path)
+    """The family of a single file, a GGUF one included (gguf_files.py). A Flux transformer
+    whose input takes more than its packed latent and one more image's (Flux's Depth and
+    Canny control transformers: 128) is FLUX.1-Fill's, which also takes the mask."""
+    family = (families.family_of_checkpoint_keys(transformer_header(path).shapes, None)
+              if is_gguf(path) else checkpoint_family(path))
+    if family == families.FLUX:
+        shape = shape_of(transformer_header(path), "img_in.weight", "x_embedder.weight")
+        if shape is not None and shape[-1] > 2 * FLUX_PACKED_LATENT:
+            return families.FLUX_FILL
+    return family
 
 
 def transformer_width(family: str, header: TensorHeader) -> Optional[int]:
@@ -106,6 +115,8 @@ def shipped_variant(family: str, header: TensorHeader) -> str:
     """The shipped config folder a full-size transformer file matches."""
     if family == families.CHROMA:
         return "chroma"
+    if family == families.FLUX_FILL:
+        return "flux_fill"
     if family == families.ZIMAGE:
         return "zimage_turbo"        # the base model has the same shapes
     if family == families.FLUX:

@@ -17,6 +17,7 @@ from diffusers import (
     FluxControlNetImg2ImgPipeline,
     FluxControlNetInpaintPipeline,
     FluxControlNetPipeline,
+    FluxFillPipeline,
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
     FluxPipeline,
@@ -55,6 +56,7 @@ SDXL = "sdxl"
 SDXL_INPAINT = "sdxl_inpaint"
 SDXL_REFINER = "sdxl_refiner"
 FLUX = "flux"                 # Flux.1 (dev, schnell and their fine-tunes): a diffusion transformer
+FLUX_FILL = "flux_fill"       # FLUX.1-Fill: Flux's inpainting transformer (it reads the mask)
 SD3 = "sd3"                   # Stable Diffusion 3 and 3.5 (medium, large, turbo): MMDiT
 CHROMA = "chroma"             # Chroma (Lodestone Rabbits): a Flux-derived transformer, T5 only
 ZIMAGE = "zimage"             # Z-Image (Tongyi-MAI; Turbo and base): single-stream DiT, Qwen3 text
@@ -98,6 +100,8 @@ _PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[D
     FLUX: ({TXT2IMG: FluxPipeline, IMG2IMG: FluxImg2ImgPipeline, INPAINT: FluxInpaintPipeline},
            {TXT2IMG: FluxControlNetPipeline, IMG2IMG: FluxControlNetImg2ImgPipeline,
             INPAINT: FluxControlNetInpaintPipeline}),
+    # Fill's transformer reads the masked image and the mask: it inpaints only.
+    FLUX_FILL: ({INPAINT: FluxFillPipeline}, {}),
     SD3: ({TXT2IMG: StableDiffusion3Pipeline, IMG2IMG: StableDiffusion3Img2ImgPipeline,
            INPAINT: StableDiffusion3InpaintPipeline},
           {TXT2IMG: StableDiffusion3ControlNetPipeline}),
@@ -112,13 +116,14 @@ _PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[D
 # The pipeline class a family's base model is loaded as.
 BASE_KIND = {SD15: TXT2IMG, SD2: TXT2IMG, SDXL: TXT2IMG, SD15_INPAINT: INPAINT,
              SD2_INPAINT: INPAINT, SDXL_INPAINT: INPAINT, SD2_DEPTH: DEPTH, FLUX: TXT2IMG,
-             SD3: TXT2IMG, CHROMA: TXT2IMG, ZIMAGE: TXT2IMG}
+             FLUX_FILL: INPAINT, SD3: TXT2IMG, CHROMA: TXT2IMG, ZIMAGE: TXT2IMG}
 # Families whose denoiser is a transformer over latent patches, not a UNet.
-TRANSFORMER_FAMILIES = frozenset({FLUX, SD3, CHROMA, ZIMAGE})
-# A transformer family by the ``_class_name`` of its folder's model_index.json: only its
-# text-to-image pipeline's name (Flux's Fill, Kontext and Control pipelines have other
+TRANSFORMER_FAMILIES = frozenset({FLUX, FLUX_FILL, SD3, CHROMA, ZIMAGE})
+# A transformer family by the ``_class_name`` of its folder's model_index.json: its
+# text-to-image pipeline's name, or Fill's (Flux's Kontext and Control pipelines have other
 # transformers: unknown).
-_TRANSFORMER_INDEX = {FluxPipeline.__name__: FLUX, StableDiffusion3Pipeline.__name__: SD3,
+_TRANSFORMER_INDEX = {FluxPipeline.__name__: FLUX, FluxFillPipeline.__name__: FLUX_FILL,
+                      StableDiffusion3Pipeline.__name__: SD3,
                       ChromaPipeline.__name__: CHROMA, ZImagePipeline.__name__: ZIMAGE}
 
 

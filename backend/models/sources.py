@@ -55,6 +55,8 @@ TINY_MODELS: dict[str, TinyModel] = {
     "tiny-sdxl": TinyModel("tiny-sdxl", lambda d, _: tiny.build_tiny_sdxl_model(d), "sdxl"),
     "tiny-depth": TinyModel("tiny-depth", lambda d, _: tiny.build_tiny_depth_model(d), "sd2_depth"),
     "tiny-flux": TinyModel("tiny-flux", lambda d, _: tiny_flux.build_tiny_flux_model(d), "flux"),
+    "tiny-flux-fill": TinyModel("tiny-flux-fill",
+                                lambda d, _: tiny_flux.build_tiny_flux_fill_model(d), "flux_fill"),
     "tiny-sd3": TinyModel("tiny-sd3", lambda d, _: tiny_sd3.build_tiny_sd3_model(d), "sd3"),
     "tiny-chroma": TinyModel("tiny-chroma", lambda d, _: tiny_chroma.build_tiny_chroma_model(d),
                              "chroma"),

@@ -146,6 +146,18 @@ class LoadedModel:
     def kinds(self) -> tuple[str, ...]:
         return families.kinds_of(self.family)
 
+    def pipeline_class(self, kind: str, controlnet: bool = False) -> type[DiffusionPipeline]:
+        """The class of this model's ``kind`` pipeline; ``unsupported`` on ``kind`` when
+        its family has none (an inpainting model's txt2img)."""
+        cls = families.pipeline_class(self.family, kind, controlnet=controlnet)
+        if cls is None:
+            runs = ", ".join(families.kinds_of(self.family, controlnet)) or "nothing"
+            what = "with a ControlNet " if controlnet else ""
+            raise ProtocolError(ErrorCode.UNSUPPORTED,
+                                f"model {self.name} ({self.family}) cannot run {kind} {what}"
+                                f"(it runs: {runs})", field="kind")
+        return cls
+
     def pipeline(self, kind: str, controlnet_model: Optional[ControlNetModel] = None) -> DiffusionPipeline:
         """The pipeline for ``kind`` sharing this model's components (cached)."""
         if self._released:
@@ -153,13 +165,7 @@ class LoadedModel:
         key = (kind, controlnet_model)
         if key in self._variants:
             return self._variants[key]
-        cls = families.pipeline_class(self.family, kind, controlnet=controlnet_model is not None)
-        if cls is None:
-            runs = ", ".join(families.kinds_of(self.family, controlnet_model is not None)) or "nothing"
-            what = "with a ControlNet " if controlnet_model is not None else ""
-            raise ProtocolError(ErrorCode.UNSUPPORTED,
-                                f"model {self.name} ({self.family}) cannot run {kind} {what}"
-                                f"(it runs: {runs})", field="kind")
+        cls = self.pipeline_class(kind, controlnet=controlnet_model is not None)
         if type(self.pipe) is cls:
             pipe = self.pipe
         else:

@@ -47,8 +47,9 @@ class ConditionedCall:
 
 def pixels_tensor(rgb: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 -> ``(1, 3, H, W)`` in [0, 1], what diffusers' image processor takes."""
-    tensor = torch.from_numpy(np.ascontiguousarray(rgb[..., :3])).permute(2, 0, 1)[None]
-    return tensor.to(torch.float32) / 255.0
+    # a copy: the pixels may be a read-only view of an upload, which torch will not wrap
+    tensor = torch.from_numpy(np.array(rgb[..., :3], dtype=np.float32)).permute(2, 0, 1)[None]
+    return tensor / 255.0
 
 
 def control_tensor(control: PlannedControl, image: np.ndarray) -> torch.Tensor:

@@ -43,6 +43,7 @@ from protocol.messages import GenerateRequest
 
 from .job_unet import ModelView
 from .latents import encode_rgb
+from .control import pixels_tensor
 from .pixels import mask_to_tensor
 from .plan import GenerationPlan
 from .tiling import TileAxes, tile_axes
@@ -53,7 +54,7 @@ CONTROLNET_RESIDUALS = ("controlnet_block_samples", "controlnet_single_block_sam
                         "block_controlnet_hidden_states")
 # Prompt length of the long text encoder by family (T5: Flux.1-dev and Chroma 512, SD3 256;
 # Z-Image's Qwen3 512); shorter tokenizers cap it
-T5_MAX_TOKENS = {"flux": 512, "sd3": 256, "chroma": 512, "zimage": 512}
+T5_MAX_TOKENS = {"flux": 512, "flux_fill": 512, "sd3": 256, "chroma": 512, "zimage": 512}
 # Families that take a negative prompt (true classifier-free guidance); Flux.1's guidance
 # is distilled into the model, it has none.
 NEGATIVE_PROMPT_FAMILIES = ("sd3", "chroma", "zimage")
@@ -136,6 +137,13 @@ def dit_call(plan: GenerationPlan, pipe: DiffusionPipeline, family: str,
     if plan.kind == "txt2img":
         return kwargs
     assert work_rgb is not None
+    if family == "flux_fill":
+        # Fill's pipeline encodes the image itself: the masked image and the mask are
+        # inputs of its transformer, which it prepares from pixels
+        assert work_mask is not None
+        kwargs.update(image=pixels_tensor(work_rgb), mask_image=mask_to_tensor(work_mask),
+                      strength=job.strength)
+        return kwargs
     init = encode_rgb(pipe.vae, work_rgb, pipe.device)
     kwargs.update(image=init, strength=job.strength)
     if plan.kind == "inpaint":

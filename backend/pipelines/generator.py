@@ -142,6 +142,7 @@ class DiffusionGenerator:
         if is_transformer(model.family):
             # What Flux or SD3 cannot do fails here, before any weights change (dit.py).
             refuse_unsupported(plan, model.name, model.family)
+            model.pipeline_class(plan.kind, controlnet=bool(plan.controls))
             plan = dataclasses.replace(plan, **dict(zip(
                 ("work_width", "work_height"), work_size(plan.work_width, plan.work_height))))
         # Exactly this job's LoRAs (none: the model's own weights), and the embeddings its

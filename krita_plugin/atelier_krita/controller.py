@@ -181,6 +181,7 @@ class Controller:
         self._job: Optional[_ActiveJob] = None
         self._queue: "deque[_ActiveJob]" = deque()    # prepared, sent when the running job ends
         self._batch: Optional[_Batch] = None
+        self._pumping = False
         self._client_key: Optional[str] = None
         self._abandoned: set[str] = set()        # refs of jobs ended before the daemon took them
         self._next_preview_at = 0.0              # time.monotonic() before which none is shown
@@ -555,15 +556,29 @@ class Controller:
             self._changed()
 
     # ------------------------------------------------------------ events and work
+    @property
+    def pumping(self) -> bool:
+        """A pump is running and this is a call from inside it: Krita's heavier calls (a
+        layer shown, a projection refreshed) run Qt's events while they wait, so the
+        docker's timer, a click or a test's timer can come in mid-pump."""
+        return self._pumping
+
     def pump(self, limit: int = 100) -> int:
         """Handle up to ``limit`` queued events and the pixel work that is done, on this
-        (Qt's) thread; returns how many events."""
-        handled = self._drain_events(limit)
-        collected = self._collect_work()
-        collected = self._advance_landing() or collected
-        if self.live:
-            collected = self._guarded_live(self._live_tick) or collected
-        closed = self._check_documents()
+        (Qt's) thread; returns how many events. A pump called from inside one (``pumping``)
+        does nothing: the outer one is halfway through a change."""
+        if self._pumping:
+            return 0
+        self._pumping = True
+        try:
+            handled = self._drain_events(limit)
+            collected = self._collect_work()
+            collected = self._advance_landing() or collected
+            if self.live:
+                collected = self._guarded_live(self._live_tick) or collected
+            closed = self._check_documents()
+        finally:
+            self._pumping = False
         if handled or collected or closed:
             self._changed()
         return handled

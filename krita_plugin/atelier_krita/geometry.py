@@ -118,6 +118,12 @@ FAMILY_RANGES: dict[str, ResolutionRange] = {
     "sdxl": ResolutionRange(1024, 1536),
     "sdxl_inpaint": ResolutionRange(1024, 1536),
     "sdxl_refiner": ResolutionRange(1024, 1536),
+    # the diffusion transformers: trained at about a megapixel, in 16-pixel tokens
+    "flux": ResolutionRange(1024, 1536, 16),
+    "flux_fill": ResolutionRange(1024, 1536, 16),
+    "sd3": ResolutionRange(1024, 1536, 16),
+    "chroma": ResolutionRange(1024, 1536, 16),
+    "zimage": ResolutionRange(1024, 1536, 16),
 }
 DEFAULT_RANGE = ResolutionRange(512, 1024)
 

@@ -137,7 +137,10 @@ class AtelierAppProbe(Extension):
         QTimer.singleShot(100, lambda: self._when_idle(panel, then))
 
     def _when_idle(self, panel, then):
-        if panel.controller.busy and time.monotonic() - self._started < WAIT_S:
+        # Not from inside the docker's pump either: a Krita call in it runs Qt's events,
+        # this timer's too, while the job's end is only half applied.
+        waiting = panel.controller.busy or panel.controller.pumping
+        if waiting and time.monotonic() - self._started < WAIT_S:
             QTimer.singleShot(100, lambda: self._when_idle(panel, then))
             return
         try:

@@ -52,7 +52,8 @@ CAPABILITIES = ["txt2img", "img2img", "inpaint", "make_seamless", "upscale", "re
                 "lora", "embeddings", "sampler_presets", "multi_control", "preprocess", "regions",
                 "reference", "float32x3",
                 # model families beyond SD1.x/2.x/SDXL (what each cannot do: protocol/families.py)
-                "family:flux", "family:flux_fill", "family:sd3", "family:chroma", "family:zimage",
+                "family:flux", "family:flux_fill", "family:flux_control", "family:sd3",
+                "family:chroma", "family:zimage",
                 # control kinds the daemon runs (pose needs a pose ControlNet and a skeleton
                 # image: it has no pose detector, so it is not announced)
                 *(f"control:{kind}" for kind in CONTROL_KINDS if kind != "pose")]

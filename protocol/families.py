@@ -12,6 +12,7 @@ UNKNOWN = "unknown"
 # (an SDXL refiner, a ControlNet) have no base: what fits them is left to the loading.
 BASE_FAMILY = {"sd15": "sd15", "sd15_inpaint": "sd15", "sd2": "sd2", "sd2_inpaint": "sd2",
                "sd2_depth": "sd2", "sdxl": "sdxl", "sdxl_inpaint": "sdxl", "flux": "flux", "flux_fill": "flux",
+               "flux_control": "flux",
                "sd3": "sd3", "chroma": "chroma", "zimage": "zimage"}
 
 
@@ -22,6 +23,8 @@ UNSUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
     "flux": ("regions", "references", "cache_interval"),
     # FLUX.1-Fill: no ControlNet pipeline of its own
     "flux_fill": ("controls", "depth", "control", "regions", "references", "cache_interval"),
+    # FLUX.1-Depth/Canny-dev take their one control image themselves (no ControlNet)
+    "flux_control": ("regions", "references", "cache_interval"),
     "sd3": ("regions", "references", "cache_interval"),
     "chroma": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
     "zimage": ("controls", "depth", "control", "loras", "regions", "references", "cache_interval"),
@@ -29,17 +32,20 @@ UNSUPPORTED_FIELDS: dict[str, tuple[str, ...]] = {
 # The samplers (``GenerateRequest.scheduler``) a family's models run, where it is not all of
 # them: the transformer families sample with flow-matching Euler, which both Euler names select.
 SAMPLERS: dict[str, tuple[str, ...]] = {
-    family: ("euler", "euler_a") for family in ("flux", "flux_fill", "sd3", "chroma", "zimage")}
+    family: ("euler", "euler_a") for family in ("flux", "flux_fill", "flux_control", "sd3", "chroma", "zimage")}
 
 
 # Steps and guidance a job runs with when it leaves them out (``GenerateRequest.steps`` /
 # ``guidance`` null), by family: the model cards' recommended settings. FLUX.1-schnell, a
 # Flux model without the guidance embedding, samples in 4 steps without guidance. Chroma1-HD:
-# 40 steps, true guidance 3.0. FLUX.1-Fill-dev: 50 steps, guidance 30 (its card). Z-Image's defaults are Z-Image-Turbo's (9 steps, no guidance:
+# 40 steps, true guidance 3.0. FLUX.1-Fill-dev: 50 steps, guidance 30 (its card);
+# FLUX.1-Depth-dev 30 steps, guidance 10 (Canny-dev's card says 50 and 30, and the two
+# cannot be told apart by their weights: a job on Canny-dev names them). Z-Image's defaults are Z-Image-Turbo's (9 steps, no guidance:
 # its guidance is distilled in); the undistilled Z-Image base wants ~50 steps, guidance 4,
 # and has the same architecture, so a job on it names steps and guidance.
 DEFAULT_SAMPLING = (20, 7.0)
 FAMILY_SAMPLING: dict[str, tuple[int, float]] = {"flux": (28, 3.5), "flux_fill": (50, 30.0),
+                                                 "flux_control": (30, 10.0),
                                                  "sd3": (28, 4.5), "chroma": (40, 3.0),
                                                  "zimage": (9, 0.0)}
 SCHNELL_SAMPLING = (4, 0.0)

@@ -183,33 +183,38 @@ def test_split_files_load_listed_with_their_family_and_run_like_the_folder(
     assert first != _pixels(generator, model=name, seed=8)
 
 
-def test_a_flux_fill_file_is_its_own_family_and_inpaints_like_its_folder(atelier_home, comfy,
-                                                                         tmp_path):
-    """ComfyUI's flux1-fill-dev.safetensors: a Flux transformer whose input also takes the
-    mask (384 channels at full size, where Flux's Depth/Canny control transformers take 128)
-    is FLUX.1-Fill, listed so, loaded with the shipped Fill config (its parameter count the
-    published 11.9 B) or the tiny one, and its inpaint gives the folder model's pixels."""
+@pytest.mark.parametrize("tiny, family, config, file", [
+    ("tiny-flux-fill", families.FLUX_FILL, "flux_fill", "flux1-fill-tiny.safetensors"),
+    ("tiny-flux-control", families.FLUX_CONTROL, "flux_control", "flux1-depth-tiny.safetensors")])
+def test_flux_fill_and_depth_dev_files_are_families_of_their_own_and_run_like_their_folders(
+        atelier_home, comfy, tmp_path, tiny, family, config, file):
+    """ComfyUI's flux1-fill-dev and flux1-depth-dev (or -canny-dev) transformer files: a
+    Flux transformer whose input also takes the mask (Fill: 384 channels at full size) or a
+    control image's latents (Depth/Canny-dev: 128) is that family, listed so, loaded with
+    its shipped config (the published 11.9 B parameters) or the tiny one, and a job on it
+    (Fill: inpaint; Depth-dev: with its depth image) gives the folder model's pixels."""
     from backend.models.dit_files import shipped_variant
     from backend.models.tiny_dit_files import export_transformer
     from protocol.frames import FrameKind, ImageFrame, PixelFormat, new_id
+    from protocol.messages import ControlLayer
 
-    config = FluxTransformer2DModel.load_config(str(CONFIGS / "flux_fill"), subfolder="transformer")
+    shipped = FluxTransformer2DModel.load_config(str(CONFIGS / config), subfolder="transformer")
     with torch.device("meta"):
-        full = FluxTransformer2DModel.from_config(config)
+        full = FluxTransformer2DModel.from_config(shipped)
     assert 11.8 < sum(p.numel() for p in full.parameters()) / 1e9 < 12.0
     header = TensorHeader({k: tuple(v.shape) for k, v in
-                           dit_keys.to_original(families.FLUX_FILL, full.state_dict()).items()}, {})
-    assert shipped_variant(families.FLUX_FILL, header) == "flux_fill"
+                           dit_keys.to_original(family, full.state_dict()).items()}, {})
+    assert shipped_variant(family, header) == config
     models = tmp_path / "models"
     shutil.copytree(comfy["tiny-flux"], models)
-    source = ensure_tiny("tiny-flux-fill", atelier_home / "models")
-    name = "diffusion_models/flux1-fill-tiny.safetensors"
-    export_transformer(source, families.FLUX_FILL, models / name, "original")
-    # Fill takes Flux's text encoders and VAE: the tiny Fill's own, named on the command line
-    parts = export_parts(source, families.FLUX_FILL, tmp_path / "fill-parts")
+    source = ensure_tiny(tiny, atelier_home / "models")
+    name = f"diffusion_models/{file}"
+    export_transformer(source, family, models / name, "original")
+    # these take Flux's text encoders and VAE: the tiny model's own, named on the command line
+    parts = export_parts(source, family, tmp_path / "parts")
     store = _store(atelier_home, models, companion_files=list(parts.values()))
     listed = {info.name: info.family for info in store.available()}
-    assert listed[name] == families.FLUX_FILL
+    assert listed[name] == family
     assert listed["diffusion_models/flux-tiny-bfl.safetensors"] == families.FLUX
     rgba = np.random.default_rng(3).integers(0, 256, (64, 64, 4), dtype=np.uint8)
     rgba[..., 3] = 255
@@ -217,17 +222,19 @@ def test_a_flux_fill_file_is_its_own_family_and_inpaints_like_its_folder(atelier
     mask[8:40, 16:48] = 255
     init = ImageFrame(FrameKind.UPLOAD, PixelFormat.RGBA8, 0, 64, 64, new_id(), rgba.tobytes())
     frame = ImageFrame(FrameKind.UPLOAD, PixelFormat.GRAY8, 0, 64, 64, new_id(), mask.tobytes())
+    job = dict(kind="inpaint", init_image=init.id, mask=frame.id, strength=1.0,
+               context_padding=8) if family == families.FLUX_FILL else \
+        dict(controls=[ControlLayer(kind="depth", image=frame.id)])
     generator = DiffusionGenerator(store)
 
-    def inpaint(model: str) -> bytes:
-        job = GenerateRequest(**{**JOB, "guidance": 30.0}, kind="inpaint", init_image=init.id,
-                              mask=frame.id, strength=1.0, context_padding=8, model=model)
-        out = generator.generate(job, {init.id: init, frame.id: frame}, lambda *_: None,
+    def run(model: str) -> bytes:
+        request = GenerateRequest(**{**JOB, "guidance": 10.0}, **job, model=model)
+        out = generator.generate(request, {init.id: init, frame.id: frame}, lambda *_: None,
                                  lambda: False)
         return pixels_to_array(out.images[0].pixels).tobytes()
 
-    assert inpaint(name) == inpaint("tiny-flux-fill")
-    assert store.use(name).family == families.FLUX_FILL
+    assert run(name) == run(tiny)
+    assert store.use(name).family == family
 
 
 def test_a_missing_text_encoder_names_the_file_and_where_it_goes(atelier_home, comfy, tmp_path):

@@ -368,7 +368,8 @@ def test_a_flux_job_over_the_daemon_and_a_wrong_combination_failing(start_daemon
     daemon = start_daemon("--model", "tiny-flux")
     with AtelierClient(daemon.url, client_name="test_flux") as client:
         client.wait_connected()
-        assert {"family:flux", "family:flux_fill", "family:sd3"} <= set(client.welcome.capabilities)
+        assert {"family:flux", "family:flux_fill", "family:flux_control",
+                "family:sd3"} <= set(client.welcome.capabilities)
         listed = client.call(Models, client.list_models, timeout=60)
         families_listed = {m.name: m.family for m in listed.models}
         assert (families_listed["tiny-flux"], families_listed["tiny-sd3"]) == ("flux", "sd3")

@@ -420,3 +420,59 @@ def test_a_controlnet_of_every_block_counts_as_the_transformer_does():
     outputs = 2 * tokens * width * width * (19 + 38) / 1e12
     assert abs(same_blocks - whole - outputs) < 0.005 * whole
     assert controlnet_cost(5, 10, 10, side=512)["tflop_per_step"] < 0.35 * whole
+
+
+# ------------------------------------------------------------------ FLUX.1-Depth/Canny-dev
+
+def test_a_flux_depth_dev_model_reads_its_control_image_on_every_job_kind(store, generator):
+    """FLUX.1-Depth/Canny-dev's transformer reads the control image's latents beside the
+    picture's (FluxControlPipeline and kin, no ControlNet): a job's one depth or canny
+    control is that image. It reproduces, another image steers otherwise, img2img and
+    inpaint run (inpaint keeping every unmasked pixel), tiling reproduces and differs,
+    and a job leaving steps and guidance out runs Depth-dev's card: 30 steps, guidance 10."""
+    other = _gray(np.tile(np.linspace(255, 0, SIZE), (SIZE, 1)))
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:48, 16:48] = 255
+    frame = _gray(mask)
+    uploads = [DEPTH, other, INIT, frame]
+    job = dict(model="tiny-flux-control", controls=[ControlLayer(kind="depth", image=DEPTH.id)])
+
+    def run(**changes) -> bytes:
+        return _rgba(_run(generator, uploads, **{**job, **changes})).tobytes()
+
+    first = run()
+    assert store.active.family == "flux_control"
+    assert type(store.pipeline("txt2img")).__name__ == "FluxControlPipeline"
+    assert first == run()
+    assert first != run(controls=[ControlLayer(kind="depth", image=other.id)])
+    # canny (Canny-dev's kind) on a colour picture: its edges are the control image
+    edges = run(controls=[ControlLayer(kind="canny", image=INIT.id, preprocess=True)])
+    assert edges not in (first, run(controls=[ControlLayer(kind="depth", image=INIT.id)]))
+    assert run(kind="img2img", init_image=INIT.id, strength=0.7) != first
+    inpainted = _rgba(_run(generator, uploads, **job, kind="inpaint", init_image=INIT.id,
+                           mask=frame.id, strength=1.0, context_padding=8))
+    original = np.frombuffer(INIT.data, np.uint8).reshape(SIZE, SIZE, 4)
+    assert inpainted[mask == 0].tobytes() == original[mask == 0].tobytes()
+    tiled = run(tiling="x")
+    assert tiled == run(tiling="x") and tiled != first
+    defaults = _run(generator, uploads, **job, steps=None, guidance=None)
+    assert (defaults.params.steps, defaults.params.guidance) == (30, 10.0)
+    store.use_default()
+
+
+@pytest.mark.parametrize("controls, field, words", [
+    ([], "job.controls", "needs a control image"),
+    ([ControlLayer(kind="depth", image=DEPTH.id, scale=0.5)], "job.controls[0].scale", "no ControlNet"),
+    ([ControlLayer(kind="depth", image=DEPTH.id, end=0.5)], "job.controls[0].end", "no ControlNet"),
+    ([ControlLayer(kind="depth", image=DEPTH.id, model=FLUX_CONTROLNET)], "job.controls[0].model",
+     "no ControlNet"),
+    ([ControlLayer(kind="lineart", image=DEPTH.id)], "job.controls[0].kind", "depth or canny"),
+    (_depth(None) * 2, "job.controls[1]", "one control"),
+])
+def test_a_flux_depth_dev_job_refuses_what_its_transformer_cannot_take(store, generator, controls,
+                                                                      field, words):
+    with pytest.raises(ProtocolError) as err:
+        _run(generator, [DEPTH], model="tiny-flux-control", controls=controls)
+    assert (err.value.code, err.value.field) == (ErrorCode.UNSUPPORTED, field), err.value.message
+    assert words in err.value.message
+    store.use_default()

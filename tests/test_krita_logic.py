@@ -197,7 +197,7 @@ def test_resolution_range_capped_by_daemon_limit():
     assert range_for_family("sdxl").capped(768) == ResolutionRange(768, 768)
     assert range_for_family("sd15") == ResolutionRange(512, 768)
     # a Flux-family Fill region goes out at Flux's megapixel, in whole 16-pixel tokens
-    for family in ("flux", "flux_fill", "sd3", "chroma", "zimage"):
+    for family in ("flux", "flux_fill", "flux_control", "sd3", "chroma", "zimage"):
         fitted = fit_extent(Extent(300, 200), range_for_family(family))
         assert fitted.longest == 1024 and fitted.width % 16 == 0 and fitted.height % 16 == 0
     with pytest.raises(ValueError):

@@ -60,13 +60,15 @@ QWEN_TOKENIZER_REPOS = (("Qwen/Qwen3-4B", ""), ("Tongyi-MAI/Z-Image-Turbo", "tok
 COMFY_TOKENIZERS = {"t5": "comfy/text_encoders/t5_tokenizer", "clip": "comfy/sd1_tokenizer",
                     "qwen": "comfy/text_encoders/qwen25_tokenizer"}
 TRANSFORMER_CLASSES = {families.FLUX: FluxTransformer2DModel, families.FLUX_FILL: FluxTransformer2DModel,
+                       families.FLUX_CONTROL: FluxTransformer2DModel,
                        families.SD3: SD3Transformer2DModel,
                        families.CHROMA: ChromaTransformer2DModel,
                        families.ZIMAGE: ZImageTransformer2DModel}
 # Flux's layout (and its converter's fixed width, which dit_keys.py works around)
-FLUX_LAYOUT = (families.FLUX, families.FLUX_FILL, families.CHROMA)
+FLUX_LAYOUT = (families.FLUX, families.FLUX_FILL, families.FLUX_CONTROL, families.CHROMA)
 FLUX_PACKED_LATENT = 64     # a Flux latent's channels, 2x2 patches packed into each token
 TINY_MODELS = {families.FLUX: "tiny-flux", families.FLUX_FILL: "tiny-flux-fill",
+               families.FLUX_CONTROL: "tiny-flux-control",
                families.SD3: "tiny-sd3", families.CHROMA: "tiny-chroma",
                families.ZIMAGE: "tiny-zimage"}
 
@@ -81,12 +83,15 @@ def transformer_header(path: Path) -> TensorHeader:
 
 def file_family(path: Path) -> str:
     """The family of a single file, a GGUF one included (gguf_files.py). A Flux transformer
-    whose input takes more than its packed latent and one more image's (Flux's Depth and
-    Canny control transformers: 128) is FLUX.1-Fill's, which also takes the mask."""
+    whose input takes its packed latent and one more image's (128 channels) is a
+    FLUX.1-Depth/Canny-dev control transformer's; one that takes more is FLUX.1-Fill's,
+    which also takes the mask."""
     family = (families.family_of_checkpoint_keys(transformer_header(path).shapes, None)
               if is_gguf(path) else checkpoint_family(path))
     if family == families.FLUX:
         shape = shape_of(transformer_header(path), "img_in.weight", "x_embedder.weight")
+        if shape is not None and shape[-1] == 2 * FLUX_PACKED_LATENT:
+            return families.FLUX_CONTROL
         if shape is not None and shape[-1] > 2 * FLUX_PACKED_LATENT:
             return families.FLUX_FILL
     return family
@@ -117,6 +122,8 @@ def shipped_variant(family: str, header: TensorHeader) -> str:
         return "chroma"
     if family == families.FLUX_FILL:
         return "flux_fill"
+    if family == families.FLUX_CONTROL:
+        return "flux_control"          # Depth-dev and Canny-dev have the same shapes
     if family == families.ZIMAGE:
         return "zimage_turbo"        # the base model has the same shapes
     if family == families.FLUX:

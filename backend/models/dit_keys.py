@@ -22,7 +22,7 @@ from typing import Iterator, Literal, Mapping
 
 import torch
 
-from .families import CHROMA, FLUX, FLUX_FILL, ZIMAGE
+from .families import CHROMA, FLUX, FLUX_CONTROL, FLUX_FILL, ZIMAGE
 
 PREFIX = "model.diffusion_model."       # whole checkpoints nest the transformer under this
 Fuse = Literal["same", "qkv", "linear1", "swap"]
@@ -200,7 +200,7 @@ def _rules(family: str, keys: list[str], original: bool) -> Iterator[Rule]:
                           ("transformer_blocks.", "single_transformer_blocks."))
         return chroma_rules(_blocks(keys, double), _blocks(keys, single),
                             _blocks(keys, "distilled_guidance_layer.layers."))
-    if family in (FLUX, FLUX_FILL):
+    if family in (FLUX, FLUX_FILL, FLUX_CONTROL):
         if original:
             return flux_rules(_blocks(keys, "double_blocks."), _blocks(keys, "single_blocks."),
                               guidance="guidance_in.in_layer.weight" in keys)
@@ -226,7 +226,7 @@ def to_diffusers(family: str, original: Mapping[str, torch.Tensor]) -> dict[str,
     """Diffusers' names for an original-layout transformer (``model.diffusion_model.``
     prefix or none); KeyError naming a tensor the file lacks."""
     state = {k.removeprefix(PREFIX): v for k, v in original.items()}
-    width = state["img_in.weight"].shape[0] if family in (FLUX, FLUX_FILL, CHROMA) else 0
+    width = state["img_in.weight"].shape[0] if family in (FLUX, FLUX_FILL, FLUX_CONTROL, CHROMA) else 0
     out: dict[str, torch.Tensor] = {}
     for rule in _rules(family, list(state), original=True):
         tensor = state[rule.original]

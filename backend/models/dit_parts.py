@@ -72,7 +72,8 @@ PARTS: dict[str, tuple[Part, ...]] = {
              tokenizer="tokenizer", **_ENCODER),
         Part("vae", "vae", "Flux VAE (ae.safetensors)", VAE_FOLDERS, AutoencoderKL)),
 }
-PARTS[families.FLUX_FILL] = PARTS[families.FLUX]     # FLUX.1-Fill: Flux's text encoders and VAE
+# FLUX.1-Fill and Depth/Canny-dev take Flux's text encoders and VAE
+PARTS[families.FLUX_FILL] = PARTS[families.FLUX_CONTROL] = PARTS[families.FLUX]
 
 def shape_of(header: TensorHeader, *names: str) -> Optional[tuple[int, ...]]:
     """The shape of the first of ``names`` the file holds (with or without a whole

@@ -17,6 +17,9 @@ from diffusers import (
     FluxControlNetImg2ImgPipeline,
     FluxControlNetInpaintPipeline,
     FluxControlNetPipeline,
+    FluxControlImg2ImgPipeline,
+    FluxControlInpaintPipeline,
+    FluxControlPipeline,
     FluxFillPipeline,
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
@@ -57,6 +60,7 @@ SDXL_INPAINT = "sdxl_inpaint"
 SDXL_REFINER = "sdxl_refiner"
 FLUX = "flux"                 # Flux.1 (dev, schnell and their fine-tunes): a diffusion transformer
 FLUX_FILL = "flux_fill"       # FLUX.1-Fill: Flux's inpainting transformer (it reads the mask)
+FLUX_CONTROL = "flux_control" # FLUX.1-Depth/Canny-dev: Flux transformers that read a control image
 SD3 = "sd3"                   # Stable Diffusion 3 and 3.5 (medium, large, turbo): MMDiT
 CHROMA = "chroma"             # Chroma (Lodestone Rabbits): a Flux-derived transformer, T5 only
 ZIMAGE = "zimage"             # Z-Image (Tongyi-MAI; Turbo and base): single-stream DiT, Qwen3 text
@@ -102,6 +106,9 @@ _PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[D
             INPAINT: FluxControlNetInpaintPipeline}),
     # Fill's transformer reads the masked image and the mask: it inpaints only.
     FLUX_FILL: ({INPAINT: FluxFillPipeline}, {}),
+    # Depth/Canny-dev's transformers read the control image's latents beside the picture's
+    FLUX_CONTROL: ({TXT2IMG: FluxControlPipeline, IMG2IMG: FluxControlImg2ImgPipeline,
+                    INPAINT: FluxControlInpaintPipeline}, {}),
     SD3: ({TXT2IMG: StableDiffusion3Pipeline, IMG2IMG: StableDiffusion3Img2ImgPipeline,
            INPAINT: StableDiffusion3InpaintPipeline},
           {TXT2IMG: StableDiffusion3ControlNetPipeline}),
@@ -116,13 +123,14 @@ _PIPELINES: dict[str, tuple[dict[str, type[DiffusionPipeline]], dict[str, type[D
 # The pipeline class a family's base model is loaded as.
 BASE_KIND = {SD15: TXT2IMG, SD2: TXT2IMG, SDXL: TXT2IMG, SD15_INPAINT: INPAINT,
              SD2_INPAINT: INPAINT, SDXL_INPAINT: INPAINT, SD2_DEPTH: DEPTH, FLUX: TXT2IMG,
-             FLUX_FILL: INPAINT, SD3: TXT2IMG, CHROMA: TXT2IMG, ZIMAGE: TXT2IMG}
+             FLUX_FILL: INPAINT, FLUX_CONTROL: TXT2IMG, SD3: TXT2IMG, CHROMA: TXT2IMG,
+             ZIMAGE: TXT2IMG}
 # Families whose denoiser is a transformer over latent patches, not a UNet.
-TRANSFORMER_FAMILIES = frozenset({FLUX, FLUX_FILL, SD3, CHROMA, ZIMAGE})
+TRANSFORMER_FAMILIES = frozenset({FLUX, FLUX_FILL, FLUX_CONTROL, SD3, CHROMA, ZIMAGE})
 # A transformer family by the ``_class_name`` of its folder's model_index.json: its
-# text-to-image pipeline's name, or Fill's (Flux's Kontext and Control pipelines have other
-# transformers: unknown).
+# text-to-image pipeline's name, or Fill's (Flux Kontext's transformer is another: unknown).
 _TRANSFORMER_INDEX = {FluxPipeline.__name__: FLUX, FluxFillPipeline.__name__: FLUX_FILL,
+                      FluxControlPipeline.__name__: FLUX_CONTROL,
                       StableDiffusion3Pipeline.__name__: SD3,
                       ChromaPipeline.__name__: CHROMA, ZImagePipeline.__name__: ZIMAGE}
 

@@ -56,8 +56,8 @@ def export_parts(folder: Path, family: str, models: Path) -> dict[str, Path]:
         weights = sorted((folder / part.component).glob("*.safetensors"))[0]
         state = load_file(str(weights))
         if part.role == "vae":
-            flux_vae = family in (families.FLUX, families.FLUX_FILL, families.CHROMA,
-                                  families.ZIMAGE)
+            flux_vae = family in (families.FLUX, families.FLUX_FILL, families.FLUX_CONTROL,
+                                  families.CHROMA, families.ZIMAGE)
             if flux_vae:
                 config = json.loads((folder / "vae" / "config.json").read_text("utf-8"))
                 state = _ldm_vae(state, len(config["block_out_channels"]))

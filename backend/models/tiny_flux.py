@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline,
-                       FluxPipeline, FluxTransformer2DModel)
+from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxControlPipeline,
+                       FluxFillPipeline, FluxPipeline, FluxTransformer2DModel)
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPTextModel, T5Config, T5EncoderModel, T5TokenizerFast
 
@@ -69,11 +69,12 @@ def flow_vae(scaling: float = FLUX_VAE_SCALING, shift: float = FLUX_VAE_SHIFT) -
         use_quant_conv=False, use_post_quant_conv=False)
 
 
-def _tiny_flux(out: Path, seed: int, fill: bool) -> None:
-    """A tiny Flux.1-dev-shaped pipeline written to ``out``; ``fill``: FLUX.1-Fill's, whose
-    transformer also reads the masked image's latents and the mask, folded into the
+def _tiny_flux(out: Path, seed: int, variant: str = "") -> None:
+    """A tiny Flux.1-dev-shaped pipeline written to ``out``. ``variant`` "fill": FLUX.1-Fill's,
+    whose transformer also reads the masked image's latents and the mask, folded into the
     latent's patches (a vae_scale_factor x vae_scale_factor block of mask pixels per
-    latent pixel), on its input."""
+    latent pixel), on its input; "control": FLUX.1-Depth/Canny-dev's, which reads a control
+    image's latents beside the picture's."""
     torch.manual_seed(seed)
     tokenizer = _write_tokenizer(out / "tokenizer")
     text_encoder = CLIPTextModel(_text_config(
@@ -82,15 +83,16 @@ def _tiny_flux(out: Path, seed: int, fill: bool) -> None:
     text_encoder_2 = t5_encoder(len(tokenizer_2))
     packed = 4 * FLUX_LATENT_CHANNELS
     scale = 2 ** (len(VAE_CHANNELS) - 1)
+    inputs = {"": packed, "fill": 2 * packed + 4 * scale * scale, "control": 2 * packed}
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=2 * packed + 4 * scale * scale if fill else packed,
+        patch_size=1, in_channels=inputs[variant],
         out_channels=packed, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=TEXT_HIDDEN,
         pooled_projection_dim=TEXT_HIDDEN, guidance_embeds=True, axes_dims_rope=(4, 4, 8))
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
         max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
-    cls = FluxFillPipeline if fill else FluxPipeline
+    cls = {"": FluxPipeline, "fill": FluxFillPipeline, "control": FluxControlPipeline}[variant]
     pipe = cls(scheduler=scheduler, vae=flow_vae(), text_encoder=text_encoder,
                tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
                transformer=transformer)
@@ -99,12 +101,18 @@ def _tiny_flux(out: Path, seed: int, fill: bool) -> None:
 
 def build_tiny_flux_model(dest: Path) -> Path:
     """Write a tiny Flux.1-dev-shaped ``FluxPipeline`` folder to ``dest``."""
-    return _save_atomically(dest, lambda out: _tiny_flux(out, SEED + 10, fill=False))
+    return _save_atomically(dest, lambda out: _tiny_flux(out, SEED + 10))
 
 
 def build_tiny_flux_fill_model(dest: Path) -> Path:
     """Write a tiny FLUX.1-Fill-dev-shaped ``FluxFillPipeline`` folder to ``dest``."""
-    return _save_atomically(dest, lambda out: _tiny_flux(out, SEED + 15, fill=True))
+    return _save_atomically(dest, lambda out: _tiny_flux(out, SEED + 15, "fill"))
 
 
-__all__ = ["build_tiny_flux_model", "build_tiny_flux_fill_model", "MAX_TOKENS", "T5_MAX_TOKENS"]
+def build_tiny_flux_control_model(dest: Path) -> Path:
+    """Write a tiny FLUX.1-Depth-dev-shaped ``FluxControlPipeline`` folder to ``dest``."""
+    return _save_atomically(dest, lambda out: _tiny_flux(out, SEED + 17, "control"))
+
+
+__all__ = ["build_tiny_flux_model", "build_tiny_flux_fill_model", "build_tiny_flux_control_model",
+           "MAX_TOKENS", "T5_MAX_TOKENS"]

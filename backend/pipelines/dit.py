@@ -54,7 +54,8 @@ CONTROLNET_RESIDUALS = ("controlnet_block_samples", "controlnet_single_block_sam
                         "block_controlnet_hidden_states")
 # Prompt length of the long text encoder by family (T5: Flux.1-dev and Chroma 512, SD3 256;
 # Z-Image's Qwen3 512); shorter tokenizers cap it
-T5_MAX_TOKENS = {"flux": 512, "flux_fill": 512, "sd3": 256, "chroma": 512, "zimage": 512}
+T5_MAX_TOKENS = {"flux": 512, "flux_fill": 512, "flux_control": 512, "sd3": 256, "chroma": 512,
+                 "zimage": 512}
 # Families that take a negative prompt (true classifier-free guidance); Flux.1's guidance
 # is distilled into the model, it has none.
 NEGATIVE_PROMPT_FAMILIES = ("sd3", "chroma", "zimage")

@@ -1,7 +1,8 @@
 """Controls on Flux and SD3 models: a job's controls through ControlNets of the model's
 family (``FluxControlNetPipeline`` and its img2img / inpaint kin, several as one
 ``FluxMultiControlNetModel``; ``StableDiffusion3ControlNetPipeline`` for txt2img, one
-control), and seamless tiling with them.
+control), and seamless tiling with them; and FLUX.1-Depth/Canny-dev's one control image,
+which their transformers read themselves (``FluxControlPipeline`` and kin).
 
 The Flux ControlNet pipelines encode the init image themselves (they take no latents), so
 img2img and inpaint get pixels here; the unmasked pixels of an inpaint job are pasted back
@@ -83,11 +84,49 @@ def condition_on_dit_controlnet(kind: str, kwargs: dict[str, Any], images: Seque
                       controlnet_conditioning_scale=[w.scale for w in windows],
                       control_guidance_start=[w.start for w in windows],
                       control_guidance_end=[w.end for w in windows], control_mode=list(modes))
+    return _with_init_pixels(kind, kwargs, init_rgb)
+
+
+def _with_init_pixels(kind: str, kwargs: dict[str, Any],
+                      init_rgb: Optional[np.ndarray]) -> dict[str, Any]:
+    """img2img and inpaint: the init image (the work area, uint8 RGB) as pixels, which the
+    control pipelines encode themselves (they take no init latents)."""
     if kind != "txt2img":
         assert init_rgb is not None
         kwargs["image"] = pixels_tensor(init_rgb)
         kwargs.pop("masked_image_latents", None)
     return kwargs
+
+
+def control_transformer_control(controls: Sequence[Any], model: str) -> Any:
+    """The one control a FLUX.1-Depth/Canny-dev job needs: its transformer reads the control
+    image's latents beside the picture's, so there is no ControlNet to name and nothing to
+    scale or to stop early; anything else fails on its field."""
+    if not controls:
+        raise ProtocolError(ErrorCode.UNSUPPORTED,
+                            f"model {model} (flux_control: FLUX.1-Depth/Canny-dev) needs a "
+                            f"control image: one control of kind depth or canny", "job.controls")
+    one_control(controls, "FLUX.1-Depth/Canny-dev")
+    control = controls[0]
+    if control.kind not in ("depth", "canny"):
+        raise ProtocolError(ErrorCode.UNSUPPORTED,
+                            f"FLUX.1-Depth/Canny-dev take a depth or canny image, not {control.kind}",
+                            f"{control.field}.kind")
+    fixed = {"model": (control.model, None), "scale": (control.scale, 1.0),
+             "start": (control.start, 0.0), "end": (control.end, 1.0)}
+    for name, (value, plain) in fixed.items():
+        if value != plain:
+            raise ProtocolError(ErrorCode.UNSUPPORTED,
+                                f"model {model} reads its control image itself (no ControlNet): "
+                                f"{name} must be left at {plain}", f"{control.field}.{name}")
+    return control
+
+
+def condition_on_control_transformer(kind: str, kwargs: dict[str, Any], image: torch.Tensor,
+                                     init_rgb: Optional[np.ndarray]) -> dict[str, Any]:
+    """The call of ``kind``'s FluxControl pipeline: ``image`` (``(1, 3, H, W)`` in [0, 1])
+    as its control image, the init image as pixels."""
+    return _with_init_pixels(kind, dict(kwargs, control_image=image), init_rgb)
 
 
 def _roll_residuals(roller: RolledTransformer, output: Any, dx: int, dy: int) -> Any:

@@ -50,7 +50,7 @@ from ..limits import ServerLimits
 from ..generation import GeneratedImage, GenerationOutput, JobCancelled, ProgressSink
 from ..models.control_models import kind_of_model
 from ..models.accel import COMPILE_UNET, COMPILE_VAE_DECODE, CPU_OFFLOAD, classifier_free_guidance
-from ..models.families import FLUX, SD15, SD2_DEPTH, SDXL, T2I_ADAPTER, is_transformer
+from ..models.families import FLUX, FLUX_CONTROL, SD15, SD2_DEPTH, SDXL, T2I_ADAPTER, is_transformer
 from ..models.store import LoadedModel, ModelStore, native_side
 from .adapter import AdapterGuide, adapter_guide, adapter_residuals
 from .control import condition_on_controlnets, condition_on_depth2img, control_tensor
@@ -58,7 +58,8 @@ from .controls import PlannedControl, nearness_of
 from .depth import DepthEstimator, find_depth_model
 from .dit import (DiTLatents, dit_call, flow_scheduler, refuse_unsupported, rolled_transformer,
                   work_size)
-from .dit_controls import (condition_on_dit_controlnet, controlnet_job_context, one_control,
+from .dit_controls import (condition_on_control_transformer, condition_on_dit_controlnet,
+                           control_transformer_control, controlnet_job_context, one_control,
                            union_mode)
 from .job_unet import JobUNet
 from .latents import decode_rgb, encode_rgb
@@ -142,7 +143,8 @@ class DiffusionGenerator:
         if is_transformer(model.family):
             # What Flux or SD3 cannot do fails here, before any weights change (dit.py).
             refuse_unsupported(plan, model.name, model.family)
-            model.pipeline_class(plan.kind, controlnet=bool(plan.controls))
+            model.pipeline_class(plan.kind, controlnet=bool(plan.controls)
+                                 and model.family != FLUX_CONTROL)
             plan = dataclasses.replace(plan, **dict(zip(
                 ("work_width", "work_height"), work_size(plan.work_width, plan.work_height))))
         # Exactly this job's LoRAs (none: the model's own weights), and the embeddings its
@@ -240,6 +242,12 @@ class DiffusionGenerator:
         """A transformer's call conditioned on the job's controls through ControlNets of
         the model's family (dit_controls.py; the store refuses one of another family): on
         Flux any number (a set), on SD3 one."""
+        if model.family == FLUX_CONTROL:
+            control = control_transformer_control(plan.controls, model.name)
+            control = self._estimated(control, model) if control.estimate else control
+            image = control_tensor(control, work_region(plan, control.image))
+            return PipelineCall(call.kind, condition_on_control_transformer(
+                call.kind, call.kwargs, image, init_rgb))
         if not plan.controls:
             return call
         if model.family != FLUX:

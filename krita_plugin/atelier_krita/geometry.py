@@ -121,6 +121,7 @@ FAMILY_RANGES: dict[str, ResolutionRange] = {
     # the diffusion transformers: trained at about a megapixel, in 16-pixel tokens
     "flux": ResolutionRange(1024, 1536, 16),
     "flux_fill": ResolutionRange(1024, 1536, 16),
+    "flux_control": ResolutionRange(1024, 1536, 16),
     "sd3": ResolutionRange(1024, 1536, 16),
     "chroma": ResolutionRange(1024, 1536, 16),
     "zimage": ResolutionRange(1024, 1536, 16),

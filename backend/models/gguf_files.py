@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -88,23 +88,32 @@ def is_gguf_encoder(header: TensorHeader) -> bool:
         k.startswith(("enc.blk.", "blk.")) for k in header.shapes)
 
 
+def encoder_gguf_names(config: Any, keys: Iterable[str]) -> dict[str, str]:
+    """llama.cpp's name of each of ``keys`` (a transformers T5 encoder's or Qwen3 model's
+    tensor names; ``config`` its config), through gguf-py's table; those it has none for
+    (T5's ``encoder.embed_tokens``, the shared embedding again) are left out."""
+    import gguf
+
+    arch, prefix = ENCODER_ARCHITECTURES[config.model_type]
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch), config.num_hidden_layers)
+    out = {}
+    for key in keys:
+        stem, _, suffix = key.rpartition(".")
+        theirs = names.get_name(prefix + stem)
+        if theirs is not None:
+            out[key] = f"{theirs}.{suffix}"
+    return out
+
+
 def encoder_state(path: Path, model: torch.nn.Module, dtype: torch.dtype,
                   field: str = "model") -> dict[str, torch.Tensor]:
     """A GGUF text encoder's tensors dequantized to ``dtype``, under the names of
     ``model`` (a transformers T5 encoder or Qwen3 model, on any device: only its tensor
-    names and layer count are read), through gguf-py's table of llama.cpp names."""
-    import gguf
+    names and layer count are read)."""
     from diffusers.quantizers.gguf.utils import GGUFParameter, dequantize_gguf_tensor
 
-    arch, prefix = ENCODER_ARCHITECTURES[model.config.model_type]
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch),
-                                     model.config.num_hidden_layers)
-    ours = {}
-    for key in model.state_dict():
-        stem, _, suffix = key.rpartition(".")
-        theirs = names.get_name(prefix + stem)
-        if theirs is not None:
-            ours[f"{theirs}.{suffix}"] = key
+    ours = {theirs: key for key, theirs in
+            encoder_gguf_names(model.config, model.state_dict()).items()}
     state = {}
     for name, tensor in load_gguf_state(path, field).items():
         if name not in ours:

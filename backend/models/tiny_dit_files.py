@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from . import dit_keys, families
 from .dit_parts import PARTS, embedded_prefix
-from .gguf_files import ENCODER_ARCHITECTURES
+from .gguf_files import ENCODER_ARCHITECTURES, encoder_gguf_names
 from .ldm_keys import VAE_PREFIX, vae_key
 
 Naming = Literal["diffusers", "original"]
@@ -114,16 +114,10 @@ def export_encoder_gguf(folder: Path, family: str, dest: Path) -> Path:
 
     part = next(p for p in PARTS[family] if p.role in ("t5xxl", "qwen_3_4b"))
     config = AutoConfig.from_pretrained(str(folder / part.component))
-    arch, prefix = ENCODER_ARCHITECTURES[config.model_type]
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch), config.num_hidden_layers)
     state = load_file(str(sorted((folder / part.component).glob("*.safetensors"))[0]))
-    out = {}
-    for key, tensor in state.items():
-        stem, _, suffix = key.rpartition(".")
-        name = names.get_name(prefix + stem)
-        if name is not None:          # T5's encoder.embed_tokens is the shared embedding
-            out[f"{name}.{suffix}"] = tensor
-    return _write_gguf(dest, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch)], out)
+    out = {name: state[key] for key, name in encoder_gguf_names(config, state).items()}
+    arch = getattr(gguf.MODEL_ARCH, ENCODER_ARCHITECTURES[config.model_type][0])
+    return _write_gguf(dest, gguf.MODEL_ARCH_NAMES[arch], out)
 
 
 def build_tiny_transformer_lora(folder: Path, family: str, dest: Path, seed: int = 11) -> Path:

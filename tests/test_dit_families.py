@@ -2,7 +2,8 @@
 random-weight models (backend/models/tiny_chroma.py, tiny_zimage.py), loaded through the
 same store, resolver and catalog as a user's folders, through the code Flux and SD3 run
 (pipelines/dit.py). Every job test runs on both families; txt2img's seeds, inpaint's kept
-pixels and the recommended steps and guidance are tested for every family in test_flux.py.
+pixels, the recommended steps and guidance, and tiled jobs (txt2img, inpaint, make_seamless)
+are tested for every family in test_flux.py.
 
 64x64 images and 3 steps: each job takes a few tenths of a second on a CPU.
 """
@@ -144,19 +145,6 @@ def test_what_the_families_cannot_do_fails_the_job_naming_the_field(generator, m
 
 
 # ------------------------------------------------------------------ seamless tiling
-
-def test_tiled_jobs_reproduce_differ_from_untiled_and_keep_what_they_do_not_repaint(
-        generator, model):
-    tiled = _rgba(_run(generator, tiling="x", model=model))
-    assert tiled.tobytes() == _rgba(_run(generator, tiling="x", model=model)).tobytes()
-    assert tiled.tobytes() != _rgba(_run(generator, model=model)).tobytes()
-    init = _upload_rgba(4)
-    original = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)
-    seamless = _rgba(_run(generator, [init], kind="make_seamless", init_image=init.id,
-                          tiling="x", seam_width=16, model=model))
-    assert seamless[:, 8:SIZE - 8].tobytes() == original[:, 8:SIZE - 8].tobytes()
-    assert (seamless[:, :8] != original[:, :8]).any()
-
 
 def test_rolled_transformer_rolls_z_images_list_of_latents(generator):
     """Z-Image's transformer takes one ``(C, 1, h, w)`` latent per image in a list and

@@ -281,6 +281,7 @@ def test_a_flux_model_without_guidance_embedding_defaults_to_schnells_four_steps
 
 # ------------------------------------------------------------------ seamless tiling
 
+@pytest.mark.parametrize("model", EVERY_FAMILY)
 def test_tiled_jobs_reproduce_and_differ_from_untiled(generator, model):
     tiled = _rgba(_run(generator, tiling="x", model=model))
     assert tiled.tobytes() == _rgba(_run(generator, tiling="x", model=model)).tobytes()
@@ -317,6 +318,7 @@ def test_rolled_transformer_moves_the_seam_every_call_and_predicts_in_place(pack
     assert rolled.roll(rolled.roll(latents, 2, 1), -2, -1).equal(latents)
 
 
+@pytest.mark.parametrize("model", EVERY_FAMILY)
 def test_tiled_inpaint_and_make_seamless_keep_what_they_do_not_repaint(generator, model):
     init = _upload_rgba(4)
     original = np.frombuffer(init.data, np.uint8).reshape(SIZE, SIZE, 4)
